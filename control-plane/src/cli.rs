@@ -1,0 +1,484 @@
+//! The `warden` command line: clap definitions, and the client verbs that
+//! talk to a running control plane over HTTP.
+//!
+//! ```text
+//! warden serve [--listen 127.0.0.1:8080] [--data-dir .warden]
+//!              [--database-url postgres://…] [--dev] [--public-url http://127.0.0.1:8080]
+//! warden token --sub alice [--groups engineering,finance] [--group X]… [--email E]
+//!              [--ttl 1h|30m|3600s|90] [--audience A] [--issuer URL]
+//!              [--alg RS256|ES256|EdDSA] [--claim key=value]… [--server URL]
+//! ```
+//!
+//! `warden token` prints only the token on stdout, so
+//! `TOKEN=$(warden token --sub alice)` works; every message goes to stderr
+//! and failures exit with status 1.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use crate::dev_issuer::{SigningAlg, TokenRequest, TokenResponse, MAX_TTL_SECONDS};
+use crate::error::ErrorBody;
+use crate::server::{self, ServerConfig};
+
+/// Default address of the control plane for client verbs.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Warden's control plane and its command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane server.
+    Serve(ServeArgs),
+    /// Mint a development token from a control plane started with `--dev`,
+    /// and print it on stdout.
+    Token(TokenArgs),
+}
+
+/// `warden serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WARDEN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Directory for the SQLite database and the dev issuer's keys; created if missing.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = ".warden")]
+    pub data_dir: PathBuf,
+
+    /// Use this database instead of SQLite in the data directory
+    /// (postgres://user:password@host/db).
+    #[arg(long, env = "WARDEN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Serve a development OIDC issuer under /dev that mints tokens for anyone
+    /// who asks. NEVER use this in production.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// URL clients reach this server at [default: http://<listen address>].
+    /// The dev issuer is <public-url>/dev.
+    #[arg(long, env = "WARDEN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// `warden token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Subject (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// Groups, comma-separated (`groups` claim); may be repeated.
+    #[arg(long, value_delimiter = ',', value_name = "GROUP[,GROUP…]")]
+    pub groups: Vec<String>,
+
+    /// One more group; may be repeated.
+    #[arg(long = "group", value_name = "GROUP")]
+    pub group: Vec<String>,
+
+    /// Email address (`email` claim).
+    #[arg(long)]
+    pub email: Option<String>,
+
+    /// Lifetime: 90 (seconds), 90s, 30m, 1h or 7d; at most 30 days [default: 1h].
+    #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+    pub ttl: Option<u64>,
+
+    /// Audience (`aud` claim) [default: warden].
+    #[arg(long)]
+    pub audience: Option<String>,
+
+    /// Issuer (`iss` claim) [default: the dev issuer's URL].
+    #[arg(long)]
+    pub issuer: Option<String>,
+
+    /// Signing algorithm: RS256, ES256 or EdDSA [default: RS256].
+    #[arg(long, value_parser = parse_alg)]
+    pub alg: Option<SigningAlg>,
+
+    /// Extra claim as key=value; the value is read as JSON when it parses
+    /// (numbers, true, arrays, objects), else as a string. May be repeated.
+    #[arg(long = "claim", value_parser = parse_claim, value_name = "KEY=VALUE")]
+    pub claims: Vec<(String, Value)>,
+
+    /// Control plane URL.
+    #[arg(long, env = "WARDEN_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+}
+
+impl TokenArgs {
+    /// The request body these arguments describe.
+    pub fn to_request(&self) -> TokenRequest {
+        let mut groups: Vec<String> = Vec::new();
+        for group in self.groups.iter().chain(&self.group) {
+            let group = group.trim();
+            if !group.is_empty() && !groups.iter().any(|seen| seen == group) {
+                groups.push(group.to_owned());
+            }
+        }
+        let claims = if self.claims.is_empty() {
+            None
+        } else {
+            Some(self.claims.iter().cloned().collect::<Map<String, Value>>())
+        };
+        TokenRequest {
+            sub: self.sub.clone(),
+            groups,
+            email: self.email.clone(),
+            ttl_seconds: self.ttl,
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+            alg: self.alg,
+            claims,
+        }
+    }
+}
+
+/// Parses a lifetime: a whole number of seconds, optionally followed by
+/// `s`, `m`, `h` or `d`.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let usage = || format!("invalid duration `{text}` (examples: 90, 90s, 30m, 1h, 7d)");
+    let number: u64 = number.parse().map_err(|_| usage())?;
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(usage()),
+    };
+    let seconds = number.checked_mul(scale).ok_or_else(usage)?;
+    if seconds == 0 || seconds > MAX_TTL_SECONDS {
+        return Err(format!(
+            "duration `{text}` must be between 1 second and 30 days"
+        ));
+    }
+    Ok(seconds)
+}
+
+fn parse_alg(text: &str) -> Result<SigningAlg, String> {
+    text.parse()
+}
+
+/// Parses `key=value`; the value is JSON if it parses as JSON, else a string.
+pub fn parse_claim(text: &str) -> Result<(String, Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid claim `{text}`: expected key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("invalid claim `{text}`: the key is empty"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+/// Why a client verb failed. The messages are written for a person at a terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the server URL.
+    #[error("cannot reach the control plane at {server}; is `make run` running?")]
+    Unreachable {
+        /// The URL tried.
+        server: String,
+    },
+    /// The server answered 404 on a dev route.
+    #[error(
+        "the control plane at {server} is not in dev mode (start it with `warden serve --dev`)"
+    )]
+    NotDevMode {
+        /// The URL tried.
+        server: String,
+    },
+    /// The server refused the request.
+    #[error("the control plane refused the request ({status}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// `--server` is not an http URL.
+    #[error("invalid server URL `{0}`: expected http://host:port")]
+    InvalidServerUrl(String),
+    /// Anything else: an unexpected answer, a broken connection.
+    #[error("unexpected answer from the control plane at {server}: {detail}")]
+    Protocol {
+        /// The URL tried.
+        server: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Asks the control plane at `server` to mint a token (`POST /dev/token`).
+pub async fn request_token(server: &str, request: &TokenRequest) -> Result<String, ClientError> {
+    let base = server.trim().trim_end_matches('/');
+    if !base.to_ascii_lowercase().starts_with("http://") || base.len() <= "http://".len() {
+        return Err(ClientError::InvalidServerUrl(server.to_owned()));
+    }
+    let protocol = |detail: String| ClientError::Protocol {
+        server: base.to_owned(),
+        detail,
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|error| protocol(error.to_string()))?;
+    let url = format!("{base}/dev/token");
+    let response = client
+        .post(&url)
+        .json(request)
+        .send()
+        .await
+        .map_err(|error| {
+            if error.is_connect() || error.is_timeout() {
+                ClientError::Unreachable {
+                    server: base.to_owned(),
+                }
+            } else if error.is_builder() {
+                ClientError::InvalidServerUrl(server.to_owned())
+            } else {
+                protocol(error.to_string())
+            }
+        })?;
+
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| protocol(error.to_string()))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(ClientError::NotDevMode {
+            server: base.to_owned(),
+        });
+    }
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|error| error.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+        return Err(ClientError::Rejected {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    let answer: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|error| protocol(format!("invalid token response: {error}")))?;
+    Ok(answer.token)
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Token(_) => "warn",
+    };
+    init_tracing(default_filter);
+
+    let runtime = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        Command::Token(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Token(args) => token(&args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        dev: args.dev,
+        public_url: args.public_url.unwrap_or_default(),
+    };
+    server::serve(&args.listen, config)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+async fn token(args: &TokenArgs) -> Result<(), String> {
+    let token = request_token(&args.server, &args.to_request())
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{token}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| format!("cannot write the token to stdout: {error}"))
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default_filter`.
+fn init_tracing(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttl_forms() {
+        assert_eq!(parse_ttl("90").unwrap(), 90);
+        assert_eq!(parse_ttl("3600s").unwrap(), 3600);
+        assert_eq!(parse_ttl("30m").unwrap(), 1800);
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("30d").unwrap(), MAX_TTL_SECONDS);
+        for bad in [
+            "",
+            "0",
+            "31d",
+            "1w",
+            "h",
+            "-5",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn claims_are_json_when_they_parse() {
+        assert_eq!(
+            parse_claim("tier=3").unwrap(),
+            ("tier".into(), Value::from(3))
+        );
+        assert_eq!(
+            parse_claim("admin=true").unwrap(),
+            ("admin".into(), Value::from(true))
+        );
+        assert_eq!(
+            parse_claim("roles=[\"a\",\"b\"]").unwrap(),
+            ("roles".into(), serde_json::json!(["a", "b"]))
+        );
+        assert_eq!(
+            parse_claim("team=platform").unwrap(),
+            ("team".into(), Value::from("platform"))
+        );
+        assert_eq!(
+            parse_claim("expr=a=b").unwrap(),
+            ("expr".into(), Value::from("a=b"))
+        );
+        assert!(parse_claim("novalue").is_err());
+        assert!(parse_claim("=x").is_err());
+    }
+
+    #[test]
+    fn token_arguments_become_a_request() {
+        let cli = Cli::try_parse_from([
+            "warden",
+            "token",
+            "--sub",
+            "alice",
+            "--groups",
+            "engineering,finance",
+            "--group",
+            "oncall",
+            "--group",
+            "finance",
+            "--ttl",
+            "30m",
+            "--alg",
+            "es256",
+            "--claim",
+            "tier=3",
+            "--server",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap();
+        let Command::Token(args) = cli.command else {
+            unreachable!("parsed as token")
+        };
+        let request = args.to_request();
+        assert_eq!(request.sub, "alice");
+        assert_eq!(request.groups, ["engineering", "finance", "oncall"]);
+        assert_eq!(request.ttl_seconds, Some(1800));
+        assert_eq!(request.alg, Some(SigningAlg::ES256));
+        assert_eq!(request.claims.unwrap()["tier"], 3);
+        assert_eq!(args.server, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let cli = Cli::try_parse_from(["warden", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            unreachable!("parsed as serve")
+        };
+        assert_eq!(args.listen, "127.0.0.1:8080");
+        assert_eq!(args.data_dir, PathBuf::from(".warden"));
+        assert!(!args.dev);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_reported_clearly() {
+        // Bind then drop a listener to get a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = format!("http://127.0.0.1:{port}");
+        let request = TokenRequest {
+            sub: "alice".into(),
+            ..TokenRequest::default()
+        };
+        let error = request_token(&server, &request).await.unwrap_err();
+        assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains("is `make run` running?"));
+
+        let error = request_token("ftp://x", &request).await.unwrap_err();
+        assert!(matches!(error, ClientError::InvalidServerUrl(_)), "{error}");
+    }
+}

@@ -1,0 +1,196 @@
+//! The one error type every HTTP handler returns.
+//!
+//! Each variant maps to a status code and a stable machine-readable `code`;
+//! the response body is always
+//!
+//! ```json
+//! {"error": {"code": "bad_request", "message": "`sub` must not be empty"}}
+//! ```
+//!
+//! Variants that wrap internal failures ([`ApiError::DatabaseUnavailable`],
+//! [`ApiError::Internal`]) log their details with `tracing` and send the client
+//! only a generic message: database errors, file paths and key material never
+//! leave the process.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+/// An error returned by an API handler.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request was malformed or failed validation. The message is shown
+    /// to the client, so it must only describe the client's own input.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
+    /// The request body was not declared as JSON.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+
+    /// The request body was larger than the server accepts.
+    #[error("payload too large")]
+    PayloadTooLarge,
+
+    /// No such route or resource (also what the dev routes answer without `--dev`).
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// The route exists but not for this HTTP method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+
+    /// The database did not answer. The detail is logged, never sent.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
+
+    /// Anything else that went wrong on our side. The detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The `error` member of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code such as `bad_request` or `not_found`.
+    pub code: String,
+    /// A human-readable message, safe to show to the caller.
+    pub message: String,
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code sent in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::DatabaseUnavailable(_) => "database_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The message sent to the client: the client's own mistake, or a
+    /// generic sentence for failures on our side.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::BadRequest(message)
+            | ApiError::UnsupportedMediaType(message)
+            | ApiError::NotFound(message) => message.clone(),
+            ApiError::PayloadTooLarge => "the request body is too large".to_owned(),
+            ApiError::MethodNotAllowed => "this method is not allowed on this path".to_owned(),
+            ApiError::DatabaseUnavailable(_) => "the database is not available".to_owned(),
+            ApiError::Internal(_) => "internal server error".to_owned(),
+        }
+    }
+
+    /// The response body for this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.public_message(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::DatabaseUnavailable(detail) => {
+                tracing::error!(error = %detail, "database unavailable");
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+            }
+            _ => {
+                tracing::debug!(code = self.code(), message = %self.public_message(), "request rejected");
+            }
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        // axum's rejection texts describe the client's input (missing
+        // content type, syntax error at line/column, unknown field), so they
+        // are safe and useful to pass on.
+        match rejection.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::UnsupportedMediaType(rejection.body_text())
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            _ => ApiError::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn client_errors_carry_their_message() {
+        let (status, body) = body_of(ApiError::BadRequest("`sub` must not be empty".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "bad_request", "message": "`sub` must not be empty"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn internal_details_are_not_sent() {
+        let (status, body) = body_of(ApiError::Internal(
+            "open /secret/path: permission denied".into(),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(!body.to_string().contains("/secret/path"));
+
+        let (status, body) = body_of(ApiError::DatabaseUnavailable(
+            "password authentication failed".into(),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "database_unavailable");
+        assert!(!body.to_string().contains("password"));
+    }
+}

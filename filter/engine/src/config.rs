@@ -1,0 +1,371 @@
+//! The filter's configuration: the document an operator writes in the Envoy
+//! YAML (`configuration` as a `StringValue` holding JSON or YAML, which is
+//! also what Istio's `WasmPlugin.pluginConfig` becomes), and its compiled
+//! form. Unknown fields are errors: a typo must stop Envoy from taking the
+//! configuration, not silently turn a protection off.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::provider::Api;
+
+/// Why a configuration was refused. The message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("the plugin configuration is empty")]
+    Empty,
+    #[error("the plugin configuration does not parse: {0}")]
+    Syntax(String),
+    #[error("the plugin configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+/// The document as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfigDoc {
+    /// The providers this gateway fronts, matched by path prefix in order.
+    pub providers: Vec<ProviderDoc>,
+    /// Client headers that carry credentials and must never reach a provider.
+    /// The defaults cover every SDK Warden speaks.
+    #[serde(default = "default_client_credential_headers")]
+    pub client_credential_headers: Vec<String>,
+}
+
+fn default_client_credential_headers() -> Vec<String> {
+    [
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "proxy-authorization",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDoc {
+    /// A short name used in logs, metrics and the audit trail (`openai`).
+    pub name: String,
+    /// The wire format spoken on this route.
+    pub api: Api,
+    /// The gateway path prefix that selects this provider (`/openai/`). The
+    /// Envoy route strips it before the request goes upstream.
+    pub path_prefix: String,
+    pub credential: CredentialDoc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDoc {
+    /// The environment variable of Envoy's process that holds the key,
+    /// passed into the VM with `vm_config.environment_variables.host_env_keys`.
+    /// Keys never appear in YAML.
+    pub env: String,
+    /// Header to put the key in (defaults to the API's own).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Scheme before the key (`Bearer`); defaults to the API's own.
+    #[serde(default)]
+    pub scheme: Option<String>,
+}
+
+/// A provider key. Its `Debug` never shows the value, so it cannot end up in a
+/// log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A provider ready for the request path.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub api: Api,
+    pub path_prefix: String,
+    pub credential_header: String,
+    /// The header value to send (`Bearer sk-...`), or `None` when Envoy's
+    /// environment has no key: requests then get a 503 that says so.
+    pub credential_value: Option<Secret>,
+    pub credential_env: String,
+}
+
+/// The compiled configuration, shared by every request of a worker VM.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    pub providers: Vec<Provider>,
+    pub client_credential_headers: Vec<String>,
+}
+
+impl FilterConfig {
+    /// Parses and compiles a configuration. `env` looks up an environment
+    /// variable of Envoy's process (the adapter passes `std::env::var`).
+    pub fn from_bytes(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let doc = parse_document::<FilterConfigDoc>(bytes)?;
+        Self::compile(doc, env)
+    }
+
+    pub fn compile(
+        doc: FilterConfigDoc,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        if doc.providers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "`providers` must list at least one provider".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut prefixes = BTreeSet::new();
+        let mut providers = Vec::with_capacity(doc.providers.len());
+        for p in doc.providers {
+            if p.name.is_empty() || !p.name.bytes().all(is_name_byte) {
+                return Err(ConfigError::Invalid(format!(
+                    "provider name {:?} must be non-empty and use only a-z, 0-9, '-' and '_'",
+                    p.name
+                )));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "provider {:?} is listed twice",
+                    p.name
+                )));
+            }
+            if !(p.path_prefix.starts_with('/') && p.path_prefix.ends_with('/'))
+                || p.path_prefix.len() < 2
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "provider {:?}: path_prefix {:?} must start and end with '/' (e.g. \"/openai/\")",
+                    p.name, p.path_prefix
+                )));
+            }
+            if !prefixes.insert(p.path_prefix.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "path_prefix {:?} is used by two providers",
+                    p.path_prefix
+                )));
+            }
+            if p.credential.env.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "provider {:?}: credential.env must name an environment variable",
+                    p.name
+                )));
+            }
+            let (default_header, default_scheme) = p.api.default_credential_header();
+            let header = p
+                .credential
+                .header
+                .unwrap_or_else(|| default_header.to_string());
+            if header.is_empty() || !header.bytes().all(is_header_name_byte) {
+                return Err(ConfigError::Invalid(format!(
+                    "provider {:?}: credential.header {:?} is not a valid lowercase header name",
+                    p.name, header
+                )));
+            }
+            let scheme = p
+                .credential
+                .scheme
+                .or_else(|| default_scheme.map(String::from));
+            let credential_value =
+                env(&p.credential.env)
+                    .filter(|k| !k.trim().is_empty())
+                    .map(|key| match &scheme {
+                        Some(s) if !s.is_empty() => Secret::new(format!("{s} {}", key.trim())),
+                        _ => Secret::new(key.trim().to_string()),
+                    });
+            providers.push(Provider {
+                name: p.name,
+                api: p.api,
+                path_prefix: p.path_prefix,
+                credential_header: header,
+                credential_value,
+                credential_env: p.credential.env,
+            });
+        }
+        let mut client_credential_headers = Vec::new();
+        for h in doc.client_credential_headers {
+            let h = h.to_ascii_lowercase();
+            if h.is_empty() || !h.bytes().all(is_header_name_byte) {
+                return Err(ConfigError::Invalid(format!(
+                    "client_credential_headers: {h:?} is not a valid header name"
+                )));
+            }
+            client_credential_headers.push(h);
+        }
+        Ok(Self {
+            providers,
+            client_credential_headers,
+        })
+    }
+
+    /// The provider (and its index) whose prefix starts `path`; the longest
+    /// prefix wins, so `/openai/eu/` can sit beside `/openai/`.
+    pub fn provider_for_path(&self, path: &[u8]) -> Option<(usize, &Provider)> {
+        self.providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| path.starts_with(p.path_prefix.as_bytes()))
+            .max_by_key(|(_, p)| p.path_prefix.len())
+    }
+}
+
+/// Parses JSON or YAML (a superset of JSON) into `T`, refusing empty input.
+pub fn parse_document<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| ConfigError::Syntax(format!("not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::Empty);
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+}
+
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+
+    const DOC: &str = r#"
+providers:
+  - name: openai
+    api: openai
+    path_prefix: /openai/
+    credential: {env: OPENAI_KEY}
+  - name: anthropic
+    api: anthropic
+    path_prefix: /anthropic/
+    credential: {env: ANTHROPIC_KEY}
+"#;
+
+    fn env_with_keys(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_KEY" => Some("sk-test-openai".into()),
+            "ANTHROPIC_KEY" => Some("sk-ant-test".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn yaml_compiles_with_api_defaults() {
+        let cfg = FilterConfig::from_bytes(DOC.as_bytes(), &env_with_keys).unwrap();
+        assert_eq!(cfg.providers.len(), 2);
+        let openai = &cfg.providers[0];
+        assert_eq!(openai.credential_header, "authorization");
+        assert_eq!(
+            openai.credential_value.as_ref().map(Secret::expose),
+            Some("Bearer sk-test-openai")
+        );
+        let anthropic = &cfg.providers[1];
+        assert_eq!(anthropic.credential_header, "x-api-key");
+        assert_eq!(
+            anthropic.credential_value.as_ref().map(Secret::expose),
+            Some("sk-ant-test")
+        );
+        assert!(cfg
+            .client_credential_headers
+            .contains(&"x-api-key".to_string()));
+    }
+
+    #[test]
+    fn json_is_accepted_too() {
+        let json = r#"{"providers":[{"name":"azure","api":"azure_openai","path_prefix":"/azure/","credential":{"env":"AZ"}}]}"#;
+        let cfg = FilterConfig::from_bytes(json.as_bytes(), &|_| Some("k".into())).unwrap();
+        assert_eq!(cfg.providers[0].credential_header, "api-key");
+        assert_eq!(
+            cfg.providers[0]
+                .credential_value
+                .as_ref()
+                .map(Secret::expose),
+            Some("k")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let doc = DOC.replace("api: openai", "api: openai\n    colour: blue");
+        let err = FilterConfig::from_bytes(doc.as_bytes(), &env_with_keys).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Syntax(m) if m.contains("colour")),
+            "{err}"
+        );
+        let top = format!("{DOC}\nauthentication: {{}}\n");
+        assert!(FilterConfig::from_bytes(top.as_bytes(), &env_with_keys).is_err());
+    }
+
+    #[test]
+    fn bad_documents_are_refused_with_reasons() {
+        assert_eq!(
+            FilterConfig::from_bytes(b"  ", &env_with_keys).unwrap_err(),
+            ConfigError::Empty
+        );
+        assert!(FilterConfig::from_bytes(b"providers: []", &env_with_keys).is_err());
+        assert!(FilterConfig::from_bytes(b"\xff\xfe", &env_with_keys).is_err());
+        let no_slash = DOC.replace("/openai/", "/openai");
+        let err = FilterConfig::from_bytes(no_slash.as_bytes(), &env_with_keys).unwrap_err();
+        assert!(err.to_string().contains("path_prefix"), "{err}");
+        let twice = DOC.replace("name: anthropic", "name: openai");
+        let err = FilterConfig::from_bytes(twice.as_bytes(), &env_with_keys).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let bad_api = DOC.replace("api: anthropic", "api: gemini");
+        assert!(FilterConfig::from_bytes(bad_api.as_bytes(), &env_with_keys).is_err());
+    }
+
+    #[test]
+    fn missing_key_compiles_but_is_absent() {
+        let cfg = FilterConfig::from_bytes(DOC.as_bytes(), &|_| None).unwrap();
+        assert!(cfg.providers.iter().all(|p| p.credential_value.is_none()));
+        let blank = FilterConfig::from_bytes(DOC.as_bytes(), &|_| Some("  ".into())).unwrap();
+        assert!(blank.providers.iter().all(|p| p.credential_value.is_none()));
+    }
+
+    #[test]
+    fn secret_debug_never_shows_the_key() {
+        let cfg = FilterConfig::from_bytes(DOC.as_bytes(), &env_with_keys).unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("sk-test-openai"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn longest_prefix_selects_the_provider() {
+        let doc = format!(
+            "{DOC}  - name: openai-eu\n    api: openai\n    path_prefix: /openai/eu/\n    credential: {{env: OPENAI_KEY}}\n"
+        );
+        let cfg = FilterConfig::from_bytes(doc.as_bytes(), &env_with_keys).unwrap();
+        let pick = |p: &str| {
+            cfg.provider_for_path(p.as_bytes())
+                .map(|(_, p)| p.name.as_str())
+        };
+        assert_eq!(pick("/openai/v1/chat/completions"), Some("openai"));
+        assert_eq!(pick("/openai/eu/v1/chat/completions"), Some("openai-eu"));
+        assert_eq!(pick("/anthropic/v1/messages"), Some("anthropic"));
+        assert_eq!(pick("/openaiv1"), None);
+        assert_eq!(pick("/"), None);
+    }
+}

@@ -1,0 +1,361 @@
+"""The Warden stack on loopback: stand-in provider, control plane, Envoy with the filter.
+
+One code path for `make run`, `make demo` and the end-to-end tests:
+
+    with Stack.start(Ports.free(), data_dir) as stack:
+        stack.gateway_url          # http://127.0.0.1:<port>
+        stack.token(sub="alice", groups=["engineering"])
+
+Readiness is polled (Envoy's /ready, the control plane's /healthz, the
+provider's /_warden/health), never slept on. Every process writes to its own
+log file under the data dir; `dump_logs()` returns their tails for a failing
+test. Stopping always reaps every process that was started.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = ROOT / "target" / "release"
+WARDEN_BIN = RELEASE / "warden"
+PROVIDER_BIN = RELEASE / "warden-stand-in-provider"
+ENVOY_BIN = ROOT / ".venv" / "bin" / "envoy"
+ENVOY_TEMPLATE = ROOT / "envoy" / "envoy.yaml"
+FILTER_WASM = ROOT / "dist" / "warden-filter.wasm"
+
+# Keys the stand-in provider receives in development. They are not secrets;
+# tests assert that exactly these (and never a user's token) reach upstream.
+STAND_IN_KEYS = {
+    "WARDEN_OPENAI_API_KEY": "sk-stand-in-openai-0123456789",
+    "WARDEN_ANTHROPIC_API_KEY": "sk-ant-stand-in-0123456789",
+}
+
+# Real provider endpoints, used by `make run` when the operator exports the
+# matching WARDEN_*_API_KEY.
+REAL_PROVIDERS = {
+    "provider_openai": ("WARDEN_OPENAI_API_KEY", "api.openai.com"),
+    "provider_anthropic": ("WARDEN_ANTHROPIC_API_KEY", "api.anthropic.com"),
+}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ports:
+    gateway: int
+    admin: int
+    control_plane: int
+    provider: int
+
+    @classmethod
+    def defaults(cls) -> "Ports":
+        return cls(gateway=10000, admin=9901, control_plane=8080, provider=8081)
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Four ports the kernel says are free now (held open together so they differ)."""
+        socks = []
+        try:
+            for _ in range(4):
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                socks.append(s)
+            p = [s.getsockname()[1] for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        return cls(gateway=p[0], admin=p[1], control_plane=p[2], provider=p[3])
+
+
+def http(method: str, url: str, body: Any = None, headers: dict | None = None,
+         timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """A small HTTP client on the standard library; returns (status, headers, body)."""
+    data = None
+    hdrs = dict(headers or {})
+    if body is not None:
+        data = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
+        hdrs.setdefault("content-type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0,
+               alive: Callable[[], None] | None = None) -> None:
+    """Polls `check` until it is true; `alive` raises if a process died meanwhile."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if alive:
+            alive()
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    def check_alive(self) -> None:
+        code = self.popen.poll()
+        if code is not None:
+            raise StackError(f"{self.name} exited with status {code} while starting:\n{self.tail()}")
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=timeout)
+
+
+def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> Process:
+    """Starts `argv` in its own session with output to `log_path`; `env` replaces
+    the environment when given (default: ours)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab", buffering=0)
+    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=dict(os.environ) if env is None else env, cwd=ROOT,
+                             start_new_session=True)
+    log.close()
+    return Process(name, popen, log_path)
+
+
+def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | None = None,
+                        real_clusters: set[str] = frozenset(),
+                        template: Path = ENVOY_TEMPLATE) -> dict:
+    """envoy/envoy.yaml with this stack's ports and paths (and, optionally, another
+    plugin configuration or real provider clusters)."""
+    cfg = yaml.safe_load(template.read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["admin"]["address"]["socket_address"]["port_value"] = ports.admin
+    listener = cfg["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = ports.gateway
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for log in hcm.get("access_log", []):
+        log["typed_config"]["path"] = str(data_dir / "logs" / "access.log")
+    for f in hcm["http_filters"]:
+        if f["name"] == "envoy.filters.http.wasm":
+            plugin = f["typed_config"]["config"]
+            plugin["vm_config"]["code"]["local"]["filename"] = str(FILTER_WASM)
+            if filter_config is not None:
+                plugin["configuration"]["value"] = filter_config
+    port_of = {"provider_openai": ports.provider, "provider_anthropic": ports.provider,
+               "warden_control_plane": ports.control_plane}
+    clusters = cfg["static_resources"]["clusters"]
+    for i, cluster in enumerate(clusters):
+        name = cluster["name"]
+        if name in real_clusters:
+            clusters[i] = real_provider_cluster(name, REAL_PROVIDERS[name][1])
+        elif name in port_of:
+            for group in cluster["load_assignment"]["endpoints"]:
+                for ep in group["lb_endpoints"]:
+                    ep["endpoint"]["address"]["socket_address"]["port_value"] = port_of[name]
+    return cfg
+
+
+def real_provider_cluster(name: str, host: str) -> dict:
+    """A TLS cluster to a provider's public API, verified against the system CAs."""
+    return {
+        "name": name,
+        "type": "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "10s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": 443}},
+                          "hostname": host}}]}]},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                }},
+            },
+        },
+    }
+
+
+@dataclass
+class Stack:
+    ports: Ports
+    data_dir: Path
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.admin}"
+
+    @property
+    def control_plane_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.control_plane}"
+
+    @property
+    def provider_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.provider}"
+
+    @property
+    def access_log(self) -> Path:
+        return self.data_dir / "logs" / "access.log"
+
+    @classmethod
+    def start(cls, ports: Ports, data_dir: Path, *, filter_config: str | None = None,
+              envoy_env: dict | None = None, real_providers: bool = False,
+              concurrency: int = 2) -> "Stack":
+        """Starts provider, control plane and Envoy, each polled until ready.
+
+        `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
+        start Envoy with no provider key at all). With `real_providers`, each
+        cluster whose WARDEN_*_API_KEY is set in this process's environment goes
+        to the real provider instead of the stand-in.
+        """
+        for path, hint in ((WARDEN_BIN, "make build"), (PROVIDER_BIN, "make build"),
+                           (ENVOY_BIN, "make bootstrap"), (FILTER_WASM, "make build")):
+            if not path.exists():
+                raise StackError(f"{path} is missing; run `{hint}` first")
+        data_dir = data_dir.resolve()
+        (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        stack = cls(ports, data_dir)
+        try:
+            stack._start_provider()
+            stack._start_control_plane()
+            env = dict(STAND_IN_KEYS) if envoy_env is None else dict(envoy_env)
+            real = set()
+            if real_providers:
+                for cluster, (var, _host) in REAL_PROVIDERS.items():
+                    if os.environ.get(var):
+                        env[var] = os.environ[var]
+                        real.add(cluster)
+            stack._start_envoy(filter_config, env, real, concurrency)
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
+    def _start_provider(self) -> None:
+        p = spawn("stand-in provider",
+                  [str(PROVIDER_BIN), "--listen", f"127.0.0.1:{self.ports.provider}"],
+                  self.data_dir / "logs" / "provider.log")
+        self.processes.append(p)
+        wait_until("the stand-in provider", lambda: http(
+            "GET", f"{self.provider_url}/_warden/health", timeout=2)[0] == 200, alive=p.check_alive)
+
+    def _start_control_plane(self) -> None:
+        p = spawn("control plane",
+                  [str(WARDEN_BIN), "serve", "--listen", f"127.0.0.1:{self.ports.control_plane}",
+                   "--data-dir", str(self.data_dir), "--dev"],
+                  self.data_dir / "logs" / "control-plane.log")
+        self.processes.append(p)
+        wait_until("the control plane", lambda: http(
+            "GET", f"{self.control_plane_url}/healthz", timeout=2)[0] == 200, alive=p.check_alive)
+
+    def _start_envoy(self, filter_config: str | None, env: dict, real: set[str],
+                     concurrency: int) -> None:
+        cfg = render_envoy_config(self.ports, self.data_dir, filter_config=filter_config,
+                                  real_clusters=real)
+        path = self.data_dir / "envoy.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        # Envoy inherits only what it needs: the keys in `env`, nothing from ours.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
+        p = spawn("envoy",
+                  [str(ENVOY_BIN), "-c", str(path), "--disable-hot-restart",
+                   "--concurrency", str(concurrency), "--log-level", "info"],
+                  self.data_dir / "logs" / "envoy.log", env={**base, **env})
+        self.processes.append(p)
+        wait_until("Envoy to be ready", lambda: http(
+            "GET", f"{self.admin_url}/ready", timeout=2)[0] == 200, alive=p.check_alive)
+
+    # --- helpers for tests and the demo -------------------------------------------
+
+    def token(self, sub: str = "alice", groups: list[str] | None = None, *extra: str) -> str:
+        argv = [str(WARDEN_BIN), "token", "--server", self.control_plane_url, "--sub", sub]
+        for g in groups or []:
+            argv += ["--group", g]
+        argv += list(extra)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise StackError(f"warden token failed: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def provider_received(self) -> list[dict]:
+        status, _, body = http("GET", f"{self.provider_url}/_warden/received")
+        assert status == 200, status
+        return json.loads(body)
+
+    def provider_clear(self) -> None:
+        http("DELETE", f"{self.provider_url}/_warden/received")
+
+    def provider_queue_replies(self, replies: list[str]) -> None:
+        status, _, _ = http("POST", f"{self.provider_url}/_warden/replies", body=replies)
+        assert status in (200, 204), status
+
+    def access_log_records(self) -> list[dict]:
+        if not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+
+    def wait_for_access_log(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """Envoy writes access logs asynchronously; poll until `count` records exist."""
+        wait_until(f"{count} access-log records", lambda: len(self.access_log_records()) >= count,
+                   timeout=timeout)
+        return self.access_log_records()
+
+    def dump_logs(self, lines: int = 60) -> str:
+        return "\n".join(f"----- {p.name} ({p.log_path}) -----\n{p.tail(lines)}" for p in self.processes)
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            try:
+                p.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                pass
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
