@@ -13,12 +13,15 @@ import pytest
 from harness.stack import STAND_IN_KEYS, Stack, StackError, http, wait_until
 
 
-def openai_client(stack: Stack, api_key: str = "user-token-not-a-provider-key") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.gateway_url}/openai/v1", api_key=api_key, max_retries=0)
+def openai_client(stack: Stack, api_key: str | None = None) -> openai.OpenAI:
+    """The openai SDK pointed at the gateway, with an engineer's token as its API key."""
+    return openai.OpenAI(base_url=f"{stack.gateway_url}/openai/v1",
+                         api_key=api_key or stack.token("alice", ["engineering"]), max_retries=0)
 
 
-def anthropic_client(stack: Stack, api_key: str = "user-token-not-a-provider-key") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"{stack.gateway_url}/anthropic", api_key=api_key, max_retries=0)
+def anthropic_client(stack: Stack, api_key: str | None = None) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"{stack.gateway_url}/anthropic",
+                               api_key=api_key or stack.token("alice", ["engineering"]), max_retries=0)
 
 
 def test_openai_sdk_round_trip_through_the_filter(stack):
@@ -33,7 +36,8 @@ def test_openai_sdk_round_trip_through_the_filter(stack):
 
 
 def test_provider_sees_its_key_never_the_client_credential(stack):
-    client = openai_client(stack, api_key="eyJ.user.token")
+    token = stack.token("alice", ["engineering"])
+    client = openai_client(stack, api_key=token)
     client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
         extra_headers={"x-warden-user": "mallory", "x-api-key": "also-from-client"})
@@ -42,7 +46,7 @@ def test_provider_sees_its_key_never_the_client_credential(stack):
     assert headers["authorization"] == f"Bearer {STAND_IN_KEYS['WARDEN_OPENAI_API_KEY']}"
     assert "x-api-key" not in headers
     assert "x-warden-user" not in headers
-    assert "eyJ.user.token" not in json.dumps(req)
+    assert token not in json.dumps(req)
 
 
 def test_openai_streaming_arrives_whole(stack):
@@ -81,17 +85,21 @@ def test_every_request_leaves_one_access_log_record(stack):
     marker = f"access-log-test/{uuid.uuid4()}"
     openai_client(stack).with_options(default_headers={"user-agent": marker}).models.list()
     http("GET", f"{stack.gateway_url}/nowhere", headers={"user-agent": marker})
+    # Requests are recorded in completion order, which need not be sending order.
     wait_until("both records", lambda: len(
         [r for r in stack.access_log_records() if r["user_agent"] == marker]) >= 2)
     records = [r for r in stack.access_log_records() if r["user_agent"] == marker]
+    records.sort(key=lambda r: r["status"])
     assert [r["status"] for r in records] == [200, 404]
     assert records[0]["path"] == "/openai/v1/models"
     assert records[0]["upstream_cluster"] == "provider_openai"
+    assert records[0]["user"] == "alice" and records[0]["decision"] == "allowed"
     assert records[1]["upstream_cluster"] in (None, "-", "")
 
 
 def test_missing_provider_key_fails_closed_with_503(make_stack):
     stack = make_stack(envoy_env={"WARDEN_ANTHROPIC_API_KEY": STAND_IN_KEYS["WARDEN_ANTHROPIC_API_KEY"]})
+    # The OpenAI route has no key: refused before anything else, token or not.
     with pytest.raises(openai.APIStatusError) as err:
         openai_client(stack).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

@@ -178,6 +178,9 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
             plugin["vm_config"]["code"]["local"]["filename"] = str(FILTER_WASM)
             if filter_config is not None:
                 plugin["configuration"]["value"] = filter_config
+            # The dev issuer's name carries the control plane's address.
+            plugin["configuration"]["value"] = plugin["configuration"]["value"].replace(
+                "http://127.0.0.1:8080", f"http://127.0.0.1:{ports.control_plane}")
     port_of = {"provider_openai": ports.provider, "provider_anthropic": ports.provider,
                "warden_control_plane": ports.control_plane}
     clusters = cfg["static_resources"]["clusters"]
@@ -308,6 +311,18 @@ class Stack:
         self.processes.append(p)
         wait_until("Envoy to be ready", lambda: http(
             "GET", f"{self.admin_url}/ready", timeout=2)[0] == 200, alive=p.check_alive)
+        # Ready also means the filter has the issuer's keys: until then it
+        # answers 503 keys_not_loaded, by design. (A route without a provider
+        # key answers 503 before authenticating, so probe every route.)
+        token = self.token("harness-readiness")
+
+        def keys_loaded() -> bool:
+            reasons = [http("GET", f"{self.gateway_url}{prefix}v1/models",
+                            headers={"authorization": f"Bearer {token}"}, timeout=2)[1].get("x-warden-reason")
+                       for prefix in ("/openai/", "/anthropic/")]
+            return "warden.keys_not_loaded" not in reasons
+
+        wait_until("the filter to load the issuer's keys", keys_loaded, alive=p.check_alive)
 
     # --- helpers for tests and the demo -------------------------------------------
 

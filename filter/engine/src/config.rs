@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::auth::{AuthenticationDoc, Authenticator};
+use crate::policy::{Policy, PolicyDoc};
 use crate::provider::Api;
 
 /// Why a configuration was refused. The message names the field.
@@ -32,6 +34,20 @@ pub struct FilterConfigDoc {
     /// The defaults cover every SDK Warden speaks.
     #[serde(default = "default_client_credential_headers")]
     pub client_credential_headers: Vec<String>,
+    /// Who may call: token sources, trusted issuers and their keys. Required:
+    /// there is no anonymous mode.
+    pub authentication: AuthenticationDoc,
+    /// The policy to start with, until (or unless) the control plane serves one.
+    #[serde(default)]
+    pub policy: Option<PolicyDoc>,
+    /// Largest request body the filter reads (to find the model, and to
+    /// inspect it); larger bodies get a 413, never a partial inspection.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_client_credential_headers() -> Vec<String> {
@@ -108,10 +124,15 @@ pub struct Provider {
 }
 
 /// The compiled configuration, shared by every request of a worker VM.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FilterConfig {
     pub providers: Vec<Provider>,
+    /// Client headers removed from every request before it goes upstream:
+    /// credentials, the token sources, and nothing a provider needs.
     pub client_credential_headers: Vec<String>,
+    pub auth: Authenticator,
+    pub initial_policy: Option<Policy>,
+    pub max_body_bytes: usize,
 }
 
 impl FilterConfig {
@@ -201,8 +222,19 @@ impl FilterConfig {
                 credential_env: p.credential.env,
             });
         }
+        let auth = Authenticator::compile(doc.authentication, env)?;
+        let initial_policy = doc.policy.map(Policy::compile).transpose()?;
+        if !(1024..=64 * 1024 * 1024).contains(&doc.max_body_bytes) {
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be between 1024 and 67108864".into(),
+            ));
+        }
         let mut client_credential_headers = Vec::new();
-        for h in doc.client_credential_headers {
+        for h in doc
+            .client_credential_headers
+            .into_iter()
+            .chain(auth.token_headers().map(str::to_owned))
+        {
             let h = h.to_ascii_lowercase();
             if h.is_empty() || !h.bytes().all(is_header_name_byte) {
                 return Err(ConfigError::Invalid(format!(
@@ -214,6 +246,9 @@ impl FilterConfig {
         Ok(Self {
             providers,
             client_credential_headers,
+            auth,
+            initial_policy,
+            max_body_bytes: doc.max_body_bytes,
         })
     }
 
@@ -251,6 +286,15 @@ mod tests {
     use super::*;
     use crate::testing::test;
 
+    /// A minimal authentication section for configurations under test.
+    pub(crate) const AUTH: &str = r#"
+authentication:
+  issuers:
+    - issuer: https://idp.example.com
+      audiences: [warden]
+      inline_jwks: {keys: [{kty: OKP, crv: Ed25519, x: 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo, kid: k}]}
+"#;
+
     const DOC: &str = r#"
 providers:
   - name: openai
@@ -261,6 +305,11 @@ providers:
     api: anthropic
     path_prefix: /anthropic/
     credential: {env: ANTHROPIC_KEY}
+authentication:
+  issuers:
+    - issuer: https://idp.example.com
+      audiences: [warden]
+      inline_jwks: {keys: [{kty: OKP, crv: Ed25519, x: 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo, kid: k}]}
 "#;
 
     fn env_with_keys(name: &str) -> Option<String> {
@@ -294,7 +343,8 @@ providers:
 
     #[test]
     fn json_is_accepted_too() {
-        let json = r#"{"providers":[{"name":"azure","api":"azure_openai","path_prefix":"/azure/","credential":{"env":"AZ"}}]}"#;
+        let json = r#"{"providers":[{"name":"azure","api":"azure_openai","path_prefix":"/azure/","credential":{"env":"AZ"}}],
+            "authentication":{"issuers":[{"issuer":"i","audiences":["a"],"inline_jwks":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}]}}"#;
         let cfg = FilterConfig::from_bytes(json.as_bytes(), &|_| Some("k".into())).unwrap();
         assert_eq!(cfg.providers[0].credential_header, "api-key");
         assert_eq!(
@@ -314,8 +364,11 @@ providers:
             matches!(&err, ConfigError::Syntax(m) if m.contains("colour")),
             "{err}"
         );
-        let top = format!("{DOC}\nauthentication: {{}}\n");
+        let top = format!("{DOC}\nauthorisation: {{}}\n");
         assert!(FilterConfig::from_bytes(top.as_bytes(), &env_with_keys).is_err());
+        let no_auth = DOC.split("authentication:").next().unwrap_or_default();
+        let err = FilterConfig::from_bytes(no_auth.as_bytes(), &env_with_keys).unwrap_err();
+        assert!(err.to_string().contains("authentication"), "{err}");
     }
 
     #[test]
@@ -324,7 +377,9 @@ providers:
             FilterConfig::from_bytes(b"  ", &env_with_keys).unwrap_err(),
             ConfigError::Empty
         );
-        assert!(FilterConfig::from_bytes(b"providers: []", &env_with_keys).is_err());
+        let none = format!("providers: []\n{}", AUTH.trim_start());
+        let err = FilterConfig::from_bytes(none.as_bytes(), &env_with_keys).unwrap_err();
+        assert!(err.to_string().contains("at least one provider"), "{err}");
         assert!(FilterConfig::from_bytes(b"\xff\xfe", &env_with_keys).is_err());
         let no_slash = DOC.replace("/openai/", "/openai");
         let err = FilterConfig::from_bytes(no_slash.as_bytes(), &env_with_keys).unwrap_err();
@@ -354,8 +409,9 @@ providers:
 
     #[test]
     fn longest_prefix_selects_the_provider() {
-        let doc = format!(
-            "{DOC}  - name: openai-eu\n    api: openai\n    path_prefix: /openai/eu/\n    credential: {{env: OPENAI_KEY}}\n"
+        let doc = DOC.replace(
+            "authentication:",
+            "  - name: openai-eu\n    api: openai\n    path_prefix: /openai/eu/\n    credential: {env: OPENAI_KEY}\nauthentication:",
         );
         let cfg = FilterConfig::from_bytes(doc.as_bytes(), &env_with_keys).unwrap();
         let pick = |p: &str| {

@@ -11,8 +11,10 @@
 //! - [`provider`]: the provider APIs Warden fronts (OpenAI, Anthropic, Azure
 //!   OpenAI): how each expects its credential, and errors in each API's own
 //!   wire format so SDKs show users a readable message.
-//! - [`request`]: the header-phase plan for one request: which provider,
-//!   which client headers must not travel upstream, which credential to add.
+//! - [`policy`]: the versioned policy document and its compiled form (who may
+//!   use which provider and model).
+//! - [`request`]: one request's steps: route, authenticate, read the model,
+//!   authorize, and the header changes before upstream.
 //! - [`auth`]: OIDC tokens to a verified identity (JWKS, verification, cache).
 //! - [`headers`]: a read-only view of request headers as raw bytes.
 //!
@@ -22,6 +24,7 @@
 pub mod auth;
 pub mod config;
 pub mod headers;
+pub mod policy;
 pub mod provider;
 pub mod request;
 
@@ -38,4 +41,54 @@ pub(crate) mod testing {
     pub use core::prelude::v1::test;
     #[cfg(target_arch = "wasm32")]
     pub use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use base64::Engine;
+    use serde_json::{json, Value};
+
+    pub fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An Ed25519 key that signs arbitrary header/payload JSON, so tests can
+    /// build tokens no well-behaved library would.
+    pub struct RawSigner {
+        kp: ed25519_compact::KeyPair,
+        pub kid: &'static str,
+    }
+
+    impl RawSigner {
+        pub fn new(seed: u8, kid: &'static str) -> Self {
+            Self {
+                kp: ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32])),
+                kid,
+            }
+        }
+        pub fn jwk(&self) -> Value {
+            json!({"kty": "OKP", "crv": "Ed25519", "x": b64(self.kp.pk.as_ref()), "kid": self.kid, "use": "sig"})
+        }
+        pub fn sign(&self, header: &Value, claims: &Value) -> String {
+            let signing_input = format!(
+                "{}.{}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes())
+            );
+            let sig = self.kp.sk.sign(signing_input.as_bytes(), None);
+            format!("{signing_input}.{}", b64(sig.as_ref()))
+        }
+        pub fn header(&self) -> Value {
+            json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid})
+        }
+        /// A token with `claims`, signed and headed normally.
+        pub fn token(&self, claims: &Value) -> String {
+            self.sign(&self.header(), claims)
+        }
+    }
+
+    /// `(name, value)` header pairs as the host hands them over.
+    pub fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
 }

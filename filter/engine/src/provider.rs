@@ -135,7 +135,12 @@ impl GatewayError {
                 "error": { "type": self.kind.type_name(), "message": self.message },
             }),
         };
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        // The code travels in a header too: Anthropic's error shape has no
+        // field for it, and operators grep for one name across both APIs.
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("x-warden-reason".to_string(), self.code.to_string()),
+        ];
         if self.kind == ErrorKind::Unauthenticated {
             headers.push((
                 "www-authenticate".to_string(),

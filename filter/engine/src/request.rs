@@ -1,26 +1,30 @@
-//! The header phase of one request: pick the provider from the path, decide
-//! which client headers must not travel upstream, and which credential the
-//! gateway adds. Pure: the adapter applies the plan with host calls.
+//! One request's way through the gateway, as pure steps the adapter calls in
+//! order and turns into host actions:
+//!
+//! 1. [`route`]: the provider from the path (404 otherwise; 503 when the
+//!    gateway has no key for that provider).
+//! 2. [`authenticate`]: the caller's token to an [`Identity`] (401), using
+//!    the cache and the keys the worker holds, or asking for a key fetch.
+//! 3. [`read_model`]: the model from the JSON body, when there is one
+//!    (400, 413, 415).
+//! 4. [`authorize`]: the policy's verdict for identity, provider and model
+//!    (403; 503 with no policy).
+//! 5. [`forward_plan`]: the headers to remove and to set before upstream.
 
-use crate::config::{FilterConfig, Provider};
+use serde::Deserialize;
+
+use crate::auth::cache::TokenCache;
+use crate::auth::jwks::KeySet;
+use crate::auth::{AuthError, Identity};
+use crate::config::FilterConfig;
 use crate::headers::Headers;
+use crate::policy::Policy;
 use crate::provider::{Api, ErrorKind, GatewayError};
 
 /// Header prefix the gateway owns. A client must not be able to set these:
 /// anything downstream that trusts them (upstream services, access logs)
 /// would trust a forgery.
 pub const GATEWAY_HEADER_PREFIX: &str = "x-warden-";
-
-/// What to do with a request whose headers were accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardPlan {
-    /// Index into [`FilterConfig::providers`].
-    pub provider: usize,
-    /// Client headers to delete before anything goes upstream.
-    pub remove: Vec<String>,
-    /// Headers to set (replacing any value the client sent).
-    pub set: Vec<(String, Vec<u8>)>,
-}
 
 /// A request the gateway answers itself, in the API format of the route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +33,17 @@ pub struct Rejection {
     pub error: GatewayError,
 }
 
-/// Plans the header phase of a request.
-pub fn plan_headers(config: &FilterConfig, headers: Headers<'_>) -> Result<ForwardPlan, Rejection> {
+impl Rejection {
+    fn new(api: Api, kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            api,
+            error: GatewayError::new(kind, code, message),
+        }
+    }
+}
+
+/// Step 1: the index of the provider routed at this request's path.
+pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejection> {
     let path = headers.get(":path").unwrap_or_default();
     let Some((index, provider)) = config.provider_for_path(path) else {
         let prefixes: Vec<&str> = config
@@ -38,162 +51,287 @@ pub fn plan_headers(config: &FilterConfig, headers: Headers<'_>) -> Result<Forwa
             .iter()
             .map(|p| p.path_prefix.as_str())
             .collect();
-        return Err(Rejection {
-            api: Api::Openai,
-            error: GatewayError::new(
-                ErrorKind::NotFound,
-                "warden.no_route",
-                format!(
-                    "no provider is routed at this path; use one of: {}",
-                    prefixes.join(", ")
-                ),
+        return Err(Rejection::new(
+            Api::Openai,
+            ErrorKind::NotFound,
+            "warden.no_route",
+            format!(
+                "no provider is routed at this path; use one of: {}",
+                prefixes.join(", ")
             ),
-        });
+        ));
     };
-
-    let Some(credential) = provider.credential_value.as_ref() else {
-        return Err(Rejection {
-            api: provider.api,
-            error: missing_key(provider),
-        });
-    };
-
-    let mut remove: Vec<String> = config.client_credential_headers.clone();
-    for (name, _) in headers.iter() {
-        if name.len() >= GATEWAY_HEADER_PREFIX.len()
-            && name[..GATEWAY_HEADER_PREFIX.len()].eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX)
-            && !remove.iter().any(|r| r.eq_ignore_ascii_case(name))
-        {
-            remove.push(name.to_ascii_lowercase());
-        }
+    if provider.credential_value.is_none() {
+        return Err(Rejection::new(
+            provider.api,
+            ErrorKind::Unavailable,
+            "warden.provider_key_missing",
+            format!(
+                "the gateway has no API key for provider '{}': the operator must set {} in Envoy's environment",
+                provider.name, provider.credential_env
+            ),
+        ));
     }
-
-    let mut set = vec![(
-        provider.credential_header.clone(),
-        credential.expose().as_bytes().to_vec(),
-    )];
-    for (name, value) in provider.api.default_headers() {
-        if !headers.contains(name) {
-            set.push(((*name).to_string(), value.as_bytes().to_vec()));
-        }
-    }
-    Ok(ForwardPlan {
-        provider: index,
-        remove,
-        set,
-    })
+    Ok(index)
 }
 
-fn missing_key(provider: &Provider) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::Unavailable,
-        "warden.provider_key_missing",
-        format!(
-            "the gateway has no API key for provider '{}': the operator must set {} in Envoy's environment",
-            provider.name, provider.credential_env
-        ),
+/// What the worker holds for an issuer's keys right now.
+pub enum KeyView<'k> {
+    Ready(&'k KeySet),
+    /// Never fetched yet (the gateway just started, or the IdP was never reachable).
+    NotLoaded,
+    /// The last good keys are older than the issuer's `max_stale_seconds`.
+    Expired,
+}
+
+/// The outcome of [`authenticate`].
+pub enum AuthStep {
+    Verified(Identity),
+    /// The token names a key the worker does not hold: fetch the issuer's
+    /// keys (if the rate limit allows) and call again, with
+    /// `may_fetch = false` so a second miss is final.
+    FetchKeys {
+        issuer: usize,
+    },
+    Rejected(Rejection),
+}
+
+/// Step 2: who is calling.
+pub fn authenticate<'k>(
+    config: &FilterConfig,
+    provider: usize,
+    headers: Headers<'_>,
+    cache: &mut TokenCache,
+    keys: &dyn Fn(usize) -> KeyView<'k>,
+    now: u64,
+    may_fetch: bool,
+) -> AuthStep {
+    let api = config
+        .providers
+        .get(provider)
+        .map_or(Api::Openai, |p| p.api);
+    let unauthenticated = |e: AuthError| {
+        AuthStep::Rejected(Rejection::new(
+            api,
+            ErrorKind::Unauthenticated,
+            e.code(),
+            e.to_string(),
+        ))
+    };
+    let token = match config.auth.extract_token(headers) {
+        Ok(t) => t,
+        Err(e) => return unauthenticated(e),
+    };
+    let cache_key = TokenCache::key(token);
+    if let Some(identity) = cache.get(&cache_key, now) {
+        return AuthStep::Verified(identity.clone());
+    }
+    let unverified = match config.auth.inspect(token) {
+        Ok(u) => u,
+        Err(e) => return unauthenticated(e),
+    };
+    let issuer = unverified.issuer;
+    let issuer_name = config
+        .auth
+        .issuers
+        .get(issuer)
+        .map_or("", |i| i.issuer.as_str());
+    let key_set = match keys(issuer) {
+        KeyView::Ready(set) => set,
+        KeyView::NotLoaded => {
+            return AuthStep::Rejected(Rejection::new(
+                api,
+                ErrorKind::Unavailable,
+                "warden.keys_not_loaded",
+                format!("the gateway has not loaded the signing keys of {issuer_name} yet; retry shortly"),
+            ))
+        }
+        KeyView::Expired => {
+            return AuthStep::Rejected(Rejection::new(
+                api,
+                ErrorKind::Unavailable,
+                "warden.keys_stale",
+                format!(
+                    "the signing keys of {issuer_name} could not be refreshed for too long; requests are denied until the identity provider is reachable"
+                ),
+            ))
+        }
+    };
+    match config.auth.verify(token, unverified, key_set, now) {
+        Ok(identity) => {
+            cache.insert(cache_key, identity.clone());
+            AuthStep::Verified(identity)
+        }
+        Err(AuthError::UnknownKey) if may_fetch => AuthStep::FetchKeys { issuer },
+        Err(e) => unauthenticated(e),
+    }
+}
+
+/// Whether the request carries a body the gateway must read before deciding.
+pub fn has_body(headers: Headers<'_>, end_of_stream: bool) -> bool {
+    !end_of_stream
+        && !matches!(
+            headers.get(":method"),
+            Some(b"GET" | b"HEAD" | b"OPTIONS" | b"DELETE")
+        )
+}
+
+/// Step 3 (checks before reading): a body the gateway cannot inspect is
+/// refused up front, so it is never evaluated as something it is not.
+pub fn check_body_headers(
+    config: &FilterConfig,
+    provider: usize,
+    headers: Headers<'_>,
+) -> Result<(), Rejection> {
+    let api = config
+        .providers
+        .get(provider)
+        .map_or(Api::Openai, |p| p.api);
+    if let Some(enc) = headers.get("content-encoding") {
+        if !enc.eq_ignore_ascii_case(b"identity") {
+            return Err(Rejection::new(
+                api,
+                ErrorKind::UnsupportedMediaType,
+                "warden.body_encoded",
+                "compressed request bodies cannot be inspected; send the body uncompressed",
+            ));
+        }
+    }
+    if let Some(len) = headers
+        .get_str("content-length")
+        .and_then(|l| l.trim().parse::<usize>().ok())
+    {
+        if len > config.max_body_bytes {
+            return Err(too_large(api, config.max_body_bytes));
+        }
+    }
+    Ok(())
+}
+
+pub fn too_large(api: Api, limit: usize) -> Rejection {
+    Rejection::new(
+        api,
+        ErrorKind::PayloadTooLarge,
+        "warden.body_too_large",
+        format!("the request body is larger than the gateway inspects ({limit} bytes)"),
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::test;
-
-    fn config(with_keys: bool) -> FilterConfig {
-        let doc = r#"
-providers:
-  - {name: openai, api: openai, path_prefix: /openai/, credential: {env: OK}}
-  - {name: anthropic, api: anthropic, path_prefix: /anthropic/, credential: {env: AK}}
-"#;
-        FilterConfig::from_bytes(doc.as_bytes(), &|name| {
-            with_keys.then(|| format!("secret-{name}"))
-        })
-        .unwrap()
+/// Step 3: the model a JSON request body names (`None` when it names none).
+pub fn read_model(api: Api, body: &[u8]) -> Result<Option<String>, Rejection> {
+    #[derive(Deserialize)]
+    struct ModelOnly {
+        #[serde(default)]
+        model: Option<serde_json::Value>,
     }
-
-    fn hdrs(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect()
-    }
-
-    #[test]
-    fn strips_client_credentials_and_injects_the_provider_key() {
-        let cfg = config(true);
-        let h = hdrs(&[
-            (":path", b"/openai/v1/chat/completions"),
-            ("authorization", b"Bearer user-jwt"),
-            ("x-warden-user", b"mallory"),
-            ("X-Warden-Groups", b"admins"),
-        ]);
-        let plan = plan_headers(&cfg, Headers::new(&h)).unwrap();
-        assert_eq!(cfg.providers[plan.provider].name, "openai");
-        for must_go in [
-            "authorization",
-            "x-api-key",
-            "api-key",
-            "x-warden-user",
-            "x-warden-groups",
-        ] {
-            assert!(
-                plan.remove.iter().any(|r| r == must_go),
-                "{must_go} not removed"
-            );
-        }
-        assert_eq!(
-            plan.set,
-            vec![("authorization".to_string(), b"Bearer secret-OK".to_vec())]
-        );
-    }
-
-    #[test]
-    fn anthropic_gets_its_header_and_version() {
-        let cfg = config(true);
-        let h = hdrs(&[
-            (":path", b"/anthropic/v1/messages"),
-            ("x-api-key", b"user-jwt"),
-        ]);
-        let plan = plan_headers(&cfg, Headers::new(&h)).unwrap();
-        assert!(plan
-            .set
-            .contains(&("x-api-key".to_string(), b"secret-AK".to_vec())));
-        assert!(plan
-            .set
-            .contains(&("anthropic-version".to_string(), b"2023-06-01".to_vec())));
-        let with_version = hdrs(&[
-            (":path", b"/anthropic/v1/messages"),
-            ("anthropic-version", b"2024-01-01"),
-        ]);
-        let plan = plan_headers(&cfg, Headers::new(&with_version)).unwrap();
-        assert!(!plan.set.iter().any(|(n, _)| n == "anthropic-version"));
-    }
-
-    #[test]
-    fn unknown_path_is_404_in_openai_format() {
-        let h = hdrs(&[(":path", b"/gemini/v1/models")]);
-        let r = plan_headers(&config(true), Headers::new(&h)).unwrap_err();
-        assert_eq!(r.error.kind, ErrorKind::NotFound);
-        assert_eq!(r.api, Api::Openai);
-        assert!(r.error.message.contains("/openai/"));
-    }
-
-    #[test]
-    fn missing_key_fails_closed_with_503_naming_the_variable() {
-        let h = hdrs(&[(":path", b"/anthropic/v1/messages")]);
-        let r = plan_headers(&config(false), Headers::new(&h)).unwrap_err();
-        assert_eq!(r.error.kind.status(), 503);
-        assert_eq!(r.api, Api::Anthropic);
-        assert!(r.error.message.contains("AK"));
-    }
-
-    #[test]
-    fn non_utf8_header_values_do_not_matter() {
-        let h = hdrs(&[
-            (":path", b"/openai/v1/models"),
-            ("user-agent", b"\xff\xfe\x00"),
-        ]);
-        assert!(plan_headers(&config(true), Headers::new(&h)).is_ok());
+    let parsed: ModelOnly = serde_json::from_slice(body).map_err(|e| {
+        Rejection::new(
+            api,
+            ErrorKind::InvalidRequest,
+            "warden.body_not_json",
+            format!(
+                "the request body is not valid JSON ({} at line {}, column {})",
+                classify_json(&e),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    match parsed.model {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(m)) => Ok(Some(m)),
+        Some(_) => Err(Rejection::new(
+            api,
+            ErrorKind::InvalidRequest,
+            "warden.model_not_string",
+            "`model` must be a string",
+        )),
     }
 }
+
+fn classify_json(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected shape",
+        serde_json::error::Category::Io => "read error",
+    }
+}
+
+/// The model a request path names (`/v1/models/{id}`), for bodiless requests.
+pub fn model_from_path(config: &FilterConfig, provider: usize, path: &[u8]) -> Option<String> {
+    let prefix = config.providers.get(provider)?.path_prefix.as_bytes();
+    let rest = path.strip_prefix(prefix)?;
+    let rest = rest.split(|b| *b == b'?').next()?;
+    let id = rest.strip_prefix(b"v1/models/")?;
+    (!id.is_empty() && !id.contains(&b'/')).then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// Step 4: the policy's verdict.
+pub fn authorize(
+    config: &FilterConfig,
+    policy: Option<&Policy>,
+    provider: usize,
+    identity: &Identity,
+    model: Option<&str>,
+) -> Result<(), Rejection> {
+    let Some(p) = config.providers.get(provider) else {
+        return Err(Rejection::new(
+            Api::Openai,
+            ErrorKind::NotFound,
+            "warden.no_route",
+            "no such provider",
+        ));
+    };
+    let Some(policy) = policy else {
+        return Err(Rejection::new(
+            p.api,
+            ErrorKind::Unavailable,
+            "warden.no_policy",
+            "the gateway has no policy yet, so it denies every request; the operator must publish one",
+        ));
+    };
+    policy
+        .authorize(identity, &p.name, model)
+        .map_err(|d| Rejection::new(p.api, ErrorKind::PermissionDenied, d.code(), d.to_string()))
+}
+
+/// What to change in the request headers before they go upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardPlan {
+    /// Client headers to delete.
+    pub remove: Vec<String>,
+    /// Headers to set (replacing any value the client sent).
+    pub set: Vec<(String, Vec<u8>)>,
+}
+
+/// Step 5: strip every client credential and gateway-owned header, add the
+/// provider's key and required headers.
+pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>) -> ForwardPlan {
+    let mut remove: Vec<String> = config.client_credential_headers.clone();
+    for (name, _) in headers.iter() {
+        let owned = name.len() >= GATEWAY_HEADER_PREFIX.len()
+            && name[..GATEWAY_HEADER_PREFIX.len()].eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX);
+        if owned && !remove.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            remove.push(name.to_ascii_lowercase());
+        }
+    }
+    let mut set = Vec::new();
+    if let Some(p) = config.providers.get(provider) {
+        if let Some(key) = &p.credential_value {
+            set.push((
+                p.credential_header.clone(),
+                key.expose().as_bytes().to_vec(),
+            ));
+        }
+        for (name, value) in p.api.default_headers() {
+            if !headers.contains(name) {
+                set.push(((*name).to_string(), value.as_bytes().to_vec()));
+            }
+        }
+    }
+    ForwardPlan { remove, set }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,140 +5,235 @@
 //! `warden-engine`, where it is tested natively and under wasm.
 //!
 //! ## Layout
-//! - [`WardenRoot`]: one per worker VM. Reads the plugin configuration once in
-//!   `on_configure` (returning `false` makes Envoy refuse a bad configuration
-//!   instead of serving with it) and hands the compiled form to each request
-//!   behind an `Rc`.
-//! - [`WardenHttp`]: one per request. Applies the engine's plan to the
-//!   request headers, answers rejections with a local reply in the
-//!   provider's own error format, and marks every response it handled with
-//!   `x-warden`.
+//! - this file: [`WardenRoot`], one per worker VM. Reads the plugin
+//!   configuration once in `on_configure` (returning `false` makes Envoy refuse
+//!   a bad configuration instead of serving with it), keeps issuer keys fresh
+//!   on a timer, and hands each request the worker's state behind an `Rc`.
+//! - [`http`]: `WardenHttp`, one per request: a small state machine that feeds
+//!   the engine's request steps and turns their answers into host actions.
+//! - [`keys`]: issuer keys fetched through an Envoy cluster and shared by all
+//!   worker VMs through proxy-wasm shared data.
+//! - [`host`]: every host call, returning `Result`s instead of trapping.
 //!
-//! Failure is closed everywhere: no configuration means 503, and a panic
-//! aborts the VM, which Envoy (with `fail_open: false`) turns into a 503
-//! without sending anything upstream.
+//! Failure is closed everywhere: no configuration, keys or policy means a 503
+//! that says which; a panic aborts the VM, which Envoy (with
+//! `failure_policy: FAIL_CLOSED`) turns into a 503 with nothing sent upstream.
 
+mod host;
+mod http;
+mod keys;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{ContextType, LogLevel};
+use warden_engine::auth::cache::TokenCache;
+use warden_engine::auth::keys::Freshness;
+use warden_engine::auth::KeySource;
 use warden_engine::config::FilterConfig;
-use warden_engine::headers::Headers;
-use warden_engine::provider::{Api, ErrorKind, GatewayError, LocalReply};
-use warden_engine::request::plan_headers;
+use warden_engine::policy::Policy;
 
-/// Header set on every response the filter handled (proxied or answered).
-const MARK_HEADER: &str = "x-warden";
+/// Tick while some issuer's keys are not loaded yet, and once they are.
+const FAST_TICK: Duration = Duration::from_millis(250);
+const SLOW_TICK: Duration = Duration::from_secs(1);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
         // The message is ours (engine code never formats secrets into a
         // panic); the location makes the Envoy log actionable.
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("warden: panic: {info}"));
+        host::log(LogLevel::Critical, &format!("warden: panic: {info}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(WardenRoot::default()) });
 }}
 
-#[derive(Default)]
-pub struct WardenRoot {
-    config: Option<Rc<FilterConfig>>,
+/// What every request of one worker VM shares.
+pub struct Vm {
+    pub config: Rc<FilterConfig>,
+    /// The policy requests start under; a request keeps the one it started with.
+    pub policy: Option<Rc<Policy>>,
+    /// This VM's copy of each issuer's remote keys (by issuer index).
+    pub keys: Vec<keys::VmKeys>,
+    pub cache: TokenCache,
 }
 
-impl Context for WardenRoot {}
-
-impl RootContext for WardenRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let Some(bytes) = self.get_plugin_configuration() else {
-            log::error!("warden: no plugin configuration; refusing to start (set `configuration` in the Envoy wasm filter)");
-            return false;
-        };
-        match FilterConfig::from_bytes(&bytes, &|name| std::env::var(name).ok()) {
-            Ok(config) => {
-                for p in config
-                    .providers
-                    .iter()
-                    .filter(|p| p.credential_value.is_none())
-                {
-                    log::warn!(
-                        "warden: provider '{}' has no API key: {} is not set in Envoy's environment (or not listed in vm_config.environment_variables.host_env_keys); its requests will get 503",
-                        p.name, p.credential_env
-                    );
+impl Vm {
+    /// Re-reads shared keys of issuers this VM has none of yet: cheap, and
+    /// only until the first fetch lands.
+    pub fn refresh_missing_keys(&mut self) {
+        for (i, issuer) in self.config.auth.issuers.iter().enumerate() {
+            if let (KeySource::Remote(_), Some(vm_keys)) = (&issuer.keys, self.keys.get_mut(i)) {
+                if vm_keys.set.is_none() {
+                    vm_keys.refresh(&issuer.issuer);
                 }
-                log::info!(
-                    "warden {}: configured {} provider(s)",
-                    warden_engine::VERSION,
-                    config.providers.len()
-                );
-                self.config = Some(Rc::new(config));
-                true
-            }
-            Err(err) => {
-                log::error!("warden: {err}");
-                false
             }
         }
     }
+}
+
+#[derive(Default)]
+pub struct WardenRoot {
+    vm: Option<Rc<RefCell<Vm>>>,
+    /// Key fetches in flight: call token -> (issuer index, stage).
+    fetches: HashMap<u32, (usize, keys::Stage)>,
+    tick: Option<Duration>,
+}
+
+impl WardenRoot {
+    fn set_tick(&mut self, period: Duration) {
+        if self.tick != Some(period) && host::set_tick_period(period).is_ok() {
+            self.tick = Some(period);
+        }
+    }
+}
+
+impl Context for WardenRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((issuer_index, stage)) = self.fetches.remove(&token_id) else {
+            return;
+        };
+        let Some(vm) = self.vm.clone() else { return };
+        let mut vm = vm.borrow_mut();
+        let config = vm.config.clone();
+        let (Some(issuer), Some(vm_keys)) = (
+            config.auth.issuers.get(issuer_index),
+            vm.keys.get_mut(issuer_index),
+        ) else {
+            return;
+        };
+        let KeySource::Remote(remote) = &issuer.keys else {
+            return;
+        };
+        if let Some(next) =
+            keys::on_response(issuer, remote, stage, body_size, vm_keys, host::now_secs())
+        {
+            self.fetches.insert(next.0, (issuer_index, next.1));
+        }
+    }
+}
+
+impl RootContext for WardenRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = match host::plugin_configuration() {
+            Ok(Some(bytes)) => bytes,
+            _ => {
+                host::log(
+                    LogLevel::Error,
+                    "warden: no plugin configuration; refusing to start (set `configuration` in the Envoy wasm filter)",
+                );
+                return false;
+            }
+        };
+        let mut config = match FilterConfig::from_bytes(&bytes, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(err) => {
+                host::log(LogLevel::Error, &format!("warden: {err}"));
+                return false;
+            }
+        };
+        for p in config
+            .providers
+            .iter()
+            .filter(|p| p.credential_value.is_none())
+        {
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "warden: provider '{}' has no API key: {} is not set in Envoy's environment (or not listed in vm_config.environment_variables.host_env_keys); its requests will get 503",
+                    p.name, p.credential_env
+                ),
+            );
+        }
+        let policy = config.initial_policy.take().map(Rc::new);
+        if policy.is_none() {
+            host::log(
+                LogLevel::Warn,
+                "warden: no policy configured; every request will get 503 until one is",
+            );
+        }
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "warden {}: configured {} provider(s), {} issuer(s)",
+                warden_engine::VERSION,
+                config.providers.len(),
+                config.auth.issuers.len()
+            ),
+        );
+        let issuers = config.auth.issuers.len();
+        let cache = TokenCache::new(config.auth.cache_entries, config.auth.skew_seconds);
+        self.vm = Some(Rc::new(RefCell::new(Vm {
+            config: Rc::new(config),
+            policy,
+            keys: (0..issuers).map(|_| keys::VmKeys::default()).collect(),
+            cache,
+        })));
+        self.tick = None;
+        self.set_tick(FAST_TICK);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        let now = host::now_secs();
+        let mut all_loaded = true;
+        let mut to_fetch = Vec::new();
+        {
+            let mut vm = vm.borrow_mut();
+            let config = vm.config.clone();
+            for (i, issuer) in config.auth.issuers.iter().enumerate() {
+                let KeySource::Remote(remote) = &issuer.keys else {
+                    continue;
+                };
+                let Some(vm_keys) = vm.keys.get_mut(i) else {
+                    continue;
+                };
+                vm_keys.refresh(&issuer.issuer);
+                if remote.freshness(vm_keys.fetched_at, now) == Freshness::NotLoaded {
+                    all_loaded = false;
+                }
+                let in_flight = self.fetches.values().any(|(idx, _)| *idx == i);
+                if !in_flight
+                    && remote.fetch_due(
+                        vm_keys.fetched_at,
+                        keys::last_fetch_attempt(&issuer.issuer),
+                        now,
+                    )
+                    && keys::try_lease(&issuer.issuer, now, |last| {
+                        remote.fetch_due(vm_keys.fetched_at, last, now)
+                    })
+                {
+                    to_fetch.push(i);
+                }
+            }
+            for i in to_fetch {
+                let Some(issuer) = config.auth.issuers.get(i) else {
+                    continue;
+                };
+                if let KeySource::Remote(remote) = &issuer.keys {
+                    if let Some((token, stage)) = keys::start_fetch(issuer, remote) {
+                        self.fetches.insert(token, (i, stage));
+                    }
+                }
+            }
+        }
+        self.set_tick(if all_loaded { SLOW_TICK } else { FAST_TICK });
+    }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(WardenHttp {
-            config: self.config.clone(),
-        }))
+        Some(Box::new(http::WardenHttp::new(self.vm.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
-    }
-}
-
-pub struct WardenHttp {
-    config: Option<Rc<FilterConfig>>,
-}
-
-impl WardenHttp {
-    fn reply(&self, reply: LocalReply) -> Action {
-        let mut headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        headers.push((MARK_HEADER, warden_engine::VERSION));
-        self.send_http_response(reply.status, headers, Some(&reply.body));
-        Action::Pause
-    }
-}
-
-impl Context for WardenHttp {}
-
-impl HttpContext for WardenHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
-            return self.reply(
-                GatewayError::new(
-                    ErrorKind::Unavailable,
-                    "warden.not_configured",
-                    "the gateway has no valid configuration yet",
-                )
-                .render(Api::Openai),
-            );
-        };
-        let headers = self.get_http_request_headers_bytes();
-        match plan_headers(&config, Headers::new(&headers)) {
-            Ok(plan) => {
-                for name in &plan.remove {
-                    self.set_http_request_header(name, None);
-                }
-                for (name, value) in &plan.set {
-                    self.set_http_request_header_bytes(name, Some(value));
-                }
-                Action::Continue
-            }
-            Err(rejection) => self.reply(rejection.error.render(rejection.api)),
-        }
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.set_http_response_header(MARK_HEADER, Some(warden_engine::VERSION));
-        Action::Continue
     }
 }

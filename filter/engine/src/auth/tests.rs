@@ -1,52 +1,16 @@
 //! The "Tokens" section of shared/notes/threats.md, case by case, plus the
 //! key-set, cache and freshness rules.
 
-use base64::Engine;
 use jwt_simple::prelude::*;
 use serde_json::{json, Value};
 
 use super::cache::TokenCache;
 use super::jwks::KeySet;
 use super::*;
-use crate::testing::test;
+use crate::testing::{b64, test, RawSigner};
 
 const ISS: &str = "https://idp.example.com/realms/acme";
 const NOW: u64 = 1_800_000_000;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// An Ed25519 key that signs arbitrary header/payload JSON, so tests can
-/// build tokens no well-behaved library would.
-struct RawSigner {
-    kp: ed25519_compact::KeyPair,
-    kid: &'static str,
-}
-
-impl RawSigner {
-    fn new(seed: u8, kid: &'static str) -> Self {
-        Self {
-            kp: ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32])),
-            kid,
-        }
-    }
-    fn jwk(&self) -> Value {
-        json!({"kty": "OKP", "crv": "Ed25519", "x": b64(self.kp.pk.as_ref()), "kid": self.kid, "use": "sig"})
-    }
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        let signing_input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig = self.kp.sk.sign(signing_input.as_bytes(), None);
-        format!("{signing_input}.{}", b64(sig.as_ref()))
-    }
-    fn header(&self) -> Value {
-        json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid})
-    }
-}
 
 fn good_claims() -> Value {
     json!({"iss": ISS, "sub": "alice", "aud": "warden", "exp": NOW + 300, "iat": NOW - 10,

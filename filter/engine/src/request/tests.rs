@@ -1,0 +1,286 @@
+use serde_json::json;
+
+use super::*;
+use crate::testing::{headers, test, RawSigner};
+
+const ISS: &str = "https://idp.example.com";
+
+fn config(with_keys: bool, policy: bool) -> FilterConfig {
+    let signer = RawSigner::new(1, "k1");
+    let mut doc = json!({
+        "providers": [
+            {"name": "openai", "api": "openai", "path_prefix": "/openai/", "credential": {"env": "OK"}},
+            {"name": "anthropic", "api": "anthropic", "path_prefix": "/anthropic/", "credential": {"env": "AK"}}
+        ],
+        "authentication": {"issuers": [{"issuer": ISS, "audiences": ["warden"], "inline_jwks": {"keys": [signer.jwk()]}}]},
+        "max_body_bytes": 2048
+    });
+    if policy {
+        doc["policy"] =
+            json!({"version": 1, "groups": {"engineering": {"models": ["gpt-4o*", "claude-*"]}}});
+    }
+    FilterConfig::from_bytes(doc.to_string().as_bytes(), &|name| {
+        with_keys.then(|| format!("secret-{name}"))
+    })
+    .unwrap()
+}
+
+fn token(groups: &[&str]) -> String {
+    RawSigner::new(1, "k1").token(
+        &json!({"iss": ISS, "aud": "warden", "sub": "alice", "groups": groups, "exp": NOW + 60}),
+    )
+}
+
+const NOW: u64 = 1_800_000_000;
+
+fn authenticate_with(
+    cfg: &FilterConfig,
+    h: &[(String, Vec<u8>)],
+    cache: &mut TokenCache,
+) -> AuthStep {
+    let keys = |i: usize| match &cfg.auth.issuers[i].keys {
+        crate::auth::KeySource::Static(set) => KeyView::Ready(set),
+        crate::auth::KeySource::Remote(_) => KeyView::NotLoaded,
+    };
+    authenticate(cfg, 0, Headers::new(h), cache, &keys, NOW, true)
+}
+
+#[test]
+fn a_verified_engineer_is_authorized_and_forwarded_with_the_provider_key() {
+    let cfg = config(true, true);
+    let bearer = format!("Bearer {}", token(&["engineering"]));
+    let h = headers(&[
+        (":path", "/openai/v1/chat/completions"),
+        (":method", "POST"),
+        ("authorization", &bearer),
+        ("x-warden-user", "mallory"),
+    ]);
+    let provider = route(&cfg, Headers::new(&h)).unwrap();
+    let mut cache = TokenCache::new(8, 60);
+    let id = match authenticate_with(&cfg, &h, &mut cache) {
+        AuthStep::Verified(id) => id,
+        AuthStep::Rejected(r) => panic!("{r:?}"),
+        AuthStep::FetchKeys { .. } => panic!("fetch"),
+    };
+    assert_eq!(id.subject, "alice");
+    let model = read_model(Api::Openai, br#"{"model":"gpt-4o-mini","messages":[]}"#).unwrap();
+    authorize(
+        &cfg,
+        cfg.initial_policy.as_ref(),
+        provider,
+        &id,
+        model.as_deref(),
+    )
+    .unwrap();
+    let plan = forward_plan(&cfg, provider, Headers::new(&h));
+    for gone in ["authorization", "x-api-key", "x-warden-user"] {
+        assert!(plan.remove.iter().any(|r| r == gone), "{gone} not removed");
+    }
+    assert_eq!(
+        plan.set,
+        vec![("authorization".to_string(), b"Bearer secret-OK".to_vec())]
+    );
+    // The second time, the cache answers (same identity).
+    assert_eq!(cache.len(), 1);
+    let AuthStep::Verified(again) = authenticate_with(&cfg, &h, &mut cache) else {
+        panic!("cache miss")
+    };
+    assert_eq!(again, id);
+}
+
+#[test]
+fn no_token_is_401_and_a_bad_one_too() {
+    let cfg = config(true, true);
+    let mut cache = TokenCache::new(8, 60);
+    let none = headers(&[(":path", "/anthropic/v1/messages")]);
+    let AuthStep::Rejected(r) = authenticate(
+        &cfg,
+        1,
+        Headers::new(&none),
+        &mut cache,
+        &|_| KeyView::NotLoaded,
+        NOW,
+        true,
+    ) else {
+        panic!("accepted without a token")
+    };
+    assert_eq!(
+        (r.error.kind.status(), r.api, r.error.code),
+        (401, Api::Anthropic, "warden.no_token")
+    );
+    let forged = RawSigner::new(2, "k1")
+        .token(&json!({"iss": ISS, "aud": "warden", "sub": "eve", "exp": NOW + 60}));
+    let h = headers(&[("x-api-key", &forged)]);
+    let AuthStep::Rejected(r) = authenticate_with(&cfg, &h, &mut cache) else {
+        panic!("forged token accepted")
+    };
+    assert_eq!(r.error.code, "warden.token_signature");
+    assert!(!r.error.message.contains(&forged));
+}
+
+#[test]
+fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
+    let cfg = config(true, true);
+    let mut cache = TokenCache::new(8, 60);
+    let bearer = format!("Bearer {}", token(&["engineering"]));
+    let h = headers(&[("authorization", &bearer)]);
+    let AuthStep::Rejected(r) = authenticate(
+        &cfg,
+        0,
+        Headers::new(&h),
+        &mut cache,
+        &|_| KeyView::NotLoaded,
+        NOW,
+        true,
+    ) else {
+        panic!("accepted without keys")
+    };
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (503, "warden.keys_not_loaded")
+    );
+    let AuthStep::Rejected(r) = authenticate(
+        &cfg,
+        0,
+        Headers::new(&h),
+        &mut cache,
+        &|_| KeyView::Expired,
+        NOW,
+        true,
+    ) else {
+        panic!("accepted with expired keys")
+    };
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (503, "warden.keys_stale")
+    );
+    let other = RawSigner::new(3, "rotated")
+        .token(&json!({"iss": ISS, "aud": "warden", "sub": "a", "exp": NOW + 60}));
+    let h = headers(&[("authorization", &format!("Bearer {other}"))]);
+    assert!(matches!(
+        authenticate_with(&cfg, &h, &mut cache),
+        AuthStep::FetchKeys { issuer: 0 }
+    ));
+    let keys = |i: usize| match &cfg.auth.issuers[i].keys {
+        crate::auth::KeySource::Static(set) => KeyView::Ready(set),
+        crate::auth::KeySource::Remote(_) => KeyView::NotLoaded,
+    };
+    let AuthStep::Rejected(r) =
+        authenticate(&cfg, 0, Headers::new(&h), &mut cache, &keys, NOW, false)
+    else {
+        panic!("unknown key accepted")
+    };
+    assert_eq!(r.error.code, "warden.token_unknown_key");
+}
+
+#[test]
+fn authorization_follows_the_policy_and_fails_closed_without_one() {
+    let cfg = config(true, true);
+    let id = |groups: &[&str]| Identity {
+        issuer: ISS.into(),
+        subject: "bo".into(),
+        email: None,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        expires_at: NOW + 60,
+    };
+    let r = authorize(
+        &cfg,
+        cfg.initial_policy.as_ref(),
+        0,
+        &id(&["engineering"]),
+        Some("o1-pro"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (403, "warden.model_denied")
+    );
+    let r = authorize(
+        &cfg,
+        cfg.initial_policy.as_ref(),
+        1,
+        &id(&["sales"]),
+        Some("claude-x"),
+    )
+    .unwrap_err();
+    assert_eq!((r.api, r.error.code), (Api::Anthropic, "warden.no_group"));
+    let r = authorize(&cfg, None, 0, &id(&["engineering"]), Some("gpt-4o")).unwrap_err();
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (503, "warden.no_policy")
+    );
+}
+
+#[test]
+fn routes_and_missing_keys() {
+    let h = headers(&[(":path", "/gemini/v1/models")]);
+    let r = route(&config(true, true), Headers::new(&h)).unwrap_err();
+    assert_eq!((r.error.kind.status(), r.api), (404, Api::Openai));
+    let h = headers(&[(":path", "/anthropic/v1/messages")]);
+    let r = route(&config(false, true), Headers::new(&h)).unwrap_err();
+    assert_eq!((r.error.kind.status(), r.api), (503, Api::Anthropic));
+    assert!(r.error.message.contains("AK"));
+}
+
+#[test]
+fn bodies_that_cannot_be_inspected_are_refused() {
+    let cfg = config(true, true);
+    let gz = headers(&[("content-encoding", "gzip")]);
+    assert_eq!(
+        check_body_headers(&cfg, 0, Headers::new(&gz))
+            .unwrap_err()
+            .error
+            .kind
+            .status(),
+        415
+    );
+    let big = headers(&[("content-length", "4096")]);
+    assert_eq!(
+        check_body_headers(&cfg, 0, Headers::new(&big))
+            .unwrap_err()
+            .error
+            .kind
+            .status(),
+        413
+    );
+    let ok = headers(&[("content-length", "100"), ("content-encoding", "identity")]);
+    assert!(check_body_headers(&cfg, 0, Headers::new(&ok)).is_ok());
+    assert_eq!(
+        read_model(Api::Openai, b"{\"model\": 4}")
+            .unwrap_err()
+            .error
+            .code,
+        "warden.model_not_string"
+    );
+    assert_eq!(
+        read_model(Api::Openai, b"{\"model\": \"gpt")
+            .unwrap_err()
+            .error
+            .code,
+        "warden.body_not_json"
+    );
+    assert_eq!(
+        read_model(Api::Openai, b"{\"input\": \"x\"}").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn model_ids_in_paths() {
+    let cfg = config(true, true);
+    assert_eq!(
+        model_from_path(&cfg, 0, b"/openai/v1/models/gpt-4o?x=1").as_deref(),
+        Some("gpt-4o")
+    );
+    assert_eq!(model_from_path(&cfg, 0, b"/openai/v1/models"), None);
+    assert_eq!(model_from_path(&cfg, 0, b"/openai/v1/models/a/b"), None);
+}
+
+#[test]
+fn body_presence() {
+    let post = headers(&[(":method", "POST")]);
+    let get = headers(&[(":method", "GET")]);
+    assert!(has_body(Headers::new(&post), false));
+    assert!(!has_body(Headers::new(&post), true));
+    assert!(!has_body(Headers::new(&get), false));
+}

@@ -1,0 +1,109 @@
+//! Every host call the filter makes, in one place, returning `Result`s.
+//!
+//! The SDK's trait methods `unwrap()` host results internally; going through
+//! `proxy_wasm::hostcalls` here instead means a host error becomes a value the
+//! filter handles (fail closed with a clear reply), never a trap. Header
+//! values are read and written as bytes: they need not be UTF-8.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+
+pub type HostResult<T> = Result<T, Status>;
+
+pub fn log(level: LogLevel, message: &str) {
+    // Nothing sensible to do if logging itself fails.
+    let _ = hostcalls::log(level, message);
+}
+
+/// Seconds since the epoch, by the host's clock (0 if the host cannot say,
+/// which makes every token look expired: closed, not open).
+pub fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn request_headers() -> HostResult<Vec<(String, Vec<u8>)>> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+}
+
+pub fn set_request_header(name: &str, value: Option<&[u8]>) -> HostResult<()> {
+    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value)
+}
+
+pub fn set_response_header(name: &str, value: Option<&[u8]>) -> HostResult<()> {
+    hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value)
+}
+
+pub fn request_body(size: usize) -> HostResult<Vec<u8>> {
+    Ok(hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)?.unwrap_or_default())
+}
+
+pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
+    hostcalls::send_http_response(status, headers.to_vec(), Some(body))
+}
+
+pub fn resume_request() -> HostResult<()> {
+    hostcalls::resume_http_request()
+}
+
+pub fn plugin_configuration() -> HostResult<Option<Vec<u8>>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+}
+
+pub fn set_tick_period(period: Duration) -> HostResult<()> {
+    hostcalls::set_tick_period(period)
+}
+
+/// A value and its CAS token from the VM-shared key-value store.
+pub fn shared_get(key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+    hostcalls::get_shared_data(key)
+}
+
+pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+    hostcalls::set_shared_data(key, Some(value), cas)
+}
+
+/// An HTTP call through an Envoy cluster; the answer arrives in
+/// `on_http_call_response` of the context that made it.
+pub fn dispatch_get(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+) -> HostResult<u32> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("accept", "application/json"),
+        ],
+        None,
+        vec![],
+        timeout,
+    )
+}
+
+/// Status and body of the HTTP call response being delivered.
+pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>) {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sets a value in the request's filter state (`wasm.<name>` to Envoy), where
+/// the access log reads it with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_filter_state(name: &str, value: &[u8]) -> HostResult<()> {
+    hostcalls::set_property(vec![name], Some(value))
+}
