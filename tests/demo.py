@@ -23,6 +23,11 @@ from harness.stack import STAND_IN_KEYS, WARDEN_BIN, Ports, Stack, StackError  #
 BOLD, GREEN, RED, DIM, RESET = "\033[1m", "\033[32m", "\033[31m", "\033[2m", "\033[0m"
 
 
+# Every request the demo makes carries this user agent, so its access-log
+# records are told apart from the harness's readiness probes.
+DEMO_AGENT = "warden-demo/1"
+
+
 class DemoFailed(Exception):
     pass
 
@@ -53,7 +58,7 @@ class Demo:
 
 
 def curl(demo: Demo, url: str, token: str | None, body: dict | None = None) -> tuple[int, dict]:
-    argv = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url]
+    argv = ["curl", "-sS", "-A", DEMO_AGENT, "-o", "-", "-w", "\n%{http_code}", url]
     shown = ["curl", "-s", url]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
@@ -82,9 +87,18 @@ def walk(demo: Demo) -> None:
     demo.say(f"TOKEN={token[:24]}...{token[-8:]}  ({len(token)} bytes, a signed JWT)")
     demo.check(token.count(".") == 2, "the control plane's dev issuer minted a JWT")
 
+    demo.step("Without a token, the gateway refuses before anything reaches a provider")
+    stack.provider_clear()
+    status, body = curl(demo, f"{gw}/openai/v1/chat/completions", None,
+                        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    demo.check(status == 401 and body.get("error", {}).get("code") == "warden.no_token",
+               "401 in OpenAI's error format, with a message that says what to send")
+    demo.check(stack.provider_received() == [], "nothing reached the provider")
+
     demo.step("The unchanged openai SDK talks to the gateway: only base_url and api_key differ")
     demo.say(f'client = openai.OpenAI(base_url="{gw}/openai/v1", api_key=TOKEN)')
-    client = openai.OpenAI(base_url=f"{gw}/openai/v1", api_key=token, max_retries=0)
+    client = openai.OpenAI(base_url=f"{gw}/openai/v1", api_key=token, max_retries=0,
+                           default_headers={"user-agent": DEMO_AGENT})
     stack.provider_clear()
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "What is a governance gateway?"}])
@@ -102,13 +116,29 @@ def walk(demo: Demo) -> None:
     demo.say(f"{len(pieces)} content events: {pieces[:6]}...")
     demo.check("".join(pieces) == "one token at a time", "the streamed text arrived whole")
 
+    demo.step("A group the policy does not grant a model to gets a 403 naming the rule, not a silent failure")
+    fiona = demo.run([str(WARDEN_BIN), "token", "--server", stack.control_plane_url,
+                      "--sub", "fiona", "--group", "finance"],
+                     show=["warden", "token", "--sub", "fiona", "--group", "finance"]).strip()
+    finance = openai.OpenAI(base_url=f"{gw}/openai/v1", api_key=fiona, max_retries=0,
+                            default_headers={"user-agent": DEMO_AGENT})
+    try:
+        finance.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        raise DemoFailed("finance was allowed gpt-4o")
+    except openai.PermissionDeniedError as err:
+        demo.say(f"openai.PermissionDeniedError: {err.message}")
+        demo.check(err.status_code == 403, "403: finance may use gpt-4o-mini only (examples: envoy/envoy.yaml policy)")
+    ok = finance.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "and this?"}])
+    demo.check(ok.choices[0].message.content == "and this?", "the same user gets gpt-4o-mini")
+
     demo.step("The provider saw the gateway's provider key, never the user's token")
     seen = stack.provider_received()
     auth = [r["headers"].get("authorization", "") for r in seen]
     demo.say(f"authorization headers the provider received: {sorted(set(auth))}")
     demo.check(all(a == f"Bearer {STAND_IN_KEYS['WARDEN_OPENAI_API_KEY']}" for a in auth) and auth,
                "every upstream request carried the provider key")
-    demo.check(all(token not in json.dumps(r) for r in seen), "the user's token never left the gateway")
+    demo.check(all(token not in json.dumps(r) and fiona not in json.dumps(r) for r in seen),
+               "the users' tokens never left the gateway")
 
     demo.step("A path no provider is routed at gets a clear error in the provider's format")
     status, body = curl(demo, f"{gw}/gemini/v1/models", token)
@@ -116,10 +146,18 @@ def walk(demo: Demo) -> None:
                "404 from the filter, in OpenAI's error shape")
 
     demo.step("Every request left a JSON access-log record for the audit trail")
-    records = stack.wait_for_access_log(3)
+    from harness.stack import wait_until
+
+    def demo_records() -> list[dict]:
+        return [r for r in stack.access_log_records() if r["user_agent"] == DEMO_AGENT]
+
+    wait_until("the demo's access-log records", lambda: len(demo_records()) >= 6, timeout=10)
+    records = demo_records()
     for r in records:
-        demo.say(json.dumps({k: r[k] for k in ("time", "method", "path", "status", "upstream_cluster")}))
-    demo.check(len(records) == 3, f"one record per request in {stack.access_log}")
+        demo.say(json.dumps({k: r[k] for k in ("method", "path", "status", "user", "groups", "model", "decision")}))
+    demo.check(len(records) == 6, f"one record per request in {stack.access_log}")
+    demo.check(any(r["user"] == "fiona" and r["decision"] == "denied" for r in records),
+               "who was denied what is on record")
     demo.check(any(r["path"] == "/gemini/v1/models" and r["status"] == 404 for r in records),
                "the refused request is recorded too")
 
