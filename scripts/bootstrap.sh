@@ -78,6 +78,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 info "$("$VENV/bin/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1)"
 
+step "bootstrap: the test identity provider (oidc-provider, npm)"
+idp="$ROOT/tests/idp"
+if [ ! -d "$idp/node_modules/oidc-provider" ] || [ "$idp/package-lock.json" -nt "$idp/node_modules/.package-lock.json" ]; then
+    have npm || { have apt-get && is_root && apt_install npm; } || die "npm is required for the test identity provider"
+    (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/idp failed"
+fi
+info "oidc-provider $(node -p "require('$idp/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
+
 step "bootstrap: wasm-bindgen test runner"
 want_wb="$(locked_wasm_bindgen_version)"
 have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)"

@@ -16,7 +16,9 @@ import anthropic
 import openai
 import pytest
 
-from harness.stack import Stack, http, wait_until
+import yaml
+
+from harness.stack import Stack, default_filter_config, http, wait_until
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -157,12 +159,7 @@ def test_identity_and_decision_reach_the_access_log(stack):
 
 
 def test_no_policy_fails_closed_with_503(make_stack):
-    from harness.stack import ENVOY_TEMPLATE
-    import yaml
-    cfg = yaml.safe_load(ENVOY_TEMPLATE.read_text())
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
-    doc = yaml.safe_load(plugin["typed_config"]["config"]["configuration"]["value"])
+    doc = default_filter_config()
     del doc["policy"]
     stack = make_stack(filter_config=yaml.safe_dump(doc))
     status, headers, body = chat(stack, stack.token("alice", ["engineering"]))

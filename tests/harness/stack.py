@@ -160,10 +160,11 @@ def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -
 
 
 def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | None = None,
-                        real_clusters: set[str] = frozenset(),
+                        real_clusters: set[str] = frozenset(), extra_clusters: dict | None = None,
                         template: Path = ENVOY_TEMPLATE) -> dict:
     """envoy/envoy.yaml with this stack's ports and paths (and, optionally, another
-    plugin configuration or real provider clusters)."""
+    plugin configuration, real provider clusters, or more loopback clusters given
+    as {name: port})."""
     cfg = yaml.safe_load(template.read_text())
     cfg = copy.deepcopy(cfg)
     cfg["admin"]["address"]["socket_address"]["port_value"] = ports.admin
@@ -192,7 +193,23 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = port_of[name]
+    for name, port in (extra_clusters or {}).items():
+        clusters.append(loopback_cluster(name, port))
     return cfg
+
+
+def default_filter_config() -> dict:
+    """The filter configuration of envoy/envoy.yaml, for tests that change a part of it."""
+    cfg = yaml.safe_load(ENVOY_TEMPLATE.read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    return yaml.safe_load(plugin["typed_config"]["config"]["configuration"]["value"])
+
+
+def loopback_cluster(name: str, port: int) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "2s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
 def real_provider_cluster(name: str, host: str) -> dict:
@@ -248,7 +265,7 @@ class Stack:
     @classmethod
     def start(cls, ports: Ports, data_dir: Path, *, filter_config: str | None = None,
               envoy_env: dict | None = None, real_providers: bool = False,
-              concurrency: int = 2) -> "Stack":
+              extra_clusters: dict | None = None, concurrency: int = 2) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
@@ -273,7 +290,7 @@ class Stack:
                     if os.environ.get(var):
                         env[var] = os.environ[var]
                         real.add(cluster)
-            stack._start_envoy(filter_config, env, real, concurrency)
+            stack._start_envoy(filter_config, env, real, extra_clusters, concurrency)
         except BaseException:
             stack.stop()
             raise
@@ -297,9 +314,9 @@ class Stack:
             "GET", f"{self.control_plane_url}/healthz", timeout=2)[0] == 200, alive=p.check_alive)
 
     def _start_envoy(self, filter_config: str | None, env: dict, real: set[str],
-                     concurrency: int) -> None:
+                     extra_clusters: dict | None, concurrency: int) -> None:
         cfg = render_envoy_config(self.ports, self.data_dir, filter_config=filter_config,
-                                  real_clusters=real)
+                                  real_clusters=real, extra_clusters=extra_clusters)
         path = self.data_dir / "envoy.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         # Envoy inherits only what it needs: the keys in `env`, nothing from ours.

@@ -124,7 +124,18 @@ pub fn authenticate<'k>(
     };
     let cache_key = TokenCache::key(token);
     if let Some(identity) = cache.get(&cache_key, now) {
-        return AuthStep::Verified(identity.clone());
+        // A cached verification is only as good as the keys behind it: past
+        // the issuer's staleness bound, cached tokens are denied too.
+        let issuer = config
+            .auth
+            .issuers
+            .iter()
+            .position(|i| i.issuer == identity.issuer);
+        match issuer.map(keys) {
+            Some(KeyView::Ready(_)) => return AuthStep::Verified(identity.clone()),
+            Some(KeyView::Expired) => return AuthStep::Rejected(keys_stale(api, &identity.issuer)),
+            _ => {}
+        }
     }
     let unverified = match config.auth.inspect(token) {
         Ok(u) => u,
@@ -138,24 +149,15 @@ pub fn authenticate<'k>(
         .map_or("", |i| i.issuer.as_str());
     let key_set = match keys(issuer) {
         KeyView::Ready(set) => set,
-        KeyView::NotLoaded => {
-            return AuthStep::Rejected(Rejection::new(
-                api,
-                ErrorKind::Unavailable,
-                "warden.keys_not_loaded",
-                format!("the gateway has not loaded the signing keys of {issuer_name} yet; retry shortly"),
-            ))
-        }
-        KeyView::Expired => {
-            return AuthStep::Rejected(Rejection::new(
-                api,
-                ErrorKind::Unavailable,
-                "warden.keys_stale",
-                format!(
-                    "the signing keys of {issuer_name} could not be refreshed for too long; requests are denied until the identity provider is reachable"
-                ),
-            ))
-        }
+        KeyView::NotLoaded => return AuthStep::Rejected(Rejection::new(
+            api,
+            ErrorKind::Unavailable,
+            "warden.keys_not_loaded",
+            format!(
+                "the gateway has not loaded the signing keys of {issuer_name} yet; retry shortly"
+            ),
+        )),
+        KeyView::Expired => return AuthStep::Rejected(keys_stale(api, issuer_name)),
     };
     match config.auth.verify(token, unverified, key_set, now) {
         Ok(identity) => {
@@ -165,6 +167,17 @@ pub fn authenticate<'k>(
         Err(AuthError::UnknownKey) if may_fetch => AuthStep::FetchKeys { issuer },
         Err(e) => unauthenticated(e),
     }
+}
+
+fn keys_stale(api: Api, issuer: &str) -> Rejection {
+    Rejection::new(
+        api,
+        ErrorKind::Unavailable,
+        "warden.keys_stale",
+        format!(
+            "the signing keys of {issuer} could not be refreshed for too long; requests are denied until the identity provider is reachable"
+        ),
+    )
 }
 
 /// Whether the request carries a body the gateway must read before deciding.

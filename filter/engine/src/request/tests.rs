@@ -154,6 +154,25 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
         (r.error.kind.status(), r.error.code),
         (503, "warden.keys_stale")
     );
+    // A token verified while the keys were good is refused from the cache too
+    // once they have gone stale.
+    assert!(matches!(
+        authenticate_with(&cfg, &h, &mut cache),
+        AuthStep::Verified(_)
+    ));
+    assert_eq!(cache.len(), 1);
+    let AuthStep::Rejected(r) = authenticate(
+        &cfg,
+        0,
+        Headers::new(&h),
+        &mut cache,
+        &|_| KeyView::Expired,
+        NOW,
+        true,
+    ) else {
+        panic!("a cached token outlived its issuer's keys")
+    };
+    assert_eq!(r.error.code, "warden.keys_stale");
     let other = RawSigner::new(3, "rotated")
         .token(&json!({"iss": ISS, "aud": "warden", "sub": "a", "exp": NOW + 60}));
     let h = headers(&[("authorization", &format!("Bearer {other}"))]);
