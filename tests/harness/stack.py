@@ -147,14 +147,26 @@ class Process:
             self.popen.wait(timeout=timeout)
 
 
+def _die_with_parent() -> None:
+    """In the child: ask the kernel for SIGTERM when the harness dies, so a
+    killed test run (or demo) never leaves servers behind on its ports."""
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
 def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> Process:
-    """Starts `argv` in its own session with output to `log_path`; `env` replaces
-    the environment when given (default: ours)."""
+    """Starts `argv` in its own session (a Ctrl-C in the terminal reaches only
+    the harness, which then stops everything in order) with output to
+    `log_path`; `env` replaces the environment when given (default: ours)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab", buffering=0)
     popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env=dict(os.environ) if env is None else env, cwd=ROOT,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=_die_with_parent)
     log.close()
     return Process(name, popen, log_path)
 

@@ -286,15 +286,6 @@ mod tests {
     use super::*;
     use crate::testing::test;
 
-    /// A minimal authentication section for configurations under test.
-    pub(crate) const AUTH: &str = r#"
-authentication:
-  issuers:
-    - issuer: https://idp.example.com
-      audiences: [warden]
-      inline_jwks: {keys: [{kty: OKP, crv: Ed25519, x: 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo, kid: k}]}
-"#;
-
     const DOC: &str = r#"
 providers:
   - name: openai
@@ -377,7 +368,8 @@ authentication:
             FilterConfig::from_bytes(b"  ", &env_with_keys).unwrap_err(),
             ConfigError::Empty
         );
-        let none = format!("providers: []\n{}", AUTH.trim_start());
+        let auth = DOC.split_once("authentication:").map_or("", |(_, a)| a);
+        let none = format!("providers: []\nauthentication:{auth}");
         let err = FilterConfig::from_bytes(none.as_bytes(), &env_with_keys).unwrap_err();
         assert!(err.to_string().contains("at least one provider"), "{err}");
         assert!(FilterConfig::from_bytes(b"\xff\xfe", &env_with_keys).is_err());

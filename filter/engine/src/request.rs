@@ -149,14 +149,16 @@ pub fn authenticate<'k>(
         .map_or("", |i| i.issuer.as_str());
     let key_set = match keys(issuer) {
         KeyView::Ready(set) => set,
-        KeyView::NotLoaded => return AuthStep::Rejected(Rejection::new(
-            api,
-            ErrorKind::Unavailable,
-            "warden.keys_not_loaded",
-            format!(
+        KeyView::NotLoaded => {
+            return AuthStep::Rejected(Rejection::new(
+                api,
+                ErrorKind::Unavailable,
+                "warden.keys_not_loaded",
+                format!(
                 "the gateway has not loaded the signing keys of {issuer_name} yet; retry shortly"
             ),
-        )),
+            ))
+        }
         KeyView::Expired => return AuthStep::Rejected(keys_stale(api, issuer_name)),
     };
     match config.auth.verify(token, unverified, key_set, now) {

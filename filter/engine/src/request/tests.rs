@@ -33,6 +33,15 @@ fn token(groups: &[&str]) -> String {
 
 const NOW: u64 = 1_800_000_000;
 
+/// The rejection `step` must be (the test fails otherwise).
+fn rejected(step: AuthStep, why: &str) -> Rejection {
+    match step {
+        AuthStep::Rejected(r) => r,
+        AuthStep::Verified(id) => panic!("{why}: verified as {}", id.subject),
+        AuthStep::FetchKeys { .. } => panic!("{why}: asked for a key fetch"),
+    }
+}
+
 fn authenticate_with(
     cfg: &FilterConfig,
     h: &[(String, Vec<u8>)],
@@ -93,17 +102,18 @@ fn no_token_is_401_and_a_bad_one_too() {
     let cfg = config(true, true);
     let mut cache = TokenCache::new(8, 60);
     let none = headers(&[(":path", "/anthropic/v1/messages")]);
-    let AuthStep::Rejected(r) = authenticate(
-        &cfg,
-        1,
-        Headers::new(&none),
-        &mut cache,
-        &|_| KeyView::NotLoaded,
-        NOW,
-        true,
-    ) else {
-        panic!("accepted without a token")
-    };
+    let r = rejected(
+        authenticate(
+            &cfg,
+            1,
+            Headers::new(&none),
+            &mut cache,
+            &|_| KeyView::NotLoaded,
+            NOW,
+            true,
+        ),
+        "accepted without a token",
+    );
     assert_eq!(
         (r.error.kind.status(), r.api, r.error.code),
         (401, Api::Anthropic, "warden.no_token")
@@ -111,9 +121,10 @@ fn no_token_is_401_and_a_bad_one_too() {
     let forged = RawSigner::new(2, "k1")
         .token(&json!({"iss": ISS, "aud": "warden", "sub": "eve", "exp": NOW + 60}));
     let h = headers(&[("x-api-key", &forged)]);
-    let AuthStep::Rejected(r) = authenticate_with(&cfg, &h, &mut cache) else {
-        panic!("forged token accepted")
-    };
+    let r = rejected(
+        authenticate_with(&cfg, &h, &mut cache),
+        "forged token accepted",
+    );
     assert_eq!(r.error.code, "warden.token_signature");
     assert!(!r.error.message.contains(&forged));
 }
@@ -124,32 +135,34 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
     let mut cache = TokenCache::new(8, 60);
     let bearer = format!("Bearer {}", token(&["engineering"]));
     let h = headers(&[("authorization", &bearer)]);
-    let AuthStep::Rejected(r) = authenticate(
-        &cfg,
-        0,
-        Headers::new(&h),
-        &mut cache,
-        &|_| KeyView::NotLoaded,
-        NOW,
-        true,
-    ) else {
-        panic!("accepted without keys")
-    };
+    let r = rejected(
+        authenticate(
+            &cfg,
+            0,
+            Headers::new(&h),
+            &mut cache,
+            &|_| KeyView::NotLoaded,
+            NOW,
+            true,
+        ),
+        "accepted without keys",
+    );
     assert_eq!(
         (r.error.kind.status(), r.error.code),
         (503, "warden.keys_not_loaded")
     );
-    let AuthStep::Rejected(r) = authenticate(
-        &cfg,
-        0,
-        Headers::new(&h),
-        &mut cache,
-        &|_| KeyView::Expired,
-        NOW,
-        true,
-    ) else {
-        panic!("accepted with expired keys")
-    };
+    let r = rejected(
+        authenticate(
+            &cfg,
+            0,
+            Headers::new(&h),
+            &mut cache,
+            &|_| KeyView::Expired,
+            NOW,
+            true,
+        ),
+        "accepted with expired keys",
+    );
     assert_eq!(
         (r.error.kind.status(), r.error.code),
         (503, "warden.keys_stale")
@@ -161,17 +174,18 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
         AuthStep::Verified(_)
     ));
     assert_eq!(cache.len(), 1);
-    let AuthStep::Rejected(r) = authenticate(
-        &cfg,
-        0,
-        Headers::new(&h),
-        &mut cache,
-        &|_| KeyView::Expired,
-        NOW,
-        true,
-    ) else {
-        panic!("a cached token outlived its issuer's keys")
-    };
+    let r = rejected(
+        authenticate(
+            &cfg,
+            0,
+            Headers::new(&h),
+            &mut cache,
+            &|_| KeyView::Expired,
+            NOW,
+            true,
+        ),
+        "a cached token outlived its issuer's keys",
+    );
     assert_eq!(r.error.code, "warden.keys_stale");
     let other = RawSigner::new(3, "rotated")
         .token(&json!({"iss": ISS, "aud": "warden", "sub": "a", "exp": NOW + 60}));
@@ -184,11 +198,10 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
         crate::auth::KeySource::Static(set) => KeyView::Ready(set),
         crate::auth::KeySource::Remote(_) => KeyView::NotLoaded,
     };
-    let AuthStep::Rejected(r) =
-        authenticate(&cfg, 0, Headers::new(&h), &mut cache, &keys, NOW, false)
-    else {
-        panic!("unknown key accepted")
-    };
+    let r = rejected(
+        authenticate(&cfg, 0, Headers::new(&h), &mut cache, &keys, NOW, false),
+        "unknown key accepted",
+    );
     assert_eq!(r.error.code, "warden.token_unknown_key");
 }
 
