@@ -10,6 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::auth::{AuthenticationDoc, Authenticator};
+use crate::inspect::mask::HashKey;
 use crate::policy::{Policy, PolicyDoc};
 use crate::provider::Api;
 
@@ -44,6 +45,13 @@ pub struct FilterConfigDoc {
     /// inspect it); larger bodies get a 413, never a partial inspection.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Environment variable of Envoy holding the key of `hash` pseudonyms.
+    #[serde(default = "default_hash_key_env")]
+    pub hash_key_env: String,
+}
+
+fn default_hash_key_env() -> String {
+    "WARDEN_HASH_KEY".into()
 }
 
 fn default_max_body_bytes() -> usize {
@@ -133,6 +141,10 @@ pub struct FilterConfig {
     pub auth: Authenticator,
     pub initial_policy: Option<Policy>,
     pub max_body_bytes: usize,
+    /// The key of `hash` pseudonyms: from Envoy's environment, or (when unset)
+    /// derived from this configuration, so every worker and restart agrees.
+    pub hash_key: HashKey,
+    pub hash_key_from_env: bool,
 }
 
 impl FilterConfig {
@@ -143,7 +155,15 @@ impl FilterConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let doc = parse_document::<FilterConfigDoc>(bytes)?;
-        Self::compile(doc, env)
+        let mut config = Self::compile(doc, env)?;
+        if !config.hash_key_from_env {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"warden hash key v1\0");
+            h.update(bytes);
+            config.hash_key = HashKey::new(h.finalize().to_vec());
+        }
+        Ok(config)
     }
 
     pub fn compile(
@@ -243,12 +263,16 @@ impl FilterConfig {
             }
             client_credential_headers.push(h);
         }
+        let env_key = env(&doc.hash_key_env).filter(|k| !k.is_empty());
+        let hash_key_from_env = env_key.is_some();
         Ok(Self {
             providers,
             client_credential_headers,
             auth,
             initial_policy,
             max_body_bytes: doc.max_body_bytes,
+            hash_key: HashKey::new(env_key.map(String::into_bytes).unwrap_or_default()),
+            hash_key_from_env,
         })
     }
 

@@ -17,6 +17,7 @@
 //!   authorize, and the header changes before upstream.
 //! - [`auth`]: OIDC tokens to a verified identity (JWKS, verification, cache).
 //! - [`headers`]: a read-only view of request headers as raw bytes.
+//! - [`inspect`]: detectors and the SSE stream rewriter (for masking).
 //!
 //! The proxy-wasm adapter (`filter/wasm`) only moves bytes between the host
 //! and these functions and turns their answers into host actions.
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod config;
 pub mod headers;
+pub mod inspect;
 pub mod policy;
 pub mod provider;
 pub mod request;

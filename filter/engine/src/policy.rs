@@ -6,15 +6,29 @@
 //!
 //! ```yaml
 //! version: 1
+//! mode: enforce            # or observe: record what would happen, change nothing
 //! defaults:
 //!   group: null            # callers in no listed group: denied (or name a group)
 //! groups:
 //!   engineering:
 //!     providers: ["*"]     # provider names from the filter configuration (globs)
 //!     models: ["gpt-4o*", "claude-*"]
+//!     clearance: {openai: internal, anthropic: internal, "local/*": confidential}
 //!   finance:
 //!     models: ["gpt-4o-mini"]
+//! rules:
+//!   - {name: email, detect: email, action: tokenize, level: internal}
+//!   - {name: cloud-keys, detect: [aws_access_key_id, github_token, private_key], action: block}
+//!   - {name: customer-id, regex: 'CUST-(?P<id>[0-9]{8})', group: id, action: hash, level: confidential}
+//! over_clearance: rule_action   # or block, require_approval
 //! ```
+//!
+//! Sensitivity: `public < internal < confidential < restricted`. A finding
+//! whose rule level is at or below the caller's clearance for the
+//! destination (the highest any of their groups grants for that provider or
+//! model) passes; above it, the rule's action applies (or what
+//! `over_clearance` says). A rule without a level is `restricted`: it always
+//! acts unless a group is cleared for restricted data.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +37,8 @@ use wildmatch::WildMatch;
 
 use crate::auth::Identity;
 use crate::config::{parse_document, ConfigError};
+use crate::inspect::detect::{Builtin, DetectorSet, MatcherSpec};
+use crate::inspect::mask::{Action, Edit};
 
 /// The only schema version this filter understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -32,9 +48,106 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct PolicyDoc {
     pub version: u32,
     #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
     pub defaults: DefaultsDoc,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupDoc>,
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+    #[serde(default)]
+    pub over_clearance: OverClearance,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Record what every rule would have done; change and block nothing.
+    Observe,
+}
+
+/// Sensitivity levels, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Public,
+    Internal,
+    Confidential,
+    #[default]
+    Restricted,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverClearance {
+    /// The rule's own action.
+    #[default]
+    RuleAction,
+    Block,
+    RequireApproval,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Where {
+    Request,
+    Response,
+    #[default]
+    Both,
+}
+
+/// One name or a list of names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    pub name: String,
+    /// Built-in detectors by name (`email`, `payment_card`, ...).
+    #[serde(default)]
+    pub detect: Option<OneOrMany>,
+    /// A custom regular expression...
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// ...of which this named group is the sensitive part.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Case-insensitive whole words or phrases.
+    #[serde(default)]
+    pub keywords: Option<Vec<String>>,
+    /// Placeholder label for custom matches (default: the rule name, upper-cased).
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default, rename = "where")]
+    pub applies_to: Where,
+    pub action: Action,
+    #[serde(default)]
+    pub level: Level,
+    /// Limit the rule to callers in these groups (default: everyone).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Limit the rule to these models (globs; default: every model).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Record what the rule would do, change nothing.
+    #[serde(default)]
+    pub observe: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +168,10 @@ pub struct GroupDoc {
     /// Model names (globs, `*` and `?`). Default: none; list what is allowed.
     #[serde(default)]
     pub models: Vec<String>,
+    /// The most sensitive level this group may send to a provider (by name)
+    /// or model (by glob). Unlisted destinations: `public`.
+    #[serde(default)]
+    pub clearance: BTreeMap<String, Level>,
 }
 
 fn every() -> Vec<String> {
@@ -65,6 +182,25 @@ fn every() -> Vec<String> {
 struct Group {
     providers: Vec<WildMatch>,
     models: Vec<WildMatch>,
+    clearance: Vec<(String, WildMatch, Level)>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub level: Level,
+    pub applies_to: Where,
+    groups: Vec<String>,
+    models: Vec<WildMatch>,
+    pub observe: bool,
+}
+
+/// Which way the text travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Request,
+    Response,
 }
 
 /// A compiled policy.
@@ -72,6 +208,45 @@ struct Group {
 pub struct Policy {
     groups: BTreeMap<String, Group>,
     default_group: Option<String>,
+    pub mode: Mode,
+    pub rules: Vec<Rule>,
+    detectors: DetectorSet,
+    over_clearance: OverClearance,
+}
+
+/// What one rule does for one request, after scope and clearance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveRule {
+    pub rule: usize,
+    pub action: Action,
+    /// Recorded only (policy or rule in observe mode).
+    pub observe: bool,
+}
+
+/// The rules in force for one request in one direction.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveRules {
+    by_rule: Vec<Option<ActiveRule>>,
+}
+
+impl ActiveRules {
+    pub fn is_empty(&self) -> bool {
+        self.by_rule.iter().all(Option::is_none)
+    }
+    pub fn get(&self, rule: usize) -> Option<ActiveRule> {
+        self.by_rule.get(rule).copied().flatten()
+    }
+}
+
+/// What a rule found in one string and what it does about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub rule: usize,
+    pub action: Action,
+    pub observe: bool,
+    /// The span found (byte offsets into the scanned text).
+    pub start: usize,
+    pub end: usize,
 }
 
 /// Why a verified caller may not make a request. Messages name the caller's
@@ -130,9 +305,15 @@ impl Policy {
                     })
                     .collect()
             };
+            let clearance = g
+                .clearance
+                .iter()
+                .map(|(dest, level)| (dest.clone(), WildMatch::new(dest), *level))
+                .collect();
             let group = Group {
                 providers: globs("providers", &g.providers)?,
                 models: globs("models", &g.models)?,
+                clearance,
             };
             groups.insert(name, group);
         }
@@ -143,20 +324,87 @@ impl Policy {
                 )));
             }
         }
+        let mut rules = Vec::with_capacity(doc.rules.len());
+        let mut specs = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in doc.rules.into_iter().enumerate() {
+            let at = format!("rules[{i}] ({:?})", r.name);
+            if r.name.is_empty() || !names.insert(r.name.clone()) {
+                return Err(invalid(format!(
+                    "{at}: a rule needs a unique, non-empty name"
+                )));
+            }
+            let label = r
+                .label
+                .clone()
+                .unwrap_or_else(|| r.name.to_ascii_uppercase().replace('-', "_"));
+            let before = specs.len();
+            for d in r.detect.map(OneOrMany::into_vec).unwrap_or_default() {
+                let builtin = Builtin::from_name(&d).ok_or_else(|| {
+                    let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+                    invalid(format!(
+                        "{at}: unknown detector {d:?}; known: {}",
+                        known.join(", ")
+                    ))
+                })?;
+                specs.push((i, MatcherSpec::Builtin(builtin)));
+            }
+            if let Some(pattern) = r.regex {
+                specs.push((
+                    i,
+                    MatcherSpec::Regex {
+                        pattern,
+                        group: r.group.clone(),
+                        label: label.clone(),
+                    },
+                ));
+            } else if r.group.is_some() {
+                return Err(invalid(format!("{at}: `group` needs a `regex`")));
+            }
+            if let Some(words) = r.keywords {
+                if words.iter().any(|w| w.trim().is_empty()) {
+                    return Err(invalid(format!("{at}: a keyword is empty")));
+                }
+                specs.push((
+                    i,
+                    MatcherSpec::Keywords {
+                        words,
+                        label: label.clone(),
+                    },
+                ));
+            }
+            if specs.len() == before {
+                return Err(invalid(format!(
+                    "{at}: give `detect`, `regex` or `keywords`"
+                )));
+            }
+            rules.push(Rule {
+                name: r.name,
+                action: r.action,
+                level: r.level,
+                applies_to: r.applies_to,
+                groups: r.groups,
+                models: r.models.iter().map(|m| WildMatch::new(m)).collect(),
+                observe: r.observe,
+            });
+        }
+        let detectors = DetectorSet::compile(&specs).map_err(|e| invalid(format!("rules: {e}")))?;
         Ok(Self {
             groups,
             default_group: doc.defaults.group,
+            mode: doc.mode,
+            rules,
+            detectors,
+            over_clearance: doc.over_clearance,
         })
     }
 
-    /// Whether `identity` may call `model` (if the request names one) on
-    /// `provider`. Grants are per group: one group must allow both.
-    pub fn authorize(
-        &self,
-        identity: &Identity,
-        provider: &str,
-        model: Option<&str>,
-    ) -> Result<(), Denial> {
+    pub fn detectors(&self) -> &DetectorSet {
+        &self.detectors
+    }
+
+    /// The groups of the policy that `identity` belongs to (or the default).
+    fn groups_of<'p>(&'p self, identity: &Identity) -> Vec<(&'p str, &'p Group)> {
         let mut matched: Vec<(&str, &Group)> = identity
             .groups
             .iter()
@@ -175,6 +423,106 @@ impl Policy {
                 matched.push((k.as_str(), v));
             }
         }
+        matched
+    }
+
+    /// The caller's clearance for a destination: the highest level any of
+    /// their groups grants for the provider (by name) or the model (by glob).
+    pub fn clearance(&self, identity: &Identity, provider: &str, model: Option<&str>) -> Level {
+        self.groups_of(identity)
+            .iter()
+            .flat_map(|(_, g)| g.clearance.iter())
+            .filter(|(dest, glob, _)| dest == provider || model.is_some_and(|m| glob.matches(m)))
+            .map(|(_, _, level)| *level)
+            .max()
+            .unwrap_or(Level::Public)
+    }
+
+    /// The rules in force for this caller, destination and direction.
+    pub fn active_rules(
+        &self,
+        identity: &Identity,
+        provider: &str,
+        model: Option<&str>,
+        direction: Direction,
+    ) -> ActiveRules {
+        let clearance = self.clearance(identity, provider, model);
+        let by_rule = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let in_direction = matches!(
+                    (r.applies_to, direction),
+                    (Where::Both, _)
+                        | (Where::Request, Direction::Request)
+                        | (Where::Response, Direction::Response)
+                );
+                let for_caller =
+                    r.groups.is_empty() || r.groups.iter().any(|g| identity.groups.contains(g));
+                let for_model = r.models.is_empty()
+                    || model.is_some_and(|m| r.models.iter().any(|g| g.matches(m)));
+                // Cleared data passes; log_only rules record regardless.
+                let cleared = r.level <= clearance && r.action != Action::LogOnly;
+                if !(in_direction && for_caller && for_model) || cleared {
+                    return None;
+                }
+                let action = match (self.over_clearance, r.action) {
+                    (_, Action::LogOnly) | (OverClearance::RuleAction, _) => r.action,
+                    (OverClearance::Block, _) => Action::Block,
+                    (OverClearance::RequireApproval, _) => Action::RequireApproval,
+                };
+                Some(ActiveRule {
+                    rule: i,
+                    action,
+                    observe: r.observe || self.mode == Mode::Observe,
+                })
+            })
+            .collect();
+        ActiveRules { by_rule }
+    }
+
+    /// What the active rules find in `text`: the edits to make (observe-mode
+    /// and non-rewriting actions make none) and every hit, for the verdict
+    /// and the audit record.
+    pub fn scan(&self, active: &ActiveRules, text: &str) -> (Vec<Edit>, Vec<Hit>) {
+        let mut edits = Vec::new();
+        let mut hits = Vec::new();
+        if active.is_empty() {
+            return (edits, hits);
+        }
+        for finding in self.detectors.find(text) {
+            let Some(a) = active.get(finding.id) else {
+                continue;
+            };
+            hits.push(Hit {
+                rule: a.rule,
+                action: a.action,
+                observe: a.observe,
+                start: finding.start,
+                end: finding.end,
+            });
+            if a.action.rewrites() && !a.observe {
+                edits.push(Edit {
+                    start: finding.start,
+                    end: finding.end,
+                    action: a.action,
+                    label: finding.label,
+                });
+            }
+        }
+        (edits, hits)
+    }
+
+    /// Whether `identity` may call `model` (if the request names one) on
+    /// `provider`. Grants are per group: one group must allow both.
+    pub fn authorize(
+        &self,
+        identity: &Identity,
+        provider: &str,
+        model: Option<&str>,
+    ) -> Result<(), Denial> {
+        let matched = self.groups_of(identity);
         if matched.is_empty() {
             return Err(Denial::NoGroup {
                 subject: identity.subject.clone(),
@@ -306,6 +654,139 @@ groups:
         assert!(p.authorize(&who(&[]), "openai", Some("gpt-4o")).is_err());
     }
 
+    const RULES: &str = r#"
+version: 1
+groups:
+  engineering:
+    models: ["*"]
+    clearance: {anthropic: internal, "local/*": confidential}
+  contractors:
+    models: ["*"]
+rules:
+  - {name: email, detect: email, action: tokenize, level: internal}
+  - {name: card, detect: payment_card, action: mask, level: confidential, where: request}
+  - {name: keys, detect: [aws_access_key_id, github_token], action: block}
+  - {name: customer, regex: 'CUST-(?P<id>[0-9]{8})', group: id, action: hash, level: confidential}
+  - {name: dump, keywords: ["production database dump"], action: require_approval, groups: [contractors]}
+  - {name: audit-only, keywords: [merger], action: log_only, level: public}
+"#;
+
+    fn rules_of(
+        p: &Policy,
+        who: &Identity,
+        provider: &str,
+        model: Option<&str>,
+        d: Direction,
+    ) -> Vec<(String, Action)> {
+        let active = p.active_rules(who, provider, model, d);
+        (0..p.rules.len())
+            .filter_map(|i| active.get(i).map(|a| (p.rules[i].name.clone(), a.action)))
+            .collect()
+    }
+
+    #[test]
+    fn clearance_decides_which_rules_act() {
+        let p = Policy::from_bytes(RULES.as_bytes()).unwrap();
+        let eng = who(&["engineering"]);
+        // openai: no clearance listed -> public: every rule above public acts.
+        let names = |v: Vec<(String, Action)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(
+            names(rules_of(
+                &p,
+                &eng,
+                "openai",
+                Some("gpt-4o"),
+                Direction::Request
+            )),
+            vec!["email", "card", "keys", "customer", "audit-only"]
+        );
+        // anthropic: cleared for internal -> email passes.
+        assert_eq!(
+            names(rules_of(
+                &p,
+                &eng,
+                "anthropic",
+                Some("claude-x"),
+                Direction::Request
+            )),
+            vec!["card", "keys", "customer", "audit-only"]
+        );
+        // a local model: cleared for confidential -> only restricted rules (and log_only) act.
+        assert_eq!(
+            names(rules_of(
+                &p,
+                &eng,
+                "local",
+                Some("local/llama"),
+                Direction::Request
+            )),
+            vec!["keys", "audit-only"]
+        );
+        // direction and group scope.
+        assert!(
+            !names(rules_of(&p, &eng, "openai", None, Direction::Response))
+                .contains(&"card".to_string())
+        );
+        assert!(names(rules_of(
+            &p,
+            &who(&["contractors"]),
+            "openai",
+            None,
+            Direction::Request
+        ))
+        .contains(&"dump".to_string()));
+        assert!(
+            !names(rules_of(&p, &eng, "openai", None, Direction::Request))
+                .contains(&"dump".to_string())
+        );
+    }
+
+    #[test]
+    fn over_clearance_and_observe_modes() {
+        let strict = format!("{RULES}over_clearance: block\n");
+        let p = Policy::from_bytes(strict.as_bytes()).unwrap();
+        let acts = rules_of(
+            &p,
+            &who(&["engineering"]),
+            "openai",
+            None,
+            Direction::Request,
+        );
+        assert!(
+            acts.iter()
+                .all(|(n, a)| *a == Action::Block || n == "audit-only"),
+            "{acts:?}"
+        );
+        let observe = RULES.replace("version: 1", "version: 1\nmode: observe");
+        let p = Policy::from_bytes(observe.as_bytes()).unwrap();
+        let active = p.active_rules(&who(&["engineering"]), "openai", None, Direction::Request);
+        let (edits, hits) = p.scan(&active, "mail bob@example.com now");
+        assert!(edits.is_empty(), "observe mode must not edit");
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0].observe && hits[0].action == Action::Tokenize);
+    }
+
+    #[test]
+    fn scan_turns_findings_into_edits() {
+        let p = Policy::from_bytes(RULES.as_bytes()).unwrap();
+        let active = p.active_rules(
+            &who(&["engineering"]),
+            "openai",
+            Some("gpt-4o"),
+            Direction::Request,
+        );
+        let text = "bob@example.com paid with 4111 1111 1111 1111 for CUST-12345678 in the merger";
+        let (edits, hits) = p.scan(&active, text);
+        let actions: Vec<Action> = edits.iter().map(|e| e.action).collect();
+        assert_eq!(actions, vec![Action::Tokenize, Action::Mask, Action::Hash]);
+        // The named group picks the sensitive part only.
+        let hashed = edits.iter().find(|e| e.action == Action::Hash).unwrap();
+        assert_eq!(&text[hashed.start..hashed.end], "12345678");
+        assert!(hits
+            .iter()
+            .any(|h| h.action == Action::LogOnly && p.rules[h.rule].name == "audit-only"));
+    }
+
     #[test]
     fn invalid_policies_are_refused_with_reasons() {
         let err = |doc: &str| Policy::from_bytes(doc.as_bytes()).unwrap_err().to_string();
@@ -314,5 +795,16 @@ groups:
         assert!(err("version: 1\ngroups: {a: {modles: [x]}}\n").contains("modles"));
         assert!(err("version: 1\ngroups: {a: {models: ['']}}\n").contains("empty"));
         assert!(err("groups: {}\n").contains("version"));
+        assert!(
+            err("version: 1\nrules: [{name: a, detect: emale, action: mask}]\n").contains("emale")
+        );
+        assert!(err("version: 1\nrules: [{name: a, action: mask}]\n").contains("detect"));
+        assert!(
+            err("version: 1\nrules: [{name: a, regex: '(', action: mask}]\n").contains("rules")
+        );
+        assert!(
+            err("version: 1\nrules: [{name: a, detect: email, action: shred}]\n").contains("shred")
+        );
+        assert!(err("version: 1\nrules: [{name: a, detect: email, action: mask}, {name: a, detect: email, action: mask}]\n").contains("unique"));
     }
 }

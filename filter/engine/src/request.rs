@@ -5,20 +5,24 @@
 //!    gateway has no key for that provider).
 //! 2. [`authenticate`]: the caller's token to an [`Identity`] (401), using
 //!    the cache and the keys the worker holds, or asking for a key fetch.
-//! 3. [`read_model`]: the model from the JSON body, when there is one
-//!    (400, 413, 415).
+//! 3. [`parse_body`] and [`model_of`]: the JSON body (strict) and the model
+//!    it names (400, 413, 415).
 //! 4. [`authorize`]: the policy's verdict for identity, provider and model
-//!    (403; 503 with no policy).
+//!    (403; 503 with no policy), then [`inspect_request`]: the policy's rules
+//!    on the body's text (rewrite in place; 403 for a block).
 //! 5. [`forward_plan`]: the headers to remove and to set before upstream.
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use crate::auth::cache::TokenCache;
 use crate::auth::jwks::KeySet;
 use crate::auth::{AuthError, Identity};
 use crate::config::FilterConfig;
 use crate::headers::Headers;
-use crate::policy::Policy;
+use crate::inspect::apply::{inspect_value, Outcome};
+use crate::inspect::body::{parse_strict, Shape};
+use crate::inspect::mask::{Action, Vault};
+use crate::policy::{Direction, Policy};
 use crate::provider::{Api, ErrorKind, GatewayError};
 
 /// Header prefix the gateway owns. A client must not be able to set these:
@@ -232,29 +236,33 @@ pub fn too_large(api: Api, limit: usize) -> Rejection {
     )
 }
 
-/// Step 3: the model a JSON request body names (`None` when it names none).
-pub fn read_model(api: Api, body: &[u8]) -> Result<Option<String>, Rejection> {
-    #[derive(Deserialize)]
-    struct ModelOnly {
-        #[serde(default)]
-        model: Option<serde_json::Value>,
-    }
-    let parsed: ModelOnly = serde_json::from_slice(body).map_err(|e| {
+/// Step 3: the request body as JSON. Strict: duplicate keys are refused, as
+/// the gateway and the provider could otherwise read different documents.
+pub fn parse_body(api: Api, body: &[u8]) -> Result<Value, Rejection> {
+    parse_strict(body).map_err(|e| {
+        let what = if e.to_string().contains("duplicate key") {
+            "a key appears twice"
+        } else {
+            classify_json(&e)
+        };
         Rejection::new(
             api,
             ErrorKind::InvalidRequest,
             "warden.body_not_json",
             format!(
-                "the request body is not valid JSON ({} at line {}, column {})",
-                classify_json(&e),
+                "the request body is not valid JSON ({what} at line {}, column {})",
                 e.line(),
                 e.column()
             ),
         )
-    })?;
-    match parsed.model {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(m)) => Ok(Some(m)),
+    })
+}
+
+/// The model a JSON request body names (`None` when it names none).
+pub fn model_of(api: Api, body: &Value) -> Result<Option<String>, Rejection> {
+    match body.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(m)) => Ok(Some(m.clone())),
         Some(_) => Err(Rejection::new(
             api,
             ErrorKind::InvalidRequest,
@@ -311,6 +319,62 @@ pub fn authorize(
         .map_err(|d| Rejection::new(p.api, ErrorKind::PermissionDenied, d.code(), d.to_string()))
 }
 
+/// Step 4b: the policy's rules applied to the request body (edited in place).
+/// Returns what was found, and the new body when it changed; a block or an
+/// approval rule refuses the request (naming the rule, never the value).
+#[allow(clippy::too_many_arguments)]
+pub fn inspect_request(
+    config: &FilterConfig,
+    policy: &Policy,
+    provider: usize,
+    identity: &Identity,
+    model: Option<&str>,
+    path: &[u8],
+    body: &mut Value,
+    vault: &mut Vault,
+) -> Result<(Outcome, Option<Vec<u8>>), Rejection> {
+    let Some(p) = config.providers.get(provider) else {
+        return Err(Rejection::new(
+            Api::Openai,
+            ErrorKind::NotFound,
+            "warden.no_route",
+            "no such provider",
+        ));
+    };
+    let active = policy.active_rules(identity, &p.name, model, Direction::Request);
+    if active.is_empty() {
+        return Ok((Outcome::default(), None));
+    }
+    let upstream =
+        String::from_utf8_lossy(path.strip_prefix(p.path_prefix.as_bytes()).unwrap_or(path))
+            .into_owned();
+    let shape = Shape::of(p.api, &upstream);
+    let (outcome, changed) = inspect_value(
+        policy,
+        &active,
+        Direction::Request,
+        shape,
+        body,
+        vault,
+        &config.hash_key,
+    );
+    match outcome.stop() {
+        Some((rule, Action::RequireApproval)) => Err(Rejection::new(
+            p.api,
+            ErrorKind::PermissionDenied,
+            "warden.approval_required",
+            format!("this request needs an approval under rule '{rule}', and approvals are not enabled on this gateway"),
+        )),
+        Some((rule, _)) => Err(Rejection::new(
+            p.api,
+            ErrorKind::PermissionDenied,
+            "warden.blocked",
+            format!("the request was blocked by rule '{rule}'"),
+        )),
+        None => Ok((outcome, if changed { serde_json::to_vec(body).ok() } else { None })),
+    }
+}
+
 /// What to change in the request headers before they go upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardPlan {
@@ -324,6 +388,9 @@ pub struct ForwardPlan {
 /// provider's key and required headers.
 pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>) -> ForwardPlan {
     let mut remove: Vec<String> = config.client_credential_headers.clone();
+    // Responses must come back uncompressed to be inspected; the client's
+    // encoding preferences stop here.
+    remove.push("accept-encoding".into());
     for (name, _) in headers.iter() {
         let owned = name.len() >= GATEWAY_HEADER_PREFIX.len()
             && name[..GATEWAY_HEADER_PREFIX.len()].eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX);

@@ -42,6 +42,25 @@ pub fn request_body(size: usize) -> HostResult<Vec<u8>> {
     Ok(hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)?.unwrap_or_default())
 }
 
+/// Replaces the first `size` bytes of the buffered request body (all of it).
+pub fn set_request_body(size: usize, value: &[u8]) -> HostResult<()> {
+    hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, value)
+}
+
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn response_body(size: usize) -> HostResult<Vec<u8>> {
+    Ok(hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)?.unwrap_or_default())
+}
+
+pub fn set_response_body(size: usize, value: &[u8]) -> HostResult<()> {
+    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, value)
+}
+
 pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
     hostcalls::send_http_response(status, headers.to_vec(), Some(body))
 }

@@ -19,7 +19,11 @@ use proxy_wasm::types::{Action, LogLevel};
 use warden_engine::auth::{Identity, KeySource};
 use warden_engine::config::FilterConfig;
 use warden_engine::headers::Headers;
-use warden_engine::policy::Policy;
+use warden_engine::inspect::apply::{inspect_json, MaskingStream, Outcome, SharedMasking};
+use warden_engine::inspect::body::Shape;
+use warden_engine::inspect::mask::Vault;
+use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
+use warden_engine::policy::{ActiveRules, Direction, Policy};
 use warden_engine::provider::{Api, ErrorKind, GatewayError};
 use warden_engine::request::{self, AuthStep, Rejection};
 
@@ -55,6 +59,25 @@ pub struct WardenHttp {
     /// Body bytes buffered so far, and whether they are all of it.
     body_size: usize,
     body_complete: bool,
+    model: Option<String>,
+    /// The upstream path (after the route prefix), for the API shape.
+    upstream_path: String,
+    /// Values `tokenize` took out of the prompt, to put back in the answer.
+    vault: Vault,
+    /// What the rules found, request and response together.
+    outcome: Outcome,
+    response: ResponseMode,
+}
+
+/// How the response body is handled.
+enum ResponseMode {
+    /// Nothing to inspect: bytes pass as they come.
+    Pass,
+    /// A JSON body, read whole, inspected, replaced.
+    Json { shape: Shape, active: ActiveRules },
+    /// An event stream, rewritten event by event (the handle reads what the
+    /// rules found once it ends).
+    Stream(Box<StreamRewriter>, SharedMasking),
 }
 
 impl WardenHttp {
@@ -69,6 +92,19 @@ impl WardenHttp {
             expects_body: false,
             body_size: 0,
             body_complete: false,
+            model: None,
+            upstream_path: String::new(),
+            vault: Vault::default(),
+            outcome: Outcome::default(),
+            response: ResponseMode::Pass,
+        }
+    }
+
+    /// Records what the rules found, for the access log.
+    fn record_outcome(&self) {
+        let summary = self.outcome.summary();
+        if !summary.is_empty() {
+            let _ = host::set_filter_state("warden.rules", summary.as_bytes());
         }
     }
 
@@ -81,9 +117,13 @@ impl WardenHttp {
 
     /// Answers the request in the provider's format; nothing goes upstream.
     fn reply(&mut self, rejection: Rejection) -> Action {
-        let decision = match rejection.error.kind {
-            ErrorKind::Unauthenticated => "unauthenticated",
-            ErrorKind::PermissionDenied => "denied",
+        let decision = match (rejection.error.kind, rejection.error.code) {
+            (_, "warden.approval_required") => "approval_required",
+            (_, "warden.blocked" | "warden.stream_unknown" | "warden.response_uninspectable") => {
+                "blocked"
+            }
+            (ErrorKind::Unauthenticated, _) => "unauthenticated",
+            (ErrorKind::PermissionDenied, _) => "denied",
             _ => "error",
         };
         let _ = host::set_filter_state("warden.decision", decision.as_bytes());
@@ -227,7 +267,12 @@ impl WardenHttp {
                 return self.internal_error(&format!("cannot read the request body: {status:?}"))
             }
         };
-        let model = match request::read_model(self.api(), &body) {
+        let api = self.api();
+        let mut doc = match request::parse_body(api, &body) {
+            Ok(d) => d,
+            Err(rejection) => return self.reply(rejection),
+        };
+        let model = match request::model_of(api, &doc) {
             Ok(m) => m,
             Err(rejection) => return self.reply(rejection),
         };
@@ -237,26 +282,95 @@ impl WardenHttp {
                 return self.internal_error(&format!("cannot read request headers: {status:?}"))
             }
         };
-        self.decide(model, &headers)
+        if let Err(rejection) = self.authorize(model.as_deref()) {
+            return self.reply(rejection);
+        }
+        // The policy's rules on the prompt: rewrite in place, or refuse.
+        let (Some(config), Some(policy), Some(identity)) = (
+            self.config.clone(),
+            self.policy.clone(),
+            self.identity.clone(),
+        ) else {
+            return self.internal_error("inspection without policy");
+        };
+        let path = Headers::new(&headers)
+            .get(":path")
+            .unwrap_or_default()
+            .to_vec();
+        match request::inspect_request(
+            &config,
+            &policy,
+            self.provider,
+            &identity,
+            model.as_deref(),
+            &path,
+            &mut doc,
+            &mut self.vault,
+        ) {
+            Ok((outcome, new_body)) => {
+                self.outcome = outcome;
+                self.record_outcome();
+                if let Some(new_body) = new_body {
+                    if let Err(status) = host::set_request_body(self.body_size, &new_body) {
+                        return self.internal_error(&format!(
+                            "cannot replace the request body: {status:?}"
+                        ));
+                    }
+                    let _ = host::set_request_header(
+                        "content-length",
+                        Some(new_body.len().to_string().as_bytes()),
+                    );
+                }
+            }
+            Err(rejection) => {
+                self.outcome = Outcome::default();
+                return self.reply(rejection);
+            }
+        }
+        self.forward(model, &headers)
     }
 
-    fn decide(&mut self, model: Option<String>, headers: &[(String, Vec<u8>)]) -> Action {
+    fn authorize(&mut self, model: Option<&str>) -> Result<(), Rejection> {
         let (Some(config), Some(identity)) = (self.config.clone(), self.identity.clone()) else {
-            return self.internal_error("decision without identity");
+            return Err(Rejection {
+                api: self.api(),
+                error: GatewayError::new(ErrorKind::Unavailable, "warden.internal", "no identity"),
+            });
         };
-        if let Some(m) = &model {
+        if let Some(m) = model {
             let _ = host::set_filter_state("warden.model", m.as_bytes());
         }
-        if let Err(rejection) = request::authorize(
+        request::authorize(
             &config,
             self.policy.as_deref(),
             self.provider,
             &identity,
-            model.as_deref(),
-        ) {
+            model,
+        )
+    }
+
+    fn decide(&mut self, model: Option<String>, headers: &[(String, Vec<u8>)]) -> Action {
+        if let Err(rejection) = self.authorize(model.as_deref()) {
             return self.reply(rejection);
         }
-        let plan = request::forward_plan(&config, self.provider, Headers::new(headers));
+        self.forward(model, headers)
+    }
+
+    /// The request is allowed: swap credentials and let it go upstream.
+    fn forward(&mut self, model: Option<String>, headers: &[(String, Vec<u8>)]) -> Action {
+        let Some(config) = self.config.clone() else {
+            return self.internal_error("forward without configuration");
+        };
+        let h = Headers::new(headers);
+        if let Some(p) = config.providers.get(self.provider) {
+            let path = h.get(":path").unwrap_or_default();
+            self.upstream_path = String::from_utf8_lossy(
+                path.strip_prefix(p.path_prefix.as_bytes()).unwrap_or(path),
+            )
+            .into_owned();
+        }
+        self.model = model;
+        let plan = request::forward_plan(&config, self.provider, h);
         for name in &plan.remove {
             if let Err(status) = host::set_request_header(name, None) {
                 return self.internal_error(&format!("cannot remove a request header: {status:?}"));
@@ -267,8 +381,141 @@ impl WardenHttp {
                 return self.internal_error(&format!("cannot set a request header: {status:?}"));
             }
         }
-        let _ = host::set_filter_state("warden.decision", b"allowed");
+        let decision: &[u8] = if self.outcome.rewrote() {
+            b"masked"
+        } else {
+            b"allowed"
+        };
+        let _ = host::set_filter_state("warden.decision", decision);
         self.phase = Phase::Forwarded;
+        Action::Continue
+    }
+
+    /// Chooses how to handle the response body from its headers.
+    fn plan_response(&mut self) -> Action {
+        let (Some(config), Some(policy), Some(identity)) = (
+            self.config.clone(),
+            self.policy.clone(),
+            self.identity.clone(),
+        ) else {
+            return Action::Continue;
+        };
+        let Some(provider) = config.providers.get(self.provider) else {
+            return Action::Continue;
+        };
+        let active = policy.active_rules(
+            &identity,
+            &provider.name,
+            self.model.as_deref(),
+            Direction::Response,
+        );
+        if active.is_empty() && self.vault.is_empty() {
+            return Action::Continue;
+        }
+        let content_type = host::response_header("content-type").unwrap_or_default();
+        let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
+        let shape = Shape::of(provider.api, &self.upstream_path);
+        if content_type.starts_with("text/event-stream") {
+            let api = match shape {
+                Shape::OpenAiChat => StreamApi::OpenAiChat,
+                Shape::OpenAiCompletions => StreamApi::OpenAiCompletions,
+                Shape::OpenAiResponses => StreamApi::OpenAiResponses,
+                Shape::AnthropicMessages => StreamApi::Anthropic,
+                // Streams of unknown shape cannot be rewritten safely.
+                Shape::OpenAiEmbeddings | Shape::Unknown => {
+                    return self.block_response("warden.stream_unknown")
+                }
+            };
+            let vault = std::mem::take(&mut self.vault);
+            let text = SharedMasking::new(MaskingStream::new(
+                policy,
+                active,
+                vault,
+                config.hash_key.clone(),
+            ));
+            let rewriter = StreamRewriter::new(api, Box::new(text.clone()));
+            self.response = ResponseMode::Stream(Box::new(rewriter), text);
+            let _ = host::set_response_header("content-length", None);
+            return Action::Continue;
+        }
+        if content_type.starts_with("application/json") {
+            self.response = ResponseMode::Json { shape, active };
+            // Held until the body is read, so a block can still change the status.
+            return Action::Pause;
+        }
+        // A body the filter cannot read (binary, compressed) while rules
+        // apply to it: refuse rather than pass it uninspected.
+        if host::response_header("content-encoding").is_some() || !content_type.starts_with("text/")
+        {
+            return self.block_response("warden.response_uninspectable");
+        }
+        Action::Continue
+    }
+
+    /// Answers with a gateway error instead of the provider's response (whose
+    /// headers have not gone downstream yet).
+    fn block_response(&mut self, code: &'static str) -> Action {
+        let api = self.api();
+        let message = match code {
+            "warden.blocked" => {
+                "the provider's response was blocked by the gateway's policy".to_string()
+            }
+            _ => "the provider's response cannot be inspected, so the gateway withholds it"
+                .to_string(),
+        };
+        self.response = ResponseMode::Pass;
+        self.reply(Rejection {
+            api,
+            error: GatewayError::new(ErrorKind::PermissionDenied, code, message),
+        })
+    }
+
+    fn inspect_json_response(
+        &mut self,
+        body_size: usize,
+        shape: Shape,
+        active: &ActiveRules,
+    ) -> Action {
+        let (Some(config), Some(policy)) = (self.config.clone(), self.policy.clone()) else {
+            return Action::Continue;
+        };
+        let body = match host::response_body(body_size) {
+            Ok(b) => b,
+            Err(_) => return self.block_response("warden.response_uninspectable"),
+        };
+        let inspected = match inspect_json(
+            &policy,
+            active,
+            Direction::Response,
+            shape,
+            &body,
+            &mut self.vault,
+            &config.hash_key,
+        ) {
+            Ok(i) => i,
+            // A provider error page that is not JSON: nothing of ours to restore or mask.
+            Err(_) => return self.block_response("warden.response_uninspectable"),
+        };
+        for (name, count) in inspected.outcome.rules {
+            self.outcome.rules.entry(name).or_insert(count);
+        }
+        self.record_outcome();
+        if let Some((rule, _)) = self.outcome.stop() {
+            host::log(
+                LogLevel::Info,
+                &format!("warden: response blocked by rule '{rule}'"),
+            );
+            return self.block_response("warden.blocked");
+        }
+        if let Some(new_body) = inspected.body {
+            if host::set_response_body(body_size, &new_body).is_err() {
+                return self.block_response("warden.response_uninspectable");
+            }
+            let _ = host::set_response_header(
+                "content-length",
+                Some(new_body.len().to_string().as_bytes()),
+            );
+        }
         Action::Continue
     }
 }
@@ -373,8 +620,59 @@ impl HttpContext for WardenHttp {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let _ = host::set_response_header(MARK_HEADER, Some(warden_engine::VERSION.as_bytes()));
-        Action::Continue
+        if self.phase != Phase::Forwarded || end_of_stream {
+            return Action::Continue;
+        }
+        self.plan_response()
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match std::mem::replace(&mut self.response, ResponseMode::Pass) {
+            ResponseMode::Pass => Action::Continue,
+            ResponseMode::Json { shape, active } => {
+                let limit = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
+                if body_size > limit {
+                    return self.block_response("warden.response_uninspectable");
+                }
+                if !end_of_stream {
+                    self.response = ResponseMode::Json { shape, active };
+                    return Action::Pause;
+                }
+                self.inspect_json_response(body_size, shape, &active)
+            }
+            ResponseMode::Stream(mut rewriter, text) => {
+                let chunk = match host::response_body(body_size) {
+                    Ok(c) => c,
+                    Err(status) => {
+                        host::log(
+                            LogLevel::Error,
+                            &format!("warden: cannot read a stream chunk: {status:?}"),
+                        );
+                        Vec::new()
+                    }
+                };
+                let mut out = rewriter.feed(&chunk);
+                if end_of_stream {
+                    out.extend(rewriter.finish());
+                }
+                if let Err(status) = host::set_response_body(body_size, &out) {
+                    host::log(
+                        LogLevel::Error,
+                        &format!("warden: cannot write a stream chunk: {status:?}"),
+                    );
+                }
+                if end_of_stream {
+                    for (name, count) in text.outcome().rules {
+                        self.outcome.rules.entry(name).or_insert(count);
+                    }
+                    self.record_outcome();
+                } else {
+                    self.response = ResponseMode::Stream(rewriter, text);
+                }
+                Action::Continue
+            }
+        }
     }
 }

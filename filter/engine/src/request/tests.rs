@@ -72,7 +72,8 @@ fn a_verified_engineer_is_authorized_and_forwarded_with_the_provider_key() {
         AuthStep::FetchKeys { .. } => panic!("fetch"),
     };
     assert_eq!(id.subject, "alice");
-    let model = read_model(Api::Openai, br#"{"model":"gpt-4o-mini","messages":[]}"#).unwrap();
+    let body = parse_body(Api::Openai, br#"{"model":"gpt-4o-mini","messages":[]}"#).unwrap();
+    let model = model_of(Api::Openai, &body).unwrap();
     authorize(
         &cfg,
         cfg.initial_policy.as_ref(),
@@ -277,24 +278,18 @@ fn bodies_that_cannot_be_inspected_are_refused() {
     );
     let ok = headers(&[("content-length", "100"), ("content-encoding", "identity")]);
     assert!(check_body_headers(&cfg, 0, Headers::new(&ok)).is_ok());
+    let model = |b: &[u8]| parse_body(Api::Openai, b).and_then(|v| model_of(Api::Openai, &v));
     assert_eq!(
-        read_model(Api::Openai, b"{\"model\": 4}")
-            .unwrap_err()
-            .error
-            .code,
+        model(b"{\"model\": 4}").unwrap_err().error.code,
         "warden.model_not_string"
     );
     assert_eq!(
-        read_model(Api::Openai, b"{\"model\": \"gpt")
-            .unwrap_err()
-            .error
-            .code,
+        model(b"{\"model\": \"gpt").unwrap_err().error.code,
         "warden.body_not_json"
     );
-    assert_eq!(
-        read_model(Api::Openai, b"{\"input\": \"x\"}").unwrap(),
-        None
-    );
+    assert_eq!(model(b"{\"input\": \"x\"}").unwrap(), None);
+    let dup = parse_body(Api::Openai, b"{\"model\": \"a\", \"model\": \"b\"}").unwrap_err();
+    assert!(dup.error.message.contains("twice"), "{}", dup.error.message);
 }
 
 #[test]

@@ -1,0 +1,535 @@
+//! Built-in detectors: a candidate pattern each, and a validator that turns a
+//! candidate into a finding or rejects it.
+//!
+//! Patterns only find candidates; everything the regex crate cannot express
+//! (no look-around) or that needs arithmetic is checked in code: Luhn for
+//! cards, mod-97 and per-country lengths for IBANs, SSN ranges, octet and
+//! address parsing for IPs, JWT headers, Shannon entropy for secret values,
+//! and the characters around a candidate. Patterns use ASCII classes and
+//! ASCII word boundaries `(?-u:\b)` on purpose: the lazy DFA cannot run a
+//! Unicode `\b` on non-ASCII text and would fall back to a slower engine.
+//!
+//! Each pattern also describes where a match can begin for the streaming
+//! holdback (see `prefix`), so a pattern must cover every character of what
+//! its validator accepts; validators only narrow.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::{alphabet, Engine};
+use regex::CaptureLocations;
+
+use super::Builtin;
+
+/// Holdback bound for PEM blocks, whose body pattern is unbounded: a block
+/// longer than this may be released before its end arrives.
+const PEM_WINDOW: usize = 16 * 1024;
+/// Holdback bound for JWTs (unbounded parts; real tokens are far shorter).
+const JWT_WINDOW: usize = 8 * 1024;
+/// Holdback bound for assignments (values are unbounded: a bounded
+/// repetition of a Unicode class would compile to a large automaton).
+const SECRET_WINDOW: usize = 1024;
+/// Minimum Shannon entropy (bits per character) of an assigned secret value.
+const SECRET_MIN_ENTROPY: f64 = 3.0;
+/// Minimum length, in characters, of an assigned secret value.
+const SECRET_MIN_CHARS: usize = 8;
+/// Minimum entropy of an AWS secret key near its context (40 random
+/// base64 characters score about 4.7).
+const AWS_SECRET_MIN_ENTROPY: f64 = 3.5;
+/// Minimum entropy of the random part of an OpenAI or Anthropic key.
+const API_KEY_MIN_ENTROPY: f64 = 3.5;
+
+/// JWT segments are unpadded base64url; be lenient about padding and unused
+/// trailing bits, the header's JSON decides.
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+pub(super) struct Def {
+    pub pattern: &'static str,
+    /// The validator reads capture groups.
+    pub captures: bool,
+    /// Holdback window for patterns with unbounded parts.
+    pub window: Option<usize>,
+}
+
+const fn def(pattern: &'static str) -> Def {
+    Def {
+        pattern,
+        captures: false,
+        window: None,
+    }
+}
+
+pub(super) fn definition(b: Builtin) -> Def {
+    match b {
+        Builtin::Email => def(concat!(
+            r"(?-u:\b)[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@",
+            r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?-u:\b)",
+        )),
+        Builtin::Phone => def(concat!(
+            // international: +CC then groups, optional parentheses
+            r"\+[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){1,6}",
+            // North American: (415) 555-2671, 415-555-2671, 1-415-555-2671
+            r"|(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)[ .-]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}",
+            // national with a trunk 0: 020 7946 0958, (0161) 496 0000
+            r"|\(?0[1-9][0-9]{1,3}\)?[ -]?[0-9]{3,4}[ -]?[0-9]{3,4}",
+            // national in pairs: 01 23 45 67 89
+            r"|0[1-9](?:[ .-][0-9]{2}){4}",
+        )),
+        Builtin::PaymentCard => def(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)"),
+        Builtin::Iban => def(r"(?-u:\b)[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,30}"),
+        Builtin::UsSsn => def(r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)"),
+        Builtin::Ipv4 => def(r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)"),
+        Builtin::Ipv6 => {
+            def(r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})")
+        }
+        Builtin::AwsAccessKeyId => def(r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)"),
+        Builtin::AwsSecretKey => def(concat!(
+            r"(?i:aws[_ .-]?secret(?:[_ .-]?access)?(?:[_ .-]?key)?|secret[_ .-]?access[_ .-]?key)",
+            r#"(?:["']?[ \t]{0,4}(?::=|=>|[:=])[ \t]{0,4}["']?|[ \t]{1,4}(?:(?i:is)[ \t]{1,4})?)"#,
+            r"[A-Za-z0-9/+]{40}",
+        )),
+        Builtin::GithubToken => def(
+            r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,244})(?-u:\b)",
+        ),
+        Builtin::GitlabToken => def(r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,200}"),
+        Builtin::SlackToken => def(r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,250}"),
+        Builtin::StripeKey => def(r"(?-u:\b)[sr]k_(?:live|test)_[A-Za-z0-9]{10,247}(?-u:\b)"),
+        Builtin::GoogleApiKey => def(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
+        Builtin::OpenaiKey => def(r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,250}"),
+        Builtin::AnthropicKey => def(r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,250}"),
+        Builtin::PrivateKey => Def {
+            // The body stops before `-----` (a dash must be followed by an
+            // alphanumeric, as in `Proc-Type`), so the END line is matched by
+            // the optional tail; without one the block still counts.
+            pattern: concat!(
+                r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+                r"(?:[A-Za-z0-9+/=\s:,.\\]|-[A-Za-z0-9])*",
+                r"(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----)?",
+            ),
+            captures: false,
+            window: Some(PEM_WINDOW),
+        },
+        Builtin::Jwt => Def {
+            pattern: r"(?-u:\b)e[wy][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
+            captures: false,
+            window: Some(JWT_WINDOW),
+        },
+        Builtin::SecretAssignment => Def {
+            // The key may carry a prefix (`db_password`) or a suffix after a
+            // separator (`token_secret`), not a bare suffix (`tokenizer`).
+            pattern: concat!(
+                r"(?i)[a-z0-9_.-]{0,32}?",
+                r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key",
+                r"|auth[_-]?key|private[_-]?key|client[_-]?secret|credentials?)",
+                r#"(?:[_.-][a-z0-9_.-]{0,32})?["']?[ \t]{0,4}(?::=|=>|[:=])[ \t]{0,4}"#,
+                // A quoted value missing its closing quote still counts.
+                r#"(?:"([^"\r\n]+)"?|'([^'\r\n]+)'?|([^\s"'`,;&]+))"#,
+            ),
+            captures: true,
+            window: Some(SECRET_WINDOW),
+        },
+    }
+}
+
+/// The finding's span within the candidate `start..end`, or `None`.
+pub(super) fn validate(
+    b: Builtin,
+    hay: &str,
+    start: usize,
+    end: usize,
+    locs: &CaptureLocations,
+) -> Option<(usize, usize)> {
+    let s = &hay[start..end];
+    let ok = match b {
+        Builtin::Email => email(s),
+        Builtin::Phone => phone(hay, start, end),
+        Builtin::PaymentCard => return card(hay, start, end),
+        Builtin::Iban => return iban(hay, start, end),
+        Builtin::UsSsn => ssn(hay, start, end),
+        Builtin::Ipv4 => ipv4(hay, start, end),
+        Builtin::Ipv6 => return ipv6(hay, start, end),
+        Builtin::AwsAccessKeyId | Builtin::GithubToken | Builtin::StripeKey => true,
+        Builtin::AwsSecretKey => {
+            let value = end - 40;
+            return (!next_is(hay, end, |c| c.is_ascii_alphanumeric() || "/+=".contains(c))
+                && entropy(&hay[value..end]) >= AWS_SECRET_MIN_ENTROPY)
+                .then_some((value, end));
+        }
+        Builtin::GitlabToken | Builtin::GoogleApiKey => !next_is(hay, end, is_token_char),
+        Builtin::SlackToken => {
+            !next_is(hay, end, |c| c.is_ascii_alphanumeric() || c == '-')
+                && s.bytes().any(|b| b.is_ascii_digit())
+        }
+        Builtin::OpenaiKey => {
+            let body = ["sk-proj-", "sk-svcacct-", "sk-admin-", "sk-"]
+                .iter()
+                .find_map(|p| s.strip_prefix(p))
+                .unwrap_or(s);
+            !s.starts_with("sk-ant-") && !next_is(hay, end, is_token_char) && random_looking(body)
+        }
+        Builtin::AnthropicKey => {
+            !next_is(hay, end, is_token_char) && random_looking(&s["sk-ant-".len()..])
+        }
+        Builtin::PrivateKey => {
+            // Without an END line the block runs to the end of its body;
+            // trailing whitespace is not part of it.
+            return Some((start, start + s.trim_end().len()));
+        }
+        Builtin::Jwt => jwt(s),
+        Builtin::SecretAssignment => return secret_value(hay, locs),
+    };
+    ok.then_some((start, end))
+}
+
+/// Where to search again after `validate` rejected the candidate at
+/// `start..end`. The next character in general, so that a valid match
+/// starting inside a rejected candidate is still found (bounded candidates
+/// keep this linear). Some skip ahead instead: a JWT past its first
+/// segment, an assignment to its value (which may hold another), and the
+/// prefixed API tokens past the candidate: their candidates are maximal runs
+/// of token characters (the validator rejects a run that goes on), so a
+/// later candidate inside would be a tail of the same rejected run, and
+/// re-scanning from each `sk-` of `sk-sk-sk-…` would cost the length of a
+/// token per character.
+pub(super) fn resume(
+    b: Builtin,
+    hay: &str,
+    start: usize,
+    end: usize,
+    locs: &CaptureLocations,
+) -> usize {
+    let next = super::next_boundary(hay, start);
+    match b {
+        Builtin::Jwt => hay[start..end].find('.').map_or(end, |dot| start + dot + 1),
+        Builtin::GitlabToken
+        | Builtin::SlackToken
+        | Builtin::GoogleApiKey
+        | Builtin::OpenaiKey
+        | Builtin::AnthropicKey => end.max(next),
+        Builtin::SecretAssignment => (1..=3)
+            .find_map(|g| locs.get(g))
+            .map_or(next, |(value, _)| value.max(next)),
+        _ => next,
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+fn prev_char(hay: &str, at: usize) -> Option<char> {
+    hay[..at].chars().next_back()
+}
+
+fn next_is(hay: &str, at: usize, f: impl Fn(char) -> bool) -> bool {
+    hay[at..].chars().next().is_some_and(f)
+}
+
+/// Shannon entropy of `s` in bits per character.
+pub(super) fn entropy(s: &str) -> f64 {
+    let mut ascii = [0u32; 128];
+    let mut other: Vec<char> = Vec::new();
+    let mut total = 0u32;
+    for c in s.chars() {
+        total += 1;
+        match usize::try_from(u32::from(c)) {
+            Ok(i) if i < ascii.len() => ascii[i] += 1,
+            _ => other.push(c),
+        }
+    }
+    if total == 0 {
+        return 0.0;
+    }
+    let total = f64::from(total);
+    let term = |n: u32| {
+        let p = f64::from(n) / total;
+        -p * p.log2()
+    };
+    // Non-ASCII characters (rare in secrets) are counted by sorting.
+    other.sort_unstable();
+    let others = other
+        .chunk_by(|a, b| a == b)
+        .map(|run| term(run.len() as u32));
+    ascii
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| term(n))
+        .chain(others)
+        .sum()
+}
+
+/// The random part of a provider API key: mixed case and digits, high
+/// entropy (so `sk-learn-is-a-library-name` is not a key).
+fn random_looking(body: &str) -> bool {
+    body.bytes().any(|b| b.is_ascii_digit())
+        && body.bytes().any(|b| b.is_ascii_uppercase())
+        && body.bytes().any(|b| b.is_ascii_lowercase())
+        && entropy(body) >= API_KEY_MIN_ENTROPY
+}
+
+fn email(s: &str) -> bool {
+    let Some((local, _domain)) = s.split_once('@') else {
+        return false;
+    };
+    s.len() <= 254 && !local.ends_with('.') && !local.contains("..")
+}
+
+fn phone(hay: &str, start: usize, end: usize) -> bool {
+    let s = &hay[start..end];
+    let digits = s.bytes().filter(u8::is_ascii_digit).count();
+    let open = s.matches('(').count();
+    let close = s.matches(')').count();
+    if open != close || open > 1 || s.find('(') > s.find(')') {
+        return false;
+    }
+    let has_separator = s.contains([' ', '-', '.', '(']);
+    let plausible = if s.starts_with('+') {
+        (8..=15).contains(&digits)
+    } else if s.trim_start_matches('(').starts_with('0') {
+        (10..=11).contains(&digits) && has_separator
+    } else {
+        (10..=11).contains(&digits)
+    };
+    // Not a piece of a longer number, identifier or dotted/dashed sequence.
+    let glued = |c: Option<char>, beyond: Option<char>| match c {
+        Some(c) if c.is_alphanumeric() || c == '_' || c == '+' => true,
+        Some('.' | '-' | '/') => beyond.is_some_and(|b| b.is_ascii_digit()),
+        _ => false,
+    };
+    let before = prev_char(hay, start);
+    let before2 = before.and_then(|c| prev_char(hay, start - c.len_utf8()));
+    let mut after = hay[end..].chars();
+    let (after1, after2) = (after.next(), after.next());
+    plausible && !glued(before, before2) && !glued(after1, after2)
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    let last_digit = sum % 10;
+    last_digit == 0
+}
+
+/// 13 to 19 digits passing Luhn, not all the same digit. If the whole run
+/// fails, a shorter run ending at a group separator may be the card (a card
+/// followed by another number).
+fn card(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let mut digits = [0u8; 19];
+    let mut ends = [0usize; 19];
+    let mut n = 0;
+    for (i, b) in hay[start..end].bytes().enumerate() {
+        if b.is_ascii_digit() && n < digits.len() {
+            digits[n] = b - b'0';
+            ends[n] = start + i + 1;
+            n += 1;
+        }
+    }
+    (13..=n).rev().find_map(|k| {
+        let cut = ends[k - 1];
+        let at_group_end = k == n || hay[cut..].starts_with([' ', '-']);
+        let digits = &digits[..k];
+        (at_group_end && luhn(digits) && digits.iter().any(|&d| d != digits[0]))
+            .then_some((start, cut))
+    })
+}
+
+/// IBAN lengths by country (SWIFT IBAN registry).
+fn iban_length(country: &[u8]) -> Option<usize> {
+    Some(match country {
+        b"NO" => 15,
+        b"BE" => 16,
+        b"DK" | b"FI" | b"FK" | b"FO" | b"GL" | b"NL" | b"SD" => 18,
+        b"MK" | b"SI" => 19,
+        b"AT" | b"BA" | b"EE" | b"KZ" | b"LT" | b"LU" | b"MN" | b"XK" => 20,
+        b"CH" | b"HR" | b"LI" | b"LV" => 21,
+        b"BG" | b"BH" | b"CR" | b"DE" | b"GB" | b"GE" | b"IE" | b"ME" | b"RS" | b"VA" => 22,
+        b"AE" | b"GI" | b"IL" | b"IQ" | b"OM" | b"SO" | b"TL" => 23,
+        b"AD" | b"CZ" | b"ES" | b"MD" | b"PK" | b"RO" | b"SA" | b"SE" | b"SK" | b"TN" | b"VG" => 24,
+        b"LY" | b"PT" | b"ST" => 25,
+        b"IS" | b"TR" => 26,
+        b"BI" | b"DJ" | b"FR" | b"GR" | b"IT" | b"MC" | b"MR" | b"SM" => 27,
+        b"AL" | b"AZ" | b"BY" | b"CY" | b"DO" | b"GT" | b"HN" | b"HU" | b"LB" | b"NI" | b"PL"
+        | b"SV" => 28,
+        b"BR" | b"EG" | b"PS" | b"QA" | b"UA" => 29,
+        b"JO" | b"KW" | b"MU" | b"YE" => 30,
+        b"MT" | b"SC" => 31,
+        b"LC" => 32,
+        b"RU" => 33,
+        _ => return None,
+    })
+}
+
+/// Known country, exactly that country's length (spaces allowed between
+/// characters), not glued to more alphanumerics, and mod-97 == 1.
+fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let s = &hay.as_bytes()[start..end];
+    let mut chars = [0u8; 34];
+    let mut n = 0;
+    let mut cut = start;
+    let want = iban_length(&s.get(..2)?.to_ascii_uppercase())?;
+    for (i, &b) in s.iter().enumerate() {
+        if b == b' ' {
+            continue;
+        }
+        chars[n] = b.to_ascii_uppercase();
+        n += 1;
+        if n == want {
+            cut = start + i + 1;
+            break;
+        }
+    }
+    if n < want || next_is(hay, cut, char::is_alphanumeric) {
+        return None;
+    }
+    let value = |b: u8| match b {
+        b'0'..=b'9' => Some(u32::from(b - b'0')),
+        b'A'..=b'Z' => Some(u32::from(b - b'A') + 10),
+        _ => None,
+    };
+    let check = value(chars[2])? * 10 + value(chars[3])?;
+    if !(2..=98).contains(&check) {
+        return None;
+    }
+    // Rearranged (BBAN then country and check digits), letters as 10..35,
+    // reduced digit by digit.
+    let mut rem = 0u32;
+    for &b in chars[4..n].iter().chain(&chars[..4]) {
+        let v = value(b)?;
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    (rem == 1).then_some((start, cut))
+}
+
+/// Area not 000, 666 or 9xx; group not 00; serial not 0000; not part of a
+/// longer dashed number.
+fn ssn(hay: &str, start: usize, end: usize) -> bool {
+    let s = &hay[start..end];
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|d| d.parse::<u32>().ok());
+    let (Some(area), Some(group), Some(serial)) = (num(0..3), num(4..6), num(7..11)) else {
+        return false;
+    };
+    area != 0
+        && area != 666
+        && area < 900
+        && group != 0
+        && serial != 0
+        && prev_char(hay, start) != Some('-')
+        && !next_is(hay, end, |c| c == '-')
+}
+
+/// Four octets of at most 255 (no leading zeros, as `Ipv4Addr` parses
+/// them), not part of a longer dotted sequence, not after `v`/`version`.
+fn ipv4(hay: &str, start: usize, end: usize) -> bool {
+    if hay[start..end].parse::<Ipv4Addr>().is_err() {
+        return false;
+    }
+    let before = prev_char(hay, start);
+    let mut after = hay[end..].chars();
+    let dotted_after =
+        after.next() == Some('.') && after.next().is_some_and(|c| c.is_ascii_digit());
+    if matches!(before, Some('.' | '-')) || dotted_after {
+        return false;
+    }
+    let lead = hay[..start].trim_end_matches([' ', '\t', ':']);
+    let word_start = lead
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .map_or(0, |i| i + 1);
+    let word = lead[word_start..]
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    !matches!(word.as_str(), "v" | "ver" | "version")
+}
+
+/// Parsed by `Ipv6Addr`, at least four hex digits (so `a::b` in code is
+/// not an address), not glued to identifier or address characters.
+fn ipv6(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let s = &hay[start..end];
+    let glued_before =
+        prev_char(hay, start).is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '.'));
+    if glued_before {
+        return None;
+    }
+    // A trailing `:` may be punctuation ("at fe80::1: done").
+    let trimmed = match s.strip_suffix(':') {
+        Some(t) if !t.ends_with(':') => t,
+        _ => s,
+    };
+    [s, trimmed].into_iter().find_map(|cand| {
+        let end = start + cand.len();
+        let ok = cand.parse::<Ipv6Addr>().is_ok()
+            && cand.bytes().filter(u8::is_ascii_hexdigit).count() >= 4
+            && !next_is(hay, end, |c| c.is_alphanumeric() || c == '_' || c == ':');
+        ok.then_some((start, end))
+    })
+}
+
+/// The header decodes to a JSON object with a string `alg`; the payload is
+/// base64url of a plausible length.
+fn jwt(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if header.len() > 4096 || payload.len() % 4 == 1 {
+        return false;
+    }
+    let Ok(bytes) = B64URL.decode(header) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .as_ref()
+        .and_then(|v| v.get("alg"))
+        .is_some_and(serde_json::Value::is_string)
+}
+
+/// The assigned value: long and random enough, not a placeholder, a variable
+/// reference or code.
+fn secret_value(hay: &str, locs: &CaptureLocations) -> Option<(usize, usize)> {
+    let (group, (start, end)) = (1..=3).find_map(|g| locs.get(g).map(|span| (g, span)))?;
+    let value = &hay[start..end];
+    let placeholder = value.starts_with("${")
+        || value.starts_with("$(")
+        || value.starts_with("{{")
+        || value.starts_with("%(")
+        || (value.starts_with('<') && value.ends_with('>'))
+        || (value.starts_with('[') && value.ends_with(']'));
+    // Unquoted code: `password = settings.DB_PASSWORD`, `token = get_token()`.
+    let ident = value
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
+        .count();
+    let code = group == 3
+        && ((ident == value.len()
+            && value.bytes().all(|b| !b.is_ascii_digit())
+            && value.contains(['_', '.']))
+            || (ident > 0 && value[ident..].starts_with('(')));
+    let long = value.chars().count() >= SECRET_MIN_CHARS;
+    (long && !placeholder && !code && entropy(value) >= SECRET_MIN_ENTROPY).then_some((start, end))
+}

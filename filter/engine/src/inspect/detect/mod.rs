@@ -1,0 +1,758 @@
+//! Detectors: what counts as sensitive in a text, and exactly where it is.
+//!
+//! A policy's matchers (built-in detectors, custom regexes, keyword lists)
+//! are compiled once into a [`DetectorSet`], shared by every request. It
+//! answers two questions:
+//!
+//! - [`DetectorSet::find`]: the findings in a text, as byte spans of the
+//!   *original* text, sorted, overlaps resolved.
+//! - [`DetectorSet::holdback_start`]: for a stream, how much of the text not
+//!   yet sent must wait because a match could still begin there.
+//!
+//! ## Layout
+//! - this file: the public API, the scan loop, overlap resolution, holdback.
+//! - `builtins`: each built-in's candidate pattern and validator (Luhn,
+//!   mod-97, SSN ranges, address parsing, JWT header, entropy, context).
+//! - `normalize`: the view detection runs on (invisible characters removed,
+//!   NFKC) and its map back to original offsets.
+//! - `prefix`: derives, from a pattern, a regex for the prefixes of its
+//!   matches; the holdback searches their union, anchored at the end.
+//!
+//! ## Choices
+//! - Patterns find candidates, code validates them: the regex crate has no
+//!   look-around, and checks such as Luhn are arithmetic anyway.
+//! - Cost on the request path: ASCII text (most of it), and text already in
+//!   NFKC with nothing invisible, is matched in place with no copy. One
+//!   `RegexSet` pass tells which matchers have a candidate at all; only those
+//!   run, each with a reused capture buffer. Nothing is compiled per request.
+//!   A rejected candidate resumes one character later (or past itself, for
+//!   unbounded ones), so the work stays linear in the text.
+//! - Custom regexes and keyword lists are compiled with size limits, so a
+//!   policy cannot make the filter allocate without bound.
+//! - Holdback is sound by construction (see `prefix`): the held suffix is the
+//!   earliest one that is a prefix of some match of some matcher. It is
+//!   bounded by [`DetectorSet::max_holdback`]; a single value longer than that
+//!   (a PEM block over 16 KiB, or one padded with hundreds of invisible
+//!   characters) may be released before it completes.
+
+mod builtins;
+mod normalize;
+mod prefix;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use thiserror::Error;
+
+use normalize::View;
+use prefix::Shape;
+
+/// Longest custom pattern accepted, in bytes.
+const PATTERN_MAX_BYTES: usize = 4096;
+/// Compiled-size limit of one custom regex.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Lazy-DFA cache limit of one custom regex.
+const DFA_SIZE_LIMIT: usize = 1 << 20;
+/// Longest keyword or phrase, in bytes.
+const KEYWORD_MAX_BYTES: usize = 256;
+/// Most keywords in one list.
+const KEYWORDS_MAX: usize = 10_000;
+/// Compiled-size limit of one keyword list.
+const KEYWORDS_SIZE_LIMIT: usize = 8 << 20;
+/// Compiled-size limit of the prefilter set and of each holdback regex.
+const SET_SIZE_LIMIT: usize = 32 << 20;
+/// Holdback window for custom patterns that can match without bound.
+const UNBOUNDED_WINDOW: usize = 1024;
+/// Holdback window for custom patterns whose prefixes could not be derived:
+/// that much is always held.
+const OPAQUE_WINDOW: usize = 1024;
+/// Original bytes per normalized byte, at most (`𝐀`, 4 bytes, reads `A`).
+const EXPANSION: usize = 4;
+/// Allowance for invisible characters inside a held value.
+const INVISIBLE_SLACK: usize = 256;
+/// Bytes before the holdback bound still normalized, as context.
+const CONTEXT: usize = 64;
+
+/// Built-in detectors. [`Builtin::name`] is the policy name,
+/// [`Builtin::label`] the placeholder text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Builtin {
+    Email,
+    Phone,
+    PaymentCard,
+    Iban,
+    UsSsn,
+    Ipv4,
+    Ipv6,
+    AwsAccessKeyId,
+    AwsSecretKey,
+    GithubToken,
+    GitlabToken,
+    SlackToken,
+    StripeKey,
+    GoogleApiKey,
+    OpenaiKey,
+    AnthropicKey,
+    PrivateKey,
+    Jwt,
+    SecretAssignment,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 19] = [
+        Builtin::Email,
+        Builtin::Phone,
+        Builtin::PaymentCard,
+        Builtin::Iban,
+        Builtin::UsSsn,
+        Builtin::Ipv4,
+        Builtin::Ipv6,
+        Builtin::AwsAccessKeyId,
+        Builtin::AwsSecretKey,
+        Builtin::GithubToken,
+        Builtin::GitlabToken,
+        Builtin::SlackToken,
+        Builtin::StripeKey,
+        Builtin::GoogleApiKey,
+        Builtin::OpenaiKey,
+        Builtin::AnthropicKey,
+        Builtin::PrivateKey,
+        Builtin::Jwt,
+        Builtin::SecretAssignment,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The snake_case name used in policies and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Email => "email",
+            Builtin::Phone => "phone",
+            Builtin::PaymentCard => "payment_card",
+            Builtin::Iban => "iban",
+            Builtin::UsSsn => "us_ssn",
+            Builtin::Ipv4 => "ipv4",
+            Builtin::Ipv6 => "ipv6",
+            Builtin::AwsAccessKeyId => "aws_access_key_id",
+            Builtin::AwsSecretKey => "aws_secret_key",
+            Builtin::GithubToken => "github_token",
+            Builtin::GitlabToken => "gitlab_token",
+            Builtin::SlackToken => "slack_token",
+            Builtin::StripeKey => "stripe_key",
+            Builtin::GoogleApiKey => "google_api_key",
+            Builtin::OpenaiKey => "openai_key",
+            Builtin::AnthropicKey => "anthropic_key",
+            Builtin::PrivateKey => "private_key",
+            Builtin::Jwt => "jwt",
+            Builtin::SecretAssignment => "secret_assignment",
+        }
+    }
+
+    /// The placeholder text (`[EMAIL]`, `<EMAIL_1>`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Builtin::Email => "EMAIL",
+            Builtin::Phone => "PHONE",
+            Builtin::PaymentCard => "PAYMENT_CARD",
+            Builtin::Iban => "IBAN",
+            Builtin::UsSsn => "US_SSN",
+            Builtin::Ipv4 => "IPV4",
+            Builtin::Ipv6 => "IPV6",
+            Builtin::AwsAccessKeyId => "AWS_ACCESS_KEY_ID",
+            Builtin::AwsSecretKey => "AWS_SECRET_KEY",
+            Builtin::GithubToken => "GITHUB_TOKEN",
+            Builtin::GitlabToken => "GITLAB_TOKEN",
+            Builtin::SlackToken => "SLACK_TOKEN",
+            Builtin::StripeKey => "STRIPE_KEY",
+            Builtin::GoogleApiKey => "GOOGLE_API_KEY",
+            Builtin::OpenaiKey => "OPENAI_KEY",
+            Builtin::AnthropicKey => "ANTHROPIC_KEY",
+            Builtin::PrivateKey => "PRIVATE_KEY",
+            Builtin::Jwt => "JWT",
+            Builtin::SecretAssignment => "SECRET",
+        }
+    }
+}
+
+/// One matcher of a policy rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatcherSpec {
+    Builtin(Builtin),
+    /// A custom regex; if `group` names a capture group, only that group is
+    /// the sensitive span.
+    Regex {
+        pattern: String,
+        group: Option<String>,
+        label: String,
+    },
+    /// Case-insensitive whole-word keywords or phrases (words in a phrase
+    /// are separated by any whitespace).
+    Keywords {
+        words: Vec<String>,
+        label: String,
+    },
+}
+
+/// A sensitive value: `start..end` are byte offsets into the text given to
+/// [`DetectorSet::find`], on character boundaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The id given with the matcher's spec (the policy rule index).
+    pub id: usize,
+    pub start: usize,
+    pub end: usize,
+    /// Placeholder text.
+    pub label: String,
+    /// Which detector, for audit: a built-in's name, `regex` or `keywords`.
+    pub detector: &'static str,
+}
+
+/// A matcher spec that cannot be compiled. `id` is the spec's id. Messages
+/// never quote keywords (a keyword list may itself be confidential).
+#[derive(Debug, Error)]
+pub enum DetectError {
+    #[error("rule {id}: invalid regex: {error}")]
+    InvalidRegex { id: usize, error: regex::Error },
+    #[error("rule {id}: regex is {len} bytes long, more than the {max} allowed")]
+    PatternTooLong { id: usize, len: usize, max: usize },
+    #[error("rule {id}: the regex has no capture group named `{group}`")]
+    UnknownGroup { id: usize, group: String },
+    #[error("rule {id}: the keyword list is empty")]
+    NoKeywords { id: usize },
+    #[error("rule {id}: keyword {index} is empty")]
+    EmptyKeyword { id: usize, index: usize },
+    #[error("rule {id}: keyword {index} is longer than {max} bytes")]
+    KeywordTooLong { id: usize, index: usize, max: usize },
+    #[error("rule {id}: {count} keywords, more than the {max} allowed")]
+    TooManyKeywords { id: usize, count: usize, max: usize },
+    #[error("rule {id}: the keyword list is too large to compile: {error}")]
+    KeywordsTooLarge { id: usize, error: regex::Error },
+    #[error("built-in detector `{name}` does not compile: {error}")]
+    Builtin {
+        name: &'static str,
+        error: regex::Error,
+    },
+}
+
+/// A policy's matchers, compiled once and shared by all requests.
+#[derive(Debug)]
+pub struct DetectorSet {
+    detectors: Vec<Detector>,
+    /// Which detectors have any candidate, in one pass. `None` if the set
+    /// would be too large: every detector then runs.
+    prefilter: Option<RegexSet>,
+    hold: Holdback,
+}
+
+#[derive(Debug)]
+struct Detector {
+    id: usize,
+    label: String,
+    kind: Kind,
+    re: Regex,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Builtin(Builtin),
+    Regex {
+        group: Option<usize>,
+    },
+    /// One capture group per boundary variant; the one that took part is
+    /// the keyword.
+    Keywords,
+}
+
+/// A finding before mapping and resolution: `det` indexes `detectors` (the
+/// spec order, which also breaks ties).
+#[derive(Debug, Clone, Copy)]
+struct Raw {
+    start: usize,
+    end: usize,
+    det: usize,
+}
+
+#[derive(Debug)]
+struct Holdback {
+    /// `(window, (?:P1|P2|…)\z)`: the prefix languages of the matchers,
+    /// grouped by how far back (normalized bytes) they can reach.
+    groups: Vec<(usize, Regex)>,
+    /// Normalized bytes always held for matchers that could not be analysed.
+    opaque: usize,
+    /// A combining mark arriving next could compose with the last character
+    /// into one that some matcher accepts where it did not accept the base
+    /// (see `View::unstable_tail`). Composition only ever yields non-ASCII
+    /// letters and symbols from ASCII letters and `<=>`, so this takes a
+    /// pattern that names non-ASCII characters, a negated class or a Unicode
+    /// property; the built-ins' classes (ASCII, or negations of characters
+    /// that never compose) do not qualify.
+    composition_sensitive: bool,
+    max: usize,
+}
+
+impl DetectorSet {
+    /// `specs[i].0` is an opaque id (the policy rule index) echoed back in
+    /// findings. Ties between identical spans go to the earlier spec.
+    pub fn compile(specs: &[(usize, MatcherSpec)]) -> Result<Self, DetectError> {
+        let mut detectors = Vec::with_capacity(specs.len());
+        let mut hold = HoldBuilder::default();
+        let mut compiled: BTreeMap<Builtin, Regex> = BTreeMap::new();
+        for (id, spec) in specs {
+            let id = *id;
+            let detector = match spec {
+                MatcherSpec::Builtin(b) => {
+                    let def = builtins::definition(*b);
+                    let re = match compiled.get(b) {
+                        Some(re) => re.clone(),
+                        None => {
+                            let re =
+                                Regex::new(def.pattern).map_err(|error| DetectError::Builtin {
+                                    name: b.name(),
+                                    error,
+                                })?;
+                            // Built-in shapes are covered by tests; no need
+                            // to compile their prefix regexes one by one.
+                            hold.add(def.pattern, def.window.unwrap_or(UNBOUNDED_WINDOW), false);
+                            compiled.insert(*b, re.clone());
+                            re
+                        }
+                    };
+                    Detector {
+                        id,
+                        label: b.label().to_owned(),
+                        kind: Kind::Builtin(*b),
+                        re,
+                    }
+                }
+                MatcherSpec::Regex {
+                    pattern,
+                    group,
+                    label,
+                } => {
+                    if pattern.len() > PATTERN_MAX_BYTES {
+                        return Err(DetectError::PatternTooLong {
+                            id,
+                            len: pattern.len(),
+                            max: PATTERN_MAX_BYTES,
+                        });
+                    }
+                    let re = RegexBuilder::new(pattern)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .dfa_size_limit(DFA_SIZE_LIMIT)
+                        .build()
+                        .map_err(|error| DetectError::InvalidRegex { id, error })?;
+                    let group = match group {
+                        None => None,
+                        Some(name) => Some(group_index(&re, name).ok_or_else(|| {
+                            DetectError::UnknownGroup {
+                                id,
+                                group: name.clone(),
+                            }
+                        })?),
+                    };
+                    if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
+                        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
+                    }
+                    // Conservatively: classes that could hold a composed
+                    // character without its base.
+                    hold.composition_sensitive |= !pattern.is_ascii()
+                        || pattern.contains("[^")
+                        || pattern.contains(r"\p")
+                        || pattern.contains(r"\P");
+                    Detector {
+                        id,
+                        label: label.clone(),
+                        kind: Kind::Regex { group },
+                        re,
+                    }
+                }
+                MatcherSpec::Keywords { words, label } => {
+                    let pattern = keyword_pattern(id, words)?;
+                    let re = RegexBuilder::new(&pattern)
+                        .size_limit(KEYWORDS_SIZE_LIMIT)
+                        .dfa_size_limit(DFA_SIZE_LIMIT)
+                        .build()
+                        .map_err(|error| DetectError::KeywordsTooLarge { id, error })?;
+                    if !hold.add(&pattern, UNBOUNDED_WINDOW, true) {
+                        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
+                    }
+                    hold.composition_sensitive |= words.iter().any(|w| !w.is_ascii());
+                    Detector {
+                        id,
+                        label: label.clone(),
+                        kind: Kind::Keywords,
+                        re,
+                    }
+                }
+            };
+            detectors.push(detector);
+        }
+        let prefilter = RegexSetBuilder::new(detectors.iter().map(|d| d.re.as_str()))
+            .size_limit(SET_SIZE_LIMIT)
+            .build()
+            .ok();
+        Ok(DetectorSet {
+            detectors,
+            prefilter,
+            hold: hold.build(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+
+    /// All findings in `text`, sorted by start; of overlapping findings the
+    /// earliest-starting, then the longest, then the earlier spec's is kept.
+    pub fn find(&self, text: &str) -> Vec<Finding> {
+        let mut kept: Vec<Raw> = Vec::new();
+        for r in self.raw(text) {
+            if kept.last().is_none_or(|k| r.start >= k.end) {
+                kept.push(r);
+            }
+        }
+        self.findings(kept)
+    }
+
+    /// Every finding, overlaps included (same order as [`find`](Self::find)):
+    /// for decisions that must see each rule that fired, such as blocking,
+    /// even where another rule's finding covers the same text.
+    pub fn find_all(&self, text: &str) -> Vec<Finding> {
+        self.findings(self.raw(text))
+    }
+
+    /// For streaming: given the text of a stream not yet emitted, the byte
+    /// offset from which it must be held back because a match could start
+    /// there and complete with later text (`None`: all of it may go).
+    ///
+    /// Sound: any match of the full stream that starts before the returned
+    /// offset ends within `text`. Minimal up to the patterns: the offset is
+    /// the earliest position whose suffix is a prefix of some match (for
+    /// `contact bob@exa` that is `bob@exa`; a trailing word is usually held,
+    /// since it could begin an email or `password=...`). Bounded: never more
+    /// than [`max_holdback`](Self::max_holdback) bytes are held.
+    ///
+    /// A finding of `find(text)` can start before the offset and end after
+    /// it (a complete value followed by text that might extend another
+    /// one): the caller masks such a finding whole before emitting.
+    pub fn holdback_start(&self, text: &str) -> Option<usize> {
+        if text.is_empty() || self.detectors.is_empty() {
+            return None;
+        }
+        // Only the last `max` bytes can be held: normalize just those, and a
+        // little before them as context for assertions and composition.
+        let cut = floor_boundary(text, text.len().saturating_sub(self.hold.max + CONTEXT));
+        let (head, text) = (cut, &text[cut..]);
+        let view = View::new(text);
+        let norm = view.text();
+        let mut hold = norm.len();
+        let earliest = |hay: &str, hold: &mut usize| {
+            for (window, re) in &self.hold.groups {
+                let from = floor_boundary(hay, hay.len().saturating_sub(*window));
+                if let Some(m) = re.find_at(hay, from) {
+                    *hold = (*hold).min(m.start());
+                }
+            }
+        };
+        earliest(norm, &mut hold);
+        if self.hold.opaque > 0 {
+            hold = hold.min(floor_boundary(
+                norm,
+                norm.len().saturating_sub(self.hold.opaque),
+            ));
+        }
+        if self.hold.composition_sensitive {
+            // The last character may still change (a combining mark may
+            // follow): hold it, and anything that is a match prefix up to it.
+            if let Some(unstable) = view.unstable_tail() {
+                hold = hold.min(unstable);
+                earliest(&norm[..unstable], &mut hold);
+            }
+        }
+        if hold >= norm.len() {
+            return None;
+        }
+        let bound = ceil_boundary(text, text.len().saturating_sub(self.hold.max));
+        let start = view.original_from(hold).max(bound);
+        (start < text.len()).then_some(head + start)
+    }
+
+    /// The most bytes [`holdback_start`](Self::holdback_start) ever holds.
+    pub fn max_holdback(&self) -> usize {
+        self.hold.max
+    }
+
+    /// Candidates validated, mapped to original offsets, sorted.
+    fn raw(&self, text: &str) -> Vec<Raw> {
+        let mut raw = Vec::new();
+        if text.is_empty() || self.detectors.is_empty() {
+            return raw;
+        }
+        let view = View::new(text);
+        let hay = view.text();
+        match &self.prefilter {
+            Some(set) => {
+                for det in set.matches(hay).iter() {
+                    if let Some(d) = self.detectors.get(det) {
+                        d.scan(det, hay, &mut raw);
+                    }
+                }
+            }
+            None => {
+                for (det, d) in self.detectors.iter().enumerate() {
+                    d.scan(det, hay, &mut raw);
+                }
+            }
+        }
+        for r in &mut raw {
+            (r.start, r.end) = view.original(r.start, r.end);
+        }
+        raw.sort_by(|a, b| (a.start, b.end, a.det).cmp(&(b.start, a.end, b.det)));
+        raw
+    }
+
+    fn findings(&self, raw: Vec<Raw>) -> Vec<Finding> {
+        raw.into_iter()
+            .filter_map(|r| {
+                let d = self.detectors.get(r.det)?;
+                Some(Finding {
+                    id: d.id,
+                    start: r.start,
+                    end: r.end,
+                    label: d.label.clone(),
+                    detector: d.kind.name(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Builtin(b) => b.name(),
+            Kind::Regex { .. } => "regex",
+            Kind::Keywords => "keywords",
+        }
+    }
+
+    fn needs_captures(self) -> bool {
+        match self {
+            Kind::Builtin(b) => builtins::definition(b).captures,
+            Kind::Regex { group } => group.is_some(),
+            Kind::Keywords => true,
+        }
+    }
+}
+
+impl Detector {
+    /// Appends this detector's findings in `hay` (normalized offsets).
+    fn scan(&self, det: usize, hay: &str, out: &mut Vec<Raw>) {
+        let captures = self.kind.needs_captures();
+        let mut locs = self.re.capture_locations();
+        let mut at = 0;
+        while at <= hay.len() {
+            let found = if captures {
+                self.re.captures_read_at(&mut locs, hay, at)
+            } else {
+                self.re.find_at(hay, at)
+            };
+            let Some(m) = found else { break };
+            let (ms, me) = (m.start(), m.end());
+            let span = match self.kind {
+                Kind::Builtin(b) => builtins::validate(b, hay, ms, me, &locs),
+                Kind::Regex { group: None } => Some((ms, me)),
+                Kind::Regex { group: Some(g) } => locs.get(g),
+                Kind::Keywords => (1..locs.len()).find_map(|g| locs.get(g)),
+            };
+            at = match span {
+                Some((start, end)) if start < end => {
+                    out.push(Raw { start, end, det });
+                    // Keywords consume a boundary character after the word,
+                    // which may begin the next one: resume at the word's end.
+                    end.max(next_boundary(hay, ms))
+                }
+                _ => match self.kind {
+                    Kind::Builtin(b) => builtins::resume(b, hay, ms, me, &locs),
+                    Kind::Regex { .. } if me > ms => me,
+                    _ => next_boundary(hay, ms),
+                },
+            };
+        }
+    }
+}
+
+#[derive(Default)]
+struct HoldBuilder {
+    bounded: Vec<String>,
+    bounded_window: usize,
+    unbounded: BTreeMap<usize, Vec<String>>,
+    opaque: usize,
+    composition_sensitive: bool,
+}
+
+impl HoldBuilder {
+    /// Adds `pattern`'s prefix language; `window` bounds it if the pattern
+    /// is unbounded. `false` if it could not be derived (or, when `check`,
+    /// does not compile on its own): the caller then holds a fixed window.
+    fn add(&mut self, pattern: &str, window: usize, check: bool) -> bool {
+        let Some(shape) = Shape::parse(pattern) else {
+            return false;
+        };
+        let p = shape.prefix_regex();
+        if check && hold_regex(std::slice::from_ref(&p)).is_none() {
+            return false;
+        }
+        match shape.max_len() {
+            Some(len) => {
+                self.bounded_window = self.bounded_window.max(len);
+                self.bounded.push(p);
+            }
+            None => self.unbounded.entry(window).or_default().push(p),
+        }
+        true
+    }
+
+    fn build(self) -> Holdback {
+        let mut opaque = self.opaque;
+        let mut groups = Vec::new();
+        let all = std::iter::once((self.bounded_window, self.bounded)).chain(self.unbounded);
+        for (window, prefixes) in all {
+            if prefixes.is_empty() {
+                continue;
+            }
+            match hold_regex(&prefixes) {
+                Some(re) => groups.push((window, re)),
+                // Too large together: holding the whole window is sound.
+                None => opaque = opaque.max(window),
+            }
+        }
+        let reach = groups
+            .iter()
+            .map(|g| g.0)
+            .chain([opaque])
+            .max()
+            .unwrap_or(0);
+        let max = if reach == 0 {
+            0
+        } else {
+            reach
+                .saturating_mul(EXPANSION)
+                .saturating_add(INVISIBLE_SLACK)
+        };
+        Holdback {
+            groups,
+            opaque,
+            composition_sensitive: self.composition_sensitive,
+            max,
+        }
+    }
+}
+
+/// `(?:P1|P2|…)\z`: its leftmost match starts at the earliest suffix that is
+/// a prefix of a match of any of them.
+fn hold_regex(prefixes: &[String]) -> Option<Regex> {
+    RegexBuilder::new(&format!("(?:{})\\z", prefixes.join("|")))
+        .size_limit(SET_SIZE_LIMIT)
+        .build()
+        .ok()
+}
+
+fn group_index(re: &Regex, name: &str) -> Option<usize> {
+    re.capture_names()
+        .position(|n| n == Some(name))
+        .or_else(|| {
+            // A number names a group by position.
+            name.parse::<usize>()
+                .ok()
+                .filter(|&i| i > 0 && i < re.captures_len())
+        })
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// One regex for a keyword list. Keywords are normalized like the text;
+/// a keyword that begins (ends) with a word character needs a non-word
+/// character or the text's edge before (after) it. The boundary is consumed
+/// as a class rather than asserted with a Unicode `\b`, which the lazy DFA
+/// cannot run on non-ASCII text. Longer keywords come first, so the longest
+/// of those starting at the same place is reported.
+fn keyword_pattern(id: usize, words: &[String]) -> Result<String, DetectError> {
+    if words.is_empty() {
+        return Err(DetectError::NoKeywords { id });
+    }
+    if words.len() > KEYWORDS_MAX {
+        return Err(DetectError::TooManyKeywords {
+            id,
+            count: words.len(),
+            max: KEYWORDS_MAX,
+        });
+    }
+    // By (begins with a word character, ends with one).
+    let mut buckets: [Vec<(usize, String)>; 4] = Default::default();
+    for (index, word) in words.iter().enumerate() {
+        let view = View::new(word);
+        let parts: Vec<&str> = view.text().split_whitespace().collect();
+        let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+            return Err(DetectError::EmptyKeyword { id, index });
+        };
+        if word.len() > KEYWORD_MAX_BYTES {
+            return Err(DetectError::KeywordTooLong {
+                id,
+                index,
+                max: KEYWORD_MAX_BYTES,
+            });
+        }
+        let left = first.chars().next().is_some_and(is_word_char);
+        let right = last.chars().next_back().is_some_and(is_word_char);
+        let phrase = parts
+            .iter()
+            .map(|p| regex::escape(p))
+            .collect::<Vec<_>>()
+            .join(r"\s{1,16}");
+        buckets[usize::from(left) * 2 + usize::from(right)].push((view.text().len(), phrase));
+    }
+    let mut alternatives = Vec::new();
+    for (k, bucket) in buckets.iter_mut().enumerate() {
+        if bucket.is_empty() {
+            continue;
+        }
+        bucket.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        bucket.dedup_by(|a, b| a.1 == b.1);
+        let phrases: Vec<&str> = bucket.iter().map(|(_, p)| p.as_str()).collect();
+        alternatives.push(format!(
+            "{}({}){}",
+            if k >= 2 { r"(?:^|[^\w])" } else { "" },
+            phrases.join("|"),
+            if k % 2 == 1 { r"(?:[^\w]|$)" } else { "" },
+        ));
+    }
+    Ok(format!("(?i){}", alternatives.join("|")))
+}
+
+/// The char boundary after the one at `at` (one past the end at the end).
+fn next_boundary(hay: &str, at: usize) -> usize {
+    hay.get(at..)
+        .and_then(|rest| rest.chars().next())
+        .map_or(at + 1, |c| at + c.len_utf8())
+}
+
+fn floor_boundary(s: &str, mut at: usize) -> usize {
+    while at > 0 && !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_boundary(s: &str, mut at: usize) -> usize {
+    while at < s.len() && !s.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}

@@ -1,0 +1,774 @@
+use std::sync::OnceLock;
+
+use super::normalize::{is_ignorable, View};
+use super::prefix::Shape;
+use super::*;
+use crate::testing::{b64, test};
+
+/// Deterministic pseudo-random token characters (no secret-looking literal
+/// appears in the source, so secret scanners stay quiet about this file).
+fn body(n: usize, seed: u64, alphabet: &str) -> String {
+    let chars: Vec<char> = alphabet.chars().collect();
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            chars[((x >> 33) as usize) % chars.len()]
+        })
+        .collect()
+}
+const ALNUM: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const B64: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn set(specs: Vec<MatcherSpec>) -> DetectorSet {
+    let specs: Vec<(usize, MatcherSpec)> = specs.into_iter().enumerate().collect();
+    DetectorSet::compile(&specs).unwrap()
+}
+
+fn one(b: Builtin) -> DetectorSet {
+    set(vec![MatcherSpec::Builtin(b)])
+}
+
+fn everything() -> &'static DetectorSet {
+    static SET: OnceLock<DetectorSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        let mut specs: Vec<MatcherSpec> =
+            Builtin::ALL.into_iter().map(MatcherSpec::Builtin).collect();
+        specs.push(MatcherSpec::Keywords {
+            words: vec![
+                "production database dump".into(),
+                "Project Titan".into(),
+                "café".into(),
+            ],
+            label: "CODENAME".into(),
+        });
+        specs.push(MatcherSpec::Regex {
+            pattern: r"CUST-(?P<id>[0-9]{8})".into(),
+            group: Some("id".into()),
+            label: "CUSTOMER".into(),
+        });
+        set(specs)
+    })
+}
+
+/// The matched substrings.
+fn found<'t>(s: &DetectorSet, text: &'t str) -> Vec<&'t str> {
+    s.find(text).iter().map(|f| &text[f.start..f.end]).collect()
+}
+
+fn jwt(header: &str, payload: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        b64(header.as_bytes()),
+        b64(payload.as_bytes()),
+        body(43, 9, ALNUM)
+    )
+}
+
+fn pem(end: bool) -> String {
+    let mut s = format!("-----BEGIN RSA {}KEY-----\n", "PRIVATE ");
+    for i in 0..4 {
+        s.push_str(&body(64, i, B64));
+        s.push('\n');
+    }
+    s.push_str("AB==");
+    if end {
+        s.push_str("\n-----END RSA PRIVATE KEY-----");
+    }
+    s
+}
+
+/// (detector, text, the values it must find: exactly these, in order).
+fn cases() -> Vec<(Builtin, String, Vec<String>)> {
+    use Builtin::*;
+    let s = |x: &str| x.to_string();
+    let aws_secret = format!("{}/K7MDENG/bPxRfiCY{}", "wJalrXUtnFEMI", "EXAMPLEKEY");
+    let ghp = format!("gh{}_{}", "p", body(36, 1, ALNUM));
+    let pat = format!(
+        "github_{}_{}",
+        "pat",
+        body(
+            82,
+            2,
+            "abcdefghijklmnopqrstuvwxyz_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+        )
+    );
+    let glpat = format!("glp{}-{}", "at", body(20, 3, ALNUM));
+    let slack = format!(
+        "xox{}-{}-{}-{}",
+        "b",
+        "123456789012",
+        "1234567890123",
+        body(24, 4, ALNUM)
+    );
+    let stripe = format!("sk_{}_{}", "live", body(24, 5, ALNUM));
+    let stripe_rk = format!("rk_{}_{}", "live", body(24, 6, ALNUM));
+    let stripe_test = format!("sk_{}_{}", "test", body(24, 7, ALNUM));
+    let google = format!(
+        "AI{}{}",
+        "za",
+        body(
+            35,
+            8,
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+        )
+    );
+    let openai = format!("sk-{}", body(48, 10, ALNUM));
+    let openai_proj = format!(
+        "sk-proj-{}",
+        body(
+            120,
+            11,
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+        )
+    );
+    let anthropic = format!(
+        "sk-ant-api03-{}AA",
+        body(
+            93,
+            12,
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+        )
+    );
+    let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
+    let token = jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        r#"{"sub":"1234567890","name":"Alice"}"#,
+    );
+    let no_alg = jwt(r#"{"typ":"JWT"}"#, r#"{"sub":"1"}"#);
+    vec![
+        // email
+        (Email, s("write to alice.smith+tag@mail.example.co.uk today"), vec![s("alice.smith+tag@mail.example.co.uk")]),
+        (Email, s("<bob@example.com>, carol@example.org."), vec![s("bob@example.com"), s("carol@example.org")]),
+        (Email, s("alice@localhost, x@y.z, @example.com, trailing. @ example.com"), vec![]),
+        // phone
+        (Phone, s("call +14155552671 now"), vec![s("+14155552671")]),
+        (Phone, s("call (415) 555-2671 or 415-555-2671 or 415.555.2671"), vec![s("(415) 555-2671"), s("415-555-2671"), s("415.555.2671")]),
+        (Phone, s("London: +44 20 7946 0958; local 020 7946 0958."), vec![s("+44 20 7946 0958"), s("020 7946 0958")]),
+        (Phone, s("US: +1 (415) 555-2671, 1-415-555-2671"), vec![s("+1 (415) 555-2671"), s("1-415-555-2671")]),
+        (Phone, s("pin 1234, in 2024, version 1.2.3, v10.0.19041, build 4155552671, 2024-01-15, 123-456-7890, 0123456789, 192.168.1.1"), vec![]),
+        // payment cards
+        (PaymentCard, s("card 4111 1111 1111 1111 exp 12/27"), vec![s("4111 1111 1111 1111")]),
+        (PaymentCard, s("5555555555554444 and 3782-822463-10005 and 4111-1111-1111-1111"), vec![s("5555555555554444"), s("3782-822463-10005"), s("4111-1111-1111-1111")]),
+        (PaymentCard, s("4111 1111 1111 1111 22 is a card then a number"), vec![s("4111 1111 1111 1111")]),
+        (PaymentCard, s("4111 1111 1111 1112, 0000 0000 0000 0000, 12345678901234567890123"), vec![]),
+        // IBAN
+        (Iban, s("pay DE89 3704 0044 0532 0130 00 today"), vec![s("DE89 3704 0044 0532 0130 00")]),
+        (Iban, s("GB82WEST12345698765432 / FR14 2004 1010 0505 0001 3M02 606"), vec![s("GB82WEST12345698765432"), s("FR14 2004 1010 0505 0001 3M02 606")]),
+        (Iban, s("DE89 3704 0044 0532 0130 01, XX89 3704 0044 0532 0130 00, DE89 3704 0044 0532 0130, DE893704004405320130001"), vec![]),
+        // US SSN
+        (UsSsn, s("ssn 123-45-6789 and 078-05-1120"), vec![s("123-45-6789"), s("078-05-1120")]),
+        (UsSsn, s("000-12-3456 666-12-3456 900-12-3456 123-00-4567 123-45-0000 123-45-67890 1-123-45-6789"), vec![]),
+        // IPv4
+        (Ipv4, s("server at 192.168.1.20. and 10.0.0.1"), vec![s("192.168.1.20"), s("10.0.0.1")]),
+        (Ipv4, s("1.2.3, version 1.2.3.4, v1.2.3.4, 256.1.1.1, 1.2.3.4.5, 01.02.03.04"), vec![]),
+        // IPv6
+        (Ipv6, s("hosts 2001:db8::8a2e:370:7334 and fe80::1ff:fe23:4567:890a."), vec![s("2001:db8::8a2e:370:7334"), s("fe80::1ff:fe23:4567:890a")]),
+        (Ipv6, s("mapped ::ffff:192.0.2.128, full 2001:0db8:0000:0000:0000:ff00:0042:8329"), vec![s("::ffff:192.0.2.128"), s("2001:0db8:0000:0000:0000:ff00:0042:8329")]),
+        (Ipv6, s("at 12:30:45, std::io::Result, 00:1A:2B:3C:4D:5E, a::b, dead:beef"), vec![]),
+        // AWS
+        (AwsAccessKeyId, format!("key {akia} here"), vec![akia.clone()]),
+        (AwsAccessKeyId, format!("key {} and X{akia}", &akia[..12]), vec![]),
+        (AwsSecretKey, format!("aws_secret_access_key = {aws_secret}\n"), vec![aws_secret.clone()]),
+        (AwsSecretKey, format!("AWS_SECRET_ACCESS_KEY={aws_secret} {{\"SecretAccessKey\": \"{aws_secret}\"}}"), vec![aws_secret.clone(), aws_secret.clone()]),
+        (AwsSecretKey, format!("just {aws_secret} and aws_secret_access_key={}", "a".repeat(40)), vec![]),
+        // tokens
+        (GithubToken, format!("token {ghp} and {pat}"), vec![ghp.clone(), pat.clone()]),
+        (GithubToken, format!("gh{}_short and {ghp}x_", "p"), vec![]),
+        (GitlabToken, format!("{glpat}."), vec![glpat.clone()]),
+        (GitlabToken, format!("glp{}-short", "at"), vec![]),
+        (SlackToken, format!("slack {slack}"), vec![slack.clone()]),
+        (SlackToken, format!("xox{}-{} xox{}-{}", "z", "123456789012-abc", "b", "abcdefghijklmn"), vec![]),
+        (StripeKey, format!("{stripe} {stripe_rk} {stripe_test}"), vec![stripe.clone(), stripe_rk.clone(), stripe_test.clone()]),
+        (StripeKey, format!("sk_{}_short pk_{}_{}", "live", "live", body(24, 5, ALNUM)), vec![]),
+        (GoogleApiKey, format!("key={google}&q=1"), vec![google.clone()]),
+        (GoogleApiKey, format!("{google}x"), vec![]),
+        (OpenaiKey, format!("OPENAI_API_KEY={openai} or {openai_proj}"), vec![openai.clone(), openai_proj.clone()]),
+        (OpenaiKey, format!("sk-learn-is-a-great-library-for-ml and {anthropic}"), vec![]),
+        (AnthropicKey, format!("x-api-key: {anthropic}"), vec![anthropic.clone()]),
+        (AnthropicKey, format!("sk-ant-{}", "a".repeat(40)), vec![]),
+        // PEM
+        (PrivateKey, format!("key:\n{}\nthanks", pem(true)), vec![pem(true)]),
+        (PrivateKey, format!("truncated {}\n\n", pem(false)), vec![pem(false)]),
+        (PrivateKey, s("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----"), vec![]),
+        // JWT
+        (Jwt, format!("Authorization: Bearer {token}"), vec![token.clone()]),
+        (Jwt, format!("{no_alg} eyes.are.blue eyJub3Rqc29u.eyJzdWIiOiIxIn0.sig"), vec![]),
+        // secret assignments
+        (SecretAssignment, s("password=Xy7#kLm9pQ"), vec![s("Xy7#kLm9pQ")]),
+        (SecretAssignment, s(r#"{"api_key": "a8f3K2m9Qz1x", "user": "bob"}"#), vec![s("a8f3K2m9Qz1x")]),
+        (SecretAssignment, s("DB_PASSWORD='s3cr3t-P@ss!' and client_secret: 9fQ2-xK7p-Lm3Z"), vec![s("s3cr3t-P@ss!"), s("9fQ2-xK7p-Lm3Z")]),
+        (SecretAssignment, s(r#"Token = "correct horse battery staple 42""#), vec![s("correct horse battery staple 42")]),
+        (SecretAssignment, s("password=password token: none passwd=hunter22 password = ${DB_PASSWORD} max_tokens=4096 tokenizer=cl100k_base_v2x"), vec![]),
+        (SecretAssignment, s("password = get_password() secret: settings.DB_SECRET password: <SECRET_1> password=********"), vec![]),
+    ]
+}
+
+#[test]
+fn every_builtin_finds_its_values_and_only_those() {
+    let mut covered = std::collections::BTreeSet::new();
+    for (b, text, want) in cases() {
+        covered.insert(b);
+        let s = one(b);
+        let got: Vec<String> = found(&s, &text).into_iter().map(String::from).collect();
+        assert_eq!(got, want, "{} in {text:?}", b.name());
+        for f in s.find(&text) {
+            assert_eq!(
+                (f.id, f.detector, f.label.as_str()),
+                (0, b.name(), b.label())
+            );
+        }
+    }
+    assert_eq!(covered.len(), Builtin::ALL.len(), "a builtin has no cases");
+}
+
+#[test]
+fn builtin_names_round_trip() {
+    for b in Builtin::ALL {
+        assert_eq!(Builtin::from_name(b.name()), Some(b));
+        assert!(b
+            .label()
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()));
+    }
+    assert_eq!(
+        Builtin::from_name("payment_card"),
+        Some(Builtin::PaymentCard)
+    );
+    assert_eq!(Builtin::from_name("emale"), None);
+}
+
+#[test]
+fn evasion_is_seen_through_and_spans_cover_the_original() {
+    let s = everything();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "mail alice\u{200B}@example.com now",
+            "alice\u{200B}@example.com",
+            "email",
+        ),
+        (
+            "ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            "ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            "email",
+        ),
+        ("日本語 bob@example.com です", "bob@example.com", "email"),
+        (
+            "card 4111\u{00AD}1111\u{2060}1111 1111.",
+            "4111\u{00AD}1111\u{2060}1111 1111",
+            "payment_card",
+        ),
+        (
+            "ssn １２３－４５－６７８９",
+            "１２３－４５－６７８９",
+            "us_ssn",
+        ),
+        (
+            "key 𝐀𝐊𝐈𝐀IOSFODNN7EXAMPLE",
+            "𝐀𝐊𝐈𝐀IOSFODNN7EXAMPLE",
+            "aws_access_key_id",
+        ),
+        (
+            "the pro\u{200D}duction data\u{FEFF}base dump",
+            "pro\u{200D}duction data\u{FEFF}base dump",
+            "keywords",
+        ),
+        ("a CAFE\u{301} au lait", "CAFE\u{301}", "keywords"),
+        (
+            "pass\u{200C}word=Xy7#kLm9pQ",
+            "Xy7#kLm9pQ",
+            "secret_assignment",
+        ),
+    ];
+    for (text, want, detector) in cases {
+        let got = s.find(text);
+        assert_eq!(got.len(), 1, "{text:?}: {got:?}");
+        assert_eq!(&text[got[0].start..got[0].end], *want, "{text:?}");
+        assert_eq!(got[0].detector, *detector);
+    }
+}
+
+#[test]
+fn normalization_agrees_with_nfkc_and_maps_back() {
+    use unicode_normalization::UnicodeNormalization;
+    let samples = [
+        "plain ascii",
+        "ｆｕｌｌｗｉｄｔｈ ＠ ﬁ ㎏ ½",
+        "e\u{301} a\u{30A} \u{1100}\u{1161}\u{11A8} 가\u{11A8}",
+        "q\u{307}\u{323} o\u{31B}\u{323}\u{301} x\u{301}\u{316}",
+        "\u{301}leading mark",
+        "Å Ω K ﬀ",
+    ];
+    for s in samples {
+        let view = View::new(s);
+        assert_eq!(view.text(), s.nfkc().collect::<String>(), "{s:?}");
+        // Whole text maps to the whole original.
+        assert_eq!(view.original(0, view.text().len()), (0, s.len()));
+    }
+    let v = View::new("x\u{200B}ｙz");
+    assert_eq!(v.text(), "xyz");
+    assert_eq!(v.original(1, 2), (4, 7)); // y <- ｙ
+    assert_eq!(v.original(0, 2), (0, 7)); // the removed ZWSP is inside
+}
+
+#[test]
+fn ignorable_table_matches_unicode_properties() {
+    let re = regex::Regex::new(r"[\p{Cf}\p{Default_Ignorable_Code_Point}]").unwrap();
+    let mut buf = [0u8; 4];
+    for cp in 0..=0x10FFFFu32 {
+        if let Some(c) = char::from_u32(cp) {
+            if cp < 0xE0000 || cp % 0x80 == 0 {
+                assert_eq!(
+                    is_ignorable(c),
+                    re.is_match(c.encode_utf8(&mut buf)),
+                    "U+{cp:04X}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn overlaps_keep_the_earliest_then_the_longest_then_the_first_spec() {
+    let s = set(vec![
+        MatcherSpec::Keywords {
+            words: vec!["example".into()],
+            label: "K".into(),
+        },
+        MatcherSpec::Builtin(Builtin::Email),
+        MatcherSpec::Regex {
+            pattern: "bob".into(),
+            group: None,
+            label: "R".into(),
+        },
+        MatcherSpec::Builtin(Builtin::Email),
+    ]);
+    let text = "mail bob@example.com";
+    let got = s.find(text);
+    assert_eq!(got.len(), 1);
+    // The email and the `bob` regex start together: the longer wins; of the
+    // two identical emails, the first spec's (id 1, not 3).
+    assert_eq!(
+        (got[0].id, &text[got[0].start..got[0].end]),
+        (1, "bob@example.com")
+    );
+    let all = s.find_all(text);
+    let ids: Vec<usize> = all.iter().map(|f| f.id).collect();
+    assert_eq!(ids, vec![1, 3, 2, 0]);
+}
+
+#[test]
+fn keywords_are_whole_words_case_insensitive_phrases() {
+    let s = set(vec![MatcherSpec::Keywords {
+        words: vec![
+            "merger".into(),
+            "production database dump".into(),
+            "über".into(),
+            "C++".into(),
+            "data".into(),
+            "database".into(),
+        ],
+        label: "K".into(),
+    }]);
+    let cases: &[(&str, &[&str])] = &[
+        ("the MERGER is on", &["MERGER"]),
+        ("mergers and premerger talks", &[]),
+        (
+            "a Production  Database\nDump tonight",
+            &["Production  Database\nDump"],
+        ),
+        ("production database dumps", &["database"]),
+        ("Über alles, not Rüber", &["Über"]),
+        ("I like C++.", &["C++"]),
+        ("database or data, metadata", &["database", "data"]),
+        ("merger,merger", &["merger", "merger"]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(found(&s, text), *want, "{text:?}");
+    }
+}
+
+#[test]
+fn custom_regex_with_a_named_group() {
+    let s = set(vec![MatcherSpec::Regex {
+        pattern: r"CUST-(?P<id>[0-9]{8})".into(),
+        group: Some("id".into()),
+        label: "CUSTOMER".into(),
+    }]);
+    let text = "for CUST-12345678 and CUST-87654321.";
+    assert_eq!(found(&s, text), vec!["12345678", "87654321"]);
+    let f = &s.find(text)[0];
+    assert_eq!((f.detector, f.label.as_str()), ("regex", "CUSTOMER"));
+    // Without a group the whole match; a numbered group by position.
+    let whole = set(vec![MatcherSpec::Regex {
+        pattern: r"CUST-[0-9]{8}".into(),
+        group: None,
+        label: "C".into(),
+    }]);
+    assert_eq!(found(&whole, text), vec!["CUST-12345678", "CUST-87654321"]);
+    let numbered = set(vec![MatcherSpec::Regex {
+        pattern: r"CUST-([0-9]{4})".into(),
+        group: Some("1".into()),
+        label: "C".into(),
+    }]);
+    assert_eq!(found(&numbered, text), vec!["1234", "8765"]);
+    // Empty matches are not findings.
+    let empty = set(vec![MatcherSpec::Regex {
+        pattern: r"x*".into(),
+        group: None,
+        label: "C".into(),
+    }]);
+    assert_eq!(found(&empty, "abc xx"), vec!["xx"]);
+}
+
+#[test]
+fn bad_specs_are_refused_with_the_rule_named() {
+    let err = |spec: MatcherSpec| DetectorSet::compile(&[(3, spec)]).unwrap_err().to_string();
+    let e = err(MatcherSpec::Regex {
+        pattern: "(".into(),
+        group: None,
+        label: "X".into(),
+    });
+    assert!(e.contains("rule 3") && e.contains("invalid regex"), "{e}");
+    let e = err(MatcherSpec::Regex {
+        pattern: "a(?P<x>b)".into(),
+        group: Some("y".into()),
+        label: "X".into(),
+    });
+    assert!(e.contains("rule 3") && e.contains("`y`"), "{e}");
+    let e = err(MatcherSpec::Regex {
+        pattern: "a".repeat(5000),
+        group: None,
+        label: "X".into(),
+    });
+    assert!(e.contains("5000"), "{e}");
+    let e = err(MatcherSpec::Regex {
+        pattern: r"\w{1000}\w{1000}".into(),
+        group: None,
+        label: "X".into(),
+    });
+    assert!(e.contains("rule 3"), "{e}");
+    let e = err(MatcherSpec::Keywords {
+        words: vec![],
+        label: "X".into(),
+    });
+    assert!(e.contains("empty"), "{e}");
+    let e = err(MatcherSpec::Keywords {
+        words: vec!["ok".into(), " \u{200B} ".into()],
+        label: "X".into(),
+    });
+    assert!(e.contains("keyword 1"), "{e}");
+}
+
+#[test]
+fn builtin_patterns_have_derivable_prefixes() {
+    for b in Builtin::ALL {
+        let def = builtins::definition(b);
+        let shape =
+            Shape::parse(def.pattern).unwrap_or_else(|| panic!("{} not analysable", b.name()));
+        assert_eq!(
+            shape.max_len().is_none(),
+            def.window.is_some(),
+            "{}",
+            b.name()
+        );
+        assert!(
+            hold_regex(&[shape.prefix_regex()]).is_some(),
+            "{}",
+            b.name()
+        );
+    }
+}
+
+#[test]
+fn prefix_regexes_accept_exactly_the_prefixes() {
+    // (pattern, prefixes of some match, strings that begin no match)
+    let table: &[(&str, &[&str], &[&str])] = &[
+        (
+            r"ab(?:cd|ef)+g",
+            &[
+                "", "a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdg", "abefcdg",
+            ],
+            &["b", "ac", "abg", "abcdgx", "abce", "abx"],
+        ),
+        (
+            r"(?i)x[0-9]{2,3}y?",
+            &["x", "X", "x1", "X12", "x123", "x12y", "x123Y"],
+            &["y", "xy", "x1y", "x1234", "x12yy"],
+        ),
+        (
+            r"(?-u:\b)foo\.bar(?-u:\b)",
+            &["f", "foo", "foo.", "foo.ba", "foo.bar"],
+            &["foo.bar1", "foox", "fo.", "oo"],
+        ),
+        (
+            r"(?P<n>a|bc)(?i:d)e{0,2}",
+            &["a", "b", "bc", "aD", "bcd", "ade", "adee"],
+            &["c", "ab", "adeee", "bd"],
+        ),
+        (
+            r"\d{3}-\d{2}",
+            &["1", "12", "123", "123-", "123-4", "123-45"],
+            &["12-", "1234", "123-456", "-"],
+        ),
+        (
+            r"[^]a-]x|[[:digit:]]{2}",
+            &["b", "bx", "1", "12"],
+            &["]", "a", "-x", "123"],
+        ),
+    ];
+    for (pattern, yes, no) in table {
+        let shape = Shape::parse(pattern).unwrap();
+        let p = regex::Regex::new(&format!("^(?:{})$", shape.prefix_regex())).unwrap();
+        for probe in *yes {
+            assert!(p.is_match(probe), "{pattern}: {probe:?} begins a match");
+        }
+        for probe in *no {
+            assert!(!p.is_match(probe), "{pattern}: {probe:?} begins no match");
+        }
+    }
+    assert!(
+        Shape::parse(r"(?x) a b").is_none(),
+        "verbose mode is not analysed"
+    );
+    assert!(Shape::parse(r"a)").is_none());
+    assert_eq!(
+        Shape::parse(r"ab{2,3}\d").unwrap().max_len(),
+        Some(1 + 3 + 4)
+    );
+    assert_eq!(Shape::parse(r"a+").unwrap().max_len(), None);
+}
+
+#[test]
+fn holdback_holds_only_what_could_still_become_a_match() {
+    let card = one(Builtin::PaymentCard);
+    assert_eq!(card.holdback_start("hello wor"), None);
+    assert_eq!(card.holdback_start("card 4111 1111"), Some(5));
+    assert_eq!(card.holdback_start("a 4111 1111 1111 1111 is done. "), None);
+    let email = one(Builtin::Email);
+    let text = "contact me at bob@exa";
+    assert_eq!(email.holdback_start(text), text.find("bob"));
+    assert_eq!(
+        email.holdback_start("contact me at bob@example.com, "),
+        None
+    );
+    let kw = set(vec![MatcherSpec::Keywords {
+        words: vec!["world peace".into()],
+        label: "K".into(),
+    }]);
+    // The held part is the word and the boundary character before it.
+    assert_eq!(kw.holdback_start("hello wor"), Some(5));
+    assert_eq!(kw.holdback_start("hello war"), None);
+    let key = one(Builtin::PrivateKey);
+    let text = format!("here: {}", &pem_block_start());
+    assert_eq!(key.holdback_start(&text), Some(6));
+    assert_eq!(key.holdback_start(&format!("{}\nok", pem(true))), None);
+    let none = set(vec![]);
+    assert_eq!(
+        (none.holdback_start("anything"), none.max_holdback()),
+        (None, 0)
+    );
+}
+
+#[test]
+fn custom_patterns_hold_by_their_shape_or_a_fixed_window() {
+    // Unbounded but analysable: held from where a match could begin.
+    let unbounded = set(vec![MatcherSpec::Regex {
+        pattern: r"secret-\w+".into(),
+        group: None,
+        label: "S".into(),
+    }]);
+    assert_eq!(unbounded.holdback_start("a secret-ab"), Some(2));
+    assert_eq!(unbounded.holdback_start("a sec"), Some(2));
+    assert_eq!(unbounded.holdback_start("a set"), None);
+    // Verbose mode is not analysed: a fixed window is always held.
+    let opaque = set(vec![MatcherSpec::Regex {
+        pattern: r"(?x) secret - \d+".into(),
+        group: None,
+        label: "S".into(),
+    }]);
+    assert_eq!(found(&opaque, "x secret-42"), vec!["secret-42"]);
+    assert_eq!(opaque.holdback_start("hello"), Some(0));
+    let long = "x".repeat(10_000);
+    let h = opaque.holdback_start(&long).unwrap();
+    assert!(long.len() - h <= opaque.max_holdback() && long.len() - h >= 1024);
+}
+
+#[test]
+fn empty_inputs() {
+    let s = everything();
+    assert!(s.find("").is_empty() && s.holdback_start("").is_none());
+    let none = set(vec![]);
+    assert!(none.is_empty() && none.find("bob@example.com").is_empty());
+}
+
+fn pem_block_start() -> String {
+    let full = pem(true);
+    full[..60].to_string()
+}
+
+#[test]
+fn holdback_is_bounded() {
+    let s = everything();
+    let max = s.max_holdback();
+    assert!(max > 16 * 1024 && max < 128 * 1024, "{max}");
+    let long = format!("-----BEGIN PRIVATE KEY-----\n{}", body(200_000, 1, B64));
+    let h = s.holdback_start(&long).unwrap();
+    assert!(long.len() - h <= max);
+    let word = "a".repeat(100_000);
+    let h = s.holdback_start(&word).unwrap();
+    assert!(word.len() - h <= max);
+}
+
+/// Texts for the soundness property: every builtin's positives, embedded,
+/// plus non-ASCII, evasion and composition cases.
+fn stream_texts() -> Vec<String> {
+    let mut texts: Vec<String> = cases()
+        .into_iter()
+        .filter(|(_, _, want)| !want.is_empty())
+        .map(|(_, text, _)| format!("» {text} «"))
+        .collect();
+    texts.extend(
+        [
+            "mail alice\u{200B}@example.com now, ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ!",
+            "the production database dump of Project Titan at the CAFE\u{301} café.",
+            "for CUST-12345678 call +1 (415) 555-2671 about DE89 3704 0044 0532 0130 00",
+            "日本語 bob@example.com です 𝐀𝐊𝐈𝐀IOSFODNN7EXAMPLE ok",
+            "password = \"pässwörd-Ünïcode-42\" and token: 'a8f3K2m9Qz1x'",
+        ]
+        .map(String::from),
+    );
+    texts
+}
+
+/// Splitting a stream anywhere, the text before the holdback point never
+/// contains the start of a finding that ends after the split, and what is
+/// held never exceeds the bound.
+#[test]
+fn holdback_is_sound_at_every_split() {
+    let s = everything();
+    for text in stream_texts() {
+        let findings = s.find(&text);
+        for k in (0..=text.len()).filter(|&k| text.is_char_boundary(k)) {
+            let prefix = &text[..k];
+            let h = s.holdback_start(prefix).unwrap_or(k);
+            assert!(h <= k && k - h <= s.max_holdback());
+            assert!(prefix.is_char_boundary(h));
+            for f in findings.iter().filter(|f| f.end > k) {
+                assert!(
+                    f.start >= h,
+                    "split {k} of {text:?}: {:?} ({:?}) starts before hold {h}",
+                    &text[f.start..f.end],
+                    f.detector
+                );
+            }
+        }
+    }
+}
+
+/// A combining mark (or Hangul jamo) in the next chunk can turn the last
+/// character into one that completes a keyword: `cafe` + U+0301 is `café`.
+#[test]
+fn holdback_accounts_for_marks_still_to_come() {
+    let s = set(vec![MatcherSpec::Keywords {
+        words: vec!["café".into(), "각".into()],
+        label: "K".into(),
+    }]);
+    for text in [
+        "I like cafe\u{301} au lait",
+        "x 가\u{11A8} y",
+        "x \u{1100}\u{1161}\u{11A8} y",
+    ] {
+        let findings = s.find(text);
+        assert_eq!(findings.len(), 1, "{text:?}");
+        for k in (0..=text.len()).filter(|&k| text.is_char_boundary(k)) {
+            let h = s.holdback_start(&text[..k]).unwrap_or(k);
+            for f in findings.iter().filter(|f| f.end > k) {
+                assert!(f.start >= h, "split {k} of {text:?}: hold {h}");
+            }
+        }
+    }
+    // ASCII-only matchers need no such care.
+    let ascii = set(vec![MatcherSpec::Keywords {
+        words: vec!["cafe".into()],
+        label: "K".into(),
+    }]);
+    assert_eq!(ascii.holdback_start("I like tea"), None);
+}
+
+/// The same property on random concatenations of fragments that make and
+/// break values, with combining marks and invisible characters between.
+#[test]
+fn holdback_is_sound_on_random_fragments() {
+    let s = everything();
+    let fragments = [
+        "bob",
+        "@",
+        "example",
+        ".com",
+        " ",
+        "4111 ",
+        "1111",
+        "-",
+        "password",
+        "=",
+        "\"",
+        "Xy7#kLm9pQ",
+        "sk-",
+        "ant-",
+        "e",
+        "\u{301}",
+        "\u{200B}",
+        "ｂｏｂ",
+        "＠",
+        "caf",
+        "é",
+        "CUST-",
+        "12345678",
+        ":",
+        "::",
+        "fe80",
+        "192.168.",
+        "1.1",
+        "AKIA",
+        "IOSFODNN7EXAMPLE",
+        "eyJhbGciOiJIUzI1NiJ9",
+        ".",
+        "eyJzdWIiOiIxIn0",
+        "\n",
+        "production",
+        " database",
+        " dump",
+        "DE89",
+        " 3704 0044 0532 0130 00",
+        "+44",
+        " 20 7946 0958",
+    ];
+    let mut x: u64 = 7;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    for _ in 0..60 {
+        let n = 4 + next() % 10;
+        let text: String = (0..n)
+            .map(|_| fragments[next() % fragments.len()])
+            .collect();
+        let findings = s.find(&text);
+        for k in (0..=text.len()).filter(|&k| text.is_char_boundary(k)) {
+            let h = s.holdback_start(&text[..k]).unwrap_or(k);
+            for f in findings.iter().filter(|f| f.end > k) {
+                assert!(
+                    f.start >= h,
+                    "split {k} of {text:?}: finding {f:?} starts before hold {h}"
+                );
+            }
+        }
+    }
+}

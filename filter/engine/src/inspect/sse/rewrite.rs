@@ -1,0 +1,1014 @@
+//! [`StreamRewriter`]: a provider's event stream in, the same stream with
+//! every piece of generated text passed through a [`StreamText`] out.
+//!
+//! ## How each API is read
+//! Events are recognized by their JSON shape (the `type` field, else the SSE
+//! event name; for OpenAI chunks, a `choices` array), not by trusting one tag,
+//! so a text field is not missed because an event is labelled unexpectedly.
+//! - OpenAI chat: `choices[].delta.content`, `choices[].delta.tool_calls[]
+//!   .function.arguments` and the legacy `choices[].delta.function_call
+//!   .arguments`. A choice ends at its `finish_reason`, every choice at
+//!   `data: [DONE]`.
+//! - OpenAI completions: `choices[].text`; ends as chat does.
+//! - OpenAI Responses: `response.output_text.delta` and
+//!   `response.function_call_arguments.delta`; a channel ends at its `.done`
+//!   event (or the `content_part.done`/`output_item.done`/`response.completed`
+//!   that repeats it). The events repeating the full text get the text that
+//!   was actually sent for the channel, never the provider's original.
+//! - Anthropic: `content_block_delta` with `text_delta.text` or
+//!   `input_json_delta.partial_json`; a block ends at `content_block_stop`,
+//!   all at `message_stop`.
+//!
+//! ## Decisions
+//! - A delta whose rewritten text is empty (all of it held back) is still
+//!   sent, with `""`: every provider's clients accept empty deltas, the event
+//!   may carry other fields (a role, a Responses `sequence_number`), and one
+//!   event in, one event out keeps the stream easy to reason about.
+//! - Text held back when a channel ends goes out as an extra delta event of
+//!   the channel's own shape, just before the event that ends the channel.
+//!   When the OpenAI chunk that ends a choice carries a text field of that
+//!   channel itself (often `"text": ""` in completions), the held-back text
+//!   is appended to that field instead: it lands in the same place, after
+//!   the chunk's own text and before the end, and a stream whose text is not
+//!   changed goes out byte for byte.
+//! - Responses events carry a `sequence_number`; after an inserted event,
+//!   later ones are renumbered so the numbers stay consecutive.
+//! - `logprobs` on events with text are cleared (`null` for OpenAI chunks,
+//!   `[]` for the Responses API): they spell out the original tokens, which
+//!   would reveal what was masked.
+//! - Events without text (role chunks, pings, comments, `message_start`, ...)
+//!   are forwarded as they came, byte for byte except line endings (always
+//!   LF). A `data:` payload that is not a JSON object (`[DONE]` aside) holds
+//!   no text a provider sends, and is forwarded as it is.
+//! - A [`StreamBlock`], or a stream the parser cannot read (a line or an
+//!   event over the limit, which could hide text), ends the stream with an
+//!   error event in the API's own format; nothing is sent after it (no
+//!   `[DONE]`). The message names the rule, never the matched value.
+//!
+//! ## Not rewritten (yet)
+//! Refusal text (`delta.refusal`, `response.refusal.*`), reasoning/thinking
+//! text (`thinking_delta`, `response.reasoning_*`; Anthropic signs thinking
+//! blocks, so rewriting it would break them when sent back) and citations.
+//!
+//! ## Memory
+//! Bounded by the parser's limits (one line, one event), a small state per
+//! channel (at most 1024 channels; OpenAI and Anthropic states are dropped
+//! when their channel ends), what the transformer holds back, and, for the
+//! Responses API only, the text sent per channel (its done events repeat it,
+//! so it is kept until the stream ends).
+
+use serde_json::{json, Map, Value};
+
+use super::parser::{Framed, SseParser};
+use super::{Channel, ChannelKind, SseError, SseEvent, StreamBlock, StreamText};
+
+/// The provider API whose event stream is rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamApi {
+    /// OpenAI `POST /v1/chat/completions` (`chat.completion.chunk`s).
+    OpenAiChat,
+    /// OpenAI's legacy `POST /v1/completions` (`text_completion`s).
+    OpenAiCompletions,
+    /// OpenAI `POST /v1/responses` (named `response.*` events).
+    OpenAiResponses,
+    /// Anthropic `POST /v1/messages`.
+    Anthropic,
+}
+
+/// The most text channels one stream may open: more is treated as a stream
+/// that cannot be inspected within bounded memory.
+const MAX_CHANNELS: usize = 1024;
+/// The `code` of the error event sent when a stream is stopped.
+const BLOCK_CODE: &str = "warden.blocked";
+/// The rule named when the stream itself cannot be read.
+const FRAMING_RULE: &str = "warden.stream_framing";
+/// The rule named when a stream opens more than [`MAX_CHANNELS`] channels.
+const CHANNELS_RULE: &str = "warden.stream_channels";
+/// The inner index of an OpenAI legacy `function_call` channel.
+const LEGACY_FUNCTION_CALL: u64 = 0xFFFF_FFFF;
+
+/// One place an API puts streamed text, with what it takes to write a delta
+/// event for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    ChatContent { choice: u64 },
+    ChatTool { choice: u64, tool: u64 },
+    ChatFunction { choice: u64 },
+    CompletionText { choice: u64 },
+    ResponsesText { output: u64, content: u64 },
+    ResponsesTool { output: u64 },
+    AnthropicText { block: u64 },
+    AnthropicJson { block: u64 },
+}
+
+/// `outer` and `inner` packed into one channel index (see [`Channel`]).
+/// Indexes beyond 32 bits, which no provider sends, may share a channel:
+/// their text is then inspected as one stream, which leaks nothing.
+fn pack(outer: u64, inner: u64) -> u64 {
+    (outer << 32) | (inner & 0xFFFF_FFFF)
+}
+
+impl Slot {
+    fn channel(self) -> Channel {
+        let (index, kind) = match self {
+            Self::ChatContent { choice } | Self::CompletionText { choice } => {
+                (choice, ChannelKind::Text)
+            }
+            Self::ChatTool { choice, tool } => (pack(choice, tool), ChannelKind::ToolArguments),
+            Self::ChatFunction { choice } => (
+                pack(choice, LEGACY_FUNCTION_CALL),
+                ChannelKind::ToolArguments,
+            ),
+            Self::ResponsesText { output, content } => (pack(output, content), ChannelKind::Text),
+            Self::ResponsesTool { output } => (output, ChannelKind::ToolArguments),
+            Self::AnthropicText { block } => (block, ChannelKind::Text),
+            Self::AnthropicJson { block } => (block, ChannelKind::ToolArguments),
+        };
+        Channel { index, kind }
+    }
+
+    /// The OpenAI choice this text belongs to.
+    fn choice(self) -> Option<u64> {
+        match self {
+            Self::ChatContent { choice }
+            | Self::ChatTool { choice, .. }
+            | Self::ChatFunction { choice }
+            | Self::CompletionText { choice } => Some(choice),
+            _ => None,
+        }
+    }
+
+    /// The Anthropic content block this text belongs to.
+    fn block(self) -> Option<u64> {
+        match self {
+            Self::AnthropicText { block } | Self::AnthropicJson { block } => Some(block),
+            _ => None,
+        }
+    }
+}
+
+/// A channel the stream has used.
+#[derive(Debug)]
+struct ChannelState {
+    slot: Slot,
+    /// Text was pushed and the channel has not been finished.
+    open: bool,
+    /// Responses API only: all text sent for the channel, for the events
+    /// that repeat it in full.
+    emitted: String,
+    /// Responses API only: the output item, for the delta events added.
+    item_id: Option<String>,
+}
+
+/// What handling one event produced besides the event itself.
+#[derive(Debug, Default)]
+struct EventEdit {
+    /// Events to send before it (held-back text of channels it ends).
+    before: Vec<u8>,
+    /// Whether the event's JSON was changed (otherwise its original text is
+    /// sent).
+    changed: bool,
+}
+
+impl EventEdit {
+    fn set(&mut self, target: &mut String, value: String) {
+        if *target != value {
+            *target = value;
+            self.changed = true;
+        }
+    }
+}
+
+/// How a field holding a channel's text is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// New text for the channel (a delta, or text in an `added` event).
+    Push,
+    /// The channel's full text, repeated as it ends.
+    Close,
+}
+
+/// Rewrites one streamed response: `feed` each body chunk, send what it
+/// returns, and `finish` at the end of the body.
+///
+/// ```
+/// use warden_engine::inspect::sse::{Channel, StreamApi, StreamBlock, StreamRewriter, StreamText};
+/// struct Upper;
+/// impl StreamText for Upper {
+///     fn push(&mut self, _: &Channel, text: &str) -> Result<String, StreamBlock> {
+///         Ok(text.to_uppercase())
+///     }
+///     fn finish(&mut self, _: &Channel) -> Result<String, StreamBlock> {
+///         Ok(String::new())
+///     }
+/// }
+/// let mut rewriter = StreamRewriter::new(StreamApi::OpenAiCompletions, Box::new(Upper));
+/// let out = rewriter.feed(b"data: {\"choices\":[{\"index\":0,\"text\":\"hi\"}]}\n\n");
+/// assert_eq!(out, b"data: {\"choices\":[{\"index\":0,\"text\":\"HI\"}]}\n\n");
+/// ```
+pub struct StreamRewriter {
+    api: StreamApi,
+    text: Box<dyn StreamText>,
+    parser: SseParser,
+    /// Channels in the order they were opened (a handful per response, so a
+    /// list beats a map; the order makes end-of-stream flushes repeatable).
+    channels: Vec<ChannelState>,
+    /// OpenAI: the last chunk's fields other than `choices`, to build the
+    /// extra delta chunks like the provider's own.
+    template: Option<Map<String, Value>>,
+    usage: Option<Value>,
+    /// Responses API: the last `sequence_number` sent, and how many events
+    /// were added before the current one.
+    last_sequence: Option<u64>,
+    sequence_offset: u64,
+    blocked: Option<StreamBlock>,
+    /// Blocked, unreadable or finished: nothing more is sent.
+    ended: bool,
+}
+
+impl std::fmt::Debug for StreamRewriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamRewriter")
+            .field("api", &self.api)
+            .field("channels", &self.channels.len())
+            .field("blocked", &self.blocked)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamRewriter {
+    /// A rewriter of an `api` stream sending its text through `text`, with
+    /// the parser's default limits.
+    pub fn new(api: StreamApi, text: Box<dyn StreamText>) -> Self {
+        Self::with_parser(api, text, SseParser::new())
+    }
+
+    /// As [`Self::new`], reading the stream with `parser` (for other limits).
+    pub fn with_parser(api: StreamApi, text: Box<dyn StreamText>, parser: SseParser) -> Self {
+        Self {
+            api,
+            text,
+            parser,
+            channels: Vec::new(),
+            template: None,
+            usage: None,
+            last_sequence: None,
+            sequence_offset: 0,
+            blocked: None,
+            ended: false,
+        }
+    }
+
+    /// The API this rewriter reads.
+    pub fn api(&self) -> StreamApi {
+        self.api
+    }
+
+    /// The bytes to send the client for this body chunk: every event it
+    /// completes, rewritten. Empty once the stream was stopped or finished.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.ended {
+            let framed = self.parser.feed_framed(chunk);
+            self.handle(framed, &mut out);
+        }
+        out
+    }
+
+    /// The bytes to send at the end of the body: a last event left without
+    /// its blank line, then the text every still-open channel held back.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.ended {
+            return out;
+        }
+        let framed = self.parser.finish_framed();
+        self.handle(framed, &mut out);
+        if !self.ended {
+            let mut edit = EventEdit::default();
+            match self.close_all(&mut edit) {
+                Ok(()) => out.extend(edit.before),
+                Err(block) => self.stop(block, &mut out),
+            }
+        }
+        self.ended = true;
+        out
+    }
+
+    /// The last token usage the provider reported, for audit: OpenAI's final
+    /// chunk `usage`, Anthropic's `message_start` usage updated by
+    /// `message_delta`, the Responses API's `response.completed` usage.
+    pub fn usage(&self) -> Option<&Value> {
+        self.usage.as_ref()
+    }
+
+    /// Why the stream was stopped, if it was.
+    pub fn blocked(&self) -> Option<&StreamBlock> {
+        self.blocked.as_ref()
+    }
+
+    fn handle(&mut self, framed: Result<Vec<Framed>, SseError>, out: &mut Vec<u8>) {
+        match framed {
+            Ok(events) => {
+                for event in events {
+                    if let Err(block) = self.event(event, out) {
+                        return self.stop(block, out);
+                    }
+                }
+                // The parser hands over the events before an error first.
+                if let Some(block) = self.parser.error().map(framing_block) {
+                    self.stop(block, out);
+                }
+            }
+            Err(err) => self.stop(framing_block(&err), out),
+        }
+    }
+
+    /// Sends the error event and ends the stream.
+    fn stop(&mut self, block: StreamBlock, out: &mut Vec<u8>) {
+        let message = if block.message.is_empty() {
+            format!("Warden blocked this response (rule {}).", block.rule)
+        } else {
+            format!("{} (rule {})", block.message, block.rule)
+        };
+        out.extend(self.error_event(&message).to_bytes());
+        self.blocked = Some(block);
+        self.ended = true;
+        self.channels = Vec::new();
+        self.template = None;
+    }
+
+    fn error_event(&mut self, message: &str) -> SseEvent {
+        match self.api {
+            StreamApi::OpenAiChat | StreamApi::OpenAiCompletions => SseEvent::data(
+                json!({"error": {
+                    "message": message,
+                    "type": "permission_error",
+                    "code": BLOCK_CODE,
+                }})
+                .to_string(),
+            ),
+            StreamApi::OpenAiResponses => {
+                let mut body = Map::new();
+                body.insert("type".into(), "error".into());
+                body.insert("code".into(), BLOCK_CODE.into());
+                body.insert("message".into(), message.into());
+                body.insert("param".into(), Value::Null);
+                self.responses_event("error", body)
+            }
+            StreamApi::Anthropic => SseEvent::named(
+                "error",
+                json!({"type": "error", "error": {"type": "permission_error", "message": message}})
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// One event: rewritten into `out`, preceded by any events it calls for.
+    fn event(&mut self, framed: Framed, out: &mut Vec<u8>) -> Result<(), StreamBlock> {
+        let Framed { event, raw } = framed;
+        let Some(data) = event.data.as_deref() else {
+            out.extend_from_slice(raw.as_bytes());
+            return Ok(());
+        };
+        let openai_choices = matches!(
+            self.api,
+            StreamApi::OpenAiChat | StreamApi::OpenAiCompletions
+        );
+        if openai_choices && data.trim() == "[DONE]" {
+            let mut edit = EventEdit::default();
+            self.close_all(&mut edit)?;
+            out.extend(edit.before);
+            out.extend_from_slice(raw.as_bytes());
+            return Ok(());
+        }
+        let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(data) else {
+            out.extend_from_slice(raw.as_bytes());
+            return Ok(());
+        };
+        let mut edit = EventEdit::default();
+        let name = event.event.as_deref();
+        match self.api {
+            StreamApi::OpenAiChat | StreamApi::OpenAiCompletions => {
+                self.openai_chunk(&mut body, &mut edit)?;
+            }
+            StreamApi::OpenAiResponses => self.responses(name, &mut body, &mut edit)?,
+            StreamApi::Anthropic => self.anthropic(name, &mut body, &mut edit)?,
+        }
+        out.extend(edit.before);
+        if edit.changed {
+            let rewritten = SseEvent {
+                data: Some(Value::Object(body).to_string()),
+                ..event
+            };
+            out.extend(rewritten.to_bytes());
+        } else {
+            out.extend_from_slice(raw.as_bytes());
+        }
+        Ok(())
+    }
+
+    // ---- channels -------------------------------------------------------
+
+    fn position(&self, slot: Slot) -> Option<usize> {
+        self.channels.iter().position(|state| state.slot == slot)
+    }
+
+    /// Sends `text` through the transformer for `slot`'s channel.
+    fn push(
+        &mut self,
+        slot: Slot,
+        item_id: Option<&str>,
+        text: &str,
+    ) -> Result<String, StreamBlock> {
+        let at = match self.position(slot) {
+            Some(at) => at,
+            None if self.channels.len() >= MAX_CHANNELS => return Err(StreamBlock::new(
+                CHANNELS_RULE,
+                "Warden stopped this response: it has too many parallel text streams to inspect",
+            )),
+            None => {
+                self.channels.push(ChannelState {
+                    slot,
+                    open: false,
+                    emitted: String::new(),
+                    item_id: None,
+                });
+                self.channels.len() - 1
+            }
+        };
+        let rewritten = self.text.push(&slot.channel(), text)?;
+        let keep_text = self.api == StreamApi::OpenAiResponses;
+        if let Some(state) = self.channels.get_mut(at) {
+            state.open = true;
+            if state.item_id.is_none() {
+                state.item_id = item_id.map(str::to_owned);
+            }
+            if keep_text {
+                state.emitted.push_str(&rewritten);
+            }
+        }
+        Ok(rewritten)
+    }
+
+    /// Finishes `slot`'s channel if it is open: the text it held back.
+    fn close(&mut self, slot: Slot) -> Result<String, StreamBlock> {
+        let Some(at) = self
+            .channels
+            .iter()
+            .position(|state| state.slot == slot && state.open)
+        else {
+            return Ok(String::new());
+        };
+        let flushed = self.text.finish(&slot.channel())?;
+        if self.api == StreamApi::OpenAiResponses {
+            if let Some(state) = self.channels.get_mut(at) {
+                state.open = false;
+                state.emitted.push_str(&flushed);
+            }
+        } else {
+            self.channels.remove(at);
+        }
+        Ok(flushed)
+    }
+
+    /// Finishes `slot`'s channel, sending what it held back as a delta event
+    /// before the current one.
+    fn close_with_delta(&mut self, slot: Slot, edit: &mut EventEdit) -> Result<(), StreamBlock> {
+        let flushed = self.close(slot)?;
+        if !flushed.is_empty() {
+            let delta = self.delta_event(slot, &flushed);
+            edit.before.extend(delta.to_bytes());
+        }
+        Ok(())
+    }
+
+    fn open_slots(&self, which: impl Fn(Slot) -> bool) -> Vec<Slot> {
+        self.channels
+            .iter()
+            .filter(|state| state.open && which(state.slot))
+            .map(|state| state.slot)
+            .collect()
+    }
+
+    /// Finishes every open channel (end of the response).
+    fn close_all(&mut self, edit: &mut EventEdit) -> Result<(), StreamBlock> {
+        for slot in self.open_slots(|_| true) {
+            self.close_with_delta(slot, edit)?;
+        }
+        Ok(())
+    }
+
+    /// A delta event carrying `text` for `slot`, shaped like the provider's.
+    fn delta_event(&mut self, slot: Slot, text: &str) -> SseEvent {
+        let item_id = self
+            .position(slot)
+            .and_then(|at| self.channels.get(at))
+            .and_then(|state| state.item_id.clone());
+        match slot {
+            Slot::ChatContent { choice } => {
+                self.openai_event(chat_choice(choice, json!({ "content": text })))
+            }
+            Slot::ChatTool { choice, tool } => self.openai_event(chat_choice(
+                choice,
+                json!({"tool_calls": [{"index": tool, "function": {"arguments": text}}]}),
+            )),
+            Slot::ChatFunction { choice } => self.openai_event(chat_choice(
+                choice,
+                json!({"function_call": {"arguments": text}}),
+            )),
+            Slot::CompletionText { choice } => self.openai_event(
+                json!({"text": text, "index": choice, "logprobs": null, "finish_reason": null}),
+            ),
+            Slot::ResponsesText { output, content } => {
+                let mut body = Map::new();
+                if let Some(item_id) = item_id {
+                    body.insert("item_id".into(), item_id.into());
+                }
+                body.insert("output_index".into(), output.into());
+                body.insert("content_index".into(), content.into());
+                body.insert("delta".into(), text.into());
+                body.insert("logprobs".into(), json!([]));
+                self.responses_event("response.output_text.delta", body)
+            }
+            Slot::ResponsesTool { output } => {
+                let mut body = Map::new();
+                if let Some(item_id) = item_id {
+                    body.insert("item_id".into(), item_id.into());
+                }
+                body.insert("output_index".into(), output.into());
+                body.insert("delta".into(), text.into());
+                self.responses_event("response.function_call_arguments.delta", body)
+            }
+            Slot::AnthropicText { block } => {
+                anthropic_delta_event(block, json!({"type": "text_delta", "text": text}))
+            }
+            Slot::AnthropicJson { block } => anthropic_delta_event(
+                block,
+                json!({"type": "input_json_delta", "partial_json": text}),
+            ),
+        }
+    }
+
+    // ---- OpenAI chat and completions ------------------------------------
+
+    /// An OpenAI chunk like the last one seen, with one `choice`.
+    fn openai_event(&self, choice: Value) -> SseEvent {
+        let mut chunk = self.template.clone().unwrap_or_default();
+        chunk.insert("choices".into(), Value::Array(vec![choice]));
+        SseEvent::data(Value::Object(chunk).to_string())
+    }
+
+    fn openai_chunk(
+        &mut self,
+        chunk: &mut Map<String, Value>,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        if let Some(usage) = chunk.get("usage").filter(|usage| usage.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        if !chunk.get("choices").is_some_and(Value::is_array) {
+            return Ok(());
+        }
+        // Extra chunks added while handling this one look like it.
+        let template = chunk
+            .iter()
+            .filter(|(key, _)| key.as_str() != "choices")
+            .map(|(key, value)| {
+                let value = if key == "usage" {
+                    Value::Null
+                } else {
+                    value.clone()
+                };
+                (key.clone(), value)
+            })
+            .collect();
+        self.template = Some(template);
+        let Some(Value::Array(choices)) = chunk.get_mut("choices") else {
+            return Ok(());
+        };
+        for (position, choice) in choices.iter_mut().enumerate() {
+            let Value::Object(choice) = choice else {
+                continue;
+            };
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(to_u64(position));
+            self.openai_choice(index, choice, edit)?;
+        }
+        Ok(())
+    }
+
+    fn openai_choice(
+        &mut self,
+        index: u64,
+        choice: &mut Map<String, Value>,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let finishing = choice
+            .get("finish_reason")
+            .is_some_and(|reason| !reason.is_null());
+        if self.api == StreamApi::OpenAiCompletions {
+            if let Some(Value::String(text)) = choice.get_mut("text") {
+                let slot = Slot::CompletionText { choice: index };
+                self.openai_delta(slot, text, finishing, edit)?;
+            }
+        } else if let Some(Value::Object(delta)) = choice.get_mut("delta") {
+            if let Some(Value::String(text)) = delta.get_mut("content") {
+                let slot = Slot::ChatContent { choice: index };
+                self.openai_delta(slot, text, finishing, edit)?;
+            }
+            if let Some(Value::String(text)) = delta
+                .get_mut("function_call")
+                .and_then(|call| call.get_mut("arguments"))
+            {
+                let slot = Slot::ChatFunction { choice: index };
+                self.openai_delta(slot, text, finishing, edit)?;
+            }
+            if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                for (position, call) in calls.iter_mut().enumerate() {
+                    let tool = call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(to_u64(position));
+                    if let Some(Value::String(text)) = call
+                        .get_mut("function")
+                        .and_then(|function| function.get_mut("arguments"))
+                    {
+                        let slot = Slot::ChatTool {
+                            choice: index,
+                            tool,
+                        };
+                        self.openai_delta(slot, text, finishing, edit)?;
+                    }
+                }
+            }
+        }
+        if choice
+            .get("logprobs")
+            .is_some_and(|logprobs| !logprobs.is_null())
+        {
+            choice.insert("logprobs".into(), Value::Null);
+            edit.changed = true;
+        }
+        if finishing {
+            // Channels of the choice with no field in this chunk.
+            for slot in self.open_slots(|slot| slot.choice() == Some(index)) {
+                self.close_with_delta(slot, edit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One OpenAI text field, rewritten in place. In the chunk that ends its
+    /// choice, the channel ends here too, and what it held back is appended
+    /// to the field: it follows the field's own text, and comes before the
+    /// end.
+    fn openai_delta(
+        &mut self,
+        slot: Slot,
+        text: &mut String,
+        finishing: bool,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let mut rewritten = if text.is_empty() {
+            String::new()
+        } else {
+            self.push(slot, None, text)?
+        };
+        if finishing {
+            rewritten.push_str(&self.close(slot)?);
+        }
+        edit.set(text, rewritten);
+        Ok(())
+    }
+
+    // ---- OpenAI Responses -------------------------------------------------
+
+    /// A Responses event the rewriter adds, numbered after the last one sent.
+    fn responses_event(&mut self, kind: &str, mut body: Map<String, Value>) -> SseEvent {
+        body.insert("type".into(), kind.into());
+        if let Some(last) = self.last_sequence {
+            let sequence = last.saturating_add(1);
+            body.insert("sequence_number".into(), sequence.into());
+            self.last_sequence = Some(sequence);
+            self.sequence_offset = self.sequence_offset.saturating_add(1);
+        }
+        SseEvent::named(kind, Value::Object(body).to_string())
+    }
+
+    fn responses(
+        &mut self,
+        name: Option<&str>,
+        body: &mut Map<String, Value>,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let kind = event_type(name, body);
+        let output = u64_field(body, "output_index");
+        let item_id = body
+            .get("item_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let item_id = item_id.as_deref();
+        let text_slot = Slot::ResponsesText {
+            output,
+            content: u64_field(body, "content_index"),
+        };
+        let tool_slot = Slot::ResponsesTool { output };
+        let mode = if kind.ends_with(".done") {
+            Mode::Close
+        } else {
+            Mode::Push
+        };
+        match kind.as_str() {
+            "response.output_text.delta" | "response.output_text.done" => {
+                let key = if mode == Mode::Push { "delta" } else { "text" };
+                self.responses_field(text_slot, item_id, body, key, mode, edit)?;
+                clear_logprobs(body, edit);
+            }
+            "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
+                let key = if mode == Mode::Push {
+                    "delta"
+                } else {
+                    "arguments"
+                };
+                self.responses_field(tool_slot, item_id, body, key, mode, edit)?;
+            }
+            "response.content_part.added" | "response.content_part.done" => {
+                if let Some(Value::Object(part)) = body.get_mut("part") {
+                    self.responses_part(text_slot, item_id, part, mode, edit)?;
+                }
+            }
+            "response.output_item.added" | "response.output_item.done" => {
+                if let Some(Value::Object(item)) = body.get_mut("item") {
+                    self.responses_item(output, item, mode, edit)?;
+                }
+            }
+            "response.created" | "response.in_progress" | "response.queued" => {
+                self.responses_response(body, Mode::Push, edit)?;
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.responses_response(body, Mode::Close, edit)?;
+                self.close_all(edit)?;
+            }
+            _ => {}
+        }
+        // Number the event after any added before it.
+        if let Some(sequence) = body.get("sequence_number").and_then(Value::as_u64) {
+            let renumbered = sequence.saturating_add(self.sequence_offset);
+            if renumbered != sequence {
+                body.insert("sequence_number".into(), renumbered.into());
+                edit.changed = true;
+            }
+            self.last_sequence = Some(renumbered);
+        }
+        Ok(())
+    }
+
+    /// `body[key]` as text of `slot`'s channel.
+    fn responses_field(
+        &mut self,
+        slot: Slot,
+        item_id: Option<&str>,
+        body: &mut Map<String, Value>,
+        key: &str,
+        mode: Mode,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        match body.get_mut(key) {
+            Some(Value::String(text)) => self.responses_text(slot, item_id, text, mode, edit),
+            // An end without the text still ends the channel.
+            _ if mode == Mode::Close => self.close_with_delta(slot, edit),
+            _ => Ok(()),
+        }
+    }
+
+    /// A content part (`output_text`): its `text`.
+    fn responses_part(
+        &mut self,
+        slot: Slot,
+        item_id: Option<&str>,
+        part: &mut Map<String, Value>,
+        mode: Mode,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        if let Some(Value::String(text)) = part.get_mut("text") {
+            self.responses_text(slot, item_id, text, mode, edit)?;
+            clear_logprobs(part, edit);
+        }
+        Ok(())
+    }
+
+    /// An output item: a message's content parts, a function call's
+    /// arguments.
+    fn responses_item(
+        &mut self,
+        output: u64,
+        item: &mut Map<String, Value>,
+        mode: Mode,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let item_id = item.get("id").and_then(Value::as_str).map(str::to_owned);
+        let item_id = item_id.as_deref();
+        if let Some(Value::Array(parts)) = item.get_mut("content") {
+            for (content, part) in parts.iter_mut().enumerate() {
+                if let Value::Object(part) = part {
+                    let slot = Slot::ResponsesText {
+                        output,
+                        content: to_u64(content),
+                    };
+                    self.responses_part(slot, item_id, part, mode, edit)?;
+                }
+            }
+        }
+        if let Some(Value::String(arguments)) = item.get_mut("arguments") {
+            let slot = Slot::ResponsesTool { output };
+            self.responses_text(slot, item_id, arguments, mode, edit)?;
+        }
+        Ok(())
+    }
+
+    /// A whole response object (`response.created` ... `response.completed`):
+    /// every output item, and its usage.
+    fn responses_response(
+        &mut self,
+        body: &mut Map<String, Value>,
+        mode: Mode,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let Some(Value::Object(response)) = body.get_mut("response") else {
+            return Ok(());
+        };
+        if let Some(usage) = response.get("usage").filter(|usage| usage.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        if let Some(Value::Array(items)) = response.get_mut("output") {
+            for (output, item) in items.iter_mut().enumerate() {
+                if let Value::Object(item) = item {
+                    self.responses_item(to_u64(output), item, mode, edit)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One text field of the Responses API: new text for the channel, or its
+    /// full text, replaced by what was sent for the channel.
+    fn responses_text(
+        &mut self,
+        slot: Slot,
+        item_id: Option<&str>,
+        text: &mut String,
+        mode: Mode,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        if mode == Mode::Push {
+            if !text.is_empty() {
+                let rewritten = self.push(slot, item_id, text)?;
+                edit.set(text, rewritten);
+            }
+            return Ok(());
+        }
+        let full = if self.position(slot).is_some() {
+            self.close_with_delta(slot, edit)?;
+            self.position(slot)
+                .and_then(|at| self.channels.get(at))
+                .map(|state| state.emitted.clone())
+                .unwrap_or_default()
+        } else if text.is_empty() {
+            String::new()
+        } else {
+            // Text that was never streamed as deltas: inspect it whole now,
+            // rather than let the repeat carry it out unread.
+            let mut rewritten = self.push(slot, item_id, text)?;
+            rewritten.push_str(&self.close(slot)?);
+            rewritten
+        };
+        edit.set(text, full);
+        Ok(())
+    }
+
+    // ---- Anthropic ----------------------------------------------------------
+
+    fn anthropic(
+        &mut self,
+        name: Option<&str>,
+        body: &mut Map<String, Value>,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let block = u64_field(body, "index");
+        match event_type(name, body).as_str() {
+            "message_start" => {
+                if let Some(usage) = body
+                    .get("message")
+                    .and_then(|message| message.get("usage"))
+                    .filter(|usage| usage.is_object())
+                {
+                    self.usage = Some(usage.clone());
+                }
+            }
+            "message_delta" => {
+                if let Some(Value::Object(update)) = body.get("usage") {
+                    match &mut self.usage {
+                        Some(Value::Object(usage)) => {
+                            for (key, value) in update {
+                                usage.insert(key.clone(), value.clone());
+                            }
+                        }
+                        _ => self.usage = Some(Value::Object(update.clone())),
+                    }
+                }
+            }
+            "content_block_start" => {
+                if let Some(Value::String(text)) = body
+                    .get_mut("content_block")
+                    .and_then(|content| content.get_mut("text"))
+                {
+                    self.anthropic_delta(Slot::AnthropicText { block }, text, edit)?;
+                }
+            }
+            "content_block_delta" => {
+                if let Some(Value::Object(delta)) = body.get_mut("delta") {
+                    if let Some(Value::String(text)) = delta.get_mut("text") {
+                        self.anthropic_delta(Slot::AnthropicText { block }, text, edit)?;
+                    } else if let Some(Value::String(json)) = delta.get_mut("partial_json") {
+                        self.anthropic_delta(Slot::AnthropicJson { block }, json, edit)?;
+                    }
+                }
+            }
+            "content_block_stop" => {
+                for slot in self.open_slots(|slot| slot.block() == Some(block)) {
+                    self.close_with_delta(slot, edit)?;
+                }
+            }
+            "message_stop" => self.close_all(edit)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn anthropic_delta(
+        &mut self,
+        slot: Slot,
+        text: &mut String,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        if !text.is_empty() {
+            let rewritten = self.push(slot, None, text)?;
+            edit.set(text, rewritten);
+        }
+        Ok(())
+    }
+}
+
+/// The block sent when the stream cannot be parsed within the limits: it
+/// could hide text, so it is not forwarded unread.
+fn framing_block(err: &SseError) -> StreamBlock {
+    StreamBlock::new(
+        FRAMING_RULE,
+        format!("Warden could not inspect this response stream: {err}"),
+    )
+}
+
+/// One choice of an OpenAI chat chunk, carrying `delta`.
+fn chat_choice(choice: u64, delta: Value) -> Value {
+    json!({"index": choice, "delta": delta, "logprobs": null, "finish_reason": null})
+}
+
+/// An Anthropic `content_block_delta` event for content block `block`.
+fn anthropic_delta_event(block: u64, delta: Value) -> SseEvent {
+    let body = json!({"type": "content_block_delta", "index": block, "delta": delta});
+    SseEvent::named("content_block_delta", body.to_string())
+}
+
+/// The event's `type` field, else its SSE event name.
+fn event_type(name: Option<&str>, body: &Map<String, Value>) -> String {
+    body.get("type")
+        .and_then(Value::as_str)
+        .or(name)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn u64_field(body: &Map<String, Value>, key: &str) -> u64 {
+    body.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn to_u64(position: usize) -> u64 {
+    u64::try_from(position).unwrap_or(u64::MAX)
+}
+
+/// Empties a Responses `logprobs` list: its tokens spell the original text.
+fn clear_logprobs(body: &mut Map<String, Value>, edit: &mut EventEdit) {
+    let keep = match body.get("logprobs") {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(list)) => list.is_empty(),
+        Some(_) => false,
+    };
+    if !keep {
+        body.insert("logprobs".into(), json!([]));
+        edit.changed = true;
+    }
+}
