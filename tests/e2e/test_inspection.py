@@ -189,3 +189,24 @@ def test_what_was_masked_is_in_the_access_log_without_values(stack):
     assert record["decision"] == "masked"
     assert "personal-data:mask:" in record["rules"]
     assert EMAIL not in json.dumps(record)
+
+
+def test_counters_by_decision_and_rule_reach_envoy_stats(stack):
+    from harness.stack import wait_until
+    token = stack.token("alice", ["engineering"])
+    http("POST", f"{stack.gateway_url}/openai/v1/chat/completions",
+         body={"model": "gpt-4o", "messages": [{"role": "user", "content": f"ping {EMAIL}"}]},
+         headers={"authorization": f"Bearer {token}"})
+    http("GET", f"{stack.gateway_url}/openai/v1/models")
+
+    def stats() -> dict:
+        _, _, body = http("GET", f"{stack.admin_url}/stats?filter=wasmcustom")
+        pairs = (line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+        return {k: int(v) for k, v in pairs if v.strip().isdigit()}
+
+    wait_until("the counters", lambda: stats().get("wasmcustom.warden.rule.personal-data.mask", 0) >= 1)
+    s = stats()
+    assert s.get("wasmcustom.warden.requests.masked", 0) >= 1
+    assert s.get("wasmcustom.warden.requests.unauthenticated", 0) >= 1
+    _, _, prometheus = http("GET", f"{stack.admin_url}/stats/prometheus")
+    assert b"warden" in prometheus and EMAIL.encode() not in prometheus

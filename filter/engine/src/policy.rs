@@ -484,14 +484,17 @@ impl Policy {
 
     /// What the active rules find in `text`: the edits to make (observe-mode
     /// and non-rewriting actions make none) and every hit, for the verdict
-    /// and the audit record.
+    /// and the audit record. Every active rule sees every value (a `block`
+    /// rule is not shadowed by a `mask` rule on the same span); where
+    /// rewriting rules overlap, the earliest span wins, then the rule listed
+    /// first in the policy.
     pub fn scan(&self, active: &ActiveRules, text: &str) -> (Vec<Edit>, Vec<Hit>) {
-        let mut edits = Vec::new();
         let mut hits = Vec::new();
         if active.is_empty() {
-            return (edits, hits);
+            return (Vec::new(), hits);
         }
-        for finding in self.detectors.find(text) {
+        let mut rewrites: Vec<(usize, usize, usize, Action, String)> = Vec::new();
+        for finding in self.detectors.find_all(text) {
             let Some(a) = active.get(finding.id) else {
                 continue;
             };
@@ -503,11 +506,18 @@ impl Policy {
                 end: finding.end,
             });
             if a.action.rewrites() && !a.observe {
+                rewrites.push((finding.start, a.rule, finding.end, a.action, finding.label));
+            }
+        }
+        rewrites.sort_by_key(|(start, rule, ..)| (*start, *rule));
+        let mut edits: Vec<Edit> = Vec::with_capacity(rewrites.len());
+        for (start, _, end, action, label) in rewrites {
+            if edits.last().is_none_or(|e| start >= e.end) {
                 edits.push(Edit {
-                    start: finding.start,
-                    end: finding.end,
-                    action: a.action,
-                    label: finding.label,
+                    start,
+                    end,
+                    action,
+                    label,
                 });
             }
         }

@@ -126,3 +126,40 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>) {
 pub fn set_filter_state(name: &str, value: &[u8]) -> HostResult<()> {
     hostcalls::set_property(vec![name], Some(value))
 }
+
+/// Counters by name, defined on first use (per VM; Envoy aggregates them
+/// across workers and shows them as `wasmcustom.<name>` in its stats and on
+/// its Prometheus endpoint).
+#[derive(Default)]
+pub struct Counters {
+    ids: std::collections::HashMap<String, u32>,
+}
+
+impl Counters {
+    pub fn add(&mut self, name: &str, n: u64) {
+        let id = match self.ids.get(name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name) {
+                Ok(id) => {
+                    self.ids.insert(name.to_owned(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// A policy-controlled name made safe for a stat name: `[a-z0-9_-]` only.
+pub fn stat_segment(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -67,6 +67,8 @@ pub struct WardenHttp {
     /// What the rules found, request and response together.
     outcome: Outcome,
     response: ResponseMode,
+    /// The decision recorded for the audit trail and the counters.
+    decision: &'static str,
 }
 
 /// How the response body is handled.
@@ -97,7 +99,13 @@ impl WardenHttp {
             vault: Vault::default(),
             outcome: Outcome::default(),
             response: ResponseMode::Pass,
+            decision: "error",
         }
+    }
+
+    fn set_decision(&mut self, decision: &'static str) {
+        self.decision = decision;
+        let _ = host::set_filter_state("warden.decision", decision.as_bytes());
     }
 
     /// Records what the rules found, for the access log.
@@ -126,7 +134,7 @@ impl WardenHttp {
             (ErrorKind::PermissionDenied, _) => "denied",
             _ => "error",
         };
-        let _ = host::set_filter_state("warden.decision", decision.as_bytes());
+        self.set_decision(decision);
         let _ = host::set_filter_state("warden.reason", rejection.error.code.as_bytes());
         let local = rejection.error.render(rejection.api);
         let mut headers: Vec<(&str, &str)> = local
@@ -381,12 +389,11 @@ impl WardenHttp {
                 return self.internal_error(&format!("cannot set a request header: {status:?}"));
             }
         }
-        let decision: &[u8] = if self.outcome.rewrote() {
-            b"masked"
+        self.set_decision(if self.outcome.rewrote() {
+            "masked"
         } else {
-            b"allowed"
-        };
-        let _ = host::set_filter_state("warden.decision", decision);
+            "allowed"
+        });
         self.phase = Phase::Forwarded;
         Action::Continue
     }
@@ -500,6 +507,9 @@ impl WardenHttp {
             self.outcome.rules.entry(name).or_insert(count);
         }
         self.record_outcome();
+        if self.decision == "allowed" && self.outcome.rewrote() {
+            self.set_decision("masked");
+        }
         if let Some((rule, _)) = self.outcome.stop() {
             host::log(
                 LogLevel::Info,
@@ -620,6 +630,22 @@ impl HttpContext for WardenHttp {
         }
     }
 
+    fn on_log(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        let mut vm = vm.borrow_mut();
+        vm.counters
+            .add(&format!("warden.requests.{}", self.decision), 1);
+        for (rule, count) in &self.outcome.rules {
+            let mode = if count.observe { "observe_" } else { "" };
+            let name = format!(
+                "warden.rule.{}.{mode}{}",
+                host::stat_segment(rule),
+                count.action.name()
+            );
+            vm.counters.add(&name, count.count as u64);
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let _ = host::set_response_header(MARK_HEADER, Some(warden_engine::VERSION.as_bytes()));
         if self.phase != Phase::Forwarded || end_of_stream {
@@ -668,6 +694,9 @@ impl HttpContext for WardenHttp {
                         self.outcome.rules.entry(name).or_insert(count);
                     }
                     self.record_outcome();
+                    if self.decision == "allowed" && self.outcome.rewrote() {
+                        self.set_decision("masked");
+                    }
                 } else {
                     self.response = ResponseMode::Stream(rewriter, text);
                 }

@@ -58,6 +58,8 @@ pub struct Vm {
     /// This VM's copy of each issuer's remote keys (by issuer index).
     pub keys: Vec<keys::VmKeys>,
     pub cache: TokenCache,
+    /// Requests by decision and matches by rule and action (names only).
+    pub counters: host::Counters,
 }
 
 impl Vm {
@@ -176,6 +178,7 @@ impl RootContext for WardenRoot {
             policy,
             keys: (0..issuers).map(|_| keys::VmKeys::default()).collect(),
             cache,
+            counters: host::Counters::default(),
         })));
         self.tick = None;
         self.set_tick(FAST_TICK);

@@ -260,3 +260,206 @@ impl StreamText for SharedMasking {
         self.0.borrow_mut().finish(channel)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+    use crate::inspect::sse::{SseParser, StreamApi, StreamRewriter};
+    use crate::testing::test;
+    use serde_json::json;
+
+    const POLICY: &str = r#"
+version: 1
+groups: {engineering: {models: ["*"]}}
+rules:
+  - {name: people, detect: email, action: tokenize, level: internal, where: request}
+  - {name: pii, detect: [email, payment_card, phone], action: mask, level: internal}
+  - {name: keys, detect: [aws_access_key_id, github_token], action: mask}
+"#;
+
+    const SECRETS: [&str; 4] = [
+        "jane.doe@example.com",
+        "4111 1111 1111 1111",
+        "AKIAIOSFODNN7EXAMPLE",
+        "+1 415 555 2671",
+    ];
+
+    fn who() -> Identity {
+        Identity {
+            issuer: "i".into(),
+            subject: "a".into(),
+            email: None,
+            groups: vec!["engineering".into()],
+            expires_at: 0,
+        }
+    }
+
+    /// An OpenAI chat stream whose text is cut into pieces of 3 characters,
+    /// so every value is split across several events.
+    fn openai_stream(text: &str) -> String {
+        let mut out = String::new();
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(3) {
+            let delta: String = piece.iter().collect();
+            let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": delta}}]});
+            out.push_str(&format!("data: {chunk}\n\n"));
+        }
+        let end = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        out.push_str(&format!("data: {end}\n\ndata: [DONE]\n\n"));
+        out
+    }
+
+    fn anthropic_stream(text: &str) -> String {
+        let mut out = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1}}}\n\n");
+        out.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(4) {
+            let delta: String = piece.iter().collect();
+            let ev = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}});
+            out.push_str(&format!("event: content_block_delta\ndata: {ev}\n\n"));
+        }
+        out.push_str(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        );
+        out.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        out
+    }
+
+    fn run(policy: &Rc<Policy>, api: StreamApi, chunks: &[&[u8]], vault: Vault) -> Vec<u8> {
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Response);
+        let text = MaskingStream::new(policy.clone(), active, vault, HashKey::new(b"k".to_vec()));
+        let mut rw = StreamRewriter::new(api, Box::new(text));
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(rw.feed(c));
+        }
+        out.extend(rw.finish());
+        out
+    }
+
+    /// The text a client reassembles from the rewritten stream.
+    fn client_text(api: StreamApi, bytes: &[u8]) -> String {
+        let mut parser = SseParser::new();
+        let mut events = parser.feed(bytes).unwrap_or_default();
+        events.extend(parser.finish().unwrap_or_default());
+        let mut text = String::new();
+        for ev in events {
+            let Some(data) = ev.data else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            let piece = match api {
+                StreamApi::Anthropic => v.pointer("/delta/text").and_then(Value::as_str),
+                _ => v
+                    .pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str),
+            };
+            text.push_str(piece.unwrap_or_default());
+        }
+        text
+    }
+
+    #[test]
+    fn any_cut_of_a_stream_gives_the_same_text_and_no_match_survives() {
+        let policy = Rc::new(Policy::from_bytes(POLICY.as_bytes()).unwrap());
+        let message = format!(
+            "Reach {} or {}; card {} and key {} — thanks ✓",
+            SECRETS[0], SECRETS[3], SECRETS[1], SECRETS[2]
+        );
+        for (api, stream) in [
+            (StreamApi::OpenAiChat, openai_stream(&message)),
+            (StreamApi::Anthropic, anthropic_stream(&message)),
+        ] {
+            let bytes = stream.as_bytes();
+            let whole = run(&policy, api, &[bytes], Vault::default());
+            let text = client_text(api, &whole);
+            assert_eq!(text, "Reach [EMAIL] or [PHONE]; card [PAYMENT_CARD] and key [AWS_ACCESS_KEY_ID] — thanks ✓");
+            assert!(
+                policy.detectors().find(&text).is_empty(),
+                "a match survived: {text}"
+            );
+            for k in 1..bytes.len() {
+                let cut = run(&policy, api, &[&bytes[..k], &bytes[k..]], Vault::default());
+                assert_eq!(client_text(api, &cut), text, "{api:?} cut at byte {k}");
+                let raw = String::from_utf8_lossy(&cut);
+                for secret in SECRETS {
+                    assert!(!raw.contains(secret), "{secret} leaked when cut at {k}");
+                }
+            }
+            // One byte at a time.
+            let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(
+                client_text(api, &run(&policy, api, &singles, Vault::default())),
+                text
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_come_back_even_when_split_across_events() {
+        let policy = Rc::new(Policy::from_bytes(POLICY.as_bytes()).unwrap());
+        let mut vault = Vault::default();
+        let key = HashKey::new(b"k".to_vec());
+        // The request side tokenizes the email...
+        let request_active =
+            policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Request);
+        let mut body =
+            json!({"messages": [{"role": "user", "content": format!("write to {}", SECRETS[0])}]});
+        let (outcome, changed) = inspect_value(
+            &policy,
+            &request_active,
+            Direction::Request,
+            crate::inspect::body::Shape::OpenAiChat,
+            &mut body,
+            &mut vault,
+            &key,
+        );
+        assert!(changed && outcome.rewrote());
+        assert_eq!(body["messages"][0]["content"], "write to <EMAIL_1>");
+        // ...and the provider's streamed answer, placeholder cut in pieces, gets it back.
+        let stream = openai_stream("Dear <EMAIL_1>, hello");
+        let out = run(&policy, StreamApi::OpenAiChat, &[stream.as_bytes()], vault);
+        assert_eq!(
+            client_text(StreamApi::OpenAiChat, &out),
+            format!("Dear {}, hello", SECRETS[0])
+        );
+    }
+
+    #[test]
+    fn outcomes_name_rules_and_counts_never_values() {
+        let policy = Policy::from_bytes(POLICY.as_bytes()).unwrap();
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Response);
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"{} and {}"}}}}]}}"#,
+            SECRETS[0], SECRETS[2]
+        );
+        let inspected = inspect_json(
+            &policy,
+            &active,
+            Direction::Response,
+            crate::inspect::body::Shape::OpenAiChat,
+            body.as_bytes(),
+            &mut Vault::default(),
+            &HashKey::new(vec![]),
+        )
+        .unwrap();
+        assert_eq!(inspected.outcome.summary(), "keys:mask:1,pii:mask:1");
+        let new_body = String::from_utf8(inspected.body.unwrap()).unwrap();
+        assert!(
+            new_body.contains("[EMAIL] and [AWS_ACCESS_KEY_ID]"),
+            "{new_body}"
+        );
+        assert!(!format!("{:?}", inspected.outcome).contains("jane"));
+        assert!(inspect_json(
+            &policy,
+            &active,
+            Direction::Response,
+            crate::inspect::body::Shape::OpenAiChat,
+            b"{\"a\":1,\"a\":2}",
+            &mut Vault::default(),
+            &HashKey::new(vec![])
+        )
+        .is_err());
+    }
+}
