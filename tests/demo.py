@@ -18,7 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import openai  # noqa: E402
 
-from harness.stack import STAND_IN_KEYS, WARDEN_BIN, Ports, Stack, StackError  # noqa: E402
+import yaml  # noqa: E402
+
+from harness.stack import (  # noqa: E402
+    ROOT, STAND_IN_KEYS, WARDEN_BIN, Ports, Stack, StackError, default_filter_config,
+)
 
 BOLD, GREEN, RED, DIM, RESET = "\033[1m", "\033[32m", "\033[31m", "\033[2m", "\033[0m"
 
@@ -145,21 +149,86 @@ def walk(demo: Demo) -> None:
     demo.check(status == 404 and body.get("error", {}).get("code") == "warden.no_route",
                "404 from the filter, in OpenAI's error shape")
 
+    demo.step("Personal data in a prompt never reaches the provider (default policy: mask)")
+    stack.provider_clear()
+    prompt = "Invoice jane.doe@example.com, card 4111 1111 1111 1111, from 10.1.2.3"
+    demo.say(f"prompt:   {prompt}")
+    masked = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": prompt}])
+    upstream = stack.provider_received()[0]["body"]
+    demo.say(f"provider: {json.loads(upstream)['messages'][0]['content']}")
+    demo.check("jane.doe@example.com" not in upstream and "4111" not in upstream and "[EMAIL]" in upstream,
+               "the provider received typed placeholders, not the values")
+    demo.check("[PAYMENT_CARD]" in masked.choices[0].message.content, "the client still got a normal answer")
+
+    demo.step("A streamed answer is masked as it streams, even with a value cut across events")
+    stack.provider_queue_replies(["Use key AKIAIOSFODNN7EXAMPLE to deploy, then mail ops@example.com"])
+    stream = client.chat.completions.create(model="gpt-4o", stream=True,
+                                            messages=[{"role": "user", "content": "how do I deploy?"}])
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    text = "".join(pieces)
+    demo.say(f"{len(pieces)} events, e.g. {pieces[:5]}")
+    demo.say(f"client saw: {text}")
+    demo.check("AKIA" not in text and "ops@example.com" not in text and "[AWS_ACCESS_KEY_ID]" in text,
+               "no secret reached the user, and the text around it arrived as it streamed")
+
     demo.step("Every request left a JSON access-log record for the audit trail")
     from harness.stack import wait_until
 
     def demo_records() -> list[dict]:
         return [r for r in stack.access_log_records() if r["user_agent"] == DEMO_AGENT]
 
-    wait_until("the demo's access-log records", lambda: len(demo_records()) >= 6, timeout=10)
+    wait_until("the demo's access-log records", lambda: len(demo_records()) >= 8, timeout=10)
     records = demo_records()
     for r in records:
-        demo.say(json.dumps({k: r[k] for k in ("method", "path", "status", "user", "groups", "model", "decision")}))
-    demo.check(len(records) == 6, f"one record per request in {stack.access_log}")
+        demo.say(json.dumps({k: r[k] for k in ("status", "user", "groups", "model", "decision", "rules")}))
+    demo.check(len(records) == 8, f"one record per request in {stack.access_log}")
+    demo.check(all("jane.doe" not in json.dumps(r) for r in records), "and no value in any record")
     demo.check(any(r["user"] == "fiona" and r["decision"] == "denied" for r in records),
                "who was denied what is on record")
     demo.check(any(r["path"] == "/gemini/v1/models" and r["status"] == 404 for r in records),
                "the refused request is recorded too")
+
+
+def showcase(demo: Demo) -> None:
+    """Every action, on a second gateway started with examples/policies/showcase.yaml."""
+    stack = demo.stack
+    token = demo.run([str(WARDEN_BIN), "token", "--server", stack.control_plane_url, "--sub", "alice",
+                      "--group", "engineering"], show=["warden", "token", "--sub", "alice", "--group", "engineering"]).strip()
+    client = openai.OpenAI(base_url=f"{stack.gateway_url}/openai/v1", api_key=token, max_retries=0,
+                           default_headers={"user-agent": DEMO_AGENT})
+
+    demo.step("tokenize: the provider sees <EMAIL_1>, the user gets the address back; hash, redact, mask")
+    stack.provider_clear()
+    prompt = "reply with: Write to jane.doe@example.com about CUST-12345678 (call +1 415 555 2671), card 4111 1111 1111 1111"
+    demo.say(f"prompt:   {prompt}")
+    answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": prompt}])
+    upstream = json.loads(stack.provider_received()[0]["body"])["messages"][0]["content"]
+    demo.say(f"provider: {upstream}")
+    demo.say(f"user:     {answer.choices[0].message.content}")
+    demo.check("<EMAIL_1>" in upstream and "jane.doe" not in upstream, "tokenize: the provider never saw the address")
+    demo.check("jane.doe@example.com" in answer.choices[0].message.content, "tokenize: the user got it back")
+    demo.check("[CUSTOMER_ID:" in upstream and "12345678" not in upstream, "hash: a keyed pseudonym")
+    demo.check("415" not in upstream and "[PAYMENT_CARD]" in upstream, "redact and mask")
+
+    demo.step("block: a request carrying a source-control key sends zero bytes upstream")
+    stack.provider_clear()
+    try:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content":
+                                       "deploy with ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"}])
+        raise DemoFailed("the key went through")
+    except openai.PermissionDeniedError as err:
+        demo.say(f"openai.PermissionDeniedError: {err.message}")
+        demo.check("source-keys" in err.message and "ghp_" not in err.message, "403 naming the rule, never the value")
+    demo.check(stack.provider_received() == [], "nothing reached the provider")
+
+    demo.step("require_approval: held for a human (approvals arrive with the control plane's next release)")
+    try:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content":
+                                       "attach the production database dump please"}])
+        raise DemoFailed("the request went through")
+    except openai.PermissionDeniedError as err:
+        demo.say(f"openai.PermissionDeniedError: {err.message}")
+        demo.check("prod-dump" in err.message, "fails closed until approvals are enabled")
 
 
 def main() -> int:
@@ -179,7 +248,24 @@ def main() -> int:
                 print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
                 print(stack.dump_logs(30), file=sys.stderr)
                 return 1
-    print(f"\n{GREEN}{BOLD}demo complete{RESET}: every step behaved as shown; the stack is stopped.")
+        print(f"\n{BOLD}Second gateway, with examples/policies/showcase.yaml: every action{RESET}")
+        config = default_filter_config()
+        config["policy"] = yaml.safe_load((ROOT / "examples" / "policies" / "showcase.yaml").read_text())
+        try:
+            stack = Stack.start(Ports.free(), Path(tmp) / "showcase", filter_config=yaml.safe_dump(config))
+        except StackError as err:
+            print(f"{RED}error: {err}{RESET}", file=sys.stderr)
+            return 1
+        with stack:
+            demo = Demo(stack)
+            demo.n = 10
+            try:
+                showcase(demo)
+            except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
+                print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
+                print(stack.dump_logs(30), file=sys.stderr)
+                return 1
+    print(f"\n{GREEN}{BOLD}demo complete{RESET}: every step behaved as shown; the stacks are stopped.")
     return 0
 
 
