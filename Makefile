@@ -3,12 +3,11 @@
 #   make test    every test: unit (native and wasm), clippy, Envoy config validation, end to end
 #   make run     the whole gateway on loopback, in the foreground; Ctrl-C stops it
 #   make build   dist/warden-filter.wasm and target/release/{warden,warden-stand-in-provider}
-#   make bench   benchmarks against bare Envoy (see BENCHMARKS.md)
 
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap build run demo test test-unit test-wasm lint validate-envoy test-e2e bench clean
+.PHONY: all bootstrap build run demo test test-unit test-wasm lint validate-envoy test-e2e clean
 
 all: build
 
