@@ -346,13 +346,16 @@ async fn token(args: &TokenArgs) -> Result<(), String> {
         .map_err(|error| format!("cannot write the token to stdout: {error}"))
 }
 
-/// Logs to stderr; `RUST_LOG` overrides `default_filter`.
+/// Logs to stderr; `RUST_LOG` overrides `default_filter`. Colours only on a
+/// terminal: log files and collectors get plain text.
 fn init_tracing(default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -165,3 +165,23 @@ def test_no_policy_fails_closed_with_503(make_stack):
     status, headers, body = chat(stack, stack.token("alice", ["engineering"]))
     assert (status, headers["x-warden-reason"]) == (503, "warden.no_policy")
     assert stack.provider_received() == []
+
+
+def test_a_flood_of_unknown_kids_does_not_flood_the_idp(stack):
+    good = stack.token("alice", ["engineering"])
+    _, payload, signature = good.split(".")
+    log = stack.data_dir / "logs" / "control-plane.log"
+
+    def jwks_fetches() -> int:
+        return log.read_text().count('path="/dev/jwks.json"')
+
+    before = jwks_fetches()
+    assert before >= 1, "the filter's first key fetch is not in the control plane's log"
+    statuses = set()
+    for i in range(30):
+        header = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": f"random-{uuid.uuid4()}"}).encode())
+        statuses.add(chat(stack, f"{header}.{payload}.{signature}")[0])
+    assert statuses == {401}
+    # At most one refetch per min_refetch_seconds (10 s by default), whatever the flood.
+    assert jwks_fetches() - before <= 1
+    assert chat(stack, good)[0] == 200
