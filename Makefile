@@ -3,11 +3,12 @@
 #   make test    every test: unit (native and wasm), clippy, Envoy config validation, end to end
 #   make run     the whole gateway on loopback, in the foreground; Ctrl-C stops it
 #   make build   dist/warden-filter.wasm and target/release/{warden,warden-stand-in-provider}
+#   make bench   what the filter costs against bare Envoy, in BENCHMARKS.md
 
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap build run demo test test-unit test-wasm lint validate-envoy test-e2e clean
+.PHONY: all bootstrap build run demo test test-unit test-wasm lint validate-envoy test-e2e bench clean
 
 all: build
 
@@ -25,6 +26,9 @@ demo: build
 
 test: build
 	@scripts/test.sh
+
+bench: build
+	@$(PY) tests/bench/bench.py
 
 # The pieces of `make test`, for a quicker loop (they assume `make build` ran).
 test-unit:

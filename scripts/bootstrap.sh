@@ -27,7 +27,7 @@ apt_install() {
 
 step "bootstrap: base tools"
 if have apt-get && is_root; then
-    apt_install ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv
+    apt_install ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv wrk
 fi
 have python3 || die "python3 is required"
 have node || { have apt-get && is_root && apt_install nodejs; } || die "node is required for the wasm tests"

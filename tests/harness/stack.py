@@ -173,7 +173,7 @@ def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -
 
 def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | None = None,
                         real_clusters: set[str] = frozenset(), extra_clusters: dict | None = None,
-                        template: Path = ENVOY_TEMPLATE) -> dict:
+                        bare_port: int | None = None, template: Path = ENVOY_TEMPLATE) -> dict:
     """envoy/envoy.yaml with this stack's ports and paths (and, optionally, another
     plugin configuration, real provider clusters, or more loopback clusters given
     as {name: port})."""
@@ -207,6 +207,17 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = port_of[name]
     for name, port in (extra_clusters or {}).items():
         clusters.append(loopback_cluster(name, port))
+    if bare_port is not None:
+        # The same listener, routes and access log without the Warden filter:
+        # the baseline benchmarks compare against, in the same Envoy.
+        bare = copy.deepcopy(listener)
+        bare["name"] = "bare_envoy"
+        bare["address"]["socket_address"]["port_value"] = bare_port
+        bare_hcm = bare["filter_chains"][0]["filters"][0]["typed_config"]
+        bare_hcm["stat_prefix"] = "bare"
+        bare_hcm["http_filters"] = [f for f in bare_hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        bare_hcm.pop("access_log", None)
+        cfg["static_resources"]["listeners"].append(bare)
     return cfg
 
 
@@ -277,7 +288,8 @@ class Stack:
     @classmethod
     def start(cls, ports: Ports, data_dir: Path, *, filter_config: str | None = None,
               envoy_env: dict | None = None, real_providers: bool = False,
-              extra_clusters: dict | None = None, concurrency: int = 2) -> "Stack":
+              extra_clusters: dict | None = None, bare_port: int | None = None,
+              concurrency: int = 2) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
@@ -302,7 +314,7 @@ class Stack:
                     if os.environ.get(var):
                         env[var] = os.environ[var]
                         real.add(cluster)
-            stack._start_envoy(filter_config, env, real, extra_clusters, concurrency)
+            stack._start_envoy(filter_config, env, real, extra_clusters, bare_port, concurrency)
         except BaseException:
             stack.stop()
             raise
@@ -326,9 +338,9 @@ class Stack:
             "GET", f"{self.control_plane_url}/healthz", timeout=2)[0] == 200, alive=p.check_alive)
 
     def _start_envoy(self, filter_config: str | None, env: dict, real: set[str],
-                     extra_clusters: dict | None, concurrency: int) -> None:
+                     extra_clusters: dict | None, bare_port: int | None, concurrency: int) -> None:
         cfg = render_envoy_config(self.ports, self.data_dir, filter_config=filter_config,
-                                  real_clusters=real, extra_clusters=extra_clusters)
+                                  real_clusters=real, extra_clusters=extra_clusters, bare_port=bare_port)
         path = self.data_dir / "envoy.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         # Envoy inherits only what it needs: the keys in `env`, nothing from ours.

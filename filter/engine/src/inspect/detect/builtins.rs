@@ -148,7 +148,7 @@ pub(super) fn validate(
     let s = &hay[start..end];
     let ok = match b {
         Builtin::Email => email(s),
-        Builtin::Phone => phone(hay, start, end),
+        Builtin::Phone => return phone(hay, start, end),
         Builtin::PaymentCard => return card(hay, start, end),
         Builtin::Iban => return iban(hay, start, end),
         Builtin::UsSsn => ssn(hay, start, end),
@@ -280,33 +280,96 @@ fn email(s: &str) -> bool {
     s.len() <= 254 && !local.ends_with('.') && !local.contains("..")
 }
 
-fn phone(hay: &str, start: usize, end: usize) -> bool {
-    let s = &hay[start..end];
-    let digits = s.bytes().filter(u8::is_ascii_digit).count();
-    let open = s.matches('(').count();
-    let close = s.matches(')').count();
-    if open != close || open > 1 || s.find('(') > s.find(')') {
-        return false;
+/// Longest country code after `+`.
+const PHONE_CC_MAX: usize = 3;
+
+/// An international number (`+` and 8 to 15 digits) or a national one (10
+/// or 11 digits, with a separator when it starts with a trunk `0`), with
+/// balanced parentheses, not glued to a longer number or identifier.
+///
+/// The international pattern is greedy: it may take a closing parenthesis
+/// that is punctuation (`(+1 415 555 2671)`) or digit groups of a following
+/// number. Then the longest shorter candidate ending after a digit group is
+/// tried, so the number is still found whole, from its `+` (not when the
+/// candidate is glued to what follows: a piece of a number is not a
+/// number). A national
+/// number right after `+CC ` (a country code the international pattern
+/// could not use) is reported with it.
+fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    if hay.as_bytes()[start] == b'+' {
+        if glued_number(hay, start, true) || glued_number(hay, end, false) {
+            return None;
+        }
+        let s = &hay.as_bytes()[start..end];
+        return (2..=s.len())
+            .rev()
+            .filter(|&i| s[i - 1].is_ascii_digit() || s[i - 1] == b')')
+            .find(|&i| {
+                phone_shape(&s[..i], (8, 15), false) && !glued_number(hay, start + i, false)
+            })
+            .map(|i| (start, start + i));
     }
-    let has_separator = s.contains([' ', '-', '.', '(']);
-    let plausible = if s.starts_with('+') {
-        (8..=15).contains(&digits)
-    } else if s.trim_start_matches('(').starts_with('0') {
-        (10..=11).contains(&digits) && has_separator
+    let s = &hay.as_bytes()[start..end];
+    let trunk = s.strip_prefix(b"(").unwrap_or(s).starts_with(b"0");
+    if !phone_shape(s, (10, 11), trunk) || glued_number(hay, end, false) {
+        return None;
+    }
+    match country_code_before(hay, start) {
+        Some(plus) => {
+            let digits = hay.as_bytes()[plus..end]
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .count();
+            (digits <= 15 && !glued_number(hay, plus, true)).then_some((plus, end))
+        }
+        None => (!glued_number(hay, start, true)).then_some((start, end)),
+    }
+}
+
+/// Digit count within `digits`, at most one pair of parentheses in order,
+/// and a separator if `separated`.
+fn phone_shape(s: &[u8], digits: (usize, usize), separated: bool) -> bool {
+    let count = |c: u8| s.iter().filter(|&&b| b == c).count();
+    let n = s.iter().filter(|b| b.is_ascii_digit()).count();
+    let (open, close) = (count(b'('), count(b')'));
+    let first = |c: u8| s.iter().position(|&b| b == c);
+    (digits.0..=digits.1).contains(&n)
+        && open == close
+        && open <= 1
+        && first(b'(') <= first(b')')
+        && (!separated || s.iter().any(|b| b" -.(".contains(b)))
+}
+
+/// Whether the number is a piece of a longer number, identifier or
+/// dotted/dashed sequence: looking back from `at` if `before`, else ahead.
+fn glued_number(hay: &str, at: usize, before: bool) -> bool {
+    let (c, beyond) = if before {
+        let c = prev_char(hay, at);
+        (c, c.and_then(|c| prev_char(hay, at - c.len_utf8())))
     } else {
-        (10..=11).contains(&digits)
+        let mut after = hay[at..].chars();
+        (after.next(), after.next())
     };
-    // Not a piece of a longer number, identifier or dotted/dashed sequence.
-    let glued = |c: Option<char>, beyond: Option<char>| match c {
+    match c {
         Some(c) if c.is_alphanumeric() || c == '_' || c == '+' => true,
         Some('.' | '-' | '/') => beyond.is_some_and(|b| b.is_ascii_digit()),
         _ => false,
-    };
-    let before = prev_char(hay, start);
-    let before2 = before.and_then(|c| prev_char(hay, start - c.len_utf8()));
-    let mut after = hay[end..].chars();
-    let (after1, after2) = (after.next(), after.next());
-    plausible && !glued(before, before2) && !glued(after1, after2)
+    }
+}
+
+/// The start of a `+CC` and one separator right before `at`, if any.
+fn country_code_before(hay: &str, at: usize) -> Option<usize> {
+    let b = hay.as_bytes();
+    let mut i = at.checked_sub(1)?;
+    if !b" .-".contains(&b[i]) {
+        return None;
+    }
+    let digits_end = i;
+    while i > 0 && digits_end - i < PHONE_CC_MAX && b[i - 1].is_ascii_digit() {
+        i -= 1;
+    }
+    let plus = i.checked_sub(1)?;
+    (i < digits_end && b[plus] == b'+' && b[i] != b'0').then_some(plus)
 }
 
 fn luhn(digits: &[u8]) -> bool {
