@@ -28,6 +28,16 @@ def claude(stack: Stack, token: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=f"{stack.gateway_url}/anthropic", api_key=token, max_retries=0)
 
 
+def ask(stack: Stack, token: str, prompt: str, stream: bool) -> str:
+    """The answer's text as the openai SDK's user reads it, streamed or not."""
+    client = oa(stack, token)
+    messages = [{"role": "user", "content": prompt}]
+    if stream:
+        chunks = client.chat.completions.create(model="gpt-4o", stream=True, messages=messages)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content
+
+
 def sent_upstream(stack: Stack) -> str:
     return json.dumps(stack.provider_received())
 
@@ -63,14 +73,7 @@ def test_json_escapes_do_not_hide_a_value(stack):
 def test_responses_are_masked_for_the_user_openai(stack, stream):
     token = stack.token("alice", ["engineering"])
     stack.provider_queue_replies([f"your key is {AWS_KEY} and mail {EMAIL} ok"])
-    client = oa(stack, token)
-    if stream:
-        chunks = client.chat.completions.create(model="gpt-4o", stream=True,
-                                                messages=[{"role": "user", "content": "tell me"}])
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        text = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "tell me"}]
-                                              ).choices[0].message.content
+    text = ask(stack, token, "tell me", stream)
     assert AWS_KEY not in text and EMAIL not in text
     assert text == "your key is [AWS_ACCESS_KEY_ID] and mail [EMAIL] ok"
 
@@ -114,14 +117,7 @@ def test_tokenized_values_never_reach_the_provider_and_come_back(tokenizing_stac
     stack.provider_clear()
     token = stack.token("alice", ["engineering"])
     prompt = f"reply with: Dear {EMAIL}, thanks"
-    client = oa(stack, token)
-    if stream:
-        chunks = client.chat.completions.create(model="gpt-4o", stream=True,
-                                                messages=[{"role": "user", "content": prompt}])
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        text = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": prompt}]
-                                              ).choices[0].message.content
+    text = ask(stack, token, prompt, stream)
     upstream = sent_upstream(stack)
     assert EMAIL not in upstream and "<EMAIL_1>" in upstream
     # The provider answered with the placeholder; the user reads the value.

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::auth::cache::TokenCache;
 use crate::auth::jwks::KeySet;
 use crate::auth::{AuthError, Identity};
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, Provider};
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_value, Outcome};
 use crate::inspect::body::{parse_strict, Shape};
@@ -290,6 +290,18 @@ pub fn model_from_path(config: &FilterConfig, provider: usize, path: &[u8]) -> O
     (!id.is_empty() && !id.contains(&b'/')).then(|| String::from_utf8_lossy(id).into_owned())
 }
 
+/// The provider a routed request goes to (an index from [`route`]).
+fn provider_at(config: &FilterConfig, provider: usize) -> Result<&Provider, Rejection> {
+    config.providers.get(provider).ok_or_else(|| {
+        Rejection::new(
+            Api::Openai,
+            ErrorKind::NotFound,
+            "warden.no_route",
+            "no such provider",
+        )
+    })
+}
+
 /// Step 4: the policy's verdict.
 pub fn authorize(
     config: &FilterConfig,
@@ -298,14 +310,7 @@ pub fn authorize(
     identity: &Identity,
     model: Option<&str>,
 ) -> Result<(), Rejection> {
-    let Some(p) = config.providers.get(provider) else {
-        return Err(Rejection::new(
-            Api::Openai,
-            ErrorKind::NotFound,
-            "warden.no_route",
-            "no such provider",
-        ));
-    };
+    let p = provider_at(config, provider)?;
     let Some(policy) = policy else {
         return Err(Rejection::new(
             p.api,
@@ -333,14 +338,7 @@ pub fn inspect_request(
     body: &mut Value,
     vault: &mut Vault,
 ) -> Result<(Outcome, Option<Vec<u8>>), Rejection> {
-    let Some(p) = config.providers.get(provider) else {
-        return Err(Rejection::new(
-            Api::Openai,
-            ErrorKind::NotFound,
-            "warden.no_route",
-            "no such provider",
-        ));
-    };
+    let p = provider_at(config, provider)?;
     let active = policy.active_rules(identity, &p.name, model, Direction::Request);
     if active.is_empty() {
         return Ok((Outcome::default(), None));
