@@ -280,9 +280,6 @@ fn email(s: &str) -> bool {
     s.len() <= 254 && !local.ends_with('.') && !local.contains("..")
 }
 
-/// Longest country code after `+`.
-const PHONE_CC_MAX: usize = 3;
-
 /// An international number (`+` and 8 to 15 digits) or a national one (10
 /// or 11 digits, with a separator when it starts with a trunk `0`), with
 /// balanced parentheses, not glued to a longer number or identifier.
@@ -292,9 +289,7 @@ const PHONE_CC_MAX: usize = 3;
 /// number. Then the longest shorter candidate ending after a digit group is
 /// tried, so the number is still found whole, from its `+` (not when the
 /// candidate is glued to what follows: a piece of a number is not a
-/// number). A national
-/// number right after `+CC ` (a country code the international pattern
-/// could not use) is reported with it.
+/// number).
 fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     if hay.as_bytes()[start] == b'+' {
         if glued_number(hay, start, true) || glued_number(hay, end, false) {
@@ -304,26 +299,20 @@ fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         return (2..=s.len())
             .rev()
             .filter(|&i| s[i - 1].is_ascii_digit() || s[i - 1] == b')')
-            .find(|&i| {
-                phone_shape(&s[..i], (8, 15), false) && !glued_number(hay, start + i, false)
-            })
+            .find(|&i| phone_shape(&s[..i], (8, 15), false) && !glued_number(hay, start + i, false))
             .map(|i| (start, start + i));
     }
     let s = &hay.as_bytes()[start..end];
     let trunk = s.strip_prefix(b"(").unwrap_or(s).starts_with(b"0");
-    if !phone_shape(s, (10, 11), trunk) || glued_number(hay, end, false) {
+    if !phone_shape(s, (10, 11), trunk)
+        || glued_number(hay, start, true)
+        || glued_number(hay, end, false)
+    {
         return None;
     }
-    match country_code_before(hay, start) {
-        Some(plus) => {
-            let digits = hay.as_bytes()[plus..end]
-                .iter()
-                .filter(|b| b.is_ascii_digit())
-                .count();
-            (digits <= 15 && !glued_number(hay, plus, true)).then_some((plus, end))
-        }
-        None => (!glued_number(hay, start, true)).then_some((start, end)),
-    }
+    // `x+1 415 555 2671`: the international candidate was glued, but the
+    // national number is one; its country code goes with it.
+    Some((country_code_before(hay, start).unwrap_or(start), end))
 }
 
 /// Digit count within `digits`, at most one pair of parentheses in order,
@@ -357,19 +346,21 @@ fn glued_number(hay: &str, at: usize, before: bool) -> bool {
     }
 }
 
-/// The start of a `+CC` and one separator right before `at`, if any.
+/// The `+` of a country code (1 to 3 digits) and one separator right before
+/// `at`, if any.
 fn country_code_before(hay: &str, at: usize) -> Option<usize> {
     let b = hay.as_bytes();
-    let mut i = at.checked_sub(1)?;
-    if !b" .-".contains(&b[i]) {
+    let sep = at.checked_sub(1)?;
+    if !b" .-".contains(&b[sep]) {
         return None;
     }
-    let digits_end = i;
-    while i > 0 && digits_end - i < PHONE_CC_MAX && b[i - 1].is_ascii_digit() {
-        i -= 1;
-    }
-    let plus = i.checked_sub(1)?;
-    (i < digits_end && b[plus] == b'+' && b[i] != b'0').then_some(plus)
+    let digits = b[..sep]
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let plus = sep.checked_sub(digits + 1)?;
+    ((1..=3).contains(&digits) && b[plus] == b'+' && b[plus + 1] != b'0').then_some(plus)
 }
 
 fn luhn(digits: &[u8]) -> bool {

@@ -15,6 +15,8 @@
 //!   mod-97, SSN ranges, address parsing, JWT header, entropy, context).
 //! - `normalize`: the view detection runs on (invisible characters removed,
 //!   NFKC) and its map back to original offsets.
+//! - `encoded`: values hidden in base64, hex or percent-encoding: candidate
+//!   runs are decoded and scanned again, up to two layers deep.
 //! - `prefix`: derives, from a pattern, a regex for the prefixes of its
 //!   matches; the holdback searches their union, anchored at the end.
 //!
@@ -36,6 +38,7 @@
 //!   characters) may be released before it completes.
 
 mod builtins;
+mod encoded;
 mod normalize;
 mod prefix;
 #[cfg(test)]
@@ -447,6 +450,18 @@ impl DetectorSet {
         // little before them as context for assertions and composition.
         let cut = floor_boundary(text, text.len().saturating_sub(self.hold.max + CONTEXT));
         let (head, text) = (cut, &text[cut..]);
+        let hold = self.hold_from(text, 0);
+        if hold >= text.len() {
+            return None;
+        }
+        let bound = ceil_boundary(text, text.len().saturating_sub(self.hold.max));
+        let start = hold.max(bound);
+        (start < text.len()).then_some(head + start)
+    }
+
+    /// The unbounded holdback of `text`, decoded `depth` layers deep: the
+    /// offset from which a match could still begin (`text.len()`: none).
+    fn hold_from(&self, text: &str, depth: usize) -> usize {
         let view = View::new(text);
         let norm = view.text();
         let mut hold = norm.len();
@@ -473,12 +488,15 @@ impl DetectorSet {
                 earliest(&norm[..unstable], &mut hold);
             }
         }
-        if hold >= norm.len() {
-            return None;
+        if depth < encoded::MAX_DEPTH {
+            hold = hold.min(encoded::hold(norm, &mut |decoded| {
+                self.hold_from(decoded, depth + 1)
+            }));
         }
-        let bound = ceil_boundary(text, text.len().saturating_sub(self.hold.max));
-        let start = view.original_from(hold).max(bound);
-        (start < text.len()).then_some(head + start)
+        if hold >= norm.len() {
+            return text.len();
+        }
+        view.original_from(hold)
     }
 
     /// The most bytes [`holdback_start`](Self::holdback_start) ever holds.
@@ -486,33 +504,49 @@ impl DetectorSet {
         self.hold.max
     }
 
-    /// Candidates validated, mapped to original offsets, sorted.
+    /// Candidates validated, mapped to original offsets, sorted, each
+    /// `(start, end, detector)` once.
     fn raw(&self, text: &str) -> Vec<Raw> {
         let mut raw = Vec::new();
         if text.is_empty() || self.detectors.is_empty() {
             return raw;
         }
+        self.collect(text, 0, &mut encoded::Budget::new(), &mut raw);
+        raw.sort_by(|a, b| (a.start, b.end, a.det).cmp(&(b.start, a.end, b.det)));
+        // A value can be seen both as is and decoded (`a%40b.com` is an
+        // email either way).
+        raw.dedup_by(|a, b| (a.start, a.end, a.det) == (b.start, b.end, b.det));
+        raw
+    }
+
+    /// Appends the findings in `text`, in its offsets; encoded runs are
+    /// decoded and scanned while `depth` allows.
+    fn collect(&self, text: &str, depth: usize, budget: &mut encoded::Budget, out: &mut Vec<Raw>) {
+        let first = out.len();
         let view = View::new(text);
         let hay = view.text();
         match &self.prefilter {
             Some(set) => {
                 for det in set.matches(hay).iter() {
                     if let Some(d) = self.detectors.get(det) {
-                        d.scan(det, hay, &mut raw);
+                        d.scan(det, hay, out);
                     }
                 }
             }
             None => {
                 for (det, d) in self.detectors.iter().enumerate() {
-                    d.scan(det, hay, &mut raw);
+                    d.scan(det, hay, out);
                 }
             }
         }
-        for r in &mut raw {
+        if depth < encoded::MAX_DEPTH {
+            encoded::scan(hay, budget, out, &mut |decoded, budget, inner| {
+                self.collect(decoded, depth + 1, budget, inner);
+            });
+        }
+        for r in &mut out[first..] {
             (r.start, r.end) = view.original(r.start, r.end);
         }
-        raw.sort_by(|a, b| (a.start, b.end, a.det).cmp(&(b.start, a.end, b.det)));
-        raw
     }
 
     fn findings(&self, raw: Vec<Raw>) -> Vec<Finding> {
