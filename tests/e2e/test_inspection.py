@@ -206,3 +206,20 @@ def test_counters_by_decision_and_rule_reach_envoy_stats(stack):
     assert s.get("wasmcustom.warden.requests.unauthenticated", 0) >= 1
     _, _, prometheus = http("GET", f"{stack.admin_url}/stats/prometheus")
     assert b"warden" in prometheus and EMAIL.encode() not in prometheus
+
+
+def test_encoded_and_disguised_values_are_found(stack):
+    import base64
+    token = stack.token("alice", ["engineering"])
+    disguised = [
+        base64.b64encode(f"aws {AWS_KEY}".encode()).decode(),   # base64
+        "jane.doe%40example.com",                                  # percent-encoded
+        "jane.doe\u200b@example.com",                              # zero-width space inside
+        "ｊａｎｅ．ｄｏｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",                  # fullwidth forms (NFKC)
+    ]
+    oa(stack, token).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": " | ".join(disguised)}])
+    upstream = json.loads(stack.provider_received()[0]["body"])["messages"][0]["content"]
+    for value in disguised:
+        assert value not in upstream, value
+    assert upstream.count("[EMAIL]") == 3 and "[AWS_ACCESS_KEY_ID]" in upstream, upstream
