@@ -66,6 +66,8 @@ const KEYWORDS_MAX: usize = 10_000;
 const KEYWORDS_SIZE_LIMIT: usize = 8 << 20;
 /// Compiled-size limit of the prefilter set and of each holdback regex.
 const SET_SIZE_LIMIT: usize = 32 << 20;
+/// Lazy-DFA cache of the prefilter set (per VM; see its use).
+const SET_DFA_SIZE_LIMIT: usize = 16 << 20;
 /// Holdback window for custom patterns that can match without bound.
 const UNBOUNDED_WINDOW: usize = 1024;
 /// Holdback window for custom patterns whose prefixes could not be derived:
@@ -396,6 +398,11 @@ impl DetectorSet {
         }
         let prefilter = RegexSetBuilder::new(detectors.iter().map(|d| d.re.as_str()))
             .size_limit(SET_SIZE_LIMIT)
+            // The union of all detectors has many states; with the default
+            // lazy-DFA cache, text dense in ids (hex, base64) clears the cache
+            // so often that the regex crate falls back to its slow engine, for
+            // that and later scans. A larger cache keeps it on the DFA.
+            .dfa_size_limit(SET_DFA_SIZE_LIMIT)
             .build()
             .ok();
         Ok(DetectorSet {
