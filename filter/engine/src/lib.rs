@@ -11,13 +11,17 @@
 //! - [`provider`]: the provider APIs Warden fronts (OpenAI, Anthropic, Azure
 //!   OpenAI): how each expects its credential, and errors in each API's own
 //!   wire format so SDKs show users a readable message.
-//! - [`policy`]: the versioned policy document and its compiled form (who may
-//!   use which provider and model).
-//! - [`request`]: one request's steps: route, authenticate, read the model,
-//!   authorize, and the header changes before upstream.
-//! - [`auth`]: OIDC tokens to a verified identity (JWKS, verification, cache).
+//! - [`auth`]: OIDC tokens to a verified identity (JWKS, verification, cache,
+//!   key freshness).
+//! - [`policy`]: the versioned policy document and its compiled form: who may
+//!   use which provider and model, sensitivity levels and clearances, and the
+//!   rules (detectors and actions) in force for a request.
+//! - [`inspect`]: detectors, where the text is in each API's JSON, the
+//!   rewrite actions and the tokenize vault, the SSE stream rewriter, and the
+//!   policy applied to bodies and streams.
+//! - [`request`]: one request's steps: route, authenticate, parse the body,
+//!   authorize, inspect, and the header changes before upstream.
 //! - [`headers`]: a read-only view of request headers as raw bytes.
-//! - [`inspect`]: detectors and the SSE stream rewriter (for masking).
 //!
 //! The proxy-wasm adapter (`filter/wasm`) only moves bytes between the host
 //! and these functions and turns their answers into host actions.

@@ -6,8 +6,9 @@
 //!   responses), and a strict JSON reader that refuses duplicate keys.
 //! - [`detect`]: built-in detectors with validators, custom regexes and
 //!   keyword lists, compiled once per policy into one [`detect::DetectorSet`];
-//!   detection sees through JSON-decoded text, NFKC forms and zero-width
-//!   characters, and reports spans in the original text.
+//!   detection sees through JSON-decoded text, NFKC forms, zero-width
+//!   characters and base64/hex/percent encodings, and reports spans in the
+//!   original text.
 //! - [`mask`]: the actions a rule takes on a found value, and the per-request
 //!   vault that makes `tokenize` reversible.
 //! - [`sse`]: a `feed(chunk)`/`finish()` SSE parser and re-serializer, and a
