@@ -184,6 +184,8 @@ def test_what_was_masked_is_in_the_access_log_without_values(stack):
     (record,) = [r for r in stack.access_log_records() if r["user_agent"] == marker]
     assert record["decision"] == "masked"
     assert "personal-data:mask:" in record["rules"]
+    # The provider's token usage, from the response the filter inspected.
+    assert json.loads(record["usage"])["prompt_tokens"] >= 1
     assert EMAIL not in json.dumps(record)
 
 

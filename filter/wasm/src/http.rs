@@ -506,6 +506,9 @@ impl WardenHttp {
         for (name, count) in inspected.outcome.rules {
             self.outcome.rules.entry(name).or_insert(count);
         }
+        if let Some(usage) = &inspected.usage {
+            let _ = host::set_filter_state("warden.usage", usage.to_string().as_bytes());
+        }
         self.record_outcome();
         if self.decision == "allowed" && self.outcome.rewrote() {
             self.set_decision("masked");
@@ -690,6 +693,10 @@ impl HttpContext for WardenHttp {
                     );
                 }
                 if end_of_stream {
+                    if let Some(usage) = rewriter.usage() {
+                        let _ =
+                            host::set_filter_state("warden.usage", usage.to_string().as_bytes());
+                    }
                     for (name, count) in text.outcome().rules {
                         self.outcome.rules.entry(name).or_insert(count);
                     }

@@ -86,6 +86,8 @@ pub struct Inspected {
     /// The rewritten body, when anything changed.
     pub body: Option<Vec<u8>>,
     pub outcome: Outcome,
+    /// The provider's `usage` object (token counts), for the audit record.
+    pub usage: Option<Value>,
 }
 
 /// Applies the active rules to a JSON body. In requests, `tokenize` fills
@@ -106,7 +108,12 @@ pub fn inspect_json(
     } else {
         None
     };
-    Ok(Inspected { body, outcome })
+    let usage = doc.get("usage").filter(|u| u.is_object()).cloned();
+    Ok(Inspected {
+        body,
+        outcome,
+        usage,
+    })
 }
 
 /// [`inspect_json`] on a document already parsed; returns what was found and
