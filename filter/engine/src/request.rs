@@ -281,13 +281,22 @@ fn classify_json(e: &serde_json::Error) -> &'static str {
     }
 }
 
+/// The path the provider will see: the request path without the route's
+/// prefix (Envoy's `prefix_rewrite` strips it), e.g. `v1/chat/completions`.
+/// It decides the API shape of the body and of the response.
+pub fn upstream_path(config: &FilterConfig, provider: usize, path: &[u8]) -> String {
+    let prefix = config
+        .providers
+        .get(provider)
+        .map_or(&[][..], |p| p.path_prefix.as_bytes());
+    String::from_utf8_lossy(path.strip_prefix(prefix).unwrap_or(path)).into_owned()
+}
+
 /// The model a request path names (`/v1/models/{id}`), for bodiless requests.
-pub fn model_from_path(config: &FilterConfig, provider: usize, path: &[u8]) -> Option<String> {
-    let prefix = config.providers.get(provider)?.path_prefix.as_bytes();
-    let rest = path.strip_prefix(prefix)?;
-    let rest = rest.split(|b| *b == b'?').next()?;
-    let id = rest.strip_prefix(b"v1/models/")?;
-    (!id.is_empty() && !id.contains(&b'/')).then(|| String::from_utf8_lossy(id).into_owned())
+pub fn model_from_path(upstream_path: &str) -> Option<String> {
+    let rest = upstream_path.split('?').next()?;
+    let id = rest.strip_prefix("v1/models/")?;
+    (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
 }
 
 /// The provider a routed request goes to (an index from [`route`]).
@@ -334,7 +343,7 @@ pub fn inspect_request(
     provider: usize,
     identity: &Identity,
     model: Option<&str>,
-    path: &[u8],
+    upstream_path: &str,
     body: &mut Value,
     vault: &mut Vault,
 ) -> Result<(Outcome, Option<Vec<u8>>), Rejection> {
@@ -343,10 +352,7 @@ pub fn inspect_request(
     if active.is_empty() {
         return Ok((Outcome::default(), None));
     }
-    let upstream =
-        String::from_utf8_lossy(path.strip_prefix(p.path_prefix.as_bytes()).unwrap_or(path))
-            .into_owned();
-    let shape = Shape::of(p.api, &upstream);
+    let shape = Shape::of(p.api, upstream_path);
     let (outcome, changed) = inspect_value(
         policy,
         &active,

@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
-use warden_engine::auth::{Identity, KeySource};
+use warden_engine::auth::Identity;
 use warden_engine::config::FilterConfig;
 use warden_engine::headers::Headers;
 use warden_engine::inspect::apply::{inspect_json, MaskingStream, Outcome, SharedMasking};
@@ -27,7 +27,7 @@ use warden_engine::policy::{ActiveRules, Direction, Policy};
 use warden_engine::provider::{Api, ErrorKind, GatewayError};
 use warden_engine::request::{self, AuthStep, Rejection};
 
-use crate::{host, keys, Vm};
+use crate::{host, keys, Refetch, Vm};
 
 /// Header set on every response the filter handled (proxied or answered).
 const MARK_HEADER: &str = "x-warden";
@@ -60,6 +60,8 @@ pub struct WardenHttp {
     body_size: usize,
     body_complete: bool,
     model: Option<String>,
+    /// The request headers as the client sent them, read once.
+    headers: Rc<[(String, Vec<u8>)]>,
     /// The upstream path (after the route prefix), for the API shape.
     upstream_path: String,
     /// Values `tokenize` took out of the prompt, to put back in the answer.
@@ -95,6 +97,7 @@ impl WardenHttp {
             body_size: 0,
             body_complete: false,
             model: None,
+            headers: Rc::from(Vec::new()),
             upstream_path: String::new(),
             vault: Vault::default(),
             outcome: Outcome::default(),
@@ -172,12 +175,7 @@ impl WardenHttp {
         let (Some(vm), Some(config)) = (self.vm.clone(), self.config.clone()) else {
             return self.internal_error("request without worker state");
         };
-        let headers = match host::request_headers() {
-            Ok(h) => h,
-            Err(status) => {
-                return self.internal_error(&format!("cannot read request headers: {status:?}"))
-            }
-        };
+        let headers = self.headers.clone();
         let now = host::now_secs();
         let step = {
             let mut vm = vm.borrow_mut();
@@ -202,48 +200,24 @@ impl WardenHttp {
             )
         };
         match step {
-            AuthStep::Verified(identity) => self.after_authentication(identity, &headers),
+            AuthStep::Verified(identity) => self.after_authentication(identity),
             AuthStep::Rejected(rejection) => self.reply(rejection),
             AuthStep::FetchKeys { issuer } => {
-                let fetch = {
-                    let mut vm = vm.borrow_mut();
-                    match (config.auth.issuers.get(issuer), vm.keys.get_mut(issuer)) {
-                        (Some(iss), Some(k)) => match &iss.keys {
-                            KeySource::Remote(remote) => {
-                                if k.refresh(&iss.issuer) {
-                                    // Another worker fetched new keys meanwhile.
-                                    None
-                                } else if keys::try_lease(&iss.issuer, now, |last| {
-                                    remote.may_refetch(last, now)
-                                }) {
-                                    keys::start_fetch(iss, remote)
-                                        .filter(|(_, stage)| *stage == keys::Stage::Jwks)
-                                        .map(|(call, _)| call)
-                                } else {
-                                    None
-                                }
-                            }
-                            KeySource::Static(_) => None,
-                        },
-                        _ => None,
-                    }
-                };
-                match fetch {
-                    Some(call) => {
+                // Bound first: the worker state must not stay borrowed while
+                // authenticating again.
+                let refetch = vm.borrow_mut().refetch_for_unknown_kid(issuer, now);
+                match refetch {
+                    Refetch::Started(call) => {
                         self.phase = Phase::WaitingForKeys { call, issuer };
                         Action::Pause
                     }
-                    None => self.authenticate(false),
+                    Refetch::Refreshed | Refetch::No => self.authenticate(false),
                 }
             }
         }
     }
 
-    fn after_authentication(
-        &mut self,
-        identity: Identity,
-        headers: &[(String, Vec<u8>)],
-    ) -> Action {
+    fn after_authentication(&mut self, identity: Identity) -> Action {
         let _ = host::set_filter_state("warden.user", identity.subject.as_bytes());
         let _ = host::set_filter_state("warden.groups", identity.groups.join(",").as_bytes());
         let _ = host::set_filter_state("warden.issuer", identity.issuer.as_bytes());
@@ -253,7 +227,7 @@ impl WardenHttp {
         };
         if self.expects_body {
             if let Err(rejection) =
-                request::check_body_headers(&config, self.provider, Headers::new(headers))
+                request::check_body_headers(&config, self.provider, Headers::new(&self.headers))
             {
                 return self.reply(rejection);
             }
@@ -263,9 +237,8 @@ impl WardenHttp {
             self.phase = Phase::WaitingForBody;
             return Action::Pause;
         }
-        let path = Headers::new(headers).get(":path").unwrap_or_default();
-        let model = request::model_from_path(&config, self.provider, path);
-        self.decide(model, headers)
+        let model = request::model_from_path(&self.upstream_path);
+        self.decide(model)
     }
 
     fn decide_with_body(&mut self) -> Action {
@@ -284,12 +257,6 @@ impl WardenHttp {
             Ok(m) => m,
             Err(rejection) => return self.reply(rejection),
         };
-        let headers = match host::request_headers() {
-            Ok(h) => h,
-            Err(status) => {
-                return self.internal_error(&format!("cannot read request headers: {status:?}"))
-            }
-        };
         if let Err(rejection) = self.authorize(model.as_deref()) {
             return self.reply(rejection);
         }
@@ -301,17 +268,13 @@ impl WardenHttp {
         ) else {
             return self.internal_error("inspection without policy");
         };
-        let path = Headers::new(&headers)
-            .get(":path")
-            .unwrap_or_default()
-            .to_vec();
         match request::inspect_request(
             &config,
             &policy,
             self.provider,
             &identity,
             model.as_deref(),
-            &path,
+            &self.upstream_path,
             &mut doc,
             &mut self.vault,
         ) {
@@ -335,7 +298,7 @@ impl WardenHttp {
                 return self.reply(rejection);
             }
         }
-        self.forward(model, &headers)
+        self.forward(model)
     }
 
     fn authorize(&mut self, model: Option<&str>) -> Result<(), Rejection> {
@@ -357,28 +320,20 @@ impl WardenHttp {
         )
     }
 
-    fn decide(&mut self, model: Option<String>, headers: &[(String, Vec<u8>)]) -> Action {
+    fn decide(&mut self, model: Option<String>) -> Action {
         if let Err(rejection) = self.authorize(model.as_deref()) {
             return self.reply(rejection);
         }
-        self.forward(model, headers)
+        self.forward(model)
     }
 
     /// The request is allowed: swap credentials and let it go upstream.
-    fn forward(&mut self, model: Option<String>, headers: &[(String, Vec<u8>)]) -> Action {
+    fn forward(&mut self, model: Option<String>) -> Action {
         let Some(config) = self.config.clone() else {
             return self.internal_error("forward without configuration");
         };
-        let h = Headers::new(headers);
-        if let Some(p) = config.providers.get(self.provider) {
-            let path = h.get(":path").unwrap_or_default();
-            self.upstream_path = String::from_utf8_lossy(
-                path.strip_prefix(p.path_prefix.as_bytes()).unwrap_or(path),
-            )
-            .into_owned();
-        }
         self.model = model;
-        let plan = request::forward_plan(&config, self.provider, h);
+        let plan = request::forward_plan(&config, self.provider, Headers::new(&self.headers));
         for name in &plan.remove {
             if let Err(status) = host::set_request_header(name, None) {
                 return self.internal_error(&format!("cannot remove a request header: {status:?}"));
@@ -547,24 +502,11 @@ impl Context for WardenHttp {
         if call != token_id {
             return;
         }
-        if let (Some(vm), Some(config)) = (self.vm.clone(), self.config.clone()) {
-            let mut vm = vm.borrow_mut();
-            if let (Some(iss), Some(vm_keys)) =
-                (config.auth.issuers.get(issuer), vm.keys.get_mut(issuer))
-            {
-                if let KeySource::Remote(remote) = &iss.keys {
-                    // A discovery answer would need a second call; requests
-                    // only ever fetch a JWKS whose location is known.
-                    let _ = keys::on_response(
-                        iss,
-                        remote,
-                        keys::Stage::Jwks,
-                        body_size,
-                        vm_keys,
-                        host::now_secs(),
-                    );
-                }
-            }
+        if let Some(vm) = self.vm.clone() {
+            // A request fetches a JWKS only, never discovery: no next call.
+            let _ = vm
+                .borrow_mut()
+                .on_key_response(issuer, keys::Stage::Jwks, body_size);
         }
         self.phase = Phase::Start;
         if self.authenticate(false) == Action::Continue {
@@ -596,16 +538,19 @@ impl HttpContext for WardenHttp {
         };
         self.config = Some(config.clone());
         self.policy = policy;
-        let headers = match host::request_headers() {
-            Ok(h) => h,
+        self.headers = match host::request_headers() {
+            Ok(h) => h.into(),
             Err(status) => {
                 return self.internal_error(&format!("cannot read request headers: {status:?}"))
             }
         };
+        let headers = self.headers.clone();
         self.provider = match request::route(&config, Headers::new(&headers)) {
             Ok(p) => p,
             Err(rejection) => return self.reply(rejection),
         };
+        let path = Headers::new(&headers).get(":path").unwrap_or_default();
+        self.upstream_path = request::upstream_path(&config, self.provider, path);
         if let Some(p) = config.providers.get(self.provider) {
             let _ = host::set_filter_state("warden.provider", p.name.as_bytes());
         }

@@ -98,10 +98,6 @@ pub fn try_lease(issuer: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) 
     allowed(last) && host::shared_set(&lease_key(issuer), &now.to_be_bytes(), cas).is_ok()
 }
 
-pub fn last_fetch_attempt(issuer: &str) -> Option<u64> {
-    last_attempt(issuer).0
-}
-
 /// Which step of a fetch an HTTP call answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

@@ -74,6 +74,61 @@ impl Vm {
             }
         }
     }
+
+    /// Handles the answer to a key fetch of issuer `issuer` (from the root's
+    /// timer or from a request's unknown `kid`); returns the next call of
+    /// the fetch, if it has one.
+    pub fn on_key_response(
+        &mut self,
+        issuer: usize,
+        stage: keys::Stage,
+        body_size: usize,
+    ) -> Option<(u32, keys::Stage)> {
+        let config = self.config.clone();
+        let iss = config.auth.issuers.get(issuer)?;
+        let KeySource::Remote(remote) = &iss.keys else {
+            return None;
+        };
+        let vm_keys = self.keys.get_mut(issuer)?;
+        keys::on_response(iss, remote, stage, body_size, vm_keys, host::now_secs())
+    }
+
+    /// For a token naming a key this VM does not hold: re-reads the shared
+    /// keys (true if another worker already fetched new ones), else starts a
+    /// JWKS fetch if the issuer's rate limit allows one now.
+    pub fn refetch_for_unknown_kid(&mut self, issuer: usize, now: u64) -> Refetch {
+        let config = self.config.clone();
+        let (Some(iss), Some(vm_keys)) =
+            (config.auth.issuers.get(issuer), self.keys.get_mut(issuer))
+        else {
+            return Refetch::No;
+        };
+        let KeySource::Remote(remote) = &iss.keys else {
+            return Refetch::No;
+        };
+        if vm_keys.refresh(&iss.issuer) {
+            return Refetch::Refreshed;
+        }
+        if !keys::try_lease(&iss.issuer, now, |last| remote.may_refetch(last, now)) {
+            return Refetch::No;
+        }
+        // Requests only fetch a JWKS whose location is known; discovery is
+        // the timer's job.
+        match keys::start_fetch(iss, remote) {
+            Some((call, keys::Stage::Jwks)) => Refetch::Started(call),
+            _ => Refetch::No,
+        }
+    }
+}
+
+/// What [`Vm::refetch_for_unknown_kid`] did.
+pub enum Refetch {
+    /// Nothing to wait for: the token's key is unknown (or rate-limited).
+    No,
+    /// The shared keys changed since this VM last read them.
+    Refreshed,
+    /// A JWKS call is in flight; its answer arrives to the request.
+    Started(u32),
 }
 
 #[derive(Default)]
@@ -100,25 +155,13 @@ impl Context for WardenRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((issuer_index, stage)) = self.fetches.remove(&token_id) else {
+        let Some((issuer, stage)) = self.fetches.remove(&token_id) else {
             return;
         };
         let Some(vm) = self.vm.clone() else { return };
-        let mut vm = vm.borrow_mut();
-        let config = vm.config.clone();
-        let (Some(issuer), Some(vm_keys)) = (
-            config.auth.issuers.get(issuer_index),
-            vm.keys.get_mut(issuer_index),
-        ) else {
-            return;
-        };
-        let KeySource::Remote(remote) = &issuer.keys else {
-            return;
-        };
-        if let Some(next) =
-            keys::on_response(issuer, remote, stage, body_size, vm_keys, host::now_secs())
-        {
-            self.fetches.insert(next.0, (issuer_index, next.1));
+        let next = vm.borrow_mut().on_key_response(issuer, stage, body_size);
+        if let Some((call, next_stage)) = next {
+            self.fetches.insert(call, (issuer, next_stage));
         }
     }
 }
@@ -189,46 +232,31 @@ impl RootContext for WardenRoot {
         let Some(vm) = self.vm.clone() else { return };
         let now = host::now_secs();
         let mut all_loaded = true;
-        let mut to_fetch = Vec::new();
-        {
-            let mut vm = vm.borrow_mut();
-            let config = vm.config.clone();
-            for (i, issuer) in config.auth.issuers.iter().enumerate() {
-                let KeySource::Remote(remote) = &issuer.keys else {
-                    continue;
-                };
-                let Some(vm_keys) = vm.keys.get_mut(i) else {
-                    continue;
-                };
-                vm_keys.refresh(&issuer.issuer);
-                if remote.freshness(vm_keys.fetched_at, now) == Freshness::NotLoaded {
-                    all_loaded = false;
-                }
-                let in_flight = self.fetches.values().any(|(idx, _)| *idx == i);
-                if !in_flight
-                    && remote.fetch_due(
-                        vm_keys.fetched_at,
-                        keys::last_fetch_attempt(&issuer.issuer),
-                        now,
-                    )
-                    && keys::try_lease(&issuer.issuer, now, |last| {
-                        remote.fetch_due(vm_keys.fetched_at, last, now)
-                    })
-                {
-                    to_fetch.push(i);
-                }
+        let mut vm = vm.borrow_mut();
+        let config = vm.config.clone();
+        for (i, issuer) in config.auth.issuers.iter().enumerate() {
+            let (KeySource::Remote(remote), Some(vm_keys)) = (&issuer.keys, vm.keys.get_mut(i))
+            else {
+                continue;
+            };
+            vm_keys.refresh(&issuer.issuer);
+            let fetched_at = vm_keys.fetched_at;
+            if remote.freshness(fetched_at, now) == Freshness::NotLoaded {
+                all_loaded = false;
             }
-            for i in to_fetch {
-                let Some(issuer) = config.auth.issuers.get(i) else {
-                    continue;
-                };
-                if let KeySource::Remote(remote) = &issuer.keys {
-                    if let Some((token, stage)) = keys::start_fetch(issuer, remote) {
-                        self.fetches.insert(token, (i, stage));
-                    }
+            let in_flight = self.fetches.values().any(|(idx, _)| *idx == i);
+            // The lease decides across VMs; only its winner fetches.
+            if !in_flight
+                && keys::try_lease(&issuer.issuer, now, |last| {
+                    remote.fetch_due(fetched_at, last, now)
+                })
+            {
+                if let Some((token, stage)) = keys::start_fetch(issuer, remote) {
+                    self.fetches.insert(token, (i, stage));
                 }
             }
         }
+        drop(vm);
         self.set_tick(if all_loaded { SLOW_TICK } else { FAST_TICK });
     }
 

@@ -296,11 +296,17 @@ fn bodies_that_cannot_be_inspected_are_refused() {
 fn model_ids_in_paths() {
     let cfg = config(true, true);
     assert_eq!(
-        model_from_path(&cfg, 0, b"/openai/v1/models/gpt-4o?x=1").as_deref(),
+        model_from_path(&upstream_path(&cfg, 0, b"/openai/v1/models/gpt-4o?x=1")).as_deref(),
         Some("gpt-4o")
     );
-    assert_eq!(model_from_path(&cfg, 0, b"/openai/v1/models"), None);
-    assert_eq!(model_from_path(&cfg, 0, b"/openai/v1/models/a/b"), None);
+    assert_eq!(
+        model_from_path(&upstream_path(&cfg, 0, b"/openai/v1/models")),
+        None
+    );
+    assert_eq!(
+        model_from_path(&upstream_path(&cfg, 0, b"/openai/v1/models/a/b")),
+        None
+    );
 }
 
 #[test]
