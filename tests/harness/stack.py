@@ -394,12 +394,6 @@ class Stack:
             return []
         return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
 
-    def wait_for_access_log(self, count: int, timeout: float = 10.0) -> list[dict]:
-        """Envoy writes access logs asynchronously; poll until `count` records exist."""
-        wait_until(f"{count} access-log records", lambda: len(self.access_log_records()) >= count,
-                   timeout=timeout)
-        return self.access_log_records()
-
     def dump_logs(self, lines: int = 60) -> str:
         return "\n".join(f"----- {p.name} ({p.log_path}) -----\n{p.tail(lines)}" for p in self.processes)
 

@@ -135,16 +135,17 @@ pub struct Provider {
 #[derive(Debug)]
 pub struct FilterConfig {
     pub providers: Vec<Provider>,
-    /// Client headers removed from every request before it goes upstream:
-    /// credentials, the token sources, and nothing a provider needs.
-    pub client_credential_headers: Vec<String>,
+    /// Client headers removed from every request before it goes upstream,
+    /// each once: the credential headers, the token sources, and
+    /// `accept-encoding` (responses must come back uncompressed to be
+    /// inspected; the client's encoding preferences stop here).
+    pub strip_headers: Vec<String>,
     pub auth: Authenticator,
     pub initial_policy: Option<Policy>,
     pub max_body_bytes: usize,
     /// The key of `hash` pseudonyms: from Envoy's environment, or (when unset)
     /// derived from this configuration, so every worker and restart agrees.
     pub hash_key: HashKey,
-    pub hash_key_from_env: bool,
 }
 
 impl FilterConfig {
@@ -155,19 +156,14 @@ impl FilterConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let doc = parse_document::<FilterConfigDoc>(bytes)?;
-        let mut config = Self::compile(doc, env)?;
-        if !config.hash_key_from_env {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            h.update(b"warden hash key v1\0");
-            h.update(bytes);
-            config.hash_key = HashKey::new(h.finalize().to_vec());
-        }
-        Ok(config)
+        Self::compile(doc, bytes, env)
     }
 
-    pub fn compile(
+    /// Compiles a parsed document; `raw` is the text it came from (the
+    /// fallback `hash` key is derived from it).
+    fn compile(
         doc: FilterConfigDoc,
+        raw: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         if doc.providers.is_empty() {
@@ -249,11 +245,12 @@ impl FilterConfig {
                 "max_body_bytes must be between 1024 and 67108864".into(),
             ));
         }
-        let mut client_credential_headers = Vec::new();
+        let mut strip_headers = Vec::new();
         for h in doc
             .client_credential_headers
             .into_iter()
             .chain(auth.token_headers().map(str::to_owned))
+            .chain(["accept-encoding".to_owned()])
         {
             let h = h.to_ascii_lowercase();
             if h.is_empty() || !h.bytes().all(is_header_name_byte) {
@@ -261,18 +258,27 @@ impl FilterConfig {
                     "client_credential_headers: {h:?} is not a valid header name"
                 )));
             }
-            client_credential_headers.push(h);
+            if !strip_headers.contains(&h) {
+                strip_headers.push(h);
+            }
         }
-        let env_key = env(&doc.hash_key_env).filter(|k| !k.is_empty());
-        let hash_key_from_env = env_key.is_some();
+        let hash_key = match env(&doc.hash_key_env).filter(|k| !k.is_empty()) {
+            Some(key) => HashKey::new(key.into_bytes()),
+            None => {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"warden hash key v1\0");
+                h.update(raw);
+                HashKey::new(h.finalize().to_vec())
+            }
+        };
         Ok(Self {
             providers,
-            client_credential_headers,
+            strip_headers,
             auth,
             initial_policy,
             max_body_bytes: doc.max_body_bytes,
-            hash_key: HashKey::new(env_key.map(String::into_bytes).unwrap_or_default()),
-            hash_key_from_env,
+            hash_key,
         })
     }
 
@@ -351,9 +357,7 @@ authentication:
             anthropic.credential_value.as_ref().map(Secret::expose),
             Some("sk-ant-test")
         );
-        assert!(cfg
-            .client_credential_headers
-            .contains(&"x-api-key".to_string()));
+        assert!(cfg.strip_headers.contains(&"x-api-key".to_string()));
     }
 
     #[test]

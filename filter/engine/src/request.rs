@@ -391,10 +391,7 @@ pub struct ForwardPlan {
 /// Step 5: strip every client credential and gateway-owned header, add the
 /// provider's key and required headers.
 pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>) -> ForwardPlan {
-    let mut remove: Vec<String> = config.client_credential_headers.clone();
-    // Responses must come back uncompressed to be inspected; the client's
-    // encoding preferences stop here.
-    remove.push("accept-encoding".into());
+    let mut remove: Vec<String> = config.strip_headers.clone();
     for (name, _) in headers.iter() {
         let owned = name.len() >= GATEWAY_HEADER_PREFIX.len()
             && name[..GATEWAY_HEADER_PREFIX.len()].eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX);

@@ -170,7 +170,7 @@ impl Vault {
         let from = text
             .len()
             .saturating_sub(self.longest_token.saturating_sub(1));
-        let open = text[..].rfind('<').filter(|o| *o >= from)?;
+        let open = text.rfind('<').filter(|o| *o >= from)?;
         let tail = &text[open + 1..];
         let could_be_token = tail
             .bytes()
