@@ -2,7 +2,10 @@
 
 Each file under envoy/ is validated as written (from the repository root, as
 `make run` uses it) and as the harness renders it for tests and for real
-providers, so no variant Envoy may actually load goes unchecked.
+providers, so no variant Envoy may actually load goes unchecked. The files
+under envoy/access-log/ are access-log fragments (the audit record in OCSF and
+ECS shapes): each is validated in place of envoy.yaml's own access log, as
+written and as the harness renders it (`Stack.start(access_log=...)`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.stack import ENVOY_BIN, REAL_PROVIDERS, ROOT, Ports, render_envoy_config  # noqa: E402
+from harness.stack import (ENVOY_BIN, ENVOY_TEMPLATE, REAL_PROVIDERS, ROOT, Ports,  # noqa: E402
+                           render_envoy_config)
+
+ACCESS_LOGS = ROOT / "envoy" / "access-log"
 
 
 def validate(path: Path, label: str) -> bool:
@@ -36,10 +42,24 @@ def main() -> int:
     if not files:
         print("no Envoy configurations found", file=sys.stderr)
         return 1
+    fragments = [f for f in files if f.parent == ACCESS_LOGS]
+    files = [f for f in files if f.parent != ACCESS_LOGS]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         (tmp_dir / "logs").mkdir()
+        for frag in fragments:
+            label = str(frag.relative_to(ROOT))
+            # As written: envoy.yaml with this access log, paths relative to the root.
+            merged = yaml.safe_load(ENVOY_TEMPLATE.read_text())
+            hcm = merged["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm.update(yaml.safe_load(frag.read_text()))
+            written = tmp_dir / f"{frag.stem}-as-written.yaml"
+            written.write_text(yaml.safe_dump(merged))
+            results.append(validate(written, f"{label} (in envoy/envoy.yaml)"))
+            rendered = tmp_dir / f"{frag.stem}-rendered.yaml"
+            rendered.write_text(yaml.safe_dump(render_envoy_config(Ports.free(), tmp_dir, access_log=frag.stem)))
+            results.append(validate(rendered, f"{label} (rendered for tests)"))
         for f in files:
             results.append(validate(f, str(f.relative_to(ROOT))))
             if f.name == "envoy.yaml":

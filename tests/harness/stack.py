@@ -173,7 +173,8 @@ def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -
 
 def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | None = None,
                         real_clusters: set[str] = frozenset(), extra_clusters: dict | None = None,
-                        bare_port: int | None = None, template: Path = ENVOY_TEMPLATE) -> dict:
+                        bare_port: int | None = None, template: Path = ENVOY_TEMPLATE,
+                        access_log: str | Path | None = None) -> dict:
     """envoy/envoy.yaml with this stack's ports and paths (and, optionally, another
     plugin configuration, real provider clusters, or more loopback clusters given
     as {name: port})."""
@@ -183,6 +184,11 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
     listener = cfg["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = ports.gateway
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    if access_log not in (None, "native"):
+        # A SIEM shape of the audit record (envoy/access-log/<name>.yaml, or a
+        # file of the same form) in place of envoy.yaml's own access log.
+        path = access_log if isinstance(access_log, Path) else ROOT / "envoy" / "access-log" / f"{access_log}.yaml"
+        hcm.update(yaml.safe_load(path.read_text()))
     for log in hcm.get("access_log", []):
         log["typed_config"]["path"] = str(data_dir / "logs" / "access.log")
     for f in hcm["http_filters"]:
@@ -289,7 +295,7 @@ class Stack:
     def start(cls, ports: Ports, data_dir: Path, *, filter_config: str | None = None,
               envoy_env: dict | None = None, real_providers: bool = False,
               extra_clusters: dict | None = None, bare_port: int | None = None,
-              concurrency: int = 2) -> "Stack":
+              concurrency: int = 2, access_log: str | Path | None = None) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
@@ -314,7 +320,7 @@ class Stack:
                     if os.environ.get(var):
                         env[var] = os.environ[var]
                         real.add(cluster)
-            stack._start_envoy(filter_config, env, real, extra_clusters, bare_port, concurrency)
+            stack._start_envoy(filter_config, env, real, extra_clusters, bare_port, concurrency, access_log)
         except BaseException:
             stack.stop()
             raise
@@ -338,9 +344,11 @@ class Stack:
             "GET", f"{self.control_plane_url}/healthz", timeout=2)[0] == 200, alive=p.check_alive)
 
     def _start_envoy(self, filter_config: str | None, env: dict, real: set[str],
-                     extra_clusters: dict | None, bare_port: int | None, concurrency: int) -> None:
+                     extra_clusters: dict | None, bare_port: int | None, concurrency: int,
+                     access_log: str | Path | None = None) -> None:
         cfg = render_envoy_config(self.ports, self.data_dir, filter_config=filter_config,
-                                  real_clusters=real, extra_clusters=extra_clusters, bare_port=bare_port)
+                                  real_clusters=real, extra_clusters=extra_clusters, bare_port=bare_port,
+                                  access_log=access_log)
         path = self.data_dir / "envoy.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         # Envoy inherits only what it needs: the keys in `env`, nothing from ours.
