@@ -12,7 +12,20 @@
 //! * `GET  /dev/.well-known/openid-configuration`: the discovery document;
 //! * `GET  /dev/jwks.json`: one RSA 2048 (RS256), one P-256 (ES256) and one
 //!   Ed25519 (EdDSA) public key;
-//! * `POST /dev/token`: mints a token from a JSON [`TokenRequest`].
+//! * `POST /dev/token`: mints a token from a JSON [`TokenRequest`];
+//! * `GET|POST /dev/authorize` and `POST /dev/oauth/token`: the OpenID
+//!   Connect authorization code flow with PKCE (S256 only) for public
+//!   clients such as the approvers' page. The HTTP side (a sign-in form that
+//!   asks for a subject, an email and groups: it is a development IdP) lives
+//!   in `web.rs`; the checks live here ([`DevIssuer::check_authorize`],
+//!   [`DevIssuer::issue_code`], [`DevIssuer::exchange_code`]).
+//!
+//! Authorization codes are random (256 bits), live [`CODE_TTL_SECONDS`],
+//! are kept in memory only, are bound to the client id, the redirect URI and
+//! the PKCE challenge, and are removed on first use whatever its outcome
+//! (RFC 6749 section 4.1.2: a code is used once). Redirect URIs must point at the
+//! control plane's own origin, so the issuer cannot be used as an open
+//! redirect.
 //!
 //! The three key pairs are generated on first start and kept as PEM files
 //! (mode 0600, in a 0700 directory) under `<data-dir>/dev-issuer/`, so tokens
@@ -23,18 +36,21 @@
 //!
 //! Key material and minted tokens are never logged.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jwt_simple::prelude::{
     ECDSAP256KeyPairLike, ECDSAP256PublicKeyLike, ES256KeyPair, Ed25519KeyPair, EdDSAKeyPairLike,
-    JWTClaims, RS256KeyPair, RSAKeyPairLike,
+    HS256Key, JWTClaims, RS256KeyPair, RSAKeyPairLike,
 };
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -56,6 +72,15 @@ const ES256_FILE: &str = "es256.pem";
 const ED25519_FILE: &str = "ed25519.pem";
 /// Longest `sub`, email, group, audience or issuer accepted, in bytes.
 const MAX_STRING_LEN: usize = 1024;
+/// How long an authorization code can be exchanged, in seconds.
+pub const CODE_TTL_SECONDS: u64 = 60;
+/// Lifetime of the tokens the authorization code flow issues.
+pub const FLOW_TOKEN_TTL_SECONDS: u64 = 3600;
+/// Most codes waiting to be exchanged; more sign-ins are refused until some
+/// expire, so a client that never exchanges its codes cannot grow memory.
+const MAX_PENDING_CODES: usize = 10_000;
+/// Longest `state`, `nonce`, `scope` or `client_id` accepted, in bytes.
+const MAX_PARAM_LEN: usize = 512;
 
 /// A JWS signing algorithm the dev issuer can sign with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -196,6 +221,154 @@ pub enum MintError {
     Sign(String),
 }
 
+/// The parameters of `GET /dev/authorize` (and of the sign-in form's POST),
+/// every one optional here so that a missing one gets a precise message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeParams {
+    /// Must be `code`.
+    pub response_type: Option<String>,
+    /// The public client's id.
+    pub client_id: Option<String>,
+    /// Where to send the code; must be on the control plane's own origin.
+    pub redirect_uri: Option<String>,
+    /// Echoed back with the code; the client checks it (CSRF).
+    pub state: Option<String>,
+    /// Copied into the ID token.
+    pub nonce: Option<String>,
+    /// BASE64URL(SHA-256(code_verifier)), 43 characters.
+    pub code_challenge: Option<String>,
+    /// Must be `S256`.
+    pub code_challenge_method: Option<String>,
+    /// Requested scopes; must include `openid`.
+    pub scope: Option<String>,
+}
+
+/// An authorization request that passed [`DevIssuer::check_authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidAuthorize {
+    /// The client id.
+    pub client_id: String,
+    /// The redirect URI, checked to be on the issuer's origin.
+    pub redirect_uri: Url,
+    /// The client's `state`, if any.
+    pub state: Option<String>,
+    /// The client's `nonce`, if any.
+    pub nonce: Option<String>,
+    /// The S256 code challenge.
+    pub code_challenge: String,
+    /// The scopes asked for.
+    pub scope: String,
+}
+
+/// Who signs in on the dev issuer's form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignIn {
+    /// The `sub` claim.
+    pub sub: String,
+    /// The `email` claim, if given.
+    pub email: Option<String>,
+    /// The `groups` claim.
+    pub groups: Vec<String>,
+}
+
+/// The form body of `POST /dev/oauth/token`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeExchange {
+    /// Must be `authorization_code`.
+    pub grant_type: Option<String>,
+    /// The code from the redirect.
+    pub code: Option<String>,
+    /// The same redirect URI as in the authorization request.
+    pub redirect_uri: Option<String>,
+    /// The same client id as in the authorization request.
+    pub client_id: Option<String>,
+    /// The PKCE code verifier.
+    pub code_verifier: Option<String>,
+}
+
+// Hand-written: the code and the verifier are credentials.
+impl fmt::Debug for CodeExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeExchange")
+            .field("grant_type", &self.grant_type)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer of `POST /dev/oauth/token` (RFC 6749 section 5.1).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeTokens {
+    /// Audience `warden`: what the gateway and the control plane accept.
+    pub access_token: String,
+    /// Audience the client id, with the client's nonce.
+    pub id_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Lifetime of both tokens, in seconds.
+    pub expires_in: u64,
+}
+
+// Hand-written so a token never lands in a log through `{:?}`.
+impl fmt::Debug for CodeTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeTokens")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth 2.0 error (RFC 6749 sections 4.1.2.1 and 5.2): `code()` is the
+/// `error` value, the message its `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// A parameter is missing, repeated or malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The code is unknown, used, expired, or bound to another client,
+    /// redirect URI or challenge; or the verifier does not match.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// The grant type is not `authorization_code`.
+    #[error("only grant_type=authorization_code is supported here")]
+    UnsupportedGrantType,
+    /// The response type is not `code`.
+    #[error("only response_type=code is supported")]
+    UnsupportedResponseType,
+    /// Too many codes are waiting; try again shortly.
+    #[error("too many sign-ins in progress; try again in a minute")]
+    TemporarilyUnavailable,
+    /// Signing the tokens failed (internal; the detail is not for the client).
+    #[error("internal error")]
+    Server(String),
+}
+
+impl OAuthError {
+    /// The RFC 6749 `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::UnsupportedResponseType => "unsupported_response_type",
+            OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthError::Server(_) => "server_error",
+        }
+    }
+}
+
+/// A code waiting to be exchanged, and what it is bound to.
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    nonce: Option<String>,
+    who: SignIn,
+    expires_at: u64,
+}
+
 /// The dev issuer: its URL, its three key pairs and their JWKS.
 pub struct DevIssuer {
     issuer: String,
@@ -204,6 +377,8 @@ pub struct DevIssuer {
     eddsa: Ed25519KeyPair,
     kids: [String; 3],
     jwks: Value,
+    /// Authorization codes waiting to be exchanged, by code.
+    codes: Mutex<HashMap<String, IssuedCode>>,
 }
 
 // Hand-written: the key pairs must never be printed.
@@ -309,6 +484,7 @@ impl DevIssuer {
             eddsa: eddsa.with_key_id(ed_kid),
             kids,
             jwks,
+            codes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -336,14 +512,21 @@ impl DevIssuer {
         json!({
             "issuer": self.issuer,
             "jwks_uri": format!("{}/jwks.json", self.issuer),
-            "token_endpoint": format!("{}/token", self.issuer),
+            "authorization_endpoint": format!("{}/authorize", self.issuer),
+            "token_endpoint": format!("{}/oauth/token", self.issuer),
+            // Not a standard member: the JSON minting API (`POST /dev/token`).
+            "warden_mint_endpoint": format!("{}/token", self.issuer),
             "id_token_signing_alg_values_supported":
                 SigningAlg::ALL.iter().map(|alg| alg.as_str()).collect::<Vec<_>>(),
-            "response_types_supported": ["id_token"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
             "subject_types_supported": ["public"],
-            "grant_types_supported": ["urn:warden:dev:direct"],
+            "grant_types_supported": ["authorization_code", "urn:warden:dev:direct"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": ["openid", "profile", "email", "groups"],
             "token_endpoint_auth_methods_supported": ["none"],
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "groups", "email"],
+            "claims_supported":
+                ["iss", "sub", "aud", "exp", "iat", "nbf", "groups", "email", "nonce", "azp"],
         })
     }
 
@@ -361,6 +544,211 @@ impl DevIssuer {
             SigningAlg::EdDSA => self.eddsa.sign(jwt_claims),
         };
         signed.map_err(|e| MintError::Sign(e.to_string()))
+    }
+
+    /// Checks an authorization request: `response_type=code`, a client id,
+    /// a redirect URI on the issuer's own origin, an S256 PKCE challenge and
+    /// the `openid` scope. The caller shows errors to the user and never
+    /// redirects on them, so an unchecked redirect URI is never followed.
+    pub fn check_authorize(&self, params: &AuthorizeParams) -> Result<ValidAuthorize, OAuthError> {
+        let client_id = required("client_id", params.client_id.as_deref())?;
+        let redirect_uri = self.check_redirect_uri(params.redirect_uri.as_deref())?;
+        match required("response_type", params.response_type.as_deref())? {
+            "code" => {}
+            _ => return Err(OAuthError::UnsupportedResponseType),
+        }
+        let method = required(
+            "code_challenge_method",
+            params.code_challenge_method.as_deref(),
+        )
+        .map_err(|_| {
+            OAuthError::InvalidRequest(
+                "PKCE is required: send code_challenge and code_challenge_method=S256".to_owned(),
+            )
+        })?;
+        if method != "S256" {
+            return Err(OAuthError::InvalidRequest(
+                "only code_challenge_method=S256 is supported".to_owned(),
+            ));
+        }
+        let code_challenge = required("code_challenge", params.code_challenge.as_deref())?;
+        if code_challenge.len() != 43 || !code_challenge.bytes().all(is_base64url_byte) {
+            return Err(OAuthError::InvalidRequest(
+                "code_challenge must be the 43-character BASE64URL of a SHA-256 digest".to_owned(),
+            ));
+        }
+        let scope = required("scope", params.scope.as_deref())?;
+        if !scope.split(' ').any(|s| s == "openid") {
+            return Err(OAuthError::InvalidRequest(
+                "scope must include openid".to_owned(),
+            ));
+        }
+        Ok(ValidAuthorize {
+            client_id: client_id.to_owned(),
+            redirect_uri,
+            state: optional("state", params.state.as_deref())?.map(str::to_owned),
+            nonce: optional("nonce", params.nonce.as_deref())?.map(str::to_owned),
+            code_challenge: code_challenge.to_owned(),
+            scope: scope.to_owned(),
+        })
+    }
+
+    /// A redirect URI is accepted only on the issuer's own origin (scheme,
+    /// host and port), without credentials or a fragment.
+    fn check_redirect_uri(&self, uri: Option<&str>) -> Result<Url, OAuthError> {
+        let uri = required("redirect_uri", uri)?;
+        let invalid = |why: &str| OAuthError::InvalidRequest(format!("redirect_uri {why}"));
+        let parsed = Url::parse(uri).map_err(|_| invalid("is not an absolute URL"))?;
+        let own = Url::parse(&self.issuer).map_err(|_| invalid("cannot be checked"))?;
+        if parsed.origin() != own.origin() || !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid("must be on this control plane's own origin"));
+        }
+        if parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(invalid("must not carry a fragment or credentials"));
+        }
+        Ok(parsed)
+    }
+
+    /// Issues a one-time code for `who`, bound to the checked request.
+    pub fn issue_code(
+        &self,
+        authorize: &ValidAuthorize,
+        who: SignIn,
+    ) -> Result<String, OAuthError> {
+        self.issue_code_at(authorize, who, unix_now())
+    }
+
+    fn issue_code_at(
+        &self,
+        authorize: &ValidAuthorize,
+        who: SignIn,
+        now: u64,
+    ) -> Result<String, OAuthError> {
+        let invalid = |error: MintError| OAuthError::InvalidRequest(error.to_string());
+        let sub = check_string("subject", who.sub.trim()).map_err(invalid)?;
+        let email = match who.email.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(email) => Some(check_string("email", email).map_err(invalid)?.to_owned()),
+        };
+        let mut groups = Vec::with_capacity(who.groups.len());
+        for group in &who.groups {
+            groups.push(
+                check_string("each group", group.trim())
+                    .map_err(invalid)?
+                    .to_owned(),
+            );
+        }
+        // 256 bits from jwt-simple's CSPRNG (an HMAC key is exactly random bytes).
+        let code = b64url(&HS256Key::generate().to_bytes());
+        let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
+        codes.retain(|_, issued| issued.expires_at > now);
+        if codes.len() >= MAX_PENDING_CODES {
+            return Err(OAuthError::TemporarilyUnavailable);
+        }
+        codes.insert(
+            code.clone(),
+            IssuedCode {
+                client_id: authorize.client_id.clone(),
+                redirect_uri: authorize.redirect_uri.as_str().to_owned(),
+                code_challenge: authorize.code_challenge.clone(),
+                nonce: authorize.nonce.clone(),
+                who: SignIn {
+                    sub: sub.to_owned(),
+                    email,
+                    groups,
+                },
+                expires_at: now.saturating_add(CODE_TTL_SECONDS),
+            },
+        );
+        Ok(code)
+    }
+
+    /// Exchanges a code for an access token (audience `warden`) and an ID
+    /// token (audience the client id, with its nonce). The code is removed
+    /// as soon as it is presented, so a second try fails even if the first
+    /// one did.
+    pub fn exchange_code(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
+        self.exchange_code_at(request, unix_now())
+    }
+
+    fn exchange_code_at(&self, request: &CodeExchange, now: u64) -> Result<CodeTokens, OAuthError> {
+        match required("grant_type", request.grant_type.as_deref())? {
+            "authorization_code" => {}
+            _ => return Err(OAuthError::UnsupportedGrantType),
+        }
+        let code = required("code", request.code.as_deref())?;
+        let client_id = required("client_id", request.client_id.as_deref())?;
+        let redirect_uri = required("redirect_uri", request.redirect_uri.as_deref())?;
+        let verifier = required("code_verifier", request.code_verifier.as_deref())?;
+        // RFC 7636 section 4.1: 43 to 128 unreserved characters.
+        if !(43..=128).contains(&verifier.len())
+            || !verifier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            return Err(OAuthError::InvalidRequest(
+                "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~".to_owned(),
+            ));
+        }
+        let issued = self
+            .codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(code);
+        let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
+        let issued = issued.ok_or_else(|| grant("the code is unknown or was already used"))?;
+        if issued.expires_at <= now {
+            return Err(grant("the code has expired"));
+        }
+        if issued.client_id != client_id {
+            return Err(grant("the code was issued to another client"));
+        }
+        if issued.redirect_uri != redirect_uri {
+            return Err(grant(
+                "redirect_uri differs from the authorization request's",
+            ));
+        }
+        let computed = b64url(&Sha256::digest(verifier.as_bytes()));
+        if !constant_time_eq(computed.as_bytes(), issued.code_challenge.as_bytes()) {
+            return Err(grant("code_verifier does not match the code challenge"));
+        }
+
+        let base = TokenRequest {
+            sub: issued.who.sub.clone(),
+            groups: issued.who.groups.clone(),
+            email: issued.who.email.clone(),
+            ttl_seconds: Some(FLOW_TOKEN_TTL_SECONDS),
+            ..TokenRequest::default()
+        };
+        let mut azp = Map::new();
+        azp.insert("azp".into(), Value::from(client_id));
+        let access = TokenRequest {
+            audience: Some(DEFAULT_AUDIENCE.to_owned()),
+            claims: Some(azp.clone()),
+            ..base.clone()
+        };
+        let mut id_claims = azp;
+        if let Some(nonce) = issued.nonce {
+            id_claims.insert("nonce".into(), Value::from(nonce));
+        }
+        let id = TokenRequest {
+            audience: Some(client_id.to_owned()),
+            claims: Some(id_claims),
+            ..base
+        };
+        let sign = |request: &TokenRequest| {
+            self.mint(request)
+                .map_err(|error| OAuthError::Server(error.to_string()))
+        };
+        Ok(CodeTokens {
+            access_token: sign(&access)?,
+            id_token: sign(&id)?,
+            token_type: "Bearer".to_owned(),
+            expires_in: FLOW_TOKEN_TTL_SECONDS,
+        })
     }
 
     /// The claims a token for `request` carries, as of `now` (Unix seconds).
@@ -418,6 +806,38 @@ impl DevIssuer {
         }
         Ok(claims)
     }
+}
+
+fn required<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, OAuthError> {
+    match value {
+        Some(value) if !value.is_empty() => {
+            optional(name, Some(value))?;
+            Ok(value)
+        }
+        _ => Err(OAuthError::InvalidRequest(format!("{name} is required"))),
+    }
+}
+
+fn optional<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str>, OAuthError> {
+    match value {
+        Some(value) if value.len() > MAX_PARAM_LEN && name != "redirect_uri" => Err(
+            OAuthError::InvalidRequest(format!("{name} is longer than {MAX_PARAM_LEN} bytes")),
+        ),
+        Some(value) if value.len() > MAX_STRING_LEN => Err(OAuthError::InvalidRequest(format!(
+            "{name} is longer than {MAX_STRING_LEN} bytes"
+        ))),
+        Some("") | None => Ok(None),
+        Some(value) => Ok(Some(value)),
+    }
+}
+
+fn is_base64url_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'
+}
+
+/// Compares without an early exit, so timing does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn check_string<'a>(what: &str, value: &'a str) -> Result<&'a str, MintError> {
@@ -757,5 +1177,331 @@ mod tests {
                 ..ok
             })
             .is_ok());
+    }
+
+    fn issuer_at(dir: &tempfile::TempDir) -> DevIssuer {
+        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into()).unwrap()
+    }
+
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    // RFC 7636 appendix B: the challenge of the verifier above.
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn params() -> AuthorizeParams {
+        AuthorizeParams {
+            response_type: Some("code".into()),
+            client_id: Some("warden-approvals".into()),
+            redirect_uri: Some("http://127.0.0.1:8080/approvals".into()),
+            state: Some("st".into()),
+            nonce: Some("n-0S6".into()),
+            code_challenge: Some(CHALLENGE.into()),
+            code_challenge_method: Some("S256".into()),
+            scope: Some("openid email".into()),
+        }
+    }
+
+    fn exchange(code: &str) -> CodeExchange {
+        CodeExchange {
+            grant_type: Some("authorization_code".into()),
+            code: Some(code.into()),
+            redirect_uri: Some("http://127.0.0.1:8080/approvals".into()),
+            client_id: Some("warden-approvals".into()),
+            code_verifier: Some(VERIFIER.into()),
+        }
+    }
+
+    fn alice() -> SignIn {
+        SignIn {
+            sub: "alice".into(),
+            email: Some("alice@example.com".into()),
+            groups: vec!["security".into()],
+        }
+    }
+
+    fn payload(token: &str) -> Value {
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_code_flow_issues_tokens_for_the_signed_in_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        assert_eq!(code.len(), 43);
+        let tokens = issuer.exchange_code(&exchange(&code)).unwrap();
+        assert_eq!(tokens.token_type, "Bearer");
+        assert_eq!(tokens.expires_in, FLOW_TOKEN_TTL_SECONDS);
+        let access = payload(&tokens.access_token);
+        assert_eq!(access["aud"], "warden");
+        assert_eq!(access["sub"], "alice");
+        assert_eq!(access["groups"], json!(["security"]));
+        assert_eq!(access["email"], "alice@example.com");
+        assert_eq!(access["iss"], "http://127.0.0.1:8080/dev");
+        assert!(access.get("nonce").is_none());
+        let id = payload(&tokens.id_token);
+        assert_eq!(id["aud"], "warden-approvals");
+        assert_eq!(id["nonce"], "n-0S6");
+        assert_eq!(id["azp"], "warden-approvals");
+        assert!(!format!("{tokens:?}").contains(&tokens.access_token));
+    }
+
+    #[test]
+    fn a_code_is_used_once_even_when_the_first_try_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        issuer.exchange_code(&exchange(&code)).unwrap();
+        let replay = issuer.exchange_code(&exchange(&code)).unwrap_err();
+        assert_eq!(replay.code(), "invalid_grant");
+
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let wrong = CodeExchange {
+            code_verifier: Some("x".repeat(43)),
+            ..exchange(&code)
+        };
+        assert_eq!(
+            issuer.exchange_code(&wrong).unwrap_err().code(),
+            "invalid_grant"
+        );
+        // The right verifier comes too late: the code is gone.
+        assert_eq!(
+            issuer.exchange_code(&exchange(&code)).unwrap_err().code(),
+            "invalid_grant"
+        );
+    }
+
+    #[test]
+    fn a_code_is_bound_to_its_client_redirect_and_challenge_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let tampered: [fn(CodeExchange) -> CodeExchange; 4] = [
+            |e| CodeExchange {
+                redirect_uri: Some("http://127.0.0.1:8080/approvals/other".into()),
+                ..e
+            },
+            |e| CodeExchange {
+                client_id: Some("other-client".into()),
+                ..e
+            },
+            |e| CodeExchange {
+                // A valid verifier, but not the one the challenge was made from.
+                code_verifier: Some(CHALLENGE.into()),
+                ..e
+            },
+            |e| CodeExchange {
+                code: Some("made-up".into()),
+                ..e
+            },
+        ];
+        for tamper in tampered {
+            let code = issuer.issue_code(&authorize, alice()).unwrap();
+            let error = issuer.exchange_code(&tamper(exchange(&code))).unwrap_err();
+            assert_eq!(error.code(), "invalid_grant", "{error}");
+        }
+
+        let code = issuer.issue_code_at(&authorize, alice(), 1_000).unwrap();
+        let error = issuer
+            .exchange_code_at(&exchange(&code), 1_000 + CODE_TTL_SECONDS)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            OAuthError::InvalidGrant("the code has expired".into())
+        );
+        let code = issuer.issue_code_at(&authorize, alice(), 1_000).unwrap();
+        assert!(issuer
+            .exchange_code_at(&exchange(&code), 1_000 + CODE_TTL_SECONDS - 1)
+            .is_ok());
+    }
+
+    #[test]
+    fn token_requests_are_checked_before_any_code_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let cases = [
+            (
+                CodeExchange {
+                    grant_type: Some("password".into()),
+                    ..exchange(&code)
+                },
+                "unsupported_grant_type",
+            ),
+            (
+                CodeExchange {
+                    code_verifier: None,
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+            (
+                CodeExchange {
+                    code_verifier: Some("short".into()),
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+            (
+                CodeExchange {
+                    code_verifier: Some(format!("{}!", &VERIFIER[1..])),
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+            (
+                CodeExchange {
+                    client_id: None,
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(issuer.exchange_code(&request).unwrap_err().code(), expected);
+        }
+        assert!(issuer.exchange_code(&exchange(&code)).is_ok());
+    }
+
+    #[test]
+    fn authorization_requests_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let cases: Vec<(AuthorizeParams, &str)> = vec![
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://evil.example/approvals".into()),
+                    ..params()
+                },
+                "own origin",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://127.0.0.1:8081/approvals".into()),
+                    ..params()
+                },
+                "own origin",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("https://127.0.0.1:8080/approvals".into()),
+                    ..params()
+                },
+                "own origin",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("//evil.example/x".into()),
+                    ..params()
+                },
+                "absolute",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://u:p@127.0.0.1:8080/approvals".into()),
+                    ..params()
+                },
+                "credentials",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://127.0.0.1:8080/approvals#x".into()),
+                    ..params()
+                },
+                "fragment",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: None,
+                    ..params()
+                },
+                "redirect_uri is required",
+            ),
+            (
+                AuthorizeParams {
+                    code_challenge_method: Some("plain".into()),
+                    ..params()
+                },
+                "S256",
+            ),
+            (
+                AuthorizeParams {
+                    code_challenge_method: None,
+                    code_challenge: None,
+                    ..params()
+                },
+                "PKCE is required",
+            ),
+            (
+                AuthorizeParams {
+                    code_challenge: Some("abc".into()),
+                    ..params()
+                },
+                "43-character",
+            ),
+            (
+                AuthorizeParams {
+                    scope: Some("email".into()),
+                    ..params()
+                },
+                "openid",
+            ),
+            (
+                AuthorizeParams {
+                    client_id: None,
+                    ..params()
+                },
+                "client_id is required",
+            ),
+            (
+                AuthorizeParams {
+                    state: Some("s".repeat(MAX_PARAM_LEN + 1)),
+                    ..params()
+                },
+                "longer",
+            ),
+        ];
+        for (request, expected) in cases {
+            let error = issuer.check_authorize(&request).unwrap_err();
+            assert!(error.to_string().contains(expected), "{request:?}: {error}");
+        }
+        let token_flow = AuthorizeParams {
+            response_type: Some("token".into()),
+            ..params()
+        };
+        assert_eq!(
+            issuer.check_authorize(&token_flow).unwrap_err(),
+            OAuthError::UnsupportedResponseType
+        );
+        // The sign-in form's fields are checked too.
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let nobody = SignIn {
+            sub: " ".into(),
+            ..alice()
+        };
+        assert_eq!(
+            issuer.issue_code(&authorize, nobody).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn discovery_names_the_code_flow() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = issuer_at(&dir).discovery_document();
+        assert_eq!(
+            doc["authorization_endpoint"],
+            "http://127.0.0.1:8080/dev/authorize"
+        );
+        assert_eq!(
+            doc["token_endpoint"],
+            "http://127.0.0.1:8080/dev/oauth/token"
+        );
+        assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+        assert_eq!(doc["response_types_supported"], json!(["code"]));
     }
 }
