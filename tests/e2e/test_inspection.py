@@ -105,7 +105,8 @@ def tokenizing_stack(tmp_path_factory):
     s = Stack.start(Ports.free(), tmp_path_factory.mktemp("tok"), filter_config=custom_policy([
         {"name": "email", "detect": "email", "action": "tokenize", "level": "internal"},
         {"name": "source-keys", "detect": ["github_token", "aws_access_key_id"], "action": "block"},
-        {"name": "dump", "keywords": ["production database dump"], "action": "require_approval"},
+        {"name": "dump", "keywords": ["production database dump"], "action": "require_approval",
+         "approval": {"approvers": ["security"]}},
     ]))
     yield s
     s.stop()

@@ -20,8 +20,22 @@
 //!   - {name: email, detect: email, action: tokenize, level: internal}
 //!   - {name: cloud-keys, detect: [aws_access_key_id, github_token, private_key], action: block}
 //!   - {name: customer-id, regex: 'CUST-(?P<id>[0-9]{8})', group: id, action: hash, level: confidential}
+//!   - name: prod-dump
+//!     keywords: ["production database dump"]
+//!     action: require_approval
+//!     approval: {mode: ticket}     # overrides the defaults below
 //! over_clearance: rule_action   # or block, require_approval
+//! approval:                     # defaults for every approval
+//!   approvers: [security]       # groups whose members may decide (never their own request)
+//!   mode: hold                  # hold: the request waits; ticket: 403 now, passes once approved
+//!   timeout_seconds: 60         # hold: how long the request waits
+//!   ttl_seconds: 3600           # how long an approval may be decided and then used
+//! record: metadata              # off | metadata | masked (what the audit trail keeps)
 //! ```
+//!
+//! [`check_document`] lists every problem of a document (with a line for
+//! syntax and type errors, a path such as `rules[2].regex` for the rest);
+//! the control plane maps paths to lines and refuses what the filter would.
 //!
 //! Sensitivity: `public < internal < confidential < restricted`. A finding
 //! whose rule level is at or below the caller's clearance for the
@@ -32,7 +46,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wildmatch::WildMatch;
 
 use crate::auth::Identity;
@@ -44,6 +58,7 @@ use crate::inspect::mask::{Action, Edit};
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     pub version: u32,
@@ -57,9 +72,116 @@ pub struct PolicyDoc {
     pub rules: Vec<RuleDoc>,
     #[serde(default)]
     pub over_clearance: OverClearance,
+    /// Defaults for approvals; a rule's `approval` overrides them field by field.
+    #[serde(default)]
+    pub approval: ApprovalDefaultsDoc,
+    /// What the audit trail keeps of each exchange.
+    #[serde(default)]
+    pub record: Record,
+}
+
+/// How a request that needs an approval is handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalMode {
+    /// The request waits (paused in Envoy) until decided or timed out.
+    #[default]
+    Hold,
+    /// Refused at once with the approval's id; once approved, the same
+    /// request from the same caller passes, once.
+    Ticket,
+}
+
+impl ApprovalMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApprovalMode::Hold => "hold",
+            ApprovalMode::Ticket => "ticket",
+        }
+    }
+}
+
+/// What the audit trail keeps of each exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    /// Nothing beyond the access log.
+    Off,
+    /// Who, what model, the decision and rules: no text.
+    #[default]
+    Metadata,
+    /// The request and response after masking (never the raw text).
+    Masked,
+}
+
+/// Longest hold: a request paused longer than this ties up a connection.
+pub const MAX_HOLD_SECONDS: u32 = 600;
+/// Longest an approval stays usable.
+pub const MAX_APPROVAL_TTL_SECONDS: u32 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDefaultsDoc {
+    /// Groups whose members may decide; nobody decides their own request.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    #[serde(default)]
+    pub mode: ApprovalMode,
+    /// Hold mode: how long the request waits for a decision.
+    #[serde(default = "default_hold_seconds")]
+    pub timeout_seconds: u32,
+    /// How long an approval may be decided and then used.
+    #[serde(default = "default_ttl_seconds")]
+    pub ttl_seconds: u32,
+}
+
+impl Default for ApprovalDefaultsDoc {
+    fn default() -> Self {
+        Self {
+            approvers: Vec::new(),
+            mode: ApprovalMode::default(),
+            timeout_seconds: default_hold_seconds(),
+            ttl_seconds: default_ttl_seconds(),
+        }
+    }
+}
+
+fn default_hold_seconds() -> u32 {
+    60
+}
+fn default_ttl_seconds() -> u32 {
+    3600
+}
+
+/// A rule's own approval settings; unset fields take the policy's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDoc {
+    #[serde(default)]
+    pub approvers: Option<Vec<String>>,
+    #[serde(default)]
+    pub mode: Option<ApprovalMode>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// How one rule's approvals work, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub approvers: Vec<String>,
+    pub mode: ApprovalMode,
+    pub timeout_seconds: u32,
+    pub ttl_seconds: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -70,6 +192,7 @@ pub enum Mode {
 
 /// Sensitivity levels, in order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Public,
@@ -80,6 +203,7 @@ pub enum Level {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OverClearance {
     /// The rule's own action.
@@ -90,6 +214,7 @@ pub enum OverClearance {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Where {
     Request,
@@ -100,6 +225,7 @@ pub enum Where {
 
 /// One name or a list of names.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -116,6 +242,7 @@ impl OneOrMany {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RuleDoc {
     pub name: String,
@@ -148,9 +275,13 @@ pub struct RuleDoc {
     /// Record what the rule would do, change nothing.
     #[serde(default)]
     pub observe: bool,
+    /// Approval settings for this rule (see the policy's `approval`).
+    #[serde(default)]
+    pub approval: Option<ApprovalDoc>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DefaultsDoc {
     /// The group whose grants apply to a caller in none of the listed
@@ -160,6 +291,7 @@ pub struct DefaultsDoc {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GroupDoc {
     /// Provider names (globs). Default: every provider.
@@ -194,6 +326,7 @@ pub struct Rule {
     groups: Vec<String>,
     models: Vec<WildMatch>,
     pub observe: bool,
+    pub approval: Approval,
 }
 
 /// Which way the text travels.
@@ -212,6 +345,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     detectors: DetectorSet,
     over_clearance: OverClearance,
+    pub record: Record,
 }
 
 /// What one rule does for one request, after scope and clearance.
@@ -275,64 +409,143 @@ impl Denial {
     }
 }
 
+/// One thing wrong with a policy document. Syntax and type errors carry
+/// the line and column; the others a path (`rules[2].regex`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub path: Option<String>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl Problem {
+    fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: Some(path.into()),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{path}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Parses and compiles a policy (YAML or JSON), listing every problem.
+pub fn check_document(bytes: &[u8]) -> Result<Policy, Vec<Problem>> {
+    let syntax = |message: String, line: Option<usize>, column: Option<usize>| {
+        vec![Problem {
+            path: None,
+            line,
+            column,
+            message,
+        }]
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| syntax(format!("the policy is not UTF-8: {e}"), None, None))?;
+    if text.trim().is_empty() {
+        return Err(syntax("the policy is empty".into(), None, None));
+    }
+    let doc: PolicyDoc = serde_yaml_ng::from_str(text).map_err(|e| {
+        let at = e.location();
+        syntax(
+            e.to_string(),
+            at.as_ref().map(|l| l.line()),
+            at.as_ref().map(|l| l.column()),
+        )
+    })?;
+    Policy::check(doc)
+}
+
+/// The JSON Schema of a policy document, for editors and the control plane.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(PolicyDoc)).unwrap_or_default()
+}
+
 impl Policy {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ConfigError> {
         Self::compile(parse_document::<PolicyDoc>(bytes)?)
     }
 
+    /// [`Policy::check`] with the problems joined into one error.
     pub fn compile(doc: PolicyDoc) -> Result<Self, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid(format!("policy: {m}"));
+        Self::check(doc).map_err(|problems| {
+            let all: Vec<String> = problems.iter().map(Problem::to_string).collect();
+            ConfigError::Invalid(format!("policy: {}", all.join("; ")))
+        })
+    }
+
+    /// Compiles a parsed document, listing every problem rather than the first.
+    pub fn check(doc: PolicyDoc) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
         if doc.version != SCHEMA_VERSION {
-            return Err(invalid(format!(
-                "version {} is not supported (this filter understands version {SCHEMA_VERSION})",
-                doc.version
-            )));
+            problems.push(Problem::at(
+                "version",
+                format!(
+                    "version {} is not supported (this filter understands version {SCHEMA_VERSION})",
+                    doc.version
+                ),
+            ));
         }
         let mut groups = BTreeMap::new();
         for (name, g) in doc.groups {
             if name.is_empty() {
-                return Err(invalid("a group name is empty".into()));
+                problems.push(Problem::at("groups", "a group name is empty"));
+                continue;
             }
-            let globs = |what: &str, items: &[String]| -> Result<Vec<WildMatch>, ConfigError> {
-                items
-                    .iter()
-                    .map(|p| {
-                        if p.is_empty() {
-                            Err(invalid(format!("groups.{name}.{what}: an entry is empty")))
-                        } else {
-                            Ok(WildMatch::new(p))
-                        }
-                    })
-                    .collect()
+            let mut globs = |what: &str, items: &[String]| -> Vec<WildMatch> {
+                if items.iter().any(String::is_empty) {
+                    problems.push(Problem::at(
+                        format!("groups.{name}.{what}"),
+                        "an entry is empty",
+                    ));
+                }
+                items.iter().map(|p| WildMatch::new(p)).collect()
             };
+            let providers = globs("providers", &g.providers);
+            let models = globs("models", &g.models);
             let clearance = g
                 .clearance
                 .iter()
                 .map(|(dest, level)| (dest.clone(), WildMatch::new(dest), *level))
                 .collect();
-            let group = Group {
-                providers: globs("providers", &g.providers)?,
-                models: globs("models", &g.models)?,
-                clearance,
-            };
-            groups.insert(name, group);
+            groups.insert(
+                name,
+                Group {
+                    providers,
+                    models,
+                    clearance,
+                },
+            );
         }
         if let Some(d) = &doc.defaults.group {
             if !groups.contains_key(d) {
-                return Err(invalid(format!(
-                    "defaults.group names {d:?}, which is not in `groups`"
-                )));
+                problems.push(Problem::at(
+                    "defaults.group",
+                    format!("names {d:?}, which is not in `groups`"),
+                ));
             }
         }
+        check_approval_defaults(&doc.approval, &mut problems);
         let mut rules = Vec::with_capacity(doc.rules.len());
         let mut specs = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         for (i, r) in doc.rules.into_iter().enumerate() {
-            let at = format!("rules[{i}] ({:?})", r.name);
+            let at = format!("rules[{i}]");
             if r.name.is_empty() || !names.insert(r.name.clone()) {
-                return Err(invalid(format!(
-                    "{at}: a rule needs a unique, non-empty name"
-                )));
+                problems.push(Problem::at(
+                    format!("{at}.name"),
+                    format!("{:?}: a rule needs a unique, non-empty name", r.name),
+                ));
             }
             let label = r
                 .label
@@ -340,16 +553,27 @@ impl Policy {
                 .unwrap_or_else(|| r.name.to_ascii_uppercase().replace('-', "_"));
             let before = specs.len();
             for d in r.detect.map(OneOrMany::into_vec).unwrap_or_default() {
-                let builtin = Builtin::from_name(&d).ok_or_else(|| {
-                    let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
-                    invalid(format!(
-                        "{at}: unknown detector {d:?}; known: {}",
-                        known.join(", ")
-                    ))
-                })?;
-                specs.push((i, MatcherSpec::Builtin(builtin)));
+                match Builtin::from_name(&d) {
+                    Some(builtin) => specs.push((i, MatcherSpec::Builtin(builtin))),
+                    None => {
+                        let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+                        problems.push(Problem::at(
+                            format!("{at}.detect"),
+                            format!("unknown detector {d:?}; known: {}", known.join(", ")),
+                        ));
+                        // Counted as a matcher so the rule is not also
+                        // reported as having none.
+                        specs.push((i, MatcherSpec::Builtin(Builtin::ALL[0])));
+                    }
+                }
             }
             if let Some(pattern) = r.regex {
+                check_regex(
+                    &pattern,
+                    r.group.as_deref(),
+                    &format!("{at}.regex"),
+                    &mut problems,
+                );
                 specs.push((
                     i,
                     MatcherSpec::Regex {
@@ -359,11 +583,14 @@ impl Policy {
                     },
                 ));
             } else if r.group.is_some() {
-                return Err(invalid(format!("{at}: `group` needs a `regex`")));
+                problems.push(Problem::at(
+                    format!("{at}.group"),
+                    "`group` needs a `regex`",
+                ));
             }
             if let Some(words) = r.keywords {
                 if words.iter().any(|w| w.trim().is_empty()) {
-                    return Err(invalid(format!("{at}: a keyword is empty")));
+                    problems.push(Problem::at(format!("{at}.keywords"), "a keyword is empty"));
                 }
                 specs.push((
                     i,
@@ -374,9 +601,23 @@ impl Policy {
                 ));
             }
             if specs.len() == before {
-                return Err(invalid(format!(
-                    "{at}: give `detect`, `regex` or `keywords`"
-                )));
+                problems.push(Problem::at(
+                    at.clone(),
+                    "give `detect`, `regex` or `keywords`",
+                ));
+            }
+            let approval = resolve_approval(&doc.approval, r.approval.as_ref());
+            let may_need_approval = r.action == Action::RequireApproval
+                || (doc.over_clearance == OverClearance::RequireApproval
+                    && r.action != Action::LogOnly);
+            if let Some(own) = &r.approval {
+                check_approval_overrides(own, &format!("{at}.approval"), &mut problems);
+            }
+            if may_need_approval && approval.approvers.iter().all(|g| g.trim().is_empty()) {
+                problems.push(Problem::at(
+                    format!("{at}.approval.approvers"),
+                    "this rule may require an approval: name the approver groups here or in the policy's `approval.approvers`",
+                ));
             }
             rules.push(Rule {
                 name: r.name,
@@ -386,9 +627,14 @@ impl Policy {
                 groups: r.groups,
                 models: r.models.iter().map(|m| WildMatch::new(m)).collect(),
                 observe: r.observe,
+                approval,
             });
         }
-        let detectors = DetectorSet::compile(&specs).map_err(|e| invalid(format!("rules: {e}")))?;
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let detectors =
+            DetectorSet::compile(&specs).map_err(|e| vec![Problem::at("rules", e.to_string())])?;
         Ok(Self {
             groups,
             default_group: doc.defaults.group,
@@ -396,6 +642,7 @@ impl Policy {
             rules,
             detectors,
             over_clearance: doc.over_clearance,
+            record: doc.record,
         })
     }
 
@@ -574,6 +821,81 @@ impl Policy {
     }
 }
 
+/// Compiles a custom pattern on its own, so its problem names its rule.
+fn check_regex(pattern: &str, group: Option<&str>, path: &str, problems: &mut Vec<Problem>) {
+    match regex::Regex::new(pattern) {
+        Err(e) => problems.push(Problem::at(
+            path,
+            format!("not a valid regular expression: {e}"),
+        )),
+        Ok(re) => {
+            if let Some(g) = group {
+                if !re.capture_names().flatten().any(|n| n == g) {
+                    problems.push(Problem::at(
+                        path,
+                        format!("has no group named {g:?} (see `group`)"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_times(timeout: Option<u32>, ttl: Option<u32>, path: &str, problems: &mut Vec<Problem>) {
+    if let Some(t) = timeout {
+        if t == 0 || t > MAX_HOLD_SECONDS {
+            problems.push(Problem::at(
+                format!("{path}.timeout_seconds"),
+                format!("must be 1..={MAX_HOLD_SECONDS}"),
+            ));
+        }
+    }
+    if let Some(t) = ttl {
+        if t == 0 || t > MAX_APPROVAL_TTL_SECONDS {
+            problems.push(Problem::at(
+                format!("{path}.ttl_seconds"),
+                format!("must be 1..={MAX_APPROVAL_TTL_SECONDS}"),
+            ));
+        }
+    }
+}
+
+fn check_approval_defaults(doc: &ApprovalDefaultsDoc, problems: &mut Vec<Problem>) {
+    check_times(
+        Some(doc.timeout_seconds),
+        Some(doc.ttl_seconds),
+        "approval",
+        problems,
+    );
+    if doc.approvers.iter().any(|g| g.trim().is_empty()) {
+        problems.push(Problem::at("approval.approvers", "an entry is empty"));
+    }
+}
+
+fn check_approval_overrides(doc: &ApprovalDoc, path: &str, problems: &mut Vec<Problem>) {
+    check_times(doc.timeout_seconds, doc.ttl_seconds, path, problems);
+    if doc
+        .approvers
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|g| g.trim().is_empty()))
+    {
+        problems.push(Problem::at(
+            format!("{path}.approvers"),
+            "an entry is empty",
+        ));
+    }
+}
+
+fn resolve_approval(defaults: &ApprovalDefaultsDoc, own: Option<&ApprovalDoc>) -> Approval {
+    let own = own.cloned().unwrap_or_default();
+    Approval {
+        approvers: own.approvers.unwrap_or_else(|| defaults.approvers.clone()),
+        mode: own.mode.unwrap_or(defaults.mode),
+        timeout_seconds: own.timeout_seconds.unwrap_or(defaults.timeout_seconds),
+        ttl_seconds: own.ttl_seconds.unwrap_or(defaults.ttl_seconds),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,6 +1001,7 @@ rules:
   - {name: customer, regex: 'CUST-(?P<id>[0-9]{8})', group: id, action: hash, level: confidential}
   - {name: dump, keywords: ["production database dump"], action: require_approval, groups: [contractors]}
   - {name: audit-only, keywords: [merger], action: log_only, level: public}
+approval: {approvers: [security]}
 "#;
 
     fn rules_of(
@@ -816,5 +1139,69 @@ rules:
             err("version: 1\nrules: [{name: a, detect: email, action: shred}]\n").contains("shred")
         );
         assert!(err("version: 1\nrules: [{name: a, detect: email, action: mask}, {name: a, detect: email, action: mask}]\n").contains("unique"));
+    }
+
+    #[test]
+    fn check_document_lists_every_problem_with_a_path_or_a_line() {
+        let doc = r#"
+version: 1
+groups:
+  eng: {models: ["", "gpt-*"]}
+defaults: {group: nobody}
+rules:
+  - {name: a, detect: emial, action: mask}
+  - {name: a, regex: '(unclosed', action: mask}
+  - {name: c, regex: 'x(?P<v>y)', group: w, action: hash}
+  - {name: d, keywords: [dump], action: require_approval, approval: {timeout_seconds: 0}}
+"#;
+        let problems = check_document(doc.as_bytes()).unwrap_err();
+        let paths: Vec<&str> = problems.iter().filter_map(|p| p.path.as_deref()).collect();
+        for expected in [
+            "groups.eng.models",
+            "defaults.group",
+            "rules[0].detect",
+            "rules[1].name",
+            "rules[1].regex",
+            "rules[2].regex",
+            "rules[3].approval.timeout_seconds",
+            "rules[3].approval.approvers",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        let typo = check_document(
+            b"version: 1
+rules:
+  - {name: a, detect: email, acton: mask}
+",
+        )
+        .unwrap_err();
+        assert_eq!(typo.len(), 1);
+        assert_eq!(typo[0].line, Some(3), "{typo:?}");
+        assert!(typo[0].message.contains("acton"), "{typo:?}");
+    }
+
+    #[test]
+    fn approvals_take_the_policy_defaults_field_by_field() {
+        let doc = r#"
+version: 1
+approval: {approvers: [security], mode: hold, timeout_seconds: 30}
+rules:
+  - {name: dump, keywords: [dump], action: require_approval, approval: {mode: ticket}}
+  - {name: mail, detect: email, action: mask}
+"#;
+        let p = check_document(doc.as_bytes()).unwrap();
+        assert_eq!(
+            p.rules[0].approval,
+            Approval {
+                approvers: vec!["security".into()],
+                mode: ApprovalMode::Ticket,
+                timeout_seconds: 30,
+                ttl_seconds: 3600
+            }
+        );
+        assert_eq!(p.record, Record::Metadata);
     }
 }

@@ -14,6 +14,7 @@ use sha2::Sha256;
 
 /// What a rule does with what it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// `[EMAIL]`
