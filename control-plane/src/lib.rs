@@ -29,3 +29,4 @@ pub mod dev_issuer;
 pub mod error;
 pub mod server;
 pub mod store;
+pub mod web;

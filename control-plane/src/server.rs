@@ -189,6 +189,7 @@ pub fn app(state: AppState) -> Router {
             .route("/dev/token", post(dev_token));
     }
     router
+        .merge(crate::web::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
