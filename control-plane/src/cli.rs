@@ -7,7 +7,13 @@
 //! warden token --sub alice [--groups engineering,finance] [--group X]… [--email E]
 //!              [--ttl 1h|30m|3600s|90] [--audience A] [--issuer URL]
 //!              [--alg RS256|ES256|EdDSA] [--claim key=value]… [--server URL]
+//! warden policy validate FILE | push FILE -m WHY [--no-activate] | list | show V
+//!               | diff A B | activate V          [--server URL] [--token T] [--json]
+//! warden approvals list [--status S] | show ID | approve ID [--reason R]
+//!                  | deny ID --reason R           [--server URL] [--token T] [--json]
 //! ```
+//!
+//! The policy and approvals verbs live in [`crate::client`].
 //!
 //! `warden token` prints only the token on stdout, so
 //! `TOKEN=$(warden token --sub alice)` works; every message goes to stderr
@@ -24,6 +30,7 @@ use serde_json::{Map, Value};
 use crate::dev_issuer::{SigningAlg, TokenRequest, TokenResponse, MAX_TTL_SECONDS};
 use crate::error::ErrorBody;
 use crate::server::{self, ServerConfig};
+use crate::webhook::WebhookFormat;
 
 /// Default address of the control plane for client verbs.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -45,6 +52,10 @@ pub enum Command {
     /// Mint a development token from a control plane started with `--dev`,
     /// and print it on stdout.
     Token(TokenArgs),
+    /// Policy versions: validate, push, list, show, diff, activate.
+    Policy(PolicyArgs),
+    /// Just-in-time approvals: list, show, approve, deny.
+    Approvals(ApprovalsArgs),
 }
 
 /// `warden serve`.
@@ -72,6 +83,156 @@ pub struct ServeArgs {
     /// The dev issuer is <public-url>/dev.
     #[arg(long, env = "WARDEN_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// Secret the gateways send in `x-warden-gateway-key`. Without it the
+    /// gateway endpoints answer 503.
+    #[arg(long, env = "WARDEN_GATEWAY_SECRET", hide_env_values = true)]
+    pub gateway_secret: Option<String>,
+
+    /// Trusted OIDC issuer for people's tokens (keys from its discovery
+    /// document); may be repeated. `--dev` adds the dev issuer.
+    #[arg(long = "issuer", value_name = "URL")]
+    pub issuers: Vec<String>,
+
+    /// Accepted audience of people's tokens; may be repeated.
+    #[arg(long = "audience", value_name = "AUD", default_values_t = [server::DEFAULT_AUDIENCE.to_owned()])]
+    pub audiences: Vec<String>,
+
+    /// Group whose members may publish and activate policies.
+    #[arg(long, env = "WARDEN_ADMIN_GROUP", default_value = server::DEFAULT_ADMIN_GROUP)]
+    pub admin_group: String,
+
+    /// OAuth client id of the approvers' page (ID tokens carry it as `aud`).
+    #[arg(long, default_value = server::DEFAULT_UI_CLIENT_ID)]
+    pub ui_client_id: String,
+
+    /// Issuer the approvers' page signs in with [default: the dev issuer with --dev].
+    #[arg(long, value_name = "URL")]
+    pub ui_issuer: Option<String>,
+
+    /// POST new approvals to this URL.
+    #[arg(
+        long,
+        env = "WARDEN_APPROVAL_WEBHOOK",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub approval_webhook: Option<String>,
+
+    /// Body of the webhook: json, or slack (`{"text": …}`, without the prompt).
+    #[arg(long, value_enum, default_value = "json")]
+    pub approval_webhook_format: WebhookFormat,
+}
+
+/// Where the client verbs find the control plane, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Control plane URL.
+    #[arg(long, global = true, env = "WARDEN_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+
+    /// Your identity token (from your IdP; `warden token` in development).
+    #[arg(long, global = true, env = "WARDEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `warden policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file offline with the filter's own compiler; one line
+    /// per problem (`FILE:LINE:COL: message`), exit 1 if any.
+    Validate {
+        /// The YAML file.
+        file: PathBuf,
+    },
+    /// Publish a policy file as a new version (and make it active).
+    Push {
+        /// The YAML file.
+        file: PathBuf,
+        /// Why this version is published.
+        #[arg(short, long)]
+        message: String,
+        /// Publish without making it active.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// List every version, newest first.
+    List,
+    /// Print one version's document (metadata as YAML comments).
+    Show {
+        /// Version number.
+        version: i64,
+    },
+    /// Unified diff between two versions.
+    Diff {
+        /// The old version.
+        a: i64,
+        /// The new version.
+        b: i64,
+    },
+    /// Make a version the active one (rollback: activate an older version).
+    Activate {
+        /// Version number.
+        version: i64,
+    },
+}
+
+/// `warden approvals`.
+#[derive(Debug, Args)]
+pub struct ApprovalsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ApprovalsCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden approvals …`.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Approvals you may decide, and your own requests, newest first.
+    List {
+        /// pending, approved, denied, expired, consumed or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+    },
+    /// One approval.
+    Show {
+        /// The approval id (apr_…).
+        id: String,
+    },
+    /// Approve a pending request.
+    Approve {
+        /// The approval id (apr_…).
+        id: String,
+        /// Why (recorded, shown to the requester).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a pending request.
+    Deny {
+        /// The approval id (apr_…).
+        id: String,
+        /// Why (required; recorded and shown to the requester).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `warden token`.
@@ -289,7 +450,7 @@ pub async fn request_token(server: &str, request: &TokenRequest) -> Result<Strin
 pub fn run(cli: Cli) -> ExitCode {
     let default_filter = match cli.command {
         Command::Serve(_) => "info",
-        Command::Token(_) => "warn",
+        _ => "warn",
     };
     init_tracing(default_filter);
 
@@ -297,7 +458,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
-        Command::Token(_) => tokio::runtime::Builder::new_current_thread()
+        _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     };
@@ -311,12 +472,14 @@ pub fn run(cli: Cli) -> ExitCode {
 
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Token(args) => token(&args).await,
+            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Token(args) => token(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Policy(args) => crate::client::policy(args).await,
+            Command::Approvals(args) => crate::client::approvals(args).await,
         }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -330,6 +493,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         database_url: args.database_url,
         dev: args.dev,
         public_url: args.public_url.unwrap_or_default(),
+        gateway_secret: args.gateway_secret.filter(|s| !s.is_empty()),
+        issuers: args.issuers,
+        audiences: args.audiences,
+        admin_group: args.admin_group,
+        ui_client_id: args.ui_client_id,
+        ui_issuer: args.ui_issuer,
+        approval_webhook: args.approval_webhook.filter(|s| !s.is_empty()),
+        approval_webhook_format: args.approval_webhook_format,
     };
     server::serve(&args.listen, config)
         .await

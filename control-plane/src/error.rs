@@ -49,6 +49,23 @@ pub enum ApiError {
     /// Anything else that went wrong on our side. The detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A refusal with its own status and stable code (`not_an_approver`,
+    /// `approval_used`, `gateway_secret_unset`, ...). The message describes the
+    /// caller's situation and is sent as is.
+    #[error("{code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Safe to show to the caller.
+        message: String,
+    },
+
+    /// A policy document that does not compile: 422 with every problem.
+    #[error("invalid policy ({} problems)", .0.len())]
+    InvalidPolicy(Vec<crate::policies::Problem>),
 }
 
 /// The JSON body of every error response.
@@ -56,6 +73,9 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
+    /// For `invalid_policy`: every problem, with line, column and path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<crate::policies::Problem>>,
 }
 
 /// The `error` member of [`ErrorBody`].
@@ -78,6 +98,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Refused { status, .. } => *status,
+            ApiError::InvalidPolicy(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -91,6 +113,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::DatabaseUnavailable(_) => "database_unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::Refused { code, .. } => code,
+            ApiError::InvalidPolicy(_) => "invalid_policy",
         }
     }
 
@@ -100,11 +124,18 @@ impl ApiError {
         match self {
             ApiError::BadRequest(message)
             | ApiError::UnsupportedMediaType(message)
-            | ApiError::NotFound(message) => message.clone(),
+            | ApiError::NotFound(message)
+            | ApiError::Refused { message, .. } => message.clone(),
             ApiError::PayloadTooLarge => "the request body is too large".to_owned(),
             ApiError::MethodNotAllowed => "this method is not allowed on this path".to_owned(),
             ApiError::DatabaseUnavailable(_) => "the database is not available".to_owned(),
             ApiError::Internal(_) => "internal server error".to_owned(),
+            ApiError::InvalidPolicy(problems) => match problems.first() {
+                Some(first) if problems.len() == 1 => {
+                    format!("the policy is invalid: {}", first.message)
+                }
+                _ => format!("the policy is invalid ({} problems)", problems.len()),
+            },
         }
     }
 
@@ -115,6 +146,19 @@ impl ApiError {
                 code: self.code().to_owned(),
                 message: self.public_message(),
             },
+            problems: match self {
+                ApiError::InvalidPolicy(problems) => Some(problems.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// A refusal with `status` and `code`.
+    pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Refused {
+            status,
+            code,
+            message: message.into(),
         }
     }
 }

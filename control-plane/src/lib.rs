@@ -24,9 +24,15 @@
 //!   bound to loopback; **never use `--dev` in production**.
 //! * Tokens, key material and database URLs are never logged.
 
+pub mod api;
+pub mod approvals;
 pub mod cli;
+pub mod client;
 pub mod dev_issuer;
 pub mod error;
+pub mod policies;
 pub mod server;
 pub mod store;
+pub mod user_auth;
 pub mod web;
+pub mod webhook;

@@ -40,6 +40,8 @@ use crate::dev_issuer::{
 };
 use crate::error::ApiError;
 use crate::store::{DatabaseTarget, Store, StoreError};
+use crate::user_auth::{TrustConfig, UserAuth};
+use crate::webhook::{redact, Webhook, WebhookFormat};
 
 /// How long `/healthz` waits for the database before answering 503.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,6 +52,23 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What the server needs to start, taken from the command line.
 #[derive(Clone)]
 pub struct ServerConfig {
+    /// The secret gateways send in `x-warden-gateway-key`; gateway endpoints
+    /// answer 503 without one.
+    pub gateway_secret: Option<String>,
+    /// Trusted OIDC issuers for people's tokens (keys by discovery).
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values of people's tokens (besides `ui_client_id`).
+    pub audiences: Vec<String>,
+    /// Members may publish and activate policies.
+    pub admin_group: String,
+    /// The approvers' page's OAuth client id; ID tokens carry it as `aud`.
+    pub ui_client_id: String,
+    /// The issuer the page signs in with; default: the dev issuer with `--dev`.
+    pub ui_issuer: Option<String>,
+    /// Where new approvals are announced.
+    pub approval_webhook: Option<String>,
+    /// The webhook's body shape.
+    pub approval_webhook_format: WebhookFormat,
     /// Where the SQLite database and the dev issuer's keys live; created if missing.
     pub data_dir: PathBuf,
     /// `postgres://…` to use PostgreSQL instead of SQLite in `data_dir`.
@@ -72,7 +91,70 @@ impl fmt::Debug for ServerConfig {
             )
             .field("dev", &self.dev)
             .field("public_url", &self.public_url)
+            .field(
+                "gateway_secret",
+                &self.gateway_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("admin_group", &self.admin_group)
+            .field("ui_client_id", &self.ui_client_id)
+            .field("ui_issuer", &self.ui_issuer)
+            .field(
+                "approval_webhook",
+                &self.approval_webhook.as_deref().map(redact),
+            )
+            .field("approval_webhook_format", &self.approval_webhook_format)
             .finish()
+    }
+}
+
+/// Default accepted audience of people's tokens.
+pub const DEFAULT_AUDIENCE: &str = "warden";
+/// Default admin group.
+pub const DEFAULT_ADMIN_GROUP: &str = "warden-admins";
+/// Default client id of the approvers' page.
+pub const DEFAULT_UI_CLIENT_ID: &str = "warden-approvals";
+/// Where the approvers' page is served.
+pub const APPROVALS_PATH: &str = "/approvals";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            gateway_secret: None,
+            issuers: Vec::new(),
+            audiences: vec![DEFAULT_AUDIENCE.to_owned()],
+            admin_group: DEFAULT_ADMIN_GROUP.to_owned(),
+            ui_client_id: DEFAULT_UI_CLIENT_ID.to_owned(),
+            ui_issuer: None,
+            approval_webhook: None,
+            approval_webhook_format: WebhookFormat::Json,
+            data_dir: PathBuf::from(".warden"),
+            database_url: None,
+            dev: false,
+            public_url: String::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The approvers' page: `<public_url>/approvals`.
+    pub fn approvals_url(&self) -> String {
+        format!("{}{APPROVALS_PATH}", self.public_url.trim_end_matches('/'))
+    }
+
+    /// The dev issuer's URL (`<public_url>/dev`), with `--dev`.
+    pub fn dev_issuer_url(&self) -> Option<String> {
+        self.dev
+            .then(|| format!("{}{ISSUER_PATH}", self.public_url.trim_end_matches('/')))
+    }
+
+    /// The page's issuer: `ui_issuer`, else the dev issuer with `--dev`.
+    pub fn effective_ui_issuer(&self) -> Option<String> {
+        self.ui_issuer
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .or_else(|| self.dev_issuer_url())
     }
 }
 
@@ -106,6 +188,9 @@ pub enum StartupError {
     /// The dev issuer's keys could not be loaded or created.
     #[error("dev issuer: {0}")]
     DevIssuer(#[from] DevIssuerError),
+    /// The trust or webhook settings are unusable.
+    #[error("{0}")]
+    Settings(String),
     /// A background task failed.
     #[error("startup task failed: {0}")]
     Task(String),
@@ -124,14 +209,70 @@ pub struct AppState {
 struct Inner {
     store: Store,
     dev_issuer: Option<DevIssuer>,
+    config: ServerConfig,
+    users: UserAuth,
+    webhook: Option<Webhook>,
 }
 
 impl AppState {
-    /// Assembles the state from its parts.
-    pub fn new(store: Store, dev_issuer: Option<DevIssuer>) -> Self {
-        AppState {
-            inner: Arc::new(Inner { store, dev_issuer }),
+    /// Assembles the state from its parts: builds the token verifier (the
+    /// dev issuer's keys, `config.issuers`, the page's issuer) and the webhook.
+    pub fn new(
+        store: Store,
+        dev_issuer: Option<DevIssuer>,
+        config: ServerConfig,
+    ) -> Result<Self, StartupError> {
+        let mut issuers = config.issuers.clone();
+        if let Some(ui) = config.ui_issuer.as_ref().filter(|i| !i.trim().is_empty()) {
+            // The page's sign-in issuer is trusted for the tokens it yields.
+            issuers.push(ui.clone());
         }
+        let dev = dev_issuer
+            .as_ref()
+            .map(|d| (d.issuer().to_owned(), d.jwks().clone()));
+        if let Some((dev_url, _)) = &dev {
+            issuers.retain(|i| i.trim_end_matches('/') != dev_url);
+        }
+        let mut audiences = config.audiences.clone();
+        audiences.push(config.ui_client_id.clone());
+        let users = UserAuth::new(&TrustConfig {
+            issuers,
+            dev,
+            audiences,
+            admin_group: config.admin_group.clone(),
+        })
+        .map_err(StartupError::Settings)?;
+        let webhook = match &config.approval_webhook {
+            Some(url) if !url.trim().is_empty() => Some(
+                Webhook::new(url.trim(), config.approval_webhook_format)
+                    .map_err(StartupError::Settings)?,
+            ),
+            _ => None,
+        };
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                store,
+                dev_issuer,
+                config,
+                users,
+                webhook,
+            }),
+        })
+    }
+
+    /// The settings the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The approvers' page URL (`<public_url>/approvals`).
+    pub fn approvals_url(&self) -> String {
+        self.inner.config.approvals_url()
+    }
+
+    /// Verifies people's tokens.
+    pub fn users(&self) -> &UserAuth {
+        &self.inner.users
     }
 
     /// Creates the data directory if needed, opens and migrates the store,
@@ -165,7 +306,18 @@ impl AppState {
         } else {
             None
         };
-        Ok(AppState::new(store, dev_issuer))
+        match AppState::new(store.clone(), dev_issuer, config.clone()) {
+            Ok(state) => Ok(state),
+            Err(error) => {
+                store.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The approval webhook, when configured.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.inner.webhook.as_ref()
     }
 
     /// The database.
@@ -181,7 +333,9 @@ impl AppState {
 
 /// The API router. The `/dev` routes exist only when the state has a dev issuer.
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new().route("/healthz", get(healthz));
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(crate::api::routes());
     if state.dev_issuer().is_some() {
         router = router
             .route("/dev/.well-known/openid-configuration", get(dev_discovery))

@@ -212,6 +212,471 @@ impl Store {
     }
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool the store holds. The SQL
+/// inside must be valid in both dialects (`$N` placeholders work in both).
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// A published policy version, without its document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct PolicyMeta {
+    /// 1, 2, 3, ...: allocated when published, never reused.
+    pub version: i64,
+    /// The publisher's token subject.
+    pub author: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// Hex SHA-256 of the document text.
+    pub sha256: String,
+    /// Why it was published.
+    pub message: String,
+    /// Whether gateways are served this version.
+    pub active: bool,
+}
+
+/// A policy version with its document text.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PolicyVersion {
+    /// The metadata.
+    #[sqlx(flatten)]
+    pub meta: PolicyMeta,
+    /// The YAML text as published.
+    pub document: String,
+}
+
+/// The columns of [`PolicyMeta`], with `created_at` as RFC 3339 text in both dialects.
+const SQLITE_META: &str = "version, author, created_at, sha256, message, active";
+const POSTGRES_META: &str = "version, author, \
+     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
+     sha256, message, active";
+
+/// One approval row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApprovalRow {
+    pub id: String,
+    /// `pending`, `approved` or `denied`.
+    pub status: String,
+    pub mode: String,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub groups_json: String,
+    pub provider: String,
+    /// '' when the request named no model.
+    pub model: String,
+    pub route: String,
+    pub rule: String,
+    pub policy_version: i64,
+    pub body_sha256: String,
+    pub masked_prompt: String,
+    pub approvers_json: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub decided_by_issuer: Option<String>,
+    pub decided_by_subject: Option<String>,
+    pub decided_by_email: Option<String>,
+    pub decided_ms: Option<i64>,
+    pub reason: Option<String>,
+    pub consumed_ms: Option<i64>,
+}
+
+/// What `POST /v1/approvals` found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenOutcome {
+    /// An approved, unexpired, unconsumed approval with the same binding was consumed.
+    Consumed,
+    /// A pending (or denied) one with the same binding already exists.
+    Existing,
+    /// A new pending approval was created.
+    Created,
+}
+
+/// Who decided an approval.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+}
+
+const APPROVAL_COLUMNS: &str = "id, status, mode, issuer, subject, email, groups_json, provider, \
+     model, route, rule, policy_version, body_sha256, masked_prompt, approvers_json, created_ms, \
+     expires_ms, decided_by_issuer, decided_by_subject, decided_by_email, decided_ms, reason, \
+     consumed_ms";
+
+/// How many approvals a list reads at most (newest first).
+pub const LIST_LIMIT: i64 = 1000;
+
+impl Store {
+    /// Publishes `document` as the next version (allocated inside the
+    /// transaction, so concurrent publishers on any replica get distinct
+    /// numbers) and, with `activate`, makes it the active one in the same
+    /// transaction.
+    pub async fn publish_policy(
+        &self,
+        author: &str,
+        message: &str,
+        document: &str,
+        sha256: &str,
+        activate: bool,
+    ) -> Result<PolicyMeta, StoreError> {
+        let insert =
+            "INSERT INTO policy_versions (version, author, sha256, message, document, active) \
+             SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, FALSE FROM policy_versions \
+             RETURNING version";
+        let version: i64 = match self {
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let version: i64 = sqlx::query_scalar(insert)
+                    .bind(author)
+                    .bind(sha256)
+                    .bind(message)
+                    .bind(document)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if activate {
+                    set_active_sqlite(&mut tx, version).await?;
+                }
+                tx.commit().await?;
+                version
+            }
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Serializes writers (readers go on): MAX()+1 and the one-active
+                // swap are then race-free across replicas.
+                sqlx::query("LOCK TABLE policy_versions IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                let version: i64 = sqlx::query_scalar(insert)
+                    .bind(author)
+                    .bind(sha256)
+                    .bind(message)
+                    .bind(document)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if activate {
+                    set_active_postgres(&mut tx, version).await?;
+                }
+                tx.commit().await?;
+                version
+            }
+        };
+        self.policy_meta(version)
+            .await?
+            .ok_or_else(|| StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// Makes `version` the only active version. `None` when there is no such version.
+    pub async fn activate_policy(&self, version: i64) -> Result<Option<PolicyMeta>, StoreError> {
+        let found = match self {
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let found = set_active_sqlite(&mut tx, version).await?;
+                tx.commit().await?;
+                found
+            }
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("LOCK TABLE policy_versions IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                let found = set_active_postgres(&mut tx, version).await?;
+                tx.commit().await?;
+                found
+            }
+        };
+        if !found {
+            return Ok(None);
+        }
+        self.policy_meta(version).await
+    }
+
+    /// Every version, newest first.
+    pub async fn list_policies(&self) -> Result<Vec<PolicyMeta>, StoreError> {
+        let rows = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_as(&format!(
+                    "SELECT {SQLITE_META} FROM policy_versions ORDER BY version DESC"
+                ))
+                .fetch_all(pool)
+                .await?
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_as(&format!(
+                    "SELECT {POSTGRES_META} FROM policy_versions ORDER BY version DESC"
+                ))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// One version's metadata.
+    pub async fn policy_meta(&self, version: i64) -> Result<Option<PolicyMeta>, StoreError> {
+        Ok(self.policy(version).await?.map(|p| p.meta))
+    }
+
+    /// One version with its document.
+    pub async fn policy(&self, version: i64) -> Result<Option<PolicyVersion>, StoreError> {
+        self.policy_where("version = $1", Some(version)).await
+    }
+
+    /// The active version, if any.
+    pub async fn active_policy(&self) -> Result<Option<PolicyVersion>, StoreError> {
+        self.policy_where("active", None).await
+    }
+
+    async fn policy_where(
+        &self,
+        condition: &str,
+        version: Option<i64>,
+    ) -> Result<Option<PolicyVersion>, StoreError> {
+        let row = match self {
+            Store::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {SQLITE_META}, document FROM policy_versions WHERE {condition}"
+                );
+                let mut query = sqlx::query_as(&sql);
+                if let Some(version) = version {
+                    query = query.bind(version);
+                }
+                query.fetch_optional(pool).await?
+            }
+            Store::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {POSTGRES_META}, document FROM policy_versions WHERE {condition}"
+                );
+                let mut query = sqlx::query_as(&sql);
+                if let Some(version) = version {
+                    query = query.bind(version);
+                }
+                query.fetch_optional(pool).await?
+            }
+        };
+        Ok(row)
+    }
+
+    /// `POST /v1/approvals` in one transaction: consume an approved,
+    /// unexpired, unused approval with the same binding; else return a pending
+    /// or denied one; else create `new`.
+    pub async fn open_approval(
+        &self,
+        new: &ApprovalRow,
+        now_ms: i64,
+    ) -> Result<(ApprovalRow, OpenOutcome), StoreError> {
+        let binding = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            new.issuer,
+            new.subject,
+            new.body_sha256,
+            new.rule,
+            new.provider,
+            new.model,
+            new.policy_version
+        );
+        let find = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE issuer = $1 AND subject = $2 \
+             AND body_sha256 = $3 AND rule = $4 AND provider = $5 AND model = $6 \
+             AND policy_version = $7 AND expires_ms > $8 ORDER BY created_ms DESC"
+        );
+        let consume =
+            "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = 'approved' \
+             AND consumed_ms IS NULL AND expires_ms > $1";
+        on_pool!(self, pool => {
+            let mut tx = match self {
+                Store::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
+                Store::Postgres(_) => pool.begin().await?,
+            };
+            if self.kind() == DatabaseKind::Postgres {
+                // Two replicas opening the same binding at once would both
+                // find nothing and both create: serialize per binding.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(&binding)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let rows: Vec<ApprovalRow> = sqlx::query_as(&find)
+                .bind(&new.issuer)
+                .bind(&new.subject)
+                .bind(&new.body_sha256)
+                .bind(&new.rule)
+                .bind(&new.provider)
+                .bind(&new.model)
+                .bind(new.policy_version)
+                .bind(now_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows.iter().filter(|r| r.status == "approved" && r.consumed_ms.is_none()) {
+                let done = sqlx::query(consume)
+                    .bind(now_ms)
+                    .bind(&row.id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done == 1 {
+                    tx.commit().await?;
+                    let mut row = row.clone();
+                    row.consumed_ms = Some(now_ms);
+                    return Ok((row, OpenOutcome::Consumed));
+                }
+            }
+            let existing = rows
+                .iter()
+                .find(|r| r.status == "pending")
+                .or_else(|| rows.iter().find(|r| r.status == "denied"));
+            if let Some(row) = existing {
+                tx.commit().await?;
+                return Ok((row.clone(), OpenOutcome::Existing));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO approvals ({APPROVAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                 $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+            ))
+            .bind(&new.id)
+            .bind(&new.status)
+            .bind(&new.mode)
+            .bind(&new.issuer)
+            .bind(&new.subject)
+            .bind(&new.email)
+            .bind(&new.groups_json)
+            .bind(&new.provider)
+            .bind(&new.model)
+            .bind(&new.route)
+            .bind(&new.rule)
+            .bind(new.policy_version)
+            .bind(&new.body_sha256)
+            .bind(&new.masked_prompt)
+            .bind(&new.approvers_json)
+            .bind(new.created_ms)
+            .bind(new.expires_ms)
+            .bind(&new.decided_by_issuer)
+            .bind(&new.decided_by_subject)
+            .bind(&new.decided_by_email)
+            .bind(new.decided_ms)
+            .bind(&new.reason)
+            .bind(new.consumed_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((new.clone(), OpenOutcome::Created))
+        })
+    }
+
+    /// One approval by id.
+    pub async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+        let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1");
+        let row = on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        Ok(row)
+    }
+
+    /// The newest approvals (at most [`LIST_LIMIT`]).
+    pub async fn recent_approvals(&self) -> Result<Vec<ApprovalRow>, StoreError> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals ORDER BY created_ms DESC, id LIMIT $1"
+        );
+        let rows =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(LIST_LIMIT).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// Records a decision if the approval is still pending and unexpired.
+    /// Returns whether this call decided it (exactly one concurrent caller does).
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &Decider,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE approvals SET status = $1, decided_by_issuer = $2, \
+             decided_by_subject = $3, decided_by_email = $4, decided_ms = $5, reason = $6 \
+             WHERE id = $7 AND status = 'pending' AND expires_ms > $5";
+        let status = if approve { "approved" } else { "denied" };
+        let done = on_pool!(self, pool => sqlx::query(sql)
+            .bind(status)
+            .bind(&by.issuer)
+            .bind(&by.subject)
+            .bind(&by.email)
+            .bind(now_ms)
+            .bind(reason)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Marks an approved, unexpired, unused approval as used. Returns whether
+    /// this call did (exactly one concurrent caller does).
+    pub async fn consume_approval(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let sql = "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = 'approved' \
+             AND consumed_ms IS NULL AND expires_ms > $1";
+        let done = on_pool!(self, pool => sqlx::query(sql)
+            .bind(now_ms)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+}
+
+/// Makes `version` the one active row; false if it does not exist (nothing changes then).
+async fn set_active_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    version: i64,
+) -> Result<bool, StoreError> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM policy_versions WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE policy_versions SET active = FALSE WHERE active AND version <> $1")
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE policy_versions SET active = TRUE WHERE version = $1")
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}
+
+/// [`set_active_sqlite`] for PostgreSQL (same SQL, another connection type).
+async fn set_active_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    version: i64,
+) -> Result<bool, StoreError> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM policy_versions WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE policy_versions SET active = FALSE WHERE active AND version <> $1")
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE policy_versions SET active = TRUE WHERE version = $1")
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}
+
 async fn connect_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
     let options = options
         .create_if_missing(true)

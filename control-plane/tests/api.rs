@@ -32,6 +32,7 @@ fn config(dir: &Path, dev: bool) -> ServerConfig {
         database_url: None,
         dev,
         public_url: PUBLIC_URL.to_owned(),
+        ..ServerConfig::default()
     }
 }
 

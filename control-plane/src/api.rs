@@ -1,0 +1,585 @@
+//! The `/v1` API: policy versions for people and gateways, approvals.
+//!
+//! | method | path | who | |
+//! | --- | --- | --- | --- |
+//! | GET | `/v1/policy/active` | gateway | the active version as JSON, `ETag`/`If-None-Match` |
+//! | GET | `/v1/policy/schema` | anyone | the policy's JSON Schema |
+//! | GET | `/v1/policies` | person | every version's metadata, newest first |
+//! | POST | `/v1/policies` | admin | publish (validated first; 422 with problems) |
+//! | POST | `/v1/policies/validate` | person | check a document without publishing |
+//! | GET | `/v1/policies/{v}` | person | one version with its document |
+//! | POST | `/v1/policies/{v}/activate` | admin | make `v` active (rollback = an older `v`) |
+//! | POST | `/v1/approvals` | gateway | open (or find, or consume) an approval |
+//! | GET | `/v1/approvals/{id}/wait` | gateway | long-poll until decided (`timeout_ms` ≤ 30000) |
+//! | POST | `/v1/approvals/{id}/consume` | gateway | use an approved approval once |
+//! | GET | `/v1/approvals` | person | those the caller may decide, and their own |
+//! | GET | `/v1/approvals/{id}` | person | one approval |
+//! | POST | `/v1/approvals/{id}/approve`, `/deny` | approver | decide, with a reason |
+//!
+//! Gateways authenticate with `x-warden-gateway-key`; people with
+//! `Authorization: Bearer <JWT>` (see [`crate::user_auth`]).
+
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::approvals::{
+    self, ApprovalView, ConsumeRequest, DecideRequest, OpenRequest, MAX_WAIT_MS,
+};
+use crate::error::ApiError;
+use crate::policies;
+use crate::server::AppState;
+use crate::store::{ApprovalRow, Decider, OpenOutcome, PolicyMeta, StoreError};
+use crate::user_auth::{check_gateway, Caller};
+
+/// How often `wait` looks at the database (works across replicas).
+const WAIT_POLL: Duration = Duration::from_millis(200);
+/// Longest deny/approve reason kept.
+const MAX_REASON_BYTES: usize = 2000;
+/// Longest publish message kept.
+const MAX_MESSAGE_BYTES: usize = 2000;
+
+/// The `/v1` routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/policy/active", get(active_policy))
+        .route("/v1/policy/schema", get(policy_schema))
+        .route("/v1/policies", get(list_policies).post(publish_policy))
+        .route("/v1/policies/validate", post(validate_policy))
+        .route("/v1/policies/{version}", get(show_policy))
+        .route("/v1/policies/{version}/activate", post(activate_policy))
+        .route("/v1/approvals", get(list_approvals).post(open_approval))
+        .route("/v1/approvals/{id}", get(show_approval))
+        .route("/v1/approvals/{id}/wait", get(wait_approval))
+        .route("/v1/approvals/{id}/consume", post(consume_approval))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/deny", post(deny))
+}
+
+fn db(error: StoreError) -> ApiError {
+    ApiError::DatabaseUnavailable(error.to_string())
+}
+
+fn gateway(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    check_gateway(state.config().gateway_secret.as_deref(), headers)
+}
+
+// ---------------------------------------------------------------------------
+// Policies
+
+/// `GET /v1/policy/active` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActivePolicy {
+    pub version: i64,
+    pub sha256: String,
+    pub policy: Value,
+}
+
+async fn active_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    gateway(&state, &headers)?;
+    let Some(active) = state.store().active_policy().await.map_err(db)? else {
+        return Err(ApiError::refused(
+            StatusCode::NOT_FOUND,
+            "no_active_policy",
+            "no policy version is active yet: publish one with `warden policy push`",
+        ));
+    };
+    let etag = format!("\"{}-{}\"", active.meta.version, active.meta.sha256);
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == etag || tag.strip_prefix("W/") == Some(etag.as_str())
+        });
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    let policy = policies::to_json(&active.document).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored policy version {} does not parse: {e}",
+            active.meta.version
+        ))
+    })?;
+    Ok((
+        [(header::ETAG, etag_value)],
+        Json(ActivePolicy {
+            version: active.meta.version,
+            sha256: active.meta.sha256,
+            policy,
+        }),
+    )
+        .into_response())
+}
+
+async fn policy_schema() -> Json<Value> {
+    Json(warden_engine::policy::json_schema())
+}
+
+async fn list_policies(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.users().caller(&headers).await?;
+    let policies = state.store().list_policies().await.map_err(db)?;
+    Ok(Json(json!({ "policies": policies })))
+}
+
+fn parse_version(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("`{text}` is not a policy version number")))
+}
+
+fn no_such_version(version: i64) -> ApiError {
+    ApiError::refused(
+        StatusCode::NOT_FOUND,
+        "policy_not_found",
+        format!("there is no policy version {version}"),
+    )
+}
+
+/// `GET /v1/policies/{v}` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyWithDocument {
+    #[serde(flatten)]
+    pub meta: PolicyMeta,
+    pub document: String,
+}
+
+async fn show_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> Result<Json<PolicyWithDocument>, ApiError> {
+    state.users().caller(&headers).await?;
+    let version = parse_version(&version)?;
+    let found = state.store().policy(version).await.map_err(db)?;
+    let found = found.ok_or_else(|| no_such_version(version))?;
+    Ok(Json(PolicyWithDocument {
+        meta: found.meta,
+        document: found.document,
+    }))
+}
+
+/// `POST /v1/policies`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub document: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default = "yes")]
+    pub activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/policies/validate`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateRequest {
+    pub document: String,
+}
+
+async fn publish_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PublishRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.users().admin(&headers).await?;
+    let Json(request) = body?;
+    let message = request.message.trim();
+    if message.is_empty() {
+        return Err(ApiError::BadRequest(
+            "`message` must say why this version is published".into(),
+        ));
+    }
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
+        )));
+    }
+    policies::validate(&request.document).map_err(ApiError::InvalidPolicy)?;
+    let sha256 = policies::sha256_hex(&request.document);
+    let meta = state
+        .store()
+        .publish_policy(
+            &caller.identity.subject,
+            message,
+            &request.document,
+            &sha256,
+            request.activate,
+        )
+        .await
+        .map_err(db)?;
+    tracing::info!(
+        version = meta.version,
+        author = %meta.author,
+        active = meta.active,
+        "policy version published"
+    );
+    Ok((StatusCode::CREATED, Json(meta)).into_response())
+}
+
+async fn validate_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ValidateRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    state.users().caller(&headers).await?;
+    let Json(request) = body?;
+    policies::validate(&request.document).map_err(ApiError::InvalidPolicy)?;
+    Ok(Json(json!({ "valid": true })))
+}
+
+async fn activate_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> Result<Json<PolicyMeta>, ApiError> {
+    let caller = state.users().admin(&headers).await?;
+    let version = parse_version(&version)?;
+    let meta = state.store().activate_policy(version).await.map_err(db)?;
+    let meta = meta.ok_or_else(|| no_such_version(version))?;
+    tracing::info!(version, by = %caller.identity.subject, "policy version activated");
+    Ok(Json(meta))
+}
+
+// ---------------------------------------------------------------------------
+// Approvals: gateways
+
+async fn open_approval(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<OpenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    gateway(&state, &headers)?;
+    let Json(request) = body?;
+    let now = approvals::now_ms();
+    let new = approvals::new_row(request, now).map_err(ApiError::BadRequest)?;
+    let (row, outcome) = state.store().open_approval(&new, now).await.map_err(db)?;
+    let view = approvals::view(&row, now, &state.approvals_url());
+    let status = match outcome {
+        OpenOutcome::Created => {
+            tracing::info!(approval = %row.id, rule = %row.rule, subject = %row.subject, "approval opened");
+            if let Some(webhook) = state.webhook() {
+                webhook.spawn_send(&view);
+            }
+            StatusCode::CREATED
+        }
+        OpenOutcome::Consumed => {
+            tracing::info!(approval = %row.id, "approval used (ticket)");
+            StatusCode::OK
+        }
+        OpenOutcome::Existing => StatusCode::OK,
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::refused(
+        StatusCode::NOT_FOUND,
+        "approval_not_found",
+        format!("there is no approval `{id}`"),
+    )
+}
+
+async fn load(state: &AppState, id: &str) -> Result<ApprovalRow, ApiError> {
+    // Ids are ours (`apr_` + hex); anything else cannot exist.
+    if id.len() > 64 {
+        return Err(not_found(id));
+    }
+    state
+        .store()
+        .approval(id)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| not_found(id))
+}
+
+async fn wait_approval(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ApprovalView>, ApiError> {
+    gateway(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let row = load(&state, &id).await?;
+        let now = approvals::now_ms();
+        let status = approvals::status_at(&row, now);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if status != "pending" || left.is_zero() {
+            return Ok(Json(approvals::view(&row, now, &state.approvals_url())));
+        }
+        // Polling the database (not an in-process signal) sees a decision
+        // made on any replica. Never sleep past the approval's expiry.
+        let until_expiry = Duration::from_millis(u64::try_from(row.expires_ms - now).unwrap_or(0));
+        tokio::time::sleep(
+            WAIT_POLL
+                .min(left)
+                .min(until_expiry.max(Duration::from_millis(1))),
+        )
+        .await;
+    }
+}
+
+async fn consume_approval(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ConsumeRequest>, JsonRejection>,
+) -> Result<Json<ApprovalView>, ApiError> {
+    gateway(&state, &headers)?;
+    let Json(request) = body?;
+    let row = load(&state, &id).await?;
+    if row.issuer != request.issuer
+        || row.subject != request.subject
+        || row.body_sha256 != request.body_sha256
+    {
+        return Err(ApiError::refused(
+            StatusCode::FORBIDDEN,
+            "approval_mismatch",
+            "this approval was given for another requester or another request body",
+        ));
+    }
+    let now = approvals::now_ms();
+    if state.store().consume_approval(&id, now).await.map_err(db)? {
+        let row = load(&state, &id).await?;
+        tracing::info!(approval = %id, "approval used");
+        return Ok(Json(approvals::view(&row, now, &state.approvals_url())));
+    }
+    let row = load(&state, &id).await?;
+    Err(match approvals::status_at(&row, now) {
+        "consumed" => ApiError::refused(
+            StatusCode::CONFLICT,
+            "approval_used",
+            "this approval was already used; approvals are single-use",
+        ),
+        "expired" => expired(),
+        _ => ApiError::refused(
+            StatusCode::CONFLICT,
+            "approval_not_approved",
+            format!(
+                "this approval is {}, not approved",
+                approvals::status_at(&row, now)
+            ),
+        ),
+    })
+}
+
+fn expired() -> ApiError {
+    ApiError::refused(
+        StatusCode::GONE,
+        "approval_expired",
+        "this approval has expired",
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Approvals: people
+
+fn may_decide(caller: &Caller, row: &ApprovalRow) -> bool {
+    let approvers = approvals::approvers(row);
+    caller
+        .identity
+        .groups
+        .iter()
+        .any(|g| approvers.iter().any(|a| a == g))
+}
+
+fn is_own(caller: &Caller, row: &ApprovalRow) -> bool {
+    caller.identity.issuer == row.issuer && caller.identity.subject == row.subject
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+async fn list_approvals(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.users().caller(&headers).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let wanted = query.status.unwrap_or_else(|| "pending".into());
+    let allowed = [
+        "pending", "approved", "denied", "expired", "consumed", "all",
+    ];
+    if !allowed.contains(&wanted.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "`status` must be one of {}",
+            allowed.join(", ")
+        )));
+    }
+    let now = approvals::now_ms();
+    let url = state.approvals_url();
+    let rows = state.store().recent_approvals().await.map_err(db)?;
+    let list: Vec<ApprovalView> = rows
+        .iter()
+        .filter(|row| may_decide(&caller, row) || is_own(&caller, row))
+        .filter(|row| {
+            let status = approvals::status_at(row, now);
+            match wanted.as_str() {
+                "all" => true,
+                // An approval that was used was approved.
+                "approved" => status == "approved" || status == "consumed",
+                other => status == other,
+            }
+        })
+        .map(|row| approvals::view(row, now, &url))
+        .collect();
+    Ok(Json(json!({ "approvals": list })))
+}
+
+async fn show_approval(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalView>, ApiError> {
+    let caller = state.users().caller(&headers).await?;
+    let row = load(&state, &id).await?;
+    // Someone who may neither decide nor owns it learns nothing, not even that it exists.
+    if !may_decide(&caller, &row) && !is_own(&caller, &row) {
+        return Err(not_found(&id));
+    }
+    Ok(Json(approvals::view(
+        &row,
+        approvals::now_ms(),
+        &state.approvals_url(),
+    )))
+}
+
+async fn approve(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ApprovalView>, ApiError> {
+    decide(state, headers, id, body, true).await
+}
+
+async fn deny(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<ApprovalView>, ApiError> {
+    decide(state, headers, id, body, false).await
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+    approve: bool,
+) -> Result<Json<ApprovalView>, ApiError> {
+    let caller = state.users().caller(&headers).await?;
+    // An approval may come with no body at all; a denial's reason is checked below.
+    let request: DecideRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DecideRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let reason = request
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if let Some(reason) = &reason {
+        if reason.len() > MAX_REASON_BYTES || reason.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(ApiError::BadRequest(format!(
+                "`reason` must be at most {MAX_REASON_BYTES} bytes of text"
+            )));
+        }
+    }
+    if !approve && reason.is_none() {
+        return Err(ApiError::refused(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "a denial needs a `reason`: the requester sees it",
+        ));
+    }
+    let row = load(&state, &id).await?;
+    if is_own(&caller, &row) {
+        return Err(ApiError::refused(
+            StatusCode::FORBIDDEN,
+            "self_approval",
+            "nobody decides their own request",
+        ));
+    }
+    if !may_decide(&caller, &row) {
+        return Err(ApiError::refused(
+            StatusCode::FORBIDDEN,
+            "not_an_approver",
+            format!(
+                "this approval is for members of: {}",
+                approvals::approvers(&row).join(", ")
+            ),
+        ));
+    }
+    let now = approvals::now_ms();
+    let decider = Decider {
+        issuer: caller.identity.issuer.clone(),
+        subject: caller.identity.subject.clone(),
+        email: caller.identity.email.clone(),
+    };
+    let decided = state
+        .store()
+        .decide_approval(&id, approve, &decider, reason.as_deref(), now)
+        .await
+        .map_err(db)?;
+    let row = load(&state, &id).await?;
+    if !decided {
+        return Err(match approvals::status_at(&row, now) {
+            "expired" if row.status == "pending" => expired(),
+            _ => ApiError::refused(
+                StatusCode::CONFLICT,
+                "already_decided",
+                format!(
+                    "this approval was already {} by {}",
+                    row.status,
+                    row.decided_by_email
+                        .as_deref()
+                        .or(row.decided_by_subject.as_deref())
+                        .unwrap_or("someone")
+                ),
+            ),
+        });
+    }
+    tracing::info!(
+        approval = %id,
+        decision = if approve { "approved" } else { "denied" },
+        by = %decider.subject,
+        "approval decided"
+    );
+    Ok(Json(approvals::view(&row, now, &state.approvals_url())))
+}

@@ -1,0 +1,307 @@
+//! Just-in-time approvals: what a gateway asks for, and how an approval reads.
+//!
+//! An approval is bound to the requester (issuer, subject), the SHA-256 of
+//! the canonical request body, the rule, provider, model and policy version.
+//! It is stored as `pending`, `approved` or `denied`; when read, a pending one
+//! past `expires_at` is `expired`, an approved one that was used is
+//! `consumed`, and an approved one past `expires_at` and unused is `expired`
+//! (it can no longer be used).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+
+use crate::store::ApprovalRow;
+
+/// Longest TTL a gateway may ask for (a day).
+pub const MAX_TTL_SECONDS: u64 = 86_400;
+/// Longest masked prompt stored, in bytes (longer ones are cut at a character boundary).
+pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
+/// Longest `wait` the server holds a request open.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+/// `POST /v1/approvals`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// `hold` or `ticket`.
+    pub mode: String,
+    pub issuer: String,
+    pub subject: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub provider: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    pub route: String,
+    pub rule: String,
+    pub policy_version: i64,
+    pub body_sha256: String,
+    pub masked_prompt: String,
+    pub approvers: Vec<String>,
+    pub ttl_seconds: u64,
+}
+
+/// `POST /v1/approvals/{id}/consume`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeRequest {
+    pub issuer: String,
+    pub subject: String,
+    pub body_sha256: String,
+}
+
+/// `POST /v1/approvals/{id}/approve` and `/deny`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An approval as every endpoint answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub id: String,
+    /// `pending`, `approved`, `denied`, `expired` or `consumed`.
+    pub status: String,
+    pub mode: String,
+    pub rule: String,
+    pub model: Option<String>,
+    pub provider: String,
+    pub route: String,
+    pub subject: String,
+    pub issuer: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    pub policy_version: i64,
+    pub masked_prompt: String,
+    pub approvers: Vec<String>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub expires_at: String,
+    /// The approver's subject.
+    pub decided_by: Option<String>,
+    pub decided_by_email: Option<String>,
+    pub decided_by_issuer: Option<String>,
+    pub decided_at: Option<String>,
+    pub reason: Option<String>,
+    pub consumed_at: Option<String>,
+    pub consumed: bool,
+    /// The approvers' page, at this approval.
+    pub url: String,
+}
+
+/// The status as read at `now_ms`.
+pub fn status_at(row: &ApprovalRow, now_ms: i64) -> &'static str {
+    match row.status.as_str() {
+        "approved" if row.consumed_ms.is_some() => "consumed",
+        "approved" if now_ms >= row.expires_ms => "expired",
+        "approved" => "approved",
+        "denied" => "denied",
+        _ if now_ms >= row.expires_ms => "expired",
+        _ => "pending",
+    }
+}
+
+/// The answer shape of `row` at `now_ms`.
+pub fn view(row: &ApprovalRow, now_ms: i64, approvals_url: &str) -> ApprovalView {
+    ApprovalView {
+        id: row.id.clone(),
+        status: status_at(row, now_ms).to_owned(),
+        mode: row.mode.clone(),
+        rule: row.rule.clone(),
+        model: (!row.model.is_empty()).then(|| row.model.clone()),
+        provider: row.provider.clone(),
+        route: row.route.clone(),
+        subject: row.subject.clone(),
+        issuer: row.issuer.clone(),
+        email: row.email.clone(),
+        groups: serde_json::from_str(&row.groups_json).unwrap_or_default(),
+        policy_version: row.policy_version,
+        masked_prompt: row.masked_prompt.clone(),
+        approvers: approvers(row),
+        created_at: rfc3339(row.created_ms),
+        expires_at: rfc3339(row.expires_ms),
+        decided_by: row.decided_by_subject.clone(),
+        decided_by_email: row.decided_by_email.clone(),
+        decided_by_issuer: row.decided_by_issuer.clone(),
+        decided_at: row.decided_ms.map(rfc3339),
+        reason: row.reason.clone(),
+        consumed_at: row.consumed_ms.map(rfc3339),
+        consumed: row.consumed_ms.is_some(),
+        url: format!("{approvals_url}#{}", row.id),
+    }
+}
+
+/// The approver groups of `row`.
+pub fn approvers(row: &ApprovalRow) -> Vec<String> {
+    serde_json::from_str(&row.approvers_json).unwrap_or_default()
+}
+
+/// Checks a gateway's request and turns it into a new pending row.
+pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String> {
+    if request.mode != "hold" && request.mode != "ticket" {
+        return Err("`mode` must be `hold` or `ticket`".into());
+    }
+    for (name, value) in [
+        ("issuer", &request.issuer),
+        ("subject", &request.subject),
+        ("provider", &request.provider),
+        ("route", &request.route),
+        ("rule", &request.rule),
+    ] {
+        if value.trim().is_empty() || value.len() > 1024 {
+            return Err(format!("`{name}` must be 1 to 1024 bytes"));
+        }
+    }
+    let sha = &request.body_sha256;
+    if sha.len() != 64
+        || !sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err("`body_sha256` must be 64 lowercase hex digits".into());
+    }
+    let approvers: Vec<String> = request
+        .approvers
+        .into_iter()
+        .filter(|g| !g.trim().is_empty())
+        .collect();
+    if approvers.is_empty() {
+        return Err("`approvers` must name at least one group".into());
+    }
+    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
+        return Err(format!(
+            "`ttl_seconds` must be between 1 and {MAX_TTL_SECONDS}"
+        ));
+    }
+    if request.policy_version < 0 {
+        return Err("`policy_version` must not be negative".into());
+    }
+    let ttl_ms = i64::try_from(request.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Ok(ApprovalRow {
+        id: new_id(),
+        status: "pending".into(),
+        mode: request.mode,
+        issuer: request.issuer,
+        subject: request.subject,
+        email: request.email,
+        groups_json: serde_json::to_string(&request.groups).unwrap_or_else(|_| "[]".into()),
+        provider: request.provider,
+        model: request.model.unwrap_or_default(),
+        route: request.route,
+        rule: request.rule,
+        policy_version: request.policy_version,
+        body_sha256: request.body_sha256,
+        masked_prompt: truncate(request.masked_prompt, MAX_PROMPT_BYTES),
+        approvers_json: serde_json::to_string(&approvers).unwrap_or_else(|_| "[]".into()),
+        created_ms: now_ms,
+        expires_ms: now_ms.saturating_add(ttl_ms),
+        decided_by_issuer: None,
+        decided_by_subject: None,
+        decided_by_email: None,
+        decided_ms: None,
+        reason: None,
+        consumed_ms: None,
+    })
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// `apr_` and 128 random bits from the operating system's CSPRNG, in hex.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let mut id = String::with_capacity(36);
+    id.push_str("apr_");
+    for byte in bytes {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn request() -> OpenRequest {
+        OpenRequest {
+            mode: "hold".into(),
+            issuer: "https://idp".into(),
+            subject: "alice".into(),
+            groups: vec!["eng".into()],
+            email: None,
+            provider: "openai".into(),
+            model: None,
+            route: "/openai/v1/chat/completions".into(),
+            rule: "r".into(),
+            policy_version: 1,
+            body_sha256: "a".repeat(64),
+            masked_prompt: "hello".into(),
+            approvers: vec!["leads".into()],
+            ttl_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn statuses_are_derived() {
+        let mut row = new_row(request(), 1000).unwrap();
+        assert_eq!(status_at(&row, 1000), "pending");
+        assert_eq!(status_at(&row, 61_000), "expired");
+        row.status = "approved".into();
+        assert_eq!(status_at(&row, 2000), "approved");
+        assert_eq!(status_at(&row, 61_000), "expired");
+        row.consumed_ms = Some(3000);
+        assert_eq!(status_at(&row, 61_000), "consumed");
+        row.status = "denied".into();
+        assert_eq!(status_at(&row, 61_000), "denied");
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let mut bad = request();
+        bad.body_sha256 = "A".repeat(64);
+        assert!(new_row(bad, 0).is_err());
+        let mut bad = request();
+        bad.mode = "later".into();
+        assert!(new_row(bad, 0).is_err());
+        let mut bad = request();
+        bad.approvers = vec![" ".into()];
+        assert!(new_row(bad, 0).is_err());
+        let mut bad = request();
+        bad.ttl_seconds = 0;
+        assert!(new_row(bad, 0).is_err());
+        let id = new_id();
+        assert_eq!(id.len(), 36);
+        assert_ne!(id, new_id());
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}

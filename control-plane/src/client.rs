@@ -1,0 +1,513 @@
+//! The client verbs `warden policy …` and `warden approvals …`: HTTP calls
+//! to the control plane, printed as tables (or the server's JSON with
+//! `--json`). `warden policy validate` runs offline with the same checker
+//! the server uses ([`crate::policies::validate`]).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{ApprovalsArgs, ApprovalsCommand, ClientArgs, PolicyArgs, PolicyCommand};
+use crate::error::ErrorBody;
+use crate::policies::{self, Problem};
+
+/// A connection to the control plane for one command.
+struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self, String> {
+        let base = args.server.trim().trim_end_matches('/').to_owned();
+        let lower = base.to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+            return Err(format!(
+                "invalid server URL `{}`: expected http://host:port",
+                args.server
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            base,
+            token: args.token.clone().filter(|t| !t.trim().is_empty()),
+            http,
+        })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let Some(token) = &self.token else {
+            return Err(
+                "no token: pass --token or set WARDEN_TOKEN (in development: \
+                 export WARDEN_TOKEN=$(warden token --sub you --group warden-admins))"
+                    .into(),
+            );
+        };
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token.trim());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|error| {
+            if error.is_connect() || error.is_timeout() {
+                format!(
+                    "cannot reach the control plane at {}; is it running?",
+                    self.base
+                )
+            } else {
+                format!("request failed: {}", error.without_url())
+            }
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading the answer: {}", e.without_url()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                format!("the control plane answered something that is not JSON: {e}")
+            });
+        }
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(error) => {
+                let mut message = format!(
+                    "the control plane refused ({} {}): {}",
+                    status.as_u16(),
+                    error.error.code,
+                    error.error.message
+                );
+                for problem in error.problems.unwrap_or_default() {
+                    let _ = write!(message, "\n  {}", problem_line("document", &problem));
+                }
+                message
+            }
+            Err(_) => format!(
+                "the control plane refused ({}): {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&bytes).trim()
+            ),
+        })
+    }
+}
+
+fn out(text: &str) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn print_json(value: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    out(&format!("{text}\n"))
+}
+
+/// `FILE:LINE:COL: message` (parts unknown are left out).
+pub fn problem_line(file: &str, problem: &Problem) -> String {
+    let mut line = file.to_owned();
+    if let Some(l) = problem.line {
+        let _ = write!(line, ":{l}");
+        if let Some(c) = problem.column {
+            let _ = write!(line, ":{c}");
+        }
+    }
+    match &problem.path {
+        Some(path) => format!("{line}: {path}: {}", problem.message),
+        None => format!("{line}: {}", problem.message),
+    }
+}
+
+fn read_file(file: &Path) -> Result<String, String> {
+    std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+}
+
+/// `warden policy …`.
+pub async fn policy(args: PolicyArgs) -> Result<ExitCode, String> {
+    if let PolicyCommand::Validate { file } = &args.command {
+        let text = read_file(file)?;
+        let name = file.display().to_string();
+        return match policies::validate(&text) {
+            Ok(()) => {
+                if args.client.json {
+                    print_json(&json!({"valid": true}))?;
+                } else {
+                    out(&format!("{name}: valid\n"))?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(problems) => {
+                if args.client.json {
+                    print_json(&json!({"valid": false, "problems": problems}))?;
+                } else {
+                    let mut text = String::new();
+                    for problem in &problems {
+                        text.push_str(&problem_line(&name, problem));
+                        text.push('\n');
+                    }
+                    out(&text)?;
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        };
+    }
+    let client = Client::new(&args.client)?;
+    let json_out = args.client.json;
+    match args.command {
+        PolicyCommand::Validate { .. } => Ok(ExitCode::SUCCESS),
+        PolicyCommand::Push {
+            file,
+            message,
+            no_activate,
+        } => {
+            let document = read_file(&file)?;
+            let meta = client
+                .call(
+                    Method::POST,
+                    "/v1/policies",
+                    Some(
+                        json!({"document": document, "message": message, "activate": !no_activate}),
+                    ),
+                )
+                .await?;
+            if json_out {
+                print_json(&meta)?;
+            } else {
+                out(&format!(
+                    "published version {}{} (sha256 {})\n",
+                    meta["version"],
+                    if meta["active"] == true {
+                        ", now active"
+                    } else {
+                        ", not active"
+                    },
+                    str_of(&meta["sha256"]),
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::List => {
+            let answer = client.call(Method::GET, "/v1/policies", None).await?;
+            if json_out {
+                print_json(&answer)?;
+            } else {
+                let rows: Vec<Vec<String>> = answer["policies"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p["version"].to_string(),
+                            if p["active"] == true { "*" } else { "" }.to_owned(),
+                            str_of(&p["created_at"]),
+                            str_of(&p["author"]),
+                            str_of(&p["sha256"]).chars().take(12).collect(),
+                            str_of(&p["message"]),
+                        ]
+                    })
+                    .collect();
+                out(&table(
+                    &[
+                        "VERSION", "ACTIVE", "CREATED", "AUTHOR", "SHA256", "MESSAGE",
+                    ],
+                    &rows,
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Show { version } => {
+            let p = client
+                .call(Method::GET, &format!("/v1/policies/{version}"), None)
+                .await?;
+            if json_out {
+                print_json(&p)?;
+            } else {
+                // Metadata as YAML comments: the output is still the policy.
+                let mut text = format!(
+                    "# version {}{} by {} at {}\n# sha256 {}\n# {}\n",
+                    p["version"],
+                    if p["active"] == true { " (active)" } else { "" },
+                    str_of(&p["author"]),
+                    str_of(&p["created_at"]),
+                    str_of(&p["sha256"]),
+                    str_of(&p["message"]).replace('\n', "\n# "),
+                );
+                text.push_str(&str_of(&p["document"]));
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                out(&text)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Diff { a, b } => {
+            let old = client
+                .call(Method::GET, &format!("/v1/policies/{a}"), None)
+                .await?;
+            let new = client
+                .call(Method::GET, &format!("/v1/policies/{b}"), None)
+                .await?;
+            let (old_text, new_text) = (str_of(&old["document"]), str_of(&new["document"]));
+            let diff = similar::TextDiff::from_lines(&old_text, &new_text)
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("version {a}"), &format!("version {b}"))
+                .to_string();
+            if json_out {
+                print_json(&json!({"a": a, "b": b, "diff": diff}))?;
+            } else {
+                out(&diff)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Activate { version } => {
+            let meta = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/policies/{version}/activate"),
+                    None,
+                )
+                .await?;
+            if json_out {
+                print_json(&meta)?;
+            } else {
+                out(&format!("version {} is now active\n", meta["version"]))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `warden approvals …`.
+pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
+    let client = Client::new(&args.client)?;
+    let json_out = args.client.json;
+    let answer = match &args.command {
+        ApprovalsCommand::List { status } => {
+            let answer = client
+                .call(Method::GET, &format!("/v1/approvals?status={status}"), None)
+                .await?;
+            if !json_out {
+                let rows: Vec<Vec<String>> = answer["approvals"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            str_of(&a["id"]),
+                            str_of(&a["status"]),
+                            str_of(&a["mode"]),
+                            requester(a),
+                            str_of(&a["rule"]),
+                            a["model"].as_str().unwrap_or("-").to_owned(),
+                            str_of(&a["created_at"]),
+                        ]
+                    })
+                    .collect();
+                out(&table(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "MODE",
+                        "REQUESTER",
+                        "RULE",
+                        "MODEL",
+                        "CREATED",
+                    ],
+                    &rows,
+                ))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            answer
+        }
+        ApprovalsCommand::Show { id } => {
+            client
+                .call(
+                    Method::GET,
+                    &format!("/v1/approvals/{}", path_id(id)?),
+                    None,
+                )
+                .await?
+        }
+        ApprovalsCommand::Approve { id, reason } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/approvals/{}/approve", path_id(id)?),
+                    Some(json!({ "reason": reason })),
+                )
+                .await?
+        }
+        ApprovalsCommand::Deny { id, reason } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/approvals/{}/deny", path_id(id)?),
+                    Some(json!({ "reason": reason })),
+                )
+                .await?
+        }
+    };
+    if json_out {
+        print_json(&answer)?;
+    } else {
+        out(&describe(&answer))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ids go into a URL path: only the characters ours are made of.
+fn path_id(id: &str) -> Result<&str, String> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!("`{id}` is not an approval id (apr_…)"));
+    }
+    Ok(id)
+}
+
+fn str_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn requester(a: &Value) -> String {
+    a["email"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| str_of(&a["subject"]))
+}
+
+/// One approval as `key: value` lines.
+fn describe(a: &Value) -> String {
+    let mut text = String::new();
+    let mut line = |key: &str, value: String| {
+        if !value.is_empty() {
+            let _ = writeln!(text, "{key:<15}{value}");
+        }
+    };
+    line("id:", str_of(&a["id"]));
+    line("status:", str_of(&a["status"]));
+    line("mode:", str_of(&a["mode"]));
+    line("requester:", requester(a));
+    line("groups:", join(&a["groups"]));
+    line("provider:", str_of(&a["provider"]));
+    line("model:", str_of(&a["model"]));
+    line("route:", str_of(&a["route"]));
+    line("rule:", str_of(&a["rule"]));
+    line("policy:", str_of(&a["policy_version"]));
+    line("approvers:", join(&a["approvers"]));
+    line("created:", str_of(&a["created_at"]));
+    line("expires:", str_of(&a["expires_at"]));
+    let decider = a["decided_by_email"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| str_of(&a["decided_by"]));
+    line("decided by:", decider);
+    line("decided:", str_of(&a["decided_at"]));
+    line("reason:", str_of(&a["reason"]));
+    line("used:", str_of(&a["consumed_at"]));
+    line("page:", str_of(&a["url"]));
+    let prompt = str_of(&a["masked_prompt"]);
+    if !prompt.is_empty() {
+        let _ = writeln!(text, "prompt (masked):\n  {}", prompt.replace('\n', "\n  "));
+    }
+    text
+}
+
+fn join(list: &Value) -> String {
+    list.as_array()
+        .map(|items| items.iter().map(str_of).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+/// A plain left-aligned table; control characters are shown escaped so a
+/// value cannot move the cursor or forge rows.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let clean = |s: &str| -> String { s.chars().flat_map(char::escape_default).collect() };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| {
+                    if c.chars().any(char::is_control) {
+                        clean(c)
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut text = String::new();
+    let mut push = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        text.push('\n');
+    };
+    push(headers.to_vec());
+    for row in &rows {
+        push(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        text.push_str("(none)\n");
+    }
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_print_as_file_line_column() {
+        let problem = Problem {
+            line: Some(3),
+            column: Some(5),
+            path: Some("rules[0].regex".into()),
+            message: "bad".into(),
+        };
+        assert_eq!(
+            problem_line("p.yaml", &problem),
+            "p.yaml:3:5: rules[0].regex: bad"
+        );
+    }
+
+    #[test]
+    fn tables_escape_control_characters() {
+        let text = table(&["A", "B"], &[vec!["x\u{1b}[2J".into(), "y".into()]]);
+        assert!(!text.contains('\u{1b}'));
+        assert!(text.contains("\\u{1b}"));
+    }
+}
