@@ -302,7 +302,7 @@ def test_ocsf_api_activity_records(make_stack):
         assert (r["class_uid"], r["category_uid"], r["activity_id"], r["type_uid"], r["severity_id"]) == (
             6003, 6, 99, 600399, 1)
         assert r["class_name"] == "API Activity" and r["metadata"]["version"] == "1.4.0"
-        assert r["metadata"]["product"]["name"] == "Warden" and UUID.match(r["metadata"]["uid"])
+        assert r["metadata"]["product"]["name"] == "Warden" and UUID.match(r["metadata"]["correlation_uid"])
         # Epoch milliseconds as digits (docs/audit.md: Envoy writes times as text).
         assert before - 1000 <= int(r["time"]) <= int(time.time() * 1000) and ISO_MS.match(r["time_dt"])
         assert r["src_endpoint"]["ip"] == "127.0.0.1" and isinstance(r["duration"], int)
@@ -339,7 +339,7 @@ def test_ecs_records(make_stack):
     for r in (good, bad):
         assert ISO_MS.match(r["@timestamp"]) and r["ecs"]["version"] == "9.1.0"
         assert (r["event"]["kind"], r["event"]["category"], r["event"]["type"]) == ("event", ["web"], ["access"])
-        assert UUID.match(r["event"]["id"]) and r["event"]["id"] == r["http"]["request"]["id"]
+        assert UUID.match(r["http"]["request"]["id"]) and r["warden"]["log_type"] == "DownstreamEnd"
         assert r["source"]["ip"] == "127.0.0.1" and r["url"]["path"] == "/openai/v1/chat/completions"
         assert r["http"]["request"]["method"] == "POST" and r["observer"]["vendor"] == "Warden"
         # Nanoseconds, counted from Envoy's milliseconds.
