@@ -39,8 +39,6 @@ use tokio::sync::Mutex;
 use crate::dev_issuer::{AuthorizeParams, CodeExchange, OAuthError, SignIn};
 use crate::server::AppState;
 
-/// The client id the page uses when none is configured.
-pub const DEFAULT_CLIENT_ID: &str = "warden-approvals";
 /// Where the page lives; also its OAuth redirect path.
 pub const PAGE_PATH: &str = "/approvals";
 /// Scopes the page asks for.
@@ -67,17 +65,14 @@ pub struct UiSettings {
 }
 
 impl UiSettings {
-    /// Settings from the server's state: the dev issuer when it runs.
+    /// Settings from the server's configuration: `--ui-client-id`, and
+    /// `--ui-issuer` or else the dev issuer when it runs.
     pub fn from_state(state: &AppState) -> Self {
-        let issuer = state.dev_issuer().map(|dev| dev.issuer().to_owned());
-        let redirect_uri = issuer.as_deref().and_then(|issuer| {
-            let origin = Url::parse(issuer).ok()?.origin().ascii_serialization();
-            Some(format!("{origin}{PAGE_PATH}"))
-        });
+        let config = state.config();
         UiSettings {
-            client_id: DEFAULT_CLIENT_ID.to_owned(),
-            issuer,
-            redirect_uri,
+            client_id: config.ui_client_id.clone(),
+            issuer: config.effective_ui_issuer(),
+            redirect_uri: Some(state.approvals_url()),
         }
     }
 }

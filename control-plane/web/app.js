@@ -234,7 +234,9 @@
   // ---- views ---------------------------------------------------------------
 
   function isMine(a) {
-    return session && a.subject === session.claims.sub;
+    // The same person: the same subject at the same issuer.
+    return !!session && a.subject === session.claims.sub &&
+      (!a.issuer || a.issuer === session.claims.iss);
   }
 
   function card(a) {
