@@ -28,7 +28,12 @@ apt_install() {
 step "bootstrap: base tools"
 if have apt-get && is_root; then
     apt_install ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv wrk
+    # Headless Chromium for the approvers' page tests (tests/e2e/test_approver_page.py).
+    apt_install chromium chromium-driver
 fi
+# Not fatal here (building needs no browser), but tests/e2e/test_approver_page.py fails without it.
+have chromium || info "warning: no chromium: the browser tests will fail (Debian: apt-get install chromium chromium-driver)"
+
 have python3 || die "python3 is required"
 have node || { have apt-get && is_root && apt_install nodejs; } || die "node is required for the wasm tests"
 
