@@ -68,7 +68,11 @@ impl SseEvent {
     /// inside `data` or a comment become separate lines; inside `event` or
     /// `id`, where they would forge fields, they are dropped.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = String::new();
+        // Sized once: growing from empty reallocated several times per event.
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let mut out = String::with_capacity(
+            len(&self.comment) + len(&self.event) + len(&self.id) + len(&self.data) + 48,
+        );
         if let Some(comment) = &self.comment {
             for line in lines(comment) {
                 out.push(':');

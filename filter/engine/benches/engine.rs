@@ -1,0 +1,387 @@
+//! Engine microbenchmarks: the masking engine and token verification.
+//!
+//! The same workloads run twice: natively under criterion (`cargo bench -p
+//! warden-engine --bench engine`), and built for `wasm32-wasip1` and run in
+//! Node's V8 (`scripts/bench-engine.sh`), the engine Envoy embeds, with a
+//! plain timing loop (criterion does not run in a WASI sandbox). The ratio of
+//! the two is the price of the wasm sandbox for each workload.
+//!
+//! Workloads mirror `tests/bench/bench.py`: the 8 KB and 64 KB chat requests
+//! with personal data, the JSON response of scenario 1, a ~500-event stream
+//! whose emails are split across events, cold RS256/ES256/EdDSA tokens and
+//! a token-cache hit. The policy is `examples/policies/default.yaml`, the one
+//! `envoy/envoy.yaml` runs.
+
+// Benchmarks are test code: a broken fixture should stop the run loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::rc::Rc;
+
+use base64::Engine as _;
+use jwt_simple::prelude::*;
+use serde_json::{json, Value};
+use warden_engine::auth::cache::TokenCache;
+use warden_engine::auth::jwks::KeySet;
+use warden_engine::auth::{AuthenticationDoc, Authenticator, Identity};
+use warden_engine::inspect::apply::{inspect_json, MaskingStream};
+use warden_engine::inspect::body::Shape;
+use warden_engine::inspect::mask::{HashKey, Vault};
+use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
+use warden_engine::policy::{Direction, Policy};
+
+const POLICY: &str = include_str!("../../../examples/policies/default.yaml");
+const RSA_PEM: &str = include_str!("../src/auth/testdata/rsa-a.pem");
+const ISS: &str = "http://127.0.0.1:8080/dev";
+const PERSONAL: &str =
+    "Contact jane.doe@example.com or +1 415 555 2671; card 4111 1111 1111 1111. ";
+
+/// The chat request `tests/bench/bench.py` sends: personal data every ~4 KB.
+fn chat_body(size: usize) -> Vec<u8> {
+    let filler = "The quarterly numbers look fine. ";
+    let mut text = String::from(PERSONAL);
+    while text.len() + 200 < size {
+        text.push_str(filler);
+        if text.len() % 4096 < filler.len() {
+            text.push_str(PERSONAL);
+        }
+    }
+    serde_json::to_vec(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}))
+        .unwrap()
+}
+
+/// The stand-in provider's `GET /v1/models` answer (scenario 1's response).
+fn models_body() -> Vec<u8> {
+    let data: Vec<Value> = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "o3-mini",
+        "text-embedding-3-small",
+    ]
+    .iter()
+    .map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "openai"}))
+    .collect();
+    serde_json::to_vec(&json!({"object": "list", "data": data})).unwrap()
+}
+
+/// ~500 `chat.completion.chunk` events of 4 characters each (as the stand-in
+/// cuts them), an email every ~250 characters, so each is split across events.
+pub fn stream_bytes() -> (Vec<u8>, usize) {
+    let mut text = String::new();
+    while text.len() < 2000 {
+        text.push_str(&format!(
+            "Write to jane.doe{}@example.com today. {}",
+            text.len(),
+            "The stream goes on with ordinary words. ".repeat(5)
+        ));
+    }
+    text.truncate(2000);
+    let chunk = |delta: Value| {
+        let event = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": "gpt-4o", "system_fingerprint": "fp_bench",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]});
+        format!("data: {event}\n\n")
+    };
+    let mut out = chunk(json!({"role": "assistant", "content": ""}));
+    let chars: Vec<char> = text.chars().collect();
+    let mut events = 1;
+    for piece in chars.chunks(4) {
+        out.push_str(&chunk(json!({"content": piece.iter().collect::<String>()})));
+        events += 1;
+    }
+    out.push_str("data: [DONE]\n\n");
+    (out.into_bytes(), events + 1)
+}
+
+fn identity() -> Identity {
+    Identity {
+        issuer: ISS.into(),
+        subject: "bench".into(),
+        email: None,
+        groups: vec!["engineering".into()],
+        expires_at: u64::MAX,
+    }
+}
+
+pub struct Masking {
+    policy: Rc<Policy>,
+    key: HashKey,
+}
+
+impl Masking {
+    pub fn new() -> Self {
+        Self {
+            policy: Rc::new(Policy::from_bytes(POLICY.as_bytes()).unwrap()),
+            key: HashKey::new(vec![7; 32]),
+        }
+    }
+
+    /// One request body through the rules, as the filter does per request
+    /// (the active rules are derived per request too).
+    pub fn request(&self, body: &[u8]) -> usize {
+        let active =
+            self.policy
+                .active_rules(&identity(), "openai", Some("gpt-4o"), Direction::Request);
+        let mut vault = Vault::default();
+        let out = inspect_json(
+            &self.policy,
+            &active,
+            Direction::Request,
+            Shape::OpenAiChat,
+            body,
+            &mut vault,
+            &self.key,
+        )
+        .unwrap();
+        out.body.map_or(0, |b| b.len())
+    }
+
+    pub fn response(&self, body: &[u8]) -> usize {
+        let active =
+            self.policy
+                .active_rules(&identity(), "openai", Some("gpt-4o"), Direction::Response);
+        let mut vault = Vault::default();
+        let out = inspect_json(
+            &self.policy,
+            &active,
+            Direction::Response,
+            Shape::Unknown,
+            body,
+            &mut vault,
+            &self.key,
+        )
+        .unwrap();
+        out.body.map_or(0, |b| b.len())
+    }
+
+    /// A whole stream fed in 512-byte frames through the rewriter.
+    pub fn stream(&self, bytes: &[u8]) -> usize {
+        let active =
+            self.policy
+                .active_rules(&identity(), "openai", Some("gpt-4o"), Direction::Response);
+        let text = MaskingStream::new(
+            self.policy.clone(),
+            active,
+            Vault::default(),
+            self.key.clone(),
+        );
+        let mut rewriter = StreamRewriter::new(StreamApi::OpenAiChat, Box::new(text));
+        let mut out = 0;
+        for frame in bytes.chunks(512) {
+            out += rewriter.feed(frame).len();
+        }
+        out += rewriter.finish().len();
+        assert!(rewriter.blocked().is_none());
+        out
+    }
+}
+
+impl Default for Masking {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An issuer with an RS256, an ES256 and an EdDSA key, and a token for each.
+pub struct Tokens {
+    auth: Authenticator,
+    keys: KeySet,
+    pub rs256: String,
+    pub es256: String,
+    pub eddsa: String,
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        let rsa = RS256KeyPair::from_pem(RSA_PEM).unwrap().with_key_id("rsa");
+        let ec = ES256KeyPair::generate().with_key_id("ec");
+        let ed = Ed25519KeyPair::generate().with_key_id("ed");
+        let rsa_jwk: Value = serde_json::from_str(&rsa.public_key().to_jwk()).unwrap();
+        let ec_jwk: Value = serde_json::from_str(&ec.public_key().to_jwk()).unwrap();
+        let ed_jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "use": "sig",
+                            "x": b64(&ed.public_key().to_bytes())});
+        let jwks = json!({"keys": [rsa_jwk, ec_jwk, ed_jwk]}).to_string();
+        let (keys, skipped) = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        // The issuer's inline set is the same one; verify() takes it as an argument, as the
+        // filter passes the issuer's current (remote) set.
+        assert_eq!((keys.len(), skipped), (3, 0));
+        let doc: AuthenticationDoc = serde_json::from_value(json!({
+            "issuers": [{"issuer": ISS, "audiences": ["warden"], "inline_jwks": jwks}]
+        }))
+        .unwrap();
+        let auth = Authenticator::compile(doc, &|_| None).unwrap();
+        let claims = || {
+            Claims::with_custom_claims(
+                json!({"groups": ["engineering"], "email": "bench@example.com"}),
+                Duration::from_hours(2),
+            )
+            .with_issuer(ISS)
+            .with_audience("warden")
+            .with_subject("bench")
+        };
+        Self {
+            rs256: rsa.sign(claims()).unwrap(),
+            es256: ec.sign(claims()).unwrap(),
+            eddsa: ed.sign(claims()).unwrap(),
+            auth,
+            keys,
+        }
+    }
+
+    pub fn now() -> u64 {
+        Clock::now_since_epoch().as_secs()
+    }
+
+    /// What the filter does for a token it has not seen: read, pick the key, verify.
+    pub fn verify(&self, token: &str) -> Identity {
+        let unverified = self.auth.inspect(token).unwrap();
+        self.auth
+            .verify(token, unverified, &self.keys, Self::now())
+            .unwrap()
+    }
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every workload by name, with its target where issue 7 sets one.
+pub fn workloads() -> Vec<(&'static str, &'static str, Box<dyn FnMut() -> usize>)> {
+    let masking = Rc::new(Masking::new());
+    let tokens = Rc::new(Tokens::new());
+    let body8k = chat_body(8 * 1024);
+    let body64k = chat_body(64 * 1024);
+    let models = models_body();
+    let (stream, _) = stream_bytes();
+    let mut cache = TokenCache::new(4096, 60);
+    let hit = tokens.rs256.clone();
+    cache.insert(TokenCache::key(&hit), tokens.verify(&hit));
+    let (m1, m2, m3, m4) = (masking.clone(), masking.clone(), masking.clone(), masking);
+    let (t1, t2, t3) = (tokens.clone(), tokens.clone(), tokens);
+    vec![
+        (
+            "inspect_json: 8 KB chat request, masked",
+            "<= 100 µs added in Envoy (scenario 2)",
+            Box::new(move || m1.request(black_box(&body8k))),
+        ),
+        (
+            "inspect_json: 64 KB chat request, masked",
+            "linear in size (scenario 5)",
+            Box::new(move || m2.request(black_box(&body64k))),
+        ),
+        (
+            "inspect_json: models response, nothing to mask",
+            "<= 15 µs added (scenario 1)",
+            Box::new(move || m3.response(black_box(&models))),
+        ),
+        (
+            "stream rewriter: ~500 events, emails split",
+            "<= 20 µs per event (scenario 3)",
+            Box::new(move || m4.stream(black_box(&stream))),
+        ),
+        (
+            "verify cold RS256",
+            "<= 1.2 ms (scenario 4)",
+            Box::new(move || t1.verify(black_box(&t1.rs256)).subject.len()),
+        ),
+        (
+            "verify cold ES256",
+            "< RS256 (scenario 4)",
+            Box::new(move || t2.verify(black_box(&t2.es256)).subject.len()),
+        ),
+        (
+            "verify cold EdDSA",
+            "< RS256 (scenario 4)",
+            Box::new(move || t3.verify(black_box(&t3.eddsa)).subject.len()),
+        ),
+        (
+            "token cache hit",
+            "<= 5 µs (scenario 4)",
+            Box::new(move || {
+                let key = TokenCache::key(black_box(&hit));
+                cache
+                    .get(&key, Tokens::now())
+                    .map_or(0, |i| i.subject.len())
+            }),
+        ),
+    ]
+}
+
+/// `--iters N NAME`: runs N iterations of the workloads whose name contains
+/// NAME and nothing else, for callgrind (`--toggle-collect=*profile_loop*`
+/// counts only these, not the setup): `scripts/bench-engine.sh --callgrind`.
+#[inline(never)]
+fn profile_loop(f: &mut dyn FnMut() -> usize, iters: u64) -> usize {
+    (0..iters).map(|_| black_box(f())).sum()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    use criterion::Criterion;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--iters") {
+        let iters: u64 = args[i + 1].parse().unwrap();
+        let name = &args[i + 2];
+        for (n, _, mut f) in workloads() {
+            if n.contains(name.as_str()) {
+                println!("{n}: {iters} iterations, {}", profile_loop(&mut f, iters));
+            }
+        }
+        return;
+    }
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let mut c = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(if quick {
+            200
+        } else {
+            1000
+        }))
+        .measurement_time(std::time::Duration::from_millis(if quick {
+            600
+        } else {
+            3000
+        }))
+        .sample_size(if quick { 10 } else { 30 })
+        .configure_from_args();
+    for (name, _, mut f) in workloads() {
+        c.bench_function(name, |b| b.iter(&mut f));
+    }
+    c.final_summary();
+}
+
+/// In V8 there is no criterion: a warm-up, then the median of a few timed
+/// batches, each at least ~0.2 s, printed as one JSON line per workload.
+#[cfg(target_arch = "wasm32")]
+fn main() {
+    use std::time::Instant;
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let (batches, batch_secs) = if quick { (3, 0.1) } else { (7, 0.3) };
+    for (name, _, mut f) in workloads() {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < batch_secs {
+            black_box(f());
+            n += 1;
+        }
+        let mut per_iter = Vec::new();
+        for _ in 0..batches {
+            let start = Instant::now();
+            for _ in 0..n {
+                black_box(f());
+            }
+            per_iter.push(start.elapsed().as_secs_f64() * 1e9 / n as f64);
+        }
+        per_iter.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            json!({"name": name, "ns": per_iter[per_iter.len() / 2]})
+        );
+    }
+}
