@@ -308,9 +308,13 @@ def test_ocsf_api_activity_records(make_stack):
         assert r["src_endpoint"]["ip"] == "127.0.0.1" and isinstance(r["duration"], int)
         assert r["api"]["operation"] == "POST /openai/v1/chat/completions"
         assert r["http_request"]["http_method"] == "POST" and r["unmapped"]["log_type"] == "DownstreamEnd"
+        assert r["http_request"]["http_version"] == "HTTP/1.1" and r["http_request"]["url"]["path"] == \
+            "/openai/v1/chat/completions"
+        assert r["http_response"]["code"] == r["api"]["response"]["code"]
         assert EMAIL not in json.dumps(r)
     assert (good["status_id"], good["status"], good["status_code"]) == (1, "Success", "masked")
     assert good["api"]["response"]["code"] == 200 and good["api"]["service"]["name"] == "openai"
+    assert good["http_response"]["length"] > 0 and isinstance(good["http_response"]["latency"], int)
     assert good["actor"]["user"]["uid"] == "alice" and good["actor"]["idp"]["name"] == f"{stack.control_plane_url}/dev"
     assert good["actor"]["authorizations"][0]["decision"] == "masked"
     assert good["resources"] == [{"type": "AI Model", "name": "gpt-4o"}]
