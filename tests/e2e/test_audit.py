@@ -112,7 +112,7 @@ def test_one_record_per_request_whatever_happened(audit_stack):
     fiona = stack.token("fiona", ["finance"])
     m = {k: f"audit/{run}/{k}" for k in (
         "models", "anthropic", "masked", "streamed", "blocked", "unauthenticated", "denied", "no_route",
-        "too_large", "client_gone")}
+        "too_large", "client_gone", "gone_before_answer")}
 
     assert http("GET", f"{stack.gateway_url}/openai/v1/models?key=a-query-value",
                 headers={"authorization": f"Bearer {alice}", "user-agent": m["models"]})[0] == 200
@@ -144,6 +144,13 @@ def test_one_record_per_request_whatever_happened(audit_stack):
         assert chunk, "the gateway closed the stream before its first event"
         seen += chunk
     assert seen.startswith(b"HTTP/1.1 200")
+    sock.close()
+
+    # A client that leaves before the body is complete: no answer at all.
+    sock = raw_request(stack, (
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+        f"authorization: Bearer {alice}\r\ncontent-type: application/json\r\n"
+        f"user-agent: {m['gone_before_answer']}\r\ncontent-length: 1000\r\n").encode(), b'{"model":')
     sock.close()
 
     records = settle(stack, list(m.values()))
@@ -194,6 +201,10 @@ def test_one_record_per_request_whatever_happened(audit_stack):
 
     assert (r["too_large"]["status"], r["too_large"]["reason"]) == (413, "warden.body_too_large")
     assert r["too_large"]["user"] == "alice"
+
+    early = r["gone_before_answer"]
+    assert early["status"] == 0 and "DC" in early["response_flags"].split(",")
+    assert early["user"] == "alice" and early["bytes_sent"] == 0
 
     gone = r["client_gone"]
     assert gone["status"] == 200 and "DC" in gone["response_flags"].split(",")
