@@ -27,7 +27,7 @@ apt_install() {
 
 step "bootstrap: base tools"
 if have apt-get && is_root; then
-    apt_install ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv wrk
+    apt_install ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv wrk postgresql
     # Headless Chromium for the approvers' page tests (tests/e2e/test_approver_page.py).
     apt_install chromium chromium-driver
 fi

@@ -471,8 +471,8 @@ impl Store {
         new: &ApprovalRow,
         now_ms: i64,
     ) -> Result<(ApprovalRow, OpenOutcome), StoreError> {
-        let binding = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+        // PostgreSQL text cannot hold NUL: the binding key is a JSON array.
+        let binding = serde_json::json!([
             new.issuer,
             new.subject,
             new.body_sha256,
@@ -480,7 +480,8 @@ impl Store {
             new.provider,
             new.model,
             new.policy_version
-        );
+        ])
+        .to_string();
         let find = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE issuer = $1 AND subject = $2 \
              AND body_sha256 = $3 AND rule = $4 AND provider = $5 AND model = $6 \

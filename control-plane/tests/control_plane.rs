@@ -1,0 +1,1182 @@
+//! The policy and approval API over real HTTP, against SQLite and, when
+//! `WARDEN_TEST_DATABASE_URL` names a PostgreSQL server (scripts/postgres.sh
+//! start DIR prints one), against PostgreSQL too: every test runs on both.
+//! Each PostgreSQL test gets its own fresh database.
+//!
+//! The server runs in-process (`server::run` on 127.0.0.1:0); the CLI tests
+//! run the built `warden` binary against it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use warden_control_plane::dev_issuer::{DevIssuer, TokenRequest, KEY_DIR_NAME};
+use warden_control_plane::server::{run, AppState, ServerConfig};
+use warden_control_plane::webhook::WebhookFormat;
+
+const SECRET: &str = "gateway-secret-for-tests-0123456789";
+
+const POLICY_V1: &str = "version: 1\ngroups:\n  engineering:\n    models: [\"*\"]\nrules:\n  - name: personal-data\n    detect: email\n    action: mask\n    level: internal\n";
+const POLICY_V2: &str = "version: 1\ngroups:\n  engineering:\n    models: [\"gpt-4o-mini\"]\nrules:\n  - name: personal-data\n    detect: email\n    action: block\n";
+/// Line 7 holds the broken regex; line 10 an unknown detector.
+const POLICY_BAD: &str = "version: 1\ngroups:\n  engineering:\n    models: [\"*\"]\nrules:\n  - name: ids\n    regex: '(unclosed'\n    action: mask\n  - name: nothing\n    detect: no_such_detector\n    action: mask\n";
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Server {
+    base: String,
+    state: AppState,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A fresh PostgreSQL database on the test server, or None (with a notice)
+/// when `WARDEN_TEST_DATABASE_URL` is not set.
+async fn fresh_postgres() -> Option<String> {
+    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
+        eprintln!("NOTICE: WARDEN_TEST_DATABASE_URL is not set; skipping the PostgreSQL variant (scripts/postgres.sh start DIR prints one)");
+        return None;
+    };
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let name = format!("warden_test_{}", rand_hex());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    let (base, _) = url.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+/// The dev issuer's keys, generated once per test binary (RSA key generation
+/// in a debug build takes seconds) and copied into every server's data dir.
+fn dev_keys() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1/dev".into()).unwrap();
+        dir
+    })
+    .path()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn rand_hex() -> String {
+    warden_control_plane::approvals::new_id()[4..20].to_owned()
+}
+
+async fn start(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Option<Server> {
+    let database_url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(fresh_postgres().await?),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &dev_keys().join(KEY_DIR_NAME),
+        &dir.path().join(KEY_DIR_NAME),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        database_url,
+        dev: true,
+        public_url: base.clone(),
+        gateway_secret: Some(SECRET.to_owned()),
+        ..ServerConfig::default()
+    };
+    tweak(&mut config);
+    let state = AppState::build(&config).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(run(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Some(Server {
+        base,
+        state,
+        http: reqwest::Client::new(),
+        _dir: dir,
+        stop: Some(stop),
+    })
+}
+
+impl Server {
+    fn token(&self, sub: &str, groups: &[&str]) -> String {
+        self.state
+            .dev_issuer()
+            .unwrap()
+            .mint(&TokenRequest {
+                sub: sub.into(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                email: Some(format!("{sub}@example.com")),
+                ..TokenRequest::default()
+            })
+            .unwrap()
+    }
+
+    fn admin(&self) -> String {
+        self.token("root", &["warden-admins"])
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        request = match auth {
+            Auth::None => request,
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::Gateway(key) => request.header("x-warden-gateway-key", key),
+        };
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, path: &str, auth: Auth<'_>) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, auth, None).await
+    }
+
+    async fn post(&self, path: &str, auth: Auth<'_>, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, auth, Some(body))
+            .await
+    }
+
+    async fn publish(&self, document: &str, message: &str, activate: bool) -> Value {
+        let (status, body) = self
+            .post(
+                "/v1/policies",
+                Auth::Bearer(&self.admin()),
+                json!({"document": document, "message": message, "activate": activate}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    Gateway(&'a str),
+}
+
+fn assert_code(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+/// Runs `$name` once per backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both!(
+    policies_publish_list_show_activate_rollback,
+    invalid_policies_are_refused_with_lines,
+    gateways_need_the_secret_and_people_a_token,
+    approval_lifecycle_and_refusals,
+    concurrent_consumes_have_one_winner,
+    approvals_expire,
+    wait_returns_on_decision,
+    webhook_is_delivered,
+    cli_commands,
+);
+
+async fn policies_publish_list_show_activate_rollback(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let (status, body) = server.get("/v1/policy/active", gw).await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "no_active_policy");
+
+    let v1 = server.publish(POLICY_V1, "first", true).await;
+    assert_eq!(v1["version"], 1);
+    assert_eq!(v1["author"], "root");
+    assert_eq!(v1["active"], true);
+    assert_eq!(v1["sha256"].as_str().unwrap().len(), 64);
+    assert!(v1["created_at"].as_str().unwrap().ends_with('Z'), "{v1}");
+
+    // The gateway's view, with ETag and 304.
+    let response = server
+        .http
+        .get(format!("{}/v1/policy/active", server.base))
+        .header("x-warden-gateway-key", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"1-{}\"", v1["sha256"].as_str().unwrap()));
+    let active: Value = response.json().await.unwrap();
+    assert_eq!(active["version"], 1);
+    assert_eq!(active["policy"]["rules"][0]["action"], "mask");
+    let unchanged = server
+        .http
+        .get(format!("{}/v1/policy/active", server.base))
+        .header("x-warden-gateway-key", SECRET)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert!(unchanged.bytes().await.unwrap().is_empty());
+
+    // Publish without activating: still v1 served.
+    let v2 = server.publish(POLICY_V2, "stricter", false).await;
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["active"], false);
+    let (_, active) = server.get("/v1/policy/active", gw).await;
+    assert_eq!(active["version"], 1);
+
+    let reader = server.token("bob", &["engineering"]);
+    let (status, list) = server.get("/v1/policies", Auth::Bearer(&reader)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let versions: Vec<i64> = list["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    let (_, shown) = server.get("/v1/policies/2", Auth::Bearer(&reader)).await;
+    assert_eq!(shown["document"], POLICY_V2);
+    assert_eq!(shown["message"], "stricter");
+
+    // Activate v2; the old ETag no longer matches.
+    let (status, body) = server
+        .post(
+            "/v1/policies/2/activate",
+            Auth::Bearer(&server.admin()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let changed = server
+        .http
+        .get(format!("{}/v1/policy/active", server.base))
+        .header("x-warden-gateway-key", SECRET)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let active: Value = changed.json().await.unwrap();
+    assert_eq!(active["version"], 2);
+
+    // Rollback: activate v1 again; exactly one active.
+    server
+        .post(
+            "/v1/policies/1/activate",
+            Auth::Bearer(&server.admin()),
+            json!({}),
+        )
+        .await;
+    let (_, list) = server.get("/v1/policies", Auth::Bearer(&reader)).await;
+    let active: Vec<i64> = list["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["active"] == true)
+        .map(|p| p["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(active, [1]);
+
+    // Writes need the admin group; reads do not.
+    let (status, body) = server
+        .post(
+            "/v1/policies",
+            Auth::Bearer(&reader),
+            json!({"document": POLICY_V1, "message": "x"}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "admin_required");
+    let (status, body) = server
+        .post("/v1/policies/2/activate", Auth::Bearer(&reader), json!({}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "admin_required");
+    let (status, body) = server
+        .post(
+            "/v1/policies/99/activate",
+            Auth::Bearer(&server.admin()),
+            json!({}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "policy_not_found");
+
+    // Concurrent publishers get distinct versions.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let http = server.http.clone();
+        let url = format!("{}/v1/policies", server.base);
+        let token = server.admin();
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"document": POLICY_V1, "message": format!("race {i}"), "activate": true}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED);
+            response.json::<Value>().await.unwrap()["version"]
+                .as_i64()
+                .unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for task in tasks {
+        got.push(task.await.unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, [3, 4, 5, 6, 7, 8]);
+    let (_, list) = server.get("/v1/policies", Auth::Bearer(&reader)).await;
+    let active = list["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["active"] == true)
+        .count();
+    assert_eq!(active, 1);
+}
+
+async fn invalid_policies_are_refused_with_lines(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let admin = server.admin();
+    let (status, body) = server
+        .post(
+            "/v1/policies",
+            Auth::Bearer(&admin),
+            json!({"document": POLICY_BAD, "message": "broken"}),
+        )
+        .await;
+    assert_code(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+    );
+    let problems = body["problems"].as_array().unwrap();
+    assert!(problems.len() >= 2, "{body}");
+    let lines: Vec<i64> = problems.iter().filter_map(|p| p["line"].as_i64()).collect();
+    assert!(lines.contains(&7), "regex problem on line 7: {body}");
+    assert!(lines.contains(&10), "detector problem on line 10: {body}");
+    // Nothing was published.
+    let (_, list) = server.get("/v1/policies", Auth::Bearer(&admin)).await;
+    assert_eq!(list["policies"], json!([]));
+
+    // A YAML syntax error carries the parser's line.
+    let (status, body) = server
+        .post(
+            "/v1/policies/validate",
+            Auth::Bearer(&admin),
+            json!({"document": "version: 1\nrules:\n  - name: [unclosed\n"}),
+        )
+        .await;
+    assert_code(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_policy",
+    );
+    assert!(body["problems"][0]["line"].as_i64().is_some(), "{body}");
+
+    let (status, body) = server
+        .post(
+            "/v1/policies/validate",
+            Auth::Bearer(&admin),
+            json!({"document": POLICY_V1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"valid": true}));
+
+    // The schema is public and equals the committed file.
+    let (status, schema) = server.get("/v1/policy/schema", Auth::None).await;
+    assert_eq!(status, StatusCode::OK);
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/policy.schema.json");
+    if std::env::var_os("WARDEN_UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap() + "\n").unwrap();
+    }
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        schema, committed,
+        "examples/policies/policy.schema.json is stale: rerun this test with WARDEN_UPDATE_SCHEMA=1"
+    );
+}
+
+async fn gateways_need_the_secret_and_people_a_token(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    for auth in [
+        Auth::None,
+        Auth::Gateway("wrong"),
+        Auth::Bearer(&server.admin()),
+    ] {
+        let (status, body) = server.get("/v1/policy/active", auth).await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "gateway_unauthorized",
+        );
+        let (status, body) = server
+            .post("/v1/approvals", auth, approval_request("alice", "a", 60))
+            .await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "gateway_unauthorized",
+        );
+    }
+    // People's endpoints refuse the gateway secret and bad tokens.
+    for auth in [
+        Auth::None,
+        Auth::Gateway(SECRET),
+        Auth::Bearer("not.a.token"),
+    ] {
+        let (status, body) = server.get("/v1/policies", auth).await;
+        assert_code(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // A token for another audience is refused.
+    let foreign = server
+        .state
+        .dev_issuer()
+        .unwrap()
+        .mint(&TokenRequest {
+            sub: "root".into(),
+            groups: vec!["warden-admins".into()],
+            audience: Some("someone-else".into()),
+            ..TokenRequest::default()
+        })
+        .unwrap();
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&foreign)).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    // The page's client id is an accepted audience (ID tokens).
+    let page = server
+        .state
+        .dev_issuer()
+        .unwrap()
+        .mint(&TokenRequest {
+            sub: "carol".into(),
+            audience: Some("warden-approvals".into()),
+            ..TokenRequest::default()
+        })
+        .unwrap();
+    let (status, _) = server.get("/v1/policies", Auth::Bearer(&page)).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(server);
+
+    // Without a configured secret, gateway endpoints answer 503.
+    let Some(server) = start(backend, |c| c.gateway_secret = None).await else {
+        return;
+    };
+    let (status, body) = server.get("/v1/policy/active", Auth::Gateway(SECRET)).await;
+    assert_code(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gateway_secret_unset",
+    );
+    let (status, _) = server.get("/healthz", Auth::None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+fn approval_request(subject: &str, body_char: &str, ttl: u64) -> Value {
+    json!({
+        "mode": "ticket",
+        "issuer": "https://idp.example",
+        "subject": subject,
+        "groups": ["engineering"],
+        "email": format!("{subject}@example.com"),
+        "provider": "openai",
+        "model": "gpt-4o",
+        "route": "/openai/v1/chat/completions",
+        "rule": "customer-data",
+        "policy_version": 3,
+        "body_sha256": body_char.repeat(64),
+        "masked_prompt": "summarize [EMAIL_1]",
+        "approvers": ["leads"],
+        "ttl_seconds": ttl,
+    })
+}
+
+/// A token from the same issuer as the gateway's requests: the dev issuer's
+/// tokens name `<base>/dev`, so the requests in these tests use that issuer.
+fn request_from(server: &Server, subject: &str, body_char: &str, ttl: u64) -> Value {
+    let mut request = approval_request(subject, body_char, ttl);
+    request["issuer"] = json!(format!("{}/dev", server.base));
+    request
+}
+
+async fn approval_lifecycle_and_refusals(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let request = request_from(&server, "alice", "a", 300);
+    let (status, opened) = server.post("/v1/approvals", gw, request.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let id = opened["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("apr_") && id.len() >= 4 + 32, "{id}");
+    assert_eq!(opened["status"], "pending");
+    assert_eq!(opened["consumed"], false);
+    assert_eq!(opened["url"], format!("{}/approvals#{id}", server.base));
+    assert_eq!(opened["masked_prompt"], "summarize [EMAIL_1]");
+
+    // The same binding again: the same pending approval.
+    let (status, again) = server.post("/v1/approvals", gw, request.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], id.as_str());
+
+    let alice = server.token("alice", &["engineering", "leads"]);
+    let lead = server.token("lena", &["leads"]);
+    let other = server.token("oscar", &["engineering"]);
+
+    // Lists: the approver sees it, the requester sees their own, others nothing.
+    let (_, list) = server
+        .get("/v1/approvals?status=pending", Auth::Bearer(&lead))
+        .await;
+    assert_eq!(list["approvals"][0]["id"], id.as_str());
+    let (_, list) = server.get("/v1/approvals", Auth::Bearer(&alice)).await;
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 1);
+    let (_, list) = server
+        .get("/v1/approvals?status=all", Auth::Bearer(&other))
+        .await;
+    assert_eq!(list["approvals"], json!([]));
+    let (status, _) = server
+        .get(&format!("/v1/approvals/{id}"), Auth::Bearer(&other))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Refusals.
+    let path = format!("/v1/approvals/{id}/approve");
+    let (status, body) = server
+        .post(&path, Auth::Bearer(&alice), json!({"reason": "me"}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "self_approval");
+    let (status, body) = server.post(&path, Auth::Bearer(&other), json!({})).await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "not_an_approver");
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{id}/deny"),
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "reason_required");
+
+    // Approve; a second decision is refused.
+    let (status, approved) = server
+        .post(&path, Auth::Bearer(&lead), json!({"reason": "ticket 42"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["decided_by"], "lena");
+    assert_eq!(approved["decided_by_email"], "lena@example.com");
+    assert_eq!(approved["reason"], "ticket 42");
+    assert!(approved["decided_at"].is_string());
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{id}/deny"),
+            Auth::Bearer(&lead),
+            json!({"reason": "no"}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::CONFLICT, "already_decided");
+
+    // Ticket: the same request again passes, once.
+    let (status, used) = server.post("/v1/approvals", gw, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{used}");
+    assert_eq!(used["id"], id.as_str());
+    assert_eq!(used["status"], "consumed");
+    assert_eq!(used["consumed"], true);
+    let (status, fresh) = server.post("/v1/approvals", gw, request.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "replay opens a new approval: {fresh}"
+    );
+    assert_ne!(fresh["id"], id.as_str());
+
+    // Deny the new one: the gateway's next ask reports the denial and reason.
+    let fresh_id = fresh["id"].as_str().unwrap();
+    let (status, denied) = server
+        .post(
+            &format!("/v1/approvals/{fresh_id}/deny"),
+            Auth::Bearer(&lead),
+            json!({"reason": "not for customer data"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{denied}");
+    let (status, again) = server.post("/v1/approvals", gw, request.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["status"], "denied");
+    assert_eq!(again["reason"], "not for customer data");
+
+    // An edited body is another binding: a new approval, and consume refuses.
+    let (status, edited) = server
+        .post(
+            "/v1/approvals",
+            gw,
+            request_from(&server, "alice", "b", 300),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let edited_id = edited["id"].as_str().unwrap();
+    server
+        .post(
+            &format!("/v1/approvals/{edited_id}/approve"),
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    let issuer = format!("{}/dev", server.base);
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{edited_id}/consume"),
+            gw,
+            json!({"issuer": issuer, "subject": "alice", "body_sha256": "c".repeat(64)}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "approval_mismatch");
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{edited_id}/consume"),
+            gw,
+            json!({"issuer": issuer, "subject": "mallory", "body_sha256": "b".repeat(64)}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "approval_mismatch");
+    // Consuming a denied one.
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{fresh_id}/consume"),
+            gw,
+            json!({"issuer": issuer, "subject": "alice", "body_sha256": "a".repeat(64)}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::CONFLICT, "approval_not_approved");
+
+    // History for the approver, newest first.
+    let (_, list) = server
+        .get("/v1/approvals?status=all", Auth::Bearer(&lead))
+        .await;
+    let ids: Vec<&str> = list["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[2], id.as_str());
+    let (_, list) = server
+        .get("/v1/approvals?status=approved", Auth::Bearer(&lead))
+        .await;
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 2, "{list}");
+}
+
+async fn concurrent_consumes_have_one_winner(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let issuer = format!("{}/dev", server.base);
+    let lead = server.token("lena", &["leads"]);
+    for round in 0..3 {
+        let (_, opened) = server
+            .post(
+                "/v1/approvals",
+                gw,
+                request_from(&server, &format!("u{round}"), "d", 300),
+            )
+            .await;
+        let id = opened["id"].as_str().unwrap().to_owned();
+        let (status, _) = server
+            .post(
+                &format!("/v1/approvals/{id}/approve"),
+                Auth::Bearer(&lead),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let http = server.http.clone();
+            let url = format!("{}/v1/approvals/{id}/consume", server.base);
+            let body = json!({"issuer": issuer, "subject": format!("u{round}"), "body_sha256": "d".repeat(64)});
+            tasks.push(tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .header("x-warden-gateway-key", SECRET)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            let (status, body) = task.await.unwrap();
+            if status == StatusCode::OK {
+                ok += 1;
+                assert_eq!(body["status"], "consumed");
+            } else {
+                assert_code(status, &body, StatusCode::CONFLICT, "approval_used");
+            }
+        }
+        assert_eq!(ok, 1, "exactly one concurrent consume wins");
+    }
+}
+
+async fn approvals_expire(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let lead = server.token("lena", &["leads"]);
+    let issuer = format!("{}/dev", server.base);
+    // One pending and one approved, both with a 1 s TTL.
+    let (_, pending) = server
+        .post("/v1/approvals", gw, request_from(&server, "alice", "e", 1))
+        .await;
+    let (_, approved) = server
+        .post("/v1/approvals", gw, request_from(&server, "bob", "f", 1))
+        .await;
+    let approved_id = approved["id"].as_str().unwrap();
+    server
+        .post(
+            &format!("/v1/approvals/{approved_id}/approve"),
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    let pending_id = pending["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, shown) = server
+            .get(&format!("/v1/approvals/{pending_id}"), Auth::Bearer(&lead))
+            .await;
+        if shown["status"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never expired: {shown}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{pending_id}/approve"),
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::GONE, "approval_expired");
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{approved_id}/consume"),
+            gw,
+            json!({"issuer": issuer, "subject": "bob", "body_sha256": "f".repeat(64)}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::GONE, "approval_expired");
+    // An expired approval is no longer found by its binding: a new one opens.
+    let (status, _) = server
+        .post("/v1/approvals", gw, request_from(&server, "bob", "f", 60))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+async fn wait_returns_on_decision(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let (_, opened) = server
+        .post(
+            "/v1/approvals",
+            gw,
+            request_from(&server, "alice", "9", 300),
+        )
+        .await;
+    let id = opened["id"].as_str().unwrap().to_owned();
+
+    // Times out while pending.
+    let started = Instant::now();
+    let (status, body) = server
+        .get(&format!("/v1/approvals/{id}/wait?timeout_ms=300"), gw)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "pending");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Returns soon after a decision made through another connection.
+    let waiter = {
+        let http = server.http.clone();
+        let url = format!("{}/v1/approvals/{id}/wait?timeout_ms=20000", server.base);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = http
+                .get(url)
+                .header("x-warden-gateway-key", SECRET)
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), response.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!waiter.is_finished(), "wait returned before the decision");
+    let lead = server.token("lena", &["leads"]);
+    let decided_at = Instant::now();
+    let (status, _) = server
+        .post(
+            &format!("/v1/approvals/{id}/approve"),
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (elapsed, body) = waiter.await.unwrap();
+    assert_eq!(body["status"], "approved");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(decided_at.elapsed() < Duration::from_secs(3));
+    let (status, body) = server
+        .get("/v1/approvals/apr_nope/wait?timeout_ms=10", gw)
+        .await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "approval_not_found");
+}
+
+async fn webhook_is_delivered(backend: Backend) {
+    // A tiny receiver that records what it is sent.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!(
+        "http://{}/hook?token=s3cret",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    for format in [WebhookFormat::Json, WebhookFormat::Slack] {
+        let Some(server) = start(backend, |c| {
+            c.approval_webhook = Some(hook.clone());
+            c.approval_webhook_format = format;
+        })
+        .await
+        else {
+            return;
+        };
+        received.lock().unwrap().clear();
+        let (status, opened) = server
+            .post(
+                "/v1/approvals",
+                Auth::Gateway(SECRET),
+                request_from(&server, "alice", "7", 60),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            if let Some(body) = received.lock().unwrap().first().cloned() {
+                break body;
+            }
+            assert!(Instant::now() < deadline, "webhook never arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let text = body.to_string();
+        assert!(
+            !text.contains("summarize"),
+            "the prompt never leaves: {text}"
+        );
+        match format {
+            WebhookFormat::Json => {
+                assert_eq!(body["event"], "approval.created");
+                assert_eq!(body["approval"]["id"], opened["id"]);
+            }
+            WebhookFormat::Slack => {
+                let text = body["text"].as_str().unwrap();
+                assert!(text.contains("alice@example.com"), "{text}");
+                assert!(text.contains("customer-data"), "{text}");
+                assert!(text.contains("gpt-4o"), "{text}");
+                assert!(text.contains(opened["url"].as_str().unwrap()), "{text}");
+            }
+        }
+    }
+}
+
+fn warden(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .env("WARDEN_SERVER", &server.base)
+        .env("WARDEN_TOKEN", token)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn cli_commands(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    let stricter = dir.path().join("stricter.yaml");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&good, POLICY_V1).unwrap();
+    std::fs::write(&stricter, POLICY_V2).unwrap();
+    std::fs::write(&bad, POLICY_BAD).unwrap();
+    let (good, stricter, bad) = (
+        good.to_str().unwrap().to_owned(),
+        stricter.to_str().unwrap().to_owned(),
+        bad.to_str().unwrap().to_owned(),
+    );
+    let admin = server.admin();
+    let server = Arc::new(server);
+
+    // Blocking processes off the runtime's workers.
+    let run = |token: String, args: Vec<String>| {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            warden(&server, &token, &args)
+        })
+    };
+    let argv = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let (code, stdout, _) = run(admin.clone(), argv(&["policy", "validate", &bad]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 2, "{stdout}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{bad}:7:"))),
+        "{stdout}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{bad}:10:"))),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(admin.clone(), argv(&["policy", "validate", &good]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+
+    let (code, stdout, stderr) = run(
+        admin.clone(),
+        argv(&["policy", "push", &good, "-m", "first"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("published version 1, now active"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(
+        admin.clone(),
+        argv(&[
+            "policy",
+            "push",
+            &stricter,
+            "-m",
+            "stricter",
+            "--no-activate",
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(admin.clone(), argv(&["policy", "push", &bad, "-m", "no"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid_policy"), "{stderr}");
+    assert!(stderr.contains("document:7:"), "{stderr}");
+
+    let (code, stdout, _) = run(admin.clone(), argv(&["policy", "list"])).await.unwrap();
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert!(rows[0].starts_with("VERSION"), "{stdout}");
+    assert!(
+        rows[1].starts_with('2') && rows[1].contains("stricter"),
+        "{stdout}"
+    );
+    assert!(
+        rows[2].starts_with('1') && rows[2].contains('*'),
+        "{stdout}"
+    );
+    let (_, stdout, _) = run(admin.clone(), argv(&["policy", "list", "--json"]))
+        .await
+        .unwrap();
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed["policies"].as_array().unwrap().len(), 2);
+
+    let (code, stdout, _) = run(admin.clone(), argv(&["policy", "show", "2"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("# version 2"), "{stdout}");
+    assert!(stdout.ends_with(POLICY_V2), "{stdout}");
+    let (_, stdout, _) = run(admin.clone(), argv(&["policy", "diff", "1", "2"]))
+        .await
+        .unwrap();
+    assert!(
+        stdout.contains("--- version 1") && stdout.contains("+++ version 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-    action: mask") || stdout.contains("-    action: mask\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("+    action: block"), "{stdout}");
+    let (code, stdout, _) = run(admin.clone(), argv(&["policy", "activate", "2"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(stdout.contains("version 2 is now active"), "{stdout}");
+
+    // A reader cannot push; the server's message is shown.
+    let reader = server.token("bob", &["engineering"]);
+    let (code, _, stderr) = run(reader, argv(&["policy", "push", &good, "-m", "x"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("admin_required"), "{stderr}");
+    let (code, _, stderr) = run(String::new(), argv(&["policy", "list"])).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("WARDEN_TOKEN"), "{stderr}");
+
+    // Approvals.
+    let (_, opened) = server
+        .post(
+            "/v1/approvals",
+            Auth::Gateway(SECRET),
+            request_from(&server, "alice", "5", 300),
+        )
+        .await;
+    let (_, second) = server
+        .post(
+            "/v1/approvals",
+            Auth::Gateway(SECRET),
+            request_from(&server, "alice", "6", 300),
+        )
+        .await;
+    let id = opened["id"].as_str().unwrap().to_owned();
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let lead = server.token("lena", &["leads"]);
+    let (code, stdout, _) = run(lead.clone(), argv(&["approvals", "list"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&id) && stdout.contains("alice@example.com"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(lead.clone(), argv(&["approvals", "show", &id]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(stdout.contains("summarize [EMAIL_1]"), "{stdout}");
+    let (code, stdout, stderr) = run(
+        lead.clone(),
+        argv(&["approvals", "approve", &id, "--reason", "ok"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("approved"), "{stdout}");
+    let (code, _, stderr) = run(lead.clone(), argv(&["approvals", "approve", &id]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already_decided"), "{stderr}");
+    let (code, stdout, _) = run(
+        lead.clone(),
+        argv(&["approvals", "deny", &second_id, "--reason", "no", "--json"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let denied: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(denied["status"], "denied");
+    assert_eq!(denied["reason"], "no");
+}
