@@ -270,7 +270,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=2 if quick else 4)
     parser.add_argument("--repeat", type=int, default=1 if quick else 3)
     parser.add_argument("--stream-samples", type=int, default=8 if quick else 30)
-    parser.add_argument("--cold-tokens", type=int, default=800 if quick else 2500,
+    parser.add_argument("--cold-tokens", type=int, default=600 if quick else 1500,
                         help="tokens minted per algorithm and round (the cap on a cold run's requests)")
     parser.add_argument("--skip-engine", action="store_true", help="leave out the engine microbenchmarks")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
