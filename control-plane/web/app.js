@@ -413,6 +413,17 @@
       showAlert(`Sign-in is not available: ${e.message}`);
     }
 
+    // Opened on another name of this server (localhost for 127.0.0.1, say):
+    // move to the registered one first, or the sign-in would come back to a
+    // tab storage that never saw it start.
+    if (config && config.redirect_uri) {
+      const home = new URL(config.redirect_uri, location.href);
+      if (home.origin !== location.origin) {
+        location.replace(home.href + location.hash);
+        return;
+      }
+    }
+
     const params = new URLSearchParams(location.search);
     if (config && (params.has('code') || params.has('error'))) {
       try {

@@ -111,6 +111,11 @@ def browser(playwright, tmp_path, cp, request):
     context.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     context.on("weberror", lambda e: errors.append(str(e.error)))
+    # CSP violations and failed loads show up as console errors. The API's
+    # refusals (403, 404 and 409 answers the page expects and shows) do too,
+    # so only those are let through.
+    context.on("console", lambda m: m.type == "error" and not re.search(
+        r"status of (403|404|409)", m.text) and errors.append(m.text))
     try:
         yield context
     finally:
@@ -371,6 +376,18 @@ def test_markup_in_a_prompt_stays_text(browser, cp):
     expect(card(page, approval["id"])).to_be_visible()
     assert page.evaluate("window.__xss") is None
     assert page.locator("img").count() == 0
+
+
+def test_another_name_of_the_server_moves_to_the_registered_one(browser, cp):
+    approval = cp.open_approval("bob", ["engineering"], rule="renamed")
+    page = browser.new_page()
+    page.goto(f"{cp.url.replace('127.0.0.1', 'localhost')}/approvals#{approval['id']}")
+    page.wait_for_url(f"{cp.url}/approvals#{approval['id']}")
+    page.click("#sign-in")
+    page.fill("#sub", "alice")
+    page.fill("#groups", "security")
+    page.click("#sign-in-submit")
+    expect(page.locator("#d-id")).to_have_text(approval["id"])
 
 
 def test_markup_in_the_sign_in_request_stays_text(browser, cp):
