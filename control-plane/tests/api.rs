@@ -230,7 +230,9 @@ async fn discovery_document_points_at_the_dev_issuer() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["issuer"], ISSUER);
     assert_eq!(body["jwks_uri"], format!("{ISSUER}/jwks.json"));
-    assert_eq!(body["token_endpoint"], format!("{ISSUER}/token"));
+    // The code flow's token endpoint (the approvers' page); minting stays at /dev/token.
+    assert_eq!(body["token_endpoint"], format!("{ISSUER}/oauth/token"));
+    assert_eq!(body["warden_mint_endpoint"], format!("{ISSUER}/token"));
     assert_eq!(
         body["id_token_signing_alg_values_supported"],
         json!(["RS256", "ES256", "EdDSA"])

@@ -103,6 +103,11 @@ async fn start(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Optio
         Backend::Sqlite => None,
         Backend::Postgres => Some(fresh_postgres().await?),
     };
+    Some(start_on(database_url, tweak).await)
+}
+
+/// A server on `database_url` (None: SQLite in its own data dir).
+async fn start_on(database_url: Option<String>, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
         &dev_keys().join(KEY_DIR_NAME),
@@ -124,13 +129,13 @@ async fn start(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Optio
     tokio::spawn(run(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
-    Some(Server {
+    Server {
         base,
         state,
         http: reqwest::Client::new(),
         _dir: dir,
         stop: Some(stop),
-    })
+    }
 }
 
 impl Server {
@@ -237,6 +242,111 @@ on_both!(
     webhook_is_delivered,
     cli_commands,
 );
+
+/// Two replicas on one PostgreSQL database: a wait on one returns on a
+/// decision made on the other; concurrent uses split across both have one
+/// winner; versions are numbered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_share_state() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    let a = start_on(Some(url.clone()), |_| {}).await;
+    // Both replicas must trust the same issuer: give B A's public URL.
+    let public = a.base.clone();
+    let b = start_on(Some(url), |c| c.public_url = public).await;
+    let gw = Auth::Gateway(SECRET);
+    let (status, opened) = a
+        .post("/v1/approvals", gw, request_from(&a, "alice", "1", 300))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = opened["id"].as_str().unwrap().to_owned();
+    // The same binding through B finds A's approval.
+    let (status, same) = b
+        .post("/v1/approvals", gw, request_from(&a, "alice", "1", 300))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(same["id"], id.as_str());
+
+    let waiter = {
+        let http = a.http.clone();
+        let url = format!("{}/v1/approvals/{id}/wait?timeout_ms=20000", a.base);
+        tokio::spawn(async move {
+            http.get(url)
+                .header("x-warden-gateway-key", SECRET)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lead = a.token("lena", &["leads"]);
+    let (status, body) = b
+        .post(
+            &format!("/v1/approvals/{id}/approve"),
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the wait on replica A saw B's decision")
+        .unwrap();
+    assert_eq!(waited["status"], "approved");
+
+    let issuer = format!("{}/dev", a.base);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let http = a.http.clone();
+        let body = json!({"issuer": issuer, "subject": "alice", "body_sha256": "1".repeat(64)});
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{base}/v1/approvals/{id}/consume"))
+                .header("x-warden-gateway-key", SECRET)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let status = task.await.unwrap();
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(status, StatusCode::CONFLICT);
+        }
+    }
+    assert_eq!(ok, 1);
+
+    let admin = a.admin();
+    let (first, second) = tokio::join!(
+        a.post(
+            "/v1/policies",
+            Auth::Bearer(&admin),
+            json!({"document": POLICY_V1, "message": "from a"})
+        ),
+        b.post(
+            "/v1/policies",
+            Auth::Bearer(&admin),
+            json!({"document": POLICY_V2, "message": "from b"})
+        ),
+    );
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
+    assert_eq!(second.0, StatusCode::CREATED, "{}", second.1);
+    assert_ne!(first.1["version"], second.1["version"]);
+}
 
 async fn policies_publish_list_show_activate_rollback(backend: Backend) {
     let Some(server) = start(backend, |_| {}).await else {
