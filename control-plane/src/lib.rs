@@ -2,9 +2,10 @@
 //!
 //! The gateway itself is a proxy-wasm filter running in Envoy (see
 //! `filter/`); this crate is what configures and observes it. Today it is a
-//! skeleton: an HTTP API with a health check, storage with migrations, and a
-//! development OIDC issuer. Versioned policies, approvals, recorded sessions
-//! and a web page hang on it later.
+//! stores versioned policies (served to the gateways with ETags) and
+//! just-in-time approvals (opened by gateways, decided by people), verifies
+//! people's tokens with the filter engine's own JWT code, and runs a
+//! development OIDC issuer. `docs/control-plane.md` describes the API and CLI.
 //!
 //! # Layout
 //!
@@ -12,9 +13,15 @@
 //! | --- | --- |
 //! | `main.rs` | the binary: parses the command line and calls [`cli::run`]; nothing else |
 //! | [`cli`] | clap definitions (`warden serve`, `warden token`, …) and the client verbs, which talk to the API over HTTP with reqwest |
+//! | [`client`] | `warden policy …` and `warden approvals …`: HTTP calls, tables, `--json` |
+//! | [`api`] | the `/v1` routes: policies (publish, list, show, validate, activate, active + ETag, schema) and approvals (open, wait, consume, list, show, approve, deny) |
+//! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes |
+//! | [`approvals`] | the approval request and answer shapes, derived status (expired, consumed), ids |
+//! | [`user_auth`] | people's bearer tokens (dev issuer, OIDC discovery issuers) and the gateway secret |
+//! | [`webhook`] | the background announcement of new approvals (JSON or Slack) |
 //! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
-//! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start |
+//! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction |
 //! | [`dev_issuer`] | the development OIDC issuer behind `--dev` (discovery, JWKS with RS256/ES256/EdDSA keys, token minting) |
 //!
 //! # Safety notes

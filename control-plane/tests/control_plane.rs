@@ -243,6 +243,40 @@ on_both!(
     cli_commands,
 );
 
+/// A remote issuer: keys found through OIDC discovery over HTTP (here the
+/// dev issuer of another control plane), verified with the engine's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remote_issuers_are_trusted_through_discovery() {
+    let idp = start_on(None, |_| {}).await;
+    let issuer = format!("{}/dev", idp.base);
+    let server = start_on(None, |c| {
+        c.dev = false;
+        c.issuers = vec![issuer.clone()];
+    })
+    .await;
+    let token = idp.admin();
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .post(
+            "/v1/policies",
+            Auth::Bearer(&token),
+            json!({"document": POLICY_V1, "message": "via a remote issuer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A token from an issuer it does not trust.
+    let other = start_on(None, |_| {}).await;
+    let (status, body) = server
+        .get("/v1/policies", Auth::Bearer(&other.admin()))
+        .await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    // The IdP gone: the cached keys still verify (no fetch per request).
+    drop(idp);
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// Two replicas on one PostgreSQL database: a wait on one returns on a
 /// decision made on the other; concurrent uses split across both have one
 /// winner; versions are numbered once.
