@@ -401,6 +401,17 @@ pub async fn serve(listen: &str, mut config: ServerConfig) -> Result<(), Startup
     if let Some(issuer) = state.dev_issuer() {
         tracing::info!(issuer = issuer.issuer(), "dev OIDC issuer enabled");
     }
+    let trusted: Vec<&str> = state.users().issuers().collect();
+    if trusted.is_empty() {
+        tracing::warn!("no trusted issuer (--issuer, --ui-issuer or --dev): every person's token will be refused");
+    } else {
+        tracing::info!(issuers = ?trusted, "trusting these issuers for people's tokens");
+    }
+    if state.config().gateway_secret.is_none() {
+        tracing::warn!(
+            "no --gateway-secret: the gateway endpoints answer 503 gateway_secret_unset"
+        );
+    }
     announce(local_addr);
 
     let result = run(listener, state.clone(), shutdown_signal()).await;
