@@ -397,3 +397,24 @@ def test_the_variants_are_listed_in_the_docs():
         assert f"envoy/access-log/{variant.name}" in docs
     for field in NATIVE_FIELDS:
         assert f"`{field}`" in docs, field
+
+
+def operators(access_log: list) -> set[str]:
+    """The Envoy command operators an access log uses (START_TIME without its
+    format, every other one with its argument: which header, which filter state)."""
+    found = set()
+    for name, arg in re.findall(r"%([A-Z_]+)(?:\(([^)]*)\))?", yaml.safe_dump(access_log, width=10_000)):
+        found.add(name if name in ("START_TIME", "CEL") else f"{name}({arg})" if arg else name)
+    return found
+
+
+def test_every_variant_carries_every_fact_of_the_native_record():
+    """A fact added to the native record (a new filter-state field, say) must
+    reach the OCSF and ECS shapes too."""
+    cfg = yaml.safe_load(ENVOY_TEMPLATE.read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    native = operators(hcm["access_log"])
+    assert "FILTER_STATE(wasm.warden.decision:PLAIN)" in native and "DURATION" in native
+    for variant in sorted((ENVOY_TEMPLATE.parent / "access-log").glob("*.yaml")):
+        missing = native - operators(yaml.safe_load(variant.read_text())["access_log"])
+        assert not missing, f"{variant.name} lacks {sorted(missing)}"
