@@ -82,7 +82,6 @@ impl UiSettings {
 struct Web {
     app: AppState,
     settings: UiSettings,
-    page_csp: HeaderValue,
     discovery: Arc<Mutex<Option<(Instant, Value)>>>,
     http: reqwest::Client,
 }
@@ -97,7 +96,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
 pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
     let web = Web {
         app: state.clone(),
-        page_csp: page_csp(settings.issuer.as_deref()),
         settings,
         discovery: Arc::new(Mutex::new(None)),
         http: reqwest::Client::builder()
@@ -120,18 +118,22 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
     router.with_state(web)
 }
 
-/// The page's CSP: only its own origin, plus the issuer's origin for the
-/// token request (`connect-src`) when the issuer is elsewhere.
-fn page_csp(issuer: Option<&str>) -> HeaderValue {
-    let issuer_origin = issuer
-        .and_then(|issuer| Url::parse(issuer).ok())
+/// The page's CSP: only its own origin, plus for `connect-src` the origins
+/// of `urls` (the issuer and its token endpoint, which the browser calls to
+/// exchange the code; Google's, for one, is not on the issuer's origin).
+fn page_csp(urls: &[&str]) -> HeaderValue {
+    let mut origins: Vec<String> = urls
+        .iter()
+        .filter_map(|url| Url::parse(url).ok())
         .map(|url| url.origin())
         .filter(|origin| origin.is_tuple())
-        .map(|origin| format!(" {}", origin.ascii_serialization()))
-        .unwrap_or_default();
+        .map(|origin| origin.ascii_serialization())
+        .collect();
+    origins.dedup();
+    let extra: String = origins.iter().map(|origin| format!(" {origin}")).collect();
     let csp = format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
-         connect-src 'self'{issuer_origin}; form-action 'self'; frame-ancestors 'none'; \
+         connect-src 'self'{extra}; form-action 'self'; frame-ancestors 'none'; \
          base-uri 'none'; object-src 'none'"
     );
     HeaderValue::from_str(&csp).unwrap_or_else(|_| {
@@ -197,7 +199,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn index(State(web): State<Web>) -> Response {
-    html_response(StatusCode::OK, web.page_csp.clone(), INDEX_HTML.to_owned())
+    let mut urls = Vec::new();
+    if let Some(issuer) = &web.settings.issuer {
+        urls.push(issuer.clone());
+        // Cached; if the issuer cannot be read, the page cannot sign in
+        // anyway and says so (from /v1/ui/config).
+        if let Ok(document) = discovery(&web, issuer).await {
+            if let Some(endpoint) = document.get("token_endpoint").and_then(Value::as_str) {
+                urls.push(endpoint.to_owned());
+            }
+        }
+    }
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    html_response(StatusCode::OK, page_csp(&urls), INDEX_HTML.to_owned())
 }
 
 async fn app_js() -> Response {
@@ -597,16 +611,20 @@ mod tests {
 
     #[test]
     fn the_page_csp_allows_only_its_origin_and_the_issuers() {
-        let csp = page_csp(Some("https://idp.example.com/realms/acme"));
+        let csp = page_csp(&[
+            "https://idp.example.com/realms/acme",
+            "https://idp.example.com/realms/acme/protocol/openid-connect/token",
+            "https://oauth2.example.net/token",
+        ]);
         let csp = csp.to_str().unwrap();
         assert!(
-            csp.contains("connect-src 'self' https://idp.example.com;"),
+            csp.contains("connect-src 'self' https://idp.example.com https://oauth2.example.net;"),
             "{csp}"
         );
         assert!(csp.contains("script-src 'self';"));
         assert!(csp.contains("frame-ancestors 'none'"));
         assert!(!csp.contains("unsafe"));
-        let local = page_csp(None);
+        let local = page_csp(&[]);
         assert!(local.to_str().unwrap().contains("connect-src 'self';"));
     }
 
