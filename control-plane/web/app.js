@@ -142,6 +142,10 @@
     if (!pending || params.get('state') !== pending.state) {
       throw new Error('The sign-in answer does not match a sign-in started in this tab. Sign in again.');
     }
+    // RFC 9207: an IdP that names itself must be the one this page asked.
+    if (params.has('iss') && params.get('iss') !== config.issuer) {
+      throw new Error('The sign-in answer comes from another identity provider. Sign in again.');
+    }
     const response = await fetch(config.token_endpoint, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },

@@ -40,15 +40,17 @@ XSS_PROMPT = ('Summarise <script>window.__xss = "script"</script> and '
 
 
 class ControlPlane:
-    def __init__(self, tmp: Path):
-        port = Ports.free().control_plane
+    def __init__(self, tmp: Path, port: int | None = None, ui_issuer: str | None = None):
+        """With --dev; or, given `ui_issuer`, without it and trusting that issuer."""
+        port = port or Ports.free().control_plane
         self.url = f"http://127.0.0.1:{port}"
-        self.issuer = f"{self.url}/dev"
+        self.issuer = ui_issuer or f"{self.url}/dev"
+        sign_in = ["--issuer", ui_issuer, "--ui-issuer", ui_issuer] if ui_issuer else ["--dev"]
         base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
         self.process = spawn(
             "control plane",
             [str(WARDEN_BIN), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp),
-             "--dev", "--public-url", self.url],
+             "--public-url", self.url, *sign_in],
             tmp / "control-plane.log",
             env={**base, "WARDEN_GATEWAY_SECRET": GATEWAY_SECRET},
         )
@@ -403,3 +405,58 @@ def test_markup_in_the_sign_in_request_stays_text(browser, cp):
     assert page.locator("main strong").inner_text() == "<b>warden</b>"
     assert page.locator("img, b").count() == 0
     assert page.evaluate("window.__xss") is None
+
+
+IDP_SCRIPT = Path(__file__).resolve().parents[1] / "browser" / "oidc_idp.mjs"
+
+
+def test_sign_in_with_a_real_openid_provider(playwright, tmp_path):
+    """The same page against oidc-provider (a certified OpenID Provider) in
+    place of the dev issuer: its own login and consent pages, discovery, a
+    cross-origin token request (CORS), the ID token as the bearer token."""
+    ports = Ports.free()
+    idp_url = f"http://127.0.0.1:{ports.provider}"
+    page_url = f"http://127.0.0.1:{ports.control_plane}/approvals"
+    idp = spawn("oidc-provider", ["node", str(IDP_SCRIPT), "--port", str(ports.provider),
+                                  "--redirect", page_url], tmp_path / "idp.log")
+    cp = None
+    context = None
+    try:
+        wait_until("the OpenID Provider", lambda: http(
+            "GET", f"{idp_url}/.well-known/openid-configuration", timeout=2)[0] == 200, alive=idp.check_alive)
+        cp = ControlPlane(tmp_path / "cp", port=ports.control_plane, ui_issuer=idp_url)
+        approval = cp.open_approval("bob", ["engineering"], rule="real-idp")
+        status, _, raw = http("GET", f"{cp.url}/v1/ui/config")
+        assert status == 200 and json.loads(raw)["token_endpoint"].startswith(idp_url), raw
+        status, headers, _ = http("GET", page_url)
+        assert f"connect-src 'self' {idp_url}" in headers["content-security-policy"]
+
+        context = launch(playwright, tmp_path / "profile")
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        page.goto(page_url)
+        page.click("#sign-in")
+        page.wait_for_url(re.compile(re.escape(f"{idp_url}/interaction/")))
+        page.fill('input[name="login"]', "alice")
+        page.fill('input[name="password"]', "any")
+        page.click('button[type="submit"]')
+        page.click('button[type="submit"]')  # consent
+        expect(page.locator("#who-name")).to_contain_text("alice@example.com")
+        assert page.url == page_url
+        item = card(page, approval["id"])
+        item.locator("a").click()
+        page.fill("#reason", "approved through the real IdP")
+        page.click("#approve")
+        expect(page.locator("#d-status")).to_have_text("approved")
+        expect(page.locator("#d-decided-by")).to_contain_text("alice")
+    except BaseException:
+        sys.stderr.write("\n===== oidc-provider log =====\n" + idp.tail(40) + "\n")
+        if cp is not None:
+            sys.stderr.write("\n===== control plane log =====\n" + cp.process.tail(60) + "\n")
+        raise
+    finally:
+        if context is not None:
+            context.close()
+        if cp is not None:
+            cp.stop()
+        idp.stop()
