@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -197,9 +198,9 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
             plugin["vm_config"]["code"]["local"]["filename"] = str(FILTER_WASM)
             if filter_config is not None:
                 plugin["configuration"]["value"] = filter_config
-            # The dev issuer's name carries the control plane's address.
+            # The dev issuer's name and the control plane's authority carry its address.
             plugin["configuration"]["value"] = plugin["configuration"]["value"].replace(
-                "http://127.0.0.1:8080", f"http://127.0.0.1:{ports.control_plane}")
+                "127.0.0.1:8080", f"127.0.0.1:{ports.control_plane}")
     port_of = {"provider_openai": ports.provider, "provider_anthropic": ports.provider,
                "warden_control_plane": ports.control_plane}
     clusters = cfg["static_resources"]["clusters"]
@@ -270,6 +271,11 @@ class Stack:
     ports: Ports
     data_dir: Path
     processes: list[Process] = field(default_factory=list)
+    # Shared by the control plane and Envoy (the filter authenticates with it).
+    gateway_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # PostgreSQL instead of SQLite in data_dir, when set.
+    database_url: str | None = None
+    control_plane_process: Process | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -295,7 +301,8 @@ class Stack:
     def start(cls, ports: Ports, data_dir: Path, *, filter_config: str | None = None,
               envoy_env: dict | None = None, real_providers: bool = False,
               extra_clusters: dict | None = None, bare_port: int | None = None,
-              concurrency: int = 2, access_log: str | Path | None = None) -> "Stack":
+              concurrency: int = 2, access_log: str | Path | None = None,
+              database_url: str | None = None) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
@@ -309,11 +316,12 @@ class Stack:
                 raise StackError(f"{path} is missing; run `{hint}` first")
         data_dir = data_dir.resolve()
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        stack = cls(ports, data_dir)
+        stack = cls(ports, data_dir, database_url=database_url)
         try:
             stack._start_provider()
             stack._start_control_plane()
             env = dict(STAND_IN_KEYS) if envoy_env is None else dict(envoy_env)
+            env.setdefault("WARDEN_GATEWAY_SECRET", stack.gateway_secret)
             real = set()
             if real_providers:
                 for cluster, (var, _host) in REAL_PROVIDERS.items():
@@ -335,11 +343,15 @@ class Stack:
             "GET", f"{self.provider_url}/_warden/health", timeout=2)[0] == 200, alive=p.check_alive)
 
     def _start_control_plane(self) -> None:
-        p = spawn("control plane",
-                  [str(WARDEN_BIN), "serve", "--listen", f"127.0.0.1:{self.ports.control_plane}",
-                   "--data-dir", str(self.data_dir), "--dev"],
-                  self.data_dir / "logs" / "control-plane.log")
+        argv = [str(WARDEN_BIN), "serve", "--listen", f"127.0.0.1:{self.ports.control_plane}",
+                "--data-dir", str(self.data_dir), "--dev"]
+        if self.database_url:
+            argv += ["--database-url", self.database_url]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
+        p = spawn("control plane", argv, self.data_dir / "logs" / "control-plane.log",
+                  env={**base, "WARDEN_GATEWAY_SECRET": self.gateway_secret})
         self.processes.append(p)
+        self.control_plane_process = p
         wait_until("the control plane", lambda: http(
             "GET", f"{self.control_plane_url}/healthz", timeout=2)[0] == 200, alive=p.check_alive)
 
@@ -396,6 +408,27 @@ class Stack:
     def provider_queue_replies(self, replies: list[str]) -> None:
         status, _, _ = http("POST", f"{self.provider_url}/_warden/replies", body=replies)
         assert status in (200, 204), status
+
+    def stop_control_plane(self) -> None:
+        """Stops the control plane (Envoy keeps running): for outage tests."""
+        if self.control_plane_process is not None:
+            self.control_plane_process.stop()
+            self.processes.remove(self.control_plane_process)
+            self.control_plane_process = None
+
+    def start_control_plane(self) -> None:
+        self._start_control_plane()
+
+    def cli(self, *args: str, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Runs the `warden` CLI against this stack's control plane."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
+        env["WARDEN_SERVER"] = self.control_plane_url
+        if token:
+            env["WARDEN_TOKEN"] = token
+        done = subprocess.run([str(WARDEN_BIN), *args], env=env, capture_output=True, text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise StackError(f"warden {' '.join(args)} exited {done.returncode}: {done.stderr}{done.stdout}")
+        return done
 
     def access_log_records(self) -> list[dict]:
         if not self.access_log.exists():

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::auth::{AuthenticationDoc, Authenticator};
+use crate::control::{ControlPlane, ControlPlaneDoc};
 use crate::inspect::mask::HashKey;
 use crate::policy::{Policy, PolicyDoc};
 use crate::provider::Api;
@@ -48,6 +49,10 @@ pub struct FilterConfigDoc {
     /// Environment variable of Envoy holding the key of `hash` pseudonyms.
     #[serde(default = "default_hash_key_env")]
     pub hash_key_env: String,
+    /// Where policy versions and approvals come from. Unset: the inline
+    /// `policy` is the only one, and approvals fail closed.
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneDoc>,
 }
 
 fn default_hash_key_env() -> String {
@@ -146,6 +151,7 @@ pub struct FilterConfig {
     /// The key of `hash` pseudonyms: from Envoy's environment, or (when unset)
     /// derived from this configuration, so every worker and restart agrees.
     pub hash_key: HashKey,
+    pub control_plane: Option<ControlPlane>,
 }
 
 impl FilterConfig {
@@ -240,6 +246,10 @@ impl FilterConfig {
         }
         let auth = Authenticator::compile(doc.authentication, env)?;
         let initial_policy = doc.policy.map(Policy::compile).transpose()?;
+        let control_plane = doc
+            .control_plane
+            .map(|c| ControlPlane::compile(c, env))
+            .transpose()?;
         if !(1024..=64 * 1024 * 1024).contains(&doc.max_body_bytes) {
             return Err(ConfigError::Invalid(
                 "max_body_bytes must be between 1024 and 67108864".into(),
@@ -279,6 +289,7 @@ impl FilterConfig {
             initial_policy,
             max_body_bytes: doc.max_body_bytes,
             hash_key,
+            control_plane,
         })
     }
 

@@ -21,6 +21,8 @@
 //!   policy applied to bodies and streams.
 //! - [`request`]: one request's steps: route, authenticate, parse the body,
 //!   authorize, inspect, and the header changes before upstream.
+//! - [`control`]: the control plane seen from the filter: the published
+//!   policy it polls, and one request's approval as a state machine.
 //! - [`headers`]: a read-only view of request headers as raw bytes.
 //!
 //! The proxy-wasm adapter (`filter/wasm`) only moves bytes between the host
@@ -28,6 +30,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod headers;
 pub mod inspect;
 pub mod policy;

@@ -116,8 +116,9 @@ pub enum Record {
     Masked,
 }
 
-/// Longest hold: a request paused longer than this ties up a connection.
-pub const MAX_HOLD_SECONDS: u32 = 600;
+/// Longest hold: below Envoy's default `stream_idle_timeout` (5 min), which
+/// would otherwise end a request that waits in silence.
+pub const MAX_HOLD_SECONDS: u32 = 280;
 /// Longest an approval stays usable.
 pub const MAX_APPROVAL_TTL_SECONDS: u32 = 7 * 24 * 3600;
 
@@ -346,6 +347,9 @@ pub struct Policy {
     detectors: DetectorSet,
     over_clearance: OverClearance,
     pub record: Record,
+    /// The control plane's version number of this policy; `None` for one
+    /// from the Envoy configuration.
+    pub published_version: Option<u64>,
 }
 
 /// What one rule does for one request, after scope and clearance.
@@ -643,6 +647,7 @@ impl Policy {
             detectors,
             over_clearance: doc.over_clearance,
             record: doc.record,
+            published_version: None,
         })
     }
 

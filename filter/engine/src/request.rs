@@ -334,8 +334,10 @@ pub fn authorize(
 }
 
 /// Step 4b: the policy's rules applied to the request body (edited in place).
-/// Returns what was found, and the new body when it changed; a block or an
-/// approval rule refuses the request (naming the rule, never the value).
+/// Returns what was found, and the new body when it changed; a block rule
+/// refuses the request (naming the rule, never the value). An approval rule
+/// is the caller's to act on ([`Outcome::stop`] names it): the request then
+/// waits for the control plane, or is refused by [`approvals_disabled`].
 #[allow(clippy::too_many_arguments)]
 pub fn inspect_request(
     config: &FilterConfig,
@@ -363,20 +365,66 @@ pub fn inspect_request(
         &config.hash_key,
     );
     match outcome.stop() {
-        Some((rule, Action::RequireApproval)) => Err(Rejection::new(
-            p.api,
-            ErrorKind::PermissionDenied,
-            "warden.approval_required",
-            format!("this request needs an approval under rule '{rule}', and approvals are not enabled on this gateway"),
-        )),
-        Some((rule, _)) => Err(Rejection::new(
+        Some((rule, Action::Block)) => Err(Rejection::new(
             p.api,
             ErrorKind::PermissionDenied,
             "warden.blocked",
             format!("the request was blocked by rule '{rule}'"),
         )),
-        None => Ok((outcome, if changed { serde_json::to_vec(body).ok() } else { None })),
+        _ => Ok((
+            outcome,
+            if changed {
+                serde_json::to_vec(body).ok()
+            } else {
+                None
+            },
+        )),
     }
+}
+
+/// The decision an answer records in the audit trail and the counters.
+pub fn decision_for(rejection: &Rejection) -> &'static str {
+    match (rejection.error.kind, rejection.error.code) {
+        (_, "warden.approval_required" | "warden.approval_pending") => "approval_pending",
+        (_, "warden.blocked" | "warden.stream_unknown" | "warden.response_uninspectable") => {
+            "blocked"
+        }
+        (ErrorKind::Unauthenticated, _) => "unauthenticated",
+        (ErrorKind::PermissionDenied, _) => "denied",
+        _ => "error",
+    }
+}
+
+/// The refusal of a request that needs an approval on a gateway without a
+/// control plane.
+pub fn approvals_disabled(api: Api, rule: &str) -> Rejection {
+    Rejection::new(
+        api,
+        ErrorKind::PermissionDenied,
+        "warden.approval_required",
+        format!("this request needs an approval under rule '{rule}', and approvals are not enabled on this gateway"),
+    )
+}
+
+/// The refusal while the control plane has been out of reach for longer
+/// than the configured bound.
+pub fn policy_stale(api: Api, silent_for: u64) -> Rejection {
+    Rejection::new(
+        api,
+        ErrorKind::Unavailable,
+        "warden.policy_stale",
+        format!("the gateway has not reached its control plane for {silent_for} s, longer than its policy may be used; it refuses requests until the control plane answers"),
+    )
+}
+
+/// The prompt text as an approver sees it: every text of the request (after
+/// the policy's masking), one per line.
+pub fn prompt_text(api: Api, upstream_path: &str, body: &mut Value) -> String {
+    let mut parts = Vec::new();
+    crate::inspect::body::each_request_text(Shape::of(api, upstream_path), body, &mut |t| {
+        parts.push(t.clone())
+    });
+    parts.join("\n")
 }
 
 /// What to change in the request headers before they go upstream.

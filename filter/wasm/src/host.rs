@@ -26,6 +26,14 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the epoch (0 if the host cannot say).
+pub fn now_millis() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub fn request_headers() -> HostResult<Vec<(String, Vec<u8>)>> {
     hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
 }
@@ -108,6 +116,23 @@ pub fn dispatch_get(
     )
 }
 
+/// An HTTP call with any method, headers and body.
+pub fn dispatch(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> HostResult<u32> {
+    hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
+}
+
+/// A header of the HTTP call response being delivered.
+pub fn call_response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
 /// Status and body of the HTTP call response being delivered.
 pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>) {
     let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
@@ -133,9 +158,26 @@ pub fn set_filter_state(name: &str, value: &[u8]) -> HostResult<()> {
 #[derive(Default)]
 pub struct Counters {
     ids: std::collections::HashMap<String, u32>,
+    gauges: std::collections::HashMap<String, u32>,
 }
 
 impl Counters {
+    /// Sets a gauge (Envoy sums a gauge across workers' VMs, so only one
+    /// writer should own each: the policy poller writes the version).
+    pub fn set_gauge(&mut self, name: &str, value: u64) {
+        let id = match self.gauges.get(name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(proxy_wasm::types::MetricType::Gauge, name) {
+                Ok(id) => {
+                    self.gauges.insert(name.to_owned(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::record_metric(id, value);
+    }
+
     pub fn add(&mut self, name: &str, n: u64) {
         let id = match self.ids.get(name) {
             Some(id) => *id,

@@ -6,6 +6,9 @@
 //!                                   │                        read the model, authorize, forward
 //!                                   ├─ unknown kid: fetch keys (paused), then authenticate once more
 //!                                   └─ rejected: local reply in the provider's format
+//!
+//! inspect ── approval rule? ── ask the control plane (paused): hold mode long-polls
+//!                              until decided; approved -> forward, else a local reply
 //! ```
 //!
 //! Headers are held (`Action::Pause`) until the decision, so a denied request
@@ -18,10 +21,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use warden_engine::auth::Identity;
 use warden_engine::config::FilterConfig;
+use warden_engine::control::{ApprovalFlow, ApprovalRequest, Call, Next};
 use warden_engine::headers::Headers;
 use warden_engine::inspect::apply::{inspect_json, MaskingStream, Outcome, SharedMasking};
 use warden_engine::inspect::body::Shape;
-use warden_engine::inspect::mask::Vault;
+use warden_engine::inspect::mask::{Action as RuleAction, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
 use warden_engine::policy::{ActiveRules, Direction, Policy};
 use warden_engine::provider::{Api, ErrorKind, GatewayError};
@@ -42,6 +46,10 @@ enum Phase {
     },
     /// Paused until the whole body has arrived.
     WaitingForBody,
+    /// Paused while the control plane decides an approval.
+    WaitingForApproval {
+        call: u32,
+    },
     Forwarded,
     Answered,
 }
@@ -71,6 +79,8 @@ pub struct WardenHttp {
     response: ResponseMode,
     /// The decision recorded for the audit trail and the counters.
     decision: &'static str,
+    /// The approval this request waits for, if a rule asked for one.
+    approval: Option<ApprovalFlow>,
 }
 
 /// How the response body is handled.
@@ -103,6 +113,7 @@ impl WardenHttp {
             outcome: Outcome::default(),
             response: ResponseMode::Pass,
             decision: "error",
+            approval: None,
         }
     }
 
@@ -128,16 +139,7 @@ impl WardenHttp {
 
     /// Answers the request in the provider's format; nothing goes upstream.
     fn reply(&mut self, rejection: Rejection) -> Action {
-        let decision = match (rejection.error.kind, rejection.error.code) {
-            (_, "warden.approval_required") => "approval_required",
-            (_, "warden.blocked" | "warden.stream_unknown" | "warden.response_uninspectable") => {
-                "blocked"
-            }
-            (ErrorKind::Unauthenticated, _) => "unauthenticated",
-            (ErrorKind::PermissionDenied, _) => "denied",
-            _ => "error",
-        };
-        self.set_decision(decision);
+        self.set_decision(request::decision_for(&rejection));
         let _ = host::set_filter_state("warden.reason", rejection.error.code.as_bytes());
         let local = rejection.error.render(rejection.api);
         let mut headers: Vec<(&str, &str)> = local
@@ -298,7 +300,123 @@ impl WardenHttp {
                 return self.reply(rejection);
             }
         }
+        if let Some((rule, RuleAction::RequireApproval)) = self.outcome.stop() {
+            return self.ask_approval(&rule, model, &body, &mut doc);
+        }
         self.forward(model)
+    }
+
+    /// Opens (or finds) the approval a rule asks for and pauses until the
+    /// control plane answers. The body is already in its masked form.
+    fn ask_approval(
+        &mut self,
+        rule: &str,
+        model: Option<String>,
+        original: &[u8],
+        masked: &mut serde_json::Value,
+    ) -> Action {
+        let api = self.api();
+        let (Some(config), Some(policy), Some(identity)) = (
+            self.config.clone(),
+            self.policy.clone(),
+            self.identity.clone(),
+        ) else {
+            return self.internal_error("approval without policy");
+        };
+        let Some(cp) = config.control_plane.as_ref() else {
+            return self.reply(request::approvals_disabled(api, rule));
+        };
+        let Some(spec) = policy
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .map(|r| &r.approval)
+        else {
+            return self.internal_error("approval rule not in the policy");
+        };
+        // Bound to the request as the client sent it, so the same request
+        // sent again (ticket mode) matches and an edited one does not.
+        let body_sha256 = match request::parse_body(api, original) {
+            Ok(doc) => warden_engine::control::canonical_sha256(&doc),
+            Err(rejection) => return self.reply(rejection),
+        };
+        let provider = config
+            .providers
+            .get(self.provider)
+            .map_or("", |p| p.name.as_str());
+        let prompt = request::prompt_text(api, &self.upstream_path, masked);
+        let ask = ApprovalRequest::new(
+            &identity,
+            provider,
+            model.as_deref(),
+            &self.upstream_path,
+            rule,
+            spec,
+            policy.published_version,
+            body_sha256,
+            prompt,
+        );
+        let (flow, call) = ApprovalFlow::start(
+            api,
+            &ask,
+            spec.timeout_seconds,
+            cp.timeout_ms,
+            host::now_millis(),
+        );
+        self.approval = Some(flow);
+        self.model = model;
+        self.call_control_plane(call)
+    }
+
+    fn call_control_plane(&mut self, call: Call) -> Action {
+        let Some(config) = self.config.clone() else {
+            return self.internal_error("approval without configuration");
+        };
+        let Some(cp) = config.control_plane.as_ref() else {
+            return self.internal_error("approval without a control plane");
+        };
+        let sent = host::dispatch(
+            &cp.cluster,
+            cp.headers(call.method, &call.path),
+            call.body.as_deref(),
+            std::time::Duration::from_millis(call.timeout_ms),
+        );
+        match sent {
+            Ok(token) => {
+                self.phase = Phase::WaitingForApproval { call: token };
+                Action::Pause
+            }
+            Err(status) => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!("warden: cannot call the control plane for an approval: {status:?}"),
+                );
+                self.on_approval_answer(None, &[])
+            }
+        }
+    }
+
+    /// The control plane answered (or failed to): the next call, or the end.
+    fn on_approval_answer(&mut self, status: Option<u32>, body: &[u8]) -> Action {
+        let Some(flow) = self.approval.as_mut() else {
+            return self.internal_error("approval answer without an approval");
+        };
+        let next = flow.on_answer(status, body, host::now_millis());
+        if let Some(id) = flow.approval_id() {
+            let _ = host::set_filter_state("warden.approval_id", id.as_bytes());
+        }
+        match next {
+            Next::Call(call) => self.call_control_plane(call),
+            Next::Forward { .. } => {
+                let model = self.model.take();
+                let action = self.forward(model);
+                if action == Action::Continue {
+                    self.set_decision("approved");
+                }
+                action
+            }
+            Next::Reply { rejection, .. } => self.reply(rejection),
+        }
     }
 
     fn authorize(&mut self, model: Option<&str>) -> Result<(), Rejection> {
@@ -458,9 +576,10 @@ impl WardenHttp {
             // A provider error page that is not JSON: nothing of ours to restore or mask.
             Err(_) => return self.block_response("warden.response_uninspectable"),
         };
-        for (name, count) in inspected.outcome.rules {
-            self.outcome.rules.entry(name).or_insert(count);
-        }
+        // Only the response's own findings can stop the response (the
+        // request's were decided before it went upstream).
+        let stop = inspected.outcome.stop();
+        self.outcome.merge(inspected.outcome);
         if let Some(usage) = &inspected.usage {
             let _ = host::set_filter_state("warden.usage", usage.to_string().as_bytes());
         }
@@ -468,7 +587,7 @@ impl WardenHttp {
         if self.decision == "allowed" && self.outcome.rewrote() {
             self.set_decision("masked");
         }
-        if let Some((rule, _)) = self.outcome.stop() {
+        if let Some((rule, _)) = stop {
             host::log(
                 LogLevel::Info,
                 &format!("warden: response blocked by rule '{rule}'"),
@@ -496,6 +615,21 @@ impl Context for WardenHttp {
         body_size: usize,
         _trailers: usize,
     ) {
+        if let Phase::WaitingForApproval { call } = self.phase {
+            if call != token_id {
+                return;
+            }
+            let (status, body) = host::call_response(body_size);
+            if self.on_approval_answer(status, &body) == Action::Continue {
+                if let Err(status) = host::resume_request() {
+                    host::log(
+                        LogLevel::Error,
+                        &format!("warden: cannot resume a request: {status:?}"),
+                    );
+                }
+            }
+            return;
+        }
         let Phase::WaitingForKeys { call, issuer } = self.phase else {
             return;
         };
@@ -532,11 +666,19 @@ impl HttpContext for WardenHttp {
                 ),
             });
         };
-        let (config, policy) = {
-            let vm = vm.borrow();
-            (vm.config.clone(), vm.policy.clone())
+        let (config, policy, silence) = {
+            let mut vm = vm.borrow_mut();
+            vm.catch_up_policy();
+            (
+                vm.config.clone(),
+                vm.policy.clone(),
+                vm.policy_silence(host::now_secs()),
+            )
         };
         self.config = Some(config.clone());
+        if let Some(version) = policy.as_ref().and_then(|p| p.published_version) {
+            let _ = host::set_filter_state("warden.policy_version", version.to_string().as_bytes());
+        }
         self.policy = policy;
         self.headers = match host::request_headers() {
             Ok(h) => h.into(),
@@ -554,12 +696,20 @@ impl HttpContext for WardenHttp {
         if let Some(p) = config.providers.get(self.provider) {
             let _ = host::set_filter_state("warden.provider", p.name.as_bytes());
         }
+        let route = self.upstream_path.split('?').next().unwrap_or_default();
+        let route = format!("/{}", route.trim_start_matches('/'));
+        let _ = host::set_filter_state("warden.route", route.as_bytes());
+        if let Some(silent_for) = silence {
+            let api = self.api();
+            return self.reply(request::policy_stale(api, silent_for));
+        }
         self.expects_body = request::has_body(Headers::new(&headers), end_of_stream);
         self.authenticate(true)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
+            Phase::WaitingForApproval { .. } => Action::Pause,
             Phase::WaitingForKeys { .. } | Phase::WaitingForBody | Phase::Start => {
                 let limit = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
                 if body_size > limit {
@@ -583,6 +733,10 @@ impl HttpContext for WardenHttp {
         let mut vm = vm.borrow_mut();
         vm.counters
             .add(&format!("warden.requests.{}", self.decision), 1);
+        if self.approval.is_some() {
+            vm.counters
+                .add(&format!("warden.approvals.{}", self.decision), 1);
+        }
         for (rule, count) in &self.outcome.rules {
             let mode = if count.observe { "observe_" } else { "" };
             let name = format!(
@@ -642,9 +796,7 @@ impl HttpContext for WardenHttp {
                         let _ =
                             host::set_filter_state("warden.usage", usage.to_string().as_bytes());
                     }
-                    for (name, count) in text.outcome().rules {
-                        self.outcome.rules.entry(name).or_insert(count);
-                    }
+                    self.outcome.merge(text.outcome());
                     self.record_outcome();
                     if self.decision == "allowed" && self.outcome.rewrote() {
                         self.set_decision("masked");

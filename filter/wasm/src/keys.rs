@@ -157,10 +157,12 @@ pub fn on_response(
     body_size: usize,
     vm: &mut VmKeys,
     now: u64,
+    counters: &mut host::Counters,
 ) -> Option<(u32, Stage)> {
     let (status, body) = host::call_response(body_size);
     let name = &issuer.issuer;
     if status != Some(200) {
+        counters.add("warden.keys.fetch_failures", 1);
         host::log(
             LogLevel::Warn,
             &format!(
@@ -222,10 +224,13 @@ pub fn on_response(
                         .ok()
                         .and_then(|(_, cas)| cas);
                 }
-                Err(err) => host::log(
-                    LogLevel::Warn,
-                    &format!("warden: the JWKS of {name} was refused: {err}"),
-                ),
+                Err(err) => {
+                    counters.add("warden.keys.fetch_failures", 1);
+                    host::log(
+                        LogLevel::Warn,
+                        &format!("warden: the JWKS of {name} was refused: {err}"),
+                    )
+                }
             }
             None
         }

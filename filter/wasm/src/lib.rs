@@ -13,6 +13,8 @@
 //!   the engine's request steps and turns their answers into host actions.
 //! - [`keys`]: issuer keys fetched through an Envoy cluster and shared by all
 //!   worker VMs through proxy-wasm shared data.
+//! - [`published`]: the policy version the control plane publishes, polled
+//!   the same way (one VM per period, shared with all, swapped per VM).
 //! - [`host`]: every host call, returning `Result`s instead of trapping.
 //!
 //! Failure is closed everywhere: no configuration, keys or policy means a 503
@@ -22,6 +24,7 @@
 mod host;
 mod http;
 mod keys;
+mod published;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,6 +37,7 @@ use warden_engine::auth::cache::TokenCache;
 use warden_engine::auth::keys::Freshness;
 use warden_engine::auth::KeySource;
 use warden_engine::config::FilterConfig;
+use warden_engine::control::PublishedPolicy;
 use warden_engine::policy::Policy;
 
 /// Tick while some issuer's keys are not loaded yet, and once they are.
@@ -60,9 +64,55 @@ pub struct Vm {
     pub cache: TokenCache,
     /// Requests by decision and matches by rule and action (names only).
     pub counters: host::Counters,
+    /// This VM's view of the published policy.
+    pub published: published::VmPublished,
+    /// When this VM was configured: the staleness bound counts from here
+    /// until the control plane first answers.
+    pub started_at: u64,
+    /// When the control plane last answered any VM's poll.
+    pub policy_contact: Option<u64>,
 }
 
 impl Vm {
+    /// Picks up a version another VM fetched, and the time of the control
+    /// plane's last answer.
+    pub fn refresh_policy(&mut self) {
+        if self.config.control_plane.is_none() {
+            return;
+        }
+        if let Some(p) = self.published.refresh() {
+            self.install(p);
+        }
+        self.policy_contact = published::last_contact();
+    }
+
+    /// At a request's start: catches up at once if another VM installed a
+    /// new version (one 8-byte shared read).
+    pub fn catch_up_policy(&mut self) {
+        if self.config.control_plane.is_some() && self.published.is_behind() {
+            self.refresh_policy();
+        }
+    }
+
+    /// Makes `p` the policy new requests start under.
+    pub fn install(&mut self, p: PublishedPolicy) {
+        host::log(
+            LogLevel::Info,
+            &format!("warden: policy version {} is active", p.version),
+        );
+        self.counters.set_gauge("warden.policy.version", p.version);
+        self.policy = Some(Rc::new(p.policy));
+    }
+
+    /// How long the control plane has been silent, if that is longer than
+    /// the policy may be used without it.
+    pub fn policy_silence(&self, now: u64) -> Option<u64> {
+        let cp = self.config.control_plane.as_ref()?;
+        let since = self.policy_contact.unwrap_or(0).max(self.started_at);
+        let silent = now.saturating_sub(since);
+        (silent > cp.max_stale_seconds).then_some(silent)
+    }
+
     /// Re-reads shared keys of issuers this VM has none of yet: cheap, and
     /// only until the first fetch lands.
     pub fn refresh_missing_keys(&mut self) {
@@ -90,7 +140,15 @@ impl Vm {
             return None;
         };
         let vm_keys = self.keys.get_mut(issuer)?;
-        keys::on_response(iss, remote, stage, body_size, vm_keys, host::now_secs())
+        keys::on_response(
+            iss,
+            remote,
+            stage,
+            body_size,
+            vm_keys,
+            host::now_secs(),
+            &mut self.counters,
+        )
     }
 
     /// For a token naming a key this VM does not hold: re-reads the shared
@@ -131,12 +189,42 @@ pub enum Refetch {
     Started(u32),
 }
 
+/// A call the root context has in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// A key fetch: issuer index and stage.
+    Keys(usize, keys::Stage),
+    /// A poll of the published policy.
+    Policy,
+}
+
 #[derive(Default)]
 pub struct WardenRoot {
     vm: Option<Rc<RefCell<Vm>>>,
-    /// Key fetches in flight: call token -> (issuer index, stage).
-    fetches: HashMap<u32, (usize, keys::Stage)>,
+    fetches: HashMap<u32, Fetch>,
     tick: Option<Duration>,
+}
+
+impl WardenRoot {
+    /// Re-reads the shared policy and, if this VM wins the lease, polls the
+    /// control plane.
+    fn poll_policy(&mut self, vm: &mut Vm, now: u64) {
+        let Some(cp) = vm.config.control_plane.clone() else {
+            return;
+        };
+        vm.refresh_policy();
+        let in_flight = self.fetches.values().any(|f| *f == Fetch::Policy);
+        if in_flight || !published::try_lease(now, cp.poll_seconds) {
+            return;
+        }
+        let etag = vm.published.etag.clone().filter(|e| !e.is_empty());
+        match published::start_poll(&cp, etag.as_deref()) {
+            Some(token) => {
+                self.fetches.insert(token, Fetch::Policy);
+            }
+            None => vm.counters.add("warden.policy.fetch_failures", 1),
+        }
+    }
 }
 
 impl WardenRoot {
@@ -155,13 +243,30 @@ impl Context for WardenRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((issuer, stage)) = self.fetches.remove(&token_id) else {
+        let Some(fetch) = self.fetches.remove(&token_id) else {
             return;
         };
         let Some(vm) = self.vm.clone() else { return };
-        let next = vm.borrow_mut().on_key_response(issuer, stage, body_size);
-        if let Some((call, next_stage)) = next {
-            self.fetches.insert(call, (issuer, next_stage));
+        let mut vm = vm.borrow_mut();
+        match fetch {
+            Fetch::Keys(issuer, stage) => {
+                if let Some((call, next_stage)) = vm.on_key_response(issuer, stage, body_size) {
+                    self.fetches.insert(call, Fetch::Keys(issuer, next_stage));
+                }
+            }
+            Fetch::Policy => {
+                let now = host::now_secs();
+                let Vm { published, .. } = &mut *vm;
+                match published::on_response(body_size, now, published) {
+                    published::Polled::New(p) => {
+                        vm.counters.add("warden.policy.updates", 1);
+                        vm.install(p);
+                    }
+                    published::Polled::Unchanged => {}
+                    published::Polled::Failed => vm.counters.add("warden.policy.fetch_failures", 1),
+                }
+                vm.policy_contact = published::last_contact();
+            }
         }
     }
 }
@@ -199,7 +304,7 @@ impl RootContext for WardenRoot {
             );
         }
         let policy = config.initial_policy.take().map(Rc::new);
-        if policy.is_none() {
+        if policy.is_none() && config.control_plane.is_none() {
             host::log(
                 LogLevel::Warn,
                 "warden: no policy configured; every request will get 503 until one is",
@@ -222,6 +327,9 @@ impl RootContext for WardenRoot {
             keys: (0..issuers).map(|_| keys::VmKeys::default()).collect(),
             cache,
             counters: host::Counters::default(),
+            published: published::VmPublished::default(),
+            started_at: host::now_secs(),
+            policy_contact: None,
         })));
         self.tick = None;
         self.set_tick(FAST_TICK);
@@ -244,7 +352,10 @@ impl RootContext for WardenRoot {
             if remote.freshness(fetched_at, now) == Freshness::NotLoaded {
                 all_loaded = false;
             }
-            let in_flight = self.fetches.values().any(|(idx, _)| *idx == i);
+            let in_flight = self
+                .fetches
+                .values()
+                .any(|f| matches!(f, Fetch::Keys(idx, _) if *idx == i));
             // The lease decides across VMs; only its winner fetches.
             if !in_flight
                 && keys::try_lease(&issuer.issuer, now, |last| {
@@ -252,10 +363,11 @@ impl RootContext for WardenRoot {
                 })
             {
                 if let Some((token, stage)) = keys::start_fetch(issuer, remote) {
-                    self.fetches.insert(token, (i, stage));
+                    self.fetches.insert(token, Fetch::Keys(i, stage));
                 }
             }
         }
+        self.poll_policy(&mut vm, now);
         drop(vm);
         self.set_tick(if all_loaded { SLOW_TICK } else { FAST_TICK });
     }

@@ -31,6 +31,16 @@ pub struct RuleCount {
 }
 
 impl Outcome {
+    /// Adds another pass's findings (the response's to the request's).
+    pub fn merge(&mut self, other: Outcome) {
+        for (name, count) in other.rules {
+            self.rules
+                .entry(name)
+                .and_modify(|c| c.count += count.count)
+                .or_insert(count);
+        }
+    }
+
     fn record(&mut self, policy: &Policy, hit: &Hit) {
         let Some(rule) = policy.rules.get(hit.rule) else {
             return;

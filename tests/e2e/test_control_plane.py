@@ -1,0 +1,344 @@
+"""The control plane through a real Envoy: policy versions a running gateway picks
+up within a poll, approvals (hold and ticket; approved, denied, expired, replayed,
+edited, self-approved, used twice at once) decided with the `warden` CLI, and the
+bound on how long the last good policy serves while the control plane is down.
+
+Every test runs twice: with the control plane on SQLite and on PostgreSQL (a
+real server; scripts/test.sh starts one and sets WARDEN_TEST_DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.stack import Ports, Stack, StackError, default_filter_config, http, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+POLL_SECONDS = 1
+MAX_STALE_SECONDS = 6
+EMAIL = "jane.doe@example.com"
+
+APPROVAL_POLICY = {
+    "version": 1,
+    "groups": {"engineering": {"models": ["*"]}, "security": {"models": ["*"]}},
+    "approval": {"approvers": ["security"], "mode": "hold", "timeout_seconds": 30},
+    "rules": [
+        {"name": "personal-data", "detect": ["email"], "action": "mask", "level": "internal"},
+        {"name": "prod-dump", "keywords": ["production database dump"], "action": "require_approval",
+         "where": "request"},
+        {"name": "prod-ticket", "keywords": ["customer export"], "action": "require_approval",
+         "where": "request", "approval": {"mode": "ticket", "ttl_seconds": 600}},
+        {"name": "quick-hold", "keywords": ["quick question"], "action": "require_approval",
+         "where": "request", "approval": {"timeout_seconds": 2}},
+    ],
+}
+
+
+def _database_urls() -> list:
+    return ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="module", params=_database_urls())
+def cp_stack(request, tmp_path_factory):
+    database_url = None
+    if request.param == "postgres":
+        server = os.environ.get("WARDEN_TEST_DATABASE_URL")
+        if not server:
+            if os.environ.get("CI"):
+                pytest.fail("WARDEN_TEST_DATABASE_URL is not set: scripts/test.sh starts PostgreSQL for this test")
+            pytest.skip("PostgreSQL not started (run through `make test`, which starts one)")
+        database_url = fresh_database(server)
+    cfg = default_filter_config()
+    cfg["control_plane"].update({"poll_seconds": POLL_SECONDS, "max_stale_seconds": MAX_STALE_SECONDS})
+    stack = Stack.start(Ports.free(), tmp_path_factory.mktemp(f"cp-{request.param}"),
+                        filter_config=yaml.safe_dump(cfg), database_url=database_url)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def fresh_database(server_url: str) -> str:
+    """A new empty database on the test server, so each run starts clean."""
+    name = f"warden_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", server_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True, timeout=30)
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+def stack(cp_stack, request):
+    cp_stack.provider_clear()
+    yield cp_stack
+    for when in ("setup", "call"):
+        rep = getattr(request.node, f"rep_{when}", None)
+        if rep is not None and rep.failed:
+            print(cp_stack.dump_logs())
+
+
+def chat(stack: Stack, token: str, prompt: str, model: str = "gpt-4o", timeout: float = 60) -> tuple[int, dict, dict]:
+    status, headers, body = http(
+        "POST", f"{stack.gateway_url}/openai/v1/chat/completions",
+        body={"model": model, "messages": [{"role": "user", "content": prompt}]},
+        headers={"authorization": f"Bearer {token}"}, timeout=timeout)
+    return status, headers, json.loads(body or b"{}")
+
+
+def push(stack: Stack, admin: str, policy: dict, message: str, tmp_path) -> int:
+    path = tmp_path / f"policy-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    stack.cli("policy", "push", str(path), "-m", message, token=admin)
+    versions = json.loads(stack.cli("policy", "list", "--json", token=admin).stdout)["policies"]
+    return max(v["version"] for v in versions)
+
+
+def approvals(stack: Stack, token: str, status: str = "pending") -> list[dict]:
+    return json.loads(stack.cli("approvals", "list", "--status", status, "--json", token=token).stdout)["approvals"]
+
+
+def wait_for_pending(stack: Stack, approver: str, rule: str, seen: set[str]) -> dict:
+    found: list[dict] = []
+
+    def pending() -> bool:
+        found[:] = [a for a in approvals(stack, approver) if a["rule"] == rule and a["id"] not in seen]
+        return bool(found)
+
+    wait_until(f"a pending approval under {rule}", pending, timeout=30)
+    seen.add(found[0]["id"])
+    return found[0]
+
+
+def approval_id(body: dict) -> str:
+    match = re.search(r"apr_[A-Za-z0-9_-]+", body["error"]["message"])
+    assert match, body
+    return match.group(0)
+
+
+def reason(headers: dict) -> str | None:
+    return headers.get("x-warden-reason")
+
+
+@pytest.fixture(scope="module")
+def people(cp_stack):
+    return {
+        "admin": cp_stack.token("root", ["warden-admins"]),
+        "alice": cp_stack.token("alice", ["engineering"]),
+        "bob": cp_stack.token("bob", ["security"]),
+        "carol": cp_stack.token("carol", ["engineering"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def approval_version(cp_stack, people, tmp_path_factory):
+    """The approvals policy, pushed once and active for the approval tests."""
+    version = push(cp_stack, people["admin"], APPROVAL_POLICY, "approvals", tmp_path_factory.mktemp("p"))
+    # A rule only the approvals policy has: requests under it are held.
+    wait_until("the gateway to take the approvals policy", lambda: http(
+        "GET", f"{cp_stack.gateway_url}/openai/v1/models",
+        headers={"authorization": f"Bearer {people['alice']}"})[0] == 200 and _policy_is(cp_stack, people, version),
+        timeout=10 * POLL_SECONDS + 10)
+    return version
+
+
+def _policy_is(stack: Stack, people: dict, version: int) -> bool:
+    """The version the gateway enforces, read from its audit record."""
+    marker = uuid.uuid4().hex
+    http("GET", f"{stack.gateway_url}/openai/v1/models",
+         headers={"authorization": f"Bearer {people['alice']}", "user-agent": marker})
+    records = []
+
+    def logged() -> bool:
+        records[:] = [r for r in stack.access_log_records() if marker in json.dumps(r)]
+        return bool(records)
+
+    wait_until("the access log record", logged, timeout=10)
+    return str(records[0].get("policy_version")) == str(version)
+
+
+# --- versioned policies -----------------------------------------------------------
+
+
+def test_a_pushed_policy_changes_the_running_gateway_and_activate_restores_it(stack, people, tmp_path):
+    admin, alice = people["admin"], people["alice"]
+    base = yaml.safe_load((ROOT / "examples" / "policies" / "default.yaml").read_text())
+    relaxed = push(stack, admin, base, "the default policy", tmp_path)
+    wait_until("gpt-4o allowed", lambda: chat(stack, alice, "hello")[0] == 200, timeout=10)
+
+    # Requests keep flowing while the version changes: none may fail.
+    stop = threading.Event()
+    statuses: list[int | str] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(chat(stack, alice, "hello", model="gpt-4o-mini")[0])
+            except Exception as err:  # noqa: BLE001 - a dropped request is the failure we look for
+                statuses.append(repr(err))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        stricter = json.loads(json.dumps(base))
+        stricter["groups"]["engineering"]["models"] = ["gpt-4o-mini"]
+        strict = push(stack, admin, stricter, "engineering: mini only", tmp_path)
+        pushed_at = time.monotonic()
+        wait_until("the stricter version to be enforced",
+                   lambda: reason(chat(stack, alice, "hello")[1]) == "warden.model_denied",
+                   timeout=3 * POLL_SECONDS + 5)
+        took = time.monotonic() - pushed_at
+        assert _policy_is(stack, people, strict)
+
+        stack.cli("policy", "activate", str(relaxed), token=admin)
+        wait_until("the earlier version to be enforced again",
+                   lambda: chat(stack, alice, "hello")[0] == 200, timeout=3 * POLL_SECONDS + 5)
+        assert _policy_is(stack, people, relaxed)
+    finally:
+        stop.set()
+        worker.join()
+    assert statuses and all(s == 200 for s in statuses), statuses
+    print(f"stricter version enforced {took:.2f} s after the push (poll period {POLL_SECONDS} s)")
+
+
+def test_policy_writes_need_an_admin_and_invalid_policies_are_refused(stack, people, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - {name: x, detect: emial, action: mask}\n")
+    done = stack.cli("policy", "push", str(bad), "-m", "typo", token=people["admin"], check=False)
+    assert done.returncode != 0 and "emial" in done.stderr + done.stdout
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(APPROVAL_POLICY))
+    done = stack.cli("policy", "push", str(good), "-m", "not an admin", token=people["alice"], check=False)
+    assert done.returncode != 0
+    # The gateway's endpoint wants the gateway's secret.
+    assert http("GET", f"{stack.control_plane_url}/v1/policy/active")[0] == 401
+
+
+# --- approvals --------------------------------------------------------------------
+
+
+def test_ticket_approval_passes_once_for_the_same_request(stack, people, approval_version):
+    alice, bob = people["alice"], people["bob"]
+    prompt = f"customer export for {EMAIL}, please"
+    status, headers, body = chat(stack, alice, prompt)
+    assert (status, reason(headers)) == (403, "warden.approval_pending"), body
+    ticket = approval_id(body)
+    assert stack.provider_received() == []
+
+    shown = {a["id"]: a for a in approvals(stack, bob)}[ticket]
+    assert shown["rule"] == "prod-ticket" and shown["subject"] == "alice"
+    assert EMAIL not in json.dumps(shown) and "customer export" in shown["masked_prompt"]
+    assert shown["policy_version"] == approval_version
+
+    # Sending it again before a decision: still pending, same approval.
+    status, headers, body = chat(stack, alice, prompt)
+    assert (status, approval_id(body)) == (403, ticket)
+
+    stack.cli("approvals", "approve", ticket, "--reason", "export ticket OPS-1", token=bob)
+    status, headers, body = chat(stack, alice, prompt)
+    assert status == 200, body
+    assert len(stack.provider_received()) == 1
+    assert EMAIL not in json.dumps(stack.provider_received())
+
+    # Once: the same request again needs a new approval.
+    status, headers, body = chat(stack, alice, prompt)
+    assert status == 403 and approval_id(body) != ticket
+    # An edited request is not covered by an approval of the original.
+    status, headers, body = chat(stack, alice, prompt + " and the invoices")
+    assert status == 403 and reason(headers) == "warden.approval_pending"
+
+
+def test_a_ticket_approval_is_used_by_exactly_one_of_two_concurrent_requests(stack, people, approval_version):
+    alice, bob = people["alice"], people["bob"]
+    prompt = f"customer export, batch {uuid.uuid4().hex[:8]}"
+    status, _, body = chat(stack, alice, prompt)
+    assert status == 403
+    stack.cli("approvals", "approve", approval_id(body), "--reason", "ok", token=bob)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: chat(stack, alice, prompt)[0], range(2)))
+    assert sorted(results) == [200, 403], results
+
+
+def test_hold_waits_for_the_approver(stack, people, approval_version):
+    alice, bob = people["alice"], people["bob"]
+    seen: set[str] = set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(chat, stack, alice, "the production database dump, now")
+        pending = wait_for_pending(stack, bob, "prod-dump", seen)
+        assert not held.done() and stack.provider_received() == []
+        stack.cli("approvals", "approve", pending["id"], "--reason", "incident 42", token=bob)
+        status, _, body = held.result(timeout=30)
+    assert status == 200, body
+    assert len(stack.provider_received()) == 1
+    records: list[dict] = []
+
+    def logged() -> bool:
+        records[:] = [r for r in stack.access_log_records() if r.get("approval_id") == pending["id"]]
+        return bool(records)
+
+    wait_until("the approved request's access log record", logged, timeout=10)
+    assert [r["decision"] for r in records] == ["approved"]
+
+
+def test_hold_denied_carries_the_approvers_reason(stack, people, approval_version):
+    alice, bob = people["alice"], people["bob"]
+    seen: set[str] = set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(chat, stack, alice, f"production database dump {uuid.uuid4().hex[:6]}")
+        pending = wait_for_pending(stack, bob, "prod-dump", seen)
+        stack.cli("approvals", "deny", pending["id"], "--reason", "use the staging copy", token=bob)
+        status, headers, body = held.result(timeout=30)
+    assert (status, reason(headers)) == (403, "warden.approval_denied")
+    assert "use the staging copy" in body["error"]["message"]
+    assert stack.provider_received() == []
+
+
+def test_hold_expires_without_a_decision(stack, people, approval_version):
+    status, headers, body = chat(stack, people["alice"], f"quick question {uuid.uuid4().hex[:6]}")
+    assert (status, reason(headers)) == (403, "warden.approval_timeout"), body
+    assert stack.provider_received() == []
+
+
+def test_nobody_approves_their_own_request_and_only_approvers_decide(stack, people, approval_version):
+    bob = people["bob"]
+    status, _, body = chat(stack, bob, f"customer export {uuid.uuid4().hex[:6]}")
+    assert status == 403
+    own = approval_id(body)
+    done = stack.cli("approvals", "approve", own, "--reason", "mine", token=bob, check=False)
+    assert done.returncode != 0 and "self" in (done.stderr + done.stdout).lower()
+    status, _, body = chat(stack, people["alice"], f"customer export {uuid.uuid4().hex[:6]}")
+    other = approval_id(body)
+    done = stack.cli("approvals", "approve", other, "--reason", "me too", token=people["carol"], check=False)
+    assert done.returncode != 0 and "approver" in (done.stderr + done.stdout).lower()
+
+
+# --- outage -----------------------------------------------------------------------
+
+
+def test_control_plane_down_keeps_the_last_policy_then_fails_closed(stack, people, approval_version):
+    alice = people["alice"]
+    assert chat(stack, alice, "hello")[0] == 200
+    stack.stop_control_plane()
+    try:
+        # The last good version still serves...
+        status, _, _ = chat(stack, alice, "hello")
+        assert status == 200
+        # ...until the bound, then a clear denial.
+        wait_until("requests to be refused as stale", lambda: reason(chat(stack, alice, "hello")[1]) == "warden.policy_stale",
+                   timeout=MAX_STALE_SECONDS + 3 * POLL_SECONDS + 10)
+        status, headers, body = chat(stack, alice, "hello")
+        assert status == 503 and "control plane" in body["error"]["message"]
+    finally:
+        stack.start_control_plane()
+    wait_until("the gateway to serve again", lambda: chat(stack, alice, "hello")[0] == 200,
+               timeout=3 * POLL_SECONDS + 10)
