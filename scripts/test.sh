@@ -9,7 +9,21 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+# A real PostgreSQL server (Debian's, a throwaway cluster under target/) for the
+# control plane's PostgreSQL tests, unit and end to end; SQLite needs nothing.
+# Started once, stopped when the tests end; WARDEN_TEST_DATABASE_URL names it.
+postgres() {
+    if [ -z "${WARDEN_TEST_DATABASE_URL:-}" ]; then
+        WARDEN_TEST_DATABASE_URL="$(scripts/postgres.sh start "$ROOT/target/pg")"
+        export WARDEN_TEST_DATABASE_URL
+        trap 'scripts/postgres.sh stop "$ROOT/target/pg" >/dev/null 2>&1 || true' EXIT
+    fi
+    # Tests that need it fail (not skip) without it under `make test`.
+    export WARDEN_REQUIRE_POSTGRES=1
+}
+
 unit() {
+    postgres
     step "test: native unit tests"
     cargo test --locked --release
 }
@@ -33,6 +47,7 @@ validate() {
 }
 
 e2e() {
+    postgres
     step "test: end to end (real Envoy, control plane, stand-in provider, SDKs)"
     "$VENV/bin/python" -m pytest -q tests/e2e "$@"
 }

@@ -54,6 +54,11 @@ impl Drop for Server {
 /// when `WARDEN_TEST_DATABASE_URL` is not set.
 async fn fresh_postgres() -> Option<String> {
     let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
+        // `make test` starts a server: there, a missing one is a failure.
+        assert!(
+            std::env::var_os("WARDEN_REQUIRE_POSTGRES").is_none(),
+            "WARDEN_TEST_DATABASE_URL is not set, and scripts/test.sh requires PostgreSQL"
+        );
         eprintln!("NOTICE: WARDEN_TEST_DATABASE_URL is not set; skipping the PostgreSQL variant (scripts/postgres.sh start DIR prints one)");
         return None;
     };

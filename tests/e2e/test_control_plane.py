@@ -55,7 +55,7 @@ def cp_stack(request, tmp_path_factory):
     if request.param == "postgres":
         server = os.environ.get("WARDEN_TEST_DATABASE_URL")
         if not server:
-            if os.environ.get("CI"):
+            if os.environ.get("CI") or os.environ.get("WARDEN_REQUIRE_POSTGRES"):
                 pytest.fail("WARDEN_TEST_DATABASE_URL is not set: scripts/test.sh starts PostgreSQL for this test")
             pytest.skip("PostgreSQL not started (run through `make test`, which starts one)")
         database_url = fresh_database(server)
