@@ -204,6 +204,7 @@
     not_an_approver: 'You are not one of the approvers of this request.',
     already_decided: 'This request has already been decided.',
     approval_expired: 'This request expired before it was decided.',
+    not_found: 'There is no such request, or it is not one you may see.',
   };
 
   async function api(method, path, body) {
@@ -337,6 +338,8 @@
     $('decide').hidden = !(a.status === 'pending' && !mine);
     $('reason').value = '';
     setStatus('');
+    // Screen readers and keyboards start at the request just opened.
+    if (!$('detail').contains(document.activeElement)) $('d-title').focus();
   }
 
   async function decide(action) {
