@@ -252,8 +252,11 @@ impl Default for Tokens {
     }
 }
 
+/// A workload: its name, the issue's target for it, and one iteration.
+pub type Workload = (&'static str, &'static str, Box<dyn FnMut() -> usize>);
+
 /// Every workload by name, with its target where issue 7 sets one.
-pub fn workloads() -> Vec<(&'static str, &'static str, Box<dyn FnMut() -> usize>)> {
+pub fn workloads() -> Vec<Workload> {
     let masking = Rc::new(Masking::new());
     let tokens = Rc::new(Tokens::new());
     let body8k = chat_body(8 * 1024);
@@ -317,6 +320,7 @@ pub fn workloads() -> Vec<(&'static str, &'static str, Box<dyn FnMut() -> usize>
 /// `--iters N NAME`: runs N iterations of the workloads whose name contains
 /// NAME and nothing else, for callgrind (`--toggle-collect=*profile_loop*`
 /// counts only these, not the setup): `scripts/bench-engine.sh --callgrind`.
+#[cfg(not(target_arch = "wasm32"))]
 #[inline(never)]
 fn profile_loop(f: &mut dyn FnMut() -> usize, iters: u64) -> usize {
     (0..iters).map(|_| black_box(f())).sum()
