@@ -221,14 +221,22 @@ def showcase(demo: Demo) -> None:
         demo.check("source-keys" in err.message and "ghp_" not in err.message, "403 naming the rule, never the value")
     demo.check(stack.provider_received() == [], "nothing reached the provider")
 
-    demo.step("require_approval: held for a human (approvals arrive with the control plane's next release)")
+    demo.step("require_approval (ticket): refused with an approval id; an approver decides; the same request passes once")
+    prompt = [{"role": "user", "content": "attach the production database dump please"}]
     try:
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content":
-                                       "attach the production database dump please"}])
-        raise DemoFailed("the request went through")
+        client.chat.completions.create(model="gpt-4o", messages=prompt)
+        raise DemoFailed("the request went through without an approval")
     except openai.PermissionDeniedError as err:
         demo.say(f"openai.PermissionDeniedError: {err.message}")
-        demo.check("prod-dump" in err.message, "fails closed until approvals are enabled")
+        demo.check("prod-dump" in err.message and "apr_" in err.message, "403 naming the rule and the approval")
+        approval = next(word for word in err.message.replace("'", " ").split() if word.startswith("apr_"))
+    demo.check(stack.provider_received() == [], "nothing reached the provider")
+    approver = stack.token("bob", ["security"])
+    demo.say(f"$ warden approvals approve {approval} --reason 'restore drill'   (as bob, group security)")
+    stack.cli("approvals", "approve", approval, "--reason", "restore drill", token=approver)
+    answer = client.chat.completions.create(model="gpt-4o", messages=prompt)
+    demo.say(f"user:     {answer.choices[0].message.content[:60]}")
+    demo.check(len(stack.provider_received()) == 1, "approved: the same request went through, once")
 
 
 def main() -> int:

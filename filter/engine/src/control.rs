@@ -244,7 +244,8 @@ pub struct ApprovalRequest {
     pub model: Option<String>,
     pub route: String,
     pub rule: String,
-    pub policy_version: Option<u64>,
+    /// 0 for the policy from the Envoy configuration (no published version).
+    pub policy_version: u64,
     pub body_sha256: String,
     /// The prompt after the policy's masking: never the raw text.
     pub masked_prompt: String,
@@ -282,7 +283,7 @@ impl ApprovalRequest {
                     .trim_start_matches('/')
             ),
             rule: rule.to_owned(),
-            policy_version,
+            policy_version: policy_version.unwrap_or(0),
             body_sha256,
             masked_prompt,
             approvers: approval.approvers.clone(),
@@ -547,7 +548,7 @@ mod tests {
             model: Some("gpt-4o".into()),
             route: "/v1/chat/completions".into(),
             rule: "dump".into(),
-            policy_version: Some(3),
+            policy_version: 3,
             body_sha256: "ab".repeat(32),
             masked_prompt: "give me the production database dump".into(),
             approvers: vec!["security".into()],
