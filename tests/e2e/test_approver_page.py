@@ -13,6 +13,7 @@ Chromium is required: if it is missing the tests fail (bootstrap installs it).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -25,11 +26,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from browser.chromium import launch  # noqa: E402
-from harness.stack import WARDEN_BIN, Ports, spawn, wait_until, http  # noqa: E402
+from harness.stack import (  # noqa: E402
+    WARDEN_BIN, Ports, Stack, default_filter_config, http, spawn, wait_until)
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
@@ -460,3 +463,108 @@ def test_sign_in_with_a_real_openid_provider(playwright, tmp_path):
         if cp is not None:
             cp.stop()
         idp.stop()
+
+
+# Through a real Envoy: the filter holds or tickets a prompt, the approver
+# decides in the browser, the held request goes on (or is refused with the
+# approver's reason), the ticket passes once.
+GATEWAY_POLICY = {
+    "version": 1,
+    "groups": {"engineering": {"models": ["*"]}, "security": {"models": ["*"]}},
+    "approval": {"approvers": ["security"], "mode": "hold", "timeout_seconds": 60},
+    "rules": [
+        {"name": "personal-data", "detect": ["email"], "action": "mask", "level": "internal"},
+        {"name": "prod-dump", "keywords": ["production database dump"], "action": "require_approval",
+         "where": "request"},
+        {"name": "prod-ticket", "keywords": ["customer export"], "action": "require_approval",
+         "where": "request", "approval": {"mode": "ticket", "ttl_seconds": 600}},
+    ],
+}
+EMAIL = "jane.doe@example.com"
+
+
+def chat(stack: Stack, token: str, prompt: str) -> tuple[int, dict, dict]:
+    status, headers, body = http(
+        "POST", f"{stack.gateway_url}/openai/v1/chat/completions",
+        body={"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]},
+        headers={"authorization": f"Bearer {token}"}, timeout=90)
+    return status, headers, json.loads(body or b"{}")
+
+
+def test_the_gateway_waits_for_the_page(playwright, tmp_path):
+    cfg = default_filter_config()
+    cfg["control_plane"].update({"poll_seconds": 1})
+    stack = Stack.start(Ports.free(), tmp_path / "stack", filter_config=yaml.safe_dump(cfg))
+    context = None
+    try:
+        admin = stack.token("root", ["warden-admins"])
+        alice = stack.token("alice", ["engineering"])
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(yaml.safe_dump(GATEWAY_POLICY))
+        stack.cli("policy", "push", str(policy), "-m", "approvals for the page", token=admin)
+
+        # Ticket mode: an immediate 403 naming the approval and its page.
+        ticket_prompt = f"customer export for {EMAIL}, please"
+        answer: list = []
+
+        def ticketed() -> bool:
+            answer[:] = chat(stack, alice, ticket_prompt)
+            return answer[0] == 403
+        wait_until("the gateway to enforce the pushed policy", ticketed, timeout=30)
+        match = re.search(r"apr_[A-Za-z0-9_-]+", answer[2]["error"]["message"])
+        assert match, answer
+        ticket = match.group(0)
+        assert f"{stack.control_plane_url}/approvals#{ticket}" in json.dumps(answer[2])
+        stack.provider_clear()
+
+        context = launch(playwright, tmp_path / "profile")
+        context.set_default_timeout(TIMEOUT_MS)
+        cp = type("CP", (), {"url": stack.control_plane_url, "issuer": f"{stack.control_plane_url}/dev"})
+        page = sign_in(context, cp, "bob", ["security"], fragment=f"#{ticket}")
+        expect(page.locator("#d-mode")).to_contain_text("ticket")
+        expect(page.locator("#d-prompt")).to_contain_text("customer export")
+        # The approver sees the prompt as the gateway masked it.
+        assert EMAIL not in page.locator("#d-prompt").inner_text()
+        page.fill("#reason", "export ticket OPS-7")
+        page.click("#approve")
+        expect(page.locator("#d-status")).to_have_text("approved")
+        status, _, body = chat(stack, alice, ticket_prompt)
+        assert status == 200, body
+        status, _, body = chat(stack, alice, ticket_prompt)
+        assert status == 403, body  # once
+
+        stack.provider_clear()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for decision in ("approve", "deny"):
+                forwarded = len(stack.provider_received())
+                marker = secrets.token_hex(3)
+                held = pool.submit(chat, stack, alice, f"the production database dump {marker}, now")
+                page.goto(f"{stack.control_plane_url}/approvals")
+                item = page.locator("li.card", has_text=marker)
+
+                def listed() -> bool:
+                    page.click("#refresh")
+                    page.wait_for_selector("#list-empty, li.card", state="attached")
+                    return item.count() == 1
+                wait_until("the held request on the page", listed, timeout=30)
+                # Held: nothing reached the provider yet.
+                assert not held.done() and len(stack.provider_received()) == forwarded
+                item.locator("a").click()
+                expect(page.locator("#d-mode")).to_contain_text("hold")
+                page.fill("#reason", f"{decision}: change CHG-{marker}")
+                page.click(f"#{decision}")
+                status, headers, body = held.result(timeout=30)
+                if decision == "approve":
+                    assert status == 200, body
+                    assert len(stack.provider_received()) == 1
+                else:
+                    assert (status, headers.get("x-warden-reason")) == (403, "warden.approval_denied"), body
+                    assert f"deny: change CHG-{marker}" in body["error"]["message"]
+                    assert len(stack.provider_received()) == 1  # only the approved one
+    except BaseException:
+        sys.stderr.write("\n" + stack.dump_logs() + "\n")
+        raise
+    finally:
+        if context is not None:
+            context.close()
+        stack.stop()
