@@ -15,6 +15,7 @@
 //! | GET | `/v1/approvals` | person | those the caller may decide, and their own |
 //! | GET | `/v1/approvals/{id}` | person | one approval |
 //! | POST | `/v1/approvals/{id}/approve`, `/deny` | approver | decide, with a reason |
+//! | POST, GET | `/v1/sessions…` | gateway, auditor | recorded sessions: see [`crate::sessions`] |
 //!
 //! Gateways authenticate with `x-warden-gateway-key`; people with
 //! `Authorization: Bearer <JWT>` (see [`crate::user_auth`]).
@@ -61,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/approvals/{id}/consume", post(consume_approval))
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/deny", post(deny))
+        .merge(crate::sessions::routes())
 }
 
 fn db(error: StoreError) -> ApiError {

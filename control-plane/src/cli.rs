@@ -11,6 +11,8 @@
 //!               | diff A B | activate V          [--server URL] [--token T] [--json]
 //! warden approvals list [--status S] | show ID | approve ID [--reason R]
 //!                  | deny ID --reason R           [--server URL] [--token T] [--json]
+//! warden sessions list [--subject S] [--limit N] [--before-seq N] | show ID
+//!                 | verify                       [--server URL] [--token T] [--json]
 //! ```
 //!
 //! The policy and approvals verbs live in [`crate::client`].
@@ -56,6 +58,8 @@ pub enum Command {
     Policy(PolicyArgs),
     /// Just-in-time approvals: list, show, approve, deny.
     Approvals(ApprovalsArgs),
+    /// Recorded sessions (auditors): list, show, verify the hash chain.
+    Sessions(SessionsArgs),
 }
 
 /// `warden serve`.
@@ -122,6 +126,10 @@ pub struct ServeArgs {
     /// Body of the webhook: json, or slack (`{"text": …}`, without the prompt).
     #[arg(long, value_enum, default_value = "json")]
     pub approval_webhook_format: WebhookFormat,
+
+    /// Group whose members may read recorded sessions (the admin group may too).
+    #[arg(long, env = "WARDEN_AUDITOR_GROUP", default_value = crate::sessions::DEFAULT_AUDITOR_GROUP)]
+    pub auditor_group: String,
 }
 
 /// Where the client verbs find the control plane, and how they print.
@@ -233,6 +241,42 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// `warden sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SessionsCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden sessions …`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Recorded sessions, newest first.
+    List {
+        /// Only this subject's.
+        #[arg(long)]
+        subject: Option<String>,
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = crate::sessions::DEFAULT_LIST_LIMIT)]
+        limit: i64,
+        /// Only those older than this sequence number (the next page).
+        #[arg(long)]
+        before_seq: Option<i64>,
+    },
+    /// One recorded session in full, with its place in the chain.
+    Show {
+        /// The record id the gateway gave it.
+        id: String,
+    },
+    /// Recompute the hash chain from the start; one line per problem and
+    /// exit status 1 when it is broken.
+    Verify,
 }
 
 /// `warden token`.
@@ -476,6 +520,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Token(args) => token(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Policy(args) => crate::client::policy(args).await,
             Command::Approvals(args) => crate::client::approvals(args).await,
+            Command::Sessions(args) => crate::client::sessions(args).await,
         }
     });
     match outcome {
@@ -488,6 +533,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    crate::sessions::set_auditor_group(&args.auditor_group);
     let config = ServerConfig {
         data_dir: args.data_dir,
         database_url: args.database_url,

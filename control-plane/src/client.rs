@@ -1,4 +1,5 @@
-//! The client verbs `warden policy …` and `warden approvals …`: HTTP calls
+//! The client verbs `warden policy …`, `warden approvals …` and
+//! `warden sessions …`: HTTP calls
 //! to the control plane, printed as tables (or the server's JSON with
 //! `--json`). `warden policy validate` runs offline with the same checker
 //! the server uses ([`crate::policies::validate`]).
@@ -12,7 +13,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{ApprovalsArgs, ApprovalsCommand, ClientArgs, PolicyArgs, PolicyCommand};
+use crate::cli::{
+    ApprovalsArgs, ApprovalsCommand, ClientArgs, PolicyArgs, PolicyCommand, SessionsArgs,
+    SessionsCommand,
+};
 use crate::error::ErrorBody;
 use crate::policies::{self, Problem};
 
@@ -368,6 +372,125 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
         out(&describe(&answer))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `warden sessions …`.
+pub async fn sessions(args: SessionsArgs) -> Result<ExitCode, String> {
+    let client = Client::new(&args.client)?;
+    let json_out = args.client.json;
+    // Built with a URL so subjects and ids (chosen elsewhere) are escaped.
+    let mut url = reqwest::Url::parse("http://warden/v1/sessions").map_err(|e| e.to_string())?;
+    match &args.command {
+        SessionsCommand::List {
+            subject,
+            limit,
+            before_seq,
+        } => {
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("limit", &limit.to_string());
+                if let Some(subject) = subject {
+                    query.append_pair("subject", subject);
+                }
+                if let Some(before) = before_seq {
+                    query.append_pair("before_seq", &before.to_string());
+                }
+            }
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            let answer = client.call(Method::GET, &path, None).await?;
+            if json_out {
+                print_json(&answer)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = answer["sessions"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    vec![
+                        str_of(&s["seq"]),
+                        str_of(&s["id"]),
+                        str_of(&s["time"]),
+                        str_of(&s["subject"]),
+                        str_of(&s["decision"]),
+                        str_of(&s["model"]),
+                        str_of(&s["status"]),
+                        str_of(&s["rules"]),
+                    ]
+                })
+                .collect();
+            out(&table(
+                &[
+                    "SEQ", "ID", "TIME", "SUBJECT", "DECISION", "MODEL", "STATUS", "RULES",
+                ],
+                &rows,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCommand::Show { id } => {
+            url.path_segments_mut()
+                .map_err(|()| "cannot build the session URL".to_owned())?
+                .push(id);
+            let answer = client.call(Method::GET, url.path(), None).await?;
+            if json_out {
+                print_json(&answer)?;
+            } else {
+                let mut text = String::new();
+                for key in [
+                    "seq",
+                    "id",
+                    "received_at",
+                    "subject",
+                    "decision",
+                    "prev_hash",
+                    "hash",
+                ] {
+                    let _ = writeln!(text, "{:<13}{}", format!("{key}:"), str_of(&answer[key]));
+                }
+                let record =
+                    serde_json::to_string_pretty(&answer["record"]).map_err(|e| e.to_string())?;
+                let _ = writeln!(text, "record:\n{record}");
+                out(&text)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCommand::Verify => {
+            let answer = client
+                .call(Method::GET, "/v1/sessions/verify", None)
+                .await?;
+            let ok = answer["ok"] == true;
+            if json_out {
+                print_json(&answer)?;
+            } else if ok {
+                out(&format!(
+                    "ok: {} records, chain intact\n",
+                    answer["checked"]
+                ))?;
+            } else {
+                let mut text = String::new();
+                for problem in answer["problems"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    let _ = writeln!(
+                        text,
+                        "seq {}: {}: {}",
+                        problem["seq"],
+                        str_of(&problem["kind"]),
+                        str_of(&problem["message"])
+                    );
+                }
+                out(&text)?;
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 /// Ids go into a URL path: only the characters ours are made of.

@@ -3,7 +3,8 @@
 //! The gateway itself is a proxy-wasm filter running in Envoy (see
 //! `filter/`); this crate is what configures and observes it. Today it is a
 //! stores versioned policies (served to the gateways with ETags) and
-//! just-in-time approvals (opened by gateways, decided by people), verifies
+//! just-in-time approvals (opened by gateways, decided by people), recorded
+//! sessions (appended by gateways to a hash chain, read by auditors), verifies
 //! people's tokens with the filter engine's own JWT code, and runs a
 //! development OIDC issuer. `docs/control-plane.md` describes the API and CLI.
 //!
@@ -18,6 +19,7 @@
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes |
 //! | [`approvals`] | the approval request and answer shapes, derived status (expired, consumed), ids |
 //! | [`user_auth`] | people's bearer tokens (dev issuer, OIDC discovery issuers) and the gateway secret |
+//! | [`sessions`] | recorded sessions: the gateways' batch append, the auditors' list/show, the hash chain and its check |
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack) |
 //! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
@@ -39,6 +41,7 @@ pub mod dev_issuer;
 pub mod error;
 pub mod policies;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod user_auth;
 pub mod web;

@@ -630,6 +630,179 @@ impl Store {
     }
 }
 
+/// A recorded session to append: the gateway's record as canonical JSON text,
+/// with the columns lists filter on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The gateway's unique id for the record (at most 128 characters).
+    pub id: String,
+    /// The record's `subject`, or "".
+    pub subject: String,
+    /// The record's `decision`, or "".
+    pub decision: String,
+    /// The record as canonical JSON (keys sorted); what the hash covers.
+    pub record: String,
+}
+
+/// One stored session row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRow {
+    /// Position in the chain: 1, 2, 3, ...
+    pub seq: i64,
+    /// The gateway's id.
+    pub id: String,
+    /// When the control plane stored it, RFC 3339 UTC.
+    pub received_at: String,
+    /// The record's subject.
+    pub subject: String,
+    /// The record's decision.
+    pub decision: String,
+    /// The record's canonical JSON text.
+    pub record: String,
+    /// The previous row's hash (64 zeros for the first).
+    pub prev_hash: String,
+    /// `sha256_hex(prev_hash || "\n" || record)`.
+    pub hash: String,
+}
+
+/// What the chain check reads of a row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChainRow {
+    /// Position in the chain.
+    pub seq: i64,
+    /// The record text the hash covers.
+    pub record: String,
+    /// The stored link to the previous row.
+    pub prev_hash: String,
+    /// The stored hash.
+    pub hash: String,
+}
+
+const SESSION_COLUMNS: &str = "seq, id, received_at, subject, decision, record, prev_hash, hash";
+
+impl Store {
+    /// Appends `records` to the session chain in one transaction that holds
+    /// the table against other writers (SQLite: `BEGIN IMMEDIATE`;
+    /// PostgreSQL: `LOCK TABLE … IN EXCLUSIVE MODE`, readers still read), so
+    /// concurrent batches, from any replica, extend one chain and never fork
+    /// it. Ids already stored (gateways retry batches) and repeats within the
+    /// batch are skipped. Returns how many were stored and the chain's last
+    /// `seq` afterwards (0 when empty).
+    pub async fn append_sessions(
+        &self,
+        records: &[NewSession],
+        received_at: &str,
+    ) -> Result<(usize, i64), StoreError> {
+        let insert = format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        );
+        on_pool!(self, pool => {
+            let mut tx = match self {
+                Store::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
+                Store::Postgres(_) => pool.begin().await?,
+            };
+            if self.kind() == DatabaseKind::Postgres {
+                // EXCLUSIVE conflicts with every writer but not with plain SELECTs.
+                sqlx::query("LOCK TABLE sessions IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let tail: Option<(i64, String)> =
+                sqlx::query_as("SELECT seq, hash FROM sessions ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let (mut seq, mut prev_hash) =
+                tail.unwrap_or_else(|| (0, crate::sessions::GENESIS_HASH.to_owned()));
+            let mut seen = std::collections::HashSet::new();
+            let mut stored = 0;
+            for record in records {
+                if !seen.insert(record.id.as_str()) {
+                    continue;
+                }
+                let exists: Option<i64> = sqlx::query_scalar("SELECT seq FROM sessions WHERE id = $1")
+                    .bind(&record.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_some() {
+                    continue;
+                }
+                seq += 1;
+                let hash = crate::sessions::chain_hash(&prev_hash, &record.record);
+                sqlx::query(&insert)
+                    .bind(seq)
+                    .bind(&record.id)
+                    .bind(received_at)
+                    .bind(&record.subject)
+                    .bind(&record.decision)
+                    .bind(&record.record)
+                    .bind(&prev_hash)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?;
+                prev_hash = hash;
+                stored += 1;
+            }
+            tx.commit().await?;
+            Ok((stored, seq))
+        })
+    }
+
+    /// Sessions newest first: at most `limit`, only `subject`'s when given,
+    /// only those before `before_seq` when given (the next page).
+    pub async fn list_sessions(
+        &self,
+        subject: Option<&str>,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1 IS NULL OR subject = $1) \
+             AND ($2 IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3"
+        );
+        let rows = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(subject)
+            .bind(before_seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows)
+    }
+
+    /// One session by the gateway's id.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let row = on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        Ok(row)
+    }
+
+    /// The chain in `seq` order after `after_seq`, at most `limit` rows: the
+    /// chain check reads it page by page, never all at once.
+    pub async fn session_chain_page(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let sql = "SELECT seq, record, prev_hash, hash FROM sessions WHERE seq > $1 \
+                   ORDER BY seq LIMIT $2";
+        let rows = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows)
+    }
+
+    /// The `seq` of a row whose stored hash is `hash`, if any.
+    pub async fn session_seq_by_hash(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT seq FROM sessions WHERE hash = $1 ORDER BY seq LIMIT 1";
+        let seq = on_pool!(self, pool => sqlx::query_scalar(sql)
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?);
+        Ok(seq)
+    }
+}
+
 /// Makes `version` the one active row; false if it does not exist (nothing changes then).
 async fn set_active_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
