@@ -1329,3 +1329,442 @@ async fn cli_commands(backend: Backend) {
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["reason"], "no");
 }
+
+// ---------------------------------------------------------------------------
+// Recorded sessions (issue 6)
+
+mod sessions {
+    use super::*;
+    use warden_control_plane::store::Store;
+
+    fn record(id: &str, subject: &str) -> Value {
+        json!({
+            "id": id,
+            "time": "2026-01-02T03:04:05Z",
+            "issuer": "https://idp.example.com",
+            "subject": subject,
+            "groups": ["engineering"],
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "route": "/v1/chat/completions",
+            "policy_version": 3,
+            "decision": "allow",
+            "rules": "personal-data:mask:1",
+            "approval_id": null,
+            "status": 200,
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+            "record": "masked",
+            "request": {"messages": [{"role": "user", "content": "mail [EMAIL]"}]},
+            "response": "hello",
+        })
+    }
+
+    async fn append(server: &Server, records: Vec<Value>) -> Value {
+        let (status, body) = server
+            .post(
+                "/v1/sessions",
+                Auth::Gateway(SECRET),
+                json!({ "records": records }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn exec(server: &Server, sql: &str) {
+        match server.state.store() {
+            Store::Sqlite(pool) => {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
+            Store::Postgres(pool) => {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
+        }
+    }
+
+    async fn verify(server: &Server) -> Value {
+        let auditor = server.token("audrey", &["warden-auditors"]);
+        let (status, body) = server
+            .get("/v1/sessions/verify", Auth::Bearer(&auditor))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    fn problems(report: &Value) -> Vec<(i64, String)> {
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["seq"].as_i64().unwrap(),
+                    p["kind"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub(super) async fn sessions_append_list_show(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        let batch = json!({"records": [record("r1", "alice")]});
+        // Gateways only: no key, a wrong key, a person's token.
+        let (status, body) = server.post("/v1/sessions", Auth::None, batch.clone()).await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "gateway_unauthorized",
+        );
+        let (status, body) = server
+            .post("/v1/sessions", Auth::Gateway("wrong"), batch.clone())
+            .await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "gateway_unauthorized",
+        );
+        let admin = server.admin();
+        let (status, body) = server
+            .post("/v1/sessions", Auth::Bearer(&admin), batch.clone())
+            .await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "gateway_unauthorized",
+        );
+
+        let answer = append(
+            &server,
+            vec![
+                record("r1", "alice"),
+                record("r2", "bob"),
+                record("r3", "alice"),
+            ],
+        )
+        .await;
+        assert_eq!(answer, json!({"stored": 3, "last_seq": 3}));
+        // A retried batch (and a repeat inside one) is skipped, not duplicated.
+        let answer = append(
+            &server,
+            vec![
+                record("r2", "bob"),
+                record("r4", "carol"),
+                record("r4", "carol"),
+            ],
+        )
+        .await;
+        assert_eq!(answer, json!({"stored": 1, "last_seq": 4}));
+        let answer = append(&server, vec![record("r1", "alice")]).await;
+        assert_eq!(answer, json!({"stored": 0, "last_seq": 4}));
+
+        // Bad records are refused whole, without echoing their contents.
+        for bad in [
+            json!({"records": [record("r9", "x"), {"prompt": "secret-prompt"}]}),
+            json!({"records": [{"id": "x".repeat(129)}]}),
+            json!({"records": ["text"]}),
+            json!({"records": vec![json!({"id": "a"}); 501]}),
+        ] {
+            let (status, body) = server
+                .post("/v1/sessions", Auth::Gateway(SECRET), bad)
+                .await;
+            assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+            assert!(!body.to_string().contains("secret-prompt"), "{body}");
+        }
+        // Batches may exceed the server's 1 MiB default, up to 4 MiB.
+        let mut big = record("big", "alice");
+        big["response"] = json!("y".repeat(2 * 1024 * 1024));
+        let answer = append(&server, vec![big]).await;
+        assert_eq!(answer["last_seq"], 5);
+        let mut huge = record("huge", "alice");
+        huge["response"] = json!("y".repeat(5 * 1024 * 1024));
+        let (status, body) = server
+            .post(
+                "/v1/sessions",
+                Auth::Gateway(SECRET),
+                json!({"records": [huge]}),
+            )
+            .await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        );
+
+        // Reading needs an auditor (or an admin).
+        let (status, body) = server.get("/v1/sessions", Auth::None).await;
+        assert_code(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+        let engineer = server.token("eve", &["engineering"]);
+        for path in ["/v1/sessions", "/v1/sessions/r1", "/v1/sessions/verify"] {
+            let (status, body) = server.get(path, Auth::Bearer(&engineer)).await;
+            assert_code(status, &body, StatusCode::FORBIDDEN, "auditor_required");
+        }
+        let auditor = server.token("audrey", &["warden-auditors"]);
+        let (status, body) = server.get("/v1/sessions", Auth::Bearer(&auditor)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seqs: Vec<i64> = body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, [5, 4, 3, 2, 1]);
+        let first = &body["sessions"][4];
+        assert_eq!(first["id"], "r1");
+        assert_eq!(first["subject"], "alice");
+        assert_eq!(first["decision"], "allow");
+        assert_eq!(first["model"], "gpt-4o-mini");
+        assert_eq!(first["rules"], "personal-data:mask:1");
+        assert!(first.get("request").is_none(), "summaries leave bodies out");
+
+        let (status, body) = server
+            .get(
+                "/v1/sessions?subject=alice&limit=2&before_seq=5",
+                Auth::Bearer(&admin),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ids: Vec<&str> = body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["r3", "r1"]);
+        let (status, body) = server
+            .get("/v1/sessions?limit=0", Auth::Bearer(&auditor))
+            .await;
+        assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+        let (status, body) = server.get("/v1/sessions/r2", Auth::Bearer(&auditor)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["seq"], 2);
+        assert_eq!(body["record"], record("r2", "bob"));
+        let (_, first) = server.get("/v1/sessions/r1", Auth::Bearer(&auditor)).await;
+        assert_eq!(body["prev_hash"], first["hash"]);
+        assert_eq!(
+            first["prev_hash"],
+            warden_control_plane::sessions::GENESIS_HASH
+        );
+        let text = serde_json::to_string(&record("r1", "alice")).unwrap();
+        assert_eq!(
+            first["hash"],
+            warden_control_plane::sessions::chain_hash(
+                warden_control_plane::sessions::GENESIS_HASH,
+                &text
+            )
+        );
+        let (status, body) = server
+            .get("/v1/sessions/nope", Auth::Bearer(&auditor))
+            .await;
+        assert_code(status, &body, StatusCode::NOT_FOUND, "session_not_found");
+
+        let report = verify(&server).await;
+        assert_eq!(report, json!({"ok": true, "checked": 5, "problems": []}));
+    }
+
+    pub(super) async fn sessions_tampering_is_reported(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        let records: Vec<Value> = (1..=10)
+            .map(|i| record(&format!("r{i}"), "alice"))
+            .collect();
+        append(&server, records).await;
+        assert_eq!(verify(&server).await["ok"], true);
+
+        // Edit a record's text: its own hash no longer matches.
+        exec(
+            &server,
+            "UPDATE sessions SET record = REPLACE(record, 'allow', 'block') WHERE seq = 2",
+        )
+        .await;
+        let report = verify(&server).await;
+        assert_eq!(report["ok"], false);
+        assert_eq!(problems(&report), [(2, "edited".to_owned())], "{report}");
+
+        // Delete a middle row: a gap.
+        exec(&server, "DELETE FROM sessions WHERE seq = 5").await;
+        let report = verify(&server).await;
+        assert_eq!(
+            problems(&report),
+            [(2, "edited".to_owned()), (5, "deleted".to_owned())],
+            "{report}"
+        );
+        assert_eq!(report["checked"], 9);
+
+        // Swap two rows' places: both links point elsewhere in the chain.
+        exec(&server, "UPDATE sessions SET seq = -1 WHERE seq = 7").await;
+        exec(&server, "UPDATE sessions SET seq = 7 WHERE seq = 8").await;
+        exec(&server, "UPDATE sessions SET seq = 8 WHERE seq = -1").await;
+        let report = verify(&server).await;
+        assert_eq!(
+            problems(&report),
+            [
+                (2, "edited".to_owned()),
+                (5, "deleted".to_owned()),
+                (7, "reordered".to_owned()),
+                (8, "reordered".to_owned()),
+            ],
+            "{report}"
+        );
+
+        // Rewrite a record and its hash consistently: the next link breaks.
+        let (_, r10) = server
+            .get(
+                "/v1/sessions/r10",
+                Auth::Bearer(&server.token("a", &["warden-auditors"])),
+            )
+            .await;
+        let forged = r#"{"id":"r10","forged":true}"#;
+        let hash =
+            warden_control_plane::sessions::chain_hash(r10["prev_hash"].as_str().unwrap(), forged);
+        exec(
+            &server,
+            &format!("UPDATE sessions SET record = '{forged}', hash = '{hash}' WHERE seq = 10"),
+        )
+        .await;
+        append(&server, vec![record("r11", "alice")]).await;
+        exec(
+            &server,
+            &format!(
+                "UPDATE sessions SET record = '{{\"id\":\"r10\"}}', hash = '{}' WHERE seq = 10",
+                warden_control_plane::sessions::chain_hash(
+                    r10["prev_hash"].as_str().unwrap(),
+                    "{\"id\":\"r10\"}"
+                )
+            ),
+        )
+        .await;
+        let report = verify(&server).await;
+        assert_eq!(
+            problems(&report).last().unwrap(),
+            &(11, "broken_link".to_owned()),
+            "{report}"
+        );
+    }
+
+    pub(super) async fn sessions_concurrent_appends_keep_one_chain(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        let server = Arc::new(server);
+        let mut tasks = Vec::new();
+        for writer in 0..2 {
+            let server = server.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = 0;
+                for batch in 0..6 {
+                    let records: Vec<Value> = (0..100)
+                        .map(|i| record(&format!("w{writer}-{batch}-{i}"), "alice"))
+                        .collect();
+                    let answer = append(&server, records).await;
+                    assert_eq!(answer["stored"], 100, "{answer}");
+                    let seq = answer["last_seq"].as_i64().unwrap();
+                    assert!(seq >= last + 100, "{seq} after {last}");
+                    last = seq;
+                }
+                last
+            }));
+        }
+        let mut lasts = Vec::new();
+        for task in tasks {
+            lasts.push(task.await.unwrap());
+        }
+        assert_eq!(lasts.iter().max(), Some(&1200));
+        // 1200 rows: the check reads more than one page.
+        let started = Instant::now();
+        let report = verify(&server).await;
+        eprintln!("verified 1200 records in {:?}", started.elapsed());
+        assert_eq!(report, json!({"ok": true, "checked": 1200, "problems": []}));
+    }
+
+    pub(super) async fn sessions_cli(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        append(
+            &server,
+            vec![
+                record("r1", "alice"),
+                record("r2", "bob"),
+                record("r3", "alice"),
+            ],
+        )
+        .await;
+        let auditor = server.token("audrey", &["warden-auditors"]);
+        let server = Arc::new(server);
+        let run = |args: &'static [&'static str]| {
+            let server = server.clone();
+            let token = auditor.clone();
+            tokio::task::spawn_blocking(move || super::warden(&server, &token, args))
+        };
+        let (code, stdout, stderr) = run(&["sessions", "verify"]).await.unwrap();
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(stdout.starts_with("ok: 3 records"), "{stdout}");
+        let (code, stdout, stderr) = run(&["sessions", "list", "--subject", "alice"])
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("r3") && stdout.contains("r1"), "{stdout}");
+        assert!(!stdout.contains("r2"), "{stdout}");
+        let (code, stdout, stderr) = run(&["sessions", "show", "r2"]).await.unwrap();
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("seq:         2"), "{stdout}");
+        assert!(stdout.contains("\"subject\": \"bob\""), "{stdout}");
+
+        exec(
+            &server,
+            "UPDATE sessions SET record = REPLACE(record, 'bob', 'bib') WHERE seq = 2",
+        )
+        .await;
+        let (code, stdout, stderr) = run(&["sessions", "verify"]).await.unwrap();
+        assert_eq!(code, 1, "{stdout}{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        assert!(lines[0].starts_with("seq 2: edited: "), "{stdout}");
+        let (code, stdout, _) = run(&["sessions", "verify", "--json"]).await.unwrap();
+        assert_eq!(code, 1);
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["ok"], false);
+        assert_eq!(report["problems"][0]["kind"], "edited");
+
+        // A person outside the auditor group is told why.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["sessions", "list"])
+            .env("WARDEN_SERVER", &server.base)
+            .env("WARDEN_TOKEN", server.token("eve", &["engineering"]))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("auditor_required"));
+    }
+}
+
+mod sessions_on {
+    use super::sessions::*;
+    use super::Backend;
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(super::Backend::Sqlite).await })*
+            }
+            mod postgres {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(super::Backend::Postgres).await })*
+            }
+        };
+    }
+    both!(
+        sessions_append_list_show,
+        sessions_tampering_is_reported,
+        sessions_concurrent_appends_keep_one_chain,
+        sessions_cli,
+    );
+}
