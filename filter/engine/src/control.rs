@@ -8,6 +8,9 @@
 //! - [`ApprovalFlow`]: one request's approval, as a state machine over the
 //!   control plane's answers: create (or find and consume) -> wait (hold
 //!   mode, long polls until the deadline) -> consume -> forward or refuse.
+//! - [`SessionRecord`]: what the audit trail keeps of one exchange (names,
+//!   decision and, with `record: masked`, the text after masking), sent to the
+//!   control plane in batches ([`sessions_batch`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +26,8 @@ pub const GATEWAY_KEY_HEADER: &str = "x-warden-gateway-key";
 /// Where the active policy is served.
 pub const ACTIVE_POLICY_PATH: &str = "/v1/policy/active";
 const APPROVALS_PATH: &str = "/v1/approvals";
+/// Where recorded sessions are sent, in batches.
+pub const SESSIONS_PATH: &str = "/v1/sessions";
 /// Longest single long poll; a hold waits in several.
 const MAX_WAIT_MS: u64 = 20_000;
 
@@ -523,6 +528,70 @@ impl ApprovalFlow {
     }
 }
 
+/// One exchange as the audit trail keeps it. Never a raw value: `request`
+/// and `response` are the bodies after the policy's masking, and only with
+/// `record: masked`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    /// Envoy's request id (unique per request; the control plane skips
+    /// an id it already has, so a retried batch is not stored twice).
+    pub id: String,
+    pub time: String,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub groups: Vec<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub route: String,
+    pub policy_version: u64,
+    pub decision: String,
+    pub reason: Option<String>,
+    pub rules: String,
+    pub approval_id: Option<String>,
+    pub status: Option<u64>,
+    pub usage: Option<Value>,
+    pub record: crate::policy::Record,
+    pub request: Option<Value>,
+    pub response: Option<Value>,
+}
+
+/// The body of `POST /v1/sessions` for records already serialized.
+pub fn sessions_batch(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = b"{\"records\":[".to_vec();
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(r);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// `2026-01-31T12:00:00.123Z` from milliseconds since the epoch.
+pub fn rfc3339_millis(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 /// The `message` of a control-plane error answer, if it has one. It is the
 /// control plane's own text (codes and reasons), never request content.
 fn server_message(body: &[u8]) -> Option<String> {
@@ -570,6 +639,15 @@ mod tests {
             Next::Forward { .. } => "forward",
             Next::Call(c) => c.method,
         }
+    }
+
+    #[test]
+    fn timestamps_and_batches() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        let batch = sessions_batch(&[b"{\"id\":\"a\"}".to_vec(), b"{\"id\":\"b\"}".to_vec()]);
+        let v: Value = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(v["records"][1]["id"], "b");
     }
 
     #[test]

@@ -146,6 +146,12 @@ pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>) {
     (status, body)
 }
 
+/// A property of the current request (`["request", "id"]`,
+/// `["response", "code"]`, ...), as Envoy encodes it.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
 /// Sets a value in the request's filter state (`wasm.<name>` to Envoy), where
 /// the access log reads it with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
 pub fn set_filter_state(name: &str, value: &[u8]) -> HostResult<()> {

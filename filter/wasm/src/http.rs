@@ -21,13 +21,13 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use warden_engine::auth::Identity;
 use warden_engine::config::FilterConfig;
-use warden_engine::control::{ApprovalFlow, ApprovalRequest, Call, Next};
+use warden_engine::control::{ApprovalFlow, ApprovalRequest, Call, Next, SessionRecord};
 use warden_engine::headers::Headers;
 use warden_engine::inspect::apply::{inspect_json, MaskingStream, Outcome, SharedMasking};
 use warden_engine::inspect::body::Shape;
 use warden_engine::inspect::mask::{Action as RuleAction, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
-use warden_engine::policy::{ActiveRules, Direction, Policy};
+use warden_engine::policy::{ActiveRules, Direction, Policy, Record};
 use warden_engine::provider::{Api, ErrorKind, GatewayError};
 use warden_engine::request::{self, AuthStep, Rejection};
 
@@ -81,6 +81,13 @@ pub struct WardenHttp {
     decision: &'static str,
     /// The approval this request waits for, if a rule asked for one.
     approval: Option<ApprovalFlow>,
+    /// Why the gateway answered itself, if it did.
+    reason: Option<&'static str>,
+    /// The provider's token usage, when it reported one.
+    usage: Option<serde_json::Value>,
+    /// With `record: masked`: the bodies after masking, for the session.
+    recorded_request: Option<serde_json::Value>,
+    recorded_response: Option<serde_json::Value>,
 }
 
 /// How the response body is handled.
@@ -114,12 +121,77 @@ impl WardenHttp {
             response: ResponseMode::Pass,
             decision: "error",
             approval: None,
+            reason: None,
+            usage: None,
+            recorded_request: None,
+            recorded_response: None,
         }
     }
 
     fn set_decision(&mut self, decision: &'static str) {
         self.decision = decision;
         let _ = host::set_filter_state("warden.decision", decision.as_bytes());
+    }
+
+    /// The session record of this request for the control plane, if the
+    /// policy records sessions and a control plane is configured.
+    fn session_record(&mut self) -> Option<Vec<u8>> {
+        let config = self.config.as_ref()?;
+        config.control_plane.as_ref()?;
+        let policy = self.policy.as_ref()?;
+        if policy.record == Record::Off {
+            return None;
+        }
+        let id = host::property(&["request", "id"])
+            .and_then(|v| String::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())?;
+        let status = host::property(&["response", "code"])
+            .and_then(|v| v.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)));
+        let forwarded = matches!(self.decision, "allowed" | "masked" | "approved");
+        let masked = policy.record == Record::Masked;
+        let identity = self.identity.as_ref();
+        let record = SessionRecord {
+            id,
+            time: warden_engine::control::rfc3339_millis(host::now_millis()),
+            issuer: identity.map(|i| i.issuer.clone()),
+            subject: identity.map(|i| i.subject.clone()),
+            groups: identity.map(|i| i.groups.clone()).unwrap_or_default(),
+            provider: config.providers.get(self.provider).map(|p| p.name.clone()),
+            model: self.model.clone(),
+            route: format!(
+                "/{}",
+                self.upstream_path
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+            ),
+            policy_version: policy.published_version.unwrap_or(0),
+            decision: self.decision.to_owned(),
+            reason: self.reason.map(str::to_owned),
+            rules: self.outcome.summary(),
+            approval_id: self
+                .approval
+                .as_ref()
+                .and_then(|a| a.approval_id())
+                .map(str::to_owned),
+            status,
+            usage: self.usage.take(),
+            record: policy.record,
+            // A refused request's body may hold the value that refused it
+            // (block and approval rules do not rewrite).
+            request: if masked && forwarded {
+                self.recorded_request.take()
+            } else {
+                None
+            },
+            response: if masked {
+                self.recorded_response.take()
+            } else {
+                None
+            },
+        };
+        serde_json::to_vec(&record).ok()
     }
 
     /// Records what the rules found, for the access log.
@@ -140,6 +212,7 @@ impl WardenHttp {
     /// Answers the request in the provider's format; nothing goes upstream.
     fn reply(&mut self, rejection: Rejection) -> Action {
         self.set_decision(request::decision_for(&rejection));
+        self.reason = Some(rejection.error.code);
         let _ = host::set_filter_state("warden.reason", rejection.error.code.as_bytes());
         let local = rejection.error.render(rejection.api);
         let mut headers: Vec<(&str, &str)> = local
@@ -299,6 +372,9 @@ impl WardenHttp {
                 self.outcome = Outcome::default();
                 return self.reply(rejection);
             }
+        }
+        if policy.record == Record::Masked {
+            self.recorded_request = Some(doc.clone());
         }
         if let Some((rule, RuleAction::RequireApproval)) = self.outcome.stop() {
             return self.ask_approval(&rule, model, &body, &mut doc);
@@ -582,6 +658,17 @@ impl WardenHttp {
         self.outcome.merge(inspected.outcome);
         if let Some(usage) = &inspected.usage {
             let _ = host::set_filter_state("warden.usage", usage.to_string().as_bytes());
+            self.usage = Some(usage.clone());
+        }
+        if policy.record == Record::Masked && stop.is_none() {
+            // What the client reads has tokenized values put back: record
+            // it only when there were none.
+            self.recorded_response = Some(if self.vault.is_empty() {
+                let sent = inspected.body.as_deref().unwrap_or(&body);
+                serde_json::from_slice(sent).unwrap_or(serde_json::Value::Null)
+            } else {
+                serde_json::json!({"omitted": "the response carries values restored from tokens"})
+            });
         }
         self.record_outcome();
         if self.decision == "allowed" && self.outcome.rewrote() {
@@ -746,6 +833,11 @@ impl HttpContext for WardenHttp {
             );
             vm.counters.add(&name, count.count as u64);
         }
+        if let Some(record) = self.session_record() {
+            if !vm.audit.push(record) {
+                vm.counters.add("warden.audit.dropped", 1);
+            }
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -795,6 +887,16 @@ impl HttpContext for WardenHttp {
                     if let Some(usage) = rewriter.usage() {
                         let _ =
                             host::set_filter_state("warden.usage", usage.to_string().as_bytes());
+                        self.usage = Some(usage.clone());
+                    }
+                    if self
+                        .policy
+                        .as_ref()
+                        .is_some_and(|p| p.record == Record::Masked)
+                    {
+                        self.recorded_response = Some(
+                            serde_json::json!({"omitted": "streamed responses are not recorded yet"}),
+                        );
                     }
                     self.outcome.merge(text.outcome());
                     self.record_outcome();

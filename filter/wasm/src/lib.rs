@@ -15,12 +15,15 @@
 //!   worker VMs through proxy-wasm shared data.
 //! - [`published`]: the policy version the control plane publishes, polled
 //!   the same way (one VM per period, shared with all, swapped per VM).
+//! - [`audit`]: recorded sessions, queued per VM (bounded; drops counted)
+//!   and sent to the control plane in batches by the root context.
 //! - [`host`]: every host call, returning `Result`s instead of trapping.
 //!
 //! Failure is closed everywhere: no configuration, keys or policy means a 503
 //! that says which; a panic aborts the VM, which Envoy (with
 //! `failure_policy: FAIL_CLOSED`) turns into a 503 with nothing sent upstream.
 
+mod audit;
 mod host;
 mod http;
 mod keys;
@@ -71,6 +74,8 @@ pub struct Vm {
     pub started_at: u64,
     /// When the control plane last answered any VM's poll.
     pub policy_contact: Option<u64>,
+    /// Session records waiting to be sent.
+    pub audit: audit::Queue,
 }
 
 impl Vm {
@@ -196,6 +201,8 @@ enum Fetch {
     Keys(usize, keys::Stage),
     /// A poll of the published policy.
     Policy,
+    /// A batch of session records.
+    Sessions,
 }
 
 #[derive(Default)]
@@ -203,9 +210,40 @@ pub struct WardenRoot {
     vm: Option<Rc<RefCell<Vm>>>,
     fetches: HashMap<u32, Fetch>,
     tick: Option<Duration>,
+    /// The session records of the batch in flight (re-queued if it fails).
+    batch: Vec<Vec<u8>>,
 }
 
 impl WardenRoot {
+    /// Sends the next batch of session records, one batch at a time.
+    fn send_sessions(&mut self, vm: &mut Vm) {
+        let Some(cp) = vm.config.control_plane.clone() else {
+            return;
+        };
+        if !self.batch.is_empty() || vm.audit.is_empty() {
+            return;
+        }
+        let batch = vm.audit.take_batch();
+        let body = warden_engine::control::sessions_batch(&batch);
+        let sent = host::dispatch(
+            &cp.cluster,
+            cp.headers("POST", warden_engine::control::SESSIONS_PATH),
+            Some(&body),
+            Duration::from_millis(cp.timeout_ms),
+        );
+        match sent {
+            Ok(token) => {
+                self.fetches.insert(token, Fetch::Sessions);
+                self.batch = batch;
+            }
+            Err(_) => {
+                vm.counters.add("warden.audit.send_failures", 1);
+                let dropped = vm.audit.requeue(batch);
+                vm.counters.add("warden.audit.dropped", dropped);
+            }
+        }
+    }
+
     /// Re-reads the shared policy and, if this VM wins the lease, polls the
     /// control plane.
     fn poll_policy(&mut self, vm: &mut Vm, now: u64) {
@@ -252,6 +290,17 @@ impl Context for WardenRoot {
             Fetch::Keys(issuer, stage) => {
                 if let Some((call, next_stage)) = vm.on_key_response(issuer, stage, body_size) {
                     self.fetches.insert(call, Fetch::Keys(issuer, next_stage));
+                }
+            }
+            Fetch::Sessions => {
+                let (status, _) = host::call_response(body_size);
+                let batch = std::mem::take(&mut self.batch);
+                if status == Some(200) {
+                    vm.counters.add("warden.audit.sent", batch.len() as u64);
+                } else {
+                    vm.counters.add("warden.audit.send_failures", 1);
+                    let dropped = vm.audit.requeue(batch);
+                    vm.counters.add("warden.audit.dropped", dropped);
                 }
             }
             Fetch::Policy => {
@@ -330,6 +379,7 @@ impl RootContext for WardenRoot {
             published: published::VmPublished::default(),
             started_at: host::now_secs(),
             policy_contact: None,
+            audit: audit::Queue::default(),
         })));
         self.tick = None;
         self.set_tick(FAST_TICK);
@@ -368,6 +418,7 @@ impl RootContext for WardenRoot {
             }
         }
         self.poll_policy(&mut vm, now);
+        self.send_sessions(&mut vm);
         drop(vm);
         self.set_tick(if all_loaded { SLOW_TICK } else { FAST_TICK });
     }
