@@ -372,23 +372,48 @@ def test_ecs_records(make_stack):
     assert bad["event"]["reason"].startswith("warden.")
 
 
-@pytest.mark.xfail(reason="needs the filter half of issue 6 (route, policy_version, the blocking rule "
-                          "in `rules`) built into dist/warden-filter.wasm", strict=False)
-def test_route_policy_version_and_blocking_rules_are_recorded(audit_stack):
+def test_route_and_policy_version_are_recorded(audit_stack, tmp_path):
     stack = audit_stack
+    token = stack.token("alice", ["engineering"])
+    # The policy of the Envoy configuration has no published version: the
+    # record says so with null. Published through the control plane, the
+    # same policy gets a version, and the records carry it.
+    policy = yaml.safe_load(audit_policy())["policy"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    admin = stack.token("root", ["warden-admins"])
+    stack.cli("policy", "push", str(path), "-m", "audit test", token=admin)
+    version = max(v["version"] for v in json.loads(stack.cli("policy", "list", "--json", token=admin).stdout)["policies"])
+
+    def served_with_version() -> bool:
+        marker = f"audit/{uuid.uuid4()}/policy-probe"
+        chat(stack, token, marker, "hello")
+        wait_until("the probe's record", lambda: bool(ends(mine(stack, marker))))
+        return ends(mine(stack, marker))[0]["policy_version"] == str(version)
+
+    wait_until("the gateway to serve the published version", served_with_version, timeout=30)
     run = uuid.uuid4()
     allowed, blocked = f"audit/{run}/policy", f"audit/{run}/policy-blocked"
-    token = stack.token("alice", ["engineering"])
     assert chat(stack, token, allowed, "hello")[0] == 200
     assert chat(stack, token, blocked, f"deploy with {GITHUB}")[0] == 403
     records = settle(stack, [allowed, blocked])
     (record,) = ends(records[allowed])
     assert record["route"] == "/v1/chat/completions"
-    assert record["policy_version"] == "1"
+    assert record["policy_version"] == str(version)
     assert record["approval_id"] is None  # no approval was needed
     (refused,) = ends(records[blocked])
+    assert refused["route"] == "/v1/chat/completions" and refused["policy_version"] == str(version)
+
+
+@pytest.mark.xfail(reason="the filter records `rules` only for requests it lets through: a block "
+                          "does not name its rule in the access log yet (filter/wasm)", strict=False)
+def test_a_block_names_its_rule(audit_stack):
+    stack = audit_stack
+    marker = f"audit/{uuid.uuid4()}/block-rule"
+    assert chat(stack, stack.token("alice", ["engineering"]), marker, f"deploy with {GITHUB}")[0] == 403
+    (refused,) = ends(settle(stack, [marker])[marker])
+    assert refused["decision"] == "blocked"
     assert "source-keys:block:1" in (refused["rules"] or "")
-    assert refused["route"] == "/v1/chat/completions" and refused["policy_version"] == "1"
 
 
 def test_the_variants_are_listed_in_the_docs():

@@ -3,7 +3,8 @@ through the gateway (prompts masked or blocked, requests refused, provider
 answers masked, plain and streamed, both providers), then every value, and
 every token a user sent, is looked for in the access log, Envoy's own log,
 the control plane's log, every file of the data directory (the control
-plane's database included) and Envoy's stats. None may be there.
+plane's database included, with the sessions the policy records) and
+Envoy's stats. None may be there.
 
 The values are made fresh for each run (valid check digits where the
 detectors check them), so a hit can only come from this run's traffic."""
@@ -131,6 +132,8 @@ def run(tmp_path_factory) -> Run:
     config = default_filter_config()
     # Private keys are blocked outright; everything else is masked.
     config["policy"]["rules"].insert(0, {"name": "no-keys", "detect": ["private_key"], "action": "block"})
+    # Sessions recorded (masked) at the control plane: its database holds them.
+    config["policy"]["record"] = "masked"
     stack = Stack.start(Ports.free(), tmp_path_factory.mktemp("leaks"), filter_config=yaml.safe_dump(config))
     try:
         values = corpus()
@@ -139,6 +142,13 @@ def run(tmp_path_factory) -> Run:
         run = Run(stack, values, [alice, values["jwt"]], agent)
         send_corpus(run, alice)
         wait_until("every request's record", lambda: len(final_records(stack, agent)) >= EXPECTED_RECORDS)
+        auditor = stack.token("audrey", ["warden-auditors"])
+
+        def sessions() -> int:
+            out = stack.cli("sessions", "list", "--subject", "alice", "--json", token=auditor).stdout
+            return len(json.loads(out)["sessions"])
+
+        wait_until("the recorded sessions", lambda: sessions() >= RECORDED_SESSIONS, timeout=30)
         for path in ("/stats", "/stats?format=json", "/stats/prometheus"):
             status, _, body = http("GET", f"{stack.admin_url}{path}")
             assert status == 200, path
@@ -151,6 +161,8 @@ def run(tmp_path_factory) -> Run:
 
 
 EXPECTED_RECORDS = 11
+# Alice's requests the policy let through (masked), and the blocked one.
+RECORDED_SESSIONS = 8
 
 
 def final_records(stack: Stack, agent: str) -> list[dict]:
@@ -250,11 +262,16 @@ def test_no_value_in_any_file_of_the_data_directory(run):
     # The control plane's database is among them.
     assert any(p.suffix in (".db", ".sqlite", ".sqlite3") or "sqlite" in p.name for p in files), files
     found = {}
+    placeholders = False
     for path in files:
         data = path.read_bytes().decode("latin-1")
         if hits := leaks_in(data, run):
             found[str(path.relative_to(run.stack.data_dir))] = hits
+        placeholders |= "warden" in path.name and "[EMAIL]" in data
     assert found == {}
+    # The positive control: the database does hold the recorded conversations,
+    # as the gateway masked them.
+    assert placeholders, "no masked session found in the control plane's database"
 
 
 def test_no_value_in_envoys_stats(run):
