@@ -1653,10 +1653,28 @@ mod sessions {
         let Some(server) = start(backend, |_| {}).await else {
             return;
         };
+        // A second replica on the same database (SQLite: the same file
+        // through its own pool), so the two writers do not share a pool.
+        let same_db = match backend {
+            Backend::Sqlite => format!(
+                "sqlite://{}",
+                server
+                    ._dir
+                    .path()
+                    .join(warden_control_plane::store::SQLITE_FILE_NAME)
+                    .display()
+            ),
+            Backend::Postgres => server.state.config().database_url.clone().unwrap(),
+        };
+        let replica = Arc::new(start_on(Some(same_db), |_| {}).await);
         let server = Arc::new(server);
         let mut tasks = Vec::new();
         for writer in 0..2 {
-            let server = server.clone();
+            let server = if writer == 0 {
+                server.clone()
+            } else {
+                replica.clone()
+            };
             tasks.push(tokio::spawn(async move {
                 let mut last = 0;
                 for batch in 0..6 {
