@@ -375,23 +375,9 @@ def test_ecs_records(make_stack):
 def test_route_and_policy_version_are_recorded(audit_stack, tmp_path):
     stack = audit_stack
     token = stack.token("alice", ["engineering"])
-    # The policy of the Envoy configuration has no published version: the
-    # record says so with null. Published through the control plane, the
-    # same policy gets a version, and the records carry it.
-    policy = yaml.safe_load(audit_policy())["policy"]
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    admin = stack.token("root", ["warden-admins"])
-    stack.cli("policy", "push", str(path), "-m", "audit test", token=admin)
-    version = max(v["version"] for v in json.loads(stack.cli("policy", "list", "--json", token=admin).stdout)["policies"])
-
-    def served_with_version() -> bool:
-        marker = f"audit/{uuid.uuid4()}/policy-probe"
-        chat(stack, token, marker, "hello")
-        wait_until("the probe's record", lambda: bool(ends(mine(stack, marker))))
-        return ends(mine(stack, marker))[0]["policy_version"] == str(version)
-
-    wait_until("the gateway to serve the published version", served_with_version, timeout=30)
+    # Published through the control plane, the policy gets a version, and
+    # the records carry it.
+    version = push_policy(stack, yaml.safe_load(audit_policy())["policy"], tmp_path)
     run = uuid.uuid4()
     allowed, blocked = f"audit/{run}/policy", f"audit/{run}/policy-blocked"
     assert chat(stack, token, allowed, "hello")[0] == 200
@@ -403,6 +389,71 @@ def test_route_and_policy_version_are_recorded(audit_stack, tmp_path):
     assert record["approval_id"] is None  # no approval was needed
     (refused,) = ends(records[blocked])
     assert refused["route"] == "/v1/chat/completions" and refused["policy_version"] == str(version)
+
+
+def push_policy(stack: Stack, policy: dict, tmp_path: Path) -> int:
+    """Publishes `policy` through the control plane (CLI, as an admin) and
+    waits until the gateway decides with it; returns its version."""
+    path = tmp_path / f"policy-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    admin = stack.token("root", ["warden-admins"])
+    stack.cli("policy", "push", str(path), "-m", "audit test", token=admin)
+    version = max(v["version"] for v in json.loads(stack.cli("policy", "list", "--json", token=admin).stdout)["policies"])
+    token = stack.token("alice", ["engineering"])
+
+    def served() -> bool:
+        marker = f"audit/{uuid.uuid4()}/policy-probe"
+        http("GET", f"{stack.gateway_url}/openai/v1/models",
+             headers={"authorization": f"Bearer {token}", "user-agent": marker})
+        wait_until("the probe's record", lambda: bool(ends(mine(stack, marker))))
+        return ends(mine(stack, marker))[0]["policy_version"] == str(version)
+
+    wait_until("the gateway to serve the published version", served, timeout=30)
+    return version
+
+
+def test_approvals_are_on_record_with_their_id(audit_stack, tmp_path):
+    """A ticket: the first request is refused pending (one record, with the
+    approval's id), approved by someone else, then the same request passes
+    (one record, approved, the same id); a denied ticket is on record too."""
+    stack = audit_stack
+    policy = yaml.safe_load(audit_policy())["policy"]
+    policy["groups"]["security"] = {"models": ["*"]}
+    policy["approval"] = {"approvers": ["security"], "mode": "ticket", "ttl_seconds": 600}
+    policy["rules"].append({"name": "prod-export", "keywords": ["customer export"],
+                            "action": "require_approval", "where": "request"})
+    version = push_policy(stack, policy, tmp_path)
+    alice, bob = stack.token("alice", ["engineering"]), stack.token("bob", ["security"])
+    run = uuid.uuid4()
+    m = {k: f"audit/{run}/{k}" for k in ("pending", "approved", "to-deny", "denied")}
+
+    def ticket(body: bytes) -> str:
+        found = re.search(r"apr_[A-Za-z0-9_-]+", json.loads(body)["error"]["message"])
+        assert found, body
+        return found.group(0)
+
+    status, _, body = chat(stack, alice, m["pending"], f"customer export {run}")
+    assert status == 403
+    first = ticket(body)
+    stack.cli("approvals", "approve", first, "--reason", "ticket OPS-1", token=bob)
+    assert chat(stack, alice, m["approved"], f"customer export {run}")[0] == 200
+    status, _, body = chat(stack, alice, m["to-deny"], f"customer export {run}, all of it")
+    assert status == 403
+    second = ticket(body)
+    stack.cli("approvals", "deny", second, "--reason", "too broad", token=bob)
+    assert chat(stack, alice, m["denied"], f"customer export {run}, all of it")[0] == 403
+
+    records = settle(stack, list(m.values()))
+    r = {kind: ends(records[marker]) for kind, marker in m.items()}
+    assert all(len(recs) == 1 for recs in r.values()), r
+    r = {kind: recs[0] for kind, recs in r.items()}
+    assert (r["pending"]["decision"], r["pending"]["approval_id"]) == ("approval_pending", first)
+    assert r["pending"]["reason"] == "warden.approval_pending" and r["pending"]["status"] == 403
+    assert (r["approved"]["decision"], r["approved"]["approval_id"], r["approved"]["status"]) == (
+        "approved", first, 200)
+    assert (r["to-deny"]["decision"], r["to-deny"]["approval_id"]) == ("approval_pending", second)
+    assert (r["denied"]["decision"], r["denied"]["approval_id"], r["denied"]["status"]) == ("denied", second, 403)
+    assert all(rec["policy_version"] == str(version) and rec["user"] == "alice" for rec in r.values())
 
 
 @pytest.mark.xfail(reason="the filter records `rules` only for requests it lets through: a block "
