@@ -533,7 +533,6 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    crate::sessions::set_auditor_group(&args.auditor_group);
     let config = ServerConfig {
         data_dir: args.data_dir,
         database_url: args.database_url,
@@ -543,6 +542,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         issuers: args.issuers,
         audiences: args.audiences,
         admin_group: args.admin_group,
+        auditor_group: args.auditor_group.trim().to_owned(),
         ui_client_id: args.ui_client_id,
         ui_issuer: args.ui_issuer,
         approval_webhook: args.approval_webhook.filter(|s| !s.is_empty()),

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub audiences: Vec<String>,
     /// Members may publish and activate policies.
     pub admin_group: String,
+    /// Members may read recorded sessions (as may the admin group).
+    pub auditor_group: String,
     /// The approvers' page's OAuth client id; ID tokens carry it as `aud`.
     pub ui_client_id: String,
     /// The issuer the page signs in with; default: the dev issuer with `--dev`.
@@ -98,6 +100,7 @@ impl fmt::Debug for ServerConfig {
             .field("issuers", &self.issuers)
             .field("audiences", &self.audiences)
             .field("admin_group", &self.admin_group)
+            .field("auditor_group", &self.auditor_group)
             .field("ui_client_id", &self.ui_client_id)
             .field("ui_issuer", &self.ui_issuer)
             .field(
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             issuers: Vec::new(),
             audiences: vec![DEFAULT_AUDIENCE.to_owned()],
             admin_group: DEFAULT_ADMIN_GROUP.to_owned(),
+            auditor_group: crate::sessions::DEFAULT_AUDITOR_GROUP.to_owned(),
             ui_client_id: DEFAULT_UI_CLIENT_ID.to_owned(),
             ui_issuer: None,
             approval_webhook: None,

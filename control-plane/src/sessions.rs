@@ -20,7 +20,6 @@
 //! Records hold prompts (masked or not): their contents are never logged.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -53,25 +52,6 @@ pub const MAX_LIST_LIMIT: i64 = 500;
 const VERIFY_PAGE: i64 = 1000;
 /// Problems reported at most (the count goes on).
 const MAX_PROBLEMS: usize = 1000;
-
-static AUDITOR_GROUP: OnceLock<String> = OnceLock::new();
-
-/// Sets the auditor group for this process (`warden serve --auditor-group`).
-/// Only the first call counts.
-// ServerConfig (server.rs) has no field for it yet; once it has, this goes.
-pub fn set_auditor_group(group: &str) {
-    let group = group.trim();
-    if !group.is_empty() {
-        let _ = AUDITOR_GROUP.set(group.to_owned());
-    }
-}
-
-/// The group whose members may read sessions.
-pub fn auditor_group() -> &'static str {
-    AUDITOR_GROUP
-        .get()
-        .map_or(DEFAULT_AUDITOR_GROUP, String::as_str)
-}
 
 /// `sha256_hex(prev_hash || "\n" || record)`.
 pub fn chain_hash(prev_hash: &str, record: &str) -> String {
@@ -187,7 +167,7 @@ async fn append_sessions(
 /// 401 without a token, 403 `auditor_required` unless in the auditor or admin group.
 async fn auditor(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let caller = state.users().caller(headers).await?;
-    let group = auditor_group();
+    let group = state.config().auditor_group.as_str();
     if caller.is_admin || caller.identity.groups.iter().any(|g| g == group) {
         return Ok(caller);
     }
