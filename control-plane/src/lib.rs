@@ -1,7 +1,7 @@
 //! Warden's control plane: the `warden` server and command-line client.
 //!
 //! The gateway itself is a proxy-wasm filter running in Envoy (see
-//! `filter/`); this crate is what configures and observes it. Today it is a
+//! `filter/`); this crate is what configures and observes it. It
 //! stores versioned policies (served to the gateways with ETags) and
 //! just-in-time approvals (opened by gateways, decided by people), recorded
 //! sessions (appended by gateways to a hash chain, read by auditors), verifies
@@ -24,7 +24,8 @@
 //! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction |
-//! | [`dev_issuer`] | the development OIDC issuer behind `--dev` (discovery, JWKS with RS256/ES256/EdDSA keys, token minting) |
+//! | [`dev_issuer`] | the development OIDC issuer behind `--dev` (discovery, JWKS with RS256/ES256/EdDSA keys, token minting, the authorization code flow with PKCE) |
+//! | [`web`] | the approvers' page (`/approvals`, assets from `web/`), `/v1/ui/config`, the dev issuer's browser sign-in (`/dev/authorize`, `/dev/oauth/token`) |
 //!
 //! # Safety notes
 //!

@@ -13,6 +13,9 @@
 //! | GET | `/dev/.well-known/openid-configuration` | dev issuer discovery (`--dev` only) |
 //! | GET | `/dev/jwks.json` | dev issuer keys (`--dev` only) |
 //! | POST | `/dev/token` | mint a dev token (`--dev` only) |
+//! | GET, POST | `/dev/authorize`, POST `/dev/oauth/token` | the dev issuer's authorization code flow with PKCE (`--dev` only; [`crate::web`]) |
+//! | GET | `/approvals`, `/approvals/...`, `/v1/ui/config` | the approvers' page and its sign-in settings ([`crate::web`]) |
+//! | | `/v1/...` | policies, approvals, sessions ([`crate::api`], [`crate::sessions`]) |
 //!
 //! Every error, 404 and 405 included, is answered in the JSON shape of
 //! [`crate::error::ApiError`].
