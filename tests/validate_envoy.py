@@ -10,6 +10,7 @@ written and as the harness renders it (`Stack.start(access_log=...)`).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,16 @@ from harness.stack import (ENVOY_BIN, ENVOY_TEMPLATE, REAL_PROVIDERS, ROOT, Port
 ACCESS_LOGS = ROOT / "envoy" / "access-log"
 
 
+# Validation loads the filter, which refuses a configuration whose control
+# plane secret is missing from Envoy's environment: give it one, for this
+# check only (it is never sent anywhere).
+VALIDATION_ENV = {**os.environ, "WARDEN_GATEWAY_SECRET": "validation-only-not-a-secret"}
+
+
 def validate(path: Path, label: str) -> bool:
     out = subprocess.run([str(ENVOY_BIN), "--mode", "validate", "-c", str(path),
                           "--disable-hot-restart", "--log-level", "warn"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, timeout=120, env=VALIDATION_ENV)
     ok = out.returncode == 0
     print(f"    {'ok  ' if ok else 'FAIL'} {label}")
     if not ok:
