@@ -113,7 +113,7 @@ class Run:
     agent: str
     stats: dict[str, str] = field(default_factory=dict)
 
-    def secrets(self) -> dict[str, str]:
+    def sought(self) -> dict[str, str]:
         """The corpus, the users' tokens, and the gateway's own keys: the
         provider keys it adds upstream and, when the harness has one, the
         secret the filter and the control plane share."""
@@ -124,7 +124,7 @@ class Run:
 
 
 def leaks_in(text: str, run: Run) -> list[str]:
-    return sorted(name for name, value in run.secrets().items() if value in text)
+    return sorted(name for name, value in run.sought().items() if value in text)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_the_search_finds_what_is_there(run):
     decisions = sorted(r["decision"] for r in records)
     assert decisions.count("masked") >= 6 and "blocked" in decisions and "unauthenticated" in decisions
     assert any("personal-data:mask:" in (r["rules"] or "") for r in records)
-    assert run.agent in log and "agent" not in run.secrets()
+    assert run.agent in log and "agent" not in run.sought()
 
 
 def test_no_value_in_the_access_log(run):
