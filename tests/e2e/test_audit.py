@@ -456,8 +456,6 @@ def test_approvals_are_on_record_with_their_id(audit_stack, tmp_path):
     assert all(rec["policy_version"] == str(version) and rec["user"] == "alice" for rec in r.values())
 
 
-@pytest.mark.xfail(reason="the filter records `rules` only for requests it lets through: a block "
-                          "does not name its rule in the access log yet (filter/wasm)", strict=False)
 def test_a_block_names_its_rule(audit_stack):
     stack = audit_stack
     marker = f"audit/{uuid.uuid4()}/block-rule"

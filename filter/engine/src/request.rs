@@ -334,8 +334,9 @@ pub fn authorize(
 }
 
 /// Step 4b: the policy's rules applied to the request body (edited in place).
-/// Returns what was found, and the new body when it changed; a block rule
-/// refuses the request (naming the rule, never the value). An approval rule
+/// Returns what was found (also when refused, for the audit record), and the
+/// new body when it changed; a block rule refuses the request (naming the
+/// rule, never the value). An approval rule
 /// is the caller's to act on ([`Outcome::stop`] names it): the request then
 /// waits for the control plane, or is refused by [`approvals_disabled`].
 #[allow(clippy::too_many_arguments)]
@@ -348,11 +349,14 @@ pub fn inspect_request(
     upstream_path: &str,
     body: &mut Value,
     vault: &mut Vault,
-) -> Result<(Outcome, Option<Vec<u8>>), Rejection> {
-    let p = provider_at(config, provider)?;
+) -> (Outcome, Result<Option<Vec<u8>>, Rejection>) {
+    let p = match provider_at(config, provider) {
+        Ok(p) => p,
+        Err(rejection) => return (Outcome::default(), Err(rejection)),
+    };
     let active = policy.active_rules(identity, &p.name, model, Direction::Request);
     if active.is_empty() {
-        return Ok((Outcome::default(), None));
+        return (Outcome::default(), Ok(None));
     }
     let shape = Shape::of(p.api, upstream_path);
     let (outcome, changed) = inspect_value(
@@ -364,22 +368,20 @@ pub fn inspect_request(
         vault,
         &config.hash_key,
     );
-    match outcome.stop() {
+    let verdict = match outcome.stop() {
         Some((rule, Action::Block)) => Err(Rejection::new(
             p.api,
             ErrorKind::PermissionDenied,
             "warden.blocked",
             format!("the request was blocked by rule '{rule}'"),
         )),
-        _ => Ok((
-            outcome,
-            if changed {
-                serde_json::to_vec(body).ok()
-            } else {
-                None
-            },
-        )),
-    }
+        _ => Ok(if changed {
+            serde_json::to_vec(body).ok()
+        } else {
+            None
+        }),
+    };
+    (outcome, verdict)
 }
 
 /// The decision an answer records in the audit trail and the counters.

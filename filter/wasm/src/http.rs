@@ -343,7 +343,7 @@ impl WardenHttp {
         ) else {
             return self.internal_error("inspection without policy");
         };
-        match request::inspect_request(
+        let (outcome, verdict) = request::inspect_request(
             &config,
             &policy,
             self.provider,
@@ -352,26 +352,23 @@ impl WardenHttp {
             &self.upstream_path,
             &mut doc,
             &mut self.vault,
-        ) {
-            Ok((outcome, new_body)) => {
-                self.outcome = outcome;
-                self.record_outcome();
-                if let Some(new_body) = new_body {
-                    if let Err(status) = host::set_request_body(self.body_size, &new_body) {
-                        return self.internal_error(&format!(
-                            "cannot replace the request body: {status:?}"
-                        ));
-                    }
-                    let _ = host::set_request_header(
-                        "content-length",
-                        Some(new_body.len().to_string().as_bytes()),
-                    );
+        );
+        // Refused or not, the audit record names the rules that matched.
+        self.outcome = outcome;
+        self.record_outcome();
+        match verdict {
+            Ok(Some(new_body)) => {
+                if let Err(status) = host::set_request_body(self.body_size, &new_body) {
+                    return self
+                        .internal_error(&format!("cannot replace the request body: {status:?}"));
                 }
+                let _ = host::set_request_header(
+                    "content-length",
+                    Some(new_body.len().to_string().as_bytes()),
+                );
             }
-            Err(rejection) => {
-                self.outcome = Outcome::default();
-                return self.reply(rejection);
-            }
+            Ok(None) => {}
+            Err(rejection) => return self.reply(rejection),
         }
         if policy.record == Record::Masked {
             self.recorded_request = Some(doc.clone());
@@ -763,8 +760,10 @@ impl HttpContext for WardenHttp {
             )
         };
         self.config = Some(config.clone());
-        if let Some(version) = policy.as_ref().and_then(|p| p.published_version) {
-            let _ = host::set_filter_state("warden.policy_version", version.to_string().as_bytes());
+        if let Some(p) = policy.as_ref() {
+            // 0: the policy of the Envoy configuration (nothing published yet).
+            let version = p.published_version.unwrap_or(0).to_string();
+            let _ = host::set_filter_state("warden.policy_version", version.as_bytes());
         }
         self.policy = policy;
         self.headers = match host::request_headers() {
