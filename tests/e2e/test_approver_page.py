@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from browser.chromium import launch  # noqa: E402
 from harness.stack import (  # noqa: E402
-    WARDEN_BIN, Ports, Stack, default_filter_config, http, spawn, wait_until)
+    ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, spawn, wait_until)
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
@@ -468,18 +468,7 @@ def test_sign_in_with_a_real_openid_provider(playwright, tmp_path):
 # Through a real Envoy: the filter holds or tickets a prompt, the approver
 # decides in the browser, the held request goes on (or is refused with the
 # approver's reason), the ticket passes once.
-GATEWAY_POLICY = {
-    "version": 1,
-    "groups": {"engineering": {"models": ["*"]}, "security": {"models": ["*"]}},
-    "approval": {"approvers": ["security"], "mode": "hold", "timeout_seconds": 60},
-    "rules": [
-        {"name": "personal-data", "detect": ["email"], "action": "mask", "level": "internal"},
-        {"name": "prod-dump", "keywords": ["production database dump"], "action": "require_approval",
-         "where": "request"},
-        {"name": "prod-ticket", "keywords": ["customer export"], "action": "require_approval",
-         "where": "request", "approval": {"mode": "ticket", "ttl_seconds": 600}},
-    ],
-}
+GATEWAY_POLICY = yaml.safe_load((ROOT / "examples" / "policies" / "approvals.yaml").read_text())
 EMAIL = "jane.doe@example.com"
 
 

@@ -29,20 +29,8 @@ POLL_SECONDS = 1
 MAX_STALE_SECONDS = 6
 EMAIL = "jane.doe@example.com"
 
-APPROVAL_POLICY = {
-    "version": 1,
-    "groups": {"engineering": {"models": ["*"]}, "security": {"models": ["*"]}},
-    "approval": {"approvers": ["security"], "mode": "hold", "timeout_seconds": 30},
-    "rules": [
-        {"name": "personal-data", "detect": ["email"], "action": "mask", "level": "internal"},
-        {"name": "prod-dump", "keywords": ["production database dump"], "action": "require_approval",
-         "where": "request"},
-        {"name": "prod-ticket", "keywords": ["customer export"], "action": "require_approval",
-         "where": "request", "approval": {"mode": "ticket", "ttl_seconds": 600}},
-        {"name": "quick-hold", "keywords": ["quick question"], "action": "require_approval",
-         "where": "request", "approval": {"timeout_seconds": 2}},
-    ],
-}
+# The approval rules (hold, ticket, a 2 s hold) from the example policy.
+APPROVAL_POLICY = yaml.safe_load((ROOT / "examples" / "policies" / "approvals.yaml").read_text())
 
 
 def _database_urls() -> list:

@@ -644,7 +644,10 @@ mod tests {
     #[test]
     fn timestamps_and_batches() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        assert_eq!(
+            rfc3339_millis(1_709_210_096_789),
+            "2024-02-29T12:34:56.789Z"
+        );
         let batch = sessions_batch(&[b"{\"id\":\"a\"}".to_vec(), b"{\"id\":\"b\"}".to_vec()]);
         let v: Value = serde_json::from_slice(&batch).unwrap();
         assert_eq!(v["records"][1]["id"], "b");

@@ -158,44 +158,38 @@ pub fn set_filter_state(name: &str, value: &[u8]) -> HostResult<()> {
     hostcalls::set_property(vec![name], Some(value))
 }
 
-/// Counters by name, defined on first use (per VM; Envoy aggregates them
+/// Metrics by name (counters and a gauge), defined on first use (per VM; Envoy aggregates them
 /// across workers and shows them as `wasmcustom.<name>` in its stats and on
 /// its Prometheus endpoint).
 #[derive(Default)]
 pub struct Counters {
     ids: std::collections::HashMap<String, u32>,
-    gauges: std::collections::HashMap<String, u32>,
 }
 
 impl Counters {
-    /// Sets a gauge (Envoy sums a gauge across workers' VMs, so only one
-    /// writer should own each: the policy poller writes the version).
-    pub fn set_gauge(&mut self, name: &str, value: u64) {
-        let id = match self.gauges.get(name) {
-            Some(id) => *id,
-            None => match hostcalls::define_metric(proxy_wasm::types::MetricType::Gauge, name) {
-                Ok(id) => {
-                    self.gauges.insert(name.to_owned(), id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::record_metric(id, value);
+    /// The metric's id, defining it on first use.
+    fn id(&mut self, kind: proxy_wasm::types::MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.insert(name.to_owned(), id);
+        Some(id)
     }
 
     pub fn add(&mut self, name: &str, n: u64) {
-        let id = match self.ids.get(name) {
-            Some(id) => *id,
-            None => match hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name) {
-                Ok(id) => {
-                    self.ids.insert(name.to_owned(), id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        if let Some(id) = self.id(proxy_wasm::types::MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets a gauge. Envoy keeps one gauge per name for all worker VMs;
+    /// every VM writes the same value (the policy version), so the last
+    /// write is right.
+    pub fn set_gauge(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.id(proxy_wasm::types::MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
     }
 }
 
