@@ -1485,8 +1485,9 @@ mod sessions {
         // The server answers 413 as soon as it reads the length and may
         // close before the client has written the rest: either way the
         // batch is refused, and nothing of it is stored (checked below).
-        let sent = server
-            .http
+        // A client of its own: the half-written connection must not go back
+        // into the pool the next requests use.
+        let sent = reqwest::Client::new()
             .post(format!("{}/v1/sessions", server.base))
             .header("x-warden-gateway-key", SECRET)
             .json(&json!({"records": [huge]}))
