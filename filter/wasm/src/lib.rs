@@ -309,7 +309,7 @@ impl Context for WardenRoot {
                 match published::on_response(body_size, now, published) {
                     published::Polled::New(p) => {
                         vm.counters.add("warden.policy.updates", 1);
-                        vm.install(p);
+                        vm.install(*p);
                     }
                     published::Polled::Unchanged => {}
                     published::Polled::Failed => vm.counters.add("warden.policy.fetch_failures", 1),

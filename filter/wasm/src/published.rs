@@ -151,7 +151,7 @@ pub fn start_poll(cp: &ControlPlane, etag: Option<&str>) -> Option<u32> {
 /// What a poll brought.
 pub enum Polled {
     /// A new version, compiled and shared.
-    New(PublishedPolicy),
+    New(Box<PublishedPolicy>),
     /// The version held is still the active one (or none is published yet).
     Unchanged,
     Failed,
@@ -187,7 +187,7 @@ pub fn on_response(body_size: usize, now: u64, vm: &mut VmPublished) -> Polled {
                 vm.share(&etag, &body);
                 vm.announce(published.version);
                 contact("answer");
-                Polled::New(published)
+                Polled::New(Box::new(published))
             }
             Err(err) => {
                 // The control plane validates with this same compiler, so
