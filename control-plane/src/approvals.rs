@@ -225,12 +225,7 @@ fn truncate(mut text: String, max: usize) -> String {
 pub fn new_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let mut id = String::with_capacity(36);
-    id.push_str("apr_");
-    for byte in bytes {
-        id.push_str(&format!("{byte:02x}"));
-    }
-    id
+    format!("apr_{}", hex::encode(bytes))
 }
 
 /// Milliseconds since the Unix epoch.

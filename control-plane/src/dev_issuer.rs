@@ -864,11 +864,7 @@ fn b64url(bytes: &[u8]) -> String {
 
 /// First 16 hex digits of the SHA-256 of `public_key`.
 fn key_id(public_key: &[u8]) -> String {
-    Sha256::digest(public_key)
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(public_key)[..8])
 }
 
 /// Loads the key at `path`, or generates one and saves it there.

@@ -154,12 +154,7 @@ pub fn to_json(text: &str) -> Result<Value, String> {
 
 /// Lowercase hex SHA-256 of `text`.
 pub fn sha256_hex(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ pub fn canonical_sha256(body: &Value) -> String {
     use sha2::Digest;
     let mut text = String::new();
     canonical_json(body, &mut text);
-    hex(&sha2::Sha256::digest(text.as_bytes()))
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 fn canonical_json(value: &Value, out: &mut String) {
@@ -206,10 +206,6 @@ fn canonical_json(value: &Value, out: &mut String) {
         }
         other => out.push_str(&other.to_string()),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the control plane says about an approval.

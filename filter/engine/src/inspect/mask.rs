@@ -87,7 +87,7 @@ impl HashKey {
             // HMAC takes keys of any length; this arm is unreachable in practice.
             Err(_) => Default::default(),
         };
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..6]);
         format!("[{label}:{hex}]")
     }
 }
