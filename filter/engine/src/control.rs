@@ -243,6 +243,7 @@ pub struct ApprovalRequest {
     pub email: Option<String>,
     pub provider: String,
     pub model: Option<String>,
+    /// [`crate::request::route_of`] the upstream path.
     pub route: String,
     pub rule: String,
     /// 0 for the policy from the Envoy configuration (no published version).
@@ -275,14 +276,7 @@ impl ApprovalRequest {
             email: identity.email.clone(),
             provider: provider.to_owned(),
             model: model.map(str::to_owned),
-            route: format!(
-                "/{}",
-                route
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-            ),
+            route: route.to_owned(),
             rule: rule.to_owned(),
             policy_version: policy_version.unwrap_or(0),
             body_sha256,

@@ -292,6 +292,13 @@ pub fn upstream_path(config: &FilterConfig, provider: usize, path: &[u8]) -> Str
     String::from_utf8_lossy(path.strip_prefix(prefix).unwrap_or(path)).into_owned()
 }
 
+/// The route an audit record and an approval name: the upstream path
+/// without its query (which may carry anything), from `/`.
+pub fn route_of(upstream_path: &str) -> String {
+    let path = upstream_path.split('?').next().unwrap_or_default();
+    format!("/{}", path.trim_start_matches('/'))
+}
+
 /// The model a request path names (`/v1/models/{id}`), for bodiless requests.
 pub fn model_from_path(upstream_path: &str) -> Option<String> {
     let rest = upstream_path.split('?').next()?;

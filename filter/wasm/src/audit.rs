@@ -26,9 +26,13 @@ impl Queue {
         self.records.is_empty()
     }
 
+    fn has_room_for(&self, record: &[u8]) -> bool {
+        self.records.len() < MAX_RECORDS && self.bytes + record.len() <= MAX_BYTES
+    }
+
     /// Appends a record; false (dropped) when the queue is full.
     pub fn push(&mut self, record: Vec<u8>) -> bool {
-        if self.records.len() >= MAX_RECORDS || self.bytes + record.len() > MAX_BYTES {
+        if !self.has_room_for(&record) {
             return false;
         }
         self.bytes += record.len();
@@ -59,7 +63,7 @@ impl Queue {
     pub fn requeue(&mut self, batch: Vec<Vec<u8>>) -> u64 {
         let mut dropped = 0;
         for record in batch.into_iter().rev() {
-            if self.records.len() >= MAX_RECORDS || self.bytes + record.len() > MAX_BYTES {
+            if !self.has_room_for(&record) {
                 dropped += 1;
                 continue;
             }

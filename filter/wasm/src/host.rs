@@ -94,6 +94,26 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
     hostcalls::set_shared_data(key, Some(value), cas)
 }
 
+/// A number (8 bytes, big-endian) in shared data, and its CAS token.
+pub fn shared_stamp(key: &str) -> (Option<u64>, Option<u32>) {
+    match shared_get(key) {
+        Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
+        Ok((None, cas)) => (None, cas),
+        Err(_) => (None, None),
+    }
+}
+
+pub fn set_shared_stamp(key: &str, value: u64, cas: Option<u32>) -> HostResult<()> {
+    shared_set(key, &value.to_be_bytes(), cas)
+}
+
+/// Takes the lease stored at `key` (the time of the last attempt, written
+/// with CAS) if `allowed(last attempt)` says so: of all worker VMs, one wins.
+pub fn try_lease(key: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
+    let (last, cas) = shared_stamp(key);
+    allowed(last) && set_shared_stamp(key, now, cas).is_ok()
+}
+
 /// An HTTP call through an Envoy cluster; the answer arrives in
 /// `on_http_call_response` of the context that made it.
 pub fn dispatch_get(

@@ -72,6 +72,8 @@ pub struct WardenHttp {
     headers: Rc<[(String, Vec<u8>)]>,
     /// The upstream path (after the route prefix), for the API shape.
     upstream_path: String,
+    /// The same without its query, for the audit record and approvals.
+    route: String,
     /// Values `tokenize` took out of the prompt, to put back in the answer.
     vault: Vault,
     /// What the rules found, request and response together.
@@ -116,6 +118,7 @@ impl WardenHttp {
             model: None,
             headers: Rc::from(Vec::new()),
             upstream_path: String::new(),
+            route: String::new(),
             vault: Vault::default(),
             outcome: Outcome::default(),
             response: ResponseMode::Pass,
@@ -158,14 +161,7 @@ impl WardenHttp {
             groups: identity.map(|i| i.groups.clone()).unwrap_or_default(),
             provider: config.providers.get(self.provider).map(|p| p.name.clone()),
             model: self.model.clone(),
-            route: format!(
-                "/{}",
-                self.upstream_path
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-            ),
+            route: self.route.clone(),
             policy_version: policy.published_version.unwrap_or(0),
             decision: self.decision.to_owned(),
             reason: self.reason.map(str::to_owned),
@@ -422,7 +418,7 @@ impl WardenHttp {
             &identity,
             provider,
             model.as_deref(),
-            &self.upstream_path,
+            &self.route,
             rule,
             spec,
             policy.published_version,
@@ -782,9 +778,8 @@ impl HttpContext for WardenHttp {
         if let Some(p) = config.providers.get(self.provider) {
             let _ = host::set_filter_state("warden.provider", p.name.as_bytes());
         }
-        let route = self.upstream_path.split('?').next().unwrap_or_default();
-        let route = format!("/{}", route.trim_start_matches('/'));
-        let _ = host::set_filter_state("warden.route", route.as_bytes());
+        self.route = request::route_of(&self.upstream_path);
+        let _ = host::set_filter_state("warden.route", self.route.as_bytes());
         if let Some(silent_for) = silence {
             let api = self.api();
             return self.reply(request::policy_stale(api, silent_for));

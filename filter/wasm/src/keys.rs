@@ -83,19 +83,10 @@ pub fn view<'a>(issuer: &'a Issuer, vm: &'a VmKeys, now: u64) -> KeyView<'a> {
     }
 }
 
-fn last_attempt(issuer: &str) -> (Option<u64>, Option<u32>) {
-    match host::shared_get(&lease_key(issuer)) {
-        Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
-        Ok((None, cas)) => (None, cas),
-        Err(_) => (None, None),
-    }
-}
-
 /// Takes the fetch lease for `issuer` if `allowed(last_attempt)` says a fetch
 /// may start now; only one VM wins a given lease.
 pub fn try_lease(issuer: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
-    let (last, cas) = last_attempt(issuer);
-    allowed(last) && host::shared_set(&lease_key(issuer), &now.to_be_bytes(), cas).is_ok()
+    host::try_lease(&lease_key(issuer), now, allowed)
 }
 
 /// Which step of a fetch an HTTP call answers.

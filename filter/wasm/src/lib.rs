@@ -79,23 +79,14 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Picks up a version another VM fetched, and the time of the control
-    /// plane's last answer.
-    pub fn refresh_policy(&mut self) {
+    /// At a request's start and on the tick: installs a version another VM
+    /// fetched (one 8-byte shared read when there is none).
+    pub fn catch_up_policy(&mut self) {
         if self.config.control_plane.is_none() {
             return;
         }
         if let Some(p) = self.published.refresh() {
             self.install(p);
-        }
-        self.policy_contact = published::last_contact();
-    }
-
-    /// At a request's start: catches up at once if another VM installed a
-    /// new version (one 8-byte shared read).
-    pub fn catch_up_policy(&mut self) {
-        if self.config.control_plane.is_some() && self.published.is_behind() {
-            self.refresh_policy();
         }
     }
 
@@ -250,7 +241,8 @@ impl WardenRoot {
         let Some(cp) = vm.config.control_plane.clone() else {
             return;
         };
-        vm.refresh_policy();
+        vm.catch_up_policy();
+        vm.policy_contact = published::last_contact();
         let in_flight = self.fetches.values().any(|f| *f == Fetch::Policy);
         if in_flight || !published::try_lease(now, cp.poll_seconds) {
             return;

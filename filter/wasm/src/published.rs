@@ -1,7 +1,7 @@
 //! The published policy: polled from the control plane by one VM at a time
 //! and shared with every worker VM through proxy-wasm shared data.
 //!
-//! Three shared keys: the last answer the control plane served (its ETag and
+//! Shared keys: the last answer the control plane served (its ETag and
 //! body, stored only once this filter has compiled it, so no VM ever sees a
 //! version it cannot load); the time of the control plane's last answer of
 //! any kind (200, 304 or "no active policy"), which bounds how long a policy
@@ -27,52 +27,39 @@ const LEASE_KEY: &str = "warden/v1/policy-lease";
 /// every worker switches with the first request after the write.
 const SERIAL_KEY: &str = "warden/v1/policy-serial";
 
-fn read_stamp(key: &str) -> (Option<u64>, Option<u32>) {
-    match host::shared_get(key) {
-        Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
-        Ok((None, cas)) => (None, cas),
-        Err(_) => (None, None),
-    }
-}
-
 /// When the control plane last answered a poll (any VM's).
 pub fn last_contact() -> Option<u64> {
-    read_stamp(CONTACT_KEY).0
+    host::shared_stamp(CONTACT_KEY).0
 }
 
 /// Takes the poll lease if no VM polled within `period` seconds.
 pub fn try_lease(now: u64, period: u64) -> bool {
-    let (last, cas) = read_stamp(LEASE_KEY);
-    last.is_none_or(|l| now.saturating_sub(l) >= period)
-        && host::shared_set(LEASE_KEY, &now.to_be_bytes(), cas).is_ok()
+    host::try_lease(LEASE_KEY, now, |last| {
+        last.is_none_or(|l| now.saturating_sub(l) >= period)
+    })
 }
 
 /// This VM's view of the shared policy.
 #[derive(Default)]
 pub struct VmPublished {
-    cas: Option<u32>,
     pub etag: Option<String>,
     /// The version this VM runs (what [`SERIAL_KEY`] said when it loaded).
     serial: Option<u64>,
 }
 
 impl VmPublished {
-    /// Whether another VM installed a version this one does not run yet.
-    pub fn is_behind(&self) -> bool {
-        let (serial, _) = read_stamp(SERIAL_KEY);
-        serial.is_some() && serial != self.serial
-    }
-
-    /// The shared policy, compiled, if another VM replaced it since this VM
-    /// last looked.
+    /// The shared policy, compiled, if another VM installed a version this
+    /// one does not run yet. Otherwise it costs one 8-byte shared read.
     pub fn refresh(&mut self) -> Option<PublishedPolicy> {
-        let Ok((Some(bytes), cas)) = host::shared_get(POLICY_KEY) else {
+        let serial = host::shared_stamp(SERIAL_KEY)
+            .0
+            .filter(|s| Some(*s) != self.serial)?;
+        // Taken even if the document turns out unusable: it is then read
+        // once per version, not once per request.
+        self.serial = Some(serial);
+        let Ok((Some(bytes), _)) = host::shared_get(POLICY_KEY) else {
             return None;
         };
-        if cas.is_some() && cas == self.cas {
-            return None;
-        }
-        self.cas = cas;
         let (etag, body) = split_record(&bytes)?;
         match parse_published_policy(body) {
             Ok(published) => {
@@ -90,8 +77,10 @@ impl VmPublished {
         }
     }
 
-    /// Stores a version this VM fetched and compiled, for the others.
-    fn share(&mut self, etag: &str, body: &[u8]) {
+    /// Stores a version this VM fetched and compiled for the others, then
+    /// announces it: the document first, so a VM that sees the new serial
+    /// finds the new document.
+    fn share(&mut self, etag: &str, body: &[u8], version: u64) {
         // An absurd ETag is dropped (the next poll is then unconditional).
         let etag = if etag.len() <= 1024 { etag } else { "" };
         let len = u16::try_from(etag.len()).unwrap_or(0);
@@ -104,12 +93,8 @@ impl VmPublished {
                 &format!("warden: cannot share the policy: {status:?}"),
             );
         }
+        let _ = host::set_shared_stamp(SERIAL_KEY, version, None);
         self.etag = Some(etag.to_owned());
-        self.cas = host::shared_get(POLICY_KEY).ok().and_then(|(_, cas)| cas);
-    }
-
-    fn announce(&mut self, version: u64) {
-        let _ = host::shared_set(SERIAL_KEY, &version.to_be_bytes(), None);
         self.serial = Some(version);
     }
 }
@@ -161,7 +146,7 @@ pub enum Polled {
 pub fn on_response(body_size: usize, now: u64, vm: &mut VmPublished) -> Polled {
     let (status, body) = host::call_response(body_size);
     let contact = |what: &str| {
-        if let Err(status) = host::shared_set(CONTACT_KEY, &now.to_be_bytes(), None) {
+        if let Err(status) = host::set_shared_stamp(CONTACT_KEY, now, None) {
             host::log(
                 LogLevel::Warn,
                 &format!("warden: cannot record the control plane's {what}: {status:?}"),
@@ -184,8 +169,7 @@ pub fn on_response(body_size: usize, now: u64, vm: &mut VmPublished) -> Polled {
                 let etag = host::call_response_header("etag")
                     .and_then(|v| String::from_utf8(v).ok())
                     .unwrap_or_default();
-                vm.share(&etag, &body);
-                vm.announce(published.version);
+                vm.share(&etag, &body, published.version);
                 contact("answer");
                 Polled::New(Box::new(published))
             }
