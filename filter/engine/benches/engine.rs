@@ -132,6 +132,7 @@ impl Masking {
             body,
             &mut vault,
             &self.key,
+            false,
         )
         .unwrap();
         out.body.map_or(0, |b| b.len())
@@ -150,6 +151,7 @@ impl Masking {
             body,
             &mut vault,
             &self.key,
+            false,
         )
         .unwrap();
         out.body.map_or(0, |b| b.len())

@@ -36,6 +36,9 @@ use crate::{host, keys, Refetch, Vm};
 /// Header set on every response the filter handled (proxied or answered).
 const MARK_HEADER: &str = "x-warden";
 
+/// The most streamed text one session record keeps (masked, per response).
+const RECORDED_STREAM_TEXT: usize = 256 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Start,
@@ -576,12 +579,12 @@ impl WardenHttp {
                 }
             };
             let vault = std::mem::take(&mut self.vault);
-            let text = SharedMasking::new(MaskingStream::new(
-                policy,
-                active,
-                vault,
-                config.hash_key.clone(),
-            ));
+            let record = policy.record == Record::Masked;
+            let mut masking = MaskingStream::new(policy, active, vault, config.hash_key.clone());
+            if record {
+                masking = masking.with_transcript(RECORDED_STREAM_TEXT);
+            }
+            let text = SharedMasking::new(masking);
             let rewriter = StreamRewriter::new(api, Box::new(text.clone()));
             self.response = ResponseMode::Stream(Box::new(rewriter), text);
             let _ = host::set_response_header("content-length", None);
@@ -640,6 +643,7 @@ impl WardenHttp {
             &body,
             &mut self.vault,
             &config.hash_key,
+            policy.record == Record::Masked,
         ) {
             Ok(i) => i,
             // A provider error page that is not JSON: nothing of ours to restore or mask.
@@ -653,15 +657,8 @@ impl WardenHttp {
             let _ = host::set_filter_state("warden.usage", usage.to_string().as_bytes());
             self.usage = Some(usage.clone());
         }
-        if policy.record == Record::Masked && stop.is_none() {
-            // What the client reads has tokenized values put back: record
-            // it only when there were none.
-            self.recorded_response = Some(if self.vault.is_empty() {
-                let sent = inspected.body.as_deref().unwrap_or(&body);
-                serde_json::from_slice(sent).unwrap_or(serde_json::Value::Null)
-            } else {
-                serde_json::json!({"omitted": "the response carries values restored from tokens"})
-            });
+        if stop.is_none() {
+            self.recorded_response = inspected.recorded;
         }
         self.record_outcome();
         if self.decision == "allowed" && self.outcome.rewrote() {
@@ -827,6 +824,13 @@ impl HttpContext for WardenHttp {
             );
             vm.counters.add(&name, count.count as u64);
         }
+        if let ResponseMode::Stream(rewriter, text) = &self.response {
+            // The client left (or the provider stopped) mid-stream: what
+            // was read so far.
+            if let Some(t) = text.take_transcript() {
+                self.recorded_response = Some(t.to_record(rewriter.api(), rewriter.events()));
+            }
+        }
         if let Some(record) = self.session_record() {
             if !vm.audit.push(record) {
                 vm.counters.add("warden.audit.dropped", 1);
@@ -883,15 +887,9 @@ impl HttpContext for WardenHttp {
                             host::set_filter_state("warden.usage", usage.to_string().as_bytes());
                         self.usage = Some(usage.clone());
                     }
-                    if self
-                        .policy
-                        .as_ref()
-                        .is_some_and(|p| p.record == Record::Masked)
-                    {
-                        self.recorded_response = Some(
-                            serde_json::json!({"omitted": "streamed responses are not recorded yet"}),
-                        );
-                    }
+                    self.recorded_response = text
+                        .take_transcript()
+                        .map(|t| t.to_record(rewriter.api(), rewriter.events()));
                     self.outcome.merge(text.outcome());
                     self.record_outcome();
                     if self.decision == "allowed" && self.outcome.rewrote() {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::body::{each_request_text, each_response_text, parse_strict, Shape};
 use super::mask::{apply, Action, Edit, HashKey, Vault};
-use super::sse::{Channel, StreamBlock, StreamText};
+use super::sse::{Channel, ChannelKind, StreamApi, StreamBlock, StreamText};
 use crate::policy::{ActiveRules, Direction, Hit, Policy};
 
 /// What the rules found and did, by rule name: for the audit record and the
@@ -98,10 +98,15 @@ pub struct Inspected {
     pub outcome: Outcome,
     /// The provider's `usage` object (token counts), for the audit record.
     pub usage: Option<Value>,
+    /// When asked for: the document after masking and before tokenized
+    /// values were put back, which is what a recorded session may keep.
+    pub recorded: Option<Value>,
 }
 
 /// Applies the active rules to a JSON body. In requests, `tokenize` fills
-/// the vault; in responses, the vault's values are put back.
+/// the vault; in responses, the vault's values are put back. With `record`,
+/// the masked document is kept for the session record.
+#[allow(clippy::too_many_arguments)]
 pub fn inspect_json(
     policy: &Policy,
     active: &ActiveRules,
@@ -110,10 +115,13 @@ pub fn inspect_json(
     body: &[u8],
     vault: &mut Vault,
     key: &HashKey,
+    record: bool,
 ) -> Result<Inspected, BodyError> {
     let mut doc: Value = parse_strict(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    let (outcome, changed) = inspect_value(policy, active, direction, shape, &mut doc, vault, key);
-    let body = if changed {
+    let (outcome, masked) = mask_value(policy, active, direction, shape, &mut doc, vault, key);
+    let recorded = record.then(|| doc.clone());
+    let restored = direction == Direction::Response && restore_value(shape, &mut doc, vault);
+    let body = if masked || restored {
         serde_json::to_vec(&doc).ok()
     } else {
         None
@@ -123,6 +131,7 @@ pub fn inspect_json(
         body,
         outcome,
         usage,
+        recorded,
     })
 }
 
@@ -137,27 +146,31 @@ pub fn inspect_value(
     vault: &mut Vault,
     key: &HashKey,
 ) -> (Outcome, bool) {
+    let (outcome, masked) = mask_value(policy, active, direction, shape, doc, vault, key);
+    let restored = direction == Direction::Response && restore_value(shape, doc, vault);
+    (outcome, masked || restored)
+}
+
+/// The rules' pass over a document's texts: what was found, and whether
+/// anything was rewritten.
+fn mask_value(
+    policy: &Policy,
+    active: &ActiveRules,
+    direction: Direction,
+    shape: Shape,
+    doc: &mut Value,
+    vault: &mut Vault,
+    key: &HashKey,
+) -> (Outcome, bool) {
     let mut outcome = Outcome::default();
     let mut changed = false;
-    let restore = direction == Direction::Response && !vault.is_empty();
     let mut visit = |s: &mut String| {
         let (edits, hits) = policy.scan(active, s);
         for hit in &hits {
             outcome.record(policy, hit);
         }
-        let mut text = if edits.is_empty() {
-            None
-        } else {
-            Some(apply(s, &edits, vault, key))
-        };
-        if restore {
-            let restored = vault.restore(text.as_deref().unwrap_or(s));
-            if restored != *s {
-                text = Some(restored);
-            }
-        }
-        if let Some(t) = text {
-            *s = t;
+        if !edits.is_empty() {
+            *s = apply(s, &edits, vault, key);
             changed = true;
         }
     };
@@ -166,6 +179,23 @@ pub fn inspect_value(
         Direction::Response => each_response_text(shape, doc, &mut visit),
     }
     (outcome, changed)
+}
+
+/// Puts tokenized values back into a response's texts (after the rules ran
+/// on them); whether anything changed.
+fn restore_value(shape: Shape, doc: &mut Value, vault: &Vault) -> bool {
+    if vault.is_empty() {
+        return false;
+    }
+    let mut changed = false;
+    each_response_text(shape, doc, &mut |s: &mut String| {
+        let restored = vault.restore(s);
+        if restored != *s {
+            *s = restored;
+            changed = true;
+        }
+    });
+    changed
 }
 
 /// The masking engine as a stream transformer: per channel, it holds back only
@@ -178,6 +208,73 @@ pub struct MaskingStream {
     key: HashKey,
     pending: HashMap<Channel, String>,
     pub outcome: Outcome,
+    /// With a session to record: the text as masked, before restoring.
+    transcript: Option<Transcript>,
+}
+
+/// A stream's text per channel after masking and before tokenized values
+/// were put back (what a recorded session may keep), up to a byte bound.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub channels: BTreeMap<Channel, String>,
+    /// Whether text was left out at the bound.
+    pub truncated: bool,
+    limit: usize,
+    bytes: usize,
+}
+
+impl Transcript {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, channel: Channel, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let mut take = text.len().min(self.limit.saturating_sub(self.bytes));
+        while !text.is_char_boundary(take) {
+            take -= 1;
+        }
+        if take < text.len() {
+            self.truncated = true;
+        }
+        if take > 0 {
+            self.channels
+                .entry(channel)
+                .or_default()
+                .push_str(&text[..take]);
+            self.bytes += take;
+        }
+    }
+
+    /// The session record's `response` for a stream of `events` events.
+    pub fn to_record(&self, api: StreamApi, events: u64) -> Value {
+        let api = match api {
+            StreamApi::OpenAiChat => "openai_chat",
+            StreamApi::OpenAiCompletions => "openai_completions",
+            StreamApi::OpenAiResponses => "openai_responses",
+            StreamApi::Anthropic => "anthropic",
+        };
+        let channels: Vec<Value> = self
+            .channels
+            .iter()
+            .map(|(channel, text)| {
+                let kind = match channel.kind {
+                    ChannelKind::Text => "text",
+                    ChannelKind::ToolArguments => "tool_arguments",
+                };
+                serde_json::json!({"index": channel.index, "kind": kind, "text": text})
+            })
+            .collect();
+        serde_json::json!({
+            "stream": {"api": api, "events": events, "truncated": self.truncated},
+            "channels": channels,
+        })
+    }
 }
 
 impl MaskingStream {
@@ -189,12 +286,21 @@ impl MaskingStream {
             key,
             pending: HashMap::new(),
             outcome: Outcome::default(),
+            transcript: None,
         }
+    }
+
+    /// Also keeps a [`Transcript`] of up to `limit` bytes for the session.
+    #[must_use]
+    pub fn with_transcript(mut self, limit: usize) -> Self {
+        self.transcript = Some(Transcript::new(limit));
+        self
     }
 
     /// Rewrites `text[..cut]` (edits wholly inside it) and records its hits.
     fn emit(
         &mut self,
+        channel: &Channel,
         text: &str,
         cut: usize,
         edits: &[Edit],
@@ -214,6 +320,9 @@ impl MaskingStream {
         }
         let inside: Vec<Edit> = edits.iter().filter(|e| e.end <= cut).cloned().collect();
         let rewritten = apply(&text[..cut], &inside, &mut self.vault, &self.key);
+        if let Some(transcript) = self.transcript.as_mut() {
+            transcript.push(*channel, &rewritten);
+        }
         Ok(self.vault.restore(&rewritten))
     }
 }
@@ -241,7 +350,7 @@ impl StreamText for MaskingStream {
         while !buf.is_char_boundary(cut) {
             cut -= 1;
         }
-        let out = self.emit(&buf, cut, &edits, &hits)?;
+        let out = self.emit(channel, &buf, cut, &edits, &hits)?;
         self.pending.insert(*channel, buf[cut..].to_owned());
         Ok(out)
     }
@@ -249,7 +358,7 @@ impl StreamText for MaskingStream {
     fn finish(&mut self, channel: &Channel) -> Result<String, StreamBlock> {
         let buf = self.pending.remove(channel).unwrap_or_default();
         let (edits, hits) = self.policy.scan(&self.active, &buf);
-        self.emit(&buf, buf.len(), &edits, &hits)
+        self.emit(channel, &buf, buf.len(), &edits, &hits)
     }
 }
 
@@ -265,6 +374,11 @@ impl SharedMasking {
 
     pub fn outcome(&self) -> Outcome {
         self.0.borrow().outcome.clone()
+    }
+
+    /// The transcript kept so far, if one was asked for.
+    pub fn take_transcript(&self) -> Option<Transcript> {
+        self.0.borrow_mut().transcript.take()
     }
 }
 
@@ -459,6 +573,7 @@ rules:
             body.as_bytes(),
             &mut Vault::default(),
             &HashKey::new(vec![]),
+            false,
         )
         .unwrap();
         assert_eq!(inspected.outcome.summary(), "keys:mask:1,pii:mask:1");
@@ -475,8 +590,87 @@ rules:
             crate::inspect::body::Shape::OpenAiChat,
             b"{\"a\":1,\"a\":2}",
             &mut Vault::default(),
-            &HashKey::new(vec![])
+            &HashKey::new(vec![]),
+            false,
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_recorded_answer_keeps_placeholders_while_the_client_gets_its_values() {
+        let policy = Rc::new(Policy::from_bytes(POLICY.as_bytes()).unwrap());
+        let key = HashKey::new(b"k".to_vec());
+        let mut vault = Vault::default();
+        vault.token_for("EMAIL", SECRETS[0]);
+        let placeholder = "<EMAIL_1>";
+        // A JSON answer: the record holds the placeholder, the body the value;
+        // a card the provider invented is masked in both.
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Response);
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"Dear {placeholder}, card {}"}}}}]}}"#,
+            SECRETS[1]
+        );
+        let inspected = inspect_json(
+            &policy,
+            &active,
+            Direction::Response,
+            crate::inspect::body::Shape::OpenAiChat,
+            body.as_bytes(),
+            &mut vault,
+            &key,
+            true,
+        )
+        .unwrap();
+        let sent = String::from_utf8(inspected.body.unwrap()).unwrap();
+        assert!(
+            sent.contains(SECRETS[0]) && !sent.contains(SECRETS[1]),
+            "{sent}"
+        );
+        let recorded = inspected.recorded.unwrap().to_string();
+        assert!(recorded.contains(placeholder), "{recorded}");
+        assert!(recorded.contains("[PAYMENT_CARD]"), "{recorded}");
+        for secret in SECRETS {
+            assert!(!recorded.contains(secret), "{secret} in {recorded}");
+        }
+
+        // A stream, values split across events: the same, reassembled per channel.
+        let stream = openai_stream(&format!("Dear {placeholder}, card {}", SECRETS[1]));
+        let masking = MaskingStream::new(policy.clone(), active, vault, key).with_transcript(1024);
+        let shared = SharedMasking::new(masking);
+        let mut rw = StreamRewriter::new(StreamApi::OpenAiChat, Box::new(shared.clone()));
+        let mut out = rw.feed(stream.as_bytes());
+        out.extend(rw.finish());
+        assert_eq!(
+            client_text(StreamApi::OpenAiChat, &out),
+            format!("Dear {}, card [PAYMENT_CARD]", SECRETS[0])
+        );
+        let record = shared
+            .take_transcript()
+            .unwrap()
+            .to_record(rw.api(), rw.events());
+        assert_eq!(record["stream"]["api"], "openai_chat");
+        assert_eq!(record["stream"]["truncated"], false);
+        assert!(
+            record["stream"]["events"].as_u64().unwrap() > 10,
+            "{record}"
+        );
+        assert_eq!(
+            record["channels"][0]["text"],
+            format!("Dear {placeholder}, card [PAYMENT_CARD]")
+        );
+        assert_eq!(record["channels"][0]["kind"], "text");
+    }
+
+    #[test]
+    fn a_transcript_stops_at_its_bound_on_a_character_boundary() {
+        let channel = Channel {
+            index: 0,
+            kind: ChannelKind::Text,
+        };
+        let mut transcript = Transcript::new(5);
+        transcript.push(channel, "abc");
+        transcript.push(channel, "déf");
+        assert!(transcript.truncated);
+        assert_eq!(transcript.channels[&channel], "abcd");
     }
 }

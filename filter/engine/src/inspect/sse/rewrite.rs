@@ -224,6 +224,8 @@ pub struct StreamRewriter {
     blocked: Option<StreamBlock>,
     /// Blocked, unreadable or finished: nothing more is sent.
     ended: bool,
+    /// Events read from the provider, for the session record.
+    events: u64,
 }
 
 impl std::fmt::Debug for StreamRewriter {
@@ -257,6 +259,7 @@ impl StreamRewriter {
             sequence_offset: 0,
             blocked: None,
             ended: false,
+            events: 0,
         }
     }
 
@@ -303,6 +306,11 @@ impl StreamRewriter {
         self.usage.as_ref()
     }
 
+    /// How many events the provider sent (that were read).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
     /// Why the stream was stopped, if it was.
     pub fn blocked(&self) -> Option<&StreamBlock> {
         self.blocked.as_ref()
@@ -312,6 +320,7 @@ impl StreamRewriter {
         match framed {
             Ok(events) => {
                 for event in events {
+                    self.events += 1;
                     if let Err(block) = self.event(event, out) {
                         return self.stop(block, out);
                     }
