@@ -13,7 +13,7 @@
 //! | GET | `/v1/approvals/{id}/wait` | gateway | long-poll until decided (`timeout_ms` ≤ 30000) |
 //! | POST | `/v1/approvals/{id}/consume` | gateway | use an approved approval once |
 //! | GET | `/v1/approvals` | person | those the caller may decide, and their own |
-//! | GET | `/v1/approvals/{id}` | person | one approval |
+//! | GET | `/v1/approvals/{id}` | person | one approval (its approvers, its requester, auditors) |
 //! | POST | `/v1/approvals/{id}/approve`, `/deny` | approver | decide, with a reason |
 //! | POST, GET | `/v1/sessions…` | gateway, auditor | recorded sessions: see [`crate::sessions`] |
 //!
@@ -468,8 +468,12 @@ async fn show_approval(
 ) -> Result<Json<ApprovalView>, ApiError> {
     let caller = state.users().caller(&headers).await?;
     let row = load(&state, &id).await?;
-    // Someone who may neither decide nor owns it learns nothing, not even that it exists.
-    if !may_decide(&caller, &row) && !is_own(&caller, &row) {
+    // Someone who may neither decide nor owns it learns nothing, not even
+    // that it exists; auditors read it (a recorded session names it).
+    if !may_decide(&caller, &row)
+        && !is_own(&caller, &row)
+        && !crate::sessions::is_auditor(state.config(), &caller)
+    {
         return Err(not_found(&id));
     }
     Ok(Json(approvals::view(

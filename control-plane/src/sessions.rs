@@ -4,7 +4,7 @@
 //! | method | path | who | |
 //! | --- | --- | --- | --- |
 //! | POST | `/v1/sessions` | gateway | `{"records": [R, …]}` (≤ 500, ≤ 4 MiB) → `{"stored", "last_seq"}` |
-//! | GET | `/v1/sessions` | auditor | `?subject=&limit=&before_seq=`, newest first, summaries |
+//! | GET | `/v1/sessions` | auditor | `?subject=&decision=&since=&until=&limit=&before_seq=`, newest first, summaries, `next_before_seq` |
 //! | GET | `/v1/sessions/verify` | auditor | recompute the hash chain from the start |
 //! | GET | `/v1/sessions/{id}` | auditor | the full record with `seq`, `hash`, `prev_hash` |
 //!
@@ -17,9 +17,22 @@
 //! nothing (`broken_link`). Deleting the newest rows leaves no trace in the
 //! chain itself; anchoring the head elsewhere (an export, a log) closes that.
 //!
+//! The list filters on the subject in the database; on the decision and the
+//! time (the record's `time`, RFC 3339, both ends included) it reads the
+//! chain newest first, at most [`MAX_SCAN`] rows per call, and answers
+//! `next_before_seq` to go on from where it stopped (`null`: nothing older
+//! is left). With `since`, it stops at rows the control plane received more
+//! than [`CLOCK_MARGIN`] before `since` (a record is received after it was
+//! made; the margin covers the gateways' clocks and batching).
+//!
+//! Auditors may also read any approval (`GET /v1/approvals/{id}`, see
+//! [`is_auditor`]) to see who approved a recorded request; deciding stays
+//! with the approvers.
+//!
 //! Records hold prompts (masked or not): their contents are never logged.
 
 use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -30,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::server::{AppState, ServerConfig};
 use crate::store::{NewSession, SessionRow, Store, StoreError};
 use crate::user_auth::{check_gateway, Caller};
 
@@ -48,6 +61,16 @@ pub const DEFAULT_AUDITOR_GROUP: &str = "warden-auditors";
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 /// Largest page of `GET /v1/sessions`.
 pub const MAX_LIST_LIMIT: i64 = 500;
+/// Most rows one filtered `GET /v1/sessions` reads before it answers with
+/// what it found and where to go on.
+pub const MAX_SCAN: usize = 5000;
+/// How much earlier than a record's `time` the control plane may have
+/// received it, as far as the `since` filter's early stop is concerned.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(300);
+/// Rows read per database call while filtering.
+const SCAN_PAGE: i64 = 500;
+/// Longest `decision` filter.
+const MAX_DECISION_CHARS: usize = 64;
 /// Rows read per page while verifying.
 const VERIFY_PAGE: i64 = 1000;
 /// Problems reported at most (the count goes on).
@@ -164,13 +187,24 @@ async fn append_sessions(
     Ok(Json(AppendAnswer { stored, last_seq }))
 }
 
+/// Whether `caller` may read recorded sessions: a member of the auditor
+/// group or of the admin group.
+pub fn is_auditor(config: &ServerConfig, caller: &Caller) -> bool {
+    caller.is_admin
+        || caller
+            .identity
+            .groups
+            .iter()
+            .any(|g| *g == config.auditor_group)
+}
+
 /// 401 without a token, 403 `auditor_required` unless in the auditor or admin group.
 async fn auditor(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let caller = state.users().caller(headers).await?;
-    let group = state.config().auditor_group.as_str();
-    if caller.is_admin || caller.identity.groups.iter().any(|g| g == group) {
+    if is_auditor(state.config(), &caller) {
         return Ok(caller);
     }
+    let group = state.config().auditor_group.as_str();
     Err(ApiError::refused(
         StatusCode::FORBIDDEN,
         "auditor_required",
@@ -184,8 +218,80 @@ async fn auditor(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     subject: Option<String>,
+    decision: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<i64>,
     before_seq: Option<i64>,
+}
+
+/// The list's filters beyond the subject (which the database applies).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this decision.
+    pub decision: Option<String>,
+    /// Only records made at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only records made at or before this time.
+    pub until: Option<SystemTime>,
+}
+
+/// An RFC 3339 time (`2026-01-31T12:00:00Z`, `…+02:00`, fractions allowed).
+pub fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim()).ok().or_else(|| {
+        // An offset other than `Z`: move the wall-clock time by it.
+        let text = text.trim();
+        let split = text.len().checked_sub(6)?;
+        let (local, offset) = (text.get(..split)?, text.get(split..)?);
+        let sign = match offset.as_bytes().first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let (hours, minutes) = offset.get(1..)?.split_once(':')?;
+        let seconds = hours.parse::<u64>().ok()? * 3600 + minutes.parse::<u64>().ok()? * 60;
+        let wall = humantime::parse_rfc3339_weak(local).ok()?;
+        let offset = Duration::from_secs(seconds);
+        if sign > 0 {
+            wall.checked_sub(offset)
+        } else {
+            wall.checked_add(offset)
+        }
+    })
+}
+
+impl ListFilter {
+    fn is_empty(&self) -> bool {
+        self.decision.is_none() && self.since.is_none() && self.until.is_none()
+    }
+
+    /// Whether `row` (with its list summary) passes.
+    fn accepts(&self, row: &SessionRow, summary: &Value) -> bool {
+        if let Some(decision) = &self.decision {
+            if row.decision != *decision {
+                return false;
+            }
+        }
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let made = summary
+            .get("time")
+            .and_then(Value::as_str)
+            .and_then(parse_time)
+            .or_else(|| parse_time(&row.received_at));
+        let Some(made) = made else { return false };
+        self.since.is_none_or(|since| made >= since) && self.until.is_none_or(|until| made <= until)
+    }
+
+    /// Whether no row older than `row` can pass: it was received well
+    /// before `since`.
+    fn past_the_start(&self, row: &SessionRow) -> bool {
+        let (Some(since), Some(received)) = (self.since, parse_time(&row.received_at)) else {
+            return false;
+        };
+        received + CLOCK_MARGIN < since
+    }
 }
 
 /// The list's view of a row: the columns plus the record's small fields.
@@ -232,14 +338,70 @@ async fn list_sessions(
             "`limit` must be between 1 and {MAX_LIST_LIMIT}"
         )));
     }
+    let time = |name: &str, text: Option<String>| -> Result<Option<SystemTime>, ApiError> {
+        match text.filter(|t| !t.trim().is_empty()) {
+            None => Ok(None),
+            Some(text) => parse_time(&text).map(Some).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`{name}` must be an RFC 3339 time, like 2026-01-31T12:00:00Z"
+                ))
+            }),
+        }
+    };
+    let decision = query.decision.filter(|d| !d.is_empty());
+    if decision
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DECISION_CHARS)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "`decision` must be at most {MAX_DECISION_CHARS} characters"
+        )));
+    }
+    let filter = ListFilter {
+        decision,
+        since: time("since", query.since)?,
+        until: time("until", query.until)?,
+    };
     let subject = query.subject.filter(|s| !s.is_empty());
-    let rows = state
-        .store()
-        .list_sessions(subject.as_deref(), query.before_seq, limit)
-        .await
-        .map_err(db)?;
-    let sessions: Vec<Value> = rows.iter().map(summary).collect();
-    Ok(Json(json!({ "sessions": sessions })))
+    let wanted = usize::try_from(limit).unwrap_or(1);
+    let chunk = if filter.is_empty() { limit } else { SCAN_PAGE };
+    let mut sessions: Vec<Value> = Vec::new();
+    let mut cursor = query.before_seq;
+    let mut scanned: usize = 0;
+    // Where the next page starts; None once nothing older is left.
+    let next_before_seq = 'scan: loop {
+        let rows = state
+            .store()
+            .list_sessions(subject.as_deref(), cursor, chunk)
+            .await
+            .map_err(db)?;
+        let exhausted = rows.len() < usize::try_from(chunk).unwrap_or(0);
+        for row in &rows {
+            scanned += 1;
+            cursor = Some(row.seq);
+            if filter.past_the_start(row) {
+                break 'scan None;
+            }
+            let view = summary(row);
+            if filter.accepts(row, &view) {
+                sessions.push(view);
+                if sessions.len() == wanted {
+                    break 'scan Some(row.seq);
+                }
+            }
+        }
+        if exhausted {
+            break None;
+        }
+        if scanned >= MAX_SCAN {
+            break cursor;
+        }
+    };
+    Ok(Json(json!({
+        "sessions": sessions,
+        "next_before_seq": next_before_seq,
+        "scanned": scanned,
+    })))
 }
 
 async fn show_session(
@@ -431,6 +593,67 @@ mod tests {
             chain_hash(GENESIS_HASH, "{}"),
             chain_hash(GENESIS_HASH, "{ }")
         );
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_any_offset() {
+        let utc = parse_time("2026-01-02T03:04:05Z").unwrap();
+        assert_eq!(parse_time("2026-01-02T03:04:05.000Z"), Some(utc));
+        assert_eq!(parse_time("2026-01-02T05:04:05+02:00"), Some(utc));
+        assert_eq!(parse_time("2026-01-01T23:34:05-03:30"), Some(utc));
+        assert_eq!(
+            parse_time("2026-01-02T03:04:05.5Z"),
+            Some(utc + Duration::from_millis(500))
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-01-02",
+            "2026-01-02T03:04:05+2",
+            "2026-13-02T03:04:05Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_filter_reads_the_records_time_and_decision() {
+        let row = |decision: &str, received_at: &str| SessionRow {
+            seq: 1,
+            id: "r".into(),
+            received_at: received_at.into(),
+            subject: "alice".into(),
+            decision: decision.into(),
+            record: String::new(),
+            prev_hash: GENESIS_HASH.into(),
+            hash: GENESIS_HASH.into(),
+        };
+        let at = |t: &str| parse_time(t).unwrap();
+        let made = json!({"time": "2026-01-02T03:04:05Z"});
+        let received = row("masked", "2026-01-02T03:04:06.000Z");
+        let filter = ListFilter {
+            decision: Some("masked".into()),
+            since: Some(at("2026-01-02T03:04:05Z")),
+            until: Some(at("2026-01-02T03:04:05Z")),
+        };
+        assert!(filter.accepts(&received, &made), "both ends are included");
+        assert!(!filter.accepts(&row("blocked", "2026-01-02T03:04:06Z"), &made));
+        let later = ListFilter {
+            since: Some(at("2026-01-02T03:04:05.001Z")),
+            ..ListFilter::default()
+        };
+        assert!(!later.accepts(&received, &made));
+        let earlier = ListFilter {
+            until: Some(at("2026-01-02T03:04:04Z")),
+            ..ListFilter::default()
+        };
+        assert!(!earlier.accepts(&received, &made));
+        // Without a `time` in the record, the time it was received.
+        assert!(later.accepts(&received, &json!({})));
+        // The scan stops only well before `since`.
+        assert!(!later.past_the_start(&row("masked", "2026-01-02T03:00:06Z")));
+        assert!(later.past_the_start(&row("masked", "2026-01-02T02:59:04Z")));
+        assert!(!ListFilter::default().past_the_start(&received));
     }
 
     #[test]

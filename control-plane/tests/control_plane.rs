@@ -1797,3 +1797,213 @@ mod sessions_on {
         sessions_cli,
     );
 }
+
+// ---------------------------------------------------------------------------
+// The replay page's reads: list filters and paging, approvals for auditors
+
+mod replay {
+    use super::*;
+
+    fn record(id: &str, subject: &str, decision: &str, time: &str) -> Value {
+        json!({
+            "id": id, "time": time, "subject": subject, "decision": decision,
+            "issuer": "https://idp.example.com", "route": "/v1/chat/completions",
+            "rules": "", "policy_version": 1, "record": "metadata",
+        })
+    }
+
+    fn ids(body: &Value) -> Vec<String> {
+        body["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no sessions in {body}"))
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub(super) async fn session_list_filters_and_pages(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        // r1..r9 one minute apart; every third one blocked, bob's are r2, r5, r8.
+        let records: Vec<Value> = (1..=9)
+            .map(|i| {
+                let decision = if i % 3 == 0 { "blocked" } else { "masked" };
+                let subject = if i % 3 == 2 { "bob" } else { "alice" };
+                record(
+                    &format!("r{i}"),
+                    subject,
+                    decision,
+                    &format!("2026-01-02T03:0{i}:00.000Z"),
+                )
+            })
+            .collect();
+        let (status, body) = server
+            .post(
+                "/v1/sessions",
+                Auth::Gateway(SECRET),
+                json!({ "records": records }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let auditor = server.token("audrey", &["warden-auditors"]);
+        let list = |query: &str| {
+            let path = format!("/v1/sessions?{query}");
+            let server = &server;
+            let auditor = auditor.clone();
+            async move { server.get(&path, Auth::Bearer(&auditor)).await }
+        };
+
+        // Unfiltered pages say where the next one starts, and when none is left.
+        let (status, page) = list("limit=4").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(ids(&page), ["r9", "r8", "r7", "r6"]);
+        assert_eq!(page["next_before_seq"], 6);
+        let (_, page) = list("limit=4&before_seq=6").await;
+        assert_eq!(ids(&page), ["r5", "r4", "r3", "r2"]);
+        let (_, page) = list("limit=4&before_seq=2").await;
+        assert_eq!(ids(&page), ["r1"]);
+        assert_eq!(page["next_before_seq"], Value::Null);
+
+        // By decision, paged through the matches.
+        let (_, page) = list("decision=blocked&limit=2").await;
+        assert_eq!(ids(&page), ["r9", "r6"]);
+        assert_eq!(page["next_before_seq"], 6);
+        let (_, page) = list("decision=blocked&limit=2&before_seq=6").await;
+        assert_eq!(ids(&page), ["r3"]);
+        assert_eq!(page["next_before_seq"], Value::Null);
+
+        // By time (the record's, both ends included), with any offset.
+        let (_, page) = list("since=2026-01-02T03:04:00Z&until=2026-01-02T03:06:00Z").await;
+        assert_eq!(ids(&page), ["r6", "r5", "r4"]);
+        let (_, page) = list("until=2026-01-02T05:02:00%2B02:00").await;
+        assert_eq!(ids(&page), ["r2", "r1"]);
+        // With the subject and the decision together.
+        let (_, page) = list("subject=bob&decision=masked&since=2026-01-02T03:03:00Z").await;
+        assert_eq!(ids(&page), ["r8", "r5"]);
+        let (_, page) = list("decision=approved").await;
+        assert_eq!(ids(&page), Vec::<String>::new());
+        assert_eq!(page["next_before_seq"], Value::Null);
+
+        for bad in ["since=yesterday", "until=2026-01-02", "limit=0"] {
+            let (status, body) = list(bad).await;
+            assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+        }
+        // An empty filter (what an empty form field sends) is no filter.
+        let (status, page) = list("decision=&since=&until=&subject=").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(ids(&page).len(), 9);
+        // The filters are for auditors only, like the list.
+        let (status, body) = server
+            .get(
+                "/v1/sessions?decision=blocked",
+                Auth::Bearer(&server.token("eve", &["engineering"])),
+            )
+            .await;
+        assert_code(status, &body, StatusCode::FORBIDDEN, "auditor_required");
+    }
+
+    pub(super) async fn auditors_read_approvals_and_decide_nothing(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        let (status, opened) = server
+            .post(
+                "/v1/approvals",
+                Auth::Gateway(SECRET),
+                request_from(&server, "alice", "e", 300),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{opened}");
+        let id = opened["id"].as_str().unwrap().to_owned();
+        let path = format!("/v1/approvals/{id}");
+        let auditor = server.token("audrey", &["warden-auditors"]);
+        let outsider = server.token("eve", &["engineering"]);
+
+        // Before: the auditor reads it pending; someone else learns nothing.
+        let (status, seen) = server.get(&path, Auth::Bearer(&auditor)).await;
+        assert_eq!(status, StatusCode::OK, "{seen}");
+        assert_eq!(seen["status"], "pending");
+        let (status, body) = server.get(&path, Auth::Bearer(&outsider)).await;
+        assert_code(status, &body, StatusCode::NOT_FOUND, "approval_not_found");
+
+        // Reading is all: an auditor decides nothing.
+        let (status, body) = server
+            .post(
+                &format!("{path}/approve"),
+                Auth::Bearer(&auditor),
+                json!({"reason": "audit"}),
+            )
+            .await;
+        assert_code(status, &body, StatusCode::FORBIDDEN, "not_an_approver");
+
+        let lead = server.token("lena", &["leads"]);
+        let (status, body) = server
+            .post(
+                &format!("{path}/approve"),
+                Auth::Bearer(&lead),
+                json!({"reason": "restore drill CHG-1"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, seen) = server.get(&path, Auth::Bearer(&auditor)).await;
+        assert_eq!(status, StatusCode::OK, "{seen}");
+        assert_eq!(seen["status"], "approved");
+        assert_eq!(seen["decided_by"], "lena");
+        assert_eq!(seen["reason"], "restore drill CHG-1");
+        assert_eq!(seen["subject"], "alice");
+        // The approvers' list is theirs: the auditor's holds nothing.
+        let (status, list) = server
+            .get("/v1/approvals?status=all", Auth::Bearer(&auditor))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["approvals"], json!([]));
+    }
+
+    pub(super) async fn the_auditor_group_is_configurable(backend: Backend) {
+        let Some(server) = start(backend, |c| c.auditor_group = "compliance".into()).await else {
+            return;
+        };
+        let (_, opened) = server
+            .post(
+                "/v1/approvals",
+                Auth::Gateway(SECRET),
+                request_from(&server, "alice", "c", 300),
+            )
+            .await;
+        let path = format!("/v1/approvals/{}", opened["id"].as_str().unwrap());
+        let (status, body) = server
+            .get(
+                &path,
+                Auth::Bearer(&server.token("audrey", &["warden-auditors"])),
+            )
+            .await;
+        assert_code(status, &body, StatusCode::NOT_FOUND, "approval_not_found");
+        let (status, body) = server
+            .get(&path, Auth::Bearer(&server.token("carl", &["compliance"])))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+mod replay_on {
+    use super::replay::*;
+    use super::Backend;
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(super::Backend::Sqlite).await })*
+            }
+            mod postgres {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(super::Backend::Postgres).await })*
+            }
+        };
+    }
+    both!(
+        session_list_filters_and_pages,
+        auditors_read_approvals_and_decide_nothing,
+        the_auditor_group_is_configurable,
+    );
+}
