@@ -190,12 +190,7 @@ async fn append_sessions(
 /// Whether `caller` may read recorded sessions: a member of the auditor
 /// group or of the admin group.
 pub fn is_auditor(config: &ServerConfig, caller: &Caller) -> bool {
-    caller.is_admin
-        || caller
-            .identity
-            .groups
-            .iter()
-            .any(|g| *g == config.auditor_group)
+    caller.is_admin || caller.identity.groups.contains(&config.auditor_group)
 }
 
 /// 401 without a token, 403 `auditor_required` unless in the auditor or admin group.
