@@ -1,8 +1,10 @@
-//! The approvers' web page, and the dev issuer's browser sign-in.
+//! The web page (the approvers' queue and the auditors' session replay), and
+//! the dev issuer's browser sign-in.
 //!
 //! | method | path | |
 //! | --- | --- | --- |
 //! | GET | `/approvals` | the page (also `/approvals/`); `/approvals#apr_…` opens one approval |
+//! | GET | `/sessions` | the same page, on its recorded-sessions view (also `/sessions/`); `/sessions#<id>` replays one |
 //! | GET | `/approvals/app.js`, `app.css`, `favicon.svg` | its script, style sheet and icon |
 //! | GET | `/v1/ui/config` | `{"issuer","client_id","authorization_endpoint","token_endpoint","scopes","redirect_uri"}` |
 //! | GET | `/dev/authorize` | the dev issuer's sign-in form (`--dev` only) |
@@ -15,6 +17,8 @@
 //! authorization code flow with PKCE, entirely in the browser (a public
 //! client: there is no client secret to keep), and then calls the JSON API
 //! with the token as a bearer token. The server never sees the code.
+//! `/approvals` is the one redirect URI to register: a sign-in started on
+//! `/sessions` comes back through it and the page moves itself back.
 //!
 //! Every page answer carries a strict Content-Security-Policy (no inline
 //! script or style, `frame-ancestors 'none'`), `Referrer-Policy: no-referrer`
@@ -41,6 +45,8 @@ use crate::server::AppState;
 
 /// Where the page lives; also its OAuth redirect path.
 pub const PAGE_PATH: &str = "/approvals";
+/// The page's recorded-sessions view (auditors).
+pub const SESSIONS_PATH: &str = "/sessions";
 /// Scopes the page asks for.
 const SCOPES: [&str; 3] = ["openid", "profile", "email"];
 /// How long a fetched discovery document of an external issuer is reused.
@@ -106,6 +112,8 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
     let mut router = Router::new()
         .route(PAGE_PATH, get(index))
         .route("/approvals/", get(index))
+        .route(SESSIONS_PATH, get(index))
+        .route("/sessions/", get(index))
         .route("/approvals/app.js", get(app_js))
         .route("/approvals/app.css", get(app_css))
         .route("/approvals/favicon.svg", get(favicon))
@@ -721,6 +729,14 @@ mod tests {
             assert!(csp.starts_with("default-src 'self'"), "{csp}");
             assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"));
             assert_eq!(headers["referrer-policy"], "no-referrer");
+            // The sessions view is the same page under the same headers.
+            for path in ["/sessions", "/sessions/"] {
+                let (status, headers, sessions) = call(&router, get(path)).await;
+                assert_eq!(status, StatusCode::OK, "{path}");
+                assert_eq!(sessions, body, "{path}");
+                assert_eq!(headers["content-security-policy"], csp, "{path}");
+                assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+            }
             let (status, headers, _) = call(&router, get("/approvals/app.js")).await;
             assert_eq!(status, StatusCode::OK);
             assert!(headers["content-type"]

@@ -1,7 +1,8 @@
-// Warden approvals page: sign-in by OpenID Connect (authorization code + PKCE,
-// a public client) and a queue of approvals to decide. No framework, no build
-// step. Everything that came from a request (prompt, names, reasons) is put in
-// the page with textContent, never as HTML.
+// Warden's web page: sign-in by OpenID Connect (authorization code + PKCE, a
+// public client), the approvers' queue (/approvals) and the auditors' replay of
+// recorded sessions (/sessions). No framework, no build step. Everything that
+// came from a request (prompt, answer, names, reasons) is put in the page with
+// textContent, never as HTML.
 'use strict';
 
 (function () {
@@ -14,6 +15,9 @@
   let session = null; // {token, claims}
   let view = 'pending';
   let refreshTimer = null;
+  // Which page this is: the same document serves /approvals and /sessions.
+  const isSessionsPath = (path) => /\/sessions\/?$/.test(path);
+  let mode = isSessionsPath(location.pathname) ? 'sessions' : 'approvals';
 
   // ---- small helpers -------------------------------------------------------
 
@@ -103,6 +107,12 @@
     return config.redirect_uri || `${location.origin}/approvals`;
   }
 
+  // The URL of one of the two pages: beside the redirect URI (/approvals).
+  function pageUrl(which) {
+    const base = (config && config.redirect_uri) || `${location.origin}/approvals`;
+    return base.replace(/\/approvals\/?$/, `/${which}`);
+  }
+
   async function signIn() {
     if (!config) return showAlert('Sign-in is not available: the page has no identity provider configuration.');
     if (!window.crypto || !crypto.subtle) {
@@ -114,6 +124,8 @@
       state: randomString(16),
       nonce: randomString(16),
       hash: location.hash,
+      // The IdP returns to /approvals; a sign-in started on /sessions goes back there.
+      page: mode,
     };
     sessionStorage.setItem(PKCE_KEY, JSON.stringify(pending));
     const params = new URLSearchParams({
@@ -135,7 +147,10 @@
     const pending = JSON.parse(sessionStorage.getItem(PKCE_KEY) || 'null');
     sessionStorage.removeItem(PKCE_KEY);
     // The code must not stay in the address bar, the history or a bookmark.
-    history.replaceState(null, '', location.pathname + ((pending && pending.hash) || ''));
+    const back = pending && pending.page === 'sessions'
+      ? new URL(pageUrl('sessions'), location.href).pathname : location.pathname;
+    history.replaceState(null, '', back + ((pending && pending.hash) || ''));
+    mode = isSessionsPath(location.pathname) ? 'sessions' : 'approvals';
     if (params.get('error')) {
       throw new Error(`The identity provider refused the sign-in: ${params.get('error_description') || params.get('error')}`);
     }
@@ -205,6 +220,9 @@
     already_decided: 'This request has already been decided.',
     approval_expired: 'This request expired before it was decided.',
     not_found: 'There is no such request, or it is not one you may see.',
+    approval_not_found: 'There is no such request, or it is not one you may see.',
+    auditor_required: 'Recorded sessions are for auditors only.',
+    session_not_found: 'There is no recorded session with this id.',
   };
 
   async function api(method, path, body) {
@@ -365,9 +383,13 @@
 
   async function route() {
     if (!session) return;
-    const hash = decodeURIComponent(location.hash.slice(1));
+    let hash = location.hash.slice(1);
+    try { hash = decodeURIComponent(hash); } catch (e) { /* keep it as it is */ }
     try {
-      if (/^apr_[A-Za-z0-9_-]+$/.test(hash)) {
+      if (mode === 'sessions') {
+        if (hash) await showSession(hash);
+        else await showSessions();
+      } else if (/^apr_[A-Za-z0-9_-]+$/.test(hash)) {
         await showDetail(hash);
       } else {
         if (hash === 'history') view = 'history';
@@ -381,19 +403,575 @@
   }
 
   function render() {
+    const sessions = mode === 'sessions';
+    document.title = sessions ? 'Warden sessions' : 'Warden approvals';
+    $('home').textContent = document.title;
+    $('nav-approvals').href = pageUrl('approvals');
+    $('nav-sessions').href = pageUrl('sessions');
+    $(sessions ? 'nav-sessions' : 'nav-approvals').setAttribute('aria-current', 'page');
+    $('signed-out-approvals').hidden = sessions;
+    $('signed-out-sessions').hidden = !sessions;
     $('signed-out').hidden = !!session;
     $('who').hidden = !session;
+    $('nav').hidden = !session;
     $('queue').hidden = true;
     $('detail').hidden = true;
+    $('sessions').hidden = true;
+    $('session').hidden = true;
     if (!session) return;
     const c = session.claims;
     $('who-name').textContent = c.email && c.email !== c.sub ? `${c.sub} (${c.email})` : (c.sub || 'unknown');
     clearInterval(refreshTimer);
+    if (sessions) {
+      route();
+      return;
+    }
     // Keep the queue fresh while it is on screen.
     refreshTimer = setInterval(() => {
       if (!document.hidden && session && !$('queue').hidden) showList().catch(reportError);
     }, REFRESH_MS);
     route();
+  }
+
+  // ---- recorded sessions (auditors) ----------------------------------------
+
+  const SESSIONS_PAGE = 50;
+  // The list's filters and where its pages start (before_seq; null: newest).
+  const listing = { filters: {}, cursors: [null], next: null };
+  let chainChecked = false;
+
+  // An absolute <time>: the local date and time, the relative one as its title.
+  function absTimeEl(value) {
+    const d = toDate(value);
+    if (!d) return document.createTextNode(value ? String(value) : '\u2014');
+    const t = document.createElement('time');
+    t.dateTime = d.toISOString();
+    t.textContent = d.toLocaleString();
+    t.title = relative(d);
+    return t;
+  }
+
+  function setAbsTime(el, value) {
+    el.replaceChildren(absTimeEl(value));
+  }
+
+  function pretty(value) {
+    try {
+      return JSON.stringify(value, null, 2);
+    } catch (e) {
+      return String(value);
+    }
+  }
+
+  // A JSON text (tool arguments) pretty-printed when it parses, as it is otherwise.
+  function prettyText(text) {
+    if (typeof text !== 'string') return pretty(text);
+    try {
+      return JSON.stringify(JSON.parse(text), null, 2);
+    } catch (e) {
+      return text;
+    }
+  }
+
+  function decisionClass(decision) {
+    if (['allowed', 'masked', 'approved'].includes(decision)) return 'ok';
+    if (decision === 'approval_pending') return 'pending';
+    if (decision) return 'bad';
+    return '';
+  }
+
+  function setBadge(el, decision) {
+    el.classList.remove('ok', 'bad', 'pending');
+    el.classList.add('badge');
+    if (decisionClass(decision)) el.classList.add(decisionClass(decision));
+    text(el, decision);
+  }
+
+  // "personal-data:mask:2,merger:observe:log_only:1" -> [{name, action, count, observed}].
+  // Names may hold colons: the fields are read from the right.
+  function parseRules(rules) {
+    if (typeof rules !== 'string' || !rules.trim()) return [];
+    return rules.split(',').map((item) => item.trim()).filter(Boolean).map((item) => {
+      const parts = item.split(':');
+      let count = null;
+      if (parts.length > 1 && /^\d+$/.test(parts[parts.length - 1])) count = Number(parts.pop());
+      const action = parts.length > 1 ? parts.pop() : '';
+      let observed = false;
+      if (parts.length > 1 && parts[parts.length - 1] === 'observe') {
+        parts.pop();
+        observed = true;
+      }
+      return { name: parts.join(':'), action, count, observed };
+    });
+  }
+
+  function rulesSummary(rules) {
+    return parseRules(rules).map((r) =>
+      `${r.name} (${r.observed ? 'observed: ' : ''}${r.action}${r.count != null ? ` \u00d7${r.count}` : ''})`).join(', ');
+  }
+
+  function usageText(usage) {
+    let u = usage;
+    if (typeof u === 'string') {
+      try { u = JSON.parse(u); } catch (e) { return u; }
+    }
+    if (u == null) return '';
+    if (typeof u !== 'object') return String(u);
+    const out = [];
+    for (const [key, value] of Object.entries(u)) {
+      if (value != null && typeof value === 'object') {
+        for (const [k, v] of Object.entries(value)) {
+          if (v != null && typeof v !== 'object') out.push(`${key}.${k}: ${v}`);
+        }
+      } else if (value != null) {
+        out.push(`${key}: ${value}`);
+      }
+    }
+    return out.join(' \u00b7 ');
+  }
+
+  // ---- the conversation: provider shapes to messages of blocks ---------------
+  // A message is {role, blocks, meta}; a block is {kind: 'text'|'code'|'note', text, label}.
+
+  const block = (kind, value, label) => ({ kind, text: value == null ? '' : String(value), label });
+
+  function partBlocks(part, blocks) {
+    if (part == null) return;
+    if (typeof part === 'string') return void blocks.push(block('text', part));
+    if (typeof part !== 'object') return void blocks.push(block('text', String(part)));
+    switch (part.type) {
+      case 'text': case 'input_text': case 'output_text':
+        return void blocks.push(block('text', part.text));
+      case 'refusal':
+        return void blocks.push(block('note', `Refused: ${part.refusal || ''}`));
+      case 'image_url': case 'image': case 'input_image':
+        return void blocks.push(block('note', '[an image]'));
+      case 'input_audio': case 'audio':
+        return void blocks.push(block('note', '[audio]'));
+      case 'file': case 'input_file': case 'document':
+        return void blocks.push(block('note', '[a file]'));
+      case 'tool_use': case 'server_tool_use':
+        return void blocks.push(block('code', pretty(part.input), `tool call: ${part.name || '?'}`));
+      case 'tool_result': {
+        blocks.push(block('note', `tool result${part.tool_use_id ? ` for ${part.tool_use_id}` : ''}${part.is_error ? ' (an error)' : ''}:`));
+        return void contentBlocks(part.content, blocks);
+      }
+      case 'thinking':
+        return void blocks.push(block('code', part.thinking, 'thinking'));
+      case 'redacted_thinking':
+        return void blocks.push(block('note', '[redacted thinking]'));
+      default:
+        if (typeof part.text === 'string') return void blocks.push(block('text', part.text));
+        blocks.push(block('code', pretty(part), part.type ? String(part.type) : 'content'));
+    }
+  }
+
+  function contentBlocks(content, blocks) {
+    if (Array.isArray(content)) content.forEach((part) => partBlocks(part, blocks));
+    else partBlocks(content, blocks);
+    return blocks;
+  }
+
+  // One chat message (OpenAI chat, Anthropic messages, a Responses message item).
+  function chatMessage(m, fallbackRole) {
+    if (m == null || typeof m !== 'object') {
+      return { role: fallbackRole || 'message', blocks: contentBlocks(m, []) };
+    }
+    const blocks = [];
+    let role = m.role || fallbackRole || 'message';
+    if (role === 'tool') {
+      blocks.push(block('note', `tool result${m.tool_call_id ? ` for ${m.tool_call_id}` : ''}:`));
+    }
+    contentBlocks(m.content, blocks);
+    for (const call of Array.isArray(m.tool_calls) ? m.tool_calls : []) {
+      const fn = (call && call.function) || {};
+      blocks.push(block('code', prettyText(fn.arguments), `tool call: ${fn.name || (call && call.type) || '?'}`));
+    }
+    if (m.function_call && typeof m.function_call === 'object') {
+      blocks.push(block('code', prettyText(m.function_call.arguments), `function call: ${m.function_call.name || '?'}`));
+    }
+    if (m.refusal) blocks.push(block('note', `Refused: ${m.refusal}`));
+    if (m.name && typeof m.name === 'string') role = `${role} (${m.name})`;
+    return { role, blocks };
+  }
+
+  // A Responses API input or output item.
+  function responsesItem(item, fallbackRole) {
+    if (item == null || typeof item !== 'object') return chatMessage(item, fallbackRole);
+    switch (item.type) {
+      case 'function_call': case 'custom_tool_call':
+        return { role: 'assistant', blocks: [block('code', prettyText(item.arguments != null ? item.arguments : item.input), `tool call: ${item.name || '?'}`)] };
+      case 'function_call_output': case 'custom_tool_call_output':
+        return { role: 'tool', blocks: contentBlocks(item.output, [block('note', `tool result${item.call_id ? ` for ${item.call_id}` : ''}:`)]) };
+      case 'reasoning': {
+        const summary = (Array.isArray(item.summary) ? item.summary : []).map((s) => (s && s.text) || '').filter(Boolean);
+        return { role: 'reasoning', blocks: summary.length ? summary.map((t) => block('text', t)) : [block('note', '[reasoning]')] };
+      }
+      case 'message': case undefined:
+        if (item.role || item.content !== undefined) return chatMessage(item, fallbackRole);
+        return { role: fallbackRole || 'item', blocks: [block('code', pretty(item))] };
+      default:
+        return { role: String(item.type), blocks: [block('code', pretty(item))] };
+    }
+  }
+
+  // The request as sent upstream, as messages; null when its shape is unknown.
+  function requestMessages(req) {
+    if (req == null || typeof req !== 'object' || Array.isArray(req)) return null;
+    const out = [];
+    let known = false;
+    if (req.system != null) { known = true; out.push({ role: 'system', blocks: contentBlocks(req.system, []) }); }
+    if (req.instructions != null) { known = true; out.push({ role: 'instructions', blocks: contentBlocks(req.instructions, []) }); }
+    if (Array.isArray(req.messages)) {
+      known = true;
+      req.messages.forEach((m) => out.push(chatMessage(m, 'user')));
+    }
+    if (req.input != null) {
+      known = true;
+      if (Array.isArray(req.input) && req.input.some((i) => i && typeof i === 'object')) {
+        req.input.forEach((item) => out.push(responsesItem(item, 'user')));
+      } else {
+        const inputs = Array.isArray(req.input) ? req.input : [req.input];
+        out.push({ role: 'input', blocks: inputs.map((i) => block('text', typeof i === 'string' ? i : pretty(i))) });
+      }
+    }
+    if (req.prompt != null) {
+      known = true;
+      const prompts = Array.isArray(req.prompt) ? req.prompt : [req.prompt];
+      out.push({ role: 'prompt', blocks: prompts.map((p) => block('text', typeof p === 'string' ? p : pretty(p))) });
+    }
+    if (!known) return null;
+    const tools = (Array.isArray(req.tools) ? req.tools : [])
+      .map((t) => t && ((t.function && t.function.name) || t.name || t.type)).filter(Boolean);
+    if (tools.length && out.length) out[0].meta = `tools offered: ${tools.join(', ')}`;
+    return out;
+  }
+
+  // The answer as recorded: {messages, note, stream}; messages null when its shape is unknown.
+  function responseMessages(resp) {
+    if (resp == null) return { messages: [] };
+    if (typeof resp === 'string') return { messages: [{ role: 'assistant', blocks: [block('text', resp)] }] };
+    if (typeof resp !== 'object' || Array.isArray(resp)) return { messages: null };
+    if (resp.omitted != null) return { messages: [], note: `The answer was not recorded: ${resp.omitted}` };
+    if (resp.stream || Array.isArray(resp.channels)) {
+      const s = resp.stream || {};
+      const channels = (Array.isArray(resp.channels) ? resp.channels : [])
+        .filter((c) => c && typeof c === 'object')
+        .map((c, i) => ({ c, i, key: typeof c.index === 'number' ? c.index : Number(c.index) }))
+        .sort((a, b) => ((a.key - b.key) || (a.i - b.i)));
+      const blocks = channels.map(({ c }) => c.kind === 'tool_arguments'
+        ? block('code', prettyText(c.text), 'tool arguments')
+        : c.kind === 'text' || c.kind == null ? block('text', c.text) : block('code', c.text, String(c.kind)));
+      if (!blocks.length) blocks.push(block('note', 'The stream carried no text.'));
+      const events = typeof s.events === 'number' ? s.events : '?';
+      const meta = `streamed: ${events} event${events === 1 ? '' : 's'}${s.api ? ` (${s.api})` : ''}${s.truncated ? ', truncated: the record holds only the start' : ''}`;
+      return { messages: [{ role: 'assistant', blocks, meta, streamed: true }], stream: s };
+    }
+    if (Array.isArray(resp.choices)) {
+      const many = resp.choices.length > 1;
+      const messages = resp.choices.map((c, i) => {
+        let m;
+        if (c && c.message) m = chatMessage(c.message, 'assistant');
+        else if (c && typeof c.text === 'string') m = { role: 'assistant', blocks: [block('text', c.text)] };
+        else m = { role: 'assistant', blocks: [block('code', pretty(c))] };
+        if (many) m.role = `${m.role} (choice ${c && c.index != null ? c.index : i})`;
+        if (c && c.finish_reason) m.meta = `finish reason: ${c.finish_reason}`;
+        return m;
+      });
+      return { messages };
+    }
+    if (Array.isArray(resp.content)) {
+      const m = chatMessage({ role: resp.role || 'assistant', content: resp.content }, 'assistant');
+      if (resp.stop_reason) m.meta = `stop reason: ${resp.stop_reason}`;
+      return { messages: [m] };
+    }
+    if (Array.isArray(resp.output)) {
+      return { messages: resp.output.map((item) => responsesItem(item, 'assistant')) };
+    }
+    if (resp.error != null) {
+      return { messages: [{ role: 'error', blocks: [block('code', pretty(resp.error))] }] };
+    }
+    if (Array.isArray(resp.data)) {
+      return { messages: [], note: `The answer holds ${resp.data.length} item(s) of data (embeddings, say): not shown.` };
+    }
+    return { messages: null };
+  }
+
+  function messageEl(m, kind) {
+    const li = document.createElement('li');
+    const role = String(m.role || 'message');
+    li.className = `msg ${kind}`;
+    li.dataset.role = role;
+    const head = document.createElement('div');
+    head.className = 'msg-role';
+    head.textContent = role;
+    li.append(head);
+    for (const b of m.blocks || []) {
+      let el;
+      if (b.kind === 'code') {
+        el = document.createElement('figure');
+        el.className = 'msg-code';
+        if (b.label) {
+          const cap = document.createElement('figcaption');
+          cap.textContent = b.label;
+          el.append(cap);
+        }
+        const pre = document.createElement('pre');
+        pre.tabIndex = 0;
+        pre.textContent = b.text;
+        el.append(pre);
+      } else {
+        el = document.createElement('p');
+        el.className = b.kind === 'note' ? 'msg-note' : 'msg-text';
+        el.textContent = b.text;
+      }
+      li.append(el);
+    }
+    if (m.meta) {
+      const meta = document.createElement('p');
+      meta.className = m.streamed ? 'msg-meta stream-info' : 'msg-meta';
+      meta.textContent = m.meta;
+      li.append(meta);
+    }
+    return li;
+  }
+
+  function rawMessage(role, value) {
+    return { role, blocks: [block('code', pretty(value), 'not a shape this page knows: the JSON as recorded')] };
+  }
+
+  function renderConversation(r) {
+    const list = $('s-messages');
+    const items = [];
+    const notes = [];
+    const forwarded = ['allowed', 'masked', 'approved'].includes(r.decision);
+    if (r.record === 'metadata' || r.record === 'off') {
+      notes.push('The policy recorded metadata only (record: metadata): no prompt or answer was kept.');
+    } else {
+      if (r.request == null) {
+        notes.push(forwarded
+          ? 'No request was recorded.'
+          : 'The request is not kept when the gateway refused it: it may hold the value that refused it.');
+      } else {
+        const asked = requestMessages(r.request);
+        if (asked) asked.forEach((m) => items.push(messageEl(m, 'asked')));
+        else items.push(messageEl(rawMessage('request', r.request), 'asked'));
+      }
+      const answer = responseMessages(r.response);
+      if (answer.note) notes.push(answer.note);
+      if (answer.messages === null) items.push(messageEl(rawMessage('answer', r.response), 'answer'));
+      else answer.messages.forEach((m) => items.push(messageEl(m, 'answer')));
+      if (r.response == null && forwarded) notes.push('No answer was recorded.');
+    }
+    list.replaceChildren(...items);
+    $('s-note').textContent = notes.join(' ');
+    $('s-note').hidden = notes.length === 0;
+  }
+
+  function renderRules(rules) {
+    const parsed = parseRules(rules);
+    const table = $('s-rules');
+    const rows = parsed.map((r) => {
+      const tr = document.createElement('tr');
+      const cells = [r.name, r.observed ? `${r.action} (observed only)` : r.action, r.count == null ? '' : String(r.count)];
+      for (const value of cells) {
+        const td = document.createElement('td');
+        td.textContent = value;
+        tr.append(td);
+      }
+      return tr;
+    });
+    table.tBodies[0].replaceChildren(...rows);
+    table.hidden = rows.length === 0;
+    $('s-no-rules').hidden = rows.length > 0;
+  }
+
+  async function renderApproval(id) {
+    $('s-approval').hidden = !id;
+    $('sa-error').hidden = true;
+    $('sa-facts').hidden = true;
+    if (!id) return;
+    try {
+      const a = await api('GET', `/v1/approvals/${encodeURIComponent(id)}`);
+      const link = document.createElement('a');
+      link.href = `${pageUrl('approvals')}#${encodeURIComponent(a.id)}`;
+      link.textContent = a.id;
+      $('sa-id').replaceChildren(link);
+      const status = $('sa-status');
+      status.className = `badge ${a.status}`;
+      text(status, a.status);
+      text($('sa-rule'), a.rule);
+      text($('sa-mode'), a.mode);
+      text($('sa-requester'), requester(a));
+      setAbsTime($('sa-created'), a.created_at);
+      text($('sa-decided-by'), a.decided_by
+        ? (a.decided_by_email && a.decided_by_email !== a.decided_by ? `${a.decided_by} <${a.decided_by_email}>` : a.decided_by)
+        : '');
+      setAbsTime($('sa-decided-at'), a.decided_at);
+      text($('sa-reason'), a.reason);
+      text($('sa-approvers'), (a.approvers || []).join(', '));
+      $('sa-facts').hidden = false;
+    } catch (e) {
+      if (e.silent) return;
+      const el = $('sa-error');
+      el.textContent = `Approval ${id} cannot be read: ${e.message}`;
+      el.hidden = false;
+    }
+  }
+
+  async function showSession(id) {
+    $('sessions').hidden = true;
+    $('session').hidden = false;
+    setStatus('Loading\u2026');
+    const data = await api('GET', `/v1/sessions/${encodeURIComponent(id)}`);
+    const r = data.record && typeof data.record === 'object' && !Array.isArray(data.record) ? data.record : {};
+    $('session').dataset.id = data.id || id;
+    text($('s-id'), data.id || id);
+    setBadge($('s-decision'), r.decision || data.decision);
+    setBadge($('s-fact-decision'), r.decision || data.decision);
+    text($('s-reason'), r.reason);
+    const version = r.policy_version;
+    text($('s-policy'), version === 0 ? '0 (the Envoy configuration\u2019s own policy)' : version);
+    text($('s-status'), r.status);
+    text($('s-usage'), usageText(r.usage));
+    text($('s-provider'), r.provider);
+    text($('s-model'), r.model);
+    text($('s-route'), r.route);
+    text($('s-subject'), r.subject || data.subject);
+    text($('s-groups'), Array.isArray(r.groups) ? r.groups.join(', ') : r.groups);
+    text($('s-issuer'), r.issuer);
+    setAbsTime($('s-time'), r.time);
+    setAbsTime($('s-received'), data.received_at);
+    text($('s-record'), r.record);
+    text($('s-seq'), data.seq);
+    text($('s-hash'), data.hash);
+    text($('s-prev-hash'), data.prev_hash);
+    renderRules(r.rules);
+    renderConversation(r);
+    $('s-raw-json').textContent = pretty(data.record);
+    $('s-raw').open = false;
+    await renderApproval(typeof r.approval_id === 'string' && r.approval_id ? r.approval_id : null);
+    setStatus('');
+    if (!$('session').contains(document.activeElement)) $('s-title').focus();
+  }
+
+  function sessionRow(s) {
+    const tr = $('session-row-template').content.firstElementChild.cloneNode(true);
+    tr.dataset.id = s.id;
+    const link = tr.querySelector('.r-link');
+    link.href = `#${encodeURIComponent(s.id)}`;
+    link.querySelector('.r-time').replaceChildren(absTimeEl(s.time || s.received_at));
+    text(tr.querySelector('.r-subject'), s.subject);
+    setBadge(tr.querySelector('.r-decision'), s.decision);
+    text(tr.querySelector('.r-model'), [s.model, s.provider && `via ${s.provider}`].filter(Boolean).join(' '));
+    text(tr.querySelector('.r-route'), s.route);
+    text(tr.querySelector('.r-rules'), rulesSummary(s.rules));
+    text(tr.querySelector('.r-status'), s.status);
+    return tr;
+  }
+
+  // A datetime-local value (the browser's time zone) as RFC 3339 UTC.
+  function isoOf(local) {
+    if (!local) return '';
+    const d = new Date(local);
+    return isNaN(d.getTime()) ? '' : d.toISOString();
+  }
+
+  function readFilters() {
+    return {
+      subject: $('f-subject').value.trim(),
+      decision: $('f-decision').value,
+      since: isoOf($('f-since').value),
+      until: isoOf($('f-until').value),
+    };
+  }
+
+  async function verifyChain() {
+    const status = $('chain-status');
+    const problems = $('chain-problems');
+    status.className = 'chain-status';
+    status.textContent = 'Verifying the hash chain\u2026';
+    $('verify').disabled = true;
+    try {
+      const report = await api('GET', '/v1/sessions/verify');
+      chainChecked = true;
+      const problemList = Array.isArray(report.problems) ? report.problems : [];
+      if (report.ok) {
+        status.classList.add('ok');
+        status.textContent = `Hash chain verified: ${report.checked} record${report.checked === 1 ? '' : 's'}, intact (checked ${new Date().toLocaleTimeString()}).`;
+      } else {
+        status.classList.add('bad');
+        status.textContent = `Hash chain broken: ${problemList.length} problem${problemList.length === 1 ? '' : 's'} in ${report.checked} records read.`;
+      }
+      problems.replaceChildren(...problemList.map((p) => {
+        const li = document.createElement('li');
+        li.textContent = `${p.kind} at record ${p.seq}: ${p.message}`;
+        return li;
+      }));
+      problems.hidden = problemList.length === 0;
+    } catch (e) {
+      status.classList.add('bad');
+      status.textContent = e.silent ? '' : `The chain could not be verified: ${e.message}`;
+    } finally {
+      $('verify').disabled = false;
+    }
+  }
+
+  async function showSessions() {
+    $('session').hidden = true;
+    $('sessions').hidden = false;
+    if (!chainChecked) verifyChain();
+    setStatus('Loading\u2026');
+    const params = new URLSearchParams({ limit: String(SESSIONS_PAGE) });
+    for (const [key, value] of Object.entries(listing.filters)) if (value) params.set(key, value);
+    const before = listing.cursors[listing.cursors.length - 1];
+    if (before != null) params.set('before_seq', String(before));
+    const data = await api('GET', `/v1/sessions?${params}`);
+    const rows = Array.isArray(data.sessions) ? data.sessions : [];
+    $('sessions-list').replaceChildren(...rows.map(sessionRow));
+    $('sessions-table').hidden = rows.length === 0;
+    const filtered = Object.values(listing.filters).some(Boolean);
+    const empty = $('sessions-empty');
+    empty.textContent = filtered ? 'No recorded session matches these filters here.' : 'No session has been recorded yet.';
+    empty.hidden = rows.length > 0;
+    listing.next = typeof data.next_before_seq === 'number' ? data.next_before_seq : null;
+    $('older').hidden = listing.next == null;
+    $('newer').hidden = listing.cursors.length <= 1;
+    $('scan-note').textContent = filtered && listing.next != null && rows.length < SESSIONS_PAGE
+      ? `Searched ${data.scanned} records; older ones may match too.` : '';
+    setStatus(`Updated ${new Date().toLocaleTimeString()}.`);
+  }
+
+  function wireSessions() {
+    const reload = () => { showAlert(''); showSessions().catch(reportError); };
+    $('filters').addEventListener('submit', (event) => {
+      event.preventDefault();
+      listing.filters = readFilters();
+      listing.cursors = [null];
+      if (location.hash) location.hash = ''; else reload();
+    });
+    $('f-clear').addEventListener('click', () => {
+      $('filters').reset();
+      listing.filters = {};
+      listing.cursors = [null];
+      reload();
+    });
+    $('older').addEventListener('click', () => {
+      if (listing.next == null) return;
+      listing.cursors.push(listing.next);
+      reload();
+    });
+    $('newer').addEventListener('click', () => {
+      if (listing.cursors.length > 1) listing.cursors.pop();
+      reload();
+    });
+    $('verify').addEventListener('click', () => verifyChain());
+    $('s-back').addEventListener('click', (event) => {
+      event.preventDefault();
+      history.pushState(null, '', location.pathname);
+      showAlert('');
+      route();
+    });
   }
 
   // ---- start ---------------------------------------------------------------
@@ -410,6 +988,7 @@
       if (action === 'approve' || action === 'deny') decide(action);
     });
     window.addEventListener('hashchange', () => { showAlert(''); route(); });
+    wireSessions();
 
     try {
       const response = await fetch('/v1/ui/config', { cache: 'no-store' });
@@ -426,7 +1005,7 @@
     if (config && config.redirect_uri) {
       const home = new URL(config.redirect_uri, location.href);
       if (home.origin !== location.origin) {
-        location.replace(home.href + location.hash);
+        location.replace(pageUrl(mode) + location.hash);
         return;
       }
     }
