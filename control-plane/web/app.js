@@ -517,11 +517,12 @@
     }
     if (u == null) return '';
     if (typeof u !== 'object') return String(u);
+    // The counts, and of their breakdowns (…_details) the parts that are not zero.
     const out = [];
     for (const [key, value] of Object.entries(u)) {
       if (value != null && typeof value === 'object') {
         for (const [k, v] of Object.entries(value)) {
-          if (v != null && typeof v !== 'object') out.push(`${key}.${k}: ${v}`);
+          if (v != null && typeof v !== 'object' && v !== 0) out.push(`${key}.${k}: ${v}`);
         }
       } else if (value != null) {
         out.push(`${key}: ${value}`);
