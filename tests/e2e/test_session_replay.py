@@ -3,7 +3,9 @@ on sessions recorded by a real Envoy with the filter (policy `record: masked`).
 
 Real requests go through Envoy: an OpenAI chat whose email the policy masks, an
 Anthropic messages request (with markup in it, which must stay text), a ticket
-approval approved through the API and then used, and a streamed chat. An auditor
+approval approved through the API and then used, a streamed chat, and one each
+of the Responses API, completions and a streamed Anthropic answer. Records of
+shapes the page does not know are appended as a gateway appends them. An auditor
 then signs in on the page through the dev issuer's PKCE flow, opens each session
 and the test reads what is rendered: the masked text and never the raw value,
 the rules, the decision, the approval's approver and reason, the reassembled
@@ -49,6 +51,8 @@ class Recorded:
         self.auditor = stack.token("audrey", AUDITORS)
         self.subjects: dict[str, str] = {}
         self.sessions: dict[str, dict] = {}
+        # The Responses, completions and streamed Anthropic sessions, by route.
+        self.shapes: dict[str, dict] = {}
         self.approval_id = ""
         self.approval_reason = f"export ticket OPS-{self.run}"
 
@@ -140,12 +144,35 @@ def recorded(tmp_path_factory):
         status, headers, raw = chat(stack, r.token("stream"), f"reply with: {STREAM_REPLY}", stream=True)
         assert status == 200 and headers.get("content-type", "").startswith("text/event-stream"), raw
 
+        # The other shapes: OpenAI Responses and completions, a streamed Anthropic answer.
+        openai_auth = {"authorization": f"Bearer {r.token('shapes')}"}
+        status, _, raw = http("POST", f"{stack.gateway_url}/openai/v1/responses",
+                              body={"model": "gpt-4o-mini", "instructions": "Be brief.",
+                                    "input": "reply with: a responses answer"},
+                              headers=openai_auth, timeout=60)
+        assert status == 200, raw
+        status, _, raw = http("POST", f"{stack.gateway_url}/openai/v1/completions",
+                              body={"model": "gpt-3.5-turbo-instruct", "prompt": "reply with: a completion"},
+                              headers=openai_auth, timeout=60)
+        assert status == 200, raw
+        status, _, raw = http(
+            "POST", f"{stack.gateway_url}/anthropic/v1/messages",
+            body={"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": True,
+                  "messages": [{"role": "user", "content": f"reply with: {STREAM_REPLY}"}]},
+            headers={"x-api-key": r.token("shapes"), "anthropic-version": "2023-06-01"}, timeout=60)
+        assert status == 200, raw
+
         tickets = r.wait_for("ticket", "approval_pending", "approved")
         r.sessions["ticket_pending"] = tickets["approval_pending"]
         r.sessions["ticket_used"] = tickets["approved"]
         r.sessions["openai"] = r.wait_for("openai", "masked")["masked"]
         r.sessions["anthropic"] = r.wait_for("anthropic", "allowed")["allowed"]
         r.sessions["stream"] = r.wait_for("stream", "allowed")["allowed"]
+
+        def three_shapes() -> bool:
+            r.shapes = {s["route"]: s for s in r.sessions_of("shapes")}
+            return {"/v1/responses", "/v1/completions", "/v1/messages"} <= set(r.shapes)
+        wait_until("the Responses, completions and Anthropic stream sessions", three_shapes, timeout=30)
         yield r
     except BaseException:
         sys.stderr.write("\n" + stack.dump_logs() + "\n")
@@ -258,7 +285,7 @@ def test_a_masked_openai_chat_replays_masked(browser, recorded):
     page = sign_in(browser, recorded.stack, "audrey", AUDITORS, fragment=f"#{session['id']}")
     expect(page.locator("#s-id")).to_have_text(session["id"])
     user = page.locator('#s-messages .msg.asked[data-role="user"] .msg-text')
-    expect(user).to_have_text(f"reply with: write to [EMAIL] about the invoice")
+    expect(user).to_have_text("reply with: write to [EMAIL] about the invoice")
     answer = page.locator("#s-messages .msg.answer .msg-text")
     expect(answer).to_have_text("write to [EMAIL] about the invoice")
     expect(page.locator("#s-decision")).to_have_text("masked")
@@ -336,6 +363,76 @@ def test_a_streamed_answer_is_reassembled(browser, recorded):
     events = response.get("stream", {}).get("events")
     assert isinstance(events, int) and events > 1, response
     expect(page.locator("#s-messages .stream-info")).to_contain_text(f"streamed: {events} events")
+
+
+def test_responses_completions_and_an_anthropic_stream_replay(browser, recorded):
+    shapes = recorded.shapes
+    page = sign_in(browser, recorded.stack, "audrey", AUDITORS, fragment=f"#{shapes['/v1/responses']['id']}")
+    expect(page.locator('#s-messages .msg.asked[data-role="instructions"] .msg-text')).to_have_text("Be brief.")
+    expect(page.locator("#s-messages .msg.asked .msg-text").nth(1)).to_have_text("reply with: a responses answer")
+    expect(page.locator("#s-messages .msg.answer .msg-text")).to_have_text("a responses answer")
+    expect(page.locator("#s-route")).to_have_text("/v1/responses")
+
+    open_session(page, shapes["/v1/completions"]["id"])
+    expect(page.locator('#s-messages .msg.asked[data-role="prompt"] .msg-text')).to_have_text("reply with: a completion")
+    expect(page.locator("#s-messages .msg.answer .msg-text")).to_have_text("a completion")
+
+    session = shapes["/v1/messages"]
+    events = (recorded.full(session["id"])["record"].get("response") or {}).get("stream", {}).get("events")
+    assert isinstance(events, int) and events > 1
+    open_session(page, session["id"])
+    expect(page.locator("#s-messages .msg.answer .msg-text")).to_have_text(STREAM_REPLY)
+    expect(page.locator("#s-messages .stream-info")).to_contain_text(f"streamed: {events} events (anthropic)")
+
+
+def test_unknown_and_partial_records_still_show(browser, recorded):
+    """Records the page must tolerate, appended as a gateway appends them (the
+    control plane's batch API with the gateway's secret): an answer not
+    recorded, shapes the page does not know, fields missing, metadata only."""
+    stack = recorded.stack
+    run = recorded.run
+    records = [
+        {"id": f"omitted-{run}", "subject": f"odd-{run}", "decision": "allowed", "record": "masked",
+         "request": {"messages": [{"role": "user", "content": [{"type": "text", "text": "look"},
+                                                                {"type": "image_url", "image_url": {"url": "data:x"}}]}]},
+         "response": {"omitted": "the answer was too large to record"}},
+        {"id": f"unknown-{run}", "subject": f"odd-{run}", "decision": "masked", "record": "masked",
+         "rules": "a:b:mask:3,shadow:observe:block:1",
+         "request": {"weird": ["shape", 1]}, "response": {"also": {"weird": True}}},
+        {"id": f"tools-{run}", "subject": f"odd-{run}", "decision": "allowed", "record": "masked",
+         "request": {"messages": [{"role": "user", "content": "weather?"}],
+                     "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+         "response": {"stream": {"api": "openai_chat", "events": 7, "truncated": True},
+                      "channels": [{"index": 1, "kind": "tool_arguments", "text": "{\"city\":\"Paris\"}"},
+                                   {"index": 0, "kind": "text", "text": "Let me check."}]}},
+        {"id": f"metadata-{run}", "subject": f"odd-{run}", "decision": "allowed", "record": "metadata"},
+    ]
+    status, _, raw = http("POST", f"{stack.control_plane_url}/v1/sessions", {"records": records},
+                          headers={"x-warden-gateway-key": stack.gateway_secret})
+    assert status == 200, raw
+    page = sign_in(browser, stack, "audrey", AUDITORS, fragment=f"#omitted-{run}")
+    expect(page.locator("#s-note")).to_contain_text("not recorded: the answer was too large to record")
+    expect(page.locator('#s-messages .msg.asked[data-role="user"] .msg-note')).to_have_text("[an image]")
+    expect(page.locator("#s-messages .msg.answer")).to_have_count(0)
+    expect(page.locator("#s-model")).to_have_text("\u2014")
+
+    open_session(page, f"unknown-{run}")
+    expect(page.locator("#s-messages .msg.asked pre")).to_contain_text('"weird"')
+    expect(page.locator("#s-messages .msg.answer pre")).to_contain_text('"also"')
+    assert ["a:b", "mask", "3"] in rule_rows(page) and ["shadow", "block (observed only)", "1"] in rule_rows(page)
+
+    open_session(page, f"tools-{run}")
+    answer = page.locator("#s-messages .msg.answer")
+    expect(answer.locator(".msg-text")).to_have_text("Let me check.")
+    expect(answer.locator("figcaption")).to_have_text("tool arguments")
+    expect(answer.locator("pre")).to_contain_text('"city": "Paris"')
+    expect(answer.locator(".stream-info")).to_contain_text("streamed: 7 events")
+    expect(answer.locator(".stream-info")).to_contain_text("truncated")
+    expect(page.locator("#s-messages .msg.asked .msg-meta")).to_have_text("tools offered: get_weather")
+
+    open_session(page, f"metadata-{run}")
+    expect(page.locator("#s-note")).to_contain_text("metadata only")
+    expect(page.locator("#s-messages .msg")).to_have_count(0)
 
 
 def test_people_outside_the_auditors_are_told(browser, recorded):
