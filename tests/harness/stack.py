@@ -223,7 +223,9 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
         bare_hcm = bare["filter_chains"][0]["filters"][0]["typed_config"]
         bare_hcm["stat_prefix"] = "bare"
         bare_hcm["http_filters"] = [f for f in bare_hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
-        bare_hcm.pop("access_log", None)
+        # The same access log too (Envoy's work, not the filter's), in a file of its own.
+        for log in bare_hcm.get("access_log", []):
+            log["typed_config"]["path"] = str(data_dir / "logs" / "bare-access.log")
         cfg["static_resources"]["listeners"].append(bare)
     return cfg
 
@@ -302,13 +304,15 @@ class Stack:
               envoy_env: dict | None = None, real_providers: bool = False,
               extra_clusters: dict | None = None, bare_port: int | None = None,
               concurrency: int = 2, access_log: str | Path | None = None,
-              database_url: str | None = None) -> "Stack":
+              database_url: str | None = None,
+              edit_envoy_config: Callable[[dict], None] | None = None) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
         start Envoy with no provider key at all). With `real_providers`, each
         cluster whose WARDEN_*_API_KEY is set in this process's environment goes
-        to the real provider instead of the stand-in.
+        to the real provider instead of the stand-in. `edit_envoy_config` may
+        change the rendered Envoy configuration (the benchmarks add listeners).
         """
         for path, hint in ((WARDEN_BIN, "make build"), (PROVIDER_BIN, "make build"),
                            (ENVOY_BIN, "make bootstrap"), (FILTER_WASM, "make build")):
@@ -328,7 +332,8 @@ class Stack:
                     if os.environ.get(var):
                         env[var] = os.environ[var]
                         real.add(cluster)
-            stack._start_envoy(filter_config, env, real, extra_clusters, bare_port, concurrency, access_log)
+            stack._start_envoy(filter_config, env, real, extra_clusters, bare_port, concurrency, access_log,
+                               edit_envoy_config)
         except BaseException:
             stack.stop()
             raise
@@ -357,10 +362,13 @@ class Stack:
 
     def _start_envoy(self, filter_config: str | None, env: dict, real: set[str],
                      extra_clusters: dict | None, bare_port: int | None, concurrency: int,
-                     access_log: str | Path | None = None) -> None:
+                     access_log: str | Path | None = None,
+                     edit_envoy_config: Callable[[dict], None] | None = None) -> None:
         cfg = render_envoy_config(self.ports, self.data_dir, filter_config=filter_config,
                                   real_clusters=real, extra_clusters=extra_clusters, bare_port=bare_port,
                                   access_log=access_log)
+        if edit_envoy_config is not None:
+            edit_envoy_config(cfg)
         path = self.data_dir / "envoy.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         # Envoy inherits only what it needs: the keys in `env`, nothing from ours.

@@ -446,9 +446,15 @@ pub struct ForwardPlan {
 }
 
 /// Step 5: strip every client credential and gateway-owned header, add the
-/// provider's key and required headers.
+/// provider's key and required headers. Only headers the request carries are
+/// removed: each removal is a call across the host boundary.
 pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>) -> ForwardPlan {
-    let mut remove: Vec<String> = config.strip_headers.clone();
+    let mut remove: Vec<String> = config
+        .strip_headers
+        .iter()
+        .filter(|name| headers.contains(name))
+        .cloned()
+        .collect();
     for (name, _) in headers.iter() {
         let owned = name.len() >= GATEWAY_HEADER_PREFIX.len()
             && name[..GATEWAY_HEADER_PREFIX.len()].eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX);

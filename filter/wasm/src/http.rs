@@ -65,6 +65,8 @@ pub struct WardenHttp {
     provider: usize,
     phase: Phase,
     identity: Option<Identity>,
+    /// When the request's headers arrived (seconds since the epoch).
+    started_at: u64,
     /// Whether a body follows the headers.
     expects_body: bool,
     /// Body bytes buffered so far, and whether they are all of it.
@@ -115,6 +117,7 @@ impl WardenHttp {
             provider: 0,
             phase: Phase::Start,
             identity: None,
+            started_at: 0,
             expects_body: false,
             body_size: 0,
             body_complete: false,
@@ -250,7 +253,9 @@ impl WardenHttp {
             return self.internal_error("request without worker state");
         };
         let headers = self.headers.clone();
-        let now = host::now_secs();
+        // The request's own clock: one host call per request, and a key
+        // fetch's second attempt judges the token at the same instant.
+        let now = self.started_at;
         let step = {
             let mut vm = vm.borrow_mut();
             vm.refresh_missing_keys();
@@ -743,14 +748,12 @@ impl HttpContext for WardenHttp {
                 ),
             });
         };
+        let now = host::now_secs();
+        self.started_at = now;
         let (config, policy, silence) = {
             let mut vm = vm.borrow_mut();
             vm.catch_up_policy();
-            (
-                vm.config.clone(),
-                vm.policy.clone(),
-                vm.policy_silence(host::now_secs()),
-            )
+            (vm.config.clone(), vm.policy.clone(), vm.policy_silence(now))
         };
         self.config = Some(config.clone());
         if let Some(p) = policy.as_ref() {

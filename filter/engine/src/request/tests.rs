@@ -62,6 +62,7 @@ fn a_verified_engineer_is_authorized_and_forwarded_with_the_provider_key() {
         (":path", "/openai/v1/chat/completions"),
         (":method", "POST"),
         ("authorization", &bearer),
+        ("X-Api-Key", "sk-client-own"),
         ("x-warden-user", "mallory"),
     ]);
     let provider = route(&cfg, Headers::new(&h)).unwrap();
@@ -85,6 +86,11 @@ fn a_verified_engineer_is_authorized_and_forwarded_with_the_provider_key() {
     let plan = forward_plan(&cfg, provider, Headers::new(&h));
     for gone in ["authorization", "x-api-key", "x-warden-user"] {
         assert!(plan.remove.iter().any(|r| r == gone), "{gone} not removed");
+    }
+    // Nothing the request does not carry (each removal is a host call).
+    assert!(cfg.strip_headers.iter().any(|h| h == "accept-encoding"));
+    for name in &plan.remove {
+        assert!(Headers::new(&h).contains(name), "{name} removed but absent");
     }
     assert_eq!(
         plan.set,
