@@ -25,7 +25,7 @@
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction |
 //! | [`dev_issuer`] | the development OIDC issuer behind `--dev` (discovery, JWKS with RS256/ES256/EdDSA keys, token minting, the authorization code flow with PKCE) |
-//! | [`web`] | the approvers' page (`/approvals`, assets from `web/`), `/v1/ui/config`, the dev issuer's browser sign-in (`/dev/authorize`, `/dev/oauth/token`) |
+//! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config`, the dev issuer's browser sign-in (`/dev/authorize`, `/dev/oauth/token`) |
 //!
 //! # Safety notes
 //!
