@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::body::{each_request_text, each_response_text, parse_strict, Shape};
+use super::body::{each_request_text, each_response_text, parse_strict, to_json, Shape};
 use super::mask::{apply, Action, Edit, HashKey, Vault};
 use super::sse::{Channel, ChannelKind, StreamApi, StreamBlock, StreamText};
 use crate::policy::{ActiveRules, Direction, Hit, Policy};
@@ -122,7 +122,7 @@ pub fn inspect_json(
     let recorded = record.then(|| doc.clone());
     let restored = direction == Direction::Response && restore_value(shape, &mut doc, vault);
     let body = if masked || restored {
-        serde_json::to_vec(&doc).ok()
+        Some(to_json(&doc))
     } else {
         None
     };

@@ -7,6 +7,7 @@
 //! string value, so nothing is skipped because the gateway did not recognise it.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
 use crate::provider::Api;
@@ -263,14 +264,133 @@ impl<'de> Visitor<'de> for StrictValue {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            // One lookup: the vacant entry takes the value once it is read
+            // (the duplicate is still refused before its value is parsed).
+            match out.entry(key) {
+                Entry::Occupied(dup) => {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key `{}`",
+                        dup.key()
+                    )));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(StrictValue)?);
+                }
             }
-            let value = map.next_value_seed(StrictValue)?;
-            out.insert(key, value);
         }
         Ok(Value::Object(out))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Writing a document back.
+
+/// `value` as compact JSON, byte for byte what `serde_json::to_vec` writes,
+/// with strings escaped eight bytes at a time: a masked body is written back
+/// whole, and serde_json's byte-by-byte escaping was most of that cost.
+pub fn to_json(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_value(value, &mut out);
+    out
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        // Numbers are rare and short: serde_json's own formatting (itoa,
+        // ryu) keeps them identical. Writing to a Vec cannot fail.
+        Value::Number(n) => {
+            let _ = serde_json::to_writer(&mut *out, n);
+        }
+        Value::String(s) => write_str(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(key, out);
+                out.push(b':');
+                write_value(item, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// Whether any of the 8 bytes in `chunk` must be escaped: a control
+/// character (below 0x20), `"` or `\\`.
+fn needs_escape(chunk: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The classic word-at-a-time tests: "some byte is below n" is
+    // `(x - n·ONES) & !x & HIGH`, and "some byte equals c" is that test for
+    // a zero byte of `x ^ c·ONES`. Both are exact about whether any byte
+    // qualifies (which one is found again byte by byte).
+    let below = chunk.wrapping_sub(ONES * 0x20) & !chunk;
+    let quote = chunk ^ (ONES * u64::from(b'"'));
+    let slash = chunk ^ (ONES * u64::from(b'\\'));
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    (below | zero(quote) | zero(slash)) & HIGH != 0
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        // This byte (in a flagged chunk, or in the tail) one at a time.
+        let b = bytes[i];
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0C => b"\\f",
+            0x00..=0x1F => &[],
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xF)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -419,5 +539,33 @@ mod tests {
             parse_strict(br#"{"a":[1,2.5,"x",null,true]}"#).unwrap(),
             json!({"a": [1, 2.5, "x", null, true]})
         );
+    }
+
+    #[test]
+    fn written_back_exactly_as_serde_json_writes() {
+        // Every byte that needs escaping, at every offset of an 8-byte
+        // chunk and in the tail; non-ASCII; numbers of every kind.
+        let mut strings: Vec<String> = Vec::new();
+        for c in (0u8..0x80)
+            .map(char::from)
+            .chain(['é', '\u{2028}', '😀', '\u{7f}'])
+        {
+            for pad in 0..18 {
+                strings.push(format!("{}{c}{}", "a".repeat(pad), "b".repeat(17 - pad)));
+            }
+        }
+        strings.push(String::new());
+        strings.push("\"\\\n\r\t\u{8}\u{c}\u{0}\u{1f}".repeat(5));
+        strings.push("plain text without anything special in it at all".into());
+        let doc = json!({
+            "strings": strings,
+            "numbers": [0, 1, -1, u64::MAX, i64::MIN, 2.5, -0.0, 1e300, 1.0e-7, 0.1],
+            "nested": {"a": [null, true, false, {}, []], "é\"key": {"x": "y"}},
+        });
+        assert_eq!(to_json(&doc), serde_json::to_vec(&doc).unwrap());
+        for s in &strings {
+            let v = Value::String(s.clone());
+            assert_eq!(to_json(&v), serde_json::to_vec(&v).unwrap(), "{s:?}");
+        }
     }
 }
