@@ -15,12 +15,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::{Builtin, Groups};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
-use regex::CaptureLocations;
-
-use super::Builtin;
 
 /// Holdback bound for PEM blocks, whose body pattern is unbounded: a block
 /// longer than this may be released before its end arrives.
@@ -143,7 +141,7 @@ pub(super) fn validate(
     hay: &str,
     start: usize,
     end: usize,
-    locs: &CaptureLocations,
+    locs: &Groups,
 ) -> Option<(usize, usize)> {
     let s = &hay[start..end];
     let ok = match b {
@@ -197,13 +195,7 @@ pub(super) fn validate(
 /// later candidate inside would be a tail of the same rejected run, and
 /// re-scanning from each `sk-` of `sk-sk-sk-…` would cost the length of a
 /// token per character.
-pub(super) fn resume(
-    b: Builtin,
-    hay: &str,
-    start: usize,
-    end: usize,
-    locs: &CaptureLocations,
-) -> usize {
+pub(super) fn resume(b: Builtin, hay: &str, start: usize, end: usize, locs: &Groups) -> usize {
     let next = super::next_boundary(hay, start);
     match b {
         Builtin::Jwt => hay[start..end].find('.').map_or(end, |dot| start + dot + 1),
@@ -565,7 +557,7 @@ fn jwt(s: &str) -> bool {
 
 /// The assigned value: long and random enough, not a placeholder, a variable
 /// reference or code.
-fn secret_value(hay: &str, locs: &CaptureLocations) -> Option<(usize, usize)> {
+fn secret_value(hay: &str, locs: &Groups) -> Option<(usize, usize)> {
     let (group, (start, end)) = (1..=3).find_map(|g| locs.get(g).map(|span| (g, span)))?;
     let value = &hay[start..end];
     let placeholder = value.starts_with("${")

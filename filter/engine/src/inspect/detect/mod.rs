@@ -39,16 +39,22 @@
 
 mod builtins;
 mod encoded;
+mod needs;
 mod normalize;
 mod prefix;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_needs;
 
 use std::collections::BTreeMap;
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::util::captures::Captures;
+use regex_automata::{meta, Input, MatchKind};
 use thiserror::Error;
 
+use needs::Needs;
 use normalize::View;
 use prefix::Shape;
 
@@ -68,6 +74,17 @@ const KEYWORDS_SIZE_LIMIT: usize = 8 << 20;
 const SET_SIZE_LIMIT: usize = 32 << 20;
 /// Lazy-DFA cache of the prefilter set (per VM; see its use).
 const SET_DFA_SIZE_LIMIT: usize = 16 << 20;
+/// Detectors to search whole from which the set pass pays off.
+const SET_MIN: usize = 3;
+/// Compiled-size and lazy-DFA limits of a built-in's regex: the regex
+/// crate's defaults, which `Regex::new` applies.
+const BUILTIN_SIZE_LIMIT: usize = 10 << 20;
+const BUILTIN_DFA_SIZE_LIMIT: usize = 2 << 20;
+/// Texts shorter than this are searched whole: windows would not pay off.
+const WINDOWED_MIN: usize = 256;
+/// Distinct anchor sets per text (bits of a mask); detectors beyond search
+/// the whole text.
+const ANCHOR_SETS: usize = 64;
 /// Holdback window for custom patterns that can match without bound.
 const UNBOUNDED_WINDOW: usize = 1024;
 /// Holdback window for custom patterns whose prefixes could not be derived:
@@ -241,14 +258,19 @@ pub enum DetectError {
         name: &'static str,
         error: regex::Error,
     },
+    /// The regex compiled for validation but not for searching (the same
+    /// syntax and limits; not expected).
+    #[error("rule {id}: the regex does not compile: {error}")]
+    Engine { id: usize, error: String },
 }
 
 /// A policy's matchers, compiled once and shared by all requests.
 #[derive(Debug)]
 pub struct DetectorSet {
     detectors: Vec<Detector>,
-    /// Which detectors have any candidate, in one pass. `None` if the set
-    /// would be too large: every detector then runs.
+    /// Which detectors have any candidate, in one pass: for texts where
+    /// several detectors must be searched whole. `None` if the set would be
+    /// too large: each then searches.
     prefilter: Option<RegexSet>,
     hold: Holdback,
 }
@@ -258,7 +280,12 @@ struct Detector {
     id: usize,
     label: String,
     kind: Kind,
-    re: Regex,
+    /// The pattern's search engine. The regex crate's `Regex` wraps the same
+    /// engine; this one is used directly because a search can then be
+    /// narrowed to a window while its assertions still see the whole text.
+    re: meta::Regex,
+    /// What every match needs (see `needs`), from the same pattern.
+    needs: Needs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -270,6 +297,18 @@ enum Kind {
     /// One capture group per boundary variant; the one that took part is
     /// the keyword.
     Keywords,
+}
+
+/// Byte ranges of a text, sorted and disjoint, that a search is narrowed to.
+type Windows = Vec<(usize, usize)>;
+
+/// Whether detectors are prefiltered and windowed (see `needs`); `Off` runs
+/// every detector over the whole text, the reference tests compare with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    On,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Off,
 }
 
 /// A finding before mapping and resolution: `det` indexes `detectors` (the
@@ -305,25 +344,31 @@ impl DetectorSet {
     pub fn compile(specs: &[(usize, MatcherSpec)]) -> Result<Self, DetectError> {
         let mut detectors = Vec::with_capacity(specs.len());
         let mut hold = HoldBuilder::default();
-        let mut compiled: BTreeMap<Builtin, Regex> = BTreeMap::new();
+        let mut compiled: BTreeMap<Builtin, (meta::Regex, Needs)> = BTreeMap::new();
+        let mut patterns: Vec<String> = Vec::with_capacity(specs.len());
         for (id, spec) in specs {
             let id = *id;
             let detector = match spec {
                 MatcherSpec::Builtin(b) => {
                     let def = builtins::definition(*b);
-                    let re = match compiled.get(b) {
-                        Some(re) => re.clone(),
+                    let (re, needs) = match compiled.get(b) {
+                        Some(c) => c.clone(),
                         None => {
-                            let re =
-                                Regex::new(def.pattern).map_err(|error| DetectError::Builtin {
-                                    name: b.name(),
-                                    error,
-                                })?;
+                            let c =
+                                engine(id, def.pattern, BUILTIN_SIZE_LIMIT, BUILTIN_DFA_SIZE_LIMIT)
+                                    .map_err(|e| match Regex::new(def.pattern) {
+                                        // The regex crate's error says more.
+                                        Err(error) => DetectError::Builtin {
+                                            name: b.name(),
+                                            error,
+                                        },
+                                        Ok(_) => e,
+                                    })?;
                             // Built-in shapes are covered by tests; no need
                             // to compile their prefix regexes one by one.
                             hold.add(def.pattern, def.window.unwrap_or(UNBOUNDED_WINDOW), false);
-                            compiled.insert(*b, re.clone());
-                            re
+                            compiled.insert(*b, c.clone());
+                            c
                         }
                     };
                     Detector {
@@ -331,6 +376,7 @@ impl DetectorSet {
                         label: b.label().to_owned(),
                         kind: Kind::Builtin(*b),
                         re,
+                        needs,
                     }
                 }
                 MatcherSpec::Regex {
@@ -345,20 +391,22 @@ impl DetectorSet {
                             max: PATTERN_MAX_BYTES,
                         });
                     }
-                    let re = RegexBuilder::new(pattern)
+                    let checked = RegexBuilder::new(pattern)
                         .size_limit(REGEX_SIZE_LIMIT)
                         .dfa_size_limit(DFA_SIZE_LIMIT)
                         .build()
                         .map_err(|error| DetectError::InvalidRegex { id, error })?;
                     let group = match group {
                         None => None,
-                        Some(name) => Some(group_index(&re, name).ok_or_else(|| {
+                        Some(name) => Some(group_index(&checked, name).ok_or_else(|| {
                             DetectError::UnknownGroup {
                                 id,
                                 group: name.clone(),
                             }
                         })?),
                     };
+                    drop(checked);
+                    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
                     if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
                         hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
                     }
@@ -373,15 +421,17 @@ impl DetectorSet {
                         label: label.clone(),
                         kind: Kind::Regex { group },
                         re,
+                        needs,
                     }
                 }
                 MatcherSpec::Keywords { words, label } => {
                     let pattern = keyword_pattern(id, words)?;
-                    let re = RegexBuilder::new(&pattern)
+                    RegexBuilder::new(&pattern)
                         .size_limit(KEYWORDS_SIZE_LIMIT)
                         .dfa_size_limit(DFA_SIZE_LIMIT)
                         .build()
                         .map_err(|error| DetectError::KeywordsTooLarge { id, error })?;
+                    let (re, needs) = engine(id, &pattern, KEYWORDS_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
                     if !hold.add(&pattern, UNBOUNDED_WINDOW, true) {
                         hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
                     }
@@ -391,12 +441,18 @@ impl DetectorSet {
                         label: label.clone(),
                         kind: Kind::Keywords,
                         re,
+                        needs,
                     }
                 }
             };
+            patterns.push(match spec {
+                MatcherSpec::Builtin(b) => builtins::definition(*b).pattern.to_owned(),
+                MatcherSpec::Regex { pattern, .. } => pattern.clone(),
+                MatcherSpec::Keywords { words, .. } => keyword_pattern(detector.id, words)?,
+            });
             detectors.push(detector);
         }
-        let prefilter = RegexSetBuilder::new(detectors.iter().map(|d| d.re.as_str()))
+        let prefilter = RegexSetBuilder::new(&patterns)
             .size_limit(SET_SIZE_LIMIT)
             // The union of all detectors has many states; with the default
             // lazy-DFA cache, text dense in ids (hex, base64) clears the cache
@@ -514,11 +570,15 @@ impl DetectorSet {
     /// Candidates validated, mapped to original offsets, sorted, each
     /// `(start, end, detector)` once.
     fn raw(&self, text: &str) -> Vec<Raw> {
+        self.raw_with(text, Filter::On)
+    }
+
+    fn raw_with(&self, text: &str, filter: Filter) -> Vec<Raw> {
         let mut raw = Vec::new();
         if text.is_empty() || self.detectors.is_empty() {
             return raw;
         }
-        self.collect(text, 0, &mut encoded::Budget::new(), &mut raw);
+        self.collect_with(text, 0, &mut encoded::Budget::new(), &mut raw, filter);
         raw.sort_by(|a, b| (a.start, b.end, a.det).cmp(&(b.start, a.end, b.det)));
         // A value can be seen both as is and decoded (`a%40b.com` is an
         // email either way).
@@ -528,27 +588,133 @@ impl DetectorSet {
 
     /// Appends the findings in `text`, in its offsets; encoded runs are
     /// decoded and scanned while `depth` allows.
+    #[cfg(test)]
     fn collect(&self, text: &str, depth: usize, budget: &mut encoded::Budget, out: &mut Vec<Raw>) {
+        self.collect_with(text, depth, budget, out, Filter::On);
+    }
+
+    fn collect_with(
+        &self,
+        text: &str,
+        depth: usize,
+        budget: &mut encoded::Budget,
+        out: &mut Vec<Raw>,
+        filter: Filter,
+    ) {
         let first = out.len();
         let view = View::new(text);
         let hay = view.text();
-        match &self.prefilter {
-            Some(set) => {
-                for det in set.matches(hay).iter() {
-                    if let Some(d) = self.detectors.get(det) {
-                        d.scan(det, hay, out);
-                    }
+        // One pass counts the bytes; each detector then runs only if the
+        // text holds what its matches need, and on a long text only around
+        // the bytes of its rarest need (see `needs`).
+        let mut hist = [0u32; 256];
+        // (Counted in the reference mode too: the same code path.)
+        for &b in hay.as_bytes() {
+            hist[usize::from(b)] += 1;
+        }
+        // Each detector the text may hold, with the need it can be windowed
+        // around if any.
+        let mut plan: Vec<(usize, Option<&needs::Need>)> = Vec::new();
+        for (det, d) in self.detectors.iter().enumerate() {
+            let anchor = match filter {
+                Filter::On => match d.needs.check(hay.len(), &hist) {
+                    Some(anchor) => anchor,
+                    None => continue,
+                },
+                Filter::Off => None,
+            };
+            // Windows pay off where they are likely to leave most of the
+            // text out: at most one group of `min` anchors per `max` bytes.
+            let windowed = match (anchor, d.needs.max_len) {
+                (Some((need, count)), Some(max))
+                    if hay.len() >= WINDOWED_MIN
+                        && count.saturating_mul(max) <= hay.len().saturating_mul(need.min) =>
+                {
+                    Some(need)
+                }
+                _ => None,
+            };
+            plan.push((det, windowed));
+        }
+        // Several detectors to search whole: one pass of the set over the
+        // text says which have a candidate at all (cheaper than a search
+        // each). Its answer holds for the windowed ones too.
+        let set = self.prefilter.as_ref().filter(|_| filter == Filter::On);
+        let whole = plan.iter().filter(|(_, w)| w.is_none()).count();
+        let mut candidates = set.filter(|_| whole >= SET_MIN).map(|s| s.matches(hay));
+        if let Some(c) = &candidates {
+            plan.retain(|(det, _)| c.matched(*det));
+        }
+        // The anchors of each set, in one more pass.
+        let mut anchors: Vec<needs::ByteSet> = Vec::new();
+        let mut plan: Vec<(usize, Option<(usize, usize)>)> = plan
+            .into_iter()
+            .map(|(det, need)| {
+                let k = need.and_then(|need| {
+                    let k = anchors.iter().position(|a| *a == need.set).or_else(|| {
+                        (anchors.len() < ANCHOR_SETS).then(|| {
+                            anchors.push(need.set);
+                            anchors.len() - 1
+                        })
+                    })?;
+                    Some((k, need.min))
+                });
+                (det, k)
+            })
+            .collect();
+        let mut at: Vec<Vec<usize>> = vec![Vec::new(); anchors.len()];
+        if !anchors.is_empty() {
+            let mut table = [0u64; 256];
+            for (k, set) in anchors.iter().enumerate() {
+                for b in set.bytes() {
+                    table[usize::from(b)] |= 1 << k;
                 }
             }
-            None => {
-                for (det, d) in self.detectors.iter().enumerate() {
-                    d.scan(det, hay, out);
+            for (p, &b) in hay.as_bytes().iter().enumerate() {
+                let mut bits = table[usize::from(b)];
+                while bits != 0 {
+                    if let Some(list) = at.get_mut(bits.trailing_zeros() as usize) {
+                        list.push(p);
+                    }
+                    bits &= bits - 1;
                 }
             }
         }
+        // Windows per detector: `None` to search the whole text, none at
+        // all when no match can be in it.
+        let mut windows: Vec<(usize, Option<Windows>)> = Vec::with_capacity(plan.len());
+        for (det, windowed) in plan.drain(..) {
+            let max = self.detectors.get(det).and_then(|d| d.needs.max_len);
+            let w = match (windowed, max) {
+                (Some((k, min)), Some(max)) => {
+                    let mut w = Vec::new();
+                    let positions = at.get(k).map_or(&[][..], Vec::as_slice);
+                    windows_around(hay, positions, min, max, &mut w);
+                    // Windows covering most of the text: one search is
+                    // cheaper.
+                    let covered: usize = w.iter().map(|(s, e)| e - s).sum();
+                    (covered.saturating_mul(10) <= hay.len().saturating_mul(9)).then_some(w)
+                }
+                _ => None,
+            };
+            windows.push((det, w));
+        }
+        if candidates.is_none() && windows.iter().filter(|(_, w)| w.is_none()).count() >= SET_MIN {
+            candidates = set.map(|s| s.matches(hay));
+        }
+        let full = [(0, hay.len())];
+        for (det, w) in &windows {
+            let Some(d) = self.detectors.get(*det) else {
+                continue;
+            };
+            if candidates.as_ref().is_some_and(|c| !c.matched(*det)) {
+                continue;
+            }
+            d.scan(*det, hay, w.as_deref().unwrap_or(&full), out);
+        }
         if depth < encoded::MAX_DEPTH {
             encoded::scan(hay, budget, out, &mut |decoded, budget, inner| {
-                self.collect(decoded, depth + 1, budget, inner);
+                self.collect_with(decoded, depth + 1, budget, inner, filter);
             });
         }
         for r in &mut out[first..] {
@@ -590,19 +756,54 @@ impl Kind {
     }
 }
 
+/// The capture groups of the last match, for validators that read them.
+pub(super) struct Groups(Option<Captures>);
+
+impl Groups {
+    /// Group `i`'s span, if it took part.
+    pub(super) fn get(&self, i: usize) -> Option<(usize, usize)> {
+        let span = self.0.as_ref()?.get_group(i)?;
+        Some((span.start, span.end))
+    }
+
+    /// Number of groups, the whole match included.
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, Captures::group_len)
+    }
+}
+
 impl Detector {
     /// Appends this detector's findings in `hay` (normalized offsets).
-    fn scan(&self, det: usize, hay: &str, out: &mut Vec<Raw>) {
-        let captures = self.kind.needs_captures();
-        let mut locs = self.re.capture_locations();
+    /// `windows` (sorted, disjoint) hold every match: the search skips the
+    /// text between them, and runs as it would on the whole text otherwise.
+    fn scan(&self, det: usize, hay: &str, windows: &[(usize, usize)], out: &mut Vec<Raw>) {
+        let mut locs = Groups(
+            self.kind
+                .needs_captures()
+                .then(|| self.re.create_captures()),
+        );
         let mut at = 0;
+        let mut w = 0;
         while at <= hay.len() {
-            let found = if captures {
-                self.re.captures_read_at(&mut locs, hay, at)
-            } else {
-                self.re.find_at(hay, at)
+            while windows.get(w).is_some_and(|&(_, end)| end < at) {
+                w += 1;
+            }
+            let Some(&(start, end)) = windows.get(w) else {
+                break;
             };
-            let Some(m) = found else { break };
+            let input = Input::new(hay).span(at.max(start)..end);
+            let found = match locs.0.as_mut() {
+                Some(caps) => {
+                    self.re.search_captures(&input, caps);
+                    caps.get_match()
+                }
+                None => self.re.search(&input),
+            };
+            let Some(m) = found else {
+                // Nothing more in this window: the next one.
+                w += 1;
+                continue;
+            };
             let (ms, me) = (m.start(), m.end());
             let span = match self.kind {
                 Kind::Builtin(b) => builtins::validate(b, hay, ms, me, &locs),
@@ -623,6 +824,66 @@ impl Detector {
                     _ => next_boundary(hay, ms),
                 },
             };
+        }
+    }
+}
+
+/// The search engine of a pattern, configured as the regex crate's `Regex`
+/// with these limits, and what its matches need.
+fn engine(
+    id: usize,
+    pattern: &str,
+    size_limit: usize,
+    dfa_limit: usize,
+) -> Result<(meta::Regex, Needs), DetectError> {
+    let error = |e: &dyn std::fmt::Display| DetectError::Engine {
+        id,
+        error: e.to_string(),
+    };
+    let re = meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(size_limit))
+                .hybrid_cache_capacity(dfa_limit)
+                .match_kind(MatchKind::LeftmostFirst)
+                .utf8_empty(true),
+        )
+        .syntax(regex_automata::util::syntax::Config::new().utf8(true))
+        .build(pattern)
+        .map_err(|e| error(&e))?;
+    let hir = regex_syntax::Parser::new()
+        .parse(pattern)
+        .map_err(|e| error(&e))?;
+    Ok((re, Needs::of(&hir)))
+}
+
+/// The windows of `hay` that can hold a match of at most `max` bytes with
+/// at least `min` of the `anchors` (ascending) in it: every such match lies
+/// inside one. Merged, sorted, on character boundaries.
+fn windows_around(
+    hay: &str,
+    anchors: &[usize],
+    min: usize,
+    max: usize,
+    out: &mut Vec<(usize, usize)>,
+) {
+    // A match holds at least `min` anchors within its `max` bytes; with its
+    // first ones at `a[i]..=a[i + min - 1]`, it starts after
+    // `a[i + min - 1] - max` and ends by `a[i] + max`. Anchors too far apart
+    // to share a match make no window.
+    let min = min.max(1);
+    for run in anchors.windows(min) {
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        if last - first >= max {
+            continue;
+        }
+        let start = floor_boundary(hay, (last + 1).saturating_sub(max));
+        let end = ceil_boundary(hay, first.saturating_add(max).min(hay.len()));
+        match out.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
         }
     }
 }
