@@ -225,22 +225,25 @@ def time_stream(port: int, token: str | None, delay_ms: int) -> tuple[float, flo
     return first or total, first_text or total, total, body.count(b"\n\ndata:") + 1
 
 
-def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float) -> dict[str, float]:
-    """Resident memory (MiB) of an Envoy with the filter and one without, at 1 and 2
-    workers, each after `duration` seconds of 8 KB masked chat traffic."""
+def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: Path) -> dict[str, float]:
+    """Resident memory (MiB) of an Envoy without a filter, with the no-op wasm filter and
+    with Warden, at 1 and 2 workers, each after `duration` seconds of 8 KB chat traffic."""
     out: dict[str, float] = {}
     body8k = chat_body(8 * 1024)
     script = lua(tmp / "mem.lua", "POST", token, body8k)
-    for with_filter in (False, True):
+    for kind in ("bare", "noop", "filter"):
         for workers in (1, 2):
             ports = Ports(gateway=Ports.free().gateway, admin=Ports.free().admin,
                           control_plane=stack.ports.control_plane, provider=stack.ports.provider)
-            data = tmp / f"mem-{int(with_filter)}-{workers}"
+            data = tmp / f"mem-{kind}-{workers}"
             (data / "logs").mkdir(parents=True, exist_ok=True)
             cfg = render_envoy_config(ports, data)
-            if not with_filter:
-                hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            if kind == "bare":
                 hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+            elif kind == "noop":
+                plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+                use_noop_filter(plugin["typed_config"]["config"], noop_wasm)
             path = data / "envoy.yaml"
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
@@ -255,8 +258,7 @@ def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float) -> dict[str,
                     timeout=2)[0] == 200, alive=p.check_alive)
                 wrk(url, script, max(1, int(duration)))
                 status = Path(f"/proc/{p.popen.pid}/status").read_text()
-                out[f"{'filter' if with_filter else 'bare'}_{workers}"] = int(
-                    re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+                out[f"{kind}_{workers}"] = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
             finally:
                 p.stop()
     return out
@@ -435,7 +437,7 @@ def main() -> int:
 
             print("  memory: Envoy with and without the filter, 1 and 2 workers", flush=True)
             try:
-                memory = envoy_rss(stack, tmp_dir, token, max(1, args.duration // 2))
+                memory = envoy_rss(stack, tmp_dir, token, max(1, args.duration // 2), noop_wasm)
             except Exception as err:  # the load results still get written
                 print(f"warning: the memory measurement failed: {err}", file=sys.stderr)
                 memory = {}
@@ -518,14 +520,15 @@ def report(args, quick, plan, med, streams, memory, engine, elapsed) -> str:
 
     mem_rows = ""
     if memory:
-        bare_w = memory["bare_2"] - memory["bare_1"]
-        filt_w = memory["filter_2"] - memory["filter_1"]
-        mem_rows = f"""| Envoy | RSS, 1 worker | RSS, 2 workers | per worker |
-|---|---:|---:|---:|
-| bare (no filter) | {memory['bare_1']:.1f} MiB | {memory['bare_2']:.1f} MiB | {bare_w:.1f} MiB |
-| with the filter | {memory['filter_1']:.1f} MiB | {memory['filter_2']:.1f} MiB | {filt_w:.1f} MiB |
-| filter's cost | {memory['filter_1'] - memory['bare_1']:+.1f} MiB | {memory['filter_2'] - memory['bare_2']:+.1f} MiB | {filt_w - bare_w:+.1f} MiB |
-"""
+        rows_m = ["| Envoy | RSS, 1 worker | RSS, 2 workers | per worker |", "|---|---:|---:|---:|"]
+        for kind, label in (("bare", "bare (no filter)"), ("noop", "the no-op wasm filter"), ("filter", "with Warden")):
+            rows_m.append(f"| {label} | {memory[kind + '_1']:.1f} MiB | {memory[kind + '_2']:.1f} MiB "
+                          f"| {memory[kind + '_2'] - memory[kind + '_1']:.1f} MiB |")
+        for kind, label in (("noop", "no-op filter's cost"), ("filter", "Warden's cost")):
+            rows_m.append(f"| {label} | {memory[kind + '_1'] - memory['bare_1']:+.1f} MiB "
+                          f"| {memory[kind + '_2'] - memory['bare_2']:+.1f} MiB "
+                          f"| {(memory[kind + '_2'] - memory[kind + '_1']) - (memory['bare_2'] - memory['bare_1']):+.1f} MiB |")
+        mem_rows = "\n".join(rows_m) + "\n"
 
     engine_md = "The engine microbenchmarks did not run (see the output of `make bench`)."
     if engine:
@@ -588,7 +591,8 @@ batches to the control plane), and the control plane's own work shares these cor
 ## Memory
 
 Resident size (VmRSS of the Envoy process) after a short 8 KB masked-chat load; separate Envoys with
-the same configuration, with and without the filter; per worker = 2 workers minus 1.
+the same configuration without a filter, with the no-op wasm filter and with Warden; per worker =
+2 workers minus 1.
 
 {mem_rows or 'Not measured.'}
 
