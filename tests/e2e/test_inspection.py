@@ -207,6 +207,9 @@ def test_counters_by_decision_and_rule_reach_envoy_stats(stack):
     s = stats()
     assert s.get("wasmcustom.warden.requests.masked", 0) >= 1
     assert s.get("wasmcustom.warden.requests.unauthenticated", 0) >= 1
+    # The filter's wasm memory, summed over its VMs (each holds at least its 1 MiB stack).
+    wait_until("the memory gauge", lambda: stats().get("wasmcustom.warden.vm.memory_bytes", 0) > 1 << 20)
+    assert stats()["wasmcustom.warden.vm.memory_bytes"] < 1 << 30
     _, _, prometheus = http("GET", f"{stack.admin_url}/stats/prometheus")
     assert b"warden" in prometheus and EMAIL.encode() not in prometheus
 

@@ -213,6 +213,32 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Adds `delta` to a gauge that sums a value over every VM (each VM
+    /// adds the change of its own share).
+    pub fn add_to_gauge(&mut self, name: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.id(proxy_wasm::types::MetricType::Gauge, name) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+}
+
+/// The size of this VM's linear memory in bytes (what it holds resident at
+/// most; wasm memory never shrinks).
+pub fn vm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 /// A policy-controlled name made safe for a stat name: `[a-z0-9_-]` only.
 pub fn stat_segment(name: &str) -> String {
     name.chars()

@@ -203,6 +203,8 @@ pub struct WardenRoot {
     tick: Option<Duration>,
     /// The session records of the batch in flight (re-queued if it fails).
     batch: Vec<Vec<u8>>,
+    /// This VM's share of the `warden.vm.memory_bytes` gauge.
+    reported_memory: u64,
 }
 
 impl WardenRoot {
@@ -411,6 +413,11 @@ impl RootContext for WardenRoot {
         }
         self.poll_policy(&mut vm, now);
         self.send_sessions(&mut vm);
+        let memory = host::vm_memory_bytes();
+        let delta = i64::try_from(memory).unwrap_or(i64::MAX)
+            - i64::try_from(self.reported_memory).unwrap_or(i64::MAX);
+        vm.counters.add_to_gauge("warden.vm.memory_bytes", delta);
+        self.reported_memory = memory;
         drop(vm);
         self.set_tick(if all_loaded { SLOW_TICK } else { FAST_TICK });
     }
