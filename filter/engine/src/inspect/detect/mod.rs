@@ -19,14 +19,21 @@
 //!   runs are decoded and scanned again, up to two layers deep.
 //! - `prefix`: derives, from a pattern, a regex for the prefixes of its
 //!   matches; the holdback searches their union, anchored at the end.
+//! - `needs`: derives, from a pattern's syntax tree, what every match must
+//!   contain (bytes and how many) and how long a match can be; the scan
+//!   skips detectors and narrows searches with it.
 //!
 //! ## Choices
 //! - Patterns find candidates, code validates them: the regex crate has no
 //!   look-around, and checks such as Luhn are arithmetic anyway.
 //! - Cost on the request path: ASCII text (most of it), and text already in
-//!   NFKC with nothing invisible, is matched in place with no copy. One
-//!   `RegexSet` pass tells which matchers have a candidate at all; only those
-//!   run, each with a reused capture buffer. Nothing is compiled per request.
+//!   NFKC with nothing invisible, is matched in place with no copy. One pass
+//!   counts the text's bytes: a detector whose needs the counts do not meet
+//!   is skipped (most, on short strings), and in a long text a detector is
+//!   searched only in the windows around the bytes of its rarest need. Where
+//!   several detectors must still search the whole text, one `RegexSet`
+//!   pass first tells which have a candidate at all. Nothing is compiled per
+//!   request.
 //!   A rejected candidate resumes one character later (or past itself, for
 //!   unbounded ones), so the work stays linear in the text.
 //! - Custom regexes and keyword lists are compiled with size limits, so a
@@ -608,7 +615,6 @@ impl DetectorSet {
         // text holds what its matches need, and on a long text only around
         // the bytes of its rarest need (see `needs`).
         let mut hist = [0u32; 256];
-        // (Counted in the reference mode too: the same code path.)
         for &b in hay.as_bytes() {
             hist[usize::from(b)] += 1;
         }
