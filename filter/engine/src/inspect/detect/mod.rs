@@ -614,10 +614,7 @@ impl DetectorSet {
         // One pass counts the bytes; each detector then runs only if the
         // text holds what its matches need, and on a long text only around
         // the bytes of its rarest need (see `needs`).
-        let mut hist = [0u32; 256];
-        for &b in hay.as_bytes() {
-            hist[usize::from(b)] += 1;
-        }
+        let hist = histogram(hay.as_bytes());
         // Each detector the text may hold, with the need it can be windowed
         // around if any.
         let mut plan: Vec<(usize, Option<&needs::Need>)> = Vec::new();
@@ -861,6 +858,36 @@ fn engine(
         .parse(pattern)
         .map_err(|e| error(&e))?;
     Ok((re, Needs::of(&hir)))
+}
+
+/// How often each byte value occurs in `bytes`. Long texts are counted in
+/// four tables, one per byte of each group of four: the same byte repeated
+/// (spaces, letters) would otherwise make each count wait for the previous
+/// one.
+fn histogram(bytes: &[u8]) -> [u32; 256] {
+    let mut hist = [0u32; 256];
+    if bytes.len() < 1024 {
+        for &b in bytes {
+            hist[usize::from(b)] += 1;
+        }
+        return hist;
+    }
+    let mut parts = [[0u32; 256]; 4];
+    let mut quads = bytes.chunks_exact(4);
+    for q in &mut quads {
+        for (part, &b) in parts.iter_mut().zip(q) {
+            part[usize::from(b)] += 1;
+        }
+    }
+    for &b in quads.remainder() {
+        hist[usize::from(b)] += 1;
+    }
+    for part in &parts {
+        for (h, p) in hist.iter_mut().zip(part) {
+            *h += p;
+        }
+    }
+    hist
 }
 
 /// The windows of `hay` that can hold a match of at most `max` bytes with
