@@ -1778,19 +1778,7 @@ mod sessions {
 mod sessions_on {
     use super::sessions::*;
     use super::Backend;
-    macro_rules! both {
-        ($($name:ident),* $(,)?) => {
-            mod sqlite {
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(super::Backend::Sqlite).await })*
-            }
-            mod postgres {
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(super::Backend::Postgres).await })*
-            }
-        };
-    }
-    both!(
+    on_both!(
         sessions_append_list_show,
         sessions_tampering_is_reported,
         sessions_concurrent_appends_keep_one_chain,
@@ -1989,19 +1977,7 @@ mod replay {
 mod replay_on {
     use super::replay::*;
     use super::Backend;
-    macro_rules! both {
-        ($($name:ident),* $(,)?) => {
-            mod sqlite {
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(super::Backend::Sqlite).await })*
-            }
-            mod postgres {
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(super::Backend::Postgres).await })*
-            }
-        };
-    }
-    both!(
+    on_both!(
         session_list_filters_and_pages,
         auditors_read_approvals_and_decide_nothing,
         the_auditor_group_is_configurable,

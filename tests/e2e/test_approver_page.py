@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import launch  # noqa: E402
+from browser.chromium import launch, watched_context  # noqa: E402
 from harness.stack import (  # noqa: E402
     ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, spawn, wait_until)
 
@@ -111,24 +111,12 @@ def playwright():
 
 @pytest.fixture
 def browser(playwright, tmp_path, cp, request):
-    """A fresh Chromium profile per test; the control plane's log on failure."""
-    context = launch(playwright, tmp_path / "profile")
-    context.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    context.on("weberror", lambda e: errors.append(str(e.error)))
-    # CSP violations and failed loads show up as console errors. The API's
-    # refusals (403, 404 and 409 answers the page expects and shows) do too,
-    # so only those are let through.
-    context.on("console", lambda m: m.type == "error" and not re.search(
-        r"status of (403|404|409)", m.text) and errors.append(m.text))
-    try:
+    """A fresh Chromium profile per test; the control plane's log on failure. The API's
+    refusals the page expects and shows (403, 404, 409) are the only console errors allowed."""
+    with watched_context(playwright, tmp_path / "profile", timeout_ms=TIMEOUT_MS, expected_statuses=(403, 404, 409),
+                         request=request,
+                         logs=lambda: "===== control plane log =====\n" + cp.process.tail(80)) as context:
         yield context
-    finally:
-        context.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            sys.stderr.write("\n===== control plane log =====\n" + cp.process.tail(80) + "\n")
-    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def sign_in(context, cp: ControlPlane, sub: str, groups: list[str], fragment: str = ""):

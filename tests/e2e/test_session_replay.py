@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import launch  # noqa: E402
+from browser.chromium import watched_context  # noqa: E402
 from harness.stack import ROOT, Ports, Stack, default_filter_config, http, wait_until  # noqa: E402
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
@@ -189,22 +189,11 @@ def playwright():
 
 @pytest.fixture
 def browser(playwright, tmp_path, recorded, request):
-    """A fresh Chromium profile per test; no uncaught error or CSP violation allowed."""
-    context = launch(playwright, tmp_path / "profile")
-    context.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    context.on("weberror", lambda e: errors.append(str(e.error)))
-    # Refusals the page expects and shows (403, 404) are logged as console errors too.
-    context.on("console", lambda m: m.type == "error" and not re.search(
-        r"status of (403|404)", m.text) and errors.append(m.text))
-    try:
+    """A fresh Chromium profile per test; no uncaught error or CSP violation allowed
+    (the refusals the page expects and shows, 403 and 404, aside)."""
+    with watched_context(playwright, tmp_path / "profile", timeout_ms=TIMEOUT_MS, expected_statuses=(403, 404),
+                         request=request, logs=recorded.stack.dump_logs) as context:
         yield context
-    finally:
-        context.close()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            sys.stderr.write("\n" + recorded.stack.dump_logs() + "\n")
-    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def sign_in(context, stack: Stack, sub: str, groups: list[str], fragment: str = ""):
