@@ -211,9 +211,7 @@ impl Counters {
             let _ = hostcalls::record_metric(id, value);
         }
     }
-}
 
-impl Counters {
     /// Adds `delta` to a gauge that sums a value over every VM (each VM
     /// adds the change of its own share).
     pub fn add_to_gauge(&mut self, name: &str, delta: i64) {

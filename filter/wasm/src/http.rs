@@ -584,9 +584,9 @@ impl WardenHttp {
                 }
             };
             let vault = std::mem::take(&mut self.vault);
-            let record = policy.record == Record::Masked;
+            let records = policy.record == Record::Masked;
             let mut masking = MaskingStream::new(policy, active, vault, config.hash_key.clone());
-            if record {
+            if records {
                 masking = masking.with_transcript(RECORDED_STREAM_TEXT);
             }
             let text = SharedMasking::new(masking);
@@ -687,6 +687,13 @@ impl WardenHttp {
         }
         Action::Continue
     }
+}
+
+/// The session record's `response` for a stream, from the transcript its
+/// masking kept (none unless the policy records masked sessions).
+fn stream_record(rewriter: &StreamRewriter, text: &SharedMasking) -> Option<serde_json::Value> {
+    text.take_transcript()
+        .map(|t| t.to_record(rewriter.api(), rewriter.events()))
 }
 
 impl Context for WardenHttp {
@@ -830,8 +837,8 @@ impl HttpContext for WardenHttp {
         if let ResponseMode::Stream(rewriter, text) = &self.response {
             // The client left (or the provider stopped) mid-stream: what
             // was read so far.
-            if let Some(t) = text.take_transcript() {
-                self.recorded_response = Some(t.to_record(rewriter.api(), rewriter.events()));
+            if let Some(record) = stream_record(rewriter, text) {
+                self.recorded_response = Some(record);
             }
         }
         if let Some(record) = self.session_record() {
@@ -890,9 +897,7 @@ impl HttpContext for WardenHttp {
                             host::set_filter_state("warden.usage", usage.to_string().as_bytes());
                         self.usage = Some(usage.clone());
                     }
-                    self.recorded_response = text
-                        .take_transcript()
-                        .map(|t| t.to_record(rewriter.api(), rewriter.events()));
+                    self.recorded_response = stream_record(&rewriter, &text);
                     self.outcome.merge(text.outcome());
                     self.record_outcome();
                     if self.decision == "allowed" && self.outcome.rewrote() {

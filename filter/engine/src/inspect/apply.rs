@@ -119,14 +119,18 @@ pub fn inspect_json(
 ) -> Result<Inspected, BodyError> {
     let mut doc: Value = parse_strict(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
     let (outcome, masked) = mask_value(policy, active, direction, shape, &mut doc, vault, key);
-    let recorded = record.then(|| doc.clone());
-    let restored = direction == Direction::Response && restore_value(shape, &mut doc, vault);
+    let restoring = direction == Direction::Response && !vault.is_empty();
+    // Only values about to be put back make the record differ from the
+    // document sent: a copy then, else the document itself once written.
+    let masked_copy = (record && restoring).then(|| doc.clone());
+    let restored = restoring && restore_value(shape, &mut doc, vault);
     let body = if masked || restored {
         Some(to_json(&doc))
     } else {
         None
     };
     let usage = doc.get("usage").filter(|u| u.is_object()).cloned();
+    let recorded = record.then(|| masked_copy.unwrap_or(doc));
     Ok(Inspected {
         body,
         outcome,
@@ -632,6 +636,22 @@ rules:
         for secret in SECRETS {
             assert!(!recorded.contains(secret), "{secret} in {recorded}");
         }
+        // Nothing to put back: the record is the document as sent.
+        let plain = inspect_json(
+            &policy,
+            &active,
+            Direction::Response,
+            crate::inspect::body::Shape::OpenAiChat,
+            body.as_bytes(),
+            &mut Vault::default(),
+            &key,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            plain.recorded.unwrap(),
+            serde_json::from_slice::<Value>(&plain.body.unwrap()).unwrap()
+        );
 
         // A stream, values split across events: the same, reassembled per channel.
         let stream = openai_stream(&format!("Dear {placeholder}, card {}", SECRETS[1]));
