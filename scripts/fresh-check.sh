@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# `make fresh-check`: the README's quick start on a pristine Debian 12 root.
+#
+# Builds a new Debian 12 (bookworm) root with mmdebstrap in .fresh/root (the
+# `important` variant, as a minimal server install has it, plus git and make to
+# get and run the checkout), copies this checkout in (tracked and untracked
+# files, as the work tree has them; nothing ignored, so no target/, .venv/,
+# .tools/ or node_modules/), then runs the README's two commands inside it,
+# exactly as written, as root:
+#
+#     make demo
+#     make test
+#
+# and prints each command's result and wall time (also in .fresh/summary.txt;
+# full logs in .fresh/demo.log and .fresh/test.log). Nothing is installed in
+# the root by hand: what the commands need, they must install themselves.
+#
+# The only things taken from this machine are its network settings, which any
+# machine here has before anyone installs anything: DNS, and the certificate
+# authorities (and the pip setting naming them) through which the package
+# registries are reached. Needs root; takes about as long as a first
+# `make demo` plus a first `make test` (30-60 minutes on 2 cores).
+#
+#   FRESH_KEEP=1 make fresh-check   keep .fresh/root afterwards (to look inside)
+#   FRESH_ONLY=demo make fresh-check  run `make demo` only
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+is_root || die "fresh-check needs root (it builds a Debian root and chroots into it)"
+FRESH="$ROOT/.fresh"
+ROOTFS="$FRESH/root"
+
+if ! have mmdebstrap; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null \
+        || die "fresh-check needs mmdebstrap (apt-get install mmdebstrap)"
+fi
+
+# Processes left inside the root (a server a failed test did not stop) hold
+# its mounts: end them before unmounting.
+kill_inside() {
+    local pid
+    for pid in /proc/[0-9]*; do
+        [ "$(readlink "$pid/root" 2>/dev/null)" = "$ROOTFS" ] && kill -9 "${pid#/proc/}" 2>/dev/null || true
+    done
+}
+unmount_all() {
+    kill_inside
+    local m
+    for m in dev/shm dev/pts dev sys proc; do
+        mountpoint -q "$ROOTFS/$m" 2>/dev/null && umount -l "$ROOTFS/$m" || true
+    done
+}
+# Deletes the root only once nothing is mounted under it (a bind of the
+# host's /dev would otherwise be emptied with it).
+remove_root() {
+    if grep -q " $ROOTFS/" /proc/mounts; then
+        info "not removing $ROOTFS: still mounted under it:"
+        grep " $ROOTFS/" /proc/mounts | cut -d' ' -f2 >&2
+        return 1
+    fi
+    rm -rf --one-file-system "$ROOTFS"
+}
+cleanup() {
+    unmount_all
+    [ "${FRESH_KEEP:-0}" = 1 ] || remove_root
+}
+
+unmount_all
+[ ! -e "$ROOTFS" ] || remove_root || die "cannot remove the previous root"
+mkdir -p "$FRESH"
+trap cleanup EXIT
+
+step "fresh-check: a pristine Debian 12 root (mmdebstrap) in $ROOTFS"
+sources="$FRESH/sources.list"
+cat > "$sources" <<'EOF'
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+t0=$(date +%s)
+mmdebstrap --quiet --variant=important --include=git,make,ca-certificates bookworm "$ROOTFS" "$sources" \
+    || die "mmdebstrap failed"
+info "root built in $(( $(date +%s) - t0 )) s"
+
+# This machine's network settings (see the header).
+cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+    chroot "$ROOTFS" update-ca-certificates >/dev/null
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOTFS/etc/pip.conf"
+
+step "fresh-check: copying the checkout to /root/warden"
+mkdir -p "$ROOTFS/root/warden"
+git ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+    | tar --null -T - -cf - | tar -xf - -C "$ROOTFS/root/warden"
+# The same checkout, with its history, as a user's clone has it.
+cp -a .git "$ROOTFS/root/warden/.git"
+
+mount -t proc proc "$ROOTFS/proc"
+mount -t sysfs sys "$ROOTFS/sys"
+# The host's /dev, as a slave: nothing mounted or unmounted under it in the
+# root propagates back to the host.
+mount --rbind /dev "$ROOTFS/dev"
+mount --make-rslave "$ROOTFS/dev"
+mountpoint -q "$ROOTFS/dev/shm" || mount -t tmpfs shm "$ROOTFS/dev/shm"
+
+# A login shell of root on the new machine: its own PATH and HOME, none of
+# this machine's environment but the certificate settings (see the header).
+run_inside() {
+    local env=(HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+    local var
+    for var in SSL_CERT_FILE NODE_EXTRA_CA_CERTS PIP_CERT REQUESTS_CA_BUNDLE CURL_CA_BUNDLE; do
+        [ -n "${!var:-}" ] && env+=("$var=${!var}")
+    done
+    chroot "$ROOTFS" /usr/bin/env -i "${env[@]}" /bin/bash -c "cd /root/warden && $*"
+}
+
+summary="$FRESH/summary.txt"
+: > "$summary"
+failed=0
+for cmd in "make demo" "make test"; do
+    [ -n "${FRESH_ONLY:-}" ] && [ "$cmd" != "make ${FRESH_ONLY}" ] && continue
+    log="$FRESH/${cmd#make }.log"
+    step "fresh-check: $cmd (log: $log)"
+    t0=$(date +%s)
+    set +e
+    run_inside "$cmd" > "$log" 2>&1
+    rc=$?
+    set -e
+    secs=$(( $(date +%s) - t0 ))
+    line="$(printf '%-10s exit %d  %dm%02ds' "$cmd" "$rc" $((secs / 60)) $((secs % 60)))"
+    echo "$line" | tee -a "$summary"
+    if [ "$rc" != 0 ]; then
+        tail -40 "$log"
+        failed=1
+        break
+    fi
+done
+
+step "fresh-check: summary ($(nproc) cores, $(date -u +%FT%TZ))"
+cat "$summary"
+[ "$failed" = 0 ] || die "fresh-check failed: see the logs in $FRESH"

@@ -1,0 +1,192 @@
+"""Regressions of the penetration test's findings, end to end through the real
+Envoy (docs/security.md names the invariant each one checks):
+
+- every way a request can end is an end of its body: an HTTP/2 stream that
+  ends with trailers gets the same decision as one that ends with data;
+- one request cannot take a worker down: text that once trapped the VM is
+  served, and so is the request after it;
+- the route and the inspected shape come from one canonical path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import yaml
+
+from harness.h2c import h2c_request
+from harness.stack import STAND_IN_KEYS, TRAP_FILTER_WASM, Stack, default_filter_config, http, wait_until
+
+EMAIL = "jane.doe@example.com"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+CHAT = "/openai/v1/chat/completions"
+
+
+def chat_body(text: str, model: str = "gpt-4o-mini") -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()
+
+
+def h2_chat(stack: Stack, token: str, text: str, **kwargs):
+    return h2c_request(int(stack.gateway_url.rsplit(":", 1)[1]), "POST", CHAT,
+                       headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+                       body=chat_body(text), **kwargs)
+
+
+def forged_token() -> str:
+    """A well-formed JWT the issuer never signed, with a `kid` it does not
+    have (the filter fetches the issuer's keys before it can refuse)."""
+    def b64(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    header = b64({"alg": "RS256", "typ": "JWT", "kid": "not-a-key-of-the-issuer"})
+    claims = b64({"iss": "http://127.0.0.1/dev", "sub": "mallory", "aud": "warden", "exp": 4102444800,
+                  "groups": ["engineering"]})
+    return f"{header}.{claims}.{base64.urlsafe_b64encode(b'x' * 256).rstrip(b'=').decode()}"
+
+
+# --- every way a request can end -----------------------------------------
+
+@pytest.mark.parametrize("chunk", [16384, 7])
+def test_an_http2_request_ending_with_trailers_is_inspected_and_credentials_swapped(stack, chunk):
+    token = stack.token("alice", ["engineering"])
+    resp = h2_chat(stack, token, f"mail {EMAIL} please", trailers={"x-smuggled": "trailer"}, chunk=chunk)
+    assert resp.status == 200, resp.body
+    (received,) = stack.provider_received()
+    upstream = json.dumps(received)
+    assert EMAIL not in upstream and "[EMAIL]" in upstream
+    assert received["headers"]["authorization"] == f"Bearer {STAND_IN_KEYS['WARDEN_OPENAI_API_KEY']}"
+    assert token not in upstream
+    assert "x-smuggled" not in upstream
+    assert EMAIL not in resp.body.decode()
+
+
+def test_an_http2_request_ending_with_trailers_is_authorized_by_group(stack):
+    nobody = stack.token("bob", [])
+    resp = h2_chat(stack, nobody, "hello", trailers={"x-t": "1"})
+    assert resp.status == 403, resp.body
+    assert stack.provider_received() == []
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_an_http2_request_ending_with_trailers_and_a_forged_token_sends_nothing_upstream(stack, attempt):
+    resp = h2_chat(stack, forged_token(), f"mail {EMAIL}", trailers={"x-t": str(attempt)})
+    assert resp.status == 401, resp.body
+    assert stack.provider_received() == []
+
+
+def test_an_http2_request_ending_with_trailers_is_blocked_by_a_block_rule(make_stack):
+    config = default_filter_config()
+    config["policy"]["rules"] = [{"name": "keys", "detect": "aws_access_key_id", "action": "block"}]
+    stack = make_stack(filter_config=yaml.safe_dump(config))
+    token = stack.token("alice", ["engineering"])
+    resp = h2_chat(stack, token, f"deploy with {AWS_KEY}", trailers={"x-t": "1"})
+    assert resp.status == 403, resp.body
+    assert AWS_KEY not in resp.body.decode()
+    assert stack.provider_received() == []
+    wait_until("the block's audit record", lambda: any(
+        r.get("protocol") == "HTTP/2" and r.get("decision") == "blocked" for r in stack.access_log_records()))
+
+
+def test_an_http2_request_ending_with_an_empty_data_frame_is_decided(stack):
+    token = stack.token("alice", ["engineering"])
+    resp = h2c_request(int(stack.gateway_url.rsplit(":", 1)[1]), "GET", "/openai/v1/models",
+                       headers={"authorization": f"Bearer {token}"}, end_with_empty_data=True)
+    assert resp.status == 200, resp.body
+    assert resp.headers.get("x-warden")
+
+
+def test_a_client_that_resets_its_stream_sends_nothing_upstream(stack):
+    token = stack.token("alice", ["engineering"])
+    resp = h2_chat(stack, token, f"mail {EMAIL}", reset_after_body=True)
+    assert resp.reset
+    # The next request on the gateway is served; the reset one never went up.
+    ok = h2_chat(stack, token, "after the reset")
+    assert ok.status == 200
+    received = stack.provider_received()
+    assert len(received) == 1 and "after the reset" in json.dumps(received[0])
+    # Its audit record says no decision was made, not that it succeeded.
+    wait_until("the reset request's audit record", lambda: any(
+        r.get("decision") == "undecided" and r.get("protocol") == "HTTP/2" for r in stack.access_log_records()))
+
+
+# --- one request cannot take a worker down -------------------------------
+
+@pytest.mark.parametrize("text", [
+    "é10.0.0.1", "한10.0.0.2 한", "\u202810.0.0.3", "ver é10.0.0.4", "€1.2.3.4é", "日本10.0.0.5",
+])
+def test_text_that_once_trapped_the_vm_is_served_and_so_is_the_next_request(stack, text):
+    token = stack.token("alice", ["engineering"])
+    status, _, body = http("POST", f"{stack.gateway_url}{CHAT}", body=chat_body(f"host {text} end"),
+                           headers={"authorization": f"Bearer {token}"})
+    assert status == 200, body
+    upstream = json.dumps(stack.provider_received(), ensure_ascii=False)
+    assert "[IPV4]" in upstream
+    stack.provider_clear()
+    status, _, _ = http("POST", f"{stack.gateway_url}{CHAT}", body=chat_body("next"),
+                        headers={"authorization": f"Bearer {token}"})
+    assert status == 200
+
+
+def use_trap_filter(cfg: dict) -> None:
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for f in hcm["http_filters"]:
+        if f["name"] == "envoy.filters.http.wasm":
+            f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(TRAP_FILTER_WASM)
+
+
+def test_a_trapping_vm_refuses_the_request_and_is_reloaded_for_the_next(make_stack):
+    assert TRAP_FILTER_WASM.exists(), "built by scripts/test.sh e2e"
+    # One worker, one VM: the trap takes the only VM there is.
+    stack = make_stack(edit_envoy_config=use_trap_filter, concurrency=1)
+    token = stack.token("alice", ["engineering"])
+    auth = {"authorization": f"Bearer {token}"}
+    status, headers, _ = http("POST", f"{stack.gateway_url}{CHAT}", body=chat_body(f"mail {EMAIL}"),
+                              headers={**auth, "x-warden-test-trap": "1"})
+    assert status == 503
+    served: list[int] = []
+
+    def next_request_served() -> bool:
+        status, headers, _ = http("POST", f"{stack.gateway_url}{CHAT}", body=chat_body(f"mail {EMAIL}"),
+                                  headers=auth)
+        served.append(status)
+        # While the VM reloads, requests are refused (closed), never passed.
+        assert status in (200, 503), status
+        assert status != 200 or headers.get("x-warden")
+        return status == 200
+
+    wait_until("the reloaded VM to serve", next_request_served, timeout=30)
+    received = stack.provider_received()
+    assert len(received) == 1, "the trapping request, or one refused during the reload, went upstream"
+    assert EMAIL not in json.dumps(received)
+    stats = http("GET", f"{stack.admin_url}/stats?filter=wasm")[2].decode()
+    assert any(line.split(":")[0].endswith("reload_success") and int(line.split(":")[1]) >= 1
+               for line in stats.splitlines() if "reload_success" in line), stats
+
+
+# --- one canonical path ---------------------------------------------------
+
+@pytest.mark.parametrize("path", [
+    "/openai/v1/chat%2Fcompletions", "/openai/v1/chat%2fcompletions", "/openai/v1%2Fchat/completions",
+    "/openai/v1/chat%5Ccompletions",
+])
+def test_escaped_slashes_are_refused_before_anything_goes_upstream(stack, path):
+    token = stack.token("alice", ["engineering"])
+    status, _, _ = http("POST", f"{stack.gateway_url}{path}", body=chat_body(f"mail {EMAIL}"),
+                        headers={"authorization": f"Bearer {token}"})
+    assert status == 400
+    assert stack.provider_received() == []
+
+
+@pytest.mark.parametrize("path", [
+    "/openai/v1//chat/completions", "/openai/v1/models/../chat/completions", "/openai/./v1/chat/completions",
+    "/openai/v1/%63hat/completions",
+])
+def test_equivalent_paths_are_inspected_as_the_endpoint_they_reach(stack, path):
+    token = stack.token("alice", ["engineering"])
+    status, _, body = http("POST", f"{stack.gateway_url}{path}", body=chat_body(f"mail {EMAIL}"),
+                           headers={"authorization": f"Bearer {token}"})
+    assert status == 200, body
+    (received,) = stack.provider_received()
+    assert received["path"] == "/v1/chat/completions"
+    assert EMAIL not in json.dumps(received) and "[EMAIL]" in json.dumps(received)
