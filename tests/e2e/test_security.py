@@ -190,3 +190,71 @@ def test_equivalent_paths_are_inspected_as_the_endpoint_they_reach(stack, path):
     (received,) = stack.provider_received()
     assert received["path"] == "/v1/chat/completions"
     assert EMAIL not in json.dumps(received) and "[EMAIL]" in json.dumps(received)
+
+
+def without_path_normalization(cfg: dict) -> None:
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for key in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
+        hcm.pop(key, None)
+
+
+def test_the_filter_refuses_paths_with_two_readings_where_envoy_does_not_normalize(make_stack):
+    # A mesh whose Envoy does not normalize paths: the filter's own rule holds.
+    stack = make_stack(edit_envoy_config=without_path_normalization)
+    token = stack.token("alice", ["engineering"])
+    for path in ["/openai/v1/chat%2Fcompletions", "/openai/v1//chat/completions",
+                 "/openai/v1/models/../chat/completions"]:
+        status, headers, body = http("POST", f"{stack.gateway_url}{path}", body=chat_body(f"mail {EMAIL}"),
+                                     headers={"authorization": f"Bearer {token}"})
+        assert status == 400, (path, body)
+        assert json.loads(body)["error"]["code"] == "warden.path_not_canonical"
+    assert stack.provider_received() == []
+
+
+# --- endpoints: inference by default, stateful ones per group -------------
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/openai/v1/realtime/client_secrets"), ("GET", "/openai/v1/files"),
+    ("GET", "/openai/v1/chat/completions"), ("GET", "/openai/v1/responses/resp_123"),
+    ("POST", "/openai/v1/batches"), ("POST", "/anthropic/v1/messages/batches"),
+])
+def test_stateful_endpoints_are_refused_by_default(stack, method, path):
+    token = stack.token("alice", ["engineering"])
+    body = {"session": {"type": "realtime", "model": "gpt-realtime"}} if method == "POST" else None
+    status, headers, raw = http(method, f"{stack.gateway_url}{path}", body=body,
+                                headers={"authorization": f"Bearer {token}"})
+    assert status == 403, raw
+    assert headers.get("x-warden-reason") == "warden.endpoint_denied"
+    assert stack.provider_received() == []
+
+
+def test_an_inference_request_without_a_model_is_refused(stack):
+    token = stack.token("alice", ["engineering"])
+    status, _, raw = http("POST", f"{stack.gateway_url}/openai/v1/responses",
+                          body={"prompt": {"id": "pmpt_123"}, "input": "hello"},
+                          headers={"authorization": f"Bearer {token}"})
+    assert status == 400, raw
+    assert "warden.model_required" in raw.decode()
+    assert stack.provider_received() == []
+
+
+def test_a_group_that_lists_an_endpoint_reaches_it(make_stack):
+    config = default_filter_config()
+    config["policy"]["groups"]["engineering"]["endpoints"] = ["inference", "files"]
+    stack = make_stack(filter_config=yaml.safe_dump(config))
+    engineer = stack.token("alice", ["engineering"])
+    status, _, raw = http("GET", f"{stack.gateway_url}/openai/v1/files", headers={"authorization": f"Bearer {engineer}"})
+    assert status != 403, raw
+    assert [r["path"] for r in stack.provider_received()] == ["/v1/files"]
+    analyst = stack.token("fin", ["finance"])
+    status, _, _ = http("GET", f"{stack.gateway_url}/openai/v1/files", headers={"authorization": f"Bearer {analyst}"})
+    assert status == 403
+
+
+def test_a_get_that_carries_a_body_is_refused(stack):
+    token = stack.token("alice", ["engineering"])
+    resp = h2c_request(int(stack.gateway_url.rsplit(":", 1)[1]), "GET", "/openai/v1/models",
+                       headers={"authorization": f"Bearer {token}"}, body=chat_body(f"mail {EMAIL}"))
+    assert resp.status == 400, resp.body
+    assert b"warden.body_not_allowed" in resp.body
+    assert stack.provider_received() == []

@@ -21,6 +21,9 @@
 //!   policy applied to bodies and streams.
 //! - [`request`]: one request's steps: route, authenticate, parse the body,
 //!   authorize, inspect, and the header changes before upstream.
+//! - [`path`]: the canonical-path rule the route and the shape rely on.
+//! - [`endpoint`]: which provider endpoint a request reaches (the policy
+//!   allows inference by default, stateful endpoints per group).
 //! - [`control`]: the control plane seen from the filter: the published
 //!   policy it polls, and one request's approval as a state machine.
 //! - [`headers`]: a read-only view of request headers as raw bytes.
@@ -28,11 +31,17 @@
 //! The proxy-wasm adapter (`filter/wasm`) only moves bytes between the host
 //! and these functions and turns their answers into host actions.
 
+// A panic in the data path aborts the Envoy VM (a denial of service): no
+// byte index into a `str` or a slice unless checked (`get`, iterators).
+#![cfg_attr(not(test), deny(clippy::string_slice, clippy::indexing_slicing))]
+
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod endpoint;
 pub mod headers;
 pub mod inspect;
+pub mod path;
 pub mod policy;
 pub mod provider;
 pub mod request;

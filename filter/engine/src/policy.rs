@@ -16,6 +16,7 @@
 //!     clearance: {openai: internal, anthropic: internal, "local/*": confidential}
 //!   finance:
 //!     models: ["gpt-4o-mini"]
+//!     endpoints: [inference, files]   # default: [inference] (see crate::endpoint)
 //! rules:
 //!   - {name: email, detect: email, action: tokenize, level: internal}
 //!   - {name: cloud-keys, detect: [aws_access_key_id, github_token, private_key], action: block}
@@ -51,6 +52,7 @@ use wildmatch::WildMatch;
 
 use crate::auth::Identity;
 use crate::config::{parse_document, ConfigError};
+use crate::endpoint::Endpoint;
 use crate::inspect::detect::{Builtin, DetectorSet, MatcherSpec};
 use crate::inspect::mask::{Action, Edit};
 
@@ -305,10 +307,21 @@ pub struct GroupDoc {
     /// or model (by glob). Unlisted destinations: `public`.
     #[serde(default)]
     pub clearance: BTreeMap<String, Level>,
+    /// The provider endpoints this group may reach, by name (globs):
+    /// `inference` (chat, completions, responses, embeddings, moderations,
+    /// models, messages, token counts), or stateful ones such as `files`,
+    /// `batches`, `responses.stored`, `realtime`. Default: `[inference]`;
+    /// with one provider key shared by all, the others are shared state.
+    #[serde(default = "inference_only")]
+    pub endpoints: Vec<String>,
 }
 
 fn every() -> Vec<String> {
     vec!["*".into()]
+}
+
+fn inference_only() -> Vec<String> {
+    vec![crate::endpoint::INFERENCE_SET.into()]
 }
 
 #[derive(Debug)]
@@ -316,6 +329,9 @@ struct Group {
     providers: Vec<WildMatch>,
     models: Vec<WildMatch>,
     clearance: Vec<(String, WildMatch, Level)>,
+    /// `inference` among the endpoints, and the other entries as globs.
+    inference: bool,
+    endpoints: Vec<WildMatch>,
 }
 
 #[derive(Debug)]
@@ -401,6 +417,14 @@ pub enum Denial {
         provider: String,
         model: String,
     },
+    #[error("your groups ({groups}) may not use the endpoint '{endpoint}' of provider '{provider}' (the policy lists each group's endpoints)")]
+    Endpoint {
+        groups: String,
+        provider: String,
+        endpoint: &'static str,
+    },
+    #[error("the endpoint '{endpoint}' needs the model named in the request, so the policy can authorize it")]
+    ModelRequired { endpoint: &'static str },
 }
 
 impl Denial {
@@ -409,6 +433,8 @@ impl Denial {
             Denial::NoGroup { .. } => "warden.no_group",
             Denial::Provider { .. } => "warden.provider_denied",
             Denial::Model { .. } => "warden.model_denied",
+            Denial::Endpoint { .. } => "warden.endpoint_denied",
+            Denial::ModelRequired { .. } => "warden.model_required",
         }
     }
 }
@@ -517,6 +543,24 @@ impl Policy {
             };
             let providers = globs("providers", &g.providers);
             let models = globs("models", &g.models);
+            let endpoints = globs("endpoints", &g.endpoints);
+            let inference = g
+                .endpoints
+                .iter()
+                .any(|e| e == crate::endpoint::INFERENCE_SET);
+            for e in &g.endpoints {
+                let glob = e.contains(['*', '?']);
+                if !glob && e != crate::endpoint::INFERENCE_SET && !crate::endpoint::is_known(e) {
+                    problems.push(Problem::at(
+                        format!("groups.{name}.endpoints"),
+                        format!(
+                            "{e:?} is not an endpoint name; use `inference`, a glob, or one of: {}",
+                            crate::endpoint::KNOWN.join(", ")
+                        ),
+                    ));
+                }
+            }
+
             let clearance = g
                 .clearance
                 .iter()
@@ -528,6 +572,8 @@ impl Policy {
                     providers,
                     models,
                     clearance,
+                    inference,
+                    endpoints,
                 },
             );
         }
@@ -737,9 +783,11 @@ impl Policy {
     /// What the active rules find in `text`: the edits to make (observe-mode
     /// and non-rewriting actions make none) and every hit, for the verdict
     /// and the audit record. Every active rule sees every value (a `block`
-    /// rule is not shadowed by a `mask` rule on the same span); where
-    /// rewriting rules overlap, the earliest span wins, then the rule listed
-    /// first in the policy.
+    /// rule is not shadowed by a `mask` rule on the same span); which action
+    /// prevails is decided by [`Action::precedence`], not here. Where
+    /// rewriting rules overlap, one edit covers them all (no part of either
+    /// value is left), with the action of the earliest span, then of the
+    /// rule listed first in the policy.
     pub fn scan(&self, active: &ActiveRules, text: &str) -> (Vec<Edit>, Vec<Hit>) {
         let mut hits = Vec::new();
         if active.is_empty() {
@@ -764,13 +812,14 @@ impl Policy {
         rewrites.sort_by_key(|(start, rule, ..)| (*start, *rule));
         let mut edits: Vec<Edit> = Vec::with_capacity(rewrites.len());
         for (start, _, end, action, label) in rewrites {
-            if edits.last().is_none_or(|e| start >= e.end) {
-                edits.push(Edit {
+            match edits.last_mut() {
+                Some(last) if start < last.end => last.end = last.end.max(end),
+                _ => edits.push(Edit {
                     start,
                     end,
                     action,
                     label,
-                });
+                }),
             }
         }
         (edits, hits)
@@ -823,6 +872,40 @@ impl Policy {
                 model: m.to_owned(),
             }),
         }
+    }
+
+    /// Whether one of the caller's groups that may use `provider` may reach
+    /// this endpoint of it; one that takes a model must name it.
+    pub fn authorize_endpoint(
+        &self,
+        identity: &Identity,
+        provider: &str,
+        endpoint: Endpoint,
+        model: Option<&str>,
+    ) -> Result<(), Denial> {
+        let matched = self.groups_of(identity);
+        let allowed = matched.iter().any(|(_, g)| {
+            g.providers.iter().any(|p| p.matches(provider))
+                && ((g.inference && endpoint.is_inference())
+                    || g.endpoints.iter().any(|e| e.matches(endpoint.name)))
+        });
+        if !allowed {
+            return Err(Denial::Endpoint {
+                groups: matched
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                provider: provider.to_owned(),
+                endpoint: endpoint.name,
+            });
+        }
+        if endpoint.takes_model && model.is_none() {
+            return Err(Denial::ModelRequired {
+                endpoint: endpoint.name,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -22,7 +22,8 @@ use crate::headers::Headers;
 use crate::inspect::apply::{inspect_value, Outcome};
 use crate::inspect::body::{parse_strict, Shape};
 use crate::inspect::mask::{Action, Vault};
-use crate::policy::{Direction, Policy};
+use crate::endpoint::Endpoint;
+use crate::policy::{Denial, Direction, Policy};
 use crate::provider::{Api, ErrorKind, GatewayError};
 
 /// Header prefix the gateway owns. A client must not be able to set these:
@@ -46,9 +47,19 @@ impl Rejection {
     }
 }
 
-/// Step 1: the index of the provider routed at this request's path.
+/// Step 1: the index of the provider routed at this request's path, which
+/// must be canonical ([`crate::path`]: one reading for Envoy's route, the
+/// filter's provider and shape, and the upstream).
 pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejection> {
     let path = headers.get(":path").unwrap_or_default();
+    if let Err(why) = crate::path::check_canonical(path) {
+        return Err(Rejection::new(
+            Api::Openai,
+            ErrorKind::InvalidRequest,
+            "warden.path_not_canonical",
+            format!("{why}; send the path in its plain form"),
+        ));
+    }
     let Some((index, provider)) = config.provider_for_path(path) else {
         let prefixes: Vec<&str> = config
             .providers
@@ -187,12 +198,34 @@ fn keys_stale(api: Api, issuer: &str) -> Rejection {
 }
 
 /// Whether the request carries a body the gateway must read before deciding.
-pub fn has_body(headers: Headers<'_>, end_of_stream: bool) -> bool {
+pub fn has_body(end_of_stream: bool) -> bool {
+    // Whatever the method: a GET or DELETE that carries a body is read and
+    // checked like any other (see `check_bodiless`), never passed unread.
     !end_of_stream
-        && !matches!(
-            headers.get(":method"),
-            Some(b"GET" | b"HEAD" | b"OPTIONS" | b"DELETE")
-        )
+}
+
+/// Whether the request's method takes no body (GET, HEAD, OPTIONS, DELETE).
+pub fn is_bodiless_method(headers: Headers<'_>) -> bool {
+    matches!(
+        headers.get(":method"),
+        Some(b"GET" | b"HEAD" | b"OPTIONS" | b"DELETE")
+    )
+}
+
+/// A request whose method takes no body but which sent one (some HTTP/2
+/// clients end a GET with an empty data frame: that is no body) is refused:
+/// no provider endpoint reads it, so it could only carry something past the
+/// inspection of the endpoints that do.
+pub fn check_bodiless(api: Api, body_len: usize) -> Result<(), Rejection> {
+    if body_len == 0 {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        api,
+        ErrorKind::InvalidRequest,
+        "warden.body_not_allowed",
+        "this method takes no request body; send it without one",
+    ))
 }
 
 /// Step 3 (checks before reading): a body the gateway cannot inspect is
@@ -324,6 +357,7 @@ pub fn authorize(
     policy: Option<&Policy>,
     provider: usize,
     identity: &Identity,
+    endpoint: Endpoint,
     model: Option<&str>,
 ) -> Result<(), Rejection> {
     let p = provider_at(config, provider)?;
@@ -337,13 +371,21 @@ pub fn authorize(
     };
     policy
         .authorize(identity, &p.name, model)
-        .map_err(|d| Rejection::new(p.api, ErrorKind::PermissionDenied, d.code(), d.to_string()))
+        .and_then(|()| policy.authorize_endpoint(identity, &p.name, endpoint, model))
+        .map_err(|d| {
+            let kind = match d {
+                Denial::ModelRequired { .. } => ErrorKind::InvalidRequest,
+                _ => ErrorKind::PermissionDenied,
+            };
+            Rejection::new(p.api, kind, d.code(), d.to_string())
+        })
 }
 
 /// Step 4b: the policy's rules applied to the request body (edited in place).
 /// Returns what was found (also when refused, for the audit record), and the
 /// new body when it changed; a block rule refuses the request (naming the
-/// rule, never the value). An approval rule
+/// rule, never the value), whatever approval rule also matched, so nothing a
+/// block rule matched is ever sent for approval. An approval rule
 /// is the caller's to act on ([`Outcome::stop`] names it): the request then
 /// waits for the control plane, or is refused by [`approvals_disabled`].
 #[allow(clippy::too_many_arguments)]
@@ -456,8 +498,10 @@ pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>
         .cloned()
         .collect();
     for (name, _) in headers.iter() {
-        let owned = name.len() >= GATEWAY_HEADER_PREFIX.len()
-            && name[..GATEWAY_HEADER_PREFIX.len()].eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX);
+        let owned = name
+            .as_bytes()
+            .get(..GATEWAY_HEADER_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(GATEWAY_HEADER_PREFIX.as_bytes()));
         if owned && !remove.iter().any(|r| r.eq_ignore_ascii_case(name)) {
             remove.push(name.to_ascii_lowercase());
         }

@@ -28,6 +28,7 @@ use proxy_wasm::types::{Action, LogLevel};
 use warden_engine::auth::Identity;
 use warden_engine::config::FilterConfig;
 use warden_engine::control::{ApprovalFlow, ApprovalRequest, Call, Next, SessionRecord};
+use warden_engine::endpoint::{endpoint_of, Endpoint};
 use warden_engine::headers::Headers;
 use warden_engine::inspect::apply::{inspect_json, MaskingStream, Outcome, SharedMasking};
 use warden_engine::inspect::body::Shape;
@@ -80,6 +81,11 @@ pub struct WardenHttp {
     started_at: u64,
     /// Whether a body follows the headers.
     expects_body: bool,
+    /// The method takes no body (GET, DELETE, ...): one that comes anyway
+    /// is refused, an empty one is none.
+    bodiless_method: bool,
+    /// The provider endpoint the path and method reach.
+    endpoint: Endpoint,
     /// Body bytes buffered so far, and whether they are all of it.
     body_size: usize,
     body_complete: bool,
@@ -135,6 +141,8 @@ impl WardenHttp {
             identity: None,
             started_at: 0,
             expects_body: false,
+            bodiless_method: false,
+            endpoint: endpoint_of(Api::Openai, b"", ""),
             body_size: 0,
             body_complete: false,
             response_body_size: 0,
@@ -322,10 +330,14 @@ impl WardenHttp {
             return self.internal_error("request without configuration");
         };
         if self.expects_body {
-            if let Err(rejection) =
-                request::check_body_headers(&config, self.provider, Headers::new(&self.headers))
-            {
-                return self.reply(rejection);
+            if !self.bodiless_method {
+                if let Err(rejection) = request::check_body_headers(
+                    &config,
+                    self.provider,
+                    Headers::new(&self.headers),
+                ) {
+                    return self.reply(rejection);
+                }
             }
             if self.body_complete {
                 return self.decide_with_body();
@@ -338,6 +350,13 @@ impl WardenHttp {
     }
 
     fn decide_with_body(&mut self) -> Action {
+        if self.bodiless_method {
+            if let Err(rejection) = request::check_bodiless(self.api(), self.body_size) {
+                return self.reply(rejection);
+            }
+            let model = request::model_from_path(&self.upstream_path);
+            return self.decide(model);
+        }
         let body = match host::request_body(self.body_size) {
             Ok(b) => b,
             Err(status) => {
@@ -528,6 +547,7 @@ impl WardenHttp {
             self.policy.as_deref(),
             self.provider,
             &identity,
+            self.endpoint,
             model,
         )
     }
@@ -827,7 +847,10 @@ impl HttpContext for WardenHttp {
             let api = self.api();
             return self.reply(request::policy_stale(api, silent_for));
         }
-        self.expects_body = request::has_body(Headers::new(&headers), end_of_stream);
+        let method = Headers::new(&headers).get(":method").unwrap_or_default();
+        self.endpoint = endpoint_of(self.api(), method, &self.upstream_path);
+        self.bodiless_method = request::is_bodiless_method(Headers::new(&headers));
+        self.expects_body = request::has_body(end_of_stream);
         self.authenticate(true)
     }
 

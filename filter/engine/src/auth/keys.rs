@@ -68,7 +68,7 @@ pub fn split_url(url: &str) -> Option<(String, String)> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))?;
     let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
+        Some(i) => rest.split_at_checked(i)?,
         None => (rest, "/"),
     };
     if authority.is_empty() || authority.contains('@') {

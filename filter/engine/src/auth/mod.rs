@@ -380,13 +380,14 @@ impl Authenticator {
             Some(Value::String(s)) => s.as_str(),
             _ => return Err(AuthError::UnknownIssuer),
         };
-        let issuer = self
+        let (issuer, spec) = self
             .issuers
             .iter()
-            .position(|i| i.issuer == iss)
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
             .ok_or(AuthError::UnknownIssuer)?;
         let alg = Algorithm::from_name(meta.algorithm()).ok_or(AuthError::AlgorithmNotAllowed)?;
-        if !self.issuers[issuer].algorithms.contains(&alg) {
+        if !spec.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
         Ok(Unverified {

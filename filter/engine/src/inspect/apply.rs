@@ -6,6 +6,7 @@
 //! back, so that restoring a user's own value never trips a response rule.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -53,13 +54,14 @@ impl Outcome {
         entry.count += 1;
     }
 
-    /// The first enforced hit that stops the message, if any.
+    /// The enforced hit that stops the message, if any: the one whose action
+    /// prevails ([`Action::precedence`]: a block over an approval, whatever
+    /// the rules' names); of rules with the same action, the first by name.
     pub fn stop(&self) -> Option<(String, Action)> {
         self.rules
             .iter()
-            .find(|(_, c)| {
-                !c.observe && matches!(c.action, Action::Block | Action::RequireApproval)
-            })
+            .filter(|(_, c)| !c.observe && c.action.stops())
+            .max_by_key(|(name, c)| (c.action.precedence(), Reverse(*name)))
             .map(|(name, c)| (name.clone(), c.action))
     }
 
@@ -239,19 +241,14 @@ impl Transcript {
         if text.is_empty() {
             return;
         }
-        let mut take = text.len().min(self.limit.saturating_sub(self.bytes));
-        while !text.is_char_boundary(take) {
-            take -= 1;
-        }
-        if take < text.len() {
+        let take = floor_boundary(text, self.limit.saturating_sub(self.bytes));
+        let kept = text.get(..take).unwrap_or_default();
+        if kept.len() < text.len() {
             self.truncated = true;
         }
-        if take > 0 {
-            self.channels
-                .entry(channel)
-                .or_default()
-                .push_str(&text[..take]);
-            self.bytes += take;
+        if !kept.is_empty() {
+            self.channels.entry(channel).or_default().push_str(kept);
+            self.bytes += kept.len();
         }
     }
 
@@ -301,15 +298,16 @@ impl MaskingStream {
         self
     }
 
-    /// Rewrites `text[..cut]` (edits wholly inside it) and records its hits.
+    /// Rewrites `head` (with the edits wholly inside it) and records its
+    /// hits; the scan that found them may have seen text after it.
     fn emit(
         &mut self,
         channel: &Channel,
-        text: &str,
-        cut: usize,
+        head: &str,
         edits: &[Edit],
         hits: &[Hit],
     ) -> Result<String, StreamBlock> {
+        let cut = head.len();
         for hit in hits.iter().filter(|h| h.end <= cut) {
             self.outcome.record(&self.policy, hit);
         }
@@ -323,7 +321,7 @@ impl MaskingStream {
             return Err(StreamBlock::new(rule, message));
         }
         let inside: Vec<Edit> = edits.iter().filter(|e| e.end <= cut).cloned().collect();
-        let rewritten = apply(&text[..cut], &inside, &mut self.vault, &self.key);
+        let rewritten = apply(head, &inside, &mut self.vault, &self.key);
         if let Some(transcript) = self.transcript.as_mut() {
             transcript.push(*channel, &rewritten);
         }
@@ -345,25 +343,43 @@ impl StreamText for MaskingStream {
             cut = cut.min(h);
         }
         let (edits, hits) = self.policy.scan(&self.active, &buf);
-        // A match that straddles the cut is held back whole.
-        for hit in &hits {
-            if hit.start < cut && hit.end > cut {
-                cut = hit.start;
-            }
+        // A match (or a rewrite) that straddles the cut is held back whole;
+        // moving the cut back may make an overlapping one straddle it.
+        let spans = || {
+            hits.iter()
+                .map(|h| (h.start, h.end))
+                .chain(edits.iter().map(|e| (e.start, e.end)))
+        };
+        while let Some(start) = spans()
+            .filter(|&(start, end)| start < cut && end > cut)
+            .map(|(start, _)| start)
+            .min()
+        {
+            cut = start;
         }
-        while !buf.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let out = self.emit(channel, &buf, cut, &edits, &hits)?;
-        self.pending.insert(*channel, buf[cut..].to_owned());
+        // Off a boundary (not expected): everything is held.
+        let (head, tail) = buf
+            .split_at_checked(floor_boundary(&buf, cut))
+            .unwrap_or(("", &buf));
+        let out = self.emit(channel, head, &edits, &hits)?;
+        self.pending.insert(*channel, tail.to_owned());
         Ok(out)
     }
 
     fn finish(&mut self, channel: &Channel) -> Result<String, StreamBlock> {
         let buf = self.pending.remove(channel).unwrap_or_default();
         let (edits, hits) = self.policy.scan(&self.active, &buf);
-        self.emit(channel, &buf, buf.len(), &edits, &hits)
+        self.emit(channel, &buf, &edits, &hits)
     }
+}
+
+/// The char boundary at or before `at` (the end, past it).
+fn floor_boundary(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at = at.saturating_sub(1);
+    }
+    at
 }
 
 /// A [`MaskingStream`] that its owner keeps a handle on (to read the outcome
@@ -679,6 +695,255 @@ rules:
             format!("Dear {placeholder}, card [PAYMENT_CARD]")
         );
         assert_eq!(record["channels"][0]["kind"], "text");
+    }
+
+    /// A policy of `rules` (one YAML flow mapping each), in that order.
+    fn policy_of(rules: &[String]) -> Rc<Policy> {
+        let doc = format!(
+            "version: 1\ngroups: {{engineering: {{models: [\"*\"]}}}}\napproval: {{approvers: [security]}}\nrules:\n{}",
+            rules
+                .iter()
+                .map(|r| format!("  - {r}\n"))
+                .collect::<String>()
+        );
+        Rc::new(Policy::from_bytes(doc.as_bytes()).unwrap())
+    }
+
+    /// Every order of `items`.
+    fn orders<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in orders(&rest) {
+                tail.insert(0, first.clone());
+                out.push(tail);
+            }
+        }
+        out
+    }
+
+    fn request_outcome(policy: &Policy, text: &str) -> (Outcome, Value) {
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Request);
+        let mut body = json!({"messages": [{"role": "user", "content": text}]});
+        let (outcome, _) = inspect_value(
+            policy,
+            &active,
+            Direction::Request,
+            crate::inspect::body::Shape::OpenAiChat,
+            &mut body,
+            &mut Vault::default(),
+            &HashKey::new(b"k".to_vec()),
+        );
+        (outcome, body)
+    }
+
+    #[test]
+    fn a_block_prevails_over_an_approval_whatever_the_names_and_the_order() {
+        let text = format!("deploy with {} to jane.doe@example.com", SECRETS[2]);
+        // The block rule's name sorts last, then first.
+        for (block, approve) in [("zzz", "aaa"), ("aaa", "zzz")] {
+            let rules = [
+                format!("{{name: {block}, detect: aws_access_key_id, action: block}}"),
+                format!("{{name: {approve}, detect: aws_access_key_id, action: require_approval}}"),
+                "{name: mmm, detect: email, action: mask}".to_string(),
+                "{name: lll, detect: [email, aws_access_key_id], action: log_only}".to_string(),
+            ];
+            for order in orders(&rules) {
+                let policy = policy_of(&order);
+                let (outcome, _) = request_outcome(&policy, &text);
+                assert_eq!(
+                    outcome.stop(),
+                    Some((block.to_string(), Action::Block)),
+                    "{order:?}"
+                );
+                // Streamed: the same rule stops the response.
+                let active =
+                    policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Response);
+                let masking = SharedMasking::new(MaskingStream::new(
+                    policy.clone(),
+                    active,
+                    Vault::default(),
+                    HashKey::new(b"k".to_vec()),
+                ));
+                let mut rw = StreamRewriter::new(StreamApi::OpenAiChat, Box::new(masking.clone()));
+                let mut out = rw.feed(openai_stream(&text).as_bytes());
+                out.extend(rw.finish());
+                let sent = String::from_utf8_lossy(&out);
+                assert!(!sent.contains(SECRETS[2]), "{order:?}: {sent}");
+                assert!(
+                    sent.contains(&format!("blocked by rule '{block}'")),
+                    "{order:?}: {sent}"
+                );
+                assert_eq!(
+                    masking.outcome().stop(),
+                    Some((block.to_string(), Action::Block))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn precedence_is_block_then_approval_then_rewrites_then_log() {
+        use crate::inspect::mask::Precedence;
+        assert!(Precedence::Block > Precedence::RequireApproval);
+        assert!(Precedence::RequireApproval > Precedence::Rewrite);
+        assert!(Precedence::Rewrite > Precedence::Log);
+        for action in [Action::Mask, Action::Redact, Action::Hash, Action::Tokenize] {
+            assert_eq!(action.precedence(), Precedence::Rewrite);
+            assert!(action.rewrites() && !action.stops());
+        }
+        assert!(Action::Block.stops() && Action::RequireApproval.stops());
+        assert!(!Action::LogOnly.stops() && !Action::LogOnly.rewrites());
+
+        let outcome = |rules: &[(&str, Action, bool)]| Outcome {
+            rules: rules
+                .iter()
+                .map(|&(name, action, observe)| {
+                    (
+                        name.to_string(),
+                        RuleCount {
+                            action,
+                            observe,
+                            count: 1,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let stop = |rules: &[(&str, Action, bool)]| outcome(rules).stop();
+        let named = |n: &str, a: Action| Some((n.to_string(), a));
+        assert_eq!(
+            stop(&[
+                ("aaa", Action::RequireApproval, false),
+                ("zzz", Action::Block, false)
+            ]),
+            named("zzz", Action::Block)
+        );
+        assert_eq!(
+            stop(&[
+                ("aaa", Action::Block, false),
+                ("zzz", Action::RequireApproval, false)
+            ]),
+            named("aaa", Action::Block)
+        );
+        // Of the same action, the first name: a stable answer.
+        assert_eq!(
+            stop(&[("bbb", Action::Block, false), ("aaa", Action::Block, false)]),
+            named("aaa", Action::Block)
+        );
+        // Observe-mode rules never decide.
+        assert_eq!(
+            stop(&[
+                ("aaa", Action::Block, true),
+                ("zzz", Action::RequireApproval, false)
+            ]),
+            named("zzz", Action::RequireApproval)
+        );
+        assert_eq!(
+            stop(&[
+                ("aaa", Action::Block, true),
+                ("bbb", Action::RequireApproval, true)
+            ]),
+            None
+        );
+        assert!(!outcome(&[("aaa", Action::Mask, true)]).rewrote());
+        // A rewrite and a log: nothing stops, the text is rewritten.
+        let both = outcome(&[
+            ("aaa", Action::LogOnly, false),
+            ("zzz", Action::Mask, false),
+        ]);
+        assert_eq!(both.stop(), None);
+        assert!(both.rewrote());
+    }
+
+    #[test]
+    fn a_mask_rule_and_a_log_rule_on_one_value_mask_it_in_any_order() {
+        let rules = [
+            "{name: aaa, detect: email, action: log_only}".to_string(),
+            "{name: zzz, detect: email, action: mask}".to_string(),
+        ];
+        for order in orders(&rules) {
+            let (outcome, body) = request_outcome(&policy_of(&order), "mail jane.doe@example.com");
+            assert_eq!(outcome.stop(), None);
+            assert!(outcome.rewrote());
+            assert_eq!(outcome.summary(), "aaa:log_only:1,zzz:mask:1");
+            assert_eq!(body["messages"][0]["content"], "mail [EMAIL]", "{order:?}");
+        }
+    }
+
+    #[test]
+    fn observe_mode_rules_never_decide() {
+        let rules = [
+            "{name: aaa, detect: aws_access_key_id, action: block, observe: true}".to_string(),
+            "{name: bbb, detect: aws_access_key_id, action: require_approval, observe: true}"
+                .to_string(),
+            "{name: ccc, detect: email, action: mask, observe: true}".to_string(),
+        ];
+        let text = format!("{} jane.doe@example.com", SECRETS[2]);
+        for order in orders(&rules) {
+            let (outcome, body) = request_outcome(&policy_of(&order), &text);
+            assert_eq!(outcome.stop(), None, "{order:?}");
+            assert!(!outcome.rewrote());
+            assert_eq!(body["messages"][0]["content"], text.as_str());
+            assert_eq!(
+                outcome.summary(),
+                "aaa:observe:block:1,bbb:observe:require_approval:1,ccc:observe:mask:1"
+            );
+        }
+        // An enforced approval with an observed block: the approval decides.
+        let mut mixed = rules.to_vec();
+        mixed[1] = "{name: bbb, detect: aws_access_key_id, action: require_approval}".into();
+        let (outcome, _) = request_outcome(&policy_of(&mixed), &text);
+        assert_eq!(
+            outcome.stop(),
+            Some(("bbb".to_string(), Action::RequireApproval))
+        );
+    }
+
+    /// Two rewriting rules whose values overlap in part: one edit covers
+    /// both, in a request body and at every cut of a response stream.
+    #[test]
+    fn overlapping_rewrites_leave_no_part_of_either_value() {
+        for first in ["tokenize", "hash", "redact"] {
+            let rules = [
+                format!("{{name: ids, regex: 'ID-[0-9]{{4}}', action: {first}}}"),
+                "{name: codes, regex: '[0-9]{4}-SECRET', action: mask}".to_string(),
+            ];
+            for order in orders(&rules) {
+                let (_, body) = request_outcome(&policy_of(&order), "see ID-1234-SECRET now");
+                let content = body["messages"][0]["content"].as_str().unwrap();
+                assert!(
+                    !content.contains("1234") && !content.contains("SECRET"),
+                    "{order:?}: {content}"
+                );
+            }
+        }
+        // (A response puts tokenized values back: irreversible actions here.)
+        let rules = [
+            "{name: ids, regex: 'ID-[0-9]{4}', action: hash}".to_string(),
+            "{name: codes, regex: '[0-9]{4}-SECRET', action: mask}".to_string(),
+        ];
+        for order in orders(&rules) {
+            let policy = policy_of(&order);
+            let stream = openai_stream("see ID-1234-SECRET now, and é ID-5678-SECRET");
+            let bytes = stream.as_bytes();
+            for k in 1..bytes.len() {
+                let out = run(
+                    &policy,
+                    StreamApi::OpenAiChat,
+                    &[&bytes[..k], &bytes[k..]],
+                    Vault::default(),
+                );
+                let text = client_text(StreamApi::OpenAiChat, &out);
+                for part in ["1234", "5678", "SECRET"] {
+                    assert!(!text.contains(part), "{order:?} cut at {k}: {text}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -363,7 +363,9 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
             }
         }
         // This byte (in a flagged chunk, or in the tail) one at a time.
-        let b = bytes[i];
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -378,18 +380,19 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
                 continue;
             }
         };
-        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
         if escape.is_empty() {
             out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xF)]);
+            let hex = |n: u8| HEX.get(usize::from(n)).copied().unwrap_or(b'0');
+            out.push(hex(b >> 4));
+            out.push(hex(b & 0xF));
         } else {
             out.extend_from_slice(escape);
         }
         i += 1;
         start = i;
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
     out.push(b'"');
 }
 

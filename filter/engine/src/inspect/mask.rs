@@ -46,14 +46,39 @@ impl Action {
         }
     }
 
+    /// Where the action stands when several rules matched.
+    pub fn precedence(self) -> Precedence {
+        match self {
+            Action::Block => Precedence::Block,
+            Action::RequireApproval => Precedence::RequireApproval,
+            Action::Mask | Action::Redact | Action::Hash | Action::Tokenize => Precedence::Rewrite,
+            Action::LogOnly => Precedence::Log,
+        }
+    }
+
     /// Whether the action edits the text (the others decide about the
     /// whole message, or only record).
     pub fn rewrites(self) -> bool {
-        matches!(
-            self,
-            Action::Mask | Action::Redact | Action::Hash | Action::Tokenize
-        )
+        self.precedence() == Precedence::Rewrite
     }
+
+    /// Whether the action decides about the whole message: refused, or held
+    /// for a human's decision.
+    pub fn stops(self) -> bool {
+        self.precedence() >= Precedence::RequireApproval
+    }
+}
+
+/// The fixed order in which actions prevail when several rules match one
+/// message, whatever the rules' names or their order in the policy: a block
+/// over an approval (so a value a block rule matched is never sent for
+/// approval), an approval over rewrites, rewrites over logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Precedence {
+    Log,
+    Rewrite,
+    RequireApproval,
+    Block,
 }
 
 /// One edit of a string: replace `start..end` (byte offsets, on char
@@ -87,7 +112,7 @@ impl HashKey {
             // HMAC takes keys of any length; this arm is unreachable in practice.
             Err(_) => Default::default(),
         };
-        let hex = hex::encode(&digest[..6]);
+        let hex = hex::encode(digest.get(..6).unwrap_or(digest.as_slice()));
         format!("[{label}:{hex}]")
     }
 }
@@ -143,18 +168,20 @@ impl Vault {
         }
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
-        while let Some(open) = rest.find('<') {
-            out.push_str(&rest[..open]);
-            let candidate = &rest[open..];
+        // `<` and `>` are ASCII: the splits below are on char boundaries.
+        while let Some((before, candidate)) = rest.find('<').and_then(|o| rest.split_at_checked(o))
+        {
+            out.push_str(before);
             let close = candidate.find('>').filter(|c| *c < self.longest_token);
-            match close.and_then(|c| self.by_token.get(&candidate[..=c]).map(|v| (c, v))) {
-                Some((c, value)) => {
+            let token = close.and_then(|c| candidate.split_at_checked(c + 1));
+            match token.and_then(|(t, after)| self.by_token.get(t).map(|v| (v, after))) {
+                Some((value, after)) => {
                     out.push_str(value);
-                    rest = &candidate[c + 1..];
+                    rest = after;
                 }
                 None => {
                     out.push('<');
-                    rest = &candidate[1..];
+                    rest = candidate.strip_prefix('<').unwrap_or_default();
                 }
             }
         }
@@ -172,7 +199,7 @@ impl Vault {
             .len()
             .saturating_sub(self.longest_token.saturating_sub(1));
         let open = text.rfind('<').filter(|o| *o >= from)?;
-        let tail = &text[open + 1..];
+        let tail = text.get(open + 1..).unwrap_or_default();
         let could_be_token = tail
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
@@ -185,15 +212,11 @@ pub fn apply(text: &str, edits: &[Edit], vault: &mut Vault, key: &HashKey) -> St
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for e in edits {
-        if e.start < at
-            || e.end > text.len()
-            || !text.is_char_boundary(e.start)
-            || !text.is_char_boundary(e.end)
-        {
+        // Overlapping, out of range or off a char boundary: skipped.
+        let (Some(before), Some(value)) = (text.get(at..e.start), text.get(e.start..e.end)) else {
             continue;
-        }
-        out.push_str(&text[at..e.start]);
-        let value = &text[e.start..e.end];
+        };
+        out.push_str(before);
         match e.action {
             Action::Mask => {
                 out.push('[');
@@ -207,7 +230,7 @@ pub fn apply(text: &str, edits: &[Edit], vault: &mut Vault, key: &HashKey) -> St
         }
         at = e.end;
     }
-    out.push_str(&text[at..]);
+    out.push_str(text.get(at..).unwrap_or_default());
     out
 }
 

@@ -80,6 +80,7 @@ fn a_verified_engineer_is_authorized_and_forwarded_with_the_provider_key() {
         cfg.initial_policy.as_ref(),
         provider,
         &id,
+        crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/chat/completions"),
         model.as_deref(),
     )
     .unwrap();
@@ -227,6 +228,7 @@ fn authorization_follows_the_policy_and_fails_closed_without_one() {
         cfg.initial_policy.as_ref(),
         0,
         &id(&["engineering"]),
+        crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/chat/completions"),
         Some("o1-pro"),
     )
     .unwrap_err();
@@ -239,11 +241,20 @@ fn authorization_follows_the_policy_and_fails_closed_without_one() {
         cfg.initial_policy.as_ref(),
         1,
         &id(&["sales"]),
+        crate::endpoint::endpoint_of(Api::Anthropic, b"POST", "/v1/messages"),
         Some("claude-x"),
     )
     .unwrap_err();
     assert_eq!((r.api, r.error.code), (Api::Anthropic, "warden.no_group"));
-    let r = authorize(&cfg, None, 0, &id(&["engineering"]), Some("gpt-4o")).unwrap_err();
+    let r = authorize(
+        &cfg,
+        None,
+        0,
+        &id(&["engineering"]),
+        crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/chat/completions"),
+        Some("gpt-4o"),
+    )
+    .unwrap_err();
     assert_eq!(
         (r.error.kind.status(), r.error.code),
         (503, "warden.no_policy")
@@ -319,7 +330,131 @@ fn model_ids_in_paths() {
 fn body_presence() {
     let post = headers(&[(":method", "POST")]);
     let get = headers(&[(":method", "GET")]);
-    assert!(has_body(Headers::new(&post), false));
-    assert!(!has_body(Headers::new(&post), true));
-    assert!(!has_body(Headers::new(&get), false));
+    assert!(has_body(false));
+    assert!(!has_body(true));
+    // A GET that is not over with its headers is read like any request...
+    assert!(is_bodiless_method(Headers::new(&get)));
+    assert!(!is_bodiless_method(Headers::new(&post)));
+    // ...and refused if it did carry a body.
+    assert!(check_bodiless(Api::Openai, 0).is_ok());
+    let r = check_bodiless(Api::Openai, 3).unwrap_err();
+    assert_eq!((r.error.kind.status(), r.error.code), (400, "warden.body_not_allowed"));
+}
+
+#[test]
+fn paths_with_two_readings_are_refused_before_routing() {
+    let cfg = config(true, true);
+    for path in ["/openai/v1/chat%2Fcompletions", "/openai/v1//chat/completions", "/openai/../x"] {
+        let h = headers(&[(":path", path), (":method", "POST")]);
+        let r = route(&cfg, Headers::new(&h)).unwrap_err();
+        assert_eq!((r.error.kind.status(), r.error.code), (400, "warden.path_not_canonical"), "{path}");
+    }
+    let h = headers(&[(":path", "/openai/v1/chat/completions?a=%2F"), (":method", "POST")]);
+    assert_eq!(route(&cfg, Headers::new(&h)), Ok(0));
+}
+
+#[test]
+fn endpoints_other_than_inference_are_refused_unless_a_group_lists_them() {
+    let cfg = config(true, true);
+    let who = Identity {
+        issuer: ISS.into(),
+        subject: "alice".into(),
+        groups: vec!["engineering".into()],
+        email: None,
+        expires_at: NOW + 60,
+    };
+    let policy = cfg.initial_policy.as_ref();
+    let secrets = crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/realtime/client_secrets");
+    let r = authorize(&cfg, policy, 0, &who, secrets, None).unwrap_err();
+    assert_eq!((r.error.kind.status(), r.error.code), (403, "warden.endpoint_denied"));
+    let files = crate::endpoint::endpoint_of(Api::Openai, b"GET", "/v1/files");
+    assert!(authorize(&cfg, policy, 0, &who, files, None).is_err());
+    // An inference endpoint without a model cannot be authorized by model.
+    let chat = crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/chat/completions");
+    let r = authorize(&cfg, policy, 0, &who, chat, None).unwrap_err();
+    assert_eq!((r.error.kind.status(), r.error.code), (400, "warden.model_required"));
+    let models = crate::endpoint::endpoint_of(Api::Openai, b"GET", "/v1/models");
+    assert!(authorize(&cfg, policy, 0, &who, models, None).is_ok());
+}
+
+/// A block rule and an approval rule on the same request, whatever their
+/// names and order: refused, and nothing goes out for approval. An approval
+/// alone: the text an approver sees is the masked one.
+#[test]
+fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
+    let cfg = config(true, true);
+    let id = crate::auth::Identity {
+        issuer: ISS.into(),
+        subject: "alice".into(),
+        email: None,
+        groups: vec!["engineering".into()],
+        expires_at: NOW + 60,
+    };
+    let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
+    let email = "jane.doe@example.com";
+    let prompt = format!("production database dump with {akia} for {email}");
+    let body_of = || json!({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]});
+    let policy_of = |rules: &[&str]| {
+        let doc = format!(
+            "version: 1\ngroups: {{engineering: {{models: [\"*\"]}}}}\napproval: {{approvers: [security]}}\nrules:\n{}",
+            rules.iter().map(|r| format!("  - {r}\n")).collect::<String>()
+        );
+        Policy::from_bytes(doc.as_bytes()).unwrap()
+    };
+    let inspect = |policy: &Policy, body: &mut Value| {
+        inspect_request(
+            &cfg,
+            policy,
+            0,
+            &id,
+            Some("gpt-4o"),
+            "v1/chat/completions",
+            body,
+            &mut Vault::default(),
+        )
+    };
+    let mask = "{name: mmm, detect: email, action: mask}";
+    for (block, approve) in [
+        (
+            "{name: zzz, detect: aws_access_key_id, action: block}",
+            "{name: aaa, keywords: [production database dump], action: require_approval}",
+        ),
+        (
+            "{name: aaa, detect: aws_access_key_id, action: block}",
+            "{name: zzz, keywords: [production database dump], action: require_approval}",
+        ),
+    ] {
+        for rules in [
+            [block, approve, mask],
+            [approve, mask, block],
+            [mask, approve, block],
+        ] {
+            let mut body = body_of();
+            let (outcome, verdict) = inspect(&policy_of(&rules), &mut body);
+            let rejection = verdict.unwrap_err();
+            assert_eq!(rejection.error.code, "warden.blocked", "{rules:?}");
+            assert_eq!(decision_for(&rejection), "blocked");
+            assert_eq!(outcome.stop().map(|(_, a)| a), Some(Action::Block));
+            assert!(!rejection.error.message.contains(&akia));
+        }
+    }
+    // No block rule: the approval decides, and the prompt for the approvers
+    // (built from the body as inspected) has the masked values masked.
+    let policy = policy_of(&[
+        "{name: aaa, keywords: [production database dump], action: require_approval}",
+        mask,
+    ]);
+    let mut body = body_of();
+    let (outcome, verdict) = inspect(&policy, &mut body);
+    assert!(verdict.is_ok());
+    assert_eq!(
+        outcome.stop(),
+        Some(("aaa".to_string(), Action::RequireApproval))
+    );
+    let text = prompt_text(Api::Openai, "v1/chat/completions", &mut body);
+    assert!(!text.contains(email), "{text}");
+    assert!(
+        text.contains("[EMAIL]") && text.contains("production database dump"),
+        "{text}"
+    );
 }

@@ -12,6 +12,10 @@
 //! Each pattern also describes where a match can begin for the streaming
 //! holdback (see `prefix`), so a pattern must cover every character of what
 //! its validator accepts; validators only narrow.
+//!
+//! Validators read the text around a candidate, which may be any Unicode:
+//! they never slice a `str` at an offset that is not a char boundary by
+//! construction, and take `get` (or characters) otherwise.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -143,7 +147,11 @@ pub(super) fn validate(
     end: usize,
     locs: &Groups,
 ) -> Option<(usize, usize)> {
-    let s = &hay[start..end];
+    let Some(s) = hay.get(start..end) else {
+        // Matches are on char boundaries (the engine runs in UTF-8 mode);
+        // otherwise the candidate is kept rather than lost.
+        return Some((start, end));
+    };
     let ok = match b {
         Builtin::Email => email(s),
         Builtin::Phone => return phone(hay, start, end),
@@ -154,10 +162,13 @@ pub(super) fn validate(
         Builtin::Ipv6 => return ipv6(hay, start, end),
         Builtin::AwsAccessKeyId | Builtin::GithubToken | Builtin::StripeKey => true,
         Builtin::AwsSecretKey => {
-            let value = end - 40;
+            // The pattern ends with 40 ASCII characters.
+            let value = end.saturating_sub(40);
             return (!next_is(hay, end, |c| c.is_ascii_alphanumeric() || "/+=".contains(c))
-                && entropy(&hay[value..end]) >= AWS_SECRET_MIN_ENTROPY)
-                .then_some((value, end));
+                && hay
+                    .get(value..end)
+                    .is_none_or(|v| entropy(v) >= AWS_SECRET_MIN_ENTROPY))
+            .then_some((value, end));
         }
         Builtin::GitlabToken | Builtin::GoogleApiKey => !next_is(hay, end, is_token_char),
         Builtin::SlackToken => {
@@ -172,7 +183,8 @@ pub(super) fn validate(
             !s.starts_with("sk-ant-") && !next_is(hay, end, is_token_char) && random_looking(body)
         }
         Builtin::AnthropicKey => {
-            !next_is(hay, end, is_token_char) && random_looking(&s["sk-ant-".len()..])
+            !next_is(hay, end, is_token_char)
+                && random_looking(s.strip_prefix("sk-ant-").unwrap_or(s))
         }
         Builtin::PrivateKey => {
             // Without an END line the block runs to the end of its body;
@@ -198,7 +210,10 @@ pub(super) fn validate(
 pub(super) fn resume(b: Builtin, hay: &str, start: usize, end: usize, locs: &Groups) -> usize {
     let next = super::next_boundary(hay, start);
     match b {
-        Builtin::Jwt => hay[start..end].find('.').map_or(end, |dot| start + dot + 1),
+        Builtin::Jwt => hay
+            .get(start..end)
+            .and_then(|m| m.find('.'))
+            .map_or(end, |dot| start + dot + 1),
         Builtin::GitlabToken
         | Builtin::SlackToken
         | Builtin::GoogleApiKey
@@ -215,12 +230,17 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
+/// The character before `at` (`None` at the start, or off a boundary).
 fn prev_char(hay: &str, at: usize) -> Option<char> {
-    hay[..at].chars().next_back()
+    hay.get(..at)?.chars().next_back()
 }
 
+/// Whether the character at `at` satisfies `f` (false at the end, or off a
+/// boundary).
 fn next_is(hay: &str, at: usize, f: impl Fn(char) -> bool) -> bool {
-    hay[at..].chars().next().is_some_and(f)
+    hay.get(at..)
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(f)
 }
 
 /// Shannon entropy of `s` in bits per character.
@@ -230,9 +250,12 @@ pub(super) fn entropy(s: &str) -> f64 {
     let mut total = 0u32;
     for c in s.chars() {
         total += 1;
-        match usize::try_from(u32::from(c)) {
-            Ok(i) if i < ascii.len() => ascii[i] += 1,
-            _ => other.push(c),
+        match usize::try_from(u32::from(c))
+            .ok()
+            .and_then(|i| ascii.get_mut(i))
+        {
+            Some(n) => *n += 1,
+            None => other.push(c),
         }
     }
     if total == 0 {
@@ -283,18 +306,25 @@ fn email(s: &str) -> bool {
 /// candidate is glued to what follows: a piece of a number is not a
 /// number).
 fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    if hay.as_bytes()[start] == b'+' {
+    // The candidate is ASCII (`validate` checked its span).
+    let s = hay.as_bytes().get(start..end)?;
+    if s.first() == Some(&b'+') {
         if glued_number(hay, start, true) || glued_number(hay, end, false) {
             return None;
         }
-        let s = &hay.as_bytes()[start..end];
         return (2..=s.len())
             .rev()
-            .filter(|&i| s[i - 1].is_ascii_digit() || s[i - 1] == b')')
-            .find(|&i| phone_shape(&s[..i], (8, 15), false) && !glued_number(hay, start + i, false))
+            .filter(|&i| {
+                s.get(i - 1)
+                    .is_some_and(|b| b.is_ascii_digit() || *b == b')')
+            })
+            .find(|&i| {
+                s.get(..i)
+                    .is_some_and(|head| phone_shape(head, (8, 15), false))
+                    && !glued_number(hay, start + i, false)
+            })
             .map(|i| (start, start + i));
     }
-    let s = &hay.as_bytes()[start..end];
     let trunk = s.strip_prefix(b"(").unwrap_or(s).starts_with(b"0");
     if !phone_shape(s, (10, 11), trunk)
         || glued_number(hay, start, true)
@@ -328,7 +358,7 @@ fn glued_number(hay: &str, at: usize, before: bool) -> bool {
         let c = prev_char(hay, at);
         (c, c.and_then(|c| prev_char(hay, at - c.len_utf8())))
     } else {
-        let mut after = hay[at..].chars();
+        let mut after = hay.get(at..).unwrap_or_default().chars();
         (after.next(), after.next())
     };
     match c {
@@ -343,16 +373,18 @@ fn glued_number(hay: &str, at: usize, before: bool) -> bool {
 fn country_code_before(hay: &str, at: usize) -> Option<usize> {
     let b = hay.as_bytes();
     let sep = at.checked_sub(1)?;
-    if !b" .-".contains(&b[sep]) {
+    if !b" .-".contains(b.get(sep)?) {
         return None;
     }
-    let digits = b[..sep]
+    let digits = b
+        .get(..sep)?
         .iter()
         .rev()
         .take_while(|b| b.is_ascii_digit())
         .count();
     let plus = sep.checked_sub(digits + 1)?;
-    ((1..=3).contains(&digits) && b[plus] == b'+' && b[plus + 1] != b'0').then_some(plus)
+    ((1..=3).contains(&digits) && b.get(plus) == Some(&b'+') && b.get(plus + 1) != Some(&b'0'))
+        .then_some(plus)
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -385,19 +417,26 @@ fn card(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     let mut digits = [0u8; 19];
     let mut ends = [0usize; 19];
     let mut n = 0;
-    for (i, b) in hay[start..end].bytes().enumerate() {
-        if b.is_ascii_digit() && n < digits.len() {
-            digits[n] = b - b'0';
-            ends[n] = start + i + 1;
+    for (i, &b) in hay.as_bytes().get(start..end)?.iter().enumerate() {
+        if !b.is_ascii_digit() {
+            continue;
+        }
+        if let (Some(d), Some(e)) = (digits.get_mut(n), ends.get_mut(n)) {
+            *d = b - b'0';
+            *e = start + i + 1;
             n += 1;
         }
     }
     (13..=n).rev().find_map(|k| {
-        let cut = ends[k - 1];
-        let at_group_end = k == n || hay[cut..].starts_with([' ', '-']);
-        let digits = &digits[..k];
-        (at_group_end && luhn(digits) && digits.iter().any(|&d| d != digits[0]))
-            .then_some((start, cut))
+        // After a digit: a boundary.
+        let cut = *ends.get(k - 1)?;
+        let at_group_end = k == n
+            || hay
+                .get(cut..)
+                .is_some_and(|rest| rest.starts_with([' ', '-']));
+        let digits = digits.get(..k)?;
+        let varied = digits.iter().any(|&d| Some(&d) != digits.first());
+        (at_group_end && luhn(digits) && varied).then_some((start, cut))
     })
 }
 
@@ -430,7 +469,7 @@ fn iban_length(country: &[u8]) -> Option<usize> {
 /// Known country, exactly that country's length (spaces allowed between
 /// characters), not glued to more alphanumerics, and mod-97 == 1.
 fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    let s = &hay.as_bytes()[start..end];
+    let s = hay.as_bytes().get(start..end)?;
     let mut chars = [0u8; 34];
     let mut n = 0;
     let mut cut = start;
@@ -439,7 +478,11 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         if b == b' ' {
             continue;
         }
-        chars[n] = b.to_ascii_uppercase();
+        // At most 33 are kept: `want` stops the loop first.
+        let Some(slot) = chars.get_mut(n) else {
+            break;
+        };
+        *slot = b.to_ascii_uppercase();
         n += 1;
         if n == want {
             cut = start + i + 1;
@@ -454,14 +497,15 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         b'A'..=b'Z' => Some(u32::from(b - b'A') + 10),
         _ => None,
     };
-    let check = value(chars[2])? * 10 + value(chars[3])?;
+    let [_, _, check_hi, check_lo, ..] = chars;
+    let check = value(check_hi)? * 10 + value(check_lo)?;
     if !(2..=98).contains(&check) {
         return None;
     }
     // Rearranged (BBAN then country and check digits), letters as 10..35,
     // reduced digit by digit.
     let mut rem = 0u32;
-    for &b in chars[4..n].iter().chain(&chars[..4]) {
+    for &b in chars.get(4..n)?.iter().chain(chars.get(..4)?) {
         let v = value(b)?;
         rem = if v >= 10 {
             (rem * 100 + v) % 97
@@ -475,7 +519,9 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
 /// Area not 000, 666 or 9xx; group not 00; serial not 0000; not part of a
 /// longer dashed number.
 fn ssn(hay: &str, start: usize, end: usize) -> bool {
-    let s = &hay[start..end];
+    let Some(s) = hay.get(start..end) else {
+        return false;
+    };
     let num = |r: std::ops::Range<usize>| s.get(r).and_then(|d| d.parse::<u32>().ok());
     let (Some(area), Some(group), Some(serial)) = (num(0..3), num(4..6), num(7..11)) else {
         return false;
@@ -492,30 +538,37 @@ fn ssn(hay: &str, start: usize, end: usize) -> bool {
 /// Four octets of at most 255 (no leading zeros, as `Ipv4Addr` parses
 /// them), not part of a longer dotted sequence, not after `v`/`version`.
 fn ipv4(hay: &str, start: usize, end: usize) -> bool {
-    if hay[start..end].parse::<Ipv4Addr>().is_err() {
+    let (Some(lead), Some(s), Some(rest)) = (hay.get(..start), hay.get(start..end), hay.get(end..))
+    else {
+        return false;
+    };
+    if s.parse::<Ipv4Addr>().is_err() {
         return false;
     }
-    let before = prev_char(hay, start);
-    let mut after = hay[end..].chars();
+    let before = lead.chars().next_back();
+    let mut after = rest.chars();
     let dotted_after =
         after.next() == Some('.') && after.next().is_some_and(|c| c.is_ascii_digit());
     if matches!(before, Some('.' | '-')) || dotted_after {
         return false;
     }
-    let lead = hay[..start].trim_end_matches([' ', '\t', ':']);
-    let word_start = lead
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
-        .map_or(0, |i| i + 1);
-    let word = lead[word_start..]
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    !matches!(word.as_str(), "v" | "ver" | "version")
+    // The word before (split on characters, so a multi-byte one before the
+    // address is a separator, not a cut inside it).
+    let lead = lead.trim_end_matches([' ', '\t', ':']);
+    let word = lead
+        .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('.');
+    !["v", "ver", "version"]
+        .iter()
+        .any(|v| word.eq_ignore_ascii_case(v))
 }
 
 /// Parsed by `Ipv6Addr`, at least four hex digits (so `a::b` in code is
 /// not an address), not glued to identifier or address characters.
 fn ipv6(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
-    let s = &hay[start..end];
+    let s = hay.get(start..end)?;
     let glued_before =
         prev_char(hay, start).is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '.'));
     if glued_before {
@@ -559,7 +612,10 @@ fn jwt(s: &str) -> bool {
 /// reference or code.
 fn secret_value(hay: &str, locs: &Groups) -> Option<(usize, usize)> {
     let (group, (start, end)) = (1..=3).find_map(|g| locs.get(g).map(|span| (g, span)))?;
-    let value = &hay[start..end];
+    let Some(value) = hay.get(start..end) else {
+        // Groups are on char boundaries; kept as a finding if not.
+        return Some((start, end));
+    };
     let placeholder = value.starts_with("${")
         || value.starts_with("$(")
         || value.starts_with("{{")
@@ -575,7 +631,7 @@ fn secret_value(hay: &str, locs: &Groups) -> Option<(usize, usize)> {
         && ((ident == value.len()
             && value.bytes().all(|b| !b.is_ascii_digit())
             && value.contains(['_', '.']))
-            || (ident > 0 && value[ident..].starts_with('(')));
+            || (ident > 0 && value.get(ident..).is_some_and(|r| r.starts_with('('))));
     let long = value.chars().count() >= SECRET_MIN_CHARS;
     (long && !placeholder && !code && entropy(value) >= SECRET_MIN_ENTROPY).then_some((start, end))
 }

@@ -61,7 +61,9 @@ pub(super) type Inner<'a> = dyn FnMut(&str, &mut Budget, &mut Vec<Raw>) + 'a;
 /// The holdback offset of text (its length: nothing held), one layer deeper.
 pub(super) type InnerHold<'a> = dyn FnMut(&str) -> usize + 'a;
 
-/// Characters of either base64 alphabet.
+/// Characters of either base64 alphabet. (Indexing in a constant is
+/// checked when the crate is built.)
+#[allow(clippy::indexing_slicing)]
 const B64: [bool; 256] = {
     let mut table = [false; 256];
     let mut c = 0;
@@ -74,11 +76,13 @@ const B64: [bool; 256] = {
 };
 
 fn is_b64(b: u8) -> bool {
-    B64[usize::from(b)]
+    // A `u8` indexes 256 entries: the check compiles away.
+    B64.get(usize::from(b)).copied().unwrap_or(false)
 }
 
 /// The 6-bit value of a character of either alphabet (`+` and `-` are 62,
 /// `/` and `_` 63), 255 for others.
+#[allow(clippy::indexing_slicing)]
 const SEXTET: [u8; 256] = {
     let symbols = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_";
     let mut table = [255u8; 256];
@@ -117,9 +121,26 @@ fn is_url(b: u8) -> bool {
 }
 
 fn is_escape(b: &[u8], at: usize) -> bool {
-    b.get(at) == Some(&b'%')
-        && b.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
-        && b.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
+    escaped_byte(b, at).is_some()
+}
+
+/// The byte that the escape `%XX` at `at` stands for.
+fn escaped_byte(b: &[u8], at: usize) -> Option<u8> {
+    match b.get(at..at.checked_add(3)?)? {
+        [b'%', hi, lo] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+            Some((hex_digit(*hi) << 4) | hex_digit(*lo))
+        }
+        _ => None,
+    }
+}
+
+fn hex_digit(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
 }
 
 /// Appends the findings inside encoded runs of `hay`, in `hay`'s offsets.
@@ -130,28 +151,32 @@ pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &m
     // alphabet just before it); a long enough run covers `i + MIN_RUN - 1`,
     // so when that is not of the alphabet, or something before it is not,
     // prose is skipped a word or more at a time without reading all of it.
+    // A run is ASCII, so its ends are char boundaries.
     let mut i = 0;
-    while i + MIN_RUN <= b.len() {
+    while let Some(&at_last) = b.get(i + MIN_RUN - 1) {
         let last = i + MIN_RUN - 1;
-        if !is_b64(b[last]) {
+        if !is_b64(at_last) {
             i = last + 1;
             continue;
         }
-        if let Some(gap) = b[i..last].iter().rposition(|&c| !is_b64(c)) {
+        if let Some(gap) = b
+            .get(i..last)
+            .and_then(|lead| lead.iter().rposition(|&c| !is_b64(c)))
+        {
             i += gap + 1;
             continue;
         }
         let start = i;
         i = last + 1;
-        while i < b.len() && is_b64(b[i]) {
+        while b.get(i).is_some_and(|&c| is_b64(c)) {
             i += 1;
         }
         let body = i;
-        while i < b.len() && i - body < 2 && b[i] == b'=' {
+        while i - body < 2 && b.get(i) == Some(&b'=') {
             i += 1;
         }
         if budget.0 > 0 {
-            if let Some(text) = decode_run(&hay[start..body], budget) {
+            if let Some(text) = hay.get(start..body).and_then(|run| decode_run(run, budget)) {
                 found.clear();
                 inner(&text, budget, &mut found);
                 out.extend(found.iter().map(|r| Raw {
@@ -165,17 +190,25 @@ pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &m
         i = i.max(body + 1);
     }
     // percent-encoded runs
+    // URL characters are ASCII: a run's ends, and `from`, are boundaries.
     let mut from = 0;
-    while let Some(p) = hay[from..].find('%').map(|p| from + p) {
+    while let Some(p) = hay
+        .get(from..)
+        .and_then(|rest| rest.find('%'))
+        .map(|p| from + p)
+    {
         if !is_escape(b, p) {
             from = p + 1;
             continue;
         }
-        let start = b[..p]
+        let Some((before, after)) = b.split_at_checked(p) else {
+            break;
+        };
+        let start = before
             .iter()
             .rposition(|&c| !is_url(c))
             .map_or(0, |s| s + 1);
-        let end = b[p..]
+        let end = after
             .iter()
             .position(|&c| !is_url(c))
             .map_or(b.len(), |e| p + e);
@@ -188,7 +221,10 @@ pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &m
         while !hay.is_char_boundary(cut) {
             cut -= 1;
         }
-        let decoded = Percent::decode(&hay[start..cut]);
+        let Some(run) = hay.get(start..cut) else {
+            continue;
+        };
+        let decoded = Percent::decode(run);
         if decoded.text.len() == cut - start {
             continue;
         }
@@ -212,11 +248,15 @@ fn decode_run(run: &str, budget: &mut Budget) -> Option<String> {
         && hex.len().is_multiple_of(2)
         && hex.bytes().all(|c| c.is_ascii_hexdigit())
     {
+        // All ASCII: any cut is a boundary.
         let digits = hex.len().min(budget.0.saturating_mul(2));
-        if digits > PROBE && !textual_prefix(&decode_hex(&hex[..PROBE])) {
+        if digits > PROBE && !textual_prefix(&decode_hex(hex.get(..PROBE).unwrap_or(hex))) {
             return None;
         }
-        (decode_hex(&hex[..digits]), digits < hex.len())
+        (
+            decode_hex(hex.get(..digits).unwrap_or(hex)),
+            digits < hex.len(),
+        )
     } else {
         let standard = run.contains(['+', '/']);
         if (standard && run.contains(['-', '_'])) || run.len() % 4 == 1 {
@@ -225,10 +265,11 @@ fn decode_run(run: &str, budget: &mut Budget) -> Option<String> {
         let engine = if standard { &STANDARD } else { &URL_SAFE };
         // Cut short by whole quanta: 4 characters, 3 bytes.
         let chars = run.len().min(budget.0 / 3 * 4);
-        if !b64_text_prefix(&run[..chars.min(PROBE)]) {
+        let head = run.get(..chars).unwrap_or(run);
+        if !b64_text_prefix(head.get(..PROBE).unwrap_or(head)) {
             return None;
         }
-        (engine.decode(&run[..chars]).ok()?, chars < run.len())
+        (engine.decode(head).ok()?, chars < run.len())
     };
     let valid = match std::str::from_utf8(&bytes) {
         Ok(_) => bytes.len(),
@@ -246,15 +287,9 @@ fn decode_run(run: &str, budget: &mut Budget) -> Option<String> {
 }
 
 fn decode_hex(hex: &str) -> Vec<u8> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        b'A'..=b'F' => c - b'A' + 10,
-        _ => 0,
-    };
     hex.as_bytes()
         .chunks_exact(2)
-        .map(|p| (digit(p[0]) << 4) | digit(p[1]))
+        .map(|p| p.iter().fold(0, |byte, &c| (byte << 4) | hex_digit(c)))
         .collect()
 }
 
@@ -270,6 +305,7 @@ impl Percent {
     /// UTF-8 (left as it is otherwise): what a prefix of a run decodes to,
     /// up to its last complete sequence, never changes as the run grows.
     fn decode(run: &str) -> Percent {
+        // URL characters are ASCII: every offset is a boundary.
         let b = run.as_bytes();
         let mut text = String::with_capacity(run.len());
         let mut pieces = Vec::new();
@@ -283,8 +319,8 @@ impl Percent {
             }
             let seq = i;
             bytes.clear();
-            while is_escape(b, i) {
-                bytes.push(decode_hex(&run[i + 1..i + 3])[0]);
+            while let Some(byte) = escaped_byte(b, i) {
+                bytes.push(byte);
                 i += 3;
             }
             let Ok(decoded) = std::str::from_utf8(&bytes) else {
@@ -292,7 +328,7 @@ impl Percent {
             };
             if literal < seq {
                 pieces.push((text.len(), literal, false));
-                text.push_str(&run[literal..seq]);
+                text.push_str(run.get(literal..seq).unwrap_or_default());
             }
             pieces.push((text.len(), seq, true));
             text.push_str(decoded);
@@ -300,7 +336,7 @@ impl Percent {
         }
         if literal < b.len() {
             pieces.push((text.len(), literal, false));
-            text.push_str(&run[literal..]);
+            text.push_str(run.get(literal..).unwrap_or_default());
         }
         Percent { text, pieces }
     }
@@ -308,8 +344,8 @@ impl Percent {
     /// The run offset of decoded offset `at` (a character boundary).
     fn original(&self, at: usize) -> usize {
         let k = self.pieces.partition_point(|p| p.0 <= at);
-        match k.checked_sub(1).map(|k| self.pieces[k]) {
-            Some((text, run, escaped)) => run + (at - text) * if escaped { 3 } else { 1 },
+        match k.checked_sub(1).and_then(|k| self.pieces.get(k)) {
+            Some(&(text, run, escaped)) => run + (at - text) * if escaped { 3 } else { 1 },
             None => at,
         }
     }
@@ -320,10 +356,12 @@ impl Percent {
 /// character still incomplete. Decoded bytes only grow at the end as a run
 /// grows, and a run that is not text is not scanned.
 fn may_decode(run: &str) -> bool {
-    let run = &run[..run.len().min(PROBE)];
+    let run = run.get(..PROBE).unwrap_or(run);
     let hex = run.strip_prefix("0x").unwrap_or(run);
     if hex.bytes().all(|c| c.is_ascii_hexdigit())
-        && textual_prefix(&decode_hex(&hex[..hex.len() / 2 * 2]))
+        && textual_prefix(&decode_hex(
+            hex.get(..hex.len() / 2 * 2).unwrap_or_default(),
+        ))
     {
         return true;
     }
@@ -337,7 +375,7 @@ fn b64_text_prefix(run: &str) -> bool {
     let mut bytes = [0u8; PROBE];
     let mut n = 0;
     for c in run.bytes().take(PROBE) {
-        let v = SEXTET[usize::from(c)];
+        let v = SEXTET.get(usize::from(c)).copied().unwrap_or(255);
         if v == 255 {
             return false;
         }
@@ -345,15 +383,19 @@ fn b64_text_prefix(run: &str) -> bool {
         bits += 6;
         if bits >= 8 {
             bits -= 8;
-            bytes[n] = (acc >> bits) as u8;
+            // Fewer bytes than characters: always in bounds.
+            let Some(slot) = bytes.get_mut(n) else {
+                break;
+            };
+            *slot = (acc >> bits) as u8;
             n += 1;
             // Most words fail on their first bytes.
-            if n == 3 && !textual_prefix(&bytes[..n]) {
+            if n == 3 && !textual_prefix(bytes.get(..n).unwrap_or_default()) {
                 return false;
             }
         }
     }
-    textual_prefix(&bytes[..n])
+    textual_prefix(bytes.get(..n).unwrap_or_default())
 }
 
 /// Text so far: UTF-8 up to an incomplete last character, no control
@@ -364,35 +406,40 @@ fn textual_prefix(bytes: &[u8]) -> bool {
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
         Err(_) => return false,
     };
-    std::str::from_utf8(&bytes[..valid]).is_ok_and(|t| {
-        !t.chars()
-            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-    })
+    bytes
+        .get(..valid)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .is_some_and(|t| {
+            !t.chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        })
 }
 
 /// Where `hay` must be held from for its encoded runs (`hay.len()`: not at
 /// all). `inner` gives the holdback of decoded text.
 pub(super) fn hold(hay: &str, inner: &mut InnerHold<'_>) -> usize {
+    // Runs are ASCII: their ends are char boundaries. Where a slice could
+    // not be taken (not expected), more is held.
     let b = hay.as_bytes();
     let n = b.len();
     // A trailing base64 or hex run (or its padding) may still grow, unless
     // it can no longer decode to text. One at the start may have begun
     // before the text given.
     let body = b.iter().rposition(|&c| c != b'=').map_or(0, |e| e + 1);
-    let b64 = b[..body]
-        .iter()
-        .rposition(|&c| !is_b64(c))
+    let b64 = b
+        .get(..body)
+        .and_then(|head| head.iter().rposition(|&c| !is_b64(c)))
         .map_or(0, |s| s + 1);
-    let b64 = if n - body <= 2 && (b64 == 0 || may_decode(&hay[b64..body])) {
+    let b64 = if n - body <= 2 && (b64 == 0 || hay.get(b64..body).is_none_or(may_decode)) {
         b64
     } else {
         n
     };
-    let url = b[..b64]
-        .iter()
-        .rposition(|&c| !is_url(c))
+    let url = b
+        .get(..b64)
+        .and_then(|head| head.iter().rposition(|&c| !is_url(c)))
         .map_or(0, |s| s + 1);
-    let run = &b[url..];
+    let run = b.get(url..).unwrap_or(b);
     if !run.contains(&b'%') {
         return b64;
     }
@@ -400,8 +447,9 @@ pub(super) fn hold(hay: &str, inner: &mut InnerHold<'_>) -> usize {
     let mut partial = n;
     for tail in [1, 2] {
         if n >= url + tail
-            && b[n - tail] == b'%'
-            && b[n - tail + 1..].iter().all(u8::is_ascii_hexdigit)
+            && b.get(n - tail) == Some(&b'%')
+            && b.get(n - tail + 1..)
+                .is_some_and(|t| t.iter().all(u8::is_ascii_hexdigit))
         {
             partial = n - tail;
         }
@@ -409,7 +457,9 @@ pub(super) fn hold(hay: &str, inner: &mut InnerHold<'_>) -> usize {
     while partial >= url + 3 && is_escape(b, partial - 3) {
         partial -= 3;
     }
-    let settled = &hay[url..partial];
+    let Some(settled) = hay.get(url..partial) else {
+        return url.min(b64);
+    };
     let mut held = partial.min(b64);
     if settled.contains('%') {
         let decoded = Percent::decode(settled);

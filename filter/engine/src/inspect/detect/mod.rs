@@ -53,6 +53,8 @@ mod prefix;
 mod tests;
 #[cfg(test)]
 mod tests_needs;
+#[cfg(test)]
+mod tests_unicode;
 
 use std::collections::BTreeMap;
 
@@ -519,7 +521,9 @@ impl DetectorSet {
         // Only the last `max` bytes can be held: normalize just those, and a
         // little before them as context for assertions and composition.
         let cut = floor_boundary(text, text.len().saturating_sub(self.hold.max + CONTEXT));
-        let (head, text) = (cut, &text[cut..]);
+        let (head, text) = text
+            .split_at_checked(cut)
+            .map_or((0, text), |(head, tail)| (head.len(), tail));
         let hold = self.hold_from(text, 0);
         if hold >= text.len() {
             return None;
@@ -555,7 +559,7 @@ impl DetectorSet {
             // follow): hold it, and anything that is a match prefix up to it.
             if let Some(unstable) = view.unstable_tail() {
                 hold = hold.min(unstable);
-                earliest(&norm[..unstable], &mut hold);
+                earliest(norm.get(..unstable).unwrap_or(norm), &mut hold);
             }
         }
         if depth < encoded::MAX_DEPTH {
@@ -670,11 +674,14 @@ impl DetectorSet {
             let mut table = [0u64; 256];
             for (k, set) in anchors.iter().enumerate() {
                 for b in set.bytes() {
-                    table[usize::from(b)] |= 1 << k;
+                    if let Some(bits) = table.get_mut(usize::from(b)) {
+                        *bits |= 1 << k;
+                    }
                 }
             }
             for (p, &b) in hay.as_bytes().iter().enumerate() {
-                let mut bits = table[usize::from(b)];
+                // A `u8` indexes 256 entries (the fallback: every set).
+                let mut bits = table.get(usize::from(b)).copied().unwrap_or(u64::MAX);
                 while bits != 0 {
                     if let Some(list) = at.get_mut(bits.trailing_zeros() as usize) {
                         list.push(p);
@@ -720,7 +727,7 @@ impl DetectorSet {
                 self.collect_with(decoded, depth + 1, budget, inner, filter);
             });
         }
-        for r in &mut out[first..] {
+        for r in out.iter_mut().skip(first) {
             (r.start, r.end) = view.original(r.start, r.end);
         }
     }
@@ -868,7 +875,7 @@ fn histogram(bytes: &[u8]) -> [u32; 256] {
     let mut hist = [0u32; 256];
     if bytes.len() < 1024 {
         for &b in bytes {
-            hist[usize::from(b)] += 1;
+            count(&mut hist, b);
         }
         return hist;
     }
@@ -876,11 +883,11 @@ fn histogram(bytes: &[u8]) -> [u32; 256] {
     let mut quads = bytes.chunks_exact(4);
     for q in &mut quads {
         for (part, &b) in parts.iter_mut().zip(q) {
-            part[usize::from(b)] += 1;
+            count(part, b);
         }
     }
     for &b in quads.remainder() {
-        hist[usize::from(b)] += 1;
+        count(&mut hist, b);
     }
     for part in &parts {
         for (h, p) in hist.iter_mut().zip(part) {
@@ -888,6 +895,14 @@ fn histogram(bytes: &[u8]) -> [u32; 256] {
         }
     }
     hist
+}
+
+/// One more `b` in `hist` (a `u8` always indexes it: the check compiles away).
+#[inline]
+fn count(hist: &mut [u32; 256], b: u8) {
+    if let Some(n) = hist.get_mut(usize::from(b)) {
+        *n += 1;
+    }
 }
 
 /// The windows of `hay` that can hold a match of at most `max` bytes with
@@ -1051,7 +1066,9 @@ fn keyword_pattern(id: usize, words: &[String]) -> Result<String, DetectError> {
             .map(|p| regex::escape(p))
             .collect::<Vec<_>>()
             .join(r"\s{1,16}");
-        buckets[usize::from(left) * 2 + usize::from(right)].push((view.text().len(), phrase));
+        if let Some(bucket) = buckets.get_mut(usize::from(left) * 2 + usize::from(right)) {
+            bucket.push((view.text().len(), phrase));
+        }
     }
     let mut alternatives = Vec::new();
     for (k, bucket) in buckets.iter_mut().enumerate() {

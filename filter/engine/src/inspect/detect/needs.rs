@@ -44,7 +44,9 @@ impl ByteSet {
     const EMPTY: ByteSet = ByteSet([0; 4]);
 
     fn insert(&mut self, b: u8) {
-        self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+        if let Some(word) = self.0.get_mut(usize::from(b >> 6)) {
+            *word |= 1 << (b & 63);
+        }
     }
 
     fn insert_range(&mut self, lo: u8, hi: u8) {
@@ -54,7 +56,9 @@ impl ByteSet {
     }
 
     fn contains(&self, b: u8) -> bool {
-        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+        self.0
+            .get(usize::from(b >> 6))
+            .is_some_and(|word| word & (1 << (b & 63)) != 0)
     }
 
     fn union(self, other: ByteSet) -> ByteSet {
@@ -173,11 +177,13 @@ impl Needs {
         }
         let mut best: Option<(&Need, usize)> = None;
         for need in &self.needs {
+            // A `u8` indexes 256 counts; the fallback (never taken) keeps
+            // the detector.
             let count: usize = need
                 .members
                 .iter()
-                .map(|&b| hist[usize::from(b)] as usize)
-                .sum();
+                .map(|&b| hist.get(usize::from(b)).map_or(usize::MAX, |&n| n as usize))
+                .fold(0, usize::saturating_add);
             if count < need.min {
                 return None;
             }
@@ -204,7 +210,11 @@ fn class_bytes(class: &Class) -> ByteSet {
                 // UTF-8 first bytes grow with the code point.
                 let first = |c: char| {
                     let mut buf = [0u8; 4];
-                    c.encode_utf8(&mut buf).as_bytes()[0]
+                    c.encode_utf8(&mut buf)
+                        .as_bytes()
+                        .first()
+                        .copied()
+                        .unwrap_or(0)
                 };
                 set.insert_range(first(r.start()), first(r.end()));
             }

@@ -90,44 +90,45 @@ impl<'a> View<'a> {
         }
         // 2. Canonical ordering: each run of non-starters sorted by class
         // (stable, and runs are short, so this does not allocate in practice).
-        let mut i = 0;
-        while i < chars.len() {
-            if chars[i].ccc == 0 {
-                i += 1;
-                continue;
+        for run in chars.chunk_by_mut(|a, b| a.ccc != 0 && b.ccc != 0) {
+            if run.len() > 1 {
+                run.sort_by_key(|p| p.ccc);
             }
-            let run = i;
-            while i < chars.len() && chars[i].ccc != 0 {
-                i += 1;
-            }
-            chars[run..i].sort_by_key(|p| p.ccc);
         }
         // 3. Canonical composition, in place (the write index trails the read
         // index). A mark is blocked from the last starter by anything between
         // them with class 0 or with a class not lower than its own.
-        let mut written = 0;
+        let mut written: usize = 0;
         let mut starter: Option<usize> = None;
         for read in 0..chars.len() {
-            let p = chars[read];
+            let Some(&p) = chars.get(read) else {
+                break;
+            };
             if let Some(s) = starter {
-                let blocked = written - 1 != s && {
-                    let last = chars[written - 1].ccc;
-                    last == 0 || last >= p.ccc
-                };
+                // `written` is past the starter, so at least 1.
+                let prev = written.checked_sub(1);
+                let blocked = prev != Some(s)
+                    && prev
+                        .and_then(|w| chars.get(w))
+                        .is_none_or(|last| last.ccc == 0 || last.ccc >= p.ccc);
                 if !blocked {
-                    if let Some(composed) = compose(chars[s].c, p.c) {
-                        let target = &mut chars[s];
-                        target.c = composed;
-                        target.start = target.start.min(p.start);
-                        target.end = target.end.max(p.end);
-                        continue;
+                    if let Some(target) = chars.get_mut(s) {
+                        if let Some(composed) = compose(target.c, p.c) {
+                            target.c = composed;
+                            target.start = target.start.min(p.start);
+                            target.end = target.end.max(p.end);
+                            continue;
+                        }
                     }
                 }
             }
             if p.ccc == 0 {
                 starter = Some(written);
             }
-            chars[written] = p;
+            // `written <= read`: in bounds.
+            if let Some(slot) = chars.get_mut(written) {
+                *slot = p;
+            }
             written += 1;
         }
         chars.truncate(written);
@@ -160,7 +161,10 @@ impl<'a> View<'a> {
         }
         let first = self.map.partition_point(|o| o.norm < start);
         let last = self.map.partition_point(|o| o.norm < end);
-        let covered = &self.map[first..last.max(first + 1).min(self.map.len())];
+        let covered = self
+            .map
+            .get(first..last.max(first + 1).min(self.map.len()))
+            .unwrap_or_default();
         let lo = covered.iter().map(|o| o.start).min().unwrap_or(start);
         let hi = covered.iter().map(|o| o.end).max().unwrap_or(end);
         (lo, hi)
@@ -174,7 +178,9 @@ impl<'a> View<'a> {
             return norm;
         }
         let first = self.map.partition_point(|o| o.norm < norm);
-        self.map[first..]
+        self.map
+            .get(first..)
+            .unwrap_or_default()
             .iter()
             .map(|o| o.start)
             .min()
@@ -197,7 +203,8 @@ impl<'a> View<'a> {
                 break;
             }
         }
-        let tail = &text[segment..];
+        // From `char_indices`: a boundary (else all of it counts as unstable).
+        let tail = text.get(segment..).unwrap_or(text);
         let mut chars = tail.chars();
         let settled = match (chars.next(), chars.next()) {
             // ASCII characters other than letters and `<=>` are the first

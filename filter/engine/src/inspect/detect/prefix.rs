@@ -161,8 +161,19 @@ struct Parser<'p> {
 }
 
 impl Parser<'_> {
+    /// The pattern from the current position (`pos` only moves by whole
+    /// characters; off a boundary, the rest reads as empty: unsupported).
+    fn rest(&self) -> &str {
+        self.src.get(self.pos..).unwrap_or_default()
+    }
+
+    /// The pattern from `start` to the current position.
+    fn since(&self, start: usize) -> Option<&str> {
+        self.src.get(start..self.pos)
+    }
+
     fn peek(&self) -> Option<char> {
-        self.src[self.pos..].chars().next()
+        self.rest().chars().next()
     }
 
     fn bump(&mut self) -> Option<char> {
@@ -181,7 +192,7 @@ impl Parser<'_> {
     }
 
     fn eat_str(&mut self, s: &str) -> bool {
-        if self.src[self.pos..].starts_with(s) {
+        if self.rest().starts_with(s) {
             self.pos += s.len();
             true
         } else {
@@ -277,7 +288,7 @@ impl Parser<'_> {
         while self.peek().is_some_and(|c| c.is_ascii_digit()) {
             self.pos += 1;
         }
-        let value = self.src[start..self.pos].parse().ok();
+        let value = self.since(start).and_then(|d| d.parse().ok());
         while self.peek().is_some_and(char::is_whitespace) {
             self.bump();
         }
@@ -292,11 +303,11 @@ impl Parser<'_> {
             '(' => return self.group(flags),
             '[' => {
                 self.class()?;
-                Node::Atom(flags.wrap(&self.src[start..self.pos]))
+                Node::Atom(flags.wrap(self.since(start)?))
             }
             '\\' => self.escape(start, *flags)?,
             '.' => Node::Atom(flags.wrap(".")),
-            '^' | '$' => Node::Assert(flags.wrap(&self.src[start..self.pos])),
+            '^' | '$' => Node::Assert(flags.wrap(self.since(start)?)),
             '*' | '+' | '?' | '{' | ')' | '|' => return None,
             c => Node::Lit(c, *flags),
         };
@@ -309,11 +320,11 @@ impl Parser<'_> {
             if self.eat(':') {
                 // non-capturing
             } else if self.eat_str("P<") || self.eat('<') {
-                let close = self.src[self.pos..].find('>')?;
+                let close = self.rest().find('>')?;
                 self.pos += close + 1;
             } else {
-                let end = self.src[self.pos..].find([':', ')'])?;
-                inner.apply(&self.src[self.pos..self.pos + end])?;
+                let end = self.rest().find([':', ')'])?;
+                inner.apply(self.rest().get(..end)?)?;
                 self.pos += end;
                 if self.eat(')') {
                     // `(?i)`: applies to the rest of the enclosing group.
@@ -367,23 +378,23 @@ impl Parser<'_> {
 
     fn escape(&mut self, start: usize, flags: Flags) -> Option<Node> {
         let c = self.bump()?;
-        let verbatim = |p: &Self| flags.wrap(&p.src[start..p.pos]);
+        let verbatim = |p: &Self| p.since(start).map(|s| flags.wrap(s));
         Some(match c {
             'd' | 'D' | 'w' | 'W' | 's' | 'S' | 'n' | 't' | 'r' | 'f' | 'v' | 'a' => {
-                Node::Atom(verbatim(self))
+                Node::Atom(verbatim(self)?)
             }
             'p' | 'P' => {
                 if self.eat('{') {
-                    let close = self.src[self.pos..].find('}')?;
+                    let close = self.rest().find('}')?;
                     self.pos += close + 1;
                 } else {
                     self.bump()?;
                 }
-                Node::Atom(verbatim(self))
+                Node::Atom(verbatim(self)?)
             }
             'x' | 'u' | 'U' => {
                 if self.eat('{') {
-                    let close = self.src[self.pos..].find('}')?;
+                    let close = self.rest().find('}')?;
                     self.pos += close + 1;
                 } else {
                     let digits = match c {
@@ -397,20 +408,21 @@ impl Parser<'_> {
                         }
                     }
                 }
-                Node::Atom(verbatim(self))
+                Node::Atom(verbatim(self)?)
             }
             'b' => {
                 // `\b{start}` and friends; `\b{5}` is a repetition instead.
-                if self.src[self.pos..].starts_with('{')
-                    && self.src[self.pos + 1..]
-                        .starts_with(|c: char| c.is_ascii_alphabetic() || c == '-')
+                if self
+                    .rest()
+                    .strip_prefix('{')
+                    .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_alphabetic() || c == '-'))
                 {
-                    let close = self.src[self.pos..].find('}')?;
+                    let close = self.rest().find('}')?;
                     self.pos += close + 1;
                 }
-                Node::Assert(verbatim(self))
+                Node::Assert(verbatim(self)?)
             }
-            'B' | 'A' | 'z' | '<' | '>' => Node::Assert(verbatim(self)),
+            'B' | 'A' | 'z' | '<' | '>' => Node::Assert(verbatim(self)?),
             c if c.is_ascii_alphanumeric() => return None,
             c => Node::Lit(c, flags),
         })

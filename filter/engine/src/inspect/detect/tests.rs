@@ -33,7 +33,7 @@ fn one(b: Builtin) -> DetectorSet {
     set(vec![MatcherSpec::Builtin(b)])
 }
 
-fn everything() -> &'static DetectorSet {
+pub(super) fn everything() -> &'static DetectorSet {
     static SET: OnceLock<DetectorSet> = OnceLock::new();
     SET.get_or_init(|| {
         let mut specs: Vec<MatcherSpec> =
@@ -83,7 +83,7 @@ fn pem(end: bool) -> String {
 }
 
 /// (detector, text, the values it must find: exactly these, in order).
-fn cases() -> Vec<(Builtin, String, Vec<String>)> {
+pub(super) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
     use Builtin::*;
     let s = |x: &str| x.to_string();
     let aws_secret = format!("{}/K7MDENG/bPxRfiCY{}", "wJalrXUtnFEMI", "EXAMPLEKEY");

@@ -117,7 +117,8 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
         let current = rest?;
         match current.find(['\r', '\n']) {
             Some(at) => {
-                let (line, tail) = current.split_at(at);
+                // At an ASCII line ending: a boundary.
+                let (line, tail) = current.split_at_checked(at)?;
                 rest = Some(
                     tail.strip_prefix("\r\n")
                         .or_else(|| tail.get(1..))
@@ -323,7 +324,9 @@ impl SseParser {
             }
         }
         while let Some(at) = rest.iter().position(|b| matches!(b, b'\n' | b'\r')) {
-            let (head, tail) = rest.split_at(at);
+            let Some((head, tail)) = rest.split_at_checked(at) else {
+                break;
+            };
             self.grow_line(head)?;
             // `tail` starts with the line ending found above.
             rest = match tail.split_first() {
