@@ -3,10 +3,9 @@
 #
 # Builds a new Debian 12 (bookworm) root with mmdebstrap in .fresh/root (the
 # `important` variant, as a minimal server install has it, plus git and make to
-# get and run the checkout), copies this checkout in (tracked and untracked
-# files, as the work tree has them; nothing ignored, so no target/, .venv/,
-# .tools/ or node_modules/), then runs the README's two commands inside it,
-# exactly as written, as root:
+# get and run the checkout), clones this checkout's HEAD into it (as CI and a
+# new user get it: no target/, .venv/, .tools/ or node_modules/), then runs
+# the README's two commands inside it, exactly as written, as root:
 #
 #     make demo
 #     make test
@@ -91,13 +90,12 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
 fi
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOTFS/etc/pip.conf"
 
-step "fresh-check: copying the checkout to /root/warden"
-mkdir -p "$ROOTFS/root/warden"
-git ls-files -z --cached --others --exclude-standard \
-    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-    | tar --null -T - -cf - | tar -xf - -C "$ROOTFS/root/warden"
-# The same checkout, with its history, as a user's clone has it.
-cp -a .git "$ROOTFS/root/warden/.git"
+step "fresh-check: cloning the checkout's HEAD to /root/warden"
+# A clone of what is committed, as CI and a new user get it: work not yet
+# committed is not part of what lands, so it is not part of the check.
+[ -z "$(git status --porcelain --untracked-files=no)" ] \
+    || info "note: uncommitted changes are not in the check (HEAD is $(git rev-parse --short HEAD))"
+git clone -q --no-local "$ROOT" "$ROOTFS/root/warden"
 
 mount -t proc proc "$ROOTFS/proc"
 mount -t sysfs sys "$ROOTFS/sys"
