@@ -19,6 +19,12 @@
 //!
 //! Gateways authenticate with `x-warden-gateway-key`; people with
 //! `Authorization: Bearer <JWT>` (see [`crate::user_auth`]).
+//!
+//! Publish and validate compile the document with the server's
+//! [`policies::Checker`], off the async threads: 413 past
+//! [`policies::MAX_DOCUMENT_BYTES`], 429 past the caller's rate, 503 when
+//! every slot is taken or the check outlives its deadline. Fields from
+//! requests are logged through [`crate::fields::logged`].
 
 use std::time::Duration;
 
@@ -35,7 +41,8 @@ use crate::approvals::{
     self, ApprovalView, ConsumeRequest, DecideRequest, OpenRequest, MAX_WAIT_MS,
 };
 use crate::error::ApiError;
-use crate::policies;
+use crate::fields::logged;
+use crate::policies::{self, CheckError};
 use crate::server::AppState;
 use crate::store::{ApprovalRow, Decider, OpenOutcome, PolicyMeta, StoreError};
 use crate::user_auth::{check_gateway, Caller};
@@ -218,12 +225,12 @@ async fn publish_policy(
             "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
         )));
     }
-    policies::validate(&request.document).map_err(ApiError::InvalidPolicy)?;
+    check_policy(&state, &caller, &request.document).await?;
     let sha256 = policies::sha256_hex(&request.document);
     let meta = state
         .store()
         .publish_policy(
-            &caller.identity.subject,
+            &crate::fields::stored(caller.identity.subject.clone()),
             message,
             &request.document,
             &sha256,
@@ -233,7 +240,7 @@ async fn publish_policy(
         .map_err(db)?;
     tracing::info!(
         version = meta.version,
-        author = %meta.author,
+        author = %logged(&meta.author),
         active = meta.active,
         "policy version published"
     );
@@ -245,10 +252,49 @@ async fn validate_policy(
     headers: HeaderMap,
     body: Result<Json<ValidateRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.users().caller(&headers).await?;
+    let caller = state.users().caller(&headers).await?;
     let Json(request) = body?;
-    policies::validate(&request.document).map_err(ApiError::InvalidPolicy)?;
+    check_policy(&state, &caller, &request.document).await?;
     Ok(Json(json!({ "valid": true })))
+}
+
+/// Compiles `document` for `caller` with the server's [`policies::Checker`].
+async fn check_policy(state: &AppState, caller: &Caller, document: &str) -> Result<(), ApiError> {
+    let key = format!("{}\n{}", caller.identity.issuer, caller.identity.subject);
+    let verdict = state
+        .policy_checker()
+        .check(&key, document, std::time::Instant::now())
+        .await;
+    verdict.map_err(|error| match error {
+        CheckError::Invalid(problems) => ApiError::InvalidPolicy(problems),
+        CheckError::TooLarge => ApiError::refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the policy document is larger than {} bytes",
+                policies::MAX_DOCUMENT_BYTES
+            ),
+        ),
+        CheckError::RateLimited(retry_after) => ApiError::Throttled {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: "too many policy checks: try again later".into(),
+            retry_after,
+        },
+        CheckError::Busy => ApiError::Throttled {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "policy_checks_busy",
+            message: "the server is checking other policies: try again shortly".into(),
+            retry_after: Duration::from_secs(1),
+        },
+        CheckError::TimedOut => ApiError::Throttled {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "policy_check_timeout",
+            message: "checking this policy takes too long: simplify its patterns".into(),
+            retry_after: Duration::from_secs(5),
+        },
+        CheckError::Failed(detail) => ApiError::Internal(format!("policy check failed: {detail}")),
+    })
 }
 
 async fn activate_policy(
@@ -260,7 +306,7 @@ async fn activate_policy(
     let version = parse_version(&version)?;
     let meta = state.store().activate_policy(version).await.map_err(db)?;
     let meta = meta.ok_or_else(|| no_such_version(version))?;
-    tracing::info!(version, by = %caller.identity.subject, "policy version activated");
+    tracing::info!(version, by = %logged(&caller.identity.subject), "policy version activated");
     Ok(Json(meta))
 }
 
@@ -276,11 +322,17 @@ async fn open_approval(
     let Json(request) = body?;
     let now = approvals::now_ms();
     let new = approvals::new_row(request, now).map_err(ApiError::BadRequest)?;
-    let (row, outcome) = state.store().open_approval(&new, now).await.map_err(db)?;
+    let (row, outcome) = state.store().open_approval(new, now).await.map_err(db)?;
     let view = approvals::view(&row, now, &state.approvals_url());
     let status = match outcome {
         OpenOutcome::Created => {
-            tracing::info!(approval = %row.id, rule = %row.rule, subject = %row.subject, "approval opened");
+            tracing::info!(
+                approval = %row.id,
+                rule = %logged(&row.rule),
+                subject = %logged(&row.subject),
+                model = %logged(&row.model),
+                "approval opened"
+            );
             if let Some(webhook) = state.webhook() {
                 webhook.spawn_send(&view);
             }
@@ -373,7 +425,7 @@ async fn consume_approval(
     let now = approvals::now_ms();
     if state.store().consume_approval(&id, now).await.map_err(db)? {
         let row = load(&state, &id).await?;
-        tracing::info!(approval = %id, "approval used");
+        tracing::info!(approval = %logged(&id), "approval used");
         return Ok(Json(approvals::view(&row, now, &state.approvals_url())));
     }
     let row = load(&state, &id).await?;
@@ -553,10 +605,11 @@ async fn decide(
         ));
     }
     let now = approvals::now_ms();
+    // From the token, which bounds nothing but its own size: cut like any stored field.
     let decider = Decider {
-        issuer: caller.identity.issuer.clone(),
-        subject: caller.identity.subject.clone(),
-        email: caller.identity.email.clone(),
+        issuer: crate::fields::stored(caller.identity.issuer.clone()),
+        subject: crate::fields::stored(caller.identity.subject.clone()),
+        email: caller.identity.email.clone().map(crate::fields::stored),
     };
     let decided = state
         .store()
@@ -582,9 +635,9 @@ async fn decide(
         });
     }
     tracing::info!(
-        approval = %id,
+        approval = %logged(&id),
         decision = if approve { "approved" } else { "denied" },
-        by = %decider.subject,
+        by = %logged(&decider.subject),
         "approval decided"
     );
     Ok(Json(approvals::view(&row, now, &state.approvals_url())))

@@ -16,8 +16,11 @@ use crate::store::ApprovalRow;
 
 /// Longest TTL a gateway may ask for (a day).
 pub const MAX_TTL_SECONDS: u64 = 86_400;
-/// Longest masked prompt stored, in bytes (longer ones are cut at a character boundary).
+/// Longest masked prompt stored, in bytes (longer ones are cut at a
+/// character boundary, with a marker that says so).
 pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
+/// Most groups stored for a requester, and most approver groups.
+pub const MAX_GROUPS: usize = 100;
 /// Longest `wait` the server holds a request open.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
@@ -147,6 +150,9 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
     if request.mode != "hold" && request.mode != "ticket" {
         return Err("`mode` must be `hold` or `ticket`".into());
     }
+    // What binds or routes the approval is refused when too long, never cut
+    // (two values differing past the cut would match one approval).
+    const MAX: usize = crate::fields::MAX_STORED_BYTES;
     for (name, value) in [
         ("issuer", &request.issuer),
         ("subject", &request.subject),
@@ -154,9 +160,12 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         ("route", &request.route),
         ("rule", &request.rule),
     ] {
-        if value.trim().is_empty() || value.len() > 1024 {
-            return Err(format!("`{name}` must be 1 to 1024 bytes"));
+        if value.trim().is_empty() || value.len() > MAX {
+            return Err(format!("`{name}` must be 1 to {MAX} bytes"));
         }
+    }
+    if request.model.as_ref().is_some_and(|m| m.len() > MAX) {
+        return Err(format!("`model` must be at most {MAX} bytes"));
     }
     let sha = &request.body_sha256;
     if sha.len() != 64
@@ -174,6 +183,11 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
     if approvers.is_empty() {
         return Err("`approvers` must name at least one group".into());
     }
+    if approvers.len() > MAX_GROUPS || approvers.iter().any(|g| g.len() > MAX) {
+        return Err(format!(
+            "`approvers` must name at most {MAX_GROUPS} groups of at most {MAX} bytes"
+        ));
+    }
     if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
         return Err(format!(
             "`ttl_seconds` must be between 1 and {MAX_TTL_SECONDS}"
@@ -189,15 +203,16 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         mode: request.mode,
         issuer: request.issuer,
         subject: request.subject,
-        email: request.email,
-        groups_json: serde_json::to_string(&request.groups).unwrap_or_else(|_| "[]".into()),
+        email: request.email.map(crate::fields::stored),
+        groups_json: serde_json::to_string(&shown_groups(request.groups))
+            .unwrap_or_else(|_| "[]".into()),
         provider: request.provider,
         model: request.model.unwrap_or_default(),
         route: request.route,
         rule: request.rule,
         policy_version: request.policy_version,
         body_sha256: request.body_sha256,
-        masked_prompt: truncate(request.masked_prompt, MAX_PROMPT_BYTES),
+        masked_prompt: crate::fields::bound(&request.masked_prompt, MAX_PROMPT_BYTES).into_owned(),
         approvers_json: serde_json::to_string(&approvers).unwrap_or_else(|_| "[]".into()),
         created_ms: now_ms,
         expires_ms: now_ms.saturating_add(ttl_ms),
@@ -210,15 +225,20 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
     })
 }
 
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+/// The requester's groups as stored: only shown to approvers, so cut
+/// rather than refused (a directory may list hundreds): each name bounded,
+/// at most [`MAX_GROUPS`], then a last entry saying how many were left out.
+fn shown_groups(groups: Vec<String>) -> Vec<String> {
+    let total = groups.len();
+    let mut shown: Vec<String> = groups
+        .into_iter()
+        .take(MAX_GROUPS)
+        .map(crate::fields::stored)
+        .collect();
+    if total > MAX_GROUPS {
+        shown.push(format!("…[{} more]", total - MAX_GROUPS));
     }
-    text
+    shown
 }
 
 /// `apr_` and 128 random bits from the operating system's CSPRNG, in hex.
@@ -267,6 +287,34 @@ mod tests {
     }
 
     #[test]
+    fn descriptive_fields_are_bounded() {
+        let mut long = request();
+        long.email = Some(format!("{}@example.com", "e".repeat(300 * 1024)));
+        long.groups = (0..5000)
+            .map(|i| format!("g{i}-{}", "x".repeat(2000)))
+            .collect();
+        long.masked_prompt = "é".repeat(MAX_PROMPT_BYTES);
+        let row = new_row(long, 0).unwrap();
+        let email = row.email.unwrap();
+        assert!(email.len() <= crate::fields::MAX_STORED_BYTES);
+        assert!(email.ends_with("bytes]"), "{email}");
+        let groups: Vec<String> = serde_json::from_str(&row.groups_json).unwrap();
+        assert_eq!(groups.len(), MAX_GROUPS + 1);
+        assert!(groups[..MAX_GROUPS]
+            .iter()
+            .all(|g| g.starts_with('g') && g.len() <= crate::fields::MAX_STORED_BYTES));
+        assert_eq!(groups[MAX_GROUPS], "…[4900 more]");
+        // The prompt says that it was cut.
+        assert!(row.masked_prompt.len() <= MAX_PROMPT_BYTES);
+        assert!(row.masked_prompt.starts_with("éé"));
+        assert!(row.masked_prompt.ends_with("…[cut, 32768 bytes]"));
+        // What fits is kept as sent.
+        let row = new_row(request(), 0).unwrap();
+        assert_eq!(row.masked_prompt, "hello");
+        assert_eq!(row.groups_json, r#"["eng"]"#);
+    }
+
+    #[test]
     fn statuses_are_derived() {
         let mut row = new_row(request(), 1000).unwrap();
         assert_eq!(status_at(&row, 1000), "pending");
@@ -293,6 +341,21 @@ mod tests {
         assert!(new_row(bad, 0).is_err());
         let mut bad = request();
         bad.ttl_seconds = 0;
+        assert!(new_row(bad, 0).is_err());
+        let mut bad = request();
+        bad.model = Some("m".repeat(200 * 1024));
+        assert_eq!(
+            new_row(bad, 0).unwrap_err(),
+            "`model` must be at most 1024 bytes"
+        );
+        let mut bad = request();
+        bad.rule = "r".repeat(1025);
+        assert!(new_row(bad, 0).is_err());
+        let mut bad = request();
+        bad.approvers = vec!["a".repeat(1025)];
+        assert!(new_row(bad, 0).is_err());
+        let mut bad = request();
+        bad.approvers = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
         assert!(new_row(bad, 0).is_err());
         let id = new_id();
         assert_eq!(id.len(), 36);

@@ -547,6 +547,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         ui_issuer: args.ui_issuer,
         approval_webhook: args.approval_webhook.filter(|s| !s.is_empty()),
         approval_webhook_format: args.approval_webhook_format,
+        policy_checks: crate::policies::CheckLimits::default(),
     };
     server::serve(&args.listen, config)
         .await

@@ -13,7 +13,7 @@
 //! leave the process.
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,20 @@ pub enum ApiError {
         message: String,
     },
 
+    /// Too much at once: 429 for one caller's rate, 503 for the server's
+    /// capacity; answered with `Retry-After`.
+    #[error("{code}: {message}")]
+    Throttled {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Safe to show to the caller.
+        message: String,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
+
     /// A policy document that does not compile: 422 with every problem.
     #[error("invalid policy ({} problems)", .0.len())]
     InvalidPolicy(Vec<crate::policies::Problem>),
@@ -98,7 +112,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Refused { status, .. } => *status,
+            ApiError::Refused { status, .. } | ApiError::Throttled { status, .. } => *status,
             ApiError::InvalidPolicy(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -113,7 +127,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::DatabaseUnavailable(_) => "database_unavailable",
             ApiError::Internal(_) => "internal",
-            ApiError::Refused { code, .. } => code,
+            ApiError::Refused { code, .. } | ApiError::Throttled { code, .. } => code,
             ApiError::InvalidPolicy(_) => "invalid_policy",
         }
     }
@@ -125,7 +139,8 @@ impl ApiError {
             ApiError::BadRequest(message)
             | ApiError::UnsupportedMediaType(message)
             | ApiError::NotFound(message)
-            | ApiError::Refused { message, .. } => message.clone(),
+            | ApiError::Refused { message, .. }
+            | ApiError::Throttled { message, .. } => message.clone(),
             ApiError::PayloadTooLarge => "the request body is too large".to_owned(),
             ApiError::MethodNotAllowed => "this method is not allowed on this path".to_owned(),
             ApiError::DatabaseUnavailable(_) => "the database is not available".to_owned(),
@@ -165,18 +180,28 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Details and messages can quote the request: bounded and escaped.
+        use crate::fields::logged;
         match &self {
             ApiError::DatabaseUnavailable(detail) => {
-                tracing::error!(error = %detail, "database unavailable");
+                tracing::error!(error = %logged(detail), "database unavailable");
             }
             ApiError::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
+                tracing::error!(error = %logged(detail), "internal error");
             }
             _ => {
-                tracing::debug!(code = self.code(), message = %self.public_message(), "request rejected");
+                tracing::debug!(code = self.code(), message = %logged(&self.public_message()), "request rejected");
             }
         }
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let ApiError::Throttled { retry_after, .. } = &self {
+            // Whole seconds, rounded up: never "0", which invites a spin.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
     }
 }
 
@@ -216,6 +241,30 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"error": {"code": "bad_request", "message": "`sub` must not be empty"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn throttled_answers_say_when_to_retry() {
+        let response = ApiError::Throttled {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: "slow down".into(),
+            retry_after: std::time::Duration::from_millis(4200),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        let (_, body) = body_of(ApiError::Throttled {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "policy_checks_busy",
+            message: "busy".into(),
+            retry_after: std::time::Duration::ZERO,
+        })
+        .await;
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "policy_checks_busy", "message": "busy"}})
         );
     }
 

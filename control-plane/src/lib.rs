@@ -16,14 +16,15 @@
 //! | [`cli`] | clap definitions (`warden serve`, `warden token`, …) and the client verbs, which talk to the API over HTTP with reqwest |
 //! | [`client`] | `warden policy …` and `warden approvals …`: HTTP calls, tables, `--json` |
 //! | [`api`] | the `/v1` routes: policies (publish, list, show, validate, activate, active + ETag, schema) and approvals (open, wait, consume, list, show, approve, deny) |
-//! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes |
+//! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
 //! | [`approvals`] | the approval request and answer shapes, derived status (expired, consumed), ids |
 //! | [`user_auth`] | people's bearer tokens (dev issuer, OIDC discovery issuers) and the gateway secret |
 //! | [`sessions`] | recorded sessions: the gateways' batch append, the auditors' list/show, the hash chain and its check |
-//! | [`webhook`] | the background announcement of new approvals (JSON or Slack) |
+//! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
 //! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
+//! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
-//! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction |
+//! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
 //! | [`dev_issuer`] | the development OIDC issuer behind `--dev` (discovery, JWKS with RS256/ES256/EdDSA keys, token minting, the authorization code flow with PKCE) |
 //! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config`, the dev issuer's browser sign-in (`/dev/authorize`, `/dev/oauth/token`) |
 //!
@@ -32,7 +33,8 @@
 //! * `warden serve --dev` lets anyone who can reach the server mint tokens
 //!   the gateway trusts. It is for a developer's machine and tests only,
 //!   bound to loopback; **never use `--dev` in production**.
-//! * Tokens, key material and database URLs are never logged.
+//! * Tokens, key material and database URLs are never logged. Fields from
+//!   requests are logged escaped and bounded ([`fields::logged`]).
 
 pub mod api;
 pub mod approvals;
@@ -40,6 +42,7 @@ pub mod cli;
 pub mod client;
 pub mod dev_issuer;
 pub mod error;
+pub mod fields;
 pub mod policies;
 pub mod server;
 pub mod sessions;

@@ -42,6 +42,8 @@ use crate::dev_issuer::{
     DevIssuer, DevIssuerError, MintError, TokenRequest, TokenResponse, ISSUER_PATH,
 };
 use crate::error::ApiError;
+use crate::fields::logged;
+use crate::policies::{CheckLimits, Checker};
 use crate::store::{DatabaseTarget, Store, StoreError};
 use crate::user_auth::{TrustConfig, UserAuth};
 use crate::webhook::{redact, Webhook, WebhookFormat};
@@ -83,6 +85,9 @@ pub struct ServerConfig {
     /// The URL clients reach this server at, without a trailing slash; the
     /// dev issuer is `<public_url>/dev`.
     pub public_url: String,
+    /// Bounds on policy checks (not on the command line: the defaults suit,
+    /// tests tighten them).
+    pub policy_checks: CheckLimits,
 }
 
 // Hand-written so the database URL (which may hold a password) is never printed.
@@ -111,6 +116,7 @@ impl fmt::Debug for ServerConfig {
                 &self.approval_webhook.as_deref().map(redact),
             )
             .field("approval_webhook_format", &self.approval_webhook_format)
+            .field("policy_checks", &self.policy_checks)
             .finish()
     }
 }
@@ -140,6 +146,7 @@ impl Default for ServerConfig {
             database_url: None,
             dev: false,
             public_url: String::new(),
+            policy_checks: CheckLimits::default(),
         }
     }
 }
@@ -219,6 +226,7 @@ struct Inner {
     config: ServerConfig,
     users: UserAuth,
     webhook: Option<Webhook>,
+    policy_checker: Checker,
 }
 
 impl AppState {
@@ -260,6 +268,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 dev_issuer,
+                policy_checker: Checker::new(config.policy_checks.clone()),
                 config,
                 users,
                 webhook,
@@ -325,6 +334,11 @@ impl AppState {
     /// The approval webhook, when configured.
     pub fn webhook(&self) -> Option<&Webhook> {
         self.inner.webhook.as_ref()
+    }
+
+    /// Compiles policy documents within the server's limits.
+    pub fn policy_checker(&self) -> &Checker {
+        &self.inner.policy_checker
     }
 
     /// The database.
@@ -564,7 +578,7 @@ async fn dev_token(
         MintError::Sign(detail) => ApiError::Internal(detail),
     })?;
     tracing::info!(
-        sub = request.sub.trim(),
+        sub = %logged(request.sub.trim()),
         alg = %request.alg.unwrap_or_default(),
         "minted a dev token"
     );
@@ -584,10 +598,11 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Logs one line per request: method, path (never the query string, nor
-/// headers or bodies, which can carry tokens), status and duration.
+/// headers or bodies, which can carry tokens; bounded, as the client chose
+/// it), status and duration.
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let path = logged(request.uri().path());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();

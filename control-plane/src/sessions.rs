@@ -30,6 +30,9 @@
 //! with the approvers.
 //!
 //! Records hold prompts (masked or not): their contents are never logged.
+//! Their top-level metadata (model, route, subject, user agent, …) is cut to
+//! [`crate::fields::MAX_STORED_BYTES`] before it is stored and hashed; the
+//! bodies (`request`, `response`) are kept whole.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -132,8 +135,8 @@ pub fn validate_batch(records: Vec<Value>) -> Result<Vec<NewSession>, String> {
     records
         .into_iter()
         .enumerate()
-        .map(|(index, record)| {
-            let Value::Object(object) = &record else {
+        .map(|(index, mut record)| {
+            let Value::Object(object) = &mut record else {
                 return Err(format!("records[{index}] must be a JSON object"));
             };
             let id = match object.get("id") {
@@ -146,6 +149,7 @@ pub fn validate_batch(records: Vec<Value>) -> Result<Vec<NewSession>, String> {
                     ))
                 }
             };
+            bound_metadata(object);
             let text_of = |key: &str| {
                 object
                     .get(key)
@@ -167,6 +171,31 @@ pub fn validate_batch(records: Vec<Value>) -> Result<Vec<NewSession>, String> {
         .collect()
 }
 
+/// Top-level fields stored whole: the id (checked to be short) and the
+/// bodies, which are what a record is for (the batch limit bounds them).
+const WHOLE_FIELDS: [&str; 3] = ["id", "request", "response"];
+
+/// Cuts the record's other top-level strings (model, route, subject, user
+/// agent, …, and the strings of top-level lists such as `groups`) with
+/// [`crate::fields::stored`]. Before the record is hashed, so the chain
+/// covers what is stored.
+fn bound_metadata(object: &mut Map<String, Value>) {
+    let bound = |value: &mut Value| {
+        if let Value::String(text) = value {
+            *text = crate::fields::stored(std::mem::take(text));
+        }
+    };
+    for (key, value) in object.iter_mut() {
+        if WHOLE_FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        match value {
+            Value::Array(items) => items.iter_mut().for_each(bound),
+            value => bound(value),
+        }
+    }
+}
+
 async fn append_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -179,7 +208,7 @@ async fn append_sessions(
     let received_at = crate::approvals::rfc3339(crate::approvals::now_ms());
     let (stored, last_seq) = state
         .store()
-        .append_sessions(&rows, &received_at)
+        .append_sessions(rows, &received_at)
         .await
         .map_err(db)?;
     // Counts only: records hold prompts.
@@ -441,7 +470,7 @@ async fn verify_sessions(
         ok = report.ok,
         checked = report.checked,
         problems = report.problems.len(),
-        by = %caller.identity.subject,
+        by = %crate::fields::logged(&caller.identity.subject),
         "session chain verified"
     );
     Ok(Json(report))
@@ -676,5 +705,40 @@ mod tests {
         }
         let many = vec![json!({"id": "a"}); MAX_BATCH_RECORDS + 1];
         assert!(validate_batch(many).is_err());
+    }
+
+    #[test]
+    fn record_metadata_is_bounded_but_bodies_are_kept() {
+        let huge = "m".repeat(200 * 1024);
+        let body = "p".repeat(100 * 1024);
+        let rows = validate_batch(vec![json!({
+            "id": "r1",
+            "subject": huge,
+            "decision": huge,
+            "model": huge,
+            "user_agent": huge,
+            "groups": ["eng", huge],
+            "status": 200,
+            "request": {"messages": [{"content": body}]},
+            "response": body,
+        })])
+        .unwrap();
+        let row = &rows[0];
+        let max = crate::fields::MAX_STORED_BYTES;
+        assert!(row.subject.len() <= max && row.subject.ends_with("bytes]"));
+        assert!(row.decision.len() <= max);
+        let record: Value = serde_json::from_str(&row.record).unwrap();
+        for key in ["model", "user_agent", "subject"] {
+            let text = record[key].as_str().unwrap();
+            assert!(text.len() <= max, "{key}");
+            assert!(text.ends_with("…[cut, 204800 bytes]"), "{key}");
+        }
+        assert_eq!(record["groups"][0], "eng");
+        assert!(record["groups"][1].as_str().unwrap().len() <= max);
+        assert_eq!(record["status"], 200);
+        assert_eq!(record["response"], body.as_str());
+        assert_eq!(record["request"]["messages"][0]["content"], body.as_str());
+        // The chain covers what is stored.
+        assert_eq!(row.record, serde_json::to_string(&record).unwrap());
     }
 }

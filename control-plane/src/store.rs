@@ -16,6 +16,15 @@
 //!
 //! Database URLs can hold passwords: they are never logged, and errors never
 //! repeat them.
+//!
+//! Every write is cancellation-safe. A handler's future is dropped when its
+//! client goes away (the gateway gives up after 5 s), and sqlx leaves a
+//! connection inside a transaction when a `begin` is dropped after the
+//! database began it; back in the pool, such a connection refused every later
+//! write (SQLite: it also kept the write lock). So each write runs to its end
+//! on a task of its own (`Store::to_completion`), whether or not anyone
+//! still waits for it, and a connection that comes back to the pool inside a
+//! transaction anyway is closed, not reused (the pools' `after_release`).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -65,6 +74,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// The task running a write panicked or was stopped with the runtime.
+    #[error("database write did not finish: {0}")]
+    Interrupted(String),
 }
 
 /// Which database backend is in use.
@@ -202,6 +214,21 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `write` on a task of its own and waits for its result. Dropping
+    /// the returned future (a client gone, a timeout) does not stop the
+    /// write: its transaction commits or rolls back as if awaited, and its
+    /// connection goes back to the pool outside any transaction.
+    async fn to_completion<T, F, W>(&self, write: W) -> Result<T, StoreError>
+    where
+        W: FnOnce(Store) -> F,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(write(self.clone()))
+            .await
+            .map_err(|error| StoreError::Interrupted(error.to_string()))?
+    }
+
     /// Closes every connection, waiting for those in use to be returned.
     /// (For SQLite this also checkpoints the write-ahead log.)
     pub async fn close(&self) {
@@ -326,6 +353,24 @@ impl Store {
         sha256: &str,
         activate: bool,
     ) -> Result<PolicyMeta, StoreError> {
+        let (author, message) = (author.to_owned(), message.to_owned());
+        let (document, sha256) = (document.to_owned(), sha256.to_owned());
+        self.to_completion(move |store| async move {
+            store
+                .publish_policy_now(&author, &message, &document, &sha256, activate)
+                .await
+        })
+        .await
+    }
+
+    async fn publish_policy_now(
+        &self,
+        author: &str,
+        message: &str,
+        document: &str,
+        sha256: &str,
+        activate: bool,
+    ) -> Result<PolicyMeta, StoreError> {
         let insert =
             "INSERT INTO policy_versions (version, author, sha256, message, document, active) \
              SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, FALSE FROM policy_versions \
@@ -374,6 +419,11 @@ impl Store {
 
     /// Makes `version` the only active version. `None` when there is no such version.
     pub async fn activate_policy(&self, version: i64) -> Result<Option<PolicyMeta>, StoreError> {
+        self.to_completion(move |store| async move { store.activate_policy_now(version).await })
+            .await
+    }
+
+    async fn activate_policy_now(&self, version: i64) -> Result<Option<PolicyMeta>, StoreError> {
         let found = match self {
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -467,6 +517,15 @@ impl Store {
     /// unexpired, unused approval with the same binding; else return a pending
     /// or denied one; else create `new`.
     pub async fn open_approval(
+        &self,
+        new: ApprovalRow,
+        now_ms: i64,
+    ) -> Result<(ApprovalRow, OpenOutcome), StoreError> {
+        self.to_completion(move |store| async move { store.open_approval_now(&new, now_ms).await })
+            .await
+    }
+
+    async fn open_approval_now(
         &self,
         new: &ApprovalRow,
         now_ms: i64,
@@ -601,18 +660,22 @@ impl Store {
              decided_by_subject = $3, decided_by_email = $4, decided_ms = $5, reason = $6 \
              WHERE id = $7 AND status = 'pending' AND expires_ms > $5";
         let status = if approve { "approved" } else { "denied" };
-        let done = on_pool!(self, pool => sqlx::query(sql)
-            .bind(status)
-            .bind(&by.issuer)
-            .bind(&by.subject)
-            .bind(&by.email)
-            .bind(now_ms)
-            .bind(reason)
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(done == 1)
+        let (id, by, reason) = (id.to_owned(), by.clone(), reason.map(str::to_owned));
+        self.to_completion(move |store| async move {
+            let done = on_pool!(&store, pool => sqlx::query(sql)
+                .bind(status)
+                .bind(&by.issuer)
+                .bind(&by.subject)
+                .bind(&by.email)
+                .bind(now_ms)
+                .bind(&reason)
+                .bind(&id)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            Ok(done == 1)
+        })
+        .await
     }
 
     /// Marks an approved, unexpired, unused approval as used. Returns whether
@@ -620,13 +683,17 @@ impl Store {
     pub async fn consume_approval(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = 'approved' \
              AND consumed_ms IS NULL AND expires_ms > $1";
-        let done = on_pool!(self, pool => sqlx::query(sql)
-            .bind(now_ms)
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(done == 1)
+        let id = id.to_owned();
+        self.to_completion(move |store| async move {
+            let done = on_pool!(&store, pool => sqlx::query(sql)
+                .bind(now_ms)
+                .bind(&id)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            Ok(done == 1)
+        })
+        .await
     }
 }
 
@@ -689,6 +756,18 @@ impl Store {
     /// batch are skipped. Returns how many were stored and the chain's last
     /// `seq` afterwards (0 when empty).
     pub async fn append_sessions(
+        &self,
+        records: Vec<NewSession>,
+        received_at: &str,
+    ) -> Result<(usize, i64), StoreError> {
+        let received_at = received_at.to_owned();
+        self.to_completion(move |store| async move {
+            store.append_sessions_now(&records, &received_at).await
+        })
+        .await
+    }
+
+    async fn append_sessions_now(
         &self,
         records: &[NewSession],
         received_at: &str,
@@ -860,6 +939,15 @@ async fn connect_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, Sto
     SqlitePoolOptions::new()
         .max_connections(8)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                // The ping runs after any rollback a dropped `Transaction`
+                // queued; a transaction still counted then has no owner left
+                // (a `begin` dropped once SQLite had begun it).
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Connect {
@@ -899,9 +987,29 @@ async fn connect_postgres(options: PgConnectOptions) -> Result<PgPool, StoreErro
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(|conn, _| Box::pin(postgres_reusable(conn)))
         .connect_with(options)
         .await
         .map_err(connect_error)
+}
+
+/// Whether a PostgreSQL connection returned to the pool is outside any
+/// transaction. sqlx counts a transaction only once the server answered its
+/// BEGIN, so this asks the server: a simple query (no Parse/Bind, which
+/// restart `statement_timestamp`) outside a transaction block is the first
+/// statement of its own transaction, and the two times are equal; inside a
+/// block, the block began earlier.
+async fn postgres_reusable(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Executor as _;
+    // Through `Executor` (a boxed future): `RawSql::fetch_one`'s own future
+    // trips rustc's Send check in the pool's higher-ranked callback.
+    let row = (&mut *conn)
+        .fetch_one(sqlx::raw_sql(
+            "SELECT transaction_timestamp() = statement_timestamp()",
+        ))
+        .await?;
+    let outside: bool = sqlx::Row::try_get(&row, 0)?;
+    Ok(outside && !conn.is_in_transaction())
 }
 
 /// Errors worth retrying at start: the server is not up (yet), not ones

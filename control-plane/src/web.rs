@@ -442,8 +442,8 @@ async fn authorize_submit(
         Err(error) => return sign_in_error(&error.to_string()),
     };
     tracing::info!(
-        sub = who.sub.trim(),
-        client_id = authorize.client_id,
+        sub = %crate::fields::logged(who.sub.trim()),
+        client_id = %crate::fields::logged(&authorize.client_id),
         "dev issuer: signed in"
     );
     let mut location = authorize.redirect_uri;

@@ -111,23 +111,26 @@ async fn start(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Optio
     Some(start_on(database_url, tweak).await)
 }
 
+/// The tests' settings for a server at `base` with its data in `dir`
+/// (the dev issuer's keys copied there).
+fn test_config(dir: &Path, base: &str, database_url: Option<String>) -> ServerConfig {
+    copy_dir(&dev_keys().join(KEY_DIR_NAME), &dir.join(KEY_DIR_NAME));
+    ServerConfig {
+        data_dir: dir.to_path_buf(),
+        database_url,
+        dev: true,
+        public_url: base.to_owned(),
+        gateway_secret: Some(SECRET.to_owned()),
+        ..ServerConfig::default()
+    }
+}
+
 /// A server on `database_url` (None: SQLite in its own data dir).
 async fn start_on(database_url: Option<String>, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &dev_keys().join(KEY_DIR_NAME),
-        &dir.path().join(KEY_DIR_NAME),
-    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        database_url,
-        dev: true,
-        public_url: base.clone(),
-        gateway_secret: Some(SECRET.to_owned()),
-        ..ServerConfig::default()
-    };
+    let mut config = test_config(dir.path(), &base, database_url);
     tweak(&mut config);
     let state = AppState::build(&config).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -1982,4 +1985,540 @@ mod replay_on {
         auditors_read_approvals_and_decide_nothing,
         the_auditor_group_is_configurable,
     );
+}
+
+// ---------------------------------------------------------------------------
+// Cancelled writes (issue 12, F6): a request dropped mid-write (the gateway
+// gives up after 5 s and closes the connection) must not leave its
+// connection inside a transaction, which made every later write fail.
+
+mod cancellation {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+
+    use sqlx::Connection as _;
+    use warden_control_plane::approvals::{new_row, now_ms, OpenRequest};
+    use warden_control_plane::sessions::validate_batch;
+    use warden_control_plane::store::{Decider, Store};
+
+    /// Completes a oneshot when woken.
+    struct Signal(Mutex<Option<oneshot::Sender<()>>>);
+
+    impl Wake for Signal {
+        fn wake(self: Arc<Self>) {
+            if let Some(woken) = self.0.lock().unwrap().take() {
+                let _ = woken.send(());
+            }
+        }
+    }
+
+    /// Polls `future` `polls` times, each time after the previous poll's
+    /// wake-up (what it waited for is there), and drops it right after the
+    /// last one: a cancellation at a known await point, whatever the timing.
+    /// Returns whether it finished first.
+    async fn cancel_after<F: Future>(future: F, polls: usize) -> bool {
+        let mut future = std::pin::pin!(future);
+        for poll in 1..=polls {
+            let (woken, wait) = oneshot::channel();
+            let waker = Waker::from(Arc::new(Signal(Mutex::new(Some(woken)))));
+            if future
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                return true;
+            }
+            if poll < polls {
+                let _ = wait.await;
+            }
+        }
+        false
+    }
+
+    /// Waits until `check` holds (each round trip to the database yields).
+    async fn eventually<F, C>(what: &str, mut check: C)
+    where
+        C: FnMut() -> F,
+        F: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !check().await {
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn approval(subject: &str, body: usize) -> OpenRequest {
+        let mut request = approval_request(subject, "a", 300);
+        request["body_sha256"] = json!(format!("{body:064x}"));
+        serde_json::from_value(request).unwrap()
+    }
+
+    /// Waits until every connection of the pool is back (idle) or closed:
+    /// returning one runs the pool's release check on a task of its own.
+    async fn settle(store: &Store) {
+        eventually("the pool's connections came back", move || async move {
+            match store {
+                Store::Sqlite(pool) => pool.num_idle() == pool.size() as usize,
+                Store::Postgres(pool) => pool.num_idle() == pool.size() as usize,
+            }
+        })
+        .await;
+    }
+
+    /// Every idle connection of the pool is outside a transaction, as the
+    /// database sees it. Taking them all at once means each is looked at;
+    /// connections in use (a write still running) are not idle.
+    async fn assert_no_idle_transaction(store: &Store) {
+        match store {
+            Store::Sqlite(pool) => {
+                let mut held = Vec::new();
+                for _ in 0..pool.num_idle() {
+                    let mut conn = pool.acquire().await.unwrap();
+                    // SQLite refuses a BEGIN inside a transaction.
+                    sqlx::query("BEGIN")
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!("a pooled connection is inside a transaction: {e}")
+                        });
+                    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+                    held.push(conn);
+                }
+            }
+            Store::Postgres(pool) => {
+                let mut held = Vec::new();
+                for _ in 0..pool.num_idle() {
+                    let mut conn = pool.acquire().await.unwrap();
+                    // A simple query outside a block starts its own transaction.
+                    let row =
+                        sqlx::raw_sql("SELECT transaction_timestamp() = statement_timestamp()")
+                            .fetch_one(&mut *conn)
+                            .await
+                            .unwrap();
+                    let outside: bool = sqlx::Row::get(&row, 0);
+                    assert!(outside, "a pooled connection is inside a transaction");
+                    held.push(conn);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn cancelled_writes_leave_the_pool_clean(backend: Backend) {
+        let Some(server) = start(backend, |_| {}).await else {
+            return;
+        };
+        let store = &server.state.store().clone();
+
+        // Below the store: sqlx's own `begin`, dropped at each of its await
+        // points in turn. Dropped after the database began but before the
+        // `Transaction` existed, the transaction has no owner: the pool must
+        // close that connection rather than hand it out again. Whether a
+        // given poll reaches that point depends on the database's speed, so
+        // the two states it can leave are also made on purpose below.
+        let mut polls = 1;
+        loop {
+            let finished = match store {
+                Store::Sqlite(pool) => {
+                    let mut conn = pool.acquire().await.unwrap();
+                    cancel_after(conn.begin_with("BEGIN IMMEDIATE"), polls).await
+                }
+                Store::Postgres(pool) => {
+                    let mut conn = pool.acquire().await.unwrap();
+                    cancel_after(conn.begin(), polls).await
+                }
+            };
+            // Before anything else uses it (a later write's COMMIT would
+            // end a PostgreSQL transaction left open, by chance).
+            settle(store).await;
+            assert_no_idle_transaction(store).await;
+            if finished {
+                break;
+            }
+            polls += 1;
+            assert!(polls < 100, "BEGIN never finished");
+        }
+        // A transaction sqlx counts with no `Transaction` left to end it
+        // (SQLite: a `begin_with` dropped while it checked the handle).
+        match store {
+            Store::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.unwrap();
+                std::mem::forget(conn.begin_with("BEGIN IMMEDIATE").await.unwrap());
+                assert!(conn.is_in_transaction());
+            }
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await.unwrap();
+                std::mem::forget(conn.begin().await.unwrap());
+                assert!(conn.is_in_transaction());
+            }
+        }
+        settle(store).await;
+        assert_no_idle_transaction(store).await;
+        if let Store::Postgres(pool) = store {
+            // One sqlx does not count (PostgreSQL: a `begin` dropped while
+            // it waited for the server's answer).
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
+            assert!(!conn.is_in_transaction());
+            drop(conn);
+            settle(store).await;
+            assert_no_idle_transaction(store).await;
+        }
+
+        // Every store write, dropped once started: each still completes.
+        const N: usize = 8;
+        for i in 0..N {
+            let sha = warden_control_plane::policies::sha256_hex(POLICY_V1);
+            let message = format!("dropped {i}");
+            cancel_after(
+                store.publish_policy("root", &message, POLICY_V1, &sha, false),
+                1,
+            )
+            .await;
+            let row = new_row(approval("alice", i), now_ms()).unwrap();
+            cancel_after(store.open_approval(row, now_ms()), 1).await;
+            let batch =
+                validate_batch(vec![json!({"id": format!("r{i}"), "subject": "alice"})]).unwrap();
+            cancel_after(store.append_sessions(batch, "2026-01-02T03:04:05.000Z"), 1).await;
+        }
+        eventually("the dropped publishes completed", move || async move {
+            store.list_policies().await.unwrap().len() == N
+        })
+        .await;
+        eventually("the dropped approvals were opened", move || async move {
+            store.recent_approvals().await.unwrap().len() == N
+        })
+        .await;
+        eventually("the dropped sessions were appended", move || async move {
+            store.list_sessions(None, None, 100).await.unwrap().len() == N
+        })
+        .await;
+        cancel_after(store.activate_policy(2), 1).await;
+        eventually("the dropped activation completed", move || async move {
+            store
+                .active_policy()
+                .await
+                .unwrap()
+                .is_some_and(|p| p.meta.version == 2)
+        })
+        .await;
+        let (row, _) = store
+            .open_approval(new_row(approval("bob", 0), now_ms()).unwrap(), now_ms())
+            .await
+            .unwrap();
+        let lead = Decider {
+            issuer: "https://idp.example".into(),
+            subject: "lena".into(),
+            email: None,
+        };
+        let id = row.id.as_str();
+        cancel_after(
+            store.decide_approval(id, true, &lead, Some("ok"), now_ms()),
+            1,
+        )
+        .await;
+        eventually("the dropped decision was recorded", move || async move {
+            store.approval(id).await.unwrap().unwrap().status == "approved"
+        })
+        .await;
+        cancel_after(store.consume_approval(id, now_ms()), 1).await;
+        eventually("the dropped use was recorded", move || async move {
+            store
+                .approval(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .consumed_ms
+                .is_some()
+        })
+        .await;
+
+        // Over HTTP: requests the client drops at each point of their way.
+        let admin = server.admin();
+        for polls in 1..=6 {
+            let publish = server.post(
+                "/v1/policies",
+                Auth::Bearer(&admin),
+                json!({"document": POLICY_V2, "message": "dropped", "activate": polls % 2 == 0}),
+            );
+            cancel_after(publish, polls).await;
+            let open = server.post(
+                "/v1/approvals",
+                Auth::Gateway(SECRET),
+                request_from(&server, "carol", &format!("{polls}"), 300),
+            );
+            cancel_after(open, polls).await;
+            let append = server.post(
+                "/v1/sessions",
+                Auth::Gateway(SECRET),
+                json!({"records": [{"id": format!("h{polls}"), "subject": "carol"}]}),
+            );
+            cancel_after(append, polls).await;
+        }
+
+        // No connection came back inside a transaction, and every write works.
+        assert_no_idle_transaction(store).await;
+        let published = server.publish(POLICY_V2, "after the drops", true).await;
+        let (status, body) = server
+            .post(
+                &format!("/v1/policies/{}/activate", published["version"]),
+                Auth::Bearer(&admin),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, opened) = server
+            .post(
+                "/v1/approvals",
+                Auth::Gateway(SECRET),
+                request_from(&server, "dave", "d", 300),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{opened}");
+        let (status, body) = server
+            .post(
+                &format!("/v1/approvals/{}/approve", opened["id"].as_str().unwrap()),
+                Auth::Bearer(&server.token("lena", &["leads"])),
+                json!({"reason": "fine"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = server
+            .post(
+                "/v1/sessions",
+                Auth::Gateway(SECRET),
+                json!({"records": [{"id": "after", "subject": "dave"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_no_idle_transaction(store).await;
+    }
+}
+
+mod cancellation_on {
+    use super::cancellation::*;
+    use super::Backend;
+    on_both!(cancelled_writes_leave_the_pool_clean);
+}
+
+// ---------------------------------------------------------------------------
+// Policy checks (issue 12, F7): compiling runs off the async threads, within
+// bounds, so one person cannot stall policy polls and approvals.
+
+/// A door the server's policy checks wait at while it is closed; each check
+/// says when it arrives.
+struct Door {
+    closed: Mutex<bool>,
+    opened: std::sync::Condvar,
+    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl Door {
+    fn pass(&self) {
+        let _ = self.arrived.send(());
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+    }
+
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_checks_do_not_stall_the_server() {
+    use warden_control_plane::policies::{CheckLimits, MAX_DOCUMENT_BYTES};
+
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let door = Arc::new(Door {
+        closed: Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+        arrived,
+    });
+    // The server on a runtime of its own with ONE thread: were a check to
+    // run on it, nothing else would be answered while the check waits.
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = test_config(dir.path(), &base, None);
+    let hold = door.clone();
+    config.policy_checks = CheckLimits {
+        concurrent: 1,
+        burst: 3,
+        // Never refilled while the test runs (the limiter's own clock is
+        // driven in the policies unit tests).
+        refill: Duration::from_secs(3600),
+        deadline: Duration::from_secs(3600),
+        before_check: Some(Arc::new(move || hold.pass())),
+    };
+    let (ready, started) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let state = AppState::build(&config).await.unwrap();
+            let listener = TcpListener::from_std(listener).unwrap();
+            let _ = ready.send(state.clone());
+            run(listener, state, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    let server = Server {
+        base,
+        state: started.await.unwrap(),
+        http: reqwest::Client::new(),
+        _dir: dir,
+        stop: Some(stop),
+    };
+    // A failure detector only: a stalled server fails the test instead of hanging it.
+    let limit = Duration::from_secs(120);
+
+    // The door open, a publish goes through the checker.
+    server.publish(POLICY_V1, "first", true).await;
+    arrivals.recv().await.unwrap();
+
+    // Alice's check held in flight.
+    door.set(true);
+    let alice = server.token("alice", &["engineering"]);
+    let held = {
+        let http = server.http.clone();
+        let url = format!("{}/v1/policies/validate", server.base);
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(alice)
+                .json(&json!({"document": POLICY_V2}))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        })
+    };
+    arrivals.recv().await.unwrap();
+
+    // Meanwhile the gateways' poll, an approval and the health check are answered.
+    let (status, active) = tokio::time::timeout(
+        limit,
+        server.get("/v1/policy/active", Auth::Gateway(SECRET)),
+    )
+    .await
+    .expect("policy poll: no answer while a check runs");
+    assert_eq!(status, StatusCode::OK, "{active}");
+    assert_eq!(active["version"], 1);
+    let (status, opened) = tokio::time::timeout(
+        limit,
+        server.post(
+            "/v1/approvals",
+            Auth::Gateway(SECRET),
+            request_from(&server, "alice", "f", 300),
+        ),
+    )
+    .await
+    .expect("approval: no answer while a check runs");
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let (status, _) = tokio::time::timeout(limit, server.get("/healthz", Auth::None))
+        .await
+        .expect("health check: no answer while a check runs");
+    assert_eq!(status, StatusCode::OK);
+    // One check more than the slots is refused at once, not queued.
+    let bob = server.token("bob", &["engineering"]);
+    let response = server
+        .http
+        .post(format!("{}/v1/policies/validate", server.base))
+        .bearer_auth(&bob)
+        .json(&json!({"document": POLICY_V2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "policy_checks_busy", "{body}");
+    assert!(!held.is_finished(), "the held check ended early");
+
+    // The door opens: the held check answers.
+    door.set(false);
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"valid": true}));
+
+    // Alice used one of her three; two more, then 429 with when to retry.
+    async fn validate(server: &Server, token: &str, document: &str) -> (StatusCode, Value) {
+        server
+            .post(
+                "/v1/policies/validate",
+                Auth::Bearer(token),
+                json!({ "document": document }),
+            )
+            .await
+    }
+    for _ in 0..2 {
+        let (status, body) = validate(&server, &alice, POLICY_V2).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let response = server
+        .http
+        .post(format!("{}/v1/policies/validate", server.base))
+        .bearer_auth(&alice)
+        .json(&json!({"document": POLICY_V2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3000..=3600).contains(&retry), "{retry}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Bob's bucket is his own.
+    let (status, body) = validate(&server, &bob, POLICY_V2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Too large: 413 in the API's error shape, before any compiling.
+    let big = format!("# {}\n{POLICY_V1}", "x".repeat(MAX_DOCUMENT_BYTES));
+    let (status, body) = validate(&server, &bob, &big).await;
+    assert_code(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let (status, body) = server
+        .post(
+            "/v1/policies",
+            Auth::Bearer(&server.admin()),
+            json!({"document": big, "message": "too big"}),
+        )
+        .await;
+    assert_code(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    // Every check that compiled after the held one went through the door:
+    // alice's two, bob's one (the refused ones never reached it).
+    let mut passed = 0;
+    while arrivals.try_recv().is_ok() {
+        passed += 1;
+    }
+    assert_eq!(passed, 3, "checks after the held one");
+
+    drop(server);
+    drop(thread);
 }
