@@ -105,9 +105,9 @@ pub fn endpoint_of(api: Api, method: &[u8], upstream_path: &str) -> Endpoint {
     }
 }
 
-/// Every name [`endpoint_of`] gives besides the families: a policy entry
-/// that is none of these (and no glob) is a typo, refused at compile time.
-pub const KNOWN: &[&str] = &[
+/// The names [`endpoint_of`] gives to inference and to the endpoints that
+/// share a path with it; with [`FAMILIES`] and `other`, every name it gives.
+const SPECIFIC: &[&str] = &[
     "chat.completions",
     "chat.completions.stored",
     "completions",
@@ -119,6 +119,10 @@ pub const KNOWN: &[&str] = &[
     "messages",
     "messages.count_tokens",
     "messages.batches",
+];
+
+/// The stateful endpoint families, named by their path's first segment.
+pub const FAMILIES: &[&str] = &[
     "files",
     "uploads",
     "batches",
@@ -134,34 +138,25 @@ pub const KNOWN: &[&str] = &[
     "conversations",
     "videos",
     "organization",
-    "other",
 ];
 
-/// Whether `name` is an endpoint name [`endpoint_of`] can give.
+/// Whether `name` is an endpoint name [`endpoint_of`] can give: a policy
+/// entry that is none of these (and no glob) is a typo, refused when the
+/// policy is compiled.
 pub fn is_known(name: &str) -> bool {
-    KNOWN.contains(&name)
+    name == "other" || SPECIFIC.contains(&name) || FAMILIES.contains(&name)
 }
 
-/// The stateful endpoint families by their first segment; anything else
-/// (an inference path with another method among them) is `other`.
+/// Every known name, for error messages.
+pub fn known_names() -> String {
+    let mut all: Vec<&str> = SPECIFIC.iter().chain(FAMILIES).copied().collect();
+    all.push("other");
+    all.join(", ")
+}
+
+/// The family of a path's first segment; anything else (an inference path
+/// with another method among them) is `other`.
 fn named(first: &str) -> &'static str {
-    const FAMILIES: &[&str] = &[
-        "files",
-        "uploads",
-        "batches",
-        "assistants",
-        "threads",
-        "vector_stores",
-        "fine_tuning",
-        "audio",
-        "images",
-        "realtime",
-        "evals",
-        "containers",
-        "conversations",
-        "videos",
-        "organization",
-    ];
     FAMILIES
         .iter()
         .find(|f| **f == first)

@@ -555,7 +555,7 @@ impl Policy {
                         format!("groups.{name}.endpoints"),
                         format!(
                             "{e:?} is not an endpoint name; use `inference`, a glob, or one of: {}",
-                            crate::endpoint::KNOWN.join(", ")
+                            crate::endpoint::known_names()
                         ),
                     ));
                 }
