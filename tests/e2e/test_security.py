@@ -258,3 +258,14 @@ def test_a_get_that_carries_a_body_is_refused(stack):
     assert resp.status == 400, resp.body
     assert b"warden.body_not_allowed" in resp.body
     assert stack.provider_received() == []
+
+
+def test_headers_that_pick_provider_side_scope_never_reach_the_provider(stack):
+    token = stack.token("alice", ["engineering"])
+    status, _, _ = http("POST", f"{stack.gateway_url}{CHAT}", body=chat_body("hello"), headers={
+        "authorization": f"Bearer {token}", "openai-organization": "org-someone-else",
+        "openai-project": "proj-other", "cookie": "session=abc", "anthropic-beta": "x"})
+    assert status == 200
+    (received,) = stack.provider_received()
+    for name in ("openai-organization", "openai-project", "cookie", "anthropic-beta"):
+        assert name not in received["headers"], name

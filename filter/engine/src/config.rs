@@ -86,7 +86,22 @@ pub struct ProviderDoc {
     /// Envoy route strips it before the request goes upstream.
     pub path_prefix: String,
     pub credential: CredentialDoc,
+    /// Client headers of [`SCOPING_HEADERS`] to let through to this provider
+    /// (e.g. `[anthropic-beta]` for beta tools); the rest are removed.
+    #[serde(default)]
+    pub pass_headers: Vec<String>,
 }
+
+/// Client headers that pick provider-side scope or state: an organization or
+/// project other than the gateway's, beta features, cookies. With one key
+/// for everyone they would let a user reach what the operator did not choose,
+/// so they are removed unless a provider's `pass_headers` names them.
+pub const SCOPING_HEADERS: &[&str] = &[
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "anthropic-beta",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +149,9 @@ pub struct Provider {
     /// environment has no key: requests then get a 503 that says so.
     pub credential_value: Option<Secret>,
     pub credential_env: String,
+    /// [`SCOPING_HEADERS`] removed from this provider's requests (those not
+    /// in its `pass_headers`).
+    pub scoping_headers: Vec<&'static str>,
 }
 
 /// The compiled configuration, shared by every request of a worker VM.
@@ -235,6 +253,23 @@ impl FilterConfig {
                         Some(s) if !s.is_empty() => Secret::new(format!("{s} {}", key.trim())),
                         _ => Secret::new(key.trim().to_string()),
                     });
+            let mut pass = Vec::new();
+            for h in &p.pass_headers {
+                let h = h.to_ascii_lowercase();
+                if !SCOPING_HEADERS.contains(&h.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "provider {:?}: pass_headers {h:?} is not one of {} (other client headers pass already)",
+                        p.name,
+                        SCOPING_HEADERS.join(", ")
+                    )));
+                }
+                pass.push(h);
+            }
+            let scoping_headers = SCOPING_HEADERS
+                .iter()
+                .copied()
+                .filter(|h| !pass.iter().any(|p| p == h))
+                .collect();
             providers.push(Provider {
                 name: p.name,
                 api: p.api,
@@ -242,6 +277,7 @@ impl FilterConfig {
                 credential_header: header,
                 credential_value,
                 credential_env: p.credential.env,
+                scoping_headers,
             });
         }
         let auth = Authenticator::compile(doc.authentication, env)?;

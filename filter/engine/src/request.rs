@@ -487,8 +487,9 @@ pub struct ForwardPlan {
     pub set: Vec<(String, Vec<u8>)>,
 }
 
-/// Step 5: strip every client credential and gateway-owned header, add the
-/// provider's key and required headers. Only headers the request carries are
+/// Step 5: strip every client credential, gateway-owned header and
+/// provider-scoping header ([`crate::config::SCOPING_HEADERS`], unless the
+/// provider passes it), add the provider's key and required headers. Only headers the request carries are
 /// removed: each removal is a call across the host boundary.
 pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>) -> ForwardPlan {
     let mut remove: Vec<String> = config
@@ -508,6 +509,11 @@ pub fn forward_plan(config: &FilterConfig, provider: usize, headers: Headers<'_>
     }
     let mut set = Vec::new();
     if let Some(p) = config.providers.get(provider) {
+        for name in &p.scoping_headers {
+            if headers.contains(name) && !remove.iter().any(|r| r == name) {
+                remove.push((*name).to_owned());
+            }
+        }
         if let Some(key) = &p.credential_value {
             set.push((
                 p.credential_header.clone(),

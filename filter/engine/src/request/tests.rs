@@ -458,3 +458,41 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
         "{text}"
     );
 }
+
+#[test]
+fn provider_scoping_headers_are_removed_unless_the_provider_passes_them() {
+    let signer = RawSigner::new(1, "k1");
+    let doc = |pass: serde_json::Value| {
+        json!({
+            "providers": [
+                {"name": "openai", "api": "openai", "path_prefix": "/openai/", "credential": {"env": "OK"}},
+                {"name": "anthropic", "api": "anthropic", "path_prefix": "/anthropic/",
+                 "credential": {"env": "AK"}, "pass_headers": pass}
+            ],
+            "authentication": {"issuers": [{"issuer": ISS, "audiences": ["warden"], "inline_jwks": {"keys": [signer.jwk()]}}]}
+        })
+        .to_string()
+    };
+    let cfg = FilterConfig::from_bytes(doc(json!(["Anthropic-Beta"])).as_bytes(), &|_| {
+        Some("k".into())
+    })
+    .unwrap();
+    let h = headers(&[
+        ("cookie", "session=1"),
+        ("openai-organization", "org-other"),
+        ("openai-project", "proj-other"),
+        ("anthropic-beta", "computer-use-2025-01-24"),
+        ("content-type", "application/json"),
+    ]);
+    let openai = forward_plan(&cfg, 0, Headers::new(&h));
+    for gone in ["cookie", "openai-organization", "openai-project", "anthropic-beta"] {
+        assert!(openai.remove.iter().any(|r| r == gone), "{gone} kept");
+    }
+    let anthropic = forward_plan(&cfg, 1, Headers::new(&h));
+    assert!(!anthropic.remove.iter().any(|r| r == "anthropic-beta"));
+    assert!(anthropic.remove.iter().any(|r| r == "cookie"));
+    assert!(!openai.remove.iter().any(|r| r == "content-type"));
+    // Only scoping headers can be passed: the others pass already.
+    let err = FilterConfig::from_bytes(doc(json!(["x-custom"])).as_bytes(), &|_| None).unwrap_err();
+    assert!(err.to_string().contains("pass_headers"), "{err}");
+}
