@@ -9,7 +9,8 @@
 #   scripts/postgres.sh url DIR     print the URL of the running server
 #
 # Run as root, the server runs as the `postgres` user (PostgreSQL refuses
-# root) through runuser; DIR is then handed to that user. Authentication is
+# root) through runuser, in /tmp/warden-pg-<hash of DIR> (handed to that
+# user), since DIR may be under a home it cannot enter. Authentication is
 # `trust` on loopback only: a test database, never a real one.
 set -euo pipefail
 
@@ -28,7 +29,8 @@ pg_bin() {
 
 as_owner() {
     if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
+        # From /: the caller's directory may be one `postgres` cannot enter.
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
@@ -43,6 +45,14 @@ dir="${2:-}"
 [ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start|stop|url DIR"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
+if [ "$(id -u)" = 0 ]; then
+    # The server runs as `postgres`, which cannot reach a DIR under a
+    # private home (a checkout in /root, mode 700): as root the cluster lives
+    # in a directory of its own under /tmp, named after DIR, so start, stop
+    # and url agree on it.
+    dir="/tmp/warden-pg-$(printf '%s' "$dir" | sha256sum | cut -c1-16)"
+    mkdir -p "$dir"
+fi
 data="$dir/data"
 BIN="$(pg_bin)"
 
