@@ -163,8 +163,12 @@ fn parse_path(path: &str) -> Vec<Segment<'_>> {
 /// How the server bounds policy checks (validate and publish).
 #[derive(Clone)]
 pub struct CheckLimits {
-    /// Checks running at once; one more is refused (503) rather than queued.
+    /// Checks running at once; one more waits for a slot up to `queue`.
     pub concurrent: usize,
+    /// Longest a check waits for a slot before it is refused (503): a few
+    /// admins publishing at once are served in turn, a flood is not queued
+    /// without end.
+    pub queue: Duration,
     /// Checks one caller may start back to back...
     pub burst: u32,
     /// ...and one more per `refill` after that (429 before).
@@ -182,6 +186,7 @@ impl Default for CheckLimits {
     fn default() -> Self {
         CheckLimits {
             concurrent: 2,
+            queue: Duration::from_secs(10),
             burst: 10,
             refill: Duration::from_secs(6),
             deadline: Duration::from_secs(30),
@@ -194,6 +199,7 @@ impl std::fmt::Debug for CheckLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckLimits")
             .field("concurrent", &self.concurrent)
+            .field("queue", &self.queue)
             .field("burst", &self.burst)
             .field("refill", &self.refill)
             .field("deadline", &self.deadline)
@@ -251,11 +257,12 @@ impl Checker {
             .unwrap_or_else(PoisonError::into_inner)
             .admit(caller, now)
             .map_err(CheckError::RateLimited)?;
-        let slot = self
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| CheckError::Busy)?;
+        let slot = match tokio::time::timeout(self.limits.queue, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(CheckError::Busy),
+        };
         let text = document.to_owned();
         let before = self.limits.before_check.clone();
         let check = tokio::task::spawn_blocking(move || {
@@ -413,6 +420,7 @@ mod tests {
         let wait = Mutex::new(wait);
         let checker = Checker::new(CheckLimits {
             concurrent: 1,
+            queue: Duration::ZERO,
             deadline: Duration::ZERO,
             before_check: Some(Arc::new(move || {
                 let _ = wait.lock().unwrap().recv();

@@ -2349,6 +2349,8 @@ async fn policy_checks_do_not_stall_the_server() {
     let hold = door.clone();
     config.policy_checks = CheckLimits {
         concurrent: 1,
+        // A second check is refused at once, not queued: what is measured.
+        queue: Duration::ZERO,
         burst: 3,
         // Never refilled while the test runs (the limiter's own clock is
         // driven in the policies unit tests).
