@@ -221,11 +221,15 @@ impl WardenHttp {
         serde_json::to_vec(&record).ok()
     }
 
-    /// Records what the rules found, for the access log.
-    fn record_outcome(&self) {
+    /// Records what the rules found, for the access log; a forwarded request
+    /// whose answer the rules rewrote is `masked`, not `allowed`.
+    fn record_outcome(&mut self) {
         let summary = self.outcome.summary();
         if !summary.is_empty() {
             let _ = host::set_filter_state("warden.rules", summary.as_bytes());
+        }
+        if self.decision == "allowed" && self.outcome.rewrote() {
+            self.set_decision("masked");
         }
     }
 
@@ -673,9 +677,6 @@ impl WardenHttp {
         self.recorded_response = stream_record(rewriter, text);
         self.outcome.merge(text.outcome());
         self.record_outcome();
-        if self.decision == "allowed" && self.outcome.rewrote() {
-            self.set_decision("masked");
-        }
     }
 
     fn inspect_json_response(
@@ -717,9 +718,6 @@ impl WardenHttp {
             self.recorded_response = inspected.recorded;
         }
         self.record_outcome();
-        if self.decision == "allowed" && self.outcome.rewrote() {
-            self.set_decision("masked");
-        }
         if let Some((rule, _)) = stop {
             host::log(
                 LogLevel::Info,
