@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from browser.chromium import launch, watched_context  # noqa: E402
 from harness.stack import (  # noqa: E402
-    ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, spawn, wait_until)
+    ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, node_binary, spawn, wait_until)
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
@@ -408,7 +408,7 @@ def test_sign_in_with_a_real_openid_provider(playwright, tmp_path):
     ports = Ports.free()
     idp_url = f"http://127.0.0.1:{ports.provider}"
     page_url = f"http://127.0.0.1:{ports.control_plane}/approvals"
-    idp = spawn("oidc-provider", ["node", str(IDP_SCRIPT), "--port", str(ports.provider),
+    idp = spawn("oidc-provider", [node_binary(), str(IDP_SCRIPT), "--port", str(ports.provider),
                                   "--redirect", page_url], tmp_path / "idp.log")
     cp = None
     context = None

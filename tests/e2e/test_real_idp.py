@@ -5,6 +5,7 @@ cached keys ride out until their bound, then a clear denial."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -13,13 +14,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.stack import ROOT, Ports, Process, default_filter_config, http, spawn, wait_until
+from harness.stack import ROOT, Ports, Process, default_filter_config, http, node_binary, spawn, wait_until
 
 IDP_DIR = ROOT / "tests" / "idp"
 CLIENT_ID = "warden-e2e"
 CLIENT_SECRET = "warden-e2e-client-secret-of-enough-length"
 # Short bounds so the test sees refresh and expiry in seconds.
 REFRESH, MAX_STALE, MIN_REFETCH = 2, 5, 1
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
 
 class Idp:
     def __init__(self, workdir: Path):
@@ -29,14 +35,14 @@ class Idp:
         self.process: Process | None = None
 
     def new_key(self, kid: str) -> dict:
-        out = subprocess.run(["node", "server.mjs", "--generate-key", kid], cwd=IDP_DIR,
+        out = subprocess.run([node_binary(), "server.mjs", "--generate-key", kid], cwd=IDP_DIR,
                              capture_output=True, text=True, check=True, timeout=30)
         return json.loads(out.stdout)
 
     def start(self, keys: list[dict]) -> None:
         path = self.workdir / f"idp-keys-{'-'.join(k['kid'] for k in keys)}.json"
         path.write_text(json.dumps(keys))
-        self.process = spawn("oidc-provider", ["node", str(IDP_DIR / "server.mjs"), "--port", str(self.port),
+        self.process = spawn("oidc-provider", [node_binary(), str(IDP_DIR / "server.mjs"), "--port", str(self.port),
                                                "--keys", str(path)], self.workdir / "logs" / "idp.log")
         wait_until("the IdP", lambda: http("GET", f"{self.issuer}/.well-known/openid-configuration",
                                            timeout=2)[0] == 200, alive=self.process.check_alive)
@@ -44,6 +50,8 @@ class Idp:
     def stop(self) -> None:
         if self.process:
             self.process.stop()
+            # The next start must be the one answering, never a survivor.
+            wait_until("the IdP's port to close", lambda: not port_open(self.port), timeout=10)
 
     def token(self) -> str:
         body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": CLIENT_ID,

