@@ -25,7 +25,6 @@ use warden_engine::auth::cache::TokenCache;
 use warden_engine::auth::jwks::KeySet;
 use warden_engine::auth::{AuthenticationDoc, Authenticator, Identity};
 use warden_engine::inspect::apply::{inspect_json, MaskingStream};
-use warden_engine::inspect::body::Shape;
 use warden_engine::inspect::mask::{HashKey, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
 use warden_engine::policy::{Direction, Policy};
@@ -143,7 +142,6 @@ impl Masking {
             &self.policy,
             &active,
             Direction::Request,
-            Shape::OpenAiChat,
             body,
             &mut vault,
             &self.key,
@@ -162,7 +160,6 @@ impl Masking {
             &self.policy,
             &active,
             Direction::Response,
-            Shape::Unknown,
             body,
             &mut vault,
             &self.key,

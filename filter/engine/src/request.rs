@@ -20,7 +20,7 @@ use crate::auth::{AuthError, Identity};
 use crate::config::{FilterConfig, Provider};
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_value, Outcome};
-use crate::inspect::body::{parse_strict, Shape};
+use crate::inspect::body::{each_text, parse_strict};
 use crate::inspect::mask::{Action, Vault};
 use crate::endpoint::Endpoint;
 use crate::policy::{Denial, Direction, Policy};
@@ -395,7 +395,6 @@ pub fn inspect_request(
     provider: usize,
     identity: &Identity,
     model: Option<&str>,
-    upstream_path: &str,
     body: &mut Value,
     vault: &mut Vault,
 ) -> (Outcome, Result<Option<Vec<u8>>, Rejection>) {
@@ -407,12 +406,10 @@ pub fn inspect_request(
     if active.is_empty() {
         return (Outcome::default(), Ok(None));
     }
-    let shape = Shape::of(p.api, upstream_path);
     let (outcome, changed) = inspect_value(
         policy,
         &active,
         Direction::Request,
-        shape,
         body,
         vault,
         &config.hash_key,
@@ -469,11 +466,13 @@ pub fn policy_stale(api: Api, silent_for: u64) -> Rejection {
 }
 
 /// The prompt text as an approver sees it: every text of the request (after
-/// the policy's masking), one per line.
-pub fn prompt_text(api: Api, upstream_path: &str, body: &mut Value) -> String {
+/// the policy's masking), one per line: the same strings the rules read, so
+/// an approver decides on everything the model would see.
+pub fn prompt_text(body: &mut Value) -> String {
     let mut parts = Vec::new();
-    crate::inspect::body::each_request_text(Shape::of(api, upstream_path), body, &mut |t| {
-        parts.push(t.clone())
+    each_text(body, &mut |t| {
+        parts.push(t.clone());
+        false
     });
     parts.join("\n")
 }

@@ -30,7 +30,7 @@ use warden_engine::config::FilterConfig;
 use warden_engine::control::{ApprovalFlow, ApprovalRequest, Call, Next, SessionRecord};
 use warden_engine::endpoint::{endpoint_of, Endpoint};
 use warden_engine::headers::Headers;
-use warden_engine::inspect::apply::{inspect_json, MaskingStream, Outcome, SharedMasking};
+use warden_engine::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
 use warden_engine::inspect::body::Shape;
 use warden_engine::inspect::mask::{Action as RuleAction, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
@@ -116,12 +116,20 @@ pub struct WardenHttp {
     recorded_response: Option<serde_json::Value>,
 }
 
+/// What a body read whole is.
+#[derive(Clone, Copy)]
+enum WholeBody {
+    Json,
+    /// `text/*` (not an event stream): one text.
+    Text,
+}
+
 /// How the response body is handled.
 enum ResponseMode {
     /// Nothing to inspect: bytes pass as they come.
     Pass,
-    /// A JSON body, read whole, inspected, replaced.
-    Json { shape: Shape, active: ActiveRules },
+    /// A JSON or text body, read whole, inspected, replaced.
+    Whole { kind: WholeBody, active: ActiveRules },
     /// An event stream, rewritten event by event (the handle reads what the
     /// rules found once it ends).
     Stream(Box<StreamRewriter>, SharedMasking),
@@ -393,7 +401,6 @@ impl WardenHttp {
             self.provider,
             &identity,
             model.as_deref(),
-            &self.upstream_path,
             &mut doc,
             &mut self.vault,
         );
@@ -461,7 +468,7 @@ impl WardenHttp {
             .providers
             .get(self.provider)
             .map_or("", |p| p.name.as_str());
-        let prompt = request::prompt_text(api, &self.upstream_path, masked);
+        let prompt = request::prompt_text(masked);
         let ask = ApprovalRequest::new(
             &identity,
             provider,
@@ -636,18 +643,21 @@ impl WardenHttp {
             let _ = host::set_response_header("content-length", None);
             return Action::Continue;
         }
-        if content_type.starts_with("application/json") {
-            self.response = ResponseMode::Json { shape, active };
-            // Held until the body is read, so a block can still change the status.
-            return Action::Pause;
-        }
         // A body the filter cannot read (binary, compressed) while rules
-        // apply to it: refuse rather than pass it uninspected.
-        if host::response_header("content-encoding").is_some() || !content_type.starts_with("text/")
-        {
+        // apply to it: refused rather than passed uninspected.
+        if host::response_header("content-encoding").is_some() {
             return self.block_response("warden.response_uninspectable");
         }
-        Action::Continue
+        let kind = if content_type.starts_with("application/json") {
+            WholeBody::Json
+        } else if content_type.starts_with("text/") {
+            WholeBody::Text
+        } else {
+            return self.block_response("warden.response_uninspectable");
+        };
+        self.response = ResponseMode::Whole { kind, active };
+        // Held until the body is read, so a block can still change the status.
+        Action::Pause
     }
 
     /// Answers with a gateway error instead of the provider's response (whose
@@ -679,10 +689,10 @@ impl WardenHttp {
         self.record_outcome();
     }
 
-    fn inspect_json_response(
+    fn inspect_whole_response(
         &mut self,
         body_size: usize,
-        shape: Shape,
+        kind: WholeBody,
         active: &ActiveRules,
     ) -> Action {
         let (Some(config), Some(policy)) = (self.config.clone(), self.policy.clone()) else {
@@ -692,18 +702,21 @@ impl WardenHttp {
             Ok(b) => b,
             Err(_) => return self.block_response("warden.response_uninspectable"),
         };
-        let inspected = match inspect_json(
+        let inspect = match kind {
+            WholeBody::Json => inspect_json,
+            WholeBody::Text => inspect_text,
+        };
+        let inspected = match inspect(
             &policy,
             active,
             Direction::Response,
-            shape,
             &body,
             &mut self.vault,
             &config.hash_key,
             policy.record == Record::Masked,
         ) {
             Ok(i) => i,
-            // A provider error page that is not JSON: nothing of ours to restore or mask.
+            // Not the JSON or UTF-8 text it was declared as: withheld.
             Err(_) => return self.block_response("warden.response_uninspectable"),
         };
         // Only the response's own findings can stop the response (the
@@ -945,17 +958,17 @@ impl HttpContext for WardenHttp {
                 self.response = ResponseMode::Closed;
                 Action::Continue
             }
-            ResponseMode::Json { shape, active } => {
+            ResponseMode::Whole { kind, active } => {
                 let limit = self.config.as_ref().map_or(0, |c| c.max_body_bytes);
                 if body_size > limit {
                     return self.block_response("warden.response_uninspectable");
                 }
                 self.response_body_size = body_size;
                 if !end_of_stream {
-                    self.response = ResponseMode::Json { shape, active };
+                    self.response = ResponseMode::Whole { kind, active };
                     return Action::Pause;
                 }
-                self.inspect_json_response(body_size, shape, &active)
+                self.inspect_whole_response(body_size, kind, &active)
             }
             ResponseMode::Stream(mut rewriter, text) => {
                 let chunk = match host::response_body(body_size) {
@@ -999,8 +1012,8 @@ impl HttpContext for WardenHttp {
         // decided now, as it would be on a last chunk.
         match std::mem::replace(&mut self.response, ResponseMode::Pass) {
             ResponseMode::Pass | ResponseMode::Closed => Action::Continue,
-            ResponseMode::Json { shape, active } => {
-                self.inspect_json_response(self.response_body_size, shape, &active)
+            ResponseMode::Whole { kind, active } => {
+                self.inspect_whole_response(self.response_body_size, kind, &active)
             }
             ResponseMode::Stream(mut rewriter, text) => {
                 // The chunks have gone downstream; what the rewriter still

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::body::{each_request_text, each_response_text, parse_strict, to_json, Shape};
+use super::body::{each_text, parse_strict, to_json};
 use super::mask::{apply, Action, Edit, HashKey, Vault};
 use super::sse::{Channel, ChannelKind, StreamApi, StreamBlock, StreamText};
 use crate::policy::{ActiveRules, Direction, Hit, Policy};
@@ -90,9 +90,11 @@ impl Outcome {
 pub enum BodyError {
     #[error("the body is not valid JSON ({0})")]
     NotJson(String),
+    #[error("the body is not UTF-8 text ({0})")]
+    NotText(String),
 }
 
-/// The result of inspecting one JSON body.
+/// The result of inspecting one body.
 #[derive(Debug)]
 pub struct Inspected {
     /// The rewritten body, when anything changed.
@@ -113,32 +115,59 @@ pub fn inspect_json(
     policy: &Policy,
     active: &ActiveRules,
     direction: Direction,
-    shape: Shape,
     body: &[u8],
     vault: &mut Vault,
     key: &HashKey,
     record: bool,
 ) -> Result<Inspected, BodyError> {
-    let mut doc: Value = parse_strict(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    let (outcome, masked) = mask_value(policy, active, direction, shape, &mut doc, vault, key);
+    let doc: Value = parse_strict(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    Ok(inspect_doc(policy, active, direction, doc, vault, key, record, to_json))
+}
+
+/// As [`inspect_json`], for a body that is one text (a `text/*` answer):
+/// the whole body is read as one string.
+#[allow(clippy::too_many_arguments)]
+pub fn inspect_text(
+    policy: &Policy,
+    active: &ActiveRules,
+    direction: Direction,
+    body: &[u8],
+    vault: &mut Vault,
+    key: &HashKey,
+    record: bool,
+) -> Result<Inspected, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| BodyError::NotText(e.to_string()))?;
+    let doc = Value::String(text.to_owned());
+    let write = |doc: &Value| doc.as_str().unwrap_or_default().as_bytes().to_vec();
+    Ok(inspect_doc(policy, active, direction, doc, vault, key, record, write))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inspect_doc(
+    policy: &Policy,
+    active: &ActiveRules,
+    direction: Direction,
+    mut doc: Value,
+    vault: &mut Vault,
+    key: &HashKey,
+    record: bool,
+    write: impl Fn(&Value) -> Vec<u8>,
+) -> Inspected {
+    let (outcome, masked) = mask_value(policy, active, &mut doc, vault, key);
     let restoring = direction == Direction::Response && !vault.is_empty();
     // Only values about to be put back make the record differ from the
     // document sent: a copy then, else the document itself once written.
     let masked_copy = (record && restoring).then(|| doc.clone());
-    let restored = restoring && restore_value(shape, &mut doc, vault);
-    let body = if masked || restored {
-        Some(to_json(&doc))
-    } else {
-        None
-    };
+    let restored = restoring && restore_value(&mut doc, vault);
+    let body = (masked || restored).then(|| write(&doc));
     let usage = doc.get("usage").filter(|u| u.is_object()).cloned();
     let recorded = record.then(|| masked_copy.unwrap_or(doc));
-    Ok(Inspected {
+    Inspected {
         body,
         outcome,
         usage,
         recorded,
-    })
+    }
 }
 
 /// [`inspect_json`] on a document already parsed; returns what was found and
@@ -147,13 +176,12 @@ pub fn inspect_value(
     policy: &Policy,
     active: &ActiveRules,
     direction: Direction,
-    shape: Shape,
     doc: &mut Value,
     vault: &mut Vault,
     key: &HashKey,
 ) -> (Outcome, bool) {
-    let (outcome, masked) = mask_value(policy, active, direction, shape, doc, vault, key);
-    let restored = direction == Direction::Response && restore_value(shape, doc, vault);
+    let (outcome, masked) = mask_value(policy, active, doc, vault, key);
+    let restored = direction == Direction::Response && restore_value(doc, vault);
     (outcome, masked || restored)
 }
 
@@ -162,46 +190,39 @@ pub fn inspect_value(
 fn mask_value(
     policy: &Policy,
     active: &ActiveRules,
-    direction: Direction,
-    shape: Shape,
     doc: &mut Value,
     vault: &mut Vault,
     key: &HashKey,
 ) -> (Outcome, bool) {
     let mut outcome = Outcome::default();
-    let mut changed = false;
-    let mut visit = |s: &mut String| {
+    let changed = each_text(doc, &mut |s: &mut String| {
         let (edits, hits) = policy.scan(active, s);
         for hit in &hits {
             outcome.record(policy, hit);
         }
-        if !edits.is_empty() {
-            *s = apply(s, &edits, vault, key);
-            changed = true;
+        if edits.is_empty() {
+            return false;
         }
-    };
-    match direction {
-        Direction::Request => each_request_text(shape, doc, &mut visit),
-        Direction::Response => each_response_text(shape, doc, &mut visit),
-    }
+        *s = apply(s, &edits, vault, key);
+        true
+    });
     (outcome, changed)
 }
 
 /// Puts tokenized values back into a response's texts (after the rules ran
 /// on them); whether anything changed.
-fn restore_value(shape: Shape, doc: &mut Value, vault: &Vault) -> bool {
+fn restore_value(doc: &mut Value, vault: &Vault) -> bool {
     if vault.is_empty() {
         return false;
     }
-    let mut changed = false;
-    each_response_text(shape, doc, &mut |s: &mut String| {
+    each_text(doc, &mut |s: &mut String| {
         let restored = vault.restore(s);
-        if restored != *s {
-            *s = restored;
-            changed = true;
+        if restored == *s {
+            return false;
         }
-    });
-    changed
+        *s = restored;
+        true
+    })
 }
 
 /// The masking engine as a stream transformer: per channel, it holds back only
@@ -561,7 +582,6 @@ rules:
             &policy,
             &request_active,
             Direction::Request,
-            crate::inspect::body::Shape::OpenAiChat,
             &mut body,
             &mut vault,
             &key,
@@ -589,7 +609,6 @@ rules:
             &policy,
             &active,
             Direction::Response,
-            crate::inspect::body::Shape::OpenAiChat,
             body.as_bytes(),
             &mut Vault::default(),
             &HashKey::new(vec![]),
@@ -607,7 +626,6 @@ rules:
             &policy,
             &active,
             Direction::Response,
-            crate::inspect::body::Shape::OpenAiChat,
             b"{\"a\":1,\"a\":2}",
             &mut Vault::default(),
             &HashKey::new(vec![]),
@@ -634,7 +652,6 @@ rules:
             &policy,
             &active,
             Direction::Response,
-            crate::inspect::body::Shape::OpenAiChat,
             body.as_bytes(),
             &mut vault,
             &key,
@@ -657,7 +674,6 @@ rules:
             &policy,
             &active,
             Direction::Response,
-            crate::inspect::body::Shape::OpenAiChat,
             body.as_bytes(),
             &mut Vault::default(),
             &key,
@@ -733,7 +749,6 @@ rules:
             policy,
             &active,
             Direction::Request,
-            crate::inspect::body::Shape::OpenAiChat,
             &mut body,
             &mut Vault::default(),
             &HashKey::new(b"k".to_vec()),

@@ -2,9 +2,10 @@
 //!
 //! Masking edits decoded string values, never the raw bytes of serialized
 //! JSON (a `\u0040` escape or a key order must not hide a value, and an edit
-//! must not break the document). This module knows, per API, which string
-//! values carry prompt or completion text; unknown shapes fall back to every
-//! string value, so nothing is skipped because the gateway did not recognise it.
+//! must not break the document). Every string of a document is read except
+//! an explicit list of structural and binary fields ([`each_text`]): a list of
+//! the fields known to carry text would miss the next one a provider adds.
+//! [`Shape`] names the endpoint's API, for its event stream.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
@@ -52,154 +53,264 @@ impl Shape {
     }
 }
 
-/// Calls `f` on every string of a request body that carries text.
-pub fn each_request_text(shape: Shape, body: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match shape {
-        Shape::OpenAiChat => {
-            for message in items(body.get_mut("messages")) {
-                content(message.get_mut("content"), f);
-                for call in items(message.get_mut("tool_calls")) {
-                    string(call.pointer_mut("/function/arguments"), f);
-                }
-                // Legacy single function call.
-                string(message.pointer_mut("/function_call/arguments"), f);
-            }
-        }
-        Shape::OpenAiCompletions => strings_or_list(body.get_mut("prompt"), f),
-        Shape::OpenAiEmbeddings => strings_or_list(body.get_mut("input"), f),
-        Shape::OpenAiResponses => {
-            string(body.get_mut("instructions"), f);
-            match body.get_mut("input") {
-                Some(Value::String(s)) => f(s),
-                Some(Value::Array(input)) => {
-                    for item in input {
-                        content(item.get_mut("content"), f);
-                        string(item.get_mut("output"), f);
-                        string(item.get_mut("arguments"), f);
-                    }
-                }
-                _ => {}
-            }
-        }
-        Shape::AnthropicMessages => {
-            content(body.get_mut("system"), f);
-            for message in items(body.get_mut("messages")) {
-                content(message.get_mut("content"), f);
-            }
-        }
-        Shape::Unknown => every_string(body, f),
-    }
+/// Calls `f` (which says whether it changed the string) on every string of a
+/// request or response document that a model could read or write: every
+/// string value and every key that is not an identifier, at any depth, in
+/// any shape. What is skipped is listed, not
+/// what is read (a field the gateway has never heard of is read too):
+/// - values of [`STRUCTURAL_KEYS`] (types, ids, enum values, the model) while
+///   they look like identifiers ([`is_identifier`]); text put under such a
+///   key is read like any other;
+/// - opaque binary payloads ([`BINARY_KEYS`], `data:` URLs) whose media type
+///   is not text; base64 payloads of a text media type are decoded, read,
+///   and encoded again when changed.
+///
+/// A `logprobs` value spells out the tokens of its siblings' text: when
+/// anything next to it was rewritten, it is replaced by `null` rather than
+/// left to reveal what was masked. Returns whether anything changed.
+pub fn each_text(doc: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
+    walk(doc, f)
 }
 
-/// Calls `f` on every string of a (non-streamed) response body that carries text.
-pub fn each_response_text(shape: Shape, body: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match shape {
-        Shape::OpenAiChat => {
-            for choice in items(body.get_mut("choices")) {
-                if let Some(message) = choice.get_mut("message") {
-                    content(message.get_mut("content"), f);
-                    string(message.get_mut("refusal"), f);
-                    for call in items(message.get_mut("tool_calls")) {
-                        string(call.pointer_mut("/function/arguments"), f);
-                    }
-                }
-            }
-        }
-        Shape::OpenAiCompletions => {
-            for choice in items(body.get_mut("choices")) {
-                string(choice.get_mut("text"), f);
-            }
-        }
-        // Vectors carry no text.
-        Shape::OpenAiEmbeddings => {}
-        Shape::OpenAiResponses => {
-            string(body.get_mut("output_text"), f);
-            for item in items(body.get_mut("output")) {
-                content(item.get_mut("content"), f);
-                string(item.get_mut("arguments"), f);
-            }
-        }
-        Shape::AnthropicMessages => content(body.get_mut("content"), f),
-        Shape::Unknown => every_string(body, f),
-    }
-}
-
-fn items(v: Option<&mut Value>) -> impl Iterator<Item = &mut Value> {
-    v.and_then(Value::as_array_mut).into_iter().flatten()
-}
-
-fn string(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
-    if let Some(Value::String(s)) = v {
-        f(s);
-    }
-}
-
-fn strings_or_list(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
-    match v {
-        Some(Value::String(s)) => f(s),
-        Some(Value::Array(list)) => {
-            for item in list {
-                if let Value::String(s) = item {
-                    f(s);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Message or block content in any of the APIs' forms: a string, or a list
-/// of parts/blocks (`text`, `input_text`, `output_text`, `tool_use.input`,
-/// `tool_result.content`, ...). Unknown block types: every string inside,
-/// except the fields that name types and ids.
-fn content(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
-    match v {
-        Some(Value::String(s)) => f(s),
-        Some(Value::Array(parts)) => {
-            for part in parts {
-                match part {
-                    Value::String(s) => f(s),
-                    Value::Object(block) => block_text(block, f),
-                    _ => {}
-                }
-            }
-        }
-        Some(Value::Object(block)) => block_text(block, f),
-        _ => {}
-    }
-}
-
-/// Fields of a content block that identify rather than carry text.
-const STRUCTURAL_KEYS: [&str; 6] = [
+/// Keys whose value names or identifies (a type, an id, an enum value, a
+/// model) rather than carries text.
+pub const STRUCTURAL_KEYS: &[&str] = &[
     "type",
+    "object",
     "id",
+    "role",
+    "model",
     "tool_use_id",
+    "tool_call_id",
     "call_id",
-    "cache_control",
+    "item_id",
+    "previous_response_id",
+    "response_id",
+    "finish_reason",
+    "stop_reason",
+    "status",
+    "service_tier",
+    "system_fingerprint",
     "media_type",
+    "mime_type",
+    "encoding_format",
+    "detail",
+    "format",
+    "voice",
+    "effort",
+    "reasoning_effort",
+    "verbosity",
+    "truncation",
+    "tool_choice",
+    "modalities",
+    "include",
 ];
 
-fn block_text(block: &mut Map<String, Value>, f: &mut dyn FnMut(&mut String)) {
-    for (key, value) in block.iter_mut() {
-        if STRUCTURAL_KEYS.contains(&key.as_str()) {
-            continue;
-        }
-        match (key.as_str(), value) {
-            // Images and files are base64 payloads, not text.
-            ("source" | "image_url" | "file" | "input_image" | "data", _) => {}
-            ("content", v) => content(Some(v), f),
-            (_, v) => every_string(v, f),
-        }
+/// Keys whose value is an opaque binary or signed payload (base64): images,
+/// audio, files, thinking signatures, encrypted reasoning.
+pub const BINARY_KEYS: &[&str] = &[
+    "data",
+    "file_data",
+    "b64_json",
+    "signature",
+    "encrypted_content",
+];
+
+/// The longest value a structural key may have and still be skipped.
+const MAX_IDENTIFIER: usize = 256;
+
+/// A name, id or enum value: short, and only characters such values use (no
+/// spaces, no `@`), so text cannot pass for one.
+pub fn is_identifier(s: &str) -> bool {
+    s.len() <= MAX_IDENTIFIER
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+}
+
+/// Walks `v`; whether anything in it changed.
+fn walk(v: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, item| walk(item, f) | changed),
+        Value::Object(map) => walk_object(map, f),
+        _ => false,
     }
 }
 
-fn every_string(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(list) => list.iter_mut().for_each(|item| every_string(item, f)),
-        Value::Object(map) => map.values_mut().for_each(|item| every_string(item, f)),
-        _ => {}
+fn walk_object(map: &mut Map<String, Value>, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
+    let binary_kind = binary_kind(map);
+    let mut changed = false;
+    for (key, value) in map.iter_mut() {
+        let key = key.as_str();
+        if key == "logprobs" || STRUCTURAL_KEYS.contains(&key) && structural(value) {
+            continue;
+        }
+        changed |= match value {
+            Value::String(payload) if BINARY_KEYS.contains(&key) || key == "url" => {
+                visit_payload(payload, binary_kind, BINARY_KEYS.contains(&key), f)
+            }
+            _ => walk(value, f),
+        };
     }
+    if let Some(logprobs) = map.get_mut("logprobs") {
+        if changed && !logprobs.is_null() {
+            *logprobs = Value::Null;
+        } else {
+            changed |= walk(logprobs, f);
+        }
+    }
+    rename_keys(map, f) | changed
+}
+
+/// Whether a structural key's value may be skipped: an identifier, or a
+/// list of them. Anything else (an object, text) is read.
+fn structural(value: &Value) -> bool {
+    match value {
+        Value::String(s) => is_identifier(s),
+        Value::Array(items) => items
+            .iter()
+            .all(|item| matches!(item, Value::String(s) if is_identifier(s))),
+        _ => !matches!(value, Value::Object(_)),
+    }
+}
+
+/// What an object's declared media type says its binary field holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BinaryKind {
+    /// A text media type (`text/*`, JSON, XML): decoded and read.
+    Text,
+    /// Declared as text, not base64 (an Anthropic `{"type": "text"}` source).
+    Plain,
+    /// Anything else, or nothing declared.
+    Opaque,
+}
+
+fn binary_kind(map: &Map<String, Value>) -> BinaryKind {
+    if map.get("type").and_then(Value::as_str) == Some("text") {
+        return BinaryKind::Plain;
+    }
+    let declared = ["media_type", "mime_type"]
+        .iter()
+        .find_map(|key| map.get(*key).and_then(Value::as_str));
+    match declared {
+        Some(media) if is_text_media(media) => BinaryKind::Text,
+        _ => BinaryKind::Opaque,
+    }
+}
+
+fn is_text_media(media: &str) -> bool {
+    let media = media.trim().to_ascii_lowercase();
+    media.starts_with("text/")
+        || media.starts_with("application/json")
+        || media.starts_with("application/xml")
+        || media.ends_with("+json")
+        || media.ends_with("+xml")
+}
+
+/// A binary field's value (or a `url`): a `data:` URL by its own media type,
+/// a bare payload by its object's; text in the clear is read as text.
+/// Whether it changed.
+fn visit_payload(
+    payload: &mut String,
+    kind: BinaryKind,
+    binary_key: bool,
+    f: &mut dyn FnMut(&mut String) -> bool,
+) -> bool {
+    if let Some(rest) = payload.strip_prefix("data:") {
+        let Some((header, encoded)) = rest.split_once(',') else {
+            return f(payload);
+        };
+        let is_base64 = header.to_ascii_lowercase().ends_with(";base64");
+        let media = header.split(';').next().unwrap_or_default();
+        if !is_base64 {
+            // Percent-encoded or plain: read the whole URL as text.
+            return f(payload);
+        }
+        if !is_text_media(media) {
+            return false;
+        }
+        let prefix = format!("data:{header},");
+        let encoded = encoded.to_owned();
+        return match visit_base64(&encoded, f) {
+            Some(Some(new)) => {
+                *payload = prefix + &new;
+                true
+            }
+            Some(None) => false,
+            // Declared text that is not base64: read it as it is.
+            None => f(payload),
+        };
+    }
+    if !binary_key || kind == BinaryKind::Plain || !looks_base64(payload) {
+        return f(payload);
+    }
+    if kind == BinaryKind::Opaque {
+        return false;
+    }
+    match visit_base64(payload, f) {
+        Some(Some(new)) => {
+            *payload = new;
+            true
+        }
+        Some(None) => false,
+        None => f(payload),
+    }
+}
+
+/// Decodes base64 text, reads it, and encodes it again when it changed:
+/// `None` when it is not base64 of UTF-8 text, `Some(None)` when unchanged.
+fn visit_base64(encoded: &str, f: &mut dyn FnMut(&mut String) -> bool) -> Option<Option<String>> {
+    use base64::Engine;
+    let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .ok()?;
+    let mut text = String::from_utf8(bytes).ok()?;
+    if !f(&mut text) {
+        return Some(None);
+    }
+    Some(Some(
+        base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
+    ))
+}
+
+/// Only base64 characters (standard or URL-safe alphabet, padding, line breaks).
+fn looks_base64(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'\n' | b'\r')
+        })
+}
+
+/// Keys are text too (a JSON schema's property names, `metadata` keys):
+/// those that are not identifiers are read, and renamed when rewritten. A
+/// renamed key that would collide with another gets a numbered suffix.
+fn rename_keys(map: &mut Map<String, Value>, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
+    let renames: Vec<(String, String)> = map
+        .keys()
+        .filter(|key| !is_identifier(key))
+        .filter_map(|key| {
+            let mut new = key.clone();
+            (f(&mut new) && new != *key).then(|| (key.clone(), new))
+        })
+        .collect();
+    let renamed = !renames.is_empty();
+    for (old, mut new) in renames {
+        let Some(value) = map.remove(&old) else {
+            continue;
+        };
+        let base = new.clone();
+        let mut n = 2u32;
+        while map.contains_key(&new) {
+            new = format!("{base}#{n}");
+            n = n.saturating_add(1);
+        }
+        map.insert(new, value);
+    }
+    renamed
 }
 
 // ---------------------------------------------------------------------------
@@ -402,15 +513,26 @@ mod tests {
     use crate::testing::test;
     use serde_json::json;
 
-    fn texts(shape: Shape, mut v: Value, response: bool) -> Vec<String> {
+    fn texts(mut v: Value) -> Vec<String> {
         let mut seen = Vec::new();
-        let mut f = |s: &mut String| seen.push(s.clone());
-        if response {
-            each_response_text(shape, &mut v, &mut f)
-        } else {
-            each_request_text(shape, &mut v, &mut f)
-        }
+        each_text(&mut v, &mut |s: &mut String| {
+            seen.push(s.clone());
+            false
+        });
         seen
+    }
+
+    /// Replaces `needle` wherever it is read; the document after, and
+    /// whether the walker said it changed.
+    fn masked(mut v: Value, needle: &str) -> (Value, bool) {
+        let changed = each_text(&mut v, &mut |s: &mut String| {
+            if !s.contains(needle) {
+                return false;
+            }
+            *s = s.replace(needle, "[X]");
+            true
+        });
+        (v, changed)
     }
 
     #[test]
@@ -438,94 +560,135 @@ mod tests {
         assert_eq!(Shape::of(Api::Anthropic, "v1/complete"), Shape::Unknown);
     }
 
+    /// Every field of the penetration test's F3 list (request) and F8 list
+    /// (non-streamed response) is read: each carries the marker, and no
+    /// marker is left after masking.
     #[test]
-    fn openai_chat_request_text() {
-        let body = json!({
-            "model": "gpt-4o",
+    fn every_text_field_of_every_api_is_read() {
+        const M: &str = "SECRET-MARKER";
+        let request = json!({
+            "model": "claude-x",
+            "system": [{"type": "text", "text": M}],
+            "metadata": {"user_id": M, "note": M},
+            "stop": [M], "stop_sequences": [M], "suffix": M, "user": M,
+            "prediction": {"type": "content", "content": M},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+                "type": "object", "properties": {"a": {"type": "string", "description": M}}}}},
+            "tools": [{"name": "t", "description": M, "input_schema": {"type": "object",
+                "properties": {"q": {"type": "string", "enum": [M]}}}}],
+            "mcp_servers": [{"type": "url", "url": format!("https://mcp.example/{M}"), "name": "n",
+                "authorization_token": M}],
+            "prompt": {"id": "pmpt_1", "variables": {"city": M}},
+            "reasoning": {"effort": "high", "summary": M},
             "messages": [
-                {"role": "system", "content": "sys"},
-                {"role": "user", "content": [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "data:..."}}]},
-                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":\"args\"}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "result"}
-            ]
+                {"role": "user", "name": M, "content": [
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": M}},
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [
+                        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": M}}]},
+                    {"type": "image_url", "image_url": {"url": format!("https://img.example/a.png?k={M}")}},
+                    {"type": "file", "file": {"filename": M, "file_data": format!("data:text/plain;base64,{}",
+                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, M))}},
+                ]},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": M, "arguments": M}}]},
+            ],
+            "input": [{"type": "function_call_output", "call_id": "c", "output": [
+                {"type": "input_text", "text": M}]}],
         });
-        assert_eq!(
-            texts(Shape::OpenAiChat, body, false),
-            vec!["sys", "part", "{\"q\":\"args\"}", "result"]
-        );
+        let response = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "content": M, "refusal": M,
+                "audio": {"id": "a1", "data": "UklGRg==", "transcript": M},
+                "annotations": [{"type": "url_citation", "url_citation": {"url": "https://x.example/", "title": M}}]},
+                "logprobs": {"content": [{"token": "SECRET", "bytes": [83], "logprob": -0.1}]}}],
+            "content": [{"type": "thinking", "thinking": M, "signature": "c2lnbmF0dXJl"},
+                {"type": "text", "text": "t", "citations": [{"type": "char_location", "cited_text": M}]}],
+            "output": [{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": M}]}],
+        });
+        for doc in [request, response] {
+            let expected = doc.to_string().matches(M).count();
+            let seen = texts(doc.clone());
+            let read = seen.iter().map(|t| t.matches(M).count()).sum::<usize>();
+            // The base64 file is read decoded: one more than the raw JSON shows.
+            let encoded_extra = usize::from(doc.to_string().contains("data:text/plain;base64"));
+            assert_eq!(read, expected + encoded_extra, "{seen:#?}");
+            let (after, changed) = masked(doc, M);
+            assert!(changed);
+            let after = after.to_string();
+            assert!(!after.contains(M), "{after}");
+            assert!(!after.contains(&base64::Engine::encode(&base64::engine::general_purpose::STANDARD, M)));
+        }
     }
 
     #[test]
-    fn responses_and_completions_and_embeddings() {
-        let body = json!({"instructions": "be nice", "input": [
-            {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
-            {"type": "function_call_output", "call_id": "c", "output": "out"}
+    fn structural_values_are_skipped_only_while_they_are_identifiers() {
+        let doc = json!({"model": "gpt-4o", "role": "user", "type": "message", "id": "msg_01",
+            "include": ["reasoning.encrypted_content"], "content": "hello"});
+        assert_eq!(texts(doc), vec!["hello"]);
+        // Text under a structural key is read like any other.
+        let doc = json!({"type": "mail bob@example.com", "role": ["user", "a b"], "model": {"x": "y"}});
+        assert_eq!(texts(doc), vec!["y", "user", "a b", "mail bob@example.com"]);
+    }
+
+    #[test]
+    fn binary_payloads_are_skipped_and_text_payloads_read() {
+        let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+        // An image, audio, a PDF, a signature: opaque.
+        let doc = json!({"messages": [{"content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64("png bytes")}},
+            {"type": "input_audio", "input_audio": {"data": b64("wav"), "format": "wav"}},
+            {"type": "file", "file": {"file_data": format!("data:application/pdf;base64,{}", b64("pdf"))}},
+            {"type": "thinking", "thinking": "hmm", "signature": b64("sig")},
+        ]}]});
+        assert_eq!(texts(doc), vec!["hmm"]);
+        // A text media type is decoded; a value that is not base64 is text.
+        let doc = json!({"source": {"type": "base64", "media_type": "text/plain", "data": b64("plain words")}});
+        assert_eq!(texts(doc), vec!["plain words"]);
+        let doc = json!({"data": "not base64, just words"});
+        assert_eq!(texts(doc), vec!["not base64, just words"]);
+        let doc = json!({"source": {"type": "text", "data": "AKIAIOSFODNN7EXAMPLE"}});
+        assert_eq!(texts(doc), vec!["AKIAIOSFODNN7EXAMPLE"]);
+        let (after, changed) = masked(
+            json!({"source": {"type": "base64", "media_type": "text/plain", "data": b64("a SECRET b")}}),
+            "SECRET",
+        );
+        assert!(changed);
+        assert_eq!(after["source"]["data"], b64("a [X] b"));
+        // A data URL that is not base64 is read whole.
+        assert_eq!(texts(json!({"url": "data:,hi%20there"})), vec!["data:,hi%20there"]);
+    }
+
+    #[test]
+    fn keys_that_are_text_are_read_and_renamed() {
+        let doc = json!({"metadata": {"bob@example.com": "v", "plain_key": "w", "[X]": "taken"}});
+        assert_eq!(texts(doc.clone()), vec!["taken", "v", "w", "[X]", "bob@example.com"]);
+        let (after, changed) = masked(doc, "bob@example.com");
+        assert!(changed);
+        assert_eq!(after["metadata"]["[X]#2"], "v");
+        assert_eq!(after["metadata"]["[X]"], "taken");
+    }
+
+    #[test]
+    fn logprobs_go_when_their_text_was_rewritten() {
+        let doc = json!({"choices": [
+            {"message": {"content": "a SECRET"}, "logprobs": {"content": [{"token": "SECRET", "bytes": [83]}]}},
+            {"message": {"content": "clean"}, "logprobs": {"content": [{"token": "clean", "bytes": [99]}]}},
         ]});
-        assert_eq!(
-            texts(Shape::OpenAiResponses, body, false),
-            vec!["be nice", "hi", "out"]
-        );
-        assert_eq!(
-            texts(Shape::OpenAiResponses, json!({"input": "plain"}), false),
-            vec!["plain"]
-        );
-        assert_eq!(
-            texts(
-                Shape::OpenAiCompletions,
-                json!({"prompt": ["a", "b"]}),
-                false
-            ),
-            vec!["a", "b"]
-        );
-        assert_eq!(
-            texts(
-                Shape::OpenAiEmbeddings,
-                json!({"input": "e", "model": "m"}),
-                false
-            ),
-            vec!["e"]
-        );
-    }
-
-    #[test]
-    fn anthropic_request_text_including_tools() {
-        let body = json!({
-            "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}],
-            "messages": [
-                {"role": "user", "content": "plain"},
-                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup", "input": {"email": "a@b.c", "n": 3}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "res"}]},
-                                              {"type": "image", "source": {"type": "base64", "data": "AAAA"}}]}
-            ]
-        });
-        // Within one block, fields come in key order.
-        let seen = texts(Shape::AnthropicMessages, body, false);
-        assert_eq!(seen, vec!["sys", "plain", "a@b.c", "lookup", "res"]);
-    }
-
-    #[test]
-    fn responses_text() {
-        let chat = json!({"choices": [{"message": {"content": "answer", "tool_calls": [{"function": {"arguments": "{}"}}]}}]});
-        assert_eq!(texts(Shape::OpenAiChat, chat, true), vec!["answer", "{}"]);
-        let claude = json!({"content": [{"type": "text", "text": "hello"}, {"type": "tool_use", "id": "x", "name": "n", "input": {"k": "v"}}]});
-        assert_eq!(
-            texts(Shape::AnthropicMessages, claude, true),
-            vec!["hello", "v", "n"]
-        );
-        let unknown = json!({"a": ["x", {"b": "y"}], "n": 1});
-        assert_eq!(texts(Shape::Unknown, unknown, true), vec!["x", "y"]);
+        let (after, _) = masked(doc, "SECRET");
+        assert_eq!(after["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(after["choices"][1]["logprobs"]["content"][0]["token"], "clean");
     }
 
     #[test]
     fn rewriting_edits_decoded_values() {
-        let mut body = parse_strict(
+        let body = parse_strict(
             br#"{"messages":[{"role":"user","content":"mail bob\u0040example.com"}]}"#,
         )
         .unwrap();
-        each_request_text(Shape::OpenAiChat, &mut body, &mut |s| {
-            *s = s.replace("bob@example.com", "[EMAIL]")
-        });
-        assert_eq!(body["messages"][0]["content"], "mail [EMAIL]");
+        let (body, changed) = masked(body, "bob@example.com");
+        assert!(changed);
+        assert_eq!(body["messages"][0]["content"], "mail [X]");
     }
 
     #[test]

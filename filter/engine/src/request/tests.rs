@@ -408,7 +408,6 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
             0,
             &id,
             Some("gpt-4o"),
-            "v1/chat/completions",
             body,
             &mut Vault::default(),
         )
@@ -451,7 +450,7 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
         outcome.stop(),
         Some(("aaa".to_string(), Action::RequireApproval))
     );
-    let text = prompt_text(Api::Openai, "v1/chat/completions", &mut body);
+    let text = prompt_text(&mut body);
     assert!(!text.contains(email), "{text}");
     assert!(
         text.contains("[EMAIL]") && text.contains("production database dump"),
