@@ -412,14 +412,11 @@ async fn consume_approval(
     gateway(&state, &headers)?;
     let Json(request) = body?;
     let row = load(&state, &id).await?;
-    if row.issuer != request.issuer
-        || row.subject != request.subject
-        || row.body_sha256 != request.body_sha256
-    {
+    if !approvals::binds(&row, &request) {
         return Err(ApiError::refused(
             StatusCode::FORBIDDEN,
             "approval_mismatch",
-            "this approval was given for another requester or another request body",
+            "this approval was given for another requester, route, rule, model, policy version or request body",
         ));
     }
     let now = approvals::now_ms();
@@ -468,7 +465,7 @@ fn may_decide(caller: &Caller, row: &ApprovalRow) -> bool {
 }
 
 fn is_own(caller: &Caller, row: &ApprovalRow) -> bool {
-    caller.identity.issuer == row.issuer && caller.identity.subject == row.subject
+    approvals::is_requester(&caller.identity, row)
 }
 
 #[derive(Debug, Deserialize)]

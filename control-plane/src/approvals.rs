@@ -1,7 +1,10 @@
 //! Just-in-time approvals: what a gateway asks for, and how an approval reads.
 //!
 //! An approval is bound to the requester (issuer, subject), the SHA-256 of
-//! the canonical request body, the rule, provider, model and policy version.
+//! the canonical request body, the rule, provider, model, route and policy
+//! version: it is used only by the request it was given for.
+//! Nobody decides a request they made ([`is_requester`]), whatever claim
+//! mapping named them.
 //! It is stored as `pending`, `approved` or `denied`; when read, a pending one
 //! past `expires_at` is `expired`, an approved one that was used is
 //! `consumed`, and an approved one past `expires_at` and unused is `expired`
@@ -11,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
+
+use warden_engine::auth::Identity;
 
 use crate::store::ApprovalRow;
 
@@ -32,6 +37,9 @@ pub struct OpenRequest {
     pub mode: String,
     pub issuer: String,
     pub subject: String,
+    /// The token's own `sub`, whatever the filter's claim mapping.
+    #[serde(default)]
+    pub token_subject: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
@@ -55,6 +63,45 @@ pub struct ConsumeRequest {
     pub issuer: String,
     pub subject: String,
     pub body_sha256: String,
+    pub rule: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub route: String,
+    pub policy_version: i64,
+}
+
+/// Whether `request` is the request `row` was opened for: the same
+/// requester, body, rule, provider, model, route and policy version (an
+/// approval for `count_tokens` is not one for `messages`).
+pub fn binds(row: &ApprovalRow, request: &ConsumeRequest) -> bool {
+    row.issuer == request.issuer
+        && row.subject == request.subject
+        && row.body_sha256 == request.body_sha256
+        && row.rule == request.rule
+        && row.provider == request.provider
+        && row.model == request.model.as_deref().unwrap_or_default()
+        && row.route == request.route
+        && row.policy_version == request.policy_version
+}
+
+/// Whether `who` made the request `row` holds. The filter and the control
+/// plane may map claims differently (`claims.subject: email` on one side,
+/// `sub` on the other), so any shared identifier is enough: the same issuer
+/// and the same subject or token `sub` on either side, or the same email.
+/// Erring here refuses an approver; erring the other way lets a person
+/// approve themselves.
+pub fn is_requester(who: &Identity, row: &ApprovalRow) -> bool {
+    let theirs = [row.subject.as_str(), row.token_subject.as_str()];
+    let same_issuer = who.issuer == row.issuer;
+    let same_id = [Some(who.subject.as_str()), who.token_subject.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|id| !id.is_empty() && theirs.contains(&id));
+    let same_email = match (&who.email, &row.email) {
+        (Some(a), Some(b)) => !a.is_empty() && a.eq_ignore_ascii_case(b),
+        _ => false,
+    };
+    (same_issuer && same_id) || same_email
 }
 
 /// `POST /v1/approvals/{id}/approve` and `/deny`.
@@ -203,6 +250,7 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         mode: request.mode,
         issuer: request.issuer,
         subject: request.subject,
+        token_subject: request.token_subject.map(crate::fields::stored).unwrap_or_default(),
         email: request.email.map(crate::fields::stored),
         groups_json: serde_json::to_string(&shown_groups(request.groups))
             .unwrap_or_else(|_| "[]".into()),
@@ -272,6 +320,7 @@ mod tests {
             mode: "hold".into(),
             issuer: "https://idp".into(),
             subject: "alice".into(),
+            token_subject: None,
             groups: vec!["eng".into()],
             email: None,
             provider: "openai".into(),

@@ -130,6 +130,19 @@ pub struct ServeArgs {
     /// Group whose members may read recorded sessions (the admin group may too).
     #[arg(long, env = "WARDEN_AUDITOR_GROUP", default_value = crate::sessions::DEFAULT_AUDITOR_GROUP)]
     pub auditor_group: String,
+
+    /// Claim that names a person (dot-separated path), as the filter's
+    /// `claims.subject`: give both the same mapping.
+    #[arg(long, env = "WARDEN_CLAIM_SUBJECT", default_value = "sub")]
+    pub claim_subject: String,
+
+    /// Claim that holds a person's email, as the filter's `claims.email`.
+    #[arg(long, env = "WARDEN_CLAIM_EMAIL", default_value = "email")]
+    pub claim_email: String,
+
+    /// Claim that holds a person's groups, as the filter's `claims.groups`.
+    #[arg(long, env = "WARDEN_CLAIM_GROUPS", default_value = "groups")]
+    pub claim_groups: String,
 }
 
 /// Where the client verbs find the control plane, and how they print.
@@ -543,6 +556,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         audiences: args.audiences,
         admin_group: args.admin_group,
         auditor_group: args.auditor_group.trim().to_owned(),
+        claims: warden_engine::auth::ClaimPathsDoc {
+            subject: args.claim_subject,
+            email: args.claim_email,
+            groups: args.claim_groups,
+        },
         ui_client_id: args.ui_client_id,
         ui_issuer: args.ui_issuer,
         approval_webhook: args.approval_webhook.filter(|s| !s.is_empty()),

@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub admin_group: String,
     /// Members may read recorded sessions (as may the admin group).
     pub auditor_group: String,
+    /// Where people's identity lives in their tokens: the filter's mapping.
+    pub claims: warden_engine::auth::ClaimPathsDoc,
     /// The approvers' page's OAuth client id; ID tokens carry it as `aud`.
     pub ui_client_id: String,
     /// The issuer the page signs in with; default: the dev issuer with `--dev`.
@@ -109,6 +111,7 @@ impl fmt::Debug for ServerConfig {
             .field("audiences", &self.audiences)
             .field("admin_group", &self.admin_group)
             .field("auditor_group", &self.auditor_group)
+            .field("claims", &self.claims)
             .field("ui_client_id", &self.ui_client_id)
             .field("ui_issuer", &self.ui_issuer)
             .field(
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             audiences: vec![DEFAULT_AUDIENCE.to_owned()],
             admin_group: DEFAULT_ADMIN_GROUP.to_owned(),
             auditor_group: crate::sessions::DEFAULT_AUDITOR_GROUP.to_owned(),
+            claims: warden_engine::auth::ClaimPathsDoc::default(),
             ui_client_id: DEFAULT_UI_CLIENT_ID.to_owned(),
             ui_issuer: None,
             approval_webhook: None,
@@ -255,6 +259,7 @@ impl AppState {
             dev,
             audiences,
             admin_group: config.admin_group.clone(),
+            claims: config.claims.clone(),
         })
         .map_err(StartupError::Settings)?;
         let webhook = match &config.approval_webhook {

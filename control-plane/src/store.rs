@@ -292,6 +292,8 @@ pub struct ApprovalRow {
     pub mode: String,
     pub issuer: String,
     pub subject: String,
+    /// The token's own `sub` ('' when the gateway did not send it).
+    pub token_subject: String,
     pub email: Option<String>,
     pub groups_json: String,
     pub provider: String,
@@ -335,7 +337,7 @@ pub struct Decider {
 const APPROVAL_COLUMNS: &str = "id, status, mode, issuer, subject, email, groups_json, provider, \
      model, route, rule, policy_version, body_sha256, masked_prompt, approvers_json, created_ms, \
      expires_ms, decided_by_issuer, decided_by_subject, decided_by_email, decided_ms, reason, \
-     consumed_ms";
+     consumed_ms, token_subject";
 
 /// How many approvals a list reads at most (newest first).
 pub const LIST_LIMIT: i64 = 1000;
@@ -538,13 +540,14 @@ impl Store {
             new.rule,
             new.provider,
             new.model,
+            new.route,
             new.policy_version
         ])
         .to_string();
         let find = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE issuer = $1 AND subject = $2 \
              AND body_sha256 = $3 AND rule = $4 AND provider = $5 AND model = $6 \
-             AND policy_version = $7 AND expires_ms > $8 ORDER BY created_ms DESC"
+             AND policy_version = $7 AND route = $8 AND expires_ms > $9 ORDER BY created_ms DESC"
         );
         let consume =
             "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = 'approved' \
@@ -570,6 +573,7 @@ impl Store {
                 .bind(&new.provider)
                 .bind(&new.model)
                 .bind(new.policy_version)
+                .bind(&new.route)
                 .bind(now_ms)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -597,7 +601,7 @@ impl Store {
             }
             sqlx::query(&format!(
                 "INSERT INTO approvals ({APPROVAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                 $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+                 $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
             ))
             .bind(&new.id)
             .bind(&new.status)
@@ -622,6 +626,7 @@ impl Store {
             .bind(new.decided_ms)
             .bind(&new.reason)
             .bind(new.consumed_ms)
+            .bind(&new.token_subject)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

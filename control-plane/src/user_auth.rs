@@ -54,6 +54,8 @@ pub struct TrustConfig {
     pub audiences: Vec<String>,
     /// Group whose members may publish and activate policies.
     pub admin_group: String,
+    /// Where the identity lives in the claims (the filter's mapping).
+    pub claims: ClaimPathsDoc,
 }
 
 /// Verifies people's tokens.
@@ -108,7 +110,7 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 impl UserAuth {
     /// Builds the verifier. Fails when no issuer is trusted at all.
     pub fn new(config: &TrustConfig) -> Result<Self, String> {
-        let claims = ClaimPaths::compile(&ClaimPathsDoc::default())?;
+        let claims = ClaimPaths::compile(&config.claims)?;
         let audiences: HashSet<String> = config
             .audiences
             .iter()

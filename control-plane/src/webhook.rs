@@ -190,6 +190,7 @@ mod tests {
             mode: "hold".into(),
             issuer: "https://idp".into(),
             subject: "alice".into(),
+            token_subject: None,
             groups: vec![],
             email: Some("alice@example.com".into()),
             provider: "openai".into(),

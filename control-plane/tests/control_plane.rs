@@ -349,7 +349,7 @@ async fn postgres_replicas_share_state() {
             b.base.clone()
         };
         let http = a.http.clone();
-        let body = json!({"issuer": issuer, "subject": "alice", "body_sha256": "1".repeat(64)});
+        let body = binding(&issuer, "alice", "1");
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
             http.post(format!("{base}/v1/approvals/{id}/consume"))
@@ -714,6 +714,20 @@ fn approval_request(subject: &str, body_char: &str, ttl: u64) -> Value {
     })
 }
 
+/// What a gateway sends to use the approval [`approval_request`] opened
+/// (with `issuer`, `subject` and body): everything the approval binds.
+fn binding(issuer: &str, subject: &str, body_char: &str) -> Value {
+    let mut request = approval_request(subject, body_char, 1);
+    request["issuer"] = json!(issuer);
+    let keys = [
+        "issuer", "subject", "body_sha256", "rule", "provider", "model", "route", "policy_version",
+    ];
+    json!(keys
+        .iter()
+        .map(|k| (k.to_string(), request[*k].clone()))
+        .collect::<serde_json::Map<String, Value>>())
+}
+
 /// A token from the same issuer as the gateway's requests: the dev issuer's
 /// tokens name `<base>/dev`, so the requests in these tests use that issuer.
 fn request_from(server: &Server, subject: &str, body_char: &str, ttl: u64) -> Value {
@@ -768,6 +782,23 @@ async fn approval_lifecycle_and_refusals(backend: Backend) {
         .post(&path, Auth::Bearer(&alice), json!({"reason": "me"}))
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "self_approval");
+    // A filter that maps the subject from another claim (`claims.subject:
+    // email`) names alice otherwise; her own token still cannot decide it,
+    // found by the token's `sub` or by the email, whichever both sides have.
+    let mut by_sub = request_from(&server, "alice@example.com", "9", 300);
+    by_sub["token_subject"] = json!("alice");
+    by_sub["email"] = Value::Null;
+    let mut by_email = request_from(&server, "employee-42", "8", 300);
+    by_email["email"] = json!("Alice@Example.com");
+    for mapped in [by_sub, by_email] {
+        let (status, opened) = server.post("/v1/approvals", gw, mapped).await;
+        assert_eq!(status, StatusCode::CREATED, "{opened}");
+        let path = format!("/v1/approvals/{}/approve", opened["id"].as_str().unwrap());
+        let (status, body) = server.post(&path, Auth::Bearer(&alice), json!({})).await;
+        assert_code(status, &body, StatusCode::FORBIDDEN, "self_approval");
+        let (status, body) = server.post(&path, Auth::Bearer(&lead), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let (status, body) = server.post(&path, Auth::Bearer(&other), json!({})).await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "not_an_approver");
     let (status, body) = server
@@ -849,7 +880,7 @@ async fn approval_lifecycle_and_refusals(backend: Backend) {
         .post(
             &format!("/v1/approvals/{edited_id}/consume"),
             gw,
-            json!({"issuer": issuer, "subject": "alice", "body_sha256": "c".repeat(64)}),
+            binding(&issuer, "alice", "c"),
         )
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "approval_mismatch");
@@ -857,16 +888,33 @@ async fn approval_lifecycle_and_refusals(backend: Backend) {
         .post(
             &format!("/v1/approvals/{edited_id}/consume"),
             gw,
-            json!({"issuer": issuer, "subject": "mallory", "body_sha256": "b".repeat(64)}),
+            binding(&issuer, "mallory", "b"),
         )
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "approval_mismatch");
+    // An approval is for its route: one given for `count_tokens` is not one
+    // for `messages`, neither when used nor when found by its binding.
+    let mut elsewhere = binding(&issuer, "alice", "b");
+    elsewhere["route"] = json!("/openai/v1/completions");
+    let (status, body) = server
+        .post(&format!("/v1/approvals/{edited_id}/consume"), gw, elsewhere)
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "approval_mismatch");
+    let mut other_route = request_from(&server, "alice", "b", 300);
+    other_route["route"] = json!("/openai/v1/completions");
+    let (status, opened) = server.post("/v1/approvals", gw, other_route).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    assert_ne!(opened["id"], edited["id"]);
+    let (_, still) = server
+        .get(&format!("/v1/approvals/{edited_id}"), Auth::Bearer(&lead))
+        .await;
+    assert_eq!(still["status"], "approved", "{still}");
     // Consuming a denied one.
     let (status, body) = server
         .post(
             &format!("/v1/approvals/{fresh_id}/consume"),
             gw,
-            json!({"issuer": issuer, "subject": "alice", "body_sha256": "a".repeat(64)}),
+            binding(&issuer, "alice", "a"),
         )
         .await;
     assert_code(status, &body, StatusCode::CONFLICT, "approval_not_approved");
@@ -881,12 +929,13 @@ async fn approval_lifecycle_and_refusals(backend: Backend) {
         .iter()
         .map(|a| a["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 3);
-    assert_eq!(ids[2], id.as_str());
+    // Three in the lifecycle, two opened under other claim mappings, one for another route.
+    assert_eq!(ids.len(), 6);
+    assert_eq!(ids.last(), Some(&id.as_str()));
     let (_, list) = server
         .get("/v1/approvals?status=approved", Auth::Bearer(&lead))
         .await;
-    assert_eq!(list["approvals"].as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 4, "{list}");
 }
 
 async fn concurrent_consumes_have_one_winner(backend: Backend) {
@@ -917,7 +966,7 @@ async fn concurrent_consumes_have_one_winner(backend: Backend) {
         for _ in 0..8 {
             let http = server.http.clone();
             let url = format!("{}/v1/approvals/{id}/consume", server.base);
-            let body = json!({"issuer": issuer, "subject": format!("u{round}"), "body_sha256": "d".repeat(64)});
+            let body = binding(&issuer, &format!("u{round}"), "d");
             tasks.push(tokio::spawn(async move {
                 let response = http
                     .post(url)
@@ -990,7 +1039,7 @@ async fn approvals_expire(backend: Backend) {
         .post(
             &format!("/v1/approvals/{approved_id}/consume"),
             gw,
-            json!({"issuer": issuer, "subject": "bob", "body_sha256": "f".repeat(64)}),
+            binding(&issuer, "bob", "f"),
         )
         .await;
     assert_code(status, &body, StatusCode::GONE, "approval_expired");

@@ -186,6 +186,17 @@ def node_binary() -> str:
     return "node"
 
 
+def hash_key(data_dir: Path) -> str:
+    """The gateway's key for `hash` pseudonyms: made once per data dir and kept
+    (0600), so pseudonyms stay the same across restarts of `make run`."""
+    path = data_dir / "hash-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> Process:
     """Starts `argv` in its own session (a Ctrl-C in the terminal reaches only
     the harness, which then stops everything in order) with output to
@@ -353,6 +364,7 @@ class Stack:
             stack._start_control_plane()
             env = dict(STAND_IN_KEYS) if envoy_env is None else dict(envoy_env)
             env.setdefault("WARDEN_GATEWAY_SECRET", stack.gateway_secret)
+            env.setdefault("WARDEN_HASH_KEY", hash_key(data_dir))
             real = set()
             if real_providers:
                 for cluster, (var, _host) in REAL_PROVIDERS.items():

@@ -112,6 +112,7 @@ fn identity() -> Identity {
     Identity {
         issuer: ISS.into(),
         subject: "bench".into(),
+        token_subject: Some("bench".into()),
         email: None,
         groups: vec!["engineering".into()],
         expires_at: u64::MAX,

@@ -166,10 +166,28 @@ pub struct FilterConfig {
     pub auth: Authenticator,
     pub initial_policy: Option<Policy>,
     pub max_body_bytes: usize,
-    /// The key of `hash` pseudonyms: from Envoy's environment, or (when unset)
-    /// derived from this configuration, so every worker and restart agrees.
+    /// The key of `hash` pseudonyms, from Envoy's environment (the same in
+    /// every worker and restart). Unset: policies with `hash` rules are refused.
     pub hash_key: HashKey,
+    /// Where the hash key is read from (for the messages that ask for it).
+    pub hash_key_env: String,
     pub control_plane: Option<ControlPlane>,
+}
+
+/// Shortest hash key accepted: one that cannot be guessed.
+pub const MIN_HASH_KEY_BYTES: usize = 16;
+
+fn admit_with(policy: &Policy, key: &HashKey, key_env: &str) -> Result<(), String> {
+    if key.is_set() {
+        return Ok(());
+    }
+    match policy.rules.iter().find(|r| r.action == crate::inspect::mask::Action::Hash) {
+        Some(rule) => Err(format!(
+            "policy rule '{}' hashes values, and no hash key is set: set {key_env} in Envoy's environment (at least {MIN_HASH_KEY_BYTES} random bytes, the same on every gateway) and list it in the wasm VM's environment_variables.host_env_keys",
+            rule.name
+        )),
+        None => Ok(()),
+    }
 }
 
 impl FilterConfig {
@@ -180,14 +198,12 @@ impl FilterConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let doc = parse_document::<FilterConfigDoc>(bytes)?;
-        Self::compile(doc, bytes, env)
+        Self::compile(doc, env)
     }
 
-    /// Compiles a parsed document; `raw` is the text it came from (the
-    /// fallback `hash` key is derived from it).
+    /// Compiles a parsed document.
     fn compile(
         doc: FilterConfigDoc,
-        raw: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         if doc.providers.is_empty() {
@@ -308,16 +324,20 @@ impl FilterConfig {
                 strip_headers.push(h);
             }
         }
-        let hash_key = match env(&doc.hash_key_env).filter(|k| !k.is_empty()) {
-            Some(key) => HashKey::new(key.into_bytes()),
-            None => {
-                use sha2::Digest;
-                let mut h = sha2::Sha256::new();
-                h.update(b"warden hash key v1\0");
-                h.update(raw);
-                HashKey::new(h.finalize().to_vec())
+        let hash_key = match env(&doc.hash_key_env).filter(|k| !k.trim().is_empty()) {
+            Some(key) if key.len() < MIN_HASH_KEY_BYTES => {
+                return Err(ConfigError::Invalid(format!(
+                    "{} is {} bytes; a hash key needs at least {MIN_HASH_KEY_BYTES} (random, e.g. `openssl rand -hex 32`)",
+                    doc.hash_key_env,
+                    key.len()
+                )))
             }
+            Some(key) => HashKey::new(key.into_bytes()),
+            None => HashKey::unset(),
         };
+        if let Some(policy) = &initial_policy {
+            admit_with(policy, &hash_key, &doc.hash_key_env).map_err(ConfigError::Invalid)?;
+        }
         Ok(Self {
             providers,
             strip_headers,
@@ -325,8 +345,17 @@ impl FilterConfig {
             initial_policy,
             max_body_bytes: doc.max_body_bytes,
             hash_key,
+            hash_key_env: doc.hash_key_env,
             control_plane,
         })
+    }
+
+    /// Whether this filter can run `policy`: one with `hash` rules needs a
+    /// hash key. The initial policy is checked when the configuration is
+    /// compiled; a published one when it arrives (refused, the running
+    /// policy stays).
+    pub fn admit(&self, policy: &Policy) -> Result<(), String> {
+        admit_with(policy, &self.hash_key, &self.hash_key_env)
     }
 
     /// The provider (and its index) whose prefix starts `path`; the longest
@@ -411,7 +440,8 @@ authentication:
     fn json_is_accepted_too() {
         let json = r#"{"providers":[{"name":"azure","api":"azure_openai","path_prefix":"/azure/","credential":{"env":"AZ"}}],
             "authentication":{"issuers":[{"issuer":"i","audiences":["a"],"inline_jwks":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}]}}"#;
-        let cfg = FilterConfig::from_bytes(json.as_bytes(), &|_| Some("k".into())).unwrap();
+        let env = |name: &str| (name != "WARDEN_HASH_KEY").then(|| "k".into());
+        let cfg = FilterConfig::from_bytes(json.as_bytes(), &env).unwrap();
         assert_eq!(cfg.providers[0].credential_header, "api-key");
         assert_eq!(
             cfg.providers[0]
@@ -490,5 +520,36 @@ authentication:
         assert_eq!(pick("/anthropic/v1/messages"), Some("anthropic"));
         assert_eq!(pick("/openaiv1"), None);
         assert_eq!(pick("/"), None);
+    }
+
+    #[test]
+    fn a_policy_that_hashes_needs_a_real_key() {
+        let hashing = format!(
+            "{DOC}policy:\n  version: 1\n  groups: {{eng: {{models: ['*']}}}}\n  rules:\n    - {{name: ids, regex: 'C-[0-9]+', action: hash}}\n"
+        );
+        let with = |key: Option<&'static str>| {
+            move |name: &str| match (name, key) {
+                ("WARDEN_HASH_KEY", Some(k)) => Some(k.to_owned()),
+                _ => env_with_keys(name),
+            }
+        };
+        // No key: refused, saying which rule and which variable.
+        let err = FilterConfig::from_bytes(hashing.as_bytes(), &with(None)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("'ids'") && message.contains("WARDEN_HASH_KEY"), "{message}");
+        // A key one could guess is no key.
+        let err = FilterConfig::from_bytes(hashing.as_bytes(), &with(Some("short"))).unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        let cfg = FilterConfig::from_bytes(hashing.as_bytes(), &with(Some("0123456789abcdef0123"))).unwrap();
+        assert!(cfg.hash_key.is_set());
+        // Without a key, policies that do not hash run; one that does (as a
+        // published version would arrive) is refused by `admit`.
+        let keyless = FilterConfig::from_bytes(DOC.as_bytes(), &env_with_keys).unwrap();
+        assert!(!keyless.hash_key.is_set());
+        let policy = cfg.initial_policy.as_ref().unwrap();
+        assert!(keyless.admit(policy).unwrap_err().contains("'ids'"));
+        assert_eq!(cfg.admit(policy), Ok(()));
+        // And a keyless pseudonym (never reached through admit) is a mask.
+        assert_eq!(keyless.hash_key.pseudonym("ID", "C-1"), "[ID]");
     }
 }

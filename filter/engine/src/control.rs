@@ -239,6 +239,8 @@ pub struct ApprovalRequest {
     pub mode: ApprovalMode,
     pub issuer: String,
     pub subject: String,
+    /// The token's own `sub` ([`Identity::token_subject`]).
+    pub token_subject: Option<String>,
     pub groups: Vec<String>,
     pub email: Option<String>,
     pub provider: String,
@@ -272,6 +274,7 @@ impl ApprovalRequest {
             mode: approval.mode,
             issuer: identity.issuer.clone(),
             subject: identity.subject.clone(),
+            token_subject: identity.token_subject.clone(),
             groups: identity.groups.clone(),
             email: identity.email.clone(),
             provider: provider.to_owned(),
@@ -342,10 +345,17 @@ impl ApprovalFlow {
         call_timeout_ms: u64,
         now_ms: u64,
     ) -> (Self, Call) {
+        // Everything an approval was given for: one approved for another
+        // route, rule, model or policy version is not this request's.
         let binding = serde_json::json!({
             "issuer": request.issuer,
             "subject": request.subject,
             "body_sha256": request.body_sha256,
+            "rule": request.rule,
+            "provider": request.provider,
+            "model": request.model,
+            "route": request.route,
+            "policy_version": request.policy_version,
         });
         let flow = Self {
             api,
@@ -601,6 +611,7 @@ mod tests {
             mode,
             issuer: "https://idp".into(),
             subject: "alice".into(),
+            token_subject: Some("alice".into()),
             groups: vec!["eng".into()],
             email: None,
             provider: "openai".into(),
@@ -677,6 +688,11 @@ mod tests {
             panic!("expected a consume")
         };
         assert_eq!(consume.path, "/v1/approvals/apr_1/consume");
+        // The use is checked against everything the approval was given for.
+        let bound: Value = serde_json::from_slice(consume.body.as_deref().unwrap()).unwrap();
+        for key in ["issuer", "subject", "body_sha256", "rule", "provider", "model", "route", "policy_version"] {
+            assert_eq!(bound[key], sent[key], "{key}");
+        }
         assert!(matches!(
             flow.on_answer(Some(200), b"{}", 55_100),
             Next::Forward { approval_id } if approval_id == "apr_1"

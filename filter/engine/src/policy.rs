@@ -1006,6 +1006,7 @@ groups:
         Identity {
             issuer: "i".into(),
             subject: "alice".into(),
+            token_subject: Some("alice".into()),
             email: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
             expires_at: 0,

@@ -307,8 +307,10 @@ impl Context for WardenRoot {
             }
             Fetch::Policy => {
                 let now = host::now_secs();
-                let Vm { published, .. } = &mut *vm;
-                match published::on_response(body_size, now, published) {
+                let Vm {
+                    published, config, ..
+                } = &mut *vm;
+                match published::on_response(body_size, now, config, published) {
                     published::Polled::New(p) => {
                         vm.counters.add("warden.policy.updates", 1);
                         vm.install(*p);

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use proxy_wasm::types::LogLevel;
+use warden_engine::config::FilterConfig;
 use warden_engine::control::{
     parse_published_policy, ControlPlane, PublishedPolicy, ACTIVE_POLICY_PATH,
 };
@@ -143,7 +144,12 @@ pub enum Polled {
 }
 
 /// Handles the answer to a poll.
-pub fn on_response(body_size: usize, now: u64, vm: &mut VmPublished) -> Polled {
+pub fn on_response(
+    body_size: usize,
+    now: u64,
+    config: &FilterConfig,
+    vm: &mut VmPublished,
+) -> Polled {
     let (status, body) = host::call_response(body_size);
     let contact = |what: &str| {
         if let Err(status) = host::set_shared_stamp(CONTACT_KEY, now, None) {
@@ -164,7 +170,13 @@ pub fn on_response(body_size: usize, now: u64, vm: &mut VmPublished) -> Polled {
             contact("answer");
             Polled::Unchanged
         }
-        Some(200) => match parse_published_policy(&body) {
+        // Checked before it is shared: what one VM refuses, no VM runs.
+        Some(200) => match parse_published_policy(&body).and_then(|published| {
+            match config.admit(&published.policy) {
+                Ok(()) => Ok(published),
+                Err(e) => Err(format!("version {}: {e}", published.version)),
+            }
+        }) {
             Ok(published) => {
                 let etag = host::call_response_header("etag")
                     .and_then(|v| String::from_utf8(v).ok())
@@ -175,7 +187,8 @@ pub fn on_response(body_size: usize, now: u64, vm: &mut VmPublished) -> Polled {
             }
             Err(err) => {
                 // The control plane validates with this same compiler, so
-                // this is a version skew: keep the last good version.
+                // this is a version skew or a policy this gateway is not
+                // set up for (no hash key): keep the last good version.
                 host::log(
                     LogLevel::Error,
                     &format!("warden: refused the control plane's policy: {err}"),

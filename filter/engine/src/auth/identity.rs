@@ -71,7 +71,12 @@ const MAX_GROUP_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub issuer: String,
+    /// The subject as the claim mapping reads it (`sub` unless configured).
     pub subject: String,
+    /// The token's own `sub` claim, whatever the mapping: the key the
+    /// control plane compares on to refuse self-approval, so the filter's
+    /// mapping and the control plane's can never disagree about who is who.
+    pub token_subject: Option<String>,
     pub email: Option<String>,
     pub groups: Vec<String>,
     /// The token's `exp`: a cached identity is not used past it.
@@ -110,9 +115,11 @@ pub fn map_claims(issuer: &str, paths: &ClaimPaths, claims: &Value) -> Result<Id
     groups.sort();
     groups.dedup();
     let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+    let token_subject = claims.get("sub").and_then(Value::as_str).and_then(clean);
     Ok(Identity {
         issuer: issuer.to_owned(),
         subject,
+        token_subject,
         email,
         groups,
         expires_at,

@@ -551,6 +551,7 @@ fn the_cache_rechecks_expiry_and_stays_bounded() {
     let id = |exp| Identity {
         issuer: ISS.into(),
         subject: "a".into(),
+        token_subject: Some("a".into()),
         email: None,
         groups: vec![],
         expires_at: exp,

@@ -288,6 +288,8 @@ impl Transcript {
                 let kind = match channel.kind {
                     ChannelKind::Text => "text",
                     ChannelKind::ToolArguments => "tool_arguments",
+                    ChannelKind::Refusal => "refusal",
+                    ChannelKind::Reasoning => "reasoning",
                 };
                 serde_json::json!({"index": channel.index, "kind": kind, "text": text})
             })
@@ -321,9 +323,11 @@ impl MaskingStream {
 
     /// Rewrites `head` (with the edits wholly inside it) and records its
     /// hits; the scan that found them may have seen text after it.
+    /// Records what `head` matched, stops on a block, and rewrites it; the
+    /// text joins `channel`'s transcript (none for a text outside channels).
     fn emit(
         &mut self,
-        channel: &Channel,
+        channel: Option<&Channel>,
         head: &str,
         edits: &[Edit],
         hits: &[Hit],
@@ -343,7 +347,7 @@ impl MaskingStream {
         }
         let inside: Vec<Edit> = edits.iter().filter(|e| e.end <= cut).cloned().collect();
         let rewritten = apply(head, &inside, &mut self.vault, &self.key);
-        if let Some(transcript) = self.transcript.as_mut() {
+        if let (Some(transcript), Some(channel)) = (self.transcript.as_mut(), channel) {
             transcript.push(*channel, &rewritten);
         }
         Ok(self.vault.restore(&rewritten))
@@ -382,7 +386,7 @@ impl StreamText for MaskingStream {
         let (head, tail) = buf
             .split_at_checked(floor_boundary(&buf, cut))
             .unwrap_or(("", &buf));
-        let out = self.emit(channel, head, &edits, &hits)?;
+        let out = self.emit(Some(channel), head, &edits, &hits)?;
         self.pending.insert(*channel, tail.to_owned());
         Ok(out)
     }
@@ -390,7 +394,12 @@ impl StreamText for MaskingStream {
     fn finish(&mut self, channel: &Channel) -> Result<String, StreamBlock> {
         let buf = self.pending.remove(channel).unwrap_or_default();
         let (edits, hits) = self.policy.scan(&self.active, &buf);
-        self.emit(channel, &buf, &edits, &hits)
+        self.emit(Some(channel), &buf, &edits, &hits)
+    }
+
+    fn whole(&mut self, text: &str) -> Result<String, StreamBlock> {
+        let (edits, hits) = self.policy.scan(&self.active, text);
+        self.emit(None, text, &edits, &hits)
     }
 }
 
@@ -431,6 +440,10 @@ impl StreamText for SharedMasking {
     fn finish(&mut self, channel: &Channel) -> Result<String, StreamBlock> {
         self.0.borrow_mut().finish(channel)
     }
+
+    fn whole(&mut self, text: &str) -> Result<String, StreamBlock> {
+        self.0.borrow_mut().whole(text)
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +474,7 @@ rules:
         Identity {
             issuer: "i".into(),
             subject: "a".into(),
+            token_subject: Some("a".into()),
             email: None,
             groups: vec!["engineering".into()],
             expires_at: 0,

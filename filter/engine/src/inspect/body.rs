@@ -69,7 +69,30 @@ impl Shape {
 /// anything next to it was rewritten, it is replaced by `null` rather than
 /// left to reveal what was masked. Returns whether anything changed.
 pub fn each_text(doc: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
-    walk(doc, f)
+    Walker {
+        f,
+        skip: None,
+        path: Vec::new(),
+    }
+    .walk(doc)
+}
+
+/// As [`each_text`] on an object, without the values at the paths `skip`
+/// accepts: the keys from the object down to the value, arrays adding
+/// nothing (`["choices", "delta", "content"]` is every choice's content).
+/// A stream rewriter reads the fields it has channels for itself, and
+/// everything else in the event through this.
+pub fn each_text_except(
+    object: &mut Map<String, Value>,
+    skip: Skip<'_>,
+    f: &mut dyn FnMut(&mut String) -> bool,
+) -> bool {
+    Walker {
+        f,
+        skip: Some(skip),
+        path: Vec::new(),
+    }
+    .walk_object(object)
 }
 
 /// Keys whose value names or identifies (a type, an id, an enum value, a
@@ -128,41 +151,76 @@ pub fn is_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
 }
 
-/// Walks `v`; whether anything in it changed.
-fn walk(v: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |changed, item| walk(item, f) | changed),
-        Value::Object(map) => walk_object(map, f),
-        _ => false,
-    }
+/// Which values [`each_text_except`] leaves out, by their path.
+type Skip<'a> = &'a dyn Fn(&[String]) -> bool;
+
+struct Walker<'a> {
+    f: &'a mut dyn FnMut(&mut String) -> bool,
+    skip: Option<Skip<'a>>,
+    /// The keys down to the value being walked, kept only for `skip`.
+    path: Vec<String>,
 }
 
-fn walk_object(map: &mut Map<String, Value>, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
-    let binary_kind = binary_kind(map);
-    let mut changed = false;
-    for (key, value) in map.iter_mut() {
-        let key = key.as_str();
-        if key == "logprobs" || STRUCTURAL_KEYS.contains(&key) && structural(value) {
-            continue;
+impl Walker<'_> {
+    /// Walks `v`; whether anything in it changed.
+    fn walk(&mut self, v: &mut Value) -> bool {
+        match v {
+            Value::String(s) => (self.f)(s),
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| self.walk(item) | changed),
+            Value::Object(map) => self.walk_object(map),
+            _ => false,
         }
-        changed |= match value {
-            Value::String(payload) if BINARY_KEYS.contains(&key) || key == "url" => {
-                visit_payload(payload, binary_kind, BINARY_KEYS.contains(&key), f)
-            }
-            _ => walk(value, f),
+    }
+
+    /// Whether `skip` takes the value under `key` (of the object walked).
+    fn skips(&mut self, key: &str) -> bool {
+        let Some(skip) = self.skip else {
+            return false;
         };
+        self.path.push(key.to_owned());
+        let skipped = skip(&self.path);
+        self.path.pop();
+        skipped
     }
-    if let Some(logprobs) = map.get_mut("logprobs") {
-        if changed && !logprobs.is_null() {
-            *logprobs = Value::Null;
-        } else {
-            changed |= walk(logprobs, f);
+
+    /// `value`, under `key`, unless skipped.
+    fn walk_under(&mut self, key: &str, value: &mut Value) -> bool {
+        let Some(skip) = self.skip else {
+            return self.walk(value);
+        };
+        self.path.push(key.to_owned());
+        let changed = !skip(&self.path) && self.walk(value);
+        self.path.pop();
+        changed
+    }
+
+    fn walk_object(&mut self, map: &mut Map<String, Value>) -> bool {
+        let binary_kind = binary_kind(map);
+        let mut changed = false;
+        for (key, value) in map.iter_mut() {
+            let key = key.as_str();
+            if key == "logprobs" || STRUCTURAL_KEYS.contains(&key) && structural(value) {
+                continue;
+            }
+            changed |= match value {
+                Value::String(payload) if BINARY_KEYS.contains(&key) || key == "url" => {
+                    !self.skips(key)
+                        && visit_payload(payload, binary_kind, BINARY_KEYS.contains(&key), self.f)
+                }
+                _ => self.walk_under(key, value),
+            };
         }
+        if let Some(logprobs) = map.get_mut("logprobs") {
+            if changed && !logprobs.is_null() {
+                *logprobs = Value::Null;
+            } else {
+                changed |= self.walk_under("logprobs", logprobs);
+            }
+        }
+        rename_keys(map, self.f) | changed
     }
-    rename_keys(map, f) | changed
 }
 
 /// Whether a structural key's value may be skipped: an identifier, or a

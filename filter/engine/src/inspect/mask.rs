@@ -92,17 +92,34 @@ pub struct Edit {
 }
 
 /// The key behind `hash` pseudonyms. Configured per deployment so that
-/// pseudonyms cannot be precomputed from a public key.
+/// pseudonyms cannot be precomputed: a key anyone could derive (from the
+/// configuration, say) would let them hash every customer id and read the
+/// pseudonyms back, so without one there is no key, and a policy that hashes
+/// is refused ([`crate::config::FilterConfig::admit`]).
 #[derive(Clone)]
-pub struct HashKey(Vec<u8>);
+pub struct HashKey(Option<Vec<u8>>);
 
 impl HashKey {
     pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        Self(Some(bytes))
     }
 
+    /// No key configured.
+    pub fn unset() -> Self {
+        Self(None)
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// `[LABEL:hex]`. Without a key (a policy that hashes is refused before
+    /// it runs, so only by mistake) the value is masked, `[LABEL]`.
     pub fn pseudonym(&self, label: &str, value: &str) -> String {
-        let digest = match Hmac::<Sha256>::new_from_slice(&self.0) {
+        let Some(key) = &self.0 else {
+            return format!("[{label}]");
+        };
+        let digest = match Hmac::<Sha256>::new_from_slice(key) {
             Ok(mut mac) => {
                 mac.update(label.as_bytes());
                 mac.update(&[0]);

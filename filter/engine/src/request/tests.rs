@@ -219,6 +219,7 @@ fn authorization_follows_the_policy_and_fails_closed_without_one() {
     let id = |groups: &[&str]| Identity {
         issuer: ISS.into(),
         subject: "bo".into(),
+        token_subject: Some("bo".into()),
         email: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
         expires_at: NOW + 60,
@@ -359,6 +360,7 @@ fn endpoints_other_than_inference_are_refused_unless_a_group_lists_them() {
     let who = Identity {
         issuer: ISS.into(),
         subject: "alice".into(),
+        token_subject: Some("alice".into()),
         groups: vec!["engineering".into()],
         email: None,
         expires_at: NOW + 60,
@@ -386,6 +388,7 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
     let id = crate::auth::Identity {
         issuer: ISS.into(),
         subject: "alice".into(),
+        token_subject: Some("alice".into()),
         email: None,
         groups: vec!["engineering".into()],
         expires_at: NOW + 60,
@@ -472,10 +475,8 @@ fn provider_scoping_headers_are_removed_unless_the_provider_passes_them() {
         })
         .to_string()
     };
-    let cfg = FilterConfig::from_bytes(doc(json!(["Anthropic-Beta"])).as_bytes(), &|_| {
-        Some("k".into())
-    })
-    .unwrap();
+    let env = |name: &str| (name != "WARDEN_HASH_KEY").then(|| "k".into());
+    let cfg = FilterConfig::from_bytes(doc(json!(["Anthropic-Beta"])).as_bytes(), &env).unwrap();
     let h = headers(&[
         ("cookie", "session=1"),
         ("openai-organization", "org-other"),

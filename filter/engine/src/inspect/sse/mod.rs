@@ -58,6 +58,11 @@ pub enum ChannelKind {
     /// A tool call's arguments: pieces of a JSON document, so a transformer
     /// that rewrites them must keep the JSON valid once the pieces are joined.
     ToolArguments,
+    /// A refusal the model gave instead of an answer.
+    Refusal,
+    /// Reasoning shown to the user: Anthropic thinking, Responses reasoning
+    /// text and summaries.
+    Reasoning,
 }
 
 /// The text transformer a [`StreamRewriter`] routes every text delta through.
@@ -73,6 +78,21 @@ pub trait StreamText {
     /// # Errors
     /// A [`StreamBlock`] when the response must not continue.
     fn finish(&mut self, channel: &Channel) -> Result<String, StreamBlock>;
+
+    /// A whole text that belongs to no channel (a citation's quoted text, a
+    /// title, a field the rewriter has no channel for), read at once.
+    ///
+    /// # Errors
+    /// A [`StreamBlock`] when the response must not continue.
+    fn whole(&mut self, text: &str) -> Result<String, StreamBlock> {
+        let channel = Channel {
+            index: u64::MAX,
+            kind: ChannelKind::Text,
+        };
+        let mut out = self.push(&channel, text)?;
+        out.push_str(&self.finish(&channel)?);
+        Ok(out)
+    }
 }
 
 /// A block decided mid-stream: the rewriter sends an error event naming

@@ -5,19 +5,29 @@
 //! Events are recognized by their JSON shape (the `type` field, else the SSE
 //! event name; for OpenAI chunks, a `choices` array), not by trusting one tag,
 //! so a text field is not missed because an event is labelled unexpectedly.
-//! - OpenAI chat: `choices[].delta.content`, `choices[].delta.tool_calls[]
-//!   .function.arguments` and the legacy `choices[].delta.function_call
-//!   .arguments`. A choice ends at its `finish_reason`, every choice at
-//!   `data: [DONE]`.
+//! - OpenAI chat: `choices[].delta.content`, `.refusal`, `.tool_calls[]
+//!   .function.arguments` and the legacy `.function_call.arguments`. A choice
+//!   ends at its `finish_reason`, every choice at `data: [DONE]`.
 //! - OpenAI completions: `choices[].text`; ends as chat does.
-//! - OpenAI Responses: `response.output_text.delta` and
-//!   `response.function_call_arguments.delta`; a channel ends at its `.done`
-//!   event (or the `content_part.done`/`output_item.done`/`response.completed`
-//!   that repeats it). The events repeating the full text get the text that
-//!   was actually sent for the channel, never the provider's original.
-//! - Anthropic: `content_block_delta` with `text_delta.text` or
-//!   `input_json_delta.partial_json`; a block ends at `content_block_stop`,
-//!   all at `message_stop`.
+//! - OpenAI Responses: the `.delta` events of `output_text`, `refusal`,
+//!   `function_call_arguments`, `reasoning_text` and
+//!   `reasoning_summary_text`; a channel ends at its `.done` event (or the
+//!   `content_part.done`/`reasoning_summary_part.done`/`output_item.done`/
+//!   `response.completed` that repeats it). The events repeating the full text
+//!   get the text that was actually sent for the channel, never the
+//!   provider's original.
+//! - Anthropic: `content_block_delta` with `text_delta.text`,
+//!   `thinking_delta.thinking` or `input_json_delta.partial_json`; a block
+//!   ends at `content_block_stop`, all at `message_stop`. (Anthropic signs
+//!   thinking blocks: a rewritten one fails its signature when a client sends
+//!   it back, which is the safe way to fail.)
+//! - **Everything else**: every other string of every event (citations and
+//!   the text they quote, titles, annotations, fields no provider had when
+//!   this was written), minus the structural keys of
+//!   [`crate::inspect::body::each_text`], is read whole
+//!   ([`StreamText::whole`]). The handlers above note each field they read
+//!   as a channel, and only those are left out, so a field is never read
+//!   twice and never not at all.
 //!
 //! ## Decisions
 //! - A delta whose rewritten text is empty (all of it held back) is still
@@ -45,11 +55,6 @@
 //!   error event in the API's own format; nothing is sent after it (no
 //!   `[DONE]`). The message names the rule, never the matched value.
 //!
-//! ## Not rewritten (yet)
-//! Refusal text (`delta.refusal`, `response.refusal.*`), reasoning/thinking
-//! text (`thinking_delta`, `response.reasoning_*`; Anthropic signs thinking
-//! blocks, so rewriting it would break them when sent back) and citations.
-//!
 //! ## Memory
 //! Bounded by the parser's limits (one line, one event), a small state per
 //! channel (at most 1024 channels; OpenAI and Anthropic states are dropped
@@ -60,6 +65,7 @@
 use serde_json::{json, Map, Value};
 
 use super::parser::{Framed, SseParser};
+use crate::inspect::body::each_text_except;
 use super::{Channel, ChannelKind, SseError, SseEvent, StreamBlock, StreamText};
 
 /// The provider API whose event stream is rewritten.
@@ -86,18 +92,26 @@ const FRAMING_RULE: &str = "warden.stream_framing";
 const CHANNELS_RULE: &str = "warden.stream_channels";
 /// The inner index of an OpenAI legacy `function_call` channel.
 const LEGACY_FUNCTION_CALL: u64 = 0xFFFF_FFFF;
+/// Set in the inner index of a Responses reasoning summary, so a summary
+/// and a reasoning text part with the same index are two channels.
+const SUMMARY: u64 = 0x8000_0000;
 
 /// One place an API puts streamed text, with what it takes to write a delta
 /// event for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     ChatContent { choice: u64 },
+    ChatRefusal { choice: u64 },
     ChatTool { choice: u64, tool: u64 },
     ChatFunction { choice: u64 },
     CompletionText { choice: u64 },
     ResponsesText { output: u64, content: u64 },
+    ResponsesRefusal { output: u64, content: u64 },
+    ResponsesReasoning { output: u64, content: u64 },
+    ResponsesSummary { output: u64, summary: u64 },
     ResponsesTool { output: u64 },
     AnthropicText { block: u64 },
+    AnthropicThinking { block: u64 },
     AnthropicJson { block: u64 },
 }
 
@@ -114,14 +128,25 @@ impl Slot {
             Self::ChatContent { choice } | Self::CompletionText { choice } => {
                 (choice, ChannelKind::Text)
             }
+            Self::ChatRefusal { choice } => (choice, ChannelKind::Refusal),
             Self::ChatTool { choice, tool } => (pack(choice, tool), ChannelKind::ToolArguments),
             Self::ChatFunction { choice } => (
                 pack(choice, LEGACY_FUNCTION_CALL),
                 ChannelKind::ToolArguments,
             ),
             Self::ResponsesText { output, content } => (pack(output, content), ChannelKind::Text),
+            Self::ResponsesRefusal { output, content } => {
+                (pack(output, content), ChannelKind::Refusal)
+            }
+            Self::ResponsesReasoning { output, content } => {
+                (pack(output, content), ChannelKind::Reasoning)
+            }
+            Self::ResponsesSummary { output, summary } => {
+                (pack(output, SUMMARY | summary), ChannelKind::Reasoning)
+            }
             Self::ResponsesTool { output } => (output, ChannelKind::ToolArguments),
             Self::AnthropicText { block } => (block, ChannelKind::Text),
+            Self::AnthropicThinking { block } => (block, ChannelKind::Reasoning),
             Self::AnthropicJson { block } => (block, ChannelKind::ToolArguments),
         };
         Channel { index, kind }
@@ -131,6 +156,7 @@ impl Slot {
     fn choice(self) -> Option<u64> {
         match self {
             Self::ChatContent { choice }
+            | Self::ChatRefusal { choice }
             | Self::ChatTool { choice, .. }
             | Self::ChatFunction { choice }
             | Self::CompletionText { choice } => Some(choice),
@@ -141,7 +167,9 @@ impl Slot {
     /// The Anthropic content block this text belongs to.
     fn block(self) -> Option<u64> {
         match self {
-            Self::AnthropicText { block } | Self::AnthropicJson { block } => Some(block),
+            Self::AnthropicText { block }
+            | Self::AnthropicThinking { block }
+            | Self::AnthropicJson { block } => Some(block),
             _ => None,
         }
     }
@@ -168,9 +196,21 @@ struct EventEdit {
     /// Whether the event's JSON was changed (otherwise its original text is
     /// sent).
     changed: bool,
+    /// The fields read as channel text: keys from the event's root, arrays
+    /// adding nothing. Everything else is read whole afterwards.
+    read: Vec<Vec<&'static str>>,
 }
 
 impl EventEdit {
+    /// Notes that the field `base.field` was read as channel text.
+    fn read(&mut self, base: &[&'static str], field: &'static str) {
+        let mut path = base.to_vec();
+        path.push(field);
+        if !self.read.contains(&path) {
+            self.read.push(path);
+        }
+    }
+
     fn set(&mut self, target: &mut String, value: String) {
         if *target != value {
             *target = value;
@@ -405,6 +445,7 @@ impl StreamRewriter {
             StreamApi::OpenAiResponses => self.responses(name, &mut body, &mut edit)?,
             StreamApi::Anthropic => self.anthropic(name, &mut body, &mut edit)?,
         }
+        self.other_text(&mut body, &mut edit)?;
         out.extend(edit.before);
         if edit.changed {
             let rewritten = SseEvent {
@@ -415,6 +456,44 @@ impl StreamRewriter {
         } else {
             out.extend_from_slice(raw.as_bytes());
         }
+        Ok(())
+    }
+
+    /// Every string of the event that no handler read as channel text,
+    /// read whole.
+    fn other_text(
+        &mut self,
+        body: &mut Map<String, Value>,
+        edit: &mut EventEdit,
+    ) -> Result<(), StreamBlock> {
+        let read = std::mem::take(&mut edit.read);
+        let skip = |path: &[String]| {
+            read.iter()
+                .any(|r| r.len() == path.len() && r.iter().zip(path).all(|(a, b)| a == b))
+        };
+        let text = &mut self.text;
+        let mut blocked = None;
+        let mut whole = |s: &mut String| -> bool {
+            if blocked.is_some() || s.is_empty() {
+                return false;
+            }
+            match text.whole(s) {
+                Ok(new) if new != *s => {
+                    *s = new;
+                    true
+                }
+                Ok(_) => false,
+                Err(block) => {
+                    blocked = Some(block);
+                    false
+                }
+            }
+        };
+        let changed = each_text_except(body, &skip, &mut whole);
+        if let Some(block) = blocked {
+            return Err(block);
+        }
+        edit.changed |= changed;
         Ok(())
     }
 
@@ -519,6 +598,9 @@ impl StreamRewriter {
             Slot::ChatContent { choice } => {
                 self.openai_event(chat_choice(choice, json!({ "content": text })))
             }
+            Slot::ChatRefusal { choice } => {
+                self.openai_event(chat_choice(choice, json!({ "refusal": text })))
+            }
             Slot::ChatTool { choice, tool } => self.openai_event(chat_choice(
                 choice,
                 json!({"tool_calls": [{"index": tool, "function": {"arguments": text}}]}),
@@ -541,18 +623,41 @@ impl StreamRewriter {
                 body.insert("logprobs".into(), json!([]));
                 self.responses_event("response.output_text.delta", body)
             }
-            Slot::ResponsesTool { output } => {
-                let mut body = Map::new();
-                if let Some(item_id) = item_id {
-                    body.insert("item_id".into(), item_id.into());
-                }
-                body.insert("output_index".into(), output.into());
-                body.insert("delta".into(), text.into());
-                self.responses_event("response.function_call_arguments.delta", body)
-            }
+            Slot::ResponsesRefusal { output, content } => self.responses_delta(
+                "response.refusal.delta",
+                item_id,
+                output,
+                Some(("content_index", content)),
+                text,
+            ),
+            Slot::ResponsesReasoning { output, content } => self.responses_delta(
+                "response.reasoning_text.delta",
+                item_id,
+                output,
+                Some(("content_index", content)),
+                text,
+            ),
+            Slot::ResponsesSummary { output, summary } => self.responses_delta(
+                "response.reasoning_summary_text.delta",
+                item_id,
+                output,
+                Some(("summary_index", summary)),
+                text,
+            ),
+            Slot::ResponsesTool { output } => self.responses_delta(
+                "response.function_call_arguments.delta",
+                item_id,
+                output,
+                None,
+                text,
+            ),
             Slot::AnthropicText { block } => {
                 anthropic_delta_event(block, json!({"type": "text_delta", "text": text}))
             }
+            Slot::AnthropicThinking { block } => anthropic_delta_event(
+                block,
+                json!({"type": "thinking_delta", "thinking": text}),
+            ),
             Slot::AnthropicJson { block } => anthropic_delta_event(
                 block,
                 json!({"type": "input_json_delta", "partial_json": text}),
@@ -623,11 +728,18 @@ impl StreamRewriter {
             if let Some(Value::String(text)) = choice.get_mut("text") {
                 let slot = Slot::CompletionText { choice: index };
                 self.openai_delta(slot, text, finishing, edit)?;
+                edit.read(&["choices"], "text");
             }
         } else if let Some(Value::Object(delta)) = choice.get_mut("delta") {
             if let Some(Value::String(text)) = delta.get_mut("content") {
                 let slot = Slot::ChatContent { choice: index };
                 self.openai_delta(slot, text, finishing, edit)?;
+                edit.read(&["choices", "delta"], "content");
+            }
+            if let Some(Value::String(text)) = delta.get_mut("refusal") {
+                let slot = Slot::ChatRefusal { choice: index };
+                self.openai_delta(slot, text, finishing, edit)?;
+                edit.read(&["choices", "delta"], "refusal");
             }
             if let Some(Value::String(text)) = delta
                 .get_mut("function_call")
@@ -635,6 +747,7 @@ impl StreamRewriter {
             {
                 let slot = Slot::ChatFunction { choice: index };
                 self.openai_delta(slot, text, finishing, edit)?;
+                edit.read(&["choices", "delta", "function_call"], "arguments");
             }
             if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
                 for (position, call) in calls.iter_mut().enumerate() {
@@ -651,6 +764,7 @@ impl StreamRewriter {
                             tool,
                         };
                         self.openai_delta(slot, text, finishing, edit)?;
+                        edit.read(&["choices", "delta", "tool_calls", "function"], "arguments");
                     }
                 }
             }
@@ -708,6 +822,27 @@ impl StreamRewriter {
         SseEvent::named(kind, json_text(&Value::Object(body)))
     }
 
+    /// A Responses `.delta` event of `kind` carrying `text`.
+    fn responses_delta(
+        &mut self,
+        kind: &str,
+        item_id: Option<String>,
+        output: u64,
+        index: Option<(&str, u64)>,
+        text: &str,
+    ) -> SseEvent {
+        let mut body = Map::new();
+        if let Some(item_id) = item_id {
+            body.insert("item_id".into(), item_id.into());
+        }
+        body.insert("output_index".into(), output.into());
+        if let Some((key, index)) = index {
+            body.insert(key.into(), index.into());
+        }
+        body.insert("delta".into(), text.into());
+        self.responses_event(kind, body)
+    }
+
     fn responses(
         &mut self,
         name: Option<&str>,
@@ -725,34 +860,56 @@ impl StreamRewriter {
             output,
             content: u64_field(body, "content_index"),
         };
-        let tool_slot = Slot::ResponsesTool { output };
+        let content = u64_field(body, "content_index");
         let mode = if kind.ends_with(".done") {
             Mode::Close
         } else {
             Mode::Push
         };
-        match kind.as_str() {
+        // A `.delta` event carries new text in `delta`; its `.done` event the
+        // whole text under the field named here.
+        let channel = match kind.as_str() {
             "response.output_text.delta" | "response.output_text.done" => {
-                let key = if mode == Mode::Push { "delta" } else { "text" };
-                self.responses_field(text_slot, item_id, body, key, mode, edit)?;
-                clear_logprobs(body, edit);
+                Some((text_slot, "text"))
+            }
+            "response.refusal.delta" | "response.refusal.done" => {
+                Some((Slot::ResponsesRefusal { output, content }, "refusal"))
+            }
+            "response.reasoning_text.delta" | "response.reasoning_text.done" => {
+                Some((Slot::ResponsesReasoning { output, content }, "text"))
+            }
+            "response.reasoning_summary_text.delta" | "response.reasoning_summary_text.done" => {
+                let summary = u64_field(body, "summary_index");
+                Some((Slot::ResponsesSummary { output, summary }, "text"))
             }
             "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
-                let key = if mode == Mode::Push {
-                    "delta"
-                } else {
-                    "arguments"
-                };
-                self.responses_field(tool_slot, item_id, body, key, mode, edit)?;
+                Some((Slot::ResponsesTool { output }, "arguments"))
             }
+            _ => None,
+        };
+        if let Some((slot, whole_key)) = channel {
+            let key = if mode == Mode::Push { "delta" } else { whole_key };
+            self.responses_field(slot, item_id, body, key, mode, edit)?;
+            edit.read(&[], key);
+            clear_logprobs(body, edit);
+        }
+        match kind.as_str() {
             "response.content_part.added" | "response.content_part.done" => {
                 if let Some(Value::Object(part)) = body.get_mut("part") {
-                    self.responses_part(text_slot, item_id, part, mode, edit)?;
+                    let slot = part_slot(output, content, part);
+                    self.responses_part(slot, item_id, part, &["part"], mode, edit)?;
+                }
+            }
+            "response.reasoning_summary_part.added" | "response.reasoning_summary_part.done" => {
+                let summary = u64_field(body, "summary_index");
+                if let Some(Value::Object(part)) = body.get_mut("part") {
+                    let slot = Slot::ResponsesSummary { output, summary };
+                    self.responses_part(slot, item_id, part, &["part"], mode, edit)?;
                 }
             }
             "response.output_item.added" | "response.output_item.done" => {
                 if let Some(Value::Object(item)) = body.get_mut("item") {
-                    self.responses_item(output, item, mode, edit)?;
+                    self.responses_item(output, item, &["item"], mode, edit)?;
                 }
             }
             "response.created" | "response.in_progress" | "response.queued" => {
@@ -794,17 +951,25 @@ impl StreamRewriter {
         }
     }
 
-    /// A content part (`output_text`): its `text`.
+    /// A content part (`output_text`, `refusal`, `reasoning_text`,
+    /// `summary_text`) at `base`: its text.
     fn responses_part(
         &mut self,
         slot: Slot,
         item_id: Option<&str>,
         part: &mut Map<String, Value>,
+        base: &[&'static str],
         mode: Mode,
         edit: &mut EventEdit,
     ) -> Result<(), StreamBlock> {
-        if let Some(Value::String(text)) = part.get_mut("text") {
+        let key = if matches!(slot, Slot::ResponsesRefusal { .. }) {
+            "refusal"
+        } else {
+            "text"
+        };
+        if let Some(Value::String(text)) = part.get_mut(key) {
             self.responses_text(slot, item_id, text, mode, edit)?;
+            edit.read(base, key);
             clear_logprobs(part, edit);
         }
         Ok(())
@@ -816,25 +981,37 @@ impl StreamRewriter {
         &mut self,
         output: u64,
         item: &mut Map<String, Value>,
+        base: &[&'static str],
         mode: Mode,
         edit: &mut EventEdit,
     ) -> Result<(), StreamBlock> {
         let item_id = item.get("id").and_then(Value::as_str).map(str::to_owned);
         let item_id = item_id.as_deref();
+        let parts_base = [base, &["content"]].concat();
         if let Some(Value::Array(parts)) = item.get_mut("content") {
             for (content, part) in parts.iter_mut().enumerate() {
                 if let Value::Object(part) = part {
-                    let slot = Slot::ResponsesText {
+                    let slot = part_slot(output, to_u64(content), part);
+                    self.responses_part(slot, item_id, part, &parts_base, mode, edit)?;
+                }
+            }
+        }
+        let summary_base = [base, &["summary"]].concat();
+        if let Some(Value::Array(parts)) = item.get_mut("summary") {
+            for (summary, part) in parts.iter_mut().enumerate() {
+                if let Value::Object(part) = part {
+                    let slot = Slot::ResponsesSummary {
                         output,
-                        content: to_u64(content),
+                        summary: to_u64(summary),
                     };
-                    self.responses_part(slot, item_id, part, mode, edit)?;
+                    self.responses_part(slot, item_id, part, &summary_base, mode, edit)?;
                 }
             }
         }
         if let Some(Value::String(arguments)) = item.get_mut("arguments") {
             let slot = Slot::ResponsesTool { output };
             self.responses_text(slot, item_id, arguments, mode, edit)?;
+            edit.read(base, "arguments");
         }
         Ok(())
     }
@@ -856,7 +1033,7 @@ impl StreamRewriter {
         if let Some(Value::Array(items)) = response.get_mut("output") {
             for (output, item) in items.iter_mut().enumerate() {
                 if let Value::Object(item) = item {
-                    self.responses_item(to_u64(output), item, mode, edit)?;
+                    self.responses_item(to_u64(output), item, &["response", "output"], mode, edit)?;
                 }
             }
         }
@@ -930,20 +1107,22 @@ impl StreamRewriter {
                     }
                 }
             }
-            "content_block_start" => {
-                if let Some(Value::String(text)) = body
-                    .get_mut("content_block")
-                    .and_then(|content| content.get_mut("text"))
-                {
-                    self.anthropic_delta(Slot::AnthropicText { block }, text, edit)?;
-                }
-            }
-            "content_block_delta" => {
-                if let Some(Value::Object(delta)) = body.get_mut("delta") {
-                    if let Some(Value::String(text)) = delta.get_mut("text") {
-                        self.anthropic_delta(Slot::AnthropicText { block }, text, edit)?;
-                    } else if let Some(Value::String(json)) = delta.get_mut("partial_json") {
-                        self.anthropic_delta(Slot::AnthropicJson { block }, json, edit)?;
+            "content_block_start" | "content_block_delta" => {
+                let base = if body.contains_key("delta") {
+                    "delta"
+                } else {
+                    "content_block"
+                };
+                if let Some(Value::Object(fields)) = body.get_mut(base) {
+                    for (key, slot) in [
+                        ("text", Slot::AnthropicText { block }),
+                        ("thinking", Slot::AnthropicThinking { block }),
+                        ("partial_json", Slot::AnthropicJson { block }),
+                    ] {
+                        if let Some(Value::String(text)) = fields.get_mut(key) {
+                            self.anthropic_delta(slot, text, edit)?;
+                            edit.read(&[base], key);
+                        }
                     }
                 }
             }
@@ -969,6 +1148,19 @@ impl StreamRewriter {
             edit.set(text, rewritten);
         }
         Ok(())
+    }
+}
+
+/// The channel of a Responses content part, by its type.
+fn part_slot(output: u64, content: u64, part: &Map<String, Value>) -> Slot {
+    match part.get("type").and_then(Value::as_str) {
+        Some("refusal") => Slot::ResponsesRefusal { output, content },
+        Some("reasoning_text") => Slot::ResponsesReasoning { output, content },
+        Some("summary_text") => Slot::ResponsesSummary {
+            output,
+            summary: content,
+        },
+        _ => Slot::ResponsesText { output, content },
     }
 }
 

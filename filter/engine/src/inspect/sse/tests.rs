@@ -473,7 +473,8 @@ fn channels_follow_each_api_layout() {
         Box::new(record.clone()),
         [CHAT_TOOLS.as_bytes()],
     );
-    let calls = record.0.borrow().clone();
+    // Channels only: names and other whole texts are read apart.
+    let calls: Vec<Call> = record.0.borrow().iter().filter(|(c, _)| c.index != u64::MAX).cloned().collect();
     let tool = |index| Channel {
         index,
         kind: ChannelKind::ToolArguments,
@@ -496,7 +497,13 @@ fn channels_follow_each_api_layout() {
         Box::new(record.clone()),
         [RESPONSES.as_bytes()],
     );
-    let channels: Vec<Channel> = record.0.borrow().iter().map(|(c, _)| *c).collect();
+    let channels: Vec<Channel> = record
+        .0
+        .borrow()
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| c.index != u64::MAX)
+        .collect();
     let text = Channel {
         index: 0,
         kind: ChannelKind::Text,
@@ -838,8 +845,8 @@ fn usage_is_captured_for_audit() {
 // ---- odd input ----------------------------------------------------------------
 
 #[test]
-fn non_json_and_unknown_events_pass_through() {
-    let stream = "event: weird\ndata: not json secret\n\ndata: [1,2]\n\nid: 5\n\n: ping\n\nevent: content_block_delta\ndata: {\"type\":\"thinking_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hm\"}}\n\n";
+fn non_json_events_pass_through() {
+    let stream = "event: weird\ndata: not json secret\n\ndata: [1,2]\n\nid: 5\n\n: ping\n\n";
     for api in [
         StreamApi::OpenAiChat,
         StreamApi::OpenAiCompletions,
@@ -866,4 +873,132 @@ fn several_choices_are_separate_channels() {
         client_texts(StreamApi::OpenAiChat, out.as_bytes()),
         texts(&[("text:0", "a se"), ("text:1", "b [MASKED]")])
     );
+}
+
+// ---- every string of every event ----------------------------------------------
+
+/// Every string a client receives that a model could have written (all but
+/// structural keys and binary payloads), as [`crate::inspect::body`] reads them.
+fn model_strings(bytes: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (_, mut value) in events(bytes) {
+        crate::inspect::body::each_text(&mut value, &mut |s| {
+            found.push(s.clone());
+            false
+        });
+    }
+    found
+}
+
+/// Streams with the fields beyond plain text: refusals, reasoning and
+/// thinking, citations, annotations, and an event type nobody knows yet.
+fn rich_streams() -> Vec<(StreamApi, String)> {
+    let chat = concat!(
+        r#"data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","refusal":"i can't share the se"},"finish_reason":null}],"obfuscation":"q1"}"#,
+        "\n\n",
+        r#"data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"refusal":"cret, sorry"},"finish_reason":null}]}"#,
+        "\n\n",
+        r#"data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":1,"delta":{"content":"see the doc","annotations":[{"type":"url_citation","url_citation":{"title":"the secret memo","url":"https://docs.example/p"}}]},"finish_reason":null}]}"#,
+        "\n\n",
+        r#"data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{},"finish_reason":"stop"},{"index":1,"delta":{"audio":{"id":"a1","transcript":"spoken secret"}},"finish_reason":"stop"}]}"#,
+        "\n\ndata: [DONE]\n\n",
+    );
+    let responses = concat!(
+        "event: response.output_item.added\n",
+        r#"data: {"type":"response.output_item.added","sequence_number":1,"output_index":0,"item":{"id":"rs_1","type":"reasoning","summary":[]}}"#,
+        "\n\nevent: response.reasoning_summary_part.added\n",
+        r#"data: {"type":"response.reasoning_summary_part.added","sequence_number":2,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":""}}"#,
+        "\n\nevent: response.reasoning_summary_text.delta\n",
+        r#"data: {"type":"response.reasoning_summary_text.delta","sequence_number":3,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"thinking about the se"}"#,
+        "\n\nevent: response.reasoning_summary_text.delta\n",
+        r#"data: {"type":"response.reasoning_summary_text.delta","sequence_number":4,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"cret"}"#,
+        "\n\nevent: response.reasoning_summary_text.done\n",
+        r#"data: {"type":"response.reasoning_summary_text.done","sequence_number":5,"item_id":"rs_1","output_index":0,"summary_index":0,"text":"thinking about the secret"}"#,
+        "\n\nevent: response.reasoning_summary_part.done\n",
+        r#"data: {"type":"response.reasoning_summary_part.done","sequence_number":6,"item_id":"rs_1","output_index":0,"summary_index":0,"part":{"type":"summary_text","text":"thinking about the secret"}}"#,
+        "\n\nevent: response.output_item.done\n",
+        r#"data: {"type":"response.output_item.done","sequence_number":7,"output_index":0,"item":{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"thinking about the secret"}],"encrypted_content":"Z2FyYmxlZA=="}}"#,
+        "\n\nevent: response.refusal.delta\n",
+        r#"data: {"type":"response.refusal.delta","sequence_number":8,"item_id":"msg_1","output_index":1,"content_index":0,"delta":"no se"}"#,
+        "\n\nevent: response.refusal.delta\n",
+        r#"data: {"type":"response.refusal.delta","sequence_number":9,"item_id":"msg_1","output_index":1,"content_index":0,"delta":"crets"}"#,
+        "\n\nevent: response.refusal.done\n",
+        r#"data: {"type":"response.refusal.done","sequence_number":10,"item_id":"msg_1","output_index":1,"content_index":0,"refusal":"no secrets"}"#,
+        "\n\nevent: response.output_text.annotation.added\n",
+        r#"data: {"type":"response.output_text.annotation.added","sequence_number":11,"item_id":"msg_1","output_index":1,"content_index":1,"annotation_index":0,"annotation":{"type":"url_citation","title":"a secret source","url":"https://docs.example/q","start_index":0,"end_index":3}}"#,
+        "\n\nevent: response.future_thing.delta\n",
+        r#"data: {"type":"response.future_thing.delta","sequence_number":12,"output_index":2,"delta":"a secret in a new place"}"#,
+        "\n\nevent: response.completed\n",
+        r#"data: {"type":"response.completed","sequence_number":13,"response":{"id":"resp_1","object":"response","status":"completed","instructions":"keep the secret","output":[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"thinking about the secret"}]},{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"refusal","refusal":"no secrets"}]}]}}"#,
+        "\n\n",
+    );
+    let anthropic = concat!(
+        "event: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"the user wants the se"}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"cret"}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"RXVnZW5pY3NTaWduYXR1cmU="}}"#,
+        "\n\nevent: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"web_search_tool_result","tool_use_id":"srvtoolu_1","content":[{"type":"web_search_result","title":"secret page","url":"https://docs.example/r","encrypted_content":"RW5jcnlwdGVk"}]}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":2,"delta":{"type":"citations_delta","citation":{"type":"char_location","cited_text":"the secret is out","document_index":0,"document_title":"memo","start_char_index":0,"end_char_index":17}}}"#,
+        "\n\nevent: message_stop\n",
+        r#"data: {"type":"message_stop"}"#,
+        "\n\n",
+    );
+    vec![
+        (StreamApi::OpenAiChat, chat.to_owned()),
+        (StreamApi::OpenAiResponses, responses.to_owned()),
+        (StreamApi::Anthropic, anthropic.to_owned()),
+    ]
+}
+
+#[test]
+fn every_string_of_every_event_is_read() {
+    for (api, stream) in rich_streams().into_iter().chain(streams()) {
+        let before = model_strings(stream.as_bytes());
+        assert!(!before.is_empty(), "{api:?}");
+        let out = run(api, Box::new(Upper), [stream.as_bytes()]);
+        for s in model_strings(&out) {
+            assert_eq!(s, s.to_uppercase(), "{api:?}: a string passed unread");
+        }
+    }
+}
+
+#[test]
+fn refusals_and_reasoning_are_channels_masked_across_deltas() {
+    for (api, stream) in rich_streams() {
+        let out = masked(api, &stream);
+        // "se" + "cret" arrived in two deltas of the same channel.
+        assert!(!out.contains("secret"), "{api:?}: {out}");
+        assert!(out.contains(MASK), "{api:?}");
+    }
+    let record = Record::default();
+    let (_, responses) = &rich_streams()[1];
+    run(StreamApi::OpenAiResponses, Box::new(record.clone()), [responses.as_bytes()]);
+    let kinds: Vec<ChannelKind> = record
+        .0
+        .borrow()
+        .iter()
+        .filter(|(c, text)| c.index != u64::MAX && text.is_some())
+        .map(|(c, _)| c.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![ChannelKind::Reasoning, ChannelKind::Reasoning, ChannelKind::Refusal, ChannelKind::Refusal]
+    );
+}
+
+#[test]
+fn signed_and_encrypted_payloads_are_left_alone() {
+    let (_, anthropic) = &rich_streams()[2];
+    let out = String::from_utf8(run(StreamApi::Anthropic, Box::new(Upper), [anthropic.as_bytes()])).unwrap();
+    assert!(out.contains(r#""signature":"RXVnZW5pY3NTaWduYXR1cmU=""#), "{out}");
+    assert!(out.contains(r#""encrypted_content":"RW5jcnlwdGVk""#), "{out}");
+    assert!(out.contains("THE SECRET IS OUT"), "{out}");
 }
