@@ -2,7 +2,7 @@
 #   make demo    start the gateway, walk through what it does, stop (exit 0 = all as shown)
 #   make test    every test: unit (native and wasm), clippy, Envoy config validation, end to end
 #   make run     the whole gateway on loopback, in the foreground; Ctrl-C stops it
-#   make build   dist/warden-filter.wasm and target/release/{warden,warden-stand-in-provider}
+#   make build   dist/warden-filter.wasm and target/local/{warden,warden-stand-in-provider}
 #   make bench   what the filter costs against bare Envoy, in BENCHMARKS.md
 #   make fresh-check  the README's two commands on a pristine Debian 12 root
 #                (scripts/fresh-check.sh; too long for CI: run it before
@@ -38,8 +38,8 @@ test: bootstrap-test
 	@scripts/test.sh
 
 bench: bootstrap-bench
-	@scripts/build.sh
-	@$(PY) tests/bench/bench.py
+	@WARDEN_NATIVE_PROFILE=release scripts/build.sh
+	@WARDEN_NATIVE_PROFILE=release $(PY) tests/bench/bench.py
 
 fresh-check:
 	@scripts/fresh-check.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the filter for wasm32-wasip1 (profile `wasm`: release, LTO,
 # panic=abort, stripped) into dist/warden-filter.wasm, and the native
-# binaries (warden, warden-stand-in-provider) in release mode.
+# binaries (warden, warden-stand-in-provider) with the profile
+# $WARDEN_NATIVE_PROFILE (default `local`, see scripts/lib.sh) into
+# target/<profile>/.
 #
 # The two builds run side by side: the wasm build ends in one long LTO step
 # on one core, and a first build is mostly waiting for the compiler, so on a
@@ -17,8 +19,8 @@ wasm_cargo wasm32-wasip1 build --locked --profile wasm -p warden-filter >"$wasm_
 wasm_pid=$!
 trap 'kill "$wasm_pid" 2>/dev/null || true' EXIT
 
-step "build: native binaries (target/release/warden, target/release/warden-stand-in-provider)"
-native_cargo build --locked --release -p warden-control-plane -p warden-stand-in-provider
+step "build: native binaries (target/$NATIVE_PROFILE/warden, target/$NATIVE_PROFILE/warden-stand-in-provider)"
+native_cargo build --locked --profile "$NATIVE_PROFILE" -p warden-control-plane -p warden-stand-in-provider
 
 step "build: waiting for the filter's wasm build"
 if ! wait "$wasm_pid"; then

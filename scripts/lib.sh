@@ -37,6 +37,12 @@ fi
 #   DEMO_PACKAGES   build the filter and the binaries, `make run`, `make demo`
 #   TEST_PACKAGES   `make test` on top of those
 #   BENCH_PACKAGES  `make bench` on top of those
+# The Cargo profile of the native binaries (target/<profile>/): `local`
+# (opt-level 1: half the first build, and these are not the data path) for
+# build, run, demo and test; `make bench` builds and measures `release`.
+NATIVE_PROFILE="${WARDEN_NATIVE_PROFILE:-local}"
+export WARDEN_NATIVE_PROFILE="$NATIVE_PROFILE"
+
 DEMO_PACKAGES=(ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv)
 # Debian's wasm-capable Rust (1.96): rustc and cargo, the standard library's
 # source for -Zbuild-std, rust-lld (the linker rustc calls for wasm targets:

@@ -31,7 +31,7 @@ provenance() {
 unit() {
     postgres
     step "test: native unit tests"
-    native_cargo test --locked --release
+    native_cargo test --locked --profile "$NATIVE_PROFILE"
 }
 
 wasm() {
@@ -42,7 +42,7 @@ wasm() {
 
 lint() {
     step "test: clippy (native)"
-    native_cargo clippy --locked --release --workspace --all-targets -- -D warnings
+    native_cargo clippy --locked --profile "$NATIVE_PROFILE" --workspace --all-targets -- -D warnings
     step "test: clippy (wasm32-wasip1)"
     wasm_cargo wasm32-wasip1 clippy --locked --profile wasm -p warden-filter -p warden-engine -p warden-bench-noop-filter -- -D warnings
 }

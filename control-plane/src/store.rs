@@ -14,6 +14,11 @@
 //! Migrations are embedded at compile time from `migrations/sqlite` and
 //! `migrations/postgres` (the SQL differs) and run every time a store opens.
 //!
+//! No sqlx proc-macros (`migrate!`, `derive(FromRow)`): they build the whole
+//! SQLite and PostgreSQL stack a second time, for the compiler's host, which
+//! cost a first build about a minute (issue 13). [`MIGRATIONS`] lists the
+//! files and [`rows!`] writes what the derive would.
+//!
 //! Database URLs can hold passwords: they are never logged, and errors never
 //! repeat them.
 //!
@@ -195,8 +200,8 @@ impl Store {
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
-            Store::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Store::Sqlite(pool) => migrator(DatabaseKind::Sqlite).run(pool).await?,
+            Store::Postgres(pool) => migrator(DatabaseKind::Postgres).run(pool).await?,
         }
         Ok(())
     }
@@ -241,6 +246,90 @@ impl Store {
 
 /// Runs `$body` with `$pool` bound to whichever pool the store holds. The SQL
 /// inside must be valid in both dialects (`$N` placeholders work in both).
+/// The migrations, in order: (version, description, SQLite text, PostgreSQL
+/// text). A test checks this against the files in `migrations/`.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "policy versions",
+        include_str!("../migrations/sqlite/0001_policy_versions.sql"),
+        include_str!("../migrations/postgres/0001_policy_versions.sql"),
+    ),
+    (
+        2,
+        "approvals",
+        include_str!("../migrations/sqlite/0002_approvals.sql"),
+        include_str!("../migrations/postgres/0002_approvals.sql"),
+    ),
+    (
+        3,
+        "sessions",
+        include_str!("../migrations/sqlite/0003_sessions.sql"),
+        include_str!("../migrations/postgres/0003_sessions.sql"),
+    ),
+    (
+        4,
+        "approval requester sub",
+        include_str!("../migrations/sqlite/0004_approval_requester_sub.sql"),
+        include_str!("../migrations/postgres/0004_approval_requester_sub.sql"),
+    ),
+];
+
+/// The embedded migrations of one backend. Checksums are SHA-384 of the text,
+/// as `sqlx::migrate!` made them, so databases it migrated carry on.
+fn migrator(kind: DatabaseKind) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use std::borrow::Cow;
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, description, sqlite, postgres)| {
+            let sql = match kind {
+                DatabaseKind::Sqlite => sqlite,
+                DatabaseKind::Postgres => postgres,
+            };
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// Declares row structs and implements `sqlx::FromRow` for them by column
+/// name, for both databases: what `#[derive(sqlx::FromRow)]` writes.
+macro_rules! rows {
+    ($(
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    )*) => {$(
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for $name
+        where
+            &'static str: sqlx::ColumnIndex<R>,
+            $($ty: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,)*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)*
+                })
+            }
+        }
+    )*};
+}
+
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
@@ -250,8 +339,9 @@ macro_rules! on_pool {
     };
 }
 
+rows! {
 /// A published policy version, without its document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PolicyMeta {
     /// 1, 2, 3, ...: allocated when published, never reused.
     pub version: i64,
@@ -266,15 +356,29 @@ pub struct PolicyMeta {
     /// Whether gateways are served this version.
     pub active: bool,
 }
+}
 
 /// A policy version with its document text.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyVersion {
     /// The metadata.
-    #[sqlx(flatten)]
     pub meta: PolicyMeta,
     /// The YAML text as published.
     pub document: String,
+}
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for PolicyVersion
+where
+    PolicyMeta: sqlx::FromRow<'r, R>,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            meta: PolicyMeta::from_row(row)?,
+            document: row.try_get("document")?,
+        })
+    }
 }
 
 /// The columns of [`PolicyMeta`], with `created_at` as RFC 3339 text in both dialects.
@@ -283,8 +387,9 @@ const POSTGRES_META: &str = "version, author, \
      to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
      sha256, message, active";
 
+rows! {
 /// One approval row as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRow {
     pub id: String,
     /// `pending`, `approved` or `denied`.
@@ -313,6 +418,7 @@ pub struct ApprovalRow {
     pub decided_ms: Option<i64>,
     pub reason: Option<String>,
     pub consumed_ms: Option<i64>,
+}
 }
 
 /// What `POST /v1/approvals` found or did.
@@ -716,8 +822,9 @@ pub struct NewSession {
     pub record: String,
 }
 
+rows! {
 /// One stored session row.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     /// Position in the chain: 1, 2, 3, ...
     pub seq: i64,
@@ -738,7 +845,7 @@ pub struct SessionRow {
 }
 
 /// What the chain check reads of a row.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainRow {
     /// Position in the chain.
     pub seq: i64,
@@ -748,6 +855,7 @@ pub struct ChainRow {
     pub prev_hash: String,
     /// The stored hash.
     pub hash: String,
+}
 }
 
 const SESSION_COLUMNS: &str = "seq, id, received_at, subject, decision, record, prev_hash, hash";
@@ -1030,6 +1138,28 @@ fn is_transient(error: &sqlx::Error) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_migrations_are_the_files_in_migrations() {
+        for (dir, pick) in [("sqlite", 2usize), ("postgres", 3)] {
+            let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+            let mut files: Vec<String> = std::fs::read_dir(&folder)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), MIGRATIONS.len(), "{dir}: {files:?}");
+            for (file, migration) in files.iter().zip(MIGRATIONS) {
+                let (version, rest) = file.split_once('_').unwrap();
+                let description = rest.trim_end_matches(".sql").replace('_', " ");
+                assert_eq!(version.parse::<i64>().unwrap(), migration.0, "{file}");
+                assert_eq!(description, migration.1, "{file}");
+                let text = std::fs::read_to_string(folder.join(file)).unwrap();
+                let embedded = if pick == 2 { migration.2 } else { migration.3 };
+                assert_eq!(text, embedded, "{file}");
+            }
+        }
+    }
 
     #[test]
     fn target_defaults_to_sqlite_in_the_data_dir() {

@@ -1,6 +1,6 @@
 """The openai and anthropic SDKs, unchanged, through the Warden gateway.
 
-    TOKEN=$(target/release/warden token --sub alice --group engineering)
+    TOKEN=$(target/local/warden token --sub alice --group engineering)
     WARDEN_TOKEN=$TOKEN .venv/bin/python examples/clients/python_sdks.py
 
 The SDKs' "API key" is the caller's own identity token; the gateway verifies

@@ -1,7 +1,7 @@
 """The approvers' web page in a real headless Chromium (Debian's), signed in
 through the dev issuer's authorization code flow with PKCE.
 
-The control plane (target/release/warden serve --dev) runs on a free port
+The control plane (target/local/warden serve --dev) runs on a free port
 with a gateway secret; approvals are opened as a gateway opens them
 (POST /v1/approvals with x-warden-gateway-key). People sign in on the dev
 issuer's form like on any IdP's: the test types a subject, an email and

@@ -310,6 +310,45 @@ def test_nobody_approves_their_own_request_and_only_approvers_decide(stack, peop
     assert done.returncode != 0 and "approver" in (done.stderr + done.stdout).lower()
 
 
+def test_a_ticket_approval_is_for_its_route(stack, people, approval_version):
+    """An approval given for one endpoint does not let the same body through
+    another (once, `count_tokens` approvals were used on `messages`)."""
+    alice, bob = people["alice"], people["bob"]
+    body = {"model": "gpt-4o", "messages": [
+        {"role": "user", "content": f"customer export, route check {uuid.uuid4().hex[:8]}"}]}
+    auth = {"authorization": f"Bearer {alice}"}
+    status, _, raw = http("POST", f"{stack.gateway_url}/openai/v1/chat/completions", body=body, headers=auth)
+    assert status == 403, raw
+    ticket = approval_id(json.loads(raw))
+    stack.cli("approvals", "approve", ticket, "--reason", "for chat", token=bob)
+    status, headers, raw = http("POST", f"{stack.gateway_url}/openai/v1/completions", body=body, headers=auth)
+    assert (status, reason(headers)) == (403, "warden.approval_pending"), raw
+    assert approval_id(json.loads(raw)) != ticket
+    assert stack.provider_received() == []
+    # The approval is still there for the route it was given for.
+    status, _, raw = http("POST", f"{stack.gateway_url}/openai/v1/chat/completions", body=body, headers=auth)
+    assert status == 200, raw
+
+
+def test_nobody_approves_their_own_request_whatever_claim_names_them(make_stack):
+    """The filter names people by `email` here, the control plane by `sub`:
+    the requester is still recognized (once, they could approve themselves)."""
+    config = default_filter_config()
+    config["authentication"]["issuers"][0]["claims"] = {"subject": "email"}
+    config["policy"] = APPROVAL_POLICY
+    stack = make_stack(filter_config=yaml.safe_dump(config))
+    alice = stack.token("alice", ["security"], "--email", "alice@example.com")
+    bob = stack.token("bob", ["security"], "--email", "bob@example.com")
+    status, _, body = chat(stack, alice, f"customer export {uuid.uuid4().hex[:6]}")
+    assert status == 403, body
+    own = approval_id(body)
+    shown = {a["id"]: a for a in approvals(stack, bob)}[own]
+    assert shown["subject"] == "alice@example.com"
+    done = stack.cli("approvals", "approve", own, "--reason", "mine", token=alice, check=False)
+    assert done.returncode != 0 and "self" in (done.stderr + done.stdout).lower()
+    stack.cli("approvals", "approve", own, "--reason", "checked", token=bob)
+
+
 # --- outage -----------------------------------------------------------------------
 
 

@@ -5,7 +5,10 @@ Envoy (docs/security.md names the invariant each one checks):
   ends with trailers gets the same decision as one that ends with data;
 - one request cannot take a worker down: text that once trapped the VM is
   served, and so is the request after it;
-- the route and the inspected shape come from one canonical path.
+- the route and the inspected shape come from one canonical path;
+- every string of a request and of a response (JSON, text, streamed) is
+  inspected, not a list of the fields known to carry text;
+- a policy with `hash` rules needs a real key.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import pytest
 import yaml
 
 from harness.h2c import h2c_request
-from harness.stack import STAND_IN_KEYS, TRAP_FILTER_WASM, Stack, default_filter_config, http, wait_until
+from harness.stack import (STAND_IN_KEYS, TRAP_FILTER_WASM, Stack, StackError, default_filter_config, http,
+                           wait_until)
 
 EMAIL = "jane.doe@example.com"
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -269,3 +273,169 @@ def test_headers_that_pick_provider_side_scope_never_reach_the_provider(stack):
     (received,) = stack.provider_received()
     for name in ("openai-organization", "openai-project", "cookie", "anthropic-beta"):
         assert name not in received["headers"], name
+
+
+# --- every string is inspected, both ways (F3, F8) --------------------------
+
+def post(stack: Stack, path: str, body: dict, token: str) -> tuple[int, bytes]:
+    status, _, raw = http("POST", f"{stack.gateway_url}{path}", body=body,
+                          headers={"authorization": f"Bearer {token}"})
+    return status, raw
+
+
+def test_every_text_field_of_a_request_is_inspected(stack):
+    """Fields the provider feeds the model besides the messages' text: names,
+    tool descriptions and schemas, metadata, stop sequences, predictions,
+    response schemas, documents (plain and base64 text), a schema's property
+    names."""
+    token = stack.token("alice", ["engineering"])
+    text_b64 = base64.b64encode(f"contract for {EMAIL}".encode()).decode()
+    openai_body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi", "name": EMAIL}],
+        "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": f"ask {EMAIL}",
+            "parameters": {"type": "object", "properties": {
+                EMAIL: {"type": "string", "description": f"like {EMAIL}"}}}}}],
+        "metadata": {"note": EMAIL},
+        "stop": [EMAIL],
+        "prediction": {"type": "content", "content": f"mail {EMAIL}"},
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "x", "schema": {"description": EMAIL}}},
+    }
+    anthropic_body = {
+        "model": "claude-sonnet-4-5", "max_tokens": 16,
+        "system": [{"type": "text", "text": "be brief"}],
+        "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": f"for {EMAIL}"}},
+            {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": text_b64}},
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": EMAIL}}]},
+            {"type": "text", "text": "summarize"}]}],
+        "stop_sequences": [EMAIL],
+        "metadata": {"user_id": EMAIL},
+    }
+    for path, body in ((CHAT, openai_body), ("/anthropic/v1/messages", anthropic_body)):
+        stack.provider_clear()
+        status, raw = post(stack, path, body, token)
+        assert status == 200, raw
+        (received,) = stack.provider_received()
+        upstream = json.loads(received["body"])
+        flat = json.dumps(upstream)
+        assert EMAIL not in flat and "[EMAIL]" in flat, flat
+        assert "contract for" not in flat  # the base64 document was rewritten too ...
+    documents = upstream["messages"][0]["content"]
+    assert base64.b64decode(documents[1]["source"]["data"]).decode() == "contract for [EMAIL]"  # ... and is base64 still
+
+
+def test_a_text_response_is_inspected(stack):
+    token = stack.token("alice", ["engineering"])
+    stack.provider_queue_raw([{"content_type": "text/plain; charset=utf-8", "body": f"write to {EMAIL}"}])
+    status, raw = post(stack, CHAT, json.loads(chat_body("hi")), token)
+    assert status == 200, raw
+    assert raw.decode() == "write to [EMAIL]"
+
+
+def test_every_string_of_a_json_response_is_inspected(stack):
+    token = stack.token("alice", ["engineering"])
+    answer = {
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": None, "refusal": f"I will not mail {EMAIL}",
+            "audio": {"id": "audio_1", "transcript": f"spoken {EMAIL}", "data": "UklGRg=="},
+            "annotations": [{"type": "url_citation", "url_citation": {"title": EMAIL, "url": "https://x.example/"}}]},
+            "logprobs": {"content": [{"token": EMAIL, "logprob": -0.1, "bytes": [106]}]}}],
+    }
+    stack.provider_queue_raw([{"content_type": "application/json", "body": json.dumps(answer)}])
+    status, raw = post(stack, CHAT, json.loads(chat_body("hi")), token)
+    assert status == 200, raw
+    got = json.loads(raw)
+    assert EMAIL not in raw.decode(), raw
+    message = got["choices"][0]["message"]
+    assert message["refusal"] == "I will not mail [EMAIL]"
+    assert message["audio"]["transcript"] == "spoken [EMAIL]"
+    assert message["audio"]["data"] == "UklGRg=="
+    assert got["choices"][0]["logprobs"] is None
+
+
+def sse(*events: tuple[str | None, dict]) -> str:
+    return "".join((f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n" for name, data in events)
+
+
+@pytest.mark.parametrize("path,stream", [
+    (CHAT, sse(
+        (None, {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "refusal": "no mail to jane.doe@exa"}, "finish_reason": None}]}),
+        (None, {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [
+            {"index": 0, "delta": {"refusal": "mple.com, sorry"}, "finish_reason": None}]}),
+        (None, {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [
+            {"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ) + "data: [DONE]\n\n"),
+    ("/anthropic/v1/messages", sse(
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "they want jane.doe@exa"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "mple.com"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {
+            "type": "citations_delta", "citation": {"type": "char_location", "cited_text": f"mail {EMAIL}",
+                                                    "document_index": 0, "start_char_index": 0, "end_char_index": 9}}}),
+        ("message_stop", {"type": "message_stop"}),
+    )),
+    ("/openai/v1/responses", sse(
+        ("response.reasoning_summary_text.delta", {"type": "response.reasoning_summary_text.delta", "sequence_number": 1,
+                                                   "item_id": "rs_1", "output_index": 0, "summary_index": 0,
+                                                   "delta": "about jane.doe@exa"}),
+        ("response.reasoning_summary_text.delta", {"type": "response.reasoning_summary_text.delta", "sequence_number": 2,
+                                                   "item_id": "rs_1", "output_index": 0, "summary_index": 0,
+                                                   "delta": "mple.com"}),
+        ("response.reasoning_summary_text.done", {"type": "response.reasoning_summary_text.done", "sequence_number": 3,
+                                                  "item_id": "rs_1", "output_index": 0, "summary_index": 0,
+                                                  "text": f"about {EMAIL}"}),
+        ("response.refusal.delta", {"type": "response.refusal.delta", "sequence_number": 4, "item_id": "msg_1",
+                                    "output_index": 1, "content_index": 0, "delta": f"not {EMAIL}"}),
+        ("response.completed", {"type": "response.completed", "sequence_number": 5, "response": {
+            "id": "resp_1", "object": "response", "status": "completed", "instructions": f"mail {EMAIL}",
+            "output": []}}),
+    )),
+])
+def test_every_string_of_a_streamed_response_is_inspected(stack, path, stream):
+    token = stack.token("alice", ["engineering"])
+    body = json.loads(chat_body("hi"))
+    body["stream"] = True
+    if path.startswith("/anthropic"):
+        body["max_tokens"] = 16
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": stream}])
+    status, raw = post(stack, path, body, token)
+    assert status == 200, raw
+    text = raw.decode()
+    assert "jane.doe" not in text and "[EMAIL]" in text, text
+
+
+# --- hash pseudonyms need a real key (F17) -----------------------------------
+
+def test_a_policy_that_hashes_is_refused_without_a_hash_key(make_stack):
+    config = default_filter_config()
+    config["policy"]["rules"].append({"name": "customer-ids", "regex": "CUST-[0-9]{6}", "action": "hash"})
+    with pytest.raises(StackError, match="hashes values, and no hash key is set"):
+        make_stack(filter_config=yaml.safe_dump(config), envoy_env={**STAND_IN_KEYS, "WARDEN_HASH_KEY": ""})
+    # With a key (the harness makes one per gateway), the same policy runs.
+    stack = make_stack(filter_config=yaml.safe_dump(config))
+    token = stack.token("alice", ["engineering"])
+    status, raw = post(stack, CHAT, json.loads(chat_body("order CUST-123456")), token)
+    assert status == 200, raw
+    upstream = stack.provider_received()[0]["body"]
+    assert "CUST-123456" not in upstream and "[CUSTOMER_IDS:" in upstream, upstream
+
+
+def test_a_query_string_is_inspected(stack):  # F19
+    token = stack.token("alice", ["engineering"])
+    status, raw = post(stack, f"{CHAT}?user=jane.doe%40example.com", json.loads(chat_body("hi")), token)
+    assert status == 403, raw
+    assert json.loads(raw)["error"]["code"] == "warden.query_refused"
+    assert b"jane.doe" not in raw
+    assert stack.provider_received() == []
+    status, raw = post(stack, f"{CHAT}?api-version=2024-10-21", json.loads(chat_body("hi")), token)
+    assert status == 200, raw

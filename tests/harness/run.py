@@ -67,7 +67,7 @@ Warden is running.
   logs             {stack.data_dir / 'logs'}
 
 Get a token and call the gateway with it as the API key:
-  TOKEN=$(target/release/warden token --sub alice --group engineering)
+  TOKEN=$(target/local/warden token --sub alice --group engineering)
   curl -s {stack.gateway_url}/openai/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
        -H 'content-type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hello"}}]}}'

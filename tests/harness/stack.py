@@ -31,9 +31,11 @@ from typing import Any, Callable
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASE = ROOT / "target" / "release"
-WARDEN_BIN = RELEASE / "warden"
-PROVIDER_BIN = RELEASE / "warden-stand-in-provider"
+# The native binaries as scripts/build.sh built them (scripts/lib.sh names the
+# profile; `make bench` sets `release`).
+NATIVE = ROOT / "target" / os.environ.get("WARDEN_NATIVE_PROFILE", "local")
+WARDEN_BIN = NATIVE / "warden"
+PROVIDER_BIN = NATIVE / "warden-stand-in-provider"
 ENVOY_BIN = ROOT / ".venv" / "bin" / "envoy"
 ENVOY_TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 FILTER_WASM = ROOT / "dist" / "warden-filter.wasm"
@@ -452,10 +454,19 @@ class Stack:
         return json.loads(body)
 
     def provider_clear(self) -> None:
+        """Forgets what the stand-in received, and answers queued for it."""
         http("DELETE", f"{self.provider_url}/_warden/received")
+        http("DELETE", f"{self.provider_url}/_warden/replies")
+        http("DELETE", f"{self.provider_url}/_warden/raw")
 
     def provider_queue_replies(self, replies: list[str]) -> None:
         status, _, _ = http("POST", f"{self.provider_url}/_warden/replies", body=replies)
+        assert status in (200, 204), status
+
+    def provider_queue_raw(self, answers: list[dict]) -> None:
+        """Answers ({status, content_type, body}) the stand-in sends verbatim
+        to the next requests, whatever they ask."""
+        status, _, _ = http("POST", f"{self.provider_url}/_warden/raw", body=answers)
         assert status in (200, 204), status
 
     def stop_control_plane(self) -> None:

@@ -430,6 +430,65 @@ pub fn inspect_request(
     (outcome, verdict)
 }
 
+/// The rules on the request URL's query string: its keys and values, decoded,
+/// are text like any other (a value in `?q=` reaches the provider as surely
+/// as one in the body). A URL cannot be rewritten into something the caller
+/// meant, so a query in which an enforced rule finds anything (to rewrite,
+/// block or hold for approval) refuses the request, naming the rule: such
+/// data belongs in the body, where it is masked. Log-only and observed
+/// findings are only recorded.
+#[allow(clippy::too_many_arguments)]
+pub fn inspect_query(
+    config: &FilterConfig,
+    policy: &Policy,
+    provider: usize,
+    identity: &Identity,
+    model: Option<&str>,
+    upstream_path: &str,
+    vault: &mut Vault,
+) -> (Outcome, Result<(), Rejection>) {
+    let Some((_, query)) = upstream_path.split_once('?') else {
+        return (Outcome::default(), Ok(()));
+    };
+    let p = match provider_at(config, provider) {
+        Ok(p) => p,
+        Err(rejection) => return (Outcome::default(), Err(rejection)),
+    };
+    let active = policy.active_rules(identity, &p.name, model, Direction::Request);
+    if active.is_empty() || query.is_empty() {
+        return (Outcome::default(), Ok(()));
+    }
+    let mut pairs = Value::Array(
+        form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| Value::Array(vec![Value::String(k.into_owned()), Value::String(v.into_owned())]))
+            .collect(),
+    );
+    let (outcome, _) = inspect_value(
+        policy,
+        &active,
+        Direction::Request,
+        &mut pairs,
+        vault,
+        &config.hash_key,
+    );
+    let enforced = outcome
+        .rules
+        .iter()
+        .filter(|(_, c)| !c.observe && c.action != Action::LogOnly)
+        .max_by_key(|(_, c)| c.action.precedence())
+        .map(|(name, _)| name.clone());
+    let verdict = match enforced {
+        Some(rule) => Err(Rejection::new(
+            p.api,
+            ErrorKind::PermissionDenied,
+            "warden.query_refused",
+            format!("the URL's query string holds data that rule '{rule}' protects; send it in the request body, where the gateway inspects it"),
+        )),
+        None => Ok(()),
+    };
+    (outcome, verdict)
+}
+
 /// The decision an answer records in the audit trail and the counters.
 pub fn decision_for(rejection: &Rejection) -> &'static str {
     match (rejection.error.kind, rejection.error.code) {

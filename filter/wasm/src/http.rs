@@ -387,6 +387,9 @@ impl WardenHttp {
         if let Err(rejection) = self.authorize(model.as_deref()) {
             return self.reply(rejection);
         }
+        if let Err(refused) = self.inspect_query(model.as_deref()) {
+            return refused;
+        }
         // The policy's rules on the prompt: rewrite in place, or refuse.
         let (Some(config), Some(policy), Some(identity)) = (
             self.config.clone(),
@@ -405,7 +408,7 @@ impl WardenHttp {
             &mut self.vault,
         );
         // Refused or not, the audit record names the rules that matched.
-        self.outcome = outcome;
+        self.outcome.merge(outcome);
         self.record_outcome();
         match verdict {
             Ok(Some(new_body)) => {
@@ -567,7 +570,34 @@ impl WardenHttp {
         if let Err(rejection) = self.authorize(model.as_deref()) {
             return self.reply(rejection);
         }
+        if let Err(refused) = self.inspect_query(model.as_deref()) {
+            return refused;
+        }
         self.forward(model)
+    }
+
+    /// The policy's rules on the URL's query string: a finding refuses the
+    /// request (see [`request::inspect_query`]). `Err` holds the answer sent.
+    fn inspect_query(&mut self, model: Option<&str>) -> Result<(), Action> {
+        let (Some(config), Some(policy), Some(identity)) = (
+            self.config.clone(),
+            self.policy.clone(),
+            self.identity.clone(),
+        ) else {
+            return Err(self.internal_error("inspection without policy"));
+        };
+        let (outcome, verdict) = request::inspect_query(
+            &config,
+            &policy,
+            self.provider,
+            &identity,
+            model,
+            &self.upstream_path,
+            &mut self.vault,
+        );
+        self.outcome.merge(outcome);
+        self.record_outcome();
+        verdict.map_err(|rejection| self.reply(rejection))
     }
 
     /// The request is allowed: swap credentials and let it go upstream.

@@ -20,8 +20,11 @@
 //!   the official Python SDKs parse what the stand-in sends.
 //!
 //! Control endpoints (never recorded): `GET /_warden/health`,
-//! `GET`/`DELETE /_warden/received`, and `GET`/`POST`/`DELETE
-//! /_warden/replies`.
+//! `GET`/`DELETE /_warden/received`, `GET`/`POST`/`DELETE
+//! /_warden/replies`, and `POST`/`DELETE /_warden/raw`: answers sent
+//! verbatim (status, content type, body) to the next requests, whatever
+//! they ask, so tests can send what a provider might (a `text/plain` page,
+//! an event stream with refusals or thinking) to the gateway.
 
 mod anthropic;
 mod openai;
@@ -42,7 +45,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -106,7 +109,22 @@ pub struct AppState {
 struct Shared {
     stream: StreamSettings,
     replies: Mutex<VecDeque<String>>,
+    raw: Mutex<VecDeque<RawAnswer>>,
     received: Mutex<Vec<RecordedRequest>>,
+}
+
+/// An answer sent as it is, instead of the endpoint's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnswer {
+    #[serde(default = "ok")]
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+fn ok() -> u16 {
+    200
 }
 
 /// Locks `mutex`, carrying on past a poisoned lock: the data is plain lists
@@ -194,6 +212,7 @@ pub fn app(state: AppState) -> Router {
             "/_warden/replies",
             get(list_replies).post(queue_replies).delete(clear_replies),
         )
+        .route("/_warden/raw", post(queue_raw).delete(clear_raw))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -235,6 +254,10 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
     match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => {
             state.record(RecordedRequest::new(&parts, &bytes));
+            if let Some(raw) = lock(&state.inner.raw).pop_front() {
+                let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
+                return (status, [("content-type", raw.content_type)], raw.body).into_response();
+            }
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
@@ -287,6 +310,24 @@ async fn queue_replies(State(state): State<AppState>, body: Bytes) -> Response {
                 .into_response()
         }
     }
+}
+
+async fn queue_raw(State(state): State<AppState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<RawAnswer>>(&body) {
+        Ok(answers) => {
+            lock(&state.inner.raw).extend(answers);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => openai::ApiError::bad_request(format!(
+            "expected a JSON list of {{status, content_type, body}}: {err}"
+        ))
+        .into_response(),
+    }
+}
+
+async fn clear_raw(State(state): State<AppState>) -> StatusCode {
+    lock(&state.inner.raw).clear();
+    StatusCode::NO_CONTENT
 }
 
 async fn clear_replies(State(state): State<AppState>) -> StatusCode {

@@ -496,3 +496,45 @@ fn provider_scoping_headers_are_removed_unless_the_provider_passes_them() {
     let err = FilterConfig::from_bytes(doc(json!(["x-custom"])).as_bytes(), &|_| None).unwrap_err();
     assert!(err.to_string().contains("pass_headers"), "{err}");
 }
+
+/// A query string is text too: a value a rule protects refuses the request
+/// (percent-escaped or `+`-spaced alike), a log-only finding is recorded, and
+/// a query with nothing in it, or no query, passes.
+#[test]
+fn a_query_string_is_inspected() {
+    let cfg = config(true, true);
+    let id = crate::auth::Identity {
+        issuer: ISS.into(),
+        subject: "alice".into(),
+        token_subject: Some("alice".into()),
+        email: None,
+        groups: vec!["engineering".into()],
+        expires_at: NOW + 60,
+    };
+    let policy = Policy::from_bytes(
+        b"version: 1\ngroups: {engineering: {models: [\"*\"]}}\nrules:\n  - {name: pii, detect: email, action: mask}\n  - {name: noted, keywords: [project x], action: log_only}\n",
+    )
+    .unwrap();
+    let query = |path: &str| {
+        inspect_query(&cfg, &policy, 0, &id, Some("gpt-4o"), path, &mut Vault::default())
+    };
+    for path in [
+        "v1/chat/completions?user=jane.doe%40example.com",
+        "v1/chat/completions?note=mail+jane.doe@example.com",
+        "v1/chat/completions?jane.doe%40example.com=1",
+    ] {
+        let (outcome, verdict) = query(path);
+        let rejection = verdict.unwrap_err();
+        assert_eq!(rejection.error.code, "warden.query_refused", "{path}");
+        assert!(rejection.error.message.contains("'pii'"));
+        assert!(!rejection.error.message.contains("jane"));
+        assert!(outcome.rules.contains_key("pii"));
+    }
+    let (outcome, verdict) = query("v1/chat/completions?tag=project+x");
+    assert!(verdict.is_ok());
+    assert!(outcome.rules.contains_key("noted"));
+    for path in ["v1/chat/completions?api-version=2024-10-21", "v1/chat/completions", "v1/chat/completions?"] {
+        let (outcome, verdict) = query(path);
+        assert!(verdict.is_ok() && outcome.rules.is_empty(), "{path}");
+    }
+}
