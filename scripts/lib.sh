@@ -103,6 +103,10 @@ native_cargo() {
 }
 
 # Runs cargo for a wasm target with whichever toolchain the machine has.
+# Debian's builds the standard library too; for the filter (wasm32-wasip1)
+# without its default features (backtrace symbolization: object, gimli,
+# addr2line, miniz_oxide), which a filter that aborts on panic never uses:
+# less to compile on a first build.
 # Usage: wasm_cargo <target> <subcommand> <cargo args...> [-- <tool args>]
 # (the target flags go right after the subcommand, before any `--`).
 wasm_cargo() {
@@ -113,10 +117,13 @@ wasm_cargo() {
             ;;
         debian)
             local upper="${target//-/_}"; upper="${upper^^}"
+            local features=()
+            [ "$target" = wasm32-wasip1 ] && features=(-Zbuild-std-features=)
             env PATH="$DEBIAN_RUST_PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
                 RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$WASM_TARGET_DIR" \
                 "CARGO_TARGET_${upper}_RUSTFLAGS=-L native=/usr/lib/wasm32-wasi" \
-                /usr/bin/cargo "$sub" --target "$target" -Zbuild-std=std,panic_abort "$@"
+                /usr/bin/cargo "$sub" --target "$target" -Zbuild-std=std,panic_abort \
+                ${features[@]+"${features[@]}"} "$@"
             ;;
         *)
             die "no Rust toolchain that can build wasm32-wasip1; run 'make bootstrap'"

@@ -439,3 +439,34 @@ def test_a_query_string_is_inspected(stack):  # F19
     assert stack.provider_received() == []
     status, raw = post(stack, f"{CHAT}?api-version=2024-10-21", json.loads(chat_body("hi")), token)
     assert status == 200, raw
+
+
+def test_a_rewritten_body_keeps_its_numbers(stack):  # F20
+    token = stack.token("alice", ["engineering"])
+    raw_body = ('{"model":"gpt-4o-mini","messages":[{"role":"user","content":"mail %s"}],'
+                '"temperature":0.70,"seed":12345678901234567890123,"metadata":{"big":-98765432109876543210}}' % EMAIL)
+    status, _, raw = http("POST", f"{stack.gateway_url}{CHAT}", body=raw_body.encode(),
+                          headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    assert status == 200, raw
+    upstream = stack.provider_received()[0]["body"]
+    assert EMAIL not in upstream and "[EMAIL]" in upstream
+    for number in ('"temperature":0.70', '"seed":12345678901234567890123', '"big":-98765432109876543210'):
+        assert number in upstream, upstream
+
+
+def test_a_request_envoy_routes_to_another_providers_cluster_is_refused(make_stack):  # F4
+    """The filter reads the provider from the path, Envoy routes by its own
+    table: when they disagree, nothing is sent (here the filter thinks
+    /openai/ goes to the Anthropic cluster)."""
+    config = default_filter_config()
+    config["providers"][0]["cluster"] = "provider_anthropic"
+    stack = make_stack(filter_config=yaml.safe_dump(config))
+    token = stack.token("alice", ["engineering"])
+    status, raw = post(stack, CHAT, json.loads(chat_body("hi")), token)
+    assert status == 503, raw
+    assert json.loads(raw)["error"]["code"] == "warden.route_mismatch"
+    assert stack.provider_received() == []
+    status, raw = post(stack, "/anthropic/v1/messages",
+                       {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+                       token)
+    assert status == 200, raw

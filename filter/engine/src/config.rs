@@ -90,6 +90,13 @@ pub struct ProviderDoc {
     /// (e.g. `[anthropic-beta]` for beta tools); the rest are removed.
     #[serde(default)]
     pub pass_headers: Vec<String>,
+    /// The Envoy cluster the route at `path_prefix` sends to. Envoy routes by
+    /// its own route table and the filter reads the provider from the path:
+    /// with this set, a request whose route picked another cluster is
+    /// refused, so the two can never drift into inspecting a request as one
+    /// provider and sending it to another.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// Client headers that pick provider-side scope or state: an organization or
@@ -152,6 +159,8 @@ pub struct Provider {
     /// [`SCOPING_HEADERS`] removed from this provider's requests (those not
     /// in its `pass_headers`).
     pub scoping_headers: Vec<&'static str>,
+    /// The Envoy cluster its route must pick ([`ProviderDoc::cluster`]).
+    pub cluster: Option<String>,
 }
 
 /// The compiled configuration, shared by every request of a worker VM.
@@ -294,6 +303,7 @@ impl FilterConfig {
                 credential_value,
                 credential_env: p.credential.env,
                 scoping_headers,
+                cluster: p.cluster.filter(|c| !c.is_empty()),
             });
         }
         let auth = Authenticator::compile(doc.authentication, env)?;

@@ -90,6 +90,35 @@ pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejec
     Ok(index)
 }
 
+/// Step 1b: Envoy's route picked the cluster the filter's provider names
+/// (when the configuration names one). `routed` is the cluster Envoy chose
+/// (the `xds.cluster_name` attribute), `None` when it has none.
+pub fn check_cluster(
+    config: &FilterConfig,
+    provider: usize,
+    routed: Option<&[u8]>,
+) -> Result<(), Rejection> {
+    let p = provider_at(config, provider)?;
+    let Some(cluster) = &p.cluster else {
+        return Ok(());
+    };
+    if routed == Some(cluster.as_bytes()) {
+        return Ok(());
+    }
+    let routed = routed.map_or_else(|| "no cluster".to_owned(), |c| {
+        format!("cluster '{}'", String::from_utf8_lossy(c))
+    });
+    Err(Rejection::new(
+        p.api,
+        ErrorKind::Unavailable,
+        "warden.route_mismatch",
+        format!(
+            "Envoy routed this path to {routed}, but the filter reads it as provider '{}' (cluster '{cluster}'): the routes and the filter's providers disagree, so nothing was sent",
+            p.name
+        ),
+    ))
+}
+
 /// What the worker holds for an issuer's keys right now.
 pub enum KeyView<'k> {
     Ready(&'k KeySet),

@@ -411,6 +411,12 @@ impl<'de> Visitor<'de> for StrictValue {
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        number_text(&v.to_string())
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        number_text(&v.to_string())
+    }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_owned()))
     }
@@ -433,6 +439,13 @@ impl<'de> Visitor<'de> for StrictValue {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            // serde_json hands a number that no machine type holds exactly
+            // (a 30-digit id, `1.10`) over as this one-key map, its text the
+            // value: kept as text, written back as it came.
+            if key == NUMBER_TOKEN && out.is_empty() {
+                let text: String = map.next_value()?;
+                return number_text(&text);
+            }
             // One lookup: the vacant entry takes the value once it is read
             // (the duplicate is still refused before its value is parsed).
             match out.entry(key) {
@@ -449,6 +462,16 @@ impl<'de> Visitor<'de> for StrictValue {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// The key under which serde_json (`arbitrary_precision`) passes a number's
+/// text to a visitor.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+fn number_text<E: de::Error>(text: &str) -> Result<Value, E> {
+    text.parse::<serde_json::Number>()
+        .map(Value::Number)
+        .map_err(E::custom)
 }
 
 // ---------------------------------------------------------------------------
@@ -747,6 +770,19 @@ mod tests {
         let (body, changed) = masked(body, "bob@example.com");
         assert!(changed);
         assert_eq!(body["messages"][0]["content"], "mail [X]");
+    }
+
+    #[test]
+    fn numbers_are_written_back_as_they_came() {
+        let body = br#"{"n":[12345678901234567890123,-98765432109876543210,1.10,1e400,0.1,7,-0.0,2.5E-3],"t":"mail bob@example.com"}"#;
+        let (doc, changed) = masked(parse_strict(body).unwrap(), "bob@example.com");
+        assert!(changed);
+        assert_eq!(
+            String::from_utf8(to_json(&doc)).unwrap(),
+            // Digits as sent; only an exponent's spelling is serde_json's.
+            r#"{"n":[12345678901234567890123,-98765432109876543210,1.10,1e+400,0.1,7,-0.0,2.5e-3],"t":"mail [X]"}"#
+        );
+        assert_eq!(doc["n"][5].as_u64(), Some(7));
     }
 
     #[test]

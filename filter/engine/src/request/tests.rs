@@ -379,20 +379,24 @@ fn endpoints_other_than_inference_are_refused_unless_a_group_lists_them() {
     assert!(authorize(&cfg, policy, 0, &who, models, None).is_ok());
 }
 
-/// A block rule and an approval rule on the same request, whatever their
-/// names and order: refused, and nothing goes out for approval. An approval
-/// alone: the text an approver sees is the masked one.
-#[test]
-fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
-    let cfg = config(true, true);
-    let id = crate::auth::Identity {
+fn alice_in_engineering() -> crate::auth::Identity {
+    crate::auth::Identity {
         issuer: ISS.into(),
         subject: "alice".into(),
         token_subject: Some("alice".into()),
         email: None,
         groups: vec!["engineering".into()],
         expires_at: NOW + 60,
-    };
+    }
+}
+
+/// A block rule and an approval rule on the same request, whatever their
+/// names and order: refused, and nothing goes out for approval. An approval
+/// alone: the text an approver sees is the masked one.
+#[test]
+fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
+    let cfg = config(true, true);
+    let id = alice_in_engineering();
     let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
     let email = "jane.doe@example.com";
     let prompt = format!("production database dump with {akia} for {email}");
@@ -503,14 +507,7 @@ fn provider_scoping_headers_are_removed_unless_the_provider_passes_them() {
 #[test]
 fn a_query_string_is_inspected() {
     let cfg = config(true, true);
-    let id = crate::auth::Identity {
-        issuer: ISS.into(),
-        subject: "alice".into(),
-        token_subject: Some("alice".into()),
-        email: None,
-        groups: vec!["engineering".into()],
-        expires_at: NOW + 60,
-    };
+    let id = alice_in_engineering();
     let policy = Policy::from_bytes(
         b"version: 1\ngroups: {engineering: {models: [\"*\"]}}\nrules:\n  - {name: pii, detect: email, action: mask}\n  - {name: noted, keywords: [project x], action: log_only}\n",
     )
@@ -536,5 +533,20 @@ fn a_query_string_is_inspected() {
     for path in ["v1/chat/completions?api-version=2024-10-21", "v1/chat/completions", "v1/chat/completions?"] {
         let (outcome, verdict) = query(path);
         assert!(verdict.is_ok() && outcome.rules.is_empty(), "{path}");
+    }
+}
+
+/// Envoy's route and the filter's provider agree, or nothing is sent.
+#[test]
+fn the_route_must_pick_the_providers_cluster() {
+    let mut cfg = config(true, true);
+    // No cluster named: nothing to compare.
+    assert!(check_cluster(&cfg, 0, None).is_ok());
+    cfg.providers[0].cluster = Some("provider_openai".into());
+    assert!(check_cluster(&cfg, 0, Some(b"provider_openai")).is_ok());
+    for routed in [Some(&b"provider_anthropic"[..]), Some(b""), None] {
+        let rejection = check_cluster(&cfg, 0, routed).unwrap_err();
+        assert_eq!(rejection.error.code, "warden.route_mismatch");
+        assert_eq!(rejection.error.kind, ErrorKind::Unavailable);
     }
 }
