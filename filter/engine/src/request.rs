@@ -91,22 +91,24 @@ pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejec
 }
 
 /// Step 1b: Envoy's route picked the cluster the filter's provider names
-/// (when the configuration names one). `routed` is the cluster Envoy chose
-/// (the `xds.cluster_name` attribute), `None` when it has none.
+/// (when the configuration names one). `routed` reads the cluster Envoy
+/// chose (the `xds.cluster_name` attribute, `None` when it has none); it is
+/// called only when there is a cluster to compare with (it is a host call).
 pub fn check_cluster(
     config: &FilterConfig,
     provider: usize,
-    routed: Option<&[u8]>,
+    routed: impl FnOnce() -> Option<Vec<u8>>,
 ) -> Result<(), Rejection> {
     let p = provider_at(config, provider)?;
     let Some(cluster) = &p.cluster else {
         return Ok(());
     };
-    if routed == Some(cluster.as_bytes()) {
+    let routed = routed();
+    if routed.as_deref() == Some(cluster.as_bytes()) {
         return Ok(());
     }
     let routed = routed.map_or_else(|| "no cluster".to_owned(), |c| {
-        format!("cluster '{}'", String::from_utf8_lossy(c))
+        format!("cluster '{}'", String::from_utf8_lossy(&c))
     });
     Err(Rejection::new(
         p.api,

@@ -877,15 +877,10 @@ impl HttpContext for WardenHttp {
             Ok(p) => p,
             Err(rejection) => return self.reply(rejection),
         };
-        if config
-            .providers
-            .get(self.provider)
-            .is_some_and(|p| p.cluster.is_some())
-        {
-            let routed = host::property(&["xds", "cluster_name"]);
-            if let Err(rejection) = request::check_cluster(&config, self.provider, routed.as_deref()) {
-                return self.reply(rejection);
-            }
+        if let Err(rejection) = request::check_cluster(&config, self.provider, || {
+            host::property(&["xds", "cluster_name"])
+        }) {
+            return self.reply(rejection);
         }
         let path = Headers::new(&headers).get(":path").unwrap_or_default();
         self.upstream_path = request::upstream_path(&config, self.provider, path);

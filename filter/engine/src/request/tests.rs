@@ -541,11 +541,11 @@ fn a_query_string_is_inspected() {
 fn the_route_must_pick_the_providers_cluster() {
     let mut cfg = config(true, true);
     // No cluster named: nothing to compare.
-    assert!(check_cluster(&cfg, 0, None).is_ok());
+    assert!(check_cluster(&cfg, 0, || panic!("no cluster to compare with")).is_ok());
     cfg.providers[0].cluster = Some("provider_openai".into());
-    assert!(check_cluster(&cfg, 0, Some(b"provider_openai")).is_ok());
+    assert!(check_cluster(&cfg, 0, || Some(b"provider_openai".to_vec())).is_ok());
     for routed in [Some(&b"provider_anthropic"[..]), Some(b""), None] {
-        let rejection = check_cluster(&cfg, 0, routed).unwrap_err();
+        let rejection = check_cluster(&cfg, 0, || routed.map(<[u8]>::to_vec)).unwrap_err();
         assert_eq!(rejection.error.code, "warden.route_mismatch");
         assert_eq!(rejection.error.kind, ErrorKind::Unavailable);
     }
