@@ -250,7 +250,10 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         mode: request.mode,
         issuer: request.issuer,
         subject: request.subject,
-        token_subject: request.token_subject.map(crate::fields::stored).unwrap_or_default(),
+        token_subject: request
+            .token_subject
+            .map(crate::fields::stored)
+            .unwrap_or_default(),
         email: request.email.map(crate::fields::stored),
         groups_json: serde_json::to_string(&shown_groups(request.groups))
             .unwrap_or_else(|_| "[]".into()),

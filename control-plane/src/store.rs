@@ -1142,7 +1142,9 @@ mod tests {
     #[test]
     fn embedded_migrations_are_the_files_in_migrations() {
         for (dir, pick) in [("sqlite", 2usize), ("postgres", 3)] {
-            let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+            let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dir);
             let mut files: Vec<String> = std::fs::read_dir(&folder)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -720,7 +720,14 @@ fn binding(issuer: &str, subject: &str, body_char: &str) -> Value {
     let mut request = approval_request(subject, body_char, 1);
     request["issuer"] = json!(issuer);
     let keys = [
-        "issuer", "subject", "body_sha256", "rule", "provider", "model", "route", "policy_version",
+        "issuer",
+        "subject",
+        "body_sha256",
+        "rule",
+        "provider",
+        "model",
+        "route",
+        "policy_version",
     ];
     json!(keys
         .iter()

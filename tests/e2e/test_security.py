@@ -441,6 +441,36 @@ def test_a_query_string_is_inspected(stack):  # F19
     assert status == 200, raw
 
 
+def test_a_value_split_across_the_parts_of_a_message_is_inspected(stack):  # F19
+    """The model reads the parts of a message as one text: a value cut in
+    two parts (with an image between them, too) is found, and no part
+    reaches the provider with a piece of it."""
+    token = stack.token("alice", ["engineering"])
+    cut = EMAIL.index("@") - 2
+    openai_body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": f"write to {EMAIL[:cut]}"},
+        {"type": "text", "text": f"{EMAIL[cut:]} today"}]}]}
+    anthropic_body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": f"write to {EMAIL[:cut]}"},
+        {"type": "image", "source": {"type": "url", "url": "https://img.example/a.png"}},
+        {"type": "text", "text": f"{EMAIL[cut:]} today"}]}]}
+    for path, body in ((CHAT, openai_body), ("/anthropic/v1/messages", anthropic_body)):
+        stack.provider_clear()
+        status, raw = post(stack, path, body, token)
+        assert status == 200, raw
+        (received,) = stack.provider_received()
+        parts = [p["text"] for p in json.loads(received["body"])["messages"][0]["content"] if "text" in p]
+        assert parts == ["write to [EMAIL]", " today"], parts
+    stack.provider_clear()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": f"deploy with {AWS_KEY[:9]}"}, {"type": "text", "text": AWS_KEY[9:]}]}]}
+    status, raw = post(stack, CHAT, body, token)
+    assert status == 200, raw
+    upstream = stack.provider_received()[0]["body"]
+    assert AWS_KEY[:9] not in upstream and AWS_KEY[9:] not in upstream, upstream
+    assert "[AWS_ACCESS_KEY_ID]" in upstream, upstream
+
+
 def test_a_rewritten_body_keeps_its_numbers(stack):  # F20
     token = stack.token("alice", ["engineering"])
     raw_body = ('{"model":"gpt-4o-mini","messages":[{"role":"user","content":"mail %s"}],'

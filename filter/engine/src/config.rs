@@ -546,11 +546,15 @@ authentication:
         // No key: refused, saying which rule and which variable.
         let err = FilterConfig::from_bytes(hashing.as_bytes(), &with(None)).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("'ids'") && message.contains("WARDEN_HASH_KEY"), "{message}");
+        assert!(
+            message.contains("'ids'") && message.contains("WARDEN_HASH_KEY"),
+            "{message}"
+        );
         // A key one could guess is no key.
         let err = FilterConfig::from_bytes(hashing.as_bytes(), &with(Some("short"))).unwrap_err();
         assert!(err.to_string().contains("at least 16"), "{err}");
-        let cfg = FilterConfig::from_bytes(hashing.as_bytes(), &with(Some("0123456789abcdef0123"))).unwrap();
+        let cfg = FilterConfig::from_bytes(hashing.as_bytes(), &with(Some("0123456789abcdef0123")))
+            .unwrap();
         assert!(cfg.hash_key.is_set());
         // Without a key, policies that do not hash run; one that does (as a
         // published version would arrive) is refused by `admit`.

@@ -690,7 +690,16 @@ mod tests {
         assert_eq!(consume.path, "/v1/approvals/apr_1/consume");
         // The use is checked against everything the approval was given for.
         let bound: Value = serde_json::from_slice(consume.body.as_deref().unwrap()).unwrap();
-        for key in ["issuer", "subject", "body_sha256", "rule", "provider", "model", "route", "policy_version"] {
+        for key in [
+            "issuer",
+            "subject",
+            "body_sha256",
+            "rule",
+            "provider",
+            "model",
+            "route",
+            "policy_version",
+        ] {
             assert_eq!(bound[key], sent[key], "{key}");
         }
         assert!(matches!(

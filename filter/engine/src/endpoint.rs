@@ -88,9 +88,7 @@ pub fn endpoint_of(api: Api, method: &[u8], upstream_path: &str) -> Endpoint {
         (Api::Openai | Api::AzureOpenai, ["completions"]) if post => {
             Endpoint::new("completions", true)
         }
-        (Api::Openai | Api::AzureOpenai, ["responses"]) if post => {
-            Endpoint::new("responses", true)
-        }
+        (Api::Openai | Api::AzureOpenai, ["responses"]) if post => Endpoint::new("responses", true),
         (Api::Openai | Api::AzureOpenai, ["responses", ..]) => {
             Endpoint::new("responses.stored", false)
         }
@@ -177,7 +175,12 @@ mod tests {
     #[test]
     fn inference_endpoints_take_their_model() {
         for (api, method, path, name) in [
-            (Api::Openai, "POST", "/v1/chat/completions", "chat.completions"),
+            (
+                Api::Openai,
+                "POST",
+                "/v1/chat/completions",
+                "chat.completions",
+            ),
             (Api::Openai, "POST", "v1/completions", "completions"),
             (Api::Openai, "POST", "/v1/responses?x=1", "responses"),
             (Api::Openai, "POST", "/v1/embeddings", "embeddings"),
@@ -194,7 +197,12 @@ mod tests {
                 "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21",
                 "chat.completions",
             ),
-            (Api::AzureOpenai, "POST", "/openai/v1/responses", "responses"),
+            (
+                Api::AzureOpenai,
+                "POST",
+                "/openai/v1/responses",
+                "responses",
+            ),
         ] {
             let e = of(api, method, path);
             assert_eq!(e.name, name, "{path}");
@@ -208,16 +216,46 @@ mod tests {
     #[test]
     fn stateful_endpoints_are_named_and_not_inference() {
         for (api, method, path, name) in [
-            (Api::Openai, "POST", "/v1/realtime/client_secrets", "realtime"),
-            (Api::Openai, "GET", "/v1/chat/completions", "chat.completions.stored"),
-            (Api::Openai, "GET", "/v1/chat/completions/abc", "chat.completions.stored"),
-            (Api::Openai, "DELETE", "/v1/responses/resp_1", "responses.stored"),
-            (Api::Openai, "GET", "/v1/responses/resp_1/input_items", "responses.stored"),
+            (
+                Api::Openai,
+                "POST",
+                "/v1/realtime/client_secrets",
+                "realtime",
+            ),
+            (
+                Api::Openai,
+                "GET",
+                "/v1/chat/completions",
+                "chat.completions.stored",
+            ),
+            (
+                Api::Openai,
+                "GET",
+                "/v1/chat/completions/abc",
+                "chat.completions.stored",
+            ),
+            (
+                Api::Openai,
+                "DELETE",
+                "/v1/responses/resp_1",
+                "responses.stored",
+            ),
+            (
+                Api::Openai,
+                "GET",
+                "/v1/responses/resp_1/input_items",
+                "responses.stored",
+            ),
             (Api::Openai, "POST", "/v1/files", "files"),
             (Api::Openai, "POST", "/v1/batches", "batches"),
             (Api::Openai, "POST", "/v1/threads/t/runs", "threads"),
             (Api::Openai, "POST", "/v1/models", "other"),
-            (Api::Anthropic, "POST", "/v1/messages/batches", "messages.batches"),
+            (
+                Api::Anthropic,
+                "POST",
+                "/v1/messages/batches",
+                "messages.batches",
+            ),
             (Api::Anthropic, "GET", "/v1/messages", "other"),
             (Api::Openai, "POST", "/v1/unheard/of", "other"),
             (Api::Openai, "GET", "/", "other"),
@@ -235,9 +273,17 @@ mod tests {
         for name in INFERENCE {
             assert!(super::is_known(name), "{name}");
         }
-        for path in ["/v1/files", "/v1/videos/x", "/v1/organization/usage", "/v1/zzz"] {
+        for path in [
+            "/v1/files",
+            "/v1/videos/x",
+            "/v1/organization/usage",
+            "/v1/zzz",
+        ] {
             assert!(super::is_known(of(Api::Openai, "GET", path).name), "{path}");
         }
-        assert_eq!(of(Api::Openai, "POST", "/v1/moderations").name, "moderations");
+        assert_eq!(
+            of(Api::Openai, "POST", "/v1/moderations").name,
+            "moderations"
+        );
     }
 }

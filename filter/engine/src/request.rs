@@ -18,11 +18,11 @@ use crate::auth::cache::TokenCache;
 use crate::auth::jwks::KeySet;
 use crate::auth::{AuthError, Identity};
 use crate::config::{FilterConfig, Provider};
+use crate::endpoint::Endpoint;
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_value, Outcome};
 use crate::inspect::body::{each_text, parse_strict};
 use crate::inspect::mask::{Action, Vault};
-use crate::endpoint::Endpoint;
 use crate::policy::{Denial, Direction, Policy};
 use crate::provider::{Api, ErrorKind, GatewayError};
 
@@ -107,9 +107,10 @@ pub fn check_cluster(
     if routed.as_deref() == Some(cluster.as_bytes()) {
         return Ok(());
     }
-    let routed = routed.map_or_else(|| "no cluster".to_owned(), |c| {
-        format!("cluster '{}'", String::from_utf8_lossy(&c))
-    });
+    let routed = routed.map_or_else(
+        || "no cluster".to_owned(),
+        |c| format!("cluster '{}'", String::from_utf8_lossy(&c)),
+    );
     Err(Rejection::new(
         p.api,
         ErrorKind::Unavailable,
@@ -491,7 +492,12 @@ pub fn inspect_query(
     }
     let mut pairs = Value::Array(
         form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| Value::Array(vec![Value::String(k.into_owned()), Value::String(v.into_owned())]))
+            .map(|(k, v)| {
+                Value::Array(vec![
+                    Value::String(k.into_owned()),
+                    Value::String(v.into_owned()),
+                ])
+            })
             .collect(),
     );
     let (outcome, _) = inspect_value(

@@ -30,7 +30,9 @@ use warden_engine::config::FilterConfig;
 use warden_engine::control::{ApprovalFlow, ApprovalRequest, Call, Next, SessionRecord};
 use warden_engine::endpoint::{endpoint_of, Endpoint};
 use warden_engine::headers::Headers;
-use warden_engine::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
+use warden_engine::inspect::apply::{
+    inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking,
+};
 use warden_engine::inspect::body::Shape;
 use warden_engine::inspect::mask::{Action as RuleAction, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
@@ -129,7 +131,10 @@ enum ResponseMode {
     /// Nothing to inspect: bytes pass as they come.
     Pass,
     /// A JSON or text body, read whole, inspected, replaced.
-    Whole { kind: WholeBody, active: ActiveRules },
+    Whole {
+        kind: WholeBody,
+        active: ActiveRules,
+    },
     /// An event stream, rewritten event by event (the handle reads what the
     /// rules found once it ends).
     Stream(Box<StreamRewriter>, SharedMasking),
@@ -343,11 +348,9 @@ impl WardenHttp {
         };
         if self.expects_body {
             if !self.bodiless_method {
-                if let Err(rejection) = request::check_body_headers(
-                    &config,
-                    self.provider,
-                    Headers::new(&self.headers),
-                ) {
+                if let Err(rejection) =
+                    request::check_body_headers(&config, self.provider, Headers::new(&self.headers))
+                {
                     return self.reply(rejection);
                 }
             }
@@ -1014,7 +1017,9 @@ impl HttpContext for WardenHttp {
                         // rewriter held back withheld too.
                         host::log(
                             LogLevel::Error,
-                            &format!("warden: cannot read a stream chunk, ending the stream: {status:?}"),
+                            &format!(
+                                "warden: cannot read a stream chunk, ending the stream: {status:?}"
+                            ),
                         );
                         let _ = host::set_response_body(body_size, &[]);
                         self.end_stream(&rewriter, &text);
@@ -1065,7 +1070,9 @@ impl HttpContext for WardenHttp {
                         ),
                     );
                     if let Some(vm) = self.vm.clone() {
-                        vm.borrow_mut().counters.add("warden.stream.trailers_withheld", 1);
+                        vm.borrow_mut()
+                            .counters
+                            .add("warden.stream.trailers_withheld", 1);
                     }
                 }
                 self.end_stream(&rewriter, &text);

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::body::{each_text, parse_strict, to_json};
+use super::body::{each_part_group, each_text, each_text_outside_groups, parse_strict, to_json};
 use super::mask::{apply, Action, Edit, HashKey, Vault};
 use super::sse::{Channel, ChannelKind, StreamApi, StreamBlock, StreamText};
 use crate::policy::{ActiveRules, Direction, Hit, Policy};
@@ -121,7 +121,9 @@ pub fn inspect_json(
     record: bool,
 ) -> Result<Inspected, BodyError> {
     let doc: Value = parse_strict(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    Ok(inspect_doc(policy, active, direction, doc, vault, key, record, to_json))
+    Ok(inspect_doc(
+        policy, active, direction, doc, vault, key, record, to_json,
+    ))
 }
 
 /// As [`inspect_json`], for a body that is one text (a `text/*` answer):
@@ -139,7 +141,9 @@ pub fn inspect_text(
     let text = std::str::from_utf8(body).map_err(|e| BodyError::NotText(e.to_string()))?;
     let doc = Value::String(text.to_owned());
     let write = |doc: &Value| doc.as_str().unwrap_or_default().as_bytes().to_vec();
-    Ok(inspect_doc(policy, active, direction, doc, vault, key, record, write))
+    Ok(inspect_doc(
+        policy, active, direction, doc, vault, key, record, write,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -186,7 +190,8 @@ pub fn inspect_value(
 }
 
 /// The rules' pass over a document's texts: what was found, and whether
-/// anything was rewritten.
+/// anything was rewritten. The parts of one message are scanned joined
+/// ([`each_part_group`]), every other string alone.
 fn mask_value(
     policy: &Policy,
     active: &ActiveRules,
@@ -195,7 +200,10 @@ fn mask_value(
     key: &HashKey,
 ) -> (Outcome, bool) {
     let mut outcome = Outcome::default();
-    let changed = each_text(doc, &mut |s: &mut String| {
+    let parts_changed = each_part_group(doc, &mut |parts| {
+        mask_parts(policy, active, parts, vault, key, &mut outcome)
+    });
+    let changed = each_text_outside_groups(doc, &mut |s: &mut String| {
         let (edits, hits) = policy.scan(active, s);
         for hit in &hits {
             outcome.record(policy, hit);
@@ -206,7 +214,69 @@ fn mask_value(
         *s = apply(s, &edits, vault, key);
         true
     });
-    (outcome, changed)
+    (outcome, changed | parts_changed)
+}
+
+/// Scans the parts of one message as the model reads them, joined, so a
+/// value split across parts (`AKIA…` in one, the rest in the next) is
+/// found whole. A match's replacement goes in the part where it starts and
+/// the rest of it is cut from the parts it spans: no part keeps a piece of
+/// it. Whether any part changed.
+fn mask_parts(
+    policy: &Policy,
+    active: &ActiveRules,
+    parts: &mut [&mut String],
+    vault: &mut Vault,
+    key: &HashKey,
+    outcome: &mut Outcome,
+) -> bool {
+    let mut joined = String::new();
+    let mut ends = Vec::with_capacity(parts.len());
+    for part in parts.iter() {
+        joined.push_str(part);
+        ends.push(joined.len());
+    }
+    let (edits, hits) = policy.scan(active, &joined);
+    for hit in &hits {
+        outcome.record(policy, hit);
+    }
+    if edits.is_empty() {
+        return false;
+    }
+    let replacements: Vec<String> = edits
+        .iter()
+        .map(|e| {
+            let value = joined.get(e.start..e.end).unwrap_or_default();
+            let whole = Edit {
+                start: 0,
+                end: value.len(),
+                action: e.action,
+                label: e.label.clone(),
+            };
+            apply(value, &[whole], vault, key)
+        })
+        .collect();
+    // Each part is `joined[start..end]`; edits are sorted and disjoint, and
+    // every offset is a char boundary (a part's end or a match's).
+    let mut start = 0;
+    for (part, &end) in parts.iter_mut().zip(&ends) {
+        let mut out = String::with_capacity(end.saturating_sub(start));
+        let mut at = start;
+        for (edit, replacement) in edits.iter().zip(&replacements) {
+            if edit.end <= start || edit.start >= end {
+                continue;
+            }
+            out.push_str(joined.get(at..edit.start.max(start)).unwrap_or_default());
+            if edit.start >= start {
+                out.push_str(replacement);
+            }
+            at = edit.end.min(end);
+        }
+        out.push_str(joined.get(at..end).unwrap_or_default());
+        **part = out;
+        start = end;
+    }
+    true
 }
 
 /// Puts tokenized values back into a response's texts (after the rules ran
@@ -754,6 +824,134 @@ rules:
             }
         }
         out
+    }
+
+    /// Every way to cut `text` in two (on char boundaries), and in three.
+    fn cuts(text: &str) -> Vec<Vec<String>> {
+        let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).skip(1).collect();
+        let mut out = Vec::new();
+        for (n, &a) in bounds.iter().enumerate() {
+            out.push(vec![text[..a].to_string(), text[a..].to_string()]);
+            for &b in bounds.iter().skip(n + 1).step_by(3) {
+                out.push(vec![
+                    text[..a].to_string(),
+                    text[a..b].to_string(),
+                    text[b..].to_string(),
+                ]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_value_split_across_the_parts_of_a_message_is_found_and_no_part_keeps_a_piece() {
+        let policy = Policy::from_bytes(POLICY.as_bytes()).unwrap();
+        let key = HashKey::new(b"k".to_vec());
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Response);
+        let text = format!("key {} — and ✓ {}", SECRETS[2], SECRETS[0]);
+        let expected = "key [AWS_ACCESS_KEY_ID] — and ✓ [EMAIL]";
+        for parts in cuts(&text) {
+            // The parts of a chat message, of an Anthropic system prompt, and
+            // of a Responses input message, with an image between two parts.
+            let chat: Vec<Value> = parts
+                .iter()
+                .map(|p| json!({"type": "text", "text": p}))
+                .collect();
+            let mut responses: Vec<Value> = parts
+                .iter()
+                .map(|p| json!({"type": "input_text", "text": p}))
+                .collect();
+            responses.insert(
+                1,
+                json!({"type": "input_image", "image_url": "https://x.example/a.png"}),
+            );
+            for mut body in [
+                json!({"messages": [{"role": "user", "content": chat}]}),
+                json!({"system": chat, "messages": []}),
+                json!({"input": [{"type": "message", "role": "user", "content": responses}]}),
+            ] {
+                let (outcome, changed) = inspect_value(
+                    &policy,
+                    &active,
+                    Direction::Response,
+                    &mut body,
+                    &mut Vault::default(),
+                    &key,
+                );
+                assert!(changed, "{parts:?}");
+                let mut joined = String::new();
+                crate::inspect::body::each_part_group(&mut body, &mut |group| {
+                    joined = group.iter().map(|p| p.as_str()).collect();
+                    false
+                });
+                assert_eq!(joined, expected, "{parts:?}");
+                let flat = body.to_string();
+                for piece in [
+                    &SECRETS[2][..8],
+                    &SECRETS[2][12..],
+                    "jane.doe",
+                    "example.com",
+                ] {
+                    assert!(!flat.contains(piece), "{piece} kept: {flat}");
+                }
+                // Each value counted once, whether or not it was cut.
+                assert_eq!(outcome.summary(), "keys:mask:1,pii:mask:1", "{parts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_split_value_is_tokenized_and_blocked_like_a_whole_one() {
+        // Tokenized: one placeholder, where the value started, and it comes back.
+        let policy = Policy::from_bytes(POLICY.as_bytes()).unwrap();
+        let key = HashKey::new(b"k".to_vec());
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Request);
+        let mut vault = Vault::default();
+        let mut body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "write to jane.d"},
+            {"type": "text", "text": "oe@example.com please"}]}]});
+        inspect_value(
+            &policy,
+            &active,
+            Direction::Request,
+            &mut body,
+            &mut vault,
+            &key,
+        );
+        assert_eq!(
+            body["messages"][0]["content"][0]["text"],
+            "write to <EMAIL_1>"
+        );
+        assert_eq!(body["messages"][0]["content"][1]["text"], " please");
+        assert_eq!(vault.restore("<EMAIL_1>"), SECRETS[0]);
+        // Blocked: the block rule stops the message.
+        let policy =
+            policy_of(&["{name: keys, detect: aws_access_key_id, action: block}".to_string()]);
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Request);
+        let mut body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "AKIAIOSF"}, {"type": "text", "text": "ODNN7EXAMPLE"}]}]});
+        let (outcome, _) = inspect_value(
+            &policy,
+            &active,
+            Direction::Request,
+            &mut body,
+            &mut Vault::default(),
+            &key,
+        );
+        assert_eq!(outcome.stop(), Some(("keys".to_string(), Action::Block)));
+        // Separate messages and separate list items are not joined.
+        let mut body = json!({"messages": [
+            {"role": "user", "content": "AKIAIOSF"}, {"role": "user", "content": "ODNN7EXAMPLE"}],
+            "stop": ["AKIAIOSF", "ODNN7EXAMPLE"]});
+        let (outcome, changed) = inspect_value(
+            &policy,
+            &active,
+            Direction::Request,
+            &mut body,
+            &mut Vault::default(),
+            &key,
+        );
+        assert!(!changed && outcome.stop().is_none());
     }
 
     fn request_outcome(policy: &Policy, text: &str) -> (Outcome, Value) {

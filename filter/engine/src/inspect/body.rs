@@ -73,6 +73,19 @@ pub fn each_text(doc: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> boo
         f,
         skip: None,
         path: Vec::new(),
+        outside_groups: false,
+    }
+    .walk(doc)
+}
+
+/// As [`each_text`], without the strings [`each_part_group`] hands out
+/// (whoever reads the groups joined has read them).
+pub fn each_text_outside_groups(doc: &mut Value, f: &mut dyn FnMut(&mut String) -> bool) -> bool {
+    Walker {
+        f,
+        skip: None,
+        path: Vec::new(),
+        outside_groups: true,
     }
     .walk(doc)
 }
@@ -91,8 +104,59 @@ pub fn each_text_except(
         f,
         skip: Some(skip),
         path: Vec::new(),
+        outside_groups: false,
     }
-    .walk_object(object)
+    .walk_object(object, false)
+}
+
+/// Calls `f` on the text parts of every array that holds two or more: the
+/// `text` strings of its objects, in order (a message's content parts, a
+/// system prompt's blocks, a tool result's content). A model reads the parts
+/// of one message as one text, so a value split across them (`AKIA…` in one
+/// part, the rest in the next) is whole to it: `f` scans them joined, and
+/// may rewrite any of them. When `f` changed a group, the `logprobs` of its
+/// parts are dropped, as in [`each_text`]. Returns whether anything changed.
+pub fn each_part_group(doc: &mut Value, f: &mut dyn FnMut(&mut [&mut String]) -> bool) -> bool {
+    match doc {
+        Value::Array(items) => {
+            let mut changed = items
+                .iter_mut()
+                .fold(false, |changed, item| each_part_group(item, f) | changed);
+            if is_group(items) {
+                let mut parts: Vec<&mut String> = items.iter_mut().filter_map(part_text).collect();
+                if f(&mut parts) {
+                    changed = true;
+                    for item in items.iter_mut().filter(|item| is_part(item)) {
+                        if let Some(logprobs) = item.get_mut("logprobs").filter(|l| !l.is_null()) {
+                            *logprobs = Value::Null;
+                        }
+                    }
+                }
+            }
+            changed
+        }
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |changed, value| each_part_group(value, f) | changed),
+        _ => false,
+    }
+}
+
+/// A content part: an object with a `text` string.
+fn is_part(item: &Value) -> bool {
+    matches!(item.get("text"), Some(Value::String(_)))
+}
+
+fn part_text(item: &mut Value) -> Option<&mut String> {
+    match item.get_mut("text") {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// An array of two or more parts (other items may stand between them).
+fn is_group(items: &[Value]) -> bool {
+    items.iter().filter(|item| is_part(item)).nth(1).is_some()
 }
 
 /// Keys whose value names or identifies (a type, an id, an enum value, a
@@ -146,8 +210,7 @@ const MAX_IDENTIFIER: usize = 256;
 /// spaces, no `@`), so text cannot pass for one.
 pub fn is_identifier(s: &str) -> bool {
     s.len() <= MAX_IDENTIFIER
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
 }
 
@@ -159,6 +222,8 @@ struct Walker<'a> {
     skip: Option<Skip<'a>>,
     /// The keys down to the value being walked, kept only for `skip`.
     path: Vec<String>,
+    /// Leave out the `text` of the parts of a group ([`each_part_group`]).
+    outside_groups: bool,
 }
 
 impl Walker<'_> {
@@ -166,10 +231,17 @@ impl Walker<'_> {
     fn walk(&mut self, v: &mut Value) -> bool {
         match v {
             Value::String(s) => (self.f)(s),
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, item| self.walk(item) | changed),
-            Value::Object(map) => self.walk_object(map),
+            Value::Array(items) => {
+                let grouped = self.outside_groups && is_group(items);
+                items.iter_mut().fold(false, |changed, item| {
+                    let changed_item = match item {
+                        Value::Object(map) if grouped => self.walk_object(map, true),
+                        _ => self.walk(item),
+                    };
+                    changed_item | changed
+                })
+            }
+            Value::Object(map) => self.walk_object(map, false),
             _ => false,
         }
     }
@@ -196,12 +268,17 @@ impl Walker<'_> {
         changed
     }
 
-    fn walk_object(&mut self, map: &mut Map<String, Value>) -> bool {
+    /// An object's values and keys; without its `text` when it is a part
+    /// of a group read elsewhere (`part_read`).
+    fn walk_object(&mut self, map: &mut Map<String, Value>, part_read: bool) -> bool {
         let binary_kind = binary_kind(map);
         let mut changed = false;
         for (key, value) in map.iter_mut() {
             let key = key.as_str();
-            if key == "logprobs" || STRUCTURAL_KEYS.contains(&key) && structural(value) {
+            if key == "logprobs"
+                || STRUCTURAL_KEYS.contains(&key) && structural(value)
+                || part_read && key == "text" && value.is_string()
+            {
                 continue;
             }
             changed |= match value {
@@ -322,7 +399,10 @@ fn visit_payload(
 /// `None` when it is not base64 of UTF-8 text, `Some(None)` when unchanged.
 fn visit_base64(encoded: &str, f: &mut dyn FnMut(&mut String) -> bool) -> Option<Option<String>> {
     use base64::Engine;
-    let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let compact: String = encoded
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&compact)
         .ok()?;
@@ -339,7 +419,8 @@ fn visit_base64(encoded: &str, f: &mut dyn FnMut(&mut String) -> bool) -> Option
 fn looks_base64(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'\n' | b'\r')
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'\n' | b'\r')
         })
 }
 
@@ -617,6 +698,35 @@ mod tests {
     }
 
     #[test]
+    fn the_parts_of_a_message_are_handed_out_together_and_only_once() {
+        let mut doc = json!({
+            "system": [{"type": "text", "text": "s1"}, {"type": "text", "text": "s2"}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": {"url": "https://x.example/i.png"}},
+                    {"type": "tool_result", "content": [{"type": "text", "text": "t1"}, {"type": "text", "text": "t2"}]},
+                    {"type": "text", "text": "b", "logprobs": [{"token": "b"}]}]},
+                {"role": "user", "content": [{"type": "text", "text": "alone"}]},
+            ],
+        });
+        let mut groups = Vec::new();
+        each_part_group(&mut doc, &mut |parts| {
+            groups.push(parts.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+            parts[0].push('!');
+            true
+        });
+        assert_eq!(groups, [vec!["t1", "t2"], vec!["a", "b"], vec!["s1", "s2"]]);
+        assert_eq!(doc["messages"][0]["content"][3]["logprobs"], Value::Null);
+        let mut rest = Vec::new();
+        each_text_outside_groups(&mut doc, &mut |s| {
+            rest.push(s.clone());
+            false
+        });
+        assert_eq!(rest, ["https://x.example/i.png", "alone"]);
+    }
+
+    #[test]
     fn shapes_by_endpoint() {
         assert_eq!(
             Shape::of(Api::Openai, "v1/chat/completions"),
@@ -698,7 +808,10 @@ mod tests {
             assert!(changed);
             let after = after.to_string();
             assert!(!after.contains(M), "{after}");
-            assert!(!after.contains(&base64::Engine::encode(&base64::engine::general_purpose::STANDARD, M)));
+            assert!(!after.contains(&base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                M
+            )));
         }
     }
 
@@ -708,7 +821,8 @@ mod tests {
             "include": ["reasoning.encrypted_content"], "content": "hello"});
         assert_eq!(texts(doc), vec!["hello"]);
         // Text under a structural key is read like any other.
-        let doc = json!({"type": "mail bob@example.com", "role": ["user", "a b"], "model": {"x": "y"}});
+        let doc =
+            json!({"type": "mail bob@example.com", "role": ["user", "a b"], "model": {"x": "y"}});
         assert_eq!(texts(doc), vec!["y", "user", "a b", "mail bob@example.com"]);
     }
 
@@ -737,13 +851,19 @@ mod tests {
         assert!(changed);
         assert_eq!(after["source"]["data"], b64("a [X] b"));
         // A data URL that is not base64 is read whole.
-        assert_eq!(texts(json!({"url": "data:,hi%20there"})), vec!["data:,hi%20there"]);
+        assert_eq!(
+            texts(json!({"url": "data:,hi%20there"})),
+            vec!["data:,hi%20there"]
+        );
     }
 
     #[test]
     fn keys_that_are_text_are_read_and_renamed() {
         let doc = json!({"metadata": {"bob@example.com": "v", "plain_key": "w", "[X]": "taken"}});
-        assert_eq!(texts(doc.clone()), vec!["taken", "v", "w", "[X]", "bob@example.com"]);
+        assert_eq!(
+            texts(doc.clone()),
+            vec!["taken", "v", "w", "[X]", "bob@example.com"]
+        );
         let (after, changed) = masked(doc, "bob@example.com");
         assert!(changed);
         assert_eq!(after["metadata"]["[X]#2"], "v");
@@ -758,7 +878,10 @@ mod tests {
         ]});
         let (after, _) = masked(doc, "SECRET");
         assert_eq!(after["choices"][0]["logprobs"], Value::Null);
-        assert_eq!(after["choices"][1]["logprobs"]["content"][0]["token"], "clean");
+        assert_eq!(
+            after["choices"][1]["logprobs"]["content"][0]["token"],
+            "clean"
+        );
     }
 
     #[test]

@@ -339,18 +339,32 @@ fn body_presence() {
     // ...and refused if it did carry a body.
     assert!(check_bodiless(Api::Openai, 0).is_ok());
     let r = check_bodiless(Api::Openai, 3).unwrap_err();
-    assert_eq!((r.error.kind.status(), r.error.code), (400, "warden.body_not_allowed"));
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (400, "warden.body_not_allowed")
+    );
 }
 
 #[test]
 fn paths_with_two_readings_are_refused_before_routing() {
     let cfg = config(true, true);
-    for path in ["/openai/v1/chat%2Fcompletions", "/openai/v1//chat/completions", "/openai/../x"] {
+    for path in [
+        "/openai/v1/chat%2Fcompletions",
+        "/openai/v1//chat/completions",
+        "/openai/../x",
+    ] {
         let h = headers(&[(":path", path), (":method", "POST")]);
         let r = route(&cfg, Headers::new(&h)).unwrap_err();
-        assert_eq!((r.error.kind.status(), r.error.code), (400, "warden.path_not_canonical"), "{path}");
+        assert_eq!(
+            (r.error.kind.status(), r.error.code),
+            (400, "warden.path_not_canonical"),
+            "{path}"
+        );
     }
-    let h = headers(&[(":path", "/openai/v1/chat/completions?a=%2F"), (":method", "POST")]);
+    let h = headers(&[
+        (":path", "/openai/v1/chat/completions?a=%2F"),
+        (":method", "POST"),
+    ]);
     assert_eq!(route(&cfg, Headers::new(&h)), Ok(0));
 }
 
@@ -368,13 +382,19 @@ fn endpoints_other_than_inference_are_refused_unless_a_group_lists_them() {
     let policy = cfg.initial_policy.as_ref();
     let secrets = crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/realtime/client_secrets");
     let r = authorize(&cfg, policy, 0, &who, secrets, None).unwrap_err();
-    assert_eq!((r.error.kind.status(), r.error.code), (403, "warden.endpoint_denied"));
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (403, "warden.endpoint_denied")
+    );
     let files = crate::endpoint::endpoint_of(Api::Openai, b"GET", "/v1/files");
     assert!(authorize(&cfg, policy, 0, &who, files, None).is_err());
     // An inference endpoint without a model cannot be authorized by model.
     let chat = crate::endpoint::endpoint_of(Api::Openai, b"POST", "/v1/chat/completions");
     let r = authorize(&cfg, policy, 0, &who, chat, None).unwrap_err();
-    assert_eq!((r.error.kind.status(), r.error.code), (400, "warden.model_required"));
+    assert_eq!(
+        (r.error.kind.status(), r.error.code),
+        (400, "warden.model_required")
+    );
     let models = crate::endpoint::endpoint_of(Api::Openai, b"GET", "/v1/models");
     assert!(authorize(&cfg, policy, 0, &who, models, None).is_ok());
 }
@@ -489,7 +509,12 @@ fn provider_scoping_headers_are_removed_unless_the_provider_passes_them() {
         ("content-type", "application/json"),
     ]);
     let openai = forward_plan(&cfg, 0, Headers::new(&h));
-    for gone in ["cookie", "openai-organization", "openai-project", "anthropic-beta"] {
+    for gone in [
+        "cookie",
+        "openai-organization",
+        "openai-project",
+        "anthropic-beta",
+    ] {
         assert!(openai.remove.iter().any(|r| r == gone), "{gone} kept");
     }
     let anthropic = forward_plan(&cfg, 1, Headers::new(&h));
@@ -513,7 +538,15 @@ fn a_query_string_is_inspected() {
     )
     .unwrap();
     let query = |path: &str| {
-        inspect_query(&cfg, &policy, 0, &id, Some("gpt-4o"), path, &mut Vault::default())
+        inspect_query(
+            &cfg,
+            &policy,
+            0,
+            &id,
+            Some("gpt-4o"),
+            path,
+            &mut Vault::default(),
+        )
     };
     for path in [
         "v1/chat/completions?user=jane.doe%40example.com",
@@ -530,7 +563,11 @@ fn a_query_string_is_inspected() {
     let (outcome, verdict) = query("v1/chat/completions?tag=project+x");
     assert!(verdict.is_ok());
     assert!(outcome.rules.contains_key("noted"));
-    for path in ["v1/chat/completions?api-version=2024-10-21", "v1/chat/completions", "v1/chat/completions?"] {
+    for path in [
+        "v1/chat/completions?api-version=2024-10-21",
+        "v1/chat/completions",
+        "v1/chat/completions?",
+    ] {
         let (outcome, verdict) = query(path);
         assert!(verdict.is_ok() && outcome.rules.is_empty(), "{path}");
     }

@@ -65,8 +65,8 @@
 use serde_json::{json, Map, Value};
 
 use super::parser::{Framed, SseParser};
-use crate::inspect::body::each_text_except;
 use super::{Channel, ChannelKind, SseError, SseEvent, StreamBlock, StreamText};
+use crate::inspect::body::each_text_except;
 
 /// The provider API whose event stream is rewritten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -654,10 +654,9 @@ impl StreamRewriter {
             Slot::AnthropicText { block } => {
                 anthropic_delta_event(block, json!({"type": "text_delta", "text": text}))
             }
-            Slot::AnthropicThinking { block } => anthropic_delta_event(
-                block,
-                json!({"type": "thinking_delta", "thinking": text}),
-            ),
+            Slot::AnthropicThinking { block } => {
+                anthropic_delta_event(block, json!({"type": "thinking_delta", "thinking": text}))
+            }
             Slot::AnthropicJson { block } => anthropic_delta_event(
                 block,
                 json!({"type": "input_json_delta", "partial_json": text}),
@@ -869,9 +868,7 @@ impl StreamRewriter {
         // A `.delta` event carries new text in `delta`; its `.done` event the
         // whole text under the field named here.
         let channel = match kind.as_str() {
-            "response.output_text.delta" | "response.output_text.done" => {
-                Some((text_slot, "text"))
-            }
+            "response.output_text.delta" | "response.output_text.done" => Some((text_slot, "text")),
             "response.refusal.delta" | "response.refusal.done" => {
                 Some((Slot::ResponsesRefusal { output, content }, "refusal"))
             }
@@ -888,7 +885,11 @@ impl StreamRewriter {
             _ => None,
         };
         if let Some((slot, whole_key)) = channel {
-            let key = if mode == Mode::Push { "delta" } else { whole_key };
+            let key = if mode == Mode::Push {
+                "delta"
+            } else {
+                whole_key
+            };
             self.responses_field(slot, item_id, body, key, mode, edit)?;
             edit.read(&[], key);
             clear_logprobs(body, edit);

@@ -474,7 +474,13 @@ fn channels_follow_each_api_layout() {
         [CHAT_TOOLS.as_bytes()],
     );
     // Channels only: names and other whole texts are read apart.
-    let calls: Vec<Call> = record.0.borrow().iter().filter(|(c, _)| c.index != u64::MAX).cloned().collect();
+    let calls: Vec<Call> = record
+        .0
+        .borrow()
+        .iter()
+        .filter(|(c, _)| c.index != u64::MAX)
+        .cloned()
+        .collect();
     let tool = |index| Channel {
         index,
         kind: ChannelKind::ToolArguments,
@@ -980,7 +986,11 @@ fn refusals_and_reasoning_are_channels_masked_across_deltas() {
     }
     let record = Record::default();
     let (_, responses) = &rich_streams()[1];
-    run(StreamApi::OpenAiResponses, Box::new(record.clone()), [responses.as_bytes()]);
+    run(
+        StreamApi::OpenAiResponses,
+        Box::new(record.clone()),
+        [responses.as_bytes()],
+    );
     let kinds: Vec<ChannelKind> = record
         .0
         .borrow()
@@ -990,15 +1000,31 @@ fn refusals_and_reasoning_are_channels_masked_across_deltas() {
         .collect();
     assert_eq!(
         kinds,
-        vec![ChannelKind::Reasoning, ChannelKind::Reasoning, ChannelKind::Refusal, ChannelKind::Refusal]
+        vec![
+            ChannelKind::Reasoning,
+            ChannelKind::Reasoning,
+            ChannelKind::Refusal,
+            ChannelKind::Refusal
+        ]
     );
 }
 
 #[test]
 fn signed_and_encrypted_payloads_are_left_alone() {
     let (_, anthropic) = &rich_streams()[2];
-    let out = String::from_utf8(run(StreamApi::Anthropic, Box::new(Upper), [anthropic.as_bytes()])).unwrap();
-    assert!(out.contains(r#""signature":"RXVnZW5pY3NTaWduYXR1cmU=""#), "{out}");
-    assert!(out.contains(r#""encrypted_content":"RW5jcnlwdGVk""#), "{out}");
+    let out = String::from_utf8(run(
+        StreamApi::Anthropic,
+        Box::new(Upper),
+        [anthropic.as_bytes()],
+    ))
+    .unwrap();
+    assert!(
+        out.contains(r#""signature":"RXVnZW5pY3NTaWduYXR1cmU=""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""encrypted_content":"RW5jcnlwdGVk""#),
+        "{out}"
+    );
     assert!(out.contains("THE SECRET IS OUT"), "{out}");
 }
