@@ -38,8 +38,8 @@ test: bootstrap-test
 	@scripts/test.sh
 
 bench: bootstrap-bench
-	@WARDEN_NATIVE_PROFILE=release scripts/build.sh
-	@WARDEN_NATIVE_PROFILE=release $(PY) tests/bench/bench.py
+	@WARDEN_NATIVE_PROFILE=release WARDEN_WASM_PROFILE=wasm-release scripts/build.sh
+	@WARDEN_NATIVE_PROFILE=release WARDEN_WASM_PROFILE=wasm-release $(PY) tests/bench/bench.py
 
 fresh-check:
 	@scripts/fresh-check.sh

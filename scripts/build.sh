@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds the filter for wasm32-wasip1 (profile `wasm`: release, LTO,
-# panic=abort, stripped) into dist/warden-filter.wasm, and the native
+# Builds the filter for wasm32-wasip1 (profile $WARDEN_WASM_PROFILE, default
+# `wasm`: release, thin LTO, panic=abort, stripped; see Cargo.toml) into
+# dist/warden-filter.wasm, and the native
 # binaries (warden, warden-stand-in-provider) with the profile
 # $WARDEN_NATIVE_PROFILE (default `local`, see scripts/lib.sh) into
 # target/<profile>/.
 #
-# The two builds run side by side: the wasm build ends in one long LTO step
-# on one core, and a first build is mostly waiting for the compiler, so on a
+# The two builds run side by side: the wasm build ends in an LTO step that
+# keeps one or two cores busy, and a first build is mostly waiting for the compiler, so on a
 # 2-core machine the pair finishes sooner together than one after the other.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -15,7 +16,7 @@ cd "$ROOT"
 mkdir -p "$ROOT/target"
 wasm_log="$ROOT/target/build-wasm.log"
 step "build: filter -> dist/warden-filter.wasm ($(toolchain) toolchain; output in target/build-wasm.log)"
-wasm_cargo wasm32-wasip1 build --locked --profile wasm -p warden-filter >"$wasm_log" 2>&1 &
+wasm_cargo wasm32-wasip1 build --locked --profile "$WASM_PROFILE" -p warden-filter >"$wasm_log" 2>&1 &
 wasm_pid=$!
 trap 'kill "$wasm_pid" 2>/dev/null || true' EXIT
 
@@ -31,7 +32,7 @@ fi
 trap - EXIT
 grep -E '^(warning|error)' "$wasm_log" >/dev/null && cat "$wasm_log"
 mkdir -p "$ROOT/dist"
-cp "$(wasm_target_dir)/wasm32-wasip1/wasm/warden_filter.wasm" "$WASM_OUT.tmp"
+cp "$(wasm_target_dir)/wasm32-wasip1/$WASM_PROFILE/warden_filter.wasm" "$WASM_OUT.tmp"
 mv "$WASM_OUT.tmp" "$WASM_OUT"
 info "$(du -h "$WASM_OUT" | cut -f1) $WASM_OUT"
 step "build: done"

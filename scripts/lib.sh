@@ -38,10 +38,14 @@ fi
 #   TEST_PACKAGES   `make test` on top of those
 #   BENCH_PACKAGES  `make bench` on top of those
 # The Cargo profile of the native binaries (target/<profile>/): `local`
-# (opt-level 1: half the first build, and these are not the data path) for
+# (mostly unoptimized: half the first build, and these are not the data path) for
 # build, run, demo and test; `make bench` builds and measures `release`.
 NATIVE_PROFILE="${WARDEN_NATIVE_PROFILE:-local}"
 export WARDEN_NATIVE_PROFILE="$NATIVE_PROFILE"
+# The filter's: `wasm` (thin LTO, quicker to build) for build, run, demo and
+# test; `make bench` builds and measures `wasm-release`, what ships.
+WASM_PROFILE="${WARDEN_WASM_PROFILE:-wasm}"
+export WARDEN_WASM_PROFILE="$WASM_PROFILE"
 
 DEMO_PACKAGES=(ca-certificates curl git make gcc libc6-dev pkg-config python3 python3-venv)
 # Debian's wasm-capable Rust (1.96): rustc and cargo, the standard library's

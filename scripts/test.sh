@@ -44,7 +44,7 @@ lint() {
     step "test: clippy (native)"
     native_cargo clippy --locked --profile "$NATIVE_PROFILE" --workspace --all-targets -- -D warnings
     step "test: clippy (wasm32-wasip1)"
-    wasm_cargo wasm32-wasip1 clippy --locked --profile wasm -p warden-filter -p warden-engine -p warden-bench-noop-filter -- -D warnings
+    wasm_cargo wasm32-wasip1 clippy --locked --profile "$WASM_PROFILE" -p warden-filter -p warden-engine -p warden-bench-noop-filter -- -D warnings
 }
 
 validate() {
@@ -57,9 +57,9 @@ validate() {
 # the adapter crate is rebuilt; dist/warden-filter.wasm is not touched.
 trap_filter() {
     step "build: the test-only trapping filter -> dist/test/warden-filter-test-trap.wasm"
-    wasm_cargo wasm32-wasip1 build --locked --profile wasm -p warden-filter --features test-trap
+    wasm_cargo wasm32-wasip1 build --locked --profile "$WASM_PROFILE" -p warden-filter --features test-trap
     mkdir -p "$ROOT/dist/test"
-    cp "$(wasm_target_dir)/wasm32-wasip1/wasm/warden_filter.wasm" "$ROOT/dist/test/warden-filter-test-trap.wasm"
+    cp "$(wasm_target_dir)/wasm32-wasip1/$WASM_PROFILE/warden_filter.wasm" "$ROOT/dist/test/warden-filter-test-trap.wasm"
 }
 
 e2e() {

@@ -267,10 +267,11 @@ def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: P
 def build_noop_filter() -> Path:
     """tests/bench/noop-filter built like the filter; its path."""
     target = subprocess.run(
-        ["bash", "-c", "source scripts/lib.sh && wasm_cargo wasm32-wasip1 build --locked --profile wasm "
-                       "-p warden-bench-noop-filter >&2 && wasm_target_dir"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
-    return Path(target) / "wasm32-wasip1" / "wasm" / "warden_bench_noop_filter.wasm"
+        ["bash", "-c", "source scripts/lib.sh && wasm_cargo wasm32-wasip1 build --locked --profile \"$WASM_PROFILE\" "
+                       "-p warden-bench-noop-filter >&2 && wasm_target_dir && echo \"$WASM_PROFILE\""],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+    target, profile = target[-2], target[-1]
+    return Path(target) / "wasm32-wasip1" / profile / "warden_bench_noop_filter.wasm"
 
 
 def add_listener(cfg: dict, name: str, port: int, edit_plugin) -> None:
