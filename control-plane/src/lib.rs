@@ -19,7 +19,8 @@
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
 //! | [`approvals`] | the approval request and answer shapes, derived status (expired, consumed), ids |
 //! | [`user_auth`] | people's bearer tokens (dev issuer, OIDC discovery issuers) and the gateway secret |
-//! | [`sessions`] | recorded sessions: the gateways' batch append, the auditors' list/show, the hash chain and its check |
+//! | [`sessions`] | recorded sessions: the gateways' batch append, the auditors' list/show, the chain's check |
+//! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash (a leaf the store and the sessions routes share) |
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
 //! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
@@ -38,6 +39,7 @@
 
 pub mod api;
 pub mod approvals;
+pub mod chain;
 pub mod cli;
 pub mod client;
 pub mod dev_issuer;

@@ -8,9 +8,8 @@
 //! | GET | `/v1/sessions/verify` | auditor | recompute the hash chain from the start |
 //! | GET | `/v1/sessions/{id}` | auditor | the full record with `seq`, `hash`, `prev_hash` |
 //!
-//! Storage is an append-only chain: row `seq` holds the record's canonical
-//! JSON and `hash = sha256_hex(prev_hash || "\n" || record)`, where
-//! `prev_hash` is row `seq - 1`'s hash ([`GENESIS_HASH`] for the first).
+//! Storage is an append-only chain ([`crate::chain`]): row `seq` holds the
+//! record's canonical JSON and `hash = sha256_hex(prev_hash || "\n" || record)`.
 //! [`verify`] walks the chain in pages and names what broke it: a hash that
 //! does not match its row (`edited`), a gap in `seq` (`deleted`), a link to
 //! a row that exists elsewhere in the chain (`reordered`), or a link to
@@ -45,13 +44,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::chain::{chain_hash, record_text, GENESIS_HASH};
 use crate::error::ApiError;
 use crate::server::{AppState, ServerConfig};
 use crate::store::{NewSession, SessionRow, Store, StoreError};
 use crate::user_auth::{check_gateway, Caller};
 
-/// `prev_hash` of the first record.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Most records in one `POST /v1/sessions`.
 pub const MAX_BATCH_RECORDS: usize = 500;
 /// Largest `POST /v1/sessions` body.
@@ -78,15 +76,6 @@ const MAX_DECISION_CHARS: usize = 64;
 const VERIFY_PAGE: i64 = 1000;
 /// Problems reported at most (the count goes on).
 const MAX_PROBLEMS: usize = 1000;
-
-/// `sha256_hex(prev_hash || "\n" || record)`.
-pub fn chain_hash(prev_hash: &str, record: &str) -> String {
-    let mut text = String::with_capacity(prev_hash.len() + 1 + record.len());
-    text.push_str(prev_hash);
-    text.push('\n');
-    text.push_str(record);
-    crate::policies::sha256_hex(&text)
-}
 
 /// The session routes.
 pub fn routes() -> Router<AppState> {
@@ -158,9 +147,7 @@ pub fn validate_batch(records: Vec<Value>) -> Result<Vec<NewSession>, String> {
                     .to_owned()
             };
             let (subject, decision) = (text_of("subject"), text_of("decision"));
-            // serde_json's maps keep keys sorted: this is the canonical text.
-            let text = serde_json::to_string(&record)
-                .map_err(|e| format!("records[{index}] cannot be serialized: {e}"))?;
+            let text = record_text(&record);
             Ok(NewSession {
                 id,
                 subject,
@@ -606,18 +593,6 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chain_hash_is_sha256_of_prev_newline_record() {
-        // sha256("0"*64 + "\n" + "{}")
-        let expected = crate::policies::sha256_hex(&format!("{GENESIS_HASH}\n{{}}"));
-        assert_eq!(chain_hash(GENESIS_HASH, "{}"), expected);
-        assert_eq!(expected.len(), 64);
-        assert_ne!(
-            chain_hash(GENESIS_HASH, "{}"),
-            chain_hash(GENESIS_HASH, "{ }")
-        );
-    }
 
     #[test]
     fn times_are_rfc3339_with_any_offset() {

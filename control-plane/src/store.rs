@@ -904,7 +904,7 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
             let (mut seq, mut prev_hash) =
-                tail.unwrap_or_else(|| (0, crate::sessions::GENESIS_HASH.to_owned()));
+                tail.unwrap_or_else(|| (0, crate::chain::GENESIS_HASH.to_owned()));
             let mut seen = std::collections::HashSet::new();
             let mut stored = 0;
             for record in records {
@@ -919,7 +919,7 @@ impl Store {
                     continue;
                 }
                 seq += 1;
-                let hash = crate::sessions::chain_hash(&prev_hash, &record.record);
+                let hash = crate::chain::chain_hash(&prev_hash, &record.record);
                 sqlx::query(&insert)
                     .bind(seq)
                     .bind(&record.id)

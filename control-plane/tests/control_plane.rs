@@ -1619,13 +1619,13 @@ mod sessions {
         assert_eq!(body["prev_hash"], first["hash"]);
         assert_eq!(
             first["prev_hash"],
-            warden_control_plane::sessions::GENESIS_HASH
+            warden_control_plane::chain::GENESIS_HASH
         );
         let text = serde_json::to_string(&record("r1", "alice")).unwrap();
         assert_eq!(
             first["hash"],
-            warden_control_plane::sessions::chain_hash(
-                warden_control_plane::sessions::GENESIS_HASH,
+            warden_control_plane::chain::chain_hash(
+                warden_control_plane::chain::GENESIS_HASH,
                 &text
             )
         );
@@ -1693,7 +1693,7 @@ mod sessions {
             .await;
         let forged = r#"{"id":"r10","forged":true}"#;
         let hash =
-            warden_control_plane::sessions::chain_hash(r10["prev_hash"].as_str().unwrap(), forged);
+            warden_control_plane::chain::chain_hash(r10["prev_hash"].as_str().unwrap(), forged);
         exec(
             &server,
             &format!("UPDATE sessions SET record = '{forged}', hash = '{hash}' WHERE seq = 10"),
@@ -1704,7 +1704,7 @@ mod sessions {
             &server,
             &format!(
                 "UPDATE sessions SET record = '{{\"id\":\"r10\"}}', hash = '{}' WHERE seq = 10",
-                warden_control_plane::sessions::chain_hash(
+                warden_control_plane::chain::chain_hash(
                     r10["prev_hash"].as_str().unwrap(),
                     "{\"id\":\"r10\"}"
                 )

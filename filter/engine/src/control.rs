@@ -12,6 +12,7 @@
 //!   decision and, with `record: masked`, the text after masking), sent to the
 //!   control plane in batches ([`sessions_batch`]).
 
+use crate::reason::Reason;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -165,16 +166,23 @@ pub fn parse_published_policy(body: &[u8]) -> Result<PublishedPolicy, String> {
     })
 }
 
-/// SHA-256 (hex) of the body in canonical JSON (object keys sorted, no
-/// whitespace), so an approval binds the request's content, not its layout.
+/// SHA-256 (hex) of the body in canonical JSON, so an approval binds the
+/// request's content, not its layout.
 pub fn canonical_sha256(body: &Value) -> String {
     use sha2::Digest;
-    let mut text = String::new();
-    canonical_json(body, &mut text);
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    hex::encode(sha2::Sha256::digest(canonical_json(body).as_bytes()))
 }
 
-fn canonical_json(value: &Value, out: &mut String) {
+/// The one canonical JSON of Warden: object keys sorted (by their bytes), no
+/// whitespace, strings and numbers as serde_json writes them. What an
+/// approval binds and what the session chain hashes.
+pub fn canonical_json(value: &Value) -> String {
+    let mut text = String::new();
+    write_canonical(value, &mut text);
+    text
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
     match value {
         Value::Object(map) => {
             // Sorted explicitly: serde_json keeps insertion order when a
@@ -189,7 +197,7 @@ fn canonical_json(value: &Value, out: &mut String) {
                 out.push_str(&Value::String(k.clone()).to_string());
                 out.push(':');
                 if let Some(v) = map.get(k) {
-                    canonical_json(v, out);
+                    write_canonical(v, out);
                 }
             }
             out.push('}');
@@ -200,7 +208,7 @@ fn canonical_json(value: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                canonical_json(v, out);
+                write_canonical(v, out);
             }
             out.push(']');
         }
@@ -393,7 +401,7 @@ impl ApprovalFlow {
                 403 | 409 | 410 => {
                     let why = server_message(body)
                         .unwrap_or_else(|| "the approval can no longer be used".into());
-                    self.refuse("warden.approval_unusable", why)
+                    self.refuse(Reason::ApprovalUnusable, why)
                 }
                 _ => self.unavailable(&format!("the control plane answered {status}")),
             };
@@ -429,7 +437,7 @@ impl ApprovalFlow {
                         "this request needs an approval under rule '{}': approval {} is pending; an approver can decide it{url}. Send the same request again once it is approved.",
                         self.rule, answer.id
                     );
-                    self.refuse("warden.approval_pending", message)
+                    self.refuse(Reason::ApprovalPending, message)
                 }
                 ApprovalMode::Hold => self.wait(now_ms),
             },
@@ -443,10 +451,10 @@ impl ApprovalFlow {
                     "approval {} for rule '{}' was denied{by}{reason}",
                     answer.id, self.rule
                 );
-                self.refuse("warden.approval_denied", message)
+                self.refuse(Reason::ApprovalDenied, message)
             }
             ApprovalStatus::Consumed => self.refuse(
-                "warden.approval_unusable",
+                Reason::ApprovalUnusable,
                 format!("approval {} was already used", answer.id),
             ),
             ApprovalStatus::Expired => {
@@ -454,7 +462,7 @@ impl ApprovalFlow {
                     "approval {} for rule '{}' expired before it was decided",
                     answer.id, self.rule
                 );
-                self.refuse("warden.approval_expired", message)
+                self.refuse(Reason::ApprovalExpired, message)
             }
         }
     }
@@ -469,7 +477,7 @@ impl ApprovalFlow {
                 "approval {id} for rule '{}' was not decided within {} s; ask an approver and send the request again",
                 self.rule, self.hold_seconds
             );
-            return self.refuse("warden.approval_timeout", message);
+            return self.refuse(Reason::ApprovalTimeout, message);
         }
         self.stage = Stage::Wait;
         let wait = remaining.min(MAX_WAIT_MS);
@@ -500,7 +508,7 @@ impl ApprovalFlow {
         }
     }
 
-    fn refuse(&self, code: &'static str, message: String) -> Next {
+    fn refuse(&self, code: Reason, message: String) -> Next {
         Next::Reply {
             rejection: Rejection {
                 api: self.api,
@@ -516,7 +524,7 @@ impl ApprovalFlow {
                 api: self.api,
                 error: GatewayError::new(
                     ErrorKind::Unavailable,
-                    "warden.approvals_unavailable",
+                    Reason::ApprovalsUnavailable,
                     format!(
                         "this request needs an approval under rule '{}', and the gateway cannot reach its control plane ({why}); nothing was sent",
                         self.rule
@@ -636,7 +644,7 @@ mod tests {
 
     fn code(next: &Next) -> &str {
         match next {
-            Next::Reply { rejection, .. } => rejection.error.code,
+            Next::Reply { rejection, .. } => rejection.error.code.as_str(),
             Next::Forward { .. } => "forward",
             Next::Call(c) => c.method,
         }
@@ -726,7 +734,7 @@ mod tests {
         let Next::Reply { rejection, .. } = denied else {
             panic!("expected a reply")
         };
-        assert_eq!(crate::request::decision_for(&rejection), "denied");
+        assert_eq!(crate::request::decision_for(&rejection).as_str(), "denied");
         assert!(rejection.error.message.contains("by bob: not today"));
     }
 
@@ -741,7 +749,7 @@ mod tests {
         else {
             panic!("expected a reply")
         };
-        let decision = crate::request::decision_for(&rejection);
+        let decision = crate::request::decision_for(&rejection).as_str();
         assert_eq!(
             (decision, approval_id.as_deref()),
             ("approval_pending", Some("apr_1"))
@@ -784,7 +792,7 @@ mod tests {
         let Next::Reply { rejection, .. } = flow.on_answer(Some(409), used, 0) else {
             panic!("expected a reply")
         };
-        assert_eq!(rejection.error.code, "warden.approval_unusable");
+        assert_eq!(rejection.error.code, Reason::ApprovalUnusable);
         assert!(rejection.error.message.contains("already used"));
     }
 

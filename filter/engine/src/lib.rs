@@ -26,10 +26,14 @@
 //!   allows inference by default, stateful endpoints per group).
 //! - [`control`]: the control plane seen from the filter: the published
 //!   policy it polls, and one request's approval as a state machine.
+//! - [`exchange`]: one request and its response as a state machine over
+//!   those steps: host callbacks in, host actions out through a `Host`
+//!   trait, so the whole exchange is tested without Envoy.
+//! - [`reason`]: the `warden.*` codes of the gateway's own answers.
 //! - [`headers`]: a read-only view of request headers as raw bytes.
 //!
-//! The proxy-wasm adapter (`filter/wasm`) only moves bytes between the host
-//! and these functions and turns their answers into host actions.
+//! The proxy-wasm adapter (`filter/wasm`) implements `exchange::Host` with
+//! host calls and feeds the exchange its callbacks; nothing in it decides.
 
 // A panic in the data path aborts the Envoy VM (a denial of service): no
 // byte index into a `str` or a slice unless checked (`get`, iterators).
@@ -39,11 +43,13 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod endpoint;
+pub mod exchange;
 pub mod headers;
 pub mod inspect;
 pub mod path;
 pub mod policy;
 pub mod provider;
+pub mod reason;
 pub mod request;
 
 /// The filter's version, sent in the `x-warden` response header so a client

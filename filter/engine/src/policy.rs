@@ -45,6 +45,7 @@
 //! `over_clearance` says). A rule without a level is `restricted`: it always
 //! acts unless a group is cleared for restricted data.
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -428,13 +429,13 @@ pub enum Denial {
 }
 
 impl Denial {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Reason {
         match self {
-            Denial::NoGroup { .. } => "warden.no_group",
-            Denial::Provider { .. } => "warden.provider_denied",
-            Denial::Model { .. } => "warden.model_denied",
-            Denial::Endpoint { .. } => "warden.endpoint_denied",
-            Denial::ModelRequired { .. } => "warden.model_required",
+            Denial::NoGroup { .. } => Reason::NoGroup,
+            Denial::Provider { .. } => Reason::ProviderDenied,
+            Denial::Model { .. } => Reason::ModelDenied,
+            Denial::Endpoint { .. } => Reason::EndpointDenied,
+            Denial::ModelRequired { .. } => Reason::ModelRequired,
         }
     }
 }
@@ -1032,12 +1033,12 @@ groups:
         let d = p
             .authorize(&who(&["finance"]), "openai", Some("gpt-4o"))
             .unwrap_err();
-        assert_eq!(d.code(), "warden.model_denied");
+        assert_eq!(d.code(), Reason::ModelDenied);
         assert!(d.to_string().contains("gpt-4o") && d.to_string().contains("finance"));
         let d = p
             .authorize(&who(&["finance"]), "anthropic", None)
             .unwrap_err();
-        assert_eq!(d.code(), "warden.provider_denied");
+        assert_eq!(d.code(), Reason::ProviderDenied);
         assert!(p.authorize(&who(&["finance"]), "openai", None).is_ok());
     }
 
@@ -1066,7 +1067,7 @@ groups:
         let d = p
             .authorize(&who(&["sales"]), "openai", Some("gpt-4o-mini"))
             .unwrap_err();
-        assert_eq!(d.code(), "warden.no_group");
+        assert_eq!(d.code(), Reason::NoGroup);
         let with_default = format!("{POLICY}defaults: {{group: finance}}\n");
         let p = Policy::from_bytes(with_default.as_bytes()).unwrap();
         assert!(p

@@ -5,6 +5,7 @@
 //! user (the `openai` SDK raises `PermissionDeniedError` with our message, the
 //! `anthropic` SDK likewise).
 
+use crate::reason::Reason;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -104,13 +105,13 @@ pub struct LocalReply {
 pub struct GatewayError {
     pub kind: ErrorKind,
     /// A stable machine-readable code, e.g. `warden.no_route`.
-    pub code: &'static str,
+    pub code: Reason,
     /// A sentence for the user. Never contains a credential or a matched value.
     pub message: String,
 }
 
 impl GatewayError {
-    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, code: Reason, message: impl Into<String>) -> Self {
         Self {
             kind,
             code,
@@ -127,7 +128,7 @@ impl GatewayError {
                     "message": self.message,
                     "type": self.kind.type_name(),
                     "param": null,
-                    "code": self.code,
+                    "code": self.code.as_str(),
                 }
             }),
             Api::Anthropic => json!({
@@ -167,19 +168,19 @@ mod tests {
 
     #[test]
     fn openai_errors_have_openai_shape() {
-        let reply = GatewayError::new(ErrorKind::PermissionDenied, "warden.model_denied", "no")
+        let reply = GatewayError::new(ErrorKind::PermissionDenied, Reason::ModelDenied, "no")
             .render(Api::Openai);
         assert_eq!(reply.status, 403);
         let v = body(&reply);
         assert_eq!(v["error"]["message"], "no");
-        assert_eq!(v["error"]["code"], "warden.model_denied");
+        assert_eq!(v["error"]["code"], Reason::ModelDenied.as_str());
         assert_eq!(v["error"]["type"], "permission_error");
         assert!(v.get("type").is_none());
     }
 
     #[test]
     fn anthropic_errors_have_anthropic_shape() {
-        let reply = GatewayError::new(ErrorKind::PayloadTooLarge, "warden.too_large", "big")
+        let reply = GatewayError::new(ErrorKind::PayloadTooLarge, Reason::TooLarge, "big")
             .render(Api::Anthropic);
         assert_eq!(reply.status, 413);
         let v = body(&reply);
@@ -190,15 +191,15 @@ mod tests {
 
     #[test]
     fn unauthenticated_carries_www_authenticate() {
-        let reply = GatewayError::new(ErrorKind::Unauthenticated, "warden.no_token", "x")
-            .render(Api::Openai);
+        let reply =
+            GatewayError::new(ErrorKind::Unauthenticated, Reason::NoToken, "x").render(Api::Openai);
         assert_eq!(reply.status, 401);
         assert!(reply
             .headers
             .iter()
             .any(|(n, v)| n == "www-authenticate" && v.contains("invalid_token")));
         let other =
-            GatewayError::new(ErrorKind::NotFound, "warden.no_route", "x").render(Api::Openai);
+            GatewayError::new(ErrorKind::NotFound, Reason::NoRoute, "x").render(Api::Openai);
         assert!(!other.headers.iter().any(|(n, _)| n == "www-authenticate"));
     }
 }

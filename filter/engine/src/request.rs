@@ -12,6 +12,7 @@
 //!    on the body's text (rewrite in place; 403 for a block).
 //! 5. [`forward_plan`]: the headers to remove and to set before upstream.
 
+use crate::reason::Reason;
 use serde_json::Value;
 
 use crate::auth::cache::TokenCache;
@@ -39,7 +40,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(api: Api, kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(api: Api, kind: ErrorKind, code: Reason, message: impl Into<String>) -> Self {
         Self {
             api,
             error: GatewayError::new(kind, code, message),
@@ -56,7 +57,7 @@ pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejec
         return Err(Rejection::new(
             Api::Openai,
             ErrorKind::InvalidRequest,
-            "warden.path_not_canonical",
+            Reason::PathNotCanonical,
             format!("{why}; send the path in its plain form"),
         ));
     }
@@ -69,7 +70,7 @@ pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejec
         return Err(Rejection::new(
             Api::Openai,
             ErrorKind::NotFound,
-            "warden.no_route",
+            Reason::NoRoute,
             format!(
                 "no provider is routed at this path; use one of: {}",
                 prefixes.join(", ")
@@ -80,7 +81,7 @@ pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejec
         return Err(Rejection::new(
             provider.api,
             ErrorKind::Unavailable,
-            "warden.provider_key_missing",
+            Reason::ProviderKeyMissing,
             format!(
                 "the gateway has no API key for provider '{}': the operator must set {} in Envoy's environment",
                 provider.name, provider.credential_env
@@ -114,7 +115,7 @@ pub fn check_cluster(
     Err(Rejection::new(
         p.api,
         ErrorKind::Unavailable,
-        "warden.route_mismatch",
+        Reason::RouteMismatch,
         format!(
             "Envoy routed this path to {routed}, but the filter reads it as provider '{}' (cluster '{cluster}'): the routes and the filter's providers disagree, so nothing was sent",
             p.name
@@ -200,7 +201,7 @@ pub fn authenticate<'k>(
             return AuthStep::Rejected(Rejection::new(
                 api,
                 ErrorKind::Unavailable,
-                "warden.keys_not_loaded",
+                Reason::KeysNotLoaded,
                 format!(
                 "the gateway has not loaded the signing keys of {issuer_name} yet; retry shortly"
             ),
@@ -222,7 +223,7 @@ fn keys_stale(api: Api, issuer: &str) -> Rejection {
     Rejection::new(
         api,
         ErrorKind::Unavailable,
-        "warden.keys_stale",
+        Reason::KeysStale,
         format!(
             "the signing keys of {issuer} could not be refreshed for too long; requests are denied until the identity provider is reachable"
         ),
@@ -255,7 +256,7 @@ pub fn check_bodiless(api: Api, body_len: usize) -> Result<(), Rejection> {
     Err(Rejection::new(
         api,
         ErrorKind::InvalidRequest,
-        "warden.body_not_allowed",
+        Reason::BodyNotAllowed,
         "this method takes no request body; send it without one",
     ))
 }
@@ -276,7 +277,7 @@ pub fn check_body_headers(
             return Err(Rejection::new(
                 api,
                 ErrorKind::UnsupportedMediaType,
-                "warden.body_encoded",
+                Reason::BodyEncoded,
                 "compressed request bodies cannot be inspected; send the body uncompressed",
             ));
         }
@@ -296,7 +297,7 @@ pub fn too_large(api: Api, limit: usize) -> Rejection {
     Rejection::new(
         api,
         ErrorKind::PayloadTooLarge,
-        "warden.body_too_large",
+        Reason::BodyTooLarge,
         format!("the request body is larger than the gateway inspects ({limit} bytes)"),
     )
 }
@@ -313,7 +314,7 @@ pub fn parse_body(api: Api, body: &[u8]) -> Result<Value, Rejection> {
         Rejection::new(
             api,
             ErrorKind::InvalidRequest,
-            "warden.body_not_json",
+            Reason::BodyNotJson,
             format!(
                 "the request body is not valid JSON ({what} at line {}, column {})",
                 e.line(),
@@ -331,7 +332,7 @@ pub fn model_of(api: Api, body: &Value) -> Result<Option<String>, Rejection> {
         Some(_) => Err(Rejection::new(
             api,
             ErrorKind::InvalidRequest,
-            "warden.model_not_string",
+            Reason::ModelNotString,
             "`model` must be a string",
         )),
     }
@@ -377,7 +378,7 @@ fn provider_at(config: &FilterConfig, provider: usize) -> Result<&Provider, Reje
         Rejection::new(
             Api::Openai,
             ErrorKind::NotFound,
-            "warden.no_route",
+            Reason::NoRoute,
             "no such provider",
         )
     })
@@ -397,7 +398,7 @@ pub fn authorize(
         return Err(Rejection::new(
             p.api,
             ErrorKind::Unavailable,
-            "warden.no_policy",
+            Reason::NoPolicy,
             "the gateway has no policy yet, so it denies every request; the operator must publish one",
         ));
     };
@@ -450,7 +451,7 @@ pub fn inspect_request(
         Some((rule, Action::Block)) => Err(Rejection::new(
             p.api,
             ErrorKind::PermissionDenied,
-            "warden.blocked",
+            Reason::Blocked,
             format!("the request was blocked by rule '{rule}'"),
         )),
         _ => Ok(if changed {
@@ -518,7 +519,7 @@ pub fn inspect_query(
         Some(rule) => Err(Rejection::new(
             p.api,
             ErrorKind::PermissionDenied,
-            "warden.query_refused",
+            Reason::QueryRefused,
             format!("the URL's query string holds data that rule '{rule}' protects; send it in the request body, where the gateway inspects it"),
         )),
         None => Ok(()),
@@ -526,16 +527,60 @@ pub fn inspect_query(
     (outcome, verdict)
 }
 
-/// The decision an answer records in the audit trail and the counters.
-pub fn decision_for(rejection: &Rejection) -> &'static str {
-    match (rejection.error.kind, rejection.error.code) {
-        (_, "warden.approval_required" | "warden.approval_pending") => "approval_pending",
-        (_, "warden.blocked" | "warden.stream_unknown" | "warden.response_uninspectable") => {
-            "blocked"
+/// What the gateway did with a request, as the audit trail, the access log
+/// and the counters (`warden.requests.<decision>`) name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decision {
+    /// Nothing was decided (the client left, the stream was reset): never
+    /// looks like a success.
+    #[default]
+    Undecided,
+    Allowed,
+    /// Forwarded with text the rules rewrote (either way).
+    Masked,
+    /// Forwarded once an approver said yes.
+    Approved,
+    ApprovalPending,
+    Blocked,
+    Unauthenticated,
+    Denied,
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Undecided => "undecided",
+            Decision::Allowed => "allowed",
+            Decision::Masked => "masked",
+            Decision::Approved => "approved",
+            Decision::ApprovalPending => "approval_pending",
+            Decision::Blocked => "blocked",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::Denied => "denied",
+            Decision::Error => "error",
         }
-        (ErrorKind::Unauthenticated, _) => "unauthenticated",
-        (ErrorKind::PermissionDenied, _) => "denied",
-        _ => "error",
+    }
+
+    /// Whether the request went upstream.
+    pub fn forwarded(self) -> bool {
+        matches!(
+            self,
+            Decision::Allowed | Decision::Masked | Decision::Approved
+        )
+    }
+}
+
+/// The decision an answer records in the audit trail and the counters.
+pub fn decision_for(rejection: &Rejection) -> Decision {
+    match (rejection.error.kind, rejection.error.code) {
+        (_, Reason::ApprovalRequired | Reason::ApprovalPending) => Decision::ApprovalPending,
+        (_, Reason::Blocked | Reason::StreamUnknown | Reason::ResponseUninspectable) => {
+            Decision::Blocked
+        }
+        (ErrorKind::Unauthenticated, _) => Decision::Unauthenticated,
+        (ErrorKind::PermissionDenied, _) => Decision::Denied,
+        _ => Decision::Error,
     }
 }
 
@@ -545,7 +590,7 @@ pub fn approvals_disabled(api: Api, rule: &str) -> Rejection {
     Rejection::new(
         api,
         ErrorKind::PermissionDenied,
-        "warden.approval_required",
+        Reason::ApprovalRequired,
         format!("this request needs an approval under rule '{rule}', and approvals are not enabled on this gateway"),
     )
 }
@@ -556,7 +601,7 @@ pub fn policy_stale(api: Api, silent_for: u64) -> Rejection {
     Rejection::new(
         api,
         ErrorKind::Unavailable,
-        "warden.policy_stale",
+        Reason::PolicyStale,
         format!("the gateway has not reached its control plane for {silent_for} s, longer than its policy may be used; it refuses requests until the control plane answers"),
     )
 }

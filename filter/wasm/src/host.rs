@@ -242,16 +242,3 @@ pub fn vm_memory_bytes() -> u64 {
         0
     }
 }
-
-/// A policy-controlled name made safe for a stat name: `[a-z0-9_-]` only.
-pub fn stat_segment(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}

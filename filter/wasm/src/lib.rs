@@ -9,8 +9,9 @@
 //!   configuration once in `on_configure` (returning `false` makes Envoy refuse
 //!   a bad configuration instead of serving with it), keeps issuer keys fresh
 //!   on a timer, and hands each request the worker's state behind an `Rc`.
-//! - [`http`]: `WardenHttp`, one per request: a small state machine that feeds
-//!   the engine's request steps and turns their answers into host actions.
+//! - [`http`]: `WardenHttp`, one per request: hands proxy-wasm's callbacks
+//!   to the engine's `Exchange` (the request's state machine) and implements
+//!   the `Host` it acts through.
 //! - [`keys`]: issuer keys fetched through an Envoy cluster and shared by all
 //!   worker VMs through proxy-wasm shared data.
 //! - [`published`]: the policy version the control plane publishes, polled
@@ -45,6 +46,7 @@ use warden_engine::auth::keys::Freshness;
 use warden_engine::auth::KeySource;
 use warden_engine::config::FilterConfig;
 use warden_engine::control::PublishedPolicy;
+use warden_engine::exchange::Refetch;
 use warden_engine::policy::Policy;
 
 /// Tick while some issuer's keys are not loaded yet, and once they are.
@@ -181,16 +183,6 @@ impl Vm {
             _ => Refetch::No,
         }
     }
-}
-
-/// What [`Vm::refetch_for_unknown_kid`] did.
-pub enum Refetch {
-    /// Nothing to wait for: the token's key is unknown (or rate-limited).
-    No,
-    /// The shared keys changed since this VM last read them.
-    Refreshed,
-    /// A JWKS call is in flight; its answer arrives to the request.
-    Started(u32),
 }
 
 /// A call the root context has in flight.

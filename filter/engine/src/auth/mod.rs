@@ -20,6 +20,7 @@ pub mod identity;
 pub mod jwks;
 pub mod keys;
 
+use crate::reason::Reason;
 use std::collections::HashSet;
 
 use base64::Engine;
@@ -526,20 +527,20 @@ pub enum AuthError {
 
 impl AuthError {
     /// A stable code for logs and the error body.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> Reason {
         match self {
-            AuthError::NoToken => "warden.no_token",
-            AuthError::Malformed => "warden.token_malformed",
-            AuthError::TooLarge => "warden.token_too_large",
-            AuthError::UnknownIssuer => "warden.token_issuer",
-            AuthError::AlgorithmNotAllowed => "warden.token_algorithm",
-            AuthError::UnknownKey => "warden.token_unknown_key",
-            AuthError::BadSignature => "warden.token_signature",
-            AuthError::Expired => "warden.token_expired",
-            AuthError::NotYetValid => "warden.token_not_yet_valid",
-            AuthError::MissingExpiry => "warden.token_no_expiry",
-            AuthError::WrongAudience => "warden.token_audience",
-            AuthError::MissingSubject => "warden.token_no_subject",
+            AuthError::NoToken => Reason::NoToken,
+            AuthError::Malformed => Reason::TokenMalformed,
+            AuthError::TooLarge => Reason::TokenTooLarge,
+            AuthError::UnknownIssuer => Reason::TokenIssuer,
+            AuthError::AlgorithmNotAllowed => Reason::TokenAlgorithm,
+            AuthError::UnknownKey => Reason::TokenUnknownKey,
+            AuthError::BadSignature => Reason::TokenSignature,
+            AuthError::Expired => Reason::TokenExpired,
+            AuthError::NotYetValid => Reason::TokenNotYetValid,
+            AuthError::MissingExpiry => Reason::TokenNoExpiry,
+            AuthError::WrongAudience => Reason::TokenAudience,
+            AuthError::MissingSubject => Reason::TokenNoSubject,
         }
     }
 }

@@ -124,7 +124,7 @@ fn no_token_is_401_and_a_bad_one_too() {
     );
     assert_eq!(
         (r.error.kind.status(), r.api, r.error.code),
-        (401, Api::Anthropic, "warden.no_token")
+        (401, Api::Anthropic, Reason::NoToken)
     );
     let forged = RawSigner::new(2, "k1")
         .token(&json!({"iss": ISS, "aud": "warden", "sub": "eve", "exp": NOW + 60}));
@@ -133,7 +133,7 @@ fn no_token_is_401_and_a_bad_one_too() {
         authenticate_with(&cfg, &h, &mut cache),
         "forged token accepted",
     );
-    assert_eq!(r.error.code, "warden.token_signature");
+    assert_eq!(r.error.code, Reason::TokenSignature);
     assert!(!r.error.message.contains(&forged));
 }
 
@@ -157,7 +157,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
     );
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (503, "warden.keys_not_loaded")
+        (503, Reason::KeysNotLoaded)
     );
     let r = rejected(
         authenticate(
@@ -173,7 +173,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
     );
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (503, "warden.keys_stale")
+        (503, Reason::KeysStale)
     );
     // A token verified while the keys were good is refused from the cache too
     // once they have gone stale.
@@ -194,7 +194,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
         ),
         "a cached token outlived its issuer's keys",
     );
-    assert_eq!(r.error.code, "warden.keys_stale");
+    assert_eq!(r.error.code, Reason::KeysStale);
     let other = RawSigner::new(3, "rotated")
         .token(&json!({"iss": ISS, "aud": "warden", "sub": "a", "exp": NOW + 60}));
     let h = headers(&[("authorization", &format!("Bearer {other}"))]);
@@ -210,7 +210,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
         authenticate(&cfg, 0, Headers::new(&h), &mut cache, &keys, NOW, false),
         "unknown key accepted",
     );
-    assert_eq!(r.error.code, "warden.token_unknown_key");
+    assert_eq!(r.error.code, Reason::TokenUnknownKey);
 }
 
 #[test]
@@ -235,7 +235,7 @@ fn authorization_follows_the_policy_and_fails_closed_without_one() {
     .unwrap_err();
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (403, "warden.model_denied")
+        (403, Reason::ModelDenied)
     );
     let r = authorize(
         &cfg,
@@ -246,7 +246,7 @@ fn authorization_follows_the_policy_and_fails_closed_without_one() {
         Some("claude-x"),
     )
     .unwrap_err();
-    assert_eq!((r.api, r.error.code), (Api::Anthropic, "warden.no_group"));
+    assert_eq!((r.api, r.error.code), (Api::Anthropic, Reason::NoGroup));
     let r = authorize(
         &cfg,
         None,
@@ -258,7 +258,7 @@ fn authorization_follows_the_policy_and_fails_closed_without_one() {
     .unwrap_err();
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (503, "warden.no_policy")
+        (503, Reason::NoPolicy)
     );
 }
 
@@ -299,11 +299,11 @@ fn bodies_that_cannot_be_inspected_are_refused() {
     let model = |b: &[u8]| parse_body(Api::Openai, b).and_then(|v| model_of(Api::Openai, &v));
     assert_eq!(
         model(b"{\"model\": 4}").unwrap_err().error.code,
-        "warden.model_not_string"
+        Reason::ModelNotString
     );
     assert_eq!(
         model(b"{\"model\": \"gpt").unwrap_err().error.code,
-        "warden.body_not_json"
+        Reason::BodyNotJson
     );
     assert_eq!(model(b"{\"input\": \"x\"}").unwrap(), None);
     let dup = parse_body(Api::Openai, b"{\"model\": \"a\", \"model\": \"b\"}").unwrap_err();
@@ -341,7 +341,7 @@ fn body_presence() {
     let r = check_bodiless(Api::Openai, 3).unwrap_err();
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (400, "warden.body_not_allowed")
+        (400, Reason::BodyNotAllowed)
     );
 }
 
@@ -357,7 +357,7 @@ fn paths_with_two_readings_are_refused_before_routing() {
         let r = route(&cfg, Headers::new(&h)).unwrap_err();
         assert_eq!(
             (r.error.kind.status(), r.error.code),
-            (400, "warden.path_not_canonical"),
+            (400, Reason::PathNotCanonical),
             "{path}"
         );
     }
@@ -384,7 +384,7 @@ fn endpoints_other_than_inference_are_refused_unless_a_group_lists_them() {
     let r = authorize(&cfg, policy, 0, &who, secrets, None).unwrap_err();
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (403, "warden.endpoint_denied")
+        (403, Reason::EndpointDenied)
     );
     let files = crate::endpoint::endpoint_of(Api::Openai, b"GET", "/v1/files");
     assert!(authorize(&cfg, policy, 0, &who, files, None).is_err());
@@ -393,7 +393,7 @@ fn endpoints_other_than_inference_are_refused_unless_a_group_lists_them() {
     let r = authorize(&cfg, policy, 0, &who, chat, None).unwrap_err();
     assert_eq!(
         (r.error.kind.status(), r.error.code),
-        (400, "warden.model_required")
+        (400, Reason::ModelRequired)
     );
     let models = crate::endpoint::endpoint_of(Api::Openai, b"GET", "/v1/models");
     assert!(authorize(&cfg, policy, 0, &who, models, None).is_ok());
@@ -458,8 +458,8 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
             let mut body = body_of();
             let (outcome, verdict) = inspect(&policy_of(&rules), &mut body);
             let rejection = verdict.unwrap_err();
-            assert_eq!(rejection.error.code, "warden.blocked", "{rules:?}");
-            assert_eq!(decision_for(&rejection), "blocked");
+            assert_eq!(rejection.error.code, Reason::Blocked, "{rules:?}");
+            assert_eq!(decision_for(&rejection).as_str(), "blocked");
             assert_eq!(outcome.stop().map(|(_, a)| a), Some(Action::Block));
             assert!(!rejection.error.message.contains(&akia));
         }
@@ -555,7 +555,7 @@ fn a_query_string_is_inspected() {
     ] {
         let (outcome, verdict) = query(path);
         let rejection = verdict.unwrap_err();
-        assert_eq!(rejection.error.code, "warden.query_refused", "{path}");
+        assert_eq!(rejection.error.code, Reason::QueryRefused, "{path}");
         assert!(rejection.error.message.contains("'pii'"));
         assert!(!rejection.error.message.contains("jane"));
         assert!(outcome.rules.contains_key("pii"));
@@ -583,7 +583,7 @@ fn the_route_must_pick_the_providers_cluster() {
     assert!(check_cluster(&cfg, 0, || Some(b"provider_openai".to_vec())).is_ok());
     for routed in [Some(&b"provider_anthropic"[..]), Some(b""), None] {
         let rejection = check_cluster(&cfg, 0, || routed.map(<[u8]>::to_vec)).unwrap_err();
-        assert_eq!(rejection.error.code, "warden.route_mismatch");
+        assert_eq!(rejection.error.code, Reason::RouteMismatch);
         assert_eq!(rejection.error.kind, ErrorKind::Unavailable);
     }
 }

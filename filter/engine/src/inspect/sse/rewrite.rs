@@ -62,6 +62,7 @@
 //! Responses API only, the text sent per channel (its done events repeat it,
 //! so it is kept until the stream ends).
 
+use crate::reason::Reason;
 use serde_json::{json, Map, Value};
 
 use super::parser::{Framed, SseParser};
@@ -85,11 +86,11 @@ pub enum StreamApi {
 /// that cannot be inspected within bounded memory.
 const MAX_CHANNELS: usize = 1024;
 /// The `code` of the error event sent when a stream is stopped.
-const BLOCK_CODE: &str = "warden.blocked";
+const BLOCK_CODE: Reason = Reason::Blocked;
 /// The rule named when the stream itself cannot be read.
-const FRAMING_RULE: &str = "warden.stream_framing";
+const FRAMING_RULE: Reason = Reason::StreamFraming;
 /// The rule named when a stream opens more than [`MAX_CHANNELS`] channels.
-const CHANNELS_RULE: &str = "warden.stream_channels";
+const CHANNELS_RULE: Reason = Reason::StreamChannels;
 /// The inner index of an OpenAI legacy `function_call` channel.
 const LEGACY_FUNCTION_CALL: u64 = 0xFFFF_FFFF;
 /// Set in the inner index of a Responses reasoning summary, so a summary
@@ -394,14 +395,14 @@ impl StreamRewriter {
                 json!({"error": {
                     "message": message,
                     "type": "permission_error",
-                    "code": BLOCK_CODE,
+                    "code": BLOCK_CODE.as_str(),
                 }})
                 .to_string(),
             ),
             StreamApi::OpenAiResponses => {
                 let mut body = Map::new();
                 body.insert("type".into(), "error".into());
-                body.insert("code".into(), BLOCK_CODE.into());
+                body.insert("code".into(), BLOCK_CODE.as_str().into());
                 body.insert("message".into(), message.into());
                 body.insert("param".into(), Value::Null);
                 self.responses_event("error", body)
@@ -513,7 +514,7 @@ impl StreamRewriter {
         let at = match self.position(slot) {
             Some(at) => at,
             None if self.channels.len() >= MAX_CHANNELS => return Err(StreamBlock::new(
-                CHANNELS_RULE,
+                CHANNELS_RULE.as_str(),
                 "Warden stopped this response: it has too many parallel text streams to inspect",
             )),
             None => {
@@ -1169,7 +1170,7 @@ fn part_slot(output: u64, content: u64, part: &Map<String, Value>) -> Slot {
 /// could hide text, so it is not forwarded unread.
 fn framing_block(err: &SseError) -> StreamBlock {
     StreamBlock::new(
-        FRAMING_RULE,
+        FRAMING_RULE.as_str(),
         format!("Warden could not inspect this response stream: {err}"),
     )
 }

@@ -1,0 +1,1413 @@
+//! One request's whole life at the gateway, request and response, as a state
+//! machine the proxy-wasm adapter drives: each host callback is an event
+//! ([`Exchange::on_request_headers`], ..., [`Exchange::finish`]), and what
+//! the gateway does about it goes through the [`Host`] it is handed (reads
+//! of the request, header and body edits, local replies, calls to the
+//! control plane, filter state for the access log). The adapter implements
+//! [`Host`] with proxy-wasm host calls; tests with a recording fake and a
+//! clock they drive, so every transition runs natively and in V8.
+//!
+//! ```text
+//! New ── headers: route, cluster, staleness ── Authenticating ─┬─ unknown kid: fetch keys (paused), once
+//!                                                               ├─ rejected: Answered (local reply)
+//!                                                               └─ verified ─┬─ no body: authorize ── Forwarded
+//!                                                                            └─ body: ReadingBody ── complete:
+//!      parse, model, authorize, query, inspect ─┬─ refused: Answered
+//!                                               ├─ approval rule: AwaitingApproval ── approved: Forwarded
+//!                                               └─ Forwarded ── response: pass, read whole, or rewrite the stream
+//! ```
+//!
+//! Each phase owns what is known in it, so a state that cannot happen cannot
+//! be written. Headers are held (`Flow::Pause`) until a decision: a request
+//! ends with its body (data with `end_of_stream`) or with trailers, and every
+//! callback answers `Continue` only once the request is `Forwarded`. What the
+//! audit trail says is kept in one place ([`Audit`]), whatever way the
+//! exchange ends.
+
+use crate::reason::Reason;
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use crate::auth::Identity;
+use crate::config::FilterConfig;
+use crate::control::{ApprovalFlow, ApprovalRequest, Call, Next, SessionRecord};
+use crate::endpoint::{endpoint_of, Endpoint};
+use crate::headers::Headers;
+use crate::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
+use crate::inspect::body::Shape;
+use crate::inspect::mask::{Action as RuleAction, Vault};
+use crate::inspect::sse::{StreamApi, StreamRewriter};
+use crate::policy::{ActiveRules, Direction, Policy, Record};
+use crate::provider::{Api, ErrorKind, GatewayError};
+use crate::request::{self, AuthStep, Decision, Rejection};
+
+/// Header set on every response the filter handled (proxied or answered).
+pub const MARK_HEADER: &str = "x-warden";
+
+/// The most streamed text one session record keeps (masked, per response).
+const RECORDED_STREAM_TEXT: usize = 256 * 1024;
+
+/// Filter state the access log reads (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
+pub mod state {
+    pub const DECISION: &str = "warden.decision";
+    pub const REASON: &str = "warden.reason";
+    pub const USER: &str = "warden.user";
+    pub const GROUPS: &str = "warden.groups";
+    pub const ISSUER: &str = "warden.issuer";
+    pub const MODEL: &str = "warden.model";
+    pub const PROVIDER: &str = "warden.provider";
+    pub const ROUTE: &str = "warden.route";
+    pub const POLICY_VERSION: &str = "warden.policy_version";
+    pub const RULES: &str = "warden.rules";
+    pub const USAGE: &str = "warden.usage";
+    pub const APPROVAL_ID: &str = "warden.approval_id";
+}
+
+/// What the host should do with the callback's data: let it go on, or hold
+/// it (headers and body) until the exchange says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// A host call that failed, described for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError(pub String);
+
+pub type HostResult<T> = Result<T, HostError>;
+
+/// What asking for an issuer's keys again did ([`Host::refetch_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refetch {
+    /// Nothing to wait for: the token's key is unknown (or rate-limited).
+    No,
+    /// The worker's keys changed since it last read them: try again now.
+    Refreshed,
+    /// A JWKS call is in flight; its answer arrives as
+    /// [`Exchange::on_call_response`] with this token.
+    Started(u32),
+}
+
+/// Everything outside the engine that one exchange uses: the request and
+/// response in flight, the worker's keys and token cache, calls out, and
+/// the access log's filter state.
+pub trait Host {
+    fn now_millis(&self) -> u64;
+    fn log(&mut self, level: Level, message: &str);
+    /// Adds to a counter of the worker (a stat to Envoy).
+    fn count(&mut self, counter: &str, n: u64);
+    fn set_filter_state(&mut self, key: &str, value: &[u8]);
+
+    fn request_headers(&mut self) -> HostResult<Vec<(String, Vec<u8>)>>;
+    /// The cluster Envoy's route chose (`xds.cluster_name`), if any.
+    fn routed_cluster(&mut self) -> Option<Vec<u8>>;
+    fn request_body(&mut self, size: usize) -> HostResult<Vec<u8>>;
+    fn set_request_body(&mut self, size: usize, body: &[u8]) -> HostResult<()>;
+    fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) -> HostResult<()>;
+    fn clear_request_trailers(&mut self) -> HostResult<()>;
+    fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()>;
+    /// Lets a paused request go on (after an answer to a call).
+    fn resume_request(&mut self) -> HostResult<()>;
+
+    /// Verifies the request's token with the keys and cache the worker holds.
+    fn authenticate(
+        &mut self,
+        config: &FilterConfig,
+        provider: usize,
+        headers: Headers<'_>,
+        now: u64,
+        may_fetch: bool,
+    ) -> AuthStep;
+    /// For a token naming a key the worker does not hold.
+    fn refetch_keys(&mut self, issuer: usize, now: u64) -> Refetch;
+    /// The answer to the key fetch [`Host::refetch_keys`] started.
+    fn keys_arrived(&mut self, issuer: usize, body_size: usize);
+
+    /// An HTTP call through a cluster; its answer comes back as
+    /// [`Exchange::on_call_response`] with the token returned.
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: Vec<(&str, &str)>,
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> HostResult<u32>;
+    /// Status (`None` when the call failed) and body of the answer being delivered.
+    fn call_response(&mut self, body_size: usize) -> (Option<u32>, Vec<u8>);
+
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    fn set_response_header(&mut self, name: &str, value: Option<&[u8]>) -> HostResult<()>;
+    fn response_body(&mut self, size: usize) -> HostResult<Vec<u8>>;
+    fn set_response_body(&mut self, size: usize, body: &[u8]) -> HostResult<()>;
+
+    /// Envoy's id of the request, for the session record.
+    fn request_id(&mut self) -> Option<String>;
+    /// The status the client got, for the session record.
+    fn response_status(&mut self) -> Option<u64>;
+}
+
+/// What the worker gives a request at its start.
+pub struct Start {
+    pub config: Rc<FilterConfig>,
+    /// The policy the request runs under, start to end.
+    pub policy: Option<Rc<Policy>>,
+    /// How long the control plane has been silent, when that is longer than
+    /// the policy may be used without it.
+    pub policy_silent_for: Option<u64>,
+    /// Seconds since the epoch: the request's one clock reading for tokens.
+    pub now_secs: u64,
+}
+
+/// What is known of a request once it is routed.
+struct Request {
+    config: Rc<FilterConfig>,
+    policy: Option<Rc<Policy>>,
+    provider: usize,
+    api: Api,
+    /// As the client sent them, read once.
+    headers: Vec<(String, Vec<u8>)>,
+    /// After the route prefix, query included (the API shape, the model).
+    upstream_path: String,
+    endpoint: Endpoint,
+    /// The method takes no body (GET, DELETE, ...): one that comes anyway
+    /// is refused, an empty one is none.
+    bodiless_method: bool,
+    /// Whether a body follows the headers.
+    expects_body: bool,
+    /// Body bytes buffered so far, and whether they are all of it.
+    body_size: usize,
+    body_complete: bool,
+}
+
+impl Request {
+    fn headers(&self) -> Headers<'_> {
+        Headers::new(&self.headers)
+    }
+
+    fn provider_name(&self) -> &str {
+        self.config
+            .providers
+            .get(self.provider)
+            .map_or("", |p| p.name.as_str())
+    }
+}
+
+/// A request whose caller is known and whose model was read, past its
+/// authorization.
+struct Authorized {
+    request: Request,
+    identity: Identity,
+    model: Option<String>,
+}
+
+enum Phase {
+    /// Waiting for the request's headers.
+    New,
+    /// Routed; the token is being verified, paused while the issuer's keys
+    /// are fetched for an unknown `kid` (`keys_call`: token and issuer).
+    Authenticating {
+        request: Request,
+        keys_call: Option<(u32, usize)>,
+    },
+    /// Authenticated; paused until the whole body has arrived.
+    ReadingBody {
+        request: Request,
+        identity: Identity,
+    },
+    /// Paused while the control plane decides an approval (`call`: the
+    /// token of the call in flight).
+    AwaitingApproval {
+        authorized: Authorized,
+        flow: ApprovalFlow,
+        call: u32,
+    },
+    /// Let go upstream; the response is handled as `response` says.
+    Forwarded {
+        authorized: Authorized,
+        response: Response,
+    },
+    /// The gateway answered itself; nothing else passes.
+    Answered,
+}
+
+/// What a body read whole is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WholeBody {
+    Json,
+    /// `text/*` (not an event stream): one text.
+    Text,
+}
+
+/// How the response body is handled.
+enum Response {
+    /// Its headers have not arrived.
+    Awaited,
+    /// Nothing to inspect: bytes pass as they come.
+    Pass,
+    /// A JSON or text body, read whole (`size` buffered so far), inspected,
+    /// replaced.
+    Whole {
+        kind: WholeBody,
+        active: ActiveRules,
+        size: usize,
+    },
+    /// An event stream, rewritten event by event (the masking handle reads
+    /// what the rules found once it ends).
+    Stream(Box<StreamRewriter>, SharedMasking),
+    /// A stream the filter ended early (a chunk it could not read, or one
+    /// ended with trailers): later chunks are dropped.
+    Closed,
+}
+
+/// What the audit trail says of the exchange: filled as things become
+/// known, read once at the end ([`Exchange::finish`]).
+#[derive(Default)]
+struct Audit {
+    decision: Decision,
+    /// Why the gateway answered itself, if it did.
+    reason: Option<Reason>,
+    identity: Option<Identity>,
+    provider: Option<String>,
+    model: Option<String>,
+    /// The upstream path without its query.
+    route: String,
+    policy: Option<Rc<Policy>>,
+    records_to_control_plane: bool,
+    /// What the rules found, request and response together.
+    outcome: Outcome,
+    /// The provider's token usage, when it reported one.
+    usage: Option<Value>,
+    /// Whether a rule asked for an approval, and its id once known.
+    asked_approval: bool,
+    approval_id: Option<String>,
+    /// With `record: masked`: the bodies after masking.
+    recorded_request: Option<Value>,
+    recorded_response: Option<Value>,
+}
+
+/// One request and its response.
+pub struct Exchange {
+    phase: Phase,
+    /// The request's clock reading, seconds (tokens are judged at it, also
+    /// after a key fetch).
+    started_at: u64,
+    /// Values `tokenize` took out of the prompt, to put back in the answer.
+    vault: Vault,
+    audit: Audit,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exchange {
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::New,
+            started_at: 0,
+            vault: Vault::default(),
+            audit: Audit::default(),
+        }
+    }
+
+    /// The decision so far (`undecided` until one is made).
+    pub fn decision(&self) -> Decision {
+        self.audit.decision
+    }
+
+    // ---------------------------------------------------------------------
+    // Request events
+
+    /// The request's headers arrived. `start` is `None` on a worker without
+    /// a valid configuration: refused, fail closed.
+    pub fn on_request_headers(
+        &mut self,
+        host: &mut dyn Host,
+        start: Option<Start>,
+        end_of_stream: bool,
+    ) -> Flow {
+        self.set_decision(host, Decision::Undecided);
+        let Some(start) = start else {
+            return self.reply(
+                host,
+                Rejection {
+                    api: Api::Openai,
+                    error: GatewayError::new(
+                        ErrorKind::Unavailable,
+                        Reason::NotConfigured,
+                        "the gateway has no valid configuration yet",
+                    ),
+                },
+            );
+        };
+        self.started_at = start.now_secs;
+        let config = start.config;
+        if let Some(p) = start.policy.as_ref() {
+            // 0: the policy of the Envoy configuration (nothing published yet).
+            let version = p.published_version.unwrap_or(0).to_string();
+            host.set_filter_state(state::POLICY_VERSION, version.as_bytes());
+        }
+        self.audit.policy = start.policy.clone();
+        self.audit.records_to_control_plane = config.control_plane.is_some();
+        let headers = match host.request_headers() {
+            Ok(h) => h,
+            Err(e) => {
+                return self.internal_error(
+                    host,
+                    Api::Openai,
+                    &format!("cannot read request headers: {}", e.0),
+                )
+            }
+        };
+        let provider = match request::route(&config, Headers::new(&headers)) {
+            Ok(p) => p,
+            Err(rejection) => return self.reply(host, rejection),
+        };
+        if let Err(rejection) = request::check_cluster(&config, provider, || host.routed_cluster())
+        {
+            return self.reply(host, rejection);
+        }
+        let api = config
+            .providers
+            .get(provider)
+            .map_or(Api::Openai, |p| p.api);
+        let path = Headers::new(&headers).get(":path").unwrap_or_default();
+        let upstream_path = request::upstream_path(&config, provider, path);
+        if let Some(p) = config.providers.get(provider) {
+            host.set_filter_state(state::PROVIDER, p.name.as_bytes());
+            self.audit.provider = Some(p.name.clone());
+        }
+        self.audit.route = request::route_of(&upstream_path);
+        host.set_filter_state(state::ROUTE, self.audit.route.as_bytes());
+        if let Some(silent_for) = start.policy_silent_for {
+            return self.reply(host, request::policy_stale(api, silent_for));
+        }
+        let method = Headers::new(&headers).get(":method").unwrap_or_default();
+        let request = Request {
+            endpoint: endpoint_of(api, method, &upstream_path),
+            bodiless_method: request::is_bodiless_method(Headers::new(&headers)),
+            expects_body: request::has_body(end_of_stream),
+            config,
+            policy: start.policy,
+            provider,
+            api,
+            headers,
+            upstream_path,
+            body_size: 0,
+            body_complete: false,
+        };
+        self.authenticate(host, request, true)
+    }
+
+    /// Request body bytes arrived (`size`: all buffered so far).
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        match std::mem::replace(&mut self.phase, Phase::Answered) {
+            Phase::Authenticating {
+                mut request,
+                keys_call,
+            } => {
+                if let Err(flow) = self.buffer_body(host, &mut request, size, end_of_stream) {
+                    return flow;
+                }
+                self.phase = Phase::Authenticating { request, keys_call };
+                Flow::Pause
+            }
+            Phase::ReadingBody {
+                mut request,
+                identity,
+            } => {
+                if let Err(flow) = self.buffer_body(host, &mut request, size, end_of_stream) {
+                    return flow;
+                }
+                if end_of_stream {
+                    return self.decide_with_body(host, request, identity);
+                }
+                self.phase = Phase::ReadingBody { request, identity };
+                Flow::Pause
+            }
+            forwarded @ Phase::Forwarded { .. } => {
+                self.phase = forwarded;
+                Flow::Continue
+            }
+            other => {
+                self.phase = other;
+                Flow::Pause
+            }
+        }
+    }
+
+    /// The request ended with trailers (HTTP/2): its body is complete.
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host) -> Flow {
+        // No provider API takes request trailers; whatever a client puts
+        // there would reach the provider uninspected.
+        if let Err(e) = host.clear_request_trailers() {
+            let api = self.api();
+            return self.internal_error(
+                host,
+                api,
+                &format!("cannot drop request trailers: {}", e.0),
+            );
+        }
+        match std::mem::replace(&mut self.phase, Phase::Answered) {
+            forwarded @ Phase::Forwarded { .. } => {
+                self.phase = forwarded;
+                Flow::Continue
+            }
+            Phase::ReadingBody {
+                mut request,
+                identity,
+            } => {
+                request.body_complete = true;
+                self.decide_with_body(host, request, identity)
+            }
+            // Still authenticating: the decision comes when the keys do,
+            // with the body known to be complete.
+            Phase::Authenticating {
+                mut request,
+                keys_call,
+            } => {
+                request.body_complete = true;
+                self.phase = Phase::Authenticating { request, keys_call };
+                Flow::Pause
+            }
+            other => {
+                self.phase = other;
+                Flow::Pause
+            }
+        }
+    }
+
+    /// The answer to a call this exchange made (keys, approvals) arrived;
+    /// a request that may now go on is resumed.
+    pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        let flow = match std::mem::replace(&mut self.phase, Phase::Answered) {
+            Phase::AwaitingApproval {
+                authorized,
+                flow,
+                call,
+            } if call == token => {
+                let (status, body) = host.call_response(body_size);
+                self.on_approval_answer(host, authorized, flow, status, &body)
+            }
+            Phase::Authenticating {
+                request,
+                keys_call: Some((call, issuer)),
+            } if call == token => {
+                host.keys_arrived(issuer, body_size);
+                self.authenticate(host, request, false)
+            }
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        if flow == Flow::Continue {
+            if let Err(e) = host.resume_request() {
+                host.log(
+                    Level::Error,
+                    &format!("warden: cannot resume a request: {}", e.0),
+                );
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Response events
+
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
+        let _ = host.set_response_header(MARK_HEADER, Some(crate::VERSION.as_bytes()));
+        match std::mem::replace(&mut self.phase, Phase::Answered) {
+            Phase::Forwarded {
+                authorized,
+                response: Response::Awaited,
+            } if !end_of_stream => {
+                let (response, flow) = self.plan_response(host, &authorized);
+                if let Some(response) = response {
+                    self.phase = Phase::Forwarded {
+                        authorized,
+                        response,
+                    };
+                }
+                flow
+            }
+            other => {
+                self.phase = other;
+                Flow::Continue
+            }
+        }
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        let (api, limit) = (self.api(), self.config().map_or(0, |c| c.max_body_bytes));
+        let Phase::Forwarded { response, .. } = &mut self.phase else {
+            return Flow::Continue;
+        };
+        match std::mem::replace(response, Response::Pass) {
+            Response::Awaited | Response::Pass => Flow::Continue,
+            Response::Closed => {
+                // The rest of a stream that was ended: dropped, not passed.
+                let _ = host.set_response_body(size, &[]);
+                *response = Response::Closed;
+                Flow::Continue
+            }
+            Response::Whole { kind, active, .. } => {
+                if size > limit {
+                    return self.block_response(host, api, Reason::ResponseUninspectable);
+                }
+                if !end_of_stream {
+                    *response = Response::Whole { kind, active, size };
+                    return Flow::Pause;
+                }
+                self.inspect_whole_response(host, size, kind, &active)
+            }
+            Response::Stream(mut rewriter, text) => {
+                let chunk = match host.response_body(size) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Never passed on unread: the chunk is replaced by
+                        // nothing and the stream ends here, with what the
+                        // rewriter held back withheld too.
+                        host.log(
+                            Level::Error,
+                            &format!(
+                                "warden: cannot read a stream chunk, ending the stream: {}",
+                                e.0
+                            ),
+                        );
+                        let _ = host.set_response_body(size, &[]);
+                        *response = Response::Closed;
+                        self.end_stream(host, &rewriter, &text);
+                        return Flow::Continue;
+                    }
+                };
+                let mut out = rewriter.feed(&chunk);
+                if end_of_stream {
+                    out.extend(rewriter.finish());
+                }
+                if let Err(e) = host.set_response_body(size, &out) {
+                    host.log(
+                        Level::Error,
+                        &format!("warden: cannot write a stream chunk: {}", e.0),
+                    );
+                }
+                if end_of_stream {
+                    *response = Response::Closed;
+                    self.end_stream(host, &rewriter, &text);
+                } else {
+                    *response = Response::Stream(rewriter, text);
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Trailers end the response: whatever was held for inspection is
+    /// decided now, as it would be on a last chunk.
+    pub fn on_response_trailers(&mut self, host: &mut dyn Host) -> Flow {
+        let Phase::Forwarded { response, .. } = &mut self.phase else {
+            return Flow::Continue;
+        };
+        match std::mem::replace(response, Response::Closed) {
+            Response::Awaited | Response::Pass | Response::Closed => Flow::Continue,
+            Response::Whole { kind, active, size } => {
+                self.inspect_whole_response(host, size, kind, &active)
+            }
+            Response::Stream(mut rewriter, text) => {
+                // The chunks have gone downstream; what the rewriter still
+                // holds (an unfinished event, text awaiting its context)
+                // cannot be appended after trailers, so it is withheld,
+                // never sent unmasked.
+                let held = rewriter.finish();
+                if !held.is_empty() {
+                    host.log(
+                        Level::Warn,
+                        &format!(
+                            "warden: a stream ended with trailers; {} held bytes withheld",
+                            held.len()
+                        ),
+                    );
+                    host.count("warden.stream.trailers_withheld", 1);
+                }
+                self.end_stream(host, &rewriter, &text);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The exchange is over (Envoy's `on_log`): counts it, and returns its
+    /// session record for the control plane, if the policy records them.
+    pub fn finish(&mut self, host: &mut dyn Host) -> Option<Vec<u8>> {
+        let decision = self.audit.decision.as_str();
+        host.count(&format!("warden.requests.{decision}"), 1);
+        if self.audit.asked_approval {
+            host.count(&format!("warden.approvals.{decision}"), 1);
+        }
+        for (rule, count) in &self.audit.outcome.rules {
+            let mode = if count.observe { "observe_" } else { "" };
+            let name = format!(
+                "warden.rule.{}.{mode}{}",
+                stat_segment(rule),
+                count.action.name()
+            );
+            host.count(&name, count.count as u64);
+        }
+        if let Phase::Forwarded {
+            response: Response::Stream(rewriter, text),
+            ..
+        } = &self.phase
+        {
+            // The client left (or the provider stopped) mid-stream: what
+            // was read so far.
+            if let Some(record) = stream_record(rewriter, text) {
+                self.audit.recorded_response = Some(record);
+            }
+        }
+        self.session_record(host)
+    }
+
+    // ---------------------------------------------------------------------
+    // The request's way
+
+    fn config(&self) -> Option<&FilterConfig> {
+        match &self.phase {
+            Phase::Authenticating { request, .. } | Phase::ReadingBody { request, .. } => {
+                Some(&*request.config)
+            }
+            Phase::AwaitingApproval { authorized, .. } | Phase::Forwarded { authorized, .. } => {
+                Some(&*authorized.request.config)
+            }
+            Phase::New | Phase::Answered => None,
+        }
+    }
+
+    fn api(&self) -> Api {
+        match &self.phase {
+            Phase::Authenticating { request, .. } | Phase::ReadingBody { request, .. } => {
+                request.api
+            }
+            Phase::AwaitingApproval { authorized, .. } | Phase::Forwarded { authorized, .. } => {
+                authorized.request.api
+            }
+            Phase::New | Phase::Answered => Api::Openai,
+        }
+    }
+
+    /// Notes more of the body; `Err` holds the answer when it is too large.
+    fn buffer_body(
+        &mut self,
+        host: &mut dyn Host,
+        request: &mut Request,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<(), Flow> {
+        let limit = request.config.max_body_bytes;
+        if size > limit {
+            return Err(self.reply(host, request::too_large(request.api, limit)));
+        }
+        request.body_size = size;
+        request.body_complete = end_of_stream;
+        Ok(())
+    }
+
+    /// Authenticates with the keys at hand; `may_fetch` allows one fetch of
+    /// the issuer's keys for an unknown `kid`.
+    fn authenticate(&mut self, host: &mut dyn Host, request: Request, may_fetch: bool) -> Flow {
+        let now = self.started_at;
+        let step = host.authenticate(
+            &request.config,
+            request.provider,
+            request.headers(),
+            now,
+            may_fetch,
+        );
+        match step {
+            AuthStep::Verified(identity) => self.after_authentication(host, request, identity),
+            AuthStep::Rejected(rejection) => self.reply(host, rejection),
+            AuthStep::FetchKeys { issuer } => match host.refetch_keys(issuer, now) {
+                Refetch::Started(call) => {
+                    self.phase = Phase::Authenticating {
+                        request,
+                        keys_call: Some((call, issuer)),
+                    };
+                    Flow::Pause
+                }
+                Refetch::Refreshed | Refetch::No => self.authenticate(host, request, false),
+            },
+        }
+    }
+
+    fn after_authentication(
+        &mut self,
+        host: &mut dyn Host,
+        request: Request,
+        identity: Identity,
+    ) -> Flow {
+        host.set_filter_state(state::USER, identity.subject.as_bytes());
+        host.set_filter_state(state::GROUPS, identity.groups.join(",").as_bytes());
+        host.set_filter_state(state::ISSUER, identity.issuer.as_bytes());
+        self.audit.identity = Some(identity.clone());
+        if request.expects_body {
+            if !request.bodiless_method {
+                if let Err(rejection) = request::check_body_headers(
+                    &request.config,
+                    request.provider,
+                    request.headers(),
+                ) {
+                    return self.reply(host, rejection);
+                }
+            }
+            if request.body_complete {
+                return self.decide_with_body(host, request, identity);
+            }
+            self.phase = Phase::ReadingBody { request, identity };
+            return Flow::Pause;
+        }
+        let model = request::model_from_path(&request.upstream_path);
+        self.decide(host, request, identity, model)
+    }
+
+    /// A request without a body (or an empty one where none is taken).
+    fn decide(
+        &mut self,
+        host: &mut dyn Host,
+        request: Request,
+        identity: Identity,
+        model: Option<String>,
+    ) -> Flow {
+        if let Err(rejection) = self.authorize(host, &request, &identity, model.as_deref()) {
+            return self.reply(host, rejection);
+        }
+        if let Err(rejection) = self.inspect_query(host, &request, &identity, model.as_deref()) {
+            return self.reply(host, rejection);
+        }
+        self.forward(
+            host,
+            Authorized {
+                request,
+                identity,
+                model,
+            },
+        )
+    }
+
+    fn decide_with_body(
+        &mut self,
+        host: &mut dyn Host,
+        request: Request,
+        identity: Identity,
+    ) -> Flow {
+        let api = request.api;
+        if request.bodiless_method {
+            if let Err(rejection) = request::check_bodiless(api, request.body_size) {
+                return self.reply(host, rejection);
+            }
+            let model = request::model_from_path(&request.upstream_path);
+            return self.decide(host, request, identity, model);
+        }
+        let body = match host.request_body(request.body_size) {
+            Ok(b) => b,
+            Err(e) => {
+                return self.internal_error(
+                    host,
+                    api,
+                    &format!("cannot read the request body: {}", e.0),
+                )
+            }
+        };
+        let mut doc = match request::parse_body(api, &body) {
+            Ok(d) => d,
+            Err(rejection) => return self.reply(host, rejection),
+        };
+        let model = match request::model_of(api, &doc) {
+            Ok(m) => m,
+            Err(rejection) => return self.reply(host, rejection),
+        };
+        if let Err(rejection) = self.authorize(host, &request, &identity, model.as_deref()) {
+            return self.reply(host, rejection);
+        }
+        if let Err(rejection) = self.inspect_query(host, &request, &identity, model.as_deref()) {
+            return self.reply(host, rejection);
+        }
+        // Authorized, so there is a policy: its rules on the prompt.
+        let Some(policy) = request.policy.clone() else {
+            return self.internal_error(host, api, "inspection without policy");
+        };
+        let (outcome, verdict) = request::inspect_request(
+            &request.config,
+            &policy,
+            request.provider,
+            &identity,
+            model.as_deref(),
+            &mut doc,
+            &mut self.vault,
+        );
+        // Refused or not, the audit record names the rules that matched.
+        self.record_outcome(host, outcome);
+        match verdict {
+            Ok(Some(new_body)) => {
+                if let Err(e) = host.set_request_body(request.body_size, &new_body) {
+                    return self.internal_error(
+                        host,
+                        api,
+                        &format!("cannot replace the request body: {}", e.0),
+                    );
+                }
+                let _ = host.set_request_header(
+                    "content-length",
+                    Some(new_body.len().to_string().as_bytes()),
+                );
+            }
+            Ok(None) => {}
+            Err(rejection) => return self.reply(host, rejection),
+        }
+        if policy.record == Record::Masked {
+            self.audit.recorded_request = Some(doc.clone());
+        }
+        let authorized = Authorized {
+            request,
+            identity,
+            model,
+        };
+        if let Some((rule, RuleAction::RequireApproval)) = self.audit.outcome.stop() {
+            return self.ask_approval(host, authorized, &policy, &rule, &body, &mut doc);
+        }
+        self.forward(host, authorized)
+    }
+
+    fn authorize(
+        &mut self,
+        host: &mut dyn Host,
+        request: &Request,
+        identity: &Identity,
+        model: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if let Some(m) = model {
+            host.set_filter_state(state::MODEL, m.as_bytes());
+        }
+        request::authorize(
+            &request.config,
+            request.policy.as_deref(),
+            request.provider,
+            identity,
+            request.endpoint,
+            model,
+        )
+    }
+
+    /// The policy's rules on the URL's query string: a finding refuses the
+    /// request (see [`request::inspect_query`]).
+    fn inspect_query(
+        &mut self,
+        host: &mut dyn Host,
+        request: &Request,
+        identity: &Identity,
+        model: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let Some(policy) = request.policy.as_ref() else {
+            return Err(internal(request.api));
+        };
+        let (outcome, verdict) = request::inspect_query(
+            &request.config,
+            policy,
+            request.provider,
+            identity,
+            model,
+            &request.upstream_path,
+            &mut self.vault,
+        );
+        self.record_outcome(host, outcome);
+        verdict
+    }
+
+    /// Opens (or finds) the approval a rule asks for and pauses until the
+    /// control plane answers. The body is already in its masked form.
+    fn ask_approval(
+        &mut self,
+        host: &mut dyn Host,
+        authorized: Authorized,
+        policy: &Policy,
+        rule: &str,
+        original: &[u8],
+        masked: &mut Value,
+    ) -> Flow {
+        let api = authorized.request.api;
+        self.audit.model = authorized.model.clone();
+        let config = authorized.request.config.clone();
+        let Some(cp) = config.control_plane.as_ref() else {
+            return self.reply(host, request::approvals_disabled(api, rule));
+        };
+        let Some(spec) = policy
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .map(|r| &r.approval)
+        else {
+            return self.internal_error(host, api, "approval rule not in the policy");
+        };
+        // Bound to the request as the client sent it, so the same request
+        // sent again (ticket mode) matches and an edited one does not.
+        let body_sha256 = match request::parse_body(api, original) {
+            Ok(doc) => crate::control::canonical_sha256(&doc),
+            Err(rejection) => return self.reply(host, rejection),
+        };
+        let ask = ApprovalRequest::new(
+            &authorized.identity,
+            authorized.request.provider_name(),
+            authorized.model.as_deref(),
+            &self.audit.route,
+            rule,
+            spec,
+            policy.published_version,
+            body_sha256,
+            request::prompt_text(masked),
+        );
+        self.audit.asked_approval = true;
+        let (flow, call) = ApprovalFlow::start(
+            api,
+            &ask,
+            spec.timeout_seconds,
+            cp.timeout_ms,
+            host.now_millis(),
+        );
+        self.call_control_plane(host, authorized, flow, call)
+    }
+
+    fn call_control_plane(
+        &mut self,
+        host: &mut dyn Host,
+        authorized: Authorized,
+        flow: ApprovalFlow,
+        call: Call,
+    ) -> Flow {
+        let config = authorized.request.config.clone();
+        let Some(cp) = config.control_plane.as_ref() else {
+            let api = authorized.request.api;
+            return self.internal_error(host, api, "approval without a control plane");
+        };
+        let sent = host.dispatch(
+            &cp.cluster,
+            cp.headers(call.method, &call.path),
+            call.body.as_deref(),
+            call.timeout_ms,
+        );
+        match sent {
+            Ok(token) => {
+                self.phase = Phase::AwaitingApproval {
+                    authorized,
+                    flow,
+                    call: token,
+                };
+                Flow::Pause
+            }
+            Err(e) => {
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "warden: cannot call the control plane for an approval: {}",
+                        e.0
+                    ),
+                );
+                self.on_approval_answer(host, authorized, flow, None, &[])
+            }
+        }
+    }
+
+    /// The control plane answered (or failed to): the next call, or the end.
+    fn on_approval_answer(
+        &mut self,
+        host: &mut dyn Host,
+        authorized: Authorized,
+        mut flow: ApprovalFlow,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Flow {
+        let next = flow.on_answer(status, body, host.now_millis());
+        if let Some(id) = flow.approval_id() {
+            host.set_filter_state(state::APPROVAL_ID, id.as_bytes());
+            self.audit.approval_id = Some(id.to_owned());
+        }
+        match next {
+            Next::Call(call) => self.call_control_plane(host, authorized, flow, call),
+            Next::Forward { .. } => {
+                let flow = self.forward(host, authorized);
+                if flow == Flow::Continue {
+                    self.set_decision(host, Decision::Approved);
+                }
+                flow
+            }
+            Next::Reply { rejection, .. } => self.reply(host, rejection),
+        }
+    }
+
+    /// The request is allowed: swap credentials and let it go upstream.
+    fn forward(&mut self, host: &mut dyn Host, authorized: Authorized) -> Flow {
+        let request = &authorized.request;
+        let plan = request::forward_plan(&request.config, request.provider, request.headers());
+        for name in &plan.remove {
+            if let Err(e) = host.set_request_header(name, None) {
+                return self.internal_error(
+                    host,
+                    request.api,
+                    &format!("cannot remove a request header: {}", e.0),
+                );
+            }
+        }
+        for (name, value) in &plan.set {
+            if let Err(e) = host.set_request_header(name, Some(value)) {
+                return self.internal_error(
+                    host,
+                    request.api,
+                    &format!("cannot set a request header: {}", e.0),
+                );
+            }
+        }
+        let decision = if self.audit.outcome.rewrote() {
+            Decision::Masked
+        } else {
+            Decision::Allowed
+        };
+        self.set_decision(host, decision);
+        self.audit.model = authorized.model.clone();
+        self.phase = Phase::Forwarded {
+            authorized,
+            response: Response::Awaited,
+        };
+        Flow::Continue
+    }
+
+    // ---------------------------------------------------------------------
+    // The response's way
+
+    /// How to handle the response body, from its headers: `None` when the
+    /// exchange answered instead.
+    fn plan_response(
+        &mut self,
+        host: &mut dyn Host,
+        authorized: &Authorized,
+    ) -> (Option<Response>, Flow) {
+        let Authorized {
+            request,
+            identity,
+            model,
+        } = authorized;
+        let (Some(policy), Some(provider)) = (
+            request.policy.clone(),
+            request.config.providers.get(request.provider),
+        ) else {
+            return (Some(Response::Pass), Flow::Continue);
+        };
+        let active = policy.active_rules(
+            identity,
+            &provider.name,
+            model.as_deref(),
+            Direction::Response,
+        );
+        if active.is_empty() && self.vault.is_empty() {
+            return (Some(Response::Pass), Flow::Continue);
+        }
+        let content_type = host.response_header("content-type").unwrap_or_default();
+        let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
+        let api_of_provider = provider.api;
+        let shape = Shape::of(provider.api, &request.upstream_path);
+        if content_type.starts_with("text/event-stream") {
+            let api = match shape {
+                Shape::OpenAiChat => StreamApi::OpenAiChat,
+                Shape::OpenAiCompletions => StreamApi::OpenAiCompletions,
+                Shape::OpenAiResponses => StreamApi::OpenAiResponses,
+                Shape::AnthropicMessages => StreamApi::Anthropic,
+                // Streams of unknown shape cannot be rewritten safely.
+                Shape::OpenAiEmbeddings | Shape::Unknown => {
+                    return (
+                        None,
+                        self.block_response(host, api_of_provider, Reason::StreamUnknown),
+                    )
+                }
+            };
+            let vault = std::mem::take(&mut self.vault);
+            let records = policy.record == Record::Masked;
+            let mut masking =
+                MaskingStream::new(policy, active, vault, request.config.hash_key.clone());
+            if records {
+                masking = masking.with_transcript(RECORDED_STREAM_TEXT);
+            }
+            let text = SharedMasking::new(masking);
+            let rewriter = StreamRewriter::new(api, Box::new(text.clone()));
+            let _ = host.set_response_header("content-length", None);
+            return (
+                Some(Response::Stream(Box::new(rewriter), text)),
+                Flow::Continue,
+            );
+        }
+        // A body the filter cannot read (binary, compressed) while rules
+        // apply to it: refused rather than passed uninspected.
+        if host.response_header("content-encoding").is_some() {
+            return (
+                None,
+                self.block_response(host, api_of_provider, Reason::ResponseUninspectable),
+            );
+        }
+        let kind = if content_type.starts_with("application/json") {
+            WholeBody::Json
+        } else if content_type.starts_with("text/") {
+            WholeBody::Text
+        } else {
+            return (
+                None,
+                self.block_response(host, api_of_provider, Reason::ResponseUninspectable),
+            );
+        };
+        // Held until the body is read, so a block can still change the status.
+        (
+            Some(Response::Whole {
+                kind,
+                active,
+                size: 0,
+            }),
+            Flow::Pause,
+        )
+    }
+
+    /// Answers with a gateway error instead of the provider's response (whose
+    /// headers have not gone downstream yet).
+    fn block_response(&mut self, host: &mut dyn Host, api: Api, code: Reason) -> Flow {
+        let message = match code {
+            Reason::Blocked => "the provider's response was blocked by the gateway's policy",
+            _ => "the provider's response cannot be inspected, so the gateway withholds it",
+        };
+        self.reply(
+            host,
+            Rejection {
+                api,
+                error: GatewayError::new(ErrorKind::PermissionDenied, code, message),
+            },
+        )
+    }
+
+    fn inspect_whole_response(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        kind: WholeBody,
+        active: &ActiveRules,
+    ) -> Flow {
+        let Phase::Forwarded { authorized, .. } = &self.phase else {
+            return Flow::Continue;
+        };
+        let request = &authorized.request;
+        let (api, config, policy) = (request.api, request.config.clone(), request.policy.clone());
+        let Some(policy) = policy else {
+            return Flow::Continue;
+        };
+        let body = match host.response_body(size) {
+            Ok(b) => b,
+            Err(_) => return self.block_response(host, api, Reason::ResponseUninspectable),
+        };
+        let inspect = match kind {
+            WholeBody::Json => inspect_json,
+            WholeBody::Text => inspect_text,
+        };
+        let inspected = match inspect(
+            &policy,
+            active,
+            Direction::Response,
+            &body,
+            &mut self.vault,
+            &config.hash_key,
+            policy.record == Record::Masked,
+        ) {
+            Ok(i) => i,
+            // Not the JSON or UTF-8 text it was declared as: withheld.
+            Err(_) => return self.block_response(host, api, Reason::ResponseUninspectable),
+        };
+        // Only the response's own findings can stop the response (the
+        // request's were decided before it went upstream).
+        let stop = inspected.outcome.stop();
+        if let Some(usage) = &inspected.usage {
+            host.set_filter_state(state::USAGE, usage.to_string().as_bytes());
+            self.audit.usage = Some(usage.clone());
+        }
+        if stop.is_none() {
+            self.audit.recorded_response = inspected.recorded;
+        }
+        self.record_outcome(host, inspected.outcome);
+        if let Some((rule, _)) = stop {
+            host.log(
+                Level::Info,
+                &format!("warden: response blocked by rule '{rule}'"),
+            );
+            return self.block_response(host, api, Reason::Blocked);
+        }
+        if let Some(new_body) = inspected.body {
+            if host.set_response_body(size, &new_body).is_err() {
+                return self.block_response(host, api, Reason::ResponseUninspectable);
+            }
+            let _ = host.set_response_header(
+                "content-length",
+                Some(new_body.len().to_string().as_bytes()),
+            );
+        }
+        Flow::Continue
+    }
+
+    /// A rewritten stream ended: its usage, record and findings.
+    fn end_stream(&mut self, host: &mut dyn Host, rewriter: &StreamRewriter, text: &SharedMasking) {
+        if let Some(usage) = rewriter.usage() {
+            host.set_filter_state(state::USAGE, usage.to_string().as_bytes());
+            self.audit.usage = Some(usage.clone());
+        }
+        self.audit.recorded_response = stream_record(rewriter, text);
+        self.record_outcome(host, text.outcome());
+    }
+
+    // ---------------------------------------------------------------------
+    // Answers and the audit record
+
+    fn set_decision(&mut self, host: &mut dyn Host, decision: Decision) {
+        self.audit.decision = decision;
+        host.set_filter_state(state::DECISION, decision.as_str().as_bytes());
+    }
+
+    /// Adds what the rules found, for the access log; a forwarded request
+    /// whose answer the rules rewrote is `masked`, not `allowed`.
+    fn record_outcome(&mut self, host: &mut dyn Host, outcome: Outcome) {
+        self.audit.outcome.merge(outcome);
+        let summary = self.audit.outcome.summary();
+        if !summary.is_empty() {
+            host.set_filter_state(state::RULES, summary.as_bytes());
+        }
+        if self.audit.decision == Decision::Allowed && self.audit.outcome.rewrote() {
+            self.set_decision(host, Decision::Masked);
+        }
+    }
+
+    /// Answers the request in the provider's format; nothing goes upstream.
+    fn reply(&mut self, host: &mut dyn Host, rejection: Rejection) -> Flow {
+        self.set_decision(host, request::decision_for(&rejection));
+        self.audit.reason = Some(rejection.error.code);
+        host.set_filter_state(state::REASON, rejection.error.code.as_str().as_bytes());
+        let local = rejection.error.render(rejection.api);
+        let mut headers: Vec<(&str, &str)> = local
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        headers.push((MARK_HEADER, crate::VERSION));
+        if let Err(e) = host.send_reply(local.status, &headers, &local.body) {
+            host.log(
+                Level::Error,
+                &format!("warden: cannot send a local reply: {}", e.0),
+            );
+        }
+        self.phase = Phase::Answered;
+        Flow::Pause
+    }
+
+    fn internal_error(&mut self, host: &mut dyn Host, api: Api, what: &str) -> Flow {
+        host.log(Level::Error, &format!("warden: {what}"));
+        self.reply(host, internal(api))
+    }
+
+    /// The session record of this exchange for the control plane, if the
+    /// policy records sessions and a control plane is configured.
+    fn session_record(&mut self, host: &mut dyn Host) -> Option<Vec<u8>> {
+        if !self.audit.records_to_control_plane {
+            return None;
+        }
+        let policy = self.audit.policy.clone()?;
+        if policy.record == Record::Off {
+            return None;
+        }
+        let id = host.request_id().filter(|v| !v.is_empty())?;
+        let status = host.response_status();
+        let audit = &mut self.audit;
+        let forwarded = audit.decision.forwarded();
+        let masked = policy.record == Record::Masked;
+        let identity = audit.identity.as_ref();
+        let record = SessionRecord {
+            id,
+            time: crate::control::rfc3339_millis(host.now_millis()),
+            issuer: identity.map(|i| i.issuer.clone()),
+            subject: identity.map(|i| i.subject.clone()),
+            groups: identity.map(|i| i.groups.clone()).unwrap_or_default(),
+            provider: audit.provider.clone(),
+            model: audit.model.clone(),
+            route: audit.route.clone(),
+            policy_version: policy.published_version.unwrap_or(0),
+            decision: audit.decision.as_str().to_owned(),
+            reason: audit.reason.map(|r| r.as_str().to_owned()),
+            rules: audit.outcome.summary(),
+            approval_id: audit.approval_id.clone(),
+            status,
+            usage: audit.usage.take(),
+            record: policy.record,
+            // A refused request's body may hold the value that refused it
+            // (block and approval rules do not rewrite).
+            request: if masked && forwarded {
+                audit.recorded_request.take()
+            } else {
+                None
+            },
+            response: if masked {
+                audit.recorded_response.take()
+            } else {
+                None
+            },
+        };
+        serde_json::to_vec(&record).ok()
+    }
+}
+
+fn internal(api: Api) -> Rejection {
+    Rejection {
+        api,
+        error: GatewayError::new(
+            ErrorKind::Unavailable,
+            Reason::Internal,
+            "the gateway could not process the request",
+        ),
+    }
+}
+
+/// The session record's `response` for a stream, from the transcript its
+/// masking kept (none unless the policy records masked sessions).
+fn stream_record(rewriter: &StreamRewriter, text: &SharedMasking) -> Option<Value> {
+    text.take_transcript()
+        .map(|t| t.to_record(rewriter.api(), rewriter.events()))
+}
+
+/// A policy-controlled name made safe for a stat name: `[a-z0-9_-]` only.
+pub fn stat_segment(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
