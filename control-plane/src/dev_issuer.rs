@@ -42,7 +42,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -54,6 +53,9 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::clock::unix_now;
 
 /// Sub-directory of the data directory that holds the dev issuer's keys.
 pub const KEY_DIR_NAME: &str = "dev-issuer";
@@ -712,7 +714,8 @@ impl DevIssuer {
             ));
         }
         let computed = b64url(&Sha256::digest(verifier.as_bytes()));
-        if !constant_time_eq(computed.as_bytes(), issued.code_challenge.as_bytes()) {
+        // Without an early exit: timing does not tell how much matched.
+        if !bool::from(computed.as_bytes().ct_eq(issued.code_challenge.as_bytes())) {
             return Err(grant("code_verifier does not match the code challenge"));
         }
 
@@ -835,11 +838,6 @@ fn is_base64url_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'
 }
 
-/// Compares without an early exit, so timing does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn check_string<'a>(what: &str, value: &'a str) -> Result<&'a str, MintError> {
     if value.is_empty() {
         return Err(MintError::Invalid(format!("{what} must not be empty")));
@@ -850,12 +848,6 @@ fn check_string<'a>(what: &str, value: &'a str) -> Result<&'a str, MintError> {
         )));
     }
     Ok(value)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 fn b64url(bytes: &[u8]) -> String {

@@ -23,6 +23,7 @@
 //! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash (a leaf the store and the sessions routes share) |
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
 //! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
+//! | [`clock`] | the wall clock (`unix_now`), read at the edges and passed down |
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
@@ -42,6 +43,7 @@ pub mod approvals;
 pub mod chain;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod dev_issuer;
 pub mod error;
 pub mod fields;

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use subtle::ConstantTimeEq as _;
@@ -23,6 +23,7 @@ use warden_engine::auth::{
     TokenSource,
 };
 
+use crate::clock::unix_now;
 use crate::error::ApiError;
 
 /// Header the gateways send their shared secret in.
@@ -331,13 +332,6 @@ async fn fetch_jwks(http: &reqwest::Client, issuer: &str) -> Result<KeySet, Stri
     KeySet::from_jwks(&body)
         .map(|(set, _)| set)
         .map_err(|e| format!("jwks: {e}"))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Checks the gateway secret header: 503 `gateway_secret_unset` when the
