@@ -58,8 +58,8 @@ impl Queue {
         batch
     }
 
-    /// Puts a failed batch back at the front, oldest first; returns how many
-    /// records did not fit (dropped).
+    /// Puts a failed batch back at the front, in its order; returns how many
+    /// records did not fit (the batch's oldest are dropped first).
     pub fn requeue(&mut self, batch: Vec<Vec<u8>>) -> u64 {
         let mut dropped = 0;
         for record in batch.into_iter().rev() {
@@ -71,5 +71,53 @@ impl Queue {
             self.records.push_front(record);
         }
         dropped
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_leave_in_order_in_bounded_batches() {
+        let mut q = Queue::default();
+        for i in 0..450u32 {
+            assert!(q.push(i.to_be_bytes().to_vec()));
+        }
+        let first = q.take_batch();
+        assert_eq!(first.len(), BATCH_RECORDS);
+        assert_eq!(first[0], 0u32.to_be_bytes());
+        assert_eq!(q.take_batch()[0], 200u32.to_be_bytes());
+        assert_eq!(q.take_batch().len(), 50);
+        assert!(q.is_empty() && q.take_batch().is_empty());
+        // Bytes bound a batch too, but a record larger than a batch still leaves.
+        q.push(vec![0; BATCH_BYTES - 10]);
+        q.push(vec![1; 20]);
+        assert_eq!(q.take_batch().len(), 1);
+        q.push(vec![2; BATCH_BYTES + 1]);
+        assert_eq!(q.take_batch().len(), 1, "the 20 bytes");
+        assert_eq!(q.take_batch()[0].len(), BATCH_BYTES + 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_a_failed_batch_goes_back_first() {
+        let mut q = Queue::default();
+        for _ in 0..MAX_RECORDS {
+            assert!(q.push(vec![7]));
+        }
+        assert!(!q.push(vec![8]), "full by count");
+        let batch = q.take_batch();
+        q.push(vec![9]);
+        // Back at the front in order; when there is room for only 199 of
+        // the 205, the 6 oldest are dropped and counted.
+        let mut more = batch.clone();
+        more.extend(vec![vec![6]; 5]);
+        assert_eq!(q.requeue(more), 6);
+        assert_eq!(q.records.len(), MAX_RECORDS);
+        assert_eq!(q.take_batch()[0], vec![7]);
+        let mut q = Queue::default();
+        assert!(q.push(vec![0; MAX_BYTES]));
+        assert!(!q.push(vec![0]), "full by bytes");
     }
 }
