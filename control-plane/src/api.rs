@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::approvals::{
-    self, ApprovalView, ConsumeRequest, DecideRequest, OpenRequest, MAX_WAIT_MS,
+    self, ApprovalBinding, ApprovalView, DecideRequest, OpenRequest, MAX_WAIT_MS,
 };
 use crate::error::ApiError;
 use crate::fields::logged;
@@ -407,7 +407,7 @@ async fn consume_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<ConsumeRequest>, JsonRejection>,
+    body: Result<Json<ApprovalBinding>, JsonRejection>,
 ) -> Result<Json<ApprovalView>, ApiError> {
     gateway(&state, &headers)?;
     let Json(request) = body?;

@@ -29,51 +29,14 @@ pub const MAX_GROUPS: usize = 100;
 /// Longest `wait` the server holds a request open.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
-/// `POST /v1/approvals`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenRequest {
-    /// `hold` or `ticket`.
-    pub mode: String,
-    pub issuer: String,
-    pub subject: String,
-    /// The token's own `sub`, whatever the filter's claim mapping.
-    #[serde(default)]
-    pub token_subject: Option<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub email: Option<String>,
-    pub provider: String,
-    #[serde(default)]
-    pub model: Option<String>,
-    pub route: String,
-    pub rule: String,
-    pub policy_version: i64,
-    pub body_sha256: String,
-    pub masked_prompt: String,
-    pub approvers: Vec<String>,
-    pub ttl_seconds: u64,
-}
-
-/// `POST /v1/approvals/{id}/consume`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumeRequest {
-    pub issuer: String,
-    pub subject: String,
-    pub body_sha256: String,
-    pub rule: String,
-    pub provider: String,
-    pub model: Option<String>,
-    pub route: String,
-    pub policy_version: i64,
-}
+/// `POST /v1/approvals` and `POST /v1/approvals/{id}/consume`: the filter's
+/// own types, one definition of the wire format for both sides.
+pub use warden_engine::control::{ApprovalBinding, ApprovalRequest as OpenRequest};
 
 /// Whether `request` is the request `row` was opened for: the same
 /// requester, body, rule, provider, model, route and policy version (an
 /// approval for `count_tokens` is not one for `messages`).
-pub fn binds(row: &ApprovalRow, request: &ConsumeRequest) -> bool {
+pub fn binds(row: &ApprovalRow, request: &ApprovalBinding) -> bool {
     row.issuer == request.issuer
         && row.subject == request.subject
         && row.body_sha256 == request.body_sha256
@@ -81,7 +44,7 @@ pub fn binds(row: &ApprovalRow, request: &ConsumeRequest) -> bool {
         && row.provider == request.provider
         && row.model == request.model.as_deref().unwrap_or_default()
         && row.route == request.route
-        && row.policy_version == request.policy_version
+        && u64::try_from(row.policy_version).ok() == Some(request.policy_version)
 }
 
 /// Whether `who` made the request `row` holds. The filter and the control
@@ -194,9 +157,6 @@ pub fn approvers(row: &ApprovalRow) -> Vec<String> {
 
 /// Checks a gateway's request and turns it into a new pending row.
 pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String> {
-    if request.mode != "hold" && request.mode != "ticket" {
-        return Err("`mode` must be `hold` or `ticket`".into());
-    }
     // What binds or routes the approval is refused when too long, never cut
     // (two values differing past the cut would match one approval).
     const MAX: usize = crate::fields::MAX_STORED_BYTES;
@@ -235,19 +195,19 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
             "`approvers` must name at most {MAX_GROUPS} groups of at most {MAX} bytes"
         ));
     }
-    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
+    let ttl_seconds = u64::from(request.ttl_seconds);
+    if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
         return Err(format!(
             "`ttl_seconds` must be between 1 and {MAX_TTL_SECONDS}"
         ));
     }
-    if request.policy_version < 0 {
-        return Err("`policy_version` must not be negative".into());
-    }
-    let ttl_ms = i64::try_from(request.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let policy_version = i64::try_from(request.policy_version)
+        .map_err(|_| "`policy_version` is out of range".to_string())?;
+    let ttl_ms = i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     Ok(ApprovalRow {
         id: new_id(),
         status: "pending".into(),
-        mode: request.mode,
+        mode: request.mode.name().to_owned(),
         issuer: request.issuer,
         subject: request.subject,
         token_subject: request
@@ -261,7 +221,7 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         model: request.model.unwrap_or_default(),
         route: request.route,
         rule: request.rule,
-        policy_version: request.policy_version,
+        policy_version,
         body_sha256: request.body_sha256,
         masked_prompt: crate::fields::bound(&request.masked_prompt, MAX_PROMPT_BYTES).into_owned(),
         approvers_json: serde_json::to_string(&approvers).unwrap_or_else(|_| "[]".into()),
@@ -320,7 +280,7 @@ mod tests {
 
     fn request() -> OpenRequest {
         OpenRequest {
-            mode: "hold".into(),
+            mode: warden_engine::policy::ApprovalMode::Hold,
             issuer: "https://idp".into(),
             subject: "alice".into(),
             token_subject: None,
@@ -385,9 +345,14 @@ mod tests {
         let mut bad = request();
         bad.body_sha256 = "A".repeat(64);
         assert!(new_row(bad, 0).is_err());
-        let mut bad = request();
-        bad.mode = "later".into();
-        assert!(new_row(bad, 0).is_err());
+        // An unknown mode (or field) is refused as the body is read.
+        let mut bad = serde_json::to_value(request()).unwrap();
+        bad["mode"] = "later".into();
+        assert!(serde_json::from_value::<OpenRequest>(bad.clone()).is_err());
+        bad["mode"] = "ticket".into();
+        assert!(serde_json::from_value::<OpenRequest>(bad.clone()).is_ok());
+        bad["extra"] = 1.into();
+        assert!(serde_json::from_value::<OpenRequest>(bad).is_err());
         let mut bad = request();
         bad.approvers = vec![" ".into()];
         assert!(new_row(bad, 0).is_err());

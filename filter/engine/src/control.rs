@@ -241,17 +241,24 @@ pub struct ApprovalAnswer {
     pub url: Option<String>,
 }
 
-/// The request that needs an approval, as the control plane binds it.
-#[derive(Debug, Clone, Serialize)]
+/// The request that needs an approval (`POST /v1/approvals`): the filter
+/// sends it, the control plane reads it into the same type (one definition
+/// of the wire format).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApprovalRequest {
     pub mode: ApprovalMode,
     pub issuer: String,
     pub subject: String,
     /// The token's own `sub` ([`Identity::token_subject`]).
+    #[serde(default)]
     pub token_subject: Option<String>,
+    #[serde(default)]
     pub groups: Vec<String>,
+    #[serde(default)]
     pub email: Option<String>,
     pub provider: String,
+    #[serde(default)]
     pub model: Option<String>,
     /// [`crate::request::route_of`] the upstream path.
     pub route: String,
@@ -296,6 +303,37 @@ impl ApprovalRequest {
             ttl_seconds: approval.ttl_seconds,
         }
     }
+
+    /// What an approval given for this request is bound to.
+    pub fn binding(&self) -> ApprovalBinding {
+        ApprovalBinding {
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            body_sha256: self.body_sha256.clone(),
+            rule: self.rule.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            route: self.route.clone(),
+            policy_version: self.policy_version,
+        }
+    }
+}
+
+/// Everything an approval was given for (`POST /v1/approvals/{id}/consume`):
+/// one approved for another requester, body, rule, provider, model, route
+/// or policy version is not this request's. The filter sends it; the control
+/// plane compares it with what the approval was opened for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBinding {
+    pub issuer: String,
+    pub subject: String,
+    pub body_sha256: String,
+    pub rule: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub route: String,
+    pub policy_version: u64,
 }
 
 /// One call to make to the control plane.
@@ -340,7 +378,7 @@ pub struct ApprovalFlow {
     call_timeout_ms: u64,
     stage: Stage,
     id: Option<String>,
-    binding: Value,
+    binding: ApprovalBinding,
 }
 
 impl ApprovalFlow {
@@ -353,18 +391,7 @@ impl ApprovalFlow {
         call_timeout_ms: u64,
         now_ms: u64,
     ) -> (Self, Call) {
-        // Everything an approval was given for: one approved for another
-        // route, rule, model or policy version is not this request's.
-        let binding = serde_json::json!({
-            "issuer": request.issuer,
-            "subject": request.subject,
-            "body_sha256": request.body_sha256,
-            "rule": request.rule,
-            "provider": request.provider,
-            "model": request.model,
-            "route": request.route,
-            "policy_version": request.policy_version,
-        });
+        let binding = request.binding();
         let flow = Self {
             api,
             rule: request.rule.clone(),

@@ -227,7 +227,7 @@ enum Phase {
     /// token of the call in flight).
     AwaitingApproval {
         authorized: Authorized,
-        flow: ApprovalFlow,
+        flow: Box<ApprovalFlow>,
         call: u32,
     },
     /// Let go upstream; the response is handled as `response` says.
@@ -990,14 +990,14 @@ impl Exchange {
             cp.timeout_ms,
             host.now_millis(),
         );
-        self.call_control_plane(host, authorized, flow, call)
+        self.call_control_plane(host, authorized, Box::new(flow), call)
     }
 
     fn call_control_plane(
         &mut self,
         host: &mut dyn Host,
         authorized: Authorized,
-        flow: ApprovalFlow,
+        flow: Box<ApprovalFlow>,
         call: Call,
     ) -> Flow {
         let config = authorized.request.config.clone();
@@ -1038,7 +1038,7 @@ impl Exchange {
         &mut self,
         host: &mut dyn Host,
         authorized: Authorized,
-        mut flow: ApprovalFlow,
+        mut flow: Box<ApprovalFlow>,
         status: Option<u32>,
         body: &[u8],
     ) -> Flow {
