@@ -719,20 +719,9 @@ fn approval_request(subject: &str, body_char: &str, ttl: u64) -> Value {
 fn binding(issuer: &str, subject: &str, body_char: &str) -> Value {
     let mut request = approval_request(subject, body_char, 1);
     request["issuer"] = json!(issuer);
-    let keys = [
-        "issuer",
-        "subject",
-        "body_sha256",
-        "rule",
-        "provider",
-        "model",
-        "route",
-        "policy_version",
-    ];
-    json!(keys
-        .iter()
-        .map(|k| (k.to_string(), request[*k].clone()))
-        .collect::<serde_json::Map<String, Value>>())
+    let opened: warden_control_plane::approvals::OpenRequest =
+        serde_json::from_value(request).unwrap();
+    serde_json::to_value(opened.binding()).unwrap()
 }
 
 /// A token from the same issuer as the gateway's requests: the dev issuer's

@@ -724,19 +724,10 @@ mod tests {
         };
         assert_eq!(consume.path, "/v1/approvals/apr_1/consume");
         // The use is checked against everything the approval was given for.
-        let bound: Value = serde_json::from_slice(consume.body.as_deref().unwrap()).unwrap();
-        for key in [
-            "issuer",
-            "subject",
-            "body_sha256",
-            "rule",
-            "provider",
-            "model",
-            "route",
-            "policy_version",
-        ] {
-            assert_eq!(bound[key], sent[key], "{key}");
-        }
+        let bound: ApprovalBinding =
+            serde_json::from_slice(consume.body.as_deref().unwrap()).unwrap();
+        let opened: ApprovalRequest = serde_json::from_value(sent).unwrap();
+        assert_eq!(bound, opened.binding());
         assert!(matches!(
             flow.on_answer(Some(200), b"{}", 55_100),
             Next::Forward { approval_id } if approval_id == "apr_1"

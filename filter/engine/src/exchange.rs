@@ -339,17 +339,7 @@ impl Exchange {
     ) -> Flow {
         self.set_decision(host, Decision::Undecided);
         let Some(start) = start else {
-            return self.reply(
-                host,
-                Rejection {
-                    api: Api::Openai,
-                    error: GatewayError::new(
-                        ErrorKind::Unavailable,
-                        Reason::NotConfigured,
-                        "the gateway has no valid configuration yet",
-                    ),
-                },
-            );
+            return self.reply(host, request::not_configured());
         };
         self.started_at = start.now_secs;
         let config = start.config;
@@ -559,7 +549,10 @@ impl Exchange {
         size: usize,
         end_of_stream: bool,
     ) -> Flow {
-        let (api, limit) = (self.api(), self.config().map_or(0, |c| c.max_body_bytes));
+        let (api, limit) = (
+            self.api(),
+            self.request().map_or(0, |r| r.config.max_body_bytes),
+        );
         let Phase::Forwarded { response, .. } = &mut self.phase else {
             return Flow::Continue;
         };
@@ -689,28 +682,21 @@ impl Exchange {
     // ---------------------------------------------------------------------
     // The request's way
 
-    fn config(&self) -> Option<&FilterConfig> {
+    /// The routed request, in the phases that have one.
+    fn request(&self) -> Option<&Request> {
         match &self.phase {
             Phase::Authenticating { request, .. } | Phase::ReadingBody { request, .. } => {
-                Some(&*request.config)
+                Some(request)
             }
             Phase::AwaitingApproval { authorized, .. } | Phase::Forwarded { authorized, .. } => {
-                Some(&*authorized.request.config)
+                Some(&authorized.request)
             }
             Phase::New | Phase::Answered => None,
         }
     }
 
     fn api(&self) -> Api {
-        match &self.phase {
-            Phase::Authenticating { request, .. } | Phase::ReadingBody { request, .. } => {
-                request.api
-            }
-            Phase::AwaitingApproval { authorized, .. } | Phase::Forwarded { authorized, .. } => {
-                authorized.request.api
-            }
-            Phase::New | Phase::Answered => Api::Openai,
-        }
+        self.request().map_or(Api::Openai, |r| r.api)
     }
 
     /// Notes more of the body; `Err` holds the answer when it is too large.

@@ -79,13 +79,6 @@ reasons! {
     ResponseUninspectable => "warden.response_uninspectable",
 }
 
-/// So tests and callers can compare with the wire code.
-impl PartialEq<&str> for Reason {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

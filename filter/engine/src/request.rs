@@ -595,6 +595,16 @@ pub fn approvals_disabled(api: Api, rule: &str) -> Rejection {
     )
 }
 
+/// The refusal on a worker without a valid configuration (fail closed).
+pub fn not_configured() -> Rejection {
+    Rejection::new(
+        Api::Openai,
+        ErrorKind::Unavailable,
+        Reason::NotConfigured,
+        "the gateway has no valid configuration yet",
+    )
+}
+
 /// The refusal while the control plane has been out of reach for longer
 /// than the configured bound.
 pub fn policy_stale(api: Api, silent_for: u64) -> Rejection {

@@ -13,7 +13,6 @@ use proxy_wasm::types::{Action, LogLevel, Status};
 use warden_engine::config::FilterConfig;
 use warden_engine::exchange::{Exchange, Flow, Host, HostError, HostResult, Level, Refetch, Start};
 use warden_engine::headers::Headers;
-use warden_engine::reason::Reason;
 use warden_engine::request::{self, AuthStep, KeyView};
 
 use crate::{host, keys, Vm};
@@ -123,7 +122,8 @@ impl Host for HostCalls<'_> {
         may_fetch: bool,
     ) -> AuthStep {
         let Some(vm) = self.vm else {
-            return AuthStep::Rejected(no_worker());
+            // Only reachable without a worker, which never starts an exchange.
+            return AuthStep::Rejected(request::not_configured());
         };
         let mut vm = vm.borrow_mut();
         vm.refresh_missing_keys();
@@ -191,18 +191,6 @@ impl Host for HostCalls<'_> {
     fn response_status(&mut self) -> Option<u64> {
         host::property(&["response", "code"])
             .and_then(|v| v.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)))
-    }
-}
-
-/// Only reachable without a worker, which never starts an exchange.
-fn no_worker() -> request::Rejection {
-    request::Rejection {
-        api: warden_engine::provider::Api::Openai,
-        error: warden_engine::provider::GatewayError::new(
-            warden_engine::provider::ErrorKind::Unavailable,
-            Reason::NotConfigured,
-            "the gateway has no valid configuration yet",
-        ),
     }
 }
 

@@ -928,29 +928,24 @@ rules:
         let policy =
             policy_of(&["{name: keys, detect: aws_access_key_id, action: block}".to_string()]);
         let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Request);
-        let mut body = json!({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "AKIAIOSF"}, {"type": "text", "text": "ODNN7EXAMPLE"}]}]});
-        let (outcome, _) = inspect_value(
-            &policy,
-            &active,
-            Direction::Request,
-            &mut body,
-            &mut Vault::default(),
-            &key,
-        );
+        let inspect = |mut body: Value| {
+            let mut vault = Vault::default();
+            inspect_value(
+                &policy,
+                &active,
+                Direction::Request,
+                &mut body,
+                &mut vault,
+                &key,
+            )
+        };
+        let (outcome, _) = inspect(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "AKIAIOSF"}, {"type": "text", "text": "ODNN7EXAMPLE"}]}]}));
         assert_eq!(outcome.stop(), Some(("keys".to_string(), Action::Block)));
         // Separate messages and separate list items are not joined.
-        let mut body = json!({"messages": [
+        let (outcome, changed) = inspect(json!({"messages": [
             {"role": "user", "content": "AKIAIOSF"}, {"role": "user", "content": "ODNN7EXAMPLE"}],
-            "stop": ["AKIAIOSF", "ODNN7EXAMPLE"]});
-        let (outcome, changed) = inspect_value(
-            &policy,
-            &active,
-            Direction::Request,
-            &mut body,
-            &mut Vault::default(),
-            &key,
-        );
+            "stop": ["AKIAIOSF", "ODNN7EXAMPLE"]}));
         assert!(!changed && outcome.stop().is_none());
     }
 
