@@ -31,7 +31,7 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 
 /// `POST /v1/approvals` and `POST /v1/approvals/{id}/consume`: the filter's
 /// own types, one definition of the wire format for both sides.
-pub use warden_engine::control::{ApprovalBinding, ApprovalRequest as OpenRequest};
+pub use warden_engine::protocol::{ApprovalBinding, ApprovalRequest as OpenRequest};
 
 /// Whether `request` is the request `row` was opened for: the same
 /// requester, body, rule, provider, model, route and policy version (an
@@ -280,7 +280,7 @@ mod tests {
 
     fn request() -> OpenRequest {
         OpenRequest {
-            mode: warden_engine::policy::ApprovalMode::Hold,
+            mode: warden_engine::protocol::ApprovalMode::Hold,
             issuer: "https://idp".into(),
             subject: "alice".into(),
             token_subject: None,

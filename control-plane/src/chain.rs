@@ -3,7 +3,7 @@
 //! with it, the sessions routes verify with it.
 //!
 //! Row `seq` holds the record's canonical JSON (the engine's
-//! [`warden_engine::control::canonical_json`], the same rule approvals bind
+//! [`warden_engine::protocol::canonical_json`], the same rule approvals bind
 //! requests with) and `hash = sha256_hex(prev_hash || "\n" || record)`, where
 //! `prev_hash` is row `seq - 1`'s hash ([`GENESIS_HASH`] for the first).
 
@@ -15,7 +15,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// The text a record is stored and hashed as: keys sorted explicitly, so
 /// the chain does not depend on how serde_json happens to order a map.
 pub fn record_text(record: &Value) -> String {
-    warden_engine::control::canonical_json(record)
+    warden_engine::protocol::canonical_json(record)
 }
 
 /// `sha256_hex(prev_hash || "\n" || record)`.

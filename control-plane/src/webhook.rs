@@ -187,7 +187,7 @@ mod tests {
 
     fn view() -> ApprovalView {
         let request = crate::approvals::OpenRequest {
-            mode: warden_engine::policy::ApprovalMode::Hold,
+            mode: warden_engine::protocol::ApprovalMode::Hold,
             issuer: "https://idp".into(),
             subject: "alice".into(),
             token_subject: None,

@@ -5,26 +5,15 @@
 //! configuration, not silently turn a protection off.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use serde::Deserialize;
 
 use crate::auth::{AuthenticationDoc, Authenticator};
+use crate::document::{parse_document, ConfigError, Secret};
 use crate::control::{ControlPlane, ControlPlaneDoc};
 use crate::inspect::mask::HashKey;
 use crate::policy::{Policy, PolicyDoc};
 use crate::provider::Api;
-
-/// Why a configuration was refused. The message names the field.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("the plugin configuration is empty")]
-    Empty,
-    #[error("the plugin configuration does not parse: {0}")]
-    Syntax(String),
-    #[error("the plugin configuration is invalid: {0}")]
-    Invalid(String),
-}
 
 /// The document as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -123,26 +112,6 @@ pub struct CredentialDoc {
     /// Scheme before the key (`Bearer`); defaults to the API's own.
     #[serde(default)]
     pub scheme: Option<String>,
-}
-
-/// A provider key. Its `Debug` never shows the value, so it cannot end up in a
-/// log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
 }
 
 /// A provider ready for the request path.
@@ -377,16 +346,6 @@ impl FilterConfig {
             .filter(|(_, p)| path.starts_with(p.path_prefix.as_bytes()))
             .max_by_key(|(_, p)| p.path_prefix.len())
     }
-}
-
-/// Parses JSON or YAML (a superset of JSON) into `T`, refusing empty input.
-pub fn parse_document<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| ConfigError::Syntax(format!("not UTF-8: {e}")))?;
-    if text.trim().is_empty() {
-        return Err(ConfigError::Empty);
-    }
-    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
 }
 
 fn is_name_byte(b: u8) -> bool {

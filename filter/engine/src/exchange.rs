@@ -24,23 +24,26 @@
 //! audit trail says is kept in one place ([`Audit`]), whatever way the
 //! exchange ends.
 
-use crate::reason::Reason;
+use crate::protocol::Reason;
 use std::rc::Rc;
 
 use serde_json::Value;
 
 use crate::auth::Identity;
 use crate::config::FilterConfig;
-use crate::control::{ApprovalFlow, ApprovalRequest, Call, Next, SessionRecord};
+use crate::control::{ApprovalFlow, Call, Next};
+use crate::protocol::{ApprovalRequest, Record, SessionRecord};
 use crate::endpoint::{endpoint_of, Endpoint};
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
 use crate::inspect::body::Shape;
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
-use crate::policy::{ActiveRules, Direction, Policy, Record};
+use crate::policy::{ActiveRules, Direction, Policy};
 use crate::provider::{Api, ErrorKind, GatewayError};
-use crate::request::{self, AuthStep, Decision, Rejection};
+use crate::protocol::Decision;
+use crate::provider::Rejection;
+use crate::request::{self, AuthStep};
 
 /// Header set on every response the filter handled (proxied or answered).
 pub const MARK_HEADER: &str = "x-warden";
@@ -954,7 +957,7 @@ impl Exchange {
         // Bound to the request as the client sent it, so the same request
         // sent again (ticket mode) matches and an edited one does not.
         let body_sha256 = match request::parse_body(api, original) {
-            Ok(doc) => crate::control::canonical_sha256(&doc),
+            Ok(doc) => crate::protocol::canonical_sha256(&doc),
             Err(rejection) => return self.reply(host, rejection),
         };
         let ask = ApprovalRequest::new(
@@ -1289,7 +1292,7 @@ impl Exchange {
 
     /// Answers the request in the provider's format; nothing goes upstream.
     fn reply(&mut self, host: &mut dyn Host, rejection: Rejection) -> Flow {
-        self.set_decision(host, request::decision_for(&rejection));
+        self.set_decision(host, rejection.decision());
         self.audit.reason = Some(rejection.error.code);
         host.set_filter_state(state::REASON, rejection.error.code.as_str().as_bytes());
         let local = rejection.error.render(rejection.api);
@@ -1332,7 +1335,7 @@ impl Exchange {
         let identity = audit.identity.as_ref();
         let record = SessionRecord {
             id,
-            time: crate::control::rfc3339_millis(host.now_millis()),
+            time: crate::protocol::rfc3339_millis(host.now_millis()),
             issuer: identity.map(|i| i.issuer.clone()),
             subject: identity.map(|i| i.subject.clone()),
             groups: identity.map(|i| i.groups.clone()).unwrap_or_default(),
@@ -1340,8 +1343,8 @@ impl Exchange {
             model: audit.model.clone(),
             route: audit.route.clone(),
             policy_version: policy.published_version.unwrap_or(0),
-            decision: audit.decision.as_str().to_owned(),
-            reason: audit.reason.map(|r| r.as_str().to_owned()),
+            decision: audit.decision,
+            reason: audit.reason,
             rules: audit.outcome.summary(),
             approval_id: audit.approval_id.clone(),
             status,

@@ -29,8 +29,18 @@
 //! - [`exchange`]: one request and its response as a state machine over
 //!   those steps: host callbacks in, host actions out through a `Host`
 //!   trait, so the whole exchange is tested without Envoy.
-//! - [`reason`]: the `warden.*` codes of the gateway's own answers.
+//! - [`protocol`]: what crosses a process boundary, defined once for the
+//!   filter, the control plane and the CLI: reason codes, decisions, the
+//!   approval and session messages, the canonical JSON.
+//! - [`document`]: parsing a configuration document, its error, `Secret`.
 //! - [`headers`]: a read-only view of request headers as raw bytes.
+//!
+//! Dependencies point one way, from the request path down to the leaves:
+//! `exchange` -> `request` -> `config` -> `control` -> `policy` ->
+//! `inspect::{detect, mask}`, with `inspect::{apply, sse}` (the policy applied
+//! to bodies and streams) between `request` and `policy`; everything rests on
+//! `provider`, `endpoint`, `path`, `headers`, and the leaves `protocol` and
+//! `document`. No file imports one that imports it back.
 //!
 //! The proxy-wasm adapter (`filter/wasm`) implements `exchange::Host` with
 //! host calls and feeds the exchange its callbacks; nothing in it decides.
@@ -42,14 +52,15 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod document;
 pub mod endpoint;
 pub mod exchange;
 pub mod headers;
 pub mod inspect;
 pub mod path;
 pub mod policy;
+pub mod protocol;
 pub mod provider;
-pub mod reason;
 pub mod request;
 
 /// The filter's version, sent in the `x-warden` response header so a client

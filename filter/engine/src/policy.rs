@@ -45,14 +45,15 @@
 //! `over_clearance` says). A rule without a level is `restricted`: it always
 //! acts unless a group is cleared for restricted data.
 
-use crate::reason::Reason;
+use crate::protocol::Reason;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use wildmatch::WildMatch;
 
 use crate::auth::Identity;
-use crate::config::{parse_document, ConfigError};
+use crate::document::{parse_document, ConfigError};
+use crate::protocol::{ApprovalMode, Record};
 use crate::endpoint::Endpoint;
 use crate::inspect::detect::{Builtin, DetectorSet, MatcherSpec};
 use crate::inspect::mask::{Action, Edit};
@@ -81,42 +82,6 @@ pub struct PolicyDoc {
     /// What the audit trail keeps of each exchange.
     #[serde(default)]
     pub record: Record,
-}
-
-/// How a request that needs an approval is handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum ApprovalMode {
-    /// The request waits (paused in Envoy) until decided or timed out.
-    #[default]
-    Hold,
-    /// Refused at once with the approval's id; once approved, the same
-    /// request from the same caller passes, once.
-    Ticket,
-}
-
-impl ApprovalMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            ApprovalMode::Hold => "hold",
-            ApprovalMode::Ticket => "ticket",
-        }
-    }
-}
-
-/// What the audit trail keeps of each exchange.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum Record {
-    /// Nothing beyond the access log.
-    Off,
-    /// Who, what model, the decision and rules: no text.
-    #[default]
-    Metadata,
-    /// The request and response after masking (never the raw text).
-    Masked,
 }
 
 /// Longest hold: below Envoy's default `stream_idle_timeout` (5 min), which

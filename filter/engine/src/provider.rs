@@ -5,7 +5,7 @@
 //! user (the `openai` SDK raises `PermissionDeniedError` with our message, the
 //! `anthropic` SDK likewise).
 
-use crate::reason::Reason;
+use crate::protocol::{Decision, Reason};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -152,6 +152,35 @@ impl GatewayError {
             status: self.kind.status(),
             headers,
             body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+/// A request the gateway answers itself, in the API format of the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub api: Api,
+    pub error: GatewayError,
+}
+
+impl Rejection {
+    pub fn new(api: Api, kind: ErrorKind, code: Reason, message: impl Into<String>) -> Self {
+        Self {
+            api,
+            error: GatewayError::new(kind, code, message),
+        }
+    }
+
+    /// The decision this answer records in the audit trail and the counters.
+    pub fn decision(&self) -> Decision {
+        match (self.error.kind, self.error.code) {
+            (_, Reason::ApprovalRequired | Reason::ApprovalPending) => Decision::ApprovalPending,
+            (_, Reason::Blocked | Reason::StreamUnknown | Reason::ResponseUninspectable) => {
+                Decision::Blocked
+            }
+            (ErrorKind::Unauthenticated, _) => Decision::Unauthenticated,
+            (ErrorKind::PermissionDenied, _) => Decision::Denied,
+            _ => Decision::Error,
         }
     }
 }

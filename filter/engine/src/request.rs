@@ -12,7 +12,7 @@
 //!    on the body's text (rewrite in place; 403 for a block).
 //! 5. [`forward_plan`]: the headers to remove and to set before upstream.
 
-use crate::reason::Reason;
+use crate::protocol::Reason;
 use serde_json::Value;
 
 use crate::auth::cache::TokenCache;
@@ -25,28 +25,12 @@ use crate::inspect::apply::{inspect_value, Outcome};
 use crate::inspect::body::{each_text, parse_strict};
 use crate::inspect::mask::{Action, Vault};
 use crate::policy::{Denial, Direction, Policy};
-use crate::provider::{Api, ErrorKind, GatewayError};
+use crate::provider::{Api, ErrorKind, Rejection};
 
 /// Header prefix the gateway owns. A client must not be able to set these:
 /// anything downstream that trusts them (upstream services, access logs)
 /// would trust a forgery.
 pub const GATEWAY_HEADER_PREFIX: &str = "x-warden-";
-
-/// A request the gateway answers itself, in the API format of the route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub api: Api,
-    pub error: GatewayError,
-}
-
-impl Rejection {
-    fn new(api: Api, kind: ErrorKind, code: Reason, message: impl Into<String>) -> Self {
-        Self {
-            api,
-            error: GatewayError::new(kind, code, message),
-        }
-    }
-}
 
 /// Step 1: the index of the provider routed at this request's path, which
 /// must be canonical ([`crate::path`]: one reading for Envoy's route, the
@@ -525,63 +509,6 @@ pub fn inspect_query(
         None => Ok(()),
     };
     (outcome, verdict)
-}
-
-/// What the gateway did with a request, as the audit trail, the access log
-/// and the counters (`warden.requests.<decision>`) name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Decision {
-    /// Nothing was decided (the client left, the stream was reset): never
-    /// looks like a success.
-    #[default]
-    Undecided,
-    Allowed,
-    /// Forwarded with text the rules rewrote (either way).
-    Masked,
-    /// Forwarded once an approver said yes.
-    Approved,
-    ApprovalPending,
-    Blocked,
-    Unauthenticated,
-    Denied,
-    Error,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Undecided => "undecided",
-            Decision::Allowed => "allowed",
-            Decision::Masked => "masked",
-            Decision::Approved => "approved",
-            Decision::ApprovalPending => "approval_pending",
-            Decision::Blocked => "blocked",
-            Decision::Unauthenticated => "unauthenticated",
-            Decision::Denied => "denied",
-            Decision::Error => "error",
-        }
-    }
-
-    /// Whether the request went upstream.
-    pub fn forwarded(self) -> bool {
-        matches!(
-            self,
-            Decision::Allowed | Decision::Masked | Decision::Approved
-        )
-    }
-}
-
-/// The decision an answer records in the audit trail and the counters.
-pub fn decision_for(rejection: &Rejection) -> Decision {
-    match (rejection.error.kind, rejection.error.code) {
-        (_, Reason::ApprovalRequired | Reason::ApprovalPending) => Decision::ApprovalPending,
-        (_, Reason::Blocked | Reason::StreamUnknown | Reason::ResponseUninspectable) => {
-            Decision::Blocked
-        }
-        (ErrorKind::Unauthenticated, _) => Decision::Unauthenticated,
-        (ErrorKind::PermissionDenied, _) => Decision::Denied,
-        _ => Decision::Error,
-    }
 }
 
 /// The refusal of a request that needs an approval on a gateway without a

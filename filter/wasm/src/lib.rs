@@ -217,10 +217,10 @@ impl WardenRoot {
             return;
         }
         let batch = vm.audit.take_batch();
-        let body = warden_engine::control::sessions_batch(&batch);
+        let body = warden_engine::protocol::sessions_batch(&batch);
         let sent = host::dispatch(
             &cp.cluster,
-            cp.headers("POST", warden_engine::control::SESSIONS_PATH),
+            cp.headers("POST", warden_engine::protocol::SESSIONS_PATH),
             Some(&body),
             Duration::from_millis(cp.timeout_ms),
         );

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use proxy_wasm::types::LogLevel;
 use warden_engine::config::FilterConfig;
-use warden_engine::control::{
-    parse_published_policy, ControlPlane, PublishedPolicy, ACTIVE_POLICY_PATH,
-};
+use warden_engine::control::{parse_published_policy, ControlPlane, PublishedPolicy};
+use warden_engine::protocol::ACTIVE_POLICY_PATH;
 
 use crate::host;
 

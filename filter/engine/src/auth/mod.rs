@@ -20,7 +20,7 @@ pub mod identity;
 pub mod jwks;
 pub mod keys;
 
-use crate::reason::Reason;
+use crate::protocol::Reason;
 use std::collections::HashSet;
 
 use base64::Engine;
@@ -28,7 +28,7 @@ use jwt_simple::prelude::{Duration, Token, VerificationOptions};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::ConfigError;
+use crate::document::ConfigError;
 use crate::headers::Headers;
 pub use identity::{ClaimPaths, ClaimPathsDoc, Identity};
 use jwks::KeySet;

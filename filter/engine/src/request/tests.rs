@@ -459,7 +459,7 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
             let (outcome, verdict) = inspect(&policy_of(&rules), &mut body);
             let rejection = verdict.unwrap_err();
             assert_eq!(rejection.error.code, Reason::Blocked, "{rules:?}");
-            assert_eq!(decision_for(&rejection).as_str(), "blocked");
+            assert_eq!(rejection.decision().as_str(), "blocked");
             assert_eq!(outcome.stop().map(|(_, a)| a), Some(Action::Block));
             assert!(!rejection.error.message.contains(&akia));
         }

@@ -62,7 +62,7 @@
 //! Responses API only, the text sent per channel (its done events repeat it,
 //! so it is kept until the stream ends).
 
-use crate::reason::Reason;
+use crate::protocol::Reason;
 use serde_json::{json, Map, Value};
 
 use super::parser::{Framed, SseParser};

@@ -79,6 +79,27 @@ reasons! {
     ResponseUninspectable => "warden.response_uninspectable",
 }
 
+impl Reason {
+    /// The reason a wire code names, if this build knows it.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == code)
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Reason::from_code(&code)
+            .ok_or_else(|| serde::de::Error::custom(format_args!("unknown reason code '{code}'")))
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -101,6 +122,10 @@ mod tests {
                 name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{code}"
             );
+            assert_eq!(Reason::from_code(code), Some(*reason));
+            let wire = serde_json::to_string(reason).unwrap();
+            assert_eq!(serde_json::from_str::<Reason>(&wire).unwrap(), *reason);
         }
+        assert!(serde_json::from_str::<Reason>("\"warden.nonsense\"").is_err());
     }
 }
