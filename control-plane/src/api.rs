@@ -43,7 +43,7 @@ use crate::approvals::{
 use crate::error::ApiError;
 use crate::fields::logged;
 use crate::policies::{self, CheckError};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{ApprovalRow, Decider, OpenOutcome, PolicyMeta, StoreError};
 use crate::user_auth::{check_gateway, Caller};
 

@@ -1,5 +1,6 @@
-//! The `warden` command line: clap definitions, and the client verbs that
-//! talk to a running control plane over HTTP.
+//! The `warden` command line: the clap definitions of the top-level
+//! verbs, `warden serve` and `warden token`, and [`run`], which dispatches
+//! every verb.
 //!
 //! ```text
 //! warden serve [--listen 127.0.0.1:8080] [--data-dir .warden]
@@ -15,7 +16,9 @@
 //!                 | verify                       [--server URL] [--token T] [--json]
 //! ```
 //!
-//! The policy and approvals verbs live in [`crate::client`].
+//! The verbs that talk to a running control plane (`token`'s HTTP call,
+//! `policy`, `approvals`, `sessions`: their arguments and what they do) live
+//! in [`crate::client`]; this module depends on it, never the reverse.
 //!
 //! `warden token` prints only the token on stdout, so
 //! `TOKEN=$(warden token --sub alice)` works; every message goes to stderr
@@ -24,18 +27,14 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use crate::dev_issuer::{SigningAlg, TokenRequest, TokenResponse, MAX_TTL_SECONDS};
-use crate::error::ErrorBody;
-use crate::server::{self, ServerConfig};
+use crate::client::{request_token, ApprovalsArgs, PolicyArgs, SessionsArgs, DEFAULT_SERVER};
+use crate::dev_issuer::{SigningAlg, TokenRequest, MAX_TTL_SECONDS};
+use crate::state::{self, ServerConfig};
 use crate::webhook::WebhookFormat;
-
-/// Default address of the control plane for client verbs.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
 /// Warden's control plane and its command-line client.
 #[derive(Debug, Parser)]
@@ -99,15 +98,15 @@ pub struct ServeArgs {
     pub issuers: Vec<String>,
 
     /// Accepted audience of people's tokens; may be repeated.
-    #[arg(long = "audience", value_name = "AUD", default_values_t = [server::DEFAULT_AUDIENCE.to_owned()])]
+    #[arg(long = "audience", value_name = "AUD", default_values_t = [state::DEFAULT_AUDIENCE.to_owned()])]
     pub audiences: Vec<String>,
 
     /// Group whose members may publish and activate policies.
-    #[arg(long, env = "WARDEN_ADMIN_GROUP", default_value = server::DEFAULT_ADMIN_GROUP)]
+    #[arg(long, env = "WARDEN_ADMIN_GROUP", default_value = state::DEFAULT_ADMIN_GROUP)]
     pub admin_group: String,
 
     /// OAuth client id of the approvers' page (ID tokens carry it as `aud`).
-    #[arg(long, default_value = server::DEFAULT_UI_CLIENT_ID)]
+    #[arg(long, default_value = state::DEFAULT_UI_CLIENT_ID)]
     pub ui_client_id: String,
 
     /// Issuer the approvers' page signs in with [default: the dev issuer with --dev].
@@ -128,7 +127,7 @@ pub struct ServeArgs {
     pub approval_webhook_format: WebhookFormat,
 
     /// Group whose members may read recorded sessions (the admin group may too).
-    #[arg(long, env = "WARDEN_AUDITOR_GROUP", default_value = crate::sessions::DEFAULT_AUDITOR_GROUP)]
+    #[arg(long, env = "WARDEN_AUDITOR_GROUP", default_value = state::DEFAULT_AUDITOR_GROUP)]
     pub auditor_group: String,
 
     /// Claim that names a person (dot-separated path), as the filter's
@@ -143,153 +142,6 @@ pub struct ServeArgs {
     /// Claim that holds a person's groups, as the filter's `claims.groups`.
     #[arg(long, env = "WARDEN_CLAIM_GROUPS", default_value = "groups")]
     pub claim_groups: String,
-}
-
-/// Where the client verbs find the control plane, and how they print.
-#[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
-    /// Control plane URL.
-    #[arg(long, global = true, env = "WARDEN_SERVER", default_value = DEFAULT_SERVER)]
-    pub server: String,
-
-    /// Your identity token (from your IdP; `warden token` in development).
-    #[arg(long, global = true, env = "WARDEN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-
-    /// Print the server's JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-/// `warden policy`.
-#[derive(Debug, Args)]
-pub struct PolicyArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: PolicyCommand,
-    /// Server, token, output.
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-/// `warden policy …`.
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Check a policy file offline with the filter's own compiler; one line
-    /// per problem (`FILE:LINE:COL: message`), exit 1 if any.
-    Validate {
-        /// The YAML file.
-        file: PathBuf,
-    },
-    /// Publish a policy file as a new version (and make it active).
-    Push {
-        /// The YAML file.
-        file: PathBuf,
-        /// Why this version is published.
-        #[arg(short, long)]
-        message: String,
-        /// Publish without making it active.
-        #[arg(long)]
-        no_activate: bool,
-    },
-    /// List every version, newest first.
-    List,
-    /// Print one version's document (metadata as YAML comments).
-    Show {
-        /// Version number.
-        version: i64,
-    },
-    /// Unified diff between two versions.
-    Diff {
-        /// The old version.
-        a: i64,
-        /// The new version.
-        b: i64,
-    },
-    /// Make a version the active one (rollback: activate an older version).
-    Activate {
-        /// Version number.
-        version: i64,
-    },
-}
-
-/// `warden approvals`.
-#[derive(Debug, Args)]
-pub struct ApprovalsArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: ApprovalsCommand,
-    /// Server, token, output.
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-/// `warden approvals …`.
-#[derive(Debug, Subcommand)]
-pub enum ApprovalsCommand {
-    /// Approvals you may decide, and your own requests, newest first.
-    List {
-        /// pending, approved, denied, expired, consumed or all.
-        #[arg(long, default_value = "pending")]
-        status: String,
-    },
-    /// One approval.
-    Show {
-        /// The approval id (apr_…).
-        id: String,
-    },
-    /// Approve a pending request.
-    Approve {
-        /// The approval id (apr_…).
-        id: String,
-        /// Why (recorded, shown to the requester).
-        #[arg(long)]
-        reason: Option<String>,
-    },
-    /// Deny a pending request.
-    Deny {
-        /// The approval id (apr_…).
-        id: String,
-        /// Why (required; recorded and shown to the requester).
-        #[arg(long)]
-        reason: String,
-    },
-}
-
-/// `warden sessions`.
-#[derive(Debug, Args)]
-pub struct SessionsArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: SessionsCommand,
-    /// Server, token, output.
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-/// `warden sessions …`.
-#[derive(Debug, Subcommand)]
-pub enum SessionsCommand {
-    /// Recorded sessions, newest first.
-    List {
-        /// Only this subject's.
-        #[arg(long)]
-        subject: Option<String>,
-        /// How many (1 to 500).
-        #[arg(long, default_value_t = crate::sessions::DEFAULT_LIST_LIMIT)]
-        limit: i64,
-        /// Only those older than this sequence number (the next page).
-        #[arg(long)]
-        before_seq: Option<i64>,
-    },
-    /// One recorded session in full, with its place in the chain.
-    Show {
-        /// The record id the gateway gave it.
-        id: String,
-    },
-    /// Recompute the hash chain from the start; one line per problem and
-    /// exit status 1 when it is broken.
-    Verify,
 }
 
 /// `warden token`.
@@ -408,101 +260,6 @@ pub fn parse_claim(text: &str) -> Result<(String, Value), String> {
     Ok((key.to_owned(), value))
 }
 
-/// Why a client verb failed. The messages are written for a person at a terminal.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Nothing answered at the server URL.
-    #[error("cannot reach the control plane at {server}; is `make run` running?")]
-    Unreachable {
-        /// The URL tried.
-        server: String,
-    },
-    /// The server answered 404 on a dev route.
-    #[error(
-        "the control plane at {server} is not in dev mode (start it with `warden serve --dev`)"
-    )]
-    NotDevMode {
-        /// The URL tried.
-        server: String,
-    },
-    /// The server refused the request.
-    #[error("the control plane refused the request ({status}): {message}")]
-    Rejected {
-        /// HTTP status.
-        status: u16,
-        /// The server's message.
-        message: String,
-    },
-    /// `--server` is not an http URL.
-    #[error("invalid server URL `{0}`: expected http://host:port")]
-    InvalidServerUrl(String),
-    /// Anything else: an unexpected answer, a broken connection.
-    #[error("unexpected answer from the control plane at {server}: {detail}")]
-    Protocol {
-        /// The URL tried.
-        server: String,
-        /// What went wrong.
-        detail: String,
-    },
-}
-
-/// Asks the control plane at `server` to mint a token (`POST /dev/token`).
-pub async fn request_token(server: &str, request: &TokenRequest) -> Result<String, ClientError> {
-    let base = server.trim().trim_end_matches('/');
-    if !base.to_ascii_lowercase().starts_with("http://") || base.len() <= "http://".len() {
-        return Err(ClientError::InvalidServerUrl(server.to_owned()));
-    }
-    let protocol = |detail: String| ClientError::Protocol {
-        server: base.to_owned(),
-        detail,
-    };
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|error| protocol(error.to_string()))?;
-    let url = format!("{base}/dev/token");
-    let response = client
-        .post(&url)
-        .json(request)
-        .send()
-        .await
-        .map_err(|error| {
-            if error.is_connect() || error.is_timeout() {
-                ClientError::Unreachable {
-                    server: base.to_owned(),
-                }
-            } else if error.is_builder() {
-                ClientError::InvalidServerUrl(server.to_owned())
-            } else {
-                protocol(error.to_string())
-            }
-        })?;
-
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| protocol(error.to_string()))?;
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(ClientError::NotDevMode {
-            server: base.to_owned(),
-        });
-    }
-    if !status.is_success() {
-        let message = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|error| error.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
-        return Err(ClientError::Rejected {
-            status: status.as_u16(),
-            message,
-        });
-    }
-    let answer: TokenResponse = serde_json::from_slice(&body)
-        .map_err(|error| protocol(format!("invalid token response: {error}")))?;
-    Ok(answer.token)
-}
-
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let default_filter = match cli.command {
@@ -567,7 +324,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         approval_webhook_format: args.approval_webhook_format,
         policy_checks: crate::policies::CheckLimits::default(),
     };
-    server::serve(&args.listen, config)
+    crate::server::serve(&args.listen, config)
         .await
         .map_err(|error| error.to_string())
 }
@@ -698,26 +455,5 @@ mod tests {
         assert_eq!(args.listen, "127.0.0.1:8080");
         assert_eq!(args.data_dir, PathBuf::from(".warden"));
         assert!(!args.dev);
-    }
-
-    #[tokio::test]
-    async fn unreachable_server_is_reported_clearly() {
-        // Bind then drop a listener to get a port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = format!("http://127.0.0.1:{port}");
-        let request = TokenRequest {
-            sub: "alice".into(),
-            ..TokenRequest::default()
-        };
-        let error = request_token(&server, &request).await.unwrap_err();
-        assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
-        assert!(error.to_string().contains("is `make run` running?"));
-
-        let error = request_token("ftp://x", &request).await.unwrap_err();
-        assert!(matches!(error, ClientError::InvalidServerUrl(_)), "{error}");
     }
 }

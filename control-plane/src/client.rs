@@ -1,24 +1,269 @@
-//! The client verbs `warden policy …`, `warden approvals …` and
-//! `warden sessions …`: HTTP calls
-//! to the control plane, printed as tables (or the server's JSON with
-//! `--json`). `warden policy validate` runs offline with the same checker
-//! the server uses ([`crate::policies::validate`]).
+//! The verbs that talk to a running control plane: `warden policy …`,
+//! `warden approvals …` and `warden sessions …` (their clap arguments, the
+//! HTTP calls, answers printed as tables or, with `--json`, as the server's
+//! JSON), and the HTTP call of `warden token` ([`request_token`]).
+//! `warden policy validate` runs offline with the same checker the server
+//! uses ([`crate::policies::validate`]). [`crate::cli`] dispatches to these
+//! functions; nothing here imports it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{
-    ApprovalsArgs, ApprovalsCommand, ClientArgs, PolicyArgs, PolicyCommand, SessionsArgs,
-    SessionsCommand,
-};
+use crate::dev_issuer::{TokenRequest, TokenResponse};
 use crate::error::ErrorBody;
 use crate::policies::{self, Problem};
+
+/// Default address of the control plane for client verbs.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Where the client verbs find the control plane, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Control plane URL.
+    #[arg(long, global = true, env = "WARDEN_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+
+    /// Your identity token (from your IdP; `warden token` in development).
+    #[arg(long, global = true, env = "WARDEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `warden policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file offline with the filter's own compiler; one line
+    /// per problem (`FILE:LINE:COL: message`), exit 1 if any.
+    Validate {
+        /// The YAML file.
+        file: PathBuf,
+    },
+    /// Publish a policy file as a new version (and make it active).
+    Push {
+        /// The YAML file.
+        file: PathBuf,
+        /// Why this version is published.
+        #[arg(short, long)]
+        message: String,
+        /// Publish without making it active.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// List every version, newest first.
+    List,
+    /// Print one version's document (metadata as YAML comments).
+    Show {
+        /// Version number.
+        version: i64,
+    },
+    /// Unified diff between two versions.
+    Diff {
+        /// The old version.
+        a: i64,
+        /// The new version.
+        b: i64,
+    },
+    /// Make a version the active one (rollback: activate an older version).
+    Activate {
+        /// Version number.
+        version: i64,
+    },
+}
+
+/// `warden approvals`.
+#[derive(Debug, Args)]
+pub struct ApprovalsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ApprovalsCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden approvals …`.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Approvals you may decide, and your own requests, newest first.
+    List {
+        /// pending, approved, denied, expired, consumed or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+    },
+    /// One approval.
+    Show {
+        /// The approval id (apr_…).
+        id: String,
+    },
+    /// Approve a pending request.
+    Approve {
+        /// The approval id (apr_…).
+        id: String,
+        /// Why (recorded, shown to the requester).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a pending request.
+    Deny {
+        /// The approval id (apr_…).
+        id: String,
+        /// Why (required; recorded and shown to the requester).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `warden sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SessionsCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden sessions …`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Recorded sessions, newest first.
+    List {
+        /// Only this subject's.
+        #[arg(long)]
+        subject: Option<String>,
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = crate::sessions::DEFAULT_LIST_LIMIT)]
+        limit: i64,
+        /// Only those older than this sequence number (the next page).
+        #[arg(long)]
+        before_seq: Option<i64>,
+    },
+    /// One recorded session in full, with its place in the chain.
+    Show {
+        /// The record id the gateway gave it.
+        id: String,
+    },
+    /// Recompute the hash chain from the start; one line per problem and
+    /// exit status 1 when it is broken.
+    Verify,
+}
+
+/// Why a client verb failed. The messages are written for a person at a terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the server URL.
+    #[error("cannot reach the control plane at {server}; is `make run` running?")]
+    Unreachable {
+        /// The URL tried.
+        server: String,
+    },
+    /// The server answered 404 on a dev route.
+    #[error(
+        "the control plane at {server} is not in dev mode (start it with `warden serve --dev`)"
+    )]
+    NotDevMode {
+        /// The URL tried.
+        server: String,
+    },
+    /// The server refused the request.
+    #[error("the control plane refused the request ({status}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// `--server` is not an http URL.
+    #[error("invalid server URL `{0}`: expected http://host:port")]
+    InvalidServerUrl(String),
+    /// Anything else: an unexpected answer, a broken connection.
+    #[error("unexpected answer from the control plane at {server}: {detail}")]
+    Protocol {
+        /// The URL tried.
+        server: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Asks the control plane at `server` to mint a token (`POST /dev/token`).
+pub async fn request_token(server: &str, request: &TokenRequest) -> Result<String, ClientError> {
+    let base = server.trim().trim_end_matches('/');
+    if !base.to_ascii_lowercase().starts_with("http://") || base.len() <= "http://".len() {
+        return Err(ClientError::InvalidServerUrl(server.to_owned()));
+    }
+    let protocol = |detail: String| ClientError::Protocol {
+        server: base.to_owned(),
+        detail,
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|error| protocol(error.to_string()))?;
+    let url = format!("{base}/dev/token");
+    let response = client
+        .post(&url)
+        .json(request)
+        .send()
+        .await
+        .map_err(|error| {
+            if error.is_connect() || error.is_timeout() {
+                ClientError::Unreachable {
+                    server: base.to_owned(),
+                }
+            } else if error.is_builder() {
+                ClientError::InvalidServerUrl(server.to_owned())
+            } else {
+                protocol(error.to_string())
+            }
+        })?;
+
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| protocol(error.to_string()))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(ClientError::NotDevMode {
+            server: base.to_owned(),
+        });
+    }
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|error| error.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+        return Err(ClientError::Rejected {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    let answer: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|error| protocol(format!("invalid token response: {error}")))?;
+    Ok(answer.token)
+}
 
 /// A connection to the control plane for one command.
 struct Client {
@@ -632,5 +877,26 @@ mod tests {
         let text = table(&["A", "B"], &[vec!["x\u{1b}[2J".into(), "y".into()]]);
         assert!(!text.contains('\u{1b}'));
         assert!(text.contains("\\u{1b}"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_reported_clearly() {
+        // Bind then drop a listener to get a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = format!("http://127.0.0.1:{port}");
+        let request = TokenRequest {
+            sub: "alice".into(),
+            ..TokenRequest::default()
+        };
+        let error = request_token(&server, &request).await.unwrap_err();
+        assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains("is `make run` running?"));
+
+        let error = request_token("ftp://x", &request).await.unwrap_err();
+        assert!(matches!(error, ClientError::InvalidServerUrl(_)), "{error}");
     }
 }

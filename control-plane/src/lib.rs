@@ -13,8 +13,8 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | `main.rs` | the binary: parses the command line and calls [`cli::run`]; nothing else |
-//! | [`cli`] | clap definitions (`warden serve`, `warden token`, …) and the client verbs, which talk to the API over HTTP with reqwest |
-//! | [`client`] | `warden policy …` and `warden approvals …`: HTTP calls, tables, `--json` |
+//! | [`cli`] | clap definitions of `warden`, `warden serve` and `warden token`, and the dispatch of every verb; depends on [`client`], never the reverse |
+//! | [`client`] | the verbs that call a running control plane (`warden policy …`, `warden approvals …`, `warden sessions …`, `warden token`'s request): their arguments, HTTP calls, tables, `--json` |
 //! | [`api`] | the `/v1` routes: policies (publish, list, show, validate, activate, active + ETag, schema) and approvals (open, wait, consume, list, show, approve, deny) |
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
 //! | [`approvals`] | the approval request and answer shapes, derived status (expired, consumed), ids |
@@ -22,7 +22,8 @@
 //! | [`sessions`] | recorded sessions: the gateways' batch append, the auditors' list/show, the chain's check |
 //! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash (a leaf the store and the sessions routes share) |
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
-//! | [`server`] | [`server::AppState`], [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
+//! | [`server`] | the composition root: [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
+//! | [`state`] | [`state::AppState`], what every handler shares, and [`state::ServerConfig`]; the route modules import it, never [`server`] |
 //! | [`clock`] | the wall clock (`unix_now`), read at the edges and passed down |
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
@@ -50,6 +51,7 @@ pub mod fields;
 pub mod policies;
 pub mod server;
 pub mod sessions;
+pub mod state;
 pub mod store;
 pub mod user_auth;
 pub mod web;

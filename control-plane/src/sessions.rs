@@ -46,7 +46,7 @@ use serde_json::{json, Map, Value};
 
 use crate::chain::{chain_hash, record_text, GENESIS_HASH};
 use crate::error::ApiError;
-use crate::server::{AppState, ServerConfig};
+use crate::state::{AppState, ServerConfig};
 use crate::store::{NewSession, SessionRow, Store, StoreError};
 use crate::user_auth::{check_gateway, Caller};
 
@@ -56,8 +56,6 @@ pub const MAX_BATCH_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Longest record id.
 pub const MAX_ID_CHARS: usize = 128;
-/// Default group whose members may read sessions (besides the admin group).
-pub const DEFAULT_AUDITOR_GROUP: &str = "warden-auditors";
 /// Default and largest page of `GET /v1/sessions`.
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 /// Largest page of `GET /v1/sessions`.

@@ -19,9 +19,10 @@ use jwt_simple::prelude::{
 use serde_json::{json, Map, Value};
 use tower::ServiceExt as _;
 
-use warden_control_plane::cli::{request_token, ClientError};
+use warden_control_plane::client::{request_token, ClientError};
 use warden_control_plane::dev_issuer::{SigningAlg, TokenRequest};
-use warden_control_plane::server::{app, run, AppState, ServerConfig};
+use warden_control_plane::server::{app, run};
+use warden_control_plane::state::{AppState, ServerConfig};
 
 const PUBLIC_URL: &str = "http://127.0.0.1:8080";
 const ISSUER: &str = "http://127.0.0.1:8080/dev";
@@ -545,4 +546,230 @@ async fn token_client_reports_a_server_without_dev_mode() {
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// The approvers' page and the dev issuer's sign-in over HTTP (moved from
+/// `web.rs`: they drive the whole router).
+mod web_page {
+    use super::*;
+    use axum::http::HeaderMap;
+    use reqwest::Url;
+    use std::collections::HashMap;
+    use warden_control_plane::web::UiConfig;
+
+    const PUBLIC: &str = "http://127.0.0.1:8080";
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    async fn server(dir: &tempfile::TempDir, config: ServerConfig) -> Router {
+        let config = ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            public_url: PUBLIC.to_owned(),
+            ..config
+        };
+        app(AppState::build(&config).await.unwrap())
+    }
+
+    async fn call(router: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn form(uri: &str, pairs: &[(&str, &str)]) -> Request<Body> {
+        let mut url = Url::parse("http://x/").unwrap();
+        url.query_pairs_mut().extend_pairs(pairs);
+        Request::post(uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(url.query().unwrap_or_default().to_owned()))
+            .unwrap()
+    }
+
+    fn authorize(redirect: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("response_type", "code".into()),
+            ("client_id", "warden-approvals".into()),
+            ("redirect_uri", redirect.into()),
+            ("state", "st\"<x>".into()),
+            ("nonce", "n1".into()),
+            ("code_challenge", CHALLENGE.into()),
+            ("code_challenge_method", "S256".into()),
+            ("scope", "openid email".into()),
+        ]
+    }
+
+    fn query(pairs: &[(&str, String)]) -> String {
+        let mut url = Url::parse("http://x/").unwrap();
+        url.query_pairs_mut()
+            .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
+        url.query().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_page_and_the_dev_code_flow_over_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = server(
+            &dir,
+            ServerConfig {
+                dev: true,
+                ..ServerConfig::default()
+            },
+        )
+        .await;
+
+        let (status, headers, body) = call(&router, get("/approvals")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("/approvals/app.js"));
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.starts_with("default-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"));
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        // The sessions view is the same page under the same headers.
+        for path in ["/sessions", "/sessions/"] {
+            let (status, headers, sessions) = call(&router, get(path)).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(sessions, body, "{path}");
+            assert_eq!(headers["content-security-policy"], csp, "{path}");
+            assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        }
+        let (status, headers, _) = call(&router, get("/approvals/app.js")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript"));
+
+        let (status, _, body) = call(&router, get("/v1/ui/config")).await;
+        assert_eq!(status, StatusCode::OK);
+        let config: UiConfig = serde_json::from_str(&body).unwrap();
+        assert_eq!(config.issuer, format!("{PUBLIC}/dev"));
+        assert_eq!(config.client_id, "warden-approvals");
+        assert_eq!(
+            config.authorization_endpoint,
+            format!("{PUBLIC}/dev/authorize")
+        );
+        assert_eq!(config.token_endpoint, format!("{PUBLIC}/dev/oauth/token"));
+        assert_eq!(
+            config.redirect_uri.as_deref(),
+            Some("http://127.0.0.1:8080/approvals")
+        );
+
+        // The form carries the request, escaped; a foreign redirect is refused with a page.
+        let redirect = format!("{PUBLIC}/approvals");
+        let pairs = authorize(&redirect);
+        let (status, headers, body) =
+            call(&router, get(&format!("/dev/authorize?{}", query(&pairs)))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("value=\"st&quot;&lt;x&gt;\""), "{body}");
+        assert!(headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("form-action 'self'"));
+        let mut evil = authorize("http://evil.example/approvals");
+        let (status, headers, _) =
+            call(&router, get(&format!("/dev/authorize?{}", query(&evil)))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!headers.contains_key("location"));
+        evil.push(("sub", "mallory".into()));
+        let evil: Vec<(&str, &str)> = evil.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, headers, _) = call(&router, form("/dev/authorize", &evil)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!headers.contains_key("location"));
+
+        // Sign in: a 303 to the page with a code and the state.
+        let mut signin = pairs.clone();
+        signin.push(("sub", "alice".into()));
+        signin.push(("groups", "security, finance".into()));
+        let signin: Vec<(&str, &str)> = signin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, headers, _) = call(&router, form("/dev/authorize", &signin)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let location = Url::parse(headers["location"].to_str().unwrap()).unwrap();
+        assert_eq!(location.path(), "/approvals");
+        let got: HashMap<String, String> = location.query_pairs().into_owned().collect();
+        assert_eq!(got["state"], "st\"<x>");
+        let code = got["code"].clone();
+
+        let exchange = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect.as_str()),
+            ("client_id", "warden-approvals"),
+            ("code_verifier", VERIFIER),
+        ];
+        let (status, headers, body) = call(&router, form("/dev/oauth/token", &exchange)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["cache-control"], "no-store");
+        let tokens: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(tokens["token_type"], "Bearer");
+        // The access token is accepted by the API.
+        let request = Request::get("/v1/approvals?status=pending")
+            .header(
+                "authorization",
+                format!("Bearer {}", tokens["access_token"].as_str().unwrap()),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = call(&router, request).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        let (status, _, body) = call(&router, form("/dev/oauth/token", &exchange)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"],
+            "invalid_grant"
+        );
+        let json_body = Request::post("/dev/oauth/token")
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, _, body) = call(&router, json_body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"],
+            "invalid_request"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_dev_there_is_no_sign_in_form_and_the_config_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = server(
+            &dir,
+            ServerConfig {
+                issuers: vec!["https://idp.invalid".into()],
+                ..ServerConfig::default()
+            },
+        )
+        .await;
+        let (status, _, _) = call(&router, get("/dev/authorize")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, body) = call(&router, get("/v1/ui/config")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("sign_in_not_configured"), "{body}");
+        let (status, _, _) = call(&router, get("/approvals")).await;
+        assert_eq!(status, StatusCode::OK);
+
+        // An unreachable page issuer: a clear 503, not a hang.
+        let dir = tempfile::tempdir().unwrap();
+        let router = server(
+            &dir,
+            ServerConfig {
+                issuers: vec!["https://idp.invalid".into()],
+                ui_issuer: Some("http://127.0.0.1:9".into()),
+                ..ServerConfig::default()
+            },
+        )
+        .await;
+        let (status, _, body) = call(&router, get("/v1/ui/config")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("issuer_unavailable"), "{body}");
+    }
 }

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use warden_control_plane::dev_issuer::{DevIssuer, TokenRequest, KEY_DIR_NAME};
-use warden_control_plane::server::{run, AppState, ServerConfig};
+use warden_control_plane::server::run;
+use warden_control_plane::state::{AppState, ServerConfig};
 use warden_control_plane::webhook::WebhookFormat;
 
 const SECRET: &str = "gateway-secret-for-tests-0123456789";

@@ -1,0 +1,331 @@
+//! The server's shared state and its settings: [`ServerConfig`] (what
+//! `warden serve` was told) and [`AppState`] (the store, the dev issuer,
+//! people's token verifier, the webhook and the policy checker every
+//! handler reaches through axum's `State`), with [`AppState::build`], which
+//! opens what the state holds.
+//!
+//! Below the routes: the handler modules ([`crate::api`],
+//! [`crate::sessions`], [`crate::web`]) import it, [`crate::server`]
+//! composes them; it imports none of them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::dev_issuer::{DevIssuer, DevIssuerError, ISSUER_PATH};
+use crate::policies::{CheckLimits, Checker};
+use crate::store::{DatabaseTarget, Store, StoreError};
+use crate::user_auth::{TrustConfig, UserAuth};
+use crate::webhook::{redact, Webhook, WebhookFormat};
+
+/// What the server needs to start, taken from the command line.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The secret gateways send in `x-warden-gateway-key`; gateway endpoints
+    /// answer 503 without one.
+    pub gateway_secret: Option<String>,
+    /// Trusted OIDC issuers for people's tokens (keys by discovery).
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values of people's tokens (besides `ui_client_id`).
+    pub audiences: Vec<String>,
+    /// Members may publish and activate policies.
+    pub admin_group: String,
+    /// Members may read recorded sessions (as may the admin group).
+    pub auditor_group: String,
+    /// Where people's identity lives in their tokens: the filter's mapping.
+    pub claims: warden_engine::auth::ClaimPathsDoc,
+    /// The approvers' page's OAuth client id; ID tokens carry it as `aud`.
+    pub ui_client_id: String,
+    /// The issuer the page signs in with; default: the dev issuer with `--dev`.
+    pub ui_issuer: Option<String>,
+    /// Where new approvals are announced.
+    pub approval_webhook: Option<String>,
+    /// The webhook's body shape.
+    pub approval_webhook_format: WebhookFormat,
+    /// Where the SQLite database and the dev issuer's keys live; created if missing.
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL instead of SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Serve the development OIDC issuer under `/dev`. Never in production.
+    pub dev: bool,
+    /// The URL clients reach this server at, without a trailing slash; the
+    /// dev issuer is `<public_url>/dev`.
+    pub public_url: String,
+    /// Bounds on policy checks (not on the command line: the defaults suit,
+    /// tests tighten them).
+    pub policy_checks: CheckLimits,
+}
+
+// Hand-written so the database URL (which may hold a password) is never printed.
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("dev", &self.dev)
+            .field("public_url", &self.public_url)
+            .field(
+                "gateway_secret",
+                &self.gateway_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("admin_group", &self.admin_group)
+            .field("auditor_group", &self.auditor_group)
+            .field("claims", &self.claims)
+            .field("ui_client_id", &self.ui_client_id)
+            .field("ui_issuer", &self.ui_issuer)
+            .field(
+                "approval_webhook",
+                &self.approval_webhook.as_deref().map(redact),
+            )
+            .field("approval_webhook_format", &self.approval_webhook_format)
+            .field("policy_checks", &self.policy_checks)
+            .finish()
+    }
+}
+
+/// Default accepted audience of people's tokens.
+pub const DEFAULT_AUDIENCE: &str = "warden";
+/// Default admin group.
+pub const DEFAULT_ADMIN_GROUP: &str = "warden-admins";
+/// Default client id of the approvers' page.
+pub const DEFAULT_UI_CLIENT_ID: &str = "warden-approvals";
+/// Default group whose members may read recorded sessions (besides the admin group).
+pub const DEFAULT_AUDITOR_GROUP: &str = "warden-auditors";
+/// Where the approvers' page is served.
+pub const APPROVALS_PATH: &str = "/approvals";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            gateway_secret: None,
+            issuers: Vec::new(),
+            audiences: vec![DEFAULT_AUDIENCE.to_owned()],
+            admin_group: DEFAULT_ADMIN_GROUP.to_owned(),
+            auditor_group: DEFAULT_AUDITOR_GROUP.to_owned(),
+            claims: warden_engine::auth::ClaimPathsDoc::default(),
+            ui_client_id: DEFAULT_UI_CLIENT_ID.to_owned(),
+            ui_issuer: None,
+            approval_webhook: None,
+            approval_webhook_format: WebhookFormat::Json,
+            data_dir: PathBuf::from(".warden"),
+            database_url: None,
+            dev: false,
+            public_url: String::new(),
+            policy_checks: CheckLimits::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The approvers' page: `<public_url>/approvals`.
+    pub fn approvals_url(&self) -> String {
+        format!("{}{APPROVALS_PATH}", self.public_url.trim_end_matches('/'))
+    }
+
+    /// The dev issuer's URL (`<public_url>/dev`), with `--dev`.
+    pub fn dev_issuer_url(&self) -> Option<String> {
+        self.dev
+            .then(|| format!("{}{ISSUER_PATH}", self.public_url.trim_end_matches('/')))
+    }
+
+    /// The page's issuer: `ui_issuer`, else the dev issuer with `--dev`.
+    pub fn effective_ui_issuer(&self) -> Option<String> {
+        self.ui_issuer
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .or_else(|| self.dev_issuer_url())
+    }
+}
+
+/// Why the state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The dev issuer's keys could not be loaded or created.
+    #[error("dev issuer: {0}")]
+    DevIssuer(#[from] DevIssuerError),
+    /// The trust or webhook settings are unusable.
+    #[error("{0}")]
+    Settings(String),
+    /// A background task failed.
+    #[error("startup task failed: {0}")]
+    Task(String),
+}
+
+/// State shared by every request handler. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    /// Shared with the dev issuer's own routes.
+    dev_issuer: Option<Arc<DevIssuer>>,
+    config: ServerConfig,
+    users: UserAuth,
+    webhook: Option<Webhook>,
+    policy_checker: Checker,
+}
+
+impl AppState {
+    /// Assembles the state from its parts: builds the token verifier (the
+    /// dev issuer's keys, `config.issuers`, the page's issuer) and the webhook.
+    pub fn new(
+        store: Store,
+        dev_issuer: Option<DevIssuer>,
+        config: ServerConfig,
+    ) -> Result<Self, StateError> {
+        let mut issuers = config.issuers.clone();
+        if let Some(ui) = config.ui_issuer.as_ref().filter(|i| !i.trim().is_empty()) {
+            // The page's sign-in issuer is trusted for the tokens it yields.
+            issuers.push(ui.clone());
+        }
+        let dev = dev_issuer
+            .as_ref()
+            .map(|d| (d.issuer().to_owned(), d.jwks().clone()));
+        if let Some((dev_url, _)) = &dev {
+            issuers.retain(|i| i.trim_end_matches('/') != dev_url);
+        }
+        let mut audiences = config.audiences.clone();
+        audiences.push(config.ui_client_id.clone());
+        let users = UserAuth::new(&TrustConfig {
+            issuers,
+            dev,
+            audiences,
+            admin_group: config.admin_group.clone(),
+            claims: config.claims.clone(),
+        })
+        .map_err(StateError::Settings)?;
+        let webhook = match &config.approval_webhook {
+            Some(url) if !url.trim().is_empty() => Some(
+                Webhook::new(url.trim(), config.approval_webhook_format)
+                    .map_err(StateError::Settings)?,
+            ),
+            _ => None,
+        };
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                store,
+                dev_issuer: dev_issuer.map(Arc::new),
+                policy_checker: Checker::new(config.policy_checks.clone()),
+                config,
+                users,
+                webhook,
+            }),
+        })
+    }
+
+    /// The settings the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The approvers' page URL (`<public_url>/approvals`).
+    pub fn approvals_url(&self) -> String {
+        self.inner.config.approvals_url()
+    }
+
+    /// Verifies people's tokens.
+    pub fn users(&self) -> &UserAuth {
+        &self.inner.users
+    }
+
+    /// Creates the data directory if needed, opens and migrates the store,
+    /// and, with `dev`, loads or generates the dev issuer's keys.
+    pub async fn build(config: &ServerConfig) -> Result<Self, StateError> {
+        let target = DatabaseTarget::resolve(&config.data_dir, config.database_url.as_deref())?;
+        create_data_dir(&config.data_dir)?;
+        tracing::info!(database = %target.kind(), "opening the database");
+        let store = Store::open(&target).await?;
+
+        let dev_issuer = if config.dev {
+            let data_dir = config.data_dir.clone();
+            let issuer = format!("{}{ISSUER_PATH}", config.public_url.trim_end_matches('/'));
+            let loaded =
+                tokio::task::spawn_blocking(move || DevIssuer::load_or_generate(&data_dir, issuer))
+                    .await;
+            let dev_issuer = match loaded {
+                Ok(result) => result,
+                Err(join_error) => {
+                    store.close().await;
+                    return Err(StateError::Task(join_error.to_string()));
+                }
+            };
+            match dev_issuer {
+                Ok(dev_issuer) => Some(dev_issuer),
+                Err(error) => {
+                    store.close().await;
+                    return Err(error.into());
+                }
+            }
+        } else {
+            None
+        };
+        match AppState::new(store.clone(), dev_issuer, config.clone()) {
+            Ok(state) => Ok(state),
+            Err(error) => {
+                store.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The approval webhook, when configured.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.inner.webhook.as_ref()
+    }
+
+    /// Compiles policy documents within the server's limits.
+    pub fn policy_checker(&self) -> &Checker {
+        &self.inner.policy_checker
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The dev issuer, when running with `--dev`.
+    pub fn dev_issuer(&self) -> Option<&Arc<DevIssuer>> {
+        self.inner.dev_issuer.as_ref()
+    }
+}
+
+#[cfg(unix)]
+fn create_data_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StateError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(not(unix))]
+fn create_data_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::create_dir_all(dir).map_err(|source| StateError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
