@@ -28,8 +28,9 @@
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
-//! | [`dev_issuer`] | the development OIDC issuer behind `--dev` (discovery, JWKS with RS256/ES256/EdDSA keys, token minting, the authorization code flow with PKCE) |
-//! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config`, the dev issuer's browser sign-in (`/dev/authorize`, `/dev/oauth/token`) |
+//! | [`dev_issuer`] | the development OIDC issuer behind `--dev`: `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks and one-time codes), `issuer.rs` (the issuer), `http.rs` (every `/dev` route) |
+//! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
+//! | [`html`] | HTML answers with the pages' security headers (the page and the dev issuer's sign-in form) |
 //!
 //! # Safety notes
 //!
@@ -48,6 +49,7 @@ pub mod clock;
 pub mod dev_issuer;
 pub mod error;
 pub mod fields;
+pub mod html;
 pub mod policies;
 pub mod server;
 pub mod sessions;

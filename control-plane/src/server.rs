@@ -23,18 +23,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::Response;
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::dev_issuer::{DevIssuer, MintError, TokenRequest, TokenResponse};
 use crate::error::ApiError;
 use crate::fields::logged;
 use crate::state::{AppState, ServerConfig, StateError};
@@ -73,11 +70,8 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .merge(crate::api::routes());
-    if state.dev_issuer().is_some() {
-        router = router
-            .route("/dev/.well-known/openid-configuration", get(dev_discovery))
-            .route("/dev/jwks.json", get(dev_jwks))
-            .route("/dev/token", post(dev_token));
+    if let Some(dev_issuer) = state.dev_issuer() {
+        router = router.merge(crate::dev_issuer::routes(dev_issuer.clone()));
     }
     router
         .merge(crate::web::router(&state))
@@ -230,59 +224,6 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
             store.kind()
         ))),
     }
-}
-
-fn dev_issuer(state: &AppState) -> Result<&DevIssuer, ApiError> {
-    state
-        .dev_issuer()
-        .map(std::sync::Arc::as_ref)
-        .ok_or_else(|| ApiError::NotFound("not found".to_owned()))
-}
-
-async fn dev_discovery(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(dev_issuer(&state)?.discovery_document()).into_response())
-}
-
-async fn dev_jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let jwks = dev_issuer(&state)?.jwks().clone();
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/jwk-set+json"),
-        )],
-        Json(jwks),
-    )
-        .into_response())
-}
-
-async fn dev_token(
-    State(state): State<AppState>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let issuer = dev_issuer(&state)?;
-    let Json(body) = body?;
-    // serde would also accept a struct written as a JSON array; insist on an object.
-    if !body.is_object() {
-        return Err(ApiError::BadRequest(
-            "the request body must be a JSON object".to_owned(),
-        ));
-    }
-    let request: TokenRequest = serde_json::from_value(body)
-        .map_err(|error| ApiError::BadRequest(format!("invalid token request: {error}")))?;
-    let token = issuer.mint(&request).map_err(|error| match error {
-        MintError::Invalid(message) => ApiError::BadRequest(message),
-        MintError::Sign(detail) => ApiError::Internal(detail),
-    })?;
-    tracing::info!(
-        sub = %logged(request.sub.trim()),
-        alg = %request.alg.unwrap_or_default(),
-        "minted a dev token"
-    );
-    Ok((
-        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Json(TokenResponse { token }),
-    )
-        .into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -1,5 +1,4 @@
-//! The web page (the approvers' queue and the auditors' session replay), and
-//! the dev issuer's browser sign-in.
+//! The web page: the approvers' queue and the auditors' session replay.
 //!
 //! | method | path | |
 //! | --- | --- | --- |
@@ -7,9 +6,6 @@
 //! | GET | `/sessions` | the same page, on its recorded-sessions view (also `/sessions/`); `/sessions#<id>` replays one |
 //! | GET | `/approvals/app.js`, `app.css`, `favicon.svg` | its script, style sheet and icon |
 //! | GET | `/v1/ui/config` | `{"issuer","client_id","authorization_endpoint","token_endpoint","scopes","redirect_uri"}` |
-//! | GET | `/dev/authorize` | the dev issuer's sign-in form (`--dev` only) |
-//! | POST | `/dev/authorize` | signs in, redirects with a one-time code (`--dev` only) |
-//! | POST | `/dev/oauth/token` | exchanges a code (PKCE S256) for tokens (`--dev` only) |
 //!
 //! The page is static HTML, CSS and JavaScript compiled into the binary
 //! (`control-plane/web/`, no build step, nothing from a CDN: it works on a
@@ -20,27 +16,29 @@
 //! `/approvals` is the one redirect URI to register: a sign-in started on
 //! `/sessions` comes back through it and the page moves itself back.
 //!
+//! With `--dev`, the page signs in with the dev issuer, whose sign-in form
+//! and token endpoint are [`crate::dev_issuer`]'s routes.
+//!
 //! Every page answer carries a strict Content-Security-Policy (no inline
 //! script or style, `frame-ancestors 'none'`), `Referrer-Policy: no-referrer`
 //! (the code is in the URL for a moment after sign-in) and
-//! `Cache-Control: no-store`.
+//! `Cache-Control: no-store` ([`crate::html`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Query, State};
-use axum::http::header::{self, HeaderName};
+use axum::extract::State;
+use axum::http::header;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::dev_issuer::{AuthorizeParams, CodeExchange, OAuthError, SignIn};
+use crate::html::html_response;
 use crate::state::AppState;
 
 /// Where the page lives; also its OAuth redirect path.
@@ -92,8 +90,7 @@ struct Web {
     http: reqwest::Client,
 }
 
-/// The page's routes, and the dev issuer's sign-in routes when it runs.
-/// Merged into [`crate::server::app`].
+/// The page's routes. Merged into [`crate::server::app`].
 pub fn router(state: &AppState) -> Router<AppState> {
     router_with(state, UiSettings::from_state(state))
 }
@@ -109,7 +106,7 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
             .build()
             .unwrap_or_default(),
     };
-    let mut router = Router::new()
+    Router::new()
         .route(PAGE_PATH, get(index))
         .route("/approvals/", get(index))
         .route(SESSIONS_PATH, get(index))
@@ -117,13 +114,8 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
         .route("/approvals/app.js", get(app_js))
         .route("/approvals/app.css", get(app_css))
         .route("/approvals/favicon.svg", get(favicon))
-        .route("/v1/ui/config", get(ui_config));
-    if state.dev_issuer().is_some() {
-        router = router
-            .route("/dev/authorize", get(authorize_form).post(authorize_submit))
-            .route("/dev/oauth/token", axum::routing::post(token));
-    }
-    router.with_state(web)
+        .route("/v1/ui/config", get(ui_config))
+        .with_state(web)
 }
 
 /// The page's CSP: only its own origin, plus for `connect-src` the origins
@@ -149,45 +141,6 @@ fn page_csp(urls: &[&str]) -> HeaderValue {
             "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
         )
     })
-}
-
-/// The dev sign-in form's CSP: a style sheet and a form posting to itself.
-const SIGN_IN_CSP: &str =
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-     frame-ancestors 'none'; base-uri 'none'";
-
-/// Headers every HTML answer carries.
-fn html_response(status: StatusCode, csp: HeaderValue, body: String) -> Response {
-    (
-        status,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-            (header::CONTENT_SECURITY_POLICY, csp),
-            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-            (
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (
-                HeaderName::from_static("cross-origin-opener-policy"),
-                HeaderValue::from_static("same-origin"),
-            ),
-            (
-                HeaderName::from_static("permissions-policy"),
-                HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
-            ),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -350,272 +303,10 @@ async fn discovery(web: &Web, issuer: &str) -> Result<Value, String> {
     Ok(document)
 }
 
-// ---------------------------------------------------------------------------
-// The dev issuer's browser sign-in.
-
-/// The sign-in form's fields: the authorization request, carried in
-/// hidden fields, and who signs in.
-#[derive(Debug, Default, Deserialize)]
-struct SignInForm {
-    response_type: Option<String>,
-    client_id: Option<String>,
-    redirect_uri: Option<String>,
-    state: Option<String>,
-    nonce: Option<String>,
-    code_challenge: Option<String>,
-    code_challenge_method: Option<String>,
-    scope: Option<String>,
-    sub: Option<String>,
-    email: Option<String>,
-    groups: Option<String>,
-}
-
-impl SignInForm {
-    fn params(&self) -> AuthorizeParams {
-        AuthorizeParams {
-            response_type: self.response_type.clone(),
-            client_id: self.client_id.clone(),
-            redirect_uri: self.redirect_uri.clone(),
-            state: self.state.clone(),
-            nonce: self.nonce.clone(),
-            code_challenge: self.code_challenge.clone(),
-            code_challenge_method: self.code_challenge_method.clone(),
-            scope: self.scope.clone(),
-        }
-    }
-
-    fn who(&self) -> SignIn {
-        SignIn {
-            sub: self.sub.clone().unwrap_or_default(),
-            email: self.email.clone(),
-            groups: self
-                .groups
-                .as_deref()
-                .unwrap_or_default()
-                .split([',', ' ', '\n', '\t'])
-                .map(str::trim)
-                .filter(|group| !group.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        }
-    }
-}
-
-async fn authorize_form(
-    State(web): State<Web>,
-    query: Result<Query<AuthorizeParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Some(dev) = web.app.dev_issuer() else {
-        return sign_in_error("the development issuer is not running");
-    };
-    let Ok(Query(params)) = query else {
-        return sign_in_error("the authorization request is malformed");
-    };
-    match dev.check_authorize(&params) {
-        Ok(_) => sign_in_page(&params, None),
-        Err(error) => sign_in_error(&error.to_string()),
-    }
-}
-
-async fn authorize_submit(
-    State(web): State<Web>,
-    form: Result<Form<SignInForm>, FormRejection>,
-) -> Response {
-    let Some(dev) = web.app.dev_issuer() else {
-        return sign_in_error("the development issuer is not running");
-    };
-    let Ok(Form(form)) = form else {
-        return sign_in_error("the sign-in form is malformed");
-    };
-    let params = form.params();
-    let authorize = match dev.check_authorize(&params) {
-        Ok(authorize) => authorize,
-        Err(error) => return sign_in_error(&error.to_string()),
-    };
-    let who = form.who();
-    let code = match dev.issue_code(&authorize, who.clone()) {
-        Ok(code) => code,
-        // The user's own typing (an empty subject, say): show the form again.
-        Err(OAuthError::InvalidRequest(message)) => {
-            return sign_in_page(&params, Some((&message, &form)))
-        }
-        Err(error) => return sign_in_error(&error.to_string()),
-    };
-    tracing::info!(
-        sub = %crate::fields::logged(who.sub.trim()),
-        client_id = %crate::fields::logged(&authorize.client_id),
-        "dev issuer: signed in"
-    );
-    let mut location = authorize.redirect_uri;
-    location.query_pairs_mut().append_pair("code", &code);
-    if let Some(state) = &authorize.state {
-        location.query_pairs_mut().append_pair("state", state);
-    }
-    match HeaderValue::from_str(location.as_str()) {
-        Ok(location) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, location),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                (
-                    header::REFERRER_POLICY,
-                    HeaderValue::from_static("no-referrer"),
-                ),
-            ],
-        )
-            .into_response(),
-        Err(_) => sign_in_error("the redirect URI cannot be used"),
-    }
-}
-
-async fn token(
-    State(web): State<Web>,
-    form: Result<Form<CodeExchange>, FormRejection>,
-) -> Response {
-    let result = match (web.app.dev_issuer(), form) {
-        (None, _) => Err(OAuthError::InvalidRequest(
-            "the development issuer is not running".to_owned(),
-        )),
-        (Some(_), Err(_)) => Err(OAuthError::InvalidRequest(
-            "the body must be application/x-www-form-urlencoded token request parameters"
-                .to_owned(),
-        )),
-        (Some(dev), Ok(Form(request))) => dev.exchange_code(&request),
-    };
-    let no_store = [
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (header::PRAGMA, HeaderValue::from_static("no-cache")),
-    ];
-    match result {
-        Ok(tokens) => (no_store, Json(tokens)).into_response(),
-        Err(error) => {
-            let status = match error {
-                OAuthError::Server(ref detail) => {
-                    tracing::error!(detail, "dev issuer: cannot sign tokens");
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-                _ => StatusCode::BAD_REQUEST,
-            };
-            (
-                status,
-                no_store,
-                Json(json!({"error": error.code(), "error_description": error.to_string()})),
-            )
-                .into_response()
-        }
-    }
-}
-
-fn sign_in_error(message: &str) -> Response {
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Sign-in error - Warden development issuer</title>\
-         <link rel=\"icon\" href=\"/approvals/favicon.svg\">\
-         <link rel=\"stylesheet\" href=\"/approvals/app.css\"></head>\
-         <body class=\"dev-sign-in\"><main class=\"sign-in-card\">\
-         <h1>Sign-in request refused</h1><p role=\"alert\" class=\"alert\">{}</p>\
-         <p>Go back to the application and start again.</p></main></body></html>\n",
-        escape_html(message)
-    );
-    html_response(
-        StatusCode::BAD_REQUEST,
-        HeaderValue::from_static(SIGN_IN_CSP),
-        body,
-    )
-}
-
-/// The dev issuer's sign-in form; `retry` is an error to show and the
-/// values typed before.
-fn sign_in_page(params: &AuthorizeParams, retry: Option<(&str, &SignInForm)>) -> Response {
-    let hidden: String = [
-        ("response_type", &params.response_type),
-        ("client_id", &params.client_id),
-        ("redirect_uri", &params.redirect_uri),
-        ("state", &params.state),
-        ("nonce", &params.nonce),
-        ("code_challenge", &params.code_challenge),
-        ("code_challenge_method", &params.code_challenge_method),
-        ("scope", &params.scope),
-    ]
-    .iter()
-    .filter_map(|(name, value)| {
-        value.as_deref().map(|value| {
-            format!(
-                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
-                escape_html(value)
-            )
-        })
-    })
-    .collect();
-    let (alert, sub, email, groups) = match retry {
-        Some((message, form)) => (
-            format!(
-                "<p role=\"alert\" class=\"alert\">{}</p>",
-                escape_html(message)
-            ),
-            form.sub.as_deref().unwrap_or_default(),
-            form.email.as_deref().unwrap_or_default(),
-            form.groups.as_deref().unwrap_or_default(),
-        ),
-        None => (String::new(), "", "", ""),
-    };
-    let client = escape_html(params.client_id.as_deref().unwrap_or_default());
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Sign in - Warden development issuer</title>\
-         <link rel=\"icon\" href=\"/approvals/favicon.svg\">\
-         <link rel=\"stylesheet\" href=\"/approvals/app.css\"></head>\
-         <body class=\"dev-sign-in\"><main class=\"sign-in-card\">\
-         <h1>Sign in</h1>\
-         <p class=\"warning\">Development identity provider: anyone can sign in as anyone. \
-         Never run <code>warden serve --dev</code> in production.</p>\
-         <p>Signing in to <strong>{client}</strong>.</p>{alert}\
-         <form method=\"post\" action=\"/dev/authorize\">{hidden}\
-         <label for=\"sub\">Subject (user id)</label>\
-         <input id=\"sub\" name=\"sub\" required autofocus autocomplete=\"username\" value=\"{sub}\">\
-         <label for=\"email\">Email <span class=\"hint\">(optional)</span></label>\
-         <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"email\" value=\"{email}\">\
-         <label for=\"groups\">Groups <span class=\"hint\">(comma-separated)</span></label>\
-         <input id=\"groups\" name=\"groups\" value=\"{groups}\">\
-         <button type=\"submit\" class=\"primary\" id=\"sign-in-submit\">Sign in</button>\
-         </form></main></body></html>\n",
-        sub = escape_html(sub),
-        email = escape_html(email),
-        groups = escape_html(groups),
-    );
-    html_response(StatusCode::OK, HeaderValue::from_static(SIGN_IN_CSP), body)
-}
-
-/// Escapes text for HTML element content and quoted attribute values.
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape_html("<img src=x onerror=\"a('b')\">&"),
-            "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;"
-        );
-    }
 
     #[test]
     fn the_page_csp_allows_only_its_origin_and_the_issuers() {
@@ -634,15 +325,5 @@ mod tests {
         assert!(!csp.contains("unsafe"));
         let local = page_csp(&[]);
         assert!(local.to_str().unwrap().contains("connect-src 'self';"));
-    }
-
-    #[test]
-    fn groups_are_split_on_commas_and_spaces() {
-        let form = SignInForm {
-            sub: Some("alice".into()),
-            groups: Some(" security, engineering  finance,,".into()),
-            ..SignInForm::default()
-        };
-        assert_eq!(form.who().groups, ["security", "engineering", "finance"]);
     }
 }

@@ -1,0 +1,540 @@
+//! The dev issuer itself: its URL, its keys and its pending codes, and
+//! what it does with them: the discovery document, minting
+//! ([`DevIssuer::mint`]) and the code flow's three steps
+//! ([`DevIssuer::check_authorize`], [`DevIssuer::issue_code`],
+//! [`DevIssuer::exchange_code`]), each reading the wall clock once and
+//! passing it down.
+
+use std::fmt;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::keys::{DevIssuerError, Keys, SigningAlg};
+use super::oauth::{
+    self, AuthorizeParams, CodeExchange, CodeTokens, Codes, OAuthError, SignIn, ValidAuthorize,
+    FLOW_TOKEN_TTL_SECONDS,
+};
+use super::tokens::{self, MintError, TokenRequest};
+use crate::clock::unix_now;
+
+/// Path under which the issuer is mounted; the issuer URL is `<public-url>/dev`.
+pub const ISSUER_PATH: &str = "/dev";
+
+/// The dev issuer: its URL, its three key pairs and their JWKS, and the
+/// authorization codes waiting to be exchanged.
+pub struct DevIssuer {
+    issuer: String,
+    keys: Keys,
+    codes: Codes,
+}
+
+// Hand-written: the key pairs must never be printed.
+impl fmt::Debug for DevIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevIssuer")
+            .field("issuer", &self.issuer)
+            .field("kids", &self.keys.kids())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevIssuer {
+    /// Loads the keys from `<data_dir>/dev-issuer/`, generating and saving
+    /// any that are missing. `issuer` is the issuer URL (`<public-url>/dev`).
+    ///
+    /// This does blocking file I/O and, the first time, RSA key generation:
+    /// call it from `spawn_blocking` in async code.
+    pub fn load_or_generate(data_dir: &Path, issuer: String) -> Result<Self, DevIssuerError> {
+        Ok(DevIssuer {
+            issuer,
+            keys: Keys::load_or_generate(data_dir)?,
+            codes: Codes::default(),
+        })
+    }
+
+    /// The issuer URL (`iss` of the tokens it mints by default).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The `kid` of the key used for `alg`.
+    pub fn key_id(&self, alg: SigningAlg) -> &str {
+        self.keys.key_id(alg)
+    }
+
+    /// The JWKS served at `/dev/jwks.json`.
+    pub fn jwks(&self) -> &Value {
+        self.keys.jwks()
+    }
+
+    /// The OpenID Connect discovery document.
+    pub fn discovery_document(&self) -> Value {
+        json!({
+            "issuer": self.issuer,
+            "jwks_uri": format!("{}/jwks.json", self.issuer),
+            "authorization_endpoint": format!("{}/authorize", self.issuer),
+            "token_endpoint": format!("{}/oauth/token", self.issuer),
+            // Not a standard member: the JSON minting API (`POST /dev/token`).
+            "warden_mint_endpoint": format!("{}/token", self.issuer),
+            "id_token_signing_alg_values_supported":
+                SigningAlg::ALL.iter().map(|alg| alg.as_str()).collect::<Vec<_>>(),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "subject_types_supported": ["public"],
+            "grant_types_supported": ["authorization_code", "urn:warden:dev:direct"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": ["openid", "profile", "email", "groups"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "claims_supported":
+                ["iss", "sub", "aud", "exp", "iat", "nbf", "groups", "email", "nonce", "azp"],
+        })
+    }
+
+    /// Validates `request` and mints a token signed with the key of its algorithm.
+    pub fn mint(&self, request: &TokenRequest) -> Result<String, MintError> {
+        let claims = tokens::claims(&self.issuer, request, unix_now())?;
+        self.keys
+            .sign(request.alg.unwrap_or_default(), claims)
+            .map_err(MintError::Sign)
+    }
+
+    /// Checks an authorization request: `response_type=code`, a client id,
+    /// a redirect URI on the issuer's own origin, an S256 PKCE challenge and
+    /// the `openid` scope. The caller shows errors to the user and never
+    /// redirects on them, so an unchecked redirect URI is never followed.
+    pub fn check_authorize(&self, params: &AuthorizeParams) -> Result<ValidAuthorize, OAuthError> {
+        oauth::check_authorize(&self.issuer, params)
+    }
+
+    /// Issues a one-time code for `who`, bound to the checked request.
+    pub fn issue_code(
+        &self,
+        authorize: &ValidAuthorize,
+        who: SignIn,
+    ) -> Result<String, OAuthError> {
+        self.issue_code_at(authorize, who, unix_now())
+    }
+
+    fn issue_code_at(
+        &self,
+        authorize: &ValidAuthorize,
+        who: SignIn,
+        now: u64,
+    ) -> Result<String, OAuthError> {
+        self.codes.issue(authorize, who, now)
+    }
+
+    /// Exchanges a code for an access token (audience `warden`) and an ID
+    /// token (audience the client id, with its nonce). The code is removed
+    /// as soon as it is presented, so a second try fails even if the first
+    /// one did.
+    pub fn exchange_code(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
+        self.exchange_code_at(request, unix_now())
+    }
+
+    fn exchange_code_at(&self, request: &CodeExchange, now: u64) -> Result<CodeTokens, OAuthError> {
+        let (access, id) = self.codes.redeem(request, now)?.token_requests();
+        let sign = |request: &TokenRequest| {
+            self.mint(request)
+                .map_err(|error| OAuthError::Server(error.to_string()))
+        };
+        Ok(CodeTokens {
+            access_token: sign(&access)?,
+            id_token: sign(&id)?,
+            token_type: "Bearer".to_owned(),
+            expires_in: FLOW_TOKEN_TTL_SECONDS,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::dev_issuer::oauth::{CODE_TTL_SECONDS, MAX_PARAM_LEN};
+    use crate::dev_issuer::tokens::{MAX_STRING_LEN, MAX_TTL_SECONDS};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    #[test]
+    fn invalid_requests_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::load_or_generate(dir.path(), "http://x/dev".into()).unwrap();
+        let ok = TokenRequest {
+            sub: "alice".into(),
+            ..TokenRequest::default()
+        };
+        let cases = [
+            TokenRequest {
+                sub: "  ".into(),
+                ..ok.clone()
+            },
+            TokenRequest {
+                ttl_seconds: Some(0),
+                ..ok.clone()
+            },
+            TokenRequest {
+                ttl_seconds: Some(MAX_TTL_SECONDS + 1),
+                ..ok.clone()
+            },
+            TokenRequest {
+                groups: vec![String::new()],
+                ..ok.clone()
+            },
+            TokenRequest {
+                audience: Some(String::new()),
+                ..ok.clone()
+            },
+            TokenRequest {
+                email: Some(String::new()),
+                ..ok.clone()
+            },
+            TokenRequest {
+                sub: "x".repeat(MAX_STRING_LEN + 1),
+                ..ok.clone()
+            },
+        ];
+        for case in cases {
+            assert!(
+                matches!(issuer.mint(&case), Err(MintError::Invalid(_))),
+                "{case:?}"
+            );
+        }
+        assert!(issuer
+            .mint(&TokenRequest {
+                ttl_seconds: Some(MAX_TTL_SECONDS),
+                ..ok
+            })
+            .is_ok());
+    }
+
+    fn issuer_at(dir: &tempfile::TempDir) -> DevIssuer {
+        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into()).unwrap()
+    }
+
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    // RFC 7636 appendix B: the challenge of the verifier above.
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn params() -> AuthorizeParams {
+        AuthorizeParams {
+            response_type: Some("code".into()),
+            client_id: Some("warden-approvals".into()),
+            redirect_uri: Some("http://127.0.0.1:8080/approvals".into()),
+            state: Some("st".into()),
+            nonce: Some("n-0S6".into()),
+            code_challenge: Some(CHALLENGE.into()),
+            code_challenge_method: Some("S256".into()),
+            scope: Some("openid email".into()),
+        }
+    }
+
+    fn exchange(code: &str) -> CodeExchange {
+        CodeExchange {
+            grant_type: Some("authorization_code".into()),
+            code: Some(code.into()),
+            redirect_uri: Some("http://127.0.0.1:8080/approvals".into()),
+            client_id: Some("warden-approvals".into()),
+            code_verifier: Some(VERIFIER.into()),
+        }
+    }
+
+    fn alice() -> SignIn {
+        SignIn {
+            sub: "alice".into(),
+            email: Some("alice@example.com".into()),
+            groups: vec!["security".into()],
+        }
+    }
+
+    fn payload(token: &str) -> Value {
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_code_flow_issues_tokens_for_the_signed_in_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        assert_eq!(code.len(), 43);
+        let tokens = issuer.exchange_code(&exchange(&code)).unwrap();
+        assert_eq!(tokens.token_type, "Bearer");
+        assert_eq!(tokens.expires_in, FLOW_TOKEN_TTL_SECONDS);
+        let access = payload(&tokens.access_token);
+        assert_eq!(access["aud"], "warden");
+        assert_eq!(access["sub"], "alice");
+        assert_eq!(access["groups"], json!(["security"]));
+        assert_eq!(access["email"], "alice@example.com");
+        assert_eq!(access["iss"], "http://127.0.0.1:8080/dev");
+        assert!(access.get("nonce").is_none());
+        let id = payload(&tokens.id_token);
+        assert_eq!(id["aud"], "warden-approvals");
+        assert_eq!(id["nonce"], "n-0S6");
+        assert_eq!(id["azp"], "warden-approvals");
+        assert!(!format!("{tokens:?}").contains(&tokens.access_token));
+    }
+
+    #[test]
+    fn a_code_is_used_once_even_when_the_first_try_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        issuer.exchange_code(&exchange(&code)).unwrap();
+        let replay = issuer.exchange_code(&exchange(&code)).unwrap_err();
+        assert_eq!(replay.code(), "invalid_grant");
+
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let wrong = CodeExchange {
+            code_verifier: Some("x".repeat(43)),
+            ..exchange(&code)
+        };
+        assert_eq!(
+            issuer.exchange_code(&wrong).unwrap_err().code(),
+            "invalid_grant"
+        );
+        // The right verifier comes too late: the code is gone.
+        assert_eq!(
+            issuer.exchange_code(&exchange(&code)).unwrap_err().code(),
+            "invalid_grant"
+        );
+    }
+
+    #[test]
+    fn a_code_is_bound_to_its_client_redirect_and_challenge_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let tampered: [fn(CodeExchange) -> CodeExchange; 4] = [
+            |e| CodeExchange {
+                redirect_uri: Some("http://127.0.0.1:8080/approvals/other".into()),
+                ..e
+            },
+            |e| CodeExchange {
+                client_id: Some("other-client".into()),
+                ..e
+            },
+            |e| CodeExchange {
+                // A valid verifier, but not the one the challenge was made from.
+                code_verifier: Some(CHALLENGE.into()),
+                ..e
+            },
+            |e| CodeExchange {
+                code: Some("made-up".into()),
+                ..e
+            },
+        ];
+        for tamper in tampered {
+            let code = issuer.issue_code(&authorize, alice()).unwrap();
+            let error = issuer.exchange_code(&tamper(exchange(&code))).unwrap_err();
+            assert_eq!(error.code(), "invalid_grant", "{error}");
+        }
+
+        let code = issuer.issue_code_at(&authorize, alice(), 1_000).unwrap();
+        let error = issuer
+            .exchange_code_at(&exchange(&code), 1_000 + CODE_TTL_SECONDS)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            OAuthError::InvalidGrant("the code has expired".into())
+        );
+        let code = issuer.issue_code_at(&authorize, alice(), 1_000).unwrap();
+        assert!(issuer
+            .exchange_code_at(&exchange(&code), 1_000 + CODE_TTL_SECONDS - 1)
+            .is_ok());
+    }
+
+    #[test]
+    fn token_requests_are_checked_before_any_code_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let cases = [
+            (
+                CodeExchange {
+                    grant_type: Some("password".into()),
+                    ..exchange(&code)
+                },
+                "unsupported_grant_type",
+            ),
+            (
+                CodeExchange {
+                    code_verifier: None,
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+            (
+                CodeExchange {
+                    code_verifier: Some("short".into()),
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+            (
+                CodeExchange {
+                    code_verifier: Some(format!("{}!", &VERIFIER[1..])),
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+            (
+                CodeExchange {
+                    client_id: None,
+                    ..exchange(&code)
+                },
+                "invalid_request",
+            ),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(issuer.exchange_code(&request).unwrap_err().code(), expected);
+        }
+        assert!(issuer.exchange_code(&exchange(&code)).is_ok());
+    }
+
+    #[test]
+    fn authorization_requests_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        let cases: Vec<(AuthorizeParams, &str)> = vec![
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://evil.example/approvals".into()),
+                    ..params()
+                },
+                "own origin",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://127.0.0.1:8081/approvals".into()),
+                    ..params()
+                },
+                "own origin",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("https://127.0.0.1:8080/approvals".into()),
+                    ..params()
+                },
+                "own origin",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("//evil.example/x".into()),
+                    ..params()
+                },
+                "absolute",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://u:p@127.0.0.1:8080/approvals".into()),
+                    ..params()
+                },
+                "credentials",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: Some("http://127.0.0.1:8080/approvals#x".into()),
+                    ..params()
+                },
+                "fragment",
+            ),
+            (
+                AuthorizeParams {
+                    redirect_uri: None,
+                    ..params()
+                },
+                "redirect_uri is required",
+            ),
+            (
+                AuthorizeParams {
+                    code_challenge_method: Some("plain".into()),
+                    ..params()
+                },
+                "S256",
+            ),
+            (
+                AuthorizeParams {
+                    code_challenge_method: None,
+                    code_challenge: None,
+                    ..params()
+                },
+                "PKCE is required",
+            ),
+            (
+                AuthorizeParams {
+                    code_challenge: Some("abc".into()),
+                    ..params()
+                },
+                "43-character",
+            ),
+            (
+                AuthorizeParams {
+                    scope: Some("email".into()),
+                    ..params()
+                },
+                "openid",
+            ),
+            (
+                AuthorizeParams {
+                    client_id: None,
+                    ..params()
+                },
+                "client_id is required",
+            ),
+            (
+                AuthorizeParams {
+                    state: Some("s".repeat(MAX_PARAM_LEN + 1)),
+                    ..params()
+                },
+                "longer",
+            ),
+        ];
+        for (request, expected) in cases {
+            let error = issuer.check_authorize(&request).unwrap_err();
+            assert!(error.to_string().contains(expected), "{request:?}: {error}");
+        }
+        let token_flow = AuthorizeParams {
+            response_type: Some("token".into()),
+            ..params()
+        };
+        assert_eq!(
+            issuer.check_authorize(&token_flow).unwrap_err(),
+            OAuthError::UnsupportedResponseType
+        );
+        // The sign-in form's fields are checked too.
+        let authorize = issuer.check_authorize(&params()).unwrap();
+        let nobody = SignIn {
+            sub: " ".into(),
+            ..alice()
+        };
+        assert_eq!(
+            issuer.issue_code(&authorize, nobody).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn discovery_names_the_code_flow() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir);
+        // The key pairs are never printed.
+        assert!(!format!("{issuer:?}").contains("PRIVATE"));
+        let doc = issuer.discovery_document();
+        assert_eq!(
+            doc["authorization_endpoint"],
+            "http://127.0.0.1:8080/dev/authorize"
+        );
+        assert_eq!(
+            doc["token_endpoint"],
+            "http://127.0.0.1:8080/dev/oauth/token"
+        );
+        assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+        assert_eq!(doc["response_types_supported"], json!(["code"]));
+    }
+}

@@ -1,0 +1,429 @@
+//! The authorization code flow with PKCE, as a protocol: its request and
+//! answer types, the checks on an authorization request (a redirect URI on
+//! the issuer's own origin, S256 only, the `openid` scope), and the
+//! one-time codes, kept in memory ([`Codes`]). Signing the tokens a code
+//! is exchanged for is the issuer's ([`super::issuer`]).
+//!
+//! Authorization codes are random (256 bits), live [`CODE_TTL_SECONDS`],
+//! are bound to the client id, the redirect URI and the PKCE challenge, and
+//! are removed on first use whatever its outcome (RFC 6749 section 4.1.2: a
+//! code is used once). Redirect URIs must point at the control plane's own
+//! origin, so the issuer cannot be used as an open redirect.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jwt_simple::prelude::HS256Key;
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use super::tokens::{check_string, MintError, TokenRequest, DEFAULT_AUDIENCE, MAX_STRING_LEN};
+
+/// How long an authorization code can be exchanged, in seconds.
+pub const CODE_TTL_SECONDS: u64 = 60;
+/// Lifetime of the tokens the authorization code flow issues.
+pub const FLOW_TOKEN_TTL_SECONDS: u64 = 3600;
+/// Most codes waiting to be exchanged; more sign-ins are refused until some
+/// expire, so a client that never exchanges its codes cannot grow memory.
+const MAX_PENDING_CODES: usize = 10_000;
+/// Longest `state`, `nonce`, `scope` or `client_id` accepted, in bytes.
+pub const MAX_PARAM_LEN: usize = 512;
+
+/// The parameters of `GET /dev/authorize` (and of the sign-in form's POST),
+/// every one optional here so that a missing one gets a precise message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeParams {
+    /// Must be `code`.
+    pub response_type: Option<String>,
+    /// The public client's id.
+    pub client_id: Option<String>,
+    /// Where to send the code; must be on the control plane's own origin.
+    pub redirect_uri: Option<String>,
+    /// Echoed back with the code; the client checks it (CSRF).
+    pub state: Option<String>,
+    /// Copied into the ID token.
+    pub nonce: Option<String>,
+    /// BASE64URL(SHA-256(code_verifier)), 43 characters.
+    pub code_challenge: Option<String>,
+    /// Must be `S256`.
+    pub code_challenge_method: Option<String>,
+    /// Requested scopes; must include `openid`.
+    pub scope: Option<String>,
+}
+
+/// An authorization request that passed [`check_authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidAuthorize {
+    /// The client id.
+    pub client_id: String,
+    /// The redirect URI, checked to be on the issuer's origin.
+    pub redirect_uri: Url,
+    /// The client's `state`, if any.
+    pub state: Option<String>,
+    /// The client's `nonce`, if any.
+    pub nonce: Option<String>,
+    /// The S256 code challenge.
+    pub code_challenge: String,
+    /// The scopes asked for.
+    pub scope: String,
+}
+
+/// Who signs in on the dev issuer's form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignIn {
+    /// The `sub` claim.
+    pub sub: String,
+    /// The `email` claim, if given.
+    pub email: Option<String>,
+    /// The `groups` claim.
+    pub groups: Vec<String>,
+}
+
+/// The form body of `POST /dev/oauth/token`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeExchange {
+    /// Must be `authorization_code`.
+    pub grant_type: Option<String>,
+    /// The code from the redirect.
+    pub code: Option<String>,
+    /// The same redirect URI as in the authorization request.
+    pub redirect_uri: Option<String>,
+    /// The same client id as in the authorization request.
+    pub client_id: Option<String>,
+    /// The PKCE code verifier.
+    pub code_verifier: Option<String>,
+}
+
+// Hand-written: the code and the verifier are credentials.
+impl fmt::Debug for CodeExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeExchange")
+            .field("grant_type", &self.grant_type)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer of `POST /dev/oauth/token` (RFC 6749 section 5.1).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeTokens {
+    /// Audience `warden`: what the gateway and the control plane accept.
+    pub access_token: String,
+    /// Audience the client id, with the client's nonce.
+    pub id_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Lifetime of both tokens, in seconds.
+    pub expires_in: u64,
+}
+
+// Hand-written so a token never lands in a log through `{:?}`.
+impl fmt::Debug for CodeTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeTokens")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth 2.0 error (RFC 6749 sections 4.1.2.1 and 5.2): `code()` is the
+/// `error` value, the message its `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// A parameter is missing, repeated or malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The code is unknown, used, expired, or bound to another client,
+    /// redirect URI or challenge; or the verifier does not match.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// The grant type is not `authorization_code`.
+    #[error("only grant_type=authorization_code is supported here")]
+    UnsupportedGrantType,
+    /// The response type is not `code`.
+    #[error("only response_type=code is supported")]
+    UnsupportedResponseType,
+    /// Too many codes are waiting; try again shortly.
+    #[error("too many sign-ins in progress; try again in a minute")]
+    TemporarilyUnavailable,
+    /// Signing the tokens failed (internal; the detail is not for the client).
+    #[error("internal error")]
+    Server(String),
+}
+
+impl OAuthError {
+    /// The RFC 6749 `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::UnsupportedResponseType => "unsupported_response_type",
+            OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthError::Server(_) => "server_error",
+        }
+    }
+}
+
+/// A code waiting to be exchanged, and what it is bound to.
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    nonce: Option<String>,
+    who: SignIn,
+    expires_at: u64,
+}
+
+/// The codes waiting to be exchanged, by code.
+#[derive(Default)]
+pub struct Codes {
+    pending: Mutex<HashMap<String, IssuedCode>>,
+}
+
+/// What a redeemed code was issued for.
+pub struct Grant {
+    who: SignIn,
+    client_id: String,
+    nonce: Option<String>,
+}
+
+/// Checks an authorization request to `issuer`: `response_type=code`, a client id,
+/// a redirect URI on the issuer's own origin, an S256 PKCE challenge and
+/// the `openid` scope. The caller shows errors to the user and never
+/// redirects on them, so an unchecked redirect URI is never followed.
+pub fn check_authorize(
+    issuer: &str,
+    params: &AuthorizeParams,
+) -> Result<ValidAuthorize, OAuthError> {
+    let client_id = required("client_id", params.client_id.as_deref())?;
+    let redirect_uri = check_redirect_uri(issuer, params.redirect_uri.as_deref())?;
+    match required("response_type", params.response_type.as_deref())? {
+        "code" => {}
+        _ => return Err(OAuthError::UnsupportedResponseType),
+    }
+    let method = required(
+        "code_challenge_method",
+        params.code_challenge_method.as_deref(),
+    )
+    .map_err(|_| {
+        OAuthError::InvalidRequest(
+            "PKCE is required: send code_challenge and code_challenge_method=S256".to_owned(),
+        )
+    })?;
+    if method != "S256" {
+        return Err(OAuthError::InvalidRequest(
+            "only code_challenge_method=S256 is supported".to_owned(),
+        ));
+    }
+    let code_challenge = required("code_challenge", params.code_challenge.as_deref())?;
+    if code_challenge.len() != 43 || !code_challenge.bytes().all(is_base64url_byte) {
+        return Err(OAuthError::InvalidRequest(
+            "code_challenge must be the 43-character BASE64URL of a SHA-256 digest".to_owned(),
+        ));
+    }
+    let scope = required("scope", params.scope.as_deref())?;
+    if !scope.split(' ').any(|s| s == "openid") {
+        return Err(OAuthError::InvalidRequest(
+            "scope must include openid".to_owned(),
+        ));
+    }
+    Ok(ValidAuthorize {
+        client_id: client_id.to_owned(),
+        redirect_uri,
+        state: optional("state", params.state.as_deref())?.map(str::to_owned),
+        nonce: optional("nonce", params.nonce.as_deref())?.map(str::to_owned),
+        code_challenge: code_challenge.to_owned(),
+        scope: scope.to_owned(),
+    })
+}
+
+/// A redirect URI is accepted only on the issuer's own origin (scheme,
+/// host and port), without credentials or a fragment.
+fn check_redirect_uri(issuer: &str, uri: Option<&str>) -> Result<Url, OAuthError> {
+    let uri = required("redirect_uri", uri)?;
+    let invalid = |why: &str| OAuthError::InvalidRequest(format!("redirect_uri {why}"));
+    let parsed = Url::parse(uri).map_err(|_| invalid("is not an absolute URL"))?;
+    let own = Url::parse(issuer).map_err(|_| invalid("cannot be checked"))?;
+    if parsed.origin() != own.origin() || !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("must be on this control plane's own origin"));
+    }
+    if parsed.fragment().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid("must not carry a fragment or credentials"));
+    }
+    Ok(parsed)
+}
+
+impl Codes {
+    /// Issues a one-time code for `who` at `now`, bound to the checked request.
+    pub fn issue(
+        &self,
+        authorize: &ValidAuthorize,
+        who: SignIn,
+        now: u64,
+    ) -> Result<String, OAuthError> {
+        let invalid = |error: MintError| OAuthError::InvalidRequest(error.to_string());
+        let sub = check_string("subject", who.sub.trim()).map_err(invalid)?;
+        let email = match who.email.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(email) => Some(check_string("email", email).map_err(invalid)?.to_owned()),
+        };
+        let mut groups = Vec::with_capacity(who.groups.len());
+        for group in &who.groups {
+            groups.push(
+                check_string("each group", group.trim())
+                    .map_err(invalid)?
+                    .to_owned(),
+            );
+        }
+        // 256 bits from jwt-simple's CSPRNG (an HMAC key is exactly random bytes).
+        let code = URL_SAFE_NO_PAD.encode(HS256Key::generate().to_bytes());
+        let mut codes = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        codes.retain(|_, issued| issued.expires_at > now);
+        if codes.len() >= MAX_PENDING_CODES {
+            return Err(OAuthError::TemporarilyUnavailable);
+        }
+        codes.insert(
+            code.clone(),
+            IssuedCode {
+                client_id: authorize.client_id.clone(),
+                redirect_uri: authorize.redirect_uri.as_str().to_owned(),
+                code_challenge: authorize.code_challenge.clone(),
+                nonce: authorize.nonce.clone(),
+                who: SignIn {
+                    sub: sub.to_owned(),
+                    email,
+                    groups,
+                },
+                expires_at: now.saturating_add(CODE_TTL_SECONDS),
+            },
+        );
+        Ok(code)
+    }
+
+    /// Takes the code `request` presents at `now`, once its parameters
+    /// check out: the code is removed as soon as it is presented, so a second
+    /// try fails even if the first one did. What it was issued for, if the
+    /// request matches it (client, redirect URI, PKCE verifier) and it has
+    /// not expired.
+    pub fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
+        match required("grant_type", request.grant_type.as_deref())? {
+            "authorization_code" => {}
+            _ => return Err(OAuthError::UnsupportedGrantType),
+        }
+        let code = required("code", request.code.as_deref())?;
+        let client_id = required("client_id", request.client_id.as_deref())?;
+        let redirect_uri = required("redirect_uri", request.redirect_uri.as_deref())?;
+        let verifier = required("code_verifier", request.code_verifier.as_deref())?;
+        // RFC 7636 section 4.1: 43 to 128 unreserved characters.
+        if !(43..=128).contains(&verifier.len())
+            || !verifier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            return Err(OAuthError::InvalidRequest(
+                "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~".to_owned(),
+            ));
+        }
+        let issued = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(code);
+        let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
+        let issued = issued.ok_or_else(|| grant("the code is unknown or was already used"))?;
+        if issued.expires_at <= now {
+            return Err(grant("the code has expired"));
+        }
+        if issued.client_id != client_id {
+            return Err(grant("the code was issued to another client"));
+        }
+        if issued.redirect_uri != redirect_uri {
+            return Err(grant(
+                "redirect_uri differs from the authorization request's",
+            ));
+        }
+        let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        // Without an early exit: timing does not tell how much matched.
+        if !bool::from(computed.as_bytes().ct_eq(issued.code_challenge.as_bytes())) {
+            return Err(grant("code_verifier does not match the code challenge"));
+        }
+        Ok(Grant {
+            who: issued.who,
+            client_id: client_id.to_owned(),
+            nonce: issued.nonce,
+        })
+    }
+}
+
+impl Grant {
+    /// What to mint for it: the access token (audience `warden`) and the ID
+    /// token (audience the client id, with its nonce), both naming the
+    /// client in `azp` and living [`FLOW_TOKEN_TTL_SECONDS`].
+    pub fn token_requests(self) -> (TokenRequest, TokenRequest) {
+        let Grant {
+            who,
+            client_id,
+            nonce,
+        } = self;
+        let base = TokenRequest {
+            sub: who.sub,
+            groups: who.groups,
+            email: who.email,
+            ttl_seconds: Some(FLOW_TOKEN_TTL_SECONDS),
+            ..TokenRequest::default()
+        };
+        let mut azp = Map::new();
+        azp.insert("azp".into(), Value::from(client_id.as_str()));
+        let access = TokenRequest {
+            audience: Some(DEFAULT_AUDIENCE.to_owned()),
+            claims: Some(azp.clone()),
+            ..base.clone()
+        };
+        let mut id_claims = azp;
+        if let Some(nonce) = nonce {
+            id_claims.insert("nonce".into(), Value::from(nonce));
+        }
+        let id = TokenRequest {
+            audience: Some(client_id),
+            claims: Some(id_claims),
+            ..base
+        };
+        (access, id)
+    }
+}
+
+fn required<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, OAuthError> {
+    match value {
+        Some(value) if !value.is_empty() => {
+            optional(name, Some(value))?;
+            Ok(value)
+        }
+        _ => Err(OAuthError::InvalidRequest(format!("{name} is required"))),
+    }
+}
+
+fn optional<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str>, OAuthError> {
+    match value {
+        Some(value) if value.len() > MAX_PARAM_LEN && name != "redirect_uri" => Err(
+            OAuthError::InvalidRequest(format!("{name} is longer than {MAX_PARAM_LEN} bytes")),
+        ),
+        Some(value) if value.len() > MAX_STRING_LEN => Err(OAuthError::InvalidRequest(format!(
+            "{name} is longer than {MAX_STRING_LEN} bytes"
+        ))),
+        Some("") | None => Ok(None),
+        Some(value) => Ok(Some(value)),
+    }
+}
+
+fn is_base64url_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'
+}
