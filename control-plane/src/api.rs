@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 use crate::approvals::{
     self, ApprovalBinding, ApprovalView, DecideRequest, OpenRequest, MAX_WAIT_MS,
 };
+use crate::clock::unix_now_ms;
 use crate::error::ApiError;
 use crate::fields::logged;
 use crate::policies::{self, CheckError};
@@ -320,7 +321,7 @@ async fn open_approval(
 ) -> Result<Response, ApiError> {
     gateway(&state, &headers)?;
     let Json(request) = body?;
-    let now = approvals::now_ms();
+    let now = unix_now_ms();
     let new = approvals::new_row(request, now).map_err(ApiError::BadRequest)?;
     let (row, outcome) = state.store().open_approval(new, now).await.map_err(db)?;
     let view = approvals::view(&row, now, &state.approvals_url());
@@ -385,7 +386,7 @@ async fn wait_approval(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let row = load(&state, &id).await?;
-        let now = approvals::now_ms();
+        let now = unix_now_ms();
         let status = approvals::status_at(&row, now);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if status != "pending" || left.is_zero() {
@@ -419,7 +420,7 @@ async fn consume_approval(
             "this approval was given for another requester, route, rule, model, policy version or request body",
         ));
     }
-    let now = approvals::now_ms();
+    let now = unix_now_ms();
     if state.store().consume_approval(&id, now).await.map_err(db)? {
         let row = load(&state, &id).await?;
         tracing::info!(approval = %logged(&id), "approval used");
@@ -490,7 +491,7 @@ async fn list_approvals(
             allowed.join(", ")
         )));
     }
-    let now = approvals::now_ms();
+    let now = unix_now_ms();
     let url = state.approvals_url();
     let rows = state.store().recent_approvals().await.map_err(db)?;
     let list: Vec<ApprovalView> = rows
@@ -527,7 +528,7 @@ async fn show_approval(
     }
     Ok(Json(approvals::view(
         &row,
-        approvals::now_ms(),
+        unix_now_ms(),
         &state.approvals_url(),
     )))
 }
@@ -601,7 +602,7 @@ async fn decide(
             ),
         ));
     }
-    let now = approvals::now_ms();
+    let now = unix_now_ms();
     // From the token, which bounds nothing but its own size: cut like any stored field.
     let decider = Decider {
         issuer: crate::fields::stored(caller.identity.issuer.clone()),

@@ -24,7 +24,7 @@
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
 //! | [`server`] | the composition root: [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
 //! | [`state`] | [`state::AppState`], what every handler shares, and [`state::ServerConfig`]; the route modules import it, never [`server`] |
-//! | [`clock`] | the wall clock (`unix_now`), read at the edges and passed down |
+//! | [`clock`] | the wall clock (`unix_now`, `unix_now_ms`), read at the edges and passed down; stored times written as RFC 3339 (the engine's `rfc3339_millis`) |
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |

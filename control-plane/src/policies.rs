@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -27,27 +26,17 @@ use tokio::sync::Semaphore;
 /// Largest policy document accepted, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
-/// One problem in a policy document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// 1-based line in the document, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// Where in the document, e.g. `rules[2].regex`, when known.
-    pub path: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
+/// One problem in a policy document: the engine's own type (its compiler
+/// reports it; [`validate`] adds the line when the compiler gave a path).
+pub use warden_engine::policy::Problem;
 
-impl Problem {
-    fn message(message: impl Into<String>) -> Self {
-        Problem {
-            line: None,
-            column: None,
-            path: None,
-            message: message.into(),
-        }
+/// A problem with only a message.
+fn problem(message: impl Into<String>) -> Problem {
+    Problem {
+        path: None,
+        line: None,
+        column: None,
+        message: message.into(),
     }
 }
 
@@ -56,7 +45,7 @@ impl Problem {
 /// semantic ones are located by their path in the YAML tree).
 pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
     if text.len() > MAX_DOCUMENT_BYTES {
-        return Err(vec![Problem::message(format!(
+        return Err(vec![problem(format!(
             "the document is larger than {MAX_DOCUMENT_BYTES} bytes"
         ))]);
     }
@@ -67,13 +56,7 @@ pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
     let tree = marked_yaml::parse_yaml(0, text).ok();
     let mut out: Vec<Problem> = problems
         .into_iter()
-        .map(|problem| {
-            let mut located = Problem {
-                line: problem.line,
-                column: problem.column,
-                path: problem.path,
-                message: problem.message,
-            };
+        .map(|mut located| {
             if located.line.is_none() {
                 if let (Some(tree), Some(path)) = (&tree, &located.path) {
                     if let Some((line, column)) = locate(tree, path) {
@@ -87,7 +70,7 @@ pub fn validate(text: &str) -> Result<(), Vec<Problem>> {
         .collect();
     if out.is_empty() {
         // The compiler refused without saying why: never report "valid".
-        out.push(Problem::message("the policy is invalid"));
+        out.push(problem("the policy is invalid"));
     }
     Err(out)
 }

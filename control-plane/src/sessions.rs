@@ -190,7 +190,7 @@ async fn append_sessions(
     let Json(request) = body?;
     let received = request.records.len();
     let rows = validate_batch(request.records).map_err(ApiError::BadRequest)?;
-    let received_at = crate::approvals::rfc3339(crate::approvals::now_ms());
+    let received_at = crate::clock::rfc3339(crate::clock::unix_now_ms());
     let (stored, last_seq) = state
         .store()
         .append_sessions(rows, &received_at)
@@ -461,15 +461,30 @@ async fn verify_sessions(
     Ok(Json(report))
 }
 
-/// What is wrong at one place in the chain.
+/// What is wrong at one place in the chain (not a policy document's
+/// [`crate::policies::Problem`]: a break in the audit trail).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
+pub struct ChainProblem {
     /// Where: the row concerned (for `deleted`, the first missing `seq`).
     pub seq: i64,
-    /// `edited`, `deleted`, `reordered` or `broken_link`.
-    pub kind: String,
+    /// What broke the chain there.
+    pub kind: ChainBreak,
     /// For people.
     pub message: String,
+}
+
+/// How the chain is broken at a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainBreak {
+    /// The row does not match its hash: its content was changed.
+    Edited,
+    /// Rows are missing before it (a gap in `seq`).
+    Deleted,
+    /// It links to a row that exists elsewhere in the chain.
+    Reordered,
+    /// It links to a hash no row has.
+    BrokenLink,
 }
 
 /// `GET /v1/sessions/verify` answer.
@@ -480,7 +495,7 @@ pub struct VerifyReport {
     /// Rows read.
     pub checked: u64,
     /// At most [`MAX_PROBLEMS`], in chain order.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ChainProblem>,
 }
 
 /// Walks the whole chain in `seq` order, [`VERIFY_PAGE`] rows at a time,
@@ -489,7 +504,7 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
     let mut checked: u64 = 0;
     let mut problems = Vec::new();
     let mut total_problems: usize = 0;
-    let mut report = |problem: Problem, problems: &mut Vec<Problem>| {
+    let mut report = |problem: ChainProblem, problems: &mut Vec<ChainProblem>| {
         total_problems += 1;
         if problems.len() < MAX_PROBLEMS {
             problems.push(problem);
@@ -519,9 +534,9 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
                     format!("records {expected_seq} to {} are missing", row.seq - 1)
                 };
                 report(
-                    Problem {
+                    ChainProblem {
                         seq: expected_seq,
-                        kind: "deleted".into(),
+                        kind: ChainBreak::Deleted,
                         message: format!("{missing} (the chain resumes at {})", row.seq),
                     },
                     &mut problems,
@@ -529,9 +544,9 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
             }
             if chain_hash(&row.prev_hash, &row.record) != row.hash {
                 report(
-                    Problem {
+                    ChainProblem {
                         seq: row.seq,
-                        kind: "edited".into(),
+                        kind: ChainBreak::Edited,
                         message: format!(
                             "record {} does not match its hash: its content was changed",
                             row.seq
@@ -548,9 +563,9 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
                         out_of_place = true;
                         if !(previous_moved && moved.contains(&owner)) {
                             report(
-                                Problem {
+                                ChainProblem {
                                     seq: row.seq,
-                                    kind: "reordered".into(),
+                                    kind: ChainBreak::Reordered,
                                     message: format!(
                                         "record {} follows record {owner} in the chain, not record {}: records were moved",
                                         row.seq,
@@ -562,9 +577,9 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
                         }
                     }
                     None => report(
-                        Problem {
+                        ChainProblem {
                             seq: row.seq,
-                            kind: "broken_link".into(),
+                            kind: ChainBreak::BrokenLink,
                             message: format!(
                                 "record {} links to a hash no record has: the record before it was changed or replaced",
                                 row.seq

@@ -26,8 +26,9 @@ use warden_engine::auth::{
 use crate::clock::unix_now;
 use crate::error::ApiError;
 
-/// Header the gateways send their shared secret in.
-pub const GATEWAY_KEY_HEADER: &str = "x-warden-gateway-key";
+/// Header the gateways send their shared secret in: the engine's, which the
+/// filter sends.
+pub use warden_engine::protocol::GATEWAY_KEY_HEADER;
 
 /// Unknown-`kid` refetches happen at most this often per issuer.
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);

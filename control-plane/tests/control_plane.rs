@@ -2044,7 +2044,8 @@ mod cancellation {
     use std::task::{Context, Wake, Waker};
 
     use sqlx::Connection as _;
-    use warden_control_plane::approvals::{new_row, now_ms, OpenRequest};
+    use warden_control_plane::approvals::{new_row, OpenRequest};
+    use warden_control_plane::clock::unix_now_ms;
     use warden_control_plane::sessions::validate_batch;
     use warden_control_plane::store::{Decider, Store};
 
@@ -2222,8 +2223,8 @@ mod cancellation {
                 1,
             )
             .await;
-            let row = new_row(approval("alice", i), now_ms()).unwrap();
-            cancel_after(store.open_approval(row, now_ms()), 1).await;
+            let row = new_row(approval("alice", i), unix_now_ms()).unwrap();
+            cancel_after(store.open_approval(row, unix_now_ms()), 1).await;
             let batch =
                 validate_batch(vec![json!({"id": format!("r{i}"), "subject": "alice"})]).unwrap();
             cancel_after(store.append_sessions(batch, "2026-01-02T03:04:05.000Z"), 1).await;
@@ -2250,7 +2251,10 @@ mod cancellation {
         })
         .await;
         let (row, _) = store
-            .open_approval(new_row(approval("bob", 0), now_ms()).unwrap(), now_ms())
+            .open_approval(
+                new_row(approval("bob", 0), unix_now_ms()).unwrap(),
+                unix_now_ms(),
+            )
             .await
             .unwrap();
         let lead = Decider {
@@ -2260,7 +2264,7 @@ mod cancellation {
         };
         let id = row.id.as_str();
         cancel_after(
-            store.decide_approval(id, true, &lead, Some("ok"), now_ms()),
+            store.decide_approval(id, true, &lead, Some("ok"), unix_now_ms()),
             1,
         )
         .await;
@@ -2268,7 +2272,7 @@ mod cancellation {
             store.approval(id).await.unwrap().unwrap().status == "approved"
         })
         .await;
-        cancel_after(store.consume_approval(id, now_ms()), 1).await;
+        cancel_after(store.consume_approval(id, unix_now_ms()), 1).await;
         eventually("the dropped use was recorded", move || async move {
             store
                 .approval(id)

@@ -406,8 +406,9 @@ impl Denial {
 }
 
 /// One thing wrong with a policy document. Syntax and type errors carry
-/// the line and column; the others a path (`rules[2].regex`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// the line and column; the others a path (`rules[2].regex`). Also what the
+/// control plane answers (422 `problems`) and its CLI reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub path: Option<String>,
     pub line: Option<usize>,
