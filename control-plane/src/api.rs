@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::approvals::{
-    self, ApprovalBinding, ApprovalView, DecideRequest, OpenRequest, MAX_WAIT_MS,
+    self, ApprovalBinding, ApprovalList, ApprovalStatus, ApprovalView, DecideRequest, OpenRequest,
+    MAX_WAIT_MS,
 };
 use crate::clock::unix_now_ms;
 use crate::error::ApiError;
@@ -389,7 +390,7 @@ async fn wait_approval(
         let now = unix_now_ms();
         let status = approvals::status_at(&row, now);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if status != "pending" || left.is_zero() {
+        if status != ApprovalStatus::Pending || left.is_zero() {
             return Ok(Json(approvals::view(&row, now, &state.approvals_url())));
         }
         // Polling the database (not an in-process signal) sees a decision
@@ -428,19 +429,16 @@ async fn consume_approval(
     }
     let row = load(&state, &id).await?;
     Err(match approvals::status_at(&row, now) {
-        "consumed" => ApiError::refused(
+        ApprovalStatus::Consumed => ApiError::refused(
             StatusCode::CONFLICT,
             "approval_used",
             "this approval was already used; approvals are single-use",
         ),
-        "expired" => expired(),
-        _ => ApiError::refused(
+        ApprovalStatus::Expired => expired(),
+        status => ApiError::refused(
             StatusCode::CONFLICT,
             "approval_not_approved",
-            format!(
-                "this approval is {}, not approved",
-                approvals::status_at(&row, now)
-            ),
+            format!("this approval is {}, not approved", status.as_str()),
         ),
     })
 }
@@ -474,41 +472,54 @@ struct ListQuery {
     status: Option<String>,
 }
 
+/// `?status=all`: every status.
+const ALL_STATUSES: &str = "all";
+
 async fn list_approvals(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApprovalList>, ApiError> {
     let caller = state.users().caller(&headers).await?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let wanted = query.status.unwrap_or_else(|| "pending".into());
-    let allowed = [
-        "pending", "approved", "denied", "expired", "consumed", "all",
-    ];
-    if !allowed.contains(&wanted.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "`status` must be one of {}",
-            allowed.join(", ")
-        )));
-    }
+    // None: all of them.
+    let wanted: Option<ApprovalStatus> = match query.status.as_deref() {
+        None => Some(ApprovalStatus::Pending),
+        Some(ALL_STATUSES) => None,
+        Some(text) => Some(
+            ApprovalStatus::ALL
+                .into_iter()
+                .find(|status| status.as_str() == text)
+                .ok_or_else(|| {
+                    let allowed: Vec<&str> = ApprovalStatus::ALL
+                        .iter()
+                        .map(|status| status.as_str())
+                        .chain([ALL_STATUSES])
+                        .collect();
+                    ApiError::BadRequest(format!("`status` must be one of {}", allowed.join(", ")))
+                })?,
+        ),
+    };
     let now = unix_now_ms();
     let url = state.approvals_url();
     let rows = state.store().recent_approvals().await.map_err(db)?;
-    let list: Vec<ApprovalView> = rows
+    let approvals: Vec<ApprovalView> = rows
         .iter()
         .filter(|row| may_decide(&caller, row) || is_own(&caller, row))
         .filter(|row| {
             let status = approvals::status_at(row, now);
-            match wanted.as_str() {
-                "all" => true,
+            match wanted {
+                None => true,
                 // An approval that was used was approved.
-                "approved" => status == "approved" || status == "consumed",
-                other => status == other,
+                Some(ApprovalStatus::Approved) => {
+                    status == ApprovalStatus::Approved || status == ApprovalStatus::Consumed
+                }
+                Some(wanted) => status == wanted,
             }
         })
         .map(|row| approvals::view(row, now, &url))
         .collect();
-    Ok(Json(json!({ "approvals": list })))
+    Ok(Json(ApprovalList { approvals }))
 }
 
 async fn show_approval(
@@ -617,13 +628,13 @@ async fn decide(
     let row = load(&state, &id).await?;
     if !decided {
         return Err(match approvals::status_at(&row, now) {
-            "expired" if row.status == "pending" => expired(),
+            ApprovalStatus::Expired if row.stored_status() == ApprovalStatus::Pending => expired(),
             _ => ApiError::refused(
                 StatusCode::CONFLICT,
                 "already_decided",
                 format!(
                     "this approval was already {} by {}",
-                    row.status,
+                    row.stored_status().as_str(),
                     row.decided_by_email
                         .as_deref()
                         .or(row.decided_by_subject.as_deref())
@@ -634,7 +645,12 @@ async fn decide(
     }
     tracing::info!(
         approval = %logged(&id),
-        decision = if approve { "approved" } else { "denied" },
+        decision = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        }
+        .as_str(),
         by = %logged(&decider.subject),
         "approval decided"
     );

@@ -28,6 +28,8 @@ pub const MAX_GROUPS: usize = 100;
 /// Longest `wait` the server holds a request open.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
+/// Every answer about an approval embeds the filter's own type.
+pub use warden_engine::protocol::{ApprovalAnswer, ApprovalStatus};
 /// `POST /v1/approvals` and `POST /v1/approvals/{id}/consume`: the filter's
 /// own types, one definition of the wire format for both sides.
 pub use warden_engine::protocol::{ApprovalBinding, ApprovalRequest as OpenRequest};
@@ -74,12 +76,15 @@ pub struct DecideRequest {
     pub reason: Option<String>,
 }
 
-/// An approval as every endpoint answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An approval as every endpoint answers it: what the filter reads (the
+/// engine's [`ApprovalAnswer`]: id, status, consumed, reason, decided_by,
+/// url), and what people are shown besides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalView {
-    pub id: String,
-    /// `pending`, `approved`, `denied`, `expired` or `consumed`.
-    pub status: String,
+    /// Id, status, whether it was used, the approver's reason and subject,
+    /// the approvers' page at this approval (always there).
+    #[serde(flatten)]
+    pub answer: ApprovalAnswer,
     pub mode: String,
     pub rule: String,
     pub model: Option<String>,
@@ -95,35 +100,43 @@ pub struct ApprovalView {
     /// RFC 3339 UTC.
     pub created_at: String,
     pub expires_at: String,
-    /// The approver's subject.
-    pub decided_by: Option<String>,
     pub decided_by_email: Option<String>,
     pub decided_by_issuer: Option<String>,
     pub decided_at: Option<String>,
-    pub reason: Option<String>,
     pub consumed_at: Option<String>,
-    pub consumed: bool,
-    /// The approvers' page, at this approval.
-    pub url: String,
 }
 
-/// The status as read at `now_ms`.
-pub fn status_at(row: &ApprovalRow, now_ms: i64) -> &'static str {
-    match row.status.as_str() {
-        "approved" if row.consumed_ms.is_some() => "consumed",
-        "approved" if now_ms >= row.expires_ms => "expired",
-        "approved" => "approved",
-        "denied" => "denied",
-        _ if now_ms >= row.expires_ms => "expired",
-        _ => "pending",
+/// `GET /v1/approvals`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalList {
+    /// Newest first.
+    pub approvals: Vec<ApprovalView>,
+}
+
+/// The status as read at `now_ms`: what the row stores, or `expired` past
+/// its expiry (pending, or approved and unused), or `consumed` once used.
+pub fn status_at(row: &ApprovalRow, now_ms: i64) -> ApprovalStatus {
+    match row.stored_status() {
+        ApprovalStatus::Approved if row.consumed_ms.is_some() => ApprovalStatus::Consumed,
+        ApprovalStatus::Approved if now_ms >= row.expires_ms => ApprovalStatus::Expired,
+        ApprovalStatus::Approved => ApprovalStatus::Approved,
+        ApprovalStatus::Denied => ApprovalStatus::Denied,
+        _ if now_ms >= row.expires_ms => ApprovalStatus::Expired,
+        _ => ApprovalStatus::Pending,
     }
 }
 
 /// The answer shape of `row` at `now_ms`.
 pub fn view(row: &ApprovalRow, now_ms: i64, approvals_url: &str) -> ApprovalView {
     ApprovalView {
-        id: row.id.clone(),
-        status: status_at(row, now_ms).to_owned(),
+        answer: ApprovalAnswer {
+            id: row.id.clone(),
+            status: status_at(row, now_ms),
+            consumed: row.consumed_ms.is_some(),
+            reason: row.reason.clone(),
+            decided_by: row.decided_by_subject.clone(),
+            url: Some(format!("{approvals_url}#{}", row.id)),
+        },
         mode: row.mode.clone(),
         rule: row.rule.clone(),
         model: (!row.model.is_empty()).then(|| row.model.clone()),
@@ -138,14 +151,10 @@ pub fn view(row: &ApprovalRow, now_ms: i64, approvals_url: &str) -> ApprovalView
         approvers: approvers(row),
         created_at: rfc3339(row.created_ms),
         expires_at: rfc3339(row.expires_ms),
-        decided_by: row.decided_by_subject.clone(),
         decided_by_email: row.decided_by_email.clone(),
         decided_by_issuer: row.decided_by_issuer.clone(),
         decided_at: row.decided_ms.map(rfc3339),
-        reason: row.reason.clone(),
         consumed_at: row.consumed_ms.map(rfc3339),
-        consumed: row.consumed_ms.is_some(),
-        url: format!("{approvals_url}#{}", row.id),
     }
 }
 
@@ -205,7 +214,7 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
     let ttl_ms = i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     Ok(ApprovalRow {
         id: new_id(),
-        status: "pending".into(),
+        status: ApprovalStatus::Pending.as_str().to_owned(),
         mode: request.mode.name().to_owned(),
         issuer: request.issuer,
         subject: request.subject,
@@ -314,15 +323,68 @@ mod tests {
     #[test]
     fn statuses_are_derived() {
         let mut row = new_row(request(), 1000).unwrap();
-        assert_eq!(status_at(&row, 1000), "pending");
-        assert_eq!(status_at(&row, 61_000), "expired");
+        assert_eq!(row.status, "pending");
+        assert_eq!(status_at(&row, 1000), ApprovalStatus::Pending);
+        assert_eq!(status_at(&row, 61_000), ApprovalStatus::Expired);
         row.status = "approved".into();
-        assert_eq!(status_at(&row, 2000), "approved");
-        assert_eq!(status_at(&row, 61_000), "expired");
+        assert_eq!(status_at(&row, 2000), ApprovalStatus::Approved);
+        assert_eq!(status_at(&row, 61_000), ApprovalStatus::Expired);
         row.consumed_ms = Some(3000);
-        assert_eq!(status_at(&row, 61_000), "consumed");
+        assert_eq!(status_at(&row, 61_000), ApprovalStatus::Consumed);
         row.status = "denied".into();
-        assert_eq!(status_at(&row, 61_000), "denied");
+        assert_eq!(status_at(&row, 61_000), ApprovalStatus::Denied);
+    }
+
+    #[test]
+    fn the_answer_keeps_its_shape_and_the_filter_reads_it() {
+        let row = new_row(request(), 1000).unwrap();
+        let wire = serde_json::to_value(view(&row, 2000, "https://w/approvals")).unwrap();
+        let mut keys: Vec<&str> = wire
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "approvers",
+                "consumed",
+                "consumed_at",
+                "created_at",
+                "decided_at",
+                "decided_by",
+                "decided_by_email",
+                "decided_by_issuer",
+                "email",
+                "expires_at",
+                "groups",
+                "id",
+                "issuer",
+                "masked_prompt",
+                "mode",
+                "model",
+                "policy_version",
+                "provider",
+                "reason",
+                "route",
+                "rule",
+                "status",
+                "subject",
+                "url",
+            ]
+        );
+        assert_eq!(wire["status"], "pending");
+        assert_eq!(wire["consumed"], false);
+        assert_eq!(wire["url"], format!("https://w/approvals#{}", row.id));
+        // What the filter reads of it.
+        let answer: ApprovalAnswer = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(answer.id, row.id);
+        assert_eq!(answer.status, ApprovalStatus::Pending);
+        // What the CLI reads of it, whole.
+        let read: ApprovalView = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(serde_json::to_value(read).unwrap(), wire);
     }
 
     #[test]

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::approvals::{ApprovalList, ApprovalStatus, ApprovalView};
 use crate::dev_issuer::{TokenRequest, TokenResponse};
 use crate::error::ErrorBody;
 use crate::policies::{self, Problem};
@@ -108,7 +110,7 @@ pub enum ApprovalsCommand {
     /// Approvals you may decide, and your own requests, newest first.
     List {
         /// pending, approved, denied, expired, consumed or all.
-        #[arg(long, default_value = "pending")]
+        #[arg(long, default_value = ApprovalStatus::Pending.as_str())]
         status: String,
     },
     /// One approval.
@@ -550,20 +552,19 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
                 .call(Method::GET, &format!("/v1/approvals?status={status}"), None)
                 .await?;
             if !json_out {
-                let rows: Vec<Vec<String>> = answer["approvals"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
+                let list: ApprovalList = typed(&answer)?;
+                let rows: Vec<Vec<String>> = list
+                    .approvals
                     .iter()
                     .map(|a| {
                         vec![
-                            str_of(&a["id"]),
-                            str_of(&a["status"]),
-                            str_of(&a["mode"]),
+                            a.answer.id.clone(),
+                            a.answer.status.as_str().to_owned(),
+                            a.mode.clone(),
                             requester(a),
-                            str_of(&a["rule"]),
-                            a["model"].as_str().unwrap_or("-").to_owned(),
-                            str_of(&a["created_at"]),
+                            a.rule.clone(),
+                            a.model.as_deref().unwrap_or("-").to_owned(),
+                            a.created_at.clone(),
                         ]
                     })
                     .collect();
@@ -614,7 +615,7 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
     if json_out {
         print_json(&answer)?;
     } else {
-        out(&describe(&answer))?;
+        out(&describe(&typed(&answer)?))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -755,54 +756,55 @@ fn str_of(value: &Value) -> String {
     }
 }
 
-fn requester(a: &Value) -> String {
-    a["email"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| str_of(&a["subject"]))
+/// An answer read into its type; a person is told when it does not fit.
+fn typed<T: DeserializeOwned>(answer: &Value) -> Result<T, String> {
+    T::deserialize(answer)
+        .map_err(|e| format!("the control plane answered something unexpected: {e}"))
+}
+
+fn requester(a: &ApprovalView) -> String {
+    a.email.clone().unwrap_or_else(|| a.subject.clone())
 }
 
 /// One approval as `key: value` lines.
-fn describe(a: &Value) -> String {
+fn describe(a: &ApprovalView) -> String {
     let mut text = String::new();
     let mut line = |key: &str, value: String| {
         if !value.is_empty() {
             let _ = writeln!(text, "{key:<15}{value}");
         }
     };
-    line("id:", str_of(&a["id"]));
-    line("status:", str_of(&a["status"]));
-    line("mode:", str_of(&a["mode"]));
+    let text_of = |value: &Option<String>| value.clone().unwrap_or_default();
+    line("id:", a.answer.id.clone());
+    line("status:", a.answer.status.as_str().to_owned());
+    line("mode:", a.mode.clone());
     line("requester:", requester(a));
-    line("groups:", join(&a["groups"]));
-    line("provider:", str_of(&a["provider"]));
-    line("model:", str_of(&a["model"]));
-    line("route:", str_of(&a["route"]));
-    line("rule:", str_of(&a["rule"]));
-    line("policy:", str_of(&a["policy_version"]));
-    line("approvers:", join(&a["approvers"]));
-    line("created:", str_of(&a["created_at"]));
-    line("expires:", str_of(&a["expires_at"]));
-    let decider = a["decided_by_email"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| str_of(&a["decided_by"]));
+    line("groups:", a.groups.join(", "));
+    line("provider:", a.provider.clone());
+    line("model:", text_of(&a.model));
+    line("route:", a.route.clone());
+    line("rule:", a.rule.clone());
+    line("policy:", a.policy_version.to_string());
+    line("approvers:", a.approvers.join(", "));
+    line("created:", a.created_at.clone());
+    line("expires:", a.expires_at.clone());
+    let decider = a
+        .decided_by_email
+        .clone()
+        .unwrap_or_else(|| text_of(&a.answer.decided_by));
     line("decided by:", decider);
-    line("decided:", str_of(&a["decided_at"]));
-    line("reason:", str_of(&a["reason"]));
-    line("used:", str_of(&a["consumed_at"]));
-    line("page:", str_of(&a["url"]));
-    let prompt = str_of(&a["masked_prompt"]);
-    if !prompt.is_empty() {
-        let _ = writeln!(text, "prompt (masked):\n  {}", prompt.replace('\n', "\n  "));
+    line("decided:", text_of(&a.decided_at));
+    line("reason:", text_of(&a.answer.reason));
+    line("used:", text_of(&a.consumed_at));
+    line("page:", text_of(&a.answer.url));
+    if !a.masked_prompt.is_empty() {
+        let _ = writeln!(
+            text,
+            "prompt (masked):\n  {}",
+            a.masked_prompt.replace('\n', "\n  ")
+        );
     }
     text
-}
-
-fn join(list: &Value) -> String {
-    list.as_array()
-        .map(|items| items.iter().map(str_of).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
 }
 
 /// A plain left-aligned table; control characters are shown escaped so a

@@ -8,6 +8,13 @@
 //! | GET | `/v1/sessions/verify` | auditor | recompute the hash chain from the start |
 //! | GET | `/v1/sessions/{id}` | auditor | the full record with `seq`, `hash`, `prev_hash` |
 //!
+//! A batch is read into the engine's [`SessionBatch`] (each record a
+//! [`SessionRecord`], the type the filter writes): a record missing a field
+//! the type requires, with an unknown field, or with a decision or reason
+//! code this build does not know is refused (400, naming the record and the
+//! field). The row's `decision` column is the record's
+//! [`warden_engine::protocol::Decision::as_str`].
+//!
 //! Storage is an append-only chain ([`crate::chain`]): row `seq` holds the
 //! record's canonical JSON and `hash = sha256_hex(prev_hash || "\n" || record)`.
 //! [`verify`] walks the chain in pages and names what broke it: a hash that
@@ -29,9 +36,9 @@
 //! with the approvers.
 //!
 //! Records hold prompts (masked or not): their contents are never logged.
-//! Their top-level metadata (model, route, subject, user agent, …) is cut to
-//! [`crate::fields::MAX_STORED_BYTES`] before it is stored and hashed; the
-//! bodies (`request`, `response`) are kept whole.
+//! Their descriptive metadata (time, subject, groups, model, route, rules,
+//! …) is cut to [`crate::fields::MAX_STORED_BYTES`] before it is stored and
+//! hashed; the bodies (`request`, `response`) are kept whole.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -43,6 +50,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use warden_engine::protocol::{SessionBatch, SessionRecord};
 
 use crate::chain::{chain_hash, record_text, GENESIS_HASH};
 use crate::error::ApiError;
@@ -93,14 +101,6 @@ fn db(error: StoreError) -> ApiError {
     ApiError::DatabaseUnavailable(error.to_string())
 }
 
-/// `POST /v1/sessions` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppendRequest {
-    /// The records, each a JSON object with a string `id`.
-    pub records: Vec<Value>,
-}
-
 /// `POST /v1/sessions` answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AppendAnswer {
@@ -110,9 +110,45 @@ pub struct AppendAnswer {
     pub last_seq: i64,
 }
 
-/// Checks a batch and turns it into rows. The messages name the record by
-/// index and never repeat its contents.
-pub fn validate_batch(records: Vec<Value>) -> Result<Vec<NewSession>, String> {
+/// Reads a `POST /v1/sessions` body into the engine's types. The message
+/// names the record and the field that is wrong (`records[3].status`) and
+/// what was expected, never a value sent: records hold prompts and people's
+/// names.
+pub fn read_batch(body: Value) -> Result<SessionBatch, String> {
+    serde_path_to_error::deserialize(body).map_err(|error| {
+        let path = error.path().to_string();
+        let message = without_values(&error.into_inner().to_string());
+        if path == "." {
+            message
+        } else {
+            format!("{path}: {message}")
+        }
+    })
+}
+
+/// A serde message without the value it quotes: those that name only
+/// fields are kept; an invalid type or value keeps what was expected.
+fn without_values(message: &str) -> String {
+    const NAMES_ONLY: [&str; 4] = [
+        "missing field",
+        "unknown field",
+        "duplicate field",
+        "invalid length",
+    ];
+    if NAMES_ONLY.iter().any(|start| message.starts_with(start)) {
+        return message.to_owned();
+    }
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("invalid value, expected {expected}"),
+        None => "invalid value".to_owned(),
+    }
+}
+
+/// Checks a batch (read into the engine's types by [`read_batch`]) and
+/// turns it into rows: what the types do not say (how many records, the
+/// id's length) is checked here, and the metadata bounded. The messages
+/// name the record by index and never repeat its contents.
+pub fn validate_batch(records: Vec<SessionRecord>) -> Result<Vec<NewSession>, String> {
     if records.len() > MAX_BATCH_RECORDS {
         return Err(format!(
             "at most {MAX_BATCH_RECORDS} records per batch (got {})",
@@ -123,73 +159,87 @@ pub fn validate_batch(records: Vec<Value>) -> Result<Vec<NewSession>, String> {
         .into_iter()
         .enumerate()
         .map(|(index, mut record)| {
-            let Value::Object(object) = &mut record else {
-                return Err(format!("records[{index}] must be a JSON object"));
-            };
-            let id = match object.get("id") {
-                Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_CHARS => {
-                    id.clone()
-                }
-                _ => {
-                    return Err(format!(
-                        "records[{index}].id must be a string of 1 to {MAX_ID_CHARS} characters"
-                    ))
-                }
-            };
-            bound_metadata(object);
-            let text_of = |key: &str| {
-                object
-                    .get(key)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let (subject, decision) = (text_of("subject"), text_of("decision"));
-            let text = record_text(&record);
+            if record.id.is_empty() || record.id.chars().count() > MAX_ID_CHARS {
+                return Err(format!(
+                    "records[{index}].id must be a string of 1 to {MAX_ID_CHARS} characters"
+                ));
+            }
+            bound_metadata(&mut record);
+            let value = serde_json::to_value(&record)
+                .map_err(|error| format!("records[{index}] cannot be stored: {error}"))?;
             Ok(NewSession {
-                id,
-                subject,
-                decision,
-                record: text,
+                subject: record.subject.unwrap_or_default(),
+                decision: record.decision.as_str().to_owned(),
+                record: record_text(&value),
+                id: record.id,
             })
         })
         .collect()
 }
 
-/// Top-level fields stored whole: the id (checked to be short) and the
-/// bodies, which are what a record is for (the batch limit bounds them).
-const WHOLE_FIELDS: [&str; 3] = ["id", "request", "response"];
-
-/// Cuts the record's other top-level strings (model, route, subject, user
-/// agent, …, and the strings of top-level lists such as `groups`) with
-/// [`crate::fields::stored`]. Before the record is hashed, so the chain
-/// covers what is stored.
-fn bound_metadata(object: &mut Map<String, Value>) {
-    let bound = |value: &mut Value| {
-        if let Value::String(text) = value {
-            *text = crate::fields::stored(std::mem::take(text));
+/// Cuts the record's descriptive strings (time, issuer, subject, each
+/// group, provider, model, route, rules, approval id, and `usage` when it
+/// is a string or a list of them) with [`crate::fields::stored`]. Before
+/// the record is hashed, so the chain covers what is stored. Kept whole:
+/// the id (checked to be short), the enums and numbers, and the bodies
+/// (`request`, `response`), which are what a record is for (the batch limit
+/// bounds them).
+fn bound_metadata(record: &mut SessionRecord) {
+    // Every field named, so a new one must be sorted here.
+    let SessionRecord {
+        id: _,
+        time,
+        issuer,
+        subject,
+        groups,
+        provider,
+        model,
+        route,
+        policy_version: _,
+        decision: _,
+        reason: _,
+        rules,
+        approval_id,
+        status: _,
+        usage,
+        record: _,
+        request: _,
+        response: _,
+    } = record;
+    let bound = |text: &mut String| *text = crate::fields::stored(std::mem::take(text));
+    for text in [time, route, rules] {
+        bound(text);
+    }
+    for text in [issuer, subject, provider, model, approval_id]
+        .into_iter()
+        .flatten()
+    {
+        bound(text);
+    }
+    groups.iter_mut().for_each(bound);
+    match usage {
+        Some(Value::String(text)) => bound(text),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if let Value::String(text) = item {
+                    bound(text);
+                }
+            }
         }
-    };
-    for (key, value) in object.iter_mut() {
-        if WHOLE_FIELDS.contains(&key.as_str()) {
-            continue;
-        }
-        match value {
-            Value::Array(items) => items.iter_mut().for_each(bound),
-            value => bound(value),
-        }
+        _ => {}
     }
 }
 
 async fn append_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<AppendRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<AppendAnswer>, ApiError> {
     check_gateway(state.config().gateway_secret.as_deref(), &headers)?;
-    let Json(request) = body?;
-    let received = request.records.len();
-    let rows = validate_batch(request.records).map_err(ApiError::BadRequest)?;
+    let Json(body) = body?;
+    let batch = read_batch(body).map_err(ApiError::BadRequest)?;
+    let received = batch.records.len();
+    let rows = validate_batch(batch.records).map_err(ApiError::BadRequest)?;
     let received_at = crate::clock::rfc3339(crate::clock::unix_now_ms());
     let (stored, last_seq) = state
         .store()
@@ -606,6 +656,7 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use warden_engine::protocol::Decision;
 
     #[test]
     fn times_are_rfc3339_with_any_offset() {
@@ -668,55 +719,135 @@ mod tests {
         assert!(!ListFilter::default().past_the_start(&received));
     }
 
+    /// A record with every field the type requires, as a gateway sends it.
+    fn record(id: &str) -> Value {
+        json!({
+            "id": id,
+            "time": "2026-01-02T03:04:05Z",
+            "subject": "alice",
+            "groups": [],
+            "route": "/v1/chat/completions",
+            "policy_version": 1,
+            "decision": "allowed",
+            "rules": "",
+            "record": "metadata",
+        })
+    }
+
+    /// A body read as the handler reads it, then checked.
+    fn read(body: Value) -> Result<Vec<NewSession>, String> {
+        validate_batch(read_batch(body)?.records)
+    }
+
     #[test]
     fn batches_are_checked_and_made_canonical() {
-        let rows = validate_batch(vec![
-            json!({"subject": "alice", "id": "r1", "decision": "allow"}),
-        ])
-        .unwrap();
+        let rows = read(json!({"records": [record("r1")]})).unwrap();
         assert_eq!(rows[0].id, "r1");
         assert_eq!(rows[0].subject, "alice");
+        assert_eq!(rows[0].decision, Decision::Allowed.as_str());
+        // Optional fields left out are stored as null.
         assert_eq!(
             rows[0].record,
-            r#"{"decision":"allow","id":"r1","subject":"alice"}"#
+            r#"{"approval_id":null,"decision":"allowed","groups":[],"id":"r1","issuer":null,"model":null,"policy_version":1,"provider":null,"reason":null,"record":"metadata","request":null,"response":null,"route":"/v1/chat/completions","rules":"","status":null,"subject":"alice","time":"2026-01-02T03:04:05Z","usage":null}"#
         );
-        for bad in [
-            json!("text"),
-            json!({"id": 5}),
-            json!({"id": ""}),
-            json!({"id": "x".repeat(129)}),
-            json!({"no_id": "secret prompt"}),
+        let with = |key: &str, value: Value| {
+            let mut bad = record("r1");
+            bad[key] = value;
+            bad
+        };
+        let mut no_time = record("r1");
+        no_time.as_object_mut().unwrap().remove("time");
+        for (bad, expected) in [
+            (
+                json!("secret text"),
+                "records[0]: invalid value, expected struct SessionRecord",
+            ),
+            (
+                with("id", json!(5)),
+                "records[0].id: invalid value, expected a string",
+            ),
+            (
+                with("id", json!("")),
+                "records[0].id must be a string of 1 to 128 characters",
+            ),
+            (with("id", json!("x".repeat(129))), "records[0].id must be"),
+            (
+                with("no_id", json!("secret prompt")),
+                "records[0].no_id: unknown field `no_id`",
+            ),
+            (
+                with("decision", json!("secret")),
+                "records[0].decision: invalid value, expected one of `undecided`",
+            ),
+            (
+                with("reason", json!("warden.secret")),
+                "records[0].reason: invalid value",
+            ),
+            (
+                with("policy_version", json!("secret")),
+                "records[0].policy_version: invalid value, expected u64",
+            ),
+            (
+                with("groups", json!("secret")),
+                "records[0].groups: invalid value, expected a sequence",
+            ),
+            (no_time, "records[0]: missing field `time`"),
         ] {
-            let error = validate_batch(vec![bad]).unwrap_err();
-            assert!(error.starts_with("records[0]"), "{error}");
+            let error = read(json!({"records": [bad]})).unwrap_err();
+            assert!(error.starts_with(expected), "{error}");
             assert!(!error.contains("secret"), "{error}");
         }
-        let many = vec![json!({"id": "a"}); MAX_BATCH_RECORDS + 1];
-        assert!(validate_batch(many).is_err());
+        let many = vec![record("a"); MAX_BATCH_RECORDS + 1];
+        assert!(read(json!({"records": many})).is_err());
+        assert_eq!(
+            read(json!({"records": [], "secret": 1})).unwrap_err(),
+            "secret: unknown field `secret`, expected `records`"
+        );
+        assert_eq!(
+            read(json!({"records": "secret"})).unwrap_err(),
+            "records: invalid value, expected a sequence"
+        );
     }
 
     #[test]
     fn record_metadata_is_bounded_but_bodies_are_kept() {
         let huge = "m".repeat(200 * 1024);
         let body = "p".repeat(100 * 1024);
-        let rows = validate_batch(vec![json!({
-            "id": "r1",
-            "subject": huge,
-            "decision": huge,
-            "model": huge,
-            "user_agent": huge,
-            "groups": ["eng", huge],
-            "status": 200,
-            "request": {"messages": [{"content": body}]},
-            "response": body,
-        })])
-        .unwrap();
+        let mut sent = record("r1");
+        for key in [
+            "subject",
+            "model",
+            "issuer",
+            "provider",
+            "route",
+            "rules",
+            "time",
+            "approval_id",
+        ] {
+            sent[key] = json!(huge);
+        }
+        sent["groups"] = json!(["eng", huge]);
+        sent["status"] = json!(200);
+        sent["usage"] = json!(huge);
+        sent["request"] = json!({"messages": [{"content": body}]});
+        sent["response"] = json!(body);
+        let rows = read(json!({"records": [sent]})).unwrap();
         let row = &rows[0];
         let max = crate::fields::MAX_STORED_BYTES;
         assert!(row.subject.len() <= max && row.subject.ends_with("bytes]"));
-        assert!(row.decision.len() <= max);
+        assert_eq!(row.decision, "allowed");
         let record: Value = serde_json::from_str(&row.record).unwrap();
-        for key in ["model", "user_agent", "subject"] {
+        for key in [
+            "model",
+            "subject",
+            "issuer",
+            "provider",
+            "route",
+            "rules",
+            "time",
+            "approval_id",
+            "usage",
+        ] {
             let text = record[key].as_str().unwrap();
             assert!(text.len() <= max, "{key}");
             assert!(text.ends_with("…[cut, 204800 bytes]"), "{key}");

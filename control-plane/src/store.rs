@@ -39,6 +39,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Connection as _;
+use warden_engine::protocol::ApprovalStatus;
 
 /// File name of the default SQLite database inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "warden.db";
@@ -392,7 +393,7 @@ rows! {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRow {
     pub id: String,
-    /// `pending`, `approved` or `denied`.
+    /// `pending`, `approved` or `denied`: read it with [`ApprovalRow::stored_status`].
     pub status: String,
     pub mode: String,
     pub issuer: String,
@@ -447,6 +448,27 @@ const APPROVAL_COLUMNS: &str = "id, status, mode, issuer, subject, email, groups
 
 /// How many approvals a list reads at most (newest first).
 pub const LIST_LIMIT: i64 = 1000;
+
+/// Marks approval `$2` used at `$1` if its status is `$3` (approved), it is
+/// unused and unexpired.
+const CONSUME: &str = "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = $3 \
+     AND consumed_ms IS NULL AND expires_ms > $1";
+
+impl ApprovalRow {
+    /// The `status` column as the enum: the one place its text is read.
+    /// A row stores `pending`, `approved` or `denied` (written as
+    /// [`ApprovalStatus::as_str`]; `expired` and `consumed` are derived when
+    /// read, [`crate::approvals::status_at`]); any other text reads as pending.
+    pub fn stored_status(&self) -> ApprovalStatus {
+        match ApprovalStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == self.status)
+        {
+            Some(status @ (ApprovalStatus::Approved | ApprovalStatus::Denied)) => status,
+            _ => ApprovalStatus::Pending,
+        }
+    }
+}
 
 impl Store {
     /// Publishes `document` as the next version (allocated inside the
@@ -655,9 +677,6 @@ impl Store {
              AND body_sha256 = $3 AND rule = $4 AND provider = $5 AND model = $6 \
              AND policy_version = $7 AND route = $8 AND expires_ms > $9 ORDER BY created_ms DESC"
         );
-        let consume =
-            "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = 'approved' \
-             AND consumed_ms IS NULL AND expires_ms > $1";
         on_pool!(self, pool => {
             let mut tx = match self {
                 Store::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
@@ -683,10 +702,14 @@ impl Store {
                 .bind(now_ms)
                 .fetch_all(&mut *tx)
                 .await?;
-            for row in rows.iter().filter(|r| r.status == "approved" && r.consumed_ms.is_none()) {
-                let done = sqlx::query(consume)
+            let approved = |r: &&ApprovalRow| {
+                r.stored_status() == ApprovalStatus::Approved && r.consumed_ms.is_none()
+            };
+            for row in rows.iter().filter(approved) {
+                let done = sqlx::query(CONSUME)
                     .bind(now_ms)
                     .bind(&row.id)
+                    .bind(ApprovalStatus::Approved.as_str())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -697,10 +720,10 @@ impl Store {
                     return Ok((row, OpenOutcome::Consumed));
                 }
             }
-            let existing = rows
-                .iter()
-                .find(|r| r.status == "pending")
-                .or_else(|| rows.iter().find(|r| r.status == "denied"));
+            let with = |status: ApprovalStatus| {
+                rows.iter().find(move |r| r.stored_status() == status)
+            };
+            let existing = with(ApprovalStatus::Pending).or_else(|| with(ApprovalStatus::Denied));
             if let Some(row) = existing {
                 tx.commit().await?;
                 return Ok((row.clone(), OpenOutcome::Existing));
@@ -769,18 +792,23 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE approvals SET status = $1, decided_by_issuer = $2, \
              decided_by_subject = $3, decided_by_email = $4, decided_ms = $5, reason = $6 \
-             WHERE id = $7 AND status = 'pending' AND expires_ms > $5";
-        let status = if approve { "approved" } else { "denied" };
+             WHERE id = $7 AND status = $8 AND expires_ms > $5";
+        let status = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        };
         let (id, by, reason) = (id.to_owned(), by.clone(), reason.map(str::to_owned));
         self.to_completion(move |store| async move {
             let done = on_pool!(&store, pool => sqlx::query(sql)
-                .bind(status)
+                .bind(status.as_str())
                 .bind(&by.issuer)
                 .bind(&by.subject)
                 .bind(&by.email)
                 .bind(now_ms)
                 .bind(&reason)
                 .bind(&id)
+                .bind(ApprovalStatus::Pending.as_str())
                 .execute(pool)
                 .await?
                 .rows_affected());
@@ -792,13 +820,12 @@ impl Store {
     /// Marks an approved, unexpired, unused approval as used. Returns whether
     /// this call did (exactly one concurrent caller does).
     pub async fn consume_approval(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let sql = "UPDATE approvals SET consumed_ms = $1 WHERE id = $2 AND status = 'approved' \
-             AND consumed_ms IS NULL AND expires_ms > $1";
         let id = id.to_owned();
         self.to_completion(move |store| async move {
-            let done = on_pool!(&store, pool => sqlx::query(sql)
+            let done = on_pool!(&store, pool => sqlx::query(CONSUME)
                 .bind(now_ms)
                 .bind(&id)
+                .bind(ApprovalStatus::Approved.as_str())
                 .execute(pool)
                 .await?
                 .rows_affected());

@@ -139,7 +139,7 @@ impl Webhook {
                     slack_literal(&approval.provider),
                     slack_literal(&approval.rule),
                     approvers.join(", "),
-                    approval.url,
+                    approval.answer.url.as_deref().unwrap_or_default(),
                 )})
             }
         }
@@ -149,7 +149,7 @@ impl Webhook {
     pub fn spawn_send(&self, approval: &ApprovalView) {
         let body = self.body(approval);
         let this = self.clone();
-        let id = approval.id.clone();
+        let id = approval.answer.id.clone();
         tokio::spawn(async move {
             for attempt in 1..=ATTEMPTS {
                 match this.http.post(&this.url).json(&body).send().await {
@@ -237,7 +237,7 @@ mod tests {
                 "Approval needed: `alice@example.com` asks to use `gpt-4o` (`openai`); \
                  rule `customer-data`. Approvers: `leads`. \
                  <https://warden.example/approvals#{}|Review>",
-                approval.id
+                approval.answer.id
             )
         );
         let mut hostile = view();

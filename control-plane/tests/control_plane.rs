@@ -1397,7 +1397,8 @@ mod sessions {
             "model": "gpt-4o-mini",
             "route": "/v1/chat/completions",
             "policy_version": 3,
-            "decision": "allow",
+            "decision": "allowed",
+            "reason": null,
             "rules": "personal-data:mask:1",
             "approval_id": null,
             "status": 200,
@@ -1516,7 +1517,7 @@ mod sessions {
             json!({"records": [record("r9", "x"), {"prompt": "secret-prompt"}]}),
             json!({"records": [{"id": "x".repeat(129)}]}),
             json!({"records": ["text"]}),
-            json!({"records": vec![json!({"id": "a"}); 501]}),
+            json!({"records": vec![record("a", "x"); 501]}),
         ] {
             let (status, body) = server
                 .post("/v1/sessions", Auth::Gateway(SECRET), bad)
@@ -1577,7 +1578,7 @@ mod sessions {
         let first = &body["sessions"][4];
         assert_eq!(first["id"], "r1");
         assert_eq!(first["subject"], "alice");
-        assert_eq!(first["decision"], "allow");
+        assert_eq!(first["decision"], "allowed");
         assert_eq!(first["model"], "gpt-4o-mini");
         assert_eq!(first["rules"], "personal-data:mask:1");
         assert!(first.get("request").is_none(), "summaries leave bodies out");
@@ -1845,7 +1846,7 @@ mod replay {
         json!({
             "id": id, "time": time, "subject": subject, "decision": decision,
             "issuer": "https://idp.example.com", "route": "/v1/chat/completions",
-            "rules": "", "policy_version": 1, "record": "metadata",
+            "rules": "", "policy_version": 1, "record": "metadata", "groups": [],
         })
     }
 
@@ -2049,6 +2050,15 @@ mod cancellation {
     use warden_control_plane::sessions::validate_batch;
     use warden_control_plane::store::{Decider, Store};
 
+    /// A session record with only the fields the type requires.
+    fn minimal_record(id: &str, subject: &str) -> Value {
+        json!({
+            "id": id, "subject": subject, "time": "2026-01-02T03:04:05Z", "groups": [],
+            "route": "/v1/chat/completions", "policy_version": 1, "decision": "allowed",
+            "rules": "", "record": "metadata",
+        })
+    }
+
     /// Completes a oneshot when woken.
     struct Signal(Mutex<Option<oneshot::Sender<()>>>);
 
@@ -2225,8 +2235,12 @@ mod cancellation {
             .await;
             let row = new_row(approval("alice", i), unix_now_ms()).unwrap();
             cancel_after(store.open_approval(row, unix_now_ms()), 1).await;
-            let batch =
-                validate_batch(vec![json!({"id": format!("r{i}"), "subject": "alice"})]).unwrap();
+            let batch = validate_batch(vec![serde_json::from_value(minimal_record(
+                &format!("r{i}"),
+                "alice",
+            ))
+            .unwrap()])
+            .unwrap();
             cancel_after(store.append_sessions(batch, "2026-01-02T03:04:05.000Z"), 1).await;
         }
         eventually("the dropped publishes completed", move || async move {
@@ -2302,7 +2316,7 @@ mod cancellation {
             let append = server.post(
                 "/v1/sessions",
                 Auth::Gateway(SECRET),
-                json!({"records": [{"id": format!("h{polls}"), "subject": "carol"}]}),
+                json!({"records": [minimal_record(&format!("h{polls}"), "carol")]}),
             );
             cancel_after(append, polls).await;
         }
@@ -2338,7 +2352,7 @@ mod cancellation {
             .post(
                 "/v1/sessions",
                 Auth::Gateway(SECRET),
-                json!({"records": [{"id": "after", "subject": "dave"}]}),
+                json!({"records": [minimal_record("after", "dave")]}),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");

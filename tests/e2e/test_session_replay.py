@@ -19,6 +19,7 @@ import re
 import secrets
 import sys
 import urllib.parse
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -377,9 +378,13 @@ def test_responses_completions_and_an_anthropic_stream_replay(browser, recorded)
 def test_unknown_and_partial_records_still_show(browser, recorded):
     """Records the page must tolerate, appended as a gateway appends them (the
     control plane's batch API with the gateway's secret): an answer not
-    recorded, shapes the page does not know, fields missing, metadata only."""
+    recorded, shapes the page does not know, optional fields missing (the API
+    reads each record into the gateway's own type, so the fields it requires
+    are sent), metadata only."""
     stack = recorded.stack
     run = recorded.run
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    required = {"time": now, "groups": [], "route": "/v1/chat/completions", "policy_version": 1, "rules": ""}
     records = [
         {"id": f"omitted-{run}", "subject": f"odd-{run}", "decision": "allowed", "record": "masked",
          "request": {"messages": [{"role": "user", "content": [{"type": "text", "text": "look"},
@@ -396,6 +401,7 @@ def test_unknown_and_partial_records_still_show(browser, recorded):
                                    {"index": 0, "kind": "text", "text": "Let me check."}]}},
         {"id": f"metadata-{run}", "subject": f"odd-{run}", "decision": "allowed", "record": "metadata"},
     ]
+    records = [{**required, **record} for record in records]
     status, _, raw = http("POST", f"{stack.control_plane_url}/v1/sessions", {"records": records},
                           headers={"x-warden-gateway-key": stack.gateway_secret})
     assert status == 200, raw

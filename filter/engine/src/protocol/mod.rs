@@ -173,6 +173,28 @@ pub enum ApprovalStatus {
     Consumed,
 }
 
+impl ApprovalStatus {
+    /// Every status, in the order listed.
+    pub const ALL: [ApprovalStatus; 5] = [
+        ApprovalStatus::Pending,
+        ApprovalStatus::Approved,
+        ApprovalStatus::Denied,
+        ApprovalStatus::Expired,
+        ApprovalStatus::Consumed,
+    ];
+
+    /// The status on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Consumed => "consumed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalAnswer {
     pub id: String,
@@ -347,6 +369,18 @@ mod tests {
         // A field this build does not know is refused, not dropped.
         let extra = br#"{"records":[{"id":"x","surprise":1}]}"#;
         assert!(serde_json::from_slice::<SessionBatch>(extra).is_err());
+    }
+
+    #[test]
+    fn approval_statuses_are_spelled_on_the_wire_as_named() {
+        for status in ApprovalStatus::ALL {
+            let wire = serde_json::to_value(status).unwrap();
+            assert_eq!(wire, status.as_str());
+            assert_eq!(
+                serde_json::from_value::<ApprovalStatus>(wire).unwrap(),
+                status
+            );
+        }
     }
 
     #[test]
