@@ -13,24 +13,47 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | `main.rs` | the binary: parses the command line and calls [`cli::run`]; nothing else |
-//! | [`cli`] | clap definitions of `warden`, `warden serve` and `warden token`, and the dispatch of every verb; depends on [`client`], never the reverse |
-//! | [`client`] | the verbs that call a running control plane (`warden policy …`, `warden approvals …`, `warden sessions …`, `warden token`'s request): their arguments, HTTP calls, tables, `--json` |
+//! | [`cli`] | the clap definitions of `warden` and its `serve` and `token` verbs, and [`cli::run`], which dispatches every verb; it depends on [`client`], never the reverse |
+//! | [`client`] | the verbs that call a running control plane over HTTP (`warden policy …`, `warden approvals …`, `warden sessions …`, and `warden token`'s request): their arguments, tables, `--json` |
+//! | [`server`] | the composition root: [`server::app`] (the axum router, composed of the route modules below), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
+//! | [`state`] | [`state::AppState`], what every handler shares (store, dev issuer, token verifier, webhook, policy checker), and [`state::ServerConfig`], the settings it is built from |
 //! | [`api`] | the `/v1` routes: policies (publish, list, show, validate, activate, active + ETag, schema) and approvals (open, wait, consume, list, show, approve, deny) |
+//! | [`sessions`] | recorded sessions: the gateways' batch append (read into the engine's `SessionBatch`), the auditors' list/show, the chain's check |
+//! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
+//! | [`dev_issuer`] | the development OIDC issuer behind `--dev`: `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks and one-time codes), `issuer.rs` (the issuer), `http.rs` (every `/dev` route) |
+//! | [`approvals`] | an approval's binding, its rows, its status as read ([`approvals::status_at`]) and its answer ([`approvals::ApprovalView`], which embeds the engine's `ApprovalAnswer`) |
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
-//! | [`approvals`] | the approval request and answer shapes, derived status (expired, consumed), ids |
 //! | [`user_auth`] | people's bearer tokens (dev issuer, OIDC discovery issuers) and the gateway secret |
-//! | [`sessions`] | recorded sessions: the gateways' batch append, the auditors' list/show, the chain's check |
-//! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash (a leaf the store and the sessions routes share) |
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
-//! | [`server`] | the composition root: [`server::app`] (the axum router), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
-//! | [`state`] | [`state::AppState`], what every handler shares, and [`state::ServerConfig`]; the route modules import it, never [`server`] |
+//! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
+//! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash |
+//! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
+//! | [`html`] | HTML answers with the pages' security headers (the page and the dev issuer's sign-in form) |
 //! | [`clock`] | the wall clock (`unix_now`, `unix_now_ms`), read at the edges and passed down; stored times written as RFC 3339 (the engine's `rfc3339_millis`) |
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
-//! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
-//! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
-//! | [`dev_issuer`] | the development OIDC issuer behind `--dev`: `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks and one-time codes), `issuer.rs` (the issuer), `http.rs` (every `/dev` route) |
-//! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
-//! | [`html`] | HTML answers with the pages' security headers (the page and the dev issuer's sign-in form) |
+//!
+//! What crosses a process boundary (reason codes, decisions, the approval
+//! and session messages, canonical JSON) is the engine's
+//! `warden_engine::protocol`, never redefined here.
+//!
+//! # Dependency direction
+//!
+//! Imports point down this list, never up, and no file imports one that
+//! imports it back:
+//!
+//! 1. composition: `main` -> `cli` (dispatch) -> `client` and `server`;
+//!    `server` composes the routes of `api`, `sessions` (through `api`),
+//!    `web` and `dev_issuer`; `client` uses the answer types below it;
+//! 2. route modules: `api` -> `sessions`; each of them (and `web`) reads
+//!    [`state::AppState`], none imports `server`; `dev_issuer`'s routes hold
+//!    the issuer itself, not the state;
+//! 3. `state` -> `store`, `dev_issuer`, `user_auth`, `webhook`, `policies`;
+//! 4. domain: `webhook` -> `approvals` -> `store` -> `chain`; `user_auth`
+//!    -> `error`; inside `dev_issuer`, `http` -> `issuer` -> `oauth` ->
+//!    `tokens` -> `keys` (and `http` -> `error`, `html`);
+//! 5. leaves: `clock`, `fields`, `html` and `policies` import nothing from
+//!    this crate; `error` imports only `fields` and `policies`, `chain` only
+//!    `policies`.
 //!
 //! # Safety notes
 //!

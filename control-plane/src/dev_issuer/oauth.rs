@@ -57,7 +57,8 @@ pub struct AuthorizeParams {
     pub scope: Option<String>,
 }
 
-/// An authorization request that passed [`check_authorize`].
+/// An authorization request that passed
+/// [`DevIssuer::check_authorize`](crate::dev_issuer::DevIssuer::check_authorize).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidAuthorize {
     /// The client id.
