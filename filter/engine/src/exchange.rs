@@ -32,7 +32,6 @@ use serde_json::Value;
 use crate::auth::Identity;
 use crate::config::FilterConfig;
 use crate::control::{ApprovalFlow, Call, Next};
-use crate::protocol::{ApprovalRequest, Record, SessionRecord};
 use crate::endpoint::{endpoint_of, Endpoint};
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
@@ -40,9 +39,10 @@ use crate::inspect::body::Shape;
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
 use crate::policy::{ActiveRules, Direction, Policy};
-use crate::provider::{Api, ErrorKind, GatewayError};
 use crate::protocol::Decision;
+use crate::protocol::{ApprovalRequest, Record, SessionRecord};
 use crate::provider::Rejection;
+use crate::provider::{Api, ErrorKind, GatewayError};
 use crate::request::{self, AuthStep};
 
 /// Header set on every response the filter handled (proxied or answered).
