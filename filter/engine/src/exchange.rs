@@ -240,6 +240,9 @@ enum Phase {
     },
     /// The gateway answered itself; nothing else passes.
     Answered,
+    /// Logged ([`Exchange::finish`]): the client is gone or the exchange
+    /// ended; a late answer to a call is dropped, nothing resumes.
+    Finished,
 }
 
 /// What a body read whole is.
@@ -654,6 +657,9 @@ impl Exchange {
     /// The exchange is over (Envoy's `on_log`): counts it, and returns its
     /// session record for the control plane, if the policy records them.
     pub fn finish(&mut self, host: &mut dyn Host) -> Option<Vec<u8>> {
+        if matches!(self.phase, Phase::Finished) {
+            return None;
+        }
         let decision = self.audit.decision.as_str();
         host.count(&format!("warden.requests.{decision}"), 1);
         if self.audit.asked_approval {
@@ -679,7 +685,9 @@ impl Exchange {
                 self.audit.recorded_response = Some(record);
             }
         }
-        self.session_record(host)
+        let record = self.session_record(host);
+        self.phase = Phase::Finished;
+        record
     }
 
     // ---------------------------------------------------------------------
@@ -694,7 +702,7 @@ impl Exchange {
             Phase::AwaitingApproval { authorized, .. } | Phase::Forwarded { authorized, .. } => {
                 Some(&authorized.request)
             }
-            Phase::New | Phase::Answered => None,
+            Phase::New | Phase::Answered | Phase::Finished => None,
         }
     }
 
