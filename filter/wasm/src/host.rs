@@ -152,15 +152,41 @@ pub fn dispatch(
     hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
 }
 
+thread_local! {
+    /// Whether the call answer being delivered has headers. A call Envoy
+    /// reset (timeout, connection failure, an answer over its buffer) is
+    /// delivered with none, and then its header map does not exist: reading
+    /// it returns `BadArgument`, on which the SDK's getters panic, which
+    /// would abort the VM. Set by [`call_answer_arrived`] at the top of every
+    /// `on_http_call_response`, read by the two getters below.
+    static CALL_ANSWER_HAS_HEADERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called first in every `on_http_call_response` with its header count.
+pub fn call_answer_arrived(num_headers: usize) {
+    CALL_ANSWER_HAS_HEADERS.with(|has| has.set(num_headers > 0));
+}
+
+fn call_answer_readable() -> bool {
+    CALL_ANSWER_HAS_HEADERS.with(std::cell::Cell::get)
+}
+
 /// A header of the HTTP call response being delivered.
 pub fn call_response_header(name: &str) -> Option<Vec<u8>> {
+    if !call_answer_readable() {
+        return None;
+    }
     hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
         .ok()
         .flatten()
 }
 
-/// Status and body of the HTTP call response being delivered.
+/// Status and body of the HTTP call response being delivered; `None` and
+/// nothing for a call that failed.
 pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>) {
+    if !call_answer_readable() {
+        return (None, Vec::new());
+    }
     let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()

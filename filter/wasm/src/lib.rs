@@ -271,10 +271,11 @@ impl Context for WardenRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _headers: usize,
+        num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
+        host::call_answer_arrived(num_headers);
         let Some(fetch) = self.fetches.remove(&token_id) else {
             return;
         };
