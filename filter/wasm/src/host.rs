@@ -91,33 +91,53 @@ pub fn set_tick_period(period: Duration) -> HostResult<()> {
     hostcalls::set_tick_period(period)
 }
 
-/// A value and its CAS token from the VM-shared key-value store.
-pub fn shared_get(key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
-    hostcalls::get_shared_data(key)
-}
+/// The key-value store all worker VMs share (proxy-wasm shared data),
+/// behind a trait so the protocols built on it ([`crate::keys`],
+/// [`crate::published`]) run in unit tests on an in-memory store.
+///
+/// Envoy's rules, which those protocols rely on: every successful `set`
+/// gives the value a new CAS token; a `set` with a CAS token fails with
+/// `Status::CasMismatch` unless the value still has that token; a `set`
+/// without one (`None` or 0), or of a key never written, always succeeds.
+pub trait SharedData {
+    /// A value and its CAS token; `(None, None)` for a key never written.
+    fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)>;
 
-pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
-    hostcalls::set_shared_data(key, Some(value), cas)
-}
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()>;
 
-/// A number (8 bytes, big-endian) in shared data, and its CAS token.
-pub fn shared_stamp(key: &str) -> (Option<u64>, Option<u32>) {
-    match shared_get(key) {
-        Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
-        Ok((None, cas)) => (None, cas),
-        Err(_) => (None, None),
+    /// A number (8 bytes, big-endian) and its CAS token; `None` for a value
+    /// too short to be one.
+    fn stamp(&self, key: &str) -> (Option<u64>, Option<u32>) {
+        match self.get(key) {
+            Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
+            Ok((None, cas)) => (None, cas),
+            Err(_) => (None, None),
+        }
+    }
+
+    fn set_stamp(&self, key: &str, value: u64, cas: Option<u32>) -> HostResult<()> {
+        self.set(key, &value.to_be_bytes(), cas)
+    }
+
+    /// Takes the lease stored at `key` (the time of the last attempt, written
+    /// with CAS) if `allowed(last attempt)` says so: of all worker VMs, one wins.
+    fn try_lease(&self, key: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
+        let (last, cas) = self.stamp(key);
+        allowed(last) && self.set_stamp(key, now, cas).is_ok()
     }
 }
 
-pub fn set_shared_stamp(key: &str, value: u64, cas: Option<u32>) -> HostResult<()> {
-    shared_set(key, &value.to_be_bytes(), cas)
-}
+/// Envoy's shared data (that of the plugin's `vm_id`).
+pub struct EnvoyShared;
 
-/// Takes the lease stored at `key` (the time of the last attempt, written
-/// with CAS) if `allowed(last attempt)` says so: of all worker VMs, one wins.
-pub fn try_lease(key: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
-    let (last, cas) = shared_stamp(key);
-    allowed(last) && set_shared_stamp(key, now, cas).is_ok()
+impl SharedData for EnvoyShared {
+    fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+        hostcalls::get_shared_data(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+        hostcalls::set_shared_data(key, Some(value), cas)
+    }
 }
 
 /// An HTTP call through an Envoy cluster; the answer arrives in
