@@ -121,6 +121,10 @@ pub trait SharedData {
 
     /// Takes the lease stored at `key` (the time of the last attempt, written
     /// with CAS) if `allowed(last attempt)` says so: of all worker VMs, one wins.
+    /// Except once per key: Envoy creates a key that was never written
+    /// whatever the CAS, and offers no create-if-absent, so the very first
+    /// lease of a key can go to every VM racing for it at startup (a few
+    /// duplicate fetches, once; tests/emulated shows it).
     fn try_lease(&self, key: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
         let (last, cas) = self.stamp(key);
         allowed(last) && self.set_stamp(key, now, cas).is_ok()
