@@ -1,6 +1,7 @@
 # Warden. Every target installs what it is missing first (scripts/bootstrap.sh).
 #   make demo    start the gateway, walk through what it does, stop (exit 0 = all as shown)
-#   make test    every test: unit (native and wasm), clippy, Envoy config validation, end to end
+#   make test    every test: unit (native and wasm), clippy, Envoy config validation,
+#                the built filter in an emulated proxy-wasm host, end to end
 #   make run     the whole gateway on loopback, in the foreground; Ctrl-C stops it
 #   make build   dist/warden-filter.wasm and target/local/{warden,warden-stand-in-provider}
 #   make bench   what the filter costs against bare Envoy, in BENCHMARKS.md
@@ -13,7 +14,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap bootstrap-test bootstrap-bench build run demo test fresh-check test-unit test-wasm lint validate-envoy test-e2e bench clean
+.PHONY: all bootstrap bootstrap-test bootstrap-bench build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench clean
 
 all: build
 
@@ -49,6 +50,8 @@ test-unit:
 	@scripts/test.sh unit
 test-wasm:
 	@scripts/test.sh wasm
+test-emulated:
+	@scripts/test.sh emulated
 lint:
 	@scripts/test.sh lint
 validate-envoy:

@@ -5,6 +5,7 @@
 #   wasm      the engine's tests compiled to wasm and run in Node's V8 (wasm-bindgen-test)
 #   lint      clippy -D warnings for the native and the wasm target
 #   validate  `envoy --mode validate` on every Envoy configuration in the repository
+#   emulated  the compiled filter (dist/warden-filter.wasm) in an emulated proxy-wasm host (wasmtime)
 #   e2e       end-to-end tests: real Envoy + filter, control plane, stand-in provider, real SDKs
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -32,6 +33,9 @@ unit() {
     postgres
     step "test: native unit tests"
     native_cargo test --locked --profile "$NATIVE_PROFILE"
+    # The adapter is not a default member (it is built for wasm); its pure
+    # parts (audit queue, shared-data leases and CAS) are tested natively.
+    native_cargo test --locked --profile "$NATIVE_PROFILE" -p warden-filter
 }
 
 wasm() {
@@ -52,6 +56,11 @@ validate() {
     "$VENV/bin/python" tests/validate_envoy.py
 }
 
+emulated() {
+    step "test: the compiled filter in an emulated proxy-wasm host (wasmtime)"
+    "$VENV/bin/python" -m pytest -q tests/emulated "$@"
+}
+
 # The filter with the test-only trap (filter/wasm's feature `test-trap`), for
 # the test that a trapping VM is refused and reloaded. Same profile, so only
 # the adapter crate is rebuilt; dist/warden-filter.wasm is not touched.
@@ -70,7 +79,7 @@ e2e() {
 }
 
 if [ $# -eq 0 ]; then
-    provenance; unit; wasm; lint; validate; e2e
+    provenance; unit; wasm; lint; validate; emulated; e2e
 else
     what="$1"; shift
     "$what" "$@"

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use crate::auth::{AuthenticationDoc, Authenticator};
-use crate::document::{parse_document, ConfigError, Secret};
 use crate::control::{ControlPlane, ControlPlaneDoc};
+use crate::document::{parse_document, ConfigError, Secret};
 use crate::inspect::mask::HashKey;
 use crate::policy::{Policy, PolicyDoc};
 use crate::provider::Api;

@@ -32,7 +32,6 @@ use serde_json::Value;
 use crate::auth::Identity;
 use crate::config::FilterConfig;
 use crate::control::{ApprovalFlow, Call, Next};
-use crate::protocol::{ApprovalRequest, Record, SessionRecord};
 use crate::endpoint::{endpoint_of, Endpoint};
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
@@ -40,9 +39,10 @@ use crate::inspect::body::Shape;
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
 use crate::policy::{ActiveRules, Direction, Policy};
-use crate::provider::{Api, ErrorKind, GatewayError};
 use crate::protocol::Decision;
+use crate::protocol::{ApprovalRequest, Record, SessionRecord};
 use crate::provider::Rejection;
+use crate::provider::{Api, ErrorKind, GatewayError};
 use crate::request::{self, AuthStep};
 
 /// Header set on every response the filter handled (proxied or answered).
@@ -240,6 +240,9 @@ enum Phase {
     },
     /// The gateway answered itself; nothing else passes.
     Answered,
+    /// Logged ([`Exchange::finish`]): the client is gone or the exchange
+    /// ended; a late answer to a call is dropped, nothing resumes.
+    Finished,
 }
 
 /// What a body read whole is.
@@ -654,6 +657,9 @@ impl Exchange {
     /// The exchange is over (Envoy's `on_log`): counts it, and returns its
     /// session record for the control plane, if the policy records them.
     pub fn finish(&mut self, host: &mut dyn Host) -> Option<Vec<u8>> {
+        if matches!(self.phase, Phase::Finished) {
+            return None;
+        }
         let decision = self.audit.decision.as_str();
         host.count(&format!("warden.requests.{decision}"), 1);
         if self.audit.asked_approval {
@@ -679,7 +685,9 @@ impl Exchange {
                 self.audit.recorded_response = Some(record);
             }
         }
-        self.session_record(host)
+        let record = self.session_record(host);
+        self.phase = Phase::Finished;
+        record
     }
 
     // ---------------------------------------------------------------------
@@ -694,7 +702,7 @@ impl Exchange {
             Phase::AwaitingApproval { authorized, .. } | Phase::Forwarded { authorized, .. } => {
                 Some(&authorized.request)
             }
-            Phase::New | Phase::Answered => None,
+            Phase::New | Phase::Answered | Phase::Finished => None,
         }
     }
 

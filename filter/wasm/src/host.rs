@@ -91,33 +91,57 @@ pub fn set_tick_period(period: Duration) -> HostResult<()> {
     hostcalls::set_tick_period(period)
 }
 
-/// A value and its CAS token from the VM-shared key-value store.
-pub fn shared_get(key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
-    hostcalls::get_shared_data(key)
-}
+/// The key-value store all worker VMs share (proxy-wasm shared data),
+/// behind a trait so the protocols built on it ([`crate::keys`],
+/// [`crate::published`]) run in unit tests on an in-memory store.
+///
+/// Envoy's rules, which those protocols rely on: every successful `set`
+/// gives the value a new CAS token; a `set` with a CAS token fails with
+/// `Status::CasMismatch` unless the value still has that token; a `set`
+/// without one (`None` or 0), or of a key never written, always succeeds.
+pub trait SharedData {
+    /// A value and its CAS token; `(None, None)` for a key never written.
+    fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)>;
 
-pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
-    hostcalls::set_shared_data(key, Some(value), cas)
-}
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()>;
 
-/// A number (8 bytes, big-endian) in shared data, and its CAS token.
-pub fn shared_stamp(key: &str) -> (Option<u64>, Option<u32>) {
-    match shared_get(key) {
-        Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
-        Ok((None, cas)) => (None, cas),
-        Err(_) => (None, None),
+    /// A number (8 bytes, big-endian) and its CAS token; `None` for a value
+    /// too short to be one.
+    fn stamp(&self, key: &str) -> (Option<u64>, Option<u32>) {
+        match self.get(key) {
+            Ok((Some(v), cas)) => (v.first_chunk::<8>().map(|b| u64::from_be_bytes(*b)), cas),
+            Ok((None, cas)) => (None, cas),
+            Err(_) => (None, None),
+        }
+    }
+
+    fn set_stamp(&self, key: &str, value: u64, cas: Option<u32>) -> HostResult<()> {
+        self.set(key, &value.to_be_bytes(), cas)
+    }
+
+    /// Takes the lease stored at `key` (the time of the last attempt, written
+    /// with CAS) if `allowed(last attempt)` says so: of all worker VMs, one wins.
+    /// Except once per key: Envoy creates a key that was never written
+    /// whatever the CAS, and offers no create-if-absent, so the very first
+    /// lease of a key can go to every VM racing for it at startup (a few
+    /// duplicate fetches, once; tests/emulated shows it).
+    fn try_lease(&self, key: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
+        let (last, cas) = self.stamp(key);
+        allowed(last) && self.set_stamp(key, now, cas).is_ok()
     }
 }
 
-pub fn set_shared_stamp(key: &str, value: u64, cas: Option<u32>) -> HostResult<()> {
-    shared_set(key, &value.to_be_bytes(), cas)
-}
+/// Envoy's shared data (that of the plugin's `vm_id`).
+pub struct EnvoyShared;
 
-/// Takes the lease stored at `key` (the time of the last attempt, written
-/// with CAS) if `allowed(last attempt)` says so: of all worker VMs, one wins.
-pub fn try_lease(key: &str, now: u64, allowed: impl Fn(Option<u64>) -> bool) -> bool {
-    let (last, cas) = shared_stamp(key);
-    allowed(last) && set_shared_stamp(key, now, cas).is_ok()
+impl SharedData for EnvoyShared {
+    fn get(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+        hostcalls::get_shared_data(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+        hostcalls::set_shared_data(key, Some(value), cas)
+    }
 }
 
 /// An HTTP call through an Envoy cluster; the answer arrives in
@@ -152,15 +176,41 @@ pub fn dispatch(
     hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
 }
 
+thread_local! {
+    /// Whether the call answer being delivered has headers. A call Envoy
+    /// reset (timeout, connection failure, an answer over its buffer) is
+    /// delivered with none, and then its header map does not exist: reading
+    /// it returns `BadArgument`, on which the SDK's getters panic, which
+    /// would abort the VM. Set by [`call_answer_arrived`] at the top of every
+    /// `on_http_call_response`, read by the two getters below.
+    static CALL_ANSWER_HAS_HEADERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called first in every `on_http_call_response` with its header count.
+pub fn call_answer_arrived(num_headers: usize) {
+    CALL_ANSWER_HAS_HEADERS.with(|has| has.set(num_headers > 0));
+}
+
+fn call_answer_readable() -> bool {
+    CALL_ANSWER_HAS_HEADERS.with(std::cell::Cell::get)
+}
+
 /// A header of the HTTP call response being delivered.
 pub fn call_response_header(name: &str) -> Option<Vec<u8>> {
+    if !call_answer_readable() {
+        return None;
+    }
     hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
         .ok()
         .flatten()
 }
 
-/// Status and body of the HTTP call response being delivered.
+/// Status and body of the HTTP call response being delivered; `None` and
+/// nothing for a call that failed.
 pub fn call_response(body_size: usize) -> (Option<u32>, Vec<u8>) {
+    if !call_answer_readable() {
+        return (None, Vec::new());
+    }
     let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()

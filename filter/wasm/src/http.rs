@@ -198,10 +198,11 @@ impl Context for WardenHttp {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _headers: usize,
+        num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
+        host::call_answer_arrived(num_headers);
         let (mut host, exchange) = self.parts();
         exchange.on_call_response(&mut host, token_id, body_size);
     }

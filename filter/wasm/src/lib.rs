@@ -19,6 +19,9 @@
 //! - [`audit`]: recorded sessions, queued per VM (bounded; drops counted)
 //!   and sent to the control plane in batches by the root context.
 //! - [`host`]: every host call, returning `Result`s instead of trapping.
+//!   Shared data goes through its `SharedData` trait, so that the protocols
+//!   of [`keys`] and [`published`] are unit-tested on `testing`'s in-memory
+//!   store, which keeps Envoy's CAS rules.
 //!
 //! Failure is closed everywhere: no configuration, keys or policy means a 503
 //! that says which; a panic aborts the VM, which Envoy (with
@@ -33,6 +36,8 @@ mod host;
 mod http;
 mod keys;
 mod published;
+#[cfg(test)]
+mod testing;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -48,6 +53,8 @@ use warden_engine::config::FilterConfig;
 use warden_engine::control::PublishedPolicy;
 use warden_engine::exchange::Refetch;
 use warden_engine::policy::Policy;
+
+use host::EnvoyShared;
 
 /// Tick while some issuer's keys are not loaded yet, and once they are.
 const FAST_TICK: Duration = Duration::from_millis(250);
@@ -95,7 +102,7 @@ impl Vm {
         if self.config.control_plane.is_none() {
             return;
         }
-        if let Some(p) = self.published.refresh() {
+        if let Some(p) = published::refresh(&mut self.published) {
             self.install(p);
         }
     }
@@ -125,7 +132,7 @@ impl Vm {
         for (i, issuer) in self.config.auth.issuers.iter().enumerate() {
             if let (KeySource::Remote(_), Some(vm_keys)) = (&issuer.keys, self.keys.get_mut(i)) {
                 if vm_keys.set.is_none() {
-                    vm_keys.refresh(&issuer.issuer);
+                    keys::refresh(vm_keys, &issuer.issuer);
                 }
             }
         }
@@ -170,10 +177,12 @@ impl Vm {
         let KeySource::Remote(remote) = &iss.keys else {
             return Refetch::No;
         };
-        if vm_keys.refresh(&iss.issuer) {
+        if keys::refresh(vm_keys, &iss.issuer) {
             return Refetch::Refreshed;
         }
-        if !keys::try_lease(&iss.issuer, now, |last| remote.may_refetch(last, now)) {
+        if !keys::try_lease(&EnvoyShared, &iss.issuer, now, |last| {
+            remote.may_refetch(last, now)
+        }) {
             return Refetch::No;
         }
         // Requests only fetch a JWKS whose location is known; discovery is
@@ -244,11 +253,12 @@ impl WardenRoot {
             return;
         };
         vm.catch_up_policy();
-        vm.policy_contact = published::last_contact();
+        vm.policy_contact = published::last_contact(&EnvoyShared);
         let in_flight = self.fetches.values().any(|f| *f == Fetch::Policy);
-        if in_flight || !published::try_lease(now, cp.poll_seconds) {
+        if in_flight || !published::try_lease(&EnvoyShared, now, cp.poll_seconds) {
             return;
         }
+        vm.published.poll_starting(&EnvoyShared);
         let etag = vm.published.etag.clone().filter(|e| !e.is_empty());
         match published::start_poll(&cp, etag.as_deref()) {
             Some(token) => {
@@ -271,10 +281,11 @@ impl Context for WardenRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _headers: usize,
+        num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
+        host::call_answer_arrived(num_headers);
         let Some(fetch) = self.fetches.remove(&token_id) else {
             return;
         };
@@ -310,7 +321,7 @@ impl Context for WardenRoot {
                     published::Polled::Unchanged => {}
                     published::Polled::Failed => vm.counters.add("warden.policy.fetch_failures", 1),
                 }
-                vm.policy_contact = published::last_contact();
+                vm.policy_contact = published::last_contact(&EnvoyShared);
             }
         }
     }
@@ -393,7 +404,7 @@ impl RootContext for WardenRoot {
             else {
                 continue;
             };
-            vm_keys.refresh(&issuer.issuer);
+            keys::refresh(vm_keys, &issuer.issuer);
             let fetched_at = vm_keys.fetched_at;
             if remote.freshness(fetched_at, now) == Freshness::NotLoaded {
                 all_loaded = false;
@@ -404,7 +415,7 @@ impl RootContext for WardenRoot {
                 .any(|f| matches!(f, Fetch::Keys(idx, _) if *idx == i));
             // The lease decides across VMs; only its winner fetches.
             if !in_flight
-                && keys::try_lease(&issuer.issuer, now, |last| {
+                && keys::try_lease(&EnvoyShared, &issuer.issuer, now, |last| {
                     remote.fetch_due(fetched_at, last, now)
                 })
             {

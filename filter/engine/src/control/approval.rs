@@ -63,7 +63,6 @@ impl ApprovalRequest {
     }
 }
 
-
 /// One call to make to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {

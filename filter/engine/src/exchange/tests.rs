@@ -738,3 +738,141 @@ fn a_stream_ended_by_trailers_withholds_what_it_held() {
     ex.on_response_body(&mut host, 9, true);
     assert_eq!(host.response_body_out.last().unwrap(), &Vec::<u8>::new());
 }
+
+/// A request that starts under one policy ends under it, whatever is
+/// published while it is in flight; the next request gets the new one.
+#[test]
+fn a_policy_published_mid_request_applies_from_the_next_request_on() {
+    let config = config(true);
+    let mut old = Policy::from_bytes(format!("{POLICY}record: masked\n").as_bytes()).unwrap();
+    old.published_version = Some(3);
+    let old = Rc::new(old);
+    let mut new = Policy::from_bytes(
+        b"version: 1\ngroups: {engineering: {models: [\"*\"]}}\nrecord: masked\n",
+    )
+    .unwrap();
+    new.published_version = Some(4);
+    let new = Rc::new(new);
+
+    let mut first = FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat(EMAIL));
+    let mut ex1 = Exchange::new();
+    assert_eq!(
+        ex1.on_request_headers(&mut first, start(&config, &old), false),
+        Flow::Pause
+    );
+    // Version 4 is published now; a second request starts under it.
+    let mut second = FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat(EMAIL));
+    let mut ex2 = Exchange::new();
+    assert_eq!(send(&mut second, &mut ex2, &config, &new), Flow::Continue);
+    let size = first.request_body.len();
+    assert_eq!(ex1.on_request_body(&mut first, size, true), Flow::Continue);
+
+    let masked = String::from_utf8(first.new_request_body.clone().unwrap()).unwrap();
+    assert!(!masked.contains(EMAIL), "{masked}");
+    assert!(second.new_request_body.is_none(), "version 4 has no rule");
+    assert_eq!(first.state(state::POLICY_VERSION), "3");
+    assert_eq!(second.state(state::POLICY_VERSION), "4");
+    // The answer to the first is read under version 3 too.
+    first.response_headers = vec![("content-type".into(), "application/json".into())];
+    ex1.on_response_headers(&mut first, false);
+    let answer = json!({"choices": [{"message": {"content": format!("mail {EMAIL}")}}]});
+    first.response_chunk = Ok(answer.to_string().into_bytes());
+    ex1.on_response_body(&mut first, 1, true);
+    let out = String::from_utf8(first.response_body_out.pop().unwrap()).unwrap();
+    assert!(!out.contains(EMAIL), "{out}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&ex1.finish(&mut first).unwrap()).unwrap();
+    assert_eq!(record["policy_version"], 3);
+}
+
+/// Hold mode, step by step with the clock: a "no" refuses at once, and
+/// silence past the rule's deadline refuses without a last call.
+#[test]
+fn a_held_request_is_refused_when_denied_or_when_its_time_runs_out() {
+    let (config, policy) = (config(true), policy("off"));
+    let card_chat = chat("pay 4111 1111 1111 1111");
+
+    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&card_chat);
+    let mut ex = Exchange::new();
+    send(&mut host, &mut ex, &config, &policy);
+    let call = host.next_call;
+    host.call_answers
+        .insert(call, (Some(201), approval_answer("denied")));
+    ex.on_call_response(&mut host, call, 0);
+    assert_eq!(
+        (host.reply_status(), host.reply_code().as_str()),
+        (Some(403), "warden.approval_denied")
+    );
+    assert_eq!((host.resumed, ex.decision()), (0, Decision::Denied));
+    assert!(!host.credentials_swapped());
+
+    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&card_chat);
+    let mut ex = Exchange::new();
+    send(&mut host, &mut ex, &config, &policy);
+    let call = host.next_call;
+    host.call_answers
+        .insert(call, (Some(201), approval_answer("pending")));
+    ex.on_call_response(&mut host, call, 0);
+    let calls = host.dispatched.len();
+    // The wait comes back "pending" after the default 60 s hold is over.
+    host.now_ms += 61_000;
+    let call = host.next_call;
+    host.call_answers
+        .insert(call, (Some(200), approval_answer("pending")));
+    ex.on_call_response(&mut host, call, 0);
+    assert_eq!(host.dispatched.len(), calls, "no call after the deadline");
+    assert_eq!(host.reply_code(), "warden.approval_timeout");
+    assert_eq!(host.resumed, 0);
+}
+
+/// The client leaves while its request is held: the exchange is over, and an
+/// approval that arrives afterwards lets nothing through.
+#[test]
+fn an_approval_that_arrives_after_the_client_left_lets_nothing_through() {
+    let (config, policy) = (config(true), policy("metadata"));
+    let mut host =
+        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("pay 4111 1111 1111 1111"));
+    let mut ex = Exchange::new();
+    send(&mut host, &mut ex, &config, &policy);
+    let call = host.next_call;
+    let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
+    assert_eq!(record["decision"], "undecided");
+    assert_eq!(host.counters.get("warden.requests.undecided"), Some(&1));
+    host.call_answers
+        .insert(call, (Some(201), approval_answer("approved")));
+    ex.on_call_response(&mut host, call, 0);
+    assert_eq!(host.resumed, 0);
+    assert!(host.replies.is_empty() && !host.credentials_swapped());
+    assert_eq!(
+        host.dispatched.len(),
+        1,
+        "no consume for a request that is gone"
+    );
+    // Finishing twice counts once.
+    assert!(ex.finish(&mut host).is_none());
+    assert_eq!(host.counters.get("warden.requests.undecided"), Some(&1));
+}
+
+/// A request the gateway answered itself: the local reply's own response
+/// passes without inspection and the record says why.
+#[test]
+fn the_gateways_own_answer_is_not_inspected_again() {
+    let (config, policy) = (config(true), policy("metadata"));
+    let mut host = FakeHost::new("POST", CHAT, None).with_body(&chat(EMAIL));
+    let mut ex = Exchange::new();
+    assert_eq!(
+        ex.on_request_headers(&mut host, start(&config, &policy), false),
+        Flow::Pause
+    );
+    assert_eq!(host.reply_status(), Some(401));
+    host.response_headers = vec![("content-type".into(), "application/json".into())];
+    assert_eq!(ex.on_response_headers(&mut host, false), Flow::Continue);
+    host.response_chunk = Ok(b"{\"error\":{}}".to_vec());
+    assert_eq!(ex.on_response_body(&mut host, 12, true), Flow::Continue);
+    assert!(host.response_body_out.is_empty());
+    let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
+    assert_eq!(
+        (record["decision"].as_str(), record["reason"].as_str()),
+        (Some("unauthenticated"), Some("warden.no_token"))
+    );
+}

@@ -363,7 +363,10 @@ mod tests {
         let wire = serde_json::to_vec(&record).unwrap();
         let text = String::from_utf8(wire.clone()).unwrap();
         assert!(text.contains(r#""decision":"approval_pending""#), "{text}");
-        assert!(text.contains(r#""reason":"warden.approval_required""#), "{text}");
+        assert!(
+            text.contains(r#""reason":"warden.approval_required""#),
+            "{text}"
+        );
         let batch: SessionBatch = serde_json::from_slice(&sessions_batch(&[wire])).unwrap();
         assert_eq!(batch.records, vec![record]);
         // A field this build does not know is refused, not dropped.

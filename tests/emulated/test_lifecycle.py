@@ -1,0 +1,37 @@
+"""The VM's start: the plugin configuration reaches on_configure, a bad one
+is refused (Envoy then rejects the filter) and the log says why."""
+
+from host import Envoy
+from support import filter_config, make_envoy
+
+
+def test_a_valid_configuration_starts_and_an_invalid_one_is_refused_with_the_reason():
+    vm = make_envoy().start_vm()
+    assert vm.vm_started and vm.configured
+    assert any(level == "info" and message.endswith(": configured 1 provider(s), 1 issuer(s)")
+               for level, message in vm.logs)
+    # No keys yet: the root context asks for the fast timer to fetch them.
+    assert vm.tick_period_ms == 250
+    assert not any(level in ("warn", "error") for level, _ in vm.logs)
+
+    # The control plane's secret comes from Envoy's environment (WASI environ);
+    # without it the filter cannot authenticate to its control plane.
+    vm = make_envoy(control_plane=True, env={"WARDEN_OPENAI_API_KEY": "sk-x"}).start_vm()
+    assert vm.vm_started and not vm.configured
+    [(level, message)] = vm.logs
+    assert level == "error" and "WARDEN_GATEWAY_SECRET is not set in Envoy's environment" in message
+    assert vm.tick_period_ms is None, "a refused configuration starts no timer"
+
+    vm = Envoy(filter_config() + "bogus_field: 1\n").start_vm()
+    assert not vm.configured
+    assert "unknown field `bogus_field`" in vm.log_text()
+
+    vm = Envoy(b"").start_vm()
+    assert not vm.configured
+    assert "no plugin configuration; refusing to start" in vm.log_text()
+
+    # A provider key missing from the environment does not stop the VM, but is said at once.
+    vm = make_envoy(env={}).start_vm()
+    assert vm.configured
+    assert any(level == "warn" and "WARDEN_OPENAI_API_KEY is not set" in message
+               for level, message in vm.logs)
