@@ -14,12 +14,13 @@
 //!   masking engine implements it): text goes in per [`Channel`], rewritten
 //!   text comes out, and it may hold back a tail that could still become a
 //!   match; or it decides to block ([`StreamBlock`]).
-//! - `rewrite.rs`: [`StreamRewriter`], which knows where each provider API
-//!   ([`StreamApi`]) puts its text in its events, routes every text delta
-//!   through the transformer, writes the returned text back into the decoded
-//!   JSON (never by string replacement in serialized JSON), flushes held-back
-//!   text as an extra delta before the event that ends its channel, and turns
-//!   a block into an error event in the provider's own format.
+//! - `rewrite/`: [`StreamRewriter`] (a file per provider dialect), which
+//!   knows where each provider API ([`StreamApi`]) puts its text in its
+//!   events, routes every text delta through the transformer, writes the
+//!   returned text back into the decoded JSON (never by string replacement in
+//!   serialized JSON), flushes held-back text as an extra delta before the
+//!   event that ends its channel, and turns a block into an error event in
+//!   the provider's own format.
 //!
 //! The transformer never sees SSE or JSON, and the rewriter never decides what
 //! is sensitive: each is tested alone (`tests.rs` drives the rewriter with
