@@ -40,7 +40,7 @@ test: bootstrap-test
 
 bench: bootstrap-bench
 	@WARDEN_NATIVE_PROFILE=release WARDEN_WASM_PROFILE=wasm-release scripts/build.sh
-	@WARDEN_NATIVE_PROFILE=release WARDEN_WASM_PROFILE=wasm-release $(PY) tests/bench/bench.py
+	@WARDEN_NATIVE_PROFILE=release WARDEN_WASM_PROFILE=wasm-release $(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 fresh-check:
 	@scripts/fresh-check.sh

@@ -9,6 +9,8 @@ within one run mean much).
 
     .venv/bin/python tests/bench/bench.py [--duration 4] [--repeat 3] [--out BENCHMARKS.md]
     BENCH_QUICK=1 make bench     # one short round: a smoke run, numbers rough
+    make bench BENCH_ARGS="--compare before=old/warden-filter.wasm"   # before/after in one run
+    make bench BENCH_ARGS="--compare before=old.wasm --only 1,2,1-before,2-before --repeat 5"  # just that
 
 Scenarios (issue 7):
   0  bare Envoy, same route, no filter (one baseline per request shape)
@@ -291,6 +293,11 @@ def add_listener(cfg: dict, name: str, port: int, edit_plugin) -> None:
     cfg["static_resources"]["listeners"].append(listener)
 
 
+def use_module(plugin: dict, wasm: Path) -> None:
+    """The same plugin and configuration, another build of the module."""
+    plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
+
+
 def use_noop_filter(plugin: dict, wasm: Path) -> None:
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
     plugin["root_id"] = "noop"
@@ -329,11 +336,18 @@ def main() -> int:
     parser.add_argument("--cold-tokens", type=int, default=600 if quick else 1500,
                         help="tokens minted per algorithm and round (the cap on a cold run's requests)")
     parser.add_argument("--skip-engine", action="store_true", help="leave out the engine microbenchmarks")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=WASM",
+                        help="another build of the filter (say, the last release) on a listener of its own, "
+                             "measured in the same run as rows 1-NAME and 2-NAME: a before/after without "
+                             "the drift between two runs (repeatable)")
+    parser.add_argument("--only", metavar="KEYS",
+                        help="run only these rows (comma-separated keys such as 1,2,1-before; their baselines "
+                             "come along), print their table and write nothing: a quick A/B, not a report")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
     started = time.monotonic()
 
-    engine = None if args.skip_engine else engine_benches(quick)
+    engine = None if args.skip_engine or args.only else engine_benches(quick)
 
     ports = Ports.free()
     bare_port = Ports.free().gateway
@@ -345,9 +359,18 @@ def main() -> int:
     filter_config = default_filter_config()
     filter_config["policy"]["record"] = "off"
 
+    compared = {}
+    for item in args.compare:
+        name, _, wasm = item.partition("=")
+        if not name or not Path(wasm).is_file():
+            parser.error(f"--compare {item}: want NAME=path/to/filter.wasm")
+        compared[name] = (Ports.free().gateway, Path(wasm).resolve())
+
     def listeners(cfg: dict) -> None:
         add_listener(cfg, "noop_filter", noop_port, lambda plugin: use_noop_filter(plugin, noop_wasm))
         add_listener(cfg, "recording", recording_port, record_sessions)
+        for name, (port, wasm) in compared.items():
+            add_listener(cfg, f"compare_{name}", port, lambda plugin, wasm=wasm: use_module(plugin, wasm))
 
     with tempfile.TemporaryDirectory(prefix="warden-bench-") as tmp:
         tmp_dir = Path(tmp)
@@ -405,10 +428,19 @@ def main() -> int:
                 plan.append((base_key, f"bare Envoy: {label} chat request", bare + chat, f"chat{name}", None, "", both))
                 plan.append((key, f"filter: {label} chat request, personal data masked", gw + chat,
                              f"chat{name}_token", base_key, "cost linear in size", both))
+            for name, (port, _) in compared.items():
+                other = f"http://127.0.0.1:{port}"
+                plan.append((f"1-{name}", f"{name} build: as row 1", other + models, "get_token", "0a", "", both))
+                plan.append((f"2-{name}", f"{name} build: as row 2", other + chat, "chat8k_token", "0b", "", both))
+            if args.only:
+                wanted = set(args.only.split(","))
+                wanted |= {row[4] for row in plan if row[0] in wanted and row[4]}
+                plan = [row for row in plan if row[0] in wanted]
+            cold = any(row[0].startswith("4-") for row in plan)
             runs: dict[tuple[str, int], list[Result]] = {}
             # Interleave the scenarios, so drift on a noisy machine hits all alike.
             for round_ in range(args.repeat):
-                for alg in algs:
+                for alg in algs if cold else []:
                     print(f"  round {round_ + 1}: minting {args.cold_tokens} {alg} tokens", flush=True)
                     s[f"cold_{alg}"] = lua_cycle(
                         tmp_dir / f"cold_{alg}.lua",
@@ -423,6 +455,11 @@ def main() -> int:
                             http("DELETE", f"{stack.provider_url}/_warden/received")
                         runs.setdefault((key, c), []).append(wrk(url, s[script], args.duration, c, envoy_pid))
                 http("DELETE", f"{stack.provider_url}/_warden/received")
+
+            if args.only:
+                med = {k: median(v) for k, v in runs.items() if v}
+                print(only_table(plan, med))
+                return 0
 
             print(f"  streams: {args.stream_samples} timed streams each, bare and filter, interleaved", flush=True)
             # Paced (1 ms between frames): the first event's added time is the filter's own work on
@@ -448,6 +485,22 @@ def main() -> int:
     Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def only_table(plan, med) -> str:
+    """The rows of an --only run: Envoy CPU per request and its difference to the row's baseline."""
+    lines = ["| row | what | req/s (8 conn.) | Envoy CPU µs/req | added CPU µs/req | p50 / p99 µs (1 conn.) |",
+             "|---|---|---|---|---|---|"]
+    for key, label, _, _, base, _, _ in plan:
+        r = med.get((key, CONNECTIONS)) or med[(key, 1)]
+        r1 = med.get((key, 1))
+        added = "-"
+        if base:
+            b = med.get((base, CONNECTIONS)) or med[(base, 1)]
+            added = f"{r.cpu_us - b.cpu_us:+.0f}"
+        latency = f"{r1.p50_us:.0f} / {r1.p99_us:.0f}" if r1 else "-"
+        lines.append(f"| {key} | {label} | {r.rps:,.0f} | {r.cpu_us:.0f} | {added} | {latency} |")
+    return "\n".join(lines)
 
 
 def verdict(ok: bool | None) -> str:
