@@ -3,7 +3,7 @@
 #   provenance  every system tool the project calls comes from the bootstrap's packages
 #   unit      native unit and integration tests of every crate
 #   wasm      the engine's tests compiled to wasm and run in Node's V8 (wasm-bindgen-test)
-#   lint      clippy -D warnings for the native and the wasm target
+#   lint      no import circles; clippy -D warnings for the native and the wasm target
 #   validate  `envoy --mode validate` on every Envoy configuration in the repository
 #   emulated  the compiled filter (dist/warden-filter.wasm) in an emulated proxy-wasm host (wasmtime)
 #   e2e       end-to-end tests: real Envoy + filter, control plane, stand-in provider, real SDKs
@@ -45,6 +45,8 @@ wasm() {
 }
 
 lint() {
+    step "test: no import circle among the files of a crate (tests/import_cycles.py)"
+    "$VENV/bin/python" tests/import_cycles.py filter/engine/src filter/wasm/src control-plane/src
     step "test: clippy (native)"
     native_cargo clippy --locked --profile "$NATIVE_PROFILE" --workspace --all-targets -- -D warnings
     step "test: clippy (wasm32-wasip1)"
