@@ -439,6 +439,17 @@ fn keys_fetched_mid_request_let_it_go_on_once() {
     assert_eq!(host.reply_status(), Some(401));
 }
 
+/// A request whose card number needs an approval, sent whole: held, with its
+/// first control-plane call (the token returned) in flight.
+fn held_for_approval(config: &Rc<FilterConfig>, policy: &Rc<Policy>) -> (FakeHost, Exchange, u32) {
+    let mut host =
+        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("pay 4111 1111 1111 1111"));
+    let mut ex = Exchange::new();
+    send(&mut host, &mut ex, config, policy);
+    let call = host.next_call;
+    (host, ex, call)
+}
+
 fn approval_answer(status: &str) -> Vec<u8> {
     json!({"id": "apr_1", "status": status, "consumed": false})
         .to_string()
@@ -487,11 +498,7 @@ fn an_approval_holds_the_request_until_the_control_plane_decides() {
 #[test]
 fn an_unreachable_control_plane_refuses_an_approval() {
     let (config, policy) = (config(true), policy("off"));
-    let mut host =
-        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("pay 4111 1111 1111 1111"));
-    let mut ex = Exchange::new();
-    send(&mut host, &mut ex, &config, &policy);
-    let call = host.next_call;
+    let (mut host, mut ex, call) = held_for_approval(&config, &policy);
     ex.on_call_response(&mut host, call, 0); // no answer: None
     assert_eq!(host.resumed, 0);
     assert_eq!(
@@ -606,11 +613,7 @@ fn a_ticket_approval_refuses_now_and_names_the_approval() {
         "action: require_approval, approval: {mode: ticket}}",
     );
     let policy = Rc::new(Policy::from_bytes(doc.as_bytes()).unwrap());
-    let mut host =
-        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("pay 4111 1111 1111 1111"));
-    let mut ex = Exchange::new();
-    send(&mut host, &mut ex, &config, &policy);
-    let call = host.next_call;
+    let (mut host, mut ex, call) = held_for_approval(&config, &policy);
     host.call_answers
         .insert(call, (Some(201), approval_answer("pending")));
     ex.on_call_response(&mut host, call, 0);
@@ -790,12 +793,8 @@ fn a_policy_published_mid_request_applies_from_the_next_request_on() {
 #[test]
 fn a_held_request_is_refused_when_denied_or_when_its_time_runs_out() {
     let (config, policy) = (config(true), policy("off"));
-    let card_chat = chat("pay 4111 1111 1111 1111");
 
-    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&card_chat);
-    let mut ex = Exchange::new();
-    send(&mut host, &mut ex, &config, &policy);
-    let call = host.next_call;
+    let (mut host, mut ex, call) = held_for_approval(&config, &policy);
     host.call_answers
         .insert(call, (Some(201), approval_answer("denied")));
     ex.on_call_response(&mut host, call, 0);
@@ -806,10 +805,7 @@ fn a_held_request_is_refused_when_denied_or_when_its_time_runs_out() {
     assert_eq!((host.resumed, ex.decision()), (0, Decision::Denied));
     assert!(!host.credentials_swapped());
 
-    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&card_chat);
-    let mut ex = Exchange::new();
-    send(&mut host, &mut ex, &config, &policy);
-    let call = host.next_call;
+    let (mut host, mut ex, call) = held_for_approval(&config, &policy);
     host.call_answers
         .insert(call, (Some(201), approval_answer("pending")));
     ex.on_call_response(&mut host, call, 0);
@@ -830,11 +826,7 @@ fn a_held_request_is_refused_when_denied_or_when_its_time_runs_out() {
 #[test]
 fn an_approval_that_arrives_after_the_client_left_lets_nothing_through() {
     let (config, policy) = (config(true), policy("metadata"));
-    let mut host =
-        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("pay 4111 1111 1111 1111"));
-    let mut ex = Exchange::new();
-    send(&mut host, &mut ex, &config, &policy);
-    let call = host.next_call;
+    let (mut host, mut ex, call) = held_for_approval(&config, &policy);
     let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
     assert_eq!(record["decision"], "undecided");
     assert_eq!(host.counters.get("warden.requests.undecided"), Some(&1));
