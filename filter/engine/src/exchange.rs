@@ -41,8 +41,8 @@ use crate::inspect::sse::{StreamApi, StreamRewriter};
 use crate::policy::{ActiveRules, Direction, Policy};
 use crate::protocol::Decision;
 use crate::protocol::{ApprovalRequest, Record, SessionRecord};
-use crate::provider::Rejection;
-use crate::provider::{Api, ErrorKind, GatewayError};
+
+use crate::provider::{Api, ErrorKind, Rejection};
 use crate::request::{self, AuthStep};
 
 /// Header set on every response the filter handled (proxied or answered).
@@ -1194,10 +1194,7 @@ impl Exchange {
         };
         self.reply(
             host,
-            Rejection {
-                api,
-                error: GatewayError::new(ErrorKind::PermissionDenied, code, message),
-            },
+            Rejection::new(api, ErrorKind::PermissionDenied, code, message),
         )
     }
 
@@ -1376,14 +1373,12 @@ impl Exchange {
 }
 
 fn internal(api: Api) -> Rejection {
-    Rejection {
+    Rejection::new(
         api,
-        error: GatewayError::new(
-            ErrorKind::Unavailable,
-            Reason::Internal,
-            "the gateway could not process the request",
-        ),
-    }
+        ErrorKind::Unavailable,
+        Reason::Internal,
+        "the gateway could not process the request",
+    )
 }
 
 /// The session record's `response` for a stream, from the transcript its

@@ -11,7 +11,7 @@ use crate::protocol::{
     ApprovalAnswer, ApprovalBinding, ApprovalMode, ApprovalRequest, ApprovalStatus, Reason,
     APPROVALS_PATH,
 };
-use crate::provider::{Api, ErrorKind, GatewayError, Rejection};
+use crate::provider::{Api, ErrorKind, Rejection};
 
 /// Longest single long poll; a hold waits in several.
 const MAX_WAIT_MS: u64 = 20_000;
@@ -264,27 +264,22 @@ impl ApprovalFlow {
 
     fn refuse(&self, code: Reason, message: String) -> Next {
         Next::Reply {
-            rejection: Rejection {
-                api: self.api,
-                error: GatewayError::new(ErrorKind::PermissionDenied, code, message),
-            },
+            rejection: Rejection::new(self.api, ErrorKind::PermissionDenied, code, message),
             approval_id: self.id.clone(),
         }
     }
 
     fn unavailable(&self, why: &str) -> Next {
         Next::Reply {
-            rejection: Rejection {
-                api: self.api,
-                error: GatewayError::new(
-                    ErrorKind::Unavailable,
-                    Reason::ApprovalsUnavailable,
-                    format!(
-                        "this request needs an approval under rule '{}', and the gateway cannot reach its control plane ({why}); nothing was sent",
-                        self.rule
-                    ),
+            rejection: Rejection::new(
+                self.api,
+                ErrorKind::Unavailable,
+                Reason::ApprovalsUnavailable,
+                format!(
+                    "this request needs an approval under rule '{}', and the gateway cannot reach its control plane ({why}); nothing was sent",
+                    self.rule
                 ),
-            },
+            ),
             approval_id: self.id.clone(),
         }
     }
