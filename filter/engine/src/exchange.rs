@@ -39,9 +39,7 @@ use crate::inspect::body::Shape;
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
 use crate::policy::{ActiveRules, Direction, Policy};
-use crate::protocol::Decision;
-use crate::protocol::{ApprovalRequest, Record, SessionRecord};
-
+use crate::protocol::{ApprovalRequest, Decision, Record, SessionRecord};
 use crate::provider::{Api, ErrorKind, Rejection};
 use crate::request::{self, AuthStep};
 
