@@ -41,7 +41,6 @@ use crate::approvals::{
     self, ApprovalBinding, ApprovalList, ApprovalStatus, ApprovalView, DecideRequest, OpenRequest,
     MAX_WAIT_MS,
 };
-use crate::clock::unix_now_ms;
 use crate::error::ApiError;
 use crate::fields::logged;
 use crate::policies::{self, CheckError};
@@ -49,8 +48,6 @@ use crate::state::AppState;
 use crate::store::{ApprovalRow, Decider, OpenOutcome, PolicyMeta, StoreError};
 use crate::user_auth::{check_gateway, Caller};
 
-/// How often `wait` looks at the database (works across replicas).
-const WAIT_POLL: Duration = Duration::from_millis(200);
 /// Longest deny/approve reason kept.
 const MAX_REASON_BYTES: usize = 2000;
 /// Longest publish message kept.
@@ -265,7 +262,7 @@ async fn check_policy(state: &AppState, caller: &Caller, document: &str) -> Resu
     let key = format!("{}\n{}", caller.identity.issuer, caller.identity.subject);
     let verdict = state
         .policy_checker()
-        .check(&key, document, std::time::Instant::now())
+        .check(&key, document, state.clock().instant())
         .await;
     verdict.map_err(|error| match error {
         CheckError::Invalid(problems) => ApiError::InvalidPolicy(problems),
@@ -322,7 +319,7 @@ async fn open_approval(
 ) -> Result<Response, ApiError> {
     gateway(&state, &headers)?;
     let Json(request) = body?;
-    let now = unix_now_ms();
+    let now = state.clock().now_ms();
     let new = approvals::new_row(request, now).map_err(ApiError::BadRequest)?;
     let (row, outcome) = state.store().open_approval(new, now).await.map_err(db)?;
     let view = approvals::view(&row, now, &state.approvals_url());
@@ -384,24 +381,17 @@ async fn wait_approval(
     gateway(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(MAX_WAIT_MS).min(MAX_WAIT_MS));
-    let deadline = tokio::time::Instant::now() + timeout;
+    let clock = state.clock();
+    let started = clock.instant();
     loop {
         let row = load(&state, &id).await?;
-        let now = unix_now_ms();
-        let status = approvals::status_at(&row, now);
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if status != ApprovalStatus::Pending || left.is_zero() {
-            return Ok(Json(approvals::view(&row, now, &state.approvals_url())));
+        let now = clock.now_ms();
+        let waited = clock.instant().saturating_duration_since(started);
+        match approvals::wait_pause(&row, now, timeout.saturating_sub(waited)) {
+            None => return Ok(Json(approvals::view(&row, now, &state.approvals_url()))),
+            // Real time passes while the request waits, whatever the clock says.
+            Some(pause) => tokio::time::sleep(pause).await,
         }
-        // Polling the database (not an in-process signal) sees a decision
-        // made on any replica. Never sleep past the approval's expiry.
-        let until_expiry = Duration::from_millis(u64::try_from(row.expires_ms - now).unwrap_or(0));
-        tokio::time::sleep(
-            WAIT_POLL
-                .min(left)
-                .min(until_expiry.max(Duration::from_millis(1))),
-        )
-        .await;
     }
 }
 
@@ -421,7 +411,7 @@ async fn consume_approval(
             "this approval was given for another requester, route, rule, model, policy version or request body",
         ));
     }
-    let now = unix_now_ms();
+    let now = state.clock().now_ms();
     if state.store().consume_approval(&id, now).await.map_err(db)? {
         let row = load(&state, &id).await?;
         tracing::info!(approval = %logged(&id), "approval used");
@@ -500,7 +490,7 @@ async fn list_approvals(
                 })?,
         ),
     };
-    let now = unix_now_ms();
+    let now = state.clock().now_ms();
     let url = state.approvals_url();
     let rows = state.store().recent_approvals().await.map_err(db)?;
     let approvals: Vec<ApprovalView> = rows
@@ -539,7 +529,7 @@ async fn show_approval(
     }
     Ok(Json(approvals::view(
         &row,
-        unix_now_ms(),
+        state.clock().now_ms(),
         &state.approvals_url(),
     )))
 }
@@ -613,7 +603,7 @@ async fn decide(
             ),
         ));
     }
-    let now = unix_now_ms();
+    let now = state.clock().now_ms();
     // From the token, which bounds nothing but its own size: cut like any stored field.
     let decider = Decider {
         issuer: crate::fields::stored(caller.identity.issuer.clone()),

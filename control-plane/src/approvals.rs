@@ -10,6 +10,8 @@
 //! `consumed`, and an approved one past `expires_at` and unused is `expired`
 //! (it can no longer be used).
 
+use std::time::Duration;
+
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,9 @@ pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
 pub const MAX_GROUPS: usize = 100;
 /// Longest `wait` the server holds a request open.
 pub const MAX_WAIT_MS: u64 = 30_000;
+/// How often a `wait` looks at the database again: polling it (not an
+/// in-process signal) sees a decision made on any replica.
+pub const WAIT_POLL: Duration = Duration::from_millis(200);
 
 /// Every answer about an approval embeds the filter's own type.
 pub use warden_engine::protocol::{ApprovalAnswer, ApprovalStatus};
@@ -124,6 +129,18 @@ pub fn status_at(row: &ApprovalRow, now_ms: i64) -> ApprovalStatus {
         _ if now_ms >= row.expires_ms => ApprovalStatus::Expired,
         _ => ApprovalStatus::Pending,
     }
+}
+
+/// How long a `wait` on `row` pauses at `now_ms` before it looks again,
+/// with `left` of its time to go; `None` when it answers now: the approval
+/// is no longer pending, or the time is up. Never past the approval's
+/// expiry, so an expired approval is answered as soon as it expires.
+pub fn wait_pause(row: &ApprovalRow, now_ms: i64, left: Duration) -> Option<Duration> {
+    if status_at(row, now_ms) != ApprovalStatus::Pending || left.is_zero() {
+        return None;
+    }
+    let until_expiry = u64::try_from(row.expires_ms.saturating_sub(now_ms)).unwrap_or(0);
+    Some(WAIT_POLL.min(left).min(Duration::from_millis(until_expiry)))
 }
 
 /// The answer shape of `row` at `now_ms`.
@@ -333,6 +350,26 @@ mod tests {
         assert_eq!(status_at(&row, 61_000), ApprovalStatus::Consumed);
         row.status = "denied".into();
         assert_eq!(status_at(&row, 61_000), ApprovalStatus::Denied);
+    }
+
+    #[test]
+    fn a_wait_pauses_until_a_decision_its_time_or_the_expiry() {
+        // Opened at 1000 for 60 s: it expires at 61_000.
+        let mut row = new_row(request(), 1000).unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(wait_pause(&row, 1000, ms(30_000)), Some(WAIT_POLL));
+        // No longer than the wait has left...
+        assert_eq!(wait_pause(&row, 1000, ms(50)), Some(ms(50)));
+        assert_eq!(wait_pause(&row, 1000, Duration::ZERO), None);
+        // ...nor than the approval has.
+        assert_eq!(wait_pause(&row, 60_990, ms(30_000)), Some(ms(10)));
+        assert_eq!(wait_pause(&row, 60_999, ms(30_000)), Some(ms(1)));
+        assert_eq!(wait_pause(&row, 61_000, ms(30_000)), None);
+        // Decided: answered at once.
+        row.status = "approved".into();
+        assert_eq!(wait_pause(&row, 2000, ms(30_000)), None);
+        row.status = "denied".into();
+        assert_eq!(wait_pause(&row, 2000, ms(30_000)), None);
     }
 
     #[test]

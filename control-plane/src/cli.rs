@@ -323,6 +323,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         approval_webhook: args.approval_webhook.filter(|s| !s.is_empty()),
         approval_webhook_format: args.approval_webhook_format,
         policy_checks: crate::policies::CheckLimits::default(),
+        clock: crate::clock::Clock::system(),
     };
     crate::server::serve(&args.listen, config)
         .await

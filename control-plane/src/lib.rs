@@ -16,7 +16,7 @@
 //! | [`cli`] | the clap definitions of `warden` and its `serve` and `token` verbs, and [`cli::run`], which dispatches every verb; it depends on [`client`], never the reverse |
 //! | [`client`] | the verbs that call a running control plane over HTTP (`warden policy …`, `warden approvals …`, `warden sessions …`, and `warden token`'s request): their arguments, tables, `--json` |
 //! | [`server`] | the composition root: [`server::app`] (the axum router, composed of the route modules below), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
-//! | [`state`] | [`state::AppState`], what every handler shares (store, dev issuer, token verifier, webhook, policy checker), and [`state::ServerConfig`], the settings it is built from |
+//! | [`state`] | [`state::AppState`], what every handler shares (store, dev issuer, token verifier, webhook, policy checker, clock), and [`state::ServerConfig`], the settings it is built from |
 //! | [`api`] | the `/v1` routes: policies (publish, list, show, validate, activate, active + ETag, schema) and approvals (open, wait, consume, list, show, approve, deny) |
 //! | [`sessions`] | recorded sessions: the gateways' batch append (read into the engine's `SessionBatch`), the auditors' list/show, the chain's check |
 //! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
@@ -29,7 +29,7 @@
 //! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`html`] | HTML answers with the pages' security headers (the page and the dev issuer's sign-in form) |
-//! | [`clock`] | the wall clock (`unix_now`, `unix_now_ms`), read at the edges and passed down; stored times written as RFC 3339 (the engine's `rfc3339_millis`) |
+//! | [`clock`] | [`clock::Clock`], where every rule that depends on time reads it (the system's clock in `warden serve`, a [`clock::ManualClock`] that tests move); stored times written as RFC 3339 (the engine's `rfc3339_millis`) |
 //! | [`fields`] | user-controlled text bounded (cut at a character boundary, with a marker) before it is stored, and escaped and bounded before it is logged |
 //!
 //! What crosses a process boundary (reason codes, decisions, the approval

@@ -240,7 +240,7 @@ async fn append_sessions(
     let batch = read_batch(body).map_err(ApiError::BadRequest)?;
     let received = batch.records.len();
     let rows = validate_batch(batch.records).map_err(ApiError::BadRequest)?;
-    let received_at = crate::clock::rfc3339(crate::clock::unix_now_ms());
+    let received_at = crate::clock::rfc3339(state.clock().now_ms());
     let (stored, last_seq) = state
         .store()
         .append_sessions(rows, &received_at)

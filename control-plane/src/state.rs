@@ -1,8 +1,8 @@
 //! The server's shared state and its settings: [`ServerConfig`] (what
 //! `warden serve` was told) and [`AppState`] (the store, the dev issuer,
-//! people's token verifier, the webhook and the policy checker every
-//! handler reaches through axum's `State`), with [`AppState::build`], which
-//! opens what the state holds.
+//! people's token verifier, the webhook, the policy checker and the clock
+//! every handler reaches through axum's `State`), with [`AppState::build`],
+//! which opens what the state holds.
 //!
 //! Below the routes: the handler modules ([`crate::api`],
 //! [`crate::sessions`], [`crate::web`]) import it, [`crate::server`]
@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::dev_issuer::{DevIssuer, DevIssuerError, ISSUER_PATH};
 use crate::policies::{CheckLimits, Checker};
 use crate::store::{DatabaseTarget, Store, StoreError};
@@ -54,6 +55,10 @@ pub struct ServerConfig {
     /// Bounds on policy checks (not on the command line: the defaults suit,
     /// tests tighten them).
     pub policy_checks: CheckLimits,
+    /// Where every rule that depends on time reads it: the system's clock
+    /// (not on the command line; tests that build the server in-process
+    /// give it a [`crate::clock::ManualClock`]'s and move it).
+    pub clock: Clock,
 }
 
 // Hand-written so the database URL (which may hold a password) is never printed.
@@ -84,6 +89,7 @@ impl fmt::Debug for ServerConfig {
             )
             .field("approval_webhook_format", &self.approval_webhook_format)
             .field("policy_checks", &self.policy_checks)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -117,6 +123,7 @@ impl Default for ServerConfig {
             dev: false,
             public_url: String::new(),
             policy_checks: CheckLimits::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -206,13 +213,16 @@ impl AppState {
         }
         let mut audiences = config.audiences.clone();
         audiences.push(config.ui_client_id.clone());
-        let users = UserAuth::new(&TrustConfig {
-            issuers,
-            dev,
-            audiences,
-            admin_group: config.admin_group.clone(),
-            claims: config.claims.clone(),
-        })
+        let users = UserAuth::new(
+            &TrustConfig {
+                issuers,
+                dev,
+                audiences,
+                admin_group: config.admin_group.clone(),
+                claims: config.claims.clone(),
+            },
+            config.clock.clone(),
+        )
         .map_err(StateError::Settings)?;
         let webhook = match &config.approval_webhook {
             Some(url) if !url.trim().is_empty() => Some(
@@ -238,6 +248,11 @@ impl AppState {
         &self.inner.config
     }
 
+    /// Where handlers read the time.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.config.clock
+    }
+
     /// The approvers' page URL (`<public_url>/approvals`).
     pub fn approvals_url(&self) -> String {
         self.inner.config.approvals_url()
@@ -259,9 +274,11 @@ impl AppState {
         let dev_issuer = if config.dev {
             let data_dir = config.data_dir.clone();
             let issuer = format!("{}{ISSUER_PATH}", config.public_url.trim_end_matches('/'));
-            let loaded =
-                tokio::task::spawn_blocking(move || DevIssuer::load_or_generate(&data_dir, issuer))
-                    .await;
+            let clock = config.clock.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                DevIssuer::load_or_generate(&data_dir, issuer, clock)
+            })
+            .await;
             let dev_issuer = match loaded {
                 Ok(result) => result,
                 Err(join_error) => {

@@ -23,7 +23,7 @@ use warden_engine::auth::{
     TokenSource,
 };
 
-use crate::clock::unix_now;
+use crate::clock::Clock;
 use crate::error::ApiError;
 
 /// Header the gateways send their shared secret in: the engine's, which the
@@ -67,6 +67,8 @@ pub struct UserAuth {
     keys: Vec<IssuerKeys>,
     http: reqwest::Client,
     admin_group: String,
+    /// Tokens' `exp` and `nbf`, and the remote keys' age, are read on it.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for UserAuth {
@@ -110,8 +112,9 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 }
 
 impl UserAuth {
-    /// Builds the verifier. Fails when no issuer is trusted at all.
-    pub fn new(config: &TrustConfig) -> Result<Self, String> {
+    /// Builds the verifier, which reads the time on `clock`. Fails when no
+    /// issuer is trusted at all.
+    pub fn new(config: &TrustConfig, clock: Clock) -> Result<Self, String> {
         let claims = ClaimPaths::compile(&config.claims)?;
         let audiences: HashSet<String> = config
             .audiences
@@ -162,6 +165,7 @@ impl UserAuth {
             keys,
             http,
             admin_group: config.admin_group.clone(),
+            clock,
         })
     }
 
@@ -214,7 +218,7 @@ impl UserAuth {
             .keys
             .get(index)
             .ok_or_else(|| unauthorized(auth_message(AuthError::UnknownIssuer)))?;
-        let now = unix_now();
+        let now = self.clock.now_s();
         match keys {
             IssuerKeys::Static(set) => self
                 .authenticator
@@ -247,7 +251,7 @@ impl UserAuth {
         unknown_kid: bool,
     ) -> Result<Arc<KeySet>, ApiError> {
         let mut state = state.lock().await;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let fresh = state
             .fetched_at
             .is_some_and(|at| now.duration_since(at) < REFRESH);

@@ -275,9 +275,10 @@ async fn discovery(web: &Web, issuer: &str) -> Result<Value, String> {
             return Ok(dev.discovery_document());
         }
     }
+    let clock = web.app.clock();
     let mut cached = web.discovery.lock().await;
     if let Some((fetched, document)) = cached.as_ref() {
-        if fetched.elapsed() < DISCOVERY_TTL {
+        if clock.instant().saturating_duration_since(*fetched) < DISCOVERY_TTL {
             return Ok(document.clone());
         }
     }
@@ -299,7 +300,7 @@ async fn discovery(web: &Web, issuer: &str) -> Result<Value, String> {
     if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
         return Err("its issuer differs from the configured one".to_owned());
     }
-    *cached = Some((Instant::now(), document.clone()));
+    *cached = Some((clock.instant(), document.clone()));
     Ok(document)
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -20,6 +19,7 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt as _;
 
 use warden_control_plane::client::{request_token, ClientError};
+use warden_control_plane::clock::{Clock, ManualClock};
 use warden_control_plane::dev_issuer::{SigningAlg, TokenRequest};
 use warden_control_plane::server::{app, run};
 use warden_control_plane::state::{AppState, ServerConfig};
@@ -78,13 +78,6 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &s
             .is_some_and(|m| !m.is_empty()),
         "{body}"
     );
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn b64(value: &Value) -> Vec<u8> {
@@ -276,11 +269,17 @@ async fn jwks_has_three_distinct_keys() {
 #[tokio::test]
 async fn minted_tokens_verify_against_the_jwks() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app(state(dir.path(), true).await);
+    // Standing at the real time, which the checks below read.
+    let time = ManualClock::at(Clock::system().now_ms());
+    let config = ServerConfig {
+        clock: time.clock(),
+        ..config(dir.path(), true)
+    };
+    let app = app(AppState::build(&config).await.unwrap());
     let (_, jwks) = get(&app, "/dev/jwks.json").await;
+    let now = u64::try_from(time.now_ms() / 1000).unwrap();
 
     for alg in SigningAlg::ALL {
-        let before = unix_now();
         let (status, body) = post_json(
             &app,
             "/dev/token",
@@ -305,7 +304,7 @@ async fn minted_tokens_verify_against_the_jwks() {
         assert_eq!(claims.custom["tier"], 3);
         let exp = claims.expires_at.unwrap().as_secs();
         let iat = claims.issued_at.unwrap().as_secs();
-        assert!(iat >= before && iat <= unix_now(), "iat {iat}");
+        assert_eq!(iat, now, "dated by the server's clock");
         assert_eq!(exp, iat + 600);
         assert_eq!(claims.invalid_before.unwrap().as_secs(), iat);
     }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use warden_control_plane::clock::Clock;
 use warden_control_plane::dev_issuer::{DevIssuer, TokenRequest, KEY_DIR_NAME};
 use warden_control_plane::server::run;
 use warden_control_plane::state::{AppState, ServerConfig};
@@ -81,7 +82,8 @@ fn dev_keys() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1/dev".into()).unwrap();
+        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1/dev".into(), Clock::system())
+            .unwrap();
         dir
     })
     .path()
@@ -2046,7 +2048,6 @@ mod cancellation {
 
     use sqlx::Connection as _;
     use warden_control_plane::approvals::{new_row, OpenRequest};
-    use warden_control_plane::clock::unix_now_ms;
     use warden_control_plane::sessions::validate_batch;
     use warden_control_plane::store::{Decider, Store};
 
@@ -2167,6 +2168,7 @@ mod cancellation {
             return;
         };
         let store = &server.state.store().clone();
+        let now_ms = || server.state.clock().now_ms();
 
         // Below the store: sqlx's own `begin`, dropped at each of its await
         // points in turn. Dropped after the database began but before the
@@ -2233,8 +2235,8 @@ mod cancellation {
                 1,
             )
             .await;
-            let row = new_row(approval("alice", i), unix_now_ms()).unwrap();
-            cancel_after(store.open_approval(row, unix_now_ms()), 1).await;
+            let row = new_row(approval("alice", i), now_ms()).unwrap();
+            cancel_after(store.open_approval(row, now_ms()), 1).await;
             let batch = validate_batch(vec![serde_json::from_value(minimal_record(
                 &format!("r{i}"),
                 "alice",
@@ -2265,10 +2267,7 @@ mod cancellation {
         })
         .await;
         let (row, _) = store
-            .open_approval(
-                new_row(approval("bob", 0), unix_now_ms()).unwrap(),
-                unix_now_ms(),
-            )
+            .open_approval(new_row(approval("bob", 0), now_ms()).unwrap(), now_ms())
             .await
             .unwrap();
         let lead = Decider {
@@ -2278,7 +2277,7 @@ mod cancellation {
         };
         let id = row.id.as_str();
         cancel_after(
-            store.decide_approval(id, true, &lead, Some("ok"), unix_now_ms()),
+            store.decide_approval(id, true, &lead, Some("ok"), now_ms()),
             1,
         )
         .await;
@@ -2286,7 +2285,7 @@ mod cancellation {
             store.approval(id).await.unwrap().unwrap().status == "approved"
         })
         .await;
-        cancel_after(store.consume_approval(id, unix_now_ms()), 1).await;
+        cancel_after(store.consume_approval(id, now_ms()), 1).await;
         eventually("the dropped use was recorded", move || async move {
             store
                 .approval(id)

@@ -2,8 +2,8 @@
 //! what it does with them: the discovery document, minting
 //! ([`DevIssuer::mint`]) and the code flow's three steps
 //! ([`DevIssuer::check_authorize`], [`DevIssuer::issue_code`],
-//! [`DevIssuer::exchange_code`]), each reading the wall clock once and
-//! passing it down.
+//! [`DevIssuer::exchange_code`]), each reading the server's clock once and
+//! passing the time down.
 
 use std::fmt;
 use std::path::Path;
@@ -16,17 +16,19 @@ use super::oauth::{
     FLOW_TOKEN_TTL_SECONDS,
 };
 use super::tokens::{self, MintError, TokenRequest};
-use crate::clock::unix_now;
+use crate::clock::Clock;
 
 /// Path under which the issuer is mounted; the issuer URL is `<public-url>/dev`.
 pub const ISSUER_PATH: &str = "/dev";
 
-/// The dev issuer: its URL, its three key pairs and their JWKS, and the
-/// authorization codes waiting to be exchanged.
+/// The dev issuer: its URL, its three key pairs and their JWKS, the
+/// authorization codes waiting to be exchanged, and the clock its tokens'
+/// and codes' times are read on.
 pub struct DevIssuer {
     issuer: String,
     keys: Keys,
     codes: Codes,
+    clock: Clock,
 }
 
 // Hand-written: the key pairs must never be printed.
@@ -41,15 +43,21 @@ impl fmt::Debug for DevIssuer {
 
 impl DevIssuer {
     /// Loads the keys from `<data_dir>/dev-issuer/`, generating and saving
-    /// any that are missing. `issuer` is the issuer URL (`<public-url>/dev`).
+    /// any that are missing. `issuer` is the issuer URL (`<public-url>/dev`);
+    /// tokens and codes are dated by `clock`.
     ///
     /// This does blocking file I/O and, the first time, RSA key generation:
     /// call it from `spawn_blocking` in async code.
-    pub fn load_or_generate(data_dir: &Path, issuer: String) -> Result<Self, DevIssuerError> {
+    pub fn load_or_generate(
+        data_dir: &Path,
+        issuer: String,
+        clock: Clock,
+    ) -> Result<Self, DevIssuerError> {
         Ok(DevIssuer {
             issuer,
             keys: Keys::load_or_generate(data_dir)?,
             codes: Codes::default(),
+            clock,
         })
     }
 
@@ -93,7 +101,7 @@ impl DevIssuer {
 
     /// Validates `request` and mints a token signed with the key of its algorithm.
     pub fn mint(&self, request: &TokenRequest) -> Result<String, MintError> {
-        let claims = tokens::claims(&self.issuer, request, unix_now())?;
+        let claims = tokens::claims(&self.issuer, request, self.clock.now_s())?;
         self.keys
             .sign(request.alg.unwrap_or_default(), claims)
             .map_err(MintError::Sign)
@@ -113,16 +121,7 @@ impl DevIssuer {
         authorize: &ValidAuthorize,
         who: SignIn,
     ) -> Result<String, OAuthError> {
-        self.issue_code_at(authorize, who, unix_now())
-    }
-
-    fn issue_code_at(
-        &self,
-        authorize: &ValidAuthorize,
-        who: SignIn,
-        now: u64,
-    ) -> Result<String, OAuthError> {
-        self.codes.issue(authorize, who, now)
+        self.codes.issue(authorize, who, self.clock.now_s())
     }
 
     /// Exchanges a code for an access token (audience `warden`) and an ID
@@ -130,11 +129,10 @@ impl DevIssuer {
     /// as soon as it is presented, so a second try fails even if the first
     /// one did.
     pub fn exchange_code(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
-        self.exchange_code_at(request, unix_now())
-    }
-
-    fn exchange_code_at(&self, request: &CodeExchange, now: u64) -> Result<CodeTokens, OAuthError> {
-        let (access, id) = self.codes.redeem(request, now)?.token_requests();
+        let (access, id) = self
+            .codes
+            .redeem(request, self.clock.now_s())?
+            .token_requests();
         let sign = |request: &TokenRequest| {
             self.mint(request)
                 .map_err(|error| OAuthError::Server(error.to_string()))
@@ -152,6 +150,7 @@ impl DevIssuer {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::dev_issuer::oauth::{CODE_TTL_SECONDS, MAX_PARAM_LEN};
     use crate::dev_issuer::tokens::{MAX_STRING_LEN, MAX_TTL_SECONDS};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -160,7 +159,7 @@ mod tests {
     #[test]
     fn invalid_requests_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = DevIssuer::load_or_generate(dir.path(), "http://x/dev".into()).unwrap();
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
         let ok = TokenRequest {
             sub: "alice".into(),
             ..TokenRequest::default()
@@ -209,8 +208,13 @@ mod tests {
             .is_ok());
     }
 
-    fn issuer_at(dir: &tempfile::TempDir) -> DevIssuer {
-        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into()).unwrap()
+    /// Where the tests' clocks start: 2026-01-02T03:04:05Z.
+    const NOW_MS: i64 = 1_767_323_045_000;
+
+    /// An issuer whose time is `time`'s.
+    fn issuer_at(dir: &tempfile::TempDir, time: &ManualClock) -> DevIssuer {
+        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into(), time.clock())
+            .unwrap()
     }
 
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -256,7 +260,7 @@ mod tests {
     #[test]
     fn the_code_flow_issues_tokens_for_the_signed_in_user() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir);
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
         let authorize = issuer.check_authorize(&params()).unwrap();
         let code = issuer.issue_code(&authorize, alice()).unwrap();
         assert_eq!(code.len(), 43);
@@ -269,6 +273,9 @@ mod tests {
         assert_eq!(access["groups"], json!(["security"]));
         assert_eq!(access["email"], "alice@example.com");
         assert_eq!(access["iss"], "http://127.0.0.1:8080/dev");
+        // Dated by the issuer's clock.
+        assert_eq!(access["iat"], NOW_MS / 1000);
+        assert_eq!(access["exp"], NOW_MS / 1000 + FLOW_TOKEN_TTL_SECONDS as i64);
         assert!(access.get("nonce").is_none());
         let id = payload(&tokens.id_token);
         assert_eq!(id["aud"], "warden-approvals");
@@ -280,7 +287,7 @@ mod tests {
     #[test]
     fn a_code_is_used_once_even_when_the_first_try_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir);
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
         let authorize = issuer.check_authorize(&params()).unwrap();
 
         let code = issuer.issue_code(&authorize, alice()).unwrap();
@@ -307,7 +314,8 @@ mod tests {
     #[test]
     fn a_code_is_bound_to_its_client_redirect_and_challenge_and_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir);
+        let time = ManualClock::at(NOW_MS);
+        let issuer = issuer_at(&dir, &time);
         let authorize = issuer.check_authorize(&params()).unwrap();
         let tampered: [fn(CodeExchange) -> CodeExchange; 4] = [
             |e| CodeExchange {
@@ -334,24 +342,25 @@ mod tests {
             assert_eq!(error.code(), "invalid_grant", "{error}");
         }
 
-        let code = issuer.issue_code_at(&authorize, alice(), 1_000).unwrap();
-        let error = issuer
-            .exchange_code_at(&exchange(&code), 1_000 + CODE_TTL_SECONDS)
-            .unwrap_err();
+        // A second before its expiry a code is good; at its expiry it is not.
+        let ttl = std::time::Duration::from_secs(CODE_TTL_SECONDS);
+        let second = std::time::Duration::from_secs(1);
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        time.advance(ttl - second);
+        assert!(issuer.exchange_code(&exchange(&code)).is_ok());
+        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        time.advance(ttl);
+        let error = issuer.exchange_code(&exchange(&code)).unwrap_err();
         assert_eq!(
             error,
             OAuthError::InvalidGrant("the code has expired".into())
         );
-        let code = issuer.issue_code_at(&authorize, alice(), 1_000).unwrap();
-        assert!(issuer
-            .exchange_code_at(&exchange(&code), 1_000 + CODE_TTL_SECONDS - 1)
-            .is_ok());
     }
 
     #[test]
     fn token_requests_are_checked_before_any_code_is_spent() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir);
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
         let authorize = issuer.check_authorize(&params()).unwrap();
         let code = issuer.issue_code(&authorize, alice()).unwrap();
         let cases = [
@@ -400,7 +409,7 @@ mod tests {
     #[test]
     fn authorization_requests_are_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir);
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
         let cases: Vec<(AuthorizeParams, &str)> = vec![
             (
                 AuthorizeParams {
@@ -522,7 +531,7 @@ mod tests {
     #[test]
     fn discovery_names_the_code_flow() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir);
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
         // The key pairs are never printed.
         assert!(!format!("{issuer:?}").contains("PRIVATE"));
         let doc = issuer.discovery_document();
