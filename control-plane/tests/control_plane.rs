@@ -17,13 +17,22 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use warden_control_plane::clock::Clock;
+use warden_control_plane::approvals::WAIT_POLL;
+use warden_control_plane::clock::{Clock, ManualClock};
 use warden_control_plane::dev_issuer::{DevIssuer, TokenRequest, KEY_DIR_NAME};
 use warden_control_plane::server::run;
 use warden_control_plane::state::{AppState, ServerConfig};
 use warden_control_plane::webhook::WebhookFormat;
 
 const SECRET: &str = "gateway-secret-for-tests-0123456789";
+
+/// Where the tests' manual clocks start: 2026-01-02T03:04:05Z.
+const T0_MS: i64 = 1_767_323_045_000;
+
+/// A failure detector only, never what a test measures: far longer than
+/// anything here takes on a loaded machine, so a stalled server fails the
+/// test instead of hanging it.
+const STALLED: Duration = Duration::from_secs(120);
 
 const POLICY_V1: &str = "version: 1\ngroups:\n  engineering:\n    models: [\"*\"]\nrules:\n  - name: personal-data\n    detect: email\n    action: mask\n    level: internal\n";
 const POLICY_V2: &str = "version: 1\ngroups:\n  engineering:\n    models: [\"gpt-4o-mini\"]\nrules:\n  - name: personal-data\n    detect: email\n    action: block\n";
@@ -150,6 +159,22 @@ async fn start_on(database_url: Option<String>, tweak: impl FnOnce(&mut ServerCo
 }
 
 impl Server {
+    /// A gateway's `wait` on approval `id`, in the background: see [`answered`].
+    fn wait(&self, id: &str, timeout_ms: u64) -> tokio::task::JoinHandle<Value> {
+        let request = self
+            .http
+            .get(format!(
+                "{}/v1/approvals/{id}/wait?timeout_ms={timeout_ms}",
+                self.base
+            ))
+            .header("x-warden-gateway-key", SECRET);
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()
+        })
+    }
+
     fn token(&self, sub: &str, groups: &[&str]) -> String {
         self.state
             .dev_issuer()
@@ -214,6 +239,14 @@ impl Server {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }
+}
+
+/// What `task` ended with; one still running after [`STALLED`] fails the test.
+async fn answered<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(STALLED, task)
+        .await
+        .unwrap_or_else(|_| panic!("no answer: {what}"))
+        .unwrap()
 }
 
 #[derive(Clone, Copy)]
@@ -296,10 +329,17 @@ async fn postgres_replicas_share_state() {
     let Some(url) = fresh_postgres().await else {
         return;
     };
-    let a = start_on(Some(url.clone()), |_| {}).await;
+    // Replicas share the time too. It stands still: a wait returns only on
+    // a decision.
+    let time = ManualClock::at(T0_MS);
+    let a = start_on(Some(url.clone()), |c| c.clock = time.clock()).await;
     // Both replicas must trust the same issuer: give B A's public URL.
     let public = a.base.clone();
-    let b = start_on(Some(url), |c| c.public_url = public).await;
+    let b = start_on(Some(url), |c| {
+        c.public_url = public;
+        c.clock = time.clock();
+    })
+    .await;
     let gw = Auth::Gateway(SECRET);
     let (status, opened) = a
         .post("/v1/approvals", gw, request_from(&a, "alice", "1", 300))
@@ -313,21 +353,7 @@ async fn postgres_replicas_share_state() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(same["id"], id.as_str());
 
-    let waiter = {
-        let http = a.http.clone();
-        let url = format!("{}/v1/approvals/{id}/wait?timeout_ms=20000", a.base);
-        tokio::spawn(async move {
-            http.get(url)
-                .header("x-warden-gateway-key", SECRET)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiter = a.wait(&id, 20_000);
     let lead = a.token("lena", &["leads"]);
     let (status, body) = b
         .post(
@@ -337,11 +363,8 @@ async fn postgres_replicas_share_state() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("the wait on replica A saw B's decision")
-        .unwrap();
-    assert_eq!(waited["status"], "approved");
+    let waited = answered(waiter, "the wait on replica A, for B's decision").await;
+    assert_eq!(waited["status"], "approved", "{waited}");
 
     let issuer = format!("{}/dev", a.base);
     let mut tasks = Vec::new();
@@ -993,42 +1016,67 @@ async fn concurrent_consumes_have_one_winner(backend: Backend) {
 }
 
 async fn approvals_expire(backend: Backend) {
-    let Some(server) = start(backend, |_| {}).await else {
+    let time = ManualClock::at(T0_MS);
+    let Some(server) = start(backend, |c| c.clock = time.clock()).await else {
         return;
     };
     let gw = Auth::Gateway(SECRET);
     let lead = server.token("lena", &["leads"]);
     let issuer = format!("{}/dev", server.base);
-    // One pending and one approved, both with a 1 s TTL.
-    let (_, pending) = server
-        .post("/v1/approvals", gw, request_from(&server, "alice", "e", 1))
-        .await;
-    let (_, approved) = server
-        .post("/v1/approvals", gw, request_from(&server, "bob", "f", 1))
-        .await;
-    let approved_id = approved["id"].as_str().unwrap();
-    server
-        .post(
-            &format!("/v1/approvals/{approved_id}/approve"),
-            Auth::Bearer(&lead),
-            json!({}),
-        )
-        .await;
-    let pending_id = pending["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, shown) = server
-            .get(&format!("/v1/approvals/{pending_id}"), Auth::Bearer(&lead))
+    // Opened at the same instant with a 1 s TTL: one left pending, two approved.
+    let mut ids = Vec::new();
+    for (subject, body) in [("alice", "e"), ("bob", "f"), ("carol", "0")] {
+        let (status, opened) = server
+            .post("/v1/approvals", gw, request_from(&server, subject, body, 1))
             .await;
-        if shown["status"] == "expired" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never expired: {shown}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status, StatusCode::CREATED, "{opened}");
+        assert_eq!(opened["expires_at"], "2026-01-02T03:04:06.000Z", "{opened}");
+        ids.push(opened["id"].as_str().unwrap().to_owned());
     }
+    let [pending, approved, used] = <[String; 3]>::try_from(ids).unwrap();
+    for id in [&approved, &used] {
+        let (status, body) = server
+            .post(
+                &format!("/v1/approvals/{id}/approve"),
+                Auth::Bearer(&lead),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let status_of = |id: &str| {
+        let path = format!("/v1/approvals/{id}");
+        let lead = lead.clone();
+        let server = &server;
+        async move {
+            let (status, shown) = server.get(&path, Auth::Bearer(&lead)).await;
+            assert_eq!(status, StatusCode::OK, "{shown}");
+            shown["status"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // A millisecond before they expire, each is still what it was.
+    time.advance(Duration::from_millis(999));
+    assert_eq!(status_of(&pending).await, "pending");
+    assert_eq!(status_of(&approved).await, "approved");
     let (status, body) = server
         .post(
-            &format!("/v1/approvals/{pending_id}/approve"),
+            &format!("/v1/approvals/{used}/consume"),
+            gw,
+            binding(&issuer, "carol", "0"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "consumed", "{body}");
+
+    // At their expiry both unused ones have expired, together.
+    time.advance(Duration::from_millis(1));
+    assert_eq!(status_of(&pending).await, "expired");
+    assert_eq!(status_of(&approved).await, "expired");
+    assert_eq!(status_of(&used).await, "consumed");
+    let (status, body) = server
+        .post(
+            &format!("/v1/approvals/{pending}/approve"),
             Auth::Bearer(&lead),
             json!({}),
         )
@@ -1036,73 +1084,87 @@ async fn approvals_expire(backend: Backend) {
     assert_code(status, &body, StatusCode::GONE, "approval_expired");
     let (status, body) = server
         .post(
-            &format!("/v1/approvals/{approved_id}/consume"),
+            &format!("/v1/approvals/{approved}/consume"),
             gw,
             binding(&issuer, "bob", "f"),
         )
         .await;
     assert_code(status, &body, StatusCode::GONE, "approval_expired");
+    // A wait on an expired approval answers at once.
+    let waited = answered(
+        server.wait(&pending, 30_000),
+        "a wait on an expired approval",
+    )
+    .await;
+    assert_eq!(waited["status"], "expired", "{waited}");
     // An expired approval is no longer found by its binding: a new one opens.
-    let (status, _) = server
+    let (status, reopened) = server
         .post("/v1/approvals", gw, request_from(&server, "bob", "f", 60))
         .await;
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(status, StatusCode::CREATED, "{reopened}");
+    assert_ne!(reopened["id"], approved.as_str());
 }
 
 async fn wait_returns_on_decision(backend: Backend) {
-    let Some(server) = start(backend, |_| {}).await else {
+    // The clock stands still unless moved: a wait ends on a decision, or
+    // when the clock passes its timeout or the approval's expiry, never
+    // because real time went by.
+    let time = ManualClock::at(T0_MS);
+    let Some(server) = start(backend, |c| c.clock = time.clock()).await else {
         return;
     };
     let gw = Auth::Gateway(SECRET);
-    let (_, opened) = server
-        .post(
-            "/v1/approvals",
-            gw,
-            request_from(&server, "alice", "9", 300),
-        )
-        .await;
-    let id = opened["id"].as_str().unwrap().to_owned();
-
-    // Times out while pending.
-    let started = Instant::now();
-    let (status, body) = server
-        .get(&format!("/v1/approvals/{id}/wait?timeout_ms=300"), gw)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["status"], "pending");
-    assert!(started.elapsed() >= Duration::from_millis(300));
-
-    // Returns soon after a decision made through another connection.
-    let waiter = {
-        let http = server.http.clone();
-        let url = format!("{}/v1/approvals/{id}/wait?timeout_ms=20000", server.base);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let response = http
-                .get(url)
-                .header("x-warden-gateway-key", SECRET)
-                .send()
-                .await
-                .unwrap();
-            (started.elapsed(), response.json::<Value>().await.unwrap())
-        })
+    let open = |subject: &'static str, ttl: u64| {
+        let server = &server;
+        async move {
+            let (status, opened) = server
+                .post("/v1/approvals", gw, request_from(server, subject, "9", ttl))
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{opened}");
+            opened["id"].as_str().unwrap().to_owned()
+        }
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!waiter.is_finished(), "wait returned before the decision");
+
+    // Returns on a decision made through another connection.
+    let id = open("alice", 300).await;
+    let waiter = server.wait(&id, 20_000);
     let lead = server.token("lena", &["leads"]);
-    let decided_at = Instant::now();
-    let (status, _) = server
+    let (status, body) = server
         .post(
             &format!("/v1/approvals/{id}/approve"),
             Auth::Bearer(&lead),
             json!({}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (elapsed, body) = waiter.await.unwrap();
-    assert_eq!(body["status"], "approved");
-    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
-    assert!(decided_at.elapsed() < Duration::from_secs(3));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let waited = answered(waiter, "a wait, for the decision").await;
+    assert_eq!(waited["status"], "approved", "{waited}");
+
+    // Returns when the approval expires meanwhile.
+    let id = open("bob", 60).await;
+    let waiter = server.wait(&id, 30_000);
+    time.advance(Duration::from_secs(60));
+    let waited = answered(waiter, "a wait, for the expiry").await;
+    assert_eq!(waited["status"], "expired", "{waited}");
+
+    // Times out while pending, once the clock has passed its timeout. The
+    // server starts counting when its handler runs, which the test cannot
+    // see: the clock moves a timeout at a time until the wait answers.
+    // (An hour to live: more than the clock moves before the STALLED limit.)
+    let id = open("carol", 3600).await;
+    let mut waiter = server.wait(&id, 1_000);
+    let waited = tokio::time::timeout(STALLED, async {
+        loop {
+            time.advance(Duration::from_secs(1));
+            if let Ok(waited) = tokio::time::timeout(WAIT_POLL * 2, &mut waiter).await {
+                break waited.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the wait never timed out");
+    assert_eq!(waited["status"], "pending", "{waited}");
+
     let (status, body) = server
         .get("/v1/approvals/apr_nope/wait?timeout_ms=10", gw)
         .await;
@@ -1110,15 +1172,14 @@ async fn wait_returns_on_decision(backend: Backend) {
 }
 
 async fn webhook_is_delivered(backend: Backend) {
-    // A tiny receiver that records what it is sent.
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = received.clone();
+    // A tiny receiver that passes on what it is sent.
+    let (sink, mut received) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
             let sink = sink.clone();
             async move {
-                sink.lock().unwrap().push(body);
+                let _ = sink.send(body);
                 "ok"
             }
         }),
@@ -1139,7 +1200,6 @@ async fn webhook_is_delivered(backend: Backend) {
         else {
             return;
         };
-        received.lock().unwrap().clear();
         let (status, opened) = server
             .post(
                 "/v1/approvals",
@@ -1148,14 +1208,19 @@ async fn webhook_is_delivered(backend: Backend) {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let body = loop {
-            if let Some(body) = received.lock().unwrap().first().cloned() {
-                break body;
+        // This approval's announcement (a slow delivery may be retried, and
+        // its first try arrive after all).
+        let id = opened["id"].as_str().unwrap();
+        let body = tokio::time::timeout(STALLED, async {
+            loop {
+                let body = received.recv().await.unwrap();
+                if body.to_string().contains(id) {
+                    break body;
+                }
             }
-            assert!(Instant::now() < deadline, "webhook never arrived");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        })
+        .await
+        .expect("the webhook never arrived");
         let text = body.to_string();
         assert!(
             !text.contains("summarize"),
@@ -2100,7 +2165,7 @@ mod cancellation {
         C: FnMut() -> F,
         F: Future<Output = bool>,
     {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + STALLED;
         while !check().await {
             assert!(Instant::now() < deadline, "never happened: {what}");
             tokio::task::yield_now().await;
@@ -2446,9 +2511,6 @@ async fn policy_checks_do_not_stall_the_server() {
         _dir: dir,
         stop: Some(stop),
     };
-    // A failure detector only: a stalled server fails the test instead of hanging it.
-    let limit = Duration::from_secs(120);
-
     // The door open, a publish goes through the checker.
     server.publish(POLICY_V1, "first", true).await;
     arrivals.recv().await.unwrap();
@@ -2475,7 +2537,7 @@ async fn policy_checks_do_not_stall_the_server() {
 
     // Meanwhile the gateways' poll, an approval and the health check are answered.
     let (status, active) = tokio::time::timeout(
-        limit,
+        STALLED,
         server.get("/v1/policy/active", Auth::Gateway(SECRET)),
     )
     .await
@@ -2483,7 +2545,7 @@ async fn policy_checks_do_not_stall_the_server() {
     assert_eq!(status, StatusCode::OK, "{active}");
     assert_eq!(active["version"], 1);
     let (status, opened) = tokio::time::timeout(
-        limit,
+        STALLED,
         server.post(
             "/v1/approvals",
             Auth::Gateway(SECRET),
@@ -2493,7 +2555,7 @@ async fn policy_checks_do_not_stall_the_server() {
     .await
     .expect("approval: no answer while a check runs");
     assert_eq!(status, StatusCode::CREATED, "{opened}");
-    let (status, _) = tokio::time::timeout(limit, server.get("/healthz", Auth::None))
+    let (status, _) = tokio::time::timeout(STALLED, server.get("/healthz", Auth::None))
         .await
         .expect("health check: no answer while a check runs");
     assert_eq!(status, StatusCode::OK);
