@@ -34,10 +34,10 @@ pub use warden_engine::protocol::GATEWAY_KEY_HEADER;
 pub const MIN_REFETCH: Duration = Duration::from_secs(5);
 
 /// Keys older than this are refreshed on the next request.
-const REFRESH: Duration = Duration::from_secs(300);
+pub const REFRESH: Duration = Duration::from_secs(300);
 
 /// Keys that could not be refreshed are used for at most this long.
-const MAX_STALE: Duration = Duration::from_secs(3600);
+pub const MAX_STALE: Duration = Duration::from_secs(3600);
 
 /// Clock skew allowed on `exp`/`nbf`.
 const SKEW_SECONDS: u64 = 60;

@@ -22,6 +22,7 @@ use warden_control_plane::clock::{Clock, ManualClock};
 use warden_control_plane::dev_issuer::{DevIssuer, TokenRequest, KEY_DIR_NAME};
 use warden_control_plane::server::run;
 use warden_control_plane::state::{AppState, ServerConfig};
+use warden_control_plane::user_auth::{MAX_STALE, REFRESH};
 use warden_control_plane::webhook::WebhookFormat;
 
 const SECRET: &str = "gateway-secret-for-tests-0123456789";
@@ -51,6 +52,8 @@ struct Server {
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
+    /// The server loop, when it runs on the test's runtime.
+    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for Server {
@@ -146,7 +149,7 @@ async fn start_on(database_url: Option<String>, tweak: impl FnOnce(&mut ServerCo
     tweak(&mut config);
     let state = AppState::build(&config).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(run(listener, state.clone(), async move {
+    let serving = tokio::spawn(run(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
     Server {
@@ -155,10 +158,25 @@ async fn start_on(database_url: Option<String>, tweak: impl FnOnce(&mut ServerCo
         http: reqwest::Client::new(),
         _dir: dir,
         stop: Some(stop),
+        serving: Some(serving),
     }
 }
 
 impl Server {
+    /// Stops serving and returns once the port is closed.
+    async fn shut_down(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(serving) = self.serving.take() {
+            tokio::time::timeout(STALLED, serving)
+                .await
+                .expect("the server stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     /// A gateway's `wait` on approval `id`, in the background: see [`answered`].
     fn wait(&self, id: &str, timeout_ms: u64) -> tokio::task::JoinHandle<Value> {
         let request = self
@@ -288,17 +306,32 @@ on_both!(
 );
 
 /// A remote issuer: keys found through OIDC discovery over HTTP (here the
-/// dev issuer of another control plane), verified with the engine's code.
+/// dev issuer of another control plane), verified with the engine's code,
+/// and trusted for a bounded time once the issuer cannot be reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn remote_issuers_are_trusted_through_discovery() {
-    let idp = start_on(None, |_| {}).await;
+    // One clock for both: the IdP dates its tokens by the time the server reads.
+    let time = ManualClock::at(T0_MS);
+    let idp = start_on(None, |c| c.clock = time.clock()).await;
     let issuer = format!("{}/dev", idp.base);
     let server = start_on(None, |c| {
         c.dev = false;
         c.issuers = vec![issuer.clone()];
+        c.clock = time.clock();
     })
     .await;
-    let token = idp.admin();
+    // Good for longer than the keys are trusted without their issuer.
+    let token = idp
+        .state
+        .dev_issuer()
+        .unwrap()
+        .mint(&TokenRequest {
+            sub: "root".into(),
+            groups: vec!["warden-admins".into()],
+            ttl_seconds: Some(2 * MAX_STALE.as_secs()),
+            ..TokenRequest::default()
+        })
+        .unwrap();
     let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = server
@@ -315,10 +348,59 @@ async fn remote_issuers_are_trusted_through_discovery() {
         .get("/v1/policies", Auth::Bearer(&other.admin()))
         .await;
     assert_code(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-    // The IdP gone: the cached keys still verify (no fetch per request).
-    drop(idp);
+
+    // The IdP gone: the cached keys still verify (no fetch per request)...
+    idp.shut_down().await;
     let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // ...and once due for a refresh that fails, up to their bound...
+    time.advance(REFRESH);
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    time.advance(MAX_STALE - REFRESH - Duration::from_millis(1));
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // ...past which requests are refused as such, not as a bad token.
+    time.advance(Duration::from_millis(1));
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_code(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "issuer_unavailable",
+    );
+}
+
+/// People's tokens are good until their `exp` and the allowed skew, as the
+/// server's clock tells it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_expire_on_the_servers_clock() {
+    let time = ManualClock::at(T0_MS);
+    let server = start_on(None, |c| c.clock = time.clock()).await;
+    let token = server
+        .state
+        .dev_issuer()
+        .unwrap()
+        .mint(&TokenRequest {
+            sub: "alice".into(),
+            ttl_seconds: Some(60),
+            ..TokenRequest::default()
+        })
+        .unwrap();
+    // 60 s to live, 60 s of skew: good for 120 s, to the second.
+    time.advance(Duration::from_secs(120));
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    time.advance(Duration::from_secs(1));
+    let (status, body) = server.get("/v1/policies", Auth::Bearer(&token)).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
 }
 
 /// Two replicas on one PostgreSQL database: a wait on one returns on a
@@ -2480,12 +2562,13 @@ async fn policy_checks_do_not_stall_the_server() {
         // A second check is refused at once, not queued: what is measured.
         queue: Duration::ZERO,
         burst: 3,
-        // Never refilled while the test runs (the limiter's own clock is
-        // driven in the policies unit tests).
+        // Refilled only when the test moves the clock.
         refill: Duration::from_secs(3600),
         deadline: Duration::from_secs(3600),
         before_check: Some(Arc::new(move || hold.pass())),
     };
+    let time = ManualClock::at(T0_MS);
+    config.clock = time.clock();
     let (ready, started) = oneshot::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -2510,6 +2593,7 @@ async fn policy_checks_do_not_stall_the_server() {
         http: reqwest::Client::new(),
         _dir: dir,
         stop: Some(stop),
+        serving: None,
     };
     // The door open, a publish goes through the checker.
     server.publish(POLICY_V1, "first", true).await;
@@ -2604,14 +2688,21 @@ async fn policy_checks_do_not_stall_the_server() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((3000..=3600).contains(&retry), "{retry}");
+    // The clock has not moved: one refill away.
+    assert_eq!(response.headers()["retry-after"], "3600");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // A second short of it, still refused; then one more check, and only one.
+    time.advance(Duration::from_secs(3599));
+    let (status, body) = validate(&server, &alice, POLICY_V2).await;
+    assert_code(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    time.advance(Duration::from_secs(1));
+    // (Her token is an hour old: a fresh one, for the same bucket.)
+    let alice = server.token("alice", &["engineering"]);
+    let (status, body) = validate(&server, &alice, POLICY_V2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = validate(&server, &alice, POLICY_V2).await;
+    assert_code(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     // Bob's bucket is his own.
     let (status, body) = validate(&server, &bob, POLICY_V2).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -2639,12 +2730,12 @@ async fn policy_checks_do_not_stall_the_server() {
         "payload_too_large",
     );
     // Every check that compiled after the held one went through the door:
-    // alice's two, bob's one (the refused ones never reached it).
+    // alice's three, bob's one (the refused ones never reached it).
     let mut passed = 0;
     while arrivals.try_recv().is_ok() {
         passed += 1;
     }
-    assert_eq!(passed, 3, "checks after the held one");
+    assert_eq!(passed, 4, "checks after the held one");
 
     drop(server);
     drop(thread);
