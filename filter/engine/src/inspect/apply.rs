@@ -298,15 +298,29 @@ fn restore_value(doc: &mut Value, vault: &Vault) -> bool {
 /// The masking engine as a stream transformer: per channel, it holds back only
 /// the tail that could still become a match (or a split placeholder), scans
 /// and rewrites the rest, and puts tokenized values back.
+///
+/// Streamed and whole, a text is masked alike: each scan also sees, as left
+/// context, the end of the channel's text already released
+/// ([`DetectorSet::lookbehind_start`](super::detect::DetectorSet::lookbehind_start)),
+/// so a value glued to what came before it in an earlier event is judged as
+/// it is in the whole text.
 pub struct MaskingStream {
     policy: Rc<Policy>,
     active: ActiveRules,
     vault: Vault,
     key: HashKey,
-    pending: HashMap<Channel, String>,
+    pending: HashMap<Channel, Pending>,
     pub outcome: Outcome,
     /// With a session to record: the text as masked, before restoring.
     transcript: Option<Transcript>,
+}
+
+/// A channel's original text: the end of what was released (context for the
+/// next scan) and what is held back.
+#[derive(Debug, Default)]
+struct Pending {
+    released: String,
+    held: String,
 }
 
 /// A stream's text per channel after masking and before tokenized values
@@ -422,11 +436,52 @@ impl MaskingStream {
         }
         Ok(self.vault.restore(&rewritten))
     }
+
+    /// The policy's scan of `held` with `released` before it as context:
+    /// edits and hits in `held`'s offsets, those that end after the context.
+    /// One that began inside the context (not expected: the holdback kept
+    /// back any value that could still grow) is cut to the part not yet
+    /// released, so nothing of it goes out in clear.
+    fn scan_after(&self, released: &str, held: &str) -> (Vec<Edit>, Vec<Hit>) {
+        if released.is_empty() {
+            return self.policy.scan(&self.active, held);
+        }
+        let n = released.len();
+        let joined = format!("{released}{held}");
+        let (edits, hits) = self.policy.scan(&self.active, &joined);
+        let shift =
+            |start: usize, end: usize| (end > n).then(|| (start.saturating_sub(n), end - n));
+        let edits = edits
+            .into_iter()
+            .filter_map(|e| {
+                let (start, end) = shift(e.start, e.end)?;
+                Some(Edit { start, end, ..e })
+            })
+            .collect();
+        let hits = hits
+            .into_iter()
+            .filter_map(|h| {
+                let (start, end) = shift(h.start, h.end)?;
+                Some(Hit { start, end, ..h })
+            })
+            .collect();
+        (edits, hits)
+    }
+
+    /// Keeps the end of `released` + `head` that the next scan needs.
+    fn release(&self, mut released: String, head: &str) -> String {
+        released.push_str(head);
+        let from = self.policy.detectors().lookbehind_start(&released);
+        released.split_off(floor_boundary(&released, from))
+    }
 }
 
 impl StreamText for MaskingStream {
     fn push(&mut self, channel: &Channel, text: &str) -> Result<String, StreamBlock> {
-        let mut buf = self.pending.remove(channel).unwrap_or_default();
+        let Pending {
+            released,
+            held: mut buf,
+        } = self.pending.remove(channel).unwrap_or_default();
         buf.push_str(text);
         let mut cut = buf.len();
         if !self.active.is_empty() {
@@ -437,16 +492,19 @@ impl StreamText for MaskingStream {
         if let Some(h) = self.vault.holdback_start(&buf) {
             cut = cut.min(h);
         }
-        let (edits, hits) = self.policy.scan(&self.active, &buf);
-        // A match (or a rewrite) that straddles the cut is held back whole;
-        // moving the cut back may make an overlapping one straddle it.
+        let (edits, hits) = self.scan_after(&released, &buf);
+        // A match (or a rewrite) that straddles the cut is held back whole,
+        // and so is one that text still to come could show to be no match
+        // (what follows a value is part of its validation); moving the cut
+        // back may make an overlapping one straddle it.
+        let detectors = self.policy.detectors();
         let spans = || {
             hits.iter()
                 .map(|h| (h.start, h.end))
                 .chain(edits.iter().map(|e| (e.start, e.end)))
         };
         while let Some(start) = spans()
-            .filter(|&(start, end)| start < cut && end > cut)
+            .filter(|&(start, end)| start < cut && (end > cut || !detectors.settled(&buf, end)))
             .map(|(start, _)| start)
             .min()
         {
@@ -457,14 +515,18 @@ impl StreamText for MaskingStream {
             .split_at_checked(floor_boundary(&buf, cut))
             .unwrap_or(("", &buf));
         let out = self.emit(Some(channel), head, &edits, &hits)?;
-        self.pending.insert(*channel, tail.to_owned());
+        let pending = Pending {
+            released: self.release(released, head),
+            held: tail.to_owned(),
+        };
+        self.pending.insert(*channel, pending);
         Ok(out)
     }
 
     fn finish(&mut self, channel: &Channel) -> Result<String, StreamBlock> {
-        let buf = self.pending.remove(channel).unwrap_or_default();
-        let (edits, hits) = self.policy.scan(&self.active, &buf);
-        self.emit(Some(channel), &buf, &edits, &hits)
+        let Pending { released, held } = self.pending.remove(channel).unwrap_or_default();
+        let (edits, hits) = self.scan_after(&released, &held);
+        self.emit(Some(channel), &held, &edits, &hits)
     }
 
     fn whole(&mut self, text: &str) -> Result<String, StreamBlock> {

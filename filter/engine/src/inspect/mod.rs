@@ -20,3 +20,6 @@ pub mod body;
 pub mod detect;
 pub mod mask;
 pub mod sse;
+
+#[cfg(test)]
+mod tests_stream;

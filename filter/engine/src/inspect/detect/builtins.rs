@@ -19,7 +19,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{Builtin, Groups};
+use super::{Builtin, Groups, LOOKBEHIND};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
@@ -228,6 +228,17 @@ pub(super) fn resume(b: Builtin, hay: &str, start: usize, end: usize, locs: &Gro
 
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// The text before `at`, at most [`LOOKBEHIND`] bytes of it: no validator
+/// reads further back, so a stream that keeps that much of what it released
+/// judges a value as the whole text would.
+fn before(hay: &str, at: usize) -> &str {
+    let mut from = at.saturating_sub(LOOKBEHIND);
+    while from < at && !hay.is_char_boundary(from) {
+        from += 1;
+    }
+    hay.get(from..at).unwrap_or_default()
 }
 
 /// The character before `at` (`None` at the start, or off a boundary).
@@ -538,18 +549,18 @@ fn ssn(hay: &str, start: usize, end: usize) -> bool {
 /// Four octets of at most 255 (no leading zeros, as `Ipv4Addr` parses
 /// them), not part of a longer dotted sequence, not after `v`/`version`.
 fn ipv4(hay: &str, start: usize, end: usize) -> bool {
-    let (Some(lead), Some(s), Some(rest)) = (hay.get(..start), hay.get(start..end), hay.get(end..))
-    else {
+    let lead = before(hay, start);
+    let (Some(s), Some(rest)) = (hay.get(start..end), hay.get(end..)) else {
         return false;
     };
     if s.parse::<Ipv4Addr>().is_err() {
         return false;
     }
-    let before = lead.chars().next_back();
+    let prev = lead.chars().next_back();
     let mut after = rest.chars();
     let dotted_after =
         after.next() == Some('.') && after.next().is_some_and(|c| c.is_ascii_digit());
-    if matches!(before, Some('.' | '-')) || dotted_after {
+    if matches!(prev, Some('.' | '-')) || dotted_after {
         return false;
     }
     // The word before (split on characters, so a multi-byte one before the

@@ -50,7 +50,7 @@ mod needs;
 mod normalize;
 mod prefix;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_needs;
 #[cfg(test)]
@@ -105,6 +105,19 @@ const EXPANSION: usize = 4;
 const INVISIBLE_SLACK: usize = 256;
 /// Bytes before the holdback bound still normalized, as context.
 const CONTEXT: usize = 64;
+/// Normalized bytes before a candidate that a built-in's validator may read
+/// (a word boundary, a glued character, the word `version` before an
+/// address, the words that make a number an SSN): no validator looks
+/// further back, so a stream that keeps this much of the text it already
+/// released decides exactly as a scan of the whole text does.
+pub(super) const LOOKBEHIND: usize = 48;
+/// Characters after a candidate that a built-in's validator may read (a
+/// glued character, a dash or dot and a digit, a space and an IBAN's group):
+/// a value with fewer after it in a stream may still be judged otherwise.
+const LOOKAHEAD: usize = 6;
+/// Most original bytes kept for [`LOOKBEHIND`] (wide forms, invisible
+/// characters).
+const LOOKBEHIND_MAX_BYTES: usize = LOOKBEHIND * EXPANSION + INVISIBLE_SLACK;
 
 /// Built-in detectors. [`Builtin::name`] is the policy name,
 /// [`Builtin::label`] the placeholder text.
@@ -571,6 +584,45 @@ impl DetectorSet {
             return text.len();
         }
         view.original_from(hold)
+    }
+
+    /// For streaming: where the left context begins that the detectors
+    /// need, at the end of `released` (the original text of a stream already
+    /// let go), to judge a value that follows it as they would in the whole
+    /// text: whether it is glued to what precedes it (`abc2001:db8::1` is no
+    /// address), or follows words that say what it is. The caller scans that
+    /// context joined to the text still held and keeps only the findings that
+    /// end after it. At least [`LOOKBEHIND`] visible characters, bounded.
+    pub fn lookbehind_start(&self, released: &str) -> usize {
+        if self.detectors.is_empty() {
+            return released.len();
+        }
+        let mut visible = 0;
+        for (i, c) in released.char_indices().rev() {
+            if released.len() - i > LOOKBEHIND_MAX_BYTES {
+                return i + c.len_utf8();
+            }
+            if !normalize::is_ignorable(c) {
+                visible += 1;
+                if visible >= LOOKBEHIND {
+                    return i;
+                }
+            }
+        }
+        0
+    }
+
+    /// For streaming: whether a value found in `text` ending at `end` is
+    /// judged for good, or text still to come could change the verdict of
+    /// its validator (which reads a few characters after a value: `+1 415
+    /// 555 2671/3` is no phone number). Invisible characters do not count.
+    pub fn settled(&self, text: &str, end: usize) -> bool {
+        text.get(end..).is_some_and(|rest| {
+            rest.chars()
+                .filter(|&c| !normalize::is_ignorable(c))
+                .nth(LOOKAHEAD - 1)
+                .is_some()
+        })
     }
 
     /// The most bytes [`holdback_start`](Self::holdback_start) ever holds.

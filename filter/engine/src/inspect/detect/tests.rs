@@ -83,7 +83,7 @@ fn pem(end: bool) -> String {
 }
 
 /// (detector, text, the values it must find: exactly these, in order).
-pub(super) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
+pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
     use Builtin::*;
     let s = |x: &str| x.to_string();
     let aws_secret = format!("{}/K7MDENG/bPxRfiCY{}", "wJalrXUtnFEMI", "EXAMPLEKEY");
