@@ -421,10 +421,14 @@ fn luhn(digits: &[u8]) -> bool {
     last_digit == 0
 }
 
-/// 13 to 19 digits passing Luhn, not all the same digit. If the whole run
+/// 13 to 19 digits passing Luhn, not all the same digit, not a piece of a
+/// longer structured value (see [`inside_longer_value`]). If the whole run
 /// fails, a shorter run ending at a group separator may be the card (a card
 /// followed by another number).
 fn card(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    if glued_before(hay, start) || iban_groups_before(hay, start) {
+        return None;
+    }
     let mut digits = [0u8; 19];
     let mut ends = [0usize; 19];
     let mut n = 0;
@@ -447,8 +451,73 @@ fn card(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
                 .is_some_and(|rest| rest.starts_with([' ', '-']));
         let digits = digits.get(..k)?;
         let varied = digits.iter().any(|&d| Some(&d) != digits.first());
-        (at_group_end && luhn(digits) && varied).then_some((start, cut))
+        (at_group_end && luhn(digits) && varied && !glued_after(hay, cut)).then_some((start, cut))
     })
+}
+
+/// Whether the value ending at `at` goes on into a longer one: an ASCII
+/// letter or digit right after it (as for `\b`: a value next to another
+/// script, `4111…한`, is still found), a dash and one
+/// (`4111111111111111-01` is one number), or a space and a short group
+/// mixing letters and digits (`… 3M02` in an IBAN). A space and digits only
+/// is another number (`4111 1111 1111 1111 22`).
+fn glued_after(hay: &str, at: usize) -> bool {
+    let mut rest = hay.get(at..).unwrap_or_default().chars();
+    match rest.next() {
+        Some(c) if c.is_ascii_alphanumeric() || c == '_' => true,
+        Some('-') => rest.next().is_some_and(|c| c.is_ascii_alphanumeric()),
+        Some(' ') => mixed_group(rest.take_while(char::is_ascii_alphanumeric).take(5)),
+        _ => false,
+    }
+}
+
+/// The same before `at`: a letter or digit, a dash after one, or a short
+/// group mixing letters and digits and a space (`DE89 3704 …`).
+fn glued_before(hay: &str, at: usize) -> bool {
+    let mut lead = before(hay, at).chars().rev();
+    match lead.next() {
+        Some(c) if c.is_ascii_alphanumeric() || c == '_' => true,
+        Some('-') => lead.next().is_some_and(|c| c.is_ascii_alphanumeric()),
+        Some(' ') => mixed_group(lead.take_while(char::is_ascii_alphanumeric).take(5)),
+        _ => false,
+    }
+}
+
+/// Whether the characters are a short group (at most four, as an IBAN's)
+/// holding both a letter and a digit.
+fn mixed_group(chars: impl Iterator<Item = char>) -> bool {
+    let (mut letter, mut digit, mut n) = (false, false, 0);
+    for c in chars {
+        letter |= c.is_ascii_alphabetic();
+        digit |= c.is_ascii_digit();
+        n += 1;
+    }
+    letter && digit && n <= 4
+}
+
+/// Whether the text before `at` ends with the start of a printed IBAN:
+/// groups of four letters or digits, each followed by one space or dash,
+/// the first a known country and two check digits (`GB82 WEST 1234 …`: the
+/// digits after it are an account number, not a card).
+fn iban_groups_before(hay: &str, at: usize) -> bool {
+    let mut lead = before(hay, at).as_bytes();
+    while let [rest @ .., a, b, c, d, sep] = lead {
+        let group = [*a, *b, *c, *d];
+        if !matches!(sep, b' ' | b'-') || !group.iter().all(u8::is_ascii_alphanumeric) {
+            return false;
+        }
+        let country = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+        if country.iter().all(u8::is_ascii_uppercase)
+            && c.is_ascii_digit()
+            && d.is_ascii_digit()
+            && iban_length(&country).is_some()
+            && rest.last().is_none_or(|p| !p.is_ascii_alphanumeric())
+        {
+            return true;
+        }
+        lead = rest;
+    }
+    false
 }
 
 /// IBAN lengths by country (SWIFT IBAN registry).

@@ -1085,3 +1085,59 @@ fn bench_throughput() {
         );
     }
 }
+
+/// A digit run inside a longer structured value is no card, even when it
+/// passes Luhn: invalid IBANs (bad mod-97) of several countries, spaced and
+/// dashed, and order numbers; each of these digit runs passes Luhn, and was
+/// masked as a card before. Cards in prose are still found.
+#[test]
+fn a_card_inside_a_longer_value_is_not_a_card() {
+    let card = one(Builtin::PaymentCard);
+    let iban = one(Builtin::Iban);
+    let invalid_ibans = [
+        "DE50 1177 1516 2046 6109 90",
+        "GB11 WEST 9870 3752 6641 87",
+        "FR74 0831 7140 1130 5589 1293 133",
+        "ES39 6811 8604 9154 6027 7319",
+        "IT34 X474 9260 6373 8530 2040 222",
+        "PL20 5319 2279 1909 5384 8827 5519",
+        "CH32 5598 2277 2439 4628 0",
+    ];
+    for value in invalid_ibans {
+        for v in [value.to_string(), value.replace(' ', "-")] {
+            let text = format!("pay {v} today");
+            assert!(found(&iban, &text).is_empty(), "{text:?} is no IBAN");
+            assert!(found(everything(), &text).is_empty(), "{text:?}");
+            let digits: String = v.chars().filter(char::is_ascii_digit).collect();
+            assert!(digits.len() > 13, "{v}");
+            assert_eq!(found(&card, &text), Vec::<&str>::new(), "{text:?}");
+        }
+    }
+    for text in [
+        "order SO-4111111111111111-01",
+        "order A1B2 4111 1111 1111 1111",
+        "ref 4111111111111111-7731",
+        "ticket 4111 1111 1111 1111 3M02",
+        "sku X9 5555555555554444",
+    ] {
+        assert_eq!(found(&card, text), Vec::<&str>::new(), "{text:?}");
+    }
+    // Cards in prose: before and after words, punctuation, other numbers.
+    let prose: &[(&str, &str)] = &[
+        ("card 4111 1111 1111 1111 exp 12/27", "4111 1111 1111 1111"),
+        ("Visa: 4111-1111-1111-1111.", "4111-1111-1111-1111"),
+        ("paid with 5555555555554444, thanks", "5555555555554444"),
+        ("(4111 1111 1111 1111)", "4111 1111 1111 1111"),
+        ("VISA 4111 1111 1111 1111 ok", "4111 1111 1111 1111"),
+        ("WEST 4111 1111 1111 1111 ok", "4111 1111 1111 1111"),
+        ("amex 3782 822463 10005 on file", "3782 822463 10005"),
+        ("my 2nd card is 4111 1111 1111 1111", "4111 1111 1111 1111"),
+        (
+            "4111 1111 1111 1111 22 is a card then a number",
+            "4111 1111 1111 1111",
+        ),
+    ];
+    for (text, want) in prose {
+        assert_eq!(found(&card, text), vec![*want], "{text:?}");
+    }
+}
