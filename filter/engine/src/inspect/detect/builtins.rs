@@ -99,9 +99,34 @@ pub(super) fn definition(b: Builtin) -> Def {
         Builtin::GithubToken => def(
             r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,244})(?-u:\b)",
         ),
-        Builtin::GitlabToken => def(r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,200}"),
-        Builtin::SlackToken => def(r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,250}"),
-        Builtin::StripeKey => def(r"(?-u:\b)[sr]k_(?:live|test)_[A-Za-z0-9]{10,247}(?-u:\b)"),
+        // GitLab's documented token prefixes (security/tokens, "Token
+        // prefixes"): personal, project and group access (`glpat-`), OAuth
+        // application secret, deploy, runner authentication (`glrt-`, and
+        // `glrtr-` for runners registered with a registration token), CI/CD
+        // job, pipeline trigger, feed, incoming mail, agent for Kubernetes,
+        // SCIM, feature flags client; a routable token ends in `.` and nine
+        // base-36 characters; `GR1348941` starts a runner registration token.
+        Builtin::GitlabToken => def(concat!(
+            r"(?-u:\b)(?:gl(?:pat|oas|dt|rtr?|cbt|ptt|ft|imt|agent|soat|ffct)-",
+            r"[A-Za-z0-9_-]{20,300}(?:\.[0-9a-z]{9})?",
+            r"|GR1348941[A-Za-z0-9_-]{20,64})",
+        )),
+        // Bot, user, workspace and legacy tokens (`xox[abprs]-`), app-level
+        // tokens (`xapp-`), configuration access and refresh tokens
+        // (`xoxe.xoxp-`, `xoxe-`), and incoming webhook URLs, whose path is
+        // the credential.
+        Builtin::SlackToken => def(concat!(
+            r"(?-u:\b)(?:xox[abprs]-[A-Za-z0-9-]{10,250}",
+            r"|xoxe(?:\.xox[bp])?-[0-9]-[A-Za-z0-9-]{20,250}",
+            r"|xapp-[0-9]-[A-Za-z0-9-]{20,250})",
+            r"|(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/-]{20,200}",
+        )),
+        // Secret and restricted keys (`sk_`, `rk_`) and webhook signing
+        // secrets (`whsec_`); publishable keys (`pk_`) are public by design.
+        Builtin::StripeKey => def(concat!(
+            r"(?-u:\b)(?:[sr]k_(?:live|test)_[A-Za-z0-9]{10,247}",
+            r"|whsec_[A-Za-z0-9]{24,247})(?-u:\b)",
+        )),
         Builtin::GoogleApiKey => def(r"(?-u:\b)AIza[0-9A-Za-z_-]{35}"),
         Builtin::OpenaiKey => def(r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,250}"),
         Builtin::AnthropicKey => def(r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,250}"),

@@ -105,6 +105,36 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         "1234567890123",
         body(24, 4, ALNUM)
     );
+    let gitlab_family: Vec<String> = [
+        "pat", "oas", "dt", "rt", "rtr", "cbt", "ptt", "ft", "imt", "agent", "soat", "ffct",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, p)| format!("gl{p}-{}", body(20 + 2 * i, 30 + i as u64, ALNUM)))
+    .collect();
+    let routable = format!(
+        "glp{}-{}.01{}",
+        "at",
+        body(27, 50, ALNUM),
+        body(7, 51, "0123456789abcdefghijklmnopqrstuvwxyz")
+    );
+    let rrt = format!("GR{}{}", "1348941", body(20, 52, ALNUM));
+    let xapp = format!(
+        "xa{}-1-A{}-{}-{}",
+        "pp",
+        body(10, 53, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+        "1234567890123",
+        body(64, 54, "0123456789abcdef")
+    );
+    let xoxe_config = format!("xoxe.xo{}-1-{}", "xp", body(140, 55, ALNUM));
+    let xoxe_refresh = format!("xo{}-1-{}", "xe", body(140, 56, ALNUM));
+    let hook = format!(
+        "https://hooks.slack.com/services/T{}/B{}/{}",
+        body(8, 57, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+        body(10, 58, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+        body(24, 59, ALNUM)
+    );
+    let whsec = format!("wh{}_{}", "sec", body(32, 60, ALNUM));
     let stripe = format!("sk_{}_{}", "live", body(24, 5, ALNUM));
     let stripe_rk = format!("rk_{}_{}", "live", body(24, 6, ALNUM));
     let stripe_test = format!("sk_{}_{}", "test", body(24, 7, ALNUM));
@@ -190,7 +220,16 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (GithubToken, format!("gh{}_short and {ghp}x_", "p"), vec![]),
         (GitlabToken, format!("{glpat}."), vec![glpat.clone()]),
         (GitlabToken, format!("glp{}-short", "at"), vec![]),
+        (GitlabToken, gitlab_family.join(" "), gitlab_family.clone()),
+        (GitlabToken, format!("{routable}, {rrt}"), vec![routable.clone(), rrt.clone()]),
+        (GitlabToken, format!("gl{}-{} gl{}-{} x{} gl{}-{}", "xyz", body(24, 40, ALNUM), "rt", body(12, 41, ALNUM), gitlab_family[0], "pat", "not a token at all"), vec![]),
+        (GitlabToken, format!("GR{}{} GR{}{}", "1348941", "short", "1348942", body(20, 42, ALNUM)), vec![]),
         (SlackToken, format!("slack {slack}"), vec![slack.clone()]),
+        (SlackToken, format!("app {xapp}; config {xoxe_config} refresh {xoxe_refresh}"), vec![xapp.clone(), xoxe_config.clone(), xoxe_refresh.clone()]),
+        (SlackToken, format!("post to {hook} now"), vec![hook.clone()]),
+        (SlackToken, format!("xa{}-1-short xo{}-1-short https://hooks.slack.com/services/ x{}", "pp", "xe", xapp), vec![]),
+        (StripeKey, format!("signing {whsec}"), vec![whsec.clone()]),
+        (StripeKey, format!("pk_{}_{} pk_{}_{} wh{}_short", "live", body(99, 43, ALNUM), "test", body(24, 44, ALNUM), "sec"), vec![]),
         (SlackToken, format!("xox{}-{} xox{}-{}", "z", "123456789012-abc", "b", "abcdefghijklmn"), vec![]),
         (StripeKey, format!("{stripe} {stripe_rk} {stripe_test}"), vec![stripe.clone(), stripe_rk.clone(), stripe_test.clone()]),
         (StripeKey, format!("sk_{}_short pk_{}_{}", "live", "live", body(24, 5, ALNUM)), vec![]),
