@@ -84,8 +84,14 @@ pub(super) fn definition(b: Builtin) -> Def {
             r"|0[1-9](?:[ .-][0-9]{2}){4}",
         )),
         Builtin::PaymentCard => def(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)"),
-        Builtin::Iban => def(r"(?-u:\b)[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,30}"),
-        Builtin::UsSsn => def(r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)"),
+        // Printed in groups with spaces or dashes, or not at all.
+        Builtin::Iban => def(r"(?-u:\b)[A-Za-z]{2}[0-9]{2}(?:[ -]?[A-Za-z0-9]){11,30}"),
+        // Dashed; or with dots, spaces or nothing between the groups, which
+        // the validator takes only after words that say it is an SSN.
+        Builtin::UsSsn => def(concat!(
+            r"(?-u:\b)(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4}",
+            r"|[0-9]{3} [0-9]{2} [0-9]{4}|[0-9]{9})(?-u:\b)",
+        )),
         Builtin::Ipv4 => def(r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)"),
         Builtin::Ipv6 => {
             def(r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})")
@@ -571,8 +577,9 @@ fn iban_length(country: &[u8]) -> Option<usize> {
     })
 }
 
-/// Known country, exactly that country's length (spaces allowed between
-/// characters), not glued to more alphanumerics, and mod-97 == 1.
+/// Known country, exactly that country's length (spaces or dashes allowed
+/// between characters), not glued to more alphanumerics (directly or by a
+/// dash), and mod-97 == 1.
 fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     let s = hay.as_bytes().get(start..end)?;
     let mut chars = [0u8; 34];
@@ -580,7 +587,7 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     let mut cut = start;
     let want = iban_length(&s.get(..2)?.to_ascii_uppercase())?;
     for (i, &b) in s.iter().enumerate() {
-        if b == b' ' {
+        if b == b' ' || b == b'-' {
             continue;
         }
         // At most 33 are kept: `want` stops the loop first.
@@ -594,7 +601,12 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
             break;
         }
     }
-    if n < want || next_is(hay, cut, char::is_alphanumeric) {
+    let mut after = hay.get(cut..).unwrap_or_default().chars();
+    let glued = match after.next() {
+        Some('-') => after.next().is_some_and(char::is_alphanumeric),
+        next => next.is_some_and(char::is_alphanumeric),
+    };
+    if n < want || glued {
         return None;
     }
     let value = |b: u8| match b {
@@ -621,23 +633,76 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     (rem == 1).then_some((start, cut))
 }
 
+/// Words that make a number without dashes an SSN when they come before it
+/// (lowercase; a word starts after a non-alphanumeric character).
+const SSN_CONTEXT: [&str; 6] = [
+    "ssn",
+    "social security",
+    "soc sec",
+    "soc. sec",
+    "ss#",
+    "ss #",
+];
+
 /// Area not 000, 666 or 9xx; group not 00; serial not 0000; not part of a
-/// longer dashed number.
+/// longer number with the same separator. Dashed (`123-45-6789`), it is an
+/// SSN by its shape. With dots, spaces or no separator it could be anything
+/// (a bare 9-digit number most of all), so it is one only after a context
+/// word ([`SSN_CONTEXT`]) earlier on the same line, within the validators'
+/// look-back: `SSN: 123 45 6789`, `social security no. 123456789`. Only
+/// words before count: a stream has released the number before any word
+/// after it arrives.
 fn ssn(hay: &str, start: usize, end: usize) -> bool {
     let Some(s) = hay.get(start..end) else {
         return false;
     };
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|d| d.parse::<u32>().ok());
-    let (Some(area), Some(group), Some(serial)) = (num(0..3), num(4..6), num(7..11)) else {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    let num =
+        |r: std::ops::Range<usize>| digits.get(r).map(|ds| ds.iter().fold(0, |n, d| n * 10 + d));
+    let (Some(area), Some(group), Some(serial)) = (num(0..3), num(3..5), num(5..9)) else {
         return false;
+    };
+    let sep = s.chars().find(|c| !c.is_ascii_digit());
+    let glued = |c: char| match sep {
+        // A separator and a digit beyond it: a longer number.
+        Some(sep) => c == sep,
+        None => false,
+    };
+    let longer = match sep {
+        Some(sep) => {
+            let mut back = before(hay, start).chars().rev();
+            let mut ahead = hay.get(end..).unwrap_or_default().chars();
+            (back.next().is_some_and(glued) && back.next().is_some_and(|c| c.is_ascii_digit()))
+                || (ahead.next() == Some(sep) && ahead.next().is_some_and(|c| c.is_ascii_digit()))
+                || (sep == '-'
+                    && (prev_char(hay, start) == Some('-') || next_is(hay, end, |c| c == '-')))
+        }
+        None => false,
     };
     area != 0
         && area != 666
         && area < 900
         && group != 0
         && serial != 0
-        && prev_char(hay, start) != Some('-')
-        && !next_is(hay, end, |c| c == '-')
+        && !longer
+        && (sep == Some('-') || ssn_context(before(hay, start)))
+}
+
+/// Whether `lead` holds one of [`SSN_CONTEXT`] on its last line, as a word
+/// start.
+fn ssn_context(lead: &str) -> bool {
+    let line = lead
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    SSN_CONTEXT.iter().any(|word| {
+        line.match_indices(word).any(|(i, _)| {
+            line.get(..i)
+                .and_then(|head| head.chars().next_back())
+                .is_none_or(|c| !c.is_alphanumeric())
+        })
+    })
 }
 
 /// Four octets of at most 255 (no leading zeros, as `Ipv4Addr` parses
