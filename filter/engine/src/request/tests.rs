@@ -417,7 +417,7 @@ fn alice_in_engineering() -> crate::auth::Identity {
 fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
     let cfg = config(true, true);
     let id = alice_in_engineering();
-    let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
+    let akia = format!("AK{}QYLPMN5RTB7DZ4UF", "IA");
     let email = "jane.doe@example.com";
     let prompt = format!("production database dump with {akia} for {email}");
     let body_of = || json!({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]});

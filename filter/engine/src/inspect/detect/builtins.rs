@@ -183,6 +183,10 @@ pub(super) fn validate(
         // otherwise the candidate is kept rather than lost.
         return Some((start, end));
     };
+    // Documentation's sample keys and templates are no secrets.
+    if is_keyed(b) && placeholder(s) {
+        return None;
+    }
     let ok = match b {
         Builtin::Email => email(s),
         Builtin::Phone => return phone(hay, start, end),
@@ -226,6 +230,57 @@ pub(super) fn validate(
         Builtin::SecretAssignment => return secret_value(hay, locs),
     };
     ok.then_some((start, end))
+}
+
+/// Provider keys and tokens: random by design, so a documentation
+/// placeholder in one is told apart by [`placeholder`]. (Personal data is
+/// not: `bob@example.com` is an address; PEM bodies and JWTs hold long runs
+/// of `A` legitimately.)
+fn is_keyed(b: Builtin) -> bool {
+    matches!(
+        b,
+        Builtin::AwsAccessKeyId
+            | Builtin::AwsSecretKey
+            | Builtin::GithubToken
+            | Builtin::GitlabToken
+            | Builtin::SlackToken
+            | Builtin::StripeKey
+            | Builtin::GoogleApiKey
+            | Builtin::OpenaiKey
+            | Builtin::AnthropicKey
+    )
+}
+
+/// Shortest run that makes a key a placeholder: `x`, `X` and `0` mixed
+/// (`xxxx`, `XXXX`, `0000`), or one character repeated. A random key over 62
+/// characters holds such a run with a probability below 10^-11 per
+/// position.
+const PLACEHOLDER_RUN: usize = 8;
+
+/// A documentation placeholder rather than a key: it says `EXAMPLE` (AWS's
+/// documented `AKIAIOSFODNN7EXAMPLE` and `…EXAMPLEKEY`), or holds a run of
+/// [`PLACEHOLDER_RUN`] characters of `x`, `X` and `0`, or of one character
+/// (`ghp_xxxxxxxx…`, `T00000000/B00000000/XXXXXXXX…`, `sk_live_aaaaaaaa…`).
+fn placeholder(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.windows(7).any(|w| w.eq_ignore_ascii_case(b"example")) {
+        return true;
+    }
+    let (mut filler, mut same) = (0, 0);
+    let mut prev = None;
+    for &c in b {
+        filler = if matches!(c, b'x' | b'X' | b'0') {
+            filler + 1
+        } else {
+            0
+        };
+        same = if prev == Some(c) { same + 1 } else { 1 };
+        prev = Some(c);
+        if filler >= PLACEHOLDER_RUN || same >= PLACEHOLDER_RUN {
+            return true;
+        }
+    }
+    false
 }
 
 /// Where to search again after `validate` rejected the candidate at

@@ -86,7 +86,9 @@ fn pem(end: bool) -> String {
 pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
     use Builtin::*;
     let s = |x: &str| x.to_string();
-    let aws_secret = format!("{}/K7MDENG/bPxRfiCY{}", "wJalrXUtnFEMI", "EXAMPLEKEY");
+    // Not AWS's documented sample keys: they are placeholders (see
+    // `documentation_placeholders_are_not_secrets`).
+    let aws_secret = body(40, 61, B64);
     let ghp = format!("gh{}_{}", "p", body(36, 1, ALNUM));
     let pat = format!(
         "github_{}_{}",
@@ -164,7 +166,7 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
             "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
         )
     );
-    let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
+    let akia = format!("AK{}QYLPMN5RTB7DZ4UF", "IA");
     let token = jwt(
         r#"{"alg":"HS256","typ":"JWT"}"#,
         r#"{"sub":"1234567890","name":"Alice"}"#,
@@ -324,8 +326,8 @@ fn evasion_is_seen_through_and_spans_cover_the_original() {
             "us_ssn",
         ),
         (
-            "key 𝐀𝐊𝐈𝐀IOSFODNN7EXAMPLE",
-            "𝐀𝐊𝐈𝐀IOSFODNN7EXAMPLE",
+            "key 𝐀𝐊𝐈𝐀QYLPMN5RTB7DZ4UF",
+            "𝐀𝐊𝐈𝐀QYLPMN5RTB7DZ4UF",
             "aws_access_key_id",
         ),
         (
@@ -703,7 +705,7 @@ fn encoded_cases() -> Vec<(String, Vec<(String, &'static str)>)> {
     let email = "alice@example.com";
     let card = "card 4111 1111 1111 1111";
     let secret = "password=Xy7#kLm9pQ";
-    let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
+    let akia = format!("AK{}QYLPMN5RTB7DZ4UF", "IA");
     let v = |s: &str, d: &'static str| (s.to_string(), d);
     let e1 = std64(email);
     let e2 = b64(email.as_bytes());
@@ -846,7 +848,7 @@ fn stream_texts() -> Vec<String> {
             "mail alice\u{200B}@example.com now, ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ!",
             "the production database dump of Project Titan at the CAFE\u{301} café.",
             "for CUST-12345678 call +1 (415) 555-2671 about DE89 3704 0044 0532 0130 00",
-            "日本語 bob@example.com です 𝐀𝐊𝐈𝐀IOSFODNN7EXAMPLE ok",
+            "日本語 bob@example.com です 𝐀𝐊𝐈𝐀QYLPMN5RTB7DZ4UF ok",
             "password = \"pässwörd-Ünïcode-42\" and token: 'a8f3K2m9Qz1x'",
         ]
         .map(String::from),
@@ -904,7 +906,7 @@ fn encoded_set() -> DetectorSet {
 fn holdback_is_sound_for_encoded_values_at_every_split() {
     let s = encoded_set();
     let card = "card 4111 1111 1111 1111 ok";
-    let akia = format!("key AK{}IOSFODNN7EXAMPLE", "IA");
+    let akia = format!("key AK{}QYLPMN5RTB7DZ4UF", "IA");
     let texts = [
         format!("a {} b", std64(card)),
         format!("a {}.", b64(akia.as_bytes())),
@@ -1001,7 +1003,7 @@ fn holdback_is_sound_on_random_fragments() {
         "192.168.",
         "1.1",
         "AKIA",
-        "IOSFODNN7EXAMPLE",
+        "QYLPMN5RTB7DZ4UF",
         "eyJhbGciOiJIUzI1NiJ9",
         ".",
         "eyJzdWIiOiIxIn0",
@@ -1187,4 +1189,105 @@ fn a_card_inside_a_longer_value_is_not_a_card() {
     for (text, want) in prose {
         assert_eq!(found(&card, text), vec![*want], "{text:?}");
     }
+}
+
+/// Documentation's sample keys and templates do not alarm: AWS's documented
+/// pair (`…EXAMPLE`, `…EXAMPLEKEY`), runs of `x`, `X` or `0`, one character
+/// repeated. The same shapes with random bodies are found (in `cases()`),
+/// and a placeholder does not hide a real key next to it.
+#[test]
+fn documentation_placeholders_are_not_secrets() {
+    let x = |n: usize| "x".repeat(n);
+    let cases: Vec<(Builtin, String)> = vec![
+        (
+            Builtin::AwsAccessKeyId,
+            format!("AK{}IOSFODNN7EXAMPLE", "IA"),
+        ),
+        (
+            Builtin::AwsSecretKey,
+            format!(
+                "aws_secret_access_key = {}/K7MDENG/bPxRfiCY{}",
+                "wJalrXUtnFEMI", "EXAMPLEKEY"
+            ),
+        ),
+        (
+            Builtin::AwsAccessKeyId,
+            format!("AK{}{}", "IA", "X".repeat(16)),
+        ),
+        (Builtin::GithubToken, format!("gh{}_{}", "p", x(36))),
+        (
+            Builtin::GithubToken,
+            format!("gh{}_{}0000000000000000", "p", body(20, 70, ALNUM)),
+        ),
+        (Builtin::GitlabToken, format!("glp{}-{}", "at", x(20))),
+        (
+            Builtin::GitlabToken,
+            format!("glp{}-{}", "at", "0".repeat(20)),
+        ),
+        (
+            Builtin::SlackToken,
+            format!("xox{}-123456789012-1234567890123-{}", "b", "X".repeat(24)),
+        ),
+        (
+            Builtin::SlackToken,
+            format!(
+                "https://hooks.slack.com/services/T{}/B{}/{}",
+                "0".repeat(8),
+                "0".repeat(8),
+                "X".repeat(24)
+            ),
+        ),
+        (
+            Builtin::StripeKey,
+            format!("sk_{}_{}", "live", "a".repeat(24)),
+        ),
+        (
+            Builtin::StripeKey,
+            format!("rk_{}_{}xxxxXXXX00", "test", body(16, 71, ALNUM)),
+        ),
+        (
+            Builtin::GoogleApiKey,
+            format!("AI{}{}", "za", "X".repeat(35)),
+        ),
+        (
+            Builtin::OpenaiKey,
+            format!("sk-proj-{}{}", body(20, 72, ALNUM), "x".repeat(30)),
+        ),
+        (
+            Builtin::AnthropicKey,
+            format!(
+                "sk-ant-api03-{}EXAMPLE{}",
+                body(20, 73, ALNUM),
+                body(20, 74, ALNUM)
+            ),
+        ),
+    ];
+    for (b, value) in &cases {
+        let text = format!("use {value} here");
+        assert_eq!(
+            found(&one(*b), &text),
+            Vec::<&str>::new(),
+            "{}: {text:?}",
+            b.name()
+        );
+        assert!(
+            everything()
+                .find(&text)
+                .iter()
+                .all(|f| f.detector != b.name()),
+            "{text:?}"
+        );
+    }
+    // A real key beside a placeholder is still found.
+    let real = format!("AK{}QYLPMN5RTB7DZ4UF", "IA");
+    let text = format!("AK{}IOSFODNN7EXAMPLE then {real}", "IA");
+    assert_eq!(
+        found(&one(Builtin::AwsAccessKeyId), &text),
+        vec![real.as_str()]
+    );
+    // Personal data is no key: an address at example.com is an address.
+    assert_eq!(
+        found(&one(Builtin::Email), "mail bob@example.com"),
+        vec!["bob@example.com"]
+    );
 }

@@ -64,7 +64,7 @@ fn a_multi_byte_character_before_an_address_is_not_a_cut_inside_it() {
 
 #[test]
 fn values_next_to_multi_byte_characters_are_still_found() {
-    let akia = format!("AK{}IOSFODNN7EXAMPLE", "IA");
+    let akia = format!("AK{}QYLPMN5RTB7DZ4UF", "IA");
     let jwt = format!(
         "{}.{}.c2lnbmF0dXJl",
         crate::testing::b64(br#"{"alg":"HS256","typ":"JWT"}"#),
