@@ -448,7 +448,7 @@ impl MaskingStream {
         }
         let n = released.len();
         let joined = format!("{released}{held}");
-        let (edits, hits) = self.policy.scan(&self.active, &joined);
+        let (edits, hits) = self.policy.scan_after(&self.active, &joined, n);
         let shift =
             |start: usize, end: usize| (end > n).then(|| (start.saturating_sub(n), end - n));
         let edits = edits

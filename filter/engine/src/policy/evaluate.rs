@@ -99,12 +99,25 @@ impl Policy {
     /// value is left), with the action of the earliest span, then of the
     /// rule listed first in the policy.
     pub fn scan(&self, active: &ActiveRules, text: &str) -> (Vec<Edit>, Vec<Hit>) {
+        self.scan_after(active, text, 0)
+    }
+
+    /// [`scan`](Self::scan) of the values that begin at or after `from`,
+    /// with the text before it as context (see
+    /// [`DetectorSet::find_all_after`]): how a stream scans what it still
+    /// holds after what it released.
+    pub fn scan_after(
+        &self,
+        active: &ActiveRules,
+        text: &str,
+        from: usize,
+    ) -> (Vec<Edit>, Vec<Hit>) {
         let mut hits = Vec::new();
         if active.is_empty() {
             return (Vec::new(), hits);
         }
         let mut rewrites: Vec<(usize, usize, usize, Action, String)> = Vec::new();
-        for finding in self.detectors.find_all(text) {
+        for finding in self.detectors.find_all_after(text, from) {
             let Some(a) = active.get(finding.id) else {
                 continue;
             };

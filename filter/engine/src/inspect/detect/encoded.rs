@@ -143,8 +143,16 @@ fn hex_digit(c: u8) -> u8 {
     }
 }
 
-/// Appends the findings inside encoded runs of `hay`, in `hay`'s offsets.
-pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &mut Inner<'_>) {
+/// Appends the findings inside encoded runs of `hay` that end after `from`
+/// (earlier runs were judged by an earlier scan of a stream), in `hay`'s
+/// offsets.
+pub(super) fn scan(
+    hay: &str,
+    from: usize,
+    budget: &mut Budget,
+    out: &mut Vec<Raw>,
+    inner: &mut Inner<'_>,
+) {
     let b = hay.as_bytes();
     let mut found = Vec::new();
     // base64 and hex runs. `i` is where a run could begin (nothing of the
@@ -175,7 +183,7 @@ pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &m
         while i - body < 2 && b.get(i) == Some(&b'=') {
             i += 1;
         }
-        if budget.0 > 0 {
+        if budget.0 > 0 && i > from {
             if let Some(text) = hay.get(start..body).and_then(|run| decode_run(run, budget)) {
                 found.clear();
                 inner(&text, budget, &mut found);
@@ -190,15 +198,15 @@ pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &m
         i = i.max(body + 1);
     }
     // percent-encoded runs
-    // URL characters are ASCII: a run's ends, and `from`, are boundaries.
-    let mut from = 0;
+    // URL characters are ASCII: a run's ends, and `next`, are boundaries.
+    let mut next = 0;
     while let Some(p) = hay
-        .get(from..)
+        .get(next..)
         .and_then(|rest| rest.find('%'))
-        .map(|p| from + p)
+        .map(|p| next + p)
     {
         if !is_escape(b, p) {
-            from = p + 1;
+            next = p + 1;
             continue;
         }
         let Some((before, after)) = b.split_at_checked(p) else {
@@ -212,7 +220,10 @@ pub(super) fn scan(hay: &str, budget: &mut Budget, out: &mut Vec<Raw>, inner: &m
             .iter()
             .position(|&c| !is_url(c))
             .map_or(b.len(), |e| p + e);
-        from = end;
+        next = end;
+        if end <= from {
+            continue;
+        }
         if budget.0 == 0 {
             break;
         }

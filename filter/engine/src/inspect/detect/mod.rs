@@ -513,6 +513,20 @@ impl DetectorSet {
         self.findings(self.raw(text))
     }
 
+    /// For streaming: [`find_all`](Self::find_all) of the values whose
+    /// matches begin at or after `from` (a char boundary); the text before
+    /// it is context, read by validators and assertions (a glued character,
+    /// words that say what a number is) but not searched. A stream that
+    /// released that text already judged what begins in it, and its
+    /// holdback kept back any match that could still grow (see
+    /// `holdback_start`), so searching it again would find nothing new at
+    /// the cost of a scan. The exception: detectors whose finding is only
+    /// part of their match (a key name and its value) search the context
+    /// too, since a stream may have released the name and held the value.
+    pub fn find_all_after(&self, text: &str, from: usize) -> Vec<Finding> {
+        self.findings(self.raw_with(text, from, Filter::On))
+    }
+
     /// For streaming: given the text of a stream not yet emitted, the byte
     /// offset from which it must be held back because a match could start
     /// there and complete with later text (`None`: all of it may go).
@@ -597,6 +611,15 @@ impl DetectorSet {
         if self.detectors.is_empty() {
             return released.len();
         }
+        // ASCII is never invisible: the usual tail needs no walk.
+        let ascii_from = released.len().saturating_sub(LOOKBEHIND);
+        if released
+            .as_bytes()
+            .get(ascii_from..)
+            .is_some_and(|tail| tail.is_ascii())
+        {
+            return ascii_from;
+        }
         let mut visible = 0;
         for (i, c) in released.char_indices().rev() {
             if released.len() - i > LOOKBEHIND_MAX_BYTES {
@@ -633,15 +656,17 @@ impl DetectorSet {
     /// Candidates validated, mapped to original offsets, sorted, each
     /// `(start, end, detector)` once.
     fn raw(&self, text: &str) -> Vec<Raw> {
-        self.raw_with(text, Filter::On)
+        self.raw_with(text, 0, Filter::On)
     }
 
-    fn raw_with(&self, text: &str, filter: Filter) -> Vec<Raw> {
+    /// Candidates that begin at or after `from` (original offset).
+    fn raw_with(&self, text: &str, from: usize, filter: Filter) -> Vec<Raw> {
         let mut raw = Vec::new();
-        if text.is_empty() || self.detectors.is_empty() {
+        if text.len() <= from || self.detectors.is_empty() {
             return raw;
         }
-        self.collect_with(text, 0, &mut encoded::Budget::new(), &mut raw, filter);
+        let budget = &mut encoded::Budget::new();
+        self.collect_with(text, from, 0, budget, &mut raw, filter);
         raw.sort_by(|a, b| (a.start, b.end, a.det).cmp(&(b.start, a.end, b.det)));
         // A value can be seen both as is and decoded (`a%40b.com` is an
         // email either way).
@@ -653,12 +678,15 @@ impl DetectorSet {
     /// decoded and scanned while `depth` allows.
     #[cfg(test)]
     fn collect(&self, text: &str, depth: usize, budget: &mut encoded::Budget, out: &mut Vec<Raw>) {
-        self.collect_with(text, depth, budget, out, Filter::On);
+        self.collect_with(text, 0, depth, budget, out, Filter::On);
     }
 
+    /// Appends the findings in `text` that begin at or after `from` (an
+    /// original offset; what is before it is context), in `text`'s offsets.
     fn collect_with(
         &self,
         text: &str,
+        from: usize,
         depth: usize,
         budget: &mut encoded::Budget,
         out: &mut Vec<Raw>,
@@ -667,27 +695,48 @@ impl DetectorSet {
         let first = out.len();
         let view = View::new(text);
         let hay = view.text();
+        // Where matches may begin, in the normalized text: everything from
+        // there on is searched, and only that part is counted for needs.
+        let from = floor_boundary(hay, view.normalized_from(from));
+        let searched = hay.get(from..).unwrap_or_default();
         // One pass counts the bytes; each detector then runs only if the
         // text holds what its matches need, and on a long text only around
         // the bytes of its rarest need (see `needs`).
-        let hist = histogram(hay.as_bytes());
+        let hist = histogram(searched.as_bytes());
+        // The whole text's counts, for detectors that also search the
+        // context (counted only if one is asked for).
+        let mut hist_whole: Option<[u32; 256]> = None;
         // Each detector the text may hold, with the need it can be windowed
-        // around if any.
+        // around if any. Those that search the context search all of it:
+        // context and held text are short in a stream.
         let mut plan: Vec<(usize, Option<&needs::Need>)> = Vec::new();
+        let mut from_zero: Vec<bool> = vec![false; self.detectors.len()];
         for (det, d) in self.detectors.iter().enumerate() {
-            let anchor = match filter {
-                Filter::On => match d.needs.check(hay.len(), &hist) {
+            let whole = from > 0 && d.kind.reaches_back();
+            if let Some(flag) = from_zero.get_mut(det) {
+                *flag = whole;
+            }
+            let anchor = match (filter, whole) {
+                (Filter::Off, _) => None,
+                (Filter::On, false) => match d.needs.check(searched.len(), &hist) {
                     Some(anchor) => anchor,
                     None => continue,
                 },
-                Filter::Off => None,
+                (Filter::On, true) => {
+                    let counts = hist_whole.get_or_insert_with(|| histogram(hay.as_bytes()));
+                    if d.needs.check(hay.len(), counts).is_none() {
+                        continue;
+                    }
+                    plan.push((det, None));
+                    continue;
+                }
             };
             // Windows pay off where they are likely to leave most of the
             // text out: at most one group of `min` anchors per `max` bytes.
             let windowed = match (anchor, d.needs.max_len) {
                 (Some((need, count)), Some(max))
-                    if hay.len() >= WINDOWED_MIN
-                        && count.saturating_mul(max) <= hay.len().saturating_mul(need.min) =>
+                    if searched.len() >= WINDOWED_MIN
+                        && count.saturating_mul(max) <= searched.len().saturating_mul(need.min) =>
                 {
                     Some(need)
                 }
@@ -700,9 +749,14 @@ impl DetectorSet {
         // each). Its answer holds for the windowed ones too.
         let set = self.prefilter.as_ref().filter(|_| filter == Filter::On);
         let whole = plan.iter().filter(|(_, w)| w.is_none()).count();
-        let mut candidates = set.filter(|_| whole >= SET_MIN).map(|s| s.matches(hay));
+        let mut candidates = set
+            .filter(|_| whole >= SET_MIN)
+            .map(|s| s.matches_at(hay, from));
+        // (The set searched from `from`: it cannot speak for detectors
+        // that search the context.)
+        let reaches = |det: usize| from_zero.get(det).copied().unwrap_or(false);
         if let Some(c) = &candidates {
-            plan.retain(|(det, _)| c.matched(*det));
+            plan.retain(|(det, _)| reaches(*det) || c.matched(*det));
         }
         // The anchors of each set, in one more pass.
         let mut anchors: Vec<needs::ByteSet> = Vec::new();
@@ -731,7 +785,8 @@ impl DetectorSet {
                     }
                 }
             }
-            for (p, &b) in hay.as_bytes().iter().enumerate() {
+            for (p, &b) in searched.as_bytes().iter().enumerate() {
+                let p = from + p;
                 // A `u8` indexes 256 entries (the fallback: every set).
                 let mut bits = table.get(usize::from(b)).copied().unwrap_or(u64::MAX);
                 while bits != 0 {
@@ -752,31 +807,37 @@ impl DetectorSet {
                     let mut w = Vec::new();
                     let positions = at.get(k).map_or(&[][..], Vec::as_slice);
                     windows_around(hay, positions, min, max, &mut w);
+                    for window in &mut w {
+                        window.0 = window.0.max(from);
+                    }
+                    w.retain(|(start, end)| start < end);
                     // Windows covering most of the text: one search is
                     // cheaper.
-                    let covered: usize = w.iter().map(|(s, e)| e - s).sum();
-                    (covered.saturating_mul(10) <= hay.len().saturating_mul(9)).then_some(w)
+                    let covered: usize = w.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
+                    (covered.saturating_mul(10) <= searched.len().saturating_mul(9)).then_some(w)
                 }
                 _ => None,
             };
             windows.push((det, w));
         }
         if candidates.is_none() && windows.iter().filter(|(_, w)| w.is_none()).count() >= SET_MIN {
-            candidates = set.map(|s| s.matches(hay));
+            candidates = set.map(|s| s.matches_at(hay, from));
         }
-        let full = [(0, hay.len())];
+        let (full, whole) = ([(from, hay.len())], [(0, hay.len())]);
         for (det, w) in &windows {
             let Some(d) = self.detectors.get(*det) else {
                 continue;
             };
-            if candidates.as_ref().is_some_and(|c| !c.matched(*det)) {
+            let reaches = reaches(*det);
+            if !reaches && candidates.as_ref().is_some_and(|c| !c.matched(*det)) {
                 continue;
             }
-            d.scan(*det, hay, w.as_deref().unwrap_or(&full), out);
+            let span: &[(usize, usize)] = if reaches { &whole } else { &full };
+            d.scan(*det, hay, w.as_deref().unwrap_or(span), out);
         }
         if depth < encoded::MAX_DEPTH {
-            encoded::scan(hay, budget, out, &mut |decoded, budget, inner| {
-                self.collect_with(decoded, depth + 1, budget, inner, filter);
+            encoded::scan(hay, from, budget, out, &mut |decoded, budget, inner| {
+                self.collect_with(decoded, 0, depth + 1, budget, inner, filter);
             });
         }
         for r in out.iter_mut().skip(first) {
@@ -806,6 +867,18 @@ impl Kind {
             Kind::Builtin(b) => b.name(),
             Kind::Regex { .. } => "regex",
             Kind::Keywords => "keywords",
+        }
+    }
+
+    /// Whether a finding can begin after its match does (the match takes
+    /// in a key name, or a character before a keyword): a stream then
+    /// searches the left context too, where such a match may begin (see
+    /// [`DetectorSet::find_all_after`]).
+    fn reaches_back(self) -> bool {
+        match self {
+            Kind::Builtin(b) => matches!(b, Builtin::AwsSecretKey | Builtin::SecretAssignment),
+            Kind::Regex { group } => group.is_some(),
+            Kind::Keywords => true,
         }
     }
 
@@ -1060,6 +1133,10 @@ impl HoldBuilder {
 fn hold_regex(prefixes: &[String]) -> Option<Regex> {
     RegexBuilder::new(&format!("(?:{})\\z", prefixes.join("|")))
         .size_limit(SET_SIZE_LIMIT)
+        // The union of every matcher's prefixes has many states; with the
+        // default lazy-DFA cache, a stream's many short searches keep
+        // clearing and rebuilding it.
+        .dfa_size_limit(SET_DFA_SIZE_LIMIT)
         .build()
         .ok()
 }

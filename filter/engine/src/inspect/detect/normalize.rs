@@ -187,6 +187,19 @@ impl<'a> View<'a> {
             .unwrap_or(norm)
     }
 
+    /// The normalized offset of the first character that stands for any
+    /// original byte at or after `original` (a composed character that
+    /// straddles it counts as after).
+    pub(super) fn normalized_from(&self, original: usize) -> usize {
+        if self.map.is_empty() {
+            return original.min(self.text.len());
+        }
+        self.map
+            .iter()
+            .find(|o| o.end > original)
+            .map_or(self.text.len(), |o| o.norm)
+    }
+
     /// Where the normalized text could still change if more text were
     /// appended: the last starter and the marks after it, which a following
     /// combining mark (or Hangul jamo) could reorder or compose with. `None`
@@ -221,32 +234,33 @@ impl<'a> View<'a> {
 /// `Default_Ignorable_Code_Point` property (Unicode 15.1/16.0). A test checks
 /// this table against the regex crate's Unicode tables.
 pub(super) fn is_ignorable(c: char) -> bool {
-    matches!(
-        u32::from(c),
-        0x00AD
-            | 0x034F
-            | 0x0600..=0x0605
-            | 0x061C
-            | 0x06DD
-            | 0x070F
-            | 0x0890..=0x0891
-            | 0x08E2
-            | 0x115F..=0x1160
-            | 0x17B4..=0x17B5
-            | 0x180B..=0x180F
-            | 0x200B..=0x200F
-            | 0x202A..=0x202E
-            | 0x2060..=0x206F
-            | 0x3164
-            | 0xFE00..=0xFE0F
-            | 0xFEFF
-            | 0xFFA0
-            | 0xFFF0..=0xFFFB
-            | 0x110BD
-            | 0x110CD
-            | 0x13430..=0x1343F
-            | 0x1BCA0..=0x1BCA3
-            | 0x1D173..=0x1D17A
-            | 0xE0000..=0xE0FFF
-    )
+    !c.is_ascii()
+        && matches!(
+            u32::from(c),
+            0x00AD
+                | 0x034F
+                | 0x0600..=0x0605
+                | 0x061C
+                | 0x06DD
+                | 0x070F
+                | 0x0890..=0x0891
+                | 0x08E2
+                | 0x115F..=0x1160
+                | 0x17B4..=0x17B5
+                | 0x180B..=0x180F
+                | 0x200B..=0x200F
+                | 0x202A..=0x202E
+                | 0x2060..=0x206F
+                | 0x3164
+                | 0xFE00..=0xFE0F
+                | 0xFEFF
+                | 0xFFA0
+                | 0xFFF0..=0xFFFB
+                | 0x110BD
+                | 0x110CD
+                | 0x13430..=0x1343F
+                | 0x1BCA0..=0x1BCA3
+                | 0x1D173..=0x1D17A
+                | 0xE0000..=0xE0FFF
+        )
 }

@@ -1116,7 +1116,13 @@ fn bench_throughput() {
         });
         let enc = best(&mut || {
             let mut out = Vec::new();
-            encoded::scan(t, &mut encoded::Budget::new(), &mut out, &mut |_, _, _| {});
+            encoded::scan(
+                t,
+                0,
+                &mut encoded::Budget::new(),
+                &mut out,
+                &mut |_, _, _| {},
+            );
             std::hint::black_box(out);
         });
         let full = best(&mut || {

@@ -184,8 +184,8 @@ fn everything() -> &'static DetectorSet {
 }
 
 fn assert_same(s: &DetectorSet, text: &str) -> Vec<Raw> {
-    let reference = s.raw_with(text, Filter::Off);
-    let filtered = s.raw_with(text, Filter::On);
+    let reference = s.raw_with(text, 0, Filter::Off);
+    let filtered = s.raw_with(text, 0, Filter::On);
     let key = |r: &Vec<Raw>| {
         r.iter()
             .map(|r| (r.start, r.end, r.det))
@@ -271,7 +271,7 @@ fn needs_hold_for_every_builtin_example() {
     let s = everything();
     for value in values() {
         for v in disguises(&value) {
-            for r in s.raw_with(&v, Filter::Off) {
+            for r in s.raw_with(&v, 0, Filter::Off) {
                 let d = &s.detectors[r.det];
                 let hay = View::new(&v[r.start..r.end]).text().to_owned();
                 let mut hist = [0u32; 256];
