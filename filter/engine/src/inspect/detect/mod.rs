@@ -130,6 +130,15 @@ pub enum Builtin {
     UsSsn,
     Ipv4,
     Ipv6,
+    MacAddress,
+    UsItin,
+    UkNhs,
+    CryptoWallet,
+    Passport,
+    DriverLicense,
+    UrlCredentials,
+    AzureClientSecret,
+    AwsBedrockKey,
     AwsAccessKeyId,
     AwsSecretKey,
     GithubToken,
@@ -145,7 +154,7 @@ pub enum Builtin {
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 19] = [
+    pub const ALL: [Builtin; 28] = [
         Builtin::Email,
         Builtin::Phone,
         Builtin::PaymentCard,
@@ -153,6 +162,15 @@ impl Builtin {
         Builtin::UsSsn,
         Builtin::Ipv4,
         Builtin::Ipv6,
+        Builtin::MacAddress,
+        Builtin::UsItin,
+        Builtin::UkNhs,
+        Builtin::CryptoWallet,
+        Builtin::Passport,
+        Builtin::DriverLicense,
+        Builtin::UrlCredentials,
+        Builtin::AzureClientSecret,
+        Builtin::AwsBedrockKey,
         Builtin::AwsAccessKeyId,
         Builtin::AwsSecretKey,
         Builtin::GithubToken,
@@ -181,6 +199,15 @@ impl Builtin {
             Builtin::UsSsn => "us_ssn",
             Builtin::Ipv4 => "ipv4",
             Builtin::Ipv6 => "ipv6",
+            Builtin::MacAddress => "mac_address",
+            Builtin::UsItin => "us_itin",
+            Builtin::UkNhs => "uk_nhs",
+            Builtin::CryptoWallet => "crypto_wallet",
+            Builtin::Passport => "passport",
+            Builtin::DriverLicense => "driver_license",
+            Builtin::UrlCredentials => "url_credentials",
+            Builtin::AzureClientSecret => "azure_client_secret",
+            Builtin::AwsBedrockKey => "aws_bedrock_key",
             Builtin::AwsAccessKeyId => "aws_access_key_id",
             Builtin::AwsSecretKey => "aws_secret_key",
             Builtin::GithubToken => "github_token",
@@ -206,6 +233,15 @@ impl Builtin {
             Builtin::UsSsn => "US_SSN",
             Builtin::Ipv4 => "IPV4",
             Builtin::Ipv6 => "IPV6",
+            Builtin::MacAddress => "MAC_ADDRESS",
+            Builtin::UsItin => "US_ITIN",
+            Builtin::UkNhs => "UK_NHS",
+            Builtin::CryptoWallet => "CRYPTO_WALLET",
+            Builtin::Passport => "PASSPORT",
+            Builtin::DriverLicense => "DRIVER_LICENSE",
+            Builtin::UrlCredentials => "PASSWORD",
+            Builtin::AzureClientSecret => "AZURE_CLIENT_SECRET",
+            Builtin::AwsBedrockKey => "AWS_BEDROCK_KEY",
             Builtin::AwsAccessKeyId => "AWS_ACCESS_KEY_ID",
             Builtin::AwsSecretKey => "AWS_SECRET_KEY",
             Builtin::GithubToken => "GITHUB_TOKEN",
@@ -710,12 +746,15 @@ impl DetectorSet {
         // around if any. Those that search the context search all of it:
         // context and held text are short in a stream.
         let mut plan: Vec<(usize, Option<&needs::Need>)> = Vec::new();
-        let mut from_zero: Vec<bool> = vec![false; self.detectors.len()];
+        let reaches = |det: usize| {
+            from > 0
+                && self
+                    .detectors
+                    .get(det)
+                    .is_some_and(|d| d.kind.reaches_back())
+        };
         for (det, d) in self.detectors.iter().enumerate() {
-            let whole = from > 0 && d.kind.reaches_back();
-            if let Some(flag) = from_zero.get_mut(det) {
-                *flag = whole;
-            }
+            let whole = reaches(det);
             let anchor = match (filter, whole) {
                 (Filter::Off, _) => None,
                 (Filter::On, false) => match d.needs.check(searched.len(), &hist) {
@@ -754,7 +793,6 @@ impl DetectorSet {
             .map(|s| s.matches_at(hay, from));
         // (The set searched from `from`: it cannot speak for detectors
         // that search the context.)
-        let reaches = |det: usize| from_zero.get(det).copied().unwrap_or(false);
         if let Some(c) = &candidates {
             plan.retain(|(det, _)| reaches(*det) || c.matched(*det));
         }
@@ -876,7 +914,14 @@ impl Kind {
     /// [`DetectorSet::find_all_after`]).
     fn reaches_back(self) -> bool {
         match self {
-            Kind::Builtin(b) => matches!(b, Builtin::AwsSecretKey | Builtin::SecretAssignment),
+            Kind::Builtin(b) => matches!(
+                b,
+                Builtin::AwsSecretKey
+                    | Builtin::SecretAssignment
+                    | Builtin::Passport
+                    | Builtin::DriverLicense
+                    | Builtin::UrlCredentials
+            ),
             Kind::Regex { group } => group.is_some(),
             Kind::Keywords => true,
         }

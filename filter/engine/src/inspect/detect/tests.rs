@@ -172,6 +172,13 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         r#"{"sub":"1234567890","name":"Alice"}"#,
     );
     let no_alg = jwt(r#"{"typ":"JWT"}"#, r#"{"sub":"1"}"#);
+    // Standard base64 with padding, as some libraries print a JWT.
+    let padded = format!(
+        "{}.{}.{}",
+        "eyJhbGciOiJIUzI1NiJ9", "eyJzdWIiOiIxIn0=", "c2lnbmF0dXJl+3NpZw=="
+    );
+    let azure = format!("Xy1{}Q~{}", "8", body(34, 70, ALNUM));
+    let bedrock = format!("ABSK{}{}", "QmVkcm9ja0FQSUtleS", body(110, 71, B64));
     vec![
         // email
         (Email, s("write to alice.smith+tag@mail.example.co.uk today"), vec![s("alice.smith+tag@mail.example.co.uk")]),
@@ -192,6 +199,10 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (Phone, s("x+1 415 555 2671 and x+1 415 555"), vec![s("+1 415 555 2671")]),
         (Phone, s("+1 415 555 2671/3, +1 415 555, +12 34 56, 2+12 3456 7890"), vec![]),
         (Phone, s("pin 1234, in 2024, version 1.2.3, v10.0.19041, build 4155552671, 2024-01-15, 123-456-7890, 0123456789, 192.168.1.1"), vec![]),
+        // national numbers: trunk 0 (Israel, 9 digits), `00` for `+`, China and India mobiles
+        (Phone, s("office 03-1234567, mobile 052-1234567, abroad 0044 20 7946 0958 or 00972-54-123-4567"), vec![s("03-1234567"), s("052-1234567"), s("0044 20 7946 0958"), s("00972-54-123-4567")]),
+        (Phone, s("Beijing 138 0013 8000, Mumbai 98765 43210"), vec![s("138 0013 8000"), s("98765 43210")]),
+        (Phone, s("972 54 123 4567, 13800138000, 1 000 000 000, order 12345 67890, 238 0013 8000"), vec![]),
         // payment cards
         (PaymentCard, s("card 4111 1111 1111 1111 exp 12/27"), vec![s("4111 1111 1111 1111")]),
         (PaymentCard, s("5555555555554444 and 3782-822463-10005 and 4111-1111-1111-1111"), vec![s("5555555555554444"), s("3782-822463-10005"), s("4111-1111-1111-1111")]),
@@ -219,12 +230,39 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (Ipv6, s("hosts 2001:db8::8a2e:370:7334 and fe80::1ff:fe23:4567:890a."), vec![s("2001:db8::8a2e:370:7334"), s("fe80::1ff:fe23:4567:890a")]),
         (Ipv6, s("mapped ::ffff:192.0.2.128, full 2001:0db8:0000:0000:0000:ff00:0042:8329"), vec![s("::ffff:192.0.2.128"), s("2001:0db8:0000:0000:0000:ff00:0042:8329")]),
         (Ipv6, s("at 12:30:45, std::io::Result, 00:1A:2B:3C:4D:5E, a::b, dead:beef"), vec![]),
+        // MAC addresses
+        (MacAddress, s("eth0 00:1A:2B:3C:4D:5E, wifi 00-1a-2b-3c-4d-5f, cisco 001a.2b3c.4d60."), vec![s("00:1A:2B:3C:4D:5E"), s("00-1a-2b-3c-4d-5f"), s("001a.2b3c.4d60")]),
+        (MacAddress, s("00:00:00:00:00:00 ff:ff:ff:ff:ff:ff 00:1A:2B:3C:4D:5E:6F 00:1A-2B:3C:4D:5E 12:30:45"), vec![]),
+        // US ITIN
+        (UsItin, s("ITIN 912-70-1234, taxpayer id 912 78 1234, TIN: 900941234"), vec![s("912-70-1234"), s("912 78 1234"), s("900941234")]),
+        (UsItin, s("912-45-1234 912701234 912-70-12345 1912-70-1234"), vec![]),
+        // UK NHS numbers (mod 11)
+        (UkNhs, s("NHS 943 476 5919, ref 943-476-5919; NHS number: 9434765919"), vec![s("943 476 5919"), s("943-476-5919"), s("9434765919")]),
+        (UkNhs, s("943 476 5918, 9434765919, 943-476 5919, 111 111 1111"), vec![]),
+        // crypto wallets: checksums decide
+        (CryptoWallet, s("btc 1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2 or 3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy or bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"), vec![s("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2"), s("3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy"), s("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq")]),
+        (CryptoWallet, s("to 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed; my eth wallet 0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359"), vec![s("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"), s("0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359")]),
+        (CryptoWallet, s("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN3 bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdr 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD hash 0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359"), vec![]),
+        // passports and driving licences: the words, then the number
+        (Passport, s("passport number: 123456789; Passport No. C01234567"), vec![s("123456789"), s("C01234567")]),
+        (Passport, s("passport photo, passport ABCDEFGH, passport 12345"), vec![]),
+        (DriverLicense, s("driver's license: D1234567, driving licence number MORGA657054SM9IJ"), vec![s("D1234567"), s("MORGA657054SM9IJ")]),
+        (DriverLicense, s("driver's license renewal, driving licence ABCDEFG"), vec![]),
+        // passwords in URLs
+        (UrlCredentials, s("DATABASE_URL=postgres://admin:S3cr3tPw@db.example.com:5432/app and https://bob:hunter2@example.org/x"), vec![s("S3cr3tPw"), s("hunter2")]),
+        (UrlCredentials, s("https://user:${PASSWORD}@host http://user:password@host http://proxy:8080@host https://u:****@h"), vec![]),
+        // Azure AD client secrets, Amazon Bedrock API keys
+        (AzureClientSecret, format!("client secret {azure}"), vec![azure.clone()]),
+        (AzureClientSecret, format!("Xy18Q~{} Xy18Q~{}", "short", "x".repeat(34)), vec![]),
+        (AwsBedrockKey, format!("AWS_BEARER_TOKEN_BEDROCK={bedrock}"), vec![bedrock.clone()]),
+        (AwsBedrockKey, format!("ABSK{}short", "QmVkcm9ja0FQSUtleS"), vec![]),
         // AWS
         (AwsAccessKeyId, format!("key {akia} here"), vec![akia.clone()]),
         (AwsAccessKeyId, format!("key {} and X{akia}", &akia[..12]), vec![]),
         (AwsSecretKey, format!("aws_secret_access_key = {aws_secret}\n"), vec![aws_secret.clone()]),
         (AwsSecretKey, format!("AWS_SECRET_ACCESS_KEY={aws_secret} {{\"SecretAccessKey\": \"{aws_secret}\"}}"), vec![aws_secret.clone(), aws_secret.clone()]),
         (AwsSecretKey, format!("just {aws_secret} and aws_secret_access_key={}", "a".repeat(40)), vec![]),
+        (AwsSecretKey, format!("<SecretAccessKey>{aws_secret}</SecretAccessKey>"), vec![aws_secret.clone()]),
         // tokens
         (GithubToken, format!("token {ghp} and {pat}"), vec![ghp.clone(), pat.clone()]),
         (GithubToken, format!("gh{}_short and {ghp}x_", "p"), vec![]),
@@ -255,6 +293,7 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (PrivateKey, s("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----"), vec![]),
         // JWT
         (Jwt, format!("Authorization: Bearer {token}"), vec![token.clone()]),
+        (Jwt, format!("token {padded}"), vec![padded.clone()]),
         (Jwt, format!("{no_alg} eyes.are.blue eyJub3Rqc29u.eyJzdWIiOiIxIn0.sig"), vec![]),
         // secret assignments
         (SecretAssignment, s("password=Xy7#kLm9pQ"), vec![s("Xy7#kLm9pQ")]),

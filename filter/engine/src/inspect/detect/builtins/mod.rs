@@ -17,6 +17,8 @@
 //! they never slice a `str` at an offset that is not a char boundary by
 //! construction, and take `get` (or characters) otherwise.
 
+mod ids;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Builtin, Groups, LOOKBEHIND};
@@ -27,6 +29,9 @@ use base64::{alphabet, Engine};
 /// Holdback bound for PEM blocks, whose body pattern is unbounded: a block
 /// longer than this may be released before its end arrives.
 const PEM_WINDOW: usize = 16 * 1024;
+/// Holdback bound for Amazon Bedrock API keys (about 140 characters; the
+/// bound leaves room for longer ones).
+const BEDROCK_WINDOW: usize = 4 * 1024;
 /// Holdback bound for JWTs (unbounded parts; real tokens are far shorter).
 const JWT_WINDOW: usize = 8 * 1024;
 /// Holdback bound for assignments (values are unbounded: a bounded
@@ -73,16 +78,26 @@ pub(super) fn definition(b: Builtin) -> Def {
             r"(?-u:\b)[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@",
             r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?-u:\b)",
         )),
-        Builtin::Phone => def(concat!(
-            // international: +CC then groups, optional parentheses
-            r"\+[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){1,6}",
-            // North American: (415) 555-2671, 415-555-2671, 1-415-555-2671
-            r"|(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)[ .-]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}",
-            // national with a trunk 0: 020 7946 0958, (0161) 496 0000
-            r"|\(?0[1-9][0-9]{1,3}\)?[ -]?[0-9]{3,4}[ -]?[0-9]{3,4}",
-            // national in pairs: 01 23 45 67 89
-            r"|0[1-9](?:[ .-][0-9]{2}){4}",
-        )),
+        // The validator tells the branches apart by shape (captures would
+        // cost a second search of every candidate).
+        Builtin::Phone => Def {
+            captures: false,
+            window: None,
+            pattern: concat!(
+                // international: +CC then groups, optional parentheses
+                r"\+[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){1,6}",
+                // North American: (415) 555-2671, 415-555-2671, 1-415-555-2671
+                r"|(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)[ .-]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}",
+                // national with a trunk 0: 020 7946 0958, (0161) 496 0000
+                r"|\(?0[1-9][0-9]{0,3}\)?[ -]?[0-9]{3,4}[ -]?[0-9]{3,4}",
+                // national in pairs: 01 23 45 67 89
+                r"|0[1-9](?:[ .-][0-9]{2}){4}",
+                // international after `00` instead of `+`
+                r"|00[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){1,6}",
+                // national mobile shapes: China 3-4-4, India 5-5
+                r"|1[3-9][0-9][ -][0-9]{4}[ -][0-9]{4}|[6-9][0-9]{4}[ -][0-9]{5}",
+            ),
+        },
         Builtin::PaymentCard => def(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)"),
         // Printed in groups with spaces or dashes, or not at all.
         Builtin::Iban => def(r"(?-u:\b)[A-Za-z]{2}[0-9]{2}(?:[ -]?[A-Za-z0-9]){11,30}"),
@@ -96,10 +111,65 @@ pub(super) fn definition(b: Builtin) -> Def {
         Builtin::Ipv6 => {
             def(r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})")
         }
+        Builtin::MacAddress => def(concat!(
+            r"(?-u:\b)(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}",
+            r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?-u:\b)",
+        )),
+        Builtin::UsItin => def(concat!(
+            r"(?-u:\b)9[0-9]{2}(?:-[0-9]{2}-|\.[0-9]{2}\.| [0-9]{2} |[0-9]{2})[0-9]{4}(?-u:\b)",
+        )),
+        Builtin::UkNhs => def(r"(?-u:\b)[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}(?-u:\b)"),
+        // Bitcoin legacy (base58, `1`/`3`), SegWit (`bc1`, bech32), Ethereum
+        // (`0x` and 40 hex digits).
+        Builtin::CryptoWallet => def(concat!(
+            r"(?-u:\b)(?:[13][1-9A-HJ-NP-Za-km-z]{25,34}|(?:bc1|BC1)[02-9ac-hj-np-zAC-HJ-NP-Z]{11,71}",
+            r"|0x[0-9a-fA-F]{40})(?-u:\b)",
+        )),
+        // The words, then the number (group 1).
+        Builtin::Passport => Def {
+            pattern: concat!(
+                r"(?i:passport)(?i:[ \t]{0,4}(?:no\.?|number|num|#|id))?(?i:[ \t]{0,4}(?:is|:|#|=))?[ \t]{0,4}",
+                r"([A-Z0-9]{6,9})(?-u:\b)",
+            ),
+            captures: true,
+            window: None,
+        },
+        Builtin::DriverLicense => Def {
+            pattern: concat!(
+                r"(?i:driver'?s?[ \t]{1,4}licen[cs]e|driving[ \t]{1,4}licen[cs]e|(?-u:\b)DL)",
+                r"(?i:[ \t]{0,4}(?:no\.?|number|num|#|id))?(?i:[ \t]{0,4}(?:is|:|#|=))?[ \t]{0,4}",
+                r"([A-Z0-9][A-Z0-9-]{4,19})(?-u:\b)",
+            ),
+            captures: true,
+            window: None,
+        },
+        // `scheme://user:password@host`: the password (group 1). The
+        // classes are RFC 3986's userinfo (anything else is percent-encoded),
+        // ASCII, which also keeps the prefilter set small.
+        Builtin::UrlCredentials => Def {
+            pattern: concat!(
+                r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]{1,20}://[A-Za-z0-9._~%!$&()*+,;=-]{1,64}:",
+                r"([A-Za-z0-9._~%!$&()*+,;=:-]{1,128})@[A-Za-z0-9\[]",
+            ),
+            captures: true,
+            window: None,
+        },
+        // Azure AD (Entra ID) client secrets: three characters, a digit, `Q~`.
+        Builtin::AzureClientSecret => {
+            def(r"(?-u:\b)[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}")
+        }
+        // Amazon Bedrock long-term API keys: `ABSK` and the base64 of
+        // `BedrockAPIKey-`. Unbounded (a counted repetition of hundreds
+        // makes every automaton it joins large), held back within a window.
+        Builtin::AwsBedrockKey => Def {
+            pattern: r"(?-u:\b)ABSKQmVkcm9ja0FQSUtleS[A-Za-z0-9+/]{40}[A-Za-z0-9+/]*={0,2}",
+            captures: false,
+            window: Some(BEDROCK_WINDOW),
+        },
         Builtin::AwsAccessKeyId => def(r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)"),
         Builtin::AwsSecretKey => def(concat!(
             r"(?i:aws[_ .-]?secret(?:[_ .-]?access)?(?:[_ .-]?key)?|secret[_ .-]?access[_ .-]?key)",
-            r#"(?:["']?[ \t]{0,4}(?::=|=>|[:=])[ \t]{0,4}["']?|[ \t]{1,4}(?:(?i:is)[ \t]{1,4})?)"#,
+            r#"(?:["']?[ \t]{0,4}(?::=|=>|[:=>])[ \t]{0,4}["']?|[ \t]{1,4}(?:(?i:is)[ \t]{1,4})?)"#,
             r"[A-Za-z0-9/+]{40}",
         )),
         Builtin::GithubToken => def(
@@ -149,7 +219,12 @@ pub(super) fn definition(b: Builtin) -> Def {
             window: Some(PEM_WINDOW),
         },
         Builtin::Jwt => Def {
-            pattern: r"(?-u:\b)e[wy][A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
+            // base64url as RFC 7519 says, or standard base64 with padding
+            // as some libraries and logs write it.
+            pattern: concat!(
+                r"(?-u:\b)e[wy][A-Za-z0-9_+/-]{8,}={0,2}\.[A-Za-z0-9_+/-]{2,}={0,2}",
+                r"\.[A-Za-z0-9_+/-]*={0,2}",
+            ),
             captures: false,
             window: Some(JWT_WINDOW),
         },
@@ -195,6 +270,17 @@ pub(super) fn validate(
         Builtin::UsSsn => ssn(hay, start, end),
         Builtin::Ipv4 => ipv4(hay, start, end),
         Builtin::Ipv6 => return ipv6(hay, start, end),
+        Builtin::MacAddress => ids::mac(hay, start, end),
+        Builtin::UsItin => ids::itin(hay, start, end),
+        Builtin::UkNhs => ids::nhs(hay, start, end),
+        Builtin::CryptoWallet => ids::wallet(hay, start, end),
+        Builtin::Passport | Builtin::DriverLicense => {
+            return ids::document_number(hay, locs.get(1)?);
+        }
+        Builtin::UrlCredentials => return url_password(hay, locs),
+        Builtin::AzureClientSecret | Builtin::AwsBedrockKey => {
+            !next_is(hay, end, |c| is_token_char(c) || c == '~' || c == '.')
+        }
         Builtin::AwsAccessKeyId | Builtin::GithubToken | Builtin::StripeKey => true,
         Builtin::AwsSecretKey => {
             // The pattern ends with 40 ASCII characters.
@@ -239,7 +325,9 @@ pub(super) fn validate(
 fn is_keyed(b: Builtin) -> bool {
     matches!(
         b,
-        Builtin::AwsAccessKeyId
+        Builtin::AzureClientSecret
+            | Builtin::AwsBedrockKey
+            | Builtin::AwsAccessKeyId
             | Builtin::AwsSecretKey
             | Builtin::GithubToken
             | Builtin::GitlabToken
@@ -405,7 +493,19 @@ fn email(s: &str) -> bool {
 fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     // The candidate is ASCII (`validate` checked its span).
     let s = hay.as_bytes().get(start..end)?;
-    if s.first() == Some(&b'+') {
+    // `00` for `+`: two more digits, the same shapes.
+    let (international, extra) = match s {
+        [b'+', ..] => (true, 0),
+        [b'0', b'0', ..] => (true, 2),
+        _ => (false, 0),
+    };
+    if !international && !matches!(s.first(), Some(b'0' | b'(')) && !north_american(s) {
+        return (national_mobile(s)
+            && !glued_number(hay, start, true)
+            && !glued_number(hay, end, false))
+        .then_some((start, end));
+    }
+    if international {
         if glued_number(hay, start, true) || glued_number(hay, end, false) {
             return None;
         }
@@ -417,13 +517,14 @@ fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
             })
             .find(|&i| {
                 s.get(..i)
-                    .is_some_and(|head| phone_shape(head, (8, 15), false))
+                    .is_some_and(|head| phone_shape(head, (8 + extra, 15 + extra), false))
                     && !glued_number(hay, start + i, false)
             })
             .map(|i| (start, start + i));
     }
+    // With a trunk `0`, nine digits are enough (Israel's `03-1234567`).
     let trunk = s.strip_prefix(b"(").unwrap_or(s).starts_with(b"0");
-    if !phone_shape(s, (10, 11), trunk)
+    if !phone_shape(s, (if trunk { 9 } else { 10 }, 11), trunk)
         || glued_number(hay, start, true)
         || glued_number(hay, end, false)
     {
@@ -432,6 +533,69 @@ fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     // `x+1 415 555 2671`: the international candidate was glued, but the
     // national number is one; its country code goes with it.
     Some((country_code_before(hay, start).unwrap_or(start), end))
+}
+
+/// The sizes of the digit groups of a candidate (at most [`GROUPS`]; more
+/// count as none), and whether one kind of separator joins them. Phone
+/// validators run on many candidates: no allocation.
+const GROUPS: usize = 6;
+
+fn digit_groups(s: &[u8]) -> Option<([usize; GROUPS], usize, bool)> {
+    let mut sizes = [0usize; GROUPS];
+    let mut n = 0;
+    let mut sep: Option<u8> = None;
+    let mut one_kind = true;
+    let mut in_group = false;
+    for &b in s {
+        if b.is_ascii_digit() {
+            if !in_group {
+                n += 1;
+                in_group = true;
+            }
+            *sizes.get_mut(n - 1)? += 1;
+        } else {
+            in_group = false;
+            one_kind &= sep.is_none_or(|k| k == b);
+            sep = Some(b);
+        }
+    }
+    Some((sizes, n, one_kind))
+}
+
+/// The North American branch's shape: `415-555-2671`, `1 415 555 2671`
+/// (area code and exchange not starting with 0 or 1).
+fn north_american(s: &[u8]) -> bool {
+    let Some((sizes, n, _)) = digit_groups(s) else {
+        return false;
+    };
+    let digits = s.iter().filter(|b| b.is_ascii_digit());
+    let first_of = |group: usize| {
+        let skip: usize = sizes.iter().take(group).sum();
+        digits.clone().nth(skip).copied().unwrap_or(0)
+    };
+    let area = match (n, sizes) {
+        (3, [3, 3, 4, ..]) => 0,
+        (4, [1, 3, 3, 4, ..]) if first_of(0) == b'1' => 1,
+        _ => return false,
+    };
+    (b'2'..=b'9').contains(&first_of(area)) && (b'2'..=b'9').contains(&first_of(area + 1))
+}
+
+/// Mobile numbers as their countries write them, told by their groups:
+/// China's `1[3-9]x xxxx xxxx` and India's `[6-9]xxxx xxxxx`, with one kind
+/// of separator.
+fn national_mobile(s: &[u8]) -> bool {
+    let Some((sizes, n, one_kind)) = digit_groups(s) else {
+        return false;
+    };
+    let first = s.first().copied().unwrap_or(0);
+    let second = s.get(1).copied().unwrap_or(0);
+    one_kind
+        && match (n, sizes) {
+            (3, [3, 4, 4, ..]) => first == b'1' && (b'3'..=b'9').contains(&second),
+            (2, [5, 5, ..]) => (b'6'..=b'9').contains(&first),
+            _ => false,
+        }
 }
 
 /// Digit count within `digits`, at most one pair of parentheses in order,
@@ -746,18 +910,7 @@ fn ssn(hay: &str, start: usize, end: usize) -> bool {
 /// Whether `lead` holds one of [`SSN_CONTEXT`] on its last line, as a word
 /// start.
 fn ssn_context(lead: &str) -> bool {
-    let line = lead
-        .rsplit('\n')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    SSN_CONTEXT.iter().any(|word| {
-        line.match_indices(word).any(|(i, _)| {
-            line.get(..i)
-                .and_then(|head| head.chars().next_back())
-                .is_none_or(|c| !c.is_alphanumeric())
-        })
-    })
+    ids::context_words(lead, &SSN_CONTEXT, false)
 }
 
 /// Four octets of at most 255 (no leading zeros, as `Ipv4Addr` parses
@@ -823,7 +976,9 @@ fn jwt(s: &str) -> bool {
     if header.len() > 4096 || payload.len() % 4 == 1 {
         return false;
     }
-    let Ok(bytes) = B64URL.decode(header) else {
+    // Standard base64's `+` and `/` are base64url's `-` and `_`.
+    let header = header.replace('+', "-").replace('/', "_");
+    let Ok(bytes) = B64URL.decode(&header) else {
         return false;
     };
     serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -859,4 +1014,29 @@ fn secret_value(hay: &str, locs: &Groups) -> Option<(usize, usize)> {
             || (ident > 0 && value.get(ident..).is_some_and(|r| r.starts_with('('))));
     let long = value.chars().count() >= SECRET_MIN_CHARS;
     (long && !placeholder && !code && entropy(value) >= SECRET_MIN_ENTROPY).then_some((start, end))
+}
+
+/// Templates' stand-ins for a password in a URL: no secret.
+const URL_PASSWORD_PLACEHOLDERS: [&str; 9] = [
+    "password", "pass", "passwd", "pwd", "secret", "changeme", "user", "username", "pw",
+];
+
+/// The password of `scheme://user:password@host` (group 1), unless it is a
+/// template's stand-in (`${DB_PASSWORD}`, `<password>`, `****`, `password`)
+/// or a port (`http://host:8080@...` is how some write a proxy, not a
+/// password).
+fn url_password(hay: &str, locs: &Groups) -> Option<(usize, usize)> {
+    let (start, end) = locs.get(1)?;
+    let Some(value) = hay.get(start..end) else {
+        return Some((start, end));
+    };
+    let templated = value.starts_with(['$', '{', '<', '%', '[']);
+    let filler = value
+        .chars()
+        .all(|c| c == '*' || c == 'x' || c == 'X' || c == '.');
+    let port = value.len() <= 5 && value.bytes().all(|b| b.is_ascii_digit());
+    let named = URL_PASSWORD_PLACEHOLDERS
+        .iter()
+        .any(|p| value.eq_ignore_ascii_case(p));
+    (!templated && !filler && !port && !named).then_some((start, end))
 }
