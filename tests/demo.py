@@ -210,6 +210,17 @@ def showcase(demo: Demo) -> None:
     demo.check("[CUSTOMER_ID:" in upstream and "12345678" not in upstream, "hash: a keyed pseudonym")
     demo.check("415" not in upstream and "[PAYMENT_CARD]" in upstream, "redact and mask")
 
+    demo.step("a team's own gitleaks rule file is a detector set: its key format is masked like the built-ins")
+    stack.provider_clear()
+    acme = "acme_live_" + "q7x2m9k4v8b1n5c3z6l0p4r7t2w9y3d8"
+    prompt = f"why does {acme} get a 401?"
+    demo.say(f"prompt:   {prompt}")
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": prompt}])
+    upstream = json.loads(stack.provider_received()[0]["body"])["messages"][0]["content"]
+    demo.say(f"provider: {upstream}")
+    demo.check(acme not in upstream and "[ACME_API_KEY]" in upstream,
+               "the rule file's key never reached the provider")
+
     demo.step("block: a request carrying a source-control key sends zero bytes upstream")
     stack.provider_clear()
     try:

@@ -204,6 +204,11 @@ def test_policy_writes_need_an_admin_and_invalid_policies_are_refused(stack, peo
     bad.write_text("version: 1\nrules:\n  - {name: x, detect: emial, action: mask}\n")
     done = stack.cli("policy", "push", str(bad), "-m", "typo", token=people["admin"], check=False)
     assert done.returncode != 0 and "emial" in done.stderr + done.stdout
+    # A rule file the filter could not load is refused by the same compiler.
+    bad.write_text("version: 1\nrules:\n  - name: x\n    action: mask\n    gitleaks: |\n"
+                   "      [[rules]]\n      id = 'broken'\n      regex = '(unclosed'\n")
+    done = stack.cli("policy", "push", str(bad), "-m", "broken rule file", token=people["admin"], check=False)
+    assert done.returncode != 0 and "regex" in done.stderr + done.stdout
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(APPROVAL_POLICY))
     done = stack.cli("policy", "push", str(good), "-m", "not an admin", token=people["alice"], check=False)

@@ -20,6 +20,21 @@ AWS_KEY = "AK" "IA" "QYLPMN5RTB7DZ4UF"  # not AWS's documented EXAMPLE key, whic
 GITHUB = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
 
 
+# A gitleaks rule file, as a security team keeps one: its keywords, entropy
+# and allowlist are honoured by the gateway.
+ACME_RULES = r"""
+[allowlist]
+stopwords = ["example"]
+
+[[rules]]
+id = "acme-api-key"
+regex = '''\b(acme_(?:live|test)_[a-z0-9]{32})\b'''
+entropy = 3.5
+keywords = ["acme_"]
+"""
+ACME_KEY = "acme_live_" "q7x2m9k4v8b1n5c3z6l0p4r7t2w9y3d8"
+
+
 def oa(stack: Stack, token: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.gateway_url}/openai/v1", api_key=token, max_retries=0)
 
@@ -107,6 +122,7 @@ def tokenizing_stack(tmp_path_factory):
         {"name": "source-keys", "detect": ["github_token", "aws_access_key_id"], "action": "block"},
         {"name": "dump", "keywords": ["production database dump"], "action": "require_approval",
          "approval": {"approvers": ["security"]}},
+        {"name": "team-rules", "gitleaks": ACME_RULES, "action": "mask"},
     ]))
     yield s
     s.stop()
@@ -123,6 +139,21 @@ def test_tokenized_values_never_reach_the_provider_and_come_back(tokenizing_stac
     assert EMAIL not in upstream and "<EMAIL_1>" in upstream
     # The provider answered with the placeholder; the user reads the value.
     assert text == f"Dear {EMAIL}, thanks"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_gitleaks_rule_file_is_a_detector_set(tokenizing_stack, stream):
+    stack = tokenizing_stack
+    stack.provider_clear()
+    token = stack.token("alice", ["engineering"])
+    allowed = "acme_test_" "exampleq7x2m9k4v8b1n5c3z6l0p4r7t"
+    text = ask(stack, token, f"reply with: use {ACME_KEY} not {allowed}", stream)
+    upstream = sent_upstream(stack)
+    assert ACME_KEY not in upstream and "[ACME_API_KEY]" in upstream
+    # The allowlist's stopword lets the documentation's key through.
+    assert allowed in upstream
+    # The echoed answer is masked for the user too, streamed or not.
+    assert ACME_KEY not in text and "[ACME_API_KEY]" in text and allowed in text
 
 
 def test_block_rules_send_nothing_upstream(tokenizing_stack):

@@ -7,7 +7,7 @@ use wildmatch::WildMatch;
 
 use super::*;
 use crate::document::{parse_document, ConfigError};
-use crate::inspect::detect::{Builtin, DetectorSet, MatcherSpec};
+use crate::inspect::detect::{gitleaks, Builtin, DetectorSet, MatcherSpec};
 use std::collections::BTreeMap;
 
 /// One thing wrong with a policy document. Syntax and type errors carry
@@ -222,10 +222,31 @@ impl Policy {
                     },
                 ));
             }
+            if let Some(file) = &r.gitleaks {
+                match gitleaks::parse(file) {
+                    Ok(found) => {
+                        for rule in found {
+                            let label =
+                                r.label.clone().unwrap_or_else(|| gitleaks::label(&rule.id));
+                            specs.push((
+                                i,
+                                MatcherSpec::Gitleaks {
+                                    rule: Box::new(rule),
+                                    label,
+                                },
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        problems.push(Problem::at(format!("{at}.gitleaks"), e));
+                        specs.push((i, MatcherSpec::Builtin(Builtin::ALL[0])));
+                    }
+                }
+            }
             if specs.len() == before {
                 problems.push(Problem::at(
                     at.clone(),
-                    "give `detect`, `regex` or `keywords`",
+                    "give `detect`, `regex`, `keywords` or `gitleaks`",
                 ));
             }
             let approval = resolve_approval(&doc.approval, r.approval.as_ref());

@@ -169,6 +169,10 @@ pub struct RuleDoc {
     /// Case-insensitive whole words or phrases.
     #[serde(default)]
     pub keywords: Option<Vec<String>>,
+    /// A gitleaks rule file (TOML), its text: each rule with a `regex` is a
+    /// matcher (see `inspect::detect::gitleaks`).
+    #[serde(default)]
+    pub gitleaks: Option<String>,
     /// Placeholder label for custom matches (default: the rule name, upper-cased).
     #[serde(default)]
     pub label: Option<String>,

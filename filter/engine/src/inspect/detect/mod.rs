@@ -46,6 +46,7 @@
 
 mod builtins;
 mod encoded;
+pub mod gitleaks;
 mod needs;
 mod normalize;
 mod prefix;
@@ -259,7 +260,7 @@ impl Builtin {
 }
 
 /// One matcher of a policy rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MatcherSpec {
     Builtin(Builtin),
     /// A custom regex; if `group` names a capture group, only that group is
@@ -273,6 +274,11 @@ pub enum MatcherSpec {
     /// are separated by any whitespace).
     Keywords {
         words: Vec<String>,
+        label: String,
+    },
+    /// A rule of a gitleaks rule file (see `gitleaks`).
+    Gitleaks {
+        rule: Box<gitleaks::GitleaksRule>,
         label: String,
     },
 }
@@ -344,6 +350,8 @@ struct Detector {
     re: meta::Regex,
     /// What every match needs (see `needs`), from the same pattern.
     needs: Needs,
+    /// A gitleaks rule's keywords, entropy and allowlists.
+    gitleaks: Option<Box<gitleaks::Checks>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -355,6 +363,8 @@ enum Kind {
     /// One capture group per boundary variant; the one that took part is
     /// the keyword.
     Keywords,
+    /// A gitleaks rule: the detector's `gitleaks` checks say the rest.
+    Gitleaks,
 }
 
 /// Byte ranges of a text, sorted and disjoint, that a search is narrowed to.
@@ -435,6 +445,7 @@ impl DetectorSet {
                         kind: Kind::Builtin(*b),
                         re,
                         needs,
+                        gitleaks: None,
                     }
                 }
                 MatcherSpec::Regex {
@@ -480,6 +491,7 @@ impl DetectorSet {
                         kind: Kind::Regex { group },
                         re,
                         needs,
+                        gitleaks: None,
                     }
                 }
                 MatcherSpec::Keywords { words, label } => {
@@ -500,6 +512,46 @@ impl DetectorSet {
                         kind: Kind::Keywords,
                         re,
                         needs,
+                        gitleaks: None,
+                    }
+                }
+                MatcherSpec::Gitleaks { rule, label } => {
+                    let pattern = &rule.regex;
+                    if pattern.len() > PATTERN_MAX_BYTES {
+                        return Err(DetectError::PatternTooLong {
+                            id,
+                            len: pattern.len(),
+                            max: PATTERN_MAX_BYTES,
+                        });
+                    }
+                    let checked = RegexBuilder::new(pattern)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .dfa_size_limit(DFA_SIZE_LIMIT)
+                        .build()
+                        .map_err(|error| DetectError::InvalidRegex { id, error })?;
+                    let checks = gitleaks::Checks::compile(
+                        id,
+                        rule,
+                        checked.captures_len(),
+                        REGEX_SIZE_LIMIT,
+                        DFA_SIZE_LIMIT,
+                    )?;
+                    drop(checked);
+                    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
+                    if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
+                        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
+                    }
+                    hold.composition_sensitive |= !pattern.is_ascii()
+                        || pattern.contains("[^")
+                        || pattern.contains(r"\p")
+                        || pattern.contains(r"\P");
+                    Detector {
+                        id,
+                        label: label.clone(),
+                        kind: Kind::Gitleaks,
+                        re,
+                        needs,
+                        gitleaks: Some(Box::new(checks)),
                     }
                 }
             };
@@ -507,6 +559,7 @@ impl DetectorSet {
                 MatcherSpec::Builtin(b) => builtins::definition(*b).pattern.to_owned(),
                 MatcherSpec::Regex { pattern, .. } => pattern.clone(),
                 MatcherSpec::Keywords { words, .. } => keyword_pattern(detector.id, words)?,
+                MatcherSpec::Gitleaks { rule, .. } => rule.regex.clone(),
             });
             detectors.push(detector);
         }
@@ -754,6 +807,11 @@ impl DetectorSet {
                     .is_some_and(|d| d.kind.reaches_back())
         };
         for (det, d) in self.detectors.iter().enumerate() {
+            // A gitleaks rule applies only to a text with one of its
+            // keywords: what it says, and a prefilter too.
+            if d.gitleaks.as_ref().is_some_and(|g| !g.applies(hay)) {
+                continue;
+            }
             let whole = reaches(det);
             let anchor = match (filter, whole) {
                 (Filter::Off, _) => None,
@@ -905,6 +963,7 @@ impl Kind {
             Kind::Builtin(b) => b.name(),
             Kind::Regex { .. } => "regex",
             Kind::Keywords => "keywords",
+            Kind::Gitleaks => "gitleaks",
         }
     }
 
@@ -923,7 +982,7 @@ impl Kind {
                     | Builtin::UrlCredentials
             ),
             Kind::Regex { group } => group.is_some(),
-            Kind::Keywords => true,
+            Kind::Keywords | Kind::Gitleaks => true,
         }
     }
 
@@ -931,7 +990,7 @@ impl Kind {
         match self {
             Kind::Builtin(b) => builtins::definition(b).captures,
             Kind::Regex { group } => group.is_some(),
-            Kind::Keywords => true,
+            Kind::Keywords | Kind::Gitleaks => true,
         }
     }
 }
@@ -990,6 +1049,10 @@ impl Detector {
                 Kind::Regex { group: None } => Some((ms, me)),
                 Kind::Regex { group: Some(g) } => locs.get(g),
                 Kind::Keywords => (1..locs.len()).find_map(|g| locs.get(g)),
+                Kind::Gitleaks => self
+                    .gitleaks
+                    .as_ref()
+                    .and_then(|g| g.validate(hay, ms, me, &locs)),
             };
             at = match span {
                 Some((start, end)) if start < end => {
@@ -1000,7 +1063,7 @@ impl Detector {
                 }
                 _ => match self.kind {
                     Kind::Builtin(b) => builtins::resume(b, hay, ms, me, &locs),
-                    Kind::Regex { .. } if me > ms => me,
+                    Kind::Regex { .. } | Kind::Gitleaks if me > ms => me,
                     _ => next_boundary(hay, ms),
                 },
             };
