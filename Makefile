@@ -5,6 +5,7 @@
 #   make run     the whole gateway on loopback, in the foreground; Ctrl-C stops it
 #   make build   dist/warden-filter.wasm and target/local/{warden,warden-stand-in-provider}
 #   make bench   what the filter costs against bare Envoy, in BENCHMARKS.md
+#   make detect-report  each detector's recall and false alarms on a labelled corpus
 #   make fresh-check  the README's two commands on a pristine Debian 12 root
 #                (scripts/fresh-check.sh; too long for CI: run it before
 #                changing how anything is installed, built or tested)
@@ -14,7 +15,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap bootstrap-test bootstrap-bench build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench clean
+.PHONY: all bootstrap bootstrap-test bootstrap-bench build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench detect-report clean
 
 all: build
 
@@ -44,6 +45,9 @@ bench: bootstrap-bench
 
 fresh-check:
 	@scripts/fresh-check.sh
+
+detect-report: bootstrap
+	@scripts/test.sh detect
 
 # The pieces of `make test`, for a quicker loop (they assume `make build` ran).
 test-unit:

@@ -35,7 +35,7 @@ use super::Raw;
 /// Layers decoded within each other (base64 in percent-encoding, say).
 pub(super) const MAX_DEPTH: usize = 2;
 /// Shortest base64 or hex run decoded, in characters.
-const MIN_RUN: usize = 16;
+const MIN_RUN: usize = 12;
 /// Decoded bytes scanned per `find`, over all runs and layers.
 pub(super) const BUDGET: usize = 64 * 1024;
 /// Characters of a run decoded first, to judge whether it is text.

@@ -302,6 +302,10 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (SecretAssignment, s(r#"Token = "correct horse battery staple 42""#), vec![s("correct horse battery staple 42")]),
         (SecretAssignment, s("password=password token: none passwd=hunter22 password = ${DB_PASSWORD} max_tokens=4096 tokenizer=cl100k_base_v2x"), vec![]),
         (SecretAssignment, s("password = get_password() secret: settings.DB_SECRET password: <SECRET_1> password=********"), vec![]),
+        // XML elements, flags, connection strings, .env exports
+        (SecretAssignment, s("<password>Xy7#kLm9pQ</password> run --api-key a8f3K2m9Qz1x -v; Server=db;Password=s3cr3t-P@ss!;Database=x"), vec![s("Xy7#kLm9pQ"), s("a8f3K2m9Qz1x"), s("s3cr3t-P@ss!")]),
+        (SecretAssignment, s("AccountKey=9fQ2xK7pLm3Zr8Tq1Vw4 export GITHUB_TOKEN=Qz1xa8f3K2m9Lm3Z"), vec![s("9fQ2xK7pLm3Zr8Tq1Vw4"), s("Qz1xa8f3K2m9Lm3Z")]),
+        (SecretAssignment, s("reset your password immediately, the token expired yesterday, secret ingredient Xy7kLm9pQz"), vec![]),
     ]
 }
 
