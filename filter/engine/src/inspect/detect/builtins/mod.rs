@@ -115,9 +115,9 @@ pub(super) fn definition(b: Builtin) -> Def {
             r"(?-u:\b)(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}",
             r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?-u:\b)",
         )),
-        Builtin::UsItin => def(concat!(
-            r"(?-u:\b)9[0-9]{2}(?:-[0-9]{2}-|\.[0-9]{2}\.| [0-9]{2} |[0-9]{2})[0-9]{4}(?-u:\b)",
-        )),
+        Builtin::UsItin => {
+            def(r"(?-u:\b)9[0-9]{2}(?:-[0-9]{2}-|\.[0-9]{2}\.| [0-9]{2} |[0-9]{2})[0-9]{4}(?-u:\b)")
+        }
         Builtin::UkNhs => def(r"(?-u:\b)[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}(?-u:\b)"),
         // Bitcoin legacy (base58, `1`/`3`), SegWit (`bc1`, bech32), Ethereum
         // (`0x` and 40 hex digits).
