@@ -453,18 +453,7 @@ impl DetectorSet {
                     group,
                     label,
                 } => {
-                    if pattern.len() > PATTERN_MAX_BYTES {
-                        return Err(DetectError::PatternTooLong {
-                            id,
-                            len: pattern.len(),
-                            max: PATTERN_MAX_BYTES,
-                        });
-                    }
-                    let checked = RegexBuilder::new(pattern)
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .dfa_size_limit(DFA_SIZE_LIMIT)
-                        .build()
-                        .map_err(|error| DetectError::InvalidRegex { id, error })?;
+                    let (checked, re, needs) = custom_pattern(id, pattern, &mut hold)?;
                     let group = match group {
                         None => None,
                         Some(name) => Some(group_index(&checked, name).ok_or_else(|| {
@@ -474,17 +463,6 @@ impl DetectorSet {
                             }
                         })?),
                     };
-                    drop(checked);
-                    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
-                    if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
-                        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
-                    }
-                    // Conservatively: classes that could hold a composed
-                    // character without its base.
-                    hold.composition_sensitive |= !pattern.is_ascii()
-                        || pattern.contains("[^")
-                        || pattern.contains(r"\p")
-                        || pattern.contains(r"\P");
                     Detector {
                         id,
                         label: label.clone(),
@@ -516,19 +494,7 @@ impl DetectorSet {
                     }
                 }
                 MatcherSpec::Gitleaks { rule, label } => {
-                    let pattern = &rule.regex;
-                    if pattern.len() > PATTERN_MAX_BYTES {
-                        return Err(DetectError::PatternTooLong {
-                            id,
-                            len: pattern.len(),
-                            max: PATTERN_MAX_BYTES,
-                        });
-                    }
-                    let checked = RegexBuilder::new(pattern)
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .dfa_size_limit(DFA_SIZE_LIMIT)
-                        .build()
-                        .map_err(|error| DetectError::InvalidRegex { id, error })?;
+                    let (checked, re, needs) = custom_pattern(id, &rule.regex, &mut hold)?;
                     let checks = gitleaks::Checks::compile(
                         id,
                         rule,
@@ -536,15 +502,6 @@ impl DetectorSet {
                         REGEX_SIZE_LIMIT,
                         DFA_SIZE_LIMIT,
                     )?;
-                    drop(checked);
-                    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
-                    if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
-                        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
-                    }
-                    hold.composition_sensitive |= !pattern.is_ascii()
-                        || pattern.contains("[^")
-                        || pattern.contains(r"\p")
-                        || pattern.contains(r"\P");
                     Detector {
                         id,
                         label: label.clone(),
@@ -1069,6 +1026,39 @@ impl Detector {
             };
         }
     }
+}
+
+/// A pattern a policy brings (a custom regex, a gitleaks rule's), compiled
+/// within the limits: the regex crate's `Regex` (its errors and groups), the
+/// search engine and needs, and its prefixes added to the holdback.
+fn custom_pattern(
+    id: usize,
+    pattern: &str,
+    hold: &mut HoldBuilder,
+) -> Result<(Regex, meta::Regex, Needs), DetectError> {
+    if pattern.len() > PATTERN_MAX_BYTES {
+        return Err(DetectError::PatternTooLong {
+            id,
+            len: pattern.len(),
+            max: PATTERN_MAX_BYTES,
+        });
+    }
+    let checked = RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(DFA_SIZE_LIMIT)
+        .build()
+        .map_err(|error| DetectError::InvalidRegex { id, error })?;
+    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
+    if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
+        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
+    }
+    // Conservatively: classes that could hold a composed character without
+    // its base.
+    hold.composition_sensitive |= !pattern.is_ascii()
+        || pattern.contains("[^")
+        || pattern.contains(r"\p")
+        || pattern.contains(r"\P");
+    Ok((checked, re, needs))
 }
 
 /// The search engine of a pattern, configured as the regex crate's `Regex`
