@@ -183,7 +183,7 @@ pub(super) fn scan(
         while i - body < 2 && b.get(i) == Some(&b'=') {
             i += 1;
         }
-        if budget.0 > 0 && i > from {
+        if budget.0 > 0 && i > from && !word_like(b.get(start..body).unwrap_or_default()) {
             if let Some(text) = hay.get(start..body).and_then(|run| decode_run(run, budget)) {
                 found.clear();
                 inner(&text, budget, &mut found);
@@ -248,6 +248,19 @@ pub(super) fn scan(
             det: r.det,
         }));
     }
+}
+
+/// Runs shorter than this that read as a word are not decoded.
+const WORD_RUN: usize = 16;
+
+/// A short run that is a word of prose (`responsibilities`, `Configuration`):
+/// letters only, in lower case after the first. Base64 of text that short
+/// mixes cases or holds digits (`MTIzLTQ1LTY3ODk` is `123-45-6789`), so
+/// prose need not be decoded to find out.
+fn word_like(run: &[u8]) -> bool {
+    run.len() < WORD_RUN
+        && run.first().is_some_and(u8::is_ascii_alphabetic)
+        && run.iter().skip(1).all(u8::is_ascii_lowercase)
 }
 
 /// The text a base64 or hex run (without padding) decodes to, if it is

@@ -72,6 +72,19 @@ const fn def(pattern: &'static str) -> Def {
     }
 }
 
+/// The key names of a secret assignment, with an optional suffix after a
+/// separator (`token_secret`, not `tokenizer`): one list for both of its
+/// forms.
+macro_rules! secret_key {
+    () => {
+        concat!(
+            r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key",
+            r"|auth[_-]?key|private[_-]?key|account[_-]?key|client[_-]?secret|credentials?)",
+            r"(?:[_.-][a-z0-9_.-]{0,32})?",
+        )
+    };
+}
+
 pub(super) fn definition(b: Builtin) -> Def {
     match b {
         Builtin::Email => def(concat!(
@@ -234,13 +247,16 @@ pub(super) fn definition(b: Builtin) -> Def {
             // Written as YAML, JSON, `.env`, a connection string's
             // `Password=...;`, an XML element (`<password>...`), or a
             // command-line flag (`--password ...`: a space alone separates
-            // only after a dash, which the validator checks).
+            // only after a dash, so prose's `password reset` is none, and a
+            // match needs one of `:=>-`, which keeps prose from running it).
             pattern: concat!(
-                r"(?i)[a-z0-9_.-]{0,32}?",
-                r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key",
-                r"|auth[_-]?key|private[_-]?key|account[_-]?key|client[_-]?secret|credentials?)",
+                r"(?i)(?:[a-z0-9_.-]{0,32}?",
+                secret_key!(),
                 // Quotes may be escaped (JSON pasted into a JSON string).
-                r#"(?:[_.-][a-z0-9_.-]{0,32})?(?:\\?["']?[ \t]{0,4}(?::=|=>|[:=>])[ \t]{0,4}\\?|[ \t]{1,4})"#,
+                r#"\\?["']?[ \t]{0,4}(?::=|=>|[:=>])[ \t]{0,4}\\?"#,
+                r"|-[a-z0-9_.-]{0,32}?",
+                secret_key!(),
+                r"[ \t]{1,4})",
                 // A quoted value missing its closing quote still counts.
                 r#"(?:"([^"\r\n]+)"?|'([^'\r\n]+)'?|([^\s"'`,;&<]+))"#,
             ),
@@ -997,15 +1013,6 @@ fn jwt(s: &str) -> bool {
 /// reference or code.
 fn secret_value(hay: &str, locs: &Groups) -> Option<(usize, usize)> {
     let (group, (start, end)) = (1..=3).find_map(|g| locs.get(g).map(|span| (g, span)))?;
-    // Only a flag's name (`--password`, `-token`) takes its value after a
-    // space alone: in prose, `password reset` is no assignment.
-    let (key_start, _) = locs.get(0)?;
-    let spaced = hay
-        .get(key_start..start)
-        .is_some_and(|between| !between.contains([':', '=', '>']));
-    if spaced && !hay.get(key_start..).is_some_and(|k| k.starts_with('-')) {
-        return None;
-    }
     let Some(value) = hay.get(start..end) else {
         // Groups are on char boundaries; kept as a finding if not.
         return Some((start, end));
