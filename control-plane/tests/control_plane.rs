@@ -246,6 +246,16 @@ impl Server {
             .await
     }
 
+    /// `token`'s approval of approval `id`, with no reason.
+    async fn approve(&self, id: &str, token: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/approvals/{id}/approve"),
+            Auth::Bearer(token),
+            json!({}),
+        )
+        .await
+    }
+
     async fn publish(&self, document: &str, message: &str, activate: bool) -> Value {
         let (status, body) = self
             .post(
@@ -437,13 +447,7 @@ async fn postgres_replicas_share_state() {
 
     let waiter = a.wait(&id, 20_000);
     let lead = a.token("lena", &["leads"]);
-    let (status, body) = b
-        .post(
-            &format!("/v1/approvals/{id}/approve"),
-            Auth::Bearer(&lead),
-            json!({}),
-        )
-        .await;
+    let (status, body) = b.approve(&id, &lead).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let waited = answered(waiter, "the wait on replica A, for B's decision").await;
     assert_eq!(waited["status"], "approved", "{waited}");
@@ -972,13 +976,7 @@ async fn approval_lifecycle_and_refusals(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let edited_id = edited["id"].as_str().unwrap();
-    server
-        .post(
-            &format!("/v1/approvals/{edited_id}/approve"),
-            Auth::Bearer(&lead),
-            json!({}),
-        )
-        .await;
+    server.approve(edited_id, &lead).await;
     let issuer = format!("{}/dev", server.base);
     let (status, body) = server
         .post(
@@ -1058,13 +1056,7 @@ async fn concurrent_consumes_have_one_winner(backend: Backend) {
             )
             .await;
         let id = opened["id"].as_str().unwrap().to_owned();
-        let (status, _) = server
-            .post(
-                &format!("/v1/approvals/{id}/approve"),
-                Auth::Bearer(&lead),
-                json!({}),
-            )
-            .await;
+        let (status, _) = server.approve(&id, &lead).await;
         assert_eq!(status, StatusCode::OK);
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -1117,13 +1109,7 @@ async fn approvals_expire(backend: Backend) {
     }
     let [pending, approved, used] = <[String; 3]>::try_from(ids).unwrap();
     for id in [&approved, &used] {
-        let (status, body) = server
-            .post(
-                &format!("/v1/approvals/{id}/approve"),
-                Auth::Bearer(&lead),
-                json!({}),
-            )
-            .await;
+        let (status, body) = server.approve(id, &lead).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let status_of = |id: &str| {
@@ -1156,13 +1142,7 @@ async fn approvals_expire(backend: Backend) {
     assert_eq!(status_of(&pending).await, "expired");
     assert_eq!(status_of(&approved).await, "expired");
     assert_eq!(status_of(&used).await, "consumed");
-    let (status, body) = server
-        .post(
-            &format!("/v1/approvals/{pending}/approve"),
-            Auth::Bearer(&lead),
-            json!({}),
-        )
-        .await;
+    let (status, body) = server.approve(&pending, &lead).await;
     assert_code(status, &body, StatusCode::GONE, "approval_expired");
     let (status, body) = server
         .post(
@@ -1211,13 +1191,7 @@ async fn wait_returns_on_decision(backend: Backend) {
     let id = open("alice", 300).await;
     let waiter = server.wait(&id, 20_000);
     let lead = server.token("lena", &["leads"]);
-    let (status, body) = server
-        .post(
-            &format!("/v1/approvals/{id}/approve"),
-            Auth::Bearer(&lead),
-            json!({}),
-        )
-        .await;
+    let (status, body) = server.approve(&id, &lead).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let waited = answered(waiter, "a wait, for the decision").await;
     assert_eq!(waited["status"], "approved", "{waited}");
