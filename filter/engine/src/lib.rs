@@ -126,4 +126,16 @@ pub(crate) mod testing {
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect()
     }
+
+    /// A caller in `group`, for tests that need a policy's rules to apply.
+    pub fn member_of(group: &str) -> crate::auth::Identity {
+        crate::auth::Identity {
+            issuer: "i".into(),
+            subject: "a".into(),
+            token_subject: Some("a".into()),
+            email: None,
+            groups: vec![group.into()],
+            expires_at: 0,
+        }
+    }
 }

@@ -583,7 +583,7 @@ mod tests {
     use super::*;
     use crate::auth::Identity;
     use crate::inspect::sse::{SseParser, StreamApi, StreamRewriter};
-    use crate::testing::test;
+    use crate::testing::{member_of, test};
     use serde_json::json;
 
     const POLICY: &str = r#"
@@ -603,14 +603,7 @@ rules:
     ];
 
     fn who() -> Identity {
-        Identity {
-            issuer: "i".into(),
-            subject: "a".into(),
-            token_subject: Some("a".into()),
-            email: None,
-            groups: vec!["engineering".into()],
-            expires_at: 0,
-        }
+        member_of("engineering")
     }
 
     /// An OpenAI chat stream whose text is cut into pieces of 3 characters,

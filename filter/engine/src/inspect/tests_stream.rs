@@ -11,7 +11,7 @@ use super::mask::{apply, HashKey, Vault};
 use super::sse::{Channel, ChannelKind, StreamText};
 use crate::auth::Identity;
 use crate::policy::{Direction, Policy};
-use crate::testing::test;
+use crate::testing::{member_of, test};
 
 /// Every built-in masked by a rule of its own, and a keyword list and a
 /// custom regex with a group.
@@ -29,14 +29,7 @@ fn policy() -> Rc<Policy> {
 }
 
 fn who() -> Identity {
-    Identity {
-        issuer: "i".into(),
-        subject: "a".into(),
-        token_subject: Some("a".into()),
-        email: None,
-        groups: vec!["all".into()],
-        expires_at: 0,
-    }
+    member_of("all")
 }
 
 /// The text as a plain body is masked, and the rules' counts.
