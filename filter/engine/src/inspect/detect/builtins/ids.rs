@@ -1,13 +1,25 @@
 //! Validators of identifiers with a structure of their own: MAC addresses,
 //! US ITINs, UK NHS numbers (mod 11), crypto wallet addresses (base58check,
 //! bech32/bech32m, EIP-55), and document numbers told apart by the words
-//! before them (passports, driving licences). What words count is an
-//! explicit list per kind, matched as whole words on the candidate's own
-//! line, before it (see [`context_before`]).
+//! before them (passports, driving licences). Also every list of context
+//! words (SSN's, ITIN's, NHS's, wallets'): what words count is an explicit
+//! list per kind, matched on the candidate's own line, before it (see
+//! [`context_words`]).
 
 use sha3::{Digest, Keccak256};
 
 use super::{before, next_is};
+
+/// Words that make a number without dashes an SSN when they come before it
+/// (lowercase; a word starts after a non-alphanumeric character).
+pub(super) const SSN_CONTEXT: [&str; 6] = [
+    "ssn",
+    "social security",
+    "soc sec",
+    "soc. sec",
+    "ss#",
+    "ss #",
+];
 
 /// Words that make a 9-digit number starting with 9 an ITIN where it is not
 /// written with dashes.

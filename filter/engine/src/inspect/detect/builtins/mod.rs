@@ -873,22 +873,11 @@ fn iban(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     (rem == 1).then_some((start, cut))
 }
 
-/// Words that make a number without dashes an SSN when they come before it
-/// (lowercase; a word starts after a non-alphanumeric character).
-const SSN_CONTEXT: [&str; 6] = [
-    "ssn",
-    "social security",
-    "soc sec",
-    "soc. sec",
-    "ss#",
-    "ss #",
-];
-
 /// Area not 000, 666 or 9xx; group not 00; serial not 0000; not part of a
 /// longer number with the same separator. Dashed (`123-45-6789`), it is an
 /// SSN by its shape. With dots, spaces or no separator it could be anything
 /// (a bare 9-digit number most of all), so it is one only after a context
-/// word ([`SSN_CONTEXT`]) earlier on the same line, within the validators'
+/// word ([`ids::SSN_CONTEXT`]) earlier on the same line, within the validators'
 /// look-back: `SSN: 123 45 6789`, `social security no. 123456789`. Only
 /// words before count: a stream has released the number before any word
 /// after it arrives.
@@ -925,13 +914,7 @@ fn ssn(hay: &str, start: usize, end: usize) -> bool {
         && group != 0
         && serial != 0
         && !longer
-        && (sep == Some('-') || ssn_context(before(hay, start)))
-}
-
-/// Whether `lead` holds one of [`SSN_CONTEXT`] on its last line, as a word
-/// start.
-fn ssn_context(lead: &str) -> bool {
-    ids::context_words(lead, &SSN_CONTEXT, false)
+        && (sep == Some('-') || ids::context_words(before(hay, start), &ids::SSN_CONTEXT, false))
 }
 
 /// Four octets of at most 255 (no leading zeros, as `Ipv4Addr` parses
