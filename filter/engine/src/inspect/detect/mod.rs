@@ -92,9 +92,6 @@ const BUILTIN_SIZE_LIMIT: usize = 10 << 20;
 const BUILTIN_DFA_SIZE_LIMIT: usize = 2 << 20;
 /// Texts shorter than this are searched whole: windows would not pay off.
 const WINDOWED_MIN: usize = 256;
-/// Distinct anchor sets per text (bits of a mask); detectors beyond search
-/// the whole text.
-const ANCHOR_SETS: usize = 64;
 /// Holdback window for custom patterns that can match without bound.
 const UNBOUNDED_WINDOW: usize = 1024;
 /// Holdback window for custom patterns whose prefixes could not be derived:
@@ -755,22 +752,15 @@ impl DetectorSet {
         // Each detector the text may hold, with the need it can be windowed
         // around if any. Those that search the context search all of it:
         // context and held text are short in a stream.
-        let mut plan: Vec<(usize, Option<&needs::Need>)> = Vec::new();
-        let reaches = |det: usize| {
-            from > 0
-                && self
-                    .detectors
-                    .get(det)
-                    .is_some_and(|d| d.kind.reaches_back())
-        };
+        let mut plan: Vec<Planned<'_>> = Vec::new();
         for (det, d) in self.detectors.iter().enumerate() {
             // A gitleaks rule applies only to a text with one of its
             // keywords: what it says, and a prefilter too.
             if d.gitleaks.as_ref().is_some_and(|g| !g.applies(hay)) {
                 continue;
             }
-            let whole = reaches(det);
-            let anchor = match (filter, whole) {
+            let reaches = from > 0 && d.kind.reaches_back();
+            let anchor = match (filter, reaches) {
                 (Filter::Off, _) => None,
                 (Filter::On, false) => match d.needs.check(searched.len(), &hist) {
                     Some(anchor) => anchor,
@@ -781,13 +771,12 @@ impl DetectorSet {
                     if d.needs.check(hay.len(), counts).is_none() {
                         continue;
                     }
-                    plan.push((det, None));
-                    continue;
+                    None
                 }
             };
             // Windows pay off where they are likely to leave most of the
             // text out: at most one group of `min` anchors per `max` bytes.
-            let windowed = match (anchor, d.needs.max_len) {
+            let need = match (anchor, d.needs.max_len) {
                 (Some((need, count)), Some(max))
                     if searched.len() >= WINDOWED_MIN
                         && count.saturating_mul(max) <= searched.len().saturating_mul(need.min) =>
@@ -796,97 +785,69 @@ impl DetectorSet {
                 }
                 _ => None,
             };
-            plan.push((det, windowed));
+            plan.push(Planned {
+                det,
+                d,
+                reaches,
+                need,
+                windows: None,
+            });
         }
         // Several detectors to search whole: one pass of the set over the
         // text says which have a candidate at all (cheaper than a search
-        // each). Its answer holds for the windowed ones too.
+        // each). Its answer holds for the windowed ones too. (The set
+        // searches from `from`: it cannot speak for detectors that search
+        // the context.)
         let set = self.prefilter.as_ref().filter(|_| filter == Filter::On);
-        let whole = plan.iter().filter(|(_, w)| w.is_none()).count();
+        let whole = plan.iter().filter(|p| p.need.is_none()).count();
         let mut candidates = set
             .filter(|_| whole >= SET_MIN)
-            .map(|s| s.matches_at(hay, from));
-        // (The set searched from `from`: it cannot speak for detectors
-        // that search the context.)
+            .map(|s| Candidates::of(s, hay, from));
         if let Some(c) = &candidates {
-            plan.retain(|(det, _)| reaches(*det) || c.matched(*det));
+            plan.retain(|p| p.reaches || c.matched(p.det));
         }
-        // The anchors of each set, in one more pass.
-        let mut anchors: Vec<needs::ByteSet> = Vec::new();
-        let mut plan: Vec<(usize, Option<(usize, usize)>)> = plan
-            .into_iter()
-            .map(|(det, need)| {
-                let k = need.and_then(|need| {
-                    let k = anchors.iter().position(|a| *a == need.set).or_else(|| {
-                        (anchors.len() < ANCHOR_SETS).then(|| {
-                            anchors.push(need.set);
-                            anchors.len() - 1
-                        })
-                    })?;
-                    Some((k, need.min))
-                });
-                (det, k)
-            })
-            .collect();
-        let mut at: Vec<Vec<usize>> = vec![Vec::new(); anchors.len()];
-        if !anchors.is_empty() {
-            let mut table = [0u64; 256];
-            for (k, set) in anchors.iter().enumerate() {
-                for b in set.bytes() {
-                    if let Some(bits) = table.get_mut(usize::from(b)) {
-                        *bits |= 1 << k;
-                    }
-                }
-            }
-            for (p, &b) in searched.as_bytes().iter().enumerate() {
-                let p = from + p;
-                // A `u8` indexes 256 entries (the fallback: every set).
-                let mut bits = table.get(usize::from(b)).copied().unwrap_or(u64::MAX);
-                while bits != 0 {
-                    if let Some(list) = at.get_mut(bits.trailing_zeros() as usize) {
-                        list.push(p);
-                    }
-                    bits &= bits - 1;
-                }
-            }
+        // Where the anchors of each need are, each set found once.
+        let mut anchors: Vec<&needs::Need> = Vec::new();
+        let mut anchor_of: Vec<Option<usize>> = Vec::with_capacity(plan.len());
+        for p in &plan {
+            anchor_of.push(p.need.map(|need| {
+                anchors
+                    .iter()
+                    .position(|a| a.set == need.set)
+                    .unwrap_or_else(|| {
+                        anchors.push(need);
+                        anchors.len() - 1
+                    })
+            }));
         }
-        // Windows per detector: `None` to search the whole text, none at
-        // all when no match can be in it.
-        let mut windows: Vec<(usize, Option<Windows>)> = Vec::with_capacity(plan.len());
-        for (det, windowed) in plan.drain(..) {
-            let max = self.detectors.get(det).and_then(|d| d.needs.max_len);
-            let w = match (windowed, max) {
-                (Some((k, min)), Some(max)) => {
-                    let mut w = Vec::new();
-                    let positions = at.get(k).map_or(&[][..], Vec::as_slice);
-                    windows_around(hay, positions, min, max, &mut w);
-                    for window in &mut w {
-                        window.0 = window.0.max(from);
-                    }
-                    w.retain(|(start, end)| start < end);
-                    // Windows covering most of the text: one search is
-                    // cheaper.
-                    let covered: usize = w.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
-                    (covered.saturating_mul(10) <= searched.len().saturating_mul(9)).then_some(w)
-                }
-                _ => None,
+        let at = anchor_positions(&anchors, hay.as_bytes(), from, &hist);
+        // Windows per detector: `None` to search the whole text.
+        for (p, k) in plan.iter_mut().zip(anchor_of) {
+            let (Some(need), Some(k), Some(max)) = (p.need, k, p.d.needs.max_len) else {
+                continue;
             };
-            windows.push((det, w));
+            let mut w = Vec::new();
+            let positions = at.get(k).map_or(&[][..], Vec::as_slice);
+            windows_around(hay, positions, need.min, max, &mut w);
+            for window in &mut w {
+                window.0 = window.0.max(from);
+            }
+            w.retain(|(start, end)| start < end);
+            // Windows covering most of the text: one search is cheaper.
+            let covered: usize = w.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
+            p.windows =
+                (covered.saturating_mul(10) <= searched.len().saturating_mul(9)).then_some(w);
         }
-        if candidates.is_none() && windows.iter().filter(|(_, w)| w.is_none()).count() >= SET_MIN {
-            candidates = set.map(|s| s.matches_at(hay, from));
+        if candidates.is_none() && plan.iter().filter(|p| p.windows.is_none()).count() >= SET_MIN {
+            candidates = set.map(|s| Candidates::of(s, hay, from));
         }
         let (full, whole) = ([(from, hay.len())], [(0, hay.len())]);
-        for (det, w) in &windows {
-            let Some(d) = self.detectors.get(*det) else {
-                continue;
-            };
-            let reaches = reaches(*det);
-            if !reaches && candidates.as_ref().is_some_and(|c| !c.matched(*det)) {
+        for p in &plan {
+            if !p.reaches && candidates.as_ref().is_some_and(|c| !c.matched(p.det)) {
                 continue;
             }
-            let span: &[(usize, usize)] = if reaches { &whole } else { &full };
-            d.scan(*det, hay, w.as_deref().unwrap_or(span), out);
+            let span: &[(usize, usize)] = if p.reaches { &whole } else { &full };
+            p.d.scan(p.det, hay, p.windows.as_deref().unwrap_or(span), out);
         }
         if depth < encoded::MAX_DEPTH {
             encoded::scan(hay, from, budget, out, &mut |decoded, budget, inner| {
@@ -911,6 +872,33 @@ impl DetectorSet {
                 })
             })
             .collect()
+    }
+}
+
+/// Which detectors have a match in a text, by the set of all of them.
+enum Candidates {
+    None,
+    Some(regex::SetMatches),
+}
+
+impl Candidates {
+    /// The set's answer for `hay` from `from`. Most texts hold no candidate
+    /// at all: a search that stops at the first match (the DFA's fast loop)
+    /// says so at a fraction of the cost of the overlapping search that
+    /// names every detector matched.
+    fn of(set: &RegexSet, hay: &str, from: usize) -> Candidates {
+        if set.is_match_at(hay, from) {
+            Candidates::Some(set.matches_at(hay, from))
+        } else {
+            Candidates::None
+        }
+    }
+
+    fn matched(&self, det: usize) -> bool {
+        match self {
+            Candidates::None => false,
+            Candidates::Some(m) => m.matched(det),
+        }
     }
 }
 
@@ -1126,6 +1114,88 @@ fn count(hist: &mut [u32; 256], b: u8) {
     if let Some(n) = hist.get_mut(usize::from(b)) {
         *n += 1;
     }
+}
+
+/// A detector to run on a text (see `DetectorSet::collect_with`).
+struct Planned<'d> {
+    det: usize,
+    d: &'d Detector,
+    /// It searches the left context too (see [`Kind::reaches_back`]).
+    reaches: bool,
+    /// The need whose bytes its windows are around, if windowed.
+    need: Option<&'d needs::Need>,
+    /// The windows every match lies in; `None`: the whole text.
+    windows: Option<Windows>,
+}
+
+/// Where the bytes of each need's set are in `bytes` from `from` (whose
+/// counts are `hist`), ascending. A set inside one already found (the
+/// digits `1-9` of phones in all digits) is picked out of its positions;
+/// any other is searched.
+fn anchor_positions(
+    anchors: &[&needs::Need],
+    bytes: &[u8],
+    from: usize,
+    hist: &[u32; 256],
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..anchors.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(anchors.get(k).map_or(0, |a| a.members.len())));
+    let mut at: Vec<Vec<usize>> = vec![Vec::new(); anchors.len()];
+    for (i, &k) in order.iter().enumerate() {
+        let Some(need) = anchors.get(k) else {
+            continue;
+        };
+        let superset = order.get(..i).unwrap_or_default().iter().find_map(|&j| {
+            let a = anchors.get(j)?;
+            need.set.is_subset(&a.set).then(|| at.get(j)).flatten()
+        });
+        let found = match superset {
+            Some(within) => within
+                .iter()
+                .copied()
+                .filter(|&p| bytes.get(p).is_some_and(|&b| need.set.contains(b)))
+                .collect(),
+            None => {
+                let count = need
+                    .members
+                    .iter()
+                    .map(|&b| hist.get(usize::from(b)).map_or(0, |&n| n as usize))
+                    .sum();
+                positions(
+                    bytes.get(from..).unwrap_or_default(),
+                    from,
+                    &need.members,
+                    count,
+                )
+            }
+        };
+        if let Some(slot) = at.get_mut(k) {
+            *slot = found;
+        }
+    }
+    at
+}
+
+/// The offsets (plus `base`) of the bytes of `members` in `bytes`,
+/// ascending: memchr's searches, three bytes at a time.
+/// `count` is how many there are (from the histogram).
+fn positions(bytes: &[u8], base: usize, members: &[u8], count: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(count);
+    for group in members.chunks(3) {
+        match *group {
+            [a] => out.extend(memchr::memchr_iter(a, bytes)),
+            [a, b] => out.extend(memchr::memchr2_iter(a, b, bytes)),
+            [a, b, c] => out.extend(memchr::memchr3_iter(a, b, c, bytes)),
+            _ => {}
+        }
+    }
+    if members.len() > 3 {
+        out.sort_unstable();
+    }
+    for p in &mut out {
+        *p += base;
+    }
+    out
 }
 
 /// The windows of `hay` that can hold a match of at most `max` bytes with

@@ -55,7 +55,7 @@ impl ByteSet {
         }
     }
 
-    fn contains(&self, b: u8) -> bool {
+    pub(super) fn contains(&self, b: u8) -> bool {
         self.0
             .get(usize::from(b >> 6))
             .is_some_and(|word| word & (1 << (b & 63)) != 0)
@@ -69,7 +69,7 @@ impl ByteSet {
         out
     }
 
-    fn is_subset(&self, other: &ByteSet) -> bool {
+    pub(super) fn is_subset(&self, other: &ByteSet) -> bool {
         self.0.iter().zip(other.0).all(|(a, b)| a & !b == 0)
     }
 

@@ -177,6 +177,20 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         "{}.{}.{}",
         "eyJhbGciOiJIUzI1NiJ9", "eyJzdWIiOiIxIn0=", "c2lnbmF0dXJl+3NpZw=="
     );
+    let spaced: Vec<String> = [
+        "{\"alg\":\"none\"}",
+        "{ \"alg\": \"none\" }",
+        "{\n  \"alg\": \"none\"\n}",
+        "{\r\n\"alg\":\"none\"}",
+        "{\t\"alg\":\"none\"}",
+        "{  \"alg\":\"none\"}",
+        "{\"9\":1,\"alg\":\"x\"}",
+        "{\"\u{e9}\":1,\"alg\":\"x\"}",
+        "{\n\n\"alg\":\"x\"}",
+    ]
+    .iter()
+    .map(|header| jwt(header, r#"{"sub":"1"}"#))
+    .collect();
     let azure = format!("Xy1{}Q~{}", "8", body(34, 70, ALNUM));
     let bedrock = format!("ABSK{}{}", "QmVkcm9ja0FQSUtleS", body(110, 71, B64));
     vec![
@@ -295,6 +309,9 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (Jwt, format!("Authorization: Bearer {token}"), vec![token.clone()]),
         (Jwt, format!("token {padded}"), vec![padded.clone()]),
         (Jwt, format!("{no_alg} eyes.are.blue eyJub3Rqc29u.eyJzdWIiOiIxIn0.sig"), vec![]),
+        // Headers as any JSON writer may print them: after `{`, a space, a
+        // newline, CRLF or a tab, and then any first character of a key.
+        (Jwt, spaced.join(" "), spaced.clone()),
         // secret assignments
         (SecretAssignment, s("password=Xy7#kLm9pQ"), vec![s("Xy7#kLm9pQ")]),
         (SecretAssignment, s(r#"{"api_key": "a8f3K2m9Qz1x", "user": "bob"}"#), vec![s("a8f3K2m9Qz1x")]),
