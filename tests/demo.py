@@ -225,7 +225,7 @@ def showcase(demo: Demo) -> None:
     stack.provider_clear()
     try:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content":
-                                       "deploy with ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"}])
+                                       "deploy with 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"}])
         raise DemoFailed("the key went through")
     except openai.PermissionDeniedError as err:
         demo.say(f"openai.PermissionDeniedError: {err.message}")

@@ -17,7 +17,7 @@ from harness.stack import ROOT, Stack, default_filter_config, http
 EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"
 AWS_KEY = "AK" "IA" "QYLPMN5RTB7DZ4UF"  # not AWS's documented EXAMPLE key, which is a placeholder
-GITHUB = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+GITHUB = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o50smkjE"  # its CRC32 ends it, as GitHub's do
 
 
 # A gitleaks rule file, as a security team keeps one: its keywords, entropy

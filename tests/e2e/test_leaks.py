@@ -16,6 +16,7 @@ import random
 import secrets
 import string
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def luhn_card(prefix: str = "4", length: int = 16) -> str:
         total += sum(divmod(d * 2, 10)) if i % 2 == 0 else d
     card = "".join(map(str, digits)) + str((10 - total % 10) % 10)
     return " ".join(card[i:i + 4] for i in range(0, length, 4))
+
+
+def github_token() -> str:
+    """ghp_, 30 random characters, their CRC32 in six base62 digits (GitHub's format)."""
+    body = rand(30)
+    n, check = zlib.crc32(body.encode()), ""
+    for _ in range(6):
+        n, digit = divmod(n, 62)
+        check = (string.digits + string.ascii_uppercase + string.ascii_lowercase)[digit] + check
+    return "ghp_" + body + check
 
 
 def iban_de() -> str:
@@ -73,7 +84,7 @@ def corpus() -> dict[str, str]:
         "ipv4": f"10.{random.randrange(1, 250)}.{random.randrange(1, 250)}.{random.randrange(1, 250)}",
         "aws_key_id": "AKIA" + rand(16, string.ascii_uppercase + string.digits),
         "aws_secret": rand(40, ALNUM + "/+"),
-        "github": "ghp_" + rand(36),
+        "github": github_token(),
         "slack": f"xoxb-{random.randrange(10**11, 10**12)}-{random.randrange(10**12, 10**13)}-{rand(24)}",
         "stripe": "sk_live_" + rand(24),
         "openai": "sk-" + rand(48),

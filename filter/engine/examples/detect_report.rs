@@ -650,11 +650,10 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
         (GithubToken, true) => (
             none(),
             match rng.below(2) {
-                0 => format!(
-                    "gh{}_{}",
-                    rng.pick(&["p", "o", "u", "s", "r"]),
-                    rng.chars(36, ALNUM)
-                ),
+                0 => {
+                    let kind = rng.pick(&["p", "o", "u", "s", "r"]);
+                    github_token(kind, &rng.chars(30, ALNUM), 0)
+                }
                 _ => format!(
                     "github_pat_{}",
                     rng.chars(
@@ -666,9 +665,11 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
         ),
         (GithubToken, false) => (
             none(),
-            match rng.below(2) {
+            match rng.below(3) {
                 0 => format!("ghp_{}", rng.chars(20, ALNUM)),
-                _ => format!("ghp_{}", "x".repeat(36)),
+                1 => format!("ghp_{}", "x".repeat(36)),
+                // a near-miss: the checksum one off
+                _ => github_token("p", &rng.chars(30, ALNUM), 1),
             },
         ),
         (GitlabToken, true) => (
@@ -733,11 +734,15 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
         ),
         (StripeKey, false) => (
             none(),
-            format!(
-                "pk_{}_{}",
-                rng.pick(&["live", "test"]),
-                rng.chars(24, ALNUM)
-            ),
+            match rng.below(2) {
+                0 => format!(
+                    "pk_{}_{}",
+                    rng.pick(&["live", "test"]),
+                    rng.chars(24, ALNUM)
+                ),
+                // the key Stripe's documentation hands out
+                _ => "sk_test_4eC39HqLyjWDarjtT1zdp7dc".to_owned(),
+            },
         ),
         (GoogleApiKey, true) => (none(), format!("AIza{}", rng.chars(35, URL64))),
         (GoogleApiKey, false) => (none(), format!("AIza{}", rng.chars(20, ALNUM))),
@@ -926,4 +931,17 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A GitHub token of the documented shape (`gh{kind}_`, 30 random
+/// characters, their CRC32 in six base62 digits), its checksum plus `skew`.
+fn github_token(kind: &str, random: &str, skew: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = crc32fast::hash(random.as_bytes()).wrapping_add(skew);
+    let mut check = [b'0'; 6];
+    for d in check.iter_mut().rev() {
+        *d = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    format!("gh{kind}_{random}{}", String::from_utf8_lossy(&check))
 }

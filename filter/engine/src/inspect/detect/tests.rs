@@ -60,6 +60,19 @@ fn found<'t>(s: &DetectorSet, text: &'t str) -> Vec<&'t str> {
     s.find(text).iter().map(|f| &text[f.start..f.end]).collect()
 }
 
+/// A GitHub token of the documented shape: `gh{kind}_`, 30 random
+/// characters, their CRC32 in six base62 digits.
+pub(super) fn github_token(kind: &str, random: &str) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = crc32fast::hash(random.as_bytes());
+    let mut check = [b'0'; 6];
+    for d in check.iter_mut().rev() {
+        *d = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    format!("gh{kind}_{random}{}", String::from_utf8_lossy(&check))
+}
+
 fn jwt(header: &str, payload: &str) -> String {
     format!(
         "{}.{}.{}",
@@ -89,7 +102,13 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
     // Not AWS's documented sample keys: they are placeholders (see
     // `documentation_placeholders_are_not_secrets`).
     let aws_secret = body(40, 61, B64);
-    let ghp = format!("gh{}_{}", "p", body(36, 1, ALNUM));
+    let ghp = github_token("p", &body(30, 1, ALNUM));
+    let near_miss = {
+        let mut t = github_token("o", &body(30, 2, ALNUM));
+        let last = if t.ends_with('a') { "b" } else { "a" };
+        t.replace_range(39.., last);
+        t
+    };
     let pat = format!(
         "github_{}_{}",
         "pat",
@@ -240,6 +259,8 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         // IPv4
         (Ipv4, s("server at 192.168.1.20. and 10.0.0.1"), vec![s("192.168.1.20"), s("10.0.0.1")]),
         (Ipv4, s("1.2.3, version 1.2.3.4, v1.2.3.4, 256.1.1.1, 1.2.3.4.5, 01.02.03.04"), vec![]),
+        // at the edge of a dotted run of names, not of numbers
+        (Ipv4, s("db.10.0.0.7.nip.io, host.192.168.0.1; 1.3.6.1.4.1.311, 9.10.0.0.7"), vec![s("10.0.0.7"), s("192.168.0.1")]),
         // IPv6
         (Ipv6, s("hosts 2001:db8::8a2e:370:7334 and fe80::1ff:fe23:4567:890a."), vec![s("2001:db8::8a2e:370:7334"), s("fe80::1ff:fe23:4567:890a")]),
         (Ipv6, s("mapped ::ffff:192.0.2.128, full 2001:0db8:0000:0000:0000:ff00:0042:8329"), vec![s("::ffff:192.0.2.128"), s("2001:0db8:0000:0000:0000:ff00:0042:8329")]),
@@ -280,6 +301,9 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         // tokens
         (GithubToken, format!("token {ghp} and {pat}"), vec![ghp.clone(), pat.clone()]),
         (GithubToken, format!("gh{}_short and {ghp}x_", "p"), vec![]),
+        // the CRC32 at the end: a near-miss, and GitHub's documentation sample
+        (GithubToken, format!("{near_miss} gh{}_16C7e42F292c6912E7710c838347Ae178B4a", "o"), vec![]),
+        (GithubToken, format!("{} {}", github_token("s", &"Ab1".repeat(10)), github_token("u", &body(30, 3, ALNUM))), vec![github_token("s", &"Ab1".repeat(10)), github_token("u", &body(30, 3, ALNUM))]),
         (GitlabToken, format!("{glpat}."), vec![glpat.clone()]),
         (GitlabToken, format!("glp{}-short", "at"), vec![]),
         (GitlabToken, gitlab_family.join(" "), gitlab_family.clone()),
@@ -291,6 +315,8 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (SlackToken, format!("post to {hook} now"), vec![hook.clone()]),
         (SlackToken, format!("xa{}-1-short xo{}-1-short https://hooks.slack.com/services/ x{}", "pp", "xe", xapp), vec![]),
         (StripeKey, format!("signing {whsec}"), vec![whsec.clone()]),
+        // keys Stripe's own documentation hands out
+        (StripeKey, format!("sk_{}_4eC39HqLyjWDarjtT1zdp7dc", "test"), vec![]),
         (StripeKey, format!("pk_{}_{} pk_{}_{} wh{}_short", "live", body(99, 43, ALNUM), "test", body(24, 44, ALNUM), "sec"), vec![]),
         (SlackToken, format!("xox{}-{} xox{}-{}", "z", "123456789012-abc", "b", "abcdefghijklmn"), vec![]),
         (StripeKey, format!("{stripe} {stripe_rk} {stripe_test}"), vec![stripe.clone(), stripe_rk.clone(), stripe_test.clone()]),

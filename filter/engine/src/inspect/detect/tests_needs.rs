@@ -111,7 +111,7 @@ fn values() -> Vec<String> {
         format!("AKIA{}", random(16, 4, UPPER)),
         format!("aws_secret_access_key = {}", random(40, 5, B64)),
         format!("AWS secret is {}", random(40, 6, B64)),
-        format!("ghp_{}", random(36, 7, ALNUM)),
+        super::tests::github_token("p", &random(30, 7, ALNUM)),
         format!("github_pat_{}", random(40, 8, ALNUM)),
         format!("glpat-{}", random(20, 9, ALNUM)),
         format!(

@@ -1,7 +1,8 @@
 //! Validators of identifiers with a structure of their own: MAC addresses,
 //! US ITINs, UK NHS numbers (mod 11), crypto wallet addresses (base58check,
-//! bech32/bech32m, EIP-55), and document numbers told apart by the words
-//! before them (passports, driving licences). Also every list of context
+//! bech32/bech32m, EIP-55), GitHub tokens (CRC32), keys that vendors publish
+//! as samples, and document numbers told apart by the words before them
+//! (passports, driving licences). Also every list of context
 //! words (SSN's, ITIN's, NHS's, wallets'): what words count is an explicit
 //! list per kind, matched on the candidate's own line, before it (see
 //! [`context_words`]).
@@ -195,6 +196,47 @@ pub(super) fn document_number(hay: &str, value: (usize, usize)) -> Option<(usize
     let s = hay.get(value.0..value.1)?;
     let digits = s.bytes().filter(u8::is_ascii_digit).count();
     (digits >= 2 && !next_is(hay, value.1, |c| c.is_ascii_alphanumeric())).then_some(value)
+}
+
+/// GitHub's tokens of the documented shape (`ghp_`, `gho_`, `ghu_`, `ghs_`,
+/// `ghr_` and 36 base62 characters) end with the CRC32 of the 30 before
+/// them, written in base62 (`0-9A-Za-z`, six digits, leading zeros): a
+/// near-miss (a typo, a made-up value such as the one in GitHub's own
+/// documentation) is no token. Other lengths, and fine-grained
+/// `github_pat_` tokens, have no published checksum: kept.
+pub(super) fn github_checksum(s: &str) -> bool {
+    let prefixed = s.len() == 40 && s.as_bytes().get(3) == Some(&b'_');
+    let (Some(random), Some(check)) = (s.get(4..34), s.get(34..)) else {
+        return true;
+    };
+    !prefixed || base62_6(crc32fast::hash(random.as_bytes())) == check.as_bytes()
+}
+
+/// `n` in six base62 digits (`62^6` > `u32::MAX`), as GitHub writes them.
+fn base62_6(mut n: u32) -> [u8; 6] {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 6];
+    for digit in out.iter_mut().rev() {
+        // `n % 62` indexes 62 digits.
+        *digit = DIGITS.get((n % 62) as usize).copied().unwrap_or(b'0');
+        n /= 62;
+    }
+    out
+}
+
+/// Keys that vendors print in their documentation and SDK samples for
+/// everyone to copy: public by design, so not secrets (AWS's are told by
+/// their `EXAMPLE`, see `placeholder`).
+const PUBLISHED_SAMPLES: [&str; 3] = [
+    // Stripe's API reference and quick starts.
+    "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    "sk_test_BQokikJOvBiI2HlWgH4olfQ2",
+    "sk_test_26PHem9AhJZvU623DfE1x4sd",
+];
+
+/// Whether `s` is one of the [`PUBLISHED_SAMPLES`].
+pub(super) fn published_sample(s: &str) -> bool {
+    PUBLISHED_SAMPLES.contains(&s)
 }
 
 #[cfg(test)]

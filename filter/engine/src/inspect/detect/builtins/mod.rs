@@ -308,7 +308,9 @@ pub(super) fn validate(
         Builtin::AzureClientSecret | Builtin::AwsBedrockKey => {
             !next_is(hay, end, |c| is_token_char(c) || c == '~' || c == '.')
         }
-        Builtin::AwsAccessKeyId | Builtin::GithubToken | Builtin::StripeKey => true,
+        Builtin::GithubToken => ids::github_checksum(s),
+        Builtin::StripeKey => !ids::published_sample(s),
+        Builtin::AwsAccessKeyId => true,
         Builtin::AwsSecretKey => {
             // The pattern ends with 40 ASCII characters.
             let value = end.saturating_sub(40);
@@ -933,11 +935,18 @@ fn ipv4(hay: &str, start: usize, end: usize) -> bool {
     if s.parse::<Ipv4Addr>().is_err() {
         return false;
     }
+    // A longer run of dotted numbers (an OID, a version) holds no address;
+    // the labels of a host name around one (`db.10.0.0.7.nip.io`) do not
+    // make it less of one.
     let prev = lead.chars().next_back();
+    let number_before = lead
+        .strip_suffix('.')
+        .and_then(|l| l.chars().next_back())
+        .is_some_and(|c| c.is_ascii_digit());
     let mut after = rest.chars();
     let dotted_after =
         after.next() == Some('.') && after.next().is_some_and(|c| c.is_ascii_digit());
-    if matches!(prev, Some('.' | '-')) || dotted_after {
+    if prev == Some('-') || number_before || dotted_after {
         return false;
     }
     // The word before (split on characters, so a multi-byte one before the
