@@ -215,6 +215,15 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
                 _ => format!("{}@{}", rng.chars(5, LOWER), rng.chars(6, LOWER)),
             },
         ),
+        // A country code without `+`, after words that say it is a phone.
+        (Phone, true) if rng.below(6) == 0 => (
+            rng.pick(&["call ", "Tel: ", "mobile ", "phone: "]).into(),
+            match rng.below(3) {
+                0 => format!("44 20 {} {}", rng.digits(4), rng.digits(4)),
+                1 => format!("972-3-{}-{}", rng.digits(3), rng.digits(4)),
+                _ => format!("86 13{} {} {}", rng.below(10), rng.digits(4), rng.digits(4)),
+            },
+        ),
         (Phone, true) => (
             none(),
             match rng.below(10) {
@@ -251,6 +260,11 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
                 ),
                 _ => format!("{}{} {}", rng.below(4) + 6, rng.digits(4), rng.digits(5)),
             },
+        ),
+        // The same digits with no word saying they are a phone number.
+        (Phone, false) if rng.below(6) == 0 => (
+            rng.pick(&["order ", "ref ", "id "]).into(),
+            format!("44 20 {} {}", rng.digits(4), rng.digits(4)),
         ),
         (Phone, false) => (
             none(),

@@ -231,6 +231,9 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         (Phone, s("call +44 20 7946 0958 1234 5678 9 or +1 (415) 555-2671 123 456"), vec![s("+44 20 7946 0958"), s("+1 (415) 555-2671 123")]),
         (Phone, s("x+1 415 555 2671 and x+1 415 555"), vec![s("+1 415 555 2671")]),
         (Phone, s("+1 415 555 2671/3, +1 415 555, +12 34 56, 2+12 3456 7890"), vec![]),
+        // a country code without `+`: a phone number only after words that say so
+        (Phone, s("call 44 20 7946 0958; Tel: 972-3-123-4567, mobile 86 138 0013 8000"), vec![s("44 20 7946 0958"), s("972-3-123-4567"), s("86 138 0013 8000")]),
+        (Phone, s("order 44 20 7946 0958, call 12 34 56, call 44 20-7946 0958, call 3 1 2024"), vec![]),
         (Phone, s("pin 1234, in 2024, version 1.2.3, v10.0.19041, build 4155552671, 2024-01-15, 123-456-7890, 0123456789, 192.168.1.1"), vec![]),
         // national numbers: trunk 0 (Israel, 9 digits), `00` for `+`, China and India mobiles
         (Phone, s("office 03-1234567, mobile 052-1234567, abroad 0044 20 7946 0958 or 00972-54-123-4567"), vec![s("03-1234567"), s("052-1234567"), s("0044 20 7946 0958"), s("00972-54-123-4567")]),

@@ -25,6 +25,25 @@ pub(super) const SSN_CONTEXT: [&str; 6] = [
 /// Words that make a 9-digit number starting with 9 an ITIN where it is not
 /// written with dashes.
 const ITIN_CONTEXT: [&str; 4] = ["itin", "taxpayer", "tax id", "tin"];
+/// Words that make digit groups starting with a country code written
+/// without `+` a phone number.
+const PHONE_CONTEXT: [&str; 9] = [
+    "phone",
+    "tel",
+    "telephone",
+    "call",
+    "mobile",
+    "cell",
+    "fax",
+    "whatsapp",
+    "mob",
+];
+
+/// Whether the words before a number without `+` say it is a phone number.
+pub(super) fn phone_context(lead: &str) -> bool {
+    context_before(lead, &PHONE_CONTEXT)
+}
+
 /// Words that make a bare 10-digit number an NHS number.
 const NHS_CONTEXT: [&str; 2] = ["nhs", "health service"];
 /// Words that make an unchecksummed (all one case) `0x` address a wallet.

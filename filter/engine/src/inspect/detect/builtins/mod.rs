@@ -109,6 +109,9 @@ pub(super) fn definition(b: Builtin) -> Def {
                 r"|00[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){1,6}",
                 // national mobile shapes: China 3-4-4, India 5-5
                 r"|1[3-9][0-9][ -][0-9]{4}[ -][0-9]{4}|[6-9][0-9]{4}[ -][0-9]{5}",
+                // a country code without `+` (`44 20 7946 0958`): only after
+                // words that say it is a phone number
+                r"|(?-u:\b)[1-9][0-9]{0,2}[ .-][0-9]{1,4}(?:[ .-][0-9]{2,5}){1,4}",
             ),
         },
         Builtin::PaymentCard => def(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)"),
@@ -529,7 +532,8 @@ fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         _ => (false, 0),
     };
     if !international && !matches!(s.first(), Some(b'0' | b'(')) && !north_american(s) {
-        return (national_mobile(s)
+        return ((national_mobile(s)
+            || (without_plus(s) && ids::phone_context(before(hay, start))))
             && !glued_number(hay, start, true)
             && !glued_number(hay, end, false))
         .then_some((start, end));
@@ -625,6 +629,17 @@ fn national_mobile(s: &[u8]) -> bool {
             (2, [5, 5, ..]) => (b'6'..=b'9').contains(&first),
             _ => false,
         }
+}
+
+/// A country code written without `+` and the national number: 1 to 3
+/// digits, then at least two groups of one kind of separator, 9 to 15
+/// digits in all (E.164's most).
+fn without_plus(s: &[u8]) -> bool {
+    let Some((sizes, n, one_kind)) = digit_groups(s) else {
+        return false;
+    };
+    let digits: usize = sizes.iter().sum();
+    one_kind && n >= 3 && sizes.first().is_some_and(|&cc| cc <= 3) && (9..=15).contains(&digits)
 }
 
 /// Digit count within `digits`, at most one pair of parentheses in order,
