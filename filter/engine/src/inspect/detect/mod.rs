@@ -781,7 +781,7 @@ impl DetectorSet {
                     if searched.len() >= WINDOWED_MIN
                         && count.saturating_mul(max) <= searched.len().saturating_mul(need.min) =>
                 {
-                    Some(need)
+                    Some((need, count))
                 }
                 _ => None,
             };
@@ -807,23 +807,23 @@ impl DetectorSet {
             plan.retain(|p| p.reaches || c.matched(p.det));
         }
         // Where the anchors of each need are, each set found once.
-        let mut anchors: Vec<&needs::Need> = Vec::new();
+        let mut anchors: Vec<(&needs::Need, usize)> = Vec::new();
         let mut anchor_of: Vec<Option<usize>> = Vec::with_capacity(plan.len());
         for p in &plan {
             anchor_of.push(p.need.map(|need| {
                 anchors
                     .iter()
-                    .position(|a| a.set == need.set)
+                    .position(|(a, _)| a.set == need.0.set)
                     .unwrap_or_else(|| {
                         anchors.push(need);
                         anchors.len() - 1
                     })
             }));
         }
-        let at = anchor_positions(&anchors, hay.as_bytes(), from, &hist);
+        let at = anchor_positions(&anchors, hay.as_bytes(), from);
         // Windows per detector: `None` to search the whole text.
         for (p, k) in plan.iter_mut().zip(anchor_of) {
-            let (Some(need), Some(k), Some(max)) = (p.need, k, p.d.needs.max_len) else {
+            let (Some((need, _)), Some(k), Some(max)) = (p.need, k, p.d.needs.max_len) else {
                 continue;
             };
             let mut w = Vec::new();
@@ -1122,31 +1122,31 @@ struct Planned<'d> {
     d: &'d Detector,
     /// It searches the left context too (see [`Kind::reaches_back`]).
     reaches: bool,
-    /// The need whose bytes its windows are around, if windowed.
-    need: Option<&'d needs::Need>,
+    /// The need whose bytes its windows are around, if windowed, and how
+    /// many of them the searched text holds.
+    need: Option<(&'d needs::Need, usize)>,
     /// The windows every match lies in; `None`: the whole text.
     windows: Option<Windows>,
 }
 
-/// Where the bytes of each need's set are in `bytes` from `from` (whose
-/// counts are `hist`), ascending. A set inside one already found (the
+/// Where the bytes of each need's set are in `bytes` from `from` (each
+/// need with how many there are), ascending. A set inside one already found (the
 /// digits `1-9` of phones in all digits) is picked out of its positions;
 /// any other is searched.
 fn anchor_positions(
-    anchors: &[&needs::Need],
+    anchors: &[(&needs::Need, usize)],
     bytes: &[u8],
     from: usize,
-    hist: &[u32; 256],
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..anchors.len()).collect();
-    order.sort_by_key(|&k| std::cmp::Reverse(anchors.get(k).map_or(0, |a| a.members.len())));
+    order.sort_by_key(|&k| std::cmp::Reverse(anchors.get(k).map_or(0, |(a, _)| a.members.len())));
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); anchors.len()];
     for (i, &k) in order.iter().enumerate() {
-        let Some(need) = anchors.get(k) else {
+        let Some(&(need, count)) = anchors.get(k) else {
             continue;
         };
         let superset = order.get(..i).unwrap_or_default().iter().find_map(|&j| {
-            let a = anchors.get(j)?;
+            let (a, _) = anchors.get(j)?;
             need.set.is_subset(&a.set).then(|| at.get(j)).flatten()
         });
         let found = match superset {
@@ -1155,19 +1155,12 @@ fn anchor_positions(
                 .copied()
                 .filter(|&p| bytes.get(p).is_some_and(|&b| need.set.contains(b)))
                 .collect(),
-            None => {
-                let count = need
-                    .members
-                    .iter()
-                    .map(|&b| hist.get(usize::from(b)).map_or(0, |&n| n as usize))
-                    .sum();
-                positions(
-                    bytes.get(from..).unwrap_or_default(),
-                    from,
-                    &need.members,
-                    count,
-                )
-            }
+            None => positions(
+                bytes.get(from..).unwrap_or_default(),
+                from,
+                &need.members,
+                count,
+            ),
         };
         if let Some(slot) = at.get_mut(k) {
             *slot = found;

@@ -63,13 +63,7 @@ fn found<'t>(s: &DetectorSet, text: &'t str) -> Vec<&'t str> {
 /// A GitHub token of the documented shape: `gh{kind}_`, 30 random
 /// characters, their CRC32 in six base62 digits.
 pub(super) fn github_token(kind: &str, random: &str) -> String {
-    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut n = crc32fast::hash(random.as_bytes());
-    let mut check = [b'0'; 6];
-    for d in check.iter_mut().rev() {
-        *d = DIGITS[(n % 62) as usize];
-        n /= 62;
-    }
+    let check = builtins::ids::base62_6(crc32fast::hash(random.as_bytes()));
     format!("gh{kind}_{random}{}", String::from_utf8_lossy(&check))
 }
 

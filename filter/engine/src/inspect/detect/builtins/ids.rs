@@ -232,7 +232,7 @@ pub(super) fn github_checksum(s: &str) -> bool {
 }
 
 /// `n` in six base62 digits (`62^6` > `u32::MAX`), as GitHub writes them.
-fn base62_6(mut n: u32) -> [u8; 6] {
+pub(in crate::inspect::detect) fn base62_6(mut n: u32) -> [u8; 6] {
     const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = [b'0'; 6];
     for digit in out.iter_mut().rev() {
