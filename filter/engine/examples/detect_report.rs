@@ -217,10 +217,19 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
         ),
         // A country code without `+`, after words that say it is a phone.
         (Phone, true) if rng.below(6) == 0 => (
-            rng.pick(&["call ", "Tel: ", "mobile ", "phone: "]).into(),
-            match rng.below(3) {
+            rng.pick(&[
+                "call ",
+                "Tel: ",
+                "mobile ",
+                "phone: ",
+                "call me at ",
+                "Phone No.: ",
+            ])
+            .into(),
+            match rng.below(4) {
                 0 => format!("44 20 {} {}", rng.digits(4), rng.digits(4)),
                 1 => format!("972-3-{}-{}", rng.digits(3), rng.digits(4)),
+                2 => format!("44 7{} {}", rng.digits(3), rng.digits(6)),
                 _ => format!("86 13{} {} {}", rng.below(10), rng.digits(4), rng.digits(4)),
             },
         ),
@@ -263,7 +272,14 @@ fn generate(family: Builtin, rng: &mut Rng, positive: bool) -> (String, String) 
         ),
         // The same digits with no word saying they are a phone number.
         (Phone, false) if rng.below(6) == 0 => (
-            rng.pick(&["order ", "ref ", "id "]).into(),
+            rng.pick(&[
+                "order ",
+                "ref ",
+                "id ",
+                "Call counts: ",
+                "the API call took ",
+            ])
+            .into(),
             format!("44 20 {} {}", rng.digits(4), rng.digits(4)),
         ),
         (Phone, false) => (

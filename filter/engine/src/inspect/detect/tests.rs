@@ -228,6 +228,11 @@ pub(crate) fn cases() -> Vec<(Builtin, String, Vec<String>)> {
         // a country code without `+`: a phone number only after words that say so
         (Phone, s("call 44 20 7946 0958; Tel: 972-3-123-4567, mobile 86 138 0013 8000"), vec![s("44 20 7946 0958"), s("972-3-123-4567"), s("86 138 0013 8000")]),
         (Phone, s("order 44 20 7946 0958, call 12 34 56, call 44 20-7946 0958, call 3 1 2024"), vec![]),
+        // Groups of up to eight digits; digit groups after the number are not
+        // part of it; a few words may stand between the phone word and it.
+        (Phone, s("call 44 7911 123456, call me at 49 30 12345678 or Phone No.: 44 20 7946 0958 1234 5678"), vec![s("44 7911 123456"), s("49 30 12345678"), s("44 20 7946 0958")]),
+        // A phone word further back on the line, or an IPv4 address.
+        (Phone, s("the API call took 120 340 560 ms; Call counts: 120 340 560; call 10.128.200.101"), vec![]),
         (Phone, s("pin 1234, in 2024, version 1.2.3, v10.0.19041, build 4155552671, 2024-01-15, 123-456-7890, 0123456789, 192.168.1.1"), vec![]),
         // national numbers: trunk 0 (Israel, 9 digits), `00` for `+`, China and India mobiles
         (Phone, s("office 03-1234567, mobile 052-1234567, abroad 0044 20 7946 0958 or 00972-54-123-4567"), vec![s("03-1234567"), s("052-1234567"), s("0044 20 7946 0958"), s("00972-54-123-4567")]),

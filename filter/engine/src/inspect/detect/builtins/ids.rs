@@ -39,9 +39,35 @@ const PHONE_CONTEXT: [&str; 9] = [
     "mob",
 ];
 
-/// Whether the words before a number without `+` say it is a phone number.
+/// Words that may stand between a phone word and its number: `call me at`,
+/// `Phone No.:`, `mobile number is`.
+const PHONE_FILLERS: [&str; 17] = [
+    "me", "us", "at", "on", "number", "no", "nr", "num", "is", "my", "our", "your", "his", "her",
+    "their", "him", "them",
+];
+/// At most this many [`PHONE_FILLERS`] between the word and the number.
+const MAX_PHONE_FILLERS: usize = 3;
+
+/// Whether the words right before a number without `+` say it is a phone
+/// number: one of [`PHONE_CONTEXT`], then at most [`MAX_PHONE_FILLERS`]
+/// fillers, then only punctuation (`Tel: `, `call me at `). A phone word
+/// further back on the line says nothing of this number (`the API call
+/// took 120 340 560 ms`, `Call counts: 120 340 560`).
 pub(super) fn phone_context(lead: &str) -> bool {
-    context_before(lead, &PHONE_CONTEXT)
+    let line = lead.rsplit('\n').next().unwrap_or_default();
+    let is_in = |list: &[&str], word: &str| list.iter().any(|w| w.eq_ignore_ascii_case(word));
+    let mut words = line
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .rev();
+    for _ in 0..=MAX_PHONE_FILLERS {
+        match words.next() {
+            Some(word) if is_in(&PHONE_CONTEXT, word) => return true,
+            Some(word) if is_in(&PHONE_FILLERS, word) => continue,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Words that make a bare 10-digit number an NHS number.
@@ -288,6 +314,33 @@ mod tests {
             Some(false)
         );
         assert_eq!(eip55("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"), None);
+    }
+
+    #[test]
+    fn a_phone_word_counts_only_right_before_the_number() {
+        for lead in [
+            "call ",
+            "Tel: ",
+            "TEL. ",
+            "call us on ",
+            "Phone No.: ",
+            "mobile number is ",
+            "x (fax) ",
+        ] {
+            assert!(phone_context(lead), "{lead:?}");
+        }
+        for lead in [
+            "",
+            "hotel ",
+            "telemetry ",
+            "phone\n",
+            "Call counts: ",
+            "the API call to ",
+            "call me at my number ",
+            "call 12 34 56, ",
+        ] {
+            assert!(!phone_context(lead), "{lead:?}");
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub(super) fn definition(b: Builtin) -> Def {
                 r"|1[3-9][0-9][ -][0-9]{4}[ -][0-9]{4}|[6-9][0-9]{4}[ -][0-9]{5}",
                 // a country code without `+` (`44 20 7946 0958`): only after
                 // words that say it is a phone number
-                r"|(?-u:\b)[1-9][0-9]{0,2}[ .-][0-9]{1,4}(?:[ .-][0-9]{2,5}){1,4}",
+                r"|(?-u:\b)[1-9][0-9]{0,2}[ .-][0-9]{1,4}(?:[ .-][0-9]{2,8}){1,4}",
             ),
         },
         Builtin::PaymentCard => def(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)"),
@@ -533,28 +533,27 @@ fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         _ => (false, 0),
     };
     if !international && !matches!(s.first(), Some(b'0' | b'(')) && !north_american(s) {
-        return ((national_mobile(s)
-            || (without_plus(s) && ids::phone_context(before(hay, start))))
-            && !glued_number(hay, start, true)
-            && !glued_number(hay, end, false))
-        .then_some((start, end));
+        if glued_number(hay, start, true) {
+            return None;
+        }
+        if national_mobile(s) && !glued_number(hay, end, false) {
+            return Some((start, end));
+        }
+        if !ids::phone_context(before(hay, start)) {
+            return None;
+        }
+        // Digit groups after it that are no part of it (`call 44 20 7946
+        // 0958 12 34`): the longest head that is a number, as with `+`.
+        return longest_head(hay, start, s, without_plus).map(|i| (start, start + i));
     }
     if international {
         if glued_number(hay, start, true) || glued_number(hay, end, false) {
             return None;
         }
-        return (2..=s.len())
-            .rev()
-            .filter(|&i| {
-                s.get(i - 1)
-                    .is_some_and(|b| b.is_ascii_digit() || *b == b')')
-            })
-            .find(|&i| {
-                s.get(..i)
-                    .is_some_and(|head| phone_shape(head, (8 + extra, 15 + extra), false))
-                    && !glued_number(hay, start + i, false)
-            })
-            .map(|i| (start, start + i));
+        return longest_head(hay, start, s, |head| {
+            phone_shape(head, (8 + extra, 15 + extra), false)
+        })
+        .map(|i| (start, start + i));
     }
     // With a trunk `0`, nine digits are enough (Israel's `03-1234567`).
     let trunk = s.strip_prefix(b"(").unwrap_or(s).starts_with(b"0");
@@ -567,6 +566,24 @@ fn phone(hay: &str, start: usize, end: usize) -> Option<(usize, usize)> {
     // `x+1 415 555 2671`: the international candidate was glued, but the
     // national number is one; its country code goes with it.
     Some((country_code_before(hay, start).unwrap_or(start), end))
+}
+
+/// The length of the longest head of the candidate `s` (at `start`) that
+/// ends after a digit group, has the shape `is_number` and is not glued to
+/// what follows it (a piece of a number is not a number).
+fn longest_head(
+    hay: &str,
+    start: usize,
+    s: &[u8],
+    is_number: impl Fn(&[u8]) -> bool,
+) -> Option<usize> {
+    (2..=s.len())
+        .rev()
+        .filter(|&i| {
+            s.get(i - 1)
+                .is_some_and(|b| b.is_ascii_digit() || *b == b')')
+        })
+        .find(|&i| s.get(..i).is_some_and(&is_number) && !glued_number(hay, start + i, false))
 }
 
 /// The sizes of the digit groups of a candidate (at most [`GROUPS`]; more
@@ -634,13 +651,18 @@ fn national_mobile(s: &[u8]) -> bool {
 
 /// A country code written without `+` and the national number: 1 to 3
 /// digits, then at least two groups of one kind of separator, 9 to 15
-/// digits in all (E.164's most).
+/// digits in all (E.164's most); not an IPv4 address (`call 10.0.12.101`).
 fn without_plus(s: &[u8]) -> bool {
     let Some((sizes, n, one_kind)) = digit_groups(s) else {
         return false;
     };
     let digits: usize = sizes.iter().sum();
-    one_kind && n >= 3 && sizes.first().is_some_and(|&cc| cc <= 3) && (9..=15).contains(&digits)
+    let ipv4 = || std::str::from_utf8(s).is_ok_and(|s| s.parse::<Ipv4Addr>().is_ok());
+    one_kind
+        && n >= 3
+        && sizes.first().is_some_and(|&cc| cc <= 3)
+        && (9..=15).contains(&digits)
+        && !ipv4()
 }
 
 /// Digit count within `digits`, at most one pair of parentheses in order,
