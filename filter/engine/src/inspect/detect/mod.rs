@@ -1132,7 +1132,7 @@ struct Planned<'d> {
 /// Where the bytes of each need's set are in `bytes` from `from` (each
 /// need with how many there are), ascending. A set inside one already found (the
 /// digits `1-9` of phones in all digits) is picked out of its positions;
-/// any other is searched.
+/// the others are searched ([`search_positions`]).
 fn anchor_positions(
     anchors: &[(&needs::Need, usize)],
     bytes: &[u8],
@@ -1140,28 +1140,46 @@ fn anchor_positions(
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..anchors.len()).collect();
     order.sort_by_key(|&k| std::cmp::Reverse(anchors.get(k).map_or(0, |(a, _)| a.members.len())));
+    // For each need, the larger one (earlier in `order`) it is inside, if any.
+    let superset: Vec<Option<usize>> = (0..anchors.len())
+        .map(|k| {
+            let (need, _) = anchors.get(k)?;
+            order
+                .iter()
+                .take_while(|&&j| j != k)
+                .find(|&&j| {
+                    anchors
+                        .get(j)
+                        .is_some_and(|(a, _)| need.set.is_subset(&a.set))
+                })
+                .copied()
+        })
+        .collect();
+    let searched: Vec<usize> = (0..anchors.len())
+        .filter(|&k| superset.get(k).is_some_and(Option::is_none))
+        .collect();
     let mut at: Vec<Vec<usize>> = vec![Vec::new(); anchors.len()];
-    for (i, &k) in order.iter().enumerate() {
-        let Some(&(need, count)) = anchors.get(k) else {
+    let tail = bytes.get(from..).unwrap_or_default();
+    for (k, found) in searched
+        .iter()
+        .zip(search_positions(anchors, &searched, tail, from))
+    {
+        if let Some(slot) = at.get_mut(*k) {
+            *slot = found;
+        }
+    }
+    // Supersets come first in `order`: their positions are there already.
+    for &k in &order {
+        let (Some(&Some(j)), Some(&(need, _))) = (superset.get(k), anchors.get(k)) else {
             continue;
         };
-        let superset = order.get(..i).unwrap_or_default().iter().find_map(|&j| {
-            let (a, _) = anchors.get(j)?;
-            need.set.is_subset(&a.set).then(|| at.get(j)).flatten()
-        });
-        let found = match superset {
-            Some(within) => within
+        let found = at.get(j).map_or_else(Vec::new, |within| {
+            within
                 .iter()
                 .copied()
                 .filter(|&p| bytes.get(p).is_some_and(|&b| need.set.contains(b)))
-                .collect(),
-            None => positions(
-                bytes.get(from..).unwrap_or_default(),
-                from,
-                &need.members,
-                count,
-            ),
-        };
+                .collect()
+        });
         if let Some(slot) = at.get_mut(k) {
             *slot = found;
         }
@@ -1169,24 +1187,98 @@ fn anchor_positions(
     at
 }
 
-/// The offsets (plus `base`) of the bytes of `members` in `bytes`,
-/// ascending: memchr's searches, three bytes at a time.
-/// `count` is how many there are (from the histogram).
-fn positions(bytes: &[u8], base: usize, members: &[u8], count: usize) -> Vec<usize> {
-    let mut out = Vec::with_capacity(count);
-    for group in members.chunks(3) {
-        match *group {
-            [a] => out.extend(memchr::memchr_iter(a, bytes)),
-            [a, b] => out.extend(memchr::memchr2_iter(a, b, bytes)),
-            [a, b, c] => out.extend(memchr::memchr3_iter(a, b, c, bytes)),
-            _ => {}
+/// The offsets (plus `base`) of the bytes of each of the `searched` needs'
+/// sets in `bytes`, ascending, one list per need.
+///
+/// Natively (and in wasm with SIMD) memchr's searches, three bytes at a
+/// time, one pass per group: each pass costs little beside a byte loop.
+/// Wasm without SIMD (what Envoy is given) has only memchr's
+/// word-at-a-time fallback: there several passes cost more than one loop
+/// over the bytes that looks each up in a table of every set (measured in
+/// V8 against the passes: an 8 KB request 72 -> 52 µs, 64 KB 537 -> 341 µs,
+/// a stream of 500 events 4.3 -> 3.7 ms; short texts no different).
+fn search_positions(
+    anchors: &[(&needs::Need, usize)],
+    searched: &[usize],
+    bytes: &[u8],
+    base: usize,
+) -> Vec<Vec<usize>> {
+    if cfg!(all(target_arch = "wasm32", not(target_feature = "simd128"))) {
+        table_positions(anchors, searched, bytes, base)
+    } else {
+        memchr_positions(anchors, searched, bytes, base)
+    }
+}
+
+/// [`search_positions`] with memchr.
+fn memchr_positions(
+    anchors: &[(&needs::Need, usize)],
+    searched: &[usize],
+    bytes: &[u8],
+    base: usize,
+) -> Vec<Vec<usize>> {
+    searched
+        .iter()
+        .map(|&k| {
+            let Some(&(need, count)) = anchors.get(k) else {
+                return Vec::new();
+            };
+            let mut out = Vec::with_capacity(count);
+            for group in need.members.chunks(3) {
+                match *group {
+                    [a] => out.extend(memchr::memchr_iter(a, bytes)),
+                    [a, b] => out.extend(memchr::memchr2_iter(a, b, bytes)),
+                    [a, b, c] => out.extend(memchr::memchr3_iter(a, b, c, bytes)),
+                    _ => {}
+                }
+            }
+            if need.members.len() > 3 {
+                out.sort_unstable();
+            }
+            for p in &mut out {
+                *p += base;
+            }
+            out
+        })
+        .collect()
+}
+
+/// [`search_positions`] in one pass per 64 needs (always one, with the
+/// built-ins), each byte looked up in a table of the sets it is in.
+fn table_positions(
+    anchors: &[(&needs::Need, usize)],
+    searched: &[usize],
+    bytes: &[u8],
+    base: usize,
+) -> Vec<Vec<usize>> {
+    let mut out = Vec::with_capacity(searched.len());
+    for chunk in searched.chunks(64) {
+        let mut lists: Vec<Vec<usize>> = chunk
+            .iter()
+            .map(|&k| Vec::with_capacity(anchors.get(k).map_or(0, |&(_, count)| count)))
+            .collect();
+        let mut table = [0u64; 256];
+        for (bit, &k) in chunk.iter().enumerate() {
+            for &b in anchors
+                .get(k)
+                .map_or(&[][..], |(need, _)| &need.members[..])
+            {
+                if let Some(bits) = table.get_mut(usize::from(b)) {
+                    *bits |= 1 << bit;
+                }
+            }
         }
-    }
-    if members.len() > 3 {
-        out.sort_unstable();
-    }
-    for p in &mut out {
-        *p += base;
+        for (p, &b) in bytes.iter().enumerate() {
+            // A `u8` indexes 256 entries.
+            let mut bits = table.get(usize::from(b)).copied().unwrap_or(0);
+            while bits != 0 {
+                if let Some(list) = lists.get_mut(bits.trailing_zeros() as usize) {
+                    list.push(base + p);
+                }
+                bits &= bits - 1;
+            }
+        }
+        out.append(&mut lists);
     }
     out
 }

@@ -319,3 +319,42 @@ fn long_texts_with_sparse_values() {
         assert!(!found.is_empty(), "{value:?}");
     }
 }
+
+/// The two anchor searches (memchr's passes natively, one table pass in wasm
+/// without SIMD) find the same positions, whichever runs here: sets of one
+/// to many bytes, overlapping sets, texts from any offset, and more needs
+/// than one table pass holds.
+#[test]
+fn both_anchor_searches_find_the_same_positions() {
+    let patterns = [
+        r"[0-9]{4}",
+        r"e[wy]",
+        r"[A-Za-z0-9_]{20}",
+        "@",
+        r"[13579]{2}",
+        r"[xyz]",
+    ];
+    let needs: Vec<needs::Need> = patterns
+        .iter()
+        .flat_map(|p| needs::Needs::of(&regex_syntax::Parser::new().parse(p).unwrap()).needs)
+        .collect();
+    assert_eq!(needs.len(), patterns.len());
+    let text = format!(
+        "{} ewy@x 13579 ey_Z9 {}",
+        random(300, 7, ALNUM),
+        random(200, 9, B64)
+    );
+    for many in [1, 12] {
+        let anchors: Vec<(&needs::Need, usize)> = (0..many)
+            .flat_map(|_| needs.iter().map(|n| (n, 0)))
+            .collect();
+        let searched: Vec<usize> = (0..anchors.len()).collect();
+        for from in [0, 1, 17, text.len()] {
+            let bytes = &text.as_bytes()[from..];
+            let by_memchr = memchr_positions(&anchors, &searched, bytes, from);
+            assert_eq!(by_memchr, table_positions(&anchors, &searched, bytes, from));
+            let digits = by_memchr.first().map_or(0, Vec::len);
+            assert_eq!(digits, bytes.iter().filter(|b| b.is_ascii_digit()).count());
+        }
+    }
+}
