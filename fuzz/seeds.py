@@ -9,6 +9,9 @@ Seeds are small and real-looking: request bodies and SSE streams in the
 shapes OpenAI and Anthropic send, the example policies, tokens signed the
 way the targets' configured keys sign (and the classic forgeries), JWKS
 documents. Values a detector finds come from the engine's own test cases.
+The `exchange` target reads its input as a sequence of choices
+(`arbitrary`), so its seeds are a run's corpus, merged (`-merge=1`), and not
+written here.
 """
 
 from __future__ import annotations

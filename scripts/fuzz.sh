@@ -8,7 +8,7 @@
 #   FUZZ_SANITIZER  none | address (default: address where the compiler
 #                   ships AddressSanitizer's runtime, else none; Debian's
 #                   rustc does not ship it)
-#   FUZZ_ARGS       more libFuzzer flags (e.g. -max_len=65536 -jobs=2)
+#   FUZZ_ARGS       more libFuzzer flags (e.g. -max_len=65536)
 #
 # Each target starts from its committed seeds (fuzz/corpus/<target>) and
 # the inputs earlier runs found (target/fuzz/corpus/<target>, not
