@@ -848,6 +848,15 @@ impl DetectorSet {
             }
             let span: &[(usize, usize)] = if p.reaches { &whole } else { &full };
             p.d.scan(p.det, hay, p.windows.as_deref().unwrap_or(span), out);
+            // The context may begin inside a match the whole text's scan
+            // made (a stream keeps a fixed length of it), and a search from
+            // there can pair a name in it with text up to a later name,
+            // consuming that one: searched again from `from`, a match that
+            // begins in the text still held is never lost to one that began
+            // before it. (Found by fuzzing; identical findings are merged.)
+            if p.reaches {
+                p.d.scan(p.det, hay, &full, out);
+            }
         }
         if depth < encoded::MAX_DEPTH {
             encoded::scan(hay, from, budget, out, &mut |decoded, budget, inner| {
