@@ -24,6 +24,8 @@ cd "$ROOT"
 
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}"
 TIMEOUT="${FUZZ_TIMEOUT:-10}"
+# Found inputs and logs; the builds, one target dir per sanitizer (the
+# flags differ: switching would rebuild everything).
 FUZZ_TARGET_DIR="$ROOT/target/fuzz"
 
 # The native compiler (scripts/lib.sh's choice).
@@ -57,7 +59,9 @@ sanitizer() {
 fuzz_cargo() {
     local sub="$1"; shift
     if [ "$SANITIZER" != none ]; then export RUSTC_BOOTSTRAP=1; fi
-    (cd "$ROOT/fuzz" && native_cargo fuzz "$sub" --sanitizer "$SANITIZER" --target-dir "$FUZZ_TARGET_DIR" "$@")
+    local build="$FUZZ_TARGET_DIR"
+    [ "$SANITIZER" = none ] || build="$ROOT/target/fuzz-$SANITIZER"
+    (cd "$ROOT/fuzz" && native_cargo fuzz "$sub" --sanitizer "$SANITIZER" --target-dir "$build" "$@")
 }
 
 all_targets() {
