@@ -6,16 +6,18 @@
 #   make build   dist/warden-filter.wasm and target/local/{warden,warden-stand-in-provider}
 #   make bench   what the filter costs against bare Envoy, in BENCHMARKS.md
 #   make detect-report  each detector's recall and false alarms on a labelled corpus
+#   make fuzz    the engine's fuzz targets (cargo-fuzz, libFuzzer), FUZZ_SECONDS each
+#                (default 30; scripts/fuzz.sh says the rest); not part of `make test`
 #   make fresh-check  the README's two commands on a pristine Debian 12 root
 #                (scripts/fresh-check.sh; too long for CI: run it before
 #                changing how anything is installed, built or tested)
-# `make demo` and `make run` install only what they use; `make test` and
-# `make bench` add what only they need.
+# `make demo` and `make run` install only what they use; `make test`,
+# `make bench` and `make fuzz` add what only they need.
 
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap bootstrap-test bootstrap-bench build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench detect-report clean
+.PHONY: all bootstrap bootstrap-test bootstrap-bench bootstrap-fuzz build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench detect-report fuzz clean
 
 all: build
 
@@ -25,6 +27,8 @@ bootstrap-test:
 	@scripts/bootstrap.sh test
 bootstrap-bench:
 	@scripts/bootstrap.sh bench
+bootstrap-fuzz:
+	@scripts/bootstrap.sh fuzz
 
 build: bootstrap
 	@scripts/build.sh
@@ -48,6 +52,9 @@ fresh-check:
 
 detect-report: bootstrap
 	@scripts/test.sh detect
+
+fuzz: bootstrap-fuzz
+	@scripts/fuzz.sh $(FUZZ_TARGETS)
 
 # The pieces of `make test`, for a quicker loop (they assume `make build` ran).
 test-unit:

@@ -9,6 +9,8 @@
 #                                 (wasm tests in V8, the test IdP), pytest,
 #                                 Playwright, h2; the wasm-bindgen test runner
 #   scripts/bootstrap.sh bench    the above for `make bench` (wrk, valgrind)
+#   scripts/bootstrap.sh fuzz     Debian's Rust and a C++ compiler (libFuzzer),
+#                                 cargo-fuzz into .tools/ (`make fuzz`; no venv)
 #
 # The package lists are in scripts/lib.sh (tests/provenance.py checks them
 # against what the project really calls). Idempotent: on a ready machine it
@@ -17,7 +19,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 purpose="${1:-demo}"
-case "$purpose" in demo | test | bench) ;; *) die "usage: scripts/bootstrap.sh [demo|test|bench]" ;; esac
+case "$purpose" in demo | test | bench | fuzz) ;; *) die "usage: scripts/bootstrap.sh [demo|test|bench|fuzz]" ;; esac
 
 APT_UPDATED=0
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -41,8 +43,11 @@ debian_root() { have apt-get && is_root; }
 step "bootstrap ($purpose): system packages"
 if debian_root; then
     apt_install "${DEMO_PACKAGES[@]}"
-    [ "$purpose" = demo ] || apt_install "${TEST_PACKAGES[@]}"
-    [ "$purpose" != bench ] || apt_install "${BENCH_PACKAGES[@]}"
+    case "$purpose" in
+        test) apt_install "${TEST_PACKAGES[@]}" ;;
+        bench) apt_install "${TEST_PACKAGES[@]}" "${BENCH_PACKAGES[@]}" ;;
+        fuzz) apt_install "${FUZZ_PACKAGES[@]}" ;;
+    esac
 fi
 have curl || die "curl is required (Debian: apt-get install curl)"
 
@@ -71,6 +76,18 @@ case "$(toolchain)" in
         die "the Rust toolchain cannot build wasm32-wasip1 yet (see above); on Debian: apt-get install ${DEBIAN_RUST_PACKAGES[*]}"
         ;;
 esac
+if [ "$purpose" = fuzz ]; then
+    step "bootstrap ($purpose): cargo-fuzz ($TOOLS)"
+    have c++ || die "a C++ compiler is required for libFuzzer (Debian: apt-get install ${FUZZ_PACKAGES[*]})"
+    have_cf="$("$TOOLS/bin/cargo-fuzz" --version 2>/dev/null | awk '{print $2}' || true)"
+    if [ "$have_cf" != "$CARGO_FUZZ_VERSION" ]; then
+        info "installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS (a few minutes, once)"
+        native_cargo install -q cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS" \
+            || die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+    fi
+    info "cargo-fuzz $("$TOOLS/bin/cargo-fuzz" --version 2>/dev/null | awk '{print $2}')"
+    exit 0
+fi
 if [ "$purpose" != demo ] && [ "$(toolchain)" = debian ]; then
     [ -x /usr/bin/cargo-clippy ] || die "clippy for Debian's Rust is missing (apt-get install rust-web-clippy)"
 fi

@@ -37,6 +37,7 @@ fi
 #   DEMO_PACKAGES   build the filter and the binaries, `make run`, `make demo`
 #   TEST_PACKAGES   `make test` on top of those
 #   BENCH_PACKAGES  `make bench` on top of those
+#   FUZZ_PACKAGES   `make fuzz` on top of DEMO_PACKAGES and the Rust toolchain
 # The Cargo profile of the native binaries (target/<profile>/): `local`
 # (mostly unoptimized: half the first build, and these are not the data path) for
 # build, run, demo and test; `make bench` builds and measures `release`.
@@ -55,6 +56,10 @@ DEMO_PACKAGES=(ca-certificates curl git make gcc libc6-dev pkg-config python3 py
 DEBIAN_RUST_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
 TEST_PACKAGES=(rust-web-clippy postgresql chromium)
 BENCH_PACKAGES=(wrk valgrind)
+# libFuzzer is C++: libfuzzer-sys compiles it with the system's C++ compiler.
+FUZZ_PACKAGES=(g++)
+# cargo-fuzz, installed into .tools/ by `scripts/bootstrap.sh fuzz`.
+CARGO_FUZZ_VERSION=0.13.2
 
 # How this machine builds Rust, chosen by what it has:
 #   rustup   - rustup's toolchain already has the wasm targets (a laptop after

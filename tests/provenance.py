@@ -3,12 +3,12 @@
 A green CI once hid a missing install step: the wasm linker was on the machine
 only because someone had installed it by hand, so a fresh machine could not
 build. This check makes that class of hole fail on any machine: each tool and
-library that the build, `make run`, `make demo`, the tests and the benchmarks
-call is resolved exactly as the scripts resolve it (the scripts' PATH, the
-toolchain scripts/lib.sh chooses), and must be either the project's own
-(`.venv/`, `.tools/`) or a file of a Debian package that the bootstrap installs
-(scripts/lib.sh's lists), of a package those depend on, or of an essential
-package every Debian system has.
+library that the build, `make run`, `make demo`, the tests, the benchmarks
+and `make fuzz` call is resolved exactly as the scripts resolve it (the
+scripts' PATH, the toolchain scripts/lib.sh chooses), and must be either the
+project's own (`.venv/`, `.tools/`) or a file of a Debian package that the
+bootstrap installs (scripts/lib.sh's lists), of a package those depend on, or
+of an essential package every Debian system has.
 
 Run by `scripts/test.sh provenance` (part of `make test`), from the scripts'
 environment. Exit status 1 names each tool that breaks the rule.
@@ -34,7 +34,7 @@ def sh(script: str) -> str:
 
 
 def bootstrap_packages() -> set[str]:
-    lists = ["DEMO_PACKAGES", "DEBIAN_RUST_PACKAGES", "TEST_PACKAGES", "BENCH_PACKAGES"]
+    lists = ["DEMO_PACKAGES", "DEBIAN_RUST_PACKAGES", "TEST_PACKAGES", "BENCH_PACKAGES", "FUZZ_PACKAGES"]
     return set(sh("; ".join(f'echo "${{{name}[@]}}"' for name in lists)).split())
 
 
@@ -133,6 +133,9 @@ def tools() -> list[tuple[str, str, str | None]]:
     add("wasm-bindgen-test-runner", "test", which("wasm-bindgen-test-runner"))
     for tool in ("wrk", "valgrind"):
         add(tool, "bench", which(tool))
+    # `make fuzz` (scripts/bootstrap.sh fuzz): libFuzzer's C++, cargo-fuzz.
+    add("c++ (libFuzzer, built by libfuzzer-sys)", "fuzz", which("c++"))
+    add("cargo-fuzz", "fuzz", which("cargo-fuzz"))
     return found
 
 
@@ -146,8 +149,8 @@ def main() -> int:
     bad = 0
     for what, used_by, path in tools():
         if path is None or not os.path.exists(path):
-            if used_by == "bench":
-                print(f"  -    {what:<48} not installed (bench only: make bench installs it)")
+            if used_by in ("bench", "fuzz"):
+                print(f"  -    {what:<48} not installed ({used_by} only: make {used_by} installs it)")
                 continue
             print(f"  FAIL {what:<48} not found ({used_by})")
             bad += 1

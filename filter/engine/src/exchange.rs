@@ -448,6 +448,11 @@ impl Exchange {
 
     /// The request ended with trailers (HTTP/2): its body is complete.
     pub fn on_request_trailers(&mut self, host: &mut dyn Host) -> Flow {
+        // Answered (or ended): nothing goes upstream, trailers included, and
+        // the client has its one reply.
+        if matches!(self.phase, Phase::Answered | Phase::Finished) {
+            return Flow::Pause;
+        }
         // No provider API takes request trailers; whatever a client puts
         // there would reach the provider uninspected.
         if let Err(e) = host.clear_request_trailers() {

@@ -88,6 +88,8 @@ struct FakeHost {
     dispatched: Vec<(String, Option<Vec<u8>>)>,
     resumed: u32,
     trailers_cleared: bool,
+    /// Dropping the request's trailers fails (a host error).
+    trailers_fail: bool,
 }
 
 impl FakeHost {
@@ -123,6 +125,7 @@ impl FakeHost {
             dispatched: Vec::new(),
             resumed: 0,
             trailers_cleared: false,
+            trailers_fail: false,
         }
     }
 
@@ -185,6 +188,9 @@ impl Host for FakeHost {
         Ok(())
     }
     fn clear_request_trailers(&mut self) -> HostResult<()> {
+        if self.trailers_fail {
+            return Err(HostError("cannot remove trailers".into()));
+        }
         self.trailers_cleared = true;
         Ok(())
     }
@@ -346,6 +352,30 @@ fn nothing_continues_before_a_decision_and_trailers_end_the_body() {
     assert!(host.trailers_cleared);
     assert!(host.credentials_swapped());
     assert_eq!(ex.decision(), Decision::Allowed);
+}
+
+/// Found by the `exchange` fuzz target: trailers arriving after the
+/// gateway answered, with a host that cannot drop them, made a second
+/// local reply (and turned the decision into `error`). An answered request
+/// sends nothing upstream, trailers included: they are left alone.
+#[test]
+fn trailers_after_a_local_reply_send_no_second_reply() {
+    let (config, policy) = (config(false), policy("off"));
+    let mut host = FakeHost::new("POST", CHAT, None).with_body(&chat("hello"));
+    let mut ex = Exchange::new();
+    assert_eq!(
+        ex.on_request_headers(&mut host, start(&config, &policy), false),
+        Flow::Pause
+    );
+    assert_eq!(host.replies.len(), 1);
+    assert_eq!(ex.decision(), Decision::Unauthenticated);
+    host.trailers_fail = true;
+    assert_eq!(ex.on_request_trailers(&mut host), Flow::Pause);
+    assert_eq!(host.replies.len(), 1, "a second local reply");
+    assert_eq!(ex.decision(), Decision::Unauthenticated);
+    ex.finish(&mut host);
+    assert_eq!(ex.on_request_trailers(&mut host), Flow::Pause);
+    assert_eq!(host.replies.len(), 1, "a reply after the exchange ended");
 }
 
 #[test]

@@ -204,24 +204,58 @@ fn mask_value(
         mask_parts(policy, active, parts, vault, key, &mut outcome)
     });
     let changed = each_text_outside_groups(doc, &mut |s: &mut String| {
-        let (edits, hits) = policy.scan(active, s);
-        for hit in &hits {
-            outcome.record(policy, hit);
+        let mut seen = Seen::default();
+        let mut changed = false;
+        for _ in 0..=RESCANS {
+            let (edits, hits) = policy.scan(active, s);
+            seen.record_new(policy, s, &hits, &mut outcome);
+            if edits.is_empty() {
+                break;
+            }
+            *s = apply(s, &edits, vault, key);
+            changed = true;
         }
-        if edits.is_empty() {
-            return false;
-        }
-        *s = apply(s, &edits, vault, key);
-        true
+        changed
     });
     (outcome, changed | parts_changed)
 }
 
+/// How many times a body's rewritten text is scanned again. A value is
+/// judged with its neighbours as context (a phone number glued to the end
+/// of an email address is part of a word); once a neighbour became a
+/// placeholder, the value stands alone and is judged again, so that
+/// rewriting the output a second time changes nothing. One rescan settles
+/// what masking exposed; the second is for a chain of such values.
+const RESCANS: usize = 2;
+
+/// What one scan of a text found, by rule and value, to tell what a rescan
+/// of the rewritten text finds anew: the values no rule rewrote are found
+/// again (at other offsets) and must not be counted twice.
+#[derive(Default)]
+struct Seen(HashMap<(usize, String), usize>);
+
+impl Seen {
+    /// Records in `outcome` the hits that the previous scan did not have,
+    /// then remembers this scan's.
+    fn record_new(&mut self, policy: &Policy, text: &str, hits: &[Hit], outcome: &mut Outcome) {
+        let mut now: HashMap<(usize, String), usize> = HashMap::new();
+        for hit in hits {
+            let value = text.get(hit.start..hit.end).unwrap_or_default().to_owned();
+            let key = (hit.rule, value);
+            match self.0.get_mut(&key) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => outcome.record(policy, hit),
+            }
+            *now.entry(key).or_default() += 1;
+        }
+        self.0 = now;
+    }
+}
+
 /// Scans the parts of one message as the model reads them, joined, so a
 /// value split across parts (`AKIA…` in one, the rest in the next) is
-/// found whole. A match's replacement goes in the part where it starts and
-/// the rest of it is cut from the parts it spans: no part keeps a piece of
-/// it. Whether any part changed.
+/// found whole, and rewrites them (again, as [`RESCANS`] says, while a scan
+/// finds more). Whether any part changed.
 fn mask_parts(
     policy: &Policy,
     active: &ActiveRules,
@@ -230,6 +264,29 @@ fn mask_parts(
     key: &HashKey,
     outcome: &mut Outcome,
 ) -> bool {
+    let mut seen = Seen::default();
+    let mut changed = false;
+    for _ in 0..=RESCANS {
+        if !mask_parts_once(policy, active, parts, vault, key, outcome, &mut seen) {
+            break;
+        }
+        changed = true;
+    }
+    changed
+}
+
+/// One scan of the joined parts. A match's replacement goes in the part
+/// where it starts and the rest of it is cut from the parts it spans: no
+/// part keeps a piece of it. Whether any part changed.
+fn mask_parts_once(
+    policy: &Policy,
+    active: &ActiveRules,
+    parts: &mut [&mut String],
+    vault: &mut Vault,
+    key: &HashKey,
+    outcome: &mut Outcome,
+    seen: &mut Seen,
+) -> bool {
     let mut joined = String::new();
     let mut ends = Vec::with_capacity(parts.len());
     for part in parts.iter() {
@@ -237,9 +294,7 @@ fn mask_parts(
         ends.push(joined.len());
     }
     let (edits, hits) = policy.scan(active, &joined);
-    for hit in &hits {
-        outcome.record(policy, hit);
-    }
+    seen.record_new(policy, &joined, &hits, outcome);
     if edits.is_empty() {
         return false;
     }
@@ -669,6 +724,53 @@ rules:
             text.push_str(piece.unwrap_or_default());
         }
         text
+    }
+
+    /// Found by the `json_body` fuzz target: a value glued to another (a
+    /// phone number right after an email address) is judged with its
+    /// neighbour as context, so the first pass took it for part of a word;
+    /// once the neighbour is a placeholder, it stands alone. A rewritten
+    /// text is scanned again until nothing more changes (bounded), so a
+    /// second pass over the output changes nothing.
+    #[test]
+    fn a_value_glued_to_a_masked_one_is_masked_too_and_rewriting_twice_changes_nothing() {
+        let policy = Policy::from_bytes(POLICY.as_bytes()).unwrap();
+        let active = policy.active_rules(&who(), "openai", Some("gpt-4o"), Direction::Response);
+        let key = HashKey::new(b"k".to_vec());
+        for (text, want) in [
+            ("bob@example.smith+777777777777773 x", "[EMAIL][PHONE] x"),
+            (
+                "mail bob@example.com+14155552671 now",
+                "mail [EMAIL][PHONE] now",
+            ),
+        ] {
+            let body = json!({ "text": text }).to_string();
+            let mut vault = Vault::default();
+            let once = inspect_json(
+                &policy,
+                &active,
+                Direction::Response,
+                body.as_bytes(),
+                &mut vault,
+                &key,
+                false,
+            )
+            .unwrap();
+            let once = once.body.expect("masked");
+            let doc: Value = serde_json::from_slice(&once).unwrap();
+            assert_eq!(doc["text"], want, "{text}");
+            let twice = inspect_json(
+                &policy,
+                &active,
+                Direction::Response,
+                &once,
+                &mut vault,
+                &key,
+                false,
+            )
+            .unwrap();
+            assert_eq!(twice.body, None, "a second pass changed {text:?} again");
+        }
     }
 
     #[test]

@@ -163,3 +163,36 @@ fn streamed_text_is_masked_exactly_as_the_whole_text_for_any_cut() {
     let k = text.find("2001").unwrap();
     assert_eq!(streamed(&policy, &[&text[..k], &text[k..]]).0, text);
 }
+
+/// Found by the `stream_text` fuzz target: a stream's scan starts from the
+/// left context it kept, which can begin inside an earlier `api-key: ...`
+/// match. A detector that reads a key name before its value searches that
+/// context too, and there paired the earlier value's inner `api-key:` with
+/// the text up to the next key, consuming that key: the value after it,
+/// masked in the whole text, went out in clear. Whatever the context pairs,
+/// a value is still found, its key in the held text or in the context.
+#[test]
+fn a_match_in_the_left_context_never_hides_a_value_held_after_it() {
+    let policy = policy();
+    // The key of the hidden value in the context, the value held.
+    let text = "access_key = V8Raccess_key = [SE9jt_access_key = V8RiUFGs\n";
+    let (whole, _) = plain(&policy, text);
+    assert!(!whole.contains("V8RiUFGs"), "{whole:?}");
+    let (out, _) = streamed(&policy, &[text]);
+    assert!(
+        !out.contains("V8RiUFGs"),
+        "the value went out in clear: {out:?}"
+    );
+    // The key held too.
+    let text = String::from_utf8_lossy(
+        b"api-key: \xff\xff\x01\x00\x00\xff\xff\xff\xe5\x04-api-key: t-api03-UaKL7TAATfT\xcfapikey: sk\x00-UKSA",
+    )
+    .into_owned();
+    let (whole, _) = plain(&policy, &text);
+    assert!(whole.ends_with("apikey: [SECRET]"), "{whole:?}");
+    let (out, _) = streamed(&policy, &[&text]);
+    assert!(
+        !out.contains("sk\0-UKSA"),
+        "the value went out in clear: {out:?}"
+    );
+}

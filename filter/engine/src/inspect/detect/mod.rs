@@ -847,7 +847,19 @@ impl DetectorSet {
                 continue;
             }
             let span: &[(usize, usize)] = if p.reaches { &whole } else { &full };
-            p.d.scan(p.det, hay, p.windows.as_deref().unwrap_or(span), out);
+            // A detector that searches the left context tries every start
+            // (see `Detector::scan`): the context may begin inside a match
+            // the whole text's scan made, and a search from there can pair
+            // a name in it with text up to a later name, consuming that one
+            // and hiding the value after it (found by fuzzing).
+            let every_start = p.reaches;
+            p.d.scan(
+                p.det,
+                hay,
+                p.windows.as_deref().unwrap_or(span),
+                every_start,
+                out,
+            );
         }
         if depth < encoded::MAX_DEPTH {
             encoded::scan(hay, from, budget, out, &mut |decoded, budget, inner| {
@@ -960,7 +972,19 @@ impl Detector {
     /// Appends this detector's findings in `hay` (normalized offsets).
     /// `windows` (sorted, disjoint) hold every match: the search skips the
     /// text between them, and runs as it would on the whole text otherwise.
-    fn scan(&self, det: usize, hay: &str, windows: &[(usize, usize)], out: &mut Vec<Raw>) {
+    /// With `every_start`, a candidate (a match or not) consumes nothing:
+    /// the search resumes one character after where it began, so every
+    /// match that begins anywhere is found, whatever came before it (a
+    /// stream's scan of a context that may begin inside a match; overlapping
+    /// findings are merged by the caller).
+    fn scan(
+        &self,
+        det: usize,
+        hay: &str,
+        windows: &[(usize, usize)],
+        every_start: bool,
+        out: &mut Vec<Raw>,
+    ) {
         let mut locs = Groups(
             self.kind
                 .needs_captures()
@@ -999,14 +1023,19 @@ impl Detector {
                     .as_ref()
                     .and_then(|g| g.validate(hay, ms, me, &locs)),
             };
-            at = match span {
+            let found = match span {
                 Some((start, end)) if start < end => {
                     out.push(Raw { start, end, det });
-                    // Keywords consume a boundary character after the word,
-                    // which may begin the next one: resume at the word's end.
-                    end.max(next_boundary(hay, ms))
+                    Some(end)
                 }
-                _ => match self.kind {
+                _ => None,
+            };
+            at = match found {
+                _ if every_start => next_boundary(hay, ms),
+                // Keywords consume a boundary character after the word,
+                // which may begin the next one: resume at the word's end.
+                Some(end) => end.max(next_boundary(hay, ms)),
+                None => match self.kind {
                     Kind::Builtin(b) => builtins::resume(b, hay, ms, me, &locs),
                     Kind::Regex { .. } | Kind::Gitleaks if me > ms => me,
                     _ => next_boundary(hay, ms),
