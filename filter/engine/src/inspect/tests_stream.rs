@@ -196,3 +196,19 @@ fn a_match_in_the_left_context_never_hides_a_value_held_after_it() {
         "the value went out in clear: {out:?}"
     );
 }
+
+/// Found by the `stream_text` fuzz target: a validator reads the characters
+/// after a candidate (`5555555454444 9Qes` may be an IBAN's groups), and
+/// refused it while fewer than it reads had arrived; the holdback, which
+/// knew only what could still become a match, let the digits out, and the
+/// next character made them a card number. A candidate is held until as
+/// many characters follow it as its validator reads.
+#[test]
+fn a_candidate_refused_for_what_follows_is_held_until_that_arrives() {
+    let policy = policy();
+    let text = "\u{0}\u{0}5555555454444 9QesQ";
+    let (whole, _) = plain(&policy, text);
+    assert_eq!(whole, "\0\0[PAYMENT_CARD] 9QesQ");
+    let (out, _) = streamed(&policy, &["\u{0}\u{0}555555545", "4444 9Qes", "Q"]);
+    assert_eq!(out, whole);
+}

@@ -431,7 +431,7 @@ impl DetectorSet {
                                     })?;
                             // Built-in shapes are covered by tests; no need
                             // to compile their prefix regexes one by one.
-                            hold.add(def.pattern, def.window.unwrap_or(UNBOUNDED_WINDOW), false);
+                            hold.add_builtin(def.pattern, def.window.unwrap_or(UNBOUNDED_WINDOW));
                             compiled.insert(*b, c.clone());
                             c
                         }
@@ -1372,6 +1372,30 @@ impl HoldBuilder {
             None => self.unbounded.entry(window).or_default().push(p),
         }
         true
+    }
+
+    /// A built-in's prefix language, and its matches followed by fewer
+    /// than [`LOOKAHEAD`] characters: its validator reads what follows a
+    /// value, so a candidate it refused near the end of the text may be a
+    /// value once more arrives (`5555555454444 9Qes` could be part of an
+    /// IBAN until the next character says it is not; found by fuzzing).
+    fn add_builtin(&mut self, pattern: &str, window: usize) {
+        let Some(shape) = Shape::parse(pattern) else {
+            return;
+        };
+        let p = format!(
+            "{}|{}",
+            shape.prefix_regex(),
+            shape.followed_regex(LOOKAHEAD - 1)
+        );
+        let after = (LOOKAHEAD - 1) * EXPANSION;
+        match shape.max_len() {
+            Some(len) => {
+                self.bounded_window = self.bounded_window.max(len + after);
+                self.bounded.push(p);
+            }
+            None => self.unbounded.entry(window + after).or_default().push(p),
+        }
     }
 
     fn build(self) -> Holdback {

@@ -63,6 +63,16 @@ impl Shape {
         prefix(&self.0, &mut out);
         out
     }
+
+    /// A regex for X's matches followed by at most `n` more characters
+    /// (any, line breaks included): what a validator that reads `n + 1`
+    /// characters after a match has not judged for good yet.
+    pub(super) fn followed_regex(&self, n: usize) -> String {
+        let mut out = String::from("(?:");
+        full(&self.0, &mut out);
+        out.push_str(&format!(")(?s:.){{0,{n}}}"));
+        out
+    }
 }
 
 /// Inline flags in force at a point of the pattern. `x` (verbose mode) is not

@@ -698,8 +698,14 @@ fn holdback_holds_only_what_could_still_become_a_match() {
     let email = one(Builtin::Email);
     let text = "contact me at bob@exa";
     assert_eq!(email.holdback_start(text), text.find("bob"));
+    // A whole value is held until as many characters follow it as its
+    // validator reads (`LOOKAHEAD`), then let go.
     assert_eq!(
         email.holdback_start("contact me at bob@example.com, "),
+        Some(14)
+    );
+    assert_eq!(
+        email.holdback_start("contact me at bob@example.com, ok. !"),
         None
     );
     let kw = set(vec![MatcherSpec::Keywords {
@@ -712,7 +718,11 @@ fn holdback_holds_only_what_could_still_become_a_match() {
     let key = one(Builtin::PrivateKey);
     let text = format!("here: {}", &pem_block_start());
     assert_eq!(key.holdback_start(&text), Some(6));
-    assert_eq!(key.holdback_start(&format!("{}\nok", pem(true))), None);
+    assert_eq!(key.holdback_start(&format!("{}\nok", pem(true))), Some(0));
+    assert_eq!(
+        key.holdback_start(&format!("{}\nall done.", pem(true))),
+        None
+    );
     let none = set(vec![]);
     assert_eq!(
         (none.holdback_start("anything"), none.max_holdback()),
