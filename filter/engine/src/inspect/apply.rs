@@ -203,23 +203,9 @@ fn mask_value(
     let parts_changed = each_part_group(doc, &mut |parts| {
         mask_parts(policy, active, parts, vault, key, &mut outcome)
     });
+    // A text of its own is a message of one part: one scan-and-rescan.
     let changed = each_text_outside_groups(doc, &mut |s: &mut String| {
-        let mut seen = Seen::default();
-        let mut changed = false;
-        for _ in 0..=RESCANS {
-            let (edits, hits) = policy.scan(active, s);
-            let again = touches_a_neighbour(s, &edits);
-            seen.record_new(policy, s, &hits, &mut outcome, again);
-            if edits.is_empty() {
-                break;
-            }
-            *s = apply(s, &edits, vault, key);
-            changed = true;
-            if !again {
-                break;
-            }
-        }
-        changed
+        mask_parts(policy, active, &mut [s], vault, key, &mut outcome)
     });
     (outcome, changed | parts_changed)
 }
