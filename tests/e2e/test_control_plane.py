@@ -13,6 +13,7 @@ import concurrent.futures
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -281,6 +282,62 @@ def test_hold_waits_for_the_approver(stack, people, approval_version):
 
     wait_until("the approved request's access log record", logged, timeout=10)
     assert [r["decision"] for r in records] == ["approved"]
+
+
+def held_request_then_leave(stack: Stack, token: str, prompt: str) -> tuple[socket.socket, str]:
+    """Sends a chat request on a raw socket (so the test can leave while it is
+    held) with its own user agent; returns the socket and the agent."""
+    agent = f"held/{uuid.uuid4()}"
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", stack.ports.gateway), timeout=30)
+    sock.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+                 + f"authorization: Bearer {token}\r\nuser-agent: {agent}\r\n".encode()
+                 + f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+    return sock, agent
+
+
+def records_of(stack: Stack, agent: str) -> list[dict]:
+    return [r for r in stack.access_log_records() if r.get("user_agent") == agent]
+
+
+def test_a_client_that_leaves_a_held_request_sends_nothing_upstream_when_approved(stack, people, approval_version):
+    alice, bob = people["alice"], people["bob"]
+    sock, agent = held_request_then_leave(stack, alice, f"production database dump {uuid.uuid4().hex[:6]}")
+    pending = wait_for_pending(stack, bob, "prod-dump", set())
+    sock.close()
+    # Envoy ends the held stream when its client leaves: one record, no decision.
+    wait_until("the left request's record", lambda: records_of(stack, agent), timeout=30)
+    stack.cli("approvals", "approve", pending["id"], "--reason", "too late", token=bob)
+    # The next request is served; the left one never went upstream.
+    assert chat(stack, alice, "a plain question")[0] == 200
+    sent = json.dumps(stack.provider_received())
+    assert "production database dump" not in sent and "a plain question" in sent
+    records = records_of(stack, agent)
+    assert len(records) == 1, records
+    # Nobody decided before the client left: undecided, naming the approval it waited on.
+    assert (records[0]["decision"], records[0]["approval_id"]) == ("undecided", pending["id"]), records
+    assert "DC" in records[0]["response_flags"], records
+
+
+def test_a_control_plane_restarted_during_a_hold_refuses_the_request_clearly(stack, people, approval_version):
+    alice, bob = people["alice"], people["bob"]
+    seen: set[str] = set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(chat, stack, alice, f"production database dump {uuid.uuid4().hex[:6]}")
+        pending = wait_for_pending(stack, bob, "prod-dump", seen)
+        stack.stop_control_plane()
+        try:
+            status, headers, body = held.result(timeout=60)
+        finally:
+            stack.start_control_plane()
+    # Fail closed, in the provider's format, with a reason the client can act on.
+    assert (status, reason(headers)) == (503, "warden.approvals_unavailable"), body
+    assert body["error"]["type"] and "control plane" in body["error"]["message"], body
+    assert stack.provider_received() == []
+    # The approval survived the restart (it is in the database): it can still be decided.
+    shown = {a["id"]: a for a in approvals(stack, bob)}
+    assert pending["id"] in shown
+    stack.cli("approvals", "deny", pending["id"], "--reason", "asked again later", token=bob)
 
 
 def test_hold_denied_carries_the_approvers_reason(stack, people, approval_version):

@@ -469,6 +469,27 @@ class Stack:
         status, _, _ = http("POST", f"{self.provider_url}/_warden/raw", body=answers)
         assert status in (200, 204), status
 
+    def provider_raw_status(self) -> dict:
+        """How many raw answers are queued, and how many held ones are still open."""
+        status, _, body = http("GET", f"{self.provider_url}/_warden/raw")
+        assert status == 200, status
+        return json.loads(body)
+
+    def provider_end_held(self, more: str = "", reset: bool = False) -> int:
+        """Ends the held raw answers still open: `more` bytes, then a clean
+        end or (`reset`) a cut connection. Returns how many there were."""
+        status, _, body = http("POST", f"{self.provider_url}/_warden/raw/open",
+                               body={"more": more, "reset": reset})
+        assert status == 200, body
+        return json.loads(body)["ended"]
+
+    def counters(self) -> dict[str, int]:
+        """The filter's own counters, as Envoy's admin shows them (without
+        Envoy's `wasmcustom.` prefix)."""
+        _, _, body = http("GET", f"{self.admin_url}/stats?filter=wasmcustom")
+        pairs = (line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+        return {k.removeprefix("wasmcustom."): int(v) for k, v in pairs if v.strip().isdigit()}
+
     def stop_control_plane(self) -> None:
         """Stops the control plane (Envoy keeps running): for outage tests."""
         if self.control_plane_process is not None:

@@ -663,6 +663,15 @@ impl Exchange {
         if matches!(self.phase, Phase::Finished) {
             return None;
         }
+        if let Phase::Forwarded { response, .. } = &mut self.phase {
+            if let Response::Stream(rewriter, text) = std::mem::replace(response, Response::Closed)
+            {
+                // The client left (or the provider cut the connection)
+                // mid-stream: what was read and decided so far is the
+                // record, as for a stream that ended.
+                self.end_stream(host, &rewriter, &text);
+            }
+        }
         let decision = self.audit.decision.as_str();
         host.count(&format!("warden.requests.{decision}"), 1);
         if self.audit.asked_approval {
@@ -676,17 +685,6 @@ impl Exchange {
                 count.action.name()
             );
             host.count(&name, count.count as u64);
-        }
-        if let Phase::Forwarded {
-            response: Response::Stream(rewriter, text),
-            ..
-        } = &self.phase
-        {
-            // The client left (or the provider stopped) mid-stream: what
-            // was read so far.
-            if let Some(record) = stream_record(rewriter, text) {
-                self.audit.recorded_response = Some(record);
-            }
         }
         let record = self.session_record(host);
         self.phase = Phase::Finished;
@@ -1275,6 +1273,12 @@ impl Exchange {
         }
         self.audit.recorded_response = stream_record(rewriter, text);
         self.record_outcome(host, text.outcome());
+        if let Some(block) = rewriter.blocked() {
+            // The rest of the answer was withheld (an error event ended
+            // it): the record says so, as for a whole answer blocked.
+            self.set_decision(host, Decision::Blocked);
+            self.set_reason(host, block.reason);
+        }
     }
 
     // ---------------------------------------------------------------------
@@ -1298,11 +1302,15 @@ impl Exchange {
         }
     }
 
+    fn set_reason(&mut self, host: &mut dyn Host, reason: Reason) {
+        self.audit.reason = Some(reason);
+        host.set_filter_state(state::REASON, reason.as_str().as_bytes());
+    }
+
     /// Answers the request in the provider's format; nothing goes upstream.
     fn reply(&mut self, host: &mut dyn Host, rejection: Rejection) -> Flow {
         self.set_decision(host, rejection.decision());
-        self.audit.reason = Some(rejection.error.code);
-        host.set_filter_state(state::REASON, rejection.error.code.as_str().as_bytes());
+        self.set_reason(host, rejection.error.code);
         let local = rejection.error.render(rejection.api);
         let mut headers: Vec<(&str, &str)> = local
             .headers

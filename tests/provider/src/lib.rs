@@ -34,6 +34,7 @@ mod text;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::{Body, Bytes};
@@ -45,9 +46,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 pub use sse::{parse_chunk_size, StreamSettings, CHUNK_DELAY_HEADER, CHUNK_SIZE_HEADER};
 
@@ -110,6 +113,10 @@ struct Shared {
     stream: StreamSettings,
     replies: Mutex<VecDeque<String>>,
     raw: Mutex<VecDeque<RawAnswer>>,
+    /// How each held answer that is still being sent will end.
+    held: Mutex<Vec<oneshot::Sender<Ending>>>,
+    /// Held answers whose body is still open (the gateway has not closed it).
+    open: Arc<AtomicUsize>,
     received: Mutex<Vec<RecordedRequest>>,
 }
 
@@ -121,10 +128,96 @@ pub struct RawAnswer {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// What follows the body.
+    #[serde(default)]
+    pub then: Then,
+}
+
+/// What a raw answer does after its body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Then {
+    /// The response ends.
+    #[default]
+    End,
+    /// The response stays open until `POST /_warden/raw/open` ends it.
+    Hold,
+}
+
+/// How the held answers end (the body of `POST /_warden/raw/open`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ending {
+    /// Bytes sent before the end.
+    #[serde(default)]
+    pub more: String,
+    /// Whether the connection is then cut (a reset mid-response) instead of
+    /// the response ending cleanly.
+    #[serde(default)]
+    pub reset: bool,
 }
 
 fn ok() -> u16 {
     200
+}
+
+/// Counts a held answer as open for as long as its body lives: the server
+/// drops the body when the gateway closes the connection.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The states of a held answer's body.
+enum Held {
+    Body(Bytes, oneshot::Receiver<Ending>, OpenGuard),
+    Waiting(oneshot::Receiver<Ending>, OpenGuard),
+    Ending(bool, OpenGuard),
+    Done,
+}
+
+impl Held {
+    async fn next(self) -> Option<(io::Result<Bytes>, Self)> {
+        match self {
+            Self::Body(body, ending, open) => Some((Ok(body), Self::Waiting(ending, open))),
+            Self::Waiting(ending, open) => {
+                // A dropped sender (the raw answers were cleared) cuts the
+                // connection: nobody will end it otherwise.
+                let ending = ending.await.unwrap_or(Ending {
+                    more: String::new(),
+                    reset: true,
+                });
+                if ending.more.is_empty() {
+                    Self::end(ending.reset)
+                } else {
+                    Some((
+                        Ok(Bytes::from(ending.more)),
+                        Self::Ending(ending.reset, open),
+                    ))
+                }
+            }
+            Self::Ending(reset, _open) => Self::end(reset),
+            Self::Done => None,
+        }
+    }
+
+    /// The body's end: an error (the server then cuts the connection) or none.
+    fn end(reset: bool) -> Option<(io::Result<Bytes>, Self)> {
+        reset.then(|| {
+            let cut = io::Error::new(io::ErrorKind::ConnectionReset, "reset by the test");
+            (Err(cut), Self::Done)
+        })
+    }
 }
 
 /// Locks `mutex`, carrying on past a poisoned lock: the data is plain lists
@@ -186,6 +279,23 @@ impl AppState {
     fn record(&self, request: RecordedRequest) {
         lock(&self.inner.received).push(request);
     }
+
+    /// The response for a raw answer.
+    fn raw_response(&self, raw: RawAnswer) -> Response {
+        let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
+        let headers = [("content-type", raw.content_type)];
+        match raw.then {
+            Then::End => (status, headers, raw.body).into_response(),
+            Then::Hold => {
+                let (tx, rx) = oneshot::channel();
+                lock(&self.inner.held).push(tx);
+                let open = OpenGuard::new(&self.inner.open);
+                let held = Held::Body(Bytes::from(raw.body), rx, open);
+                let body = Body::from_stream(stream::unfold(held, Held::next));
+                (status, headers, body).into_response()
+            }
+        }
+    }
 }
 
 /// The stand-in's router: both providers' endpoints, the control endpoints,
@@ -212,7 +322,11 @@ pub fn app(state: AppState) -> Router {
             "/_warden/replies",
             get(list_replies).post(queue_replies).delete(clear_replies),
         )
-        .route("/_warden/raw", post(queue_raw).delete(clear_raw))
+        .route(
+            "/_warden/raw",
+            get(raw_status).post(queue_raw).delete(clear_raw),
+        )
+        .route("/_warden/raw/open", post(end_held))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -254,9 +368,9 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
     match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => {
             state.record(RecordedRequest::new(&parts, &bytes));
-            if let Some(raw) = lock(&state.inner.raw).pop_front() {
-                let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
-                return (status, [("content-type", raw.content_type)], raw.body).into_response();
+            let raw = lock(&state.inner.raw).pop_front();
+            if let Some(raw) = raw {
+                return state.raw_response(raw);
             }
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
@@ -325,8 +439,36 @@ async fn queue_raw(State(state): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+async fn raw_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "queued": lock(&state.inner.raw).len(),
+        "open": state.inner.open.load(Ordering::SeqCst),
+    }))
+}
+
+/// Ends every held answer still being sent, as the body says; answers with
+/// how many there were.
+async fn end_held(State(state): State<AppState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Ending>(&body) {
+        Ok(ending) => {
+            let held = std::mem::take(&mut *lock(&state.inner.held));
+            let ended = held
+                .into_iter()
+                .filter_map(|tx| tx.send(ending.clone()).ok())
+                .count();
+            Json(json!({ "ended": ended })).into_response()
+        }
+        Err(err) => openai::ApiError::bad_request(format!(
+            "expected {{\"more\": \"...\", \"reset\": true|false}}: {err}"
+        ))
+        .into_response(),
+    }
+}
+
 async fn clear_raw(State(state): State<AppState>) -> StatusCode {
     lock(&state.inner.raw).clear();
+    // Held answers nobody will end are cut (their senders are dropped).
+    lock(&state.inner.held).clear();
     StatusCode::NO_CONTENT
 }
 

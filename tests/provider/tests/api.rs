@@ -899,3 +899,72 @@ async fn frames_reach_the_wire_as_separate_chunks() {
         .unwrap()
         .unwrap();
 }
+
+/// Opens a request answered by a held raw answer and returns its body after
+/// its first frame (the raw body) was read.
+async fn open_held(app: &Router, first: &str) -> Body {
+    let queued = post_json(
+        app,
+        "/_warden/raw",
+        &json!([{"content_type": "text/event-stream", "body": first, "then": "hold"}]),
+    )
+    .await;
+    assert_eq!(queued.status, StatusCode::NO_CONTENT);
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(chat("held").to_string()))
+        .unwrap();
+    let mut body = app.clone().oneshot(request).await.unwrap().into_body();
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(frame, first.as_bytes());
+    body
+}
+
+async fn open_count(app: &Router) -> u64 {
+    let status = call(app, "GET", "/_warden/raw", &[], "").await.json();
+    status["open"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_held_answer_stays_open_until_ended_then_sends_more_and_ends_cleanly() {
+    let app = router();
+    let mut body = open_held(&app, "data: one\n\n").await;
+    assert_eq!(open_count(&app).await, 1);
+    // Nothing more comes until the test ends it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), body.frame())
+            .await
+            .is_err()
+    );
+
+    let ended = post_json(&app, "/_warden/raw/open", &json!({"more": "data: two\n\n"})).await;
+    assert_eq!(ended.json(), json!({"ended": 1}));
+    let more = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(more, "data: two\n\n".as_bytes());
+    assert!(body.frame().await.is_none(), "a clean end after the bytes");
+    drop(body);
+    assert_eq!(open_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_held_answer_can_end_with_a_cut_connection() {
+    let app = router();
+    let mut body = open_held(&app, "data: {\"partial\": ").await;
+    post_json(&app, "/_warden/raw/open", &json!({"reset": true})).await;
+    let cut = body.frame().await.unwrap();
+    assert!(cut.is_err(), "the body ends with an error, not a clean end");
+}
+
+#[tokio::test]
+async fn a_held_answer_is_closed_when_its_reader_leaves() {
+    let app = router();
+    let body = open_held(&app, "data: one\n\n").await;
+    assert_eq!(open_count(&app).await, 1);
+    drop(body);
+    assert_eq!(open_count(&app).await, 0);
+    // Ending it afterwards reaches nobody.
+    let ended = post_json(&app, "/_warden/raw/open", &json!({"reset": false})).await;
+    assert_eq!(ended.json(), json!({"ended": 0}));
+}

@@ -635,7 +635,40 @@ fn a_stream_the_client_leaves_is_recorded_as_far_as_it_went() {
         text.contains("[EMAIL]") && !text.contains(EMAIL),
         "{record}"
     );
-    assert_eq!(record["decision"], "allowed");
+    // What was masked before the client left counts, in the record, the
+    // access log's filter state and the counters alike.
+    assert_eq!(record["decision"], "masked");
+    assert_eq!(host.state(state::DECISION), "masked");
+    assert_eq!(host.state(state::RULES), "pii:mask:1");
+    assert_eq!(host.counters.get("warden.requests.masked"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.allowed"), None);
+    // Envoy's log callback can come twice: nothing is counted again.
+    assert!(ex.finish(&mut host).is_none());
+    assert_eq!(host.counters.get("warden.requests.masked"), Some(&1));
+}
+
+#[test]
+fn a_stream_stopped_mid_way_is_recorded_as_blocked_with_its_reason() {
+    let (config, policy) = (config(false), policy("off"));
+    let (mut host, mut ex) = forwarded(&config, &policy, "text/event-stream");
+    ex.on_response_headers(&mut host, false);
+    // A line longer than any the parser keeps: the stream cannot be read.
+    let line = format!(
+        "data: {}",
+        "a".repeat(crate::inspect::sse::DEFAULT_MAX_LINE + 1)
+    );
+    host.response_chunk = Ok(line.into_bytes());
+    ex.on_response_body(&mut host, 1, false);
+    let sent = String::from_utf8(host.response_body_out.concat()).unwrap();
+    assert!(
+        sent.contains("warden.blocked") && !sent.contains("aaaa"),
+        "{sent}"
+    );
+    // The client leaves on the error event, before the provider's end.
+    ex.finish(&mut host);
+    assert_eq!(ex.decision(), Decision::Blocked);
+    assert_eq!(host.state(state::REASON), "warden.stream_framing");
+    assert_eq!(host.counters.get("warden.requests.blocked"), Some(&1));
 }
 
 #[test]

@@ -34,6 +34,8 @@ mod tests;
 pub use parser::{SseError, SseEvent, SseParser, DEFAULT_MAX_EVENT, DEFAULT_MAX_LINE};
 pub use rewrite::{StreamApi, StreamRewriter};
 
+use crate::protocol::Reason;
+
 /// Where a piece of streamed text belongs: each is its own text stream.
 ///
 /// `index` tells the streams of one kind apart within one response. It is
@@ -100,19 +102,33 @@ pub trait StreamText {
 /// `rule` and ends the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamBlock {
-    /// The policy rule that decided the block; sent to the client and meant
-    /// for audit.
+    /// The policy rule that decided the block, or the gateway's own code
+    /// when no rule did; sent to the client and meant for audit.
     pub rule: String,
     /// Why, for the client. It must never contain the matched value.
     pub message: String,
+    /// The audit record's reason: [`Reason::Blocked`] for a rule, the
+    /// gateway's own code when the stream could not be inspected.
+    pub reason: Reason,
 }
 
 impl StreamBlock {
-    /// A block by `rule`, explained by `message`.
+    /// A block by the policy's `rule`, explained by `message`.
     pub fn new(rule: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             rule: rule.into(),
             message: message.into(),
+            reason: Reason::Blocked,
+        }
+    }
+
+    /// A stop by the gateway itself: a stream it cannot inspect within its
+    /// limits is not forwarded unread.
+    pub fn uninspectable(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            rule: reason.as_str().to_owned(),
+            message: message.into(),
+            reason,
         }
     }
 }

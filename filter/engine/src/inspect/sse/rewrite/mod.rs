@@ -525,8 +525,8 @@ impl StreamRewriter {
     ) -> Result<String, StreamBlock> {
         let at = match self.position(slot) {
             Some(at) => at,
-            None if self.channels.len() >= MAX_CHANNELS => return Err(StreamBlock::new(
-                CHANNELS_RULE.as_str(),
+            None if self.channels.len() >= MAX_CHANNELS => return Err(StreamBlock::uninspectable(
+                CHANNELS_RULE,
                 "Warden stopped this response: it has too many parallel text streams to inspect",
             )),
             None => {
@@ -681,8 +681,8 @@ impl StreamRewriter {
 /// The block sent when the stream cannot be parsed within the limits: it
 /// could hide text, so it is not forwarded unread.
 fn framing_block(err: &SseError) -> StreamBlock {
-    StreamBlock::new(
-        FRAMING_RULE.as_str(),
+    StreamBlock::uninspectable(
+        FRAMING_RULE,
         format!("Warden could not inspect this response stream: {err}"),
     )
 }

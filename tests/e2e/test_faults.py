@@ -1,0 +1,247 @@
+"""Faults end to end through the real Envoy: the provider fails in each way a
+real one can (an error status, a page that is not JSON, a connection cut in
+the middle of an answer, a stream that never ends, an event larger than any
+buffer) and the client leaves in the middle of a stream. In each case nothing
+unmasked reaches the client, the gateway serves the next request, exactly one
+audit record says what happened, and the filter's counters agree.
+
+The stand-in provider's held answers (`"then": "hold"`) send their first bytes
+and stay open until the test ends them, so each test decides when the cut
+comes; nothing here waits on a clock except through `wait_until` polls."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from harness.stack import Stack, http, wait_until
+
+CHAT = "/openai/v1/chat/completions"
+EMAIL = "jane.doe@example.com"
+
+
+def chunk(content: str, finish: str | None = None) -> str:
+    """One event of an OpenAI chat completion stream."""
+    event = {"id": "chatcmpl-f", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}
+    return f"data: {json.dumps(event)}\n\n"
+
+
+def first_words() -> str:
+    """The start of a stream: an address, then enough words after it that the
+    gateway has settled the address and sent it on, masked."""
+    return chunk(f"write to {EMAIL} ") + chunk("or call the office tomorrow morning. ")
+
+
+def request_body(stream: bool = True) -> dict:
+    return {"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hello"}]}
+
+
+class Marked:
+    """Requests sent with one user agent, so their audit records can be told
+    from every other test's."""
+
+    def __init__(self, stack: Stack, token: str):
+        self.stack = stack
+        self.agent = f"faults/{uuid.uuid4()}"
+        self.headers = {"authorization": f"Bearer {token}", "user-agent": self.agent}
+
+    def records(self, agent: str | None = None) -> list[dict]:
+        agent = agent or self.agent
+        return [r for r in self.stack.access_log_records() if r.get("user_agent") == agent]
+
+    def the_next_request_is_served(self) -> None:
+        """A plain request after the fault is served; once its record is in
+        the log, every record of the earlier requests is too (records are
+        written as requests end, and the log is flushed in order)."""
+        after = self.agent + "/next"
+        status, _, body = http("POST", f"{self.stack.gateway_url}{CHAT}", body=request_body(stream=False),
+                               headers={**self.headers, "user-agent": after})
+        assert status == 200, body
+        wait_until("the next request's audit record", lambda: self.records(after))
+
+    def the_only_record(self) -> dict:
+        """The fault's one audit record."""
+        records = self.records()
+        assert len(records) == 1, records
+        return records[0]
+
+
+def counter_delta(stack: Stack, before: dict[str, int]) -> dict[str, int]:
+    after = stack.counters()
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+@pytest.fixture
+def marked(stack):
+    return Marked(stack, stack.token("alice", ["engineering"]))
+
+
+# --- the provider answers with an error ------------------------------------
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_provider_error_reaches_the_sdk_as_that_error_and_is_inspected(stack, marked, status):
+    error = {"error": {"message": f"overloaded while answering {EMAIL}", "type": "server_error",
+                       "param": None, "code": None}}
+    stack.provider_queue_raw([{"status": status, "content_type": "application/json", "body": json.dumps(error)}])
+    client = openai.OpenAI(base_url=f"{stack.gateway_url}/openai/v1", api_key="unused", max_retries=0,
+                           default_headers=marked.headers)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(**request_body(stream=False))
+    assert raised.value.status_code == status
+    assert raised.value.body["message"] == "overloaded while answering [EMAIL]"
+    marked.the_next_request_is_served()
+    record = marked.the_only_record()
+    assert (record["status"], record["decision"], record["upstream_cluster"]) == (status, "masked", "provider_openai")
+
+
+def test_a_provider_page_that_is_not_json_is_inspected_as_text(stack, marked):
+    page = f"<html><body><h1>502 Bad Gateway</h1><p>contact {EMAIL}</p></body></html>"
+    stack.provider_queue_raw([{"status": 502, "content_type": "text/html", "body": page}])
+    status, headers, body = http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
+                                 headers=marked.headers)
+    assert status == 502
+    assert body.decode() == page.replace(EMAIL, "[EMAIL]")
+    marked.the_next_request_is_served()
+    assert marked.the_only_record()["decision"] == "masked"
+
+
+# --- the provider cuts its connection in the middle of an answer -------------
+
+def read_until(stream: httpx.Response, needle: bytes) -> tuple[bytes, object]:
+    """Reads a streamed response until `needle` has arrived; returns what
+    came and the iterator, to read on."""
+    chunks = stream.iter_raw()
+    got = b""
+    for piece in chunks:
+        got += piece
+        if needle in got:
+            return got, chunks
+    raise AssertionError(f"the stream ended before {needle!r}: {got!r}")
+
+
+def read_rest(chunks) -> tuple[bytes, bool]:
+    """The rest of a stream, and whether it ended cleanly (not cut)."""
+    got = b""
+    try:
+        for piece in chunks:
+            got += piece
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        return got, False
+    return got, True
+
+
+def test_a_stream_cut_by_the_provider_sends_nothing_it_held(stack, marked):
+    before = stack.counters()
+    # The first events arrive (one with a whole address, masked); the last
+    # one ends in the middle of another address, which the gateway holds
+    # until it knows where the address ends.
+    first = chunk(f"write to {EMAIL} ") + chunk("or to jane.roe@exa")
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": first, "then": "hold"}])
+    with httpx.Client(timeout=30) as client, client.stream(
+            "POST", f"{stack.gateway_url}{CHAT}", json=request_body(), headers=marked.headers) as resp:
+        assert resp.status_code == 200
+        got, chunks = read_until(resp, b"[EMAIL]")
+        # The rest of the address and the start of an event, then the cut.
+        assert stack.provider_end_held(more=chunk("mple.com today")[:-12], reset=True) == 1
+        rest, clean = read_rest(chunks)
+    seen = (got + rest).decode(errors="replace")
+    assert not clean, "a cut answer must not look complete to the client"
+    assert "jane.doe" not in seen and "jane.roe" not in seen and "mple.com" not in seen, seen
+    marked.the_next_request_is_served()
+    record = marked.the_only_record()
+    assert record["decision"] == "masked", record
+    assert "personal-data" in (record.get("rules") or ""), record
+    assert record["response_flags"] not in (None, "", "-"), record
+    delta = counter_delta(stack, before)
+    assert delta.get("warden.rule.personal-data.mask", 0) >= 1, delta
+
+
+def test_a_json_answer_cut_by_the_provider_reaches_the_client_in_no_part(stack, marked):
+    half = json.dumps({"id": "chatcmpl-f", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": f"write to {EMAIL}"}}]})[:-20]
+    stack.provider_queue_raw([{"content_type": "application/json", "body": half, "then": "hold"}])
+    cut = threading.Thread(target=lambda: (
+        wait_until("the request to reach the provider", lambda: stack.provider_raw_status()["open"] == 1),
+        stack.provider_end_held(reset=True)))
+    cut.start()
+    # The gateway holds a JSON answer whole before inspecting it: the client
+    # sees nothing until the provider cuts the connection.
+    try:
+        resp = httpx.post(f"{stack.gateway_url}{CHAT}", json=request_body(stream=False), headers=marked.headers,
+                          timeout=30)
+        status, body = resp.status_code, resp.content
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        status, body = None, b""
+    cut.join()
+    assert EMAIL.encode() not in body and b"write to" not in body, body
+    # Envoy answers a response cut before it went downstream with its own 503, or cuts the client too.
+    assert status in (None, 502, 503), (status, body)
+    marked.the_next_request_is_served()
+    assert marked.the_only_record()["response_flags"] not in (None, "", "-")
+
+
+# --- the client leaves in the middle of a stream that never ends ------------
+
+def test_a_client_that_leaves_a_stream_closes_it_upstream_with_one_record(stack, marked):
+    before = stack.counters()
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": first_words(), "then": "hold"}])
+    with httpx.Client(timeout=30) as client, client.stream(
+            "POST", f"{stack.gateway_url}{CHAT}", json=request_body(), headers=marked.headers) as resp:
+        got, _ = read_until(resp, b"[EMAIL]")
+        assert stack.provider_raw_status()["open"] == 1
+    # The client has closed its connection: Envoy closes the provider's.
+    wait_until("the gateway to close the provider's stream", lambda: stack.provider_raw_status()["open"] == 0)
+    assert EMAIL.encode() not in got
+    marked.the_next_request_is_served()
+    record = marked.the_only_record()
+    assert "DC" in record["response_flags"], record
+    assert record["decision"] == "masked", record
+    assert counter_delta(stack, before).get("warden.requests.masked", 0) >= 1
+
+
+# --- an event larger than any buffer ----------------------------------------
+
+def test_an_event_larger_than_any_buffer_ends_the_stream_with_an_error_event(stack, marked):
+    huge = f"data: {{\"choices\": [{{\"index\": 0, \"delta\": {{\"content\": \"{EMAIL} " + "a" * (5 << 20) + "\"}}]}}\n\n"
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": chunk("before ") + huge}])
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", f"{stack.gateway_url}{CHAT}", json=request_body(), headers=marked.headers) as resp:
+        assert resp.status_code == 200
+        got, clean = read_rest(resp.iter_raw())
+    text = got.decode()
+    assert EMAIL not in text and "aaaa" not in text, text[:300]
+    events = [block for block in text.split("\n\n") if block]
+    assert "before" in events[0]
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["type"] == "permission_error", last
+    assert len(got) < 64 << 10
+    marked.the_next_request_is_served()
+    record = marked.the_only_record()
+    assert record["decision"] in ("blocked", "masked"), record
+
+
+def test_a_stream_that_falls_silent_is_ended_by_the_gateway(make_stack):
+    def short_idle(cfg: dict) -> None:
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stream_idle_timeout"] = "1s"
+
+    stack = make_stack(edit_envoy_config=short_idle)
+    marked = Marked(stack, stack.token("alice", ["engineering"]))
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": first_words(), "then": "hold"}])
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", f"{stack.gateway_url}{CHAT}", json=request_body(), headers=marked.headers) as resp:
+        got, chunks = read_until(resp, b"[EMAIL]")
+        rest, clean = read_rest(chunks)
+    assert not clean
+    assert EMAIL.encode() not in got + rest
+    wait_until("the gateway to close the provider's stream", lambda: stack.provider_raw_status()["open"] == 0)
+    marked.the_next_request_is_served()
+    record = marked.the_only_record()
+    assert "SI" in record["response_flags"], record
+    assert record["decision"] == "masked", record
