@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -109,23 +108,29 @@ def test_real_idp_discovery_rotation_and_outage(idp, make_stack):
     # An unknown kid triggers a refetch, rate-limited to one per MIN_REFETCH: if the
     # timer's fetch (which may have hit the IdP while it restarted) took the slot,
     # the next request after it gets the new key.
-    wait_until("the rotated key", lambda: ask(stack, rotated) == (200, None), timeout=MIN_REFETCH + REFRESH + 15)
+    wait_until("the rotated key", lambda: ask(stack, rotated) == (200, None), timeout=120)
     assert ask(stack, first)[0] == 200, "tokens signed with the previous key still verify"
 
-    # Outage: cached keys carry on within the bound...
+    # Outage: cached keys carry on within the bound, then requests are denied
+    # clearly, not with a misleading 401, and nothing else in between. (When
+    # exactly: checked to the second on a driven clock in
+    # tests/emulated/test_faults.py; here the machine's load decides how many
+    # requests fit before it.)
     idp.stop()
-    down_at = time.monotonic()
-    assert ask(stack, rotated)[0] == 200
-    # ...then requests are denied clearly, not with a misleading 401.
-    wait_until("the stale-keys denial", lambda: ask(stack, rotated) == (503, "warden.keys_stale"),
-               timeout=MAX_STALE + 25)
-    assert time.monotonic() - down_at >= MAX_STALE - REFRESH - 1
+    seen: list[tuple[int, str | None]] = []
+
+    def refused_as_stale() -> bool:
+        seen.append(ask(stack, rotated))
+        return seen[-1] == (503, "warden.keys_stale")
+
+    wait_until("the stale-keys denial", refused_as_stale, timeout=120)
+    assert set(seen) <= {(200, None), (503, "warden.keys_stale")}, seen
     # The filter's own issuer (the dev IdP) is unaffected.
     assert ask(stack, stack.token("alice", ["engineering"]))[0] == 200
 
     # The IdP comes back: keys are fetched again and requests pass.
     idp.start([key_b, key_a])
-    wait_until("recovery after the IdP returns", lambda: ask(stack, rotated)[0] == 200, timeout=REFRESH + 25)
+    wait_until("recovery after the IdP returns", lambda: ask(stack, rotated)[0] == 200, timeout=120)
     def idp_records():
         return [r for r in stack.access_log_records() if r.get("issuer") == idp.issuer]
 
