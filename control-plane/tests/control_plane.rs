@@ -2714,3 +2714,104 @@ async fn policy_checks_do_not_stall_the_server() {
     drop(server);
     drop(thread);
 }
+
+/// The database goes away and comes back, and the control plane is not
+/// restarted: while it lasts, a write is refused with a clear 503
+/// (`database_unavailable`, nothing about the database in the message), never
+/// a 500 or a hang, and gateways' reads go on where the database allows;
+/// afterwards everything works again.
+mod database_faults {
+    use super::*;
+    use sqlx::Connection as _;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_locked_sqlite_file_refuses_writes_clearly_then_recovers() {
+        let server = start(Backend::Sqlite, |_| {}).await.unwrap();
+        let admin = server.admin();
+        server.publish(POLICY_V1, "before the lock", true).await;
+
+        // Another process (a backup, an operator's sqlite3 shell) holds the
+        // write lock for as long as it likes.
+        let file = server
+            .state
+            .config()
+            .data_dir
+            .join(warden_control_plane::store::SQLITE_FILE_NAME);
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&file);
+        let mut other = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        let write = json!({"document": POLICY_V2, "message": "during the lock", "activate": true});
+        let (status, body) = server
+            .post("/v1/policies", Auth::Bearer(&admin), write.clone())
+            .await;
+        assert_code(
+            status,
+            &body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("warden.db") && !message.to_lowercase().contains("locked"),
+            "no database detail leaves the process: {message}"
+        );
+        // Gateways still read the active policy (WAL: readers never wait
+        // for the writer).
+        let (status, active) = server.get("/v1/policy/active", Auth::Gateway(SECRET)).await;
+        assert_eq!(status, StatusCode::OK, "{active}");
+        assert_eq!(active["version"], 1);
+
+        // The lock goes away: the same write now succeeds.
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        let (status, body) = server
+            .post("/v1/policies", Auth::Bearer(&admin), write)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, active) = server.get("/v1/policy/active", Auth::Gateway(SECRET)).await;
+        assert_eq!(active["version"], 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_connections_cut_as_by_a_restart_are_replaced_without_an_error() {
+        let Some(server) = start(Backend::Postgres, |_| {}).await else {
+            return;
+        };
+        let admin = server.admin();
+        server.publish(POLICY_V1, "before the cut", true).await;
+        let url = server.state.config().database_url.clone().unwrap();
+
+        // Every connection of the control plane's pool is ended by the
+        // server, as a restart (or a failover) ends them.
+        let mut dba = sqlx::PgConnection::connect(&url).await.unwrap();
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS ended",
+        )
+        .fetch_one(&mut dba)
+        .await
+        .unwrap();
+        assert!(cut >= 1, "the pool held connections to cut");
+        let _ = dba.close().await;
+
+        // The next requests find dead connections in the pool: each is
+        // noticed and replaced, and no caller sees an error.
+        for i in 0..8 {
+            let (status, active) = server.get("/v1/policy/active", Auth::Gateway(SECRET)).await;
+            assert_eq!(status, StatusCode::OK, "read {i}: {active}");
+        }
+        let (status, body) = server
+            .post(
+                "/v1/policies",
+                Auth::Bearer(&admin),
+                json!({"document": POLICY_V2, "message": "after the cut", "activate": true}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
