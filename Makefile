@@ -8,16 +8,18 @@
 #   make detect-report  each detector's recall and false alarms on a labelled corpus
 #   make fuzz    the engine's fuzz targets (cargo-fuzz, libFuzzer), FUZZ_SECONDS each
 #                (default 30; scripts/fuzz.sh says the rest); not part of `make test`
+#   make soak    ten minutes of mixed traffic with 1,000 open streams while the control
+#                plane and IdP restart; figures in target/soak (RELIABILITY.md quotes them)
 #   make fresh-check  the README's two commands on a pristine Debian 12 root
 #                (scripts/fresh-check.sh; too long for CI: run it before
 #                changing how anything is installed, built or tested)
 # `make demo` and `make run` install only what they use; `make test`,
-# `make bench` and `make fuzz` add what only they need.
+# `make bench`, `make fuzz` and `make soak` add what only they need.
 
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: all bootstrap bootstrap-test bootstrap-bench bootstrap-fuzz build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench detect-report fuzz clean
+.PHONY: all bootstrap bootstrap-test bootstrap-bench bootstrap-fuzz build run demo test fresh-check test-unit test-wasm test-emulated lint validate-envoy test-e2e bench detect-report fuzz soak clean
 
 all: build
 
@@ -55,6 +57,12 @@ detect-report: bootstrap
 
 fuzz: bootstrap-fuzz
 	@scripts/fuzz.sh $(FUZZ_TARGETS)
+
+# Release binaries, as a deployment runs them; SOAK_SECONDS, SOAK_STREAMS and
+# SOAK_CHAT_WORKERS change the defaults (600, 1000, 6).
+soak: bootstrap-test
+	@WARDEN_NATIVE_PROFILE=release scripts/build.sh
+	@WARDEN_NATIVE_PROFILE=release $(PY) tests/soak/soak.py
 
 # The pieces of `make test`, for a quicker loop (they assume `make build` ran).
 test-unit:

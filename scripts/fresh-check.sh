@@ -22,6 +22,8 @@
 #
 #   FRESH_KEEP=1 make fresh-check   keep .fresh/root afterwards (to look inside)
 #   FRESH_ONLY=demo make fresh-check  run `make demo` only
+#   FRESH_ALSO="make fuzz" make fresh-check  after the two, run more commands in
+#                the same root (each word-split; separate commands with `;`)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -119,9 +121,15 @@ run_inside() {
 summary="$FRESH/summary.txt"
 : > "$summary"
 failed=0
-for cmd in "make demo" "make test"; do
+commands=("make demo" "make test")
+IFS=';' read -r -a also <<< "${FRESH_ALSO:-}"
+for cmd in "${also[@]}"; do
+    cmd="$(echo "$cmd" | xargs)"
+    [ -n "$cmd" ] && commands+=("$cmd")
+done
+for cmd in "${commands[@]}"; do
     [ -n "${FRESH_ONLY:-}" ] && [ "$cmd" != "make ${FRESH_ONLY}" ] && continue
-    log="$FRESH/${cmd#make }.log"
+    log="$FRESH/$(echo "${cmd#make }" | tr -c 'A-Za-z0-9_\n-' '_').log"
     step "fresh-check: $cmd (log: $log)"
     t0=$(date +%s)
     set +e
