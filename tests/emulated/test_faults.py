@@ -126,3 +126,37 @@ def test_a_policy_the_control_plane_garbles_is_not_installed_and_the_last_one_se
     assert envoy.stats.get("warden.policy.version", 0) == 0
     stream = send_chat(vm, mint(key, envoy))
     assert stream.upstream.end and stream.state("warden.policy_version") == "0"
+
+
+def test_a_client_that_leaves_while_its_request_waits_for_keys_does_not_strand_the_next(key, rotated_key):
+    from host import PAUSE
+    from support import chat_body, request_headers
+
+    envoy = make_envoy()
+    vm = envoy.start_vm()
+    load_keys(vm, key)
+    envoy.advance(11)  # past min_refetch_seconds since the timer's fetch
+    token = mint(rotated_key, envoy)  # a kid the VM does not hold: its request waits for a refetch
+    body = chat_body("hello")
+    first = vm.new_stream()
+    assert first.send_request_headers(request_headers(token, body)) == PAUSE
+    [refetch] = vm.pending("idp")
+    # The client leaves: Envoy ends the stream and cancels its call, which
+    # is never answered.
+    first.finish()
+    refetch.answered = True
+    assert first.upstream.headers is None
+
+    # A request right after it is not left waiting on the abandoned fetch:
+    # within the refetch limit (which protects the IdP) it is refused at once.
+    hasty = send_chat(vm, token)
+    assert (hasty.downstream.status, hasty.downstream.headers.get("x-warden-reason")) == (
+        401, b"warden.token_unknown_key")
+    # Once the limit allows, the next one fetches again and goes on.
+    envoy.advance(11)
+    second = vm.new_stream()
+    assert second.send_request_headers(request_headers(token, body)) == PAUSE
+    [again] = vm.pending("idp")
+    assert second.send_request_body(body, end_of_stream=True) == PAUSE
+    vm.respond(again, 200, [("content-type", "application/json")], jwks(key, rotated_key))
+    assert second.upstream.end and not second.local_replies
