@@ -74,9 +74,11 @@ pub fn is_requester(who: &Identity, row: &ApprovalRow) -> bool {
 }
 
 /// `POST /v1/approvals/{id}/approve` and `/deny`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideRequest {
+    /// Shown to the requester; required to deny. At most 2000 bytes, no
+    /// control characters but newlines.
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -84,7 +86,7 @@ pub struct DecideRequest {
 /// An approval as every endpoint answers it: what the filter reads (the
 /// engine's [`ApprovalAnswer`]: id, status, consumed, reason, decided_by,
 /// url), and what people are shown besides.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalView {
     /// Id, status, whether it was used, the approver's reason and subject,
     /// the approvers' page at this approval (always there).
@@ -112,7 +114,7 @@ pub struct ApprovalView {
 }
 
 /// `GET /v1/approvals`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalList {
     /// Newest first.
     pub approvals: Vec<ApprovalView>,

@@ -33,6 +33,7 @@ pub const SESSIONS_PATH: &str = "/v1/sessions";
 
 /// What the gateway did with a request, as the audit trail, the access log
 /// and the counters (`warden.requests.<decision>`) name it.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -77,6 +78,7 @@ impl Decision {
 }
 
 /// How a request that needs an approval is handled.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +101,7 @@ impl ApprovalMode {
 }
 
 /// What the audit trail keeps of each exchange.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
@@ -163,6 +166,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// What the control plane says about an approval.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {
@@ -195,6 +199,7 @@ impl ApprovalStatus {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalAnswer {
     pub id: String,
@@ -212,6 +217,7 @@ pub struct ApprovalAnswer {
 /// The request that needs an approval (`POST /v1/approvals`): the filter
 /// sends it, the control plane reads it into the same type (one definition
 /// of the wire format).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRequest {
@@ -244,6 +250,7 @@ pub struct ApprovalRequest {
 /// one approved for another requester, body, rule, provider, model, route
 /// or policy version is not this request's. The filter sends it; the control
 /// plane compares it with what the approval was opened for.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalBinding {
@@ -260,6 +267,7 @@ pub struct ApprovalBinding {
 /// One exchange as the audit trail keeps it. Never a raw value: `request`
 /// and `response` are the bodies after the policy's masking, and only with
 /// `record: masked`.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRecord {
@@ -305,6 +313,7 @@ pub fn rfc3339_millis(ms: u64) -> String {
 }
 
 /// The body of `POST /v1/sessions`, as the control plane reads it.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionBatch {
