@@ -331,11 +331,17 @@ pub struct ListFilter {
     pub until: Option<SystemTime>,
 }
 
-/// An RFC 3339 time (`2026-01-31T12:00:00Z`, `…+02:00`, fractions allowed).
+/// An RFC 3339 time (`2026-01-31T12:00:00Z`, `…+02:00`, fractions allowed),
+/// of any year from 0000.
 pub fn parse_time(text: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(text.trim()).ok().or_else(|| {
+    let text = text.trim();
+    parse_time_from_1970(text).or_else(|| parse_time_before_1970(text))
+}
+
+/// [`parse_time`] for years humantime reads: from 1970.
+fn parse_time_from_1970(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text).ok().or_else(|| {
         // An offset other than `Z`: move the wall-clock time by it.
-        let text = text.trim();
         let split = text.len().checked_sub(6)?;
         let (local, offset) = (text.get(..split)?, text.get(split..)?);
         let sign = match offset.as_bytes().first()? {
@@ -353,6 +359,28 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
             wall.checked_add(offset)
         }
     })
+}
+
+/// [`parse_time`] before 1970, which humantime does not read (a `since`
+/// of 0417 is a valid time, and means "from the start"): the same date and
+/// time in 1971 or 1972 (a year as leap as this one, so that February 29th
+/// is checked alike), moved back by the days between the two years.
+fn parse_time_before_1970(text: &str) -> Option<SystemTime> {
+    let digits = text.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i64 = digits.parse().ok()?;
+    if year >= 1970 {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let stand_in: i64 = if leap { 1972 } else { 1971 };
+    let moved = parse_time_from_1970(&format!("{stand_in}{}", text.get(4..)?))?;
+    // Days from 0000-01-01 to January 1st of `year` (proleptic Gregorian).
+    let days = |year: i64| 365 * year + (year + 3) / 4 - (year + 99) / 100 + (year + 399) / 400;
+    let seconds = u64::try_from((days(stand_in) - days(year)) * 86_400).ok()?;
+    moved.checked_sub(Duration::from_secs(seconds))
 }
 
 impl ListFilter {
@@ -827,9 +855,39 @@ mod tests {
             "2026-01-02",
             "2026-01-02T03:04:05+2",
             "2026-13-02T03:04:05Z",
+            "1900-02-29T00:00:00Z",
+            "+969-01-01T00:00:00Z",
+            "0417-13-08T06:44:26Z",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
+    }
+
+    /// Found by schemathesis: `since=0417-05-08T06:44:26.336079Z` was
+    /// refused as not an RFC 3339 time (humantime reads years from 1970).
+    #[test]
+    fn times_before_1970_are_read() {
+        use std::time::UNIX_EPOCH;
+        let before = |seconds: u64| UNIX_EPOCH.checked_sub(Duration::from_secs(seconds));
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), before(1));
+        assert_eq!(
+            parse_time("1969-12-31T23:00:00-02:00"),
+            Some(UNIX_EPOCH + Duration::from_secs(3600))
+        );
+        // 0000 is a leap year; 62167219200 s from it to 1970.
+        assert_eq!(parse_time("0000-01-01T00:00:00Z"), before(62_167_219_200));
+        assert_eq!(
+            parse_time("0000-02-29T00:00:00Z"),
+            before(62_167_219_200 - (31 + 28) * 86_400)
+        );
+        assert_eq!(
+            parse_time("1600-02-29T12:00:00.5Z"),
+            before(11_670_955_200).map(|t| t + Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_time("0417-05-08T06:44:26.336079Z"),
+            before(48_996_897_334).map(|t| t + Duration::from_micros(336_079))
+        );
     }
 
     #[test]
