@@ -513,7 +513,8 @@ async fn open_approval(
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// How long to wait for a decision, in milliseconds; at most (and by
-    /// default) 30000.
+    /// default) 30000, a longer wait is cut to that.
+    #[param(format = "uint64")]
     pub timeout_ms: Option<u64>,
 }
 

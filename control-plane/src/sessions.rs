@@ -307,17 +307,35 @@ pub struct ListQuery {
     /// Only records with this decision (`allowed`, `masked`, ...).
     #[param(max_length = 64)]
     pub decision: Option<String>,
-    /// Only records made at or after this RFC 3339 time.
-    #[param(format = DateTime)]
+    /// Only records made at or after this RFC 3339 time (empty: no bound).
+    #[param(schema_with = time_filter)]
     pub since: Option<String>,
-    /// Only records made at or before this RFC 3339 time.
-    #[param(format = DateTime)]
+    /// Only records made at or before this RFC 3339 time (empty: no bound).
+    #[param(schema_with = time_filter)]
     pub until: Option<String>,
     /// Most records answered (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Only records older than this `seq` (the previous page's `next_before_seq`).
     pub before_seq: Option<i64>,
+}
+
+/// The description of `since` and `until`: an RFC 3339 time, or blank for
+/// none (what an empty form field sends).
+fn time_filter() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*$")),
+        )
+        .into()
 }
 
 /// The list's filters beyond the subject (which the database applies).
@@ -454,7 +472,7 @@ pub struct SessionSummary {
     #[schema(value_type = Option<String>)]
     pub route: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, format = "uint64")]
     pub policy_version: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -463,7 +481,7 @@ pub struct SessionSummary {
     #[schema(value_type = Option<String>)]
     pub approval_id: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, format = "uint64")]
     pub status: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<warden_engine::protocol::Record>)]

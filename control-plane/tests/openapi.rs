@@ -196,3 +196,58 @@ async fn the_description_names_who_may_call_each_operation() {
         assert!(operation["responses"]["401"].is_object(), "{method} {path}");
     }
 }
+
+/// The schema of query parameter `name` of `GET path`.
+fn query_parameter<'a>(description: &'a Value, path: &str, name: &str) -> &'a Value {
+    description["paths"][path]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == name && parameter["in"] == "query")
+        .map(|parameter| &parameter["schema"])
+        .unwrap_or_else(|| panic!("no query parameter {name} on GET {path}"))
+}
+
+/// What schemathesis found the description ruling out while the server
+/// (rightly) accepts it; each was a failure of `tests/e2e/test_api_schema.py`.
+#[tokio::test]
+async fn the_description_admits_what_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = app(state(dir.path(), true).await);
+    let description = served_description(&router).await;
+
+    // `until=` (an empty form field) is no bound, not a bad time.
+    for name in ["since", "until"] {
+        let schema = query_parameter(&description, "/v1/sessions", name);
+        let choices = schema["oneOf"].as_array().unwrap();
+        assert!(
+            choices.iter().any(|choice| choice["format"] == "date-time"),
+            "{schema}"
+        );
+        assert!(
+            choices.iter().any(|choice| choice["pattern"] == r"^\s*$"),
+            "{schema}"
+        );
+    }
+
+    // Every u64 is described as one, not as `format: int64`, which ends
+    // at i64::MAX: `timeout_ms=9223372036854775808` and a session record's
+    // `policy_version` of 2^63 were taken, as a u64 is.
+    let timeout = query_parameter(&description, "/v1/approvals/{id}/wait", "timeout_ms");
+    let schemas = &description["components"]["schemas"];
+    for (what, schema) in [
+        ("timeout_ms", timeout),
+        (
+            "SessionRecord.policy_version",
+            &schemas["SessionRecord"]["properties"]["policy_version"],
+        ),
+        (
+            "ApprovalRequest.policy_version",
+            &schemas["ApprovalRequest"]["properties"]["policy_version"],
+        ),
+    ] {
+        assert_eq!(schema["format"], "uint64", "{what}: {schema}");
+        assert_eq!(schema["minimum"], 0, "{what}: {schema}");
+        assert!(schema.get("maximum").is_none(), "{what}: {schema}");
+    }
+}

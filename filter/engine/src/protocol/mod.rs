@@ -22,6 +22,10 @@ pub use reason::Reason;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+// In the control plane's OpenAPI description (feature `schema`), a `u64`
+// says `format = "uint64"`: utoipa's default, `int64`, would end its range
+// at i64::MAX, and the control plane takes every u64.
+
 /// Header that carries the gateway's shared secret to the control plane.
 pub const GATEWAY_KEY_HEADER: &str = "x-warden-gateway-key";
 /// Where the active policy is served.
@@ -238,7 +242,10 @@ pub struct ApprovalRequest {
     pub route: String,
     pub rule: String,
     /// 0 for the policy from the Envoy configuration (no published version).
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub policy_version: u64,
+    /// SHA-256 (hex, lowercase) of the body's [`canonical_json`].
+    #[cfg_attr(feature = "schema", schema(pattern = "^[0-9a-f]{64}$"))]
     pub body_sha256: String,
     /// The prompt after the policy's masking: never the raw text.
     pub masked_prompt: String,
@@ -261,6 +268,7 @@ pub struct ApprovalBinding {
     pub provider: String,
     pub model: Option<String>,
     pub route: String,
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub policy_version: u64,
 }
 
@@ -281,11 +289,13 @@ pub struct SessionRecord {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub route: String,
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub policy_version: u64,
     pub decision: Decision,
     pub reason: Option<Reason>,
     pub rules: String,
     pub approval_id: Option<String>,
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub status: Option<u64>,
     pub usage: Option<Value>,
     pub record: Record,
