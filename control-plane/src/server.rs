@@ -27,9 +27,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -102,11 +101,8 @@ fn described_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(crate::web::router(state))
 }
 
-/// The API's OpenAPI description as `warden serve` serves it (at
-/// `/v1/openapi.json`): the routes of `state`.
-pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
-    described_routes(state).into_openapi()
-}
+/// The OpenAPI tag of `/healthz` and `/v1/openapi.json`.
+const SERVER_TAG: &str = "server";
 
 /// What the description says of itself; the paths come from the routes.
 #[derive(utoipa::OpenApi)]
@@ -118,11 +114,11 @@ pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
     ),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "policies", description = "Policy versions: published and activated by admins, served to gateways"),
-        (name = "approvals", description = "Just-in-time approvals: opened and used by gateways, decided by people"),
-        (name = "sessions", description = "Recorded sessions: appended by gateways, read and verified by auditors"),
-        (name = "page", description = "What the approvers' page reads"),
-        (name = "server", description = "Health and this description"),
+        (name = crate::api::POLICIES_TAG, description = "Policy versions: published and activated by admins, served to gateways"),
+        (name = crate::api::APPROVALS_TAG, description = "Just-in-time approvals: opened and used by gateways, decided by people"),
+        (name = crate::sessions::SESSIONS_TAG, description = "Recorded sessions: appended by gateways, read and verified by auditors"),
+        (name = crate::web::PAGE_TAG, description = "What the approvers' page reads"),
+        (name = SERVER_TAG, description = "Health and this description"),
     ),
 )]
 struct ApiDoc;
@@ -160,7 +156,7 @@ impl utoipa::Modify for SecuritySchemes {
 #[utoipa::path(
     get,
     path = "/v1/openapi.json",
-    tag = "server",
+    tag = SERVER_TAG,
     responses((status = 200, description = "This OpenAPI document", body = Object)),
 )]
 async fn openapi_description(
@@ -302,7 +298,7 @@ pub struct Health {
 #[utoipa::path(
     get,
     path = "/healthz",
-    tag = "server",
+    tag = SERVER_TAG,
     responses((status = 200, description = "Healthy", body = Health), Unavailable),
 )]
 async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {

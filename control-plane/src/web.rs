@@ -47,6 +47,8 @@ use crate::state::AppState;
 pub const PAGE_PATH: &str = crate::state::APPROVALS_PATH;
 /// The page's recorded-sessions view (auditors).
 pub const SESSIONS_PATH: &str = "/sessions";
+/// The OpenAPI tag of `/v1/ui/config`.
+pub const PAGE_TAG: &str = "page";
 /// Scopes the page asks for.
 const SCOPES: [&str; 3] = ["openid", "profile", "email"];
 /// How long a fetched discovery document of an external issuer is reused.
@@ -222,7 +224,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 #[utoipa::path(
     get,
     path = "/v1/ui/config",
-    tag = "page",
+    tag = PAGE_TAG,
     responses(
         (status = 200, description = "The settings", body = UiConfig),
         (status = 503, description = "No identity provider is configured (`sign_in_not_configured`), or its discovery document cannot be read (`issuer_unavailable`)", body = crate::error::ErrorBody),

@@ -157,7 +157,7 @@ async fn every_api_route_is_described_with_its_methods() {
 }
 
 #[tokio::test]
-async fn the_description_names_who_may_call_each_operation() {
+async fn the_description_names_each_operations_group_and_callers() {
     let dir = tempfile::tempdir().unwrap();
     let router = app(state(dir.path(), true).await);
     let description = served_description(&router).await;
@@ -175,8 +175,17 @@ async fn the_description_names_who_may_call_each_operation() {
     .into_iter()
     .map(|(path, method)| (path.to_owned(), method.to_owned()))
     .collect();
+    let tags: Vec<&Value> = description["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tag| &tag["name"])
+        .collect();
     for (path, method) in described_operations(&description) {
         let operation = &description["paths"][&path][method.to_lowercase()];
+        // Each in one of the groups the description names.
+        let tag = &operation["tags"][0];
+        assert!(tags.contains(&tag), "{method} {path}: tag {tag}");
         let security = operation["security"].as_array();
         if open.contains(&(path.clone(), method.clone())) {
             assert!(security.is_none(), "{method} {path}");
