@@ -28,7 +28,6 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +42,7 @@ use crate::approvals::{
     self, ApprovalBinding, ApprovalList, ApprovalStatus, ApprovalView, DecideRequest, OpenRequest,
     MAX_WAIT_MS,
 };
+use crate::body::{from_object, JsonObject};
 use crate::error::responses::{
     BadRequest, Conflict, Forbidden, Gone, InvalidPolicy, NotFound, PayloadTooLarge,
     TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
@@ -319,10 +319,10 @@ pub struct VersionParam {
 async fn publish_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<PublishRequest>, JsonRejection>,
+    body: Result<JsonObject<PublishRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let caller = state.users().admin(&headers).await?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     let message = request.message.trim();
     if message.is_empty() {
         return Err(ApiError::BadRequest(
@@ -333,6 +333,11 @@ async fn publish_policy(
         return Err(ApiError::BadRequest(format!(
             "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
         )));
+    }
+    if !crate::fields::storable(message) {
+        return Err(ApiError::BadRequest(
+            "`message` must not contain U+0000".into(),
+        ));
     }
     check_policy(&state, &caller, &request.document).await?;
     let sha256 = policies::sha256_hex(&request.document);
@@ -377,10 +382,10 @@ async fn publish_policy(
 async fn validate_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<ValidateRequest>, JsonRejection>,
+    body: Result<JsonObject<ValidateRequest>, ApiError>,
 ) -> Result<Json<Validity>, ApiError> {
     let caller = state.users().caller(&headers).await?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     check_policy(&state, &caller, &request.document).await?;
     Ok(Json(Validity { valid: true }))
 }
@@ -477,10 +482,10 @@ async fn activate_policy(
 async fn open_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<OpenRequest>, JsonRejection>,
+    body: Result<JsonObject<OpenRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     gateway(&state, &headers)?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     let now = state.clock().now_ms();
     let new = approvals::new_row(request, now).map_err(ApiError::BadRequest)?;
     let (row, outcome) = state.store().open_approval(new, now).await.map_err(db)?;
@@ -535,8 +540,9 @@ fn not_found(id: &str) -> ApiError {
 }
 
 async fn load(state: &AppState, id: &str) -> Result<ApprovalRow, ApiError> {
-    // Ids are ours (`apr_` + hex); anything else cannot exist.
-    if id.len() > 64 {
+    // Ids are ours (`apr_` + hex); anything else cannot exist (and U+0000
+    // cannot even be looked up in PostgreSQL).
+    if id.len() > 64 || !crate::fields::storable(id) {
         return Err(not_found(id));
     }
     state
@@ -612,10 +618,10 @@ async fn consume_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<ApprovalBinding>, JsonRejection>,
+    body: Result<JsonObject<ApprovalBinding>, ApiError>,
 ) -> Result<Json<ApprovalView>, ApiError> {
     gateway(&state, &headers)?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     let row = load(&state, &id).await?;
     if !approvals::binds(&row, &request) {
         return Err(ApiError::refused(
@@ -854,9 +860,12 @@ async fn decide(
     let request: DecideRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DecideRequest::default()
     } else {
-        serde_json::from_slice::<Option<DecideRequest>>(&body)
+        match serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-            .unwrap_or_default()
+        {
+            Value::Null => DecideRequest::default(),
+            value => from_object(value)?,
+        }
     };
     let reason = request
         .reason

@@ -197,9 +197,19 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         if value.trim().is_empty() || value.len() > MAX {
             return Err(format!("`{name}` must be 1 to {MAX} bytes"));
         }
+        if !crate::fields::storable(value) {
+            return Err(format!("`{name}` must not contain U+0000"));
+        }
     }
     if request.model.as_ref().is_some_and(|m| m.len() > MAX) {
         return Err(format!("`model` must be at most {MAX} bytes"));
+    }
+    if request
+        .model
+        .as_ref()
+        .is_some_and(|m| !crate::fields::storable(m))
+    {
+        return Err("`model` must not contain U+0000".into());
     }
     let sha = &request.body_sha256;
     if sha.len() != 64
@@ -217,9 +227,13 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
     if approvers.is_empty() {
         return Err("`approvers` must name at least one group".into());
     }
-    if approvers.len() > MAX_GROUPS || approvers.iter().any(|g| g.len() > MAX) {
+    if approvers.len() > MAX_GROUPS
+        || approvers
+            .iter()
+            .any(|g| g.len() > MAX || !crate::fields::storable(g))
+    {
         return Err(format!(
-            "`approvers` must name at most {MAX_GROUPS} groups of at most {MAX} bytes"
+            "`approvers` must name at most {MAX_GROUPS} groups of at most {MAX} bytes, without U+0000"
         ));
     }
     let ttl_seconds = u64::from(request.ttl_seconds);

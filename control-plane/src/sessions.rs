@@ -122,6 +122,18 @@ pub struct AppendAnswer {
 /// what was expected, never a value sent: records hold prompts and people's
 /// names.
 pub fn read_batch(body: Value) -> Result<SessionBatch, String> {
+    // serde would read a struct from an array too (`[[]]`: no records):
+    // objects only, the batch and each record (crate::body says why).
+    if !body.is_object() {
+        return Err("invalid value, expected struct SessionBatch".to_owned());
+    }
+    if let Some(Value::Array(records)) = body.get("records") {
+        if let Some(index) = records.iter().position(|record| !record.is_object()) {
+            return Err(format!(
+                "records[{index}]: invalid value, expected struct SessionRecord"
+            ));
+        }
+    }
     serde_path_to_error::deserialize(body).map_err(|error| {
         let path = error.path().to_string();
         let message = without_values(&error.into_inner().to_string());
@@ -170,6 +182,9 @@ pub fn validate_batch(records: Vec<SessionRecord>) -> Result<Vec<NewSession>, St
                 return Err(format!(
                     "records[{index}].id must be a string of 1 to {MAX_ID_CHARS} characters"
                 ));
+            }
+            if !crate::fields::storable(&record.id) {
+                return Err(format!("records[{index}].id must not contain U+0000"));
             }
             bound_metadata(&mut record);
             let value = serde_json::to_value(&record)
@@ -582,7 +597,11 @@ async fn list_sessions(
         since: time("since", query.since)?,
         until: time("until", query.until)?,
     };
-    let subject = query.subject.filter(|s| !s.is_empty());
+    // Compared with the subjects as they are stored (bound_metadata).
+    let subject = query
+        .subject
+        .filter(|s| !s.is_empty())
+        .map(crate::fields::stored);
     let wanted = usize::try_from(limit).unwrap_or(1);
     let chunk = if filter.is_empty() { limit } else { SCAN_PAGE };
     let mut sessions: Vec<SessionSummary> = Vec::new();
@@ -660,7 +679,8 @@ async fn show_session(
             "there is no recorded session with this id",
         )
     };
-    if id.chars().count() > MAX_ID_CHARS {
+    // No stored id is longer, or has U+0000 (crate::fields::storable).
+    if id.chars().count() > MAX_ID_CHARS || !crate::fields::storable(&id) {
         return Err(not_found());
     }
     let row = state.store().session(&id).await.map_err(db)?;
@@ -1035,6 +1055,37 @@ mod tests {
         assert_eq!(
             read(json!({"records": "secret"})).unwrap_err(),
             "records: invalid value, expected a sequence"
+        );
+        // Found by schemathesis: serde reads a struct from an array too, so
+        // `[[]]` was a batch of no records.
+        assert_eq!(
+            read(json!([[]])).unwrap_err(),
+            "invalid value, expected struct SessionBatch"
+        );
+        let positional = json!([
+            "r1",
+            "2026-01-02T03:04:05Z",
+            null,
+            "alice",
+            [],
+            null,
+            null,
+            "/v1/chat/completions",
+            1,
+            "allowed",
+            null,
+            "",
+            null,
+            null,
+            null,
+            "metadata",
+            null,
+            null
+        ]);
+        assert!(serde_json::from_value::<SessionRecord>(positional.clone()).is_ok());
+        assert_eq!(
+            read(json!({"records": [record("r0"), positional]})).unwrap_err(),
+            "records[1]: invalid value, expected struct SessionRecord"
         );
     }
 
