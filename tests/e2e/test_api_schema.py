@@ -17,9 +17,12 @@ denied before the run starts, and the operations on one version, approval or
 session are given their ids. (A pending approval's `/wait` would hold each
 request up to 30 s: it is given the denied one, which answers at once.)
 
+Run on SQLite and on PostgreSQL (a real server: scripts/test.sh starts one
+and sets WARDEN_TEST_DATABASE_URL), whose text cannot hold U+0000.
+
 Bounded and repeatable: a few examples per operation and phase, derandomized
-(the same requests every run; no example database). It takes about half a
-minute on two cores. Only the control plane runs (no Envoy). It runs the
+(the same requests every run; no example database). It takes about 20 s per
+database on two cores. Only the control plane runs (no Envoy). It runs the
 schemathesis command line, not its pytest plugin, whose lazily loaded
 schemas do not work with the pytest pinned here.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -35,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import WARDEN_BIN, Ports, Stack, StackError, http
+from harness.stack import WARDEN_BIN, Ports, Stack, StackError, fresh_database, http
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -58,11 +62,20 @@ CHECKS = [
 ADMIN_GROUP = "warden-admins"
 
 
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def control_plane(request, tmp_path_factory):
     if not WARDEN_BIN.exists():
         raise StackError(f"{WARDEN_BIN} is missing; run `make build` first")
-    stack = Stack(Ports.free(), tmp_path_factory.mktemp("api-schema"))
+    database_url = None
+    if request.param == "postgres":
+        server = os.environ.get("WARDEN_TEST_DATABASE_URL")
+        if not server:
+            if os.environ.get("CI") or os.environ.get("WARDEN_REQUIRE_POSTGRES"):
+                pytest.fail("WARDEN_TEST_DATABASE_URL is not set: scripts/test.sh starts PostgreSQL for this test")
+            pytest.skip("PostgreSQL not started (run through `make test`, which starts one)")
+        database_url = fresh_database(server)
+    stack = Stack(Ports.free(), tmp_path_factory.mktemp(f"api-schema-{request.param}"),
+                  database_url=database_url)
     (stack.data_dir / "logs").mkdir(parents=True, exist_ok=True)
     try:
         stack.start_control_plane()
