@@ -130,6 +130,7 @@ def tools() -> list[tuple[str, str, str | None]]:
         add(tool, "test (PostgreSQL)", f"{pg_bindir}/{tool}" if pg_bindir else None)
     add("chromium", "test (the web page)", os.environ.get("WARDEN_CHROMIUM") or which("chromium"))
     add("envoy", "demo, test", str(ROOT / ".venv" / "bin" / "envoy"))
+    add("schemathesis", "test (the API against its OpenAPI description)", str(ROOT / ".venv" / "bin" / "schemathesis"))
     add("wasm-bindgen-test-runner", "test", which("wasm-bindgen-test-runner"))
     for tool in ("wrk", "valgrind"):
         add(tool, "bench", which(tool))

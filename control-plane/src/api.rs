@@ -28,18 +28,24 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::approvals::{
     self, ApprovalBinding, ApprovalList, ApprovalStatus, ApprovalView, DecideRequest, OpenRequest,
     MAX_WAIT_MS,
+};
+use crate::body::{from_object, JsonObject};
+use crate::error::responses::{
+    BadRequest, Conflict, Forbidden, Gone, InvalidPolicy, NotFound, PayloadTooLarge,
+    TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
 };
 use crate::error::ApiError;
 use crate::fields::logged;
@@ -53,23 +59,29 @@ const MAX_REASON_BYTES: usize = 2000;
 /// Longest publish message kept.
 const MAX_MESSAGE_BYTES: usize = 2000;
 
-/// The `/v1` routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/policy/active", get(active_policy))
-        .route("/v1/policy/schema", get(policy_schema))
-        .route("/v1/policies", get(list_policies).post(publish_policy))
-        .route("/v1/policies/validate", post(validate_policy))
-        .route("/v1/policies/{version}", get(show_policy))
-        .route("/v1/policies/{version}/activate", post(activate_policy))
-        .route("/v1/approvals", get(list_approvals).post(open_approval))
-        .route("/v1/approvals/{id}", get(show_approval))
-        .route("/v1/approvals/{id}/wait", get(wait_approval))
-        .route("/v1/approvals/{id}/consume", post(consume_approval))
-        .route("/v1/approvals/{id}/approve", post(approve))
-        .route("/v1/approvals/{id}/deny", post(deny))
+/// The `/v1` routes, each registered with its OpenAPI description (the
+/// path and method are those of its `#[utoipa::path]`).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(active_policy))
+        .routes(routes!(policy_schema))
+        .routes(routes!(list_policies, publish_policy))
+        .routes(routes!(validate_policy))
+        .routes(routes!(show_policy))
+        .routes(routes!(activate_policy))
+        .routes(routes!(list_approvals, open_approval))
+        .routes(routes!(show_approval))
+        .routes(routes!(wait_approval))
+        .routes(routes!(consume_approval))
+        .routes(routes!(approve))
+        .routes(routes!(deny))
         .merge(crate::sessions::routes())
 }
+
+/// The OpenAPI tags of these routes.
+pub const POLICIES_TAG: &str = "policies";
+/// See [`POLICIES_TAG`].
+pub const APPROVALS_TAG: &str = "approvals";
 
 fn db(error: StoreError) -> ApiError {
     ApiError::DatabaseUnavailable(error.to_string())
@@ -83,13 +95,32 @@ fn gateway(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 // Policies
 
 /// `GET /v1/policy/active` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ActivePolicy {
     pub version: i64,
     pub sha256: String,
+    /// The document as JSON (the policy's JSON Schema: `GET /v1/policy/schema`).
     pub policy: Value,
 }
 
+/// The active policy version, for gateways.
+///
+/// Answered with an `ETag`; a request whose `If-None-Match` names it is
+/// answered 304 without a body.
+#[utoipa::path(
+    get,
+    path = "/v1/policy/active",
+    tag = POLICIES_TAG,
+    security(("gateway" = [])),
+    params(("If-None-Match" = Option<String>, Header, description = "ETags the gateway has")),
+    responses(
+        (status = 200, description = "The active version", body = ActivePolicy, headers(("ETag" = String))),
+        (status = 304, description = "The gateway has this version", headers(("ETag" = String))),
+        Unauthorized,
+        (status = 404, description = "No version is active yet (`no_active_policy`)", body = crate::error::ErrorBody),
+        Unavailable,
+    )
+)]
 async fn active_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -133,17 +164,39 @@ async fn active_policy(
         .into_response())
 }
 
+/// The policy document's JSON Schema.
+#[utoipa::path(
+    get,
+    path = "/v1/policy/schema",
+    tag = POLICIES_TAG,
+    responses((status = 200, description = "A JSON Schema (draft 2020-12)", body = Object)),
+)]
 async fn policy_schema() -> Json<Value> {
     Json(warden_engine::policy::json_schema())
 }
 
+/// `GET /v1/policies` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PolicyList {
+    /// Newest first.
+    pub policies: Vec<PolicyMeta>,
+}
+
+/// Every policy version's metadata, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/policies",
+    tag = POLICIES_TAG,
+    security(("person" = [])),
+    responses((status = 200, description = "The versions", body = PolicyList), Unauthorized, Unavailable),
+)]
 async fn list_policies(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PolicyList>, ApiError> {
     state.users().caller(&headers).await?;
     let policies = state.store().list_policies().await.map_err(db)?;
-    Ok(Json(json!({ "policies": policies })))
+    Ok(Json(PolicyList { policies }))
 }
 
 fn parse_version(text: &str) -> Result<i64, ApiError> {
@@ -162,13 +215,29 @@ fn no_such_version(version: i64) -> ApiError {
 }
 
 /// `GET /v1/policies/{v}` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PolicyWithDocument {
     #[serde(flatten)]
     pub meta: PolicyMeta,
+    /// The document's text, as published.
     pub document: String,
 }
 
+/// One policy version, with its document.
+#[utoipa::path(
+    get,
+    path = "/v1/policies/{version}",
+    tag = POLICIES_TAG,
+    security(("person" = [])),
+    params(VersionParam),
+    responses(
+        (status = 200, description = "The version", body = PolicyWithDocument),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    ),
+)]
 async fn show_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -185,13 +254,17 @@ async fn show_policy(
 }
 
 /// `POST /v1/policies`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// The policy document (YAML or JSON text).
     pub document: String,
+    /// Why this version is published: required, at most 2000 bytes.
     #[serde(default)]
     pub message: String,
+    /// Make it the active version at once (the default).
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub activate: bool,
 }
 
@@ -200,19 +273,56 @@ fn yes() -> bool {
 }
 
 /// `POST /v1/policies/validate`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateRequest {
+    /// The policy document (YAML or JSON text).
     pub document: String,
 }
 
+/// `POST /v1/policies/validate` answer: a document that does not compile is
+/// answered 422 instead.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct Validity {
+    /// Always true.
+    pub valid: bool,
+}
+
+/// The `{version}` of a policy route.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct VersionParam {
+    /// A policy version number (1, 2, 3, ...).
+    #[param(minimum = 1)]
+    pub version: i64,
+}
+
+/// Publishes a policy version (validated first), by default making it active.
+#[utoipa::path(
+    post,
+    path = "/v1/policies",
+    tag = POLICIES_TAG,
+    security(("person" = [])),
+    request_body = PublishRequest,
+    responses(
+        (status = 201, description = "Published", body = PolicyMeta),
+        BadRequest,
+        Unauthorized,
+        (status = 403, description = "Not a member of the admin group (`admin_required`)", body = crate::error::ErrorBody),
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InvalidPolicy,
+        TooManyRequests,
+        Unavailable,
+    ),
+)]
 async fn publish_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<PublishRequest>, JsonRejection>,
+    body: Result<JsonObject<PublishRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let caller = state.users().admin(&headers).await?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     let message = request.message.trim();
     if message.is_empty() {
         return Err(ApiError::BadRequest(
@@ -223,6 +333,11 @@ async fn publish_policy(
         return Err(ApiError::BadRequest(format!(
             "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
         )));
+    }
+    if !crate::fields::storable(message) {
+        return Err(ApiError::BadRequest(
+            "`message` must not contain U+0000".into(),
+        ));
     }
     check_policy(&state, &caller, &request.document).await?;
     let sha256 = policies::sha256_hex(&request.document);
@@ -246,15 +361,33 @@ async fn publish_policy(
     Ok((StatusCode::CREATED, Json(meta)).into_response())
 }
 
+/// Checks a policy document without publishing it.
+#[utoipa::path(
+    post,
+    path = "/v1/policies/validate",
+    tag = POLICIES_TAG,
+    security(("person" = [])),
+    request_body = ValidateRequest,
+    responses(
+        (status = 200, description = "The document compiles", body = Validity),
+        BadRequest,
+        Unauthorized,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        InvalidPolicy,
+        TooManyRequests,
+        Unavailable,
+    ),
+)]
 async fn validate_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<ValidateRequest>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+    body: Result<JsonObject<ValidateRequest>, ApiError>,
+) -> Result<Json<Validity>, ApiError> {
     let caller = state.users().caller(&headers).await?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     check_policy(&state, &caller, &request.document).await?;
-    Ok(Json(json!({ "valid": true })))
+    Ok(Json(Validity { valid: true }))
 }
 
 /// Compiles `document` for `caller` with the server's [`policies::Checker`].
@@ -296,6 +429,22 @@ async fn check_policy(state: &AppState, caller: &Caller, document: &str) -> Resu
     })
 }
 
+/// Makes a version the active one (a rollback names an older one).
+#[utoipa::path(
+    post,
+    path = "/v1/policies/{version}/activate",
+    tag = POLICIES_TAG,
+    security(("person" = [])),
+    params(VersionParam),
+    responses(
+        (status = 200, description = "Now active", body = PolicyMeta),
+        BadRequest,
+        Unauthorized,
+        (status = 403, description = "Not a member of the admin group (`admin_required`)", body = crate::error::ErrorBody),
+        NotFound,
+        Unavailable,
+    ),
+)]
 async fn activate_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -312,13 +461,31 @@ async fn activate_policy(
 // ---------------------------------------------------------------------------
 // Approvals: gateways
 
+/// Opens an approval for a request (a gateway), or finds the one already
+/// open for it (200), or, for a ticket, uses the approved one (200).
+#[utoipa::path(
+    post,
+    path = "/v1/approvals",
+    tag = APPROVALS_TAG,
+    security(("gateway" = [])),
+    request_body = OpenRequest,
+    responses(
+        (status = 201, description = "Opened", body = ApprovalView),
+        (status = 200, description = "Already open, or (a ticket) used now", body = ApprovalView),
+        BadRequest,
+        Unauthorized,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unavailable,
+    ),
+)]
 async fn open_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<OpenRequest>, JsonRejection>,
+    body: Result<JsonObject<OpenRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     gateway(&state, &headers)?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     let now = state.clock().now_ms();
     let new = approvals::new_row(request, now).map_err(ApiError::BadRequest)?;
     let (row, outcome) = state.store().open_approval(new, now).await.map_err(db)?;
@@ -346,9 +513,22 @@ async fn open_approval(
     Ok((status, Json(view)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct WaitQuery {
-    timeout_ms: Option<u64>,
+/// The query of `GET /v1/approvals/{id}/wait`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// How long to wait for a decision, in milliseconds; at most (and by
+    /// default) 30000, a longer wait is cut to that.
+    #[param(format = "uint64")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The `{id}` of an approval route.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IdParam {
+    /// The approval's id (`apr_` and 32 hex digits).
+    pub id: String,
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -360,8 +540,9 @@ fn not_found(id: &str) -> ApiError {
 }
 
 async fn load(state: &AppState, id: &str) -> Result<ApprovalRow, ApiError> {
-    // Ids are ours (`apr_` + hex); anything else cannot exist.
-    if id.len() > 64 {
+    // Ids are ours (`apr_` + hex); anything else cannot exist (and U+0000
+    // cannot even be looked up in PostgreSQL).
+    if id.len() > 64 || !crate::fields::storable(id) {
         return Err(not_found(id));
     }
     state
@@ -372,6 +553,22 @@ async fn load(state: &AppState, id: &str) -> Result<ApprovalRow, ApiError> {
         .ok_or_else(|| not_found(id))
 }
 
+/// Waits until the approval is decided or expires, or the time is up (a
+/// gateway); answers its state then.
+#[utoipa::path(
+    get,
+    path = "/v1/approvals/{id}/wait",
+    tag = APPROVALS_TAG,
+    security(("gateway" = [])),
+    params(IdParam, WaitQuery),
+    responses(
+        (status = 200, description = "The approval", body = ApprovalView),
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    ),
+)]
 async fn wait_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -395,14 +592,36 @@ async fn wait_approval(
     }
 }
 
+/// Uses an approved approval, once, for the request it was given for (a
+/// gateway).
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/consume",
+    tag = APPROVALS_TAG,
+    security(("gateway" = [])),
+    params(IdParam),
+    request_body = ApprovalBinding,
+    responses(
+        (status = 200, description = "The approval", body = ApprovalView),
+        BadRequest,
+        Unauthorized,
+        (status = 403, description = "Given for another request (`approval_mismatch`)", body = crate::error::ErrorBody),
+        NotFound,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unavailable,
+    ),
+)]
 async fn consume_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<ApprovalBinding>, JsonRejection>,
+    body: Result<JsonObject<ApprovalBinding>, ApiError>,
 ) -> Result<Json<ApprovalView>, ApiError> {
     gateway(&state, &headers)?;
-    let Json(request) = body?;
+    let JsonObject(request) = body?;
     let row = load(&state, &id).await?;
     if !approvals::binds(&row, &request) {
         return Err(ApiError::refused(
@@ -457,14 +676,33 @@ fn is_own(caller: &Caller, row: &ApprovalRow) -> bool {
     approvals::is_requester(&caller.identity, row)
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    status: Option<String>,
+/// The query of `GET /v1/approvals`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only approvals with this status (`approved` includes those used);
+    /// `all` for every status. Default: `pending`.
+    #[param(value_type = Option<String>, pattern = "^(pending|approved|denied|expired|consumed|all)$")]
+    pub status: Option<String>,
 }
 
 /// `?status=all`: every status.
 const ALL_STATUSES: &str = "all";
 
+/// The approvals the caller may decide, and their own, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/approvals",
+    tag = APPROVALS_TAG,
+    security(("person" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The approvals", body = ApprovalList),
+        BadRequest,
+        Unauthorized,
+        Unavailable,
+    ),
+)]
 async fn list_approvals(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -512,6 +750,21 @@ async fn list_approvals(
     Ok(Json(ApprovalList { approvals }))
 }
 
+/// One approval: for its approvers, its requester and auditors (others are
+/// answered 404).
+#[utoipa::path(
+    get,
+    path = "/v1/approvals/{id}",
+    tag = APPROVALS_TAG,
+    security(("person" = [])),
+    params(IdParam),
+    responses(
+        (status = 200, description = "The approval", body = ApprovalView),
+        Unauthorized,
+        NotFound,
+        Unavailable,
+    ),
+)]
 async fn show_approval(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -534,6 +787,27 @@ async fn show_approval(
     )))
 }
 
+/// Approves a pending approval (a member of one of its approver groups,
+/// not its requester); the body and its `reason` are optional.
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/approve",
+    tag = APPROVALS_TAG,
+    security(("person" = [])),
+    params(IdParam),
+    request_body(content = Option<DecideRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The approval", body = ApprovalView),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        Unavailable,
+    ),
+)]
 async fn approve(
     state: State<AppState>,
     headers: HeaderMap,
@@ -543,6 +817,27 @@ async fn approve(
     decide(state, headers, id, body, true).await
 }
 
+/// Denies a pending approval, with a `reason` the requester sees (a member
+/// of one of its approver groups, not its requester).
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/deny",
+    tag = APPROVALS_TAG,
+    security(("person" = [])),
+    params(IdParam),
+    request_body(content = DecideRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The approval", body = ApprovalView),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        Unavailable,
+    ),
+)]
 async fn deny(
     state: State<AppState>,
     headers: HeaderMap,
@@ -560,12 +855,17 @@ async fn decide(
     approve: bool,
 ) -> Result<Json<ApprovalView>, ApiError> {
     let caller = state.users().caller(&headers).await?;
-    // An approval may come with no body at all; a denial's reason is checked below.
+    // An approval may come with no body at all, or `null` (the description's
+    // optional body); a denial's reason is checked below.
     let request: DecideRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DecideRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        match serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+        {
+            Value::Null => DecideRequest::default(),
+            value => from_object(value)?,
+        }
     };
     let reason = request
         .reason

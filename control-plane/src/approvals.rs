@@ -74,9 +74,11 @@ pub fn is_requester(who: &Identity, row: &ApprovalRow) -> bool {
 }
 
 /// `POST /v1/approvals/{id}/approve` and `/deny`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideRequest {
+    /// Shown to the requester; required to deny. At most 2000 bytes, no
+    /// control characters but newlines.
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -84,7 +86,7 @@ pub struct DecideRequest {
 /// An approval as every endpoint answers it: what the filter reads (the
 /// engine's [`ApprovalAnswer`]: id, status, consumed, reason, decided_by,
 /// url), and what people are shown besides.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalView {
     /// Id, status, whether it was used, the approver's reason and subject,
     /// the approvers' page at this approval (always there).
@@ -112,7 +114,7 @@ pub struct ApprovalView {
 }
 
 /// `GET /v1/approvals`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalList {
     /// Newest first.
     pub approvals: Vec<ApprovalView>,
@@ -195,9 +197,19 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
         if value.trim().is_empty() || value.len() > MAX {
             return Err(format!("`{name}` must be 1 to {MAX} bytes"));
         }
+        if !crate::fields::storable(value) {
+            return Err(format!("`{name}` must not contain U+0000"));
+        }
     }
     if request.model.as_ref().is_some_and(|m| m.len() > MAX) {
         return Err(format!("`model` must be at most {MAX} bytes"));
+    }
+    if request
+        .model
+        .as_ref()
+        .is_some_and(|m| !crate::fields::storable(m))
+    {
+        return Err("`model` must not contain U+0000".into());
     }
     let sha = &request.body_sha256;
     if sha.len() != 64
@@ -215,9 +227,13 @@ pub fn new_row(request: OpenRequest, now_ms: i64) -> Result<ApprovalRow, String>
     if approvers.is_empty() {
         return Err("`approvers` must name at least one group".into());
     }
-    if approvers.len() > MAX_GROUPS || approvers.iter().any(|g| g.len() > MAX) {
+    if approvers.len() > MAX_GROUPS
+        || approvers
+            .iter()
+            .any(|g| g.len() > MAX || !crate::fields::storable(g))
+    {
         return Err(format!(
-            "`approvers` must name at most {MAX_GROUPS} groups of at most {MAX} bytes"
+            "`approvers` must name at most {MAX_GROUPS} groups of at most {MAX} bytes, without U+0000"
         ));
     }
     let ttl_seconds = u64::from(request.ttl_seconds);

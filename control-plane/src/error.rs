@@ -83,7 +83,7 @@ pub enum ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
@@ -93,12 +93,83 @@ pub struct ErrorBody {
 }
 
 /// The `error` member of [`ErrorBody`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code such as `bad_request` or `not_found`.
     pub code: String,
     /// A human-readable message, safe to show to the caller.
     pub message: String,
+}
+
+/// The error answers as the OpenAPI description names them: one type per
+/// status, each with an [`ErrorBody`], listed in each operation's
+/// `responses(...)` (`#[utoipa::path]`) where the handler can answer it.
+pub mod responses {
+    use super::ErrorBody;
+
+    /// The request is malformed or fails validation (`bad_request`, or a
+    /// more precise code such as `reason_required`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 400)]
+    pub struct BadRequest(pub ErrorBody);
+
+    /// No valid credentials: a person's bearer token (`unauthorized`) or
+    /// the gateway secret (`gateway_unauthorized`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 401)]
+    pub struct Unauthorized(pub ErrorBody);
+
+    /// The caller may not do this (`admin_required`, `not_an_approver`,
+    /// `self_approval`, `auditor_required`, `approval_mismatch`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 403)]
+    pub struct Forbidden(pub ErrorBody);
+
+    /// No such resource, or none the caller may see.
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 404)]
+    pub struct NotFound(pub ErrorBody);
+
+    /// The approval is not in a state that allows this (`already_decided`,
+    /// `approval_used`, `approval_not_approved`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 409)]
+    pub struct Conflict(pub ErrorBody);
+
+    /// The approval has expired (`approval_expired`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 410)]
+    pub struct Gone(pub ErrorBody);
+
+    /// The body is larger than the server accepts (`payload_too_large`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 413)]
+    pub struct PayloadTooLarge(pub ErrorBody);
+
+    /// The body is not declared as JSON (`unsupported_media_type`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 415)]
+    pub struct UnsupportedMediaType(pub ErrorBody);
+
+    /// The policy document does not compile (`invalid_policy`, with
+    /// `problems`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 422)]
+    pub struct InvalidPolicy(pub ErrorBody);
+
+    /// Too many policy checks by this caller (`rate_limited`, with
+    /// `Retry-After`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 429)]
+    pub struct TooManyRequests(pub ErrorBody);
+
+    /// Not now: the database (`database_unavailable`), the identity
+    /// provider's keys (`issuer_unavailable`), no gateway secret set
+    /// (`gateway_secret_unset`), the policy checker busy
+    /// (`policy_checks_busy`, `policy_check_timeout`, with `Retry-After`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 503)]
+    pub struct Unavailable(pub ErrorBody);
 }
 
 impl ApiError {

@@ -10,6 +10,12 @@
 //! authorize something (an approval's binding, its approver groups) are
 //! refused when too long instead of cut: two values that differ only past
 //! the cut must not become equal.
+//!
+//! PostgreSQL's `text` cannot hold U+0000, which SQLite's can and JSON
+//! allows (`"\u0000"`): storing it failed with a 503, and looking it up
+//! too (found by schemathesis). Descriptive text has it replaced by U+FFFD
+//! as it is bounded, on both stores alike; text that binds or names
+//! something is refused, or found nowhere, when it is not [`storable`].
 
 use std::borrow::Cow;
 
@@ -18,10 +24,14 @@ pub const MAX_STORED_BYTES: usize = 1024;
 /// Longest logged field, in bytes, after escaping.
 pub const MAX_LOGGED_BYTES: usize = 512;
 
-/// `text` cut to at most `max` bytes, ending with a marker that gives its
-/// original length (the marker alone if `max` is shorter than it); `text`
-/// itself when it fits.
+/// `text` with U+0000 replaced by U+FFFD, then cut to at most `max` bytes,
+/// ending with a marker that gives its original length (the marker alone
+/// if `max` is shorter than it); `text` itself when it fits and has no
+/// U+0000.
 pub fn bound(text: &str, max: usize) -> Cow<'_, str> {
+    if !storable(text) {
+        return Cow::Owned(bound(&text.replace('\0', "\u{FFFD}"), max).into_owned());
+    }
     if text.len() <= max {
         return Cow::Borrowed(text);
     }
@@ -39,6 +49,11 @@ pub fn stored(text: String) -> String {
         Cow::Borrowed(_) => text,
         Cow::Owned(cut) => cut,
     }
+}
+
+/// Whether both stores can hold `text` as it is: it has no U+0000.
+pub fn storable(text: &str) -> bool {
+    !text.contains('\0')
 }
 
 /// `text` for a log field: control characters (and the Unicode line and

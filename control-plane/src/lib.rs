@@ -27,6 +27,7 @@
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
 //! | [`chain`] | the session records' hash chain: a record's canonical text and each row's hash |
+//! | [`body`] | JSON request bodies read as objects only ([`body::JsonObject`]): serde alone reads a struct from an array too |
 //! | [`error`] | [`error::ApiError`], the one error type handlers return; answered as `{"error":{"code","message"}}`, internal details logged, never sent |
 //! | [`html`] | HTML answers with the pages' security headers (the page and the dev issuer's sign-in form) |
 //! | [`clock`] | [`clock::Clock`], where every rule that depends on time reads it (the system's clock in `warden serve`, a [`clock::ManualClock`] that tests move); stored times written as RFC 3339 (the engine's `rfc3339_millis`) |
@@ -53,7 +54,7 @@
 //!    `tokens` -> `keys` (and `http` -> `error`, `html`);
 //! 5. leaves: `clock`, `fields`, `html` and `policies` import nothing from
 //!    this crate; `error` imports only `fields` and `policies`, `chain` only
-//!    `policies`.
+//!    `policies`, `body` only `error`.
 //!
 //! # Safety notes
 //!
@@ -65,6 +66,7 @@
 
 pub mod api;
 pub mod approvals;
+pub mod body;
 pub mod chain;
 pub mod cli;
 pub mod client;

@@ -12,26 +12,37 @@
 //! | method | path | |
 //! | --- | --- | --- |
 //! | GET | `/healthz` | `{"status":"ok","database":"sqlite"\|"postgres"}`, or 503 |
+//! | GET | `/v1/openapi.json` | the API's OpenAPI 3.1 description (the routes below but the page and `/dev`) |
 //! | GET, POST | `/dev/...` | the development OIDC issuer (`--dev` only; [`crate::dev_issuer`]) |
 //! | GET | `/approvals`, `/approvals/...`, `/sessions`, `/v1/ui/config` | the approvers' page and its sign-in settings ([`crate::web`]) |
 //! | | `/v1/...` | policies, approvals, sessions ([`crate::api`], [`crate::sessions`]) |
 //!
 //! Every error, 404 and 405 included, is answered in the JSON shape of
 //! [`crate::error::ApiError`].
+//!
+//! The API routes are registered with their OpenAPI descriptions
+//! (utoipa-axum's `OpenApiRouter`: each handler's `#[utoipa::path]` gives
+//! its path, method, parameters, body, answers and who may call it), so the
+//! description served is assembled from the very routes served.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::error::responses::Unavailable;
 use crate::error::ApiError;
 use crate::fields::logged;
 use crate::state::{AppState, ServerConfig, StateError};
@@ -67,19 +78,91 @@ pub enum StartupError {
 
 /// The API router. The `/dev` routes exist only when the state has a dev issuer.
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .merge(crate::api::routes());
+    let (mut router, description) = described_routes(&state).split_for_parts();
     if let Some(dev_issuer) = state.dev_issuer() {
         router = router.merge(crate::dev_issuer::routes(dev_issuer.clone()));
     }
     router
-        .merge(crate::web::router(&state))
+        .layer(Extension(Arc::new(description)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every route but the dev issuer's, with the OpenAPI description of those
+/// that are the API.
+fn described_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi_description))
+        .merge(crate::api::routes())
+        .merge(crate::web::router(state))
+}
+
+/// The OpenAPI tag of `/healthz` and `/v1/openapi.json`.
+const SERVER_TAG: &str = "server";
+
+/// What the description says of itself; the paths come from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Warden control plane",
+        description = "Versioned policies for the gateways, just-in-time approvals, recorded sessions. \
+            Errors are answered as `{\"error\": {\"code\", \"message\"}}` (docs/control-plane.md).",
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = crate::api::POLICIES_TAG, description = "Policy versions: published and activated by admins, served to gateways"),
+        (name = crate::api::APPROVALS_TAG, description = "Just-in-time approvals: opened and used by gateways, decided by people"),
+        (name = crate::sessions::SESSIONS_TAG, description = "Recorded sessions: appended by gateways, read and verified by auditors"),
+        (name = crate::web::PAGE_TAG, description = "What the approvers' page reads"),
+        (name = SERVER_TAG, description = "Health and this description"),
+    ),
+)]
+struct ApiDoc;
+
+/// Who calls the API: people with a bearer token (a JWT from a trusted
+/// issuer, [`crate::user_auth`]), gateways with the shared secret.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "person",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A person's token from a trusted OpenID Provider (the dev issuer's with `--dev`)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "gateway",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                crate::user_auth::GATEWAY_KEY_HEADER,
+                "The gateways' shared secret (`--gateway-secret`)",
+            ))),
+        );
+    }
+}
+
+/// This description (OpenAPI 3.1).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = SERVER_TAG,
+    responses((status = 200, description = "This OpenAPI document", body = Object)),
+)]
+async fn openapi_description(
+    Extension(description): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Response {
+    Json(description.as_ref()).into_response()
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then lets the
@@ -203,7 +286,7 @@ fn announce(addr: SocketAddr) {
 }
 
 /// The body of a healthy `/healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     /// Always `ok`.
     pub status: String,
@@ -211,6 +294,13 @@ pub struct Health {
     pub database: String,
 }
 
+/// Whether the server and its database answer.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = SERVER_TAG,
+    responses((status = 200, description = "Healthy", body = Health), Unavailable),
+)]
 async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let store = state.store();
     match tokio::time::timeout(HEALTH_TIMEOUT, store.ping()).await {

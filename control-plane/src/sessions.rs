@@ -46,13 +46,19 @@ use std::time::{Duration, SystemTime};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 use warden_engine::protocol::{SessionBatch, SessionRecord};
 
 use crate::chain::{chain_hash, record_text, GENESIS_HASH};
+use crate::error::responses::{
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+    UnsupportedMediaType,
+};
 use crate::error::ApiError;
 use crate::state::{AppState, ServerConfig};
 use crate::store::{NewSession, SessionRow, Store, StoreError};
@@ -83,26 +89,27 @@ const VERIFY_PAGE: i64 = 1000;
 /// Problems reported at most (the count goes on).
 const MAX_PROBLEMS: usize = 1000;
 
-/// The session routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/sessions",
-            get(list_sessions)
-                .post(append_sessions)
+/// The session routes, each registered with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(
+            routes!(list_sessions, append_sessions)
                 // Batches are larger than the server's default body limit.
                 .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
         )
-        .route("/v1/sessions/verify", get(verify_sessions))
-        .route("/v1/sessions/{id}", get(show_session))
+        .routes(routes!(verify_sessions))
+        .routes(routes!(show_session))
 }
+
+/// The OpenAPI tag of these routes.
+pub const SESSIONS_TAG: &str = "sessions";
 
 fn db(error: StoreError) -> ApiError {
     ApiError::DatabaseUnavailable(error.to_string())
 }
 
 /// `POST /v1/sessions` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AppendAnswer {
     /// Records newly stored (ids already stored are skipped).
     pub stored: usize,
@@ -115,6 +122,18 @@ pub struct AppendAnswer {
 /// what was expected, never a value sent: records hold prompts and people's
 /// names.
 pub fn read_batch(body: Value) -> Result<SessionBatch, String> {
+    // serde would read a struct from an array too (`[[]]`: no records):
+    // objects only, the batch and each record (crate::body says why).
+    if !body.is_object() {
+        return Err("invalid value, expected struct SessionBatch".to_owned());
+    }
+    if let Some(Value::Array(records)) = body.get("records") {
+        if let Some(index) = records.iter().position(|record| !record.is_object()) {
+            return Err(format!(
+                "records[{index}]: invalid value, expected struct SessionRecord"
+            ));
+        }
+    }
     serde_path_to_error::deserialize(body).map_err(|error| {
         let path = error.path().to_string();
         let message = without_values(&error.into_inner().to_string());
@@ -163,6 +182,9 @@ pub fn validate_batch(records: Vec<SessionRecord>) -> Result<Vec<NewSession>, St
                 return Err(format!(
                     "records[{index}].id must be a string of 1 to {MAX_ID_CHARS} characters"
                 ));
+            }
+            if !crate::fields::storable(&record.id) {
+                return Err(format!("records[{index}].id must not contain U+0000"));
             }
             bound_metadata(&mut record);
             let value = serde_json::to_value(&record)
@@ -230,6 +252,23 @@ fn bound_metadata(record: &mut SessionRecord) {
     }
 }
 
+/// Appends a batch of records to the chain (a gateway); ids already stored
+/// are skipped.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = SESSIONS_TAG,
+    security(("gateway" = [])),
+    request_body = SessionBatch,
+    responses(
+        (status = 200, description = "Stored", body = AppendAnswer),
+        BadRequest,
+        Unauthorized,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unavailable,
+    ),
+)]
 async fn append_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -274,14 +313,44 @@ async fn auditor(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
     ))
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    subject: Option<String>,
-    decision: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<i64>,
-    before_seq: Option<i64>,
+/// The query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this subject's records.
+    pub subject: Option<String>,
+    /// Only records with this decision (`allowed`, `masked`, ...).
+    #[param(max_length = 64)]
+    pub decision: Option<String>,
+    /// Only records made at or after this RFC 3339 time (empty: no bound).
+    #[param(schema_with = time_filter)]
+    pub since: Option<String>,
+    /// Only records made at or before this RFC 3339 time (empty: no bound).
+    #[param(schema_with = time_filter)]
+    pub until: Option<String>,
+    /// Most records answered (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// Only records older than this `seq` (the previous page's `next_before_seq`).
+    pub before_seq: Option<i64>,
+}
+
+/// The description of `since` and `until`: an RFC 3339 time, or blank for
+/// none (what an empty form field sends).
+fn time_filter() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*$")),
+        )
+        .into()
 }
 
 /// The list's filters beyond the subject (which the database applies).
@@ -295,11 +364,17 @@ pub struct ListFilter {
     pub until: Option<SystemTime>,
 }
 
-/// An RFC 3339 time (`2026-01-31T12:00:00Z`, `…+02:00`, fractions allowed).
+/// An RFC 3339 time (`2026-01-31T12:00:00Z`, `…+02:00`, fractions allowed),
+/// of any year from 0000.
 pub fn parse_time(text: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(text.trim()).ok().or_else(|| {
+    let text = text.trim();
+    parse_time_from_1970(text).or_else(|| parse_time_before_1970(text))
+}
+
+/// [`parse_time`] for years humantime reads: from 1970.
+fn parse_time_from_1970(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text).ok().or_else(|| {
         // An offset other than `Z`: move the wall-clock time by it.
-        let text = text.trim();
         let split = text.len().checked_sub(6)?;
         let (local, offset) = (text.get(..split)?, text.get(split..)?);
         let sign = match offset.as_bytes().first()? {
@@ -319,13 +394,35 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     })
 }
 
+/// [`parse_time`] before 1970, which humantime does not read (a `since`
+/// of 0417 is a valid time, and means "from the start"): the same date and
+/// time in 1971 or 1972 (a year as leap as this one, so that February 29th
+/// is checked alike), moved back by the days between the two years.
+fn parse_time_before_1970(text: &str) -> Option<SystemTime> {
+    let digits = text.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i64 = digits.parse().ok()?;
+    if year >= 1970 {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let stand_in: i64 = if leap { 1972 } else { 1971 };
+    let moved = parse_time_from_1970(&format!("{stand_in}{}", text.get(4..)?))?;
+    // Days from 0000-01-01 to January 1st of `year` (proleptic Gregorian).
+    let days = |year: i64| 365 * year + (year + 3) / 4 - (year + 99) / 100 + (year + 399) / 400;
+    let seconds = u64::try_from((days(stand_in) - days(year)) * 86_400).ok()?;
+    moved.checked_sub(Duration::from_secs(seconds))
+}
+
 impl ListFilter {
     fn is_empty(&self) -> bool {
         self.decision.is_none() && self.since.is_none() && self.until.is_none()
     }
 
-    /// Whether `row` (with its list summary) passes.
-    fn accepts(&self, row: &SessionRow, summary: &Value) -> bool {
+    /// Whether `row` passes, made at `time` (the record's own `time`).
+    fn accepts(&self, row: &SessionRow, time: Option<&str>) -> bool {
         if let Some(decision) = &self.decision {
             if row.decision != *decision {
                 return false;
@@ -334,9 +431,7 @@ impl ListFilter {
         if self.since.is_none() && self.until.is_none() {
             return true;
         }
-        let made = summary
-            .get("time")
-            .and_then(Value::as_str)
+        let made = time
             .and_then(parse_time)
             .or_else(|| parse_time(&row.received_at));
         let Some(made) = made else { return false };
@@ -353,42 +448,123 @@ impl ListFilter {
     }
 }
 
-/// The list's view of a row: the columns plus the record's small fields.
-fn summary(row: &SessionRow) -> Value {
-    let record: Map<String, Value> = serde_json::from_str(&row.record).unwrap_or_default();
-    let mut out = json!({
-        "seq": row.seq,
-        "id": row.id,
-        "received_at": row.received_at,
-        "subject": row.subject,
-        "decision": row.decision,
-    });
-    if let Value::Object(out) = &mut out {
-        for key in [
-            "time",
-            "issuer",
-            "provider",
-            "model",
-            "route",
-            "policy_version",
-            "rules",
-            "approval_id",
-            "status",
-            "record",
-        ] {
-            if let Some(value) = record.get(key) {
-                out.insert(key.to_owned(), value.clone());
-            }
-        }
-    }
-    out
+/// `GET /v1/sessions` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first.
+    pub sessions: Vec<SessionSummary>,
+    /// Where the next page starts (its `before_seq`); null when nothing
+    /// older is left.
+    pub next_before_seq: Option<i64>,
+    /// Rows read for this page.
+    pub scanned: usize,
 }
 
+/// The list's view of a row: the columns, and the record's small fields
+/// as the stored record has them (a [`SessionRecord`]'s; a field the
+/// record lacks is left out).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionSummary {
+    pub seq: i64,
+    pub id: String,
+    /// When the control plane stored it (RFC 3339).
+    pub received_at: String,
+    pub subject: String,
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub time: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub issuer: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub provider: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub model: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub route: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, format = "uint64")]
+    pub policy_version: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub rules: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub approval_id: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, format = "uint64")]
+    pub status: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<warden_engine::protocol::Record>)]
+    pub record: Option<Value>,
+}
+
+/// The list's view of a row.
+fn summary(row: &SessionRow) -> SessionSummary {
+    let record: Map<String, Value> = serde_json::from_str(&row.record).unwrap_or_default();
+    let field = |key: &str| record.get(key).cloned();
+    SessionSummary {
+        seq: row.seq,
+        id: row.id.clone(),
+        received_at: row.received_at.clone(),
+        subject: row.subject.clone(),
+        decision: row.decision.clone(),
+        time: field("time"),
+        issuer: field("issuer"),
+        provider: field("provider"),
+        model: field("model"),
+        route: field("route"),
+        policy_version: field("policy_version"),
+        rules: field("rules"),
+        approval_id: field("approval_id"),
+        status: field("status"),
+        record: field("record"),
+    }
+}
+
+/// `GET /v1/sessions/{id}` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionDetail {
+    pub seq: i64,
+    pub id: String,
+    /// When the control plane stored it (RFC 3339).
+    pub received_at: String,
+    pub subject: String,
+    pub decision: String,
+    /// The previous row's `hash` (the genesis hash for the first).
+    pub prev_hash: String,
+    /// SHA-256 (hex) of `prev_hash`, a newline and the record's canonical JSON.
+    pub hash: String,
+    /// The record as stored.
+    #[schema(value_type = SessionRecord)]
+    pub record: Value,
+}
+
+/// The recorded sessions (an auditor), newest first, as summaries; filtered
+/// lists answer where to go on (`next_before_seq`).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = SESSIONS_TAG,
+    security(("person" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of records", body = SessionList),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        Unavailable,
+    ),
+)]
 async fn list_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     auditor(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
@@ -421,10 +597,14 @@ async fn list_sessions(
         since: time("since", query.since)?,
         until: time("until", query.until)?,
     };
-    let subject = query.subject.filter(|s| !s.is_empty());
+    // Compared with the subjects as they are stored (bound_metadata).
+    let subject = query
+        .subject
+        .filter(|s| !s.is_empty())
+        .map(crate::fields::stored);
     let wanted = usize::try_from(limit).unwrap_or(1);
     let chunk = if filter.is_empty() { limit } else { SCAN_PAGE };
-    let mut sessions: Vec<Value> = Vec::new();
+    let mut sessions: Vec<SessionSummary> = Vec::new();
     let mut cursor = query.before_seq;
     let mut scanned: usize = 0;
     // Where the next page starts; None once nothing older is left.
@@ -442,7 +622,7 @@ async fn list_sessions(
                 break 'scan None;
             }
             let view = summary(row);
-            if filter.accepts(row, &view) {
+            if filter.accepts(row, view.time.as_ref().and_then(Value::as_str)) {
                 sessions.push(view);
                 if sessions.len() == wanted {
                     break 'scan Some(row.seq);
@@ -456,18 +636,41 @@ async fn list_sessions(
             break cursor;
         }
     };
-    Ok(Json(json!({
-        "sessions": sessions,
-        "next_before_seq": next_before_seq,
-        "scanned": scanned,
-    })))
+    Ok(Json(SessionList {
+        sessions,
+        next_before_seq,
+        scanned,
+    }))
 }
 
+/// The `{id}` of `GET /v1/sessions/{id}`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionIdParam {
+    /// The record's id (Envoy's request id).
+    pub id: String,
+}
+
+/// One recorded session (an auditor), whole, with its place in the chain.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = SESSIONS_TAG,
+    security(("person" = [])),
+    params(SessionIdParam),
+    responses(
+        (status = 200, description = "The record", body = SessionDetail),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Unavailable,
+    ),
+)]
 async fn show_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionDetail>, ApiError> {
     auditor(&state, &headers).await?;
     let not_found = || {
         ApiError::refused(
@@ -476,25 +679,40 @@ async fn show_session(
             "there is no recorded session with this id",
         )
     };
-    if id.chars().count() > MAX_ID_CHARS {
+    // No stored id is longer, or has U+0000 (crate::fields::storable).
+    if id.chars().count() > MAX_ID_CHARS || !crate::fields::storable(&id) {
         return Err(not_found());
     }
     let row = state.store().session(&id).await.map_err(db)?;
     let row = row.ok_or_else(not_found)?;
     let record: Value = serde_json::from_str(&row.record)
         .map_err(|e| ApiError::Internal(format!("stored session {} is not JSON: {e}", row.seq)))?;
-    Ok(Json(json!({
-        "seq": row.seq,
-        "id": row.id,
-        "received_at": row.received_at,
-        "subject": row.subject,
-        "decision": row.decision,
-        "prev_hash": row.prev_hash,
-        "hash": row.hash,
-        "record": record,
-    })))
+    Ok(Json(SessionDetail {
+        seq: row.seq,
+        id: row.id,
+        received_at: row.received_at,
+        subject: row.subject,
+        decision: row.decision,
+        prev_hash: row.prev_hash,
+        hash: row.hash,
+        record,
+    }))
 }
 
+/// Recomputes the hash chain from the start (an auditor) and names what
+/// broke it.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/verify",
+    tag = SESSIONS_TAG,
+    security(("person" = [])),
+    responses(
+        (status = 200, description = "The chain, checked", body = VerifyReport),
+        Unauthorized,
+        Forbidden,
+        Unavailable,
+    ),
+)]
 async fn verify_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -513,7 +731,7 @@ async fn verify_sessions(
 
 /// What is wrong at one place in the chain (not a policy document's
 /// [`crate::policies::Problem`]: a break in the audit trail).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChainProblem {
     /// Where: the row concerned (for `deleted`, the first missing `seq`).
     pub seq: i64,
@@ -524,7 +742,7 @@ pub struct ChainProblem {
 }
 
 /// How the chain is broken at a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChainBreak {
     /// The row does not match its hash: its content was changed.
@@ -538,7 +756,7 @@ pub enum ChainBreak {
 }
 
 /// `GET /v1/sessions/verify` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyReport {
     /// No problem found.
     pub ok: bool,
@@ -656,6 +874,7 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use warden_engine::protocol::Decision;
 
     #[test]
@@ -674,9 +893,39 @@ mod tests {
             "2026-01-02",
             "2026-01-02T03:04:05+2",
             "2026-13-02T03:04:05Z",
+            "1900-02-29T00:00:00Z",
+            "+969-01-01T00:00:00Z",
+            "0417-13-08T06:44:26Z",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
+    }
+
+    /// Found by schemathesis: `since=0417-05-08T06:44:26.336079Z` was
+    /// refused as not an RFC 3339 time (humantime reads years from 1970).
+    #[test]
+    fn times_before_1970_are_read() {
+        use std::time::UNIX_EPOCH;
+        let before = |seconds: u64| UNIX_EPOCH.checked_sub(Duration::from_secs(seconds));
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), before(1));
+        assert_eq!(
+            parse_time("1969-12-31T23:00:00-02:00"),
+            Some(UNIX_EPOCH + Duration::from_secs(3600))
+        );
+        // 0000 is a leap year; 62167219200 s from it to 1970.
+        assert_eq!(parse_time("0000-01-01T00:00:00Z"), before(62_167_219_200));
+        assert_eq!(
+            parse_time("0000-02-29T00:00:00Z"),
+            before(62_167_219_200 - (31 + 28) * 86_400)
+        );
+        assert_eq!(
+            parse_time("1600-02-29T12:00:00.5Z"),
+            before(11_670_955_200).map(|t| t + Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_time("0417-05-08T06:44:26.336079Z"),
+            before(48_996_897_334).map(|t| t + Duration::from_micros(336_079))
+        );
     }
 
     #[test]
@@ -692,27 +941,27 @@ mod tests {
             hash: GENESIS_HASH.into(),
         };
         let at = |t: &str| parse_time(t).unwrap();
-        let made = json!({"time": "2026-01-02T03:04:05Z"});
+        let made = Some("2026-01-02T03:04:05Z");
         let received = row("masked", "2026-01-02T03:04:06.000Z");
         let filter = ListFilter {
             decision: Some("masked".into()),
             since: Some(at("2026-01-02T03:04:05Z")),
             until: Some(at("2026-01-02T03:04:05Z")),
         };
-        assert!(filter.accepts(&received, &made), "both ends are included");
-        assert!(!filter.accepts(&row("blocked", "2026-01-02T03:04:06Z"), &made));
+        assert!(filter.accepts(&received, made), "both ends are included");
+        assert!(!filter.accepts(&row("blocked", "2026-01-02T03:04:06Z"), made));
         let later = ListFilter {
             since: Some(at("2026-01-02T03:04:05.001Z")),
             ..ListFilter::default()
         };
-        assert!(!later.accepts(&received, &made));
+        assert!(!later.accepts(&received, made));
         let earlier = ListFilter {
             until: Some(at("2026-01-02T03:04:04Z")),
             ..ListFilter::default()
         };
-        assert!(!earlier.accepts(&received, &made));
+        assert!(!earlier.accepts(&received, made));
         // Without a `time` in the record, the time it was received.
-        assert!(later.accepts(&received, &json!({})));
+        assert!(later.accepts(&received, None));
         // The scan stops only well before `since`.
         assert!(!later.past_the_start(&row("masked", "2026-01-02T03:00:06Z")));
         assert!(later.past_the_start(&row("masked", "2026-01-02T02:59:04Z")));
@@ -806,6 +1055,37 @@ mod tests {
         assert_eq!(
             read(json!({"records": "secret"})).unwrap_err(),
             "records: invalid value, expected a sequence"
+        );
+        // Found by schemathesis: serde reads a struct from an array too, so
+        // `[[]]` was a batch of no records.
+        assert_eq!(
+            read(json!([[]])).unwrap_err(),
+            "invalid value, expected struct SessionBatch"
+        );
+        let positional = json!([
+            "r1",
+            "2026-01-02T03:04:05Z",
+            null,
+            "alice",
+            [],
+            null,
+            null,
+            "/v1/chat/completions",
+            1,
+            "allowed",
+            null,
+            "",
+            null,
+            null,
+            null,
+            "metadata",
+            null,
+            null
+        ]);
+        assert!(serde_json::from_value::<SessionRecord>(positional.clone()).is_ok());
+        assert_eq!(
+            read(json!({"records": [record("r0"), positional]})).unwrap_err(),
+            "records[1]: invalid value, expected struct SessionRecord"
         );
     }
 

@@ -342,7 +342,7 @@ macro_rules! on_pool {
 
 rows! {
 /// A published policy version, without its document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PolicyMeta {
     /// 1, 2, 3, ...: allocated when published, never reused.
     pub version: i64,

@@ -32,11 +32,13 @@ use axum::http::header;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::html::html_response;
 use crate::state::AppState;
@@ -45,6 +47,8 @@ use crate::state::AppState;
 pub const PAGE_PATH: &str = crate::state::APPROVALS_PATH;
 /// The page's recorded-sessions view (auditors).
 pub const SESSIONS_PATH: &str = "/sessions";
+/// The OpenAPI tag of `/v1/ui/config`.
+pub const PAGE_TAG: &str = "page";
 /// Scopes the page asks for.
 const SCOPES: [&str; 3] = ["openid", "profile", "email"];
 /// How long a fetched discovery document of an external issuer is reused.
@@ -90,13 +94,15 @@ struct Web {
     http: reqwest::Client,
 }
 
-/// The page's routes. Merged into [`crate::server::app`].
-pub fn router(state: &AppState) -> Router<AppState> {
+/// The page's routes. Merged into [`crate::server::app`]: the page and its
+/// assets are not the JSON API, and only `/v1/ui/config` is in its OpenAPI
+/// description.
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     router_with(state, UiSettings::from_state(state))
 }
 
 /// [`router`] with explicit sign-in settings.
-pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
+pub fn router_with(state: &AppState, settings: UiSettings) -> OpenApiRouter<AppState> {
     let web = Web {
         app: state.clone(),
         settings,
@@ -106,7 +112,7 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
             .build()
             .unwrap_or_default(),
     };
-    Router::new()
+    OpenApiRouter::new()
         .route(PAGE_PATH, get(index))
         .route("/approvals/", get(index))
         .route(SESSIONS_PATH, get(index))
@@ -114,7 +120,7 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> Router<AppState> {
         .route("/approvals/app.js", get(app_js))
         .route("/approvals/app.css", get(app_css))
         .route("/approvals/favicon.svg", get(favicon))
-        .route("/v1/ui/config", get(ui_config))
+        .routes(routes!(ui_config))
         .with_state(web)
 }
 
@@ -188,7 +194,7 @@ async fn favicon() -> Response {
 }
 
 /// The body of `GET /v1/ui/config`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UiConfig {
     /// The issuer the page signs in with.
     pub issuer: String,
@@ -213,6 +219,17 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The approvers' page's sign-in settings (the OpenID Provider, its
+/// endpoints, the client id).
+#[utoipa::path(
+    get,
+    path = "/v1/ui/config",
+    tag = PAGE_TAG,
+    responses(
+        (status = 200, description = "The settings", body = UiConfig),
+        (status = 503, description = "No identity provider is configured (`sign_in_not_configured`), or its discovery document cannot be read (`issuer_unavailable`)", body = crate::error::ErrorBody),
+    ),
+)]
 async fn ui_config(State(web): State<Web>) -> Response {
     let Some(issuer) = web.settings.issuer.clone() else {
         return json_error(

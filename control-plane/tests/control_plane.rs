@@ -313,6 +313,8 @@ on_both!(
     wait_returns_on_decision,
     webhook_is_delivered,
     cli_commands,
+    request_bodies_are_json_objects,
+    text_with_nul_is_stored_alike_or_refused,
 );
 
 /// A remote issuer: keys found through OIDC discovery over HTTP (here the
@@ -826,6 +828,190 @@ fn approval_request(subject: &str, body_char: &str, ttl: u64) -> Value {
     })
 }
 
+/// Found by schemathesis: serde reads a struct from a JSON array too (its
+/// fields in order), so `[[]]` was a session batch and an array of an
+/// approval's fields an approval. Every JSON body is an object, or a 400.
+async fn request_bodies_are_json_objects(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let admin = server.admin();
+    let in_order = |value: &Value, fields: &[&str]| -> Value {
+        fields.iter().map(|field| value[*field].clone()).collect()
+    };
+    let request = approval_request("alice", "a", 60);
+    let open = in_order(
+        &request,
+        &[
+            "mode",
+            "issuer",
+            "subject",
+            "token_subject",
+            "groups",
+            "email",
+            "provider",
+            "model",
+            "route",
+            "rule",
+            "policy_version",
+            "body_sha256",
+            "masked_prompt",
+            "approvers",
+            "ttl_seconds",
+        ],
+    );
+    // What serde alone takes for the same request.
+    assert!(
+        serde_json::from_value::<warden_control_plane::approvals::OpenRequest>(open.clone())
+            .is_ok()
+    );
+    let binding = in_order(
+        &binding("https://idp.example", "alice", "a"),
+        &[
+            "issuer",
+            "subject",
+            "body_sha256",
+            "rule",
+            "provider",
+            "model",
+            "route",
+            "policy_version",
+        ],
+    );
+    let (status, opened) = server.post("/v1/approvals", gw, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let id = opened["id"].as_str().unwrap();
+    let lead = server.token("lena", &["leads"]);
+    let document = "version: 1\n";
+    for (path, auth, body) in [
+        ("/v1/approvals".to_owned(), gw, open),
+        (format!("/v1/approvals/{id}/consume"), gw, binding),
+        (
+            format!("/v1/approvals/{id}/approve"),
+            Auth::Bearer(&lead),
+            json!(["ok"]),
+        ),
+        (
+            format!("/v1/approvals/{id}/deny"),
+            Auth::Bearer(&lead),
+            json!(["no"]),
+        ),
+        (
+            "/v1/policies".to_owned(),
+            Auth::Bearer(&admin),
+            json!([document, "why", true]),
+        ),
+        (
+            "/v1/policies/validate".to_owned(),
+            Auth::Bearer(&admin),
+            json!([document]),
+        ),
+        ("/v1/sessions".to_owned(), gw, json!([[]])),
+    ] {
+        let (status, answer) = server.post(&path, auth, body).await;
+        assert_code(status, &answer, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("object")
+                || answer["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("expected struct"),
+            "{path}: {answer}"
+        );
+    }
+    // Nothing was decided, used or stored.
+    let (_, approval) = server
+        .get(&format!("/v1/approvals/{id}"), Auth::Bearer(&lead))
+        .await;
+    assert_eq!(approval["status"], "pending", "{approval}");
+}
+
+/// Found by schemathesis: PostgreSQL's `text` cannot hold U+0000, so a
+/// `\u0000` in a stored field or a looked-up id was a 503 there (and
+/// stored on SQLite). Now, on both: descriptive text is stored with U+FFFD
+/// instead, what binds or names something is refused, and a lookup finds
+/// nothing.
+async fn text_with_nul_is_stored_alike_or_refused(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let gw = Auth::Gateway(SECRET);
+    let admin = server.admin();
+    let auditor = Auth::Bearer(&admin);
+    let lead = server.token("lena", &["leads"]);
+
+    // Descriptive: stored with U+FFFD.
+    let mut request = approval_request("alice", "a", 60);
+    request["masked_prompt"] = json!("summarize\u{0}this");
+    request["email"] = json!("alice\u{0}@example.com");
+    let (status, opened) = server.post("/v1/approvals", gw, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    assert_eq!(opened["masked_prompt"], "summarize\u{FFFD}this");
+    assert_eq!(opened["email"], "alice\u{FFFD}@example.com");
+    let mut record = json!({
+        "id": "r1", "time": "2026-01-02T03:04:05Z", "subject": "bob\u{0}", "groups": [],
+        "route": "/v1/chat/completions", "policy_version": 1, "decision": "allowed",
+        "rules": "", "record": "metadata",
+    });
+    let (status, body) = server
+        .post("/v1/sessions", gw, json!({"records": [record.clone()]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The filter is read as the subject was stored.
+    let (status, page) = server.get("/v1/sessions?subject=bob%00", auditor).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["sessions"][0]["subject"], "bob\u{FFFD}", "{page}");
+
+    // Binding or naming: refused.
+    for field in ["subject", "issuer", "rule", "route", "provider", "model"] {
+        let mut request = approval_request("alice", "b", 60);
+        request[field] = json!("x\u{0}");
+        let (status, body) = server.post("/v1/approvals", gw, request).await;
+        assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let mut request = approval_request("alice", "b", 60);
+    request["approvers"] = json!(["leads\u{0}"]);
+    let (status, body) = server.post("/v1/approvals", gw, request).await;
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    record["id"] = json!("r\u{0}2");
+    let (status, body) = server
+        .post("/v1/sessions", gw, json!({"records": [record]}))
+        .await;
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = server
+        .post(
+            "/v1/policies",
+            Auth::Bearer(&admin),
+            json!({"document": "version: 1\n", "message": "why\u{0}"}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    // Looked up: not found.
+    let (status, body) = server.get("/v1/sessions/r%00", auditor).await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "session_not_found");
+    let (status, body) = server
+        .get("/v1/approvals/apr_%00", Auth::Bearer(&lead))
+        .await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "approval_not_found");
+    let (status, body) = server
+        .get("/v1/approvals/apr_%00/wait?timeout_ms=1", gw)
+        .await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "approval_not_found");
+    let (status, body) = server
+        .post(
+            "/v1/approvals/apr_%00/approve",
+            Auth::Bearer(&lead),
+            json!({}),
+        )
+        .await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "approval_not_found");
+}
+
 /// What a gateway sends to use the approval [`approval_request`] opened
 /// (with `issuer`, `subject` and body): everything the approval binds.
 fn binding(issuer: &str, subject: &str, body_char: &str) -> Value {
@@ -898,14 +1084,19 @@ async fn approval_lifecycle_and_refusals(backend: Backend) {
     by_sub["email"] = Value::Null;
     let mut by_email = request_from(&server, "employee-42", "8", 300);
     by_email["email"] = json!("Alice@Example.com");
-    for mapped in [by_sub, by_email] {
+    // An approval's body is optional: `{}`, or `null` as the API's
+    // description allows (found by schemathesis: `null` was a 400).
+    for (mapped, approval) in [(by_sub, json!({})), (by_email, Value::Null)] {
         let (status, opened) = server.post("/v1/approvals", gw, mapped).await;
         assert_eq!(status, StatusCode::CREATED, "{opened}");
         let path = format!("/v1/approvals/{}/approve", opened["id"].as_str().unwrap());
-        let (status, body) = server.post(&path, Auth::Bearer(&alice), json!({})).await;
+        let (status, body) = server
+            .post(&path, Auth::Bearer(&alice), approval.clone())
+            .await;
         assert_code(status, &body, StatusCode::FORBIDDEN, "self_approval");
-        let (status, body) = server.post(&path, Auth::Bearer(&lead), json!({})).await;
+        let (status, body) = server.post(&path, Auth::Bearer(&lead), approval).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "approved", "{body}");
     }
     let (status, body) = server.post(&path, Auth::Bearer(&other), json!({})).await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "not_an_approver");

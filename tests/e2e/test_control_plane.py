@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.stack import Ports, Stack, StackError, default_filter_config, http, wait_until
+from harness.stack import Ports, Stack, StackError, default_filter_config, fresh_database, http, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 1
@@ -56,15 +56,6 @@ def cp_stack(request, tmp_path_factory):
         yield stack
     finally:
         stack.stop()
-
-
-def fresh_database(server_url: str) -> str:
-    """A new empty database on the test server, so each run starts clean."""
-    name = f"warden_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", server_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True, timeout=30)
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
 
 
 @pytest.fixture

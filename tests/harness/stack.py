@@ -24,6 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -102,6 +103,15 @@ def http(method: str, url: str, body: Any = None, headers: dict | None = None,
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def fresh_database(server_url: str) -> str:
+    """A new empty database on the test PostgreSQL server, so each run starts clean."""
+    name = f"warden_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", server_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True, timeout=30)
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0,

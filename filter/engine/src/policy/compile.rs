@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 /// the line and column; the others a path (`rules[2].regex`). Also what the
 /// control plane answers (422 `problems`) and its CLI reads back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Problem {
     pub path: Option<String>,
     pub line: Option<usize>,

@@ -22,6 +22,10 @@ pub use reason::Reason;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+// In the control plane's OpenAPI description (feature `schema`), a `u64`
+// says `format = "uint64"`: utoipa's default, `int64`, would end its range
+// at i64::MAX, and the control plane takes every u64.
+
 /// Header that carries the gateway's shared secret to the control plane.
 pub const GATEWAY_KEY_HEADER: &str = "x-warden-gateway-key";
 /// Where the active policy is served.
@@ -33,6 +37,7 @@ pub const SESSIONS_PATH: &str = "/v1/sessions";
 
 /// What the gateway did with a request, as the audit trail, the access log
 /// and the counters (`warden.requests.<decision>`) name it.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -77,6 +82,7 @@ impl Decision {
 }
 
 /// How a request that needs an approval is handled.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +105,7 @@ impl ApprovalMode {
 }
 
 /// What the audit trail keeps of each exchange.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
@@ -163,6 +170,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// What the control plane says about an approval.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {
@@ -195,6 +203,7 @@ impl ApprovalStatus {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalAnswer {
     pub id: String,
@@ -212,6 +221,7 @@ pub struct ApprovalAnswer {
 /// The request that needs an approval (`POST /v1/approvals`): the filter
 /// sends it, the control plane reads it into the same type (one definition
 /// of the wire format).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRequest {
@@ -232,7 +242,10 @@ pub struct ApprovalRequest {
     pub route: String,
     pub rule: String,
     /// 0 for the policy from the Envoy configuration (no published version).
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub policy_version: u64,
+    /// SHA-256 (hex, lowercase) of the body's [`canonical_json`].
+    #[cfg_attr(feature = "schema", schema(pattern = "^[0-9a-f]{64}$"))]
     pub body_sha256: String,
     /// The prompt after the policy's masking: never the raw text.
     pub masked_prompt: String,
@@ -244,6 +257,7 @@ pub struct ApprovalRequest {
 /// one approved for another requester, body, rule, provider, model, route
 /// or policy version is not this request's. The filter sends it; the control
 /// plane compares it with what the approval was opened for.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalBinding {
@@ -254,12 +268,14 @@ pub struct ApprovalBinding {
     pub provider: String,
     pub model: Option<String>,
     pub route: String,
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub policy_version: u64,
 }
 
 /// One exchange as the audit trail keeps it. Never a raw value: `request`
 /// and `response` are the bodies after the policy's masking, and only with
 /// `record: masked`.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRecord {
@@ -273,11 +289,13 @@ pub struct SessionRecord {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub route: String,
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub policy_version: u64,
     pub decision: Decision,
     pub reason: Option<Reason>,
     pub rules: String,
     pub approval_id: Option<String>,
+    #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub status: Option<u64>,
     pub usage: Option<Value>,
     pub record: Record,
@@ -305,6 +323,7 @@ pub fn rfc3339_millis(ms: u64) -> String {
 }
 
 /// The body of `POST /v1/sessions`, as the control plane reads it.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionBatch {

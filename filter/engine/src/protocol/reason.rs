@@ -100,6 +100,20 @@ impl<'de> serde::Deserialize<'de> for Reason {
     }
 }
 
+/// In the control plane's OpenAPI description: one of the codes.
+#[cfg(feature = "schema")]
+impl utoipa::PartialSchema for Reason {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Reason::ALL.iter().map(|reason| reason.as_str())))
+            .into()
+    }
+}
+
+#[cfg(feature = "schema")]
+impl utoipa::ToSchema for Reason {}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
