@@ -198,10 +198,13 @@ class Soak:
 
     async def clock_loop(self) -> None:
         restarts = {self.seconds // 3, 2 * self.seconds // 3}
+        start = time.monotonic()
         elapsed = 0
         while elapsed < self.seconds:
-            await asyncio.sleep(WINDOW_SECONDS)
+            # Windows end on the wall clock's 10 s marks: a busy event loop
+            # wakes late, and must not stretch them.
             elapsed += WINDOW_SECONDS
+            await asyncio.sleep(max(0.0, start + elapsed - time.monotonic()))
             self.window.envoy_rss_mib = self.rss_mib("envoy")
             self.window.control_plane_rss_mib = self.rss_mib("control plane")
             self.window.open_streams = self.open_streams
