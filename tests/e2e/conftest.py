@@ -4,6 +4,7 @@ dumped when a test fails."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.stack import Ports, Stack  # noqa: E402
+from harness.stack import Ports, Stack, fresh_database  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,3 +62,20 @@ def make_stack(tmp_path, request):
     for s in started:
         _dump_on_failure(request, s)
         s.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def database_url(request):
+    """The control plane's database, once per backend: None (SQLite in the
+    stack's data dir), or a fresh database on the PostgreSQL server that
+    scripts/test.sh starts (its URL in WARDEN_TEST_DATABASE_URL)."""
+    if request.param == "sqlite":
+        return None
+    server = os.environ.get("WARDEN_TEST_DATABASE_URL")
+    if not server:
+        if os.environ.get("CI") or os.environ.get("WARDEN_REQUIRE_POSTGRES"):
+            pytest.fail("WARDEN_TEST_DATABASE_URL is not set: scripts/test.sh starts PostgreSQL for this test")
+        pytest.skip("PostgreSQL not started (run through `make test`, which starts one)")
+    return fresh_database(server)
+
+

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import WARDEN_BIN, Ports, Stack, StackError, fresh_database, http
+from harness.stack import WARDEN_BIN, Ports, Stack, StackError, http
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -62,20 +61,12 @@ CHECKS = [
 ADMIN_GROUP = "warden-admins"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def control_plane(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def control_plane(database_url, tmp_path_factory):
     if not WARDEN_BIN.exists():
         raise StackError(f"{WARDEN_BIN} is missing; run `make build` first")
-    database_url = None
-    if request.param == "postgres":
-        server = os.environ.get("WARDEN_TEST_DATABASE_URL")
-        if not server:
-            if os.environ.get("CI") or os.environ.get("WARDEN_REQUIRE_POSTGRES"):
-                pytest.fail("WARDEN_TEST_DATABASE_URL is not set: scripts/test.sh starts PostgreSQL for this test")
-            pytest.skip("PostgreSQL not started (run through `make test`, which starts one)")
-        database_url = fresh_database(server)
-    stack = Stack(Ports.free(), tmp_path_factory.mktemp(f"api-schema-{request.param}"),
-                  database_url=database_url)
+    kind = "sqlite" if database_url is None else "postgres"
+    stack = Stack(Ports.free(), tmp_path_factory.mktemp(f"api-schema-{kind}"), database_url=database_url)
     (stack.data_dir / "logs").mkdir(parents=True, exist_ok=True)
     try:
         stack.start_control_plane()

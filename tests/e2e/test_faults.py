@@ -19,23 +19,17 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from harness.sse import chat_chunk
 from harness.stack import Stack, http, wait_until
 
 CHAT = "/openai/v1/chat/completions"
 EMAIL = "jane.doe@example.com"
 
 
-def chunk(content: str, finish: str | None = None) -> str:
-    """One event of an OpenAI chat completion stream."""
-    event = {"id": "chatcmpl-f", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}
-    return f"data: {json.dumps(event)}\n\n"
-
-
 def first_words() -> str:
     """The start of a stream: an address, then enough words after it that the
     gateway has settled the address and sent it on, masked."""
-    return chunk(f"write to {EMAIL} ") + chunk("or call the office tomorrow morning. ")
+    return chat_chunk(f"write to {EMAIL} ") + chat_chunk("or call the office tomorrow morning. ")
 
 
 def request_body(stream: bool = True) -> dict:
@@ -141,14 +135,14 @@ def test_a_stream_cut_by_the_provider_sends_nothing_it_held(stack, marked):
     # The first events arrive (one with a whole address, masked); the last
     # one ends in the middle of another address, which the gateway holds
     # until it knows where the address ends.
-    first = chunk(f"write to {EMAIL} ") + chunk("or to jane.roe@exa")
+    first = chat_chunk(f"write to {EMAIL} ") + chat_chunk("or to jane.roe@exa")
     stack.provider_queue_raw([{"content_type": "text/event-stream", "body": first, "then": "hold"}])
     with httpx.Client(timeout=30) as client, client.stream(
             "POST", f"{stack.gateway_url}{CHAT}", json=request_body(), headers=marked.headers) as resp:
         assert resp.status_code == 200
         got, chunks = read_until(resp, b"[EMAIL]")
         # The rest of the address and the start of an event, then the cut.
-        assert stack.provider_end_held(more=chunk("mple.com today")[:-12], reset=True) == 1
+        assert stack.provider_end_held(more=chat_chunk("mple.com today")[:-12], reset=True) == 1
         rest, clean = read_rest(chunks)
     seen = (got + rest).decode(errors="replace")
     assert not clean, "a cut answer must not look complete to the client"
@@ -209,7 +203,7 @@ def test_a_client_that_leaves_a_stream_closes_it_upstream_with_one_record(stack,
 
 def test_an_event_larger_than_any_buffer_ends_the_stream_with_an_error_event(stack, marked):
     huge = f"data: {{\"choices\": [{{\"index\": 0, \"delta\": {{\"content\": \"{EMAIL} " + "a" * (5 << 20) + "\"}}]}}\n\n"
-    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": chunk("before ") + huge}])
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": chat_chunk("before ") + huge}])
     with httpx.Client(timeout=60) as client, client.stream(
             "POST", f"{stack.gateway_url}{CHAT}", json=request_body(), headers=marked.headers) as resp:
         assert resp.status_code == 200

@@ -17,17 +17,12 @@ from pathlib import Path
 import httpx2 as httpx
 import yaml
 
+from harness.sse import chat_chunk
 from harness.stack import http, wait_until
 
 CHAT = "/openai/v1/chat/completions"
 EMAIL = "jane.doe@example.com"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
-
-
-def chunk(content: str, finish: str | None = None) -> str:
-    event = {"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}
-    return f"data: {json.dumps(event)}\n\n"
 
 
 class Ecds:
@@ -90,7 +85,7 @@ def test_a_new_filter_configuration_reaches_new_requests_while_open_streams_fini
 
     # A stream opens under the first configuration and stays open.
     stack.provider_queue_raw([{"content_type": "text/event-stream", "then": "hold",
-                               "body": chunk(f"write to {EMAIL} ") + chunk("or call the office tomorrow morning. ")}])
+                               "body": chat_chunk(f"write to {EMAIL} ") + chat_chunk("or call the office tomorrow morning. ")}])
     client = httpx.Client(timeout=60)
     stream_cm = client.stream("POST", f"{stack.gateway_url}{CHAT}", json=body, headers=headers)
     resp = stream_cm.__enter__()
@@ -143,7 +138,7 @@ def test_a_new_filter_configuration_reaches_new_requests_while_open_streams_fini
         s == (403, "warden.model_denied") for s in statuses[switch:]), "no request went back to the old one"
 
     # The open stream finishes under the configuration it started with.
-    assert stack.provider_end_held(more=chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
+    assert stack.provider_end_held(more=chat_chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
     for piece in chunks:
         got += piece
     stream_cm.__exit__(None, None, None)

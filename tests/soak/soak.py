@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import sys
 import time
 import uuid
@@ -339,7 +338,7 @@ def main() -> int:
         "",
         f"- requests started: {soak.started}; served {served}, refused by the gateway {refused}, failed {failed}",
         f"- audit records: {len(ends)} for {soak.started} requests",
-        f"- refusals by reason: " + (", ".join(f"{k.split('refused:')[1]} ({k.split('.')[0]}) {v}"
+        "- refusals by reason: " + (", ".join(f"{k.split('refused:')[1]} ({k.split('.')[0]}) {v}"
                                                for k, v in sorted(totals.items()) if "refused:" in k) or "none"),
         f"- Envoy RSS: {warm.envoy_rss_mib:.0f} MiB after warm-up, {max(w.envoy_rss_mib for w in windows):.0f} MiB at most, "
         f"{last.envoy_rss_mib:.0f} MiB once every request ended",
