@@ -160,3 +160,25 @@ def test_a_client_that_leaves_while_its_request_waits_for_keys_does_not_strand_t
     assert second.send_request_body(body, end_of_stream=True) == PAUSE
     vm.respond(again, 200, [("content-type", "application/json")], jwks(key, rotated_key))
     assert second.upstream.end and not second.local_replies
+
+
+def test_after_an_outage_every_worker_serves_as_soon_as_one_reached_the_control_plane(key):
+    envoy = make_envoy(control_plane=True)
+    first, second = envoy.start_vm(), envoy.start_vm()
+    load_keys(first, key)
+    [poll] = first.pending("warden_control_plane")
+    first.respond(poll, 404, [("content-type", "application/json")], '{"error": "nothing published"}')
+    assert send_chat(second, mint(key, envoy)).upstream.end
+    # The control plane is away past the bound: both workers refuse.
+    envoy.advance(POLICY_MAX_STALE + 1)
+    for vm in (first, second):
+        assert refused_with(send_chat(vm, mint(key, envoy))) == (503, "warden.policy_stale")
+    # It is back: the first worker's tick reaches it...
+    first.tick()
+    for call in first.pending("warden_control_plane"):
+        first.respond(call, 404, [("content-type", "application/json")], '{"error": "nothing published"}')
+    for call in first.pending("idp"):
+        first.respond(call, 200, [("content-type", "application/json")], jwks(key))
+    assert send_chat(first, mint(key, envoy)).upstream.end
+    # ...and the second serves at once, before a tick of its own.
+    assert send_chat(second, mint(key, envoy)).upstream.end

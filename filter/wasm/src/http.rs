@@ -223,7 +223,7 @@ impl HttpContext for WardenHttp {
             Start {
                 config: vm.config.clone(),
                 policy: vm.policy.clone(),
-                policy_silent_for: vm.policy_silence(now),
+                policy_silent_for: vm.current_policy_silence(now),
                 now_secs: now,
             }
         });

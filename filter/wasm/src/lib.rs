@@ -126,6 +126,17 @@ impl Vm {
         (silent > cp.max_stale_seconds).then_some(silent)
     }
 
+    /// [`Self::policy_silence`], looking again at the shared last contact
+    /// before calling the policy stale: another worker may have reached the
+    /// control plane since this VM's last tick (after an outage, workers
+    /// would otherwise recover up to a tick apart). Costs a shared-data read
+    /// on the stale path only.
+    pub fn current_policy_silence(&mut self, now: u64) -> Option<u64> {
+        self.policy_silence(now)?;
+        self.policy_contact = published::last_contact(&EnvoyShared);
+        self.policy_silence(now)
+    }
+
     /// Re-reads shared keys of issuers this VM has none of yet: cheap, and
     /// only until the first fetch lands.
     pub fn refresh_missing_keys(&mut self) {
