@@ -330,6 +330,13 @@ impl Exchange {
         self.audit.decision
     }
 
+    /// Whether the request was let go upstream. Only a decision that
+    /// forwards leads here, but the decision may change after it: a
+    /// response the policy stopped makes it `blocked`.
+    pub fn forwarded(&self) -> bool {
+        matches!(self.phase, Phase::Forwarded { .. })
+    }
+
     // ---------------------------------------------------------------------
     // Request events
 
