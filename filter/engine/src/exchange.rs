@@ -34,8 +34,11 @@ use crate::config::FilterConfig;
 use crate::control::{ApprovalFlow, Call, Next};
 use crate::endpoint::{endpoint_of, Endpoint};
 use crate::headers::Headers;
-use crate::inspect::apply::{inspect_json, inspect_text, MaskingStream, Outcome, SharedMasking};
+use crate::inspect::apply::{
+    inspect_json_then, inspect_text, MaskingStream, Outcome, SharedMasking,
+};
 use crate::inspect::body::Shape;
+use crate::inspect::calls::{self, ToolEntry};
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
 use crate::policy::{ActiveRules, Direction, Policy};
@@ -63,6 +66,7 @@ pub mod state {
     pub const RULES: &str = "warden.rules";
     pub const USAGE: &str = "warden.usage";
     pub const APPROVAL_ID: &str = "warden.approval_id";
+    pub const TOOLS: &str = "warden.tools";
 }
 
 /// What the host should do with the callback's data: let it go on, or hold
@@ -288,6 +292,8 @@ struct Audit {
     records_to_control_plane: bool,
     /// What the rules found, request and response together.
     outcome: Outcome,
+    /// What the policy did to the tools offered and called.
+    tools: Vec<ToolEntry>,
     /// The provider's token usage, when it reported one.
     usage: Option<Value>,
     /// Whether a rule asked for an approval, and its id once known.
@@ -858,6 +864,13 @@ impl Exchange {
         let Some(policy) = request.policy.clone() else {
             return self.internal_error(host, api, "inspection without policy");
         };
+        let shape = Shape::of(api, &request.upstream_path);
+        let (entries, offers) = request::govern_offers(api, &policy, &identity, shape, &mut doc);
+        self.record_tools(host, entries);
+        let offers_changed = match offers {
+            Ok(changed) => changed,
+            Err(rejection) => return self.reply(host, rejection),
+        };
         let (outcome, verdict) = request::inspect_request(
             &request.config,
             &policy,
@@ -869,6 +882,14 @@ impl Exchange {
         );
         // Refused or not, the audit record names the rules that matched.
         self.record_outcome(host, outcome);
+        // Offers removed and nothing masked: the body is written here.
+        let verdict = match verdict {
+            Ok(None) if offers_changed => match serde_json::to_vec(&doc) {
+                Ok(body) => Ok(Some(body)),
+                Err(_) => return self.internal_error(host, api, "cannot write the request body"),
+            },
+            other => other,
+        };
         match verdict {
             Ok(Some(new_body)) => {
                 if let Err(e) = host.set_request_body(request.body_size, &new_body) {
@@ -1128,13 +1149,14 @@ impl Exchange {
             model.as_deref(),
             Direction::Response,
         );
-        if active.is_empty() && self.vault.is_empty() {
+        let shape = Shape::of(provider.api, &request.upstream_path);
+        let governs_calls = shape.has_tool_calls() && policy.governs_calls(identity, model.as_deref());
+        if active.is_empty() && self.vault.is_empty() && !governs_calls {
             return (Some(Response::Pass), Flow::Continue);
         }
         let content_type = host.response_header("content-type").unwrap_or_default();
         let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
         let api_of_provider = provider.api;
-        let shape = Shape::of(provider.api, &request.upstream_path);
         if content_type.starts_with("text/event-stream") {
             let api = match shape {
                 Shape::OpenAiChat => StreamApi::OpenAiChat,
@@ -1157,7 +1179,10 @@ impl Exchange {
                 masking = masking.with_transcript(RECORDED_STREAM_TEXT);
             }
             let text = SharedMasking::new(masking);
-            let rewriter = StreamRewriter::new(api, Box::new(text.clone()));
+            let mut rewriter = StreamRewriter::new(api, Box::new(text.clone()));
+            if governs_calls {
+                rewriter = rewriter.stop_at_tool_calls();
+            }
             let _ = host.set_response_header("content-length", None);
             return (
                 Some(Response::Stream(Box::new(rewriter), text)),
@@ -1221,23 +1246,53 @@ impl Exchange {
         let Some(policy) = policy else {
             return Flow::Continue;
         };
+        let shape = Shape::of(api, &request.upstream_path);
+        let (identity, model) = (authorized.identity.clone(), authorized.model.clone());
         let body = match host.response_body(size) {
             Ok(b) => b,
             Err(_) => return self.block_response(host, api, Reason::ResponseUninspectable),
         };
-        let inspect = match kind {
-            WholeBody::Json => inspect_json,
-            WholeBody::Text => inspect_text,
+        let record = policy.record == Record::Masked;
+        let mut calls = calls::Calls::default();
+        let inspected = match kind {
+            WholeBody::Json => {
+                let governs = shape.has_tool_calls()
+                    && policy.governs_calls(&identity, model.as_deref());
+                let mut judge = |doc: &mut Value| {
+                    if !governs {
+                        return false;
+                    }
+                    calls = calls::govern_calls(&policy, &identity, model.as_deref(), shape, doc);
+                    calls.changed
+                };
+                inspect_json_then(
+                    &policy,
+                    active,
+                    Direction::Response,
+                    &body,
+                    &mut self.vault,
+                    &config.hash_key,
+                    record,
+                    &mut judge,
+                )
+            }
+            WholeBody::Text => inspect_text(
+                &policy,
+                active,
+                Direction::Response,
+                &body,
+                &mut self.vault,
+                &config.hash_key,
+                record,
+            ),
         };
-        let inspected = match inspect(
-            &policy,
-            active,
-            Direction::Response,
-            &body,
-            &mut self.vault,
-            &config.hash_key,
-            policy.record == Record::Masked,
-        ) {
+        let calls_changed = calls.changed;
+        self.record_outcome(host, calls.outcome);
+        self.record_tools(host, calls.entries);
+        if calls_changed && self.audit.decision == Decision::Allowed {
+            self.set_decision(host, Decision::Masked);
+        }
+        let inspected = match inspected {
             Ok(i) => i,
             // Not the JSON or UTF-8 text it was declared as: withheld.
             Err(_) => return self.block_response(host, api, Reason::ResponseUninspectable),
@@ -1307,6 +1362,15 @@ impl Exchange {
         if self.audit.decision == Decision::Allowed && self.audit.outcome.rewrote() {
             self.set_decision(host, Decision::Masked);
         }
+    }
+
+    /// Adds what the policy did to tools, for the access log.
+    fn record_tools(&mut self, host: &mut dyn Host, entries: Vec<ToolEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.audit.tools.extend(entries);
+        host.set_filter_state(state::TOOLS, calls::summary(&self.audit.tools).as_bytes());
     }
 
     fn set_reason(&mut self, host: &mut dyn Host, reason: Reason) {

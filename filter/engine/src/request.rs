@@ -8,8 +8,10 @@
 //! 3. [`parse_body`] and [`model_of`]: the JSON body (strict) and the model
 //!    it names (400, 413, 415).
 //! 4. [`authorize`]: the policy's verdict for identity, provider and model
-//!    (403; 503 with no policy), then [`inspect_request`]: the policy's rules
-//!    on the body's text (rewrite in place; 403 for a block).
+//!    (403; 503 with no policy), then [`govern_offers`]: the tools the body
+//!    offers (denied ones removed; 403 when the tool choice needs one), and
+//!    [`inspect_request`]: the policy's rules on the body's text (rewrite in
+//!    place; 403 for a block).
 //! 5. [`forward_plan`]: the headers to remove and to set before upstream.
 
 use crate::protocol::Reason;
@@ -22,7 +24,8 @@ use crate::config::{FilterConfig, Provider};
 use crate::endpoint::Endpoint;
 use crate::headers::Headers;
 use crate::inspect::apply::{inspect_value, Outcome};
-use crate::inspect::body::{each_text, parse_strict};
+use crate::inspect::body::{each_text, parse_strict, Shape};
+use crate::inspect::calls::{self, ToolDecision, ToolEntry};
 use crate::inspect::mask::{Action, Vault};
 use crate::policy::{Denial, Direction, Policy};
 use crate::provider::{Api, ErrorKind, Rejection};
@@ -396,6 +399,36 @@ pub fn authorize(
             };
             Rejection::new(p.api, kind, d.code(), d.to_string())
         })
+}
+
+/// Step 4a: the policy on the tools the request offers (see
+/// [`crate::inspect::calls`]): denied ones removed from `body` (whether it
+/// changed, and what was done, for the record); refused when its tool
+/// choice requires a tool the caller may not use.
+pub fn govern_offers(
+    api: Api,
+    policy: &Policy,
+    identity: &Identity,
+    shape: Shape,
+    body: &mut Value,
+) -> (Vec<ToolEntry>, Result<bool, Rejection>) {
+    match calls::govern_offers(policy, identity, shape, body) {
+        Ok((changed, entries)) => (entries, Ok(changed)),
+        Err(calls::ChoiceDenied { tool }) => {
+            let rejection = Rejection::new(
+                api,
+                ErrorKind::PermissionDenied,
+                Reason::ToolDenied,
+                format!("the request requires the tool '{tool}', which the gateway's policy does not let your groups use"),
+            );
+            let entry = ToolEntry {
+                tool,
+                decision: ToolDecision::Refused,
+                rule: None,
+            };
+            (vec![entry], Err(rejection))
+        }
+    }
 }
 
 /// Step 4b: the policy's rules applied to the request body (edited in place).

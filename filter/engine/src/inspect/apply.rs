@@ -42,7 +42,7 @@ impl Outcome {
         }
     }
 
-    fn record(&mut self, policy: &Policy, hit: &Hit) {
+    pub(crate) fn record(&mut self, policy: &Policy, hit: &Hit) {
         let Some(rule) = policy.rules.get(hit.rule) else {
             return;
         };
@@ -120,9 +120,36 @@ pub fn inspect_json(
     key: &HashKey,
     record: bool,
 ) -> Result<Inspected, BodyError> {
+    inspect_json_then(
+        policy,
+        active,
+        direction,
+        body,
+        vault,
+        key,
+        record,
+        &mut |_| false,
+    )
+}
+
+/// [`inspect_json`], then `then` on the document as the client would get
+/// it (masked, tokenized values put back): another pass of the policy
+/// (the tool calls of an answer) on the same parse; it says whether it
+/// changed the document.
+#[allow(clippy::too_many_arguments)]
+pub fn inspect_json_then(
+    policy: &Policy,
+    active: &ActiveRules,
+    direction: Direction,
+    body: &[u8],
+    vault: &mut Vault,
+    key: &HashKey,
+    record: bool,
+    then: &mut dyn FnMut(&mut Value) -> bool,
+) -> Result<Inspected, BodyError> {
     let doc: Value = parse_strict(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
     Ok(inspect_doc(
-        policy, active, direction, doc, vault, key, record, to_json,
+        policy, active, direction, doc, vault, key, record, to_json, then,
     ))
 }
 
@@ -142,7 +169,15 @@ pub fn inspect_text(
     let doc = Value::String(text.to_owned());
     let write = |doc: &Value| doc.as_str().unwrap_or_default().as_bytes().to_vec();
     Ok(inspect_doc(
-        policy, active, direction, doc, vault, key, record, write,
+        policy,
+        active,
+        direction,
+        doc,
+        vault,
+        key,
+        record,
+        write,
+        &mut |_| false,
     ))
 }
 
@@ -156,6 +191,7 @@ fn inspect_doc(
     key: &HashKey,
     record: bool,
     write: impl Fn(&Value) -> Vec<u8>,
+    then: &mut dyn FnMut(&mut Value) -> bool,
 ) -> Inspected {
     let (outcome, masked) = mask_value(policy, active, &mut doc, vault, key);
     let restoring = direction == Direction::Response && !vault.is_empty();
@@ -163,7 +199,8 @@ fn inspect_doc(
     // document sent: a copy then, else the document itself once written.
     let masked_copy = (record && restoring).then(|| doc.clone());
     let restored = restoring && restore_value(&mut doc, vault);
-    let body = (masked || restored).then(|| write(&doc));
+    let changed_after = then(&mut doc);
+    let body = (masked || restored || changed_after).then(|| write(&doc));
     let usage = doc.get("usage").filter(|u| u.is_object()).cloned();
     let recorded = record.then(|| masked_copy.unwrap_or(doc));
     Inspected {

@@ -26,6 +26,14 @@ pub enum Shape {
 }
 
 impl Shape {
+    /// Whether answers of this shape can call tools (see `inspect::tools`).
+    pub fn has_tool_calls(self) -> bool {
+        matches!(
+            self,
+            Shape::OpenAiChat | Shape::OpenAiResponses | Shape::AnthropicMessages
+        )
+    }
+
     /// The shape of an endpoint, from the API and the upstream path (the
     /// part after the route prefix, e.g. `v1/chat/completions`).
     pub fn of(api: Api, upstream_path: &str) -> Self {

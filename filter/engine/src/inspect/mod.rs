@@ -11,15 +11,19 @@
 //!   original text.
 //! - [`mask`]: the actions a rule takes on a found value, and the per-request
 //!   vault that makes `tokenize` reversible.
+//! - [`tools`]: where each API puts the tools a request offers and the
+//!   tool calls an answer makes; [`calls`] applies the policy to them.
 //! - [`sse`]: a `feed(chunk)`/`finish()` SSE parser and re-serializer, and a
 //!   stream rewriter that routes each provider's text deltas through a
 //!   [`sse::StreamText`] transformer without re-sending or leaking text.
 
 pub mod apply;
 pub mod body;
+pub mod calls;
 pub mod detect;
 pub mod mask;
 pub mod sse;
+pub mod tools;
 
 #[cfg(test)]
 mod tests_stream;

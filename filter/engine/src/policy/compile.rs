@@ -114,6 +114,8 @@ impl Policy {
                 }
                 items.iter().map(|p| WildMatch::new(p)).collect()
             };
+            let tools_allowed = globs("tools.allow", &g.tools.allow);
+            let tools_denied = globs("tools.deny", &g.tools.deny);
             let providers = globs("providers", &g.providers);
             let models = globs("models", &g.models);
             let endpoints = globs("endpoints", &g.endpoints);
@@ -147,6 +149,9 @@ impl Policy {
                     clearance,
                     inference,
                     endpoints,
+                    tools_allowed,
+                    tools_denied,
+                    every_tool: g.tools.allow.iter().any(|t| t == "*") && g.tools.deny.is_empty(),
                 },
             );
         }
@@ -244,12 +249,14 @@ impl Policy {
                     }
                 }
             }
-            if specs.len() == before {
+            let tool_rule = check_tool_rule(&r.tools, &r.argument, r.action, &at, &mut problems);
+            if specs.len() == before && tool_rule.is_none() {
                 problems.push(Problem::at(
                     at.clone(),
                     "give `detect`, `regex`, `keywords` or `gitleaks`",
                 ));
             }
+            let every_call = tool_rule.is_some() && specs.len() == before;
             let approval = resolve_approval(&doc.approval, r.approval.as_ref());
             let may_need_approval = r.action == Action::RequireApproval
                 || (doc.over_clearance == OverClearance::RequireApproval
@@ -272,6 +279,12 @@ impl Policy {
                 models: r.models.iter().map(|m| WildMatch::new(m)).collect(),
                 observe: r.observe,
                 approval,
+                argument: tool_rule
+                    .as_ref()
+                    .map(|(_, argument)| argument.clone())
+                    .unwrap_or_default(),
+                tools: tool_rule.map(|(tools, _)| tools),
+                every_call,
             });
         }
         if !problems.is_empty() {
@@ -290,6 +303,60 @@ impl Policy {
             published_version: None,
         })
     }
+}
+
+/// A tool rule's own fields: its tools (globs) and the argument path its
+/// matchers read, or `None` for a text rule. Only the actions that decide
+/// about a call fit: a call's arguments are the agent's input, and a
+/// rewritten command is one the model never proposed.
+fn check_tool_rule(
+    tools: &Option<Vec<String>>,
+    argument: &Option<String>,
+    action: Action,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<(Vec<WildMatch>, Vec<String>)> {
+    let Some(tools) = tools else {
+        if argument.is_some() {
+            problems.push(Problem::at(
+                format!("{at}.argument"),
+                "`argument` needs `tools` (the tools whose calls the rule reads)",
+            ));
+        }
+        return None;
+    };
+    if tools.is_empty() || tools.iter().any(|t| t.trim().is_empty()) {
+        problems.push(Problem::at(
+            format!("{at}.tools"),
+            "name one or more tools (globs), none empty",
+        ));
+    }
+    if !matches!(
+        action,
+        Action::Block | Action::RequireApproval | Action::LogOnly
+    ) {
+        problems.push(Problem::at(
+            format!("{at}.action"),
+            format!(
+                "a tool rule decides about a call: use block, require_approval or log_only, not {}",
+                action.name()
+            ),
+        ));
+    }
+    let path: Vec<String> = match argument {
+        None => Vec::new(),
+        Some(path) => {
+            let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+            if segments.iter().any(|s| s.trim().is_empty()) {
+                problems.push(Problem::at(
+                    format!("{at}.argument"),
+                    format!("{path:?}: a path of keys separated by dots (`action.command`), none empty"),
+                ));
+            }
+            segments
+        }
+    };
+    Some((tools.iter().map(|t| WildMatch::new(t)).collect(), path))
 }
 
 /// Compiles a custom pattern on its own, so its problem names its rule.

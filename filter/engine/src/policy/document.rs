@@ -193,6 +193,16 @@ pub struct RuleDoc {
     /// Approval settings for this rule (see the policy's `approval`).
     #[serde(default)]
     pub approval: Option<ApprovalDoc>,
+    /// Makes this a tool rule: it judges the calls a model makes to these
+    /// tools (name globs: `bash`, `shell`, `mcp.*`) instead of reading
+    /// text, with `block`, `require_approval` or `log_only`. Without a
+    /// matcher it acts on every call of these tools.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// A tool rule's matchers read this part of a call's arguments, a path
+    /// of keys (`command`, `action.command`); default: all the arguments.
+    #[serde(default)]
+    pub argument: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -226,6 +236,34 @@ pub struct GroupDoc {
     /// with one provider key shared by all, the others are shared state.
     #[serde(default = "inference_only")]
     pub endpoints: Vec<String>,
+    /// The tools this group's agents may be offered and may call.
+    #[serde(default)]
+    pub tools: ToolAccessDoc,
+}
+
+/// Tool names (globs) a group may use: the function names a client
+/// offers, the built-in tools (`computer`, `bash`, `local_shell`,
+/// `web_search`), `mcp.<server>` for a remote MCP server's tools. A tool
+/// is usable when one of the caller's groups allows it and does not deny it.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ToolAccessDoc {
+    /// Default: every tool.
+    #[serde(default = "every")]
+    pub allow: Vec<String>,
+    /// Wins over `allow` within the group.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl Default for ToolAccessDoc {
+    fn default() -> Self {
+        Self {
+            allow: every(),
+            deny: Vec::new(),
+        }
+    }
 }
 
 fn every() -> Vec<String> {

@@ -12,7 +12,7 @@ impl Policy {
     }
 
     /// The groups of the policy that `identity` belongs to (or the default).
-    fn groups_of<'p>(&'p self, identity: &Identity) -> Vec<(&'p str, &'p Group)> {
+    pub(super) fn groups_of<'p>(&'p self, identity: &Identity) -> Vec<(&'p str, &'p Group)> {
         let mut matched: Vec<(&str, &Group)> = identity
             .groups
             .iter()
@@ -72,7 +72,7 @@ impl Policy {
                     || model.is_some_and(|m| r.models.iter().any(|g| g.matches(m)));
                 // Cleared data passes; log_only rules record regardless.
                 let cleared = r.level <= clearance && r.action != Action::LogOnly;
-                if !(in_direction && for_caller && for_model) || cleared {
+                if r.is_tool_rule() || !(in_direction && for_caller && for_model) || cleared {
                     return None;
                 }
                 let action = match (self.over_clearance, r.action) {

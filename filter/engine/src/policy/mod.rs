@@ -52,11 +52,13 @@
 mod compile;
 mod document;
 mod evaluate;
+mod tools;
 
 #[cfg(feature = "schema")]
 pub use compile::json_schema;
 pub use compile::{check_document, Problem};
 pub use document::*;
+pub use tools::{CallVerdict, ToolAccess};
 
 use std::collections::BTreeMap;
 
@@ -83,6 +85,10 @@ struct Group {
     /// `inference` among the endpoints, and the other entries as globs.
     inference: bool,
     endpoints: Vec<WildMatch>,
+    tools_allowed: Vec<WildMatch>,
+    tools_denied: Vec<WildMatch>,
+    /// `tools.allow` has `*` and `tools.deny` is empty: every tool.
+    every_tool: bool,
 }
 
 #[derive(Debug)]
@@ -95,6 +101,19 @@ pub struct Rule {
     models: Vec<WildMatch>,
     pub observe: bool,
     pub approval: Approval,
+    /// A tool rule's tools (see [`RuleDoc::tools`]); `None` for a text rule.
+    tools: Option<Vec<WildMatch>>,
+    /// The path into a call's arguments its matchers read.
+    argument: Vec<String>,
+    /// A tool rule without matchers: every call of its tools.
+    every_call: bool,
+}
+
+impl Rule {
+    /// Whether this rule judges tool calls rather than text.
+    pub fn is_tool_rule(&self) -> bool {
+        self.tools.is_some()
+    }
 }
 
 /// Which way the text travels.

@@ -63,6 +63,9 @@ reasons! {
     BodyEncoded => "warden.body_encoded",
     TooLarge => "warden.too_large",
     QueryRefused => "warden.query_refused",
+    // Tools
+    ToolDenied => "warden.tool_denied",
+    ToolStreamed => "warden.tool_streamed",
     // Rules and approvals
     Blocked => "warden.blocked",
     ApprovalRequired => "warden.approval_required",

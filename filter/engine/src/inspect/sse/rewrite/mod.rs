@@ -128,6 +128,46 @@ enum Slot {
     AnthropicJson { block: u64 },
 }
 
+/// Whether an event starts (or, for the Responses API, carries) a call the
+/// client's agent would run (see `inspect::tools`).
+fn starts_tool_call(api: StreamApi, name: Option<&str>, body: &Map<String, Value>) -> bool {
+    match api {
+        StreamApi::OpenAiChat => body
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|choice| choice.get("delta"))
+            .any(|delta| {
+                delta.get("tool_calls").is_some_and(|c| !c.is_null())
+                    || delta.get("function_call").is_some_and(|c| !c.is_null())
+            }),
+        StreamApi::OpenAiCompletions => false,
+        StreamApi::OpenAiResponses => {
+            let kind = name
+                .or_else(|| body.get("type").and_then(Value::as_str))
+                .unwrap_or_default();
+            matches!(
+                kind,
+                "response.output_item.added" | "response.output_item.done"
+            ) && body
+                .get("item")
+                .is_some_and(|item| crate::inspect::tools::responses_call(item).is_some())
+        }
+        StreamApi::Anthropic => {
+            let kind = name
+                .or_else(|| body.get("type").and_then(Value::as_str))
+                .unwrap_or_default();
+            kind == "content_block_start"
+                && body
+                    .get("content_block")
+                    .and_then(|b| b.get("type"))
+                    .and_then(Value::as_str)
+                    == Some("tool_use")
+        }
+    }
+}
+
 /// `outer` and `inner` packed into one channel index (see [`Channel`]).
 /// Indexes beyond 32 bits, which no provider sends, may share a channel:
 /// their text is then inspected as one stream, which leaks nothing.
@@ -279,6 +319,9 @@ pub struct StreamRewriter {
     ended: bool,
     /// Events read from the provider, for the session record.
     events: u64,
+    /// Stop the stream before the first event that starts a tool call
+    /// (see [`StreamRewriter::stop_at_tool_calls`]).
+    stop_at_tool_calls: bool,
 }
 
 impl std::fmt::Debug for StreamRewriter {
@@ -313,7 +356,17 @@ impl StreamRewriter {
             blocked: None,
             ended: false,
             events: 0,
+            stop_at_tool_calls: false,
         }
+    }
+
+    /// Stops the stream, with an error event in the API's format, before
+    /// the first event that starts a tool call: where the policy judges
+    /// calls, a streamed call is not sent unjudged (holding its fragments
+    /// until it can be judged whole is not built yet).
+    pub fn stop_at_tool_calls(mut self) -> Self {
+        self.stop_at_tool_calls = true;
+        self
     }
 
     /// The API this rewriter reads.
@@ -449,8 +502,14 @@ impl StreamRewriter {
             out.extend_from_slice(raw.as_bytes());
             return Ok(());
         };
-        let mut edit = EventEdit::default();
         let name = event.event.as_deref();
+        if self.stop_at_tool_calls && starts_tool_call(self.api, name, &body) {
+            return Err(StreamBlock::uninspectable(
+                Reason::ToolStreamed,
+                "This answer calls a tool, and the gateway does not yet judge tool calls in a streamed answer: ask without streaming.",
+            ));
+        }
+        let mut edit = EventEdit::default();
         match self.api {
             StreamApi::OpenAiChat | StreamApi::OpenAiCompletions => {
                 self.openai_chunk(&mut body, &mut edit)?;

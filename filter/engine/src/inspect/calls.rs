@@ -1,0 +1,374 @@
+//! The policy applied to tools: the tools a request offers (a denied one is
+//! removed) and the calls an answer makes (each judged; a refused one is
+//! replaced by a sentence that says why).
+//!
+//! Why a denied offer is removed rather than the request refused: agents
+//! (coding assistants, computer-use loops) send their whole tool set with
+//! every request, so refusing would make the agent unusable for a group
+//! denied one of its tools; without the offer the model cannot call it,
+//! and the record names what was removed. A request whose `tool_choice`
+//! *requires* a denied tool is refused instead (`warden.tool_denied`):
+//! what it asks for cannot be served.
+
+use serde_json::Value;
+
+use super::apply::Outcome;
+use super::body::Shape;
+use super::tools::{offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice, Choice};
+use crate::auth::Identity;
+use crate::inspect::mask::Action;
+use crate::policy::{Policy, ToolAccess};
+
+/// What happened to one tool, for the audit record and the metrics: names
+/// and decisions only, never arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolEntry {
+    pub tool: String,
+    pub decision: ToolDecision,
+    /// The rule that decided, if a rule did.
+    pub rule: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolDecision {
+    /// An offer taken out of the request.
+    Removed,
+    /// A call let through.
+    Allowed,
+    /// A call replaced by a refusal.
+    Refused,
+    /// A call that waits for a human's decision.
+    Held,
+    /// What the policy would have done, in observe mode: nothing changed.
+    WouldRemove,
+    WouldRefuse,
+}
+
+impl ToolDecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            ToolDecision::Removed => "removed",
+            ToolDecision::Allowed => "allowed",
+            ToolDecision::Refused => "refused",
+            ToolDecision::Held => "held",
+            ToolDecision::WouldRemove => "observe:removed",
+            ToolDecision::WouldRefuse => "observe:refused",
+        }
+    }
+}
+
+/// `tool:decision[:rule]` entries, comma-separated, for the access log.
+pub fn summary(entries: &[ToolEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| match &e.rule {
+            Some(rule) => format!("{}:{}:{rule}", e.tool, e.decision.name()),
+            None => format!("{}:{}", e.tool, e.decision.name()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A request the gateway cannot serve as asked: its tool choice requires
+/// a tool the caller may not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceDenied {
+    pub tool: String,
+}
+
+/// The policy on the tools a request offers: denied ones are removed (in
+/// observe mode only recorded). Whether the body changed, and what was
+/// done; refused when the tool choice needs a removed tool (or any tool,
+/// and none is left).
+pub fn govern_offers(
+    policy: &Policy,
+    identity: &Identity,
+    shape: Shape,
+    doc: &mut Value,
+) -> Result<(bool, Vec<ToolEntry>), ChoiceDenied> {
+    let mut entries = Vec::new();
+    let offered = offered_tools(shape, doc);
+    if offered.is_empty() {
+        return Ok((false, entries));
+    }
+    let choice = tool_choice(shape, doc);
+    let mut denied = |name: &str| match policy.tool_access(identity, name) {
+        ToolAccess::Allowed => false,
+        ToolAccess::DeniedObserved => {
+            entries.push(ToolEntry {
+                tool: name.to_owned(),
+                decision: ToolDecision::WouldRemove,
+                rule: None,
+            });
+            false
+        }
+        ToolAccess::Denied => true,
+    };
+    let removed = remove_offered(shape, doc, &mut denied);
+    // A choice may name a tool that is not offered (the provider refuses
+    // that itself); one the caller may not use is refused here either way.
+    match &choice {
+        Choice::Only {
+            names,
+            required: true,
+        } => {
+            if let Some(tool) = names
+                .iter()
+                .find(|n| policy.tool_access(identity, n) == ToolAccess::Denied)
+            {
+                return Err(ChoiceDenied { tool: tool.clone() });
+            }
+        }
+        Choice::Any if !removed.is_empty() && offered_tools(shape, doc).is_empty() => {
+            return Err(ChoiceDenied {
+                tool: removed.first().cloned().unwrap_or_default(),
+            });
+        }
+        _ => {}
+    }
+    let changed = !removed.is_empty();
+    entries.extend(removed.into_iter().map(|tool| ToolEntry {
+        tool,
+        decision: ToolDecision::Removed,
+        rule: None,
+    }));
+    Ok((changed, entries))
+}
+
+/// What the policy made of an answer's calls.
+#[derive(Debug, Default)]
+pub struct Calls {
+    /// The tool rules' hits, merged into the exchange's findings.
+    pub outcome: Outcome,
+    pub entries: Vec<ToolEntry>,
+    /// Whether a call was replaced (the body changed).
+    pub changed: bool,
+}
+
+/// The sentence that stands where a refused call was.
+pub fn refusal_text(tool: &str, rule: Option<&str>) -> String {
+    match rule {
+        Some(rule) => format!(
+            "[warden] The call to tool '{tool}' was refused by the gateway's policy (rule '{rule}')."
+        ),
+        None => format!(
+            "[warden] The call to tool '{tool}' was refused: the gateway's policy does not let your groups use it."
+        ),
+    }
+}
+
+/// How the policy decides one call, before anything is changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDecision {
+    pub entry: ToolEntry,
+    pub outcome: Outcome,
+}
+
+/// The policy on one call of `tool` with `arguments`: its access, then its
+/// tool rules (a block over an approval, as for text). A call that needs an
+/// approval is `Held`; the caller holds it or, where it cannot, refuses it.
+pub fn decide_call(
+    policy: &Policy,
+    identity: &Identity,
+    model: Option<&str>,
+    tool: &str,
+    arguments: &Value,
+) -> CallDecision {
+    let mut outcome = Outcome::default();
+    let verdict = policy.judge_call(identity, model, tool, arguments);
+    for hit in &verdict.hits {
+        outcome.record(policy, hit);
+    }
+    let entry = |decision, rule: Option<String>| ToolEntry {
+        tool: tool.to_owned(),
+        decision,
+        rule,
+    };
+    let access = policy.tool_access(identity, tool);
+    let entry = match (access, outcome.stop()) {
+        (ToolAccess::Denied, _) => entry(ToolDecision::Refused, None),
+        (_, Some((rule, Action::Block))) => entry(ToolDecision::Refused, Some(rule)),
+        (_, Some((rule, _))) => entry(ToolDecision::Held, Some(rule)),
+        (ToolAccess::DeniedObserved, None) => entry(ToolDecision::WouldRefuse, None),
+        (ToolAccess::Allowed, None) => {
+            // An observed rule that would have stopped the call says so.
+            let would = verdict
+                .hits
+                .iter()
+                .filter(|h| h.observe && h.action.stops())
+                .max_by_key(|h| h.action.precedence())
+                .and_then(|h| policy.rules.get(h.rule))
+                .map(|r| r.name.clone());
+            match would {
+                Some(rule) => entry(ToolDecision::WouldRefuse, Some(rule)),
+                None => entry(ToolDecision::Allowed, None),
+            }
+        }
+    };
+    CallDecision { entry, outcome }
+}
+
+/// The policy on every call of a whole answer: each judged, refused ones
+/// replaced ([`refuse_calls`]). A call that needs an approval is refused
+/// too: a whole answer is not held for one yet (fail closed).
+pub fn govern_calls(
+    policy: &Policy,
+    identity: &Identity,
+    model: Option<&str>,
+    shape: Shape,
+    doc: &mut Value,
+) -> Calls {
+    let mut calls = Calls::default();
+    let mut refused = Vec::new();
+    for call in tool_calls(shape, doc) {
+        let mut decided = decide_call(policy, identity, model, &call.name, &call.arguments);
+        if decided.entry.decision == ToolDecision::Held {
+            // Not yet: an answer is not held for approval, so the call
+            // that needs one is refused (fail closed).
+            decided.entry.decision = ToolDecision::Refused;
+        }
+        if decided.entry.decision == ToolDecision::Refused {
+            refused.push((
+                call.at,
+                refusal_text(&call.name, decided.entry.rule.as_deref()),
+            ));
+        }
+        calls.outcome.merge(decided.outcome);
+        calls.entries.push(decided.entry);
+    }
+    if !refused.is_empty() {
+        refuse_calls(shape, doc, &refused);
+        calls.changed = true;
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test;
+    use serde_json::json;
+
+    fn who(groups: &[&str]) -> Identity {
+        Identity {
+            issuer: "https://idp".into(),
+            subject: "u".into(),
+            token_subject: None,
+            email: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            expires_at: 0,
+        }
+    }
+
+    const POLICY: &str = r#"
+version: 1
+groups:
+  eng: {models: ["*"], tools: {deny: [computer]}}
+approval: {approvers: [security]}
+rules:
+  - {name: destructive, tools: [bash], argument: command, regex: 'rm\s+-rf', action: block}
+  - {name: prod-sql, tools: [sql], keywords: [production], action: require_approval}
+  - {name: every-bash, tools: [bash], action: log_only}
+"#;
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::from_bytes(yaml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn denied_offers_are_removed_and_a_choice_that_needs_one_refused() {
+        let p = policy(POLICY);
+        let eng = who(&["eng"]);
+        let mut doc = json!({"tools": [{"name": "bash"}, {"name": "computer"}]});
+        let (changed, entries) =
+            govern_offers(&p, &eng, Shape::AnthropicMessages, &mut doc).unwrap();
+        assert!(changed);
+        assert_eq!(doc, json!({"tools": [{"name": "bash"}]}));
+        assert_eq!(summary(&entries), "computer:removed");
+
+        let mut forced = json!({"tools": [{"name": "computer"}],
+            "tool_choice": {"type": "tool", "name": "computer"}});
+        assert_eq!(
+            govern_offers(&p, &eng, Shape::AnthropicMessages, &mut forced),
+            Err(ChoiceDenied {
+                tool: "computer".into()
+            })
+        );
+        let mut any = json!({"tools": [{"type": "computer_use_preview"}], "tool_choice": "required"});
+        assert!(govern_offers(&p, &eng, Shape::OpenAiResponses, &mut any).is_err());
+        let mut fine = json!({"tools": [{"type": "function", "function": {"name": "bash"}}],
+            "tool_choice": "required"});
+        assert_eq!(
+            govern_offers(&p, &eng, Shape::OpenAiChat, &mut fine),
+            Ok((false, vec![]))
+        );
+
+        let observed = policy(&POLICY.replace("version: 1", "version: 1\nmode: observe"));
+        let mut doc = json!({"tools": [{"name": "computer"}]});
+        let (changed, entries) =
+            govern_offers(&observed, &eng, Shape::AnthropicMessages, &mut doc).unwrap();
+        assert!(!changed);
+        assert_eq!(summary(&entries), "computer:observe:removed");
+    }
+
+    #[test]
+    fn calls_are_judged_and_refused_ones_replaced() {
+        let p = policy(POLICY);
+        let eng = who(&["eng"]);
+        let mut doc = json!({"id": "msg", "stop_reason": "tool_use", "content": [
+            {"type": "text", "text": "Cleaning up."},
+            {"type": "tool_use", "id": "a", "name": "bash", "input": {"command": "rm -rf /srv"}},
+            {"type": "tool_use", "id": "b", "name": "bash", "input": {"command": "ls"}},
+            {"type": "tool_use", "id": "c", "name": "computer", "input": {"action": "screenshot"}}]});
+        let calls = govern_calls(&p, &eng, None, Shape::AnthropicMessages, &mut doc);
+        assert!(calls.changed);
+        assert_eq!(
+            summary(&calls.entries),
+            "bash:refused:destructive,bash:allowed,computer:refused"
+        );
+        assert_eq!(
+            calls.outcome.summary(),
+            "destructive:block:1,every-bash:log_only:2"
+        );
+        let text = doc.to_string();
+        assert!(!text.contains("rm -rf"), "{text}");
+        assert!(!text.contains("screenshot"), "{text}");
+        assert_eq!(doc["content"][2]["input"], json!({"command": "ls"}));
+        assert_eq!(doc["stop_reason"], "tool_use");
+        assert_eq!(
+            doc["content"][1]["text"],
+            refusal_text("bash", Some("destructive"))
+        );
+
+        // An approval cannot be waited for here: refused, naming its rule.
+        let mut sql = json!({"output": [{"type": "function_call", "name": "sql",
+            "arguments": "{\"query\": \"delete from production.users\"}"}]});
+        let calls = govern_calls(&p, &eng, None, Shape::OpenAiResponses, &mut sql);
+        assert_eq!(summary(&calls.entries), "sql:refused:prod-sql");
+        assert_eq!(sql["output"][0]["type"], "message");
+
+        let mut fine = json!({"choices": [{"message": {"tool_calls": [
+            {"type": "function", "function": {"name": "sql", "arguments": "{\"query\": \"select 1\"}"}}]}}]});
+        let before = fine.clone();
+        let calls = govern_calls(&p, &eng, None, Shape::OpenAiChat, &mut fine);
+        assert!(!calls.changed);
+        assert_eq!(fine, before);
+        assert_eq!(summary(&calls.entries), "sql:allowed");
+    }
+
+    #[test]
+    fn observe_mode_records_what_it_would_refuse() {
+        let p = policy(&POLICY.replace("version: 1", "version: 1\nmode: observe"));
+        let eng = who(&["eng"]);
+        let mut doc = json!({"content": [
+            {"type": "tool_use", "name": "bash", "input": {"command": "rm -rf /"}},
+            {"type": "tool_use", "name": "computer", "input": {}}]});
+        let before = doc.clone();
+        let calls = govern_calls(&p, &eng, None, Shape::AnthropicMessages, &mut doc);
+        assert_eq!(doc, before);
+        assert_eq!(
+            summary(&calls.entries),
+            "bash:observe:refused:destructive,computer:observe:refused"
+        );
+    }
+}
