@@ -73,8 +73,10 @@ SANITIZER="$(sanitizer)"
 
 if [ "${1:-}" = replay ]; then
     [ $# -eq 3 ] || die "usage: scripts/fuzz.sh replay <target> <file>"
-    step "fuzz: replaying $3 on $2"
-    fuzz_cargo run "$2" "$3"
+    # libFuzzer runs in fuzz/: a path relative to here would not be found.
+    input="$(realpath -e "$3")" || die "no such input: $3"
+    step "fuzz: replaying $input on $2"
+    fuzz_cargo run "$2" "$input"
     exit
 fi
 

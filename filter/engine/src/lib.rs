@@ -129,12 +129,17 @@ pub(crate) mod testing {
 
     /// A caller in `group`, for tests that need a policy's rules to apply.
     pub fn member_of(group: &str) -> crate::auth::Identity {
+        member_of_all(&[group])
+    }
+
+    /// A caller in each of `groups` (none: in no group).
+    pub fn member_of_all(groups: &[&str]) -> crate::auth::Identity {
         crate::auth::Identity {
             issuer: "i".into(),
             subject: "a".into(),
             token_subject: Some("a".into()),
             email: None,
-            groups: vec![group.into()],
+            groups: groups.iter().map(|g| g.to_string()).collect(),
             expires_at: 0,
         }
     }

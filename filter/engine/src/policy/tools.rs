@@ -168,16 +168,7 @@ mod tests {
     use crate::testing::test;
     use serde_json::json;
 
-    fn who(groups: &[&str]) -> Identity {
-        Identity {
-            issuer: "https://idp".into(),
-            subject: "u".into(),
-            token_subject: None,
-            email: None,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            expires_at: 0,
-        }
-    }
+    use crate::testing::member_of_all as who;
 
     fn policy(yaml: &str) -> Policy {
         Policy::from_bytes(yaml.as_bytes()).unwrap()
