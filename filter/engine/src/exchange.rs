@@ -266,6 +266,8 @@ enum Response {
     Whole {
         kind: WholeBody,
         active: ActiveRules,
+        /// Whether the policy judges the caller's tool calls in it.
+        calls: bool,
         size: usize,
     },
     /// An event stream, rewritten event by event (the masking handle reads
@@ -586,15 +588,25 @@ impl Exchange {
                 *response = Response::Closed;
                 Flow::Continue
             }
-            Response::Whole { kind, active, .. } => {
+            Response::Whole {
+                kind,
+                active,
+                calls,
+                ..
+            } => {
                 if size > limit {
                     return self.block_response(host, api, Reason::ResponseUninspectable);
                 }
                 if !end_of_stream {
-                    *response = Response::Whole { kind, active, size };
+                    *response = Response::Whole {
+                        kind,
+                        active,
+                        calls,
+                        size,
+                    };
                     return Flow::Pause;
                 }
-                self.inspect_whole_response(host, size, kind, &active)
+                self.inspect_whole_response(host, size, kind, &active, calls)
             }
             Response::Stream(mut rewriter, text) => {
                 let chunk = match host.response_body(size) {
@@ -645,9 +657,12 @@ impl Exchange {
         };
         match std::mem::replace(response, Response::Closed) {
             Response::Awaited | Response::Pass | Response::Closed => Flow::Continue,
-            Response::Whole { kind, active, size } => {
-                self.inspect_whole_response(host, size, kind, &active)
-            }
+            Response::Whole {
+                kind,
+                active,
+                calls,
+                size,
+            } => self.inspect_whole_response(host, size, kind, &active, calls),
             Response::Stream(mut rewriter, text) => {
                 // The chunks have gone downstream; what the rewriter still
                 // holds (an unfinished event, text awaiting its context)
@@ -878,18 +893,11 @@ impl Exchange {
             &identity,
             model.as_deref(),
             &mut doc,
+            offers_changed,
             &mut self.vault,
         );
         // Refused or not, the audit record names the rules that matched.
         self.record_outcome(host, outcome);
-        // Offers removed and nothing masked: the body is written here.
-        let verdict = match verdict {
-            Ok(None) if offers_changed => match serde_json::to_vec(&doc) {
-                Ok(body) => Ok(Some(body)),
-                Err(_) => return self.internal_error(host, api, "cannot write the request body"),
-            },
-            other => other,
-        };
         match verdict {
             Ok(Some(new_body)) => {
                 if let Err(e) = host.set_request_body(request.body_size, &new_body) {
@@ -1212,6 +1220,7 @@ impl Exchange {
             Some(Response::Whole {
                 kind,
                 active,
+                calls: governs_calls,
                 size: 0,
             }),
             Flow::Pause,
@@ -1237,6 +1246,7 @@ impl Exchange {
         size: usize,
         kind: WholeBody,
         active: &ActiveRules,
+        governs_calls: bool,
     ) -> Flow {
         let Phase::Forwarded { authorized, .. } = &self.phase else {
             return Flow::Continue;
@@ -1256,10 +1266,8 @@ impl Exchange {
         let mut calls = calls::Calls::default();
         let inspected = match kind {
             WholeBody::Json => {
-                let governs = shape.has_tool_calls()
-                    && policy.governs_calls(&identity, model.as_deref());
                 let mut judge = |doc: &mut Value| {
-                    if !governs {
+                    if !governs_calls {
                         return false;
                     }
                     calls = calls::govern_calls(&policy, &identity, model.as_deref(), shape, doc);

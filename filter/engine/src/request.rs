@@ -433,8 +433,9 @@ pub fn govern_offers(
 
 /// Step 4b: the policy's rules applied to the request body (edited in place).
 /// Returns what was found (also when refused, for the audit record), and the
-/// new body when it changed; a block rule refuses the request (naming the
-/// rule, never the value), whatever approval rule also matched, so nothing a
+/// new body when it changed, here or before (`changed_before`: offers
+/// removed); a block rule refuses the request (naming the rule, never the
+/// value), whatever approval rule also matched, so nothing a
 /// block rule matched is ever sent for approval. An approval rule
 /// is the caller's to act on ([`Outcome::stop`] names it): the request then
 /// waits for the control plane, or is refused by [`approvals_disabled`].
@@ -446,15 +447,23 @@ pub fn inspect_request(
     identity: &Identity,
     model: Option<&str>,
     body: &mut Value,
+    changed_before: bool,
     vault: &mut Vault,
 ) -> (Outcome, Result<Option<Vec<u8>>, Rejection>) {
     let p = match provider_at(config, provider) {
         Ok(p) => p,
         Err(rejection) => return (Outcome::default(), Err(rejection)),
     };
+    let written = |body: &Value, changed: bool| {
+        if changed {
+            serde_json::to_vec(body).ok()
+        } else {
+            None
+        }
+    };
     let active = policy.active_rules(identity, &p.name, model, Direction::Request);
     if active.is_empty() {
-        return (Outcome::default(), Ok(None));
+        return (Outcome::default(), Ok(written(body, changed_before)));
     }
     let (outcome, changed) = inspect_value(
         policy,
@@ -471,11 +480,7 @@ pub fn inspect_request(
             Reason::Blocked,
             format!("the request was blocked by rule '{rule}'"),
         )),
-        _ => Ok(if changed {
-            serde_json::to_vec(body).ok()
-        } else {
-            None
-        }),
+        _ => Ok(written(body, changed || changed_before)),
     };
     (outcome, verdict)
 }

@@ -119,7 +119,7 @@ pub fn govern_offers(
                 return Err(ChoiceDenied { tool: tool.clone() });
             }
         }
-        Choice::Any if !removed.is_empty() && offered_tools(shape, doc).is_empty() => {
+        Choice::Any if !removed.is_empty() && removed.len() == offered.len() => {
             return Err(ChoiceDenied {
                 tool: removed.first().cloned().unwrap_or_default(),
             });

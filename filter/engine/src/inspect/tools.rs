@@ -79,11 +79,9 @@ pub fn offered_tools(shape: Shape, doc: &Value) -> Vec<String> {
     let mut names = Vec::new();
     for key in offer_keys(shape) {
         if let Some(Value::Array(tools)) = doc.get(*key) {
-            names.extend(tools.iter().filter_map(|t| {
-                let name = offered_name(shape, t)?;
-                // A legacy `functions` entry is the function itself.
-                Some(name)
-            }));
+            // A legacy `functions` entry is the function itself: named at
+            // its top, as `offered_name` reads an entry without a type.
+            names.extend(tools.iter().filter_map(|t| offered_name(shape, t)));
         }
     }
     names
@@ -106,12 +104,7 @@ pub fn remove_offered(
             Some(Value::Array(tools)) => {
                 let before = tools.len();
                 tools.retain(|t| {
-                    let name = if *key == "functions" {
-                        t.get("name").and_then(Value::as_str).map(str::to_owned)
-                    } else {
-                        offered_name(shape, t)
-                    };
-                    match name {
+                    match offered_name(shape, t) {
                         Some(name) if remove(&name) => {
                             removed.push(name);
                             false
@@ -368,7 +361,7 @@ pub fn refuse_calls(shape: Shape, doc: &mut Value, refused: &[(CallAt, String)])
                 };
                 message.insert("content".into(), Value::String(text));
                 let still_calls = left > 0 || message.contains_key("function_call");
-                if let Some(Value::Object(choice)) = Some(choice) {
+                if let Value::Object(choice) = choice {
                     let ended_for_calls = matches!(
                         choice.get("finish_reason").and_then(Value::as_str),
                         Some("tool_calls" | "function_call")

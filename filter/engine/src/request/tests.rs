@@ -436,6 +436,7 @@ fn a_block_refuses_before_any_approval_and_approvers_see_masked_text() {
             &id,
             Some("gpt-4o"),
             body,
+            false,
             &mut Vault::default(),
         )
     };
