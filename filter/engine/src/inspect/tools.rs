@@ -222,7 +222,7 @@ pub struct ToolCall {
 }
 
 /// Arguments sent as a string of JSON (OpenAI): decoded when they parse.
-fn decoded(arguments: Option<&Value>) -> Value {
+pub(crate) fn decoded(arguments: Option<&Value>) -> Value {
     match arguments {
         Some(Value::String(text)) => {
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
