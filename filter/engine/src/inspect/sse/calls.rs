@@ -191,6 +191,20 @@ impl CallGate {
         Ok(())
     }
 
+    /// One whole event the rewriter decoded already (`body`, its data).
+    pub(crate) fn pass_decoded(
+        &mut self,
+        framed: Framed,
+        body: Map<String, Value>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamBlock> {
+        if self.api == StreamApi::OpenAiCompletions || !self.may_concern_calls(framed.raw.as_bytes()) {
+            out.extend_from_slice(framed.raw.as_bytes());
+            return Ok(());
+        }
+        self.hold(framed, Some(body), out)
+    }
+
     /// The end of the stream: calls not finished are judged as incomplete,
     /// and everything held goes out as decided.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamBlock> {
@@ -206,11 +220,22 @@ impl CallGate {
 
     fn event(&mut self, framed: Framed, out: &mut Vec<u8>) -> Result<(), StreamBlock> {
         let data = framed.event.data.as_deref().unwrap_or_default();
-        let end_of_all = self.api == StreamApi::OpenAiChat && data.trim() == "[DONE]";
         let body = match serde_json::from_str::<Value>(data) {
             Ok(Value::Object(body)) => Some(body),
             _ => None,
         };
+        self.hold(framed, body, out)
+    }
+
+    /// Queues an event, then sends what may go.
+    fn hold(
+        &mut self,
+        framed: Framed,
+        body: Option<Map<String, Value>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamBlock> {
+        let data = framed.event.data.as_deref().unwrap_or_default();
+        let end_of_all = self.api == StreamApi::OpenAiChat && data.trim() == "[DONE]";
         let name = framed.event.event.clone();
         let touches = match &body {
             Some(body) => self.observe(name.as_deref(), body)?,

@@ -393,11 +393,7 @@ impl StreamRewriter {
             Ok(events) => {
                 for event in events {
                     self.events += 1;
-                    let mut sent = Vec::new();
-                    let result = self
-                        .event(event, &mut sent)
-                        .and_then(|()| self.emit(&sent, out));
-                    if let Err(block) = result {
+                    if let Err(block) = self.event(event, out) {
                         return self.stop(block, out);
                     }
                 }
@@ -464,12 +460,12 @@ impl StreamRewriter {
         }
     }
 
-    /// One event: rewritten into `out`, preceded by any events it calls for.
+    /// One event: rewritten into `out`, preceded by any events it calls for
+    /// (through the gate, when calls are judged).
     fn event(&mut self, framed: Framed, out: &mut Vec<u8>) -> Result<(), StreamBlock> {
         let Framed { event, raw } = framed;
         let Some(data) = event.data.as_deref() else {
-            out.extend_from_slice(raw.as_bytes());
-            return Ok(());
+            return self.emit(raw.as_bytes(), out);
         };
         let openai_choices = matches!(
             self.api,
@@ -478,13 +474,11 @@ impl StreamRewriter {
         if openai_choices && data.trim() == "[DONE]" {
             let mut edit = EventEdit::default();
             self.close_all(&mut edit)?;
-            out.extend(edit.before);
-            out.extend_from_slice(raw.as_bytes());
-            return Ok(());
+            self.emit(&edit.before, out)?;
+            return self.emit(raw.as_bytes(), out);
         }
         let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(data) else {
-            out.extend_from_slice(raw.as_bytes());
-            return Ok(());
+            return self.emit(raw.as_bytes(), out);
         };
         let name = event.event.as_deref();
         let mut edit = EventEdit::default();
@@ -496,17 +490,32 @@ impl StreamRewriter {
             StreamApi::Anthropic => self.anthropic(name, &mut body, &mut edit)?,
         }
         self.other_text(&mut body, &mut edit)?;
-        out.extend(edit.before);
-        if edit.changed {
-            let rewritten = SseEvent {
-                data: Some(json_text(&Value::Object(body))),
+        self.emit(&edit.before, out)?;
+        let (framed, body) = if edit.changed {
+            let value = Value::Object(body);
+            let event = SseEvent {
+                data: Some(json_text(&value)),
                 ..event
             };
-            out.extend(rewritten.to_bytes());
+            let body = match value {
+                Value::Object(body) => body,
+                _ => Map::new(),
+            };
+            let raw = event.to_text();
+            (Framed { event, raw }, body)
         } else {
-            out.extend_from_slice(raw.as_bytes());
+            (Framed { event, raw }, body)
+        };
+        match &mut self.gate {
+            // The gate takes the event as decoded here: it is not parsed twice.
+            Some(gate) => {
+                gate.pass_decoded(framed, body, out)
+            }
+            None => {
+                out.extend_from_slice(framed.raw.as_bytes());
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Every string of the event that no handler read as channel text,
