@@ -17,10 +17,10 @@ use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use warden_engine::inspect::sse::Channel;
 use warden_engine::inspect::sse::{
     CallJudge, SseParser, StreamApi, StreamBlock, StreamRewriter, StreamText, StreamedCall, Verdict,
 };
-use warden_engine::inspect::sse::Channel;
 use warden_engine::inspect::tools::responses_call;
 use warden_engine_fuzz::{cuts, pieces};
 
@@ -137,13 +137,20 @@ fn carries_a_call(api: StreamApi, name: Option<&str>, body: &Value) -> Option<St
                 "response.custom_tool_call_input.delta",
                 "response.custom_tool_call_input.done",
             ];
-            let named = |k: &str| body.get("type").and_then(Value::as_str) == Some(k) || name == Some(k);
-            let carries = ["delta", "arguments", "input"].iter().any(|k| body.get(k).is_some());
+            let named =
+                |k: &str| body.get("type").and_then(Value::as_str) == Some(k) || name == Some(k);
+            let carries = ["delta", "arguments", "input"]
+                .iter()
+                .any(|k| body.get(k).is_some());
             if carries && arguments.into_iter().any(named) {
                 return Some(format!("a {kind} event"));
             }
             let output = body.pointer("/response/output").and_then(Value::as_array);
-            if output.into_iter().flatten().any(|i| responses_call(i).is_some()) {
+            if output
+                .into_iter()
+                .flatten()
+                .any(|i| responses_call(i).is_some())
+            {
                 return Some(format!("a call in the response of {kind}"));
             }
             None
@@ -166,7 +173,10 @@ fuzz_target!(|data: &[u8]| {
 
     let (out, stopped, refused) = run(api, Some(judging), &[stream]);
     let (cut_out, cut_stopped, _) = run(api, Some(judging), &chunks);
-    assert_eq!(stopped, cut_stopped, "a stop depends on the cuts {offsets:?}");
+    assert_eq!(
+        stopped, cut_stopped,
+        "a stop depends on the cuts {offsets:?}"
+    );
     assert!(
         out == cut_out,
         "the gated stream depends on the cuts {offsets:?}:\nwhole: {}\n  cut: {}",

@@ -95,12 +95,16 @@ pub fn tool_stream_bytes() -> (Vec<u8>, usize) {
     let text = "Let me look at the files and clean up what is not needed. ".repeat(7);
     let chars: Vec<char> = text.chars().collect();
     for piece in chars.chunks(4) {
-        out.push_str(&chunk(json!({"content": piece.iter().collect::<String>()}), Value::Null));
+        out.push_str(&chunk(
+            json!({"content": piece.iter().collect::<String>()}),
+            Value::Null,
+        ));
         events += 1;
     }
     for call in 0..4 {
-        let command = format!("ls -la /srv/data/{call} && du -sh /srv/data/{call}/* | sort -h | tail -n 20 # ")
-            + &"x".repeat(300);
+        let command = format!(
+            "ls -la /srv/data/{call} && du -sh /srv/data/{call}/* | sort -h | tail -n 20 # "
+        ) + &"x".repeat(300);
         let arguments = json!({"command": command}).to_string();
         out.push_str(&chunk(
             json!({"tool_calls": [{"index": call, "id": format!("call_{call}"), "type": "function",

@@ -693,7 +693,8 @@ impl Exchange {
             return None;
         }
         if let Phase::Forwarded { response, .. } = &mut self.phase {
-            if let Response::Stream(rewriter, text, calls) = std::mem::replace(response, Response::Closed)
+            if let Response::Stream(rewriter, text, calls) =
+                std::mem::replace(response, Response::Closed)
             {
                 // The client left (or the provider cut the connection)
                 // mid-stream: what was read and decided so far is the
@@ -1159,7 +1160,8 @@ impl Exchange {
             Direction::Response,
         );
         let shape = Shape::of(provider.api, &request.upstream_path);
-        let governs_calls = shape.has_tool_calls() && policy.governs_calls(identity, model.as_deref());
+        let governs_calls =
+            shape.has_tool_calls() && policy.governs_calls(identity, model.as_deref());
         if active.is_empty() && self.vault.is_empty() && !governs_calls {
             return (Some(Response::Pass), Flow::Continue);
         }
@@ -1182,8 +1184,12 @@ impl Exchange {
             };
             let vault = std::mem::take(&mut self.vault);
             let records = policy.record == Record::Masked;
-            let mut masking =
-                MaskingStream::new(policy.clone(), active, vault, request.config.hash_key.clone());
+            let mut masking = MaskingStream::new(
+                policy.clone(),
+                active,
+                vault,
+                request.config.hash_key.clone(),
+            );
             if records {
                 masking = masking.with_transcript(RECORDED_STREAM_TEXT);
             }

@@ -16,8 +16,8 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::apply::Outcome;
-use super::sse::{CallJudge, StreamedCall, Verdict};
 use super::body::Shape;
+use super::sse::{CallJudge, StreamedCall, Verdict};
 use super::tools::{offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice, Choice};
 use crate::auth::Identity;
 use crate::inspect::mask::Action;
@@ -232,11 +232,15 @@ pub fn settle_call(
     let mut worst: Option<CallDecision> = None;
     for arguments in forms.iter().chain(forms.is_empty().then_some(&Value::Null)) {
         let decided = decide_call(policy, identity, model, tool, arguments);
-        if worst.as_ref().is_none_or(|w| severity(&decided) > severity(w)) {
+        if worst
+            .as_ref()
+            .is_none_or(|w| severity(&decided) > severity(w))
+        {
             worst = Some(decided);
         }
     }
-    let mut decided = worst.unwrap_or_else(|| decide_call(policy, identity, model, tool, &Value::Null));
+    let mut decided =
+        worst.unwrap_or_else(|| decide_call(policy, identity, model, tool, &Value::Null));
     if decided.entry.decision == ToolDecision::Held {
         decided.entry.decision = ToolDecision::Refused;
     }
@@ -376,7 +380,8 @@ rules:
                 tool: "computer".into()
             })
         );
-        let mut any = json!({"tools": [{"type": "computer_use_preview"}], "tool_choice": "required"});
+        let mut any =
+            json!({"tools": [{"type": "computer_use_preview"}], "tool_choice": "required"});
         assert!(govern_offers(&p, &eng, Shape::OpenAiResponses, &mut any).is_err());
         let mut fine = json!({"tools": [{"type": "function", "function": {"name": "bash"}}],
             "tool_choice": "required"});

@@ -169,7 +169,10 @@ impl CallGate {
             StreamApi::Anthropic => &[b"tool_use", b"input_json_delta"],
         };
         // `\u` could spell any of them.
-        markers.iter().chain([b"\\u".as_slice()].iter()).any(|m| memmem::find(bytes, m).is_some())
+        markers
+            .iter()
+            .chain([b"\\u".as_slice()].iter())
+            .any(|m| memmem::find(bytes, m).is_some())
     }
 
     /// Takes whole events the rewriter would send, writes what may go now.
@@ -198,7 +201,9 @@ impl CallGate {
         body: Map<String, Value>,
         out: &mut Vec<u8>,
     ) -> Result<(), StreamBlock> {
-        if self.api == StreamApi::OpenAiCompletions || !self.may_concern_calls(framed.raw.as_bytes()) {
+        if self.api == StreamApi::OpenAiCompletions
+            || !self.may_concern_calls(framed.raw.as_bytes())
+        {
             out.extend_from_slice(framed.raw.as_bytes());
             return Ok(());
         }
@@ -324,7 +329,9 @@ impl CallGate {
         let Some(call) = self.calls.get_mut(at) else {
             return Ok(());
         };
-        if call.done && (name.is_some_and(|n| !n.is_empty()) || arguments.is_some_and(|a| !a.is_empty())) {
+        if call.done
+            && (name.is_some_and(|n| !n.is_empty()) || arguments.is_some_and(|a| !a.is_empty()))
+        {
             return Err(uninspectable(
                 "Warden stopped this response: a tool call went on after it ended",
             ));
@@ -403,7 +410,8 @@ impl CallGate {
                             .unwrap_or(position as u64)
                             .min(LEGACY - 1);
                         let part = entry.get("function").or_else(|| entry.get("custom"));
-                        let text = |key: &str| part.and_then(|p| p.get(key)).and_then(Value::as_str);
+                        let text =
+                            |key: &str| part.and_then(|p| p.get(key)).and_then(Value::as_str);
                         let arguments = text("arguments").or_else(|| text("input"));
                         self.fragment(Key { outer, inner }, text("name"), arguments, &mut touches)?;
                     }
@@ -412,7 +420,10 @@ impl CallGate {
                         .filter(|v| v.is_object())
                     {
                         let text = |key: &str| legacy.get(key).and_then(Value::as_str);
-                        let key = Key { outer, inner: LEGACY };
+                        let key = Key {
+                            outer,
+                            inner: LEGACY,
+                        };
                         self.fragment(key, text("name"), text("arguments"), &mut touches)?;
                     }
                     if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
@@ -429,9 +440,8 @@ impl CallGate {
                     .and_then(|d| d.get("type"))
                     .and_then(Value::as_str)
                     == Some("input_json_delta");
-                let tool_use = |block: &Value| {
-                    block.get("type").and_then(Value::as_str) == Some("tool_use")
-                };
+                let tool_use =
+                    |block: &Value| block.get("type").and_then(Value::as_str) == Some("tool_use");
                 // By its type or its SSE name: a client may read either.
                 let is = |k: &str| kind == k || name == Some(k);
                 let content = body.get("content_block");
@@ -443,7 +453,10 @@ impl CallGate {
                     .and_then(|m| m.get("content"))
                     .and_then(Value::as_array);
                 for (inner, block) in whole.into_iter().flatten().enumerate() {
-                    let key = Key { outer: 0, inner: inner as u64 };
+                    let key = Key {
+                        outer: 0,
+                        inner: inner as u64,
+                    };
                     if tool_use(block) && self.position(key).is_none() {
                         let name = block.get("name").and_then(Value::as_str);
                         let input = block.get("input").cloned().unwrap_or(Value::Null);
@@ -510,11 +523,16 @@ impl CallGate {
                 let key = output.map(|outer| Key { outer, inner: 0 });
                 let ours = key.is_some_and(|k| self.position(k).is_some());
                 let item_call = body.get("item").and_then(responses_call);
-                if let Some(Value::Array(items)) = body.get("response").and_then(|r| r.get("output")) {
+                if let Some(Value::Array(items)) =
+                    body.get("response").and_then(|r| r.get("output"))
+                {
                     // The response repeated (or given only) whole: a call
                     // in it not seen before is judged here.
                     for (outer, item) in items.iter().enumerate() {
-                        let key = Key { outer: outer as u64, inner: 0 };
+                        let key = Key {
+                            outer: outer as u64,
+                            inner: 0,
+                        };
                         if let Some((tool, arguments)) = responses_call(item) {
                             if self.position(key).is_none() {
                                 self.whole_call(key, &tool, arguments, &mut touches)?;
@@ -586,9 +604,14 @@ impl CallGate {
                             .flatten();
                         self.fragment(key, None, Some(delta.unwrap_or_default()), &mut touches)?;
                     }
-                    _ if ["response.completed", "response.incomplete", "response.failed", "response.done"]
-                        .into_iter()
-                        .any(is) =>
+                    _ if [
+                        "response.completed",
+                        "response.incomplete",
+                        "response.failed",
+                        "response.done",
+                    ]
+                    .into_iter()
+                    .any(is) =>
                     {
                         touches.extend(self.end_calls(|_| true));
                     }
@@ -606,7 +629,9 @@ impl CallGate {
     /// call not judged yet (the stream ended).
     fn judge_pending(&mut self, complete: bool) {
         for at in 0..self.calls.len() {
-            let Some(call) = self.calls.get(at) else { break };
+            let Some(call) = self.calls.get(at) else {
+                break;
+            };
             if call.verdict.is_some() || (complete && !call.done) {
                 continue;
             }
@@ -615,7 +640,8 @@ impl CallGate {
                 arguments.push(decoded(Some(&Value::String(call.fragments.clone()))));
             }
             for whole in &call.whole {
-                let empty = whole.as_object().is_some_and(Map::is_empty) && !call.fragments.is_empty();
+                let empty =
+                    whole.as_object().is_some_and(Map::is_empty) && !call.fragments.is_empty();
                 if !empty && !arguments.contains(whole) {
                     arguments.push(whole.clone());
                 }
@@ -662,7 +688,9 @@ impl CallGate {
             if front.touches.iter().any(|&k| self.verdict(k).is_none()) {
                 break;
             }
-            let Some(held) = self.queue.pop_front() else { break };
+            let Some(held) = self.queue.pop_front() else {
+                break;
+            };
             self.held_bytes = self.held_bytes.saturating_sub(held.framed.raw.len());
             self.send(held, out);
         }
@@ -747,15 +775,13 @@ impl CallGate {
             let mut notes: Vec<String> = Vec::new();
             if let Some(Value::Object(delta)) = choice.get_mut("delta") {
                 if let Some(Value::Array(entries)) = delta.get_mut("tool_calls") {
-                    let mut position = 0u64;
                     let mut kept = Vec::new();
-                    for mut entry in std::mem::take(entries) {
+                    for (position, mut entry) in std::mem::take(entries).into_iter().enumerate() {
                         let inner = entry
                             .get("index")
                             .and_then(Value::as_u64)
-                            .unwrap_or(position)
+                            .unwrap_or(position as u64)
                             .min(LEGACY - 1);
-                        position += 1;
                         let key = Key { outer, inner };
                         let Some(call) = self.calls.iter_mut().find(|c| c.key == key) else {
                             kept.push(entry);
@@ -789,7 +815,10 @@ impl CallGate {
                         *entries = kept;
                     }
                 }
-                let legacy = Key { outer, inner: LEGACY };
+                let legacy = Key {
+                    outer,
+                    inner: LEGACY,
+                };
                 if delta.get("function_call").is_some_and(Value::is_object) {
                     if let Some(call) = self.calls.iter_mut().find(|c| c.key == legacy) {
                         if let Some(Verdict::Refuse(why)) = &call.verdict {
@@ -822,7 +851,9 @@ impl CallGate {
                 Some("tool_calls" | "function_call")
             );
             let mine = self.calls.iter().filter(|c| c.key.outer == outer);
-            let refused = mine.clone().any(|c| matches!(c.verdict, Some(Verdict::Refuse(_))));
+            let refused = mine
+                .clone()
+                .any(|c| matches!(c.verdict, Some(Verdict::Refuse(_))));
             let allowed = mine.clone().any(|c| c.verdict == Some(Verdict::Allow));
             if ended_for_calls && refused && !allowed {
                 choice.insert("finish_reason".into(), "stop".into());
@@ -850,12 +881,14 @@ impl CallGate {
         let mut changed = false;
         // Refused calls given whole in a message become text.
         let message_level = body.contains_key("message");
-        if let Some(Value::Array(content)) = body
-            .get_mut("message")
-            .and_then(|m| m.get_mut("content"))
+        if let Some(Value::Array(content)) =
+            body.get_mut("message").and_then(|m| m.get_mut("content"))
         {
             for (inner, block) in content.iter_mut().enumerate() {
-                let key = Key { outer: 0, inner: inner as u64 };
+                let key = Key {
+                    outer: 0,
+                    inner: inner as u64,
+                };
                 if let Some(why) = self.refusal(key) {
                     *block = json!({"type": "text", "text": why});
                     changed = true;
@@ -863,7 +896,10 @@ impl CallGate {
             }
         }
         // The turn ends for the calls only if one is left.
-        let refused = self.calls.iter().any(|c| matches!(c.verdict, Some(Verdict::Refuse(_))));
+        let refused = self
+            .calls
+            .iter()
+            .any(|c| matches!(c.verdict, Some(Verdict::Refuse(_))));
         let allowed = self.calls.iter().any(|c| c.verdict == Some(Verdict::Allow));
         let mut ends_turn = false;
         if let Some(Value::Object(delta)) = body.get_mut("delta") {
@@ -912,9 +948,8 @@ impl CallGate {
     /// events are dropped (`None`); the final response lists the message.
     fn send_responses(&mut self, body: &mut Map<String, Value>) -> Option<bool> {
         let mut changed = false;
-        if let Some(Value::Array(output)) = body
-            .get_mut("response")
-            .and_then(|r| r.get_mut("output"))
+        if let Some(Value::Array(output)) =
+            body.get_mut("response").and_then(|r| r.get_mut("output"))
         {
             for (at, item) in output.iter_mut().enumerate() {
                 let key = Key {

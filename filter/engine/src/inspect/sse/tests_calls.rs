@@ -133,7 +133,11 @@ fn chat_calls_after_a_refused_one_move_up() {
     let mut finish = Vec::new();
     for (_, event) in events(out.as_bytes()) {
         for choice in event["choices"].as_array().into_iter().flatten() {
-            for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            for call in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 calls.push((call["index"].clone(), call["id"].clone()));
             }
             if let Some(reason) = choice["finish_reason"].as_str() {
@@ -142,14 +146,24 @@ fn chat_calls_after_a_refused_one_move_up() {
         }
     }
     // Its start, then the tail the masking held back, flushed at its end.
-    assert_eq!(calls, [(json!(0), json!("call_Qx2")), (json!(0), Value::Null)]);
+    assert_eq!(
+        calls,
+        [(json!(0), json!("call_Qx2")), (json!(0), Value::Null)]
+    );
     assert_eq!(finish, ["tool_calls"]);
 }
 
 #[test]
 fn a_refused_anthropic_call_becomes_a_text_block_and_the_turn_ends() {
-    let out = whole(StreamApi::Anthropic, Some(Judge::refusing(&["remember"])), ANTHROPIC);
-    assert!(!out.contains("input_json_delta") && !out.contains("tool_use\""), "{out}");
+    let out = whole(
+        StreamApi::Anthropic,
+        Some(Judge::refusing(&["remember"])),
+        ANTHROPIC,
+    );
+    assert!(
+        !out.contains("input_json_delta") && !out.contains("tool_use\""),
+        "{out}"
+    );
     let events = events(out.as_bytes());
     let block_1: Vec<&Value> = events
         .iter()
@@ -157,8 +171,14 @@ fn a_refused_anthropic_call_becomes_a_text_block_and_the_turn_ends() {
         .filter(|e| e["index"] == 1)
         .collect();
     assert_eq!(block_1.len(), 3, "{block_1:?}");
-    assert_eq!(block_1[0]["content_block"], json!({"type": "text", "text": ""}));
-    assert_eq!(block_1[1]["delta"], json!({"type": "text_delta", "text": "NOTE(remember)"}));
+    assert_eq!(
+        block_1[0]["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    assert_eq!(
+        block_1[1]["delta"],
+        json!({"type": "text_delta", "text": "NOTE(remember)"})
+    );
     assert_eq!(block_1[2]["type"], "content_block_stop");
     let stop: Vec<&Value> = events
         .iter()
@@ -206,7 +226,10 @@ fn assert_same_when_cut(api: StreamApi, stream: &str, refuse: &[&'static str]) {
     let whole = run(api, judge(), [bytes]);
     for cut in 0..=bytes.len() {
         let (a, b) = bytes.split_at(cut);
-        assert!(run(api, judge(), [a, b]) == whole, "{api:?} {refuse:?}: cut at {cut}");
+        assert!(
+            run(api, judge(), [a, b]) == whole,
+            "{api:?} {refuse:?}: cut at {cut}"
+        );
     }
     assert_eq!(run(api, judge(), bytes.chunks(1)), whole, "{api:?}: bytes");
     assert_eq!(run(api, judge(), bytes.chunks(7)), whole, "{api:?}: 7s");
@@ -259,8 +282,12 @@ fn text_flows_until_a_call_starts_and_the_call_waits_for_its_end() {
         .judging_calls(Box::new(judge.clone()));
     let text = chunk(json!({"content": "Let me look."}), Value::Null);
     assert_eq!(rewriter.feed(text.as_bytes()), text.as_bytes());
-    assert!(rewriter.feed(call_chunk(0, Some("bash"), "{\"command\":").as_bytes()).is_empty());
-    assert!(rewriter.feed(call_chunk(0, None, "\"ls\"}").as_bytes()).is_empty());
+    assert!(rewriter
+        .feed(call_chunk(0, Some("bash"), "{\"command\":").as_bytes())
+        .is_empty());
+    assert!(rewriter
+        .feed(call_chunk(0, None, "\"ls\"}").as_bytes())
+        .is_empty());
     assert!(judge.asked.borrow().is_empty());
     let end = chunk(json!({}), json!("tool_calls"));
     let released = String::from_utf8(rewriter.feed(end.as_bytes())).unwrap();
@@ -277,11 +304,12 @@ fn text_flows_until_a_call_starts_and_the_call_waits_for_its_end() {
 #[test]
 fn a_call_cut_off_by_the_end_of_the_stream_is_withheld() {
     let judge = Judge::default();
-    let stream = chunk(json!({"content": "ok"}), Value::Null) + &call_chunk(0, Some("bash"), "{\"command\": \"rm -");
+    let stream = chunk(json!({"content": "ok"}), Value::Null)
+        + &call_chunk(0, Some("bash"), "{\"command\": \"rm -");
     let out = whole(StreamApi::OpenAiChat, Some(judge.clone()), &stream);
     assert!(!out.contains("rm -"), "{out}");
     assert!(out.contains("NOTE(bash)"), "{out}");
-    assert_eq!(judge.asked.borrow()[0].2, false);
+    assert!(!judge.asked.borrow()[0].2);
 }
 
 #[test]
@@ -309,7 +337,11 @@ fn a_fragment_after_its_call_was_judged_ends_the_stream() {
 #[test]
 fn a_call_spelt_with_escapes_is_still_judged() {
     let escaped = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool\\u005fcalls\":[{\"index\":0,\"function\":{\"name\":\"bash\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n";
-    let out = whole(StreamApi::OpenAiChat, Some(Judge::refusing(&["bash"])), escaped);
+    let out = whole(
+        StreamApi::OpenAiChat,
+        Some(Judge::refusing(&["bash"])),
+        escaped,
+    );
     assert!(!out.contains("arguments"), "{out}");
     assert!(out.contains("NOTE(bash)"), "{out}");
 }

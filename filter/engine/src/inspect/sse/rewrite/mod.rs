@@ -508,9 +508,7 @@ impl StreamRewriter {
         };
         match &mut self.gate {
             // The gate takes the event as decoded here: it is not parsed twice.
-            Some(gate) => {
-                gate.pass_decoded(framed, body, out)
-            }
+            Some(gate) => gate.pass_decoded(framed, body, out),
             None => {
                 out.extend_from_slice(framed.raw.as_bytes());
                 Ok(())
