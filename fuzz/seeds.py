@@ -190,6 +190,54 @@ def sse_seeds() -> list[bytes]:
     return seeds
 
 
+def tool_streams() -> list[bytes]:
+    """One stream per API that calls tools the way each sends them (the
+    gate's input), and a few shapes a provider should never send."""
+    chunk = lambda delta, finish=None: {"id": "c", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": delta, "finish_reason": finish}]}
+    call = lambda i, name, args: chunk({"tool_calls": [{"index": i, **({"id": f"call_{i}", "type": "function"} if name else {}),
+                                                         "function": {**({"name": name} if name else {}), "arguments": args}}]})
+    chat = sse([(None, chunk({"role": "assistant", "content": "ok"})), (None, call(0, "bash", "{\"command\":")),
+                (None, call(0, None, "\"rm -rf /\"}")), (None, call(1, "sql", "{\"q\":1}")),
+                (None, chunk({"function_call": {"name": "old", "arguments": "{}"}})),
+                (None, chunk({}, "tool_calls")), (None, "[DONE]")])
+    seq = iter(range(100))
+    ev = lambda t, **kw: (t, {"type": t, "sequence_number": next(seq), **kw})
+    fc = {"id": "fc_1", "type": "function_call", "name": "bash", "call_id": "c1", "arguments": ""}
+    done = {**fc, "arguments": "{\"command\":\"ls\"}"}
+    shell = {"id": "sh_1", "type": "local_shell_call", "action": {"command": ["rm", "-rf"]}}
+    responses = sse([ev("response.created", response={"id": "r", "output": []}),
+                     ev("response.output_item.added", output_index=0, item=fc),
+                     ev("response.function_call_arguments.delta", item_id="fc_1", output_index=0, delta="{\"command\":"),
+                     ev("response.function_call_arguments.done", item_id="fc_1", output_index=0, arguments=done["arguments"]),
+                     ev("response.output_item.done", output_index=0, item=done),
+                     ev("response.output_item.done", output_index=1, item=shell),
+                     ev("response.completed", response={"id": "r", "output": [done, shell]})])
+    block = lambda t, **kw: (t, {"type": t, **kw})
+    anthropic = sse([block("message_start", message={"id": "m", "content": [], "role": "assistant"}),
+                     block("content_block_start", index=0, content_block={"type": "tool_use", "id": "t", "name": "bash", "input": {}}),
+                     block("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": "{\"command\": \"rm"}),
+                     block("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": " -rf\"}"}),
+                     block("content_block_stop", index=0),
+                     block("message_delta", delta={"stop_reason": "tool_use"}),
+                     block("message_stop")])
+    return [chat, responses, anthropic]
+
+
+def calls_seeds() -> list[bytes]:
+    seeds = []
+    streams = tool_streams()
+    for api in range(3):
+        for judging in range(3):
+            seeds.append(bytes([api + 3 * judging]) + cuts(5, 17, 40, 90) + streams[api])
+    # A call given whole where a stream does not give it; an unplaced call.
+    seeds.append(bytes([2 + 3]) + cuts(9) + sse([("message_start", {"type": "message_start", "message": {
+        "content": [{"type": "tool_use", "name": "bash", "input": {"command": "rm -rf /"}}]}})]))
+    seeds.append(bytes([1 + 3]) + cuts(9) + sse([("response.output_item.added", {
+        "type": "response.output_item.added", "item": {"type": "function_call", "name": "x", "arguments": "{}"}})]))
+    return seeds
+
+
 def stream_text_seeds() -> list[bytes]:
     return [cuts(3 + i % 7, 11, 29) + t.encode() for i, t in enumerate(TEXTS)]
 
@@ -317,6 +365,7 @@ def main() -> None:
     write("stream_text", stream_text_seeds())
     write("json_body", json_seeds())
     write("sse", sse_seeds())
+    write("calls", calls_seeds())
     write("policy", policy_seeds())
     write("token", token_seeds())
     write("jwks", jwks_seeds())

@@ -21,8 +21,8 @@ use warden_engine::auth::jwks::KeySet;
 use warden_engine::config::FilterConfig;
 use warden_engine::exchange::{Exchange, Flow, Host, HostError, HostResult, Level, Refetch, Start};
 use warden_engine::headers::Headers;
-use warden_engine::protocol::Decision;
 use warden_engine::policy::Policy;
+use warden_engine::protocol::Decision;
 use warden_engine::request::{self, AuthStep, KeyView};
 use warden_engine_fuzz::tokens::{ed_jwk, ed_sign};
 
@@ -431,7 +431,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
 fn check(ex: &Exchange, host: &FuzzHost, flow: Flow, what: &str) {
     if flow == Flow::Continue {
         let d = ex.decision();
-        assert!(ex.forwarded(), "{what}: Continue before the request was forwarded ({d:?})");
+        assert!(
+            ex.forwarded(),
+            "{what}: Continue before the request was forwarded ({d:?})"
+        );
         assert!(
             d.forwarded() || d == Decision::Blocked,
             "{what}: Continue with decision {d:?}"

@@ -17,6 +17,8 @@ TARGETS = {
     "inspect_json: models response, nothing to mask": "<= 15 µs added (scenario 1)",
     "inspect_json: 16 KB prose request, nothing to mask": "the common case: no worse than before",
     "stream rewriter: ~500 events, emails split": "<= 20 µs per event (scenario 3)",
+    "stream rewriter: ~500 events, 4 tool calls, calls not judged": "the baseline of the next row",
+    "stream rewriter: ~500 events, 4 tool calls held and judged": "small against the row above (issue 19)",
     "verify cold RS256": "<= 1.2 ms (scenario 4)",
     "verify cold ES256": "< RS256 (scenario 4)",
     "verify cold EdDSA": "< RS256 (scenario 4)",

@@ -3,7 +3,8 @@ Anthropic SDKs: a group's denied tools are taken out of the requests it sends,
 a request that requires one is refused in the provider's format, a tool call
 that a rule blocks never reaches the client (the SDK reads a well-formed
 answer that says why), an allowed call arrives byte for byte, a streamed
-call is not sent unjudged, and each exchange's audit record names the tools
+call is held until it is complete and judged (the SDKs' own stream parsers
+read the result), and each exchange's audit record names the tools
 and what was done to them.
 
 The stand-in provider answers with queued raw answers of the providers' own
@@ -19,8 +20,7 @@ import openai
 import pytest
 import yaml
 
-from harness.sse import chat_chunk
-from harness.stack import default_filter_config, wait_until
+from harness.stack import default_filter_config, http, wait_until
 
 POLICY = {
     "version": 1,
@@ -144,20 +144,181 @@ def test_an_anthropic_call_to_a_denied_tool_ends_the_turn_instead(client):
     assert client.record()["tools"] == "computer:refused"
 
 
-def test_a_streamed_call_is_not_sent_unjudged(client):
-    call = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
-                {"index": 0, "id": "call_0", "type": "function",
-                 "function": {"name": "bash", "arguments": '{"command": "rm -rf /"}'}}]}}]}
-    events = chat_chunk("Let me. ") + f"data: {json.dumps(call)}\n\n" + "data: [DONE]\n\n"
-    client.stack.provider_queue_raw([{"content_type": "text/event-stream", "body": events}])
-    seen = []
-    with pytest.raises(openai.APIError) as raised:
-        for chunk in client.openai.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "go"}], tools=[SHELL_TOOL],
-                stream=True):
-            seen.append(chunk)
-    assert "tool" in str(raised.value)
-    assert all(not c.choices or not c.choices[0].delta.tool_calls for c in seen)
+# ---- streamed calls: held until complete and judged -------------------------
+#
+# Each stream is sent by the stand-in in 7-byte pieces, so events (and the
+# arguments inside them) reach the gateway cut at arbitrary places; the
+# engine's own tests cover every cut of every API's stream byte by byte.
+
+REFUSED_ARGS = '{"command": "rm -rf /srv"}'
+ALLOWED_ARGS = '{"command": "ls -la /srv",  "timeout": 5}'
+
+
+def halves(text: str) -> list[str]:
+    return [text[: len(text) // 2], text[len(text) // 2:]]
+
+
+def sse(name: str | None, data: dict) -> str:
+    head = f"event: {name}\n" if name else ""
+    return f"{head}data: {json.dumps(data)}\n\n"
+
+
+def chat_stream(*calls: tuple[str, str]) -> str:
+    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        return sse(None, {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                               "finish_reason": finish}]})
+    out = chunk({"role": "assistant", "content": "Cleaning up."})
+    for i, (name, args) in enumerate(calls):
+        out += chunk({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                      "function": {"name": name, "arguments": ""}}]})
+        for piece in halves(args):
+            out += chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+    return out + chunk({}, "tool_calls") + "data: [DONE]\n\n"
+
+
+def anthropic_stream(*calls: tuple[str, dict]) -> str:
+    def message(stop_reason):
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+                "content": [], "stop_reason": stop_reason, "stop_sequence": None,
+                "usage": {"input_tokens": 5, "output_tokens": 1}}
+    out = sse("message_start", {"type": "message_start", "message": message(None)})
+    out += sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})
+    out += sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "Cleaning up."}})
+    out += sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    for i, (name, arguments) in enumerate(calls, start=1):
+        out += sse("content_block_start", {"type": "content_block_start", "index": i, "content_block": {
+            "type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {}}})
+        out += sse("ping", {"type": "ping"})
+        for piece in halves(json.dumps(arguments)):
+            out += sse("content_block_delta", {"type": "content_block_delta", "index": i,
+                                               "delta": {"type": "input_json_delta", "partial_json": piece}})
+        out += sse("content_block_stop", {"type": "content_block_stop", "index": i})
+    out += sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use",
+                                 "stop_sequence": None}, "usage": {"output_tokens": 9}})
+    return out + sse("message_stop", {"type": "message_stop"})
+
+
+def responses_stream(*calls: tuple[str, str]) -> str:
+    events = []
+
+    def send(name: str, data: dict) -> None:
+        events.append(sse(name, {"type": name, "sequence_number": len(events), **data}))
+
+    def response(status: str, output: list) -> dict:
+        return {"id": "resp_1", "object": "response", "created_at": 1, "status": status, "error": None,
+                "incomplete_details": None, "instructions": None, "model": "gpt-4o-mini", "output": output,
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": None,
+                "metadata": {}, "temperature": 1.0, "top_p": 1.0}
+    text = {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Cleaning up.", "annotations": []}]}
+    send("response.created", {"response": response("in_progress", [])})
+    send("response.output_item.added", {"output_index": 0, "item": text})
+    send("response.output_item.done", {"output_index": 0, "item": text})
+    items = [text]
+    for at, (name, args) in enumerate(calls, start=1):
+        item = {"id": f"fc_{at}", "type": "function_call", "status": "in_progress", "arguments": "",
+                "call_id": f"call_{at}", "name": name}
+        send("response.output_item.added", {"output_index": at, "item": item})
+        for piece in halves(args):
+            send("response.function_call_arguments.delta", {"item_id": f"fc_{at}", "output_index": at,
+                                                            "delta": piece})
+        send("response.function_call_arguments.done", {"item_id": f"fc_{at}", "output_index": at,
+                                                       "arguments": args})
+        item = {**item, "status": "completed", "arguments": args}
+        send("response.output_item.done", {"output_index": at, "item": item})
+        items.append(item)
+    send("response.completed", {"response": response("completed", items)})
+    return "".join(events)
+
+
+def queue_stream(stack, body: str, times: int = 1) -> None:
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": body, "chunk_size": 7,
+                               "chunk_delay_ms": 1}] * times)
+
+
+def raw_bytes(client, path: str, body: dict) -> bytes:
+    """The bytes the gateway sends a client for one streamed request (its
+    own audit record, under another user agent)."""
+    token = client.stack.token("alice", ["engineering"])
+    status, _, sent = http("POST", f"{client.stack.gateway_url}{path}", body=body, timeout=30,
+                           headers={"authorization": f"Bearer {token}", "x-api-key": token,
+                                    "anthropic-version": "2023-06-01", "user-agent": "tools/raw"})
+    assert status == 200, sent
+    return sent
+
+
+def test_a_streamed_chat_call_is_held_until_judged(client):
+    stream = chat_stream(("bash", REFUSED_ARGS), ("bash", ALLOWED_ARGS))
+    queue_stream(client.stack, stream, times=2)
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "clean up"}],
+               "tools": [SHELL_TOOL], "stream": True}
+    sent = raw_bytes(client, "/openai/v1/chat/completions", request)
+    assert b"rm -rf" not in sent and b"rm -" not in sent
+    # The allowed call's arguments as the provider wrote them, the call
+    # renumbered to the first (the refused one is gone).
+    for piece in halves(ALLOWED_ARGS):
+        assert json.dumps(piece).encode() in sent
+    assert b'"id":"call_1","index":0' in sent, sent.decode()
+
+    del request["stream"]
+    with client.openai.chat.completions.stream(**request) as events:
+        final = events.get_final_completion()
+    message = final.choices[0].message
+    assert [(c.index, c.id, c.function.name, c.function.arguments) for c in message.tool_calls] == [
+        (0, "call_1", "bash", ALLOWED_ARGS)]
+    assert message.content.startswith("Cleaning up.\n\n[warden] The call to tool 'bash' was refused")
+    assert "destructive-shell" in message.content
+    assert final.choices[0].finish_reason == "tool_calls"
     record = client.record()
-    assert (record["decision"], record["reason"]) == ("blocked", "warden.tool_streamed")
+    assert (record["decision"], record["tools"]) == ("masked", "bash:refused:destructive-shell,bash:allowed")
+
+
+def test_a_streamed_anthropic_call_is_replaced_by_text_and_the_turn_ends(client):
+    queue_stream(client.stack, anthropic_stream(("bash", {"command": "rm -rf /srv"}),
+                                                ("computer", {"action": "screenshot"})), times=2)
+    request = {"model": "claude-sonnet-4-6", "max_tokens": 100,
+               "messages": [{"role": "user", "content": "clean up"}], "stream": True}
+    sent = raw_bytes(client, "/anthropic/v1/messages", request)
+    assert b"rm -rf" not in sent and b"screenshot" not in sent and b"tool_use" not in sent
+
+    del request["stream"]
+    with client.anthropic.messages.stream(**request) as events:
+        message = events.get_final_message()
+    assert [b.type for b in message.content] == ["text", "text", "text"]
+    assert "destructive-shell" in message.content[1].text
+    assert "'computer'" in message.content[2].text
+    assert message.stop_reason == "end_turn"
+    assert client.record()["tools"] == "bash:refused:destructive-shell,computer:refused"
+
+
+def test_an_allowed_streamed_anthropic_call_arrives_intact(client):
+    stream = anthropic_stream(("bash", {"command": "ls -la /srv"}))
+    queue_stream(client.stack, stream)
+    with client.anthropic.messages.stream(model="claude-sonnet-4-6", max_tokens=100,
+                                          messages=[{"role": "user", "content": "look"}]) as events:
+        message = events.get_final_message()
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    assert message.content[1].input == {"command": "ls -la /srv"}
+    assert message.stop_reason == "tool_use"
+    record = client.record()
+    assert (record["decision"], record["tools"]) == ("allowed", "bash:allowed")
+
+
+def test_a_streamed_responses_call_is_replaced_by_a_message(client):
+    queue_stream(client.stack, responses_stream(("bash", REFUSED_ARGS), ("bash", ALLOWED_ARGS)), times=2)
+    request = {"model": "gpt-4o-mini", "input": "clean up", "stream": True,
+               "tools": [{"type": "function", "name": "bash", "parameters": {"type": "object"}}]}
+    sent = raw_bytes(client, "/openai/v1/responses", request)
+    assert b"rm -rf" not in sent and b"rm -" not in sent
+
+    del request["stream"]
+    with client.openai.responses.stream(**request) as events:
+        final = events.get_final_response()
+    assert [item.type for item in final.output] == ["message", "message", "function_call"]
+    assert "destructive-shell" in final.output[1].content[0].text
+    assert final.output[2].arguments == ALLOWED_ARGS
+    assert client.record()["tools"] == "bash:refused:destructive-shell,bash:allowed"

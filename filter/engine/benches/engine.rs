@@ -25,6 +25,7 @@ use warden_engine::auth::cache::TokenCache;
 use warden_engine::auth::jwks::KeySet;
 use warden_engine::auth::{AuthenticationDoc, Authenticator, Identity};
 use warden_engine::inspect::apply::{inspect_json, MaskingStream};
+use warden_engine::inspect::calls::{SharedCalls, StreamCallJudge};
 use warden_engine::inspect::mask::{HashKey, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
 use warden_engine::policy::{Direction, Policy};
@@ -79,6 +80,52 @@ fn models_body() -> Vec<u8> {
     serde_json::to_vec(&json!({"object": "list", "data": data})).unwrap()
 }
 
+/// A streamed answer that calls tools: ~100 text events, then four calls
+/// (a shell command, checked by a tool rule), each streamed as ~100
+/// argument fragments of 4 characters, then the end: ~500 events.
+pub fn tool_stream_bytes() -> (Vec<u8>, usize) {
+    let chunk = |delta: Value, finish: Value| {
+        let event = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": "gpt-4o", "system_fingerprint": "fp_bench",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        format!("data: {event}\n\n")
+    };
+    let mut out = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    let mut events = 1;
+    let text = "Let me look at the files and clean up what is not needed. ".repeat(7);
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(4) {
+        out.push_str(&chunk(
+            json!({"content": piece.iter().collect::<String>()}),
+            Value::Null,
+        ));
+        events += 1;
+    }
+    for call in 0..4 {
+        let command = format!(
+            "ls -la /srv/data/{call} && du -sh /srv/data/{call}/* | sort -h | tail -n 20 # "
+        ) + &"x".repeat(300);
+        let arguments = json!({"command": command}).to_string();
+        out.push_str(&chunk(
+            json!({"tool_calls": [{"index": call, "id": format!("call_{call}"), "type": "function",
+                "function": {"name": "bash", "arguments": ""}}]}),
+            Value::Null,
+        ));
+        events += 1;
+        let chars: Vec<char> = arguments.chars().collect();
+        for piece in chars.chunks(4) {
+            out.push_str(&chunk(
+                json!({"tool_calls": [{"index": call, "function": {"arguments": piece.iter().collect::<String>()}}]}),
+                Value::Null,
+            ));
+            events += 1;
+        }
+    }
+    out.push_str(&chunk(json!({}), json!("tool_calls")));
+    out.push_str("data: [DONE]\n\n");
+    (out.into_bytes(), events + 2)
+}
+
 /// ~500 `chat.completion.chunk` events of 4 characters each (as the stand-in
 /// cuts them), an email every ~250 characters, so each is split across events.
 pub fn stream_bytes() -> (Vec<u8>, usize) {
@@ -108,6 +155,16 @@ pub fn stream_bytes() -> (Vec<u8>, usize) {
     (out.into_bytes(), events + 1)
 }
 
+/// `examples/policies/default.yaml` plus one tool rule (a destructive
+/// shell command is blocked), so calls are judged where asked.
+fn policy_with_tool_rule() -> String {
+    POLICY.replacen(
+        "\nrules:\n",
+        "\nrules:\n  - {name: destructive-shell, tools: [bash], argument: command, regex: '\\brm\\s+-[a-z]*r', action: block}\n",
+        1,
+    )
+}
+
 fn identity() -> Identity {
     Identity {
         issuer: ISS.into(),
@@ -127,7 +184,7 @@ pub struct Masking {
 impl Masking {
     pub fn new() -> Self {
         Self {
-            policy: Rc::new(Policy::from_bytes(POLICY.as_bytes()).unwrap()),
+            policy: Rc::new(Policy::from_bytes(policy_with_tool_rule().as_bytes()).unwrap()),
             key: HashKey::new(vec![7; 32]),
         }
     }
@@ -172,6 +229,12 @@ impl Masking {
 
     /// A whole stream fed in 512-byte frames through the rewriter.
     pub fn stream(&self, bytes: &[u8]) -> usize {
+        self.stream_judging(bytes, false)
+    }
+
+    /// As [`Self::stream`]; with `judge_calls`, its tool calls held and
+    /// judged by the policy's tool rules (as when a policy governs calls).
+    pub fn stream_judging(&self, bytes: &[u8], judge_calls: bool) -> usize {
         let active =
             self.policy
                 .active_rules(&identity(), "openai", Some("gpt-4o"), Direction::Response);
@@ -182,6 +245,14 @@ impl Masking {
             self.key.clone(),
         );
         let mut rewriter = StreamRewriter::new(StreamApi::OpenAiChat, Box::new(text));
+        if judge_calls {
+            rewriter = rewriter.judging_calls(Box::new(StreamCallJudge {
+                policy: self.policy.clone(),
+                identity: identity(),
+                model: Some("gpt-4o".into()),
+                calls: SharedCalls::default(),
+            }));
+        }
         let mut out = 0;
         for frame in bytes.chunks(512) {
             out += rewriter.feed(frame).len();
@@ -279,10 +350,14 @@ pub fn workloads() -> Vec<Workload> {
     let models = models_body();
     let prose = prose_body(16 * 1024);
     let (stream, _) = stream_bytes();
+    let (tools, _) = tool_stream_bytes();
+    let tools_judged = tools.clone();
     let mut cache = TokenCache::new(4096, 60);
     let hit = tokens.rs256.clone();
     cache.insert(TokenCache::key(&hit), tokens.verify(&hit));
-    let (m1, m2, m3, m4, m5) = (
+    let (m1, m2, m3, m4, m5, m6, m7) = (
+        masking.clone(),
+        masking.clone(),
         masking.clone(),
         masking.clone(),
         masking.clone(),
@@ -315,6 +390,16 @@ pub fn workloads() -> Vec<Workload> {
             "stream rewriter: ~500 events, emails split",
             "<= 20 µs per event (scenario 3)",
             Box::new(move || m4.stream(black_box(&stream))),
+        ),
+        (
+            "stream rewriter: ~500 events, 4 tool calls, calls not judged",
+            "the baseline of the next",
+            Box::new(move || m6.stream_judging(black_box(&tools), false)),
+        ),
+        (
+            "stream rewriter: ~500 events, 4 tool calls held and judged",
+            "added cost per event small against the rewriter's (issue 19)",
+            Box::new(move || m7.stream_judging(black_box(&tools_judged), true)),
         ),
         (
             "verify cold RS256",

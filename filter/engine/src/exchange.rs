@@ -38,7 +38,7 @@ use crate::inspect::apply::{
     inspect_json_then, inspect_text, MaskingStream, Outcome, SharedMasking,
 };
 use crate::inspect::body::Shape;
-use crate::inspect::calls::{self, ToolEntry};
+use crate::inspect::calls::{self, SharedCalls, StreamCallJudge, ToolEntry};
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
 use crate::policy::{ActiveRules, Direction, Policy};
@@ -271,8 +271,9 @@ enum Response {
         size: usize,
     },
     /// An event stream, rewritten event by event (the masking handle reads
-    /// what the rules found once it ends).
-    Stream(Box<StreamRewriter>, SharedMasking),
+    /// what the rules found once it ends, the calls handle what the policy
+    /// made of its tool calls).
+    Stream(Box<StreamRewriter>, SharedMasking, SharedCalls),
     /// A stream the filter ended early (a chunk it could not read, or one
     /// ended with trailers): later chunks are dropped.
     Closed,
@@ -608,7 +609,7 @@ impl Exchange {
                 }
                 self.inspect_whole_response(host, size, kind, &active, calls)
             }
-            Response::Stream(mut rewriter, text) => {
+            Response::Stream(mut rewriter, text, calls) => {
                 let chunk = match host.response_body(size) {
                     Ok(c) => c,
                     Err(e) => {
@@ -624,7 +625,7 @@ impl Exchange {
                         );
                         let _ = host.set_response_body(size, &[]);
                         *response = Response::Closed;
-                        self.end_stream(host, &rewriter, &text);
+                        self.end_stream(host, &rewriter, &text, &calls);
                         return Flow::Continue;
                     }
                 };
@@ -640,9 +641,9 @@ impl Exchange {
                 }
                 if end_of_stream {
                     *response = Response::Closed;
-                    self.end_stream(host, &rewriter, &text);
+                    self.end_stream(host, &rewriter, &text, &calls);
                 } else {
-                    *response = Response::Stream(rewriter, text);
+                    *response = Response::Stream(rewriter, text, calls);
                 }
                 Flow::Continue
             }
@@ -663,7 +664,7 @@ impl Exchange {
                 calls,
                 size,
             } => self.inspect_whole_response(host, size, kind, &active, calls),
-            Response::Stream(mut rewriter, text) => {
+            Response::Stream(mut rewriter, text, calls) => {
                 // The chunks have gone downstream; what the rewriter still
                 // holds (an unfinished event, text awaiting its context)
                 // cannot be appended after trailers, so it is withheld,
@@ -679,7 +680,7 @@ impl Exchange {
                     );
                     host.count("warden.stream.trailers_withheld", 1);
                 }
-                self.end_stream(host, &rewriter, &text);
+                self.end_stream(host, &rewriter, &text, &calls);
                 Flow::Continue
             }
         }
@@ -692,12 +693,13 @@ impl Exchange {
             return None;
         }
         if let Phase::Forwarded { response, .. } = &mut self.phase {
-            if let Response::Stream(rewriter, text) = std::mem::replace(response, Response::Closed)
+            if let Response::Stream(rewriter, text, calls) =
+                std::mem::replace(response, Response::Closed)
             {
                 // The client left (or the provider cut the connection)
                 // mid-stream: what was read and decided so far is the
                 // record, as for a stream that ended.
-                self.end_stream(host, &rewriter, &text);
+                self.end_stream(host, &rewriter, &text, &calls);
             }
         }
         let decision = self.audit.decision.as_str();
@@ -1158,7 +1160,8 @@ impl Exchange {
             Direction::Response,
         );
         let shape = Shape::of(provider.api, &request.upstream_path);
-        let governs_calls = shape.has_tool_calls() && policy.governs_calls(identity, model.as_deref());
+        let governs_calls =
+            shape.has_tool_calls() && policy.governs_calls(identity, model.as_deref());
         if active.is_empty() && self.vault.is_empty() && !governs_calls {
             return (Some(Response::Pass), Flow::Continue);
         }
@@ -1181,19 +1184,29 @@ impl Exchange {
             };
             let vault = std::mem::take(&mut self.vault);
             let records = policy.record == Record::Masked;
-            let mut masking =
-                MaskingStream::new(policy, active, vault, request.config.hash_key.clone());
+            let mut masking = MaskingStream::new(
+                policy.clone(),
+                active,
+                vault,
+                request.config.hash_key.clone(),
+            );
             if records {
                 masking = masking.with_transcript(RECORDED_STREAM_TEXT);
             }
             let text = SharedMasking::new(masking);
             let mut rewriter = StreamRewriter::new(api, Box::new(text.clone()));
+            let calls = SharedCalls::default();
             if governs_calls {
-                rewriter = rewriter.stop_at_tool_calls();
+                rewriter = rewriter.judging_calls(Box::new(StreamCallJudge {
+                    policy: policy.clone(),
+                    identity: identity.clone(),
+                    model: model.clone(),
+                    calls: calls.clone(),
+                }));
             }
             let _ = host.set_response_header("content-length", None);
             return (
-                Some(Response::Stream(Box::new(rewriter), text)),
+                Some(Response::Stream(Box::new(rewriter), text, calls)),
                 Flow::Continue,
             );
         }
@@ -1336,13 +1349,25 @@ impl Exchange {
     }
 
     /// A rewritten stream ended: its usage, record and findings.
-    fn end_stream(&mut self, host: &mut dyn Host, rewriter: &StreamRewriter, text: &SharedMasking) {
+    fn end_stream(
+        &mut self,
+        host: &mut dyn Host,
+        rewriter: &StreamRewriter,
+        text: &SharedMasking,
+        calls: &SharedCalls,
+    ) {
         if let Some(usage) = rewriter.usage() {
             host.set_filter_state(state::USAGE, usage.to_string().as_bytes());
             self.audit.usage = Some(usage.clone());
         }
         self.audit.recorded_response = stream_record(rewriter, text);
         self.record_outcome(host, text.outcome());
+        let calls = calls.take();
+        self.record_outcome(host, calls.outcome);
+        self.record_tools(host, calls.entries);
+        if calls.changed && self.audit.decision == Decision::Allowed {
+            self.set_decision(host, Decision::Masked);
+        }
         if let Some(block) = rewriter.blocked() {
             // The rest of the answer was withheld (an error event ended
             // it): the record says so, as for a whole answer blocked.

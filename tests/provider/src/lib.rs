@@ -128,6 +128,12 @@ pub struct RawAnswer {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// Sends the body in pieces of this many bytes (a stream cut inside its
+    /// events, as networks cut them), `chunk_delay_ms` apart.
+    #[serde(default)]
+    pub chunk_size: Option<usize>,
+    #[serde(default)]
+    pub chunk_delay_ms: u64,
     /// What follows the body.
     #[serde(default)]
     pub then: Then,
@@ -284,9 +290,17 @@ impl AppState {
     fn raw_response(&self, raw: RawAnswer) -> Response {
         let status = StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK);
         let headers = [("content-type", raw.content_type)];
-        match raw.then {
-            Then::End => (status, headers, raw.body).into_response(),
-            Then::Hold => {
+        match (raw.then, raw.chunk_size) {
+            (Then::End, None) => (status, headers, raw.body).into_response(),
+            (Then::End, Some(chunk_size)) => {
+                let settings = StreamSettings {
+                    chunk_size,
+                    chunk_delay: std::time::Duration::from_millis(raw.chunk_delay_ms),
+                };
+                let body = Body::from_stream(sse::frames(Bytes::from(raw.body), settings));
+                (status, headers, body).into_response()
+            }
+            (Then::Hold, _) => {
                 let (tx, rx) = oneshot::channel();
                 lock(&self.inner.held).push(tx);
                 let open = OpenGuard::new(&self.inner.open);

@@ -132,7 +132,7 @@ pub fn response(bytes: Bytes, settings: StreamSettings) -> Response {
 
 /// `bytes` as a stream of frames of at most `chunk_size` bytes, cut on byte
 /// offsets only, with `chunk_delay` before every frame but the first.
-fn frames(
+pub(crate) fn frames(
     bytes: Bytes,
     settings: StreamSettings,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {

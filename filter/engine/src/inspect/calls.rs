@@ -10,10 +10,14 @@
 //! *requires* a denied tool is refused instead (`warden.tool_denied`):
 //! what it asks for cannot be served.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use super::apply::Outcome;
 use super::body::Shape;
+use super::sse::{CallJudge, StreamedCall, Verdict};
 use super::tools::{offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice, Choice};
 use crate::auth::Identity;
 use crate::inspect::mask::Action;
@@ -208,9 +212,43 @@ pub fn decide_call(
     CallDecision { entry, outcome }
 }
 
-/// The policy on every call of a whole answer: each judged, refused ones
-/// replaced ([`refuse_calls`]). A call that needs an approval is refused
-/// too: a whole answer is not held for one yet (fail closed).
+/// The policy on one call whose arguments the client may read in several
+/// forms (a stream's fragments joined, and the copy its last event repeats):
+/// each form judged, the worst decision standing. A call that needs an
+/// approval is refused: an answer is not held for one yet (fail closed).
+pub fn settle_call(
+    policy: &Policy,
+    identity: &Identity,
+    model: Option<&str>,
+    tool: &str,
+    forms: &[Value],
+) -> CallDecision {
+    let severity = |d: &CallDecision| match d.entry.decision {
+        ToolDecision::Refused => 3,
+        ToolDecision::Held => 2,
+        ToolDecision::WouldRefuse => 1,
+        _ => 0,
+    };
+    let mut worst: Option<CallDecision> = None;
+    for arguments in forms.iter().chain(forms.is_empty().then_some(&Value::Null)) {
+        let decided = decide_call(policy, identity, model, tool, arguments);
+        if worst
+            .as_ref()
+            .is_none_or(|w| severity(&decided) > severity(w))
+        {
+            worst = Some(decided);
+        }
+    }
+    let mut decided =
+        worst.unwrap_or_else(|| decide_call(policy, identity, model, tool, &Value::Null));
+    if decided.entry.decision == ToolDecision::Held {
+        decided.entry.decision = ToolDecision::Refused;
+    }
+    decided
+}
+
+/// The policy on every call of a whole answer: each judged
+/// ([`settle_call`]), refused ones replaced ([`refuse_calls`]).
 pub fn govern_calls(
     policy: &Policy,
     identity: &Identity,
@@ -221,12 +259,13 @@ pub fn govern_calls(
     let mut calls = Calls::default();
     let mut refused = Vec::new();
     for call in tool_calls(shape, doc) {
-        let mut decided = decide_call(policy, identity, model, &call.name, &call.arguments);
-        if decided.entry.decision == ToolDecision::Held {
-            // Not yet: an answer is not held for approval, so the call
-            // that needs one is refused (fail closed).
-            decided.entry.decision = ToolDecision::Refused;
-        }
+        let decided = settle_call(
+            policy,
+            identity,
+            model,
+            &call.name,
+            std::slice::from_ref(&call.arguments),
+        );
         if decided.entry.decision == ToolDecision::Refused {
             refused.push((
                 call.at,
@@ -241,6 +280,62 @@ pub fn govern_calls(
         calls.changed = true;
     }
     calls
+}
+
+/// The sentence that stands where a call cut off by the stream's end was.
+pub fn cut_off_text(tool: &str) -> String {
+    format!("[warden] The call to tool '{tool}' was cut off before its end, so the gateway withheld it.")
+}
+
+/// What the policy made of a streamed answer's calls, shared between the
+/// judge inside the rewriter and the exchange that records it.
+#[derive(Clone, Debug, Default)]
+pub struct SharedCalls(pub Rc<RefCell<Calls>>);
+
+impl SharedCalls {
+    pub fn take(&self) -> Calls {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+/// The policy as a stream's [`CallJudge`].
+pub struct StreamCallJudge {
+    pub policy: Rc<Policy>,
+    pub identity: Identity,
+    pub model: Option<String>,
+    pub calls: SharedCalls,
+}
+
+impl CallJudge for StreamCallJudge {
+    fn judge(&mut self, call: &StreamedCall<'_>) -> Verdict {
+        let mut calls = self.calls.0.borrow_mut();
+        if !call.complete {
+            calls.entries.push(ToolEntry {
+                tool: call.tool.to_owned(),
+                decision: ToolDecision::Refused,
+                rule: None,
+            });
+            calls.changed = true;
+            return Verdict::Refuse(cut_off_text(call.tool));
+        }
+        let decided = settle_call(
+            &self.policy,
+            &self.identity,
+            self.model.as_deref(),
+            call.tool,
+            call.arguments,
+        );
+        let verdict = match decided.entry.decision {
+            ToolDecision::Refused => {
+                calls.changed = true;
+                Verdict::Refuse(refusal_text(call.tool, decided.entry.rule.as_deref()))
+            }
+            _ => Verdict::Allow,
+        };
+        calls.outcome.merge(decided.outcome);
+        calls.entries.push(decided.entry);
+        verdict
+    }
 }
 
 #[cfg(test)]
@@ -285,7 +380,8 @@ rules:
                 tool: "computer".into()
             })
         );
-        let mut any = json!({"tools": [{"type": "computer_use_preview"}], "tool_choice": "required"});
+        let mut any =
+            json!({"tools": [{"type": "computer_use_preview"}], "tool_choice": "required"});
         assert!(govern_offers(&p, &eng, Shape::OpenAiResponses, &mut any).is_err());
         let mut fine = json!({"tools": [{"type": "function", "function": {"name": "bash"}}],
             "tool_choice": "required"});

@@ -34,7 +34,9 @@ fn offered_name(shape: Shape, tool: &Value) -> Option<String> {
     };
     match shape {
         Shape::OpenAiChat => match kind {
-            Some("function") | None => name_at(&["function", "name"]).or_else(|| name_at(&["name"])),
+            Some("function") | None => {
+                name_at(&["function", "name"]).or_else(|| name_at(&["name"]))
+            }
             Some("custom") => name_at(&["custom", "name"]),
             Some(other) => Some(responses_builtin(other, tool)),
         },
@@ -103,14 +105,12 @@ pub fn remove_offered(
         let now_empty = match object.get_mut(*key) {
             Some(Value::Array(tools)) => {
                 let before = tools.len();
-                tools.retain(|t| {
-                    match offered_name(shape, t) {
-                        Some(name) if remove(&name) => {
-                            removed.push(name);
-                            false
-                        }
-                        _ => true,
+                tools.retain(|t| match offered_name(shape, t) {
+                    Some(name) if remove(&name) => {
+                        removed.push(name);
+                        false
                     }
+                    _ => true,
                 });
                 tools.is_empty() && before > 0
             }
@@ -161,7 +161,12 @@ fn choice_in(shape: Shape, object: &Map<String, Value>) -> Choice {
     };
     if shape == Shape::OpenAiChat {
         if let Some(legacy) = object.get("function_call").filter(|v| v.is_object()) {
-            return named(legacy.get("name").and_then(Value::as_str).map(str::to_owned));
+            return named(
+                legacy
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            );
         }
     }
     let Some(choice) = object.get("tool_choice") else {
@@ -173,13 +178,19 @@ fn choice_in(shape: Shape, object: &Map<String, Value>) -> Choice {
             _ => Choice::Free,
         };
     }
-    let kind = choice.get("type").and_then(Value::as_str).unwrap_or_default();
+    let kind = choice
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     match (shape, kind) {
         (_, "auto" | "none") => Choice::Free,
         (Shape::AnthropicMessages, "any") => Choice::Any,
-        (Shape::AnthropicMessages, "tool") => {
-            named(choice.get("name").and_then(Value::as_str).map(str::to_owned))
-        }
+        (Shape::AnthropicMessages, "tool") => named(
+            choice
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
         (_, "allowed_tools") => {
             // Chat nests the list in `allowed_tools`, Responses does not.
             let inner = choice.get("allowed_tools").unwrap_or(choice);
@@ -222,7 +233,7 @@ pub struct ToolCall {
 }
 
 /// Arguments sent as a string of JSON (OpenAI): decoded when they parse.
-fn decoded(arguments: Option<&Value>) -> Value {
+pub(crate) fn decoded(arguments: Option<&Value>) -> Value {
     match arguments {
         Some(Value::String(text)) => {
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
@@ -395,7 +406,8 @@ pub fn refuse_calls(shape: Shape, doc: &mut Value, refused: &[(CallAt, String)])
                 let any_call = content
                     .iter()
                     .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"));
-                if !any_call && object.get("stop_reason").and_then(Value::as_str) == Some("tool_use")
+                if !any_call
+                    && object.get("stop_reason").and_then(Value::as_str) == Some("tool_use")
                 {
                     object.insert("stop_reason".into(), Value::from("end_turn"));
                 }
@@ -440,7 +452,14 @@ mod tests {
             {"type": "mcp", "server_label": "github", "server_url": "https://x"}]});
         assert_eq!(
             offered_tools(Shape::OpenAiResponses, &responses),
-            ["f", "computer", "local_shell", "shell", "web_search", "mcp.github"]
+            [
+                "f",
+                "computer",
+                "local_shell",
+                "shell",
+                "web_search",
+                "mcp.github"
+            ]
         );
         let anthropic = json!({"tools": [
             {"type": "bash_20250124", "name": "bash"},
@@ -449,7 +468,12 @@ mod tests {
             {"name": "get_weather", "input_schema": {"type": "object"}}]});
         assert_eq!(
             offered_tools(Shape::AnthropicMessages, &anthropic),
-            ["bash", "computer", "str_replace_based_edit_tool", "get_weather"]
+            [
+                "bash",
+                "computer",
+                "str_replace_based_edit_tool",
+                "get_weather"
+            ]
         );
     }
 
@@ -465,7 +489,9 @@ mod tests {
         // A choice that needs the tool is the caller's to settle: kept.
         let mut anthropic = json!({"tools": [{"name": "bash"}, {"name": "read"}],
             "tool_choice": {"type": "tool", "name": "bash"}});
-        let removed = remove_offered(Shape::AnthropicMessages, &mut anthropic, &mut |n| n == "bash");
+        let removed = remove_offered(Shape::AnthropicMessages, &mut anthropic, &mut |n| {
+            n == "bash"
+        });
         assert_eq!(removed, ["bash"]);
         assert_eq!(anthropic["tools"], json!([{"name": "read"}]));
         assert_eq!(
@@ -476,7 +502,9 @@ mod tests {
             }
         );
         let mut untouched = json!({"tools": [{"name": "read"}]});
-        assert!(remove_offered(Shape::AnthropicMessages, &mut untouched, &mut |_| false).is_empty());
+        assert!(
+            remove_offered(Shape::AnthropicMessages, &mut untouched, &mut |_| false).is_empty()
+        );
         assert_eq!(untouched, json!({"tools": [{"name": "read"}]}));
     }
 
@@ -488,34 +516,58 @@ mod tests {
             required: true,
         };
         assert_eq!(c(Shape::OpenAiChat, json!({})), Choice::Free);
-        assert_eq!(c(Shape::OpenAiChat, json!({"tool_choice": "required"})), Choice::Any);
         assert_eq!(
-            c(Shape::OpenAiChat, json!({"tool_choice": {"type": "function", "function": {"name": "x"}}})),
+            c(Shape::OpenAiChat, json!({"tool_choice": "required"})),
+            Choice::Any
+        );
+        assert_eq!(
+            c(
+                Shape::OpenAiChat,
+                json!({"tool_choice": {"type": "function", "function": {"name": "x"}}})
+            ),
             only("x")
         );
-        assert_eq!(c(Shape::OpenAiChat, json!({"function_call": {"name": "x"}})), only("x"));
         assert_eq!(
-            c(Shape::OpenAiChat, json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {
-                "mode": "auto", "tools": [{"type": "function", "function": {"name": "a"}}]}}})),
+            c(Shape::OpenAiChat, json!({"function_call": {"name": "x"}})),
+            only("x")
+        );
+        assert_eq!(
+            c(
+                Shape::OpenAiChat,
+                json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {
+                "mode": "auto", "tools": [{"type": "function", "function": {"name": "a"}}]}}})
+            ),
             Choice::Only {
                 names: vec!["a".into()],
                 required: false
             }
         );
         assert_eq!(
-            c(Shape::OpenAiResponses, json!({"tool_choice": {"type": "function", "name": "x"}})),
+            c(
+                Shape::OpenAiResponses,
+                json!({"tool_choice": {"type": "function", "name": "x"}})
+            ),
             only("x")
         );
         assert_eq!(
-            c(Shape::OpenAiResponses, json!({"tool_choice": {"type": "computer_use_preview"}})),
+            c(
+                Shape::OpenAiResponses,
+                json!({"tool_choice": {"type": "computer_use_preview"}})
+            ),
             only("computer")
         );
         assert_eq!(
-            c(Shape::AnthropicMessages, json!({"tool_choice": {"type": "any"}})),
+            c(
+                Shape::AnthropicMessages,
+                json!({"tool_choice": {"type": "any"}})
+            ),
             Choice::Any
         );
         assert_eq!(
-            c(Shape::AnthropicMessages, json!({"tool_choice": {"type": "auto"}})),
+            c(
+                Shape::AnthropicMessages,
+                json!({"tool_choice": {"type": "auto"}})
+            ),
             Choice::Free
         );
     }
@@ -528,7 +580,10 @@ mod tests {
                 {"id": "c2", "type": "custom", "custom": {"name": "sql", "input": "DROP TABLE t"}}]}}]});
         let calls = tool_calls(Shape::OpenAiChat, &chat);
         assert_eq!(calls.len(), 2);
-        assert_eq!((calls[0].name.as_str(), &calls[0].arguments), ("shell", &json!({"command": "ls"})));
+        assert_eq!(
+            (calls[0].name.as_str(), &calls[0].arguments),
+            ("shell", &json!({"command": "ls"}))
+        );
         assert_eq!(calls[1].arguments, json!("DROP TABLE t"));
 
         let responses = json!({"output": [
@@ -576,7 +631,10 @@ mod tests {
         );
         assert_eq!(two["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(two["choices"][0]["message"]["content"], "Let me\n\nno b");
-        assert_eq!(two["choices"][0]["message"]["tool_calls"], json!([{"function": {"name": "a"}}]));
+        assert_eq!(
+            two["choices"][0]["message"]["tool_calls"],
+            json!([{"function": {"name": "a"}}])
+        );
 
         let mut anthropic = json!({"content": [{"type": "tool_use", "name": "bash", "input": {}}],
             "stop_reason": "tool_use"});

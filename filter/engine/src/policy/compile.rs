@@ -350,7 +350,9 @@ fn check_tool_rule(
             if segments.iter().any(|s| s.trim().is_empty()) {
                 problems.push(Problem::at(
                     format!("{at}.argument"),
-                    format!("{path:?}: a path of keys separated by dots (`action.command`), none empty"),
+                    format!(
+                        "{path:?}: a path of keys separated by dots (`action.command`), none empty"
+                    ),
                 ));
             }
             segments

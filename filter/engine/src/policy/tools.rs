@@ -199,14 +199,23 @@ rules:
     fn groups_allow_and_deny_tools() {
         let p = policy(POLICY);
         assert_eq!(p.tool_access(&who(&["eng"]), "bash"), ToolAccess::Allowed);
-        assert_eq!(p.tool_access(&who(&["eng"]), "computer"), ToolAccess::Denied);
+        assert_eq!(
+            p.tool_access(&who(&["eng"]), "computer"),
+            ToolAccess::Denied
+        );
         // Another group of the caller's that allows it and denies nothing.
         assert_eq!(
             p.tool_access(&who(&["eng", "ops"]), "computer"),
             ToolAccess::Allowed
         );
-        assert_eq!(p.tool_access(&who(&["analysts"]), "read_file"), ToolAccess::Allowed);
-        assert_eq!(p.tool_access(&who(&["analysts"]), "bash"), ToolAccess::Denied);
+        assert_eq!(
+            p.tool_access(&who(&["analysts"]), "read_file"),
+            ToolAccess::Allowed
+        );
+        assert_eq!(
+            p.tool_access(&who(&["analysts"]), "bash"),
+            ToolAccess::Denied
+        );
         assert_eq!(p.tool_access(&who(&["nobody"]), "bash"), ToolAccess::Denied);
         let observed = policy(&POLICY.replace("version: 1", "version: 1\nmode: observe"));
         assert_eq!(
@@ -268,7 +277,9 @@ rules:
 
     #[test]
     fn calls_are_governed_only_where_the_policy_could_act_on_one() {
-        let p = policy("version: 1\ngroups: {a: {models: ['*']}, b: {models: ['*'], tools: {deny: [x]}}}");
+        let p = policy(
+            "version: 1\ngroups: {a: {models: ['*']}, b: {models: ['*'], tools: {deny: [x]}}}",
+        );
         assert!(!p.governs_calls(&who(&["a"]), None));
         assert!(p.governs_calls(&who(&["b"]), None));
         assert!(!p.governs_calls(&who(&["a", "b"]), None));
@@ -320,7 +331,9 @@ rules:
             problems("version: 1\ngroups: {g: {tools: {allow: ['']}}}"),
             ["groups.g.tools.allow: an entry is empty"]
         );
-        assert!(problems("version: 1\nrules: [{name: a, tools: [bash], action: block}]").is_empty());
+        assert!(
+            problems("version: 1\nrules: [{name: a, tools: [bash], action: block}]").is_empty()
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ reasons! {
     QueryRefused => "warden.query_refused",
     // Tools
     ToolDenied => "warden.tool_denied",
-    ToolStreamed => "warden.tool_streamed",
+    ToolCallUninspectable => "warden.tool_call_uninspectable",
     // Rules and approvals
     Blocked => "warden.blocked",
     ApprovalRequired => "warden.approval_required",

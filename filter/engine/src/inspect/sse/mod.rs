@@ -14,6 +14,8 @@
 //!   masking engine implements it): text goes in per [`Channel`], rewritten
 //!   text comes out, and it may hold back a tail that could still become a
 //!   match; or it decides to block ([`StreamBlock`]).
+//! - `calls.rs`: [`CallGate`], which holds a streamed tool call until it
+//!   is complete and judged ([`CallJudge`]), then sends it or replaces it.
 //! - `rewrite/`: [`StreamRewriter`] (a file per provider dialect), which
 //!   knows where each provider API ([`StreamApi`]) puts its text in its
 //!   events, routes every text delta through the transformer, writes the
@@ -26,11 +28,15 @@
 //! is sensitive: each is tested alone (`tests.rs` drives the rewriter with
 //! small transformers on recorded streams of every API, cut at every byte).
 
+mod calls;
 mod parser;
 mod rewrite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_calls;
 
+pub use calls::{CallGate, CallJudge, StreamedCall, Verdict, MAX_CALLS, MAX_HELD};
 pub use parser::{SseError, SseEvent, SseParser, DEFAULT_MAX_EVENT, DEFAULT_MAX_LINE};
 pub use rewrite::{StreamApi, StreamRewriter};
 

@@ -68,6 +68,11 @@ impl SseEvent {
     /// inside `data` or a comment become separate lines; inside `event` or
     /// `id`, where they would forge fields, they are dropped.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_text().into_bytes()
+    }
+
+    /// [`Self::to_bytes`], as text.
+    pub fn to_text(&self) -> String {
         // Sized once: growing from empty reallocated several times per event.
         let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
         let mut out = String::with_capacity(
@@ -95,7 +100,7 @@ impl SseEvent {
             }
         }
         out.push('\n');
-        out.into_bytes()
+        out
     }
 }
 

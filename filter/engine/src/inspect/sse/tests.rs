@@ -13,7 +13,7 @@ use crate::testing::test;
 
 // ---- recorded streams (shapes as the providers and the stand-in send them) --
 
-const CHAT: &str = concat!(
+pub(super) const CHAT: &str = concat!(
     r#"data: {"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_f9f4fb6dbf","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
     "\n\n: keep-alive\n\n",
     r#"data: {"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_f9f4fb6dbf","choices":[{"index":0,"delta":{"content":"The se"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
@@ -32,7 +32,7 @@ const CHAT: &str = concat!(
     "\n\ndata: [DONE]\n\n",
 );
 
-const CHAT_TOOLS: &str = concat!(
+pub(super) const CHAT_TOOLS: &str = concat!(
     r#"data: {"id":"chatcmpl-T1","object":"chat.completion.chunk","created":1741570000,"model":"gpt-4o-mini","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_Qx1","type":"function","function":{"name":"remember","arguments":""}}],"refusal":null},"logprobs":null,"finish_reason":null}]}"#,
     "\n\n",
     r#"data: {"id":"chatcmpl-T1","object":"chat.completion.chunk","created":1741570000,"model":"gpt-4o-mini","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"wo"}}]},"logprobs":null,"finish_reason":null}]}"#,
@@ -60,7 +60,7 @@ const COMPLETIONS: &str = concat!(
     "\n\ndata: [DONE]\n\n",
 );
 
-const RESPONSES: &str = concat!(
+pub(super) const RESPONSES: &str = concat!(
     "event: response.created\n",
     r#"data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_67c9","object":"response","created_at":1741290958,"status":"in_progress","error":null,"model":"gpt-4.1-2025-04-14","output":[],"usage":null}}"#,
     "\n\nevent: response.in_progress\n",
@@ -96,7 +96,7 @@ const RESPONSES: &str = concat!(
     "\n\n",
 );
 
-const ANTHROPIC: &str = concat!(
+pub(super) const ANTHROPIC: &str = concat!(
     "event: message_start\n",
     r#"data: {"type":"message_start","message":{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1,"service_tier":"standard"}}}"#,
     "\n\nevent: content_block_start\n",
@@ -142,8 +142,8 @@ fn streams() -> Vec<(StreamApi, String)> {
 
 // ---- transformers ---------------------------------------------------------
 
-const WORD: &str = "secret";
-const MASK: &str = "[MASKED]";
+pub(super) const WORD: &str = "secret";
+pub(super) const MASK: &str = "[MASKED]";
 
 /// Upper-cases all text; holds nothing back.
 struct Upper;
@@ -160,7 +160,7 @@ impl StreamText for Upper {
 /// Replaces [`WORD`] with [`MASK`], holding back a tail that could be the
 /// start of it, per channel.
 #[derive(Default)]
-struct Mask {
+pub(super) struct Mask {
     held: HashMap<Channel, String>,
 }
 
@@ -267,7 +267,7 @@ fn masked(api: StreamApi, stream: &str) -> String {
 }
 
 /// The events of a client stream, with their data as JSON (`Null` if not).
-fn events(bytes: &[u8]) -> Vec<(Option<String>, Value)> {
+pub(super) fn events(bytes: &[u8]) -> Vec<(Option<String>, Value)> {
     let mut parser = SseParser::new();
     let mut events = parser.feed(bytes).unwrap();
     events.extend(parser.finish().unwrap());

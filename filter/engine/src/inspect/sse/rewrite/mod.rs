@@ -70,6 +70,7 @@
 use crate::protocol::Reason;
 use serde_json::{json, Map, Value};
 
+use super::calls::{CallGate, CallJudge};
 use super::parser::{Framed, SseParser};
 use super::{Channel, ChannelKind, SseError, SseEvent, StreamBlock, StreamText};
 use crate::inspect::body::each_text_except;
@@ -126,46 +127,6 @@ enum Slot {
     AnthropicText { block: u64 },
     AnthropicThinking { block: u64 },
     AnthropicJson { block: u64 },
-}
-
-/// Whether an event starts (or, for the Responses API, carries) a call the
-/// client's agent would run (see `inspect::tools`).
-fn starts_tool_call(api: StreamApi, name: Option<&str>, body: &Map<String, Value>) -> bool {
-    match api {
-        StreamApi::OpenAiChat => body
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|choice| choice.get("delta"))
-            .any(|delta| {
-                delta.get("tool_calls").is_some_and(|c| !c.is_null())
-                    || delta.get("function_call").is_some_and(|c| !c.is_null())
-            }),
-        StreamApi::OpenAiCompletions => false,
-        StreamApi::OpenAiResponses => {
-            let kind = name
-                .or_else(|| body.get("type").and_then(Value::as_str))
-                .unwrap_or_default();
-            matches!(
-                kind,
-                "response.output_item.added" | "response.output_item.done"
-            ) && body
-                .get("item")
-                .is_some_and(|item| crate::inspect::tools::responses_call(item).is_some())
-        }
-        StreamApi::Anthropic => {
-            let kind = name
-                .or_else(|| body.get("type").and_then(Value::as_str))
-                .unwrap_or_default();
-            kind == "content_block_start"
-                && body
-                    .get("content_block")
-                    .and_then(|b| b.get("type"))
-                    .and_then(Value::as_str)
-                    == Some("tool_use")
-        }
-    }
 }
 
 /// `outer` and `inner` packed into one channel index (see [`Channel`]).
@@ -319,9 +280,9 @@ pub struct StreamRewriter {
     ended: bool,
     /// Events read from the provider, for the session record.
     events: u64,
-    /// Stop the stream before the first event that starts a tool call
-    /// (see [`StreamRewriter::stop_at_tool_calls`]).
-    stop_at_tool_calls: bool,
+    /// Holds tool calls until they are judged (see
+    /// [`StreamRewriter::judging_calls`]).
+    gate: Option<CallGate>,
 }
 
 impl std::fmt::Debug for StreamRewriter {
@@ -356,16 +317,15 @@ impl StreamRewriter {
             blocked: None,
             ended: false,
             events: 0,
-            stop_at_tool_calls: false,
+            gate: None,
         }
     }
 
-    /// Stops the stream, with an error event in the API's format, before
-    /// the first event that starts a tool call: where the policy judges
-    /// calls, a streamed call is not sent unjudged (holding its fragments
-    /// until it can be judged whole is not built yet).
-    pub fn stop_at_tool_calls(mut self) -> Self {
-        self.stop_at_tool_calls = true;
+    /// Holds each tool call the answer makes until it is complete and
+    /// `judge` has decided it, then sends it as it came or replaced (see
+    /// [`CallGate`]); the rest of the stream keeps flowing.
+    pub fn judging_calls(mut self, judge: Box<dyn CallJudge>) -> Self {
+        self.gate = Some(CallGate::new(self.api, judge));
         self
     }
 
@@ -396,9 +356,15 @@ impl StreamRewriter {
         self.handle(framed, &mut out);
         if !self.ended {
             let mut edit = EventEdit::default();
-            match self.close_all(&mut edit) {
-                Ok(()) => out.extend(edit.before),
-                Err(block) => self.stop(block, &mut out),
+            let ended = self
+                .close_all(&mut edit)
+                .and_then(|()| self.emit(&edit.before, &mut out))
+                .and_then(|()| match &mut self.gate {
+                    Some(gate) => gate.finish(&mut out),
+                    None => Ok(()),
+                });
+            if let Err(block) = ended {
+                self.stop(block, &mut out);
             }
         }
         self.ended = true;
@@ -440,7 +406,20 @@ impl StreamRewriter {
         }
     }
 
-    /// Sends the error event and ends the stream.
+    /// Sends what one event became: through the gate when calls are
+    /// judged.
+    fn emit(&mut self, sent: &[u8], out: &mut Vec<u8>) -> Result<(), StreamBlock> {
+        match &mut self.gate {
+            Some(gate) => gate.pass(sent, out),
+            None => {
+                out.extend_from_slice(sent);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the error event and ends the stream (what the gate still
+    /// held is withheld).
     fn stop(&mut self, block: StreamBlock, out: &mut Vec<u8>) {
         let message = if block.message.is_empty() {
             format!("Warden blocked this response (rule {}).", block.rule)
@@ -452,6 +431,7 @@ impl StreamRewriter {
         self.ended = true;
         self.channels = Vec::new();
         self.template = None;
+        self.gate = None;
     }
 
     fn error_event(&mut self, message: &str) -> SseEvent {
@@ -480,12 +460,12 @@ impl StreamRewriter {
         }
     }
 
-    /// One event: rewritten into `out`, preceded by any events it calls for.
+    /// One event: rewritten into `out`, preceded by any events it calls for
+    /// (through the gate, when calls are judged).
     fn event(&mut self, framed: Framed, out: &mut Vec<u8>) -> Result<(), StreamBlock> {
         let Framed { event, raw } = framed;
         let Some(data) = event.data.as_deref() else {
-            out.extend_from_slice(raw.as_bytes());
-            return Ok(());
+            return self.emit(raw.as_bytes(), out);
         };
         let openai_choices = matches!(
             self.api,
@@ -494,21 +474,13 @@ impl StreamRewriter {
         if openai_choices && data.trim() == "[DONE]" {
             let mut edit = EventEdit::default();
             self.close_all(&mut edit)?;
-            out.extend(edit.before);
-            out.extend_from_slice(raw.as_bytes());
-            return Ok(());
+            self.emit(&edit.before, out)?;
+            return self.emit(raw.as_bytes(), out);
         }
         let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(data) else {
-            out.extend_from_slice(raw.as_bytes());
-            return Ok(());
+            return self.emit(raw.as_bytes(), out);
         };
         let name = event.event.as_deref();
-        if self.stop_at_tool_calls && starts_tool_call(self.api, name, &body) {
-            return Err(StreamBlock::uninspectable(
-                Reason::ToolStreamed,
-                "This answer calls a tool, and the gateway does not yet judge tool calls in a streamed answer: ask without streaming.",
-            ));
-        }
         let mut edit = EventEdit::default();
         match self.api {
             StreamApi::OpenAiChat | StreamApi::OpenAiCompletions => {
@@ -518,17 +490,30 @@ impl StreamRewriter {
             StreamApi::Anthropic => self.anthropic(name, &mut body, &mut edit)?,
         }
         self.other_text(&mut body, &mut edit)?;
-        out.extend(edit.before);
-        if edit.changed {
-            let rewritten = SseEvent {
-                data: Some(json_text(&Value::Object(body))),
+        self.emit(&edit.before, out)?;
+        let (framed, body) = if edit.changed {
+            let value = Value::Object(body);
+            let event = SseEvent {
+                data: Some(json_text(&value)),
                 ..event
             };
-            out.extend(rewritten.to_bytes());
+            let body = match value {
+                Value::Object(body) => body,
+                _ => Map::new(),
+            };
+            let raw = event.to_text();
+            (Framed { event, raw }, body)
         } else {
-            out.extend_from_slice(raw.as_bytes());
+            (Framed { event, raw }, body)
+        };
+        match &mut self.gate {
+            // The gate takes the event as decoded here: it is not parsed twice.
+            Some(gate) => gate.pass_decoded(framed, body, out),
+            None => {
+                out.extend_from_slice(framed.raw.as_bytes());
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Every string of the event that no handler read as channel text,
