@@ -229,18 +229,20 @@ pub fn settle_call(
         ToolDecision::WouldRefuse => 1,
         _ => 0,
     };
-    let mut worst: Option<CallDecision> = None;
-    for arguments in forms.iter().chain(forms.is_empty().then_some(&Value::Null)) {
-        let decided = decide_call(policy, identity, model, tool, arguments);
-        if worst
-            .as_ref()
-            .is_none_or(|w| severity(&decided) > severity(w))
-        {
-            worst = Some(decided);
+    let mut decisions = forms
+        .iter()
+        .map(|arguments| decide_call(policy, identity, model, tool, arguments));
+    let first = decisions
+        .next()
+        .unwrap_or_else(|| decide_call(policy, identity, model, tool, &Value::Null));
+    // The first of the most severe.
+    let mut decided = decisions.fold(first, |worst, d| {
+        if severity(&d) > severity(&worst) {
+            d
+        } else {
+            worst
         }
-    }
-    let mut decided =
-        worst.unwrap_or_else(|| decide_call(policy, identity, model, tool, &Value::Null));
+    });
     if decided.entry.decision == ToolDecision::Held {
         decided.entry.decision = ToolDecision::Refused;
     }

@@ -66,13 +66,9 @@ impl Policy {
                         | (Where::Request, Direction::Request)
                         | (Where::Response, Direction::Response)
                 );
-                let for_caller =
-                    r.groups.is_empty() || r.groups.iter().any(|g| identity.groups.contains(g));
-                let for_model = r.models.is_empty()
-                    || model.is_some_and(|m| r.models.iter().any(|g| g.matches(m)));
                 // Cleared data passes; log_only rules record regardless.
                 let cleared = r.level <= clearance && r.action != Action::LogOnly;
-                if r.is_tool_rule() || !(in_direction && for_caller && for_model) || cleared {
+                if r.is_tool_rule() || !(in_direction && r.in_scope(identity, model)) || cleared {
                     return None;
                 }
                 let action = match (self.over_clearance, r.action) {

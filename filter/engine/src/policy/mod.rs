@@ -114,6 +114,16 @@ impl Rule {
     pub fn is_tool_rule(&self) -> bool {
         self.tools.is_some()
     }
+
+    /// Whether the rule applies to this caller and model (its `groups` and
+    /// `models`; empty means all).
+    pub fn in_scope(&self, identity: &crate::auth::Identity, model: Option<&str>) -> bool {
+        let for_caller =
+            self.groups.is_empty() || self.groups.iter().any(|g| identity.groups.contains(g));
+        let for_model = self.models.is_empty()
+            || model.is_some_and(|m| self.models.iter().any(|g| g.matches(m)));
+        for_caller && for_model
+    }
 }
 
 /// Which way the text travels.

@@ -49,7 +49,7 @@ impl Policy {
             || self
                 .rules
                 .iter()
-                .any(|r| r.is_tool_rule() && in_scope(r, identity, model))
+                .any(|r| r.is_tool_rule() && r.in_scope(identity, model))
     }
 
     /// The tool rules on one call of `tool` with these `arguments`: each
@@ -68,7 +68,7 @@ impl Policy {
         let mut by_path: BTreeMap<&[String], ActiveRules> = BTreeMap::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let Some(tools) = &rule.tools else { continue };
-            if !in_scope(rule, identity, model) || !tools.iter().any(|t| t.matches(tool)) {
+            if !rule.in_scope(identity, model) || !tools.iter().any(|t| t.matches(tool)) {
                 continue;
             }
             let active = ActiveRule {
@@ -103,14 +103,6 @@ impl Policy {
         verdict.hits.sort_by_key(|h| (h.rule, h.start));
         verdict
     }
-}
-
-fn in_scope(rule: &Rule, identity: &Identity, model: Option<&str>) -> bool {
-    let for_caller =
-        rule.groups.is_empty() || rule.groups.iter().any(|g| identity.groups.contains(g));
-    let for_model =
-        rule.models.is_empty() || model.is_some_and(|m| rule.models.iter().any(|g| g.matches(m)));
-    for_caller && for_model
 }
 
 /// The text a tool rule's matchers read: the values at `path` in the

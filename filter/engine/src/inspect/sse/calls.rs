@@ -43,7 +43,7 @@ use memchr::memmem;
 use serde_json::{json, Map, Value};
 
 use super::parser::{Framed, SseParser};
-use super::{SseEvent, StreamApi, StreamBlock};
+use super::{event_type, SseEvent, StreamApi, StreamBlock};
 use crate::inspect::tools::{decoded, responses_call, responses_note};
 use crate::protocol::Reason;
 
@@ -86,6 +86,24 @@ struct Key {
 }
 
 const LEGACY: u64 = u64::MAX;
+
+impl Key {
+    /// A Responses output item.
+    fn output(at: u64) -> Self {
+        Self {
+            outer: at,
+            inner: 0,
+        }
+    }
+
+    /// An Anthropic content block.
+    fn block(at: u64) -> Self {
+        Self {
+            outer: 0,
+            inner: at,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Call {
@@ -141,6 +159,10 @@ fn uninspectable(message: &str) -> StreamBlock {
     StreamBlock::uninspectable(Reason::ToolCallUninspectable, message)
 }
 
+fn unplaced_arguments() -> StreamBlock {
+    uninspectable("Warden stopped this response: tool call arguments for a part that never started")
+}
+
 impl CallGate {
     pub fn new(api: StreamApi, judge: Box<dyn CallJudge>) -> Self {
         Self {
@@ -159,12 +181,15 @@ impl CallGate {
 
     /// Whether an event outside a hold could concern a call.
     fn may_concern_calls(&self, bytes: &[u8]) -> bool {
+        if self.api == StreamApi::OpenAiCompletions {
+            return false;
+        }
         if !self.queue.is_empty() || self.sequence_offset != 0 {
             return true;
         }
         let markers: &[&[u8]] = match self.api {
             StreamApi::OpenAiChat => &[b"tool_calls", b"function_call"],
-            StreamApi::OpenAiCompletions => &[],
+            StreamApi::OpenAiCompletions => return false,
             StreamApi::OpenAiResponses => &[b"_call\"", b"_call_arguments", b"_call_input"],
             StreamApi::Anthropic => &[b"tool_use", b"input_json_delta"],
         };
@@ -180,7 +205,7 @@ impl CallGate {
         if bytes.is_empty() {
             return Ok(());
         }
-        if self.api == StreamApi::OpenAiCompletions || !self.may_concern_calls(bytes) {
+        if !self.may_concern_calls(bytes) {
             out.extend_from_slice(bytes);
             return Ok(());
         }
@@ -201,9 +226,7 @@ impl CallGate {
         body: Map<String, Value>,
         out: &mut Vec<u8>,
     ) -> Result<(), StreamBlock> {
-        if self.api == StreamApi::OpenAiCompletions
-            || !self.may_concern_calls(framed.raw.as_bytes())
-        {
+        if !self.may_concern_calls(framed.raw.as_bytes()) {
             out.extend_from_slice(framed.raw.as_bytes());
             return Ok(());
         }
@@ -278,15 +301,14 @@ impl CallGate {
         Ok(())
     }
 
-    /// Call arguments for a part that is no call the gate knows: nothing
+    /// Call arguments for a part that is no call the gate knows (nor, for
+    /// Anthropic, a started block of the provider's own tools): nothing
     /// could judge them, so they are not sent.
-    fn unplaced(&self, index: Option<u64>) -> Result<(), StreamBlock> {
-        if index.is_some_and(|i| self.started.contains(&i)) {
+    fn unplaced(&self, block: Option<u64>) -> Result<(), StreamBlock> {
+        if block.is_some_and(|i| self.started.contains(&i)) {
             return Ok(());
         }
-        Err(uninspectable(
-            "Warden stopped this response: tool call arguments for a part that never started",
-        ))
+        Err(unplaced_arguments())
     }
 
     fn position(&self, key: Key) -> Option<usize> {
@@ -385,12 +407,9 @@ impl CallGate {
         body: &Map<String, Value>,
     ) -> Result<Vec<Key>, StreamBlock> {
         let mut touches = Vec::new();
-        let kind = body
-            .get("type")
-            .and_then(Value::as_str)
-            .or(name)
-            .unwrap_or_default()
-            .to_owned();
+        let kind = event_type(name, body);
+        // By its type or its SSE name: a client may read either.
+        let is = |k: &str| kind == k || name == Some(k);
         match self.api {
             StreamApi::OpenAiChat => {
                 let choices = body.get("choices").and_then(Value::as_array);
@@ -433,7 +452,7 @@ impl CallGate {
             }
             StreamApi::Anthropic => {
                 let block = body.get("index").and_then(Value::as_u64);
-                let key = block.map(|inner| Key { outer: 0, inner });
+                let key = block.map(Key::block);
                 let ours = key.is_some_and(|k| self.position(k).is_some());
                 let json_delta = body
                     .get("delta")
@@ -442,8 +461,6 @@ impl CallGate {
                     == Some("input_json_delta");
                 let tool_use =
                     |block: &Value| block.get("type").and_then(Value::as_str) == Some("tool_use");
-                // By its type or its SSE name: a client may read either.
-                let is = |k: &str| kind == k || name == Some(k);
                 let content = body.get("content_block");
                 let tool_block = content.is_some_and(tool_use);
                 // Calls given whole in a message (providers send it empty
@@ -453,10 +470,7 @@ impl CallGate {
                     .and_then(|m| m.get("content"))
                     .and_then(Value::as_array);
                 for (inner, block) in whole.into_iter().flatten().enumerate() {
-                    let key = Key {
-                        outer: 0,
-                        inner: inner as u64,
-                    };
+                    let key = Key::block(inner as u64);
                     if tool_use(block) && self.position(key).is_none() {
                         let name = block.get("name").and_then(Value::as_str);
                         let input = block.get("input").cloned().unwrap_or(Value::Null);
@@ -482,8 +496,9 @@ impl CallGate {
                         // itself stream JSON input; a JSON delta for any
                         // other block (a kind this gateway does not know)
                         // is not sent.
-                        let kind = content.and_then(|c| c.get("type")).and_then(Value::as_str);
-                        if matches!(kind, Some("server_tool_use" | "mcp_tool_use")) {
+                        let block_type =
+                            content.and_then(|c| c.get("type")).and_then(Value::as_str);
+                        if matches!(block_type, Some("server_tool_use" | "mcp_tool_use")) {
                             self.start(key.inner)?;
                         }
                         if tool_block {
@@ -520,7 +535,7 @@ impl CallGate {
             }
             StreamApi::OpenAiResponses => {
                 let output = body.get("output_index").and_then(Value::as_u64);
-                let key = output.map(|outer| Key { outer, inner: 0 });
+                let key = output.map(Key::output);
                 let ours = key.is_some_and(|k| self.position(k).is_some());
                 let item_call = body.get("item").and_then(responses_call);
                 if let Some(Value::Array(items)) =
@@ -529,10 +544,7 @@ impl CallGate {
                     // The response repeated (or given only) whole: a call
                     // in it not seen before is judged here.
                     for (outer, item) in items.iter().enumerate() {
-                        let key = Key {
-                            outer: outer as u64,
-                            inner: 0,
-                        };
+                        let key = Key::output(outer as u64);
                         if let Some((tool, arguments)) = responses_call(item) {
                             if self.position(key).is_none() {
                                 self.whole_call(key, &tool, arguments, &mut touches)?;
@@ -543,8 +555,6 @@ impl CallGate {
                         }
                     }
                 }
-                // By its type or its SSE name: a client may read either.
-                let is = |k: &str| kind == k || name == Some(k);
                 let added = is("response.output_item.added");
                 let item_done = is("response.output_item.done");
                 let arguments_event = [
@@ -557,7 +567,7 @@ impl CallGate {
                 .any(is);
                 if arguments_event && !ours {
                     // Only call items take these events.
-                    self.unplaced(None)?;
+                    return Err(unplaced_arguments());
                 }
                 match (item_call, key) {
                     (Some(_), None) => {
@@ -708,25 +718,20 @@ impl CallGate {
             return;
         };
         let name = framed.event.event.as_deref();
-        let mut changed = false;
         let mut before: Vec<SseEvent> = Vec::new();
-        match self.api {
-            StreamApi::OpenAiChat => changed = self.send_chat(&mut body),
-            StreamApi::Anthropic => {
-                match self.send_anthropic(name, &mut body, &touches, &mut before) {
-                    Some(c) => changed = c,
-                    None => return,
-                }
+        // `None`: the event is dropped.
+        let kept = match self.api {
+            StreamApi::OpenAiChat => Some(self.send_chat(&mut body)),
+            StreamApi::Anthropic => self.send_anthropic(name, &mut body, &touches, &mut before),
+            StreamApi::OpenAiResponses => self.send_responses(&mut body),
+            StreamApi::OpenAiCompletions => Some(false),
+        };
+        let Some(mut changed) = kept else {
+            if self.api == StreamApi::OpenAiResponses {
+                self.sequence_offset += 1;
             }
-            StreamApi::OpenAiResponses => match self.send_responses(&mut body) {
-                Some(c) => changed = c,
-                None => {
-                    self.sequence_offset += 1;
-                    return;
-                }
-            },
-            StreamApi::OpenAiCompletions => {}
-        }
+            return;
+        };
         if self.api == StreamApi::OpenAiResponses && self.sequence_offset > 0 {
             if let Some(n) = body.get("sequence_number").and_then(Value::as_u64) {
                 body.insert(
@@ -872,12 +877,7 @@ impl CallGate {
         touches: &[Key],
         before: &mut Vec<SseEvent>,
     ) -> Option<bool> {
-        let kind = body
-            .get("type")
-            .and_then(Value::as_str)
-            .or(name)
-            .unwrap_or_default()
-            .to_owned();
+        let kind = event_type(name, body);
         let mut changed = false;
         // Refused calls given whole in a message become text.
         let message_level = body.contains_key("message");
@@ -885,10 +885,7 @@ impl CallGate {
             body.get_mut("message").and_then(|m| m.get_mut("content"))
         {
             for (inner, block) in content.iter_mut().enumerate() {
-                let key = Key {
-                    outer: 0,
-                    inner: inner as u64,
-                };
+                let key = Key::block(inner as u64);
                 if let Some(why) = self.refusal(key) {
                     *block = json!({"type": "text", "text": why});
                     changed = true;
@@ -914,7 +911,7 @@ impl CallGate {
         let refusal = body
             .get("index")
             .and_then(Value::as_u64)
-            .map(|inner| Key { outer: 0, inner })
+            .map(Key::block)
             .filter(|k| touches.contains(k))
             .and_then(|key| self.refusal(key).map(|why| (key, why)));
         let Some((key, why)) = refusal else {
@@ -952,10 +949,7 @@ impl CallGate {
             body.get_mut("response").and_then(|r| r.get_mut("output"))
         {
             for (at, item) in output.iter_mut().enumerate() {
-                let key = Key {
-                    outer: at as u64,
-                    inner: 0,
-                };
+                let key = Key::output(at as u64);
                 if let Some(why) = self.refusal(key) {
                     *item = responses_note(at, &why);
                     changed = true;
@@ -965,10 +959,7 @@ impl CallGate {
         let Some(output) = body.get("output_index").and_then(Value::as_u64) else {
             return Some(changed);
         };
-        let Some(why) = self.refusal(Key {
-            outer: output,
-            inner: 0,
-        }) else {
+        let Some(why) = self.refusal(Key::output(output)) else {
             return Some(changed);
         };
         // Whatever the event says it is: its item becomes the message;

@@ -41,6 +41,17 @@ pub use parser::{SseError, SseEvent, SseParser, DEFAULT_MAX_EVENT, DEFAULT_MAX_L
 pub use rewrite::{StreamApi, StreamRewriter};
 
 use crate::protocol::Reason;
+use serde_json::{Map, Value};
+
+/// An event's `type` field, else its SSE event name: what the event is, as
+/// the rewriter and the call gate read it.
+fn event_type(name: Option<&str>, body: &Map<String, Value>) -> String {
+    body.get("type")
+        .and_then(Value::as_str)
+        .or(name)
+        .unwrap_or_default()
+        .to_owned()
+}
 
 /// Where a piece of streamed text belongs: each is its own text stream.
 ///

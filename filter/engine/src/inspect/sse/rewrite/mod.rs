@@ -72,7 +72,7 @@ use serde_json::{json, Map, Value};
 
 use super::calls::{CallGate, CallJudge};
 use super::parser::{Framed, SseParser};
-use super::{Channel, ChannelKind, SseError, SseEvent, StreamBlock, StreamText};
+use super::{event_type, Channel, ChannelKind, SseError, SseEvent, StreamBlock, StreamText};
 use crate::inspect::body::each_text_except;
 
 mod anthropic;
@@ -729,15 +729,6 @@ fn framing_block(err: &SseError) -> StreamBlock {
         FRAMING_RULE,
         format!("Warden could not inspect this response stream: {err}"),
     )
-}
-
-/// The event's `type` field, else its SSE event name.
-fn event_type(name: Option<&str>, body: &Map<String, Value>) -> String {
-    body.get("type")
-        .and_then(Value::as_str)
-        .or(name)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn u64_field(body: &Map<String, Value>, key: &str) -> u64 {
