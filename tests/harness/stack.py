@@ -41,6 +41,7 @@ ENVOY_BIN = ROOT / ".venv" / "bin" / "envoy"
 ENVOY_TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 FILTER_WASM = ROOT / "dist" / "warden-filter.wasm"
 # Built by `scripts/test.sh e2e` only: traps on the header x-warden-test-trap.
+MCP_SERVER = ROOT / "tests" / "mcp" / "server.py"
 TRAP_FILTER_WASM = ROOT / "dist" / "test" / "warden-filter-test-trap.wasm"
 
 # Keys the stand-in provider receives in development. They are not secrets;
@@ -68,17 +69,19 @@ class Ports:
     admin: int
     control_plane: int
     provider: int
+    # The MCP server behind /mcp/files/ (started on request: Stack.start(mcp=...)).
+    mcp: int
 
     @classmethod
     def defaults(cls) -> "Ports":
-        return cls(gateway=10000, admin=9901, control_plane=8080, provider=8081)
+        return cls(gateway=10000, admin=9901, control_plane=8080, provider=8081, mcp=8082)
 
     @classmethod
     def free(cls) -> "Ports":
-        """Four ports the kernel says are free now (held open together so they differ)."""
+        """Five ports the kernel says are free now (held open together so they differ)."""
         socks = []
         try:
-            for _ in range(4):
+            for _ in range(5):
                 s = socket.socket()
                 s.bind(("127.0.0.1", 0))
                 socks.append(s)
@@ -86,7 +89,7 @@ class Ports:
         finally:
             for s in socks:
                 s.close()
-        return cls(gateway=p[0], admin=p[1], control_plane=p[2], provider=p[3])
+        return cls(gateway=p[0], admin=p[1], control_plane=p[2], provider=p[3], mcp=p[4])
 
 
 def http(method: str, url: str, body: Any = None, headers: dict | None = None,
@@ -252,7 +255,7 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
             plugin["configuration"]["value"] = plugin["configuration"]["value"].replace(
                 "127.0.0.1:8080", f"127.0.0.1:{ports.control_plane}")
     port_of = {"provider_openai": ports.provider, "provider_anthropic": ports.provider,
-               "warden_control_plane": ports.control_plane}
+               "warden_control_plane": ports.control_plane, "mcp_files": ports.mcp}
     clusters = cfg["static_resources"]["clusters"]
     for i, cluster in enumerate(clusters):
         name = cluster["name"]
@@ -328,6 +331,7 @@ class Stack:
     # PostgreSQL instead of SQLite in data_dir, when set.
     database_url: str | None = None
     control_plane_process: Process | None = None
+    mcp_process: Process | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -355,7 +359,8 @@ class Stack:
               extra_clusters: dict | None = None, bare_port: int | None = None,
               concurrency: int = 2, access_log: str | Path | None = None,
               database_url: str | None = None,
-              edit_envoy_config: Callable[[dict], None] | None = None) -> "Stack":
+              edit_envoy_config: Callable[[dict], None] | None = None,
+              mcp_server: list[str] | None = None) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
@@ -363,6 +368,8 @@ class Stack:
         cluster whose WARDEN_*_API_KEY is set in this process's environment goes
         to the real provider instead of the stand-in. `edit_envoy_config` may
         change the rendered Envoy configuration (the benchmarks add listeners).
+        `mcp_server` starts the MCP test server (tests/mcp/server.py, the
+        official SDK) behind /mcp/files/ with these extra arguments.
         """
         for path, hint in ((WARDEN_BIN, "make build"), (PROVIDER_BIN, "make build"),
                            (ENVOY_BIN, "make bootstrap"), (FILTER_WASM, "make build")):
@@ -373,6 +380,8 @@ class Stack:
         stack = cls(ports, data_dir, database_url=database_url)
         try:
             stack._start_provider()
+            if mcp_server is not None:
+                stack._start_mcp_server(mcp_server)
             stack._start_control_plane()
             env = dict(STAND_IN_KEYS) if envoy_env is None else dict(envoy_env)
             env.setdefault("WARDEN_GATEWAY_SECRET", stack.gateway_secret)
@@ -397,6 +406,22 @@ class Stack:
         self.processes.append(p)
         wait_until("the stand-in provider", lambda: http(
             "GET", f"{self.provider_url}/_warden/health", timeout=2)[0] == 200, alive=p.check_alive)
+
+    def _start_mcp_server(self, args: list[str]) -> None:
+        p = spawn("MCP server", [str(ROOT / ".venv" / "bin" / "python"), str(MCP_SERVER),
+                                 "--port", str(self.ports.mcp), *args],
+                  self.data_dir / "logs" / "mcp-server.log")
+        self.processes.append(p)
+        self.mcp_process = p
+        # Any HTTP answer means it serves (a bare GET is refused: no session).
+        wait_until("the MCP server", lambda: http(
+            "GET", f"http://127.0.0.1:{self.ports.mcp}/mcp", timeout=2)[0] > 0, alive=p.check_alive)
+
+    def mcp_server_calls(self) -> list[str]:
+        """The tool calls the MCP server executed (`<tool> <json arguments>`)."""
+        log = self.data_dir / "logs" / "mcp-server.log"
+        return [line.split("called ", 1)[1] for line in log.read_text().splitlines()
+                if line.startswith("called ")]
 
     def _start_control_plane(self) -> None:
         argv = [str(WARDEN_BIN), "serve", "--listen", f"127.0.0.1:{self.ports.control_plane}",

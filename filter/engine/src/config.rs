@@ -74,7 +74,11 @@ pub struct ProviderDoc {
     /// The gateway path prefix that selects this provider (`/openai/`). The
     /// Envoy route strips it before the request goes upstream.
     pub path_prefix: String,
-    pub credential: CredentialDoc,
+    /// The key the gateway sends upstream in the client's stead. Required
+    /// for a model provider; optional for an MCP server (many inside the
+    /// company take none, or check the caller's own token).
+    #[serde(default)]
+    pub credential: Option<CredentialDoc>,
     /// Client headers of [`SCOPING_HEADERS`] to let through to this provider
     /// (e.g. `[anthropic-beta]` for beta tools); the rest are removed.
     #[serde(default)]
@@ -122,9 +126,11 @@ pub struct Provider {
     pub path_prefix: String,
     pub credential_header: String,
     /// The header value to send (`Bearer sk-...`), or `None` when Envoy's
-    /// environment has no key: requests then get a 503 that says so.
+    /// environment has no key (requests then get a 503 that says so) or the
+    /// provider takes none.
     pub credential_value: Option<Secret>,
-    pub credential_env: String,
+    /// Where the key comes from; `None`: an MCP server that takes none.
+    pub credential_env: Option<String>,
     /// [`SCOPING_HEADERS`] removed from this provider's requests (those not
     /// in its `pass_headers`).
     pub scoping_headers: Vec<&'static str>,
@@ -166,6 +172,44 @@ fn admit_with(policy: &Policy, key: &HashKey, key_env: &str) -> Result<(), Strin
         )),
         None => Ok(()),
     }
+}
+
+/// A provider's credential: the header it goes in and the value to send,
+/// `None` when Envoy's environment has no key.
+fn compile_credential(
+    provider: &str,
+    api: Api,
+    credential: &CredentialDoc,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Option<Secret>), ConfigError> {
+    if credential.env.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "provider {:?}: credential.env must name an environment variable",
+            provider
+        )));
+    }
+    let (default_header, default_scheme) = api.default_credential_header();
+    let header = credential
+        .header
+        .clone()
+        .unwrap_or_else(|| default_header.to_string());
+    if header.is_empty() || !header.bytes().all(is_header_name_byte) {
+        return Err(ConfigError::Invalid(format!(
+            "provider {:?}: credential.header {:?} is not a valid lowercase header name",
+            provider, header
+        )));
+    }
+    let scheme = credential
+        .scheme
+        .clone()
+        .or_else(|| default_scheme.map(String::from));
+    let credential_value = env(&credential.env)
+        .filter(|k| !k.trim().is_empty())
+        .map(|key| match &scheme {
+            Some(s) if !s.is_empty() => Secret::new(format!("{s} {}", key.trim())),
+            _ => Secret::new(key.trim().to_string()),
+        });
+    Ok((header, credential_value))
 }
 
 impl FilterConfig {
@@ -219,34 +263,19 @@ impl FilterConfig {
                     p.path_prefix
                 )));
             }
-            if p.credential.env.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "provider {:?}: credential.env must name an environment variable",
-                    p.name
-                )));
-            }
-            let (default_header, default_scheme) = p.api.default_credential_header();
-            let header = p
-                .credential
-                .header
-                .unwrap_or_else(|| default_header.to_string());
-            if header.is_empty() || !header.bytes().all(is_header_name_byte) {
-                return Err(ConfigError::Invalid(format!(
-                    "provider {:?}: credential.header {:?} is not a valid lowercase header name",
-                    p.name, header
-                )));
-            }
-            let scheme = p
-                .credential
-                .scheme
-                .or_else(|| default_scheme.map(String::from));
-            let credential_value =
-                env(&p.credential.env)
-                    .filter(|k| !k.trim().is_empty())
-                    .map(|key| match &scheme {
-                        Some(s) if !s.is_empty() => Secret::new(format!("{s} {}", key.trim())),
-                        _ => Secret::new(key.trim().to_string()),
-                    });
+            let (credential_header, credential_value, credential_env) = match p.credential {
+                Some(credential) => {
+                    let (header, value) = compile_credential(&p.name, p.api, &credential, env)?;
+                    (header, value, Some(credential.env))
+                }
+                None if p.api == Api::Mcp => (String::new(), None, None),
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "provider {:?}: `credential` is required (the provider's key, from Envoy's environment: `credential: {{env: NAME}}`)",
+                        p.name
+                    )))
+                }
+            };
             let mut pass = Vec::new();
             for h in &p.pass_headers {
                 let h = h.to_ascii_lowercase();
@@ -268,9 +297,9 @@ impl FilterConfig {
                 name: p.name,
                 api: p.api,
                 path_prefix: p.path_prefix,
-                credential_header: header,
+                credential_header,
                 credential_value,
-                credential_env: p.credential.env,
+                credential_env,
                 scoping_headers,
                 cluster: p.cluster.filter(|c| !c.is_empty()),
             });

@@ -51,6 +51,11 @@ impl Endpoint {
 /// The endpoint of a request: `method` as sent, `upstream_path` after the
 /// route's prefix (query allowed, ignored).
 pub fn endpoint_of(api: Api, method: &[u8], upstream_path: &str) -> Endpoint {
+    // An MCP server is one endpoint; what a message asks for is its method
+    // and, for a tool call, the tool (see `crate::mcp`).
+    if api == Api::Mcp {
+        return Endpoint::new(MCP, false);
+    }
     let path = upstream_path.split('?').next().unwrap_or_default();
     let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // Azure OpenAI: `openai/deployments/{name}/...` or `openai/v1/...`.
@@ -103,6 +108,10 @@ pub fn endpoint_of(api: Api, method: &[u8], upstream_path: &str) -> Endpoint {
     }
 }
 
+/// The endpoint of every MCP route. Not inference: a group reaches MCP
+/// servers only where the policy says so (`endpoints: [inference, mcp]`).
+pub const MCP: &str = "mcp";
+
 /// The names [`endpoint_of`] gives to inference and to the endpoints that
 /// share a path with it; with [`FAMILIES`] and `other`, every name it gives.
 const SPECIFIC: &[&str] = &[
@@ -117,6 +126,7 @@ const SPECIFIC: &[&str] = &[
     "messages",
     "messages.count_tokens",
     "messages.batches",
+    MCP,
 ];
 
 /// The stateful endpoint families, named by their path's first segment.
@@ -260,6 +270,10 @@ mod tests {
             (Api::Openai, "POST", "/v1/unheard/of", "other"),
             (Api::Openai, "GET", "/", "other"),
             (Api::Openai, "POST", "/v2/chat/completions", "other"),
+            // Whatever the path and method, an MCP route is `mcp`.
+            (Api::Mcp, "POST", "/", "mcp"),
+            (Api::Mcp, "GET", "/v1/chat/completions", "mcp"),
+            (Api::Mcp, "DELETE", "/mcp", "mcp"),
         ] {
             let e = of(api, method, path);
             assert_eq!(e.name, name, "{method} {path}");

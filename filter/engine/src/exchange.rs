@@ -41,9 +41,10 @@ use crate::inspect::body::Shape;
 use crate::inspect::calls::{self, SharedCalls, StreamCallJudge, ToolEntry};
 use crate::inspect::mask::{Action as RuleAction, Vault};
 use crate::inspect::sse::{StreamApi, StreamRewriter};
+use crate::mcp;
 use crate::policy::{ActiveRules, Direction, Policy};
 use crate::protocol::{ApprovalRequest, Decision, Record, SessionRecord};
-use crate::provider::{Api, ErrorKind, Rejection};
+use crate::provider::{Api, ErrorKind, LocalReply, Rejection};
 use crate::request::{self, AuthStep};
 
 /// Header set on every response the filter handled (proxied or answered).
@@ -67,6 +68,8 @@ pub mod state {
     pub const USAGE: &str = "warden.usage";
     pub const APPROVAL_ID: &str = "warden.approval_id";
     pub const TOOLS: &str = "warden.tools";
+    /// The JSON-RPC method of an MCP request (`tools/call`).
+    pub const MCP_METHOD: &str = "warden.mcp_method";
 }
 
 /// What the host should do with the callback's data: let it go on, or hold
@@ -274,6 +277,14 @@ enum Response {
     /// what the rules found once it ends, the calls handle what the policy
     /// made of its tool calls).
     Stream(Box<StreamRewriter>, SharedMasking, SharedCalls),
+    /// An MCP server's JSON answer, read whole (`size` buffered so far),
+    /// inspected, replaced.
+    Rpc {
+        answer: Box<mcp::Answer>,
+        size: usize,
+    },
+    /// An MCP server's event stream, inspected message by message.
+    RpcStream(Box<mcp::MessageStream>),
     /// A stream the filter ended early (a chunk it could not read, or one
     /// ended with trailers): later chunks are dropped.
     Closed,
@@ -299,6 +310,8 @@ struct Audit {
     tools: Vec<ToolEntry>,
     /// The provider's token usage, when it reported one.
     usage: Option<Value>,
+    /// The JSON-RPC method of an MCP request.
+    rpc_method: Option<String>,
     /// Whether a rule asked for an approval, and its id once known.
     asked_approval: bool,
     approval_id: Option<String>,
@@ -316,6 +329,10 @@ pub struct Exchange {
     /// Values `tokenize` took out of the prompt, to put back in the answer.
     vault: Vault,
     audit: Audit,
+    /// MCP: the id of the JSON-RPC request, which the gateway's own
+    /// answers name; and the metadata URL a 401 points MCP clients to.
+    rpc_id: Value,
+    resource_metadata: Option<String>,
 }
 
 impl Default for Exchange {
@@ -331,6 +348,8 @@ impl Exchange {
             started_at: 0,
             vault: Vault::default(),
             audit: Audit::default(),
+            rpc_id: Value::Null,
+            resource_metadata: None,
         }
     }
 
@@ -380,6 +399,12 @@ impl Exchange {
                 )
             }
         };
+        if let Some(reply) = mcp::metadata_reply(&config, Headers::new(&headers)) {
+            // Public by design: the document MCP clients discover the IdP
+            // with, before they hold a token.
+            self.set_decision(host, Decision::Allowed);
+            return self.send_local(host, reply);
+        }
         let provider = match request::route(&config, Headers::new(&headers)) {
             Ok(p) => p,
             Err(rejection) => return self.reply(host, rejection),
@@ -394,6 +419,9 @@ impl Exchange {
             .map_or(Api::Openai, |p| p.api);
         let path = Headers::new(&headers).get(":path").unwrap_or_default();
         let upstream_path = request::upstream_path(&config, provider, path);
+        if api == Api::Mcp {
+            self.resource_metadata = mcp::metadata_url(Headers::new(&headers));
+        }
         if let Some(p) = config.providers.get(provider) {
             host.set_filter_state(state::PROVIDER, p.name.as_bytes());
             self.audit.provider = Some(p.name.clone());
@@ -609,6 +637,53 @@ impl Exchange {
                 }
                 self.inspect_whole_response(host, size, kind, &active, calls)
             }
+            Response::Rpc { answer, .. } => {
+                if size > limit {
+                    return self.block_response(host, api, Reason::ResponseUninspectable);
+                }
+                if !end_of_stream {
+                    *response = Response::Rpc { answer, size };
+                    return Flow::Pause;
+                }
+                self.inspect_rpc_answer(host, size, answer)
+            }
+            Response::RpcStream(mut stream) => {
+                let chunk = match host.response_body(size) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        host.log(
+                            Level::Error,
+                            &format!(
+                                "warden: cannot read a stream chunk, ending the stream: {}",
+                                e.0
+                            ),
+                        );
+                        let _ = host.set_response_body(size, &[]);
+                        *response = Response::Closed;
+                        self.end_rpc_stream(host, &mut stream);
+                        return Flow::Continue;
+                    }
+                };
+                let mut out = stream.feed(&chunk);
+                if end_of_stream {
+                    out.extend(stream.finish());
+                }
+                if let Err(e) = host.set_response_body(size, &out) {
+                    host.log(
+                        Level::Error,
+                        &format!("warden: cannot write a stream chunk: {}", e.0),
+                    );
+                }
+                if end_of_stream || stream.ended().is_some() {
+                    // Ended by the gateway: what the server sends after is
+                    // dropped.
+                    *response = Response::Closed;
+                    self.end_rpc_stream(host, &mut stream);
+                } else {
+                    *response = Response::RpcStream(stream);
+                }
+                Flow::Continue
+            }
             Response::Stream(mut rewriter, text, calls) => {
                 let chunk = match host.response_body(size) {
                     Ok(c) => c,
@@ -664,6 +739,16 @@ impl Exchange {
                 calls,
                 size,
             } => self.inspect_whole_response(host, size, kind, &active, calls),
+            Response::Rpc { answer, size } => self.inspect_rpc_answer(host, size, answer),
+            Response::RpcStream(mut stream) => {
+                // As for a rewritten stream: what is held cannot follow
+                // trailers, so it is withheld.
+                if !stream.finish().is_empty() {
+                    host.count("warden.stream.trailers_withheld", 1);
+                }
+                self.end_rpc_stream(host, &mut stream);
+                Flow::Continue
+            }
             Response::Stream(mut rewriter, text, calls) => {
                 // The chunks have gone downstream; what the rewriter still
                 // holds (an unfinished event, text awaiting its context)
@@ -693,13 +778,15 @@ impl Exchange {
             return None;
         }
         if let Phase::Forwarded { response, .. } = &mut self.phase {
-            if let Response::Stream(rewriter, text, calls) =
-                std::mem::replace(response, Response::Closed)
-            {
-                // The client left (or the provider cut the connection)
-                // mid-stream: what was read and decided so far is the
-                // record, as for a stream that ended.
-                self.end_stream(host, &rewriter, &text, &calls);
+            // The client left (or the provider cut the connection)
+            // mid-stream: what was read and decided so far is the record,
+            // as for a stream that ended.
+            match std::mem::replace(response, Response::Closed) {
+                Response::Stream(rewriter, text, calls) => {
+                    self.end_stream(host, &rewriter, &text, &calls)
+                }
+                Response::RpcStream(mut stream) => self.end_rpc_stream(host, &mut stream),
+                _ => {}
             }
         }
         let decision = self.audit.decision.as_str();
@@ -867,9 +954,14 @@ impl Exchange {
             Ok(d) => d,
             Err(rejection) => return self.reply(host, rejection),
         };
-        let model = match request::model_of(api, &doc) {
-            Ok(m) => m,
-            Err(rejection) => return self.reply(host, rejection),
+        // An MCP message names no model (a `model` key in it is the
+        // server's business).
+        let model = match api {
+            Api::Mcp => None,
+            _ => match request::model_of(api, &doc) {
+                Ok(m) => m,
+                Err(rejection) => return self.reply(host, rejection),
+            },
         };
         if let Err(rejection) = self.authorize(host, &request, &identity, model.as_deref()) {
             return self.reply(host, rejection);
@@ -881,6 +973,11 @@ impl Exchange {
         let Some(policy) = request.policy.clone() else {
             return self.internal_error(host, api, "inspection without policy");
         };
+        if api == Api::Mcp {
+            if let Err(rejection) = self.govern_message(host, &request, &policy, &identity, &doc) {
+                return self.reply(host, rejection);
+            }
+        }
         let shape = Shape::of(api, &request.upstream_path);
         let (entries, offers) = request::govern_offers(api, &policy, &identity, shape, &mut doc);
         self.record_tools(host, entries);
@@ -929,6 +1026,37 @@ impl Exchange {
             return self.ask_approval(host, authorized, &policy, &rule, &body, &mut doc);
         }
         self.forward(host, authorized)
+    }
+
+    /// An MCP message: read (what is not one message is refused), and a
+    /// tool call judged before the server sees it. A call a rule holds for
+    /// approval leaves its finding in the outcome, where the approval
+    /// step finds it as for any request.
+    fn govern_message(
+        &mut self,
+        host: &mut dyn Host,
+        request: &Request,
+        policy: &Policy,
+        identity: &Identity,
+        doc: &Value,
+    ) -> Result<(), Rejection> {
+        let message = mcp::read_message(doc)?;
+        self.rpc_id = message.id.clone();
+        mcp::check_routing_headers(request.headers(), &message)?;
+        self.audit.rpc_method = message.method.clone();
+        if let Some(method) = &message.method {
+            host.set_filter_state(state::MCP_METHOD, method.as_bytes());
+        }
+        let Some((tool, arguments)) = &message.call else {
+            return Ok(());
+        };
+        let decided =
+            mcp::judge_tool_call(policy, identity, request.provider_name(), tool, arguments);
+        let refused = (decided.entry.decision == calls::ToolDecision::Refused)
+            .then(|| mcp::refusal(&decided.entry));
+        self.record_outcome(host, decided.outcome);
+        self.record_tools(host, vec![decided.entry]);
+        refused.map_or(Ok(()), Err)
     }
 
     fn authorize(
@@ -1159,6 +1287,22 @@ impl Exchange {
             model.as_deref(),
             Direction::Response,
         );
+        if provider.api == Api::Mcp {
+            let answer = mcp::Answer {
+                policy: policy.clone(),
+                identity: identity.clone(),
+                server: provider.name.clone(),
+                active,
+                key: request.config.hash_key.clone(),
+                vault: Vault::default(),
+                request_id: self.rpc_id.clone(),
+                request_method: self.audit.rpc_method.clone(),
+                outcome: Outcome::default(),
+                entries: Vec::new(),
+                blocked: None,
+            };
+            return self.plan_rpc_response(host, answer);
+        }
         let shape = Shape::of(provider.api, &request.upstream_path);
         let governs_calls =
             shape.has_tool_calls() && policy.governs_calls(identity, model.as_deref());
@@ -1238,6 +1382,110 @@ impl Exchange {
             }),
             Flow::Pause,
         )
+    }
+
+    /// How to handle an MCP server's answer: each JSON-RPC message in it
+    /// inspected, whether it comes whole or as an event stream.
+    fn plan_rpc_response(
+        &mut self,
+        host: &mut dyn Host,
+        mut answer: mcp::Answer,
+    ) -> (Option<Response>, Flow) {
+        let lists_tools = answer.request_method.as_deref() == Some(mcp::TOOLS_LIST);
+        if answer.active.is_empty() && self.vault.is_empty() && !lists_tools {
+            return (Some(Response::Pass), Flow::Continue);
+        }
+        answer.vault = std::mem::take(&mut self.vault);
+        let content_type = host.response_header("content-type").unwrap_or_default();
+        let content_type = String::from_utf8_lossy(&content_type).to_ascii_lowercase();
+        if content_type.starts_with("text/event-stream") {
+            let _ = host.set_response_header("content-length", None);
+            let stream = mcp::MessageStream::new(answer);
+            return (Some(Response::RpcStream(Box::new(stream))), Flow::Continue);
+        }
+        if host.response_header("content-encoding").is_some() {
+            return (
+                None,
+                self.block_response(host, Api::Mcp, Reason::ResponseUninspectable),
+            );
+        }
+        if content_type.starts_with("application/json") {
+            let answer = Box::new(answer);
+            return (Some(Response::Rpc { answer, size: 0 }), Flow::Pause);
+        }
+        // The server's plain-text errors (a 405 for a GET it does not
+        // stream on) are text like any other.
+        if content_type.starts_with("text/") {
+            let response = Response::Whole {
+                kind: WholeBody::Text,
+                active: answer.active,
+                calls: false,
+                size: 0,
+            };
+            self.vault = answer.vault;
+            return (Some(response), Flow::Pause);
+        }
+        (
+            None,
+            self.block_response(host, Api::Mcp, Reason::ResponseUninspectable),
+        )
+    }
+
+    /// An MCP server's JSON answer, read whole: inspected, replaced when
+    /// the policy changed it, withheld when it is not one message.
+    fn inspect_rpc_answer(
+        &mut self,
+        host: &mut dyn Host,
+        size: usize,
+        mut answer: Box<mcp::Answer>,
+    ) -> Flow {
+        let inspected = host
+            .response_body(size)
+            .map_err(|_| ())
+            .and_then(|body| answer.inspect_body(&body).map_err(|_| ()));
+        self.record_answer(host, &mut answer);
+        match inspected {
+            Err(()) => self.block_response(host, Api::Mcp, Reason::ResponseUninspectable),
+            Ok(None) => Flow::Continue,
+            Ok(Some(new_body)) => {
+                if host.set_response_body(size, &new_body).is_err() {
+                    return self.block_response(host, Api::Mcp, Reason::ResponseUninspectable);
+                }
+                let _ = host.set_response_header(
+                    "content-length",
+                    Some(new_body.len().to_string().as_bytes()),
+                );
+                Flow::Continue
+            }
+        }
+    }
+
+    /// An MCP event stream ended (or was ended): what it found.
+    fn end_rpc_stream(&mut self, host: &mut dyn Host, stream: &mut mcp::MessageStream) {
+        let ended = stream.ended();
+        self.record_answer(host, &mut stream.answer);
+        if let Some(reason) = ended {
+            self.set_decision(host, Decision::Blocked);
+            self.set_reason(host, reason);
+        }
+    }
+
+    /// What the policy found in an MCP answer, for the audit record; a
+    /// message it stopped makes the exchange `blocked`.
+    fn record_answer(&mut self, host: &mut dyn Host, answer: &mut mcp::Answer) {
+        let removed = answer
+            .entries
+            .iter()
+            .any(|e| e.decision == calls::ToolDecision::Removed);
+        self.record_outcome(host, std::mem::take(&mut answer.outcome));
+        self.record_tools(host, std::mem::take(&mut answer.entries));
+        if removed && self.audit.decision == Decision::Allowed {
+            self.set_decision(host, Decision::Masked);
+        }
+        if answer.blocked.take().is_some() {
+            self.set_decision(host, Decision::Blocked);
+            self.set_reason(host, Reason::Blocked);
+        }
     }
 
     /// Answers with a gateway error instead of the provider's response (whose
@@ -1415,7 +1663,25 @@ impl Exchange {
     fn reply(&mut self, host: &mut dyn Host, rejection: Rejection) -> Flow {
         self.set_decision(host, rejection.decision());
         self.set_reason(host, rejection.error.code);
-        let local = rejection.error.render(rejection.api);
+        let mut local = rejection.error.render_rpc(rejection.api, &self.rpc_id);
+        if let (Api::Mcp, ErrorKind::Unauthenticated, Some(url)) = (
+            rejection.api,
+            rejection.error.kind,
+            self.resource_metadata.as_deref(),
+        ) {
+            // The MCP authorization spec: a 401 says where the resource's
+            // metadata is, from which a client finds the IdP.
+            for (name, value) in &mut local.headers {
+                if name == "www-authenticate" {
+                    *value = format!("Bearer resource_metadata=\"{url}\", error=\"invalid_token\"");
+                }
+            }
+        }
+        self.send_local(host, local)
+    }
+
+    /// Sends a reply of the gateway's own; nothing goes upstream.
+    fn send_local(&mut self, host: &mut dyn Host, local: LocalReply) -> Flow {
         let mut headers: Vec<(&str, &str)> = local
             .headers
             .iter()

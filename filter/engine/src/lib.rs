@@ -26,6 +26,9 @@
 //!   allows inference by default, stateful endpoints per group).
 //! - [`control`]: the control plane seen from the filter: the published
 //!   policy it polls, and one request's approval as a state machine.
+//! - [`mcp`]: MCP servers behind the gateway: JSON-RPC messages read, tool
+//!   calls judged, tool lists filtered, answers inspected, and the
+//!   protected-resource metadata MCP clients discover the IdP with.
 //! - [`exchange`]: one request and its response as a state machine over
 //!   those steps: host callbacks in, host actions out through a `Host`
 //!   trait, so the whole exchange is tested without Envoy.
@@ -57,6 +60,7 @@ pub mod endpoint;
 pub mod exchange;
 pub mod headers;
 pub mod inspect;
+pub mod mcp;
 pub mod path;
 pub mod policy;
 pub mod protocol;

@@ -7,7 +7,7 @@
 
 use crate::protocol::{Decision, Reason};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The wire format a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,6 +20,10 @@ pub enum Api {
     Anthropic,
     /// Azure OpenAI: OpenAI's bodies, but the key travels in `api-key`.
     AzureOpenai,
+    /// A Model Context Protocol server over Streamable HTTP: JSON-RPC
+    /// messages, answered as JSON or as an event stream of messages (see
+    /// [`crate::mcp`]).
+    Mcp,
 }
 
 impl Api {
@@ -30,6 +34,7 @@ impl Api {
             Api::Openai => ("authorization", Some("Bearer")),
             Api::Anthropic => ("x-api-key", None),
             Api::AzureOpenai => ("api-key", None),
+            Api::Mcp => ("authorization", Some("Bearer")),
         }
     }
 
@@ -38,7 +43,7 @@ impl Api {
     pub fn default_headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Api::Anthropic => &[("anthropic-version", "2023-06-01")],
-            Api::Openai | Api::AzureOpenai => &[],
+            Api::Openai | Api::AzureOpenai | Api::Mcp => &[],
         }
     }
 }
@@ -90,6 +95,21 @@ impl ErrorKind {
             ErrorKind::Unavailable => "api_error",
         }
     }
+
+    /// The JSON-RPC error code of an MCP answer: the protocol's own where
+    /// one fits, else one of the implementation-defined server errors
+    /// (-32000 to -32099), the same for every reason of a kind.
+    fn rpc_code(self) -> i64 {
+        match self {
+            ErrorKind::InvalidRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType => -32600,
+            ErrorKind::NotFound => -32601,
+            ErrorKind::Unavailable => -32000,
+            ErrorKind::Unauthenticated => -32001,
+            ErrorKind::PermissionDenied => -32003,
+        }
+    }
 }
 
 /// A response the gateway sends itself (a "local reply" in Envoy's terms).
@@ -119,10 +139,28 @@ impl GatewayError {
         }
     }
 
-    /// Renders the error as `api` would: OpenAI's `{"error": {...}}` or
-    /// Anthropic's `{"type": "error", "error": {...}}`.
+    /// Renders the error as `api` would: OpenAI's `{"error": {...}}`,
+    /// Anthropic's `{"type": "error", "error": {...}}`, or for MCP a JSON-RPC
+    /// error answering no id (see [`GatewayError::render_rpc`]).
     pub fn render(&self, api: Api) -> LocalReply {
+        self.render_rpc(api, &Value::Null)
+    }
+
+    /// As [`GatewayError::render`]; an MCP answer names the id of the
+    /// request it refuses (`null` before the body was read). The HTTP status
+    /// says the same as the JSON-RPC code: MCP clients read the error body
+    /// at any status.
+    pub fn render_rpc(&self, api: Api, id: &Value) -> LocalReply {
         let body = match api {
+            Api::Mcp => json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {
+                    "code": self.kind.rpc_code(),
+                    "message": self.message,
+                    "data": { "reason": self.code.as_str() },
+                }
+            }),
             Api::Openai | Api::AzureOpenai => json!({
                 "error": {
                     "message": self.message,
@@ -189,7 +227,6 @@ impl Rejection {
 mod tests {
     use super::*;
     use crate::testing::test;
-    use serde_json::Value;
 
     fn body(reply: &LocalReply) -> Value {
         serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
@@ -216,6 +253,20 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "request_too_large");
         assert_eq!(v["error"]["message"], "big");
+    }
+
+    #[test]
+    fn mcp_errors_are_json_rpc_errors() {
+        let error = GatewayError::new(ErrorKind::PermissionDenied, Reason::ToolDenied, "no");
+        let reply = error.render_rpc(Api::Mcp, &serde_json::json!(7));
+        assert_eq!(reply.status, 403);
+        let v = body(&reply);
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32003);
+        assert_eq!(v["error"]["message"], "no");
+        assert_eq!(v["error"]["data"]["reason"], "warden.tool_denied");
+        assert_eq!(body(&error.render(Api::Mcp))["id"], Value::Null);
     }
 
     #[test]

@@ -64,14 +64,14 @@ pub fn route(config: &FilterConfig, headers: Headers<'_>) -> Result<usize, Rejec
             ),
         ));
     };
-    if provider.credential_value.is_none() {
+    if let (None, Some(env)) = (&provider.credential_value, &provider.credential_env) {
         return Err(Rejection::new(
             provider.api,
             ErrorKind::Unavailable,
             Reason::ProviderKeyMissing,
             format!(
-                "the gateway has no API key for provider '{}': the operator must set {} in Envoy's environment",
-                provider.name, provider.credential_env
+                "the gateway has no API key for provider '{}': the operator must set {env} in Envoy's environment",
+                provider.name
             ),
         ));
     }

@@ -357,16 +357,15 @@ impl RootContext for WardenRoot {
                 return false;
             }
         };
-        for p in config
-            .providers
-            .iter()
-            .filter(|p| p.credential_value.is_none())
-        {
+        for p in &config.providers {
+            let (None, Some(env)) = (&p.credential_value, &p.credential_env) else {
+                continue;
+            };
             host::log(
                 LogLevel::Warn,
                 &format!(
-                    "warden: provider '{}' has no API key: {} is not set in Envoy's environment (or not listed in vm_config.environment_variables.host_env_keys); its requests will get 503",
-                    p.name, p.credential_env
+                    "warden: provider '{}' has no API key: {env} is not set in Envoy's environment (or not listed in vm_config.environment_variables.host_env_keys); its requests will get 503",
+                    p.name
                 ),
             );
         }

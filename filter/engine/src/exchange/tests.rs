@@ -82,6 +82,8 @@ struct FakeHost {
     logs: Vec<String>,
     counters: HashMap<String, u64>,
     replies: Vec<(u32, Vec<u8>)>,
+    /// The headers of each reply, by lowercase name.
+    reply_headers: Vec<HashMap<String, String>>,
     header_edits: Vec<(String, Option<Vec<u8>>)>,
     new_request_body: Option<Vec<u8>>,
     response_body_out: Vec<Vec<u8>>,
@@ -119,6 +121,7 @@ impl FakeHost {
             logs: Vec::new(),
             counters: HashMap::new(),
             replies: Vec::new(),
+            reply_headers: Vec::new(),
             header_edits: Vec::new(),
             new_request_body: None,
             response_body_out: Vec::new(),
@@ -194,13 +197,14 @@ impl Host for FakeHost {
         self.trailers_cleared = true;
         Ok(())
     }
-    fn send_reply(
-        &mut self,
-        status: u32,
-        _headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> HostResult<()> {
+    fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
         self.replies.push((status, body.to_vec()));
+        self.reply_headers.push(
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+        );
         Ok(())
     }
     fn resume_request(&mut self) -> HostResult<()> {
@@ -934,3 +938,5 @@ fn the_gateways_own_answer_is_not_inspected_again() {
         (Some("unauthenticated"), Some("warden.no_token"))
     );
 }
+
+mod mcp;

@@ -63,6 +63,7 @@ reasons! {
     BodyEncoded => "warden.body_encoded",
     TooLarge => "warden.too_large",
     QueryRefused => "warden.query_refused",
+    McpMessage => "warden.mcp_message",
     // Tools
     ToolDenied => "warden.tool_denied",
     ToolCallUninspectable => "warden.tool_call_uninspectable",
