@@ -360,12 +360,42 @@ def jwks_seeds() -> list[bytes]:
     return seeds
 
 
+def mcp_seeds() -> list[bytes]:
+    """Clients' JSON-RPC messages (side byte 0) and servers' event streams
+    of messages (side byte 1), as the official MCP SDK sends them."""
+    rpc = lambda i, method, params: {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+    messages = [
+        rpc(1, "tools/call", {"name": "read_file", "arguments": {"path": "/srv/a"}}),
+        rpc("a", "tools/call", {"name": "xdelete", "arguments": {}}),
+        rpc(2, "tools/list", {}),
+        rpc(3, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}}),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 9, "result": {"content": []}},
+        [rpc(1, "tools/call", {"name": "x"})],
+    ]
+    seeds = [b"\x00" + json.dumps(m).encode() for m in messages]
+    result = lambda i, text: {"jsonrpc": "2.0", "id": i, "result": {
+        "content": [{"type": "text", "text": text}], "structuredContent": {"result": text}, "isError": False}}
+    streams = [
+        sse([("message", {"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+            {"name": "read_file", "inputSchema": {"type": "object"}}, {"name": "xdelete"}, {"title": "no name"}]}})]),
+        sse([("message", {"jsonrpc": "2.0", "method": "notifications/message",
+                          "params": {"level": "info", "data": "mail jane.doe@example.com"}}),
+             ("message", result(1, "card 4111 1111 1111 1111, mail jane.doe@example.com"))], crlf=True),
+        b": ping\n\nid: 4\nretry: 100\nevent: message\ndata: " + json.dumps(result(1, "ok")).encode() + b"\n\n",
+        sse([("message", result(1, "ok")), ("message", "not json jane.doe@example.com")]),
+    ]
+    seeds += [b"\x01" + cuts(7, 30, 64) + stream for stream in streams]
+    return seeds
+
+
 def main() -> None:
     write("detect", [t.encode() for t in TEXTS])
     write("stream_text", stream_text_seeds())
     write("json_body", json_seeds())
     write("sse", sse_seeds())
     write("calls", calls_seeds())
+    write("mcp", mcp_seeds())
     write("policy", policy_seeds())
     write("token", token_seeds())
     write("jwks", jwks_seeds())

@@ -803,6 +803,12 @@ impl Exchange {
             );
             host.count(&name, count.count as u64);
         }
+        // By decision only: tool names come from clients and models, and a
+        // stat per name would let them create stats without bound.
+        for entry in &self.audit.tools {
+            let decision = stat_segment(entry.decision.name());
+            host.count(&format!("warden.tools.{decision}"), 1);
+        }
         let record = self.session_record(host);
         self.phase = Phase::Finished;
         record

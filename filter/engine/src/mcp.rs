@@ -115,11 +115,15 @@ pub fn check_routing_headers(headers: Headers<'_>, message: &Message) -> Result<
             .is_some_and(|value| Some(value) != body.map(str::as_bytes))
     };
     if differs("mcp-method", message.method.as_deref()) {
-        return Err(invalid("the Mcp-Method header does not match the message's method"));
+        return Err(invalid(
+            "the Mcp-Method header does not match the message's method",
+        ));
     }
     if let Some((tool, _)) = &message.call {
         if differs("mcp-name", Some(tool)) {
-            return Err(invalid("the Mcp-Name header does not match the tool the message calls"));
+            return Err(invalid(
+                "the Mcp-Name header does not match the tool the message calls",
+            ));
         }
     }
     Ok(())

@@ -347,7 +347,13 @@ fn routing_headers_must_say_what_the_body_says() {
         check_routing_headers(Headers::new(&h), &message).is_ok()
     };
     assert!(check(&[]));
-    assert!(check(&[("mcp-method", "tools/call"), ("mcp-name", "read_file")]));
+    assert!(check(&[
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "read_file")
+    ]));
     assert!(!check(&[("mcp-method", "tools/list")]));
-    assert!(!check(&[("mcp-method", "tools/call"), ("mcp-name", "delete_everything")]));
+    assert!(!check(&[
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "delete_everything")
+    ]));
 }

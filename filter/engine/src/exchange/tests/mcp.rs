@@ -4,6 +4,7 @@
 //! clients to the resource's metadata.
 
 use super::*;
+use crate::testing::test;
 
 const FILES: &str = "/mcp/files/mcp";
 
@@ -85,6 +86,7 @@ fn a_denied_tool_call_never_reaches_the_server_and_is_answered_as_json_rpc() {
     assert!(!host.credentials_swapped() && host.resumed == 0);
     ex.finish(&mut host);
     assert_eq!(host.counters.get("warden.requests.denied"), Some(&1));
+    assert_eq!(host.counters.get("warden.tools.refused"), Some(&1));
 }
 
 #[test]
