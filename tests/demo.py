@@ -21,7 +21,7 @@ import openai  # noqa: E402
 import yaml  # noqa: E402
 
 from harness.stack import (  # noqa: E402
-    ROOT, STAND_IN_KEYS, WARDEN_BIN, Ports, Stack, StackError, default_filter_config,
+    ROOT, STAND_IN_KEYS, WARDEN_BIN, Ports, Stack, StackError, default_filter_config, wait_until,
 )
 
 BOLD, GREEN, RED, DIM, RESET = "\033[1m", "\033[32m", "\033[31m", "\033[2m", "\033[0m"
@@ -250,6 +250,121 @@ def showcase(demo: Demo) -> None:
     demo.check(len(stack.provider_received()) == 1, "approved: the same request went through, once")
 
 
+def chat_stream_with_call(command: str) -> str:
+    """A chat answer as OpenAI streams it: some text, then a `bash` call
+    whose arguments arrive in pieces."""
+    base = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        data = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return f"data: {json.dumps(data)}\n\n"
+    args = json.dumps({"command": command})
+    out = chunk({"role": "assistant", "content": "Freeing disk space."})
+    out += chunk({"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+                                  "function": {"name": "bash", "arguments": ""}}]})
+    for piece in (args[:9], args[9:20], args[20:]):
+        out += chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    return out + chunk({}, "tool_calls") + "data: [DONE]\n\n"
+
+
+def mcp_session(stack: Stack, token: str, work):
+    """Runs `work(client)` in a session of the official MCP SDK's client,
+    through the gateway, with the caller's token."""
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def session():
+        headers = {"authorization": f"Bearer {token}", "user-agent": DEMO_AGENT}
+        async with httpx2.AsyncClient(headers=headers) as http_client:
+            url = f"{stack.gateway_url}/mcp/files/mcp"
+            async with Client(streamable_http_client(url, http_client=http_client)) as client:
+                return await work(client)
+    return asyncio.run(session())
+
+
+def mcp_error(stack: Stack, token: str, work) -> str:
+    """The message of the JSON-RPC error the MCP SDK raises for `work`."""
+    from mcp.shared.exceptions import MCPError
+    try:
+        mcp_session(stack, token, work)
+    except BaseException as error:  # noqa: BLE001 - unwrapped below
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if isinstance(error, MCPError):
+            return error.message
+        raise
+    raise DemoFailed("the MCP call was not refused")
+
+
+def agents(demo: Demo) -> None:
+    """What agents may do, on a third gateway started with
+    examples/policies/agents.yaml and an MCP server behind /mcp/files/."""
+    stack = demo.stack
+    alice = stack.token("alice", ["engineering"])
+    demo.say("(alice is in engineering, olga in ops, bob approves as security)")
+    shell = {"type": "function", "function": {"name": "bash", "parameters": {
+        "type": "object", "properties": {"command": {"type": "string"}}}}}
+    client = openai.OpenAI(base_url=f"{stack.gateway_url}/openai/v1", api_key=alice, max_retries=0,
+                           default_headers={"user-agent": DEMO_AGENT})
+
+    demo.step("A streamed tool call is held until its arguments end, judged, and refused: the SDK reads why")
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "chunk_size": 7, "chunk_delay_ms": 2,
+                               "body": chat_stream_with_call("rm -rf /srv/data")}])
+    with client.chat.completions.stream(model="gpt-4o", tools=[shell],
+                                        messages=[{"role": "user", "content": "free some disk space"}]) as events:
+        final = events.get_final_completion()
+    message = final.choices[0].message
+    demo.say(f"agent reads: {message.content!r}, tool_calls={message.tool_calls}")
+    demo.check(not message.tool_calls and "destructive-commands" in message.content
+               and "rm -rf" not in message.content, "the command never reached the agent; the answer says why")
+
+    async def list_tools(c):
+        return sorted(t.name for t in (await c.list_tools()).tools)
+
+    demo.step("MCP: the same server lists different tools to different groups")
+    engineering = mcp_session(stack, alice, list_tools)
+    ops = mcp_session(stack, stack.token("olga", ["ops"]), list_tools)
+    demo.say(f"engineering sees {engineering}\nops sees         {ops}")
+    demo.check("delete_everything" in ops and "delete_everything" not in engineering,
+               "a tool denied to engineering is not even listed to it")
+
+    demo.step("MCP: a call that touches production waits for an approver; then the same call passes, once")
+    query = "update prod-db.accounts set tier = 'gold' where id = 42"
+
+    async def run_sql(c):
+        return (await c.call_tool("run_sql", {"query": query})).content[0].text
+
+    refused = mcp_error(stack, alice, run_sql)
+    demo.say(f"mcp.shared.exceptions.MCPError: {refused}")
+    demo.check("production-changes" in refused and "apr_" in refused, "refused, naming the rule and the approval")
+    approval = next(w for w in refused.replace("'", " ").split() if w.startswith("apr_"))
+    demo.say(f"$ warden approvals approve {approval} --reason 'CHG-42'   (as bob, group security)")
+    stack.cli("approvals", "approve", approval, "--reason", "CHG-42", token=stack.token("bob", ["security"]))
+    answer = mcp_session(stack, alice, run_sql)
+    demo.say(f"server: {answer}")
+    demo.check(answer.startswith("rows: 0"), "approved: the call ran")
+    again = mcp_error(stack, alice, run_sql)
+    demo.check("production-changes" in again, "the approval was used up: the same call asks again")
+
+    demo.step("The audit trail names each tool and what was done to it")
+    records: list[dict] = []
+
+    def on_record() -> bool:
+        # Envoy writes its access log every second.
+        records[:] = [r for r in stack.access_log_records() if r.get("user_agent") == DEMO_AGENT and r.get("tools")]
+        return sum("mcp.files.run_sql" in r["tools"] for r in records) >= 3
+
+    wait_until("the audit records of the MCP calls", on_record, timeout=30)
+    for r in records:
+        demo.say(f"{r['user']:6} {r.get('mcp_method') or r['route']:22} {r['decision']:16} {r['tools']}")
+    demo.check(any("bash:refused:destructive-commands" in r["tools"] for r in records)
+               and any("mcp.files.run_sql:held:production-changes" in r["tools"] for r in records),
+               "the refused call and the held one are on record")
+
+
 def main() -> int:
     print(f"{BOLD}Warden demo{RESET}: a real Envoy with the Warden filter, the control plane and a "
           "stand-in model provider, all on 127.0.0.1")
@@ -280,6 +395,25 @@ def main() -> int:
             demo.n = 10
             try:
                 showcase(demo)
+            except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
+                print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
+                print(stack.dump_logs(30), file=sys.stderr)
+                return 1
+        print(f"\n{BOLD}Third gateway, with examples/policies/agents.yaml and an MCP server: what agents may do"
+              f"{RESET}")
+        config = default_filter_config()
+        config["policy"] = yaml.safe_load((ROOT / "examples" / "policies" / "agents.yaml").read_text())
+        try:
+            stack = Stack.start(Ports.free(), Path(tmp) / "agents", filter_config=yaml.safe_dump(config),
+                                mcp_server=[])
+        except StackError as err:
+            print(f"{RED}error: {err}{RESET}", file=sys.stderr)
+            return 1
+        with stack:
+            demo = Demo(stack)
+            demo.n = 20
+            try:
+                agents(demo)
             except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
                 print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
                 print(stack.dump_logs(30), file=sys.stderr)

@@ -1138,6 +1138,9 @@ impl Exchange {
         // Bound to the request as the client sent it, so the same request
         // sent again (ticket mode) matches and an edited one does not.
         let body_sha256 = match request::parse_body(api, original) {
+            Ok(doc) if api == Api::Mcp => {
+                crate::protocol::canonical_sha256(&mcp::approval_binding(&doc))
+            }
             Ok(doc) => crate::protocol::canonical_sha256(&doc),
             Err(rejection) => return self.reply(host, rejection),
         };

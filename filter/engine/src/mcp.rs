@@ -104,6 +104,19 @@ pub fn read_message(doc: &Value) -> Result<Message, Rejection> {
     Ok(Message { id, method, call })
 }
 
+/// What an approval of an MCP request is bound to: its method and params,
+/// without the JSON-RPC id and `params._meta` (a client's bookkeeping: a
+/// new id and progress token on every request). So the same tool call sent
+/// again (ticket mode) matches its approval, and one with other arguments
+/// does not.
+pub fn approval_binding(doc: &Value) -> Value {
+    let mut params = doc.get("params").cloned().unwrap_or(Value::Null);
+    if let Some(p) = params.as_object_mut() {
+        p.remove("_meta");
+    }
+    json!({"method": doc.get("method"), "params": params})
+}
+
 /// The headers that repeat a message's method and name for routers
 /// (`Mcp-Method`, `Mcp-Name`, protocol 2026-07-28) must say what the body
 /// says: the gateway judges the body, and something behind it that reads

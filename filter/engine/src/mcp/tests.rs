@@ -357,3 +357,15 @@ fn routing_headers_must_say_what_the_body_says() {
         ("mcp-name", "delete_everything")
     ]));
 }
+
+#[test]
+fn an_approval_binds_the_call_not_the_request_id() {
+    let first = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "run_sql", "arguments": {"query": "q"}, "_meta": {"progressToken": 1}}});
+    let again = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "run_sql", "arguments": {"query": "q"}, "_meta": {"progressToken": 2}}});
+    let other = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "run_sql", "arguments": {"query": "q2"}}});
+    assert_eq!(approval_binding(&first), approval_binding(&again));
+    assert_ne!(approval_binding(&first), approval_binding(&other));
+}

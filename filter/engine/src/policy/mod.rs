@@ -225,6 +225,26 @@ mod tests {
     use crate::auth::Identity;
     use crate::testing::test;
 
+    /// The policies people copy from `examples/policies/` compile as they
+    /// are (files: native only, a wasm test VM has no file system).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn every_example_policy_compiles() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies");
+        let mut compiled = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read(&path).unwrap();
+                if let Err(e) = Policy::from_bytes(&text) {
+                    panic!("{}: {e}", path.display());
+                }
+                compiled += 1;
+            }
+        }
+        assert!(compiled >= 4, "{compiled} policies in {}", dir.display());
+    }
+
     const POLICY: &str = r#"
 version: 1
 groups:

@@ -122,6 +122,58 @@ fn a_refused_chat_call_becomes_content_and_the_choice_stops() {
     assert!(out.ends_with("data: [DONE]\n\n"));
 }
 
+/// Text the masking held back (a tail that could start a match) goes out
+/// before the call that follows it, so a refused call's sentence comes
+/// after the whole text, never inside it (found by `make demo`: "Freeing
+/// disk \n\n[warden] ... space.").
+#[test]
+fn text_held_back_before_a_call_goes_out_before_the_refusal() {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    // "se" could be the start of the masked word: held back.
+    let stream = [
+        chunk(
+            json!({"role": "assistant", "content": "Freeing disk se"}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+            "function": {"name": "bash", "arguments": "{\"command\": \"rm -rf /\"}"}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    for judge in [
+        Some(Judge::refusing(&["bash"])),
+        Some(Judge::default()),
+        None,
+    ] {
+        let refusing = judge.as_ref().is_some_and(|j| !j.refuse.is_empty());
+        let bytes = stream.as_bytes();
+        let pieces: Vec<&[u8]> = bytes.chunks(7).collect();
+        let out = String::from_utf8(run(StreamApi::OpenAiChat, judge, pieces)).unwrap();
+        let mut content = String::new();
+        for (_, event) in events(out.as_bytes()) {
+            for choice in event["choices"].as_array().into_iter().flatten() {
+                content.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+            }
+        }
+        let expected = if refusing {
+            "Freeing disk se\n\nNOTE(bash)"
+        } else {
+            "Freeing disk se"
+        };
+        assert_eq!(content, expected, "{out}");
+    }
+}
+
 #[test]
 fn chat_calls_after_a_refused_one_move_up() {
     let out = whole(
