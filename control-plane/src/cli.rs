@@ -317,6 +317,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             subject: args.claim_subject,
             email: args.claim_email,
             groups: args.claim_groups,
+            // People sign in here; group rules are for the gateway's
+            // machine callers.
+            group_rules: Vec::new(),
         },
         ui_client_id: args.ui_client_id,
         ui_issuer: args.ui_issuer,

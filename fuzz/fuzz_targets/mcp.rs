@@ -67,7 +67,6 @@ fn run(chunks: &[&[u8]]) -> Vec<u8> {
         key: HashKey::new(b"fuzz-hash-key-0123456789".to_vec()),
         vault: Vault::default(),
         request_id: json!(1),
-        request_method: Some(mcp::TOOLS_LIST.into()),
         outcome: Outcome::default(),
         entries: Vec::new(),
         blocked: None,

@@ -310,8 +310,6 @@ struct Audit {
     tools: Vec<ToolEntry>,
     /// The provider's token usage, when it reported one.
     usage: Option<Value>,
-    /// The JSON-RPC method of an MCP request.
-    rpc_method: Option<String>,
     /// Whether a rule asked for an approval, and its id once known.
     asked_approval: bool,
     approval_id: Option<String>,
@@ -1049,7 +1047,6 @@ impl Exchange {
         let message = mcp::read_message(doc)?;
         self.rpc_id = message.id.clone();
         mcp::check_routing_headers(request.headers(), &message)?;
-        self.audit.rpc_method = message.method.clone();
         if let Some(method) = &message.method {
             host.set_filter_state(state::MCP_METHOD, method.as_bytes());
         }
@@ -1305,7 +1302,6 @@ impl Exchange {
                 key: request.config.hash_key.clone(),
                 vault: Vault::default(),
                 request_id: self.rpc_id.clone(),
-                request_method: self.audit.rpc_method.clone(),
                 outcome: Outcome::default(),
                 entries: Vec::new(),
                 blocked: None,
@@ -1400,7 +1396,9 @@ impl Exchange {
         host: &mut dyn Host,
         mut answer: mcp::Answer,
     ) -> (Option<Response>, Flow) {
-        let lists_tools = answer.request_method.as_deref() == Some(mcp::TOOLS_LIST);
+        // Any answer may list tools (a server replays a list on a GET
+        // too): only a caller who may use every tool needs none filtered.
+        let lists_tools = answer.policy.governs_calls(&answer.identity, None);
         if answer.active.is_empty() && self.vault.is_empty() && !lists_tools {
             return (Some(Response::Pass), Flow::Continue);
         }

@@ -18,7 +18,8 @@
 //!   the server sees it.
 //! - Answers, `application/json` or `text/event-stream` (one message per
 //!   event, [`MessageStream`]): every message's text goes through the
-//!   response rules ([`Answer::inspect`]); the answer to a `tools/list`
+//!   response rules ([`Answer::inspect`]), and every tool list in one
+//!   (whatever its id, method or stream: a server may replay one on a GET)
 //!   keeps only the tools the caller may use.
 //! - Discovery: the protected-resource metadata of RFC 9728, which the MCP
 //!   authorization spec has clients fetch to find the IdP
@@ -58,7 +59,7 @@ pub fn tool_name(server: &str, tool: &str) -> String {
 /// The JSON-RPC message a client sent, as the policy reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    /// The request's id (`null` for a notification or a client's answer).
+    /// The message's id (`null` for a notification).
     pub id: Value,
     /// The method; `None` for the client's answer to a server's request.
     pub method: Option<String>,
@@ -105,14 +106,15 @@ pub fn read_message(doc: &Value) -> Result<Message, Rejection> {
 }
 
 /// What an approval of an MCP request is bound to: its method and params,
-/// without the JSON-RPC id and `params._meta` (a client's bookkeeping: a
-/// new id and progress token on every request). So the same tool call sent
-/// again (ticket mode) matches its approval, and one with other arguments
-/// does not.
+/// without the JSON-RPC id and `params._meta.progressToken` (a client's
+/// bookkeeping, new on every request; the rest of `_meta` reaches the
+/// server's tools, so it is bound too). So the same tool call sent again
+/// (ticket mode) matches its approval, and one with other arguments does
+/// not.
 pub fn approval_binding(doc: &Value) -> Value {
     let mut params = doc.get("params").cloned().unwrap_or(Value::Null);
-    if let Some(p) = params.as_object_mut() {
-        p.remove("_meta");
+    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+        meta.remove("progressToken");
     }
     json!({"method": doc.get("method"), "params": params})
 }
@@ -122,10 +124,18 @@ pub fn approval_binding(doc: &Value) -> Value {
 /// says: the gateway judges the body, and something behind it that reads
 /// the headers must not be told another story.
 pub fn check_routing_headers(headers: Headers<'_>, message: &Message) -> Result<(), Rejection> {
+    // Twice is refused too: something behind the gateway may read the
+    // other one.
     let differs = |header: &str, body: Option<&str>| {
-        headers
-            .get(header)
-            .is_some_and(|value| Some(value) != body.map(str::as_bytes))
+        let mut values = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(header))
+            .map(|(_, value)| value);
+        match (values.next(), values.next()) {
+            (None, _) => false,
+            (Some(value), None) => Some(value) != body.map(str::as_bytes),
+            (Some(_), Some(_)) => true,
+        }
     };
     if differs("mcp-method", message.method.as_deref()) {
         return Err(invalid(
@@ -200,10 +210,8 @@ pub struct Answer {
     pub key: HashKey,
     /// Values the request's rules tokenized, put back in the answer.
     pub vault: Vault,
-    /// The request's id and method: the answer to a `tools/list` is the
-    /// message with the same id.
+    /// The request's id, which the gateway's own errors answer.
     pub request_id: Value,
-    pub request_method: Option<String>,
     /// What the rules found, and what was done to tools.
     pub outcome: Outcome,
     pub entries: Vec<ToolEntry>,
@@ -215,9 +223,9 @@ impl Answer {
     /// The policy on one message of the answer; whether it changed. A
     /// message a rule stops becomes a JSON-RPC error for the same id.
     pub fn inspect(&mut self, message: &mut Value) -> bool {
-        let listed = self.request_method.as_deref() == Some(TOOLS_LIST)
-            && message.get("id") == Some(&self.request_id)
-            && self.keep_allowed_tools(message);
+        // Any message's list: ids are the client's to spell (`1`, `1.0`)
+        // and the request's rules may have rewritten one.
+        let listed = self.keep_allowed_tools(message);
         let (outcome, changed) = inspect_value(
             &self.policy,
             &self.active,
@@ -286,8 +294,7 @@ impl Answer {
 
 /// A JSON-RPC error message answering `id`.
 pub fn error_message(id: &Value, error: &GatewayError) -> Value {
-    let reply = error.render_rpc(Api::Mcp, id);
-    serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
+    error.rpc_error(id)
 }
 
 /// An MCP answer streamed as server-sent events, one JSON-RPC message per
@@ -326,8 +333,8 @@ impl MessageStream {
         self.send(events)
     }
 
-    /// The bytes to send at the stream's end (an event cut off by it is
-    /// withheld).
+    /// The bytes to send at the stream's end (an event the stream's end cut
+    /// off is read as the parser completes it, and inspected like any).
     pub fn finish(&mut self) -> Vec<u8> {
         if self.ended.is_some() {
             return Vec::new();
@@ -391,10 +398,20 @@ fn origin(headers: Headers<'_>) -> Option<String> {
 }
 
 /// The URL of the metadata of the resource at `path` (query removed), for a
-/// 401's `WWW-Authenticate: Bearer resource_metadata="..."`.
+/// 401's `WWW-Authenticate: Bearer resource_metadata="..."`. The path is
+/// percent-encoded past the characters a URL path needs as they are, so
+/// nothing in it can close the quoted string or add a parameter.
 pub fn metadata_url(headers: Headers<'_>) -> Option<String> {
     let path = headers.get_str(":path")?.split('?').next()?;
-    Some(format!("{}{METADATA_PATH}{path}", origin(headers)?))
+    let mut encoded = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    Some(format!("{}{METADATA_PATH}{encoded}", origin(headers)?))
 }
 
 /// The gateway's answer to a GET of an MCP route's protected-resource
@@ -433,6 +450,8 @@ pub fn metadata_reply(config: &FilterConfig, headers: Headers<'_>) -> Option<Loc
         headers: vec![
             ("content-type".into(), "application/json".into()),
             ("cache-control".into(), "max-age=300".into()),
+            // The resource names the host the client asked for.
+            ("vary".into(), "host".into()),
         ],
         body: body.to_string().into_bytes(),
     })

@@ -146,21 +146,26 @@ impl GatewayError {
         self.render_rpc(api, &Value::Null)
     }
 
+    /// The error as a JSON-RPC error message answering `id`.
+    pub fn rpc_error(&self, id: &Value) -> Value {
+        json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": self.kind.rpc_code(),
+                "message": self.message,
+                "data": { "reason": self.code.as_str() },
+            }
+        })
+    }
+
     /// As [`GatewayError::render`]; an MCP answer names the id of the
     /// request it refuses (`null` before the body was read). The HTTP status
     /// says the same as the JSON-RPC code: MCP clients read the error body
     /// at any status.
     pub fn render_rpc(&self, api: Api, id: &Value) -> LocalReply {
         let body = match api {
-            Api::Mcp => json!({
-                "jsonrpc": "2.0",
-                "id": id,
-                "error": {
-                    "code": self.kind.rpc_code(),
-                    "message": self.message,
-                    "data": { "reason": self.code.as_str() },
-                }
-            }),
+            Api::Mcp => self.rpc_error(id),
             Api::Openai | Api::AzureOpenai => json!({
                 "error": {
                     "message": self.message,

@@ -466,6 +466,126 @@ fn nested_claim_paths_and_string_groups() {
     assert_eq!(one.groups, vec!["ops"]);
 }
 
+/// The claims of a GitHub Actions job's OIDC token, as GitHub documents
+/// them (`token.actions.githubusercontent.com`).
+fn github_actions_claims(repository: &str, git_ref: &str) -> Value {
+    let workflow = format!("{repository}/.github/workflows/release.yml@{git_ref}");
+    json!({
+        "iss": "https://token.actions.githubusercontent.com",
+        "aud": "warden",
+        "sub": format!("repo:{repository}:ref:{git_ref}"),
+        "ref": git_ref, "ref_type": "branch", "ref_protected": "true",
+        "repository": repository, "repository_owner": "acme",
+        "repository_id": "74", "repository_owner_id": "65",
+        "repository_visibility": "private", "run_id": "5545", "run_number": "12",
+        "run_attempt": "1", "runner_environment": "github-hosted",
+        "actor": "octocat", "actor_id": "12", "event_name": "push",
+        "workflow": "release", "workflow_ref": workflow.clone(),
+        "job_workflow_ref": workflow, "environment": "production",
+        "iat": NOW - 10, "nbf": NOW - 10, "exp": NOW + 300
+    })
+}
+
+/// The claims of a Kubernetes projected service-account token (the
+/// `kubernetes.io` claim is one key with a dot in it).
+fn kubernetes_claims(namespace: &str, account: &str) -> Value {
+    json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "aud": ["warden"],
+        "sub": format!("system:serviceaccount:{namespace}:{account}"),
+        "kubernetes.io": {
+            "namespace": namespace,
+            "node": {"name": "node-1", "uid": "8f9e"},
+            "pod": {"name": format!("{account}-7d9f"), "uid": "1a2b"},
+            "serviceaccount": {"name": account, "uid": "3c4d"},
+            "warnafter": NOW + 3000
+        },
+        "iat": NOW - 10, "nbf": NOW - 10, "exp": NOW + 3600
+    })
+}
+
+#[test]
+fn workload_tokens_get_groups_from_the_claims_their_platform_signs() {
+    let ed = RawSigner::new(1, "ed-1");
+    let jwks = json!({"keys": [ed.jwk()]});
+    let doc: AuthenticationDoc = serde_json::from_value(json!({"issuers": [
+        {"issuer": "https://token.actions.githubusercontent.com", "audiences": ["warden"],
+         "inline_jwks": jwks,
+         "claims": {"subject": "job_workflow_ref", "group_rules": [
+            {"group": "ci-release", "when": {"repository": "acme/api", "ref": "refs/heads/main",
+                                              "job_workflow_ref": "acme/api/.github/workflows/release.yml@*"}},
+            {"group": "ci", "when": {"repository_owner": "acme"}}]}},
+        {"issuer": "https://kubernetes.default.svc.cluster.local", "audiences": ["warden"],
+         "inline_jwks": jwks,
+         "claims": {"group_rules": [
+            {"group": "batch-reports", "when": {"/kubernetes.io/namespace": "batch",
+                                                 "/kubernetes.io/serviceaccount/name": "report-*"}}]}}
+    ]}))
+    .unwrap();
+    let auth = Authenticator::compile(doc, &|_| None).unwrap();
+    let identity = |claims: &Value| {
+        let token = ed.sign(&ed.header(), claims);
+        let unverified = auth.inspect(&token).unwrap();
+        let KeySource::Static(keys) = &auth.issuers[unverified.issuer].keys else {
+            panic!("static keys")
+        };
+        auth.verify(&token, unverified, keys, NOW).unwrap()
+    };
+
+    let main = identity(&github_actions_claims("acme/api", "refs/heads/main"));
+    assert_eq!(main.groups, ["ci", "ci-release"]);
+    assert_eq!(
+        main.subject,
+        "acme/api/.github/workflows/release.yml@refs/heads/main"
+    );
+    let branch = identity(&github_actions_claims("acme/api", "refs/heads/feature"));
+    assert_eq!(branch.groups, ["ci"]);
+    let fork = identity(&github_actions_claims("other/api", "refs/heads/main"));
+    assert_eq!(fork.groups, ["ci"], "the owner is still acme: only ci");
+    let mut stranger = github_actions_claims("evil/api", "refs/heads/main");
+    stranger["repository_owner"] = json!("evil");
+    assert!(identity(&stranger).groups.is_empty());
+
+    let job = identity(&kubernetes_claims("batch", "report-weekly"));
+    assert_eq!(job.groups, ["batch-reports"]);
+    assert_eq!(job.subject, "system:serviceaccount:batch:report-weekly");
+    assert!(identity(&kubernetes_claims("default", "report-weekly"))
+        .groups
+        .is_empty());
+    assert!(identity(&kubernetes_claims("batch", "web"))
+        .groups
+        .is_empty());
+}
+
+#[test]
+fn group_rules_are_checked_when_compiled() {
+    let compile = |claims: Value| {
+        ClaimPaths::compile(&serde_json::from_value::<ClaimPathsDoc>(claims).unwrap()).map(|_| ())
+    };
+    assert!(compile(json!({"group_rules": [{"group": "ci", "when": {"iss": "*"}}]})).is_ok());
+    let empty = compile(json!({"group_rules": [{"group": "ci", "when": {}}]})).unwrap_err();
+    assert!(empty.contains("names no claim"), "{empty}");
+    assert!(compile(json!({"group_rules": [{"group": "", "when": {"a": "b"}}]})).is_err());
+    assert!(compile(json!({"group_rules": [{"group": "ci", "when": {"a..b": "x"}}]})).is_err());
+    // Numbers and booleans match as JSON writes them; lists by any item.
+    let paths = ClaimPaths::compile(
+        &serde_json::from_value::<ClaimPathsDoc>(json!({"group_rules": [
+            {"group": "n", "when": {"run": "1?"}},
+            {"group": "b", "when": {"protected": "true"}},
+            {"group": "l", "when": {"teams": "platform-*"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    let id = identity::map_claims(
+        ISS,
+        &paths,
+        &json!({"sub": "s", "run": 12, "protected": true,
+        "teams": ["web", "platform-sre"], "groups": ["own"]}),
+    )
+    .unwrap();
+    assert_eq!(id.groups, ["b", "l", "n", "own"]);
+}
+
 #[test]
 fn configuration_rules() {
     let compile = |v: Value| {

@@ -27,7 +27,7 @@ fn policy() -> Rc<Policy> {
     Rc::new(Policy::from_bytes(POLICY.as_bytes()).unwrap())
 }
 
-fn answer(group: &str, method: &str) -> Answer {
+fn answer(group: &str) -> Answer {
     let policy = policy();
     let identity = member_of(group);
     let active = policy.active_rules(&identity, "files", None, Direction::Response);
@@ -39,7 +39,6 @@ fn answer(group: &str, method: &str) -> Answer {
         key: HashKey::unset(),
         vault: Vault::default(),
         request_id: json!(3),
-        request_method: Some(method.into()),
         outcome: Outcome::default(),
         entries: Vec::new(),
         blocked: None,
@@ -153,31 +152,31 @@ fn names(message: &Value) -> Vec<&str> {
 
 #[test]
 fn a_tool_list_keeps_only_the_tools_the_caller_may_use() {
-    let mut eng = answer("eng", "tools/list");
+    let mut eng = answer("eng");
     let mut list = tools_list();
     assert!(eng.inspect(&mut list));
     assert_eq!(names(&list), ["read_file", "run_sql"]);
     assert_eq!(summary(&eng.entries), "mcp.files.delete_everything:removed");
 
-    let mut ops = answer("ops", "tools/list");
+    let mut ops = answer("ops");
     let mut list = tools_list();
     ops.inspect(&mut list);
     assert_eq!(names(&list), ["read_file", "delete_everything", "run_sql"]);
 
-    // Only the answer to the listing request is a listing.
-    let mut other = answer("eng", "tools/list");
-    let mut not_ours = tools_list();
-    not_ours["id"] = json!(4);
-    assert!(!other.inspect(&mut not_ours));
-    let mut call = answer("eng", "tools/call");
-    let mut list = tools_list();
-    assert!(!call.inspect(&mut list));
-    assert_eq!(list, tools_list());
+    // Whatever the id (a client's `1.0`, an id the request's rules
+    // rewrote, a list a server replays on a GET): every list is filtered.
+    for id in [json!(4), json!(1.0), json!("[EMAIL]"), Value::Null] {
+        let mut other = answer("eng");
+        let mut list = tools_list();
+        list["id"] = id.clone();
+        assert!(other.inspect(&mut list), "{id}");
+        assert_eq!(names(&list), ["read_file", "run_sql"], "{id}");
+    }
 }
 
 #[test]
 fn tool_results_are_masked_and_a_blocked_one_becomes_an_error() {
-    let mut a = answer("eng", "tools/call");
+    let mut a = answer("eng");
     let mut result = json!({"jsonrpc": "2.0", "id": 3, "result": {"content": [
         {"type": "text", "text": "contact: jane.doe@example.com"}], "isError": false}});
     assert!(a.inspect(&mut result));
@@ -185,7 +184,7 @@ fn tool_results_are_masked_and_a_blocked_one_becomes_an_error() {
     assert!(!text.contains("jane.doe@example.com"), "{text}");
     assert_eq!(a.outcome.summary(), "pii:mask:1");
 
-    let mut a = answer("eng", "tools/call");
+    let mut a = answer("eng");
     let mut secret = json!({"jsonrpc": "2.0", "id": 3, "result": {"content": [
         {"type": "text", "text": "key AKIAQYLPMN5RTB7DZ4UF"}]}});
     assert!(a.inspect(&mut secret));
@@ -198,7 +197,7 @@ fn tool_results_are_masked_and_a_blocked_one_becomes_an_error() {
 const EVENTS: &str = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"mail jane.doe@example.com\"}}\r\n\r\n: keep-alive\n\nid: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"tools\":[{\"name\":\"read_file\"},{\"name\":\"delete_everything\"}]}}\n\n";
 
 fn stream(group: &str, chunks: &[&[u8]]) -> (Vec<u8>, MessageStream) {
-    let mut s = MessageStream::new(answer(group, "tools/list"));
+    let mut s = MessageStream::new(answer(group));
     let mut out = Vec::new();
     for chunk in chunks {
         out.extend(s.feed(chunk));
@@ -368,4 +367,41 @@ fn an_approval_binds_the_call_not_the_request_id() {
         "name": "run_sql", "arguments": {"query": "q2"}}});
     assert_eq!(approval_binding(&first), approval_binding(&again));
     assert_ne!(approval_binding(&first), approval_binding(&other));
+    // What else `_meta` carries reaches the server's tools: bound.
+    let mut told = first.clone();
+    told["params"]["_meta"]["tenant"] = json!("b");
+    assert_ne!(approval_binding(&first), approval_binding(&told));
+}
+
+#[test]
+fn routing_headers_sent_twice_are_refused() {
+    let message = read_message(&call("read_file", json!({}))).unwrap();
+    let check = |pairs: &[(&str, &str)]| {
+        let h = headers(pairs);
+        check_routing_headers(Headers::new(&h), &message).is_ok()
+    };
+    // Even both right: something behind the gateway may read either.
+    assert!(!check(&[
+        ("mcp-name", "read_file"),
+        ("mcp-name", "read_file")
+    ]));
+    assert!(!check(&[
+        ("mcp-method", "tools/call"),
+        ("Mcp-Method", "tools/list")
+    ]));
+}
+
+#[test]
+fn the_metadata_url_of_a_401_cannot_be_given_parameters_through_the_path() {
+    let h = headers(&[
+        (
+            ":path",
+            "/mcp/files/x\",resource_metadata=\"https://evil.example/\" ü",
+        ),
+        (":authority", "gw"),
+    ]);
+    assert_eq!(
+        metadata_url(Headers::new(&h)).as_deref(),
+        Some("http://gw/.well-known/oauth-protected-resource/mcp/files/x%22%2Cresource_metadata%3D%22https%3A//evil.example/%22%20%C3%BC")
+    );
 }

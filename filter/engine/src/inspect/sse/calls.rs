@@ -143,6 +143,14 @@ pub struct CallGate {
     /// input too: a JSON delta for any block neither a call nor one of
     /// these is not sent.
     started: Vec<u64>,
+    /// Chat: the sentences of refused calls, by choice, waiting for the
+    /// choice's end. They go into the content there, after all of its text:
+    /// text the masking held back may come after the call's events (it is
+    /// sent when the choice ends), and the sentence must not land inside it.
+    chat_notes: Vec<(u64, String)>,
+    /// Chat: the fields of the chunk that gave the last note (for an event
+    /// that carries notes left when the stream ends without its choice's).
+    chat_template: Map<String, Value>,
 }
 
 impl std::fmt::Debug for CallGate {
@@ -176,6 +184,8 @@ impl CallGate {
             calls: Vec::new(),
             sequence_offset: 0,
             started: Vec::new(),
+            chat_notes: Vec::new(),
+            chat_template: Map::new(),
         }
     }
 
@@ -184,7 +194,7 @@ impl CallGate {
         if self.api == StreamApi::OpenAiCompletions {
             return false;
         }
-        if !self.queue.is_empty() || self.sequence_offset != 0 {
+        if !self.queue.is_empty() || self.sequence_offset != 0 || !self.chat_notes.is_empty() {
             return true;
         }
         let markers: &[&[u8]] = match self.api {
@@ -243,6 +253,7 @@ impl CallGate {
         }
         self.judge_pending(false);
         self.release(out);
+        self.send_chat_notes(out);
         Ok(())
     }
 
@@ -714,6 +725,8 @@ impl CallGate {
             touches,
         } = held;
         let Some(mut body) = body else {
+            // `[DONE]`: no choice ends after it.
+            self.send_chat_notes(out);
             out.extend_from_slice(framed.raw.as_bytes());
             return;
         };
@@ -766,6 +779,7 @@ impl CallGate {
     /// once), allowed calls renumbered, the finish reason fixed.
     fn send_chat(&mut self, body: &mut Map<String, Value>) -> bool {
         let mut changed = false;
+        let mut noted = false;
         let Some(Value::Array(choices)) = body.get_mut("choices") else {
             return false;
         };
@@ -777,7 +791,6 @@ impl CallGate {
                 .get("index")
                 .and_then(Value::as_u64)
                 .unwrap_or(position as u64);
-            let mut notes: Vec<String> = Vec::new();
             if let Some(Value::Object(delta)) = choice.get_mut("delta") {
                 if let Some(Value::Array(entries)) = delta.get_mut("tool_calls") {
                     let mut kept = Vec::new();
@@ -796,7 +809,8 @@ impl CallGate {
                             Some(Verdict::Refuse(why)) => {
                                 if !call.noted {
                                     call.noted = true;
-                                    notes.push(why.clone());
+                                    self.chat_notes.push((outer, why.clone()));
+                                    noted = true;
                                 }
                                 changed = true;
                             }
@@ -830,25 +844,29 @@ impl CallGate {
                             delta.remove("function_call");
                             if !call.noted {
                                 call.noted = true;
-                                notes.push(why.clone());
+                                self.chat_notes.push((outer, why.clone()));
+                                noted = true;
                             }
                             changed = true;
                         }
                     }
                 }
-                if !notes.is_empty() {
-                    // Set apart from text the choice may have sent before
-                    // (which the gate does not read).
-                    let mut text = delta
+            }
+            let finishing = choice
+                .get("finish_reason")
+                .is_some_and(|reason| !reason.is_null());
+            if finishing && self.chat_notes.iter().any(|(choice, _)| *choice == outer) {
+                let delta = choice
+                    .entry("delta")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(delta) = delta {
+                    let text = delta
                         .get("content")
                         .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    for note in notes {
-                        text.push_str("\n\n");
-                        text.push_str(&note);
-                    }
+                        .unwrap_or_default();
+                    let text = self.take_chat_notes(outer, text);
                     delta.insert("content".into(), text.into());
+                    changed = true;
                 }
             }
             let ended_for_calls = matches!(
@@ -865,7 +883,44 @@ impl CallGate {
                 changed = true;
             }
         }
+        if noted {
+            self.chat_template = body
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "choices" | "usage"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+        }
         changed
+    }
+
+    /// `text`, then the waiting sentences of `choice`'s refused calls, each
+    /// set apart by a blank line.
+    fn take_chat_notes(&mut self, choice: u64, text: &str) -> String {
+        let mut out = text.to_owned();
+        self.chat_notes.retain(|(at, note)| {
+            if *at != choice {
+                return true;
+            }
+            out.push_str("\n\n");
+            out.push_str(note);
+            false
+        });
+        out
+    }
+
+    /// Chat: sentences whose choice did not end (the stream ended first, or
+    /// `[DONE]` came), each choice's in an event of its own.
+    fn send_chat_notes(&mut self, out: &mut Vec<u8>) {
+        while let Some(&(choice, _)) = self.chat_notes.first() {
+            let text = self.take_chat_notes(choice, "");
+            let mut chunk = self.chat_template.clone();
+            chunk.insert(
+                "choices".into(),
+                json!([{"index": choice, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
+            );
+            let data = serde_json::to_string(&Value::Object(chunk)).unwrap_or_default();
+            out.extend(SseEvent::data(data).to_bytes());
+        }
     }
 
     /// Anthropic: a refused `tool_use` block becomes a text block carrying

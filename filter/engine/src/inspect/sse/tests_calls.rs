@@ -123,11 +123,12 @@ fn a_refused_chat_call_becomes_content_and_the_choice_stops() {
 }
 
 /// Text the masking held back (a tail that could start a match) goes out
-/// before the call that follows it, so a refused call's sentence comes
-/// after the whole text, never inside it (found by `make demo`: "Freeing
-/// disk \n\n[warden] ... space.").
+/// when the choice ends, after the call's events: a refused call's
+/// sentence waits for the choice's end too, so it comes after the whole
+/// text, never inside it (found by `make demo`: "Freeing disk \n\n[warden]
+/// ... space."), and the held-back text is never released early.
 #[test]
-fn text_held_back_before_a_call_goes_out_before_the_refusal() {
+fn a_refused_calls_sentence_comes_after_text_held_back_before_it() {
     let chunk = |delta: Value, finish: Value| {
         format!(
             "data: {}\n\n",

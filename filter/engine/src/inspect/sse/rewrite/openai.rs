@@ -71,27 +71,15 @@ impl StreamRewriter {
                 edit.read(&["choices"], "text");
             }
         } else if let Some(Value::Object(delta)) = choice.get_mut("delta") {
-            // A call starting ends the choice's text: what the text held
-            // back goes out before the call, so it reads before anything
-            // said about the call (a refusal's sentence) and never after.
-            let calls = delta.get("tool_calls").is_some_and(Value::is_array)
-                || delta.get("function_call").is_some_and(Value::is_object);
-            let text_ends = finishing || calls;
             if let Some(Value::String(text)) = delta.get_mut("content") {
                 let slot = Slot::ChatContent { choice: index };
-                self.openai_delta(slot, text, text_ends, edit)?;
+                self.openai_delta(slot, text, finishing, edit)?;
                 edit.read(&["choices", "delta"], "content");
             }
             if let Some(Value::String(text)) = delta.get_mut("refusal") {
                 let slot = Slot::ChatRefusal { choice: index };
-                self.openai_delta(slot, text, text_ends, edit)?;
+                self.openai_delta(slot, text, finishing, edit)?;
                 edit.read(&["choices", "delta"], "refusal");
-            }
-            if calls && !finishing {
-                let text = |slot: Slot| matches!(slot, Slot::ChatContent { choice } | Slot::ChatRefusal { choice } if choice == index);
-                for slot in self.open_slots(text) {
-                    self.close_with_delta(slot, edit)?;
-                }
             }
             if let Some(Value::String(text)) = delta
                 .get_mut("function_call")
