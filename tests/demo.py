@@ -208,7 +208,10 @@ def showcase(demo: Demo) -> None:
     demo.check("<EMAIL_1>" in upstream and "jane.doe" not in upstream, "tokenize: the provider never saw the address")
     demo.check("jane.doe@example.com" in answer.choices[0].message.content, "tokenize: the user got it back")
     demo.check("[CUSTOMER_ID:" in upstream and "12345678" not in upstream, "hash: a keyed pseudonym")
-    demo.check("415" not in upstream and "[PAYMENT_CARD]" in upstream, "redact and mask")
+    # (The pseudonym is hex: it may hold any digits, so the number is
+    # looked for whole.)
+    demo.check("415 555 2671" not in upstream and "(call )" in upstream and "[PAYMENT_CARD]" in upstream,
+               "redact and mask")
 
     demo.step("a team's own gitleaks rule file is a detector set: its key format is masked like the built-ins")
     stack.provider_clear()
@@ -365,58 +368,46 @@ def agents(demo: Demo) -> None:
                "the refused call and the held one are on record")
 
 
+def run_part(data_dir: Path, policy: str | None, part, first_step: int, mcp_server: list[str] | None) -> int:
+    """One part of the demo on a gateway of its own, started with
+    examples/policies/<policy> (envoy/envoy.yaml's policy without one; the
+    MCP test server when asked)."""
+    filter_config = None
+    if policy:
+        config = default_filter_config()
+        config["policy"] = yaml.safe_load((ROOT / "examples" / "policies" / policy).read_text())
+        filter_config = yaml.safe_dump(config)
+    try:
+        stack = Stack.start(Ports.free(), data_dir, filter_config=filter_config, mcp_server=mcp_server)
+    except StackError as err:
+        print(f"{RED}error: {err}{RESET}", file=sys.stderr)
+        return 1
+    with stack:
+        print(f"   gateway {stack.gateway_url}, control plane {stack.control_plane_url}")
+        demo = Demo(stack)
+        demo.n = first_step
+        try:
+            part(demo)
+        except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
+            print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
+            print(stack.dump_logs(30), file=sys.stderr)
+            return 1
+    return 0
+
+
 def main() -> int:
     print(f"{BOLD}Warden demo{RESET}: a real Envoy with the Warden filter, the control plane and a "
           "stand-in model provider, all on 127.0.0.1")
+    parts = [
+        (None, "", walk, None),
+        ("showcase.yaml", "every action", showcase, None),
+        ("agents.yaml", "and an MCP server: what agents may do", agents, []),
+    ]
     with tempfile.TemporaryDirectory(prefix="warden-demo-") as tmp:
-        try:
-            stack = Stack.start(Ports.free(), Path(tmp))
-        except StackError as err:
-            print(f"{RED}error: {err}{RESET}", file=sys.stderr)
-            return 1
-        with stack:
-            print(f"   gateway {stack.gateway_url}, control plane {stack.control_plane_url}")
-            try:
-                walk(Demo(stack))
-            except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
-                print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
-                print(stack.dump_logs(30), file=sys.stderr)
-                return 1
-        print(f"\n{BOLD}Second gateway, with examples/policies/showcase.yaml: every action{RESET}")
-        config = default_filter_config()
-        config["policy"] = yaml.safe_load((ROOT / "examples" / "policies" / "showcase.yaml").read_text())
-        try:
-            stack = Stack.start(Ports.free(), Path(tmp) / "showcase", filter_config=yaml.safe_dump(config))
-        except StackError as err:
-            print(f"{RED}error: {err}{RESET}", file=sys.stderr)
-            return 1
-        with stack:
-            demo = Demo(stack)
-            demo.n = 10
-            try:
-                showcase(demo)
-            except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
-                print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
-                print(stack.dump_logs(30), file=sys.stderr)
-                return 1
-        print(f"\n{BOLD}Third gateway, with examples/policies/agents.yaml and an MCP server: what agents may do"
-              f"{RESET}")
-        config = default_filter_config()
-        config["policy"] = yaml.safe_load((ROOT / "examples" / "policies" / "agents.yaml").read_text())
-        try:
-            stack = Stack.start(Ports.free(), Path(tmp) / "agents", filter_config=yaml.safe_dump(config),
-                                mcp_server=[])
-        except StackError as err:
-            print(f"{RED}error: {err}{RESET}", file=sys.stderr)
-            return 1
-        with stack:
-            demo = Demo(stack)
-            demo.n = 20
-            try:
-                agents(demo)
-            except (DemoFailed, StackError, openai.OpenAIError, AssertionError) as err:
-                print(f"\n{RED}✗ the demo did not behave as shown: {err}{RESET}", file=sys.stderr)
-                print(stack.dump_logs(30), file=sys.stderr)
+        for n, (policy, what, part, mcp_server) in enumerate(parts):
+            if policy:
+                print(f"\n{BOLD}Gateway {n + 1}, with examples/policies/{policy}: {what}{RESET}")
+            if run_part(Path(tmp) / str(n), policy, part, 10 * n, mcp_server) != 0:
                 return 1
     print(f"\n{GREEN}{BOLD}demo complete{RESET}: every step behaved as shown; the stacks are stopped.")
     return 0

@@ -646,32 +646,16 @@ impl Exchange {
                 self.inspect_rpc_answer(host, size, answer)
             }
             Response::RpcStream(mut stream) => {
-                let chunk = match host.response_body(size) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        host.log(
-                            Level::Error,
-                            &format!(
-                                "warden: cannot read a stream chunk, ending the stream: {}",
-                                e.0
-                            ),
-                        );
-                        let _ = host.set_response_body(size, &[]);
-                        *response = Response::Closed;
-                        self.end_rpc_stream(host, &mut stream);
-                        return Flow::Continue;
-                    }
+                let Some(chunk) = stream_chunk(host, size) else {
+                    *response = Response::Closed;
+                    self.end_rpc_stream(host, &mut stream);
+                    return Flow::Continue;
                 };
                 let mut out = stream.feed(&chunk);
                 if end_of_stream {
                     out.extend(stream.finish());
                 }
-                if let Err(e) = host.set_response_body(size, &out) {
-                    host.log(
-                        Level::Error,
-                        &format!("warden: cannot write a stream chunk: {}", e.0),
-                    );
-                }
+                write_stream_chunk(host, size, &out);
                 if end_of_stream || stream.ended().is_some() {
                     // Ended by the gateway: what the server sends after is
                     // dropped.
@@ -683,35 +667,17 @@ impl Exchange {
                 Flow::Continue
             }
             Response::Stream(mut rewriter, text, calls) => {
-                let chunk = match host.response_body(size) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Never passed on unread: the chunk is replaced by
-                        // nothing and the stream ends here, with what the
-                        // rewriter held back withheld too.
-                        host.log(
-                            Level::Error,
-                            &format!(
-                                "warden: cannot read a stream chunk, ending the stream: {}",
-                                e.0
-                            ),
-                        );
-                        let _ = host.set_response_body(size, &[]);
-                        *response = Response::Closed;
-                        self.end_stream(host, &rewriter, &text, &calls);
-                        return Flow::Continue;
-                    }
+                let Some(chunk) = stream_chunk(host, size) else {
+                    // What the rewriter held back is withheld too.
+                    *response = Response::Closed;
+                    self.end_stream(host, &rewriter, &text, &calls);
+                    return Flow::Continue;
                 };
                 let mut out = rewriter.feed(&chunk);
                 if end_of_stream {
                     out.extend(rewriter.finish());
                 }
-                if let Err(e) = host.set_response_body(size, &out) {
-                    host.log(
-                        Level::Error,
-                        &format!("warden: cannot write a stream chunk: {}", e.0),
-                    );
-                }
+                write_stream_chunk(host, size, &out);
                 if end_of_stream {
                     *response = Response::Closed;
                     self.end_stream(host, &rewriter, &text, &calls);
@@ -1757,6 +1723,36 @@ impl Exchange {
             },
         };
         serde_json::to_vec(&record).ok()
+    }
+}
+
+/// A chunk of a stream the gateway rewrites, read; `None` when the host
+/// cannot give it: never passed on unread, it is replaced by nothing and the
+/// stream ends here.
+fn stream_chunk(host: &mut dyn Host, size: usize) -> Option<Vec<u8>> {
+    match host.response_body(size) {
+        Ok(chunk) => Some(chunk),
+        Err(e) => {
+            host.log(
+                Level::Error,
+                &format!(
+                    "warden: cannot read a stream chunk, ending the stream: {}",
+                    e.0
+                ),
+            );
+            let _ = host.set_response_body(size, &[]);
+            None
+        }
+    }
+}
+
+/// Puts what the gateway sends in place of a stream chunk.
+fn write_stream_chunk(host: &mut dyn Host, size: usize, out: &[u8]) {
+    if let Err(e) = host.set_response_body(size, out) {
+        host.log(
+            Level::Error,
+            &format!("warden: cannot write a stream chunk: {}", e.0),
+        );
     }
 }
 
