@@ -255,3 +255,34 @@ def test_a_caller_without_a_token_is_pointed_to_the_metadata(mcp_stack):
     assert metadata["authorization_servers"] == [f"{mcp_stack.control_plane_url}/dev"]
     status, _, _ = http("GET", f"{mcp_stack.control_plane_url}/dev/.well-known/openid-configuration")
     assert status == 200
+
+
+def test_a_session_is_bound_to_the_caller_who_opened_it(mcp_stack):
+    """The server's session id reaches the client tagged for its caller; the
+    same id from anyone else, or without its tag, is an unknown session."""
+    url = f"{mcp_stack.gateway_url}/mcp/files/mcp"
+    alice, bob = mcp_stack.token("alice", ["engineering"]), mcp_stack.token("bob", ["engineering"])
+
+    def post(token: str, message: dict, session: str | None = None):
+        headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream",
+                   "mcp-protocol-version": "2025-11-25"}
+        if session:
+            headers["mcp-session-id"] = session
+        return http("POST", url, message, headers=headers)
+
+    status, headers, _ = post(alice, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    assert status == 200
+    tagged = headers["mcp-session-id"]
+    server_id, _, tag = tagged.rpartition(".")
+    assert server_id and len(tag) == 22, tagged
+    status, _, _ = post(alice, {"jsonrpc": "2.0", "method": "notifications/initialized"}, tagged)
+    assert status == 202
+
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    status, _, body = post(alice, listing, tagged)
+    assert status == 200 and b"read_file" in body
+    for token, session in ((bob, tagged), (alice, server_id)):
+        status, headers, body = post(token, listing, session)
+        assert status == 404, body
+        assert headers["x-warden-reason"] == "warden.mcp_session"

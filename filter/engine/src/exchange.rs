@@ -194,6 +194,9 @@ struct Request {
     /// Body bytes buffered so far, and whether they are all of it.
     body_size: usize,
     body_complete: bool,
+    /// MCP: the server's id of the caller's session, once the tag on the
+    /// one the client sent was checked.
+    mcp_session: Option<String>,
 }
 
 impl Request {
@@ -442,6 +445,7 @@ impl Exchange {
             upstream_path,
             body_size: 0,
             body_complete: false,
+            mcp_session: None,
         };
         self.authenticate(host, request, true)
     }
@@ -573,6 +577,19 @@ impl Exchange {
 
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Flow {
         let _ = host.set_response_header(MARK_HEADER, Some(crate::VERSION.as_bytes()));
+        if let Phase::Forwarded { authorized, .. } = &self.phase {
+            if authorized.request.api == Api::Mcp {
+                // The server's session id, tagged for this caller.
+                if let Some(id) = host.response_header(mcp::SESSION_HEADER) {
+                    let sessions = mcp::SessionIds {
+                        key: &authorized.request.config.hash_key,
+                        identity: &authorized.identity,
+                    };
+                    let tagged = sessions.for_client(&String::from_utf8_lossy(&id));
+                    let _ = host.set_response_header(mcp::SESSION_HEADER, Some(tagged.as_bytes()));
+                }
+            }
+        }
         match std::mem::replace(&mut self.phase, Phase::Answered) {
             Phase::Forwarded {
                 authorized,
@@ -845,13 +862,37 @@ impl Exchange {
     fn after_authentication(
         &mut self,
         host: &mut dyn Host,
-        request: Request,
+        mut request: Request,
         identity: Identity,
     ) -> Flow {
         host.set_filter_state(state::USER, identity.subject.as_bytes());
         host.set_filter_state(state::GROUPS, identity.groups.join(",").as_bytes());
         host.set_filter_state(state::ISSUER, identity.issuer.as_bytes());
         self.audit.identity = Some(identity.clone());
+        if request.api == Api::Mcp {
+            let sessions = mcp::SessionIds {
+                key: &request.config.hash_key,
+                identity: &identity,
+            };
+            let sent: Vec<&[u8]> = request
+                .headers()
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case(mcp::SESSION_HEADER))
+                .map(|(_, value)| value)
+                .collect();
+            let session = match sent.as_slice() {
+                [] => Ok(None),
+                [one] => std::str::from_utf8(one)
+                    .map_err(|_| mcp::no_such_session())
+                    .and_then(|id| sessions.for_server(id))
+                    .map(Some),
+                _ => Err(mcp::no_such_session()),
+            };
+            match session {
+                Ok(session) => request.mcp_session = session,
+                Err(rejection) => return self.reply(host, rejection),
+            }
+        }
         if request.expects_body {
             if !request.bodiless_method {
                 if let Err(rejection) = request::check_body_headers(
@@ -1209,7 +1250,11 @@ impl Exchange {
                 );
             }
         }
-        for (name, value) in &plan.set {
+        let session = request
+            .mcp_session
+            .as_ref()
+            .map(|id| (mcp::SESSION_HEADER.to_owned(), id.as_bytes().to_vec()));
+        for (name, value) in plan.set.iter().chain(&session) {
             if let Err(e) = host.set_request_header(name, Some(value)) {
                 return self.internal_error(
                     host,

@@ -25,9 +25,16 @@
 //!   authorization spec has clients fetch to find the IdP
 //!   ([`metadata_reply`]), and the `resource_metadata` a 401 points to.
 //!
-//! `Mcp-Session-Id` passes both ways untouched: the server keeps sessions,
-//! the gateway authenticates every request of one afresh.
+//! Sessions (`Mcp-Session-Id`) are bound to the caller: the id a server
+//! gives is handed to the client with a tag (a MAC, under the gateway's
+//! hash key, of the caller's issuer and subject and the id), and a request
+//! whose id does not carry the caller's tag is refused ([`SessionIds`]). A
+//! server never sees who calls (the token stops at the gateway), so
+//! without this anyone who learnt another user's session id could read its
+//! stream, replay it, or end it. Without a hash key, ids pass as they are.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Identity;
@@ -117,6 +124,58 @@ pub fn approval_binding(doc: &Value) -> Value {
         meta.remove("progressToken");
     }
     json!({"method": doc.get("method"), "params": params})
+}
+
+/// The session ids of one caller: the server's ids, tagged for the client.
+pub struct SessionIds<'a> {
+    pub key: &'a HashKey,
+    pub identity: &'a Identity,
+}
+
+/// The header that carries a session's id both ways.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+const SESSION_DOMAIN: &str = "warden mcp session";
+
+impl SessionIds<'_> {
+    fn parts<'p>(&'p self, id: &'p str) -> [&'p str; 3] {
+        [&self.identity.issuer, &self.identity.subject, id]
+    }
+
+    /// The id the client gets for the server's `id` (unchanged without a
+    /// key).
+    pub fn for_client(&self, id: &str) -> String {
+        match self.key.tag(SESSION_DOMAIN, &self.parts(id)) {
+            Some(tag) => format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag)),
+            None => id.to_owned(),
+        }
+    }
+
+    /// The server's id for the one a client sent; refused unless it carries
+    /// this caller's tag.
+    pub fn for_server(&self, sent: &str) -> Result<String, Rejection> {
+        if !self.key.is_set() {
+            return Ok(sent.to_owned());
+        }
+        let ours = sent.rsplit_once('.').and_then(|(id, tag)| {
+            let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+            self.key
+                .verify_tag(SESSION_DOMAIN, &self.parts(id), &tag)
+                .then(|| id.to_owned())
+        });
+        ours.ok_or_else(no_such_session)
+    }
+}
+
+/// The answer to a session id that is not the caller's: 404, as for a
+/// session the server ended, so the client starts a new one and learns
+/// nothing of whose the id is.
+pub fn no_such_session() -> Rejection {
+    Rejection::new(
+        Api::Mcp,
+        ErrorKind::NotFound,
+        Reason::McpSession,
+        "no such MCP session for you: start a new one",
+    )
 }
 
 /// The headers that repeat a message's method and name for routers

@@ -87,6 +87,7 @@ struct FakeHost {
     header_edits: Vec<(String, Option<Vec<u8>>)>,
     new_request_body: Option<Vec<u8>>,
     response_body_out: Vec<Vec<u8>>,
+    response_header_edits: Vec<(String, Option<Vec<u8>>)>,
     dispatched: Vec<(String, Option<Vec<u8>>)>,
     resumed: u32,
     trailers_cleared: bool,
@@ -125,6 +126,7 @@ impl FakeHost {
             header_edits: Vec::new(),
             new_request_body: None,
             response_body_out: Vec::new(),
+            response_header_edits: Vec::new(),
             dispatched: Vec::new(),
             resumed: 0,
             trailers_cleared: false,
@@ -266,7 +268,11 @@ impl Host for FakeHost {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_bytes().to_vec())
     }
-    fn set_response_header(&mut self, _name: &str, _value: Option<&[u8]>) -> HostResult<()> {
+    fn set_response_header(&mut self, name: &str, value: Option<&[u8]>) -> HostResult<()> {
+        if name != MARK_HEADER {
+            self.response_header_edits
+                .push((name.to_string(), value.map(<[u8]>::to_vec)));
+        }
         Ok(())
     }
     fn response_body(&mut self, _size: usize) -> HostResult<Vec<u8>> {

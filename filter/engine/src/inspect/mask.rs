@@ -134,6 +134,36 @@ impl HashKey {
     }
 }
 
+impl HashKey {
+    /// The key's MAC of `parts` (each ended by a zero byte) under `domain`,
+    /// so no use of the key can stand in for another; `None` without a key.
+    fn mac(&self, domain: &str, parts: &[&str]) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_ref()?).ok()?;
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        Some(mac)
+    }
+
+    /// A 16-byte tag of `parts` under `domain` (see [`HashKey::verify_tag`]).
+    pub fn tag(&self, domain: &str, parts: &[&str]) -> Option<Vec<u8>> {
+        let digest = self.mac(domain, parts)?.finalize().into_bytes();
+        digest.get(..16).map(<[u8]>::to_vec)
+    }
+
+    /// Whether `tag` is [`HashKey::tag`] of these parts, compared in constant
+    /// time.
+    pub fn verify_tag(&self, domain: &str, parts: &[&str], tag: &[u8]) -> bool {
+        tag.len() == 16
+            && self
+                .mac(domain, parts)
+                .is_some_and(|mac| mac.verify_truncated_left(tag).is_ok())
+    }
+}
+
 impl std::fmt::Debug for HashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HashKey([redacted])")

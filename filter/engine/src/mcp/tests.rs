@@ -405,3 +405,60 @@ fn the_metadata_url_of_a_401_cannot_be_given_parameters_through_the_path() {
         Some("http://gw/.well-known/oauth-protected-resource/mcp/files/x%22%2Cresource_metadata%3D%22https%3A//evil.example/%22%20%C3%BC")
     );
 }
+
+#[test]
+fn a_session_id_is_bound_to_its_caller() {
+    let key = HashKey::new(b"a key of sixteen bytes or more".to_vec());
+    let (alice, bob) = (member_of("eng"), {
+        let mut b = member_of("eng");
+        b.subject = "b".into();
+        b
+    });
+    let for_alice = SessionIds {
+        key: &key,
+        identity: &alice,
+    };
+    let for_bob = SessionIds {
+        key: &key,
+        identity: &bob,
+    };
+    let given = for_alice.for_client("5ab316b5149145269c30b18befccae8b");
+    assert!(
+        given.starts_with("5ab316b5149145269c30b18befccae8b."),
+        "{given}"
+    );
+    assert!(
+        given.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+        "visible ASCII: {given}"
+    );
+    assert_eq!(
+        for_alice.for_server(&given).unwrap(),
+        "5ab316b5149145269c30b18befccae8b"
+    );
+    for stolen in [
+        given.clone(),
+        "5ab316b5149145269c30b18befccae8b".to_owned(),
+        format!("{given}x"),
+        given.replacen('5', "6", 1),
+        String::new(),
+        ".".to_owned(),
+    ] {
+        let refused = for_bob.for_server(&stolen).unwrap_err();
+        assert_eq!(
+            (refused.error.kind, refused.error.code),
+            (ErrorKind::NotFound, Reason::McpSession),
+            "{stolen:?}"
+        );
+    }
+    assert!(for_alice
+        .for_server("5ab316b5149145269c30b18befccae8b")
+        .is_err());
+    // Without a key, ids pass as they are.
+    let none = HashKey::unset();
+    let open = SessionIds {
+        key: &none,
+        identity: &alice,
+    };
+    assert_eq!(open.for_client("s1"), "s1");
+    assert_eq!(open.for_server("s1").unwrap(), "s1");
+}

@@ -64,6 +64,7 @@ reasons! {
     TooLarge => "warden.too_large",
     QueryRefused => "warden.query_refused",
     McpMessage => "warden.mcp_message",
+    McpSession => "warden.mcp_session",
     // Tools
     ToolDenied => "warden.tool_denied",
     ToolCallUninspectable => "warden.tool_call_uninspectable",

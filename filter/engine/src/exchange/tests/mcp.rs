@@ -211,3 +211,71 @@ fn a_401_points_mcp_clients_to_the_metadata_and_the_metadata_is_served() {
     assert_eq!(doc["resource"], "http://gw.example.com/mcp/files/mcp");
     assert_eq!(doc["authorization_servers"], json!([ISS]));
 }
+
+#[test]
+fn sessions_are_tagged_for_their_caller_and_refused_to_anyone_else() {
+    let config = {
+        let doc = json!({
+            "providers": [{"name": "files", "api": "mcp", "path_prefix": "/mcp/files/"}],
+            "authentication": {"issuers": [{"issuer": ISS, "audiences": ["warden"],
+                "inline_jwks": {"keys": [RawSigner::new(1, "k1").jwk()]}}]}
+        });
+        Rc::new(
+            FilterConfig::from_bytes(doc.to_string().as_bytes(), &|name| {
+                (name == "WARDEN_HASH_KEY").then(|| "k".repeat(32))
+            })
+            .unwrap(),
+        )
+    };
+    let policy = mcp_policy();
+    // The server opens a session: the client gets its id tagged.
+    let mut host =
+        FakeHost::new("POST", FILES, Some(&token())).with_body(&rpc(1, "initialize", json!({})));
+    let mut ex = Exchange::new();
+    assert_eq!(send(&mut host, &mut ex, &config, &policy), Flow::Continue);
+    host.response_headers = vec![
+        ("content-type".into(), "application/json".into()),
+        ("mcp-session-id".into(), "s-123".into()),
+    ];
+    ex.on_response_headers(&mut host, false);
+    let tagged = host
+        .response_header_edits
+        .last()
+        .cloned()
+        .expect("the id rewritten");
+    assert_eq!(tagged.0, "mcp-session-id");
+    let tagged = String::from_utf8(tagged.1.unwrap()).unwrap();
+    assert!(
+        tagged.starts_with("s-123.") && tagged.len() > 10,
+        "{tagged}"
+    );
+
+    // Its caller's next request reaches the server with the server's id.
+    let mut host =
+        FakeHost::new("POST", FILES, Some(&token())).with_body(&rpc(2, "tools/list", json!({})));
+    host.request_headers
+        .push(("mcp-session-id".into(), tagged.clone().into_bytes()));
+    let mut ex = Exchange::new();
+    assert_eq!(send(&mut host, &mut ex, &config, &policy), Flow::Continue);
+    assert!(host
+        .header_edits
+        .contains(&("mcp-session-id".into(), Some(b"s-123".to_vec()))));
+
+    // Someone else with the same id, or the untagged id: 404.
+    let mallory = RawSigner::new(1, "k1").token(
+        &json!({"iss": ISS, "aud": "warden", "sub": "mallory", "groups": ["engineering"], "exp": NOW + 60}),
+    );
+    for (who, id) in [(mallory.as_str(), tagged.as_str()), (&token(), "s-123")] {
+        let mut host = FakeHost::new("GET", FILES, Some(who));
+        host.request_headers
+            .push(("mcp-session-id".into(), id.as_bytes().to_vec()));
+        let mut ex = Exchange::new();
+        ex.on_request_headers(&mut host, start(&config, &policy), true);
+        assert_eq!(host.reply_status(), Some(404), "{id}");
+        assert_eq!(
+            reply_json(&host)["error"]["data"]["reason"],
+            "warden.mcp_session"
+        );
+        assert!(!host.header_edits.iter().any(|(n, _)| n == "mcp-session-id"));
+    }
+}
