@@ -1,15 +1,16 @@
 """Envoy takes a new filter configuration while requests and streams are in
 flight, the way a mesh delivers it: the filter comes through ECDS (extension
 config discovery; Istio's WasmPlugin and Envoy Gateway use it), here from a
-watched file. New requests get the new configuration, an open stream
-finishes under the one it started with, nothing is dropped, and a
-configuration the filter refuses leaves the last good one serving (Envoy's
-stats say so)."""
+watched file; new and replaced listeners come through LDS. New requests get
+the new configuration, an open stream finishes under the one it started
+with, nothing is dropped, and a configuration the filter refuses leaves the
+last good one serving (Envoy's stats say so)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -66,6 +67,40 @@ class Ecds:
         os.rename(tmp, self.path)
 
 
+class Load:
+    """Chat requests one after another on a thread of their own, each on a
+    new connection, until stopped; what each got back."""
+
+    def __init__(self, url: str, headers: dict):
+        self.url, self.headers = url, headers
+        self.statuses: list = []
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run)
+        self._worker.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, h, _ = http("POST", f"{self.url}{CHAT}", headers=self.headers, body={
+                    "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+                self.statuses.append((status, h.get("x-warden-reason")))
+            except OSError as err:
+                self.statuses.append(repr(err))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._worker.join()
+
+    def check_one_switch(self) -> None:
+        """Nothing dropped: every request was served under the first
+        configuration (200) or the second (403), and none went back."""
+        statuses = self.statuses
+        assert set(statuses) <= {(200, None), (403, "warden.model_denied")}, set(statuses)
+        switch = statuses.index((403, "warden.model_denied"))
+        assert all(s == (200, None) for s in statuses[:switch]) and all(
+            s == (403, "warden.model_denied") for s in statuses[switch:]), "no request went back to the old one"
+
+
 def counter(stack, suffix: str) -> int:
     _, _, body = http("GET", f"{stack.admin_url}/stats?filter=extension_config_discovery")
     for line in body.decode().splitlines():
@@ -95,20 +130,8 @@ def test_a_new_filter_configuration_reaches_new_requests_while_open_streams_fini
         got += next(chunks)
 
     # Requests keep coming while the configuration changes; none may fail.
-    statuses: list = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                status, h, _ = http("POST", f"{stack.gateway_url}{CHAT}", headers=headers, body={
-                    "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-                statuses.append((status, h.get("x-warden-reason")))
-            except OSError as err:
-                statuses.append(repr(err))
-
-    worker = threading.Thread(target=load)
-    worker.start()
+    load = Load(stack.gateway_url, headers)
+    statuses = load.statuses
     try:
         # Version 2: engineering may no longer use gpt-4o-mini.
         config = ecds.first_config()
@@ -128,16 +151,107 @@ def test_a_new_filter_configuration_reaches_new_requests_while_open_streams_fini
         seen = len(statuses)
         wait_until("more requests after the refusal", lambda: len(statuses) >= seen + 5)
     finally:
-        stop.set()
-        worker.join()
+        load.stop()
     assert statuses[-1] == (403, "warden.model_denied"), "the last good configuration still serves"
-    # Nothing dropped: every request was served under one configuration or the other.
-    assert set(statuses) <= {(200, None), (403, "warden.model_denied")}, set(statuses)
-    switch = statuses.index((403, "warden.model_denied"))
-    assert all(s == (200, None) for s in statuses[:switch]) and all(
-        s == (403, "warden.model_denied") for s in statuses[switch:]), "no request went back to the old one"
+    load.check_one_switch()
 
     # The open stream finishes under the configuration it started with.
+    assert stack.provider_end_held(more=chat_chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
+    for piece in chunks:
+        got += piece
+    stream_cm.__exit__(None, None, None)
+    client.close()
+    text = got.decode()
+    assert EMAIL not in text and "[EMAIL]" in text and "Bye." in text and text.endswith("data: [DONE]\n\n"), text
+
+
+class Lds:
+    """The listeners in a file Envoy watches (LDS from a path), as a control
+    plane that adds and replaces listeners delivers them."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.path = directory / "listeners.yaml"
+        self.listeners: list[dict] = []
+
+    def take_over(self, cfg: dict) -> None:
+        cfg.setdefault("node", {"id": "warden-gateway", "cluster": "warden"})
+        self.listeners = cfg["static_resources"].pop("listeners")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.publish(self.listeners)
+        cfg["dynamic_resources"] = {"lds_config": {"resource_api_version": "V3", "path_config_source": {
+            "path": str(self.path), "watched_directory": {"path": str(self.directory)}}}}
+
+    def publish(self, listeners: list[dict]) -> None:
+        document = {"resources": [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **listener}
+                                  for listener in listeners]}
+        tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
+        tmp.write_text(yaml.safe_dump(document, sort_keys=False))
+        os.rename(tmp, self.path)
+
+
+def listener_stat(stack, name: str) -> int:
+    _, _, body = http("GET", f"{stack.admin_url}/stats?filter=listener_manager")
+    for line in body.decode().splitlines():
+        stat, _, value = line.partition(": ")
+        if stat == f"listener_manager.{name}":
+            return int(value)
+    return 0
+
+
+def test_a_new_listener_and_a_replaced_one_serve_while_an_open_stream_finishes(make_stack, tmp_path):
+    """LDS: the gateway's listener is replaced (a new filter configuration in
+    it) and a second listener is added while a stream is open on the first:
+    new connections get the new listener, the open stream finishes on the
+    one it started on (Envoy drains it), nothing is dropped."""
+    lds = Lds(tmp_path / "lds")
+    stack = make_stack(edit_envoy_config=lds.take_over)
+    token = stack.token("alice", ["engineering"])
+    headers = {"authorization": f"Bearer {token}"}
+    stream_body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "then": "hold",
+                               "body": chat_chunk(f"write to {EMAIL} ") + chat_chunk("or call the office tomorrow. ")}])
+    client = httpx.Client(timeout=60)
+    stream_cm = client.stream("POST", f"{stack.gateway_url}{CHAT}", json=stream_body, headers=headers)
+    resp = stream_cm.__enter__()
+    chunks = resp.iter_raw()
+    got = b""
+    while b"[EMAIL]" not in got:
+        got += next(chunks)
+
+    # Version 2 of the listener: engineering may no longer use gpt-4o-mini;
+    # and a second listener, on a port of its own, with the same.
+    listeners = json.loads(json.dumps(lds.listeners))
+    hcm = listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]
+    config = yaml.safe_load(wasm["config"]["configuration"]["value"])
+    config["policy"]["groups"]["engineering"]["models"] = ["claude-*"]
+    wasm["config"]["configuration"]["value"] = yaml.safe_dump(config)
+    second = json.loads(json.dumps(listeners[0]))
+    second["name"] = "warden_gateway_2"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    second["address"]["socket_address"]["port_value"] = port
+    added, modified = listener_stat(stack, "listener_added"), listener_stat(stack, "listener_modified")
+    load = Load(stack.gateway_url, headers)
+    try:
+        wait_until("requests before the change", lambda: len(load.statuses) >= 3)
+        lds.publish([listeners[0], second])
+        wait_until("Envoy to take both listeners", lambda: listener_stat(stack, "listener_added") > added
+                   and listener_stat(stack, "listener_modified") > modified)
+        # New connections: the replaced listener, the new policy.
+        wait_until("the new configuration", lambda: load.statuses[-1] == (403, "warden.model_denied"))
+        seen = len(load.statuses)
+        wait_until("more requests after it", lambda: len(load.statuses) >= seen + 3)
+    finally:
+        load.stop()
+    load.check_one_switch()
+    status, h, _ = http("POST", f"http://127.0.0.1:{port}{CHAT}", headers=headers,
+                        body={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert (status, h.get("x-warden-reason")) == (403, "warden.model_denied"), "the added listener serves"
+
+    # The open stream finishes on its draining listener, under its policy.
     assert stack.provider_end_held(more=chat_chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
     for piece in chunks:
         got += piece
