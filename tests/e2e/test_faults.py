@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2 as httpx
 import openai
 import pytest
+import yaml
 
 from harness.sse import chat_chunk
-from harness.stack import Stack, http, wait_until
+from harness.stack import Ports, Stack, default_filter_config, http, wait_until
 
 CHAT = "/openai/v1/chat/completions"
 EMAIL = "jane.doe@example.com"
@@ -239,3 +241,84 @@ def test_a_stream_that_falls_silent_is_ended_by_the_gateway(make_stack):
     record = marked.the_only_record()
     assert "SI" in record["response_flags"], record
     assert record["decision"] == "masked", record
+
+
+# --- the IdP answers very slowly ---------------------------------------------
+
+class SlowIdp:
+    """A JWKS endpoint on 127.0.0.1 that serves the development issuer's keys
+    (fetched from the control plane), after holding each answer until the
+    test releases it: an IdP as slow as the test wants, with no clock in the
+    test."""
+
+    def __init__(self, keys_url: str):
+        self.keys_url = keys_url
+        self.release = threading.Event()
+        self.asked = 0
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the standard library's name
+                idp.asked += 1
+                idp.release.wait(timeout=120)
+                _, _, body = http("GET", idp.keys_url)
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+def test_an_idp_slower_than_the_fetch_timeout_refuses_clearly_and_recovers(make_stack, tmp_path):
+    """Keys the IdP is too slow to give in time are no keys: its callers get
+    503 `warden.keys_not_loaded` (no request hangs on the IdP, nor is let
+    through), the failed fetches are counted, and once it answers in time
+    its tokens verify, while the other issuer's callers were served all
+    along."""
+    ports = Ports.free()
+    idp = SlowIdp(f"http://127.0.0.1:{ports.control_plane}/dev/jwks.json")
+    try:
+        slow = "https://slow-idp.example"
+        cfg = default_filter_config()
+        cfg["authentication"]["issuers"].append(
+            {"issuer": slow, "audiences": ["warden"],
+             "jwks": {"cluster": "slow_idp", "path": "/jwks.json", "timeout_ms": 300,
+                      "refresh_seconds": 1, "max_stale_seconds": 3600, "min_refetch_seconds": 1}})
+        stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
+                            extra_clusters={"slow_idp": idp.port})
+        try:
+            slow_token = stack.token("sam", ["engineering"], "--issuer", slow)
+            wait_until("the filter to ask the slow IdP", lambda: idp.asked >= 1)
+            marked = Marked(stack, slow_token)
+            status, headers, body = http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
+                                         headers=marked.headers)
+            assert (status, headers.get("x-warden-reason")) == (503, "warden.keys_not_loaded"), body
+            wait_until("failed fetches to be counted",
+                       lambda: stack.counters().get("warden.keys.fetch_failures", 0) >= 1)
+            # The other issuer's callers are served meanwhile.
+            Marked(stack, stack.token("alice", ["engineering"])).the_next_request_is_served()
+
+            idp.release.set()
+
+            def served() -> bool:
+                return http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
+                            headers=marked.headers)[0] == 200
+            wait_until("the slow IdP's keys, once it answers in time", served)
+            records = marked.records()
+            assert {r["decision"] for r in records} <= {"error", "allowed"}, records
+            assert records[0]["reason"] == "warden.keys_not_loaded"
+        finally:
+            stack.stop()
+    finally:
+        idp.stop()
