@@ -30,8 +30,8 @@ MAX_BODY = 4096
 # Every field of the native record (envoy/envoy.yaml, docs/audit.md), no more.
 NATIVE_FIELDS = {
     "time", "log_type", "request_id", "user", "groups", "issuer", "provider", "route", "model",
-    "decision", "reason", "rules", "tools", "policy_version", "approval_id", "usage", "method", "path",
-    "protocol", "status", "response_flags", "details", "upstream_cluster", "duration_ms",
+    "decision", "reason", "rules", "tools", "mcp_method", "policy_version", "approval_id", "usage",
+    "method", "path", "protocol", "status", "response_flags", "details", "upstream_cluster", "duration_ms",
     "first_byte_ms", "upstream_ms", "bytes_received", "bytes_sent", "client_address", "user_agent",
 }
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
