@@ -243,26 +243,26 @@ def test_a_stream_that_falls_silent_is_ended_by_the_gateway(make_stack):
     assert record["decision"] == "masked", record
 
 
-# --- the IdP answers very slowly ---------------------------------------------
+# --- the IdP answers very slowly, or garbage --------------------------------
 
-class SlowIdp:
-    """A JWKS endpoint on 127.0.0.1 that serves the development issuer's keys
-    (fetched from the control plane), after holding each answer until the
-    test releases it: an IdP as slow as the test wants, with no clock in the
-    test."""
+class FaultyIdp:
+    """A JWKS endpoint on 127.0.0.1 that misbehaves until the test heals it,
+    then serves the development issuer's keys (fetched from the control
+    plane): `slow` holds each answer until healed (an IdP as slow as the test
+    wants, with no clock in the test), `garbage` answers 200 with a body
+    that is no JWKS, `error` answers 500."""
 
-    def __init__(self, keys_url: str):
-        self.keys_url = keys_url
-        self.release = threading.Event()
+    def __init__(self, keys_url: str, fault: str):
+        self.keys_url, self.fault = keys_url, fault
+        self.healed = threading.Event()
         self.asked = 0
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - the standard library's name
                 idp.asked += 1
-                idp.release.wait(timeout=120)
-                _, _, body = http("GET", idp.keys_url)
-                self.send_response(200)
+                status, body = idp.answer()
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -275,32 +275,42 @@ class SlowIdp:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def answer(self) -> tuple[int, bytes]:
+        if not self.healed.is_set():
+            if self.fault == "garbage":
+                return 200, b'{"keys": [{"kty": "RSA", "n": "\xff\xfe not base64", "e": 3}], "x": '
+            if self.fault == "error":
+                return 500, b'{"error": "internal"}'
+            self.healed.wait(timeout=120)
+        return 200, http("GET", self.keys_url)[2]
+
     def stop(self) -> None:
-        self.release.set()
+        self.healed.set()
         self.server.shutdown()
 
 
-def test_an_idp_slower_than_the_fetch_timeout_refuses_clearly_and_recovers(make_stack, tmp_path):
-    """Keys the IdP is too slow to give in time are no keys: its callers get
-    503 `warden.keys_not_loaded` (no request hangs on the IdP, nor is let
-    through), the failed fetches are counted, and once it answers in time
-    its tokens verify, while the other issuer's callers were served all
-    along."""
+@pytest.mark.parametrize("fault", ["slow", "garbage", "error"])
+def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp_path, fault):
+    """Keys the IdP does not give (too slow for the fetch timeout, a body
+    that is no JWKS, an error) are no keys: its callers get 503
+    `warden.keys_not_loaded` (no request hangs on the IdP, nor is let
+    through), the failed fetches are counted, and once it answers well its
+    tokens verify, while the other issuer's callers were served all along."""
     ports = Ports.free()
-    idp = SlowIdp(f"http://127.0.0.1:{ports.control_plane}/dev/jwks.json")
+    idp = FaultyIdp(f"http://127.0.0.1:{ports.control_plane}/dev/jwks.json", fault)
     try:
-        slow = "https://slow-idp.example"
+        issuer = "https://faulty-idp.example"
         cfg = default_filter_config()
         cfg["authentication"]["issuers"].append(
-            {"issuer": slow, "audiences": ["warden"],
-             "jwks": {"cluster": "slow_idp", "path": "/jwks.json", "timeout_ms": 300,
+            {"issuer": issuer, "audiences": ["warden"],
+             "jwks": {"cluster": "faulty_idp", "path": "/jwks.json", "timeout_ms": 300,
                       "refresh_seconds": 1, "max_stale_seconds": 3600, "min_refetch_seconds": 1}})
         stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
-                            extra_clusters={"slow_idp": idp.port})
+                            extra_clusters={"faulty_idp": idp.port})
         try:
-            slow_token = stack.token("sam", ["engineering"], "--issuer", slow)
-            wait_until("the filter to ask the slow IdP", lambda: idp.asked >= 1)
-            marked = Marked(stack, slow_token)
+            faulty_token = stack.token("sam", ["engineering"], "--issuer", issuer)
+            wait_until("the filter to ask the IdP", lambda: idp.asked >= 1)
+            marked = Marked(stack, faulty_token)
             status, headers, body = http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
                                          headers=marked.headers)
             assert (status, headers.get("x-warden-reason")) == (503, "warden.keys_not_loaded"), body
@@ -309,12 +319,12 @@ def test_an_idp_slower_than_the_fetch_timeout_refuses_clearly_and_recovers(make_
             # The other issuer's callers are served meanwhile.
             Marked(stack, stack.token("alice", ["engineering"])).the_next_request_is_served()
 
-            idp.release.set()
+            idp.healed.set()
 
             def served() -> bool:
                 return http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
                             headers=marked.headers)[0] == 200
-            wait_until("the slow IdP's keys, once it answers in time", served)
+            wait_until("the IdP's keys, once it answers well", served)
             records = marked.records()
             assert {r["decision"] for r in records} <= {"error", "allowed"}, records
             assert records[0]["reason"] == "warden.keys_not_loaded"
