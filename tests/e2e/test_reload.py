@@ -67,6 +67,33 @@ class Ecds:
         os.rename(tmp, self.path)
 
 
+class HeldStream:
+    """A streamed chat answer the stand-in holds open after its first words
+    (an address the gateway has masked and sent on), until the test ends it."""
+
+    def __init__(self, stack, headers: dict):
+        self.stack = stack
+        stack.provider_queue_raw([{"content_type": "text/event-stream", "then": "hold",
+                                   "body": chat_chunk(f"write to {EMAIL} ") + chat_chunk("or call the office tomorrow. ")}])
+        body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+        self.client = httpx.Client(timeout=60)
+        self.cm = self.client.stream("POST", f"{stack.gateway_url}{CHAT}", json=body, headers=headers)
+        self.chunks = self.cm.__enter__().iter_raw()
+        self.got = b""
+        while b"[EMAIL]" not in self.got:
+            self.got += next(self.chunks)
+
+    def finishes_whole_and_masked(self) -> None:
+        """Ends the stream upstream; the client reads it to its end, masked."""
+        assert self.stack.provider_end_held(more=chat_chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
+        for piece in self.chunks:
+            self.got += piece
+        self.cm.__exit__(None, None, None)
+        self.client.close()
+        text = self.got.decode()
+        assert EMAIL not in text and "[EMAIL]" in text and "Bye." in text and text.endswith("data: [DONE]\n\n"), text
+
+
 class Load:
     """Chat requests one after another on a thread of their own, each on a
     new connection, until stopped; what each got back."""
@@ -115,19 +142,10 @@ def test_a_new_filter_configuration_reaches_new_requests_while_open_streams_fini
     stack = make_stack(edit_envoy_config=ecds.take_over)
     token = stack.token("alice", ["engineering"])
     headers = {"authorization": f"Bearer {token}"}
-    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
     assert counter(stack, "config_reload") >= 1
 
     # A stream opens under the first configuration and stays open.
-    stack.provider_queue_raw([{"content_type": "text/event-stream", "then": "hold",
-                               "body": chat_chunk(f"write to {EMAIL} ") + chat_chunk("or call the office tomorrow morning. ")}])
-    client = httpx.Client(timeout=60)
-    stream_cm = client.stream("POST", f"{stack.gateway_url}{CHAT}", json=body, headers=headers)
-    resp = stream_cm.__enter__()
-    chunks = resp.iter_raw()
-    got = b""
-    while b"[EMAIL]" not in got:
-        got += next(chunks)
+    stream = HeldStream(stack, headers)
 
     # Requests keep coming while the configuration changes; none may fail.
     load = Load(stack.gateway_url, headers)
@@ -156,13 +174,7 @@ def test_a_new_filter_configuration_reaches_new_requests_while_open_streams_fini
     load.check_one_switch()
 
     # The open stream finishes under the configuration it started with.
-    assert stack.provider_end_held(more=chat_chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
-    for piece in chunks:
-        got += piece
-    stream_cm.__exit__(None, None, None)
-    client.close()
-    text = got.decode()
-    assert EMAIL not in text and "[EMAIL]" in text and "Bye." in text and text.endswith("data: [DONE]\n\n"), text
+    stream.finishes_whole_and_masked()
 
 
 class Lds:
@@ -208,16 +220,7 @@ def test_a_new_listener_and_a_replaced_one_serve_while_an_open_stream_finishes(m
     stack = make_stack(edit_envoy_config=lds.take_over)
     token = stack.token("alice", ["engineering"])
     headers = {"authorization": f"Bearer {token}"}
-    stream_body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
-    stack.provider_queue_raw([{"content_type": "text/event-stream", "then": "hold",
-                               "body": chat_chunk(f"write to {EMAIL} ") + chat_chunk("or call the office tomorrow. ")}])
-    client = httpx.Client(timeout=60)
-    stream_cm = client.stream("POST", f"{stack.gateway_url}{CHAT}", json=stream_body, headers=headers)
-    resp = stream_cm.__enter__()
-    chunks = resp.iter_raw()
-    got = b""
-    while b"[EMAIL]" not in got:
-        got += next(chunks)
+    stream = HeldStream(stack, headers)
 
     # Version 2 of the listener: engineering may no longer use gpt-4o-mini;
     # and a second listener, on a port of its own, with the same.
@@ -252,10 +255,4 @@ def test_a_new_listener_and_a_replaced_one_serve_while_an_open_stream_finishes(m
     assert (status, h.get("x-warden-reason")) == (403, "warden.model_denied"), "the added listener serves"
 
     # The open stream finishes on its draining listener, under its policy.
-    assert stack.provider_end_held(more=chat_chunk("Bye.", "stop") + "data: [DONE]\n\n") == 1
-    for piece in chunks:
-        got += piece
-    stream_cm.__exit__(None, None, None)
-    client.close()
-    text = got.decode()
-    assert EMAIL not in text and "[EMAIL]" in text and "Bye." in text and text.endswith("data: [DONE]\n\n"), text
+    stream.finishes_whole_and_masked()

@@ -874,20 +874,7 @@ impl Exchange {
                 key: &request.config.hash_key,
                 identity: &identity,
             };
-            let sent: Vec<&[u8]> = request
-                .headers()
-                .iter()
-                .filter(|(name, _)| name.eq_ignore_ascii_case(mcp::SESSION_HEADER))
-                .map(|(_, value)| value)
-                .collect();
-            let session = match sent.as_slice() {
-                [] => Ok(None),
-                [one] => std::str::from_utf8(one)
-                    .map_err(|_| mcp::no_such_session())
-                    .and_then(|id| sessions.for_server(id))
-                    .map(Some),
-                _ => Err(mcp::no_such_session()),
-            };
+            let session = sessions.of_request(request.headers());
             match session {
                 Ok(session) => request.mcp_session = session,
                 Err(rejection) => return self.reply(host, rejection),

@@ -39,7 +39,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::Identity;
 use crate::config::FilterConfig;
-use crate::headers::Headers;
+use crate::headers::{Headers, Repeated};
 use crate::inspect::apply::{inspect_value, Outcome};
 use crate::inspect::body::{parse_strict, to_json};
 use crate::inspect::calls::{decide_call, CallDecision, ToolDecision, ToolEntry};
@@ -150,6 +150,20 @@ impl SessionIds<'_> {
         }
     }
 
+    /// The server's id of the session a request names (`None`: it names
+    /// none); refused unless the id carries this caller's tag, and when the
+    /// header comes twice.
+    pub fn of_request(&self, headers: Headers<'_>) -> Result<Option<String>, Rejection> {
+        match headers.single(SESSION_HEADER) {
+            Ok(None) => Ok(None),
+            Ok(Some(sent)) => std::str::from_utf8(sent)
+                .map_err(|_| no_such_session())
+                .and_then(|sent| self.for_server(sent))
+                .map(Some),
+            Err(Repeated) => Err(no_such_session()),
+        }
+    }
+
     /// The server's id for the one a client sent; refused unless it carries
     /// this caller's tag.
     pub fn for_server(&self, sent: &str) -> Result<String, Rejection> {
@@ -183,18 +197,10 @@ pub fn no_such_session() -> Rejection {
 /// says: the gateway judges the body, and something behind it that reads
 /// the headers must not be told another story.
 pub fn check_routing_headers(headers: Headers<'_>, message: &Message) -> Result<(), Rejection> {
-    // Twice is refused too: something behind the gateway may read the
-    // other one.
-    let differs = |header: &str, body: Option<&str>| {
-        let mut values = headers
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case(header))
-            .map(|(_, value)| value);
-        match (values.next(), values.next()) {
-            (None, _) => false,
-            (Some(value), None) => Some(value) != body.map(str::as_bytes),
-            (Some(_), Some(_)) => true,
-        }
+    let differs = |header: &str, body: Option<&str>| match headers.single(header) {
+        Ok(None) => false,
+        Ok(Some(value)) => Some(value) != body.map(str::as_bytes),
+        Err(Repeated) => true,
     };
     if differs("mcp-method", message.method.as_deref()) {
         return Err(invalid(
