@@ -52,7 +52,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
-use warden_engine::protocol::{SessionBatch, SessionRecord};
+use warden_engine::protocol::{SessionBatch, SessionRecord, SessionsStored};
 
 use crate::chain::{chain_hash, record_text, GENESIS_HASH};
 use crate::error::responses::{
@@ -106,15 +106,6 @@ pub const SESSIONS_TAG: &str = "sessions";
 
 fn db(error: StoreError) -> ApiError {
     ApiError::DatabaseUnavailable(error.to_string())
-}
-
-/// `POST /v1/sessions` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AppendAnswer {
-    /// Records newly stored (ids already stored are skipped).
-    pub stored: usize,
-    /// The chain's last `seq` after this batch.
-    pub last_seq: i64,
 }
 
 /// Reads a `POST /v1/sessions` body into the engine's types. The message
@@ -261,7 +252,7 @@ fn bound_metadata(record: &mut SessionRecord) {
     security(("gateway" = [])),
     request_body = SessionBatch,
     responses(
-        (status = 200, description = "Stored", body = AppendAnswer),
+        (status = 200, description = "Stored", body = SessionsStored),
         BadRequest,
         Unauthorized,
         PayloadTooLarge,
@@ -273,7 +264,7 @@ async fn append_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<AppendAnswer>, ApiError> {
+) -> Result<Json<SessionsStored>, ApiError> {
     check_gateway(state.config().gateway_secret.as_deref(), &headers)?;
     let Json(body) = body?;
     let batch = read_batch(body).map_err(ApiError::BadRequest)?;
@@ -287,7 +278,7 @@ async fn append_sessions(
         .map_err(db)?;
     // Counts only: records hold prompts.
     tracing::info!(received, stored, last_seq, "sessions recorded");
-    Ok(Json(AppendAnswer { stored, last_seq }))
+    Ok(Json(SessionsStored { stored, last_seq }))
 }
 
 /// Whether `caller` may read recorded sessions: a member of the auditor

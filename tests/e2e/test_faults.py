@@ -11,6 +11,7 @@ comes; nothing here waits on a clock except through `wait_until` polls."""
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import uuid
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 from harness.sse import chat_chunk
-from harness.stack import Ports, Stack, default_filter_config, http, wait_until
+from harness.stack import ROOT, Ports, Stack, default_filter_config, http, wait_until
 
 CHAT = "/openai/v1/chat/completions"
 EMAIL = "jane.doe@example.com"
@@ -245,28 +246,41 @@ def test_a_stream_that_falls_silent_is_ended_by_the_gateway(make_stack):
 
 # --- the IdP answers very slowly, or garbage --------------------------------
 
-class FaultyIdp:
-    """A JWKS endpoint on 127.0.0.1 that misbehaves until the test heals it,
-    then serves the development issuer's keys (fetched from the control
-    plane): `slow` holds each answer until healed (an IdP as slow as the test
-    wants, with no clock in the test), `garbage` answers 200 with a body
-    that is no JWKS, `error` answers 500."""
+FAULTS = ["slow", "garbage", "error"]
 
-    def __init__(self, keys_url: str, fault: str):
-        self.keys_url, self.fault = keys_url, fault
-        self.healed = threading.Event()
-        self.asked = 0
-        idp = self
+
+class Faulty:
+    """A neighbour of the gateway (the IdP's JWKS endpoint, the control
+    plane) behind a stand-in on 127.0.0.1 that forwards every request to
+    `upstream` while healthy and misbehaves while broken: `slow` holds each
+    answer until healed (as slow as the test wants, with no clock in the
+    test), `garbage` answers 200 with a body that is no JSON, `error`
+    answers 500. `asked` counts the requests that met the fault, by path."""
+
+    GARBAGE = b'{"keys": [{"kty": "RSA", "n": "\xff\xfe not base64", "e": 3}], "x": '
+
+    def __init__(self, upstream: str, fault: str, *, healthy: bool = False):
+        self.upstream, self.fault = upstream, fault
+        self.healthy = threading.Event()
+        if healthy:
+            self.healthy.set()
+        self.asked: collections.Counter[str] = collections.Counter()
+        stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the standard library's name
-                idp.asked += 1
-                status, body = idp.answer()
+            def answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                status, headers, reply = stand_in.answer(self.command, self.path, dict(self.headers), body)
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
+                for name, value in headers.items():
+                    if name not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("content-length", str(len(reply)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(reply)
+
+            do_GET = do_POST = do_PUT = do_DELETE = answer  # noqa: N815 - the standard library's names
 
             def log_message(self, *args):
                 pass
@@ -275,21 +289,29 @@ class FaultyIdp:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def answer(self) -> tuple[int, bytes]:
-        if not self.healed.is_set():
+    def answer(self, method: str, path: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
+        if not self.healthy.is_set():
+            self.asked[path.split("?")[0]] += 1
             if self.fault == "garbage":
-                return 200, b'{"keys": [{"kty": "RSA", "n": "\xff\xfe not base64", "e": 3}], "x": '
+                return 200, {"content-type": "application/json"}, self.GARBAGE
             if self.fault == "error":
-                return 500, b'{"error": "internal"}'
-            self.healed.wait(timeout=120)
-        return 200, http("GET", self.keys_url)[2]
+                return 500, {"content-type": "application/json"}, b'{"error": "internal"}'
+            self.healthy.wait(timeout=120)
+        forwarded = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")}
+        return http(method, self.upstream + path, body=body, headers=forwarded, timeout=60)
+
+    def break_(self) -> None:
+        self.healthy.clear()
+
+    def heal(self) -> None:
+        self.healthy.set()
 
     def stop(self) -> None:
-        self.healed.set()
+        self.healthy.set()
         self.server.shutdown()
 
 
-@pytest.mark.parametrize("fault", ["slow", "garbage", "error"])
+@pytest.mark.parametrize("fault", FAULTS)
 def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp_path, fault):
     """Keys the IdP does not give (too slow for the fetch timeout, a body
     that is no JWKS, an error) are no keys: its callers get 503
@@ -297,19 +319,19 @@ def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp
     through), the failed fetches are counted, and once it answers well its
     tokens verify, while the other issuer's callers were served all along."""
     ports = Ports.free()
-    idp = FaultyIdp(f"http://127.0.0.1:{ports.control_plane}/dev/jwks.json", fault)
+    idp = Faulty(f"http://127.0.0.1:{ports.control_plane}", fault)
     try:
         issuer = "https://faulty-idp.example"
         cfg = default_filter_config()
         cfg["authentication"]["issuers"].append(
             {"issuer": issuer, "audiences": ["warden"],
-             "jwks": {"cluster": "faulty_idp", "path": "/jwks.json", "timeout_ms": 300,
+             "jwks": {"cluster": "faulty_idp", "path": "/dev/jwks.json", "timeout_ms": 300,
                       "refresh_seconds": 1, "max_stale_seconds": 3600, "min_refetch_seconds": 1}})
         stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
                             extra_clusters={"faulty_idp": idp.port})
         try:
             faulty_token = stack.token("sam", ["engineering"], "--issuer", issuer)
-            wait_until("the filter to ask the IdP", lambda: idp.asked >= 1)
+            wait_until("the filter to ask the IdP", lambda: idp.asked["/dev/jwks.json"] >= 1)
             marked = Marked(stack, faulty_token)
             status, headers, body = http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
                                          headers=marked.headers)
@@ -319,7 +341,7 @@ def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp
             # The other issuer's callers are served meanwhile.
             Marked(stack, stack.token("alice", ["engineering"])).the_next_request_is_served()
 
-            idp.healed.set()
+            idp.heal()
 
             def served() -> bool:
                 return http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
@@ -332,3 +354,127 @@ def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp
             stack.stop()
     finally:
         idp.stop()
+
+
+# --- the control plane is slow or answers garbage ----------------------------
+
+ACTIVE_POLICY = "/v1/policy/active"
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_control_plane_that_is_slow_or_answers_garbage_keeps_the_last_policy_and_loses_nothing(tmp_path, fault):
+    """The control plane behind a stand-in that breaks while the gateway runs
+    (every answer too slow for the call's timeout, a 200 with a body that is
+    no answer, or 500): the gateway keeps enforcing the last policy it
+    installed (not the one published meanwhile, which it cannot have read),
+    counts the failed polls, refuses what needs an approval with 503
+    `warden.approvals_unavailable` at once (not a hang, never let through),
+    keeps the recorded sessions it could not deliver, and once the control
+    plane answers well: installs the new policy, delivers every kept session
+    exactly once, and asks for approvals again. One audit record per
+    request throughout. (How long the last policy may serve: checked to the
+    second in tests/emulated/test_faults.py.)"""
+    ports = Ports.free()
+    control_plane = Faulty(f"http://127.0.0.1:{ports.control_plane}", fault, healthy=True)
+    try:
+        cfg = default_filter_config()
+        cfg["control_plane"].update({"cluster": "faulty_cp", "poll_seconds": 1, "timeout_ms": 500,
+                                     "max_stale_seconds": 3600})
+        stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
+                            extra_clusters={"faulty_cp": control_plane.port})
+        try:
+            admin = stack.token("root", ["warden-admins"])
+            auditor = stack.token("audrey", ["warden-auditors"])
+            subject = f"cp-{fault}-{uuid.uuid4().hex[:6]}"
+            marked = Marked(stack, stack.token(subject, ["engineering"]))
+            policy = yaml.safe_load((ROOT / "examples" / "policies" / "approvals.yaml").read_text())
+            policy["record"] = "masked"
+
+            def publish(message: str) -> int:
+                path = tmp_path / f"{message}.yaml"
+                path.write_text(yaml.safe_dump(policy))
+                stack.cli("policy", "push", str(path), "-m", message, token=admin)
+                versions = json.loads(stack.cli("policy", "list", "--json", token=admin).stdout)["policies"]
+                return max(v["version"] for v in versions)
+
+            def chat(prompt: str, agent: str) -> tuple[int, dict, dict]:
+                status, headers, body = http(
+                    "POST", f"{stack.gateway_url}{CHAT}",
+                    body={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
+                    headers={**marked.headers, "user-agent": agent}, timeout=30)
+                return status, headers, json.loads(body or b"{}")
+
+            probes = iter(range(1_000_000))
+
+            def enforced_version() -> str:
+                """The policy version the gateway enforces, from a request's record."""
+                agent = f"{marked.agent}/probe-{next(probes)}"
+                status, _, body = chat("hello", agent)
+                assert status == 200, body
+                wait_until("the probe's record", lambda: marked.records(agent))
+                return str(marked.records(agent)[0]["policy_version"])
+
+            def sessions() -> list[dict]:
+                out = stack.cli("sessions", "list", "--subject", subject, "--json", token=auditor).stdout
+                return json.loads(out)["sessions"]
+
+            before = publish("before the fault")
+            wait_until("the gateway to install the published policy",
+                       lambda: enforced_version() == str(before), timeout=60)
+
+            control_plane.break_()
+            after = publish("during the fault")
+            counters = stack.counters()
+            polls = control_plane.asked[ACTIVE_POLICY]
+            wait_until("two polls to meet the fault after the publication",
+                       lambda: control_plane.asked[ACTIVE_POLICY] >= polls + 2, timeout=60)
+            wait_until("the failed polls to be counted", lambda: counter_delta(stack, counters).get(
+                "warden.policy.fetch_failures", 0) >= 1)
+            assert enforced_version() == str(before)
+
+            # What needs an approval is refused clearly, held (`hold`) or not (`ticket`).
+            for prompt in ("production database dump, please", "customer export, please"):
+                status, headers, body = chat(prompt, f"{marked.agent}/approval")
+                assert (status, headers.get("x-warden-reason")) == (503, "warden.approvals_unavailable"), body
+                assert "approval" in body["error"]["message"]
+            assert stack.provider_received() and not any(
+                "production database" in json.dumps(r) or "customer export" in json.dumps(r)
+                for r in stack.provider_received())
+
+            # A masked exchange recorded while the control plane cannot store it.
+            status, _, body = chat(f"reply with: mail {EMAIL}", f"{marked.agent}/recorded")
+            assert status == 200, body
+            wait_until("the exchange's record", lambda: marked.records(f"{marked.agent}/recorded"))
+            recorded_id = marked.records(f"{marked.agent}/recorded")[0]["request_id"]
+            wait_until("the undelivered sessions to be counted", lambda: counter_delta(stack, counters).get(
+                "warden.audit.send_failures", 0) >= 1)
+            assert recorded_id not in {s["id"] for s in sessions()}
+            assert counter_delta(stack, counters).get("warden.audit.dropped", 0) == 0
+
+            control_plane.heal()
+            wait_until("the gateway to install the policy published during the fault",
+                       lambda: enforced_version() == str(after), timeout=60)
+            wait_until("the kept session to reach the control plane",
+                       lambda: recorded_id in {s["id"] for s in sessions()}, timeout=60)
+            # Stored once (a batch the gateway sent again is not stored twice),
+            # masked, and every request of this subject so far is there.
+            recorded = sessions()
+            assert [s["decision"] for s in recorded if s["id"] == recorded_id] == ["masked"]
+            assert len({s["id"] for s in recorded}) == len(recorded)
+            assert {r["request_id"] for r in marked.records(f"{marked.agent}/approval")} <= {
+                s["id"] for s in recorded}
+            status, headers, body = chat("customer export, please", f"{marked.agent}/ticket")
+            assert (status, headers.get("x-warden-reason")) == (403, "warden.approval_pending"), body
+
+            marked.the_next_request_is_served()
+            approvals_asked = marked.records(f"{marked.agent}/approval")
+            assert len(approvals_asked) == 2, approvals_asked
+            assert {r["reason"] for r in approvals_asked} == {"warden.approvals_unavailable"}
+            assert len(marked.records(f"{marked.agent}/recorded")) == 1
+        except BaseException:
+            print(stack.dump_logs())
+            raise
+        finally:
+            stack.stop()
+    finally:
+        control_plane.stop()

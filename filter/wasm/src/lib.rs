@@ -309,9 +309,9 @@ impl Context for WardenRoot {
                 }
             }
             Fetch::Sessions => {
-                let (status, _) = host::call_response(body_size);
+                let (status, body) = host::call_response(body_size);
                 let batch = std::mem::take(&mut self.batch);
-                if status == Some(200) {
+                if warden_engine::protocol::sessions_stored(status, &body) {
                     vm.counters.add("warden.audit.sent", batch.len() as u64);
                 } else {
                     vm.counters.add("warden.audit.send_failures", 1);

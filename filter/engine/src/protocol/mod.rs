@@ -322,6 +322,24 @@ pub fn rfc3339_millis(ms: u64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// The control plane's answer to `POST /v1/sessions`.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionsStored {
+    /// Records newly stored (ids already stored are skipped).
+    pub stored: usize,
+    /// The chain's last `seq` after this batch.
+    pub last_seq: i64,
+}
+
+/// Whether the control plane's answer to a `POST /v1/sessions` says the
+/// batch is stored: a 200 alone does not (a proxy or a wrong service in
+/// the cluster can answer 200 with anything, and the batch would be lost
+/// while counted as sent); the body must be the control plane's answer.
+pub fn sessions_stored(status: Option<u32>, body: &[u8]) -> bool {
+    status == Some(200) && serde_json::from_slice::<SessionsStored>(body).is_ok()
+}
+
 /// The body of `POST /v1/sessions`, as the control plane reads it.
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -421,6 +439,27 @@ mod tests {
             let wire = serde_json::to_value(decision).unwrap();
             assert_eq!(wire, decision.as_str());
             assert_eq!(serde_json::from_value::<Decision>(wire).unwrap(), decision);
+        }
+    }
+
+    #[test]
+    fn a_sessions_batch_is_stored_only_when_the_control_plane_says_so() {
+        let answer = serde_json::to_vec(&SessionsStored {
+            stored: 2,
+            last_seq: 9,
+        })
+        .unwrap();
+        assert!(sessions_stored(Some(200), &answer));
+        assert!(sessions_stored(Some(200), br#"{"stored":0,"last_seq":9}"#));
+        for (status, body) in [
+            (Some(500), answer.as_slice()),
+            (None, b"" as &[u8]),
+            (Some(200), b""),
+            (Some(200), b"ok"),
+            (Some(200), br#"{"stored":"2","last_seq":9}"#),
+            (Some(200), br#"{"keys": [], "x": "#),
+        ] {
+            assert!(!sessions_stored(status, body), "{status:?} {body:?}");
         }
     }
 }
