@@ -2,10 +2,12 @@
 # A throwaway PostgreSQL server for tests, from Debian's packages (no systemd).
 #
 #   scripts/postgres.sh start DIR   initdb in DIR (once), start on a free port
+#                                   (the last one's again if still free)
 #                                   on 127.0.0.1 only, create database `warden`,
 #                                   print its URL (postgres://warden@127.0.0.1:PORT/warden)
 #                                   on stdout and nothing else
 #   scripts/postgres.sh stop DIR    stop it (fast shutdown); DIR stays
+#   scripts/postgres.sh destroy DIR stop it and remove its files
 #   scripts/postgres.sh url DIR     print the URL of the running server
 #
 # Run as root, the server runs as the `postgres` user (PostgreSQL refuses
@@ -40,9 +42,17 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# Free for a server as PostgreSQL binds it (SO_REUSEADDR: the connections a
+# stopped server closed may still be in TIME_WAIT on its port).
+port_is_free() {
+    python3 -c 'import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.close()' "$1" 2>/dev/null
+}
+
 cmd="${1:-}"
 dir="${2:-}"
-[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start|stop|url DIR"
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start|stop|destroy|url DIR"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 if [ "$(id -u)" = 0 ]; then
@@ -76,7 +86,12 @@ case "$cmd" in
             url_of
             exit 0
         fi
-        port="$(free_port)"
+        # A restart comes back on the port it had (its clients keep their
+        # URL), unless something else took it meanwhile.
+        port="$(cat "$dir/port" 2>/dev/null || true)"
+        if [ -z "$port" ] || ! port_is_free "$port"; then
+            port="$(free_port)"
+        fi
         echo "$port" > "$dir/port"
         [ "$(id -u)" = 0 ] && chown postgres: "$dir/port"
         # Loopback only, socket in DIR (not /var/run/postgresql, which may not exist).
@@ -95,10 +110,16 @@ SQL
             as_owner "$BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
         fi
         ;;
+    destroy)
+        if [ -f "$data/PG_VERSION" ]; then
+            as_owner "$BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
+        fi
+        rm -rf "$dir"
+        ;;
     url)
         url_of
         ;;
     *)
-        die "usage: $0 start|stop|url DIR"
+        die "usage: $0 start|stop|destroy|url DIR"
         ;;
 esac

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import shutil
+import sqlite3
+import subprocess
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -356,9 +361,101 @@ def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp
         idp.stop()
 
 
-# --- the control plane is slow or answers garbage ----------------------------
+# --- the control plane is slow, answers garbage, or loses its database -------
 
 ACTIVE_POLICY = "/v1/policy/active"
+
+
+class Governed:
+    """One caller of a stack whose control plane the test breaks: policies
+    published (the approvals example, with masked sessions recorded),
+    requests marked by user agent, the version the gateway enforces read
+    from a request's audit record, the caller's recorded sessions."""
+
+    def __init__(self, stack: Stack, tmp_path, name: str):
+        self.stack, self.tmp_path = stack, tmp_path
+        self.admin = stack.token("root", ["warden-admins"])
+        self.auditor = stack.token("audrey", ["warden-auditors"])
+        self.subject = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.marked = Marked(stack, stack.token(self.subject, ["engineering"]))
+        self.policy = yaml.safe_load((ROOT / "examples" / "policies" / "approvals.yaml").read_text())
+        self.policy["record"] = "masked"
+        self.probes = 0
+
+    def publish(self, message: str) -> int:
+        path = self.tmp_path / f"policy-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text(yaml.safe_dump(self.policy))
+        self.stack.cli("policy", "push", str(path), "-m", message, token=self.admin)
+        versions = json.loads(self.stack.cli("policy", "list", "--json", token=self.admin).stdout)["policies"]
+        return max(v["version"] for v in versions)
+
+    def chat(self, prompt: str, agent: str) -> tuple[int, dict, dict]:
+        status, headers, body = http(
+            "POST", f"{self.stack.gateway_url}{CHAT}",
+            body={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
+            headers={**self.marked.headers, "user-agent": f"{self.marked.agent}/{agent}"}, timeout=30)
+        return status, headers, json.loads(body or b"{}")
+
+    def records(self, agent: str) -> list[dict]:
+        return self.marked.records(f"{self.marked.agent}/{agent}")
+
+    def enforced_version(self) -> int:
+        """The policy version the gateway enforces, from a served request's record."""
+        self.probes += 1
+        agent = f"probe-{self.probes}"
+        status, _, body = self.chat("hello", agent)
+        assert status == 200, body
+        wait_until("the probe's record", lambda: self.records(agent))
+        return int(self.records(agent)[0]["policy_version"])
+
+    def session_ids(self) -> list[str]:
+        out = self.stack.cli("sessions", "list", "--subject", self.subject, "--json", token=self.auditor).stdout
+        return [s["id"] for s in json.loads(out)["sessions"]]
+
+    def approvals_are_refused_clearly(self) -> None:
+        """What needs an approval (held or ticket) gets 503 at once, and
+        nothing of it goes upstream."""
+        for prompt in ("production database dump, please", "customer export, please"):
+            status, headers, body = self.chat(prompt, "approval")
+            assert (status, headers.get("x-warden-reason")) == (503, "warden.approvals_unavailable"), body
+            assert "approval" in body["error"]["message"]
+        assert not any("production database" in json.dumps(r) or "customer export" in json.dumps(r)
+                       for r in self.stack.provider_received())
+
+    def record_while_broken(self, counters: dict[str, int]) -> str:
+        """A masked exchange the control plane cannot store: kept, not lost
+        (counted as a failed send, not as dropped). Its request id."""
+        status, _, body = self.chat(f"reply with: mail {EMAIL}", "recorded")
+        assert status == 200, body
+        wait_until("the exchange's record", lambda: self.records("recorded"))
+        recorded_id = self.records("recorded")[0]["request_id"]
+        wait_until("the undelivered sessions to be counted", lambda: counter_delta(self.stack, counters).get(
+            "warden.audit.send_failures", 0) >= 1, timeout=60)
+        assert counter_delta(self.stack, counters).get("warden.audit.dropped", 0) == 0
+        return recorded_id
+
+    def recovered(self, version: int, recorded_id: str) -> None:
+        """Once the control plane answers well: the policy published during
+        the fault is installed, the kept session arrives (stored once),
+        approvals are asked for again, and every request had one record."""
+        wait_until("the gateway to install the policy published during the fault",
+                   lambda: self.enforced_version() == version, timeout=60)
+        wait_until("the kept session to reach the control plane",
+                   lambda: recorded_id in self.session_ids(), timeout=60)
+        ids = self.session_ids()
+        assert ids.count(recorded_id) == 1 and len(set(ids)) == len(ids), ids
+        status, headers, body = self.chat("customer export, please", "ticket")
+        assert (status, headers.get("x-warden-reason")) == (403, "warden.approval_pending"), body
+        self.marked.the_next_request_is_served()
+        refused = self.records("approval")
+        assert [r["reason"] for r in refused] == ["warden.approvals_unavailable"] * 2, refused
+        assert len(self.records("recorded")) == 1 and len(self.records("ticket")) == 1
+
+
+def control_plane_config(**changes) -> str:
+    cfg = default_filter_config()
+    cfg["control_plane"].update({"poll_seconds": 1, "timeout_ms": 500, "max_stale_seconds": 3600, **changes})
+    return yaml.safe_dump(cfg)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -370,107 +467,36 @@ def test_a_control_plane_that_is_slow_or_answers_garbage_keeps_the_last_policy_a
     counts the failed polls, refuses what needs an approval with 503
     `warden.approvals_unavailable` at once (not a hang, never let through),
     keeps the recorded sessions it could not deliver, and once the control
-    plane answers well: installs the new policy, delivers every kept session
-    exactly once, and asks for approvals again. One audit record per
+    plane answers well installs the new policy, delivers the kept sessions
+    (each stored once) and asks for approvals again. One audit record per
     request throughout. (How long the last policy may serve: checked to the
     second in tests/emulated/test_faults.py.)"""
     ports = Ports.free()
     control_plane = Faulty(f"http://127.0.0.1:{ports.control_plane}", fault, healthy=True)
     try:
-        cfg = default_filter_config()
-        cfg["control_plane"].update({"cluster": "faulty_cp", "poll_seconds": 1, "timeout_ms": 500,
-                                     "max_stale_seconds": 3600})
-        stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
+        stack = Stack.start(ports, tmp_path / "stack", filter_config=control_plane_config(cluster="faulty_cp"),
                             extra_clusters={"faulty_cp": control_plane.port})
         try:
-            admin = stack.token("root", ["warden-admins"])
-            auditor = stack.token("audrey", ["warden-auditors"])
-            subject = f"cp-{fault}-{uuid.uuid4().hex[:6]}"
-            marked = Marked(stack, stack.token(subject, ["engineering"]))
-            policy = yaml.safe_load((ROOT / "examples" / "policies" / "approvals.yaml").read_text())
-            policy["record"] = "masked"
-
-            def publish(message: str) -> int:
-                path = tmp_path / f"{message}.yaml"
-                path.write_text(yaml.safe_dump(policy))
-                stack.cli("policy", "push", str(path), "-m", message, token=admin)
-                versions = json.loads(stack.cli("policy", "list", "--json", token=admin).stdout)["policies"]
-                return max(v["version"] for v in versions)
-
-            def chat(prompt: str, agent: str) -> tuple[int, dict, dict]:
-                status, headers, body = http(
-                    "POST", f"{stack.gateway_url}{CHAT}",
-                    body={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
-                    headers={**marked.headers, "user-agent": agent}, timeout=30)
-                return status, headers, json.loads(body or b"{}")
-
-            probes = iter(range(1_000_000))
-
-            def enforced_version() -> str:
-                """The policy version the gateway enforces, from a request's record."""
-                agent = f"{marked.agent}/probe-{next(probes)}"
-                status, _, body = chat("hello", agent)
-                assert status == 200, body
-                wait_until("the probe's record", lambda: marked.records(agent))
-                return str(marked.records(agent)[0]["policy_version"])
-
-            def sessions() -> list[dict]:
-                out = stack.cli("sessions", "list", "--subject", subject, "--json", token=auditor).stdout
-                return json.loads(out)["sessions"]
-
-            before = publish("before the fault")
+            governed = Governed(stack, tmp_path, f"cp-{fault}")
+            before = governed.publish("before the fault")
             wait_until("the gateway to install the published policy",
-                       lambda: enforced_version() == str(before), timeout=60)
+                       lambda: governed.enforced_version() == before, timeout=60)
 
             control_plane.break_()
-            after = publish("during the fault")
+            after = governed.publish("during the fault")
             counters = stack.counters()
             polls = control_plane.asked[ACTIVE_POLICY]
             wait_until("two polls to meet the fault after the publication",
                        lambda: control_plane.asked[ACTIVE_POLICY] >= polls + 2, timeout=60)
             wait_until("the failed polls to be counted", lambda: counter_delta(stack, counters).get(
                 "warden.policy.fetch_failures", 0) >= 1)
-            assert enforced_version() == str(before)
-
-            # What needs an approval is refused clearly, held (`hold`) or not (`ticket`).
-            for prompt in ("production database dump, please", "customer export, please"):
-                status, headers, body = chat(prompt, f"{marked.agent}/approval")
-                assert (status, headers.get("x-warden-reason")) == (503, "warden.approvals_unavailable"), body
-                assert "approval" in body["error"]["message"]
-            assert stack.provider_received() and not any(
-                "production database" in json.dumps(r) or "customer export" in json.dumps(r)
-                for r in stack.provider_received())
-
-            # A masked exchange recorded while the control plane cannot store it.
-            status, _, body = chat(f"reply with: mail {EMAIL}", f"{marked.agent}/recorded")
-            assert status == 200, body
-            wait_until("the exchange's record", lambda: marked.records(f"{marked.agent}/recorded"))
-            recorded_id = marked.records(f"{marked.agent}/recorded")[0]["request_id"]
-            wait_until("the undelivered sessions to be counted", lambda: counter_delta(stack, counters).get(
-                "warden.audit.send_failures", 0) >= 1)
-            assert recorded_id not in {s["id"] for s in sessions()}
-            assert counter_delta(stack, counters).get("warden.audit.dropped", 0) == 0
+            assert governed.enforced_version() == before
+            governed.approvals_are_refused_clearly()
+            recorded_id = governed.record_while_broken(counters)
+            assert recorded_id not in governed.session_ids()
 
             control_plane.heal()
-            wait_until("the gateway to install the policy published during the fault",
-                       lambda: enforced_version() == str(after), timeout=60)
-            wait_until("the kept session to reach the control plane",
-                       lambda: recorded_id in {s["id"] for s in sessions()}, timeout=60)
-            # Stored once (a batch the gateway sent again is not stored twice),
-            # masked, and every request of this subject so far is there.
-            recorded = sessions()
-            assert [s["decision"] for s in recorded if s["id"] == recorded_id] == ["masked"]
-            assert len({s["id"] for s in recorded}) == len(recorded)
-            assert {r["request_id"] for r in marked.records(f"{marked.agent}/approval")} <= {
-                s["id"] for s in recorded}
-            status, headers, body = chat("customer export, please", f"{marked.agent}/ticket")
-            assert (status, headers.get("x-warden-reason")) == (403, "warden.approval_pending"), body
-
-            marked.the_next_request_is_served()
-            approvals_asked = marked.records(f"{marked.agent}/approval")
-            assert len(approvals_asked) == 2, approvals_asked
-            assert {r["reason"] for r in approvals_asked} == {"warden.approvals_unavailable"}
-            assert len(marked.records(f"{marked.agent}/recorded")) == 1
+            governed.recovered(after, recorded_id)
         except BaseException:
             print(stack.dump_logs())
             raise
@@ -478,3 +504,68 @@ def test_a_control_plane_that_is_slow_or_answers_garbage_keeps_the_last_policy_a
             stack.stop()
     finally:
         control_plane.stop()
+
+
+def postgres(command: str, directory) -> str:
+    return subprocess.run([str(ROOT / "scripts" / "postgres.sh"), command, str(directory)], check=True,
+                          capture_output=True, text=True, timeout=120).stdout.strip()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_control_plane_whose_database_goes_away_and_comes_back(tmp_path, backend):
+    """The control plane's database goes away while the gateway runs and
+    comes back, the control plane itself never restarted: SQLite's file
+    locked by another process (a backup, an operator's shell) or the
+    PostgreSQL server restarted (every connection cut, nothing listening for
+    a while). Meanwhile the gateway serves under the last policy, refuses
+    what needs an approval with 503 `warden.approvals_unavailable`, keeps
+    the sessions it could not deliver; once the database is back, the same
+    control plane process serves again: the policy published before the
+    database's return is installed, the kept sessions arrive once,
+    approvals are asked for again."""
+    database_url = None
+    if backend == "postgres":
+        if shutil.which("pg_config") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+            if os.environ.get("CI") or os.environ.get("WARDEN_REQUIRE_POSTGRES"):
+                pytest.fail("PostgreSQL is not installed: scripts/test.sh installs it")
+            pytest.skip("PostgreSQL not installed (run through `make test`)")
+        # A server of this test's own: restarting the suite's would cut
+        # every other test's. It comes back on the same port.
+        database_url = postgres("start", tmp_path / "pg")
+    try:
+        stack = Stack.start(Ports.free(), tmp_path / "stack", filter_config=control_plane_config(),
+                            database_url=database_url)
+        try:
+            governed = Governed(stack, tmp_path, f"db-{backend}")
+            before = governed.publish("before the fault")
+            wait_until("the gateway to install the published policy",
+                       lambda: governed.enforced_version() == before, timeout=60)
+            counters = stack.counters()
+            lock = None
+            if backend == "sqlite":
+                # Another process holds the write lock: writes fail, reads go on (WAL).
+                lock = sqlite3.connect(tmp_path / "stack" / "warden.db", timeout=30, isolation_level=None)
+                lock.execute("BEGIN EXCLUSIVE")
+            else:
+                postgres("stop", tmp_path / "pg")
+            try:
+                governed.approvals_are_refused_clearly()
+                recorded_id = governed.record_while_broken(counters)
+                version = governed.enforced_version()
+                assert version == before, "the gateway serves under the last policy it installed"
+            finally:
+                if lock is not None:
+                    lock.execute("ROLLBACK")
+                    lock.close()
+                else:
+                    assert postgres("start", tmp_path / "pg") == database_url, "restarted on its port"
+            governed.recovered(governed.publish("once the database is back"), recorded_id)
+            assert stack.control_plane_process is not None and stack.control_plane_process.popen.poll() is None
+        except BaseException:
+            print(stack.dump_logs())
+            raise
+        finally:
+            stack.stop()
+    finally:
+        if database_url is not None:
+            postgres("destroy", tmp_path / "pg")
