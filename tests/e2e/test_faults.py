@@ -11,13 +11,17 @@ comes; nothing here waits on a clock except through `wait_until` polls."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import os
+import select
 import shutil
+import socket
 import sqlite3
 import subprocess
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -270,6 +274,7 @@ class Faulty:
         if healthy:
             self.healthy.set()
         self.asked: collections.Counter[str] = collections.Counter()
+        self.requests = 0
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -295,6 +300,7 @@ class Faulty:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer(self, method: str, path: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
+        self.requests += 1
         if not self.healthy.is_set():
             self.asked[path.split("?")[0]] += 1
             if self.fault == "garbage":
@@ -355,6 +361,98 @@ def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp
             records = marked.records()
             assert {r["decision"] for r in records} <= {"error", "allowed"}, records
             assert records[0]["reason"] == "warden.keys_not_loaded"
+        finally:
+            stack.stop()
+    finally:
+        idp.stop()
+
+
+def token_naming_a_key(issuer: str, kid: str, subject: str) -> str:
+    """A token of `issuer` signed (it claims) by a key its JWKS does not have
+    yet, as after a rotation the gateway has not seen: the gateway fetches
+    the JWKS again before it decides."""
+    def part(value) -> str:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    claims = {"iss": issuer, "sub": subject, "aud": "warden", "iat": int(time.time()), "exp": int(time.time()) + 600}
+    return ".".join([part({"alg": "RS256", "typ": "JWT", "kid": kid}), part(claims), part(b"\x01" * 256)])
+
+
+def test_a_client_that_leaves_while_its_request_waits_for_the_idp_is_forgotten(tmp_path):
+    """A request whose token names a key the gateway does not know waits for
+    the IdP's JWKS; the IdP is slow and the client leaves meanwhile. Nothing
+    goes upstream, the request has one record (Envoy's `DC`), the worker is
+    unharmed when the IdP finally answers, and the next unknown key is
+    fetched again (the fetch the left request started does not hold the
+    issuer's refetch forever)."""
+    ports = Ports.free()
+    idp = Faulty(f"http://127.0.0.1:{ports.control_plane}", "slow", healthy=True)
+    try:
+        issuer = "https://slow-idp.example"
+        cfg = default_filter_config()
+        cfg["authentication"]["issuers"].append(
+            {"issuer": issuer, "audiences": ["warden"],
+             "jwks": {"cluster": "slow_idp", "path": "/dev/jwks.json", "timeout_ms": 30000,
+                      "refresh_seconds": 300, "max_stale_seconds": 3600, "min_refetch_seconds": 1}})
+        stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
+                            extra_clusters={"slow_idp": idp.port})
+        try:
+            marked = Marked(stack, stack.token("sam", ["engineering"], "--issuer", issuer))
+            wait_until("the IdP's keys", lambda: http("POST", f"{stack.gateway_url}{CHAT}",
+                                                      body=request_body(stream=False),
+                                                      headers=marked.headers)[0] == 200)
+            idp.break_()
+            prompt = f"never upstream {uuid.uuid4().hex}"
+            body = json.dumps({**request_body(stream=False),
+                               "messages": [{"role": "user", "content": prompt}]}).encode()
+            left = f"{marked.agent}/left"
+            attempts: list[socket.socket] = []
+
+            def waiting_on_the_idp() -> bool:
+                """Sends the request; true once it waits on the key fetch. (A
+                fetch within min_refetch_seconds of the last is not allowed:
+                then the gateway answers 401 at once, and the test sends it
+                again.)"""
+                sock = socket.create_connection(("127.0.0.1", ports.gateway), timeout=10)
+                attempts.append(sock)
+                sock.sendall(
+                    f"POST {CHAT} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                    f"authorization: Bearer {token_naming_a_key(issuer, 'next-key', 'sam')}\r\n"
+                    f"user-agent: {left}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+                while idp.asked["/dev/jwks.json"] == 0:
+                    if select.select([sock], [], [], 0.05)[0]:
+                        assert b" 401 " in sock.recv(65536).split(b"\r\n")[0]
+                        sock.close()
+                        return False
+                return True
+            wait_until("a request to wait on the IdP's keys", waiting_on_the_idp)
+            answered, waiting = attempts[:-1], attempts[-1]
+            waiting.close()
+            wait_until("the left request's record", lambda: len(marked.records(left)) == len(attempts), timeout=30)
+
+            idp.heal()
+            marked.the_next_request_is_served()
+            records = marked.records(left)
+            assert len(records) == len(attempts), records
+            assert [r["status"] for r in records[:-1]] == [401] * len(answered), records
+            assert "DC" in records[-1]["response_flags"], records
+            assert not any(r["upstream_ms"] for r in records), records  # none went upstream
+            assert prompt not in json.dumps(stack.provider_received())
+
+            # Another unknown key: fetched again and refused once the IdP says it has no such key.
+            asked = idp.requests
+            refused: list[tuple[int, str | None]] = []
+
+            def fetched_and_refused() -> bool:
+                status, headers, _ = http("POST", f"{stack.gateway_url}{CHAT}", body=request_body(stream=False),
+                                          headers={"authorization": f"Bearer {token_naming_a_key(issuer, 'other', 'sam')}"})
+                refused.append((status, headers.get("x-warden-reason")))
+                return idp.requests > asked
+            wait_until("an unknown key to be fetched again", fetched_and_refused, timeout=60)
+            assert {status for status, _ in refused} == {401}, refused
+        except BaseException:
+            print(stack.dump_logs())
+            raise
         finally:
             stack.stop()
     finally:
