@@ -166,6 +166,10 @@ impl Host for FuzzHost {
         );
         self.fail(())
     }
+    fn resume_response(&mut self) -> HostResult<()> {
+        assert!(self.replies == 0, "resumed a response the gateway answered");
+        self.fail(())
+    }
     fn authenticate(
         &mut self,
         config: &FilterConfig,

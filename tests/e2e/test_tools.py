@@ -13,6 +13,7 @@ shapes (what a model's tool call looks like on the wire)."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
 import anthropic
@@ -31,11 +32,16 @@ POLICY = {
         {"name": "destructive-shell", "tools": ["bash", "shell"], "argument": "command",
          "regex": r"\brm\s+-[a-z]*r", "action": "block"},
         {"name": "every-bash", "tools": ["bash"], "action": "log_only"},
+        {"name": "prod-sql", "tools": ["run_sql"], "argument": "query", "keywords": ["production"],
+         "action": "require_approval"},
     ],
+    "approval": {"approvers": ["security"], "timeout_seconds": 60},
 }
 SHELL_TOOL = {"type": "function", "function": {"name": "bash", "parameters": {
     "type": "object", "properties": {"command": {"type": "string"}}}}}
 COMPUTER_TOOL = {"type": "function", "function": {"name": "computer", "parameters": {"type": "object"}}}
+SQL_TOOL = {"type": "function", "function": {"name": "run_sql", "parameters": {
+    "type": "object", "properties": {"query": {"type": "string"}}}}}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +133,71 @@ def test_a_blocked_call_never_reaches_the_client_and_an_allowed_one_arrives_inta
     record = client.record()
     assert record["tools"] == "bash:refused:destructive-shell,bash:allowed"
     assert "destructive-shell:block:1" in record["rules"] and "every-bash:log_only:2" in record["rules"]
+
+
+def answer_in_background(client, prompt: str) -> tuple[threading.Thread, dict]:
+    """The client's request, in a thread: its answer waits at the gateway."""
+    outcome: dict = {}
+
+    def ask():
+        try:
+            outcome["answer"] = client.openai.with_options(timeout=90).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], tools=[SQL_TOOL])
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            outcome["error"] = e
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    return asking, outcome
+
+
+def pending_call_approval(stack, approver: str, query: str) -> dict:
+    found: list[dict] = []
+
+    def listed() -> bool:
+        pending = json.loads(stack.cli("approvals", "list", "--status", "pending", "--json",
+                                       token=approver).stdout)["approvals"]
+        found[:] = [a for a in pending if a["rule"] == "prod-sql" and query in a["masked_prompt"]]
+        return bool(found)
+
+    wait_until("the held call's approval", listed, timeout=30)
+    return found[0]
+
+
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_a_call_a_rule_holds_waits_in_the_answer_for_an_approver(client, verdict):
+    """A call in a model's answer that needs an approval: the answer waits
+    at the gateway (the client has nothing yet) until an approver decides;
+    approved, the call arrives as the model wrote it; denied, the SDK reads
+    an answer without it that says who denied it and why."""
+    bob = client.stack.token("bob", ["security"])
+    query = f"delete from production.sessions where id = '{uuid.uuid4()}'"
+    arguments = json.dumps({"query": query})
+    queue_json(client.stack, chat_answer(("run_sql", arguments)))
+    asking, outcome = answer_in_background(client, "tidy the sessions")
+    try:
+        approval = pending_call_approval(client.stack, bob, query)
+        assert approval["masked_prompt"].startswith("run_sql "), approval
+        assert asking.is_alive() and not outcome, "the answer waits for the decision"
+        if verdict == "approve":
+            client.stack.cli("approvals", "approve", approval["id"], "--reason", "CHG-9", token=bob)
+        else:
+            client.stack.cli("approvals", "deny", approval["id"], "--reason", "not during the freeze", token=bob)
+    finally:
+        asking.join(timeout=90)
+    assert not asking.is_alive() and "error" not in outcome, outcome
+    message = outcome["answer"].choices[0]
+    record = client.record()
+    assert record["approval_id"] == approval["id"]
+    if verdict == "approve":
+        assert [c.function.arguments for c in message.message.tool_calls] == [arguments]
+        assert message.finish_reason == "tool_calls"
+        assert (record["decision"], record["tools"]) == ("approved", "run_sql:approved:prod-sql")
+    else:
+        assert not message.message.tool_calls and message.finish_reason == "stop"
+        assert "denied by bob: not during the freeze" in message.message.content, message.message.content
+        assert query not in message.message.content
+        assert (record["decision"], record["tools"]) == ("masked", "run_sql:refused:prod-sql")
 
 
 def test_an_anthropic_call_to_a_denied_tool_ends_the_turn_instead(client):

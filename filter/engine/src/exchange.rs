@@ -125,6 +125,8 @@ pub trait Host {
     fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()>;
     /// Lets a paused request go on (after an answer to a call).
     fn resume_request(&mut self) -> HostResult<()>;
+    /// Lets a paused response go on (after an answer to a call).
+    fn resume_response(&mut self) -> HostResult<()>;
 
     /// Verifies the request's token with the keys and cache the worker holds.
     fn authenticate(
@@ -288,9 +290,30 @@ enum Response {
     },
     /// An MCP server's event stream, inspected message by message.
     RpcStream(Box<mcp::MessageStream>),
+    /// A whole answer with tool calls that wait for approvals: held (Envoy
+    /// buffers it, headers too) while the control plane decides each call
+    /// in turn, then sent with the calls let through or replaced.
+    HoldingCalls(Box<CallHold>),
     /// A stream the filter ended early (a chunk it could not read, or one
     /// ended with trailers): later chunks are dropped.
     Closed,
+}
+
+/// A whole answer held while its tool calls wait for approvals.
+struct CallHold {
+    shape: Shape,
+    /// The answer as the client would get it, its calls not yet replaced.
+    doc: Value,
+    /// The body's bytes Envoy holds.
+    size: usize,
+    /// Calls to replace once every held call is decided, with their sentences.
+    refused: Vec<(crate::inspect::tools::CallAt, String)>,
+    /// The held calls not yet decided; the first is the one asked about.
+    held: std::collections::VecDeque<calls::HeldCall>,
+    entries: Vec<ToolEntry>,
+    /// The first held call's approval, and its call in flight.
+    flow: Option<(Box<ApprovalFlow>, u32)>,
+    approved: bool,
 }
 
 /// What the audit trail says of the exchange: filled as things become
@@ -541,6 +564,35 @@ impl Exchange {
     /// The answer to a call this exchange made (keys, approvals) arrived;
     /// a request that may now go on is resumed.
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        if let Phase::Forwarded {
+            response: response @ Response::HoldingCalls(_),
+            ..
+        } = &mut self.phase
+        {
+            let Response::HoldingCalls(mut hold) = std::mem::replace(response, Response::Pass)
+            else {
+                return;
+            };
+            let Some((flow, call)) = hold.flow.take() else {
+                *response = Response::HoldingCalls(hold);
+                return;
+            };
+            if call != token {
+                hold.flow = Some((flow, call));
+                *response = Response::HoldingCalls(hold);
+                return;
+            }
+            let (status, body) = host.call_response(body_size);
+            if self.on_call_approval_answer(host, hold, flow, status, &body) == Flow::Continue {
+                if let Err(e) = host.resume_response() {
+                    host.log(
+                        Level::Error,
+                        &format!("warden: cannot resume a response: {}", e.0),
+                    );
+                }
+            }
+            return;
+        }
         let flow = match std::mem::replace(&mut self.phase, Phase::Answered) {
             Phase::AwaitingApproval {
                 authorized,
@@ -626,6 +678,12 @@ impl Exchange {
         };
         match std::mem::replace(response, Response::Pass) {
             Response::Awaited | Response::Pass => Flow::Continue,
+            Response::HoldingCalls(hold) => {
+                // The answer ended before its calls were held; nothing
+                // more can come. Kept held.
+                *response = Response::HoldingCalls(hold);
+                Flow::Pause
+            }
             Response::Closed => {
                 // The rest of a stream that was ended: dropped, not passed.
                 let _ = host.set_response_body(size, &[]);
@@ -714,6 +772,10 @@ impl Exchange {
         };
         match std::mem::replace(response, Response::Closed) {
             Response::Awaited | Response::Pass | Response::Closed => Flow::Continue,
+            Response::HoldingCalls(hold) => {
+                *response = Response::HoldingCalls(hold);
+                Flow::Pause
+            }
             Response::Whole {
                 kind,
                 active,
@@ -767,6 +829,12 @@ impl Exchange {
                     self.end_stream(host, &rewriter, &text, &calls)
                 }
                 Response::RpcStream(mut stream) => self.end_rpc_stream(host, &mut stream),
+                Response::HoldingCalls(hold) => {
+                    // Nothing of the answer went out: the held calls were
+                    // never decided for anyone.
+                    self.record_tools(host, hold.entries);
+                    self.set_decision(host, Decision::Undecided);
+                }
                 _ => {}
             }
         }
@@ -1530,13 +1598,27 @@ impl Exchange {
         };
         let record = policy.record == Record::Masked;
         let mut calls = calls::Calls::default();
+        // Calls that need an approval are held for one where a control
+        // plane can give it; the answer as the client would get it is kept.
+        let can_hold = config.control_plane.is_some();
+        let mut held_doc = None;
         let inspected = match kind {
             WholeBody::Json => {
                 let mut judge = |doc: &mut Value| {
                     if !governs_calls {
                         return false;
                     }
-                    calls = calls::govern_calls(&policy, &identity, model.as_deref(), shape, doc);
+                    calls = calls::govern_calls(
+                        &policy,
+                        &identity,
+                        model.as_deref(),
+                        shape,
+                        doc,
+                        can_hold,
+                    );
+                    if !calls.held.is_empty() {
+                        held_doc = Some(doc.clone());
+                    }
                     calls.changed
                 };
                 inspect_json_then(
@@ -1561,8 +1643,10 @@ impl Exchange {
             ),
         };
         let calls_changed = calls.changed;
-        self.record_outcome(host, calls.outcome);
-        self.record_tools(host, calls.entries);
+        self.record_outcome(host, std::mem::take(&mut calls.outcome));
+        if calls.held.is_empty() {
+            self.record_tools(host, std::mem::take(&mut calls.entries));
+        }
         if calls_changed && self.audit.decision == Decision::Allowed {
             self.set_decision(host, Decision::Masked);
         }
@@ -1589,6 +1673,19 @@ impl Exchange {
             );
             return self.block_response(host, api, Reason::Blocked);
         }
+        if let Some(doc) = held_doc {
+            let hold = Box::new(CallHold {
+                shape,
+                doc,
+                size,
+                refused: calls.refused,
+                held: calls.held.into(),
+                entries: calls.entries,
+                flow: None,
+                approved: false,
+            });
+            return self.ask_call_approval(host, hold);
+        }
         if let Some(new_body) = inspected.body {
             if host.set_response_body(size, &new_body).is_err() {
                 return self.block_response(host, api, Reason::ResponseUninspectable);
@@ -1598,6 +1695,251 @@ impl Exchange {
                 Some(new_body.len().to_string().as_bytes()),
             );
         }
+        Flow::Continue
+    }
+
+    /// Asks for the approval of the first held call of a whole answer
+    /// (the answer stays held), or, once none is left, sends the answer.
+    fn ask_call_approval(&mut self, host: &mut dyn Host, mut hold: Box<CallHold>) -> Flow {
+        loop {
+            let Some(held) = hold.held.front() else {
+                return self.release_calls(host, *hold);
+            };
+            self.audit.asked_approval = true;
+            let started = self.start_call_flow(host, held);
+            let (flow, call) = match started {
+                Ok(started) => started,
+                Err(why) => {
+                    self.settle_held_call(&mut hold, Err(why));
+                    continue;
+                }
+            };
+            match self.dispatch_approval_call(host, &call) {
+                Some(token) => {
+                    hold.flow = Some((flow, token));
+                    if let Phase::Forwarded { response, .. } = &mut self.phase {
+                        *response = Response::HoldingCalls(hold);
+                    }
+                    return Flow::Pause;
+                }
+                None => {
+                    let mut flow = flow;
+                    let next = flow.on_answer(None, &[], host.now_millis());
+                    if let Some(flow) = self.after_call_answer(host, &mut hold, flow, next) {
+                        hold.flow = Some(flow);
+                        if let Phase::Forwarded { response, .. } = &mut self.phase {
+                            *response = Response::HoldingCalls(hold);
+                        }
+                        return Flow::Pause;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The approval request for a held call: bound to the call, shown to
+    /// approvers masked by the policy's rules.
+    fn start_call_flow(
+        &mut self,
+        host: &mut dyn Host,
+        held: &calls::HeldCall,
+    ) -> Result<(Box<ApprovalFlow>, Call), String> {
+        let Phase::Forwarded { authorized, .. } = &self.phase else {
+            return Err("the exchange is over".into());
+        };
+        let request = &authorized.request;
+        let (Some(policy), Some(cp)) = (&request.policy, request.config.control_plane.as_ref())
+        else {
+            return Err("no control plane is configured".into());
+        };
+        let Some(spec) = policy
+            .rules
+            .iter()
+            .find(|r| r.name == held.rule)
+            .map(|r| &r.approval)
+        else {
+            return Err("the rule is not in the policy".into());
+        };
+        let binding = held.binding();
+        // What approvers read passes the rules again, so a value the
+        // answer carries back to its client (tokenized) is never shown.
+        let mut shown = binding.clone();
+        let active = policy.active_rules(
+            &authorized.identity,
+            request.provider_name(),
+            authorized.model.as_deref(),
+            Direction::Response,
+        );
+        let _ = crate::inspect::apply::inspect_value(
+            policy,
+            &active,
+            Direction::Response,
+            &mut shown,
+            &mut Vault::default(),
+            &request.config.hash_key,
+        );
+        let ask = ApprovalRequest::new(
+            &authorized.identity,
+            request.provider_name(),
+            authorized.model.as_deref(),
+            &self.audit.route,
+            &held.rule,
+            spec,
+            policy.published_version,
+            crate::protocol::canonical_sha256(&binding),
+            format!(
+                "{} {}",
+                held.tool,
+                crate::protocol::canonical_json(shown.get("arguments").unwrap_or(&Value::Null))
+            ),
+        );
+        let (flow, call) = ApprovalFlow::start(
+            request.api,
+            &ask,
+            spec.timeout_seconds,
+            cp.timeout_ms,
+            host.now_millis(),
+        );
+        Ok((Box::new(flow.for_call(&held.tool)), call))
+    }
+
+    /// Sends a call of an approval flow; its token, or None if it could
+    /// not be sent.
+    fn dispatch_approval_call(&mut self, host: &mut dyn Host, call: &Call) -> Option<u32> {
+        let Phase::Forwarded { authorized, .. } = &self.phase else {
+            return None;
+        };
+        let config = authorized.request.config.clone();
+        let cp = config.control_plane.as_ref()?;
+        match host.dispatch(
+            &cp.cluster,
+            cp.headers(call.method, &call.path),
+            call.body.as_deref(),
+            call.timeout_ms,
+        ) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                host.log(
+                    Level::Warn,
+                    &format!(
+                        "warden: cannot call the control plane for an approval: {}",
+                        e.0
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The control plane answered about a held call.
+    fn on_call_approval_answer(
+        &mut self,
+        host: &mut dyn Host,
+        mut hold: Box<CallHold>,
+        mut flow: Box<ApprovalFlow>,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Flow {
+        let next = flow.on_answer(status, body, host.now_millis());
+        if let Some(flow) = self.after_call_answer(host, &mut hold, flow, next) {
+            hold.flow = Some(flow);
+            if let Phase::Forwarded { response, .. } = &mut self.phase {
+                *response = Response::HoldingCalls(hold);
+            }
+            return Flow::Pause;
+        }
+        self.ask_call_approval(host, hold)
+    }
+
+    /// What an approval flow's next step means for the held call: another
+    /// call in flight (returned), or the call decided.
+    fn after_call_answer(
+        &mut self,
+        host: &mut dyn Host,
+        hold: &mut CallHold,
+        mut flow: Box<ApprovalFlow>,
+        mut next: Next,
+    ) -> Option<(Box<ApprovalFlow>, u32)> {
+        loop {
+            if let Some(id) = flow.approval_id() {
+                host.set_filter_state(state::APPROVAL_ID, id.as_bytes());
+                self.audit.approval_id = Some(id.to_owned());
+            }
+            match next {
+                Next::Call(call) => match self.dispatch_approval_call(host, &call) {
+                    Some(token) => return Some((flow, token)),
+                    None => next = flow.on_answer(None, &[], host.now_millis()),
+                },
+                Next::Forward { .. } => {
+                    self.settle_held_call(hold, Ok(()));
+                    return None;
+                }
+                Next::Reply { rejection, .. } => {
+                    self.settle_held_call(hold, Err(rejection.error.message));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The first held call decided: let through, or replaced by a sentence
+    /// that says why not.
+    fn settle_held_call(&mut self, hold: &mut CallHold, decided: Result<(), String>) {
+        let Some(held) = hold.held.pop_front() else {
+            return;
+        };
+        let decision = match decided {
+            Ok(()) => {
+                hold.approved = true;
+                calls::ToolDecision::Approved
+            }
+            Err(why) => {
+                hold.refused
+                    .push((held.at, calls::held_text(&held.tool, &held.rule, &why)));
+                calls::ToolDecision::Refused
+            }
+        };
+        if let Some(entry) = hold.entries.get_mut(held.entry) {
+            entry.decision = decision;
+        }
+    }
+
+    /// Every held call is decided: the answer goes out with the refused
+    /// calls replaced.
+    fn release_calls(&mut self, host: &mut dyn Host, hold: CallHold) -> Flow {
+        let api = self.api();
+        let CallHold {
+            shape,
+            mut doc,
+            size,
+            refused,
+            entries,
+            approved,
+            ..
+        } = hold;
+        if let Phase::Forwarded { response, .. } = &mut self.phase {
+            *response = Response::Pass;
+        }
+        self.record_tools(host, entries);
+        if !refused.is_empty() {
+            crate::inspect::tools::refuse_calls(shape, &mut doc, &refused);
+            if let Some(recorded) = self.audit.recorded_response.as_mut() {
+                crate::inspect::tools::refuse_calls(shape, recorded, &refused);
+            }
+        }
+        let body = crate::inspect::body::to_json(&doc);
+        if host.set_response_body(size, &body).is_err() {
+            return self.block_response(host, api, Reason::ResponseUninspectable);
+        }
+        let _ = host.set_response_header("content-length", Some(body.len().to_string().as_bytes()));
+        let decision = if !refused.is_empty() {
+            Decision::Masked
+        } else if approved {
+            Decision::Approved
+        } else {
+            self.audit.decision
+        };
+        self.set_decision(host, decision);
         Flow::Continue
     }
 

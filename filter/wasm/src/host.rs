@@ -83,6 +83,10 @@ pub fn resume_request() -> HostResult<()> {
     hostcalls::resume_http_request()
 }
 
+pub fn resume_response() -> HostResult<()> {
+    hostcalls::resume_http_response()
+}
+
 pub fn plugin_configuration() -> HostResult<Option<Vec<u8>>> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
 }

@@ -113,6 +113,10 @@ impl Host for HostCalls<'_> {
         host::resume_request().map_err(failed)
     }
 
+    fn resume_response(&mut self) -> HostResult<()> {
+        host::resume_response().map_err(failed)
+    }
+
     fn authenticate(
         &mut self,
         config: &FilterConfig,

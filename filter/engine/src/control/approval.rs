@@ -106,6 +106,8 @@ pub struct ApprovalFlow {
     stage: Stage,
     id: Option<String>,
     binding: ApprovalBinding,
+    /// The tool whose call in a model's answer waits (None: the request).
+    call: Option<String>,
 }
 
 impl ApprovalFlow {
@@ -129,6 +131,7 @@ impl ApprovalFlow {
             stage: Stage::Create,
             id: None,
             binding,
+            call: None,
         };
         let call = Call {
             method: "POST",
@@ -137,6 +140,21 @@ impl ApprovalFlow {
             timeout_ms: call_timeout_ms,
         };
         (flow, call)
+    }
+
+    /// The flow of a tool call in a model's answer, rather than of the
+    /// request: its messages speak of the call.
+    pub fn for_call(mut self, tool: &str) -> Self {
+        self.call = Some(tool.to_owned());
+        self
+    }
+
+    /// What waits: "this request" or "the call to tool 'x'".
+    fn what(&self) -> String {
+        match &self.call {
+            Some(tool) => format!("the call to tool '{tool}'"),
+            None => "this request".to_owned(),
+        }
     }
 
     pub fn approval_id(&self) -> Option<&str> {
@@ -187,9 +205,15 @@ impl ApprovalFlow {
             ApprovalStatus::Pending => match self.mode {
                 ApprovalMode::Ticket => {
                     let url = answer.url.map(|u| format!(" at {u}")).unwrap_or_default();
+                    let again = match self.call {
+                        Some(_) => "Once it is approved, the same call passes once.",
+                        None => "Send the same request again once it is approved.",
+                    };
                     let message = format!(
-                        "this request needs an approval under rule '{}': approval {} is pending; an approver can decide it{url}. Send the same request again once it is approved.",
-                        self.rule, answer.id
+                        "{} needs an approval under rule '{}': approval {} is pending; an approver can decide it{url}. {again}",
+                        self.what(),
+                        self.rule,
+                        answer.id
                     );
                     self.refuse(Reason::ApprovalPending, message)
                 }
@@ -227,8 +251,12 @@ impl ApprovalFlow {
             return self.unavailable("no approval id");
         };
         if remaining < 50 {
+            let again = match self.call {
+                Some(_) => "ask an approver, then ask for the same call again",
+                None => "ask an approver and send the request again",
+            };
             let message = format!(
-                "approval {id} for rule '{}' was not decided within {} s; ask an approver and send the request again",
+                "approval {id} for rule '{}' was not decided within {} s; {again}",
                 self.rule, self.hold_seconds
             );
             return self.refuse(Reason::ApprovalTimeout, message);
@@ -276,8 +304,13 @@ impl ApprovalFlow {
                 ErrorKind::Unavailable,
                 Reason::ApprovalsUnavailable,
                 format!(
-                    "this request needs an approval under rule '{}', and the gateway cannot reach its control plane ({why}); nothing was sent",
-                    self.rule
+                    "{} needs an approval under rule '{}', and the gateway cannot reach its control plane ({why}); {}",
+                    self.what(),
+                    self.rule,
+                    match self.call {
+                        Some(_) => "the call was withheld",
+                        None => "nothing was sent",
+                    }
                 ),
             ),
             approval_id: self.id.clone(),

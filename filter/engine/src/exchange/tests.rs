@@ -90,6 +90,7 @@ struct FakeHost {
     response_header_edits: Vec<(String, Option<Vec<u8>>)>,
     dispatched: Vec<(String, Option<Vec<u8>>)>,
     resumed: u32,
+    responses_resumed: u32,
     trailers_cleared: bool,
     /// Dropping the request's trailers fails (a host error).
     trailers_fail: bool,
@@ -129,6 +130,7 @@ impl FakeHost {
             response_header_edits: Vec::new(),
             dispatched: Vec::new(),
             resumed: 0,
+            responses_resumed: 0,
             trailers_cleared: false,
             trailers_fail: false,
         }
@@ -211,6 +213,10 @@ impl Host for FakeHost {
     }
     fn resume_request(&mut self) -> HostResult<()> {
         self.resumed += 1;
+        Ok(())
+    }
+    fn resume_response(&mut self) -> HostResult<()> {
+        self.responses_resumed += 1;
         Ok(())
     }
     fn authenticate(
@@ -945,4 +951,5 @@ fn the_gateways_own_answer_is_not_inspected_again() {
     );
 }
 
+mod held_calls;
 mod mcp;

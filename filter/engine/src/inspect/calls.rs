@@ -18,7 +18,9 @@ use serde_json::Value;
 use super::apply::Outcome;
 use super::body::Shape;
 use super::sse::{CallJudge, StreamedCall, Verdict};
-use super::tools::{offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice, Choice};
+use super::tools::{
+    offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice, CallAt, Choice,
+};
 use crate::auth::Identity;
 use crate::inspect::mask::Action;
 use crate::policy::{Policy, ToolAccess};
@@ -43,6 +45,8 @@ pub enum ToolDecision {
     Refused,
     /// A call that waits for a human's decision.
     Held,
+    /// A held call let through once an approver said yes.
+    Approved,
     /// What the policy would have done, in observe mode: nothing changed.
     WouldRemove,
     WouldRefuse,
@@ -55,6 +59,7 @@ impl ToolDecision {
             ToolDecision::Allowed => "allowed",
             ToolDecision::Refused => "refused",
             ToolDecision::Held => "held",
+            ToolDecision::Approved => "approved",
             ToolDecision::WouldRemove => "observe:removed",
             ToolDecision::WouldRefuse => "observe:refused",
         }
@@ -147,6 +152,39 @@ pub struct Calls {
     pub entries: Vec<ToolEntry>,
     /// Whether a call was replaced (the body changed).
     pub changed: bool,
+    /// Calls that wait for approvals (only where the caller can hold an
+    /// answer): then nothing is replaced yet, and `refused` says what to
+    /// replace once they are decided.
+    pub held: Vec<HeldCall>,
+    pub refused: Vec<(CallAt, String)>,
+}
+
+/// A call of a whole answer that waits for a human's decision, as the
+/// client would get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldCall {
+    pub at: CallAt,
+    pub tool: String,
+    /// The rule that asks for the approval.
+    pub rule: String,
+    pub arguments: Value,
+    /// Its entry in [`Calls::entries`].
+    pub entry: usize,
+}
+
+impl HeldCall {
+    /// What an approval of this call is bound to: the tool and the
+    /// arguments the agent would run, nothing else of the answer (so the
+    /// same call in a later answer matches a ticket, and another does not).
+    pub fn binding(&self) -> Value {
+        serde_json::json!({"tool": self.tool, "arguments": self.arguments})
+    }
+}
+
+/// The sentence that stands where a held call was, when it was not let
+/// through (`why`: the approval's own explanation).
+pub fn held_text(tool: &str, rule: &str, why: &str) -> String {
+    format!("[warden] The call to tool '{tool}' was withheld by the gateway's policy (rule '{rule}'): {why}")
 }
 
 /// The sentence that stands where a refused call was.
@@ -215,8 +253,24 @@ pub fn decide_call(
 /// The policy on one call whose arguments the client may read in several
 /// forms (a stream's fragments joined, and the copy its last event repeats):
 /// each form judged, the worst decision standing. A call that needs an
-/// approval is refused: an answer is not held for one yet (fail closed).
+/// approval is refused: a stream is not held for one (fail closed).
 pub fn settle_call(
+    policy: &Policy,
+    identity: &Identity,
+    model: Option<&str>,
+    tool: &str,
+    forms: &[Value],
+) -> CallDecision {
+    let mut decided = worst_decision(policy, identity, model, tool, forms);
+    if decided.entry.decision == ToolDecision::Held {
+        decided.entry.decision = ToolDecision::Refused;
+    }
+    decided
+}
+
+/// Each form of a call's arguments judged; the first of the most severe
+/// decisions.
+fn worst_decision(
     policy: &Policy,
     identity: &Identity,
     model: Option<&str>,
@@ -235,50 +289,55 @@ pub fn settle_call(
     let first = decisions
         .next()
         .unwrap_or_else(|| decide_call(policy, identity, model, tool, &Value::Null));
-    // The first of the most severe.
-    let mut decided = decisions.fold(first, |worst, d| {
+    decisions.fold(first, |worst, d| {
         if severity(&d) > severity(&worst) {
             d
         } else {
             worst
         }
-    });
-    if decided.entry.decision == ToolDecision::Held {
-        decided.entry.decision = ToolDecision::Refused;
-    }
-    decided
+    })
 }
 
-/// The policy on every call of a whole answer: each judged
-/// ([`settle_call`]), refused ones replaced ([`refuse_calls`]).
+/// The policy on every call of a whole answer: each judged, refused ones
+/// replaced ([`refuse_calls`]). With `can_hold` (the exchange can hold the
+/// answer while approvers decide), calls that need an approval are kept
+/// in [`Calls::held`] and nothing is replaced yet; without, they are
+/// refused.
 pub fn govern_calls(
     policy: &Policy,
     identity: &Identity,
     model: Option<&str>,
     shape: Shape,
     doc: &mut Value,
+    can_hold: bool,
 ) -> Calls {
     let mut calls = Calls::default();
-    let mut refused = Vec::new();
     for call in tool_calls(shape, doc) {
-        let decided = settle_call(
-            policy,
-            identity,
-            model,
-            &call.name,
-            std::slice::from_ref(&call.arguments),
-        );
-        if decided.entry.decision == ToolDecision::Refused {
-            refused.push((
+        let forms = std::slice::from_ref(&call.arguments);
+        let decided = if can_hold {
+            worst_decision(policy, identity, model, &call.name, forms)
+        } else {
+            settle_call(policy, identity, model, &call.name, forms)
+        };
+        match decided.entry.decision {
+            ToolDecision::Refused => calls.refused.push((
                 call.at,
                 refusal_text(&call.name, decided.entry.rule.as_deref()),
-            ));
+            )),
+            ToolDecision::Held => calls.held.push(HeldCall {
+                at: call.at,
+                rule: decided.entry.rule.clone().unwrap_or_default(),
+                tool: call.name,
+                arguments: call.arguments,
+                entry: calls.entries.len(),
+            }),
+            _ => {}
         }
         calls.outcome.merge(decided.outcome);
         calls.entries.push(decided.entry);
     }
-    if !refused.is_empty() {
-        refuse_calls(shape, doc, &refused);
+    if calls.held.is_empty() && !calls.refused.is_empty() {
+        refuse_calls(shape, doc, &std::mem::take(&mut calls.refused));
         calls.changed = true;
     }
     calls
@@ -409,7 +468,7 @@ rules:
             {"type": "tool_use", "id": "a", "name": "bash", "input": {"command": "rm -rf /srv"}},
             {"type": "tool_use", "id": "b", "name": "bash", "input": {"command": "ls"}},
             {"type": "tool_use", "id": "c", "name": "computer", "input": {"action": "screenshot"}}]});
-        let calls = govern_calls(&p, &eng, None, Shape::AnthropicMessages, &mut doc);
+        let calls = govern_calls(&p, &eng, None, Shape::AnthropicMessages, &mut doc, false);
         assert!(calls.changed);
         assert_eq!(
             summary(&calls.entries),
@@ -432,14 +491,14 @@ rules:
         // An approval cannot be waited for here: refused, naming its rule.
         let mut sql = json!({"output": [{"type": "function_call", "name": "sql",
             "arguments": "{\"query\": \"delete from production.users\"}"}]});
-        let calls = govern_calls(&p, &eng, None, Shape::OpenAiResponses, &mut sql);
+        let calls = govern_calls(&p, &eng, None, Shape::OpenAiResponses, &mut sql, false);
         assert_eq!(summary(&calls.entries), "sql:refused:prod-sql");
         assert_eq!(sql["output"][0]["type"], "message");
 
         let mut fine = json!({"choices": [{"message": {"tool_calls": [
             {"type": "function", "function": {"name": "sql", "arguments": "{\"query\": \"select 1\"}"}}]}}]});
         let before = fine.clone();
-        let calls = govern_calls(&p, &eng, None, Shape::OpenAiChat, &mut fine);
+        let calls = govern_calls(&p, &eng, None, Shape::OpenAiChat, &mut fine, false);
         assert!(!calls.changed);
         assert_eq!(fine, before);
         assert_eq!(summary(&calls.entries), "sql:allowed");
@@ -453,7 +512,7 @@ rules:
             {"type": "tool_use", "name": "bash", "input": {"command": "rm -rf /"}},
             {"type": "tool_use", "name": "computer", "input": {}}]});
         let before = doc.clone();
-        let calls = govern_calls(&p, &eng, None, Shape::AnthropicMessages, &mut doc);
+        let calls = govern_calls(&p, &eng, None, Shape::AnthropicMessages, &mut doc, false);
         assert_eq!(doc, before);
         assert_eq!(
             summary(&calls.entries),

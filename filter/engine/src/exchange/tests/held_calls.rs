@@ -1,0 +1,294 @@
+//! A model's tool call that a rule holds for an approval, in a whole
+//! answer: the answer waits (Envoy holds it) while the control plane
+//! decides, then goes out with the call let through (approved) or replaced
+//! by a sentence that says why not (denied, pending ticket, unreachable
+//! control plane); a client that leaves meanwhile gets nothing.
+
+use super::*;
+use crate::testing::test;
+
+const TOOL_POLICY: &str = r#"
+version: 1
+groups: {engineering: {models: ["gpt-4o*"]}}
+approval: {approvers: [security]}
+rules:
+  - {name: pii, detect: email, action: mask}
+  - {name: prod-sql, tools: [run_sql], argument: query, keywords: [production], action: require_approval}
+  - name: prod-ticket
+    tools: [deploy]
+    action: require_approval
+    approval: {mode: ticket}
+  - {name: destructive, tools: [bash], argument: command, regex: 'rm\s+-rf', action: block}
+"#;
+
+fn tool_policy() -> Rc<Policy> {
+    Rc::new(Policy::from_bytes(format!("{TOOL_POLICY}record: masked\n").as_bytes()).unwrap())
+}
+
+fn call(name: &str, arguments: serde_json::Value) -> serde_json::Value {
+    json!({"id": format!("call_{name}"), "type": "function",
+           "function": {"name": name, "arguments": arguments.to_string()}})
+}
+
+fn answer(calls: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": null, "tool_calls": calls},
+        "finish_reason": "tool_calls"}]})
+}
+
+/// The request forwarded and the answer read to its end; the flow the
+/// answer's last chunk got.
+fn answered(config: &Rc<FilterConfig>, body: &serde_json::Value) -> (FakeHost, Exchange, Flow) {
+    let policy = tool_policy();
+    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("clean up"));
+    host.response_headers = vec![("content-type".into(), "application/json".into())];
+    let mut ex = Exchange::new();
+    assert_eq!(send(&mut host, &mut ex, config, &policy), Flow::Continue);
+    assert_eq!(ex.on_response_headers(&mut host, false), Flow::Pause);
+    let bytes = body.to_string().into_bytes();
+    let size = bytes.len();
+    host.response_chunk = Ok(bytes);
+    let flow = ex.on_response_body(&mut host, size, true);
+    (host, ex, flow)
+}
+
+/// Answers the call in flight.
+fn answer_call(host: &mut FakeHost, ex: &mut Exchange, status: u32, body: serde_json::Value) {
+    let call = host.next_call;
+    host.call_answers
+        .insert(call, (Some(status), body.to_string().into_bytes()));
+    ex.on_call_response(host, call, 0);
+}
+
+fn sent(host: &FakeHost) -> serde_json::Value {
+    serde_json::from_slice(host.response_body_out.last().expect("the answer went out")).unwrap()
+}
+
+const PROD: &str = "delete from production.users where email = 'jane@example.com'";
+
+#[test]
+fn a_held_call_waits_for_the_approver_and_goes_out_as_the_model_wrote_it() {
+    let config = config(true);
+    let body = answer(vec![
+        call("run_sql", json!({"query": PROD})),
+        call("list", json!({})),
+    ]);
+    let (mut host, mut ex, flow) = answered(&config, &body);
+    assert_eq!(flow, Flow::Pause, "the answer is held");
+    assert!(host.response_body_out.is_empty());
+    let (path, ask) = &host.dispatched[0];
+    assert_eq!(path, "/v1/approvals");
+    let ask: serde_json::Value = serde_json::from_slice(ask.as_ref().unwrap()).unwrap();
+    assert_eq!(ask["rule"], "prod-sql");
+    let shown = ask["masked_prompt"].as_str().unwrap();
+    assert!(
+        shown.starts_with("run_sql ") && shown.contains("production.users"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("jane@example.com"),
+        "approvers see the call masked: {shown}"
+    );
+
+    answer_call(
+        &mut host,
+        &mut ex,
+        201,
+        json!({"id": "apr_7", "status": "pending", "consumed": false}),
+    );
+    assert!(host.dispatched[1].0.starts_with("/v1/approvals/apr_7/wait"));
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_7", "status": "approved", "consumed": false}),
+    );
+    assert!(host.dispatched[2].0.ends_with("/consume"));
+    assert_eq!(host.responses_resumed, 0);
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_7", "status": "consumed", "consumed": true}),
+    );
+    assert_eq!(host.responses_resumed, 1);
+    let out = sent(&host);
+    let calls = out["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap();
+    assert_eq!(calls.len(), 2);
+    let arguments: serde_json::Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        arguments["query"],
+        PROD.replace("jane@example.com", "[EMAIL]")
+    );
+    assert_eq!(ex.decision(), Decision::Approved);
+    assert_eq!(host.state(state::APPROVAL_ID), "apr_7");
+    assert_eq!(
+        host.state(state::TOOLS),
+        "run_sql:approved:prod-sql,list:allowed"
+    );
+    let content_length = host
+        .response_header_edits
+        .iter()
+        .rfind(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(
+        content_length,
+        host.response_body_out
+            .last()
+            .unwrap()
+            .len()
+            .to_string()
+            .into_bytes()
+    );
+    ex.finish(&mut host);
+    assert_eq!(host.counters.get("warden.approvals.approved"), Some(&1));
+    assert_eq!(host.counters.get("warden.tools.approved"), Some(&1));
+}
+
+#[test]
+fn a_denied_or_unanswered_held_call_is_replaced_and_the_rest_of_the_answer_kept() {
+    let config = config(true);
+    let body = answer(vec![
+        call("bash", json!({"command": "rm -rf /srv"})),
+        call("run_sql", json!({"query": PROD})),
+        call("list", json!({})),
+    ]);
+    let (mut host, mut ex, flow) = answered(&config, &body);
+    assert_eq!(flow, Flow::Pause);
+    answer_call(
+        &mut host,
+        &mut ex,
+        201,
+        json!({"id": "apr_8", "status": "denied", "consumed": false,
+        "decided_by": "bob", "reason": "not on a Friday"}),
+    );
+    assert_eq!(host.responses_resumed, 1);
+    let out = sent(&host);
+    let message = &out["choices"][0]["message"];
+    assert_eq!(message["tool_calls"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "list");
+    let text = message["content"].as_str().unwrap();
+    assert!(
+        text.contains("'bash'") && text.contains("'destructive'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("'run_sql'") && text.contains("denied by bob: not on a Friday"),
+        "{text}"
+    );
+    assert!(!out.to_string().contains("production.users") && !out.to_string().contains("rm -rf"));
+    assert_eq!(ex.decision(), Decision::Masked);
+    assert_eq!(
+        host.state(state::TOOLS),
+        "bash:refused:destructive,run_sql:refused:prod-sql,list:allowed"
+    );
+    let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
+    assert!(
+        !record.to_string().contains("production.users"),
+        "the record is what the client got"
+    );
+
+    // The control plane does not answer: withheld, saying so.
+    let body = answer(vec![call("run_sql", json!({"query": PROD}))]);
+    let (mut host, mut ex, _) = answered(&config, &body);
+    let call_token = host.next_call;
+    ex.on_call_response(&mut host, call_token, 0);
+    let out = sent(&host);
+    let text = out["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        text.contains("cannot reach its control plane") && text.contains("withheld"),
+        "{text}"
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    assert_eq!(host.responses_resumed, 1);
+}
+
+#[test]
+fn a_ticket_call_is_replaced_by_its_pending_approval_and_passes_once_approved() {
+    let config = config(true);
+    let body = answer(vec![call("deploy", json!({"service": "billing"}))]);
+    let (mut host, mut ex, _) = answered(&config, &body);
+    answer_call(
+        &mut host,
+        &mut ex,
+        201,
+        json!({"id": "apr_9", "status": "pending", "consumed": false}),
+    );
+    let out = sent(&host);
+    let text = out["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        text.contains("apr_9") && text.contains("the same call passes once"),
+        "{text}"
+    );
+    assert_eq!(host.dispatched.len(), 1, "a ticket does not wait");
+
+    // The same call in a later answer: the approval found approved is used.
+    let (mut again, mut ex2, _) = answered(&config, &body);
+    let (_, first) = &host.dispatched[0];
+    let (_, second) = &again.dispatched[0];
+    let binding = |b: &Option<Vec<u8>>| {
+        serde_json::from_slice::<serde_json::Value>(b.as_ref().unwrap()).unwrap()["body_sha256"]
+            .clone()
+    };
+    assert_eq!(
+        binding(first),
+        binding(second),
+        "bound to the call, not the answer"
+    );
+    answer_call(
+        &mut again,
+        &mut ex2,
+        200,
+        json!({"id": "apr_9", "status": "consumed", "consumed": true}),
+    );
+    let out = sent(&again);
+    assert_eq!(
+        out["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "deploy"
+    );
+    assert_eq!(ex2.decision(), Decision::Approved);
+
+    // Another call is another approval.
+    let other = answer(vec![call("deploy", json!({"service": "search"}))]);
+    let (third, _, _) = answered(&config, &other);
+    assert_ne!(binding(first), binding(&third.dispatched[0].1));
+}
+
+#[test]
+fn a_client_that_leaves_while_a_call_is_held_gets_nothing() {
+    let config = config(true);
+    let body = answer(vec![call("run_sql", json!({"query": PROD}))]);
+    let (mut host, mut ex, _) = answered(&config, &body);
+    let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
+    assert_eq!(record["decision"], "undecided");
+    assert!(host.response_body_out.is_empty());
+    assert_eq!(host.state(state::TOOLS), "run_sql:held:prod-sql");
+    // The control plane's late answer changes nothing.
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_1", "status": "approved", "consumed": false}),
+    );
+    assert!(host.response_body_out.is_empty());
+    assert_eq!(host.responses_resumed, 0);
+}
+
+#[test]
+fn without_a_control_plane_a_held_call_is_refused_at_once() {
+    let config = config(false);
+    let body = answer(vec![call("run_sql", json!({"query": PROD}))]);
+    let (host, ex, flow) = answered(&config, &body);
+    assert_eq!(flow, Flow::Continue);
+    let out = sent(&host);
+    assert!(
+        out["choices"][0]["message"].get("tool_calls").is_none(),
+        "{out}"
+    );
+    assert_eq!(host.state(state::TOOLS), "run_sql:refused:prod-sql");
+    assert_eq!(ex.decision(), Decision::Masked);
+}
