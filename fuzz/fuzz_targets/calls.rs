@@ -9,10 +9,17 @@
 //!   event, their argument events, and calls in a repeated response);
 //! - with a judge that allows every call, the stream is what the rewriter
 //!   sends without a gate, byte for byte (unless the gate stopped it, or a
-//!   call was cut off by the stream's end, which is always withheld).
+//!   call was cut off by the stream's end, which is always withheld);
+//! - a judge that leaves every call pending (an approval) and has the same
+//!   verdicts given later, after each chunk or only once the stream ended:
+//!   no call reaches the client when every call is refused, and, when none
+//!   is, the client gets the same bytes as from a judge that decides at
+//!   once. (With refusals the bytes may differ where a stream reuses a
+//!   refused call's place for something else: the gate passes what follows
+//!   a decided call unread while nothing is held.)
 #![no_main]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
@@ -67,6 +74,47 @@ impl CallJudge for Judge {
             Verdict::Allow
         }
     }
+}
+
+/// Leaves every complete call pending and notes the verdict [`Judge`] would
+/// give it, for the test to decide later.
+struct Deferring(Judge, Rc<RefCell<Vec<(usize, Verdict)>>>);
+
+impl CallJudge for Deferring {
+    fn judge(&mut self, call: &StreamedCall<'_>) -> Verdict {
+        let verdict = self.0.judge(call);
+        if !call.complete {
+            return verdict;
+        }
+        self.1.borrow_mut().push((call.id, verdict));
+        Verdict::Pending
+    }
+}
+
+/// As [`run`], every verdict given later: after each chunk (`eager`) or
+/// once the stream ended. The client's bytes, and whether it was stopped.
+fn run_deferred(api: StreamApi, judging: Judging, chunks: &[&[u8]], eager: bool) -> (Vec<u8>, bool) {
+    let mut rewriter = StreamRewriter::new(api, Box::new(Same));
+    let pending = Rc::new(RefCell::new(Vec::new()));
+    let judge = Judge(judging, Rc::new(Cell::new(false)));
+    rewriter = rewriter.judging_calls(Box::new(Deferring(judge, pending.clone())));
+    let mut out = Vec::new();
+    let decide = |rewriter: &mut StreamRewriter, out: &mut Vec<u8>| {
+        let decided: Vec<(usize, Verdict)> = pending.borrow_mut().drain(..).collect();
+        for (id, verdict) in decided {
+            out.extend(rewriter.decide_call(id, verdict));
+        }
+    };
+    for chunk in chunks {
+        out.extend(rewriter.feed(chunk));
+        if eager {
+            decide(&mut rewriter, &mut out);
+        }
+    }
+    out.extend(rewriter.finish());
+    decide(&mut rewriter, &mut out);
+    assert!(!rewriter.awaiting_calls(), "a call still waits after every verdict was given");
+    (out, rewriter.blocked().is_some())
 }
 
 /// The client's bytes, whether the stream was stopped, whether a call was
@@ -158,6 +206,24 @@ fn carries_a_call(api: StreamApi, name: Option<&str>, body: &Value) -> Option<St
     }
 }
 
+/// No event of `out` carries a call in a shape the client's SDK reads.
+fn assert_no_call(api: StreamApi, out: &[u8]) {
+    let mut parser = SseParser::new();
+    let mut events = parser.feed(out).unwrap_or_default();
+    events.extend(parser.finish().unwrap_or_default());
+    for event in events {
+        let Some(Ok(body)) = event.data.as_deref().map(serde_json::from_str::<Value>) else {
+            continue;
+        };
+        if let Some(what) = carries_a_call(api, event.event.as_deref(), &body) {
+            panic!(
+                "{what} reached the client although every call is refused:\n{}",
+                String::from_utf8_lossy(out)
+            );
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -184,24 +250,24 @@ fuzz_target!(|data: &[u8]| {
         String::from_utf8_lossy(&cut_out)
     );
 
-    match judging {
-        Judging::RefuseAll => {
-            let mut parser = SseParser::new();
-            let mut events = parser.feed(&out).unwrap_or_default();
-            events.extend(parser.finish().unwrap_or_default());
-            for event in events {
-                let Some(Ok(body)) = event.data.as_deref().map(serde_json::from_str::<Value>)
-                else {
-                    continue;
-                };
-                if let Some(what) = carries_a_call(api, event.event.as_deref(), &body) {
-                    panic!(
-                        "{what} reached the client although every call is refused:\n{}",
-                        String::from_utf8_lossy(&out)
-                    );
-                }
-            }
+    for eager in [true, false] {
+        let (deferred, deferred_stopped) = run_deferred(api, judging, &chunks, eager);
+        if judging == Judging::RefuseAll {
+            assert_no_call(api, &deferred);
         }
+        // Held longer, more may be held at once: a stop for size is allowed.
+        if !stopped && !deferred_stopped && !refused {
+            assert!(
+                deferred == out,
+                "verdicts given later (eager: {eager}) changed the stream:\nat once: {}\n  later: {}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&deferred)
+            );
+        }
+    }
+
+    match judging {
+        Judging::RefuseAll => assert_no_call(api, &out),
         Judging::AllowAll if !stopped && !refused => {
             let (ungated, _, _) = run(api, None, &[stream]);
             assert!(

@@ -393,3 +393,54 @@ def test_a_streamed_responses_call_is_replaced_by_a_message(client):
     assert "destructive-shell" in final.output[1].content[0].text
     assert final.output[2].arguments == ALLOWED_ARGS
     assert client.record()["tools"] == "bash:refused:destructive-shell,bash:allowed"
+
+
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_a_streamed_call_a_rule_holds_waits_in_the_stream_for_an_approver(client, verdict):
+    """A streamed call that needs an approval: the text before it reaches
+    the client at once, the call (and everything after it) waits at the
+    gateway until an approver decides; approved, the SDK's stream parser
+    reads the call as the model wrote it; denied, a well-formed ending that
+    says who denied it."""
+    bob = client.stack.token("bob", ["security"])
+    query = f"delete from production.sessions where id = '{uuid.uuid4()}'"
+    arguments = json.dumps({"query": query})
+    queue_stream(client.stack, chat_stream(("run_sql", arguments)))
+    outcome: dict = {"text": []}
+
+    def ask():
+        try:
+            with client.openai.with_options(timeout=90).chat.completions.stream(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "tidy"}],
+                    tools=[SQL_TOOL]) as events:
+                for event in events:
+                    if event.type == "content.delta":
+                        outcome["text"].append(event.delta)
+                outcome["final"] = events.get_final_completion()
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            outcome["error"] = e
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    try:
+        approval = pending_call_approval(client.stack, bob, query)
+        wait_until("the text before the call", lambda: "".join(outcome["text"]).startswith("Cleaning up"))
+        assert "final" not in outcome and "error" not in outcome, outcome
+        if verdict == "approve":
+            client.stack.cli("approvals", "approve", approval["id"], "--reason", "CHG-10", token=bob)
+        else:
+            client.stack.cli("approvals", "deny", approval["id"], "--reason", "not now", token=bob)
+    finally:
+        asking.join(timeout=90)
+    assert not asking.is_alive() and "error" not in outcome, outcome
+    choice = outcome["final"].choices[0]
+    record = client.record()
+    assert record["approval_id"] == approval["id"]
+    if verdict == "approve":
+        assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
+            ("run_sql", arguments)]
+        assert (record["decision"], record["tools"]) == ("approved", "run_sql:approved:prod-sql")
+    else:
+        assert not choice.message.tool_calls and choice.finish_reason == "stop"
+        assert "denied by bob: not now" in choice.message.content and query not in choice.message.content
+        assert (record["decision"], record["tools"]) == ("masked", "run_sql:refused:prod-sql")

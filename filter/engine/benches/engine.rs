@@ -251,6 +251,7 @@ impl Masking {
                 identity: identity(),
                 model: Some("gpt-4o".into()),
                 calls: SharedCalls::default(),
+                can_hold: false,
             }));
         }
         let mut out = 0;

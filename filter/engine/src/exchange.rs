@@ -40,7 +40,7 @@ use crate::inspect::apply::{
 use crate::inspect::body::Shape;
 use crate::inspect::calls::{self, SharedCalls, StreamCallJudge, ToolEntry};
 use crate::inspect::mask::{Action as RuleAction, Vault};
-use crate::inspect::sse::{StreamApi, StreamRewriter};
+use crate::inspect::sse::{StreamApi, StreamRewriter, Verdict};
 use crate::mcp;
 use crate::policy::{ActiveRules, Direction, Policy};
 use crate::protocol::{ApprovalRequest, Decision, Record, SessionRecord};
@@ -357,6 +357,31 @@ pub struct Exchange {
     /// answers name; and the metadata URL a 401 points MCP clients to.
     rpc_id: Value,
     resource_metadata: Option<String>,
+    /// A streamed answer's calls that wait for approvals.
+    stream_holds: StreamHolds,
+}
+
+/// A streamed answer's tool calls that wait for approvals: the gate holds
+/// their events (and every later one) while the control plane decides each
+/// in turn.
+#[derive(Default)]
+struct StreamHolds {
+    /// The call asked about, its approval, and the call to the control
+    /// plane in flight.
+    asking: Option<(calls::HeldCall, Box<ApprovalFlow>, u32)>,
+    /// What decisions released since the last chunk: sent before the next.
+    backlog: Vec<u8>,
+    /// The body ended while calls waited: the bytes Envoy holds (what the
+    /// last chunk became), and what they become with what was released since.
+    paused_end: Option<(usize, Vec<u8>)>,
+}
+
+/// Where an approval flow stands after an answer.
+enum FlowStep {
+    /// Another call to the control plane is in flight.
+    Asking(Box<ApprovalFlow>, u32),
+    /// Decided: let through, or not, and why.
+    Decided(Result<(), String>),
 }
 
 impl Default for Exchange {
@@ -374,6 +399,7 @@ impl Exchange {
             audit: Audit::default(),
             rpc_id: Value::Null,
             resource_metadata: None,
+            stream_holds: StreamHolds::default(),
         }
     }
 
@@ -564,6 +590,9 @@ impl Exchange {
     /// The answer to a call this exchange made (keys, approvals) arrived;
     /// a request that may now go on is resumed.
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        if matches!(&self.stream_holds.asking, Some((_, _, call)) if *call == token) {
+            return self.on_stream_approval_answer(host, body_size);
+        }
         if let Phase::Forwarded {
             response: response @ Response::HoldingCalls(_),
             ..
@@ -748,18 +777,34 @@ impl Exchange {
                     self.end_stream(host, &rewriter, &text, &calls);
                     return Flow::Continue;
                 };
-                let mut out = rewriter.feed(&chunk);
+                let mut out = std::mem::take(&mut self.stream_holds.backlog);
+                out.extend(rewriter.feed(&chunk));
+                out.extend(self.ask_stream_approvals(host, &mut rewriter, &calls));
                 if end_of_stream {
                     out.extend(rewriter.finish());
+                    out.extend(self.ask_stream_approvals(host, &mut rewriter, &calls));
                 }
                 write_stream_chunk(host, size, &out);
-                if end_of_stream {
-                    *response = Response::Closed;
+                let next = if end_of_stream && rewriter.awaiting_calls() {
+                    // The body ended while calls wait: Envoy holds what this
+                    // chunk became until they are decided.
+                    self.stream_holds.paused_end = Some((out.len(), out));
+                    Response::Stream(rewriter, text, calls)
+                } else if end_of_stream {
                     self.end_stream(host, &rewriter, &text, &calls);
+                    Response::Closed
                 } else {
-                    *response = Response::Stream(rewriter, text, calls);
+                    Response::Stream(rewriter, text, calls)
+                };
+                let paused = matches!(next, Response::Stream(..)) && end_of_stream;
+                if let Phase::Forwarded { response, .. } = &mut self.phase {
+                    *response = next;
                 }
-                Flow::Continue
+                if paused {
+                    Flow::Pause
+                } else {
+                    Flow::Continue
+                }
             }
         }
     }
@@ -1417,6 +1462,7 @@ impl Exchange {
                     identity: identity.clone(),
                     model: model.clone(),
                     calls: calls.clone(),
+                    can_hold: request.config.control_plane.is_some(),
                 }));
             }
             let _ = host.set_response_header("content-length", None);
@@ -1857,9 +1903,27 @@ impl Exchange {
         &mut self,
         host: &mut dyn Host,
         hold: &mut CallHold,
+        flow: Box<ApprovalFlow>,
+        next: Next,
+    ) -> Option<(Box<ApprovalFlow>, u32)> {
+        match self.step_call_approval(host, flow, next) {
+            FlowStep::Asking(flow, token) => Some((flow, token)),
+            FlowStep::Decided(decided) => {
+                self.settle_held_call(hold, decided);
+                None
+            }
+        }
+    }
+
+    /// Follows an approval flow of a held call: the next call to the
+    /// control plane (one that cannot be sent counts as unanswered), or
+    /// its end.
+    fn step_call_approval(
+        &mut self,
+        host: &mut dyn Host,
         mut flow: Box<ApprovalFlow>,
         mut next: Next,
-    ) -> Option<(Box<ApprovalFlow>, u32)> {
+    ) -> FlowStep {
         loop {
             if let Some(id) = flow.approval_id() {
                 host.set_filter_state(state::APPROVAL_ID, id.as_bytes());
@@ -1867,18 +1931,138 @@ impl Exchange {
             }
             match next {
                 Next::Call(call) => match self.dispatch_approval_call(host, &call) {
-                    Some(token) => return Some((flow, token)),
+                    Some(token) => return FlowStep::Asking(flow, token),
                     None => next = flow.on_answer(None, &[], host.now_millis()),
                 },
-                Next::Forward { .. } => {
-                    self.settle_held_call(hold, Ok(()));
-                    return None;
-                }
+                Next::Forward { .. } => return FlowStep::Decided(Ok(())),
                 Next::Reply { rejection, .. } => {
-                    self.settle_held_call(hold, Err(rejection.error.message));
-                    return None;
+                    return FlowStep::Decided(Err(rejection.error.message))
                 }
             }
+        }
+    }
+
+    /// Asks for the approvals of a stream's held calls, one at a time; the
+    /// bytes that calls decided at once (a control plane out of reach)
+    /// released.
+    fn ask_stream_approvals(
+        &mut self,
+        host: &mut dyn Host,
+        rewriter: &mut StreamRewriter,
+        calls: &SharedCalls,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.stream_holds.asking.is_none() {
+            let next = {
+                let mut calls = calls.0.borrow_mut();
+                (!calls.held.is_empty()).then(|| calls.held.remove(0))
+            };
+            let Some(held) = next else {
+                break;
+            };
+            self.audit.asked_approval = true;
+            let step = match self.start_call_flow(host, &held) {
+                Err(why) => FlowStep::Decided(Err(why)),
+                Ok((mut flow, call)) => match self.dispatch_approval_call(host, &call) {
+                    Some(token) => FlowStep::Asking(flow, token),
+                    None => {
+                        let next = flow.on_answer(None, &[], host.now_millis());
+                        self.step_call_approval(host, flow, next)
+                    }
+                },
+            };
+            out.extend(self.stream_call_step(rewriter, calls, held, step));
+        }
+        out
+    }
+
+    /// A stream's held call after a step of its approval: still asking
+    /// (kept), or decided (the gate told; the bytes it released).
+    fn stream_call_step(
+        &mut self,
+        rewriter: &mut StreamRewriter,
+        calls: &SharedCalls,
+        held: calls::HeldCall,
+        step: FlowStep,
+    ) -> Vec<u8> {
+        let decided = match step {
+            FlowStep::Asking(flow, token) => {
+                self.stream_holds.asking = Some((held, flow, token));
+                return Vec::new();
+            }
+            FlowStep::Decided(decided) => decided,
+        };
+        let calls::HeldAt::Stream(id) = held.at else {
+            return Vec::new();
+        };
+        let mut shared = calls.0.borrow_mut();
+        let (decision, verdict) = match decided {
+            Ok(()) => (calls::ToolDecision::Approved, Verdict::Allow),
+            Err(why) => {
+                shared.changed = true;
+                let text = calls::held_text(&held.tool, &held.rule, &why);
+                (calls::ToolDecision::Refused, Verdict::Refuse(text))
+            }
+        };
+        if let Some(entry) = shared.entries.get_mut(held.entry) {
+            entry.decision = decision;
+        }
+        drop(shared);
+        rewriter.decide_call(id, verdict)
+    }
+
+    /// The control plane answered about a stream's held call: the gate
+    /// releases what it may; a stream whose body ended goes out once no
+    /// call waits.
+    fn on_stream_approval_answer(&mut self, host: &mut dyn Host, body_size: usize) {
+        let Some((held, mut flow, _)) = self.stream_holds.asking.take() else {
+            return;
+        };
+        let (status, body) = host.call_response(body_size);
+        let Phase::Forwarded { response, .. } = &mut self.phase else {
+            return;
+        };
+        let Response::Stream(mut rewriter, text, calls) =
+            std::mem::replace(response, Response::Pass)
+        else {
+            // The stream ended meanwhile (a reset, trailers): nothing to release.
+            return;
+        };
+        let next = flow.on_answer(status, &body, host.now_millis());
+        let step = self.step_call_approval(host, flow, next);
+        let mut out = self.stream_call_step(&mut rewriter, &calls, held, step);
+        out.extend(self.ask_stream_approvals(host, &mut rewriter, &calls));
+        let Some((held_len, mut ended)) = self.stream_holds.paused_end.take() else {
+            self.stream_holds.backlog.extend(out);
+            if let Phase::Forwarded { response, .. } = &mut self.phase {
+                *response = Response::Stream(rewriter, text, calls);
+            }
+            return;
+        };
+        ended.extend(out);
+        if rewriter.awaiting_calls() {
+            self.stream_holds.paused_end = Some((held_len, ended));
+            if let Phase::Forwarded { response, .. } = &mut self.phase {
+                *response = Response::Stream(rewriter, text, calls);
+            }
+            return;
+        }
+        if let Phase::Forwarded { response, .. } = &mut self.phase {
+            *response = Response::Closed;
+        }
+        if host.set_response_body(held_len, &ended).is_err() {
+            host.log(
+                Level::Error,
+                "warden: cannot write a held stream's end; it is cut",
+            );
+            ended.clear();
+        }
+        self.end_stream(host, &rewriter, &text, &calls);
+        if let Err(e) = host.resume_response() {
+            host.log(
+                Level::Error,
+                &format!("warden: cannot resume a response: {}", e.0),
+            );
         }
     }
 
@@ -1894,8 +2078,10 @@ impl Exchange {
                 calls::ToolDecision::Approved
             }
             Err(why) => {
-                hold.refused
-                    .push((held.at, calls::held_text(&held.tool, &held.rule, &why)));
+                if let calls::HeldAt::Answer(at) = held.at {
+                    let text = calls::held_text(&held.tool, &held.rule, &why);
+                    hold.refused.push((at, text));
+                }
                 calls::ToolDecision::Refused
             }
         };
@@ -1958,10 +2144,16 @@ impl Exchange {
         self.audit.recorded_response = stream_record(rewriter, text);
         self.record_outcome(host, text.outcome());
         let calls = calls.take();
+        let approved = calls
+            .entries
+            .iter()
+            .any(|e| e.decision == calls::ToolDecision::Approved);
         self.record_outcome(host, calls.outcome);
         self.record_tools(host, calls.entries);
         if calls.changed && self.audit.decision == Decision::Allowed {
             self.set_decision(host, Decision::Masked);
+        } else if approved && !calls.changed {
+            self.set_decision(host, Decision::Approved);
         }
         if let Some(block) = rewriter.blocked() {
             // The rest of the answer was withheld (an error event ended

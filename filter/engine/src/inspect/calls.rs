@@ -159,17 +159,25 @@ pub struct Calls {
     pub refused: Vec<(CallAt, String)>,
 }
 
-/// A call of a whole answer that waits for a human's decision, as the
-/// client would get it.
+/// A call that waits for a human's decision, as the client would get it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldCall {
-    pub at: CallAt,
+    pub at: HeldAt,
     pub tool: String,
     /// The rule that asks for the approval.
     pub rule: String,
     pub arguments: Value,
     /// Its entry in [`Calls::entries`].
     pub entry: usize,
+}
+
+/// Where a held call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldAt {
+    /// In a whole answer.
+    Answer(CallAt),
+    /// In a stream: the gate's number for it ([`super::sse::CallGate::decide`]).
+    Stream(usize),
 }
 
 impl HeldCall {
@@ -325,7 +333,7 @@ pub fn govern_calls(
                 refusal_text(&call.name, decided.entry.rule.as_deref()),
             )),
             ToolDecision::Held => calls.held.push(HeldCall {
-                at: call.at,
+                at: HeldAt::Answer(call.at),
                 rule: decided.entry.rule.clone().unwrap_or_default(),
                 tool: call.name,
                 arguments: call.arguments,
@@ -365,6 +373,10 @@ pub struct StreamCallJudge {
     pub identity: Identity,
     pub model: Option<String>,
     pub calls: SharedCalls,
+    /// Whether a call that needs an approval may wait for one (the
+    /// exchange asks the control plane; [`Calls::held`] lists them):
+    /// else it is refused.
+    pub can_hold: bool,
 }
 
 impl CallJudge for StreamCallJudge {
@@ -379,17 +391,33 @@ impl CallJudge for StreamCallJudge {
             calls.changed = true;
             return Verdict::Refuse(cut_off_text(call.tool));
         }
-        let decided = settle_call(
-            &self.policy,
-            &self.identity,
-            self.model.as_deref(),
-            call.tool,
-            call.arguments,
-        );
+        let (policy, model) = (&self.policy, self.model.as_deref());
+        let mut decided = if self.can_hold {
+            worst_decision(policy, &self.identity, model, call.tool, call.arguments)
+        } else {
+            settle_call(policy, &self.identity, model, call.tool, call.arguments)
+        };
+        if decided.entry.decision == ToolDecision::Held && call.arguments.len() > 1 {
+            // Copies of the arguments that differ (the fragments and an
+            // API's closing copy): no one call for an approver to see.
+            decided.entry.decision = ToolDecision::Refused;
+        }
         let verdict = match decided.entry.decision {
             ToolDecision::Refused => {
                 calls.changed = true;
                 Verdict::Refuse(refusal_text(call.tool, decided.entry.rule.as_deref()))
+            }
+            ToolDecision::Held => {
+                let arguments = call.arguments.first().cloned().unwrap_or(Value::Null);
+                let entry = calls.entries.len();
+                calls.held.push(HeldCall {
+                    at: HeldAt::Stream(call.id),
+                    tool: call.tool.to_owned(),
+                    rule: decided.entry.rule.clone().unwrap_or_default(),
+                    arguments,
+                    entry,
+                });
+                Verdict::Pending
             }
             _ => Verdict::Allow,
         };

@@ -292,3 +292,175 @@ fn without_a_control_plane_a_held_call_is_refused_at_once() {
     assert_eq!(host.state(state::TOOLS), "run_sql:refused:prod-sql");
     assert_eq!(ex.decision(), Decision::Masked);
 }
+
+// --- streamed answers --------------------------------------------------------
+
+fn chunk(delta: serde_json::Value, finish: Option<&str>) -> String {
+    let event = json!({"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {event}\n\n")
+}
+
+/// Text, then a `run_sql` call in two fragments; then the choice's finish
+/// (which ends the call: it is judged then), then `[DONE]`.
+fn sql_stream(query: &str) -> (String, String, String) {
+    let arguments = json!({"query": query}).to_string();
+    let (first, second) = arguments.split_at(10);
+    let start = chunk(json!({"role": "assistant", "content": "Checking. "}), None)
+        + &chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "run_sql", "arguments": first}}]}),
+            None,
+        )
+        + &chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}),
+            None,
+        );
+    let finish = chunk(json!({}), Some("tool_calls"));
+    (start, finish, "data: [DONE]\n\n".to_owned())
+}
+
+/// The request forwarded and an event stream's headers read.
+fn streaming(config: &Rc<FilterConfig>) -> (FakeHost, Exchange) {
+    let policy = tool_policy();
+    let mut host = FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat("clean up"));
+    host.response_headers = vec![("content-type".into(), "text/event-stream".into())];
+    let mut ex = Exchange::new();
+    assert_eq!(send(&mut host, &mut ex, config, &policy), Flow::Continue);
+    assert_eq!(ex.on_response_headers(&mut host, false), Flow::Continue);
+    (host, ex)
+}
+
+fn feed(host: &mut FakeHost, ex: &mut Exchange, bytes: &str, end: bool) -> Flow {
+    host.response_chunk = Ok(bytes.as_bytes().to_vec());
+    ex.on_response_body(host, bytes.len(), end)
+}
+
+/// What the client got: every chunk written, in order.
+fn streamed(host: &FakeHost) -> String {
+    host.response_body_out
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_streamed_call_a_rule_holds_waits_for_the_approver_while_the_text_before_it_flows() {
+    let config = config(true);
+    let (mut host, mut ex) = streaming(&config);
+    let (start, finish, end) = sql_stream(PROD);
+    assert_eq!(feed(&mut host, &mut ex, &start, false), Flow::Continue);
+    assert!(host.dispatched.is_empty(), "judged once its arguments end");
+    assert_eq!(feed(&mut host, &mut ex, &finish, false), Flow::Continue);
+    let so_far = streamed(&host);
+    assert!(
+        so_far.contains("Checking."),
+        "text before the call flows: {so_far}"
+    );
+    assert!(!so_far.contains("run_sql"), "the call waits: {so_far}");
+    assert_eq!(host.dispatched[0].0, "/v1/approvals");
+    answer_call(
+        &mut host,
+        &mut ex,
+        201,
+        json!({"id": "apr_5", "status": "pending", "consumed": false}),
+    );
+    // The body ends while the call waits: held (Envoy keeps what it became).
+    assert_eq!(feed(&mut host, &mut ex, &end, true), Flow::Pause);
+    assert!(!streamed(&host).contains("run_sql"));
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_5", "status": "approved", "consumed": false}),
+    );
+    assert_eq!(host.responses_resumed, 0);
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_5", "status": "consumed", "consumed": true}),
+    );
+    assert_eq!(host.responses_resumed, 1);
+    let all = streamed(&host);
+    let expected_query =
+        serde_json::to_string(&PROD.replace("jane@example.com", "[EMAIL]")).unwrap();
+    let joined: String = all
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        joined.contains(&expected_query[1..expected_query.len() - 1]),
+        "{joined}"
+    );
+    assert!(
+        all.contains("\"finish_reason\":\"tool_calls\"") && all.ends_with("data: [DONE]\n\n"),
+        "{all}"
+    );
+    ex.finish(&mut host);
+    assert_eq!(host.state(state::TOOLS), "run_sql:approved:prod-sql");
+    assert_eq!(ex.decision(), Decision::Approved);
+}
+
+#[test]
+fn a_denied_streamed_call_is_replaced_and_the_stream_ends_well_formed() {
+    let config = config(true);
+    let (mut host, mut ex) = streaming(&config);
+    let (start, finish, end) = sql_stream(PROD);
+    feed(&mut host, &mut ex, &start, false);
+    feed(&mut host, &mut ex, &finish, false);
+    answer_call(
+        &mut host,
+        &mut ex,
+        201,
+        json!({"id": "apr_6", "status": "pending", "consumed": false}),
+    );
+    // Decided before the body ends: released with the next chunk.
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_6", "status": "denied", "consumed": false,
+        "decided_by": "bob", "reason": "no"}),
+    );
+    assert_eq!(feed(&mut host, &mut ex, &end, true), Flow::Continue);
+    let all = streamed(&host);
+    assert!(
+        !all.contains("\"tool_calls\"") && !all.contains("production"),
+        "{all}"
+    );
+    assert!(
+        all.contains("denied by bob: no") && all.contains("\"finish_reason\":\"stop\""),
+        "{all}"
+    );
+    assert!(all.ends_with("data: [DONE]\n\n"), "{all}");
+    ex.finish(&mut host);
+    assert_eq!(host.state(state::TOOLS), "run_sql:refused:prod-sql");
+    assert_eq!(ex.decision(), Decision::Masked);
+}
+
+#[test]
+fn a_client_that_leaves_a_stream_while_a_call_waits_gets_nothing_of_it() {
+    let config = config(true);
+    let (mut host, mut ex) = streaming(&config);
+    let (start, finish, end) = sql_stream(PROD);
+    feed(&mut host, &mut ex, &start, false);
+    feed(&mut host, &mut ex, &finish, false);
+    assert_eq!(feed(&mut host, &mut ex, &end, true), Flow::Pause);
+    ex.finish(&mut host);
+    answer_call(
+        &mut host,
+        &mut ex,
+        201,
+        json!({"id": "apr_1", "status": "approved", "consumed": true}),
+    );
+    assert!(!streamed(&host).contains("run_sql"));
+    assert_eq!(host.responses_resumed, 0);
+    assert_eq!(host.state(state::TOOLS), "run_sql:held:prod-sql");
+}

@@ -27,6 +27,11 @@
 //! item becomes a message item at the same output index, its argument events
 //! are dropped, and the later events are renumbered.
 //!
+//! A judge may leave a call [`Verdict::Pending`] (it waits for an
+//! approver): its events and every later one stay held until
+//! [`CallGate::decide`] gives the verdict, after the body ended too
+//! (the exchange then holds the body's end in Envoy).
+//!
 //! A call the stream does not finish (the body ends first) is judged as
 //! incomplete; a call larger than [`MAX_HELD`], more than [`MAX_CALLS`]
 //! calls, or a fragment of a call that was already judged end the stream
@@ -61,6 +66,8 @@ pub trait CallJudge {
 /// A call as the client would receive it.
 #[derive(Debug)]
 pub struct StreamedCall<'a> {
+    /// The gate's number for the call, for [`CallGate::decide`].
+    pub id: usize,
     pub tool: &'a str,
     /// Every form of its arguments the client may read (the fragments
     /// joined, and the copy an API repeats when the call ends), decoded
@@ -75,6 +82,9 @@ pub enum Verdict {
     Allow,
     /// Replace the call with this sentence.
     Refuse(String),
+    /// Decided later ([`CallGate::decide`], an approver): the call's events,
+    /// and every event after them, stay held until then.
+    Pending,
 }
 
 /// Where a call is: chat (choice, call index; a legacy `function_call` is
@@ -151,6 +161,8 @@ pub struct CallGate {
     /// Chat: the fields of the chunk that gave the last note (for an event
     /// that carries notes left when the stream ends without its choice's).
     chat_template: Map<String, Value>,
+    /// The body ended ([`CallGate::finish`]); calls may still be pending.
+    finished: bool,
 }
 
 impl std::fmt::Debug for CallGate {
@@ -186,7 +198,58 @@ impl CallGate {
             started: Vec::new(),
             chat_notes: Vec::new(),
             chat_template: Map::new(),
+            finished: false,
         }
+    }
+
+    /// Whether a call waits for a decision from outside ([`Verdict::Pending`]).
+    pub fn awaiting(&self) -> bool {
+        self.calls
+            .iter()
+            .any(|c| c.verdict == Some(Verdict::Pending))
+    }
+
+    /// Decides a call the judge left pending, and writes what may go now
+    /// (at the end of the stream, everything left). A call that is not
+    /// pending keeps its verdict.
+    pub fn decide(&mut self, id: usize, verdict: Verdict, out: &mut Vec<u8>) {
+        let Some(call) = self.calls.get(id) else {
+            return;
+        };
+        if call.verdict != Some(Verdict::Pending) || verdict == Verdict::Pending {
+            return;
+        }
+        let key = call.key;
+        let refused = matches!(verdict, Verdict::Refuse(_));
+        let sent_index = (verdict == Verdict::Allow && key.inner != LEGACY)
+            .then(|| key.inner.saturating_sub(self.refused_before(key)));
+        for later in self.calls.iter_mut() {
+            // Calls judged allowed while this one waited were numbered as if
+            // it stayed; none of them has gone out (they are behind it).
+            if refused && later.key.outer == key.outer && later.key.inner > key.inner {
+                later.sent_index = later.sent_index.map(|i| i.saturating_sub(1));
+            }
+        }
+        if let Some(call) = self.calls.get_mut(id) {
+            call.verdict = Some(verdict);
+            call.sent_index = sent_index;
+        }
+        self.release(out);
+        if self.finished && !self.awaiting() {
+            self.send_chat_notes(out);
+        }
+    }
+
+    /// The refused calls before `key` in its choice.
+    fn refused_before(&self, key: Key) -> u64 {
+        self.calls
+            .iter()
+            .filter(|c| {
+                c.key.outer == key.outer
+                    && c.key.inner < key.inner
+                    && matches!(c.verdict, Some(Verdict::Refuse(_)))
+            })
+            .count() as u64
     }
 
     /// Whether an event outside a hold could concern a call.
@@ -251,9 +314,12 @@ impl CallGate {
                 self.event(event, out)?;
             }
         }
+        self.finished = true;
         self.judge_pending(false);
         self.release(out);
-        self.send_chat_notes(out);
+        if !self.awaiting() {
+            self.send_chat_notes(out);
+        }
         Ok(())
     }
 
@@ -668,22 +734,15 @@ impl CallGate {
                 }
             }
             let verdict = self.judge.judge(&StreamedCall {
+                id: at,
                 tool: &call.tool,
                 arguments: &arguments,
                 complete,
             });
             // Calls keep the provider's numbering, less the refused calls
             // before them in their choice.
-            let refused_before = self
-                .calls
-                .iter()
-                .filter(|c| {
-                    c.key.outer == call.key.outer
-                        && c.key.inner < call.key.inner
-                        && matches!(c.verdict, Some(Verdict::Refuse(_)))
-                })
-                .count() as u64;
             let key = call.key;
+            let refused_before = self.refused_before(key);
             if let Some(call) = self.calls.get_mut(at) {
                 if verdict == Verdict::Allow && key.inner != LEGACY {
                     call.sent_index = Some(key.inner.saturating_sub(refused_before));
@@ -696,11 +755,13 @@ impl CallGate {
         }
     }
 
+    /// A call's verdict, once it has one (a pending call has none yet).
     fn verdict(&self, key: Key) -> Option<&Verdict> {
         self.calls
             .iter()
             .find(|c| c.key == key)
             .and_then(|c| c.verdict.as_ref())
+            .filter(|v| **v != Verdict::Pending)
     }
 
     /// Sends the held events whose calls are all judged, in order.

@@ -409,3 +409,80 @@ fn streams_without_calls_pass_untouched() {
     );
     assert!(judge.asked.borrow().is_empty());
 }
+
+/// Leaves the tools it names pending, allows the rest.
+struct Pending(&'static str);
+
+impl CallJudge for Pending {
+    fn judge(&mut self, call: &StreamedCall<'_>) -> Verdict {
+        if call.tool == self.0 {
+            Verdict::Pending
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+#[test]
+fn a_pending_call_holds_everything_after_it_until_it_is_decided() {
+    let stream = chunk(json!({"content": "Two calls."}), Value::Null)
+        + &call_chunk(0, Some("hold_me"), "{\"a\":")
+        + &call_chunk(0, None, "1}")
+        + &call_chunk(1, Some("fine"), "{}")
+        + &chunk(json!({}), json!("tool_calls"))
+        + "data: [DONE]\n\n";
+    let ungated = whole(StreamApi::OpenAiChat, None, &stream);
+    let run_until_end = |decide_early: Option<Verdict>, verdict: Verdict| {
+        let mut rewriter = StreamRewriter::new(StreamApi::OpenAiChat, Box::new(Mask::default()))
+            .judging_calls(Box::new(Pending("hold_me")));
+        let (head, tail) = stream.split_at(stream.find("data: [DONE]").unwrap());
+        let mut out = rewriter.feed(head.as_bytes());
+        assert!(!String::from_utf8_lossy(&out).contains("hold_me"));
+        assert!(
+            !String::from_utf8_lossy(&out).contains("fine"),
+            "held behind the pending call"
+        );
+        assert!(rewriter.awaiting_calls());
+        if let Some(early) = decide_early {
+            out.extend(rewriter.decide_call(0, early));
+        }
+        out.extend(rewriter.feed(tail.as_bytes()));
+        out.extend(rewriter.finish());
+        out.extend(rewriter.decide_call(0, verdict));
+        assert!(!rewriter.awaiting_calls());
+        String::from_utf8(out).unwrap()
+    };
+    // Allowed, late or early: the stream as if ungated.
+    assert_eq!(run_until_end(None, Verdict::Allow), ungated);
+    assert_eq!(
+        run_until_end(Some(Verdict::Allow), Verdict::Refuse("x".into())),
+        ungated,
+        "a call keeps its first decision"
+    );
+    // Refused: the next call moves up to index 0, the sentence at the choice's end.
+    let refused = run_until_end(None, Verdict::Refuse("NOTE(hold_me)".into()));
+    assert_eq!(
+        refused,
+        run_until_end(
+            Some(Verdict::Refuse("NOTE(hold_me)".into())),
+            Verdict::Allow
+        )
+    );
+    let mut calls = Vec::new();
+    for (_, event) in events(refused.as_bytes()) {
+        for choice in event["choices"].as_array().into_iter().flatten() {
+            for call in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                calls.push((call["index"].clone(), call["function"]["name"].clone()));
+            }
+        }
+    }
+    assert_eq!(calls, [(json!(0), json!("fine"))]);
+    assert!(
+        refused.contains("NOTE(hold_me)") && refused.ends_with("data: [DONE]\n\n"),
+        "{refused}"
+    );
+}

@@ -371,6 +371,22 @@ impl StreamRewriter {
         out
     }
 
+    /// Whether a tool call waits for a decision from outside (an approver):
+    /// its events and every later one are held until
+    /// [`StreamRewriter::decide_call`].
+    pub fn awaiting_calls(&self) -> bool {
+        self.gate.as_ref().is_some_and(CallGate::awaiting)
+    }
+
+    /// Decides a call the judge left pending; the bytes that may go now.
+    pub fn decide_call(&mut self, id: usize, verdict: super::Verdict) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(gate) = &mut self.gate {
+            gate.decide(id, verdict, &mut out);
+        }
+        out
+    }
+
     /// The last token usage the provider reported, for audit: OpenAI's final
     /// chunk `usage`, Anthropic's `message_start` usage updated by
     /// `message_delta`, the Responses API's `response.completed` usage.
