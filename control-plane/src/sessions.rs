@@ -191,7 +191,7 @@ pub fn validate_batch(records: Vec<SessionRecord>) -> Result<Vec<NewSession>, St
 }
 
 /// Cuts the record's descriptive strings (time, issuer, subject, each
-/// group, provider, model, route, rules, approval id, and `usage` when it
+/// group, provider, model, route, rules, tools, MCP method, approval id, and `usage` when it
 /// is a string or a list of them) with [`crate::fields::stored`]. Before
 /// the record is hashed, so the chain covers what is stored. Kept whole:
 /// the id (checked to be short), the enums and numbers, and the bodies
@@ -212,6 +212,8 @@ fn bound_metadata(record: &mut SessionRecord) {
         decision: _,
         reason: _,
         rules,
+        tools,
+        mcp_method,
         approval_id,
         status: _,
         usage,
@@ -223,9 +225,17 @@ fn bound_metadata(record: &mut SessionRecord) {
     for text in [time, route, rules] {
         bound(text);
     }
-    for text in [issuer, subject, provider, model, approval_id]
-        .into_iter()
-        .flatten()
+    for text in [
+        issuer,
+        subject,
+        provider,
+        model,
+        tools,
+        mcp_method,
+        approval_id,
+    ]
+    .into_iter()
+    .flatten()
     {
         bound(text);
     }
@@ -1066,6 +1076,8 @@ mod tests {
             "allowed",
             null,
             "",
+            null,
+            null,
             null,
             null,
             null,

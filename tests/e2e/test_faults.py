@@ -322,6 +322,18 @@ class Faulty:
         self.server.shutdown()
 
 
+def stack_with_issuer(ports: Ports, tmp_path, issuer: str, idp: Faulty, **jwks) -> Stack:
+    """A stack whose filter also trusts `issuer`, its JWKS behind the stand-in
+    (the development issuer's keys, served under the other issuer's name)."""
+    cfg = default_filter_config()
+    cfg["authentication"]["issuers"].append(
+        {"issuer": issuer, "audiences": ["warden"],
+         "jwks": {"cluster": "stand_in_idp", "path": "/dev/jwks.json", "max_stale_seconds": 3600,
+                  "min_refetch_seconds": 1, **jwks}})
+    return Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
+                       extra_clusters={"stand_in_idp": idp.port})
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp_path, fault):
     """Keys the IdP does not give (too slow for the fetch timeout, a body
@@ -333,13 +345,7 @@ def test_an_idp_that_is_slow_or_answers_garbage_refuses_clearly_and_recovers(tmp
     idp = Faulty(f"http://127.0.0.1:{ports.control_plane}", fault)
     try:
         issuer = "https://faulty-idp.example"
-        cfg = default_filter_config()
-        cfg["authentication"]["issuers"].append(
-            {"issuer": issuer, "audiences": ["warden"],
-             "jwks": {"cluster": "faulty_idp", "path": "/dev/jwks.json", "timeout_ms": 300,
-                      "refresh_seconds": 1, "max_stale_seconds": 3600, "min_refetch_seconds": 1}})
-        stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
-                            extra_clusters={"faulty_idp": idp.port})
+        stack = stack_with_issuer(ports, tmp_path, issuer, idp, timeout_ms=300, refresh_seconds=1)
         try:
             faulty_token = stack.token("sam", ["engineering"], "--issuer", issuer)
             wait_until("the filter to ask the IdP", lambda: idp.asked["/dev/jwks.json"] >= 1)
@@ -389,13 +395,7 @@ def test_a_client_that_leaves_while_its_request_waits_for_the_idp_is_forgotten(t
     idp = Faulty(f"http://127.0.0.1:{ports.control_plane}", "slow", healthy=True)
     try:
         issuer = "https://slow-idp.example"
-        cfg = default_filter_config()
-        cfg["authentication"]["issuers"].append(
-            {"issuer": issuer, "audiences": ["warden"],
-             "jwks": {"cluster": "slow_idp", "path": "/dev/jwks.json", "timeout_ms": 30000,
-                      "refresh_seconds": 300, "max_stale_seconds": 3600, "min_refetch_seconds": 1}})
-        stack = Stack.start(ports, tmp_path / "stack", filter_config=yaml.safe_dump(cfg),
-                            extra_clusters={"slow_idp": idp.port})
+        stack = stack_with_issuer(ports, tmp_path, issuer, idp, timeout_ms=30000, refresh_seconds=300)
         try:
             marked = Marked(stack, stack.token("sam", ["engineering"], "--issuer", issuer))
             wait_until("the IdP's keys", lambda: http("POST", f"{stack.gateway_url}{CHAT}",

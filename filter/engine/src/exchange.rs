@@ -334,6 +334,8 @@ struct Audit {
     outcome: Outcome,
     /// What the policy did to the tools offered and called.
     tools: Vec<ToolEntry>,
+    /// MCP: the request's JSON-RPC method.
+    mcp_method: Option<String>,
     /// The provider's token usage, when it reported one.
     usage: Option<Value>,
     /// Whether a rule asked for an approval, and its id once known.
@@ -842,13 +844,25 @@ impl Exchange {
                 // holds (an unfinished event, text awaiting its context)
                 // cannot be appended after trailers, so it is withheld,
                 // never sent unmasked.
-                let held = rewriter.finish();
-                if !held.is_empty() {
+                // So are calls still waiting for approvals (no approver
+                // is asked any more) and what decisions released since
+                // the last chunk.
+                let mut held = std::mem::take(&mut self.stream_holds.backlog);
+                held.extend(rewriter.finish());
+                let waiting = rewriter.awaiting_calls();
+                self.stream_holds.asking = None;
+                calls.0.borrow_mut().held.clear();
+                if !held.is_empty() || waiting {
                     host.log(
                         Level::Warn,
                         &format!(
-                            "warden: a stream ended with trailers; {} held bytes withheld",
-                            held.len()
+                            "warden: a stream ended with trailers; {} held bytes withheld{}",
+                            held.len(),
+                            if waiting {
+                                ", calls awaiting approval withheld"
+                            } else {
+                                ""
+                            }
                         ),
                     );
                     host.count("warden.stream.trailers_withheld", 1);
@@ -875,10 +889,10 @@ impl Exchange {
                 }
                 Response::RpcStream(mut stream) => self.end_rpc_stream(host, &mut stream),
                 Response::HoldingCalls(hold) => {
-                    // Nothing of the answer went out: the held calls were
-                    // never decided for anyone.
+                    // Nothing of the answer went out; the held calls were
+                    // never decided (their entries say `held`), and the
+                    // decision stays the request's, as for a stream.
                     self.record_tools(host, hold.entries);
-                    self.set_decision(host, Decision::Undecided);
                 }
                 _ => {}
             }
@@ -1156,6 +1170,7 @@ impl Exchange {
         mcp::check_routing_headers(request.headers(), &message)?;
         if let Some(method) = &message.method {
             host.set_filter_state(state::MCP_METHOD, method.as_bytes());
+            self.audit.mcp_method = Some(method.clone());
         }
         let Some((tool, arguments)) = &message.call else {
             return Ok(());
@@ -1282,14 +1297,8 @@ impl Exchange {
             let api = authorized.request.api;
             return self.internal_error(host, api, "approval without a control plane");
         };
-        let sent = host.dispatch(
-            &cp.cluster,
-            cp.headers(call.method, &call.path),
-            call.body.as_deref(),
-            call.timeout_ms,
-        );
-        match sent {
-            Ok(token) => {
+        match dispatch_approval_call(host, cp, &call) {
+            Some(token) => {
                 self.phase = Phase::AwaitingApproval {
                     authorized,
                     flow,
@@ -1297,16 +1306,7 @@ impl Exchange {
                 };
                 Flow::Pause
             }
-            Err(e) => {
-                host.log(
-                    Level::Warn,
-                    &format!(
-                        "warden: cannot call the control plane for an approval: {}",
-                        e.0
-                    ),
-                );
-                self.on_approval_answer(host, authorized, flow, None, &[])
-            }
+            None => self.on_approval_answer(host, authorized, flow, None, &[]),
         }
     }
 
@@ -1807,23 +1807,25 @@ impl Exchange {
             return Err("the rule is not in the policy".into());
         };
         let binding = held.binding();
-        // What approvers read passes the rules again, so a value the
-        // answer carries back to its client (tokenized) is never shown.
+        // What approvers read passes the rules of both directions again,
+        // never putting a value back: one the answer carries to its client
+        // (a tokenized value the vault restored, one a request rule caught
+        // in the prompt) is shown as its placeholder.
         let mut shown = binding.clone();
-        let active = policy.active_rules(
-            &authorized.identity,
-            request.provider_name(),
-            authorized.model.as_deref(),
-            Direction::Response,
-        );
-        let _ = crate::inspect::apply::inspect_value(
-            policy,
-            &active,
-            Direction::Response,
-            &mut shown,
-            &mut Vault::default(),
-            &request.config.hash_key,
-        );
+        for direction in [Direction::Request, Direction::Response] {
+            let active = policy.active_rules(
+                &authorized.identity,
+                request.provider_name(),
+                authorized.model.as_deref(),
+                direction,
+            );
+            crate::inspect::apply::mask_for_display(
+                policy,
+                &active,
+                &mut shown,
+                &request.config.hash_key,
+            );
+        }
         let ask = ApprovalRequest::new(
             &authorized.identity,
             request.provider_name(),
@@ -1849,32 +1851,14 @@ impl Exchange {
         Ok((Box::new(flow.for_call(&held.tool)), call))
     }
 
-    /// Sends a call of an approval flow; its token, or None if it could
-    /// not be sent.
+    /// Sends a call of an approval flow for the response; its token, or
+    /// None if it could not be sent.
     fn dispatch_approval_call(&mut self, host: &mut dyn Host, call: &Call) -> Option<u32> {
         let Phase::Forwarded { authorized, .. } = &self.phase else {
             return None;
         };
         let config = authorized.request.config.clone();
-        let cp = config.control_plane.as_ref()?;
-        match host.dispatch(
-            &cp.cluster,
-            cp.headers(call.method, &call.path),
-            call.body.as_deref(),
-            call.timeout_ms,
-        ) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                host.log(
-                    Level::Warn,
-                    &format!(
-                        "warden: cannot call the control plane for an approval: {}",
-                        e.0
-                    ),
-                );
-                None
-            }
-        }
+        dispatch_approval_call(host, config.control_plane.as_ref()?, call)
     }
 
     /// The control plane answered about a held call.
@@ -1952,6 +1936,12 @@ impl Exchange {
         calls: &SharedCalls,
     ) -> Vec<u8> {
         let mut out = Vec::new();
+        if rewriter.blocked().is_some() {
+            // The stream was stopped: its held calls will never be sent,
+            // so no approver is asked about them (they stay `held`).
+            calls.0.borrow_mut().held.clear();
+            return out;
+        }
         while self.stream_holds.asking.is_none() {
             let next = {
                 let mut calls = calls.0.borrow_mut();
@@ -1995,6 +1985,11 @@ impl Exchange {
         let calls::HeldAt::Stream(id) = held.at else {
             return Vec::new();
         };
+        if rewriter.blocked().is_some() {
+            // Stopped meanwhile: nothing of the call goes out, whatever
+            // was decided.
+            return Vec::new();
+        }
         let mut shared = calls.0.borrow_mut();
         let (decision, verdict) = match decided {
             Ok(()) => (calls::ToolDecision::Approved, Verdict::Allow),
@@ -2118,14 +2113,12 @@ impl Exchange {
             return self.block_response(host, api, Reason::ResponseUninspectable);
         }
         let _ = host.set_response_header("content-length", Some(body.len().to_string().as_bytes()));
-        let decision = if !refused.is_empty() {
-            Decision::Masked
-        } else if approved {
-            Decision::Approved
-        } else {
-            self.audit.decision
-        };
-        self.set_decision(host, decision);
+        // As for a stream's calls ([`Exchange::end_stream`]).
+        if !refused.is_empty() && self.audit.decision == Decision::Allowed {
+            self.set_decision(host, Decision::Masked);
+        } else if approved && refused.is_empty() {
+            self.set_decision(host, Decision::Approved);
+        }
         Flow::Continue
     }
 
@@ -2271,6 +2264,8 @@ impl Exchange {
             decision: audit.decision,
             reason: audit.reason,
             rules: audit.outcome.summary(),
+            tools: (!audit.tools.is_empty()).then(|| calls::summary(&audit.tools)),
+            mcp_method: audit.mcp_method.clone(),
             approval_id: audit.approval_id.clone(),
             status,
             usage: audit.usage.take(),
@@ -2349,6 +2344,34 @@ pub fn stat_segment(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Sends a call of an approval flow to the control plane; its token, or
+/// None if it could not be sent (logged; the flow takes it as unanswered).
+fn dispatch_approval_call(
+    host: &mut dyn Host,
+    cp: &crate::control::ControlPlane,
+    call: &Call,
+) -> Option<u32> {
+    let sent = host.dispatch(
+        &cp.cluster,
+        cp.headers(call.method, &call.path),
+        call.body.as_deref(),
+        call.timeout_ms,
+    );
+    match sent {
+        Ok(token) => Some(token),
+        Err(e) => {
+            host.log(
+                Level::Warn,
+                &format!(
+                    "warden: cannot call the control plane for an approval: {}",
+                    e.0
+                ),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

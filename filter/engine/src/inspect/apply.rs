@@ -226,6 +226,13 @@ pub fn inspect_value(
     (outcome, masked || restored)
 }
 
+/// The rules' pass over a document for people to read (an approver):
+/// every value a rule catches replaced (a tokenized one by its
+/// placeholder, into a vault thrown away), nothing put back.
+pub fn mask_for_display(policy: &Policy, active: &ActiveRules, doc: &mut Value, key: &HashKey) {
+    let _ = mask_value(policy, active, doc, &mut Vault::default(), key);
+}
+
 /// The rules' pass over a document's texts: what was found, and whether
 /// anything was rewritten. The parts of one message are scanned joined
 /// ([`each_part_group`]), every other string alone.

@@ -294,6 +294,15 @@ pub struct SessionRecord {
     pub decision: Decision,
     pub reason: Option<Reason>,
     pub rules: String,
+    /// What the policy did to tools (the access log's `tools`:
+    /// `tool:decision[:rule]`, names only). Omitted when none, so a
+    /// control plane older than the field still takes the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<String>,
+    /// MCP: the JSON-RPC method of the request (as the access log's
+    /// `mcp_method`); omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
     pub approval_id: Option<String>,
     #[cfg_attr(feature = "schema", schema(format = "uint64"))]
     pub status: Option<u64>,
@@ -390,6 +399,8 @@ mod tests {
             decision: Decision::ApprovalPending,
             reason: Some(Reason::ApprovalRequired),
             rules: "dump".into(),
+            tools: Some("bash:refused:destructive".into()),
+            mcp_method: None,
             approval_id: None,
             status: Some(403),
             usage: None,
@@ -405,7 +416,18 @@ mod tests {
             "{text}"
         );
         let batch: SessionBatch = serde_json::from_slice(&sessions_batch(&[wire])).unwrap();
-        assert_eq!(batch.records, vec![record]);
+        assert_eq!(batch.records, vec![record.clone()]);
+        // Without tools or an MCP method those fields are left out, so a
+        // control plane that predates them still takes the record.
+        let plain = SessionRecord {
+            tools: None,
+            ..record
+        };
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !text.contains("tools") && !text.contains("mcp_method"),
+            "{text}"
+        );
         // A field this build does not know is refused, not dropped.
         let extra = br#"{"records":[{"id":"x","surprise":1}]}"#;
         assert!(serde_json::from_slice::<SessionBatch>(extra).is_err());

@@ -191,6 +191,11 @@ fn a_denied_or_unanswered_held_call_is_replaced_and_the_rest_of_the_answer_kept(
         !record.to_string().contains("production.users"),
         "the record is what the client got"
     );
+    assert_eq!(
+        record["tools"],
+        "bash:refused:destructive,run_sql:refused:prod-sql,list:allowed"
+    );
+    assert!(record.get("mcp_method").is_none());
 
     // The control plane does not answer: withheld, saying so.
     let body = answer(vec![call("run_sql", json!({"query": PROD}))]);
@@ -264,7 +269,9 @@ fn a_client_that_leaves_while_a_call_is_held_gets_nothing() {
     let body = answer(vec![call("run_sql", json!({"query": PROD}))]);
     let (mut host, mut ex, _) = answered(&config, &body);
     let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
-    assert_eq!(record["decision"], "undecided");
+    // The decision stays what it was (the answer's address was masked);
+    // the call's entry says it was never decided.
+    assert_eq!(record["decision"], "masked");
     assert!(host.response_body_out.is_empty());
     assert_eq!(host.state(state::TOOLS), "run_sql:held:prod-sql");
     // The control plane's late answer changes nothing.
@@ -462,5 +469,77 @@ fn a_client_that_leaves_a_stream_while_a_call_waits_gets_nothing_of_it() {
     );
     assert!(!streamed(&host).contains("run_sql"));
     assert_eq!(host.responses_resumed, 0);
+    assert_eq!(host.state(state::TOOLS), "run_sql:held:prod-sql");
+}
+
+#[test]
+fn approvers_never_see_a_value_the_answer_carries_back_tokenized() {
+    let config = config(true);
+    let doc = TOOL_POLICY.replace(
+        "{name: pii, detect: email, action: mask}",
+        "{name: pii, detect: email, action: tokenize}",
+    );
+    let policy = Rc::new(Policy::from_bytes(doc.as_bytes()).unwrap());
+    let mut host =
+        FakeHost::new("POST", CHAT, Some(&token())).with_body(&chat(&format!("purge {EMAIL}")));
+    host.response_headers = vec![("content-type".into(), "application/json".into())];
+    let mut ex = Exchange::new();
+    assert_eq!(send(&mut host, &mut ex, &config, &policy), Flow::Continue);
+    ex.on_response_headers(&mut host, false);
+    // The model writes the placeholder; the client would get the address.
+    let query = "delete from production.users where email = '<EMAIL_1>'";
+    let body = answer(vec![call("run_sql", json!({"query": query}))]).to_string();
+    host.response_chunk = Ok(body.clone().into_bytes());
+    assert_eq!(
+        ex.on_response_body(&mut host, body.len(), true),
+        Flow::Pause
+    );
+    let (_, ask) = host.dispatched.last().unwrap();
+    let ask: serde_json::Value = serde_json::from_slice(ask.as_ref().unwrap()).unwrap();
+    let shown = ask["masked_prompt"].as_str().unwrap();
+    assert!(
+        !shown.contains(EMAIL),
+        "approvers see a placeholder: {shown}"
+    );
+    assert!(shown.contains("production.users"), "{shown}");
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_3", "status": "consumed", "consumed": true}),
+    );
+    assert!(
+        streamed(&host).contains(EMAIL),
+        "the client gets the value back"
+    );
+}
+
+#[test]
+fn a_stream_ended_by_trailers_while_a_call_waits_withholds_it_and_asks_no_more() {
+    let config = config(true);
+    let (mut host, mut ex) = streaming(&config);
+    let (start, finish, _) = sql_stream(PROD);
+    feed(&mut host, &mut ex, &start, false);
+    feed(&mut host, &mut ex, &finish, false);
+    let asked = host.dispatched.len();
+    assert_eq!(ex.on_response_trailers(&mut host), Flow::Continue);
+    assert_eq!(
+        host.counters.get("warden.stream.trailers_withheld"),
+        Some(&1)
+    );
+    answer_call(
+        &mut host,
+        &mut ex,
+        200,
+        json!({"id": "apr_2", "status": "approved", "consumed": false}),
+    );
+    assert_eq!(
+        host.dispatched.len(),
+        asked,
+        "no approver is asked any more"
+    );
+    assert!(!streamed(&host).contains("run_sql"));
+    assert_eq!(host.responses_resumed, 0);
+    ex.finish(&mut host);
     assert_eq!(host.state(state::TOOLS), "run_sql:held:prod-sql");
 }

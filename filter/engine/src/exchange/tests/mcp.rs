@@ -84,7 +84,14 @@ fn a_denied_tool_call_never_reaches_the_server_and_is_answered_as_json_rpc() {
     );
     assert_eq!(ex.decision(), Decision::Denied);
     assert!(!host.credentials_swapped() && host.resumed == 0);
-    ex.finish(&mut host);
+    let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
+    assert_eq!(
+        (record["mcp_method"].as_str(), record["tools"].as_str()),
+        (
+            Some("tools/call"),
+            Some("mcp.files.delete_everything:refused")
+        )
+    );
     assert_eq!(host.counters.get("warden.requests.denied"), Some(&1));
     assert_eq!(host.counters.get("warden.tools.refused"), Some(&1));
 }
