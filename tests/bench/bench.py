@@ -227,6 +227,64 @@ def time_stream(port: int, token: str | None, delay_ms: int) -> tuple[float, flo
     return first or total, first_text or total, total, body.count(b"\n\ndata:") + 1
 
 
+# A streamed answer with a tool call (issue 19): ~250 text events, then a `bash`
+# call whose ~2 KB of arguments come in ~50 fragments, then the finish. The
+# filter holds a call from its first fragment until its arguments end and it
+# is judged (a rule on `bash` makes the policy judge calls).
+CALL_ARGS = json.dumps({"command": "grep -rn pattern " + " ".join(f"/srv/data/part-{i:04d}.log" for i in range(80))})
+BENCH_TOOL_RULE = {"name": "bench-destructive-shell", "tools": ["bash"], "argument": "command",
+                   "regex": r"\brm\s+-[a-z]*r", "action": "block"}
+
+
+def tool_call_stream() -> str:
+    base = {"id": "chatcmpl-b", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        data = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(data)}\n\n"
+    out = chunk({"role": "assistant", "content": ""})
+    text = "Looking through the logs for the pattern now. " * 22
+    out += "".join(chunk({"content": text[i:i + 4]}) for i in range(0, len(text), 4))
+    out += chunk({"tool_calls": [{"index": 0, "id": "call_b", "type": "function",
+                                  "function": {"name": "bash", "arguments": ""}}]})
+    out += "".join(chunk({"tool_calls": [{"index": 0, "function": {"arguments": CALL_ARGS[i:i + 40]}}]})
+                   for i in range(0, len(CALL_ARGS), 40))
+    return out + chunk({}, "tool_calls") + "data: [DONE]\n\n"
+
+
+def time_call_stream(stack: Stack, port: int, token: str | None, delay_ms: int) -> tuple[float, float, float]:
+    """(seconds to the first byte of the call, to the call's last fragment, to the end)
+    of one answer with a tool call, sent in 512-byte frames `delay_ms` apart."""
+    stack.provider_queue_raw([{"content_type": "text/event-stream", "body": tool_call_stream(),
+                               "chunk_size": 512, "chunk_delay_ms": delay_ms}])
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    start = time.perf_counter()
+    conn.request("POST", "/openai/v1/chat/completions", body=STREAM_BODY, headers=headers)
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"a tool-call stream answered {resp.status}: {resp.read()[:300]!r}")
+    first = last = None
+    body = b""
+    tail = json.dumps(CALL_ARGS[-20:])[1:-1].encode()
+    while True:
+        chunk = resp.read1(65536)
+        if not chunk:
+            break
+        body += chunk
+        if first is None and b'"tool_calls"' in body:
+            first = time.perf_counter() - start
+        if last is None and tail in body:
+            last = time.perf_counter() - start
+    total = time.perf_counter() - start
+    conn.close()
+    if b'"tool_calls"' not in body:
+        raise RuntimeError("the tool call did not reach the client; the scenario is broken")
+    return first or total, last or total, total
+
+
 def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: Path) -> dict[str, float]:
     """Resident memory (MiB) of an Envoy without a filter, with the no-op wasm filter and
     with Warden, at 1 and 2 workers, each after `duration` seconds of 8 KB chat traffic."""
@@ -358,6 +416,9 @@ def main() -> int:
     # access log is the audit trail); row 1r shows what recording adds.
     filter_config = default_filter_config()
     filter_config["policy"]["record"] = "off"
+    # One tool rule, so the filter judges the tool calls of answers (they pass
+    # untouched when no rule or tool limit applies); no other row makes calls.
+    filter_config["policy"].setdefault("rules", []).append(BENCH_TOOL_RULE)
 
     compared = {}
     for item in args.compare:
@@ -473,6 +534,15 @@ def main() -> int:
                     streams[f"bare_{pace}"].append(time_stream(bare_port, None, delay))
                     streams[f"filter_{pace}"].append(time_stream(ports.gateway, token, delay))
 
+            print(f"  tool calls: {args.stream_samples} timed answers with a streamed call each, bare and filter",
+                  flush=True)
+            calls: dict[str, list[tuple[float, float, float]]] = {
+                "bare_paced": [], "filter_paced": [], "bare_burst": [], "filter_burst": []}
+            for _ in range(args.stream_samples):
+                for pace, delay in (("paced", 1), ("burst", 0)):
+                    calls[f"bare_{pace}"].append(time_call_stream(stack, bare_port, None, delay))
+                    calls[f"filter_{pace}"].append(time_call_stream(stack, ports.gateway, token, delay))
+
             print("  memory: Envoy with and without the filter, 1 and 2 workers", flush=True)
             try:
                 memory = envoy_rss(stack, tmp_dir, token, max(1, args.duration // 2), noop_wasm)
@@ -481,7 +551,7 @@ def main() -> int:
                 memory = {}
 
     med = {k: median(v) for k, v in runs.items() if v}
-    text = report(args, quick, plan, med, streams, memory, engine, time.monotonic() - started)
+    text = report(args, quick, plan, med, streams, calls, memory, engine, time.monotonic() - started)
     Path(args.out).write_text(text)
     print(text)
     return 0
@@ -507,7 +577,7 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**missed**")
 
 
-def report(args, quick, plan, med, streams, memory, engine, elapsed) -> str:
+def report(args, quick, plan, med, streams, calls, memory, engine, elapsed) -> str:
     envoy_version = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True).stdout.strip()
     node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     rustc_version = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
@@ -571,6 +641,13 @@ def report(args, quick, plan, med, streams, memory, engine, elapsed) -> str:
     added_first_text = first_text["filter_paced"] - first_text["bare_paced"]
     per_event = (total["filter_burst"] - total["bare_burst"]) / max(events, 1)
     load_per_event = (loaded("3").cpu_us - loaded("0c").cpu_us) / max(events, 1)
+    call_first = {k: statistics.median(t[0] for t in v) * 1e6 for k, v in calls.items()}
+    call_last = {k: statistics.median(t[1] for t in v) * 1e6 for k, v in calls.items()}
+    call_total = {k: statistics.median(t[2] for t in v) * 1e6 for k, v in calls.items()}
+    call_events = tool_call_stream().count("data: ")
+    call_held = call_first["filter_paced"] - call_first["bare_paced"]
+    call_last_added = call_last["filter_paced"] - call_last["bare_paced"]
+    call_per_event = (call_total["filter_burst"] - call_total["bare_burst"]) / call_events
 
     mem_rows = ""
     if memory:
@@ -639,6 +716,18 @@ batches to the control plane), and the control plane's own work shares these cor
   the filter: **{per_event:+.1f} µs per event** (target <= 20 µs: {verdict(per_event <= 20)});
 - under load (the wrk rows above, {CONNECTIONS} streams at once): {load_per_event:+.1f} µs of Envoy CPU per event
   (Envoy CPU per stream, filter minus bare, over the events).
+
+**Streamed tool calls** ({args.stream_samples} timed answers of each kind, medians; {call_events} events: text,
+then a `bash` call whose {len(CALL_ARGS)} bytes of arguments come in
+{-(-len(CALL_ARGS) // 40)} fragments, then the finish; a rule on `bash` makes the filter judge it):
+- the call's first byte at the client, frames 1 ms apart: {call_first['bare_paced']:.0f} µs bare,
+  {call_first['filter_paced']:.0f} µs with the filter: **{call_held:+.0f} µs**, the extra delay of a held
+  call: by design the call leaves once its arguments have ended and it is judged, so this is about the time
+  its fragments take to arrive, not processing time;
+- the call's last fragment at the client: {call_last_added:+.0f} µs (what the judging itself adds once
+  the call is complete);
+- whole answer, frames sent at once: {call_total['bare_burst']:.0f} µs bare,
+  {call_total['filter_burst']:.0f} µs with the filter: **{call_per_event:+.1f} µs per event**.
 
 **Scenario 5, size**: added cost per KB of request ({lin}). Linear cost means a flat µs/KB.
 

@@ -123,6 +123,9 @@ struct Call {
     fragments: String,
     /// Arguments given whole (Anthropic's start `input`, a Responses item).
     whole: Vec<Value>,
+    /// The forms of its arguments the judge read (kept to check a copy the
+    /// stream repeats later).
+    judged: Vec<Value>,
     done: bool,
     verdict: Option<Verdict>,
     /// Chat: the index the client sees (calls after a refused one move up).
@@ -417,6 +420,7 @@ impl CallGate {
                     tool: String::new(),
                     fragments: String::new(),
                     whole: Vec::new(),
+                    judged: Vec::new(),
                     done: false,
                     verdict: None,
                     sent_index: None,
@@ -623,8 +627,22 @@ impl CallGate {
                     for (outer, item) in items.iter().enumerate() {
                         let key = Key::output(outer as u64);
                         if let Some((tool, arguments)) = responses_call(item) {
-                            if self.position(key).is_none() {
-                                self.whole_call(key, &tool, arguments, &mut touches)?;
+                            match self.calls.iter_mut().find(|c| c.key == key) {
+                                None => self.whole_call(key, &tool, arguments, &mut touches)?,
+                                // A copy of a call not judged yet is judged too.
+                                Some(call) if call.verdict.is_none() => call.whole.push(arguments),
+                                // A copy of a call let through (or waiting
+                                // for an approver) must be the call judged:
+                                // clients run the calls of the final response.
+                                Some(call)
+                                    if !matches!(call.verdict, Some(Verdict::Refuse(_)))
+                                        && !call.judged.contains(&arguments) =>
+                                {
+                                    return Err(uninspectable(
+                                        "Warden stopped this response: a copy of a tool call differs from the call it judged",
+                                    ));
+                                }
+                                Some(_) => {}
                             }
                             if !touches.contains(&key) {
                                 touches.push(key);
@@ -751,6 +769,7 @@ impl CallGate {
                 call.done = true;
                 call.fragments = String::new();
                 call.whole = Vec::new();
+                call.judged = arguments;
             }
         }
     }

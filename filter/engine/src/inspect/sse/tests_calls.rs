@@ -486,3 +486,42 @@ fn a_pending_call_holds_everything_after_it_until_it_is_decided() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_final_copy_of_a_call_that_differs_from_the_judged_one_stops_the_stream() {
+    // A custom tool's input streams as one thing; the final response (which
+    // clients such as agent loops run calls from) repeats another.
+    let item = |input: &str, status: &str| {
+        json!({"id": "ct_1", "type": "custom_tool_call", "status": status, "call_id": "call_1",
+               "name": "shell", "input": input})
+    };
+    let event = |n: u64, body: Value| {
+        let kind = body["type"].as_str().unwrap().to_owned();
+        let mut body = body;
+        body["sequence_number"] = n.into();
+        format!("event: {kind}\ndata: {body}\n\n")
+    };
+    let stream = |final_input: &str| {
+        [
+            event(0, json!({"type": "response.output_item.added", "output_index": 0, "item": item("", "in_progress")})),
+            event(1, json!({"type": "response.custom_tool_call_input.delta", "output_index": 0, "item_id": "ct_1", "delta": "ls -la"})),
+            event(2, json!({"type": "response.output_item.done", "output_index": 0, "item": item("ls -la", "completed")})),
+            event(3, json!({"type": "response.completed", "response": {"id": "r", "status": "completed",
+                "output": [item(final_input, "completed")]}})),
+        ]
+        .concat()
+    };
+    let out = whole(
+        StreamApi::OpenAiResponses,
+        Some(Judge::default()),
+        &stream("rm -rf /"),
+    );
+    assert!(!out.contains("rm -rf"), "{out}");
+    assert!(out.contains("a copy of a tool call differs"), "{out}");
+    // A final copy that is the call judged passes untouched.
+    let same = stream("ls -la");
+    assert_eq!(
+        whole(StreamApi::OpenAiResponses, Some(Judge::default()), &same),
+        whole(StreamApi::OpenAiResponses, None, &same)
+    );
+}
