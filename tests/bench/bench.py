@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 from http.client import HTTPConnection
 import json
 import os
@@ -293,8 +294,8 @@ def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: P
     script = lua(tmp / "mem.lua", "POST", token, body8k)
     for kind in ("bare", "noop", "filter"):
         for workers in (1, 2):
-            ports = Ports(gateway=Ports.free().gateway, admin=Ports.free().admin,
-                          control_plane=stack.ports.control_plane, provider=stack.ports.provider)
+            fresh = Ports.free()
+            ports = dataclasses.replace(stack.ports, gateway=fresh.gateway, admin=fresh.admin)
             data = tmp / f"mem-{kind}-{workers}"
             (data / "logs").mkdir(parents=True, exist_ok=True)
             cfg = render_envoy_config(ports, data)
