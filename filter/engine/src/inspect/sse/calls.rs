@@ -1072,8 +1072,20 @@ impl CallGate {
             }
             return Some(changed);
         }
-        // The call's deltas are dropped; what else the event is stays.
-        (start || message_level || ends_turn || kind == "message_stop").then_some(changed)
+        // The call's deltas are dropped; what else the event is stays,
+        // without a JSON delta it carries for the call (an event named
+        // `message_stop` whose JSON, lacking a type, holds one).
+        let keeps = start || message_level || ends_turn || kind == "message_stop";
+        let json_delta = body
+            .get("delta")
+            .and_then(|d| d.get("type"))
+            .and_then(Value::as_str)
+            == Some("input_json_delta");
+        if keeps && json_delta {
+            body.remove("delta");
+            changed = true;
+        }
+        keeps.then_some(changed)
     }
 
     /// Responses: a refused call's item becomes a message item; its other
