@@ -164,6 +164,11 @@ def pending_call_approval(stack, approver: str, query: str) -> dict:
     return found[0]
 
 
+def decide(stack, approver: str, approval: dict, verdict: str, reason: str) -> None:
+    """The approver's decision (`approve` or `deny`, with `reason`) with the CLI."""
+    stack.cli("approvals", verdict, approval["id"], "--reason", reason, token=approver)
+
+
 @pytest.mark.parametrize("verdict", ["approve", "deny"])
 def test_a_call_a_rule_holds_waits_in_the_answer_for_an_approver(client, verdict):
     """A call in a model's answer that needs an approval: the answer waits
@@ -179,10 +184,7 @@ def test_a_call_a_rule_holds_waits_in_the_answer_for_an_approver(client, verdict
         approval = pending_call_approval(client.stack, bob, query)
         assert approval["masked_prompt"].startswith("run_sql "), approval
         assert asking.is_alive() and not outcome, "the answer waits for the decision"
-        if verdict == "approve":
-            client.stack.cli("approvals", "approve", approval["id"], "--reason", "CHG-9", token=bob)
-        else:
-            client.stack.cli("approvals", "deny", approval["id"], "--reason", "not during the freeze", token=bob)
+        decide(client.stack, bob, approval, verdict, "not during the freeze")
     finally:
         asking.join(timeout=90)
     assert not asking.is_alive() and "error" not in outcome, outcome
@@ -426,10 +428,7 @@ def test_a_streamed_call_a_rule_holds_waits_in_the_stream_for_an_approver(client
         approval = pending_call_approval(client.stack, bob, query)
         wait_until("the text before the call", lambda: "".join(outcome["text"]).startswith("Cleaning up"))
         assert "final" not in outcome and "error" not in outcome, outcome
-        if verdict == "approve":
-            client.stack.cli("approvals", "approve", approval["id"], "--reason", "CHG-10", token=bob)
-        else:
-            client.stack.cli("approvals", "deny", approval["id"], "--reason", "not now", token=bob)
+        decide(client.stack, bob, approval, verdict, "not now")
     finally:
         asking.join(timeout=90)
     assert not asking.is_alive() and "error" not in outcome, outcome
