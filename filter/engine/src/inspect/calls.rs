@@ -19,7 +19,8 @@ use super::apply::Outcome;
 use super::body::Shape;
 use super::sse::{CallJudge, StreamedCall, Verdict};
 use super::tools::{
-    offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice, CallAt, Choice,
+    ambiguous_arguments, offered_tools, refuse_calls, remove_offered, tool_calls, tool_choice,
+    CallAt, Choice,
 };
 use crate::auth::Identity;
 use crate::inspect::mask::Action;
@@ -195,9 +196,16 @@ pub fn held_text(tool: &str, rule: &str, why: &str) -> String {
     format!("[warden] The call to tool '{tool}' was withheld by the gateway's policy (rule '{rule}'): {why}")
 }
 
+/// The name a call with ambiguous arguments is refused under (in the
+/// audit record's `tools` and the sentence).
+pub const AMBIGUOUS_ARGUMENTS: &str = "warden.ambiguous_arguments";
+
 /// The sentence that stands where a refused call was.
 pub fn refusal_text(tool: &str, rule: Option<&str>) -> String {
     match rule {
+        Some(AMBIGUOUS_ARGUMENTS) => format!(
+            "[warden] The call to tool '{tool}' was refused: its arguments give a key twice, so what would run depends on the parser."
+        ),
         Some(rule) => format!(
             "[warden] The call to tool '{tool}' was refused by the gateway's policy (rule '{rule}')."
         ),
@@ -235,6 +243,13 @@ pub fn decide_call(
         rule,
     };
     let access = policy.tool_access(identity, tool);
+    if ambiguous_arguments(arguments) {
+        // Which call the agent would run depends on its JSON parser.
+        return CallDecision {
+            entry: entry(ToolDecision::Refused, Some(AMBIGUOUS_ARGUMENTS.to_owned())),
+            outcome,
+        };
+    }
     let entry = match (access, outcome.stop()) {
         (ToolAccess::Denied, _) => entry(ToolDecision::Refused, None),
         (_, Some((rule, Action::Block))) => entry(ToolDecision::Refused, Some(rule)),
@@ -546,5 +561,27 @@ rules:
             summary(&calls.entries),
             "bash:observe:refused:destructive,computer:observe:refused"
         );
+    }
+
+    #[test]
+    fn a_call_whose_arguments_give_a_key_twice_is_refused() {
+        let p = policy(POLICY);
+        let eng = who(&["eng"]);
+        // One parser runs `rm -rf /`, another `ls`: no judgment of it holds.
+        let twice = r#"{"command": "rm -rf /", "command": "ls"}"#;
+        let mut doc = json!({"choices": [{"message": {"tool_calls": [
+            {"type": "function", "function": {"name": "bash", "arguments": twice}},
+            {"type": "function", "function": {"name": "bash", "arguments": "{\"command\": \"ls\"}"}}]}}]});
+        let calls = govern_calls(&p, &eng, None, Shape::OpenAiChat, &mut doc, true);
+        assert_eq!(
+            summary(&calls.entries),
+            "bash:refused:warden.ambiguous_arguments,bash:allowed"
+        );
+        assert!(!doc.to_string().contains("rm -rf"), "{doc}");
+        let text = doc["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.contains("gives a key twice") || text.contains("give a key twice"), "{text}");
+        // Text that is no JSON at all (a custom tool's input) is no ambiguity.
+        let free = decide_call(&p, &eng, None, "notes", &Value::String("{not json".into()));
+        assert_eq!(free.entry.decision, ToolDecision::Allowed);
     }
 }

@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use super::body::Shape;
+use super::body::{parse_strict, Shape};
 
 /// The name a policy knows an offered tool by, `None` for an entry this
 /// API does not define (left to the provider to refuse).
@@ -232,14 +232,27 @@ pub struct ToolCall {
     pub arguments: Value,
 }
 
-/// Arguments sent as a string of JSON (OpenAI): decoded when they parse.
+/// Arguments sent as a string of JSON (OpenAI): decoded when they parse
+/// strictly. JSON that names a key twice stays text
+/// ([`ambiguous_arguments`] tells the judge): parsers disagree on which of
+/// the two an agent would run.
 pub(crate) fn decoded(arguments: Option<&Value>) -> Value {
     match arguments {
         Some(Value::String(text)) => {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+            parse_strict(text.as_bytes()).unwrap_or_else(|_| Value::String(text.clone()))
         }
         Some(other) => other.clone(),
         None => Value::Null,
+    }
+}
+
+/// Whether a call's arguments are JSON only to a lenient parser (a key
+/// given twice): `{"cmd": "rm -rf /", "cmd": "ls"}` is `ls` to one
+/// parser and `rm -rf /` to another, so no judgment of it holds.
+pub fn ambiguous_arguments(arguments: &Value) -> bool {
+    match arguments {
+        Value::String(text) => serde_json::from_str::<Value>(text).is_ok(),
+        _ => false,
     }
 }
 
