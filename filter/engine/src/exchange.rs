@@ -799,9 +799,7 @@ impl Exchange {
                     Response::Stream(rewriter, text, calls)
                 };
                 let paused = matches!(next, Response::Stream(..)) && end_of_stream;
-                if let Phase::Forwarded { response, .. } = &mut self.phase {
-                    *response = next;
-                }
+                self.set_response(next);
                 if paused {
                     Flow::Pause
                 } else {
@@ -1763,9 +1761,7 @@ impl Exchange {
             match self.dispatch_approval_call(host, &call) {
                 Some(token) => {
                     hold.flow = Some((flow, token));
-                    if let Phase::Forwarded { response, .. } = &mut self.phase {
-                        *response = Response::HoldingCalls(hold);
-                    }
+                    self.set_response(Response::HoldingCalls(hold));
                     return Flow::Pause;
                 }
                 None => {
@@ -1773,9 +1769,7 @@ impl Exchange {
                     let next = flow.on_answer(None, &[], host.now_millis());
                     if let Some(flow) = self.after_call_answer(host, &mut hold, flow, next) {
                         hold.flow = Some(flow);
-                        if let Phase::Forwarded { response, .. } = &mut self.phase {
-                            *response = Response::HoldingCalls(hold);
-                        }
+                        self.set_response(Response::HoldingCalls(hold));
                         return Flow::Pause;
                     }
                 }
@@ -1873,9 +1867,7 @@ impl Exchange {
         let next = flow.on_answer(status, body, host.now_millis());
         if let Some(flow) = self.after_call_answer(host, &mut hold, flow, next) {
             hold.flow = Some(flow);
-            if let Phase::Forwarded { response, .. } = &mut self.phase {
-                *response = Response::HoldingCalls(hold);
-            }
+            self.set_response(Response::HoldingCalls(hold));
             return Flow::Pause;
         }
         self.ask_call_approval(host, hold)
@@ -2029,22 +2021,16 @@ impl Exchange {
         out.extend(self.ask_stream_approvals(host, &mut rewriter, &calls));
         let Some((held_len, mut ended)) = self.stream_holds.paused_end.take() else {
             self.stream_holds.backlog.extend(out);
-            if let Phase::Forwarded { response, .. } = &mut self.phase {
-                *response = Response::Stream(rewriter, text, calls);
-            }
+            self.set_response(Response::Stream(rewriter, text, calls));
             return;
         };
         ended.extend(out);
         if rewriter.awaiting_calls() {
             self.stream_holds.paused_end = Some((held_len, ended));
-            if let Phase::Forwarded { response, .. } = &mut self.phase {
-                *response = Response::Stream(rewriter, text, calls);
-            }
+            self.set_response(Response::Stream(rewriter, text, calls));
             return;
         }
-        if let Phase::Forwarded { response, .. } = &mut self.phase {
-            *response = Response::Closed;
-        }
+        self.set_response(Response::Closed);
         if host.set_response_body(held_len, &ended).is_err() {
             host.log(
                 Level::Error,
@@ -2098,9 +2084,7 @@ impl Exchange {
             approved,
             ..
         } = hold;
-        if let Phase::Forwarded { response, .. } = &mut self.phase {
-            *response = Response::Pass;
-        }
+        self.set_response(Response::Pass);
         self.record_tools(host, entries);
         if !refused.is_empty() {
             crate::inspect::tools::refuse_calls(shape, &mut doc, &refused);
@@ -2120,6 +2104,14 @@ impl Exchange {
             self.set_decision(host, Decision::Approved);
         }
         Flow::Continue
+    }
+
+    /// How the rest of a forwarded exchange's response is handled, after a
+    /// step that took it out of the phase.
+    fn set_response(&mut self, next: Response) {
+        if let Phase::Forwarded { response, .. } = &mut self.phase {
+            *response = next;
+        }
     }
 
     /// A rewritten stream ended: its usage, record and findings.

@@ -579,7 +579,10 @@ rules:
         );
         assert!(!doc.to_string().contains("rm -rf"), "{doc}");
         let text = doc["choices"][0]["message"]["content"].as_str().unwrap();
-        assert!(text.contains("gives a key twice") || text.contains("give a key twice"), "{text}");
+        assert!(
+            text.contains("gives a key twice") || text.contains("give a key twice"),
+            "{text}"
+        );
         // Text that is no JSON at all (a custom tool's input) is no ambiguity.
         let free = decide_call(&p, &eng, None, "notes", &Value::String("{not json".into()));
         assert_eq!(free.entry.decision, ToolDecision::Allowed);
