@@ -50,7 +50,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.stack import (ENVOY_BIN, ROOT, STAND_IN_KEYS, Ports, Stack, default_filter_config,  # noqa: E402
+from harness.stack import (ENVOY_BIN, ROOT, STAND_IN_KEYS, Ports, Stack, STRING_VALUE_TYPE,  # noqa: E402
+                           default_filter_config, plugin_config, set_plugin_config,
                            http, render_envoy_config, spawn, wait_until)
 
 CONNECTIONS = 8
@@ -360,13 +361,13 @@ def use_module(plugin: dict, wasm: Path) -> None:
 def use_noop_filter(plugin: dict, wasm: Path) -> None:
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
     plugin["root_id"] = "noop"
-    plugin["configuration"]["value"] = ""
+    plugin["configuration"] = {"@type": STRING_VALUE_TYPE, "value": ""}
 
 
 def record_sessions(plugin: dict) -> None:
-    config = yaml.safe_load(plugin["configuration"]["value"])
+    config = plugin_config(plugin)
     config["policy"]["record"] = "metadata"
-    plugin["configuration"]["value"] = yaml.safe_dump(config)
+    set_plugin_config(plugin, config)
 
 
 def engine_benches(quick: bool) -> dict | None:

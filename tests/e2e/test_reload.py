@@ -19,7 +19,7 @@ import httpx2 as httpx
 import yaml
 
 from harness.sse import chat_chunk
-from harness.stack import http, wait_until
+from harness.stack import http, plugin_config, set_plugin_config, wait_until
 
 CHAT = "/openai/v1/chat/completions"
 EMAIL = "jane.doe@example.com"
@@ -44,7 +44,7 @@ class Ecds:
             if f["name"] == "envoy.filters.http.wasm":
                 self.wasm = f["typed_config"]
                 self.directory.mkdir(parents=True, exist_ok=True)
-                self.publish(yaml.safe_load(self.wasm["config"]["configuration"]["value"]))
+                self.publish(plugin_config(self.wasm["config"]))
                 hcm["http_filters"][i] = {"name": "warden", "config_discovery": {
                     "config_source": {"resource_api_version": "V3", "path_config_source": {
                         "path": str(self.path), "watched_directory": {"path": str(self.directory)}}},
@@ -52,14 +52,14 @@ class Ecds:
 
     def first_config(self) -> dict:
         """The filter configuration Envoy started with (this stack's addresses in it)."""
-        return yaml.safe_load(self.wasm["config"]["configuration"]["value"])
+        return plugin_config(self.wasm["config"])
 
-    def publish(self, plugin_config: dict | str) -> None:
+    def publish(self, config: dict) -> None:
         """Writes a new version of the filter's configuration, atomically (a
-        rename in the watched directory, as Envoy expects)."""
+        rename in the watched directory, as Envoy expects). As JSON text in a
+        StringValue: what Istio and Envoy Gateway send through ECDS."""
         wasm = json.loads(json.dumps(self.wasm))
-        text = plugin_config if isinstance(plugin_config, str) else yaml.safe_dump(plugin_config)
-        wasm["config"]["configuration"]["value"] = text
+        set_plugin_config(wasm["config"], config, json_text=True)
         document = {"resources": [{"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
                                    "name": "warden", "typed_config": wasm}]}
         tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
@@ -227,9 +227,9 @@ def test_a_new_listener_and_a_replaced_one_serve_while_an_open_stream_finishes(m
     listeners = json.loads(json.dumps(lds.listeners))
     hcm = listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]
     wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]
-    config = yaml.safe_load(wasm["config"]["configuration"]["value"])
+    config = plugin_config(wasm["config"])
     config["policy"]["groups"]["engineering"]["models"] = ["claude-*"]
-    wasm["config"]["configuration"]["value"] = yaml.safe_dump(config)
+    set_plugin_config(wasm["config"], config)
     second = json.loads(json.dumps(listeners[0]))
     second["name"] = "warden_gateway_2"
     with socket.socket() as s:

@@ -421,6 +421,10 @@ class Vm:
         data, _ = self._buffer(kind)
         if data is None:
             return NOT_FOUND
+        # wasmtime hands i32 arguments over signed; Envoy reads them as
+        # uint32 (the SDK asks for `usize::MAX` = 0xFFFFFFFF bytes, which a
+        # signed -1 would turn into "all but the last byte").
+        start, max_size = start & 0xFFFFFFFF, max_size & 0xFFFFFFFF
         # Envoy: reads are clipped to the buffer; nothing to copy writes nothing.
         chunk = bytes(data[start:start + max_size])
         return self._give(chunk, ptr_ptr, size_ptr) if chunk else OK

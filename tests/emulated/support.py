@@ -21,7 +21,8 @@ DEFAULT_POLICY = yaml.safe_load((ROOT / "examples" / "policies" / "default.yaml"
 
 
 def filter_config(control_plane: bool = False, policy: dict | None = None) -> str:
-    """The plugin configuration, shaped like envoy/envoy.yaml's (a StringValue)."""
+    """The plugin configuration, shaped like envoy/envoy.yaml's, as JSON text
+    (what a StringValue carries, and what Istio and Envoy Gateway send)."""
     config = {
         "providers": [{"name": "openai", "api": "openai", "path_prefix": "/openai/",
                        "cluster": "provider_openai", "credential": {"env": "WARDEN_OPENAI_API_KEY"}}],
@@ -35,7 +36,7 @@ def filter_config(control_plane: bool = False, policy: dict | None = None) -> st
         config["control_plane"] = {"cluster": "warden_control_plane", "authority": "cp.example.internal:8080",
                                    "gateway_key_env": "WARDEN_GATEWAY_SECRET", "poll_seconds": 5,
                                    "max_stale_seconds": 300}
-    return yaml.safe_dump(config, sort_keys=False)
+    return json.dumps(config)
 
 
 def make_envoy(control_plane: bool = False, env: dict | None = None, **kw) -> Envoy:

@@ -1,8 +1,17 @@
 """The VM's start: the plugin configuration reaches on_configure, a bad one
 is refused (Envoy then rejects the filter) and the log says why."""
 
+import json
+
+import yaml
+from google.protobuf import struct_pb2
+
 from host import Envoy
-from support import filter_config, make_envoy
+from support import PROVIDER_KEY, filter_config, make_envoy
+
+
+def make_envoy_with(configuration: bytes | str) -> Envoy:
+    return Envoy(configuration, env={"WARDEN_OPENAI_API_KEY": PROVIDER_KEY})
 
 
 def test_a_valid_configuration_starts_and_an_invalid_one_is_refused_with_the_reason():
@@ -22,7 +31,7 @@ def test_a_valid_configuration_starts_and_an_invalid_one_is_refused_with_the_rea
     assert level == "error" and "WARDEN_GATEWAY_SECRET is not set in Envoy's environment" in message
     assert vm.tick_period_ms is None, "a refused configuration starts no timer"
 
-    vm = Envoy(filter_config() + "bogus_field: 1\n").start_vm()
+    vm = Envoy(json.dumps({**json.loads(filter_config()), "bogus_field": 1})).start_vm()
     assert not vm.configured
     assert "unknown field `bogus_field`" in vm.log_text()
 
@@ -35,3 +44,27 @@ def test_a_valid_configuration_starts_and_an_invalid_one_is_refused_with_the_rea
     assert vm.configured
     assert any(level == "warn" and "WARDEN_OPENAI_API_KEY is not set" in message
                for level, message in vm.logs)
+
+
+def test_the_configuration_is_taken_as_json_text_or_a_protobuf_struct_but_not_yaml():
+    """Envoy passes a configuration typed google.protobuf.Struct (native YAML
+    in an Envoy file) as serialized protobuf, and a StringValue (what Istio and
+    Envoy Gateway send) as its text. The module has no YAML parser."""
+    config = json.loads(filter_config())
+    as_struct = struct_pb2.Struct()
+    as_struct.update(config)
+    vm = make_envoy_with(as_struct.SerializeToString()).start_vm()
+    assert vm.configured, vm.log_text()
+    # Struct numbers are doubles; integer settings still take them.
+    config["max_body_bytes"] = 65536
+    as_struct.update(config)
+    vm = make_envoy_with(as_struct.SerializeToString()).start_vm()
+    assert vm.configured, vm.log_text()
+    config["max_body_bytes"] = 65536.5
+    as_struct.update(config)
+    vm = make_envoy_with(as_struct.SerializeToString()).start_vm()
+    assert not vm.configured
+
+    vm = make_envoy_with(yaml.safe_dump(json.loads(filter_config()))).start_vm()
+    assert not vm.configured
+    assert "does not read YAML text" in vm.log_text()

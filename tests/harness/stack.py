@@ -40,6 +40,11 @@ PROVIDER_BIN = NATIVE / "warden-stand-in-provider"
 ENVOY_BIN = ROOT / ".venv" / "bin" / "envoy"
 ENVOY_TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 FILTER_WASM = ROOT / "dist" / "warden-filter.wasm"
+# The two ways a plugin configuration reaches the filter: a Struct (native
+# YAML in an Envoy file; envoy/envoy.yaml) and JSON text in a StringValue
+# (what Istio's WasmPlugin and Envoy Gateway deliver, through ECDS).
+STRUCT_TYPE = "type.googleapis.com/google.protobuf.Struct"
+STRING_VALUE_TYPE = "type.googleapis.com/google.protobuf.StringValue"
 # Built by `scripts/test.sh e2e` only: traps on the header x-warden-test-trap.
 MCP_SERVER = ROOT / "tests" / "mcp" / "server.py"
 TRAP_FILTER_WASM = ROOT / "dist" / "test" / "warden-filter-test-trap.wasm"
@@ -225,7 +230,7 @@ def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -
     return Process(name, popen, log_path)
 
 
-def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | None = None,
+def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: dict | str | None = None,
                         real_clusters: set[str] = frozenset(), extra_clusters: dict | None = None,
                         bare_port: int | None = None, template: Path = ENVOY_TEMPLATE,
                         access_log: str | Path | None = None) -> dict:
@@ -249,11 +254,12 @@ def render_envoy_config(ports: Ports, data_dir: Path, *, filter_config: str | No
         if f["name"] == "envoy.filters.http.wasm":
             plugin = f["typed_config"]["config"]
             plugin["vm_config"]["code"]["local"]["filename"] = str(FILTER_WASM)
-            if filter_config is not None:
-                plugin["configuration"]["value"] = filter_config
+            config = plugin_config(plugin) if filter_config is None else filter_config
+            if isinstance(config, str):
+                config = yaml.safe_load(config)
             # The dev issuer's name and the control plane's authority carry its address.
-            plugin["configuration"]["value"] = plugin["configuration"]["value"].replace(
-                "127.0.0.1:8080", f"127.0.0.1:{ports.control_plane}")
+            config = json.loads(json.dumps(config).replace("127.0.0.1:8080", f"127.0.0.1:{ports.control_plane}"))
+            set_plugin_config(plugin, config)
     port_of = {"provider_openai": ports.provider, "provider_anthropic": ports.provider,
                "warden_control_plane": ports.control_plane, "mcp_files": ports.mcp}
     clusters = cfg["static_resources"]["clusters"]
@@ -288,7 +294,24 @@ def default_filter_config() -> dict:
     cfg = yaml.safe_load(ENVOY_TEMPLATE.read_text())
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
-    return yaml.safe_load(plugin["typed_config"]["config"]["configuration"]["value"])
+    return plugin_config(plugin["typed_config"]["config"])
+
+
+def plugin_config(plugin: dict) -> dict:
+    """The Warden configuration of a wasm filter's `config`, whichever way it is encoded."""
+    configuration = plugin["configuration"]
+    if configuration["@type"] == STRUCT_TYPE:
+        return copy.deepcopy(configuration["value"])
+    return json.loads(configuration["value"])
+
+
+def set_plugin_config(plugin: dict, config: dict, *, json_text: bool = False) -> None:
+    """Puts a Warden configuration into a wasm filter's `config`: as a Struct,
+    or (json_text) as JSON text in a StringValue, the way a mesh sends it."""
+    if json_text:
+        plugin["configuration"] = {"@type": STRING_VALUE_TYPE, "value": json.dumps(config)}
+    else:
+        plugin["configuration"] = {"@type": STRUCT_TYPE, "value": config}
 
 
 def loopback_cluster(name: str, port: int) -> dict:

@@ -1,7 +1,7 @@
 //! The filter's configuration: the document an operator writes in the Envoy
-//! YAML (`configuration` as a `StringValue` holding JSON or YAML, which is
-//! also what Istio's `WasmPlugin.pluginConfig` becomes), and its compiled
-//! form. Unknown fields are errors: a typo must stop Envoy from taking the
+//! YAML (`configuration` as a `google.protobuf.Struct`, or JSON text in a
+//! `StringValue`, which is what Istio's `WasmPlugin.pluginConfig` becomes;
+//! [`crate::document`] reads both), and its compiled form. Unknown fields are errors: a typo must stop Envoy from taking the
 //! configuration, not silently turn a protection off.
 
 use std::collections::BTreeSet;

@@ -43,6 +43,7 @@ impl std::fmt::Display for Problem {
 }
 
 /// Parses and compiles a policy (YAML or JSON), listing every problem.
+#[cfg(feature = "yaml")]
 pub fn check_document(bytes: &[u8]) -> Result<Policy, Vec<Problem>> {
     let syntax = |message: String, line: Option<usize>, column: Option<usize>| {
         vec![Problem {

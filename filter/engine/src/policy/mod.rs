@@ -56,7 +56,9 @@ mod tools;
 
 #[cfg(feature = "schema")]
 pub use compile::json_schema;
-pub use compile::{check_document, Problem};
+#[cfg(feature = "yaml")]
+pub use compile::check_document;
+pub use compile::Problem;
 pub use document::*;
 pub use tools::{CallVerdict, ToolAccess};
 
