@@ -5,9 +5,11 @@
 #                                 `make demo`: Debian's Rust (native and wasm),
 #                                 a venv with a pinned real Envoy and the SDKs
 #   scripts/bootstrap.sh test     the above, and what only the tests use: clippy,
-#                                 PostgreSQL, Chromium; in the venv Node.js
-#                                 (wasm tests in V8, the test IdP), pytest,
-#                                 Playwright, h2; the wasm-bindgen test runner
+#                                 PostgreSQL, Chromium, an OCI registry and
+#                                 runtimes (docker-registry, crun, runc); in the
+#                                 venv Node.js (wasm tests in V8, the test IdP),
+#                                 pytest, Playwright, h2, oras; the wasm-bindgen
+#                                 test runner
 #   scripts/bootstrap.sh bench    the above for `make bench` (wrk, valgrind)
 #   scripts/bootstrap.sh fuzz     Debian's Rust and a C++ compiler (libFuzzer),
 #                                 cargo-fuzz into .tools/ (`make fuzz`; no venv)

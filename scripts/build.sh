@@ -4,7 +4,7 @@
 # dist/warden-filter.wasm, and the native
 # binaries (warden, warden-stand-in-provider) with the profile
 # $WARDEN_NATIVE_PROFILE (default `local`, see scripts/lib.sh) into
-# target/<profile>/.
+# target/<profile>/, and packs both as OCI images in dist/oci/ (scripts/oci.py).
 #
 # The two builds run side by side: the wasm build ends in an LTO step that
 # keeps one or two cores busy, and a first build is mostly waiting for the compiler, so on a
@@ -35,4 +35,11 @@ mkdir -p "$ROOT/dist"
 cp "$(wasm_target_dir)/wasm32-wasip1/$WASM_PROFILE/warden_filter.wasm" "$WASM_OUT.tmp"
 mv "$WASM_OUT.tmp" "$WASM_OUT"
 info "$(du -h "$WASM_OUT" | cut -f1) $WASM_OUT"
+# The same filter, and the control plane, as OCI image layouts under dist/oci/
+# (no container engine: scripts/oci.py only packs files, in a second or two):
+# what a mesh pulls (Istio's WasmPlugin, Envoy Gateway's EnvoyExtensionPolicy)
+# and what a cluster runs. Also dist/warden-filter.wasm.sha256 and the manifest
+# digests (dist/oci/*.digest), for pinning.
+step "build: OCI images -> dist/oci/warden-filter/, dist/oci/warden-control-plane/ (scripts/oci.py)"
+"$VENV/bin/python" "$ROOT/scripts/oci.py" all | while read -r layout digest; do info "$digest ${layout#"$ROOT/"}"; done
 step "build: done"

@@ -54,7 +54,9 @@ DEMO_PACKAGES=(ca-certificates curl git make gcc libc6-dev pkg-config python3 py
 # only a Recommends of rustc-web, so it is named here), the libc for
 # wasm32-wasip1. Also the native toolchain on such machines: one compiler.
 DEBIAN_RUST_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
-TEST_PACKAGES=(rust-web-clippy postgresql chromium)
+# docker-registry (the CNCF distribution server), runc and crun: the OCI
+# images of dist/oci/ pushed, pulled and run (tests/e2e/test_oci.py).
+TEST_PACKAGES=(rust-web-clippy postgresql chromium docker-registry crun runc)
 BENCH_PACKAGES=(wrk valgrind)
 # libFuzzer is C++: libfuzzer-sys compiles it with the system's C++ compiler.
 FUZZ_PACKAGES=(g++)

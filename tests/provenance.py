@@ -121,6 +121,12 @@ def tools() -> list[tuple[str, str, str | None]]:
                           ("node", "test (wasm tests in V8, the test IdP)"), ("npm", "test (the test IdP)"),
                           ("runuser", "test (PostgreSQL as its user)")]:
         add(tool, used_by, which(tool))
+    # scripts/oci.py: the libraries the control plane's image must carry.
+    add("ldd", "build (scripts/oci.py)", which("ldd"))
+    # tests/e2e/test_oci.py: a registry to push to and Envoy to fetch from, and
+    # the OCI runtimes that run the control plane's image.
+    for tool in ("docker-registry", "crun", "runc"):
+        add(tool, "test (OCI images)", which(tool))
     pyvenv = ROOT / ".venv" / "pyvenv.cfg"
     home = next((line.split("=", 1)[1].strip() for line in pyvenv.read_text().splitlines()
                  if line.startswith("home")), None) if pyvenv.exists() else None

@@ -314,6 +314,20 @@ def set_plugin_config(plugin: dict, config: dict, *, json_text: bool = False) ->
         plugin["configuration"] = {"@type": STRUCT_TYPE, "value": config}
 
 
+def warden_plugin(cfg: dict) -> dict:
+    """The Warden filter's PluginConfig (`name`, `root_id`, `vm_config`,
+    `configuration`, ...) in a rendered Envoy configuration, to change in place
+    from `Stack.start(edit_envoy_config=...)`: e.g. `vm_config.code`, to load the
+    module from somewhere else than dist/ (tests/e2e/test_oci.py: a registry)."""
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                for f in network_filter["typed_config"].get("http_filters", []):
+                    if f["name"] == "envoy.filters.http.wasm" and f["typed_config"]["config"].get("name") == "warden":
+                        return f["typed_config"]["config"]
+    raise StackError("the Envoy configuration has no Warden wasm filter")
+
+
 def loopback_cluster(name: str, port: int) -> dict:
     return {"name": name, "type": "STATIC", "connect_timeout": "2s",
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
