@@ -129,6 +129,13 @@ if [ ! -d "$idp/node_modules/oidc-provider" ] || [ "$idp/package-lock.json" -nt 
 fi
 info "oidc-provider $(node -p "require('$idp/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
 
+step "bootstrap ($purpose): the manifests' schemas (tests/manifests, npm)"
+schemas="$ROOT/tests/manifests"
+if [ ! -d "$schemas/node_modules/@kubernetes-models/istio" ] || [ "$schemas/package-lock.json" -nt "$schemas/node_modules/.package-lock.json" ]; then
+    (cd "$schemas" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/manifests failed"
+fi
+info "@kubernetes-models/istio $(node -p "require('$schemas/node_modules/@kubernetes-models/istio/package.json').version" 2>/dev/null), gateway-api $(node -p "require('$schemas/node_modules/@kubernetes-models/gateway-api/package.json').version" 2>/dev/null)"
+
 step "bootstrap ($purpose): wasm-bindgen test runner ($TOOLS)"
 want_wb="$(locked_wasm_bindgen_version)"
 have_wb="$("$TOOLS/bin/wasm-bindgen-test-runner" --version 2>/dev/null | awk '{print $2}' || true)"

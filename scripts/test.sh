@@ -8,6 +8,8 @@
 #   lint      no import circles; clippy -D warnings for the native and the wasm target
 #   validate  `envoy --mode validate` on every Envoy configuration in the repository
 #   emulated  the compiled filter (dist/warden-filter.wasm) in an emulated proxy-wasm host (wasmtime)
+#   manifests the mesh manifests in examples/ (istio, envoy-gateway, kubernetes): schemas,
+#             the embedded filter configurations compiled by the filter, references
 #   e2e       end-to-end tests: real Envoy + filter, control plane, stand-in provider, real SDKs
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -80,6 +82,11 @@ trap_filter() {
     cp "$(wasm_target_dir)/wasm32-wasip1/$WASM_PROFILE/warden_filter.wasm" "$ROOT/dist/test/warden-filter-test-trap.wasm"
 }
 
+manifests() {
+    step "test: deployment manifests in examples/ (tests/manifests)"
+    "$VENV/bin/python" -m pytest -q tests/manifests "$@"
+}
+
 e2e() {
     trap_filter
     postgres
@@ -88,7 +95,7 @@ e2e() {
 }
 
 if [ $# -eq 0 ]; then
-    provenance; unit; wasm; detect; lint; validate; emulated; e2e
+    provenance; unit; wasm; detect; lint; validate; emulated; manifests; e2e
 else
     what="$1"; shift
     "$what" "$@"
