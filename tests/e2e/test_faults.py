@@ -208,7 +208,7 @@ def test_a_client_that_leaves_a_stream_closes_it_upstream_with_one_record(stack,
     record = marked.the_only_record()
     assert "DC" in record["response_flags"], record
     assert record["decision"] == "masked", record
-    assert counter_delta(stack, before).get("warden.requests.masked", 0) >= 1
+    assert counter_delta(stack, before).get("warden.requests.openai.masked", 0) >= 1
 
 
 # --- an event larger than any buffer ----------------------------------------

@@ -236,8 +236,8 @@ def test_counters_by_decision_and_rule_reach_envoy_stats(stack):
 
     wait_until("the counters", lambda: stats().get("wasmcustom.warden.rule.personal-data.mask", 0) >= 1)
     s = stats()
-    assert s.get("wasmcustom.warden.requests.masked", 0) >= 1
-    assert s.get("wasmcustom.warden.requests.unauthenticated", 0) >= 1
+    assert s.get("wasmcustom.warden.requests.openai.masked", 0) >= 1
+    assert s.get("wasmcustom.warden.requests.openai.unauthenticated", 0) >= 1
     # The filter's wasm memory, summed over its VMs (each holds at least its 1 MiB stack).
     wait_until("the memory gauge", lambda: stats().get("wasmcustom.warden.vm.memory_bytes", 0) > 1 << 20)
     assert stats()["wasmcustom.warden.vm.memory_bytes"] < 1 << 30

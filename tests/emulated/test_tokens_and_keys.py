@@ -36,7 +36,7 @@ def test_a_request_without_a_token_gets_a_local_401_in_openai_format_and_nothing
     stream.finish()
     assert stream.state("warden.decision") == "unauthenticated"
     assert stream.state("warden.reason") == "warden.no_token"
-    assert envoy.stats["warden.requests.unauthenticated"] == 1
+    assert envoy.stats["warden.requests.openai.unauthenticated"] == 1
 
 
 def test_keys_come_through_the_idp_cluster_and_a_verified_request_goes_upstream_with_the_provider_key(key):
@@ -93,7 +93,7 @@ def test_keys_come_through_the_idp_cluster_and_a_verified_request_goes_upstream_
         "user": "alice", "groups": "engineering", "issuer": ISSUER, "provider": "openai",
         "model": "gpt-4o-mini", "route": "/v1/chat/completions", "decision": "allowed", "policy_version": "0"}
     assert json.loads(stream.state("warden.usage"))["total_tokens"] == 4
-    assert envoy.stats["warden.requests.allowed"] == 1
+    assert envoy.stats["warden.requests.openai.allowed"] == 1
 
 
 def test_a_token_with_an_unknown_kid_pauses_its_request_until_the_jwks_is_fetched_again(key, rotated_key):

@@ -896,7 +896,10 @@ impl Exchange {
             }
         }
         let decision = self.audit.decision.as_str();
-        host.count(&format!("warden.requests.{decision}"), 1);
+        // The provider is a configured name (a-z, 0-9, '-', '_'): a bounded
+        // set, which Envoy's `stats_tags` turn into a label beside the decision.
+        let provider = self.audit.provider.as_deref().unwrap_or(NO_PROVIDER);
+        host.count(&format!("warden.requests.{provider}.{decision}"), 1);
         if self.audit.asked_approval {
             host.count(&format!("warden.approvals.{decision}"), 1);
         }
@@ -2326,6 +2329,10 @@ fn stream_record(rewriter: &StreamRewriter, text: &SharedMasking) -> Option<Valu
 }
 
 /// A policy-controlled name made safe for a stat name: `[a-z0-9_-]` only.
+/// The provider segment of `warden.requests.<provider>.<decision>` for a
+/// request that matched no provider (refused before routing).
+pub const NO_PROVIDER: &str = "none";
+
 pub fn stat_segment(name: &str) -> String {
     name.chars()
         .map(|c| {

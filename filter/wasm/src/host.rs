@@ -257,6 +257,18 @@ impl Counters {
         Some(id)
     }
 
+    /// Defines metrics before their first event, so they are scraped as 0
+    /// from the start: a series that appears only with its first failure
+    /// breaks `rate()` and alerts on it.
+    pub fn define(&mut self, counters: &[&str], gauges: &[&str]) {
+        for name in counters {
+            let _ = self.id(proxy_wasm::types::MetricType::Counter, name);
+        }
+        for name in gauges {
+            let _ = self.id(proxy_wasm::types::MetricType::Gauge, name);
+        }
+    }
+
     pub fn add(&mut self, name: &str, n: u64) {
         if let Some(id) = self.id(proxy_wasm::types::MetricType::Counter, name) {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));

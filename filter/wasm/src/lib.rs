@@ -338,6 +338,21 @@ impl Context for WardenRoot {
     }
 }
 
+/// The metrics whose names are fixed, defined when the VM starts (the
+/// others carry a provider, decision or rule, and appear with their first
+/// request). `warden.policy.version` stays 0 until a published policy is
+/// installed.
+const FIXED_COUNTERS: &[&str] = &[
+    "warden.keys.fetch_failures",
+    "warden.policy.fetch_failures",
+    "warden.policy.updates",
+    "warden.audit.sent",
+    "warden.audit.send_failures",
+    "warden.audit.dropped",
+    "warden.stream.trailers_withheld",
+];
+const FIXED_GAUGES: &[&str] = &["warden.policy.version", "warden.vm.memory_bytes"];
+
 impl RootContext for WardenRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = match host::plugin_configuration() {
@@ -387,12 +402,14 @@ impl RootContext for WardenRoot {
         );
         let issuers = config.auth.issuers.len();
         let cache = TokenCache::new(config.auth.cache_entries, config.auth.skew_seconds);
+        let mut counters = host::Counters::default();
+        counters.define(FIXED_COUNTERS, FIXED_GAUGES);
         self.vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(config),
             policy,
             keys: (0..issuers).map(|_| keys::VmKeys::default()).collect(),
             cache,
-            counters: host::Counters::default(),
+            counters,
             published: published::VmPublished::default(),
             started_at: host::now_secs(),
             policy_contact: None,

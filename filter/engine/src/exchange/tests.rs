@@ -341,7 +341,7 @@ fn an_allowed_request_is_masked_and_forwarded_with_the_provider_key() {
     // Later body callbacks of a forwarded request continue.
     assert_eq!(ex.on_request_body(&mut host, 10, true), Flow::Continue);
     ex.finish(&mut host);
-    assert_eq!(host.counters.get("warden.requests.masked"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.masked"), Some(&1));
     assert_eq!(host.counters.get("warden.rule.pii.mask"), Some(&1));
 }
 
@@ -404,7 +404,7 @@ fn a_request_that_never_ends_is_recorded_undecided() {
     // The client left: Envoy logs the request.
     let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
     assert_eq!(record["decision"], "undecided");
-    assert_eq!(host.counters.get("warden.requests.undecided"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.undecided"), Some(&1));
     assert!(host.header_edits.is_empty());
 }
 
@@ -656,11 +656,11 @@ fn a_stream_the_client_leaves_is_recorded_as_far_as_it_went() {
     assert_eq!(record["decision"], "masked");
     assert_eq!(host.state(state::DECISION), "masked");
     assert_eq!(host.state(state::RULES), "pii:mask:1");
-    assert_eq!(host.counters.get("warden.requests.masked"), Some(&1));
-    assert_eq!(host.counters.get("warden.requests.allowed"), None);
+    assert_eq!(host.counters.get("warden.requests.openai.masked"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.allowed"), None);
     // Envoy's log callback can come twice: nothing is counted again.
     assert!(ex.finish(&mut host).is_none());
-    assert_eq!(host.counters.get("warden.requests.masked"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.masked"), Some(&1));
 }
 
 #[test]
@@ -684,7 +684,7 @@ fn a_stream_stopped_mid_way_is_recorded_as_blocked_with_its_reason() {
     ex.finish(&mut host);
     assert_eq!(ex.decision(), Decision::Blocked);
     assert_eq!(host.state(state::REASON), "warden.stream_framing");
-    assert_eq!(host.counters.get("warden.requests.blocked"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.blocked"), Some(&1));
 }
 
 #[test]
@@ -911,7 +911,7 @@ fn an_approval_that_arrives_after_the_client_left_lets_nothing_through() {
     let (mut host, mut ex, call) = held_for_approval(&config, &policy);
     let record: serde_json::Value = serde_json::from_slice(&ex.finish(&mut host).unwrap()).unwrap();
     assert_eq!(record["decision"], "undecided");
-    assert_eq!(host.counters.get("warden.requests.undecided"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.undecided"), Some(&1));
     host.call_answers
         .insert(call, (Some(201), approval_answer("approved")));
     ex.on_call_response(&mut host, call, 0);
@@ -924,7 +924,7 @@ fn an_approval_that_arrives_after_the_client_left_lets_nothing_through() {
     );
     // Finishing twice counts once.
     assert!(ex.finish(&mut host).is_none());
-    assert_eq!(host.counters.get("warden.requests.undecided"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.openai.undecided"), Some(&1));
 }
 
 /// A request the gateway answered itself: the local reply's own response

@@ -92,7 +92,7 @@ fn a_denied_tool_call_never_reaches_the_server_and_is_answered_as_json_rpc() {
             Some("mcp.files.delete_everything:refused")
         )
     );
-    assert_eq!(host.counters.get("warden.requests.denied"), Some(&1));
+    assert_eq!(host.counters.get("warden.requests.files.denied"), Some(&1));
     assert_eq!(host.counters.get("warden.tools.refused"), Some(&1));
 }
 
