@@ -106,16 +106,24 @@ pub struct ActivePolicy {
 /// The active policy version, for gateways.
 ///
 /// Answered with an `ETag`; a request whose `If-None-Match` names it is
-/// answered 304 without a body.
+/// answered 304 without a body. With `Prefer: wait=N` (seconds, at most 60)
+/// a request that would get 304 (or 404: nothing active yet) waits until
+/// another version is activated, and gets it at once, or gets that answer
+/// after N seconds; `Preference-Applied: wait=N` says the wait was honoured,
+/// so the gateway may ask again right away.
 #[utoipa::path(
     get,
     path = "/v1/policy/active",
     tag = POLICIES_TAG,
     security(("gateway" = [])),
-    params(("If-None-Match" = Option<String>, Header, description = "ETags the gateway has")),
+    params(
+        ("If-None-Match" = Option<String>, Header, description = "ETags the gateway has"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 60) for another version"),
+    ),
     responses(
-        (status = 200, description = "The active version", body = ActivePolicy, headers(("ETag" = String))),
-        (status = 304, description = "The gateway has this version", headers(("ETag" = String))),
+        (status = 200, description = "The active version", body = ActivePolicy,
+         headers(("ETag" = String), ("Preference-Applied" = Option<String>))),
+        (status = 304, description = "The gateway has this version", headers(("ETag" = String), ("Preference-Applied" = Option<String>))),
         Unauthorized,
         (status = 404, description = "No version is active yet (`no_active_policy`)", body = crate::error::ErrorBody),
         Unavailable,
@@ -126,42 +134,76 @@ async fn active_policy(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     gateway(&state, &headers)?;
-    let Some(active) = state.store().active_policy().await.map_err(db)? else {
-        return Err(ApiError::refused(
-            StatusCode::NOT_FOUND,
-            "no_active_policy",
-            "no policy version is active yet: publish one with `warden policy push`",
-        ));
-    };
-    let etag = format!("\"{}-{}\"", active.meta.version, active.meta.sha256);
-    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let matches = headers
+    let wait = crate::policy_watch::requested_wait(&headers);
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    // Subscribed before the first read: an activation between the read and
+    // the wait wakes it.
+    let mut watcher = state.policy_watch().subscribe();
+    let applied = wait.map(|w| {
+        (
+            header::HeaderName::from_static("preference-applied"),
+            HeaderValue::from_str(&format!("wait={}", w.as_secs()))
+                .unwrap_or(HeaderValue::from_static("wait")),
+        )
+    });
+    loop {
+        let active = state.store().active_policy().await.map_err(db)?;
+        let waiting = wait.is_some() && tokio::time::Instant::now() < deadline;
+        let Some(active) = active else {
+            if waiting && watcher.next_change(deadline).await {
+                continue;
+            }
+            let mut refused = ApiError::refused(
+                StatusCode::NOT_FOUND,
+                "no_active_policy",
+                "no policy version is active yet: publish one with `warden policy push`",
+            )
+            .into_response();
+            refused.headers_mut().extend(applied.clone());
+            return Ok(refused);
+        };
+        let etag = format!("\"{}-{}\"", active.meta.version, active.meta.sha256);
+        let etag_value =
+            HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if held_etag(&headers, &etag) {
+            if waiting && watcher.next_change(deadline).await {
+                continue;
+            }
+            let mut unchanged = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+            unchanged.headers_mut().extend(applied.clone());
+            return Ok(unchanged);
+        }
+        let policy = policies::to_json(&active.document).map_err(|e| {
+            ApiError::Internal(format!(
+                "stored policy version {} does not parse: {e}",
+                active.meta.version
+            ))
+        })?;
+        let mut answer = (
+            [(header::ETAG, etag_value)],
+            Json(ActivePolicy {
+                version: active.meta.version,
+                sha256: active.meta.sha256,
+                policy,
+            }),
+        )
+            .into_response();
+        answer.headers_mut().extend(applied);
+        return Ok(answer);
+    }
+}
+
+/// Whether `If-None-Match` names `etag` (strong or weak, in any list).
+fn held_etag(headers: &HeaderMap, etag: &str) -> bool {
+    headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|tag| {
             let tag = tag.trim();
-            tag == etag || tag.strip_prefix("W/") == Some(etag.as_str())
-        });
-    if matches {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
-    }
-    let policy = policies::to_json(&active.document).map_err(|e| {
-        ApiError::Internal(format!(
-            "stored policy version {} does not parse: {e}",
-            active.meta.version
-        ))
-    })?;
-    Ok((
-        [(header::ETAG, etag_value)],
-        Json(ActivePolicy {
-            version: active.meta.version,
-            sha256: active.meta.sha256,
-            policy,
-        }),
-    )
-        .into_response())
+            tag == etag || tag.strip_prefix("W/") == Some(etag)
+        })
 }
 
 /// The policy document's JSON Schema.
@@ -352,6 +394,9 @@ async fn publish_policy(
         )
         .await
         .map_err(db)?;
+    if meta.active {
+        state.policy_watch().changed();
+    }
     tracing::info!(
         version = meta.version,
         author = %logged(&meta.author),
@@ -454,6 +499,7 @@ async fn activate_policy(
     let version = parse_version(&version)?;
     let meta = state.store().activate_policy(version).await.map_err(db)?;
     let meta = meta.ok_or_else(|| no_such_version(version))?;
+    state.policy_watch().changed();
     tracing::info!(version, by = %logged(&caller.identity.subject), "policy version activated");
     Ok(Json(meta))
 }

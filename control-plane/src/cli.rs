@@ -75,9 +75,10 @@ pub struct FilterArgs {
 /// `warden filter …`.
 #[derive(Debug, Subcommand)]
 pub enum FilterCommand {
-    /// Check a plugin configuration (JSON, as Istio's `pluginConfig` and
-    /// Envoy Gateway's wasm `config` reach the filter, or YAML) with the
-    /// filter's own compiler; exit 1 with the reason on stderr if refused.
+    /// Check a plugin configuration as the filter receives it (JSON text, as
+    /// Istio's `pluginConfig` and Envoy Gateway's wasm `config` reach it, or
+    /// a serialized protobuf Struct; not YAML) with the filter's own
+    /// compiler; exit 1 with the reason on stderr if refused.
     /// Environment variables it names need not be set here.
     Validate {
         /// The configuration file, or `-` for standard input.
@@ -342,7 +343,7 @@ fn filter(args: &FilterArgs) -> Result<ExitCode, String> {
     // Provider keys and the hash key come from the gateway's environment,
     // not this machine's: every name resolves to a stand-in here.
     let env = |_: &str| Some("validation-placeholder".to_string());
-    match warden_engine::config::FilterConfig::from_bytes(&bytes, &env) {
+    match warden_engine::config::FilterConfig::from_wire_bytes(&bytes, &env) {
         Ok(_) => {
             eprintln!("{}: valid", file.display());
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,7 @@
 //! | [`dev_issuer`] | the development OIDC issuer behind `--dev`: `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks and one-time codes), `issuer.rs` (the issuer), `http.rs` (every `/dev` route) |
 //! | [`approvals`] | an approval's binding, its rows, its status as read ([`approvals::status_at`]) and its answer ([`approvals::ApprovalView`], which embeds the engine's `ApprovalAnswer`) |
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
+//! | [`policy_watch`] | gateways watching the active policy (`Prefer: wait=N`): what wakes them (an activation here, or PostgreSQL's `NOTIFY` from another replica) |
 //! | [`user_auth`] | people's bearer tokens (dev issuer, OIDC discovery issuers) and the gateway secret |
 //! | [`webhook`] | the background announcement of new approvals (JSON or Slack, whose request fields are escaped and bounded) |
 //! | [`store`] | [`store::Store`], the database: SQLite at `<data-dir>/warden.db` by default, PostgreSQL for `--database-url postgres://…`; migrations from `migrations/sqlite` and `migrations/postgres` run at start; every state change (publish, activate, decide, consume) is one atomic conditional statement or transaction, run to completion on a task of its own (a dropped request cannot leave a transaction open), and a connection returned inside a transaction is closed |
@@ -76,6 +77,7 @@ pub mod error;
 pub mod fields;
 pub mod html;
 pub mod policies;
+pub mod policy_watch;
 pub mod server;
 pub mod sessions;
 pub mod state;

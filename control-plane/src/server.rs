@@ -172,9 +172,24 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    let watch = state.policy_watch().clone();
+    let listener_task = state
+        .store()
+        .postgres_pool()
+        .map(|pool| tokio::spawn(crate::policy_watch::listen_postgres(pool.clone(), watch.clone())));
+    let shutdown = async move {
+        shutdown.await;
+        // Gateways watching the policy are answered now, not when their
+        // waits run out: the graceful stop waits for requests in flight.
+        watch.close();
+    };
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(task) = listener_task {
+        task.abort();
+    }
+    served
 }
 
 /// `warden serve`: binds `listen`, builds the state, prints

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::dev_issuer::{DevIssuer, DevIssuerError, ISSUER_PATH};
 use crate::policies::{CheckLimits, Checker};
+use crate::policy_watch::PolicyWatch;
 use crate::store::{DatabaseTarget, Store, StoreError};
 use crate::user_auth::{TrustConfig, UserAuth};
 use crate::webhook::{redact, Webhook, WebhookFormat};
@@ -190,6 +191,8 @@ struct Inner {
     users: UserAuth,
     webhook: Option<Webhook>,
     policy_checker: Checker,
+    /// Wakes gateways watching the active policy.
+    policy_watch: Arc<PolicyWatch>,
 }
 
 impl AppState {
@@ -239,6 +242,7 @@ impl AppState {
                 config,
                 users,
                 webhook,
+                policy_watch: Arc::default(),
             }),
         })
     }
@@ -256,6 +260,11 @@ impl AppState {
     /// The approvers' page URL (`<public_url>/approvals`).
     pub fn approvals_url(&self) -> String {
         self.inner.config.approvals_url()
+    }
+
+    /// Wakes gateways watching the active policy.
+    pub fn policy_watch(&self) -> &Arc<PolicyWatch> {
+        &self.inner.policy_watch
     }
 
     /// Verifies people's tokens.

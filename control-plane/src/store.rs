@@ -243,6 +243,14 @@ impl Store {
             Store::Postgres(pool) => pool.close().await,
         }
     }
+
+    /// The PostgreSQL pool, for what only PostgreSQL offers (LISTEN).
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(pool) => Some(pool),
+        }
+    }
 }
 
 /// Runs `$body` with `$pool` bound to whichever pool the store holds. The SQL
@@ -1065,6 +1073,13 @@ async fn set_active_postgres(
         .await?;
     sqlx::query("UPDATE policy_versions SET active = TRUE WHERE version = $1")
         .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    // Delivered on commit (and not at all on rollback) to every replica's
+    // watchers (`policy_watch::listen_postgres`).
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::policy_watch::NOTIFY_CHANNEL)
+        .bind(version.to_string())
         .execute(&mut **tx)
         .await?;
     Ok(true)

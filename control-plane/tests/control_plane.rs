@@ -305,6 +305,7 @@ macro_rules! on_both {
 
 on_both!(
     policies_publish_list_show_activate_rollback,
+    a_watching_gateway_gets_the_next_version_as_it_is_activated,
     invalid_policies_are_refused_with_lines,
     gateways_need_the_secret_and_people_a_token,
     approval_lifecycle_and_refusals,
@@ -316,6 +317,115 @@ on_both!(
     request_bodies_are_json_objects,
     text_with_nul_is_stored_alike_or_refused,
 );
+
+impl Server {
+    /// A gateway watching the active policy (`Prefer: wait=N`) from `etag`,
+    /// in the background: (status, Preference-Applied, version served).
+    fn watch(&self, etag: Option<&str>, wait_seconds: u64) -> tokio::task::JoinHandle<(StatusCode, String, Option<i64>)> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/policy/active", self.base))
+            .header("x-warden-gateway-key", SECRET)
+            .header("prefer", format!("wait={wait_seconds}"));
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let applied = response
+                .headers()
+                .get("preference-applied")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let version = response.json::<Value>().await.ok().and_then(|v| v["version"].as_i64());
+            (status, applied, version)
+        })
+    }
+
+    /// Returns once `n` requests wait on this replica's policy watch.
+    async fn until_watchers(&self, n: usize) {
+        for _ in 0..2000 {
+            if self.state.policy_watch().watchers() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{n} watcher(s) never waited");
+    }
+
+    async fn etag(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/v1/policy/active", self.base))
+            .header("x-warden-gateway-key", SECRET)
+            .send()
+            .await
+            .unwrap();
+        response.headers()["etag"].to_str().unwrap().to_owned()
+    }
+}
+
+/// `Prefer: wait=N`: a gateway that holds the active version waits, and is
+/// answered with the next version when it is activated (the wait is 60 s:
+/// an answer without the wake-up would be a 304, long after). Nothing
+/// active yet waits too; a wait that runs out is a 304 that says the wait
+/// was honoured; without `Prefer` the answer is immediate, as before.
+async fn a_watching_gateway_gets_the_next_version_as_it_is_activated(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    let nothing_yet = server.watch(None, 60);
+    server.until_watchers(1).await;
+    let v1 = server.publish(POLICY_V1, "first", true).await;
+    let (status, applied, version) = answered(nothing_yet, "the watch before any version").await;
+    assert_eq!((status, applied.as_str(), version), (StatusCode::OK, "wait=60", v1["version"].as_i64()));
+
+    let etag = server.etag().await;
+    let ran_out = server.watch(Some(&etag), 1);
+    let (status, applied, _) = answered(ran_out, "a one-second watch").await;
+    assert_eq!((status, applied.as_str()), (StatusCode::NOT_MODIFIED, "wait=1"));
+
+    let watching = server.watch(Some(&etag), 60);
+    server.until_watchers(1).await;
+    // Published without activating: not a change the gateway sees.
+    server.publish(POLICY_V2, "not yet", false).await;
+    let (status, _) = server
+        .post("/v1/policies/2/activate", Auth::Bearer(&server.admin()), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, applied, version) = answered(watching, "the watch across an activation").await;
+    assert_eq!((status, applied.as_str(), version), (StatusCode::OK, "wait=60", Some(2)));
+
+    // A graceful stop answers the watches at once rather than after their wait.
+    let etag = server.etag().await;
+    let watching = server.watch(Some(&etag), 60);
+    server.until_watchers(1).await;
+    let stopping = std::time::Instant::now();
+    server.shut_down().await;
+    let (status, _, _) = answered(watching, "the watch during a stop").await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(stopping.elapsed() < Duration::from_secs(30), "the stop waited for the watch");
+}
+
+/// Two replicas on one PostgreSQL database: a gateway watching replica A is
+/// answered when the version is activated through replica B (NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_watch_on_one_replica_wakes_on_an_activation_on_another() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    let a = start_on(Some(url.clone()), |_| {}).await;
+    let public = a.base.clone();
+    let b = start_on(Some(url), |c| c.public_url = public).await;
+    a.publish(POLICY_V1, "first", true).await;
+    let etag = a.etag().await;
+    let watching = a.watch(Some(&etag), 60);
+    a.until_watchers(1).await;
+    b.publish(POLICY_V2, "through b", true).await;
+    let (status, _, version) = answered(watching, "replica A's watch, for B's activation").await;
+    assert_eq!((status, version), (StatusCode::OK, Some(2)));
+}
 
 /// A remote issuer: keys found through OIDC discovery over HTTP (here the
 /// dev issuer of another control plane), verified with the engine's code,

@@ -36,7 +36,10 @@ APPROVAL_POLICY = yaml.safe_load((ROOT / "examples" / "policies" / "approvals.ya
 def cp_stack(database_url, tmp_path_factory):
     kind = "sqlite" if database_url is None else "postgres"
     cfg = default_filter_config()
-    cfg["control_plane"].update({"poll_seconds": POLL_SECONDS, "max_stale_seconds": MAX_STALE_SECONDS})
+    # Plain polling: a staleness bound this short is below a watch's period
+    # (tests/e2e/test_policy_watch.py covers watching).
+    cfg["control_plane"].update({"poll_seconds": POLL_SECONDS, "max_stale_seconds": MAX_STALE_SECONDS,
+                                 "watch_seconds": 0})
     stack = Stack.start(Ports.free(), tmp_path_factory.mktemp(f"cp-{kind}"),
                         filter_config=yaml.safe_dump(cfg), database_url=database_url)
     try:

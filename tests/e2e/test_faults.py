@@ -552,7 +552,11 @@ class Governed:
 
 def control_plane_config(**changes) -> str:
     cfg = default_filter_config()
-    cfg["control_plane"].update({"poll_seconds": 1, "timeout_ms": 500, "max_stale_seconds": 3600, **changes})
+    # Plain polls (watch_seconds 0): each poll meets the fault as it starts;
+    # a watch opened while healthy would carry the answer of the healthy
+    # control plane across the fault's start.
+    cfg["control_plane"].update({"poll_seconds": 1, "timeout_ms": 500, "max_stale_seconds": 3600,
+                                 "watch_seconds": 0, **changes})
     return yaml.safe_dump(cfg)
 
 

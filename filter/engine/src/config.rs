@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::{AuthenticationDoc, Authenticator};
 use crate::control::{ControlPlane, ControlPlaneDoc};
-use crate::document::{parse_document, ConfigError, Secret};
+use crate::document::{parse_document, parse_wire_document, ConfigError, Secret};
 use crate::inspect::mask::HashKey;
 use crate::policy::{Policy, PolicyDoc};
 use crate::provider::Api;
@@ -221,6 +221,16 @@ impl FilterConfig {
     ) -> Result<Self, ConfigError> {
         let doc = parse_document::<FilterConfigDoc>(bytes)?;
         Self::compile(doc, env)
+    }
+
+    /// [`FilterConfig::from_bytes`] as the filter reads its configuration
+    /// from Envoy: JSON text or a protobuf Struct, never YAML (see
+    /// [`crate::document`]). The adapter and `warden filter validate` use it.
+    pub fn from_wire_bytes(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::compile(parse_wire_document::<FilterConfigDoc>(bytes)?, env)
     }
 
     /// Compiles a parsed document.

@@ -33,37 +33,62 @@ pub enum ConfigError {
 /// Parses a document (JSON text, a protobuf Struct, or YAML text with the
 /// `yaml` feature) into `T`, refusing empty input.
 pub fn parse_document<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    wire_document(bytes).unwrap_or_else(|| parse_text(bytes))
+}
+
+/// Parses a document as the filter receives it from Envoy: JSON text or a
+/// protobuf Struct, never YAML, whatever the features. What `warden filter
+/// validate` uses, so that it accepts exactly what every filter loads.
+pub fn parse_wire_document<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, ConfigError> {
+    wire_document(bytes).unwrap_or_else(|| Err(not_wire()))
+}
+
+/// `None`: the bytes are neither JSON text nor a Struct.
+fn wire_document<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<Result<T, ConfigError>> {
     if bytes.trim_ascii().is_empty() {
         // An empty Struct serializes to no bytes at all: also "empty".
-        return Err(ConfigError::Empty);
+        return Some(Err(ConfigError::Empty));
     }
     // JSON first: a Struct's bytes are never a JSON object (its field tags
     // are control characters that JSON allows only inside strings), while
     // JSON text that starts with a newline would start like a Struct.
     if bytes.trim_ascii_start().first() == Some(&b'{') {
         match serde_json::from_slice::<T>(bytes) {
-            Ok(doc) => return Ok(doc),
+            Ok(doc) => return Some(Ok(doc)),
             // Valid JSON of the wrong shape: that is the error to report.
             Err(e) if !e.is_syntax() && !e.is_eof() => {
-                return Err(ConfigError::Syntax(e.to_string()))
+                return Some(Err(ConfigError::Syntax(e.to_string())))
             }
             Err(e) if bytes.first() != Some(&STRUCT_FIRST_BYTE) => {
-                return Err(ConfigError::Syntax(e.to_string()))
+                return Some(Err(ConfigError::Syntax(e.to_string())))
             }
             Err(_) => {}
         }
     }
     if bytes.first() == Some(&STRUCT_FIRST_BYTE) {
         if let Ok(value) = struct_to_json(bytes) {
-            return serde_json::from_value(value).map_err(|e| ConfigError::Syntax(e.to_string()));
+            return Some(
+                serde_json::from_value(value).map_err(|e| ConfigError::Syntax(e.to_string())),
+            );
         }
     }
-    parse_text(bytes)
+    None
 }
 
 /// The first byte of every non-empty serialized `google.protobuf.Struct`:
 /// field 1 (`fields`), length-delimited.
 const STRUCT_FIRST_BYTE: u8 = 0x0a;
+
+fn not_wire() -> ConfigError {
+    ConfigError::Syntax(
+        "expected JSON text (a `google.protobuf.StringValue` holding a JSON object, as Istio \
+         and Envoy Gateway send) or a `google.protobuf.Struct` (native YAML in an Envoy file); \
+         the filter does not read YAML text"
+            .into(),
+    )
+}
 
 #[cfg(feature = "yaml")]
 fn parse_text<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
@@ -74,12 +99,7 @@ fn parse_text<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigE
 
 #[cfg(not(feature = "yaml"))]
 fn parse_text<T>(_: &[u8]) -> Result<T, ConfigError> {
-    Err(ConfigError::Syntax(
-        "expected JSON text (a `google.protobuf.StringValue` holding a JSON object, as Istio \
-         and Envoy Gateway send) or a `google.protobuf.Struct` (native YAML in an Envoy file); \
-         this filter does not read YAML text"
-            .into(),
-    ))
+    Err(not_wire())
 }
 
 /// Decodes a serialized `google.protobuf.Struct` into the JSON it stands for.
@@ -286,6 +306,16 @@ mod tests {
     #[test]
     fn yaml_text_reads_with_the_yaml_feature() {
         let doc: Doc = parse_document(b"name: y\nsize: 3\n").unwrap();
+        assert_eq!(doc.size, 3);
+    }
+
+    #[test]
+    fn the_wire_reading_refuses_yaml_whatever_the_features() {
+        let err = parse_wire_document::<Doc>(b"name: y\nsize: 3\n").unwrap_err();
+        assert!(err.to_string().contains("does not read YAML"), "{err}");
+        let doc: Doc = parse_wire_document(br#"{"name": "y", "size": 3}"#).unwrap();
+        assert_eq!(doc.size, 3);
+        let doc: Doc = parse_wire_document(&encoded(json!({"name": "y", "size": 3}))).unwrap();
         assert_eq!(doc.size, 3);
     }
 }

@@ -50,7 +50,7 @@ use warden_engine::auth::cache::TokenCache;
 use warden_engine::auth::keys::Freshness;
 use warden_engine::auth::KeySource;
 use warden_engine::config::FilterConfig;
-use warden_engine::control::PublishedPolicy;
+use warden_engine::control::{ControlPlane, PublishedPolicy};
 use warden_engine::exchange::Refetch;
 use warden_engine::policy::Policy;
 
@@ -266,12 +266,20 @@ impl WardenRoot {
         vm.catch_up_policy();
         vm.policy_contact = published::last_contact(&EnvoyShared);
         let in_flight = self.fetches.values().any(|f| *f == Fetch::Policy);
-        if in_flight || !published::try_lease(&EnvoyShared, now, cp.poll_seconds) {
+        if in_flight {
+            published::renew_lease(&EnvoyShared, now);
             return;
         }
+        if published::try_lease(&EnvoyShared, now, cp.poll_seconds) {
+            self.start_policy_poll(vm, &cp);
+        }
+    }
+
+    /// Starts a poll (a watch, with `watch_seconds`) as the lease holder.
+    fn start_policy_poll(&mut self, vm: &mut Vm, cp: &ControlPlane) {
         vm.published.poll_starting(&EnvoyShared);
         let etag = vm.published.etag.clone().filter(|e| !e.is_empty());
-        match published::start_poll(&cp, etag.as_deref()) {
+        match published::start_poll(cp, etag.as_deref()) {
             Some(token) => {
                 self.fetches.insert(token, Fetch::Policy);
             }
@@ -321,18 +329,31 @@ impl Context for WardenRoot {
             }
             Fetch::Policy => {
                 let now = host::now_secs();
+                let honoured = published::watch_honoured();
                 let Vm {
                     published, config, ..
                 } = &mut *vm;
-                match published::on_response(body_size, now, config, published) {
+                let answered = match published::on_response(body_size, now, config, published) {
                     published::Polled::New(p) => {
                         vm.counters.add("warden.policy.updates", 1);
                         vm.install(*p);
+                        true
                     }
-                    published::Polled::Unchanged => {}
-                    published::Polled::Failed => vm.counters.add("warden.policy.fetch_failures", 1),
-                }
+                    published::Polled::Unchanged => true,
+                    published::Polled::Failed => {
+                        vm.counters.add("warden.policy.fetch_failures", 1);
+                        false
+                    }
+                };
                 vm.policy_contact = published::last_contact(&EnvoyShared);
+                // A watch answered (a new version, or its wait ran out):
+                // the next one starts now, so no activation falls between
+                // two watches. After a failure, the poll period paces retries.
+                if let Some(cp) = vm.config.control_plane.clone() {
+                    if answered && honoured && published::renew_lease(&EnvoyShared, now) {
+                        self.start_policy_poll(&mut vm, &cp);
+                    }
+                }
             }
         }
     }
@@ -365,7 +386,7 @@ impl RootContext for WardenRoot {
                 return false;
             }
         };
-        let mut config = match FilterConfig::from_bytes(&bytes, &|name| std::env::var(name).ok()) {
+        let mut config = match FilterConfig::from_wire_bytes(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(err) => {
                 host::log(LogLevel::Error, &format!("warden: {err}"));

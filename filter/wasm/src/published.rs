@@ -42,6 +42,22 @@ pub fn try_lease(shared: &impl SharedData, now: u64, period: u64) -> bool {
     })
 }
 
+/// Keeps the lease while this VM's poll is out (a watch waits longer than
+/// the poll period) and takes it for the poll that follows a watch's
+/// answer. A VM that stops renewing (its VM failed) loses the lease after
+/// one poll period.
+pub fn renew_lease(shared: &impl SharedData, now: u64) -> bool {
+    shared.try_lease(LEASE_KEY, now, |_| true)
+}
+
+/// Whether the control plane honoured the poll's wait (its answer says
+/// `Preference-Applied: wait=N`): then the next watch may start at once.
+/// One that ignores `Prefer` answers at once, and is polled every period.
+pub fn watch_honoured() -> bool {
+    host::call_response_header("preference-applied")
+        .is_some_and(|value| value.windows(5).any(|w| w.eq_ignore_ascii_case(b"wait=")))
+}
+
 /// This VM's view of the shared policy.
 #[derive(Default)]
 pub struct VmPublished {
@@ -131,18 +147,24 @@ fn split_record(bytes: &[u8]) -> Option<(String, &[u8])> {
     Some((String::from_utf8_lossy(etag).into_owned(), rest.get(len..)?))
 }
 
-/// Starts a poll of the active version (conditional on the ETag held).
+/// Starts a poll of the active version (conditional on the ETag held),
+/// which waits at the control plane for another version when
+/// `watch_seconds` is set.
 pub fn start_poll(cp: &ControlPlane, etag: Option<&str>) -> Option<u32> {
     let mut headers = cp.headers("GET", ACTIVE_POLICY_PATH);
     headers.push(("accept", "application/json"));
     if let Some(tag) = etag {
         headers.push(("if-none-match", tag));
     }
+    let prefer = format!("wait={}", cp.watch_seconds);
+    if cp.watch_seconds > 0 {
+        headers.push(("prefer", prefer.as_str()));
+    }
     match host::dispatch(
         &cp.cluster,
         headers,
         None,
-        Duration::from_millis(cp.timeout_ms),
+        Duration::from_millis(cp.poll_timeout_ms()),
     ) {
         Ok(token) => Some(token),
         Err(status) => {
@@ -322,6 +344,23 @@ mod tests {
             tick(&mut a, &a_view, due)
         };
         assert!(b_polls && !a_polls);
+    }
+
+    #[test]
+    fn a_watching_vm_keeps_the_lease_while_it_renews_and_loses_it_when_it_stops() {
+        let store = FakeShared::default();
+        assert!(try_lease(&store, NOW, PERIOD));
+        // The watch is out for 25 s; its VM renews on every tick meanwhile.
+        for now in NOW + 1..NOW + 25 {
+            assert!(renew_lease(&store, now));
+            assert!(!try_lease(&store, now, PERIOD), "another VM polled at {now} during the watch");
+        }
+        // The answer arrives: the holder starts the next watch at once.
+        assert!(renew_lease(&store, NOW + 25));
+        assert!(!try_lease(&store, NOW + 25, PERIOD));
+        // The holder's VM fails (no more renewals): one period later another VM polls.
+        assert!(!try_lease(&store, NOW + 25 + PERIOD - 1, PERIOD));
+        assert!(try_lease(&store, NOW + 25 + PERIOD, PERIOD));
     }
 
     #[test]

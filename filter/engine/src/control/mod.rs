@@ -43,6 +43,13 @@ pub struct ControlPlaneDoc {
     /// Timeout of one call (a hold's long polls add their wait to it).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long one poll may wait at the control plane for another version
+    /// (`Prefer: wait=N`): a control plane that honours it answers as soon
+    /// as a version is activated, and the gateway asks again at once, so a
+    /// published policy is live in well under a second, with a request per
+    /// watch period instead of per poll period. 0: plain polling.
+    #[serde(default = "default_watch_seconds")]
+    pub watch_seconds: u64,
 }
 
 fn default_gateway_key_env() -> String {
@@ -57,6 +64,9 @@ fn default_max_stale_seconds() -> u64 {
 fn default_timeout_ms() -> u64 {
     5000
 }
+fn default_watch_seconds() -> u64 {
+    25
+}
 
 /// The compiled `control_plane` section.
 #[derive(Debug, Clone)]
@@ -67,6 +77,7 @@ pub struct ControlPlane {
     pub poll_seconds: u64,
     pub max_stale_seconds: u64,
     pub timeout_ms: u64,
+    pub watch_seconds: u64,
 }
 
 impl ControlPlane {
@@ -89,6 +100,16 @@ impl ControlPlane {
         if !(100..=60_000).contains(&doc.timeout_ms) {
             return Err(invalid("timeout_ms must be 100..=60000".into()));
         }
+        if doc.watch_seconds > 60 {
+            return Err(invalid("watch_seconds must be 0..=60 (0: plain polling)".into()));
+        }
+        // A watch answers at least once per watch period: the policy must
+        // not count as stale meanwhile.
+        if doc.max_stale_seconds <= doc.watch_seconds + doc.timeout_ms / 1000 {
+            return Err(invalid(
+                "max_stale_seconds must be longer than watch_seconds plus the call timeout".into(),
+            ));
+        }
         let key = env(&doc.gateway_key_env)
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
@@ -105,7 +126,13 @@ impl ControlPlane {
             poll_seconds: doc.poll_seconds,
             max_stale_seconds: doc.max_stale_seconds,
             timeout_ms: doc.timeout_ms,
+            watch_seconds: doc.watch_seconds,
         })
+    }
+
+    /// The timeout of a policy poll: the call's own, plus the wait it asks for.
+    pub fn poll_timeout_ms(&self) -> u64 {
+        self.timeout_ms + self.watch_seconds * 1000
     }
 
     /// Headers of a call (method and path included).
