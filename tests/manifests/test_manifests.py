@@ -23,7 +23,8 @@ Checked here (`scripts/test.sh manifests`, part of `make test`):
     structures inside EnvoyFilter/EnvoyPatchPolicy values (the CRDs leave
     them free-form);
 - every embedded Warden plugin configuration (EnvoyFilter
-  EXTENSION_CONFIG's `configuration`, WasmPlugin.spec.pluginConfig,
+  EXTENSION_CONFIG's `configuration`, which must be JSON text in a
+  StringValue or a Struct, as the filter reads no YAML; WasmPlugin.spec.pluginConfig,
   EnvoyExtensionPolicy.spec.wasm[].config) compiles with the filter's own
   compiler: `target/local/warden filter validate FILE` on it as JSON;
 - metrics: each mesh example merges exactly envoy/envoy.yaml's `stats_tags`
@@ -195,6 +196,23 @@ def test_the_crd_check_refuses_unknown_fields_and_bad_enums():
 
 # --- the embedded Warden configurations ----------------------------------------
 
+def string_value_configuration(configuration: dict) -> dict:
+    """The plugin configuration in an Envoy `configuration` Any as the filter
+    reads it: a StringValue must hold JSON text (the filter has no YAML
+    parser, src: filter/engine/src/document.rs without the `yaml` feature),
+    a Struct its value. ValueError for anything else. (`warden filter
+    validate` cannot tell: the control plane's build reads YAML text too.)"""
+    kind = configuration.get("@type")
+    if kind == "type.googleapis.com/google.protobuf.StringValue":
+        value = configuration["value"]
+        if not value.lstrip().startswith("{"):
+            raise ValueError("a StringValue configuration that is not JSON text: the filter refuses it")
+        return json.loads(value)
+    if kind == "type.googleapis.com/google.protobuf.Struct":
+        return configuration["value"]
+    raise ValueError(f"a configuration of type {kind}: the filter reads a StringValue or a Struct")
+
+
 def plugin_configs() -> list[tuple[str, dict]]:
     """(where, configuration as JSON) for every Warden configuration in a manifest."""
     out = []
@@ -203,8 +221,11 @@ def plugin_configs() -> list[tuple[str, dict]]:
             for i, p in enumerate(doc["spec"]["configPatches"]):
                 if p["applyTo"] == "EXTENSION_CONFIG":
                     cfg = p["patch"]["value"]["typed_config"]["config"]
-                    value = cfg["configuration"]["value"]
-                    out.append((f"{where} configPatches[{i}]", yaml.safe_load(value)))
+                    try:
+                        config = string_value_configuration(cfg["configuration"])
+                    except ValueError as e:
+                        pytest.fail(f"{where} configPatches[{i}]: {e}")
+                    out.append((f"{where} configPatches[{i}]", config))
         elif doc["kind"] == "WasmPlugin":
             out.append((f"{where} spec.pluginConfig", doc["spec"]["pluginConfig"]))
         elif doc["kind"] == "EnvoyExtensionPolicy":
@@ -242,6 +263,19 @@ def test_the_filter_compiler_refuses_a_broken_configuration():
     config["providers"][0]["credentail"] = config["providers"][0].pop("credential")
     out = filter_validate(config)
     assert out.returncode != 0 and out.stderr.strip(), out
+
+
+def test_a_yaml_string_value_is_refused_as_the_filter_refuses_it():
+    ef = find(resources("istio/warden-filter.yaml"), "EnvoyFilter")[0]
+    cfg = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG")
+    configuration = cfg["patch"]["value"]["typed_config"]["config"]["configuration"]
+    config = string_value_configuration(configuration)
+    as_yaml = {**configuration, "value": yaml.safe_dump(config)}
+    with pytest.raises(ValueError, match="not JSON text"):
+        string_value_configuration(as_yaml)
+    with pytest.raises(ValueError, match="StringValue or a Struct"):
+        string_value_configuration({**configuration, "@type": "type.googleapis.com/google.protobuf.BytesValue"})
+    assert string_value_configuration({"@type": "type.googleapis.com/google.protobuf.Struct", "value": config}) == config
 
 
 def test_the_wasmplugin_alternative_carries_the_envoyfilter_configuration():
@@ -342,7 +376,7 @@ def vm_and_env(name: str, docs) -> tuple[dict, set[str], set[str]]:
             assert cfg["failure_policy"] in ("FAIL_RELOAD", "FAIL_CLOSED")
             inserted = [q for q in ef["spec"]["configPatches"] if q["applyTo"] == "HTTP_FILTER"][0]
             assert inserted["patch"]["value"]["name"] == p["patch"]["value"]["name"], "ECDS name mismatch"
-            return (yaml.safe_load(cfg["configuration"]["value"]),
+            return (string_value_configuration(cfg["configuration"]),
                     set(cfg["vm_config"]["environment_variables"]["host_env_keys"]), envoy_env)
         wp = find(docs, "WasmPlugin")[0]["spec"]
         assert wp["failStrategy"] != "FAIL_OPEN"
