@@ -649,7 +649,7 @@ def regex_portability_problems(tags: list[dict]) -> list[str]:
     problems = []
     names = [t["tag_name"] for t in tags]
     if len(set(names)) != len(names):
-        problems.append(f"a tag name twice (Envoy refuses it): {names}")
+        problems.append(f"a tag name twice (Envoy would apply only the first that matches): {names}")
     for tag in tags:
         regex = tag["regex"]
         if not tag["tag_name"].startswith("warden_"):
