@@ -23,9 +23,22 @@ Checked here (`scripts/test.sh manifests`, part of `make test`):
     structures inside EnvoyFilter/EnvoyPatchPolicy values (the CRDs leave
     them free-form);
 - every embedded Warden plugin configuration (EnvoyFilter
-  EXTENSION_CONFIG's `configuration`, WasmPlugin.spec.pluginConfig,
+  EXTENSION_CONFIG's `configuration`, which must be JSON text in a
+  StringValue or a Struct, as the filter reads no YAML; WasmPlugin.spec.pluginConfig,
   EnvoyExtensionPolicy.spec.wasm[].config) compiles with the filter's own
   compiler: `target/local/warden filter validate FILE` on it as JSON;
+- metrics: each mesh example merges exactly envoy/envoy.yaml's `stats_tags`
+  into its proxies' bootstrap (Istio: the gateway pod's
+  sidecar.istio.io/bootstrapOverride ConfigMap; Envoy Gateway:
+  EnvoyProxy.spec.bootstrap, type Merge); the tags, applied to sample
+  counter names the way Envoy's tag extraction does (Python `re`, within the
+  regex subset RE2 and std::regex share, also checked), give the metric
+  names and labels the dashboard queries; the gateways are scraped where
+  their mesh serves Prometheus; the Grafana sidecar ConfigMap embeds
+  examples/grafana/warden-gateway.json byte for byte;
+- the control plane workloads run the image as scripts/oci.py builds it
+  (user, entrypoint `warden serve` plus arguments it parses, port, data
+  directory);
 - references agree: Secret names and keys, the variables the filter reads
   and the ones Envoy passes into the VM and has in its environment, the
   clusters the configuration names and the routes, ServiceEntries,
@@ -183,6 +196,23 @@ def test_the_crd_check_refuses_unknown_fields_and_bad_enums():
 
 # --- the embedded Warden configurations ----------------------------------------
 
+def string_value_configuration(configuration: dict) -> dict:
+    """The plugin configuration in an Envoy `configuration` Any as the filter
+    reads it: a StringValue must hold JSON text (the filter has no YAML
+    parser, src: filter/engine/src/document.rs without the `yaml` feature),
+    a Struct its value. ValueError for anything else. (`warden filter
+    validate` cannot tell: the control plane's build reads YAML text too.)"""
+    kind = configuration.get("@type")
+    if kind == "type.googleapis.com/google.protobuf.StringValue":
+        value = configuration["value"]
+        if not value.lstrip().startswith("{"):
+            raise ValueError("a StringValue configuration that is not JSON text: the filter refuses it")
+        return json.loads(value)
+    if kind == "type.googleapis.com/google.protobuf.Struct":
+        return configuration["value"]
+    raise ValueError(f"a configuration of type {kind}: the filter reads a StringValue or a Struct")
+
+
 def plugin_configs() -> list[tuple[str, dict]]:
     """(where, configuration as JSON) for every Warden configuration in a manifest."""
     out = []
@@ -191,8 +221,11 @@ def plugin_configs() -> list[tuple[str, dict]]:
             for i, p in enumerate(doc["spec"]["configPatches"]):
                 if p["applyTo"] == "EXTENSION_CONFIG":
                     cfg = p["patch"]["value"]["typed_config"]["config"]
-                    value = cfg["configuration"]["value"]
-                    out.append((f"{where} configPatches[{i}]", yaml.safe_load(value)))
+                    try:
+                        config = string_value_configuration(cfg["configuration"])
+                    except ValueError as e:
+                        pytest.fail(f"{where} configPatches[{i}]: {e}")
+                    out.append((f"{where} configPatches[{i}]", config))
         elif doc["kind"] == "WasmPlugin":
             out.append((f"{where} spec.pluginConfig", doc["spec"]["pluginConfig"]))
         elif doc["kind"] == "EnvoyExtensionPolicy":
@@ -230,6 +263,19 @@ def test_the_filter_compiler_refuses_a_broken_configuration():
     config["providers"][0]["credentail"] = config["providers"][0].pop("credential")
     out = filter_validate(config)
     assert out.returncode != 0 and out.stderr.strip(), out
+
+
+def test_a_yaml_string_value_is_refused_as_the_filter_refuses_it():
+    ef = find(resources("istio/warden-filter.yaml"), "EnvoyFilter")[0]
+    cfg = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG")
+    configuration = cfg["patch"]["value"]["typed_config"]["config"]["configuration"]
+    config = string_value_configuration(configuration)
+    as_yaml = {**configuration, "value": yaml.safe_dump(config)}
+    with pytest.raises(ValueError, match="not JSON text"):
+        string_value_configuration(as_yaml)
+    with pytest.raises(ValueError, match="StringValue or a Struct"):
+        string_value_configuration({**configuration, "@type": "type.googleapis.com/google.protobuf.BytesValue"})
+    assert string_value_configuration({"@type": "type.googleapis.com/google.protobuf.Struct", "value": config}) == config
 
 
 def test_the_wasmplugin_alternative_carries_the_envoyfilter_configuration():
@@ -330,7 +376,7 @@ def vm_and_env(name: str, docs) -> tuple[dict, set[str], set[str]]:
             assert cfg["failure_policy"] in ("FAIL_RELOAD", "FAIL_CLOSED")
             inserted = [q for q in ef["spec"]["configPatches"] if q["applyTo"] == "HTTP_FILTER"][0]
             assert inserted["patch"]["value"]["name"] == p["patch"]["value"]["name"], "ECDS name mismatch"
-            return (yaml.safe_load(cfg["configuration"]["value"]),
+            return (string_value_configuration(cfg["configuration"]),
                     set(cfg["vm_config"]["environment_variables"]["host_env_keys"]), envoy_env)
         wp = find(docs, "WasmPlugin")[0]["spec"]
         assert wp["failStrategy"] != "FAIL_OPEN"
@@ -433,3 +479,310 @@ def test_render_examples_pins_the_digest_and_changes_nothing_else(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "render-examples.py"), "--oci-digest", "1234",
                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode != 0 and not (tmp_path / "x").exists()
+
+
+# --- metrics: the stats tags, the scrape, the dashboard -----------------------
+
+ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
+DASHBOARD = EXAMPLES / "grafana" / "warden-gateway.json"
+# The file istio-agent reads when the pod has sidecar.istio.io/bootstrapOverride
+# (Istio's gateway-injection-template.yaml: ISTIO_BOOTSTRAP_OVERRIDE, the
+# ConfigMap mounted at /etc/istio/custom-bootstrap).
+ISTIO_OVERRIDE_KEY = "custom_bootstrap.json"
+
+
+def envoy_stats_tags() -> list[dict]:
+    return yaml.safe_load(ENVOY_YAML.read_text())["stats_config"]["stats_tags"]
+
+
+def istio_gateway(docs) -> dict:
+    return next(d for _, d in docs if d["kind"] == "Deployment"
+                and d["spec"]["template"]["metadata"].get("labels", {}).get("istio") == "warden-gateway")
+
+
+def stats_tag_problems(docs) -> list[str]:
+    """Why a mesh example's Envoy would not label the counters as envoy/envoy.yaml
+    does ([] if it would). Each mesh merges a bootstrap fragment into its own;
+    the fragment must be exactly envoy.yaml's stats_tags and nothing more."""
+    want = {"stats_config": {"stats_tags": envoy_stats_tags()}}
+    problems = []
+    # Istio: the pod's annotation names a ConfigMap holding custom_bootstrap.json.
+    pod = istio_gateway(docs)["spec"]["template"]["metadata"]
+    name = pod.get("annotations", {}).get("sidecar.istio.io/bootstrapOverride")
+    maps = find(docs, "ConfigMap", name) if name else []
+    if not maps:
+        problems.append(f"istio: the gateway's bootstrapOverride names no ConfigMap ({name!r})")
+    elif ISTIO_OVERRIDE_KEY not in maps[0].get("data", {}):
+        problems.append(f"istio: ConfigMap {name} has no {ISTIO_OVERRIDE_KEY}")
+    elif json.loads(maps[0]["data"][ISTIO_OVERRIDE_KEY]) != want:
+        problems.append(f"istio: ConfigMap {name} {ISTIO_OVERRIDE_KEY} is not envoy/envoy.yaml's stats_tags")
+    # Envoy Gateway: EnvoyProxy.spec.bootstrap, merged (Replace would drop
+    # Envoy Gateway's own bootstrap, xDS included).
+    bootstrap = find(docs, "EnvoyProxy")[0]["spec"].get("bootstrap")
+    if not bootstrap or bootstrap.get("type") != "Merge":
+        problems.append(f"envoy-gateway: EnvoyProxy.spec.bootstrap is not of type Merge ({bootstrap and bootstrap.get('type')})")
+    elif yaml.safe_load(bootstrap["value"]) != want:
+        problems.append("envoy-gateway: EnvoyProxy.spec.bootstrap.value is not envoy/envoy.yaml's stats_tags")
+    return problems
+
+
+def test_each_mesh_example_merges_exactly_envoy_yamls_stats_tags():
+    assert len(envoy_stats_tags()) == 4
+    assert stats_tag_problems(resources()) == []
+
+
+def test_the_stats_tag_check_finds_drift():
+    docs = json.loads(json.dumps(resources()))
+    cm = find(docs, "ConfigMap", istio_gateway(docs)["spec"]["template"]["metadata"]["annotations"]
+              ["sidecar.istio.io/bootstrapOverride"])[0]
+    fragment = json.loads(cm["data"][ISTIO_OVERRIDE_KEY])
+    fragment["stats_config"]["stats_tags"][0]["regex"] = fragment["stats_config"]["stats_tags"][0]["regex"].replace("+", "*")
+    cm["data"][ISTIO_OVERRIDE_KEY] = json.dumps(fragment)
+    find(docs, "EnvoyProxy")[0]["spec"]["bootstrap"]["type"] = "Replace"
+    problems = stats_tag_problems(docs)
+    assert len(problems) == 2 and problems[0].startswith("istio:") and problems[1].startswith("envoy-gateway:"), problems
+    istio_gateway(docs)["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/bootstrapOverride"] = "nothing"
+    assert "names no ConfigMap" in stats_tag_problems(docs)[0]
+
+
+def extract_tags(name: str, tags: list[dict]) -> tuple[str, dict[str, str]]:
+    """What Envoy's tag extraction makes of a stat name (source/common/stats/
+    tag_extractor_impl.cc): every tag's regex is searched in the full name; on
+    a match the second capture group is the tag's value and the first is cut
+    out of the name. Cuts of several tags add up."""
+    cut: set[int] = set()
+    values = {}
+    for tag in tags:
+        match = re.search(tag["regex"], name)
+        if match:
+            values[tag["tag_name"]] = match.group(2)
+            cut.update(range(*match.span(1)))
+    return "".join(c for i, c in enumerate(name) if i not in cut), values
+
+
+def prometheus_name(extracted: str) -> str:
+    """Envoy's Prometheus name of a stat of the custom namespace `wasmcustom`:
+    the namespace dropped, no `envoy_` prefix, dots as underscores."""
+    return extracted.removeprefix("wasmcustom.").replace(".", "_")
+
+
+# (stat name as the filter's counters make it, metric name, labels).
+TAG_SAMPLES = [
+    ("wasmcustom.warden.requests.openai.masked", "warden_requests",
+     {"warden_provider": "openai", "warden_decision": "masked"}),
+    ("wasmcustom.warden.requests.none.unauthenticated", "warden_requests",
+     {"warden_provider": "none", "warden_decision": "unauthenticated"}),
+    ("wasmcustom.warden.requests.azure_eu-2.require_approval", "warden_requests",
+     {"warden_provider": "azure_eu-2", "warden_decision": "require_approval"}),
+    ("wasmcustom.warden.rule.personal-data.mask", "warden_rule",
+     {"warden_rule": "personal-data", "warden_action": "mask"}),
+    ("wasmcustom.warden.rule.export-ticket.require_approval", "warden_rule",
+     {"warden_rule": "export-ticket", "warden_action": "require_approval"}),
+    ("wasmcustom.warden.tools.removed", "warden_tools", {"warden_decision": "removed"}),
+    ("wasmcustom.warden.approvals.denied", "warden_approvals", {"warden_decision": "denied"}),
+    # The fixed counters and gauges keep their names and get no tag.
+    ("wasmcustom.warden.audit.dropped", "warden_audit_dropped", {}),
+    ("wasmcustom.warden.policy.version", "warden_policy_version", {}),
+    ("wasmcustom.warden.keys.fetch_failures", "warden_keys_fetch_failures", {}),
+    ("wasmcustom.warden.stream.trailers_withheld", "warden_stream_trailers_withheld", {}),
+]
+# Envoy's own stats are left alone.
+UNTAGGED = ["cluster.provider_openai.upstream_rq_total", "http.warden.downstream_rq_2xx",
+            "wasm.remote_load_fetch_successes", "warden.requests.openai.masked"]
+
+
+def tag_sample_problems(tags: list[dict]) -> list[str]:
+    problems = []
+    for name, metric, labels in TAG_SAMPLES:
+        extracted, values = extract_tags(name, tags)
+        if (prometheus_name(extracted), values) != (metric, labels):
+            problems.append(f"{name}: {prometheus_name(extracted)} {values}, not {metric} {labels}")
+    for name in UNTAGGED:
+        extracted, values = extract_tags(name, tags)
+        if (extracted, values) != (name, {}):
+            problems.append(f"{name}: tagged {values} as {extracted}")
+    return problems
+
+
+def test_the_stats_tags_extract_the_labels_from_real_names():
+    tags = envoy_stats_tags()
+    assert tag_sample_problems(tags) == []
+    # The labelled metrics are the ones the dashboard queries.
+    board = DASHBOARD.read_text()
+    for _, metric, labels in TAG_SAMPLES:
+        if labels:
+            assert re.search(rf"\b{metric}\{{", board), f"the dashboard never queries {metric}"
+    # ...and the Istio gateway's stats inclusion keeps every one of them
+    # (Envoy's stats_matcher safe_regex: a full match).
+    matcher = yaml.safe_load(istio_gateway(resources())["spec"]["template"]["metadata"]["annotations"]
+                             ["proxy.istio.io/config"])["proxyStatsMatcher"]["inclusionRegexps"]
+    for name, _, _ in TAG_SAMPLES:
+        assert any(re.fullmatch(r, name) for r in matcher), f"Istio's stats matcher drops {name}"
+
+
+def test_the_tag_extraction_check_fails_on_a_wrong_regex():
+    tags = json.loads(json.dumps(envoy_stats_tags()))
+    provider = next(t for t in tags if t["tag_name"] == "warden_provider")
+    original = dict(provider)
+    # The groups around the decision instead of the provider: a value, but the wrong one.
+    provider["regex"] = r"^wasmcustom\.warden\.requests\.[^.]+(\.([^.]+))$"
+    problems = tag_sample_problems(tags)
+    assert problems and all("warden.requests." in p for p in problems), problems
+    # Without its `^wasmcustom\.` anchor, it would tag a stat of Envoy's own too.
+    loose = [t if t != original else {**t, "regex": r"warden\.requests(\.([^.]+))\.[^.]+$"}
+             for t in envoy_stats_tags()]
+    assert tag_sample_problems(loose) == ["warden.requests.openai.masked: tagged {'warden_provider': 'openai'} "
+                                          "as warden.requests.masked"]
+
+
+# What both of Envoy's regex engines for stats tags read alike (std::regex
+# ECMAScript and RE2) and Python's `re` too, so the check above means what
+# Envoy does: literals, `\.`-style escapes of punctuation, `.`, bracket classes
+# without escapes or POSIX names, groups and non-capturing groups, `|`,
+# anchors and the greedy quantifiers. No lookaround, backreference, named
+# group, inline flag or class shorthand (\d, \w differ between the engines
+# with Unicode input).
+PORTABLE_TOKEN = r"(?:\\[.^$()\[\]{}|*+?\\/-]|\[\^?[^\]\\\[:]+\]|\(\?:|[()|^$*+?.]|[A-Za-z0-9_ ;,=/-])"
+
+
+def regex_portability_problems(tags: list[dict]) -> list[str]:
+    problems = []
+    names = [t["tag_name"] for t in tags]
+    if len(set(names)) != len(names):
+        problems.append(f"a tag name twice (Envoy would apply only the first that matches): {names}")
+    for tag in tags:
+        regex = tag["regex"]
+        if not tag["tag_name"].startswith("warden_"):
+            problems.append(f"{tag['tag_name']}: not warden_*, may collide with the mesh's own tags")
+        if not re.fullmatch(f"{PORTABLE_TOKEN}*", regex) or re.search(r"\((?!\?:)\?", regex):
+            problems.append(f"{tag['tag_name']}: {regex!r} leaves the subset RE2 and std::regex share")
+        elif re.compile(regex).groups != 2:
+            problems.append(f"{tag['tag_name']}: {regex!r} has not exactly two capture groups")
+        elif not (regex.startswith("^wasmcustom\\.warden\\.") and regex.endswith("$")):
+            problems.append(f"{tag['tag_name']}: {regex!r} is not anchored to the filter's counters")
+    return problems
+
+
+def test_the_stats_tag_regexes_stay_in_the_common_subset():
+    assert regex_portability_problems(envoy_stats_tags()) == []
+
+
+def test_the_portability_check_refuses_what_one_engine_lacks():
+    base = envoy_stats_tags()[0]
+    for bad in (r"^wasmcustom\.warden\.requests(?=\.)(\.([^.]+))\.[^.]+$",      # lookahead: not RE2
+                r"^wasmcustom\.warden\.requests(?P<p>\.([^.]+))\.[^.]+$",       # named group
+                r"^wasmcustom\.warden\.requests(\.(\w+))\.\w+$",                # class shorthand
+                r"^wasmcustom\.warden\.requests(\.([[:alnum:]]+))\.[^.]+$",     # POSIX class
+                r"^wasmcustom\.warden\.requests(\.([^.]+))\.([^.]+)$",          # three groups
+                r"wasmcustom\.warden\.requests(\.([^.]+))\.[^.]+"):             # not anchored
+        assert regex_portability_problems([{**base, "regex": bad}]), bad
+    assert regex_portability_problems([base, base])   # the same name twice
+
+
+def dashboard_configmap_problems(docs) -> list[str]:
+    maps = [d for _, d in docs if d["kind"] == "ConfigMap"
+            and d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    if len(maps) != 1:
+        return [f"{len(maps)} ConfigMaps labelled grafana_dashboard: \"1\", not 1"]
+    data = maps[0].get("data", {})
+    if list(data) != ["warden-gateway.json"] or data["warden-gateway.json"] != DASHBOARD.read_text():
+        return [f"ConfigMap {maps[0]['metadata']['name']} is not examples/grafana/warden-gateway.json byte for "
+                "byte: regenerate it (its comment says how it is made)"]
+    return []
+
+
+def test_the_dashboard_configmap_is_the_dashboard():
+    assert dashboard_configmap_problems(resources()) == []
+    json.loads(DASHBOARD.read_text())
+
+
+def test_the_dashboard_check_finds_an_edited_copy():
+    docs = json.loads(json.dumps(resources()))
+    cm = next(d for _, d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {}))
+    cm["data"]["warden-gateway.json"] = cm["data"]["warden-gateway.json"].replace("warden_requests", "warden_request", 1)
+    assert dashboard_configmap_problems(docs)
+    cm["metadata"]["labels"]["grafana_dashboard"] = "0"
+    assert dashboard_configmap_problems(docs)
+
+
+def test_the_gateways_are_scraped_where_their_mesh_serves_prometheus():
+    docs = resources()
+    # Istio: pilot-agent's merged endpoint (status port 15020), as the injector
+    # would set it with metrics merging on (pkg/kube/inject/webhook.go).
+    pod = istio_gateway(docs)["spec"]["template"]["metadata"]["annotations"]
+    assert (pod["prometheus.io/scrape"], pod["prometheus.io/port"], pod["prometheus.io/path"]) == \
+        ("true", "15020", "/stats/prometheus")
+    # Envoy Gateway scrapes by itself (port 19001); turning Prometheus off would lose it.
+    proxy = find(docs, "EnvoyProxy")[0]["spec"]
+    assert not proxy.get("telemetry", {}).get("metrics", {}).get("prometheus", {}).get("disable", False)
+
+
+# --- the control plane's image ---------------------------------------------------
+
+def oci_script():
+    """scripts/oci.py as a module: what the image is built with."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("warden_oci", ROOT / "scripts" / "oci.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def control_plane_image_problems(docs) -> list[str]:
+    """Where a control plane workload runs the image otherwise than scripts/oci.py
+    builds it: the entrypoint (`warden serve`) kept and given arguments `warden
+    serve` accepts, the image's user, port and data directory."""
+    oci = oci_script()
+    problems = []
+    workloads = [d for _, d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                 and d["metadata"]["name"] == "warden-control-plane"]
+    if not workloads:
+        return ["no control plane workload"]
+    for w in workloads:
+        where = f"{w['kind']} {w['metadata']['name']}"
+        pod = w["spec"]["template"]["spec"]
+        (c,) = [c for c in pod["containers"] if c["name"] == "warden"]
+        security = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+        if (security.get("runAsUser"), security.get("runAsGroup")) != (oci.CONTROL_PLANE_UID, oci.CONTROL_PLANE_UID):
+            problems.append(f"{where}: runs as {security.get('runAsUser')}:{security.get('runAsGroup')}, "
+                            f"the image's user is {oci.CONTROL_PLANE_UID}")
+        if "command" in c:
+            problems.append(f"{where}: `command` replaces the image's entrypoint")
+        # The entrypoint's `serve` and the container's args, as `warden` parses
+        # them (`--help` after them exits 0 only if they parse).
+        argv = [str(WARDEN), "serve", *c.get("args", []), "--help"]
+        parsed = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if parsed.returncode != 0:
+            problems.append(f"{where}: `warden serve {' '.join(c.get('args', []))}` does not parse: "
+                            f"{parsed.stderr.strip().splitlines()[0] if parsed.stderr.strip() else parsed.returncode}")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        listen = env.get("WARDEN_LISTEN", f"0.0.0.0:{oci.CONTROL_PLANE_PORT}")
+        ports = {p["containerPort"] for p in c.get("ports", [])}
+        if ports != {int(listen.rsplit(":", 1)[1])} or not listen.startswith("0.0.0.0:"):
+            problems.append(f"{where}: listens on {listen}, container ports {ports}")
+        data_dir = env.get("WARDEN_DATA_DIR", oci.CONTROL_PLANE_DATA_DIR)
+        if data_dir != oci.CONTROL_PLANE_DATA_DIR or \
+                oci.CONTROL_PLANE_DATA_DIR not in {m["mountPath"] for m in c.get("volumeMounts", [])}:
+            problems.append(f"{where}: data in {data_dir}, no volume at the image's {oci.CONTROL_PLANE_DATA_DIR}")
+        if not env.get("WARDEN_PUBLIC_URL", "").startswith("https://"):
+            problems.append(f"{where}: no WARDEN_PUBLIC_URL")
+    return problems
+
+
+def test_control_plane_workloads_run_the_image_as_built():
+    docs = resources("kubernetes/")
+    assert len([d for _, d in docs if d["metadata"]["name"] == "warden-control-plane" and
+                d["kind"] in ("Deployment", "StatefulSet")]) == 2
+    assert control_plane_image_problems(docs) == []
+
+
+def test_the_image_check_finds_a_second_serve_and_a_wrong_user():
+    docs = json.loads(json.dumps(resources("kubernetes/postgres/")))
+    deployment = find(docs, "Deployment", "warden-control-plane")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    pod["containers"][0]["args"].insert(0, "serve")
+    pod["securityContext"]["runAsUser"] = 1000
+    pod["containers"][0]["volumeMounts"] = []
+    problems = control_plane_image_problems(docs)
+    assert len(problems) == 3, problems
+    assert "does not parse" in problems[1] and "'serve'" in problems[1], problems
