@@ -35,8 +35,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use crate::client::{request_token, ApprovalsArgs, PolicyArgs, SessionsArgs, DEFAULT_SERVER};
-use crate::login::{LoginArgs, LoginSelector, WhoamiArgs};
 use crate::dev_issuer::{SigningAlg, TokenRequest, MAX_TTL_SECONDS};
+use crate::login::{LoginArgs, LoginSelector, WhoamiArgs};
 use crate::state::{self, ServerConfig};
 use crate::webhook::WebhookFormat;
 
@@ -53,7 +53,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a development token from a control plane started with `--dev`,
     /// and print it on stdout.
     Token(TokenArgs),
@@ -183,11 +183,21 @@ pub struct ServeArgs {
 
     /// The IdP `warden login` signs people in at when they name none
     /// (`GET /v1/login`); with --login-client-id.
-    #[arg(long, env = "WARDEN_LOGIN_ISSUER", value_name = "URL", requires = "login_client_id")]
+    #[arg(
+        long,
+        env = "WARDEN_LOGIN_ISSUER",
+        value_name = "URL",
+        requires = "login_client_id"
+    )]
     pub login_issuer: Option<String>,
 
     /// The public OAuth client `warden login` signs in as (`GET /v1/login`).
-    #[arg(long, env = "WARDEN_LOGIN_CLIENT_ID", value_name = "ID", requires = "login_issuer")]
+    #[arg(
+        long,
+        env = "WARDEN_LOGIN_CLIENT_ID",
+        value_name = "ID",
+        requires = "login_issuer"
+    )]
     pub login_client_id: Option<String>,
 
     /// Scopes `warden login` asks for (`GET /v1/login`).
@@ -341,7 +351,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Token(args) => token(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Policy(args) => crate::client::policy(args).await,
             Command::Approvals(args) => crate::client::approvals(args).await,

@@ -140,7 +140,12 @@ fn is_fresh(login: &StoredLogin, at: u64) -> bool {
     at + margin(login) < login.expires_at
 }
 
-fn stored_from(answer: TokenAnswer, issuer: &str, request: &Request, previous_refresh: Option<String>) -> StoredLogin {
+fn stored_from(
+    answer: TokenAnswer,
+    issuer: &str,
+    request: &Request,
+    previous_refresh: Option<String>,
+) -> StoredLogin {
     let issued_at = now();
     let expires_at = match answer.expires_in {
         Some(seconds) => issued_at.saturating_add(seconds),
@@ -180,15 +185,23 @@ fn find(selector: &LoginSelector) -> Result<(PathBuf, StoredLogin), String> {
             let path = token_store::file_for(&dir, issuer, client_id);
             match token_store::read(&path)? {
                 Some(login) => Ok((path, login)),
-                None => Err(format!("not logged in to {issuer} as client {client_id}: run `warden login`")),
+                None => Err(format!(
+                    "not logged in to {issuer} as client {client_id}: run `warden login`"
+                )),
             }
         }
         _ => {
             let matching: Vec<_> = token_store::list(&dir)?
                 .into_iter()
                 .filter(|(_, login)| {
-                    selector.issuer.as_deref().is_none_or(|i| i.trim_end_matches('/') == login.issuer)
-                        && selector.client_id.as_deref().is_none_or(|c| c == login.client_id)
+                    selector
+                        .issuer
+                        .as_deref()
+                        .is_none_or(|i| i.trim_end_matches('/') == login.issuer)
+                        && selector
+                            .client_id
+                            .as_deref()
+                            .is_none_or(|c| c == login.client_id)
                 })
                 .collect();
             match matching.len() {
@@ -219,13 +232,17 @@ pub async fn fresh_login(selector: &LoginSelector) -> Result<(PathBuf, StoredLog
     }
     // Another process may be refreshing: wait for it, then read again.
     let lock = token_store::lock(&path)?;
-    let login = token_store::read(&path)?.ok_or("not logged in (the login was removed): run `warden login`")?;
+    let login = token_store::read(&path)?
+        .ok_or("not logged in (the login was removed): run `warden login`")?;
     if is_fresh(&login, now()) {
         drop(lock);
         return Ok((path, login));
     }
     let Some(refresh_token) = login.refresh_token.clone() else {
-        return Err("the access token has expired and the IdP gave no refresh token: run `warden login`".into());
+        return Err(
+            "the access token has expired and the IdP gave no refresh token: run `warden login`"
+                .into(),
+        );
     };
     let http = oidc_client::http_client()?;
     let discovery = oidc_client::discover(&http, &login.issuer).await?;
@@ -233,9 +250,13 @@ pub async fn fresh_login(selector: &LoginSelector) -> Result<(PathBuf, StoredLog
     let answer = match oidc_client::refresh(&http, &discovery, &request, &refresh_token).await {
         Ok(answer) => answer,
         Err(RefreshError::Refused(reason)) => {
-            return Err(format!("cannot refresh the access token, {reason}: run `warden login`"))
+            return Err(format!(
+                "cannot refresh the access token, {reason}: run `warden login`"
+            ))
         }
-        Err(RefreshError::Unavailable(reason)) => return Err(format!("cannot refresh the access token: {reason}")),
+        Err(RefreshError::Unavailable(reason)) => {
+            return Err(format!("cannot refresh the access token: {reason}"))
+        }
     };
     let refreshed = stored_from(answer, &login.issuer, &request, Some(refresh_token));
     token_store::write(&path, &refreshed)?;
@@ -246,8 +267,16 @@ pub async fn fresh_login(selector: &LoginSelector) -> Result<(PathBuf, StoredLog
 /// Issuer, client and what to ask for: from the flags, else the control plane.
 async fn settings(args: &LoginArgs) -> Result<(String, Request), String> {
     let scope_given = args.scope != DEFAULT_SCOPE;
-    let (issuer, client_id, scope, resources) = match (&args.selector.issuer, &args.selector.client_id) {
-        (Some(issuer), Some(client_id)) => (issuer.clone(), client_id.clone(), args.scope.clone(), args.resources.clone()),
+    let (issuer, client_id, scope, resources) = match (
+        &args.selector.issuer,
+        &args.selector.client_id,
+    ) {
+        (Some(issuer), Some(client_id)) => (
+            issuer.clone(),
+            client_id.clone(),
+            args.scope.clone(),
+            args.resources.clone(),
+        ),
         _ => {
             let from_server = crate::client::get_json::<LoginSettings>(&args.server, "/v1/login", None).await.map_err(|e| {
                 format!("give --issuer and --client-id (or WARDEN_ISSUER, WARDEN_CLIENT_ID); the control plane could not say them: {e}")
@@ -256,10 +285,17 @@ async fn settings(args: &LoginArgs) -> Result<(String, Request), String> {
                 (Some(scope), false) => scope.clone(),
                 _ => args.scope.clone(),
             };
-            let resources = if args.resources.is_empty() { from_server.resources } else { args.resources.clone() };
+            let resources = if args.resources.is_empty() {
+                from_server.resources
+            } else {
+                args.resources.clone()
+            };
             (
                 args.selector.issuer.clone().unwrap_or(from_server.issuer),
-                args.selector.client_id.clone().unwrap_or(from_server.client_id),
+                args.selector
+                    .client_id
+                    .clone()
+                    .unwrap_or(from_server.client_id),
                 scope,
                 resources,
             )
@@ -294,7 +330,12 @@ pub async fn login(args: LoginArgs) -> Result<ExitCode, String> {
     let answer = tokio::time::timeout(timeout, signing_in)
         .await
         .map_err(|_| format!("no sign-in completed within {} seconds", timeout.as_secs()))??;
-    let stored = stored_from(answer, &discovery.issuer.trim_end_matches('/').to_owned(), &request, None);
+    let stored = stored_from(
+        answer,
+        discovery.issuer.trim_end_matches('/'),
+        &request,
+        None,
+    );
     let dir = token_store::default_dir()?;
     let path = token_store::file_for(&dir, &stored.issuer, &stored.client_id);
     {
@@ -310,9 +351,15 @@ pub async fn login(args: LoginArgs) -> Result<ExitCode, String> {
                 .map(crate::fields::logged)
         })
         .unwrap_or_else(|| "you".to_owned());
-    eprintln!("Logged in to {} as {who}; tokens kept in {}", stored.issuer, path.display());
+    eprintln!(
+        "Logged in to {} as {who}; tokens kept in {}",
+        stored.issuer,
+        path.display()
+    );
     if stored.refresh_token.is_none() {
-        eprintln!("note: the IdP gave no refresh token; log in again when the access token expires");
+        eprintln!(
+            "note: the IdP gave no refresh token; log in again when the access token expires"
+        );
     }
     eprintln!("Use them with: OPENAI_API_KEY=$(warden access-token)");
     Ok(ExitCode::SUCCESS)
@@ -339,8 +386,15 @@ async fn browser_flow(
 
 /// Asks the desktop to open `url`; `false` when there is no way to.
 fn open_browser(url: &str) -> bool {
-    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
-    if cfg!(target_os = "linux") && std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    if cfg!(target_os = "linux")
+        && std::env::var_os("DISPLAY").is_none()
+        && std::env::var_os("WAYLAND_DISPLAY").is_none()
+    {
         return false;
     }
     std::process::Command::new(opener)
@@ -352,7 +406,11 @@ fn open_browser(url: &str) -> bool {
         .is_ok()
 }
 
-async fn device_flow(http: &reqwest::Client, discovery: &Discovery, request: &Request) -> Result<TokenAnswer, String> {
+async fn device_flow(
+    http: &reqwest::Client,
+    discovery: &Discovery,
+    request: &Request,
+) -> Result<TokenAnswer, String> {
     let device = oidc_client::start_device(http, discovery, request).await?;
     eprintln!(
         "To sign in, open {} on any device and enter the code\n\n    {}\n",
@@ -361,7 +419,10 @@ async fn device_flow(http: &reqwest::Client, discovery: &Discovery, request: &Re
     if let Some(complete) = &device.verification_uri_complete {
         eprintln!("(or open {complete})");
     }
-    eprintln!("Waiting for the sign-in (the code expires in {} seconds)…", device.expires_in);
+    eprintln!(
+        "Waiting for the sign-in (the code expires in {} seconds)…",
+        device.expires_in
+    );
     oidc_client::poll_device(http, discovery, request, &device).await
 }
 
@@ -388,7 +449,10 @@ pub async fn logout(selector: LoginSelector) -> Result<ExitCode, String> {
     let _lock = token_store::lock(&path)?;
     let mut failed = false;
     match &login.refresh_token {
-        None => eprintln!("No refresh token was kept: nothing to revoke at {}.", login.issuer),
+        None => eprintln!(
+            "No refresh token was kept: nothing to revoke at {}.",
+            login.issuer
+        ),
         Some(refresh_token) => {
             let http = oidc_client::http_client()?;
             match oidc_client::discover(&http, &login.issuer).await {
@@ -415,15 +479,20 @@ pub async fn logout(selector: LoginSelector) -> Result<ExitCode, String> {
     token_store::delete(&path)?;
     let _ = std::fs::remove_file(path.with_extension("lock"));
     eprintln!("Deleted the stored tokens ({}).", path.display());
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `warden whoami`.
 pub async fn whoami(args: WhoamiArgs) -> Result<ExitCode, String> {
     let (_, login) = fresh_login(&args.selector).await?;
-    let answer: Value = crate::client::get_json(&args.server, "/v1/whoami", Some(&login.access_token))
-        .await
-        .map_err(|e| format!("cannot ask the control plane who you are: {e}"))?;
+    let answer: Value =
+        crate::client::get_json(&args.server, "/v1/whoami", Some(&login.access_token))
+            .await
+            .map_err(|e| format!("cannot ask the control plane who you are: {e}"))?;
     let mut out = String::new();
     if args.json {
         out = serde_json::to_string_pretty(&answer).map_err(|e| e.to_string())? + "\n";
@@ -440,7 +509,11 @@ pub async fn whoami(args: WhoamiArgs) -> Result<ExitCode, String> {
 
 fn describe_whoami(out: &mut String, answer: &Value, login: &StoredLogin) {
     use std::fmt::Write as _;
-    let text = |v: &Value| v.as_str().map(crate::fields::logged).unwrap_or_else(|| "-".into());
+    let text = |v: &Value| {
+        v.as_str()
+            .map(crate::fields::logged)
+            .unwrap_or_else(|| "-".into())
+    };
     let list = |v: &Value| {
         v.as_array()
             .map(|items| items.iter().map(text).collect::<Vec<_>>().join(", "))
@@ -453,7 +526,10 @@ fn describe_whoami(out: &mut String, answer: &Value, login: &StoredLogin) {
     let _ = writeln!(out, "groups:   {}", list(&identity["groups"]));
     let _ = writeln!(out, "issuer:   {}", text(&identity["issuer"]));
     let remaining = login.expires_at.saturating_sub(now());
-    let _ = writeln!(out, "token:    expires in {remaining}s (refreshed by `warden access-token`)");
+    let _ = writeln!(
+        out,
+        "token:    expires in {remaining}s (refreshed by `warden access-token`)"
+    );
     match answer.get("policy").filter(|p| !p.is_null()) {
         None => {
             let _ = writeln!(out, "policy:   no version is active");
@@ -467,15 +543,27 @@ fn describe_whoami(out: &mut String, answer: &Value, login: &StoredLogin) {
             );
             let groups = policy["groups"].as_array().cloned().unwrap_or_default();
             if groups.is_empty() {
-                let _ = writeln!(out, "allowed:  nothing: none of your groups is in the policy");
+                let _ = writeln!(
+                    out,
+                    "allowed:  nothing: none of your groups is in the policy"
+                );
             }
             for group in groups {
-                let via = if group["default"].as_bool() == Some(true) { " (the default group)" } else { "" };
+                let via = if group["default"].as_bool() == Some(true) {
+                    " (the default group)"
+                } else {
+                    ""
+                };
                 let _ = writeln!(out, "as {}{via}:", text(&group["name"]));
                 let _ = writeln!(out, "  providers: {}", list(&group["providers"]));
                 let _ = writeln!(out, "  models:    {}", list(&group["models"]));
                 let _ = writeln!(out, "  endpoints: {}", list(&group["endpoints"]));
-                let _ = writeln!(out, "  tools:     {} (denied: {})", list(&group["tools"]["allow"]), list(&group["tools"]["deny"]));
+                let _ = writeln!(
+                    out,
+                    "  tools:     {} (denied: {})",
+                    list(&group["tools"]["allow"]),
+                    list(&group["tools"]["deny"])
+                );
             }
         }
     }

@@ -99,7 +99,8 @@ pub fn http_client() -> Result<reqwest::Client, String> {
 /// Refuses an issuer that tokens would travel to in clear text: `https://`,
 /// or `http://` on a loopback address only (a local test IdP).
 pub fn check_issuer_url(issuer: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(issuer).map_err(|e| format!("issuer {issuer:?} is not a URL: {e}"))?;
+    let url =
+        reqwest::Url::parse(issuer).map_err(|e| format!("issuer {issuer:?} is not a URL: {e}"))?;
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(url.host_str().unwrap_or_default()) => Ok(()),
@@ -117,7 +118,10 @@ fn is_loopback(host: &str) -> bool {
 /// names the same issuer (an IdP mix-up otherwise).
 pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, String> {
     check_issuer_url(issuer)?;
-    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
     let response = http
         .get(&url)
         .send()
@@ -126,7 +130,9 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery,
     let status = response.status();
     let body = bounded_body(response).await?;
     if !status.is_success() {
-        return Err(format!("the IdP's discovery document {url} answered {status}"));
+        return Err(format!(
+            "the IdP's discovery document {url} answered {status}"
+        ));
     }
     let discovery: Discovery = serde_json::from_slice(&body)
         .map_err(|e| format!("the IdP's discovery document {url} does not parse: {e}"))?;
@@ -193,7 +199,11 @@ async fn token_request(
 
 fn refused(error: &ErrorAnswer) -> String {
     match &error.error_description {
-        Some(text) => format!("the IdP refused: {} ({})", error.error, crate::fields::logged(text)),
+        Some(text) => format!(
+            "the IdP refused: {} ({})",
+            error.error,
+            crate::fields::logged(text)
+        ),
         None => format!("the IdP refused: {}", error.error),
     }
 }
@@ -218,7 +228,10 @@ impl Pkce {
     pub fn new() -> Self {
         let verifier = random_token();
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        Pkce { verifier, challenge }
+        Pkce {
+            verifier,
+            challenge,
+        }
     }
 }
 
@@ -284,7 +297,10 @@ impl LoopbackRedirect {
                 let description = param("error_description")
                     .map(|d| format!(" ({})", crate::fields::logged(&d)))
                     .unwrap_or_default();
-                Err(format!("the IdP refused the sign-in: {}{description}", crate::fields::logged(&error)))
+                Err(format!(
+                    "the IdP refused the sign-in: {}{description}",
+                    crate::fields::logged(&error)
+                ))
             } else {
                 param("code").ok_or_else(|| "the sign-in redirect carries no code".to_owned())
             };
@@ -292,7 +308,11 @@ impl LoopbackRedirect {
                 Ok(_) => "Signed in. You can close this window and return to the terminal.",
                 Err(_) => "Sign-in failed. See the terminal for the reason.",
             };
-            let status = if outcome.is_ok() { "200 OK" } else { "400 Bad Request" };
+            let status = if outcome.is_ok() {
+                "200 OK"
+            } else {
+                "400 Bad Request"
+            };
             let _ = respond(&mut stream, status, page).await;
             return outcome;
         }
@@ -313,7 +333,9 @@ async fn read_request_target(stream: &mut tokio::net::TcpStream) -> Option<Strin
         }
         Some(())
     };
-    tokio::time::timeout(Duration::from_secs(10), read).await.ok()??;
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()??;
     let line = head.split(|b| *b == b'\n').next()?;
     let line = std::str::from_utf8(line).ok()?.trim_end();
     let mut parts = line.split(' ');
@@ -321,10 +343,12 @@ async fn read_request_target(stream: &mut tokio::net::TcpStream) -> Option<Strin
     (method == "GET" && target.starts_with('/')).then(|| target.to_owned())
 }
 
-async fn respond(stream: &mut tokio::net::TcpStream, status: &str, text: &str) -> std::io::Result<()> {
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>Warden</title><p>{text}</p>"
-    );
+async fn respond(
+    stream: &mut tokio::net::TcpStream,
+    status: &str,
+    text: &str,
+) -> std::io::Result<()> {
+    let body = format!("<!doctype html><meta charset=utf-8><title>Warden</title><p>{text}</p>");
     let answer = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
          cache-control: no-store\r\nreferrer-policy: no-referrer\r\nconnection: close\r\n\r\n{body}",
@@ -347,7 +371,10 @@ pub fn authorization_url(
         .as_deref()
         .ok_or("the IdP has no authorization endpoint: use `warden login --device`")?;
     if !discovery.code_challenge_methods_supported.is_empty()
-        && !discovery.code_challenge_methods_supported.iter().any(|m| m == "S256")
+        && !discovery
+            .code_challenge_methods_supported
+            .iter()
+            .any(|m| m == "S256")
     {
         return Err("the IdP does not support PKCE with S256".into());
     }
@@ -422,12 +449,10 @@ pub async fn start_device(
         ("scope", request.scope.clone()),
     ];
     form.extend(request.extra_params());
-    let response = http
-        .post(endpoint)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the device authorization endpoint {endpoint}: {e}"))?;
+    let response =
+        http.post(endpoint).form(&form).send().await.map_err(|e| {
+            format!("cannot reach the device authorization endpoint {endpoint}: {e}")
+        })?;
     let status = response.status();
     let body = bounded_body(response).await?;
     if !status.is_success() {
@@ -436,7 +461,8 @@ pub async fn start_device(
             Err(_) => format!("the device authorization endpoint answered {status}"),
         });
     }
-    serde_json::from_slice(&body).map_err(|e| format!("the device authorization answer does not parse: {e}"))
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("the device authorization answer does not parse: {e}"))
 }
 
 /// Polls the token endpoint until the person approved the device (tokens),
@@ -551,7 +577,10 @@ mod tests {
         assert_eq!(challenge, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
         let pkce = Pkce::new();
         assert_eq!(pkce.verifier.len(), 43);
-        assert_eq!(pkce.challenge, URL_SAFE_NO_PAD.encode(Sha256::digest(pkce.verifier.as_bytes())));
+        assert_eq!(
+            pkce.challenge,
+            URL_SAFE_NO_PAD.encode(Sha256::digest(pkce.verifier.as_bytes()))
+        );
         assert_ne!(Pkce::new().verifier, pkce.verifier);
     }
 
@@ -583,10 +612,22 @@ mod tests {
             audience: None,
         };
         let pkce = Pkce::new();
-        let url = authorization_url(&discovery, &request, "http://127.0.0.1:5/callback", "st", &pkce).unwrap();
+        let url = authorization_url(
+            &discovery,
+            &request,
+            "http://127.0.0.1:5/callback",
+            "st",
+            &pkce,
+        )
+        .unwrap();
         let url = reqwest::Url::parse(&url).unwrap();
         let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("tenant"), Some("a"));
         assert_eq!(get("code_challenge_method"), Some("S256"));
         assert_eq!(get("code_challenge"), Some(pkce.challenge.as_str()));
@@ -595,13 +636,18 @@ mod tests {
         assert_eq!(get("redirect_uri"), Some("http://127.0.0.1:5/callback"));
         assert!(!url.as_str().contains(&pkce.verifier));
 
-        let plain_only = Discovery { code_challenge_methods_supported: vec!["plain".into()], ..discovery };
+        let plain_only = Discovery {
+            code_challenge_methods_supported: vec!["plain".into()],
+            ..discovery
+        };
         assert!(authorization_url(&plain_only, &request, "x", "st", &pkce).is_err());
     }
 
     async fn redirect(uri: &str, path: &str) -> String {
         let port = reqwest::Url::parse(uri).unwrap().port().unwrap();
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         stream
             .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
             .await
@@ -617,18 +663,27 @@ mod tests {
         let uri = listener.redirect_uri.clone();
         assert!(uri.starts_with("http://127.0.0.1:") && uri.ends_with("/callback"));
         let waiting = tokio::spawn(listener.code("good-state"));
-        assert!(redirect(&uri, "/favicon.ico").await.starts_with("HTTP/1.1 404"));
-        assert!(redirect(&uri, "/callback?code=abc&state=good-state").await.starts_with("HTTP/1.1 200"));
+        assert!(redirect(&uri, "/favicon.ico")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        assert!(redirect(&uri, "/callback?code=abc&state=good-state")
+            .await
+            .starts_with("HTTP/1.1 200"));
         assert_eq!(waiting.await.unwrap().unwrap(), "abc");
 
         let listener = LoopbackRedirect::bind().await.unwrap();
         let uri = listener.redirect_uri.clone();
         let waiting = tokio::spawn(listener.code("good-state"));
-        assert!(redirect(&uri, "/callback?code=abc&state=forged").await.starts_with("HTTP/1.1 400"));
+        assert!(redirect(&uri, "/callback?code=abc&state=forged")
+            .await
+            .starts_with("HTTP/1.1 400"));
         assert!(waiting.await.unwrap().unwrap_err().contains("state"));
         // One redirect served, then the port is closed.
-        assert!(tokio::net::TcpStream::connect(("127.0.0.1", reqwest::Url::parse(&uri).unwrap().port().unwrap()))
-            .await
-            .is_err());
+        assert!(tokio::net::TcpStream::connect((
+            "127.0.0.1",
+            reqwest::Url::parse(&uri).unwrap().port().unwrap()
+        ))
+        .await
+        .is_err());
     }
 }

@@ -115,9 +115,12 @@ pub fn read(path: &Path) -> Result<Option<StoredLogin>, String> {
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
     };
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|error| format!("{} is not a stored login ({error}): delete it and run `warden login`", path.display()))
+    serde_json::from_slice(&text).map(Some).map_err(|error| {
+        format!(
+            "{} is not a stored login ({error}): delete it and run `warden login`",
+            path.display()
+        )
+    })
 }
 
 /// Writes `login` to `path` atomically, the file `0600` and its directory
@@ -127,7 +130,8 @@ pub fn write(path: &Path, login: &StoredLogin) -> Result<(), String> {
         .parent()
         .ok_or_else(|| format!("{} has no directory", path.display()))?;
     create_private_dir(dir)?;
-    let text = serde_json::to_vec_pretty(login).map_err(|e| format!("cannot encode the login: {e}"))?;
+    let text =
+        serde_json::to_vec_pretty(login).map_err(|e| format!("cannot encode the login: {e}"))?;
     let temporary = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("login"),
@@ -237,15 +241,25 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
         }
         // Overwritten in place, no temporary file left.
         let mut newer = login();
         newer.access_token = "newer".into();
         write(&path, &newer).unwrap();
         assert_eq!(read(&path).unwrap().unwrap().access_token, "newer");
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert_eq!(list(&dir).unwrap().len(), 1);
         assert!(delete(&path).unwrap());

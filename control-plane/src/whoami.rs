@@ -137,7 +137,10 @@ pub struct WhoamiAnswer {
         Unavailable,
     ),
 )]
-async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<WhoamiAnswer>, ApiError> {
+async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<WhoamiAnswer>, ApiError> {
     let caller = state.users().caller(&headers).await?;
     let identity = caller.identity;
     let active = state
@@ -149,9 +152,14 @@ async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Jso
         None => None,
         Some(active) => {
             let document = policies::to_json(&active.document)
-                .and_then(|json| serde_json::from_value::<PolicyDoc>(json).map_err(|e| e.to_string()))
+                .and_then(|json| {
+                    serde_json::from_value::<PolicyDoc>(json).map_err(|e| e.to_string())
+                })
                 .map_err(|e| {
-                    ApiError::Internal(format!("stored policy version {} does not parse: {e}", active.meta.version))
+                    ApiError::Internal(format!(
+                        "stored policy version {} does not parse: {e}",
+                        active.meta.version
+                    ))
                 })?;
             Some(grants(active.meta.version, &document, &identity.groups))
         }
@@ -234,7 +242,13 @@ mod tests {
         assert_eq!(group.tools.deny, ["bash"]);
 
         let both = grants(3, &policy, &["engineering".into(), "finance".into()]);
-        assert_eq!(both.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["engineering", "finance"]);
+        assert_eq!(
+            both.groups
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>(),
+            ["engineering", "finance"]
+        );
 
         let nobody = grants(3, &policy, &["unlisted".into()]);
         assert_eq!(nobody.groups.len(), 1);
