@@ -92,7 +92,9 @@ def stack(idp, tmp_path_factory):
     config["authentication"]["issuers"].append(
         {"issuer": idp.issuer, "audiences": ["warden"], "jwks": {"cluster": "real_idp"}})
     s = Stack.start(Ports.free(), tmp_path_factory.mktemp("stack"), filter_config=yaml.safe_dump(config),
-                    extra_clusters={"real_idp": idp.port}, control_plane_args=["--issuer", idp.issuer])
+                    extra_clusters={"real_idp": idp.port},
+                    control_plane_args=["--issuer", idp.issuer, "--login-issuer", idp.issuer,
+                                        "--login-client-id", CLI_CLIENT, "--login-scope", SCOPE])
     try:
         policy = s.data_dir / "login-policy.yaml"
         policy.write_text(POLICY)
@@ -293,9 +295,11 @@ def test_pkce_login_storage_gateway_whoami_refresh_logout(idp, stack, browser, t
     assert gone.returncode == 1 and "warden login" in gone.stderr and gone.stdout == ""
 
 
-def test_device_flow(idp, stack, browser, tmp_path):
+def test_device_flow_with_the_idp_the_control_plane_names(idp, stack, browser, tmp_path):
     cli = Cli(tmp_path, idp, stack)
-    running = cli.start("login", "--device", "--scope", SCOPE)
+    # No issuer, client or scope given: `GET /v1/login` names them.
+    del cli.env["WARDEN_ISSUER"], cli.env["WARDEN_CLIENT_ID"]
+    running = cli.start("login", "--device")
     uri = running.wait_for(r"open (http://\S+) on any device").group(1)
     code = running.wait_for(r"^\s+([A-Z]{4}-[A-Z]{4})\s*$").group(1)
     assert running.popen.poll() is None, "waiting for the sign-in"
@@ -308,6 +312,7 @@ def test_device_flow(idp, stack, browser, tmp_path):
     page.wait_for_selector("text=Sign-in Success")
     assert running.finish() == 0, running.stderr()
     stored = cli.stored()
+    assert (stored["issuer"], stored["client_id"], stored["scope"]) == (idp.issuer, CLI_CLIENT, SCOPE)
     assert claims(stored["access_token"])["sub"] == "fiona" and stored["refresh_token"]
     assert stored["access_token"] not in running.stderr() + running.out
     whoami = cli.run("whoami")
