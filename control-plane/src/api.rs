@@ -16,6 +16,7 @@
 //! | GET | `/v1/approvals/{id}` | person | one approval (its approvers, its requester, auditors) |
 //! | POST | `/v1/approvals/{id}/approve`, `/deny` | approver | decide, with a reason |
 //! | POST, GET | `/v1/sessions…` | gateway, auditor | recorded sessions: see [`crate::sessions`] |
+//! | GET | `/v1/login`, `/v1/whoami` | anyone, person | see [`crate::whoami`] |
 //!
 //! Gateways authenticate with `x-warden-gateway-key`; people with
 //! `Authorization: Bearer <JWT>` (see [`crate::user_auth`]).
@@ -76,6 +77,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(approve))
         .routes(routes!(deny))
         .merge(crate::sessions::routes())
+        .merge(crate::whoami::routes())
 }
 
 /// The OpenAPI tags of these routes.

@@ -15,6 +15,8 @@
 //! warden sessions list [--subject S] [--limit N] [--before-seq N] | show ID
 //!                 | verify                       [--server URL] [--token T] [--json]
 //! warden filter validate FILE|-
+//! warden login [--issuer URL --client-id ID] [--device] [--no-browser] …
+//! warden access-token | logout | whoami     (see crate::login)
 //! ```
 //!
 //! The verbs that talk to a running control plane (`token`'s HTTP call,
@@ -34,6 +36,7 @@ use serde_json::{Map, Value};
 
 use crate::client::{request_token, ApprovalsArgs, PolicyArgs, SessionsArgs, DEFAULT_SERVER};
 use crate::dev_issuer::{SigningAlg, TokenRequest, MAX_TTL_SECONDS};
+use crate::login::{LoginArgs, LoginSelector, WhoamiArgs};
 use crate::state::{self, ServerConfig};
 use crate::webhook::WebhookFormat;
 
@@ -50,7 +53,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a development token from a control plane started with `--dev`,
     /// and print it on stdout.
     Token(TokenArgs),
@@ -62,6 +65,17 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// The filter's own plugin configuration, checked offline.
     Filter(FilterArgs),
+    /// Sign in at your company's IdP (browser with PKCE, or `--device`) and
+    /// keep the tokens for `warden access-token`.
+    Login(LoginArgs),
+    /// Print a valid access token (refreshed when needed) on stdout, for
+    /// `OPENAI_API_KEY=$(warden access-token)`.
+    AccessToken(LoginSelector),
+    /// Revoke the refresh token at the IdP and delete the stored tokens.
+    Logout(LoginSelector),
+    /// Who the control plane sees in your token, and what the active policy
+    /// lets you use.
+    Whoami(WhoamiArgs),
 }
 
 /// `warden filter`.
@@ -167,6 +181,33 @@ pub struct ServeArgs {
     /// Claim that holds a person's groups, as the filter's `claims.groups`.
     #[arg(long, env = "WARDEN_CLAIM_GROUPS", default_value = "groups")]
     pub claim_groups: String,
+
+    /// The IdP `warden login` signs people in at when they name none
+    /// (`GET /v1/login`); with --login-client-id.
+    #[arg(
+        long,
+        env = "WARDEN_LOGIN_ISSUER",
+        value_name = "URL",
+        requires = "login_client_id"
+    )]
+    pub login_issuer: Option<String>,
+
+    /// The public OAuth client `warden login` signs in as (`GET /v1/login`).
+    #[arg(
+        long,
+        env = "WARDEN_LOGIN_CLIENT_ID",
+        value_name = "ID",
+        requires = "login_issuer"
+    )]
+    pub login_client_id: Option<String>,
+
+    /// Scopes `warden login` asks for (`GET /v1/login`).
+    #[arg(long, value_name = "SCOPES")]
+    pub login_scope: Option<String>,
+
+    /// Resource indicator `warden login` asks for; may be repeated.
+    #[arg(long = "login-resource", value_name = "URI")]
+    pub login_resources: Vec<String>,
 }
 
 /// `warden token`.
@@ -311,12 +352,16 @@ pub fn run(cli: Cli) -> ExitCode {
 
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Token(args) => token(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Policy(args) => crate::client::policy(args).await,
             Command::Approvals(args) => crate::client::approvals(args).await,
             Command::Sessions(args) => crate::client::sessions(args).await,
             Command::Filter(args) => filter(&args),
+            Command::Login(args) => crate::login::login(args).await,
+            Command::AccessToken(args) => crate::login::access_token(args).await,
+            Command::Logout(args) => crate::login::logout(args).await,
+            Command::Whoami(args) => crate::login::whoami(args).await,
         }
     });
     match outcome {
@@ -377,6 +422,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         approval_webhook_format: args.approval_webhook_format,
         policy_checks: crate::policies::CheckLimits::default(),
         clock: crate::clock::Clock::system(),
+        cli_login: match (args.login_issuer, args.login_client_id) {
+            (Some(issuer), Some(client_id)) => Some(crate::whoami::LoginSettings {
+                issuer,
+                client_id,
+                scope: args.login_scope,
+                resources: args.login_resources,
+            }),
+            _ => None,
+        },
     };
     crate::server::serve(&args.listen, config)
         .await

@@ -304,10 +304,21 @@ impl Client {
                     .into(),
             );
         };
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token.trim());
+        self.call_as(method, path, body, Some(token)).await
+    }
+
+    /// Like `call`, with `token` (or none, for the routes anyone may read).
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Result<Value, String> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token.trim());
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -351,6 +362,23 @@ impl Client {
             ),
         })
     }
+}
+
+/// `GET path` on the control plane at `server`, as the person whose token
+/// this is (or anonymously), read as `T`: for `warden login` (`/v1/login`)
+/// and `warden whoami` (`/v1/whoami`).
+pub async fn get_json<T: DeserializeOwned>(
+    server: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<T, String> {
+    let client = Client::new(&ClientArgs {
+        server: server.to_owned(),
+        token: None,
+        json: true,
+    })?;
+    let answer = client.call_as(Method::GET, path, None, token).await?;
+    typed(&answer)
 }
 
 fn out(text: &str) -> Result<(), String> {

@@ -15,10 +15,14 @@
 //! | `main.rs` | the binary: parses the command line and calls [`cli::run`]; nothing else |
 //! | [`cli`] | the clap definitions of `warden` and its `serve` and `token` verbs, and [`cli::run`], which dispatches every verb; it depends on [`client`], never the reverse |
 //! | [`client`] | the verbs that call a running control plane over HTTP (`warden policy …`, `warden approvals …`, `warden sessions …`, and `warden token`'s request): their arguments, tables, `--json` |
+//! | [`login`] | a person's own credentials: `warden login`, `access-token`, `logout`, `whoami` (their arguments, the refresh under a lock, the printed answers) |
+//! | [`oidc_client`] | the OAuth/OIDC client side of `warden login`: discovery, PKCE with a loopback redirect, the device grant, refresh, revocation |
+//! | [`token_store`] | the stored logins: one `0600` file per issuer and client under `~/.config/warden/`, written atomically, locked while refreshed |
 //! | [`server`] | the composition root: [`server::app`] (the axum router, composed of the route modules below), [`server::run`] (serve a bound listener until a shutdown future completes) and [`server::serve`] (what `warden serve` does) |
 //! | [`state`] | [`state::AppState`], what every handler shares (store, dev issuer, token verifier, webhook, policy checker, clock), and [`state::ServerConfig`], the settings it is built from |
 //! | [`api`] | the `/v1` routes: policies (publish, list, show, validate, activate, active + ETag, schema) and approvals (open, wait, consume, list, show, approve, deny) |
 //! | [`sessions`] | recorded sessions: the gateways' batch append (read into the engine's `SessionBatch`), the auditors' list/show, the chain's check |
+//! | [`whoami`] | `GET /v1/login` (the IdP and client `warden login` uses) and `GET /v1/whoami` (the caller and what the active policy's groups allow) |
 //! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
 //! | [`dev_issuer`] | the development OIDC issuer behind `--dev`: `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks and one-time codes), `issuer.rs` (the issuer), `http.rs` (every `/dev` route) |
 //! | [`approvals`] | an approval's binding, its rows, its status as read ([`approvals::status_at`]) and its answer ([`approvals::ApprovalView`], which embeds the engine's `ApprovalAnswer`) |
@@ -43,7 +47,9 @@
 //! Imports point down this list, never up, and no file imports one that
 //! imports it back:
 //!
-//! 1. composition: `main` -> `cli` (dispatch) -> `client` and `server`;
+//! 1. composition: `main` -> `cli` (dispatch) -> `login`, `client` and
+//!    `server`; `login` -> `client`, `oidc_client`, `token_store` and the
+//!    answer types of `whoami`;
 //!    `server` composes the routes of `api`, `sessions` (through `api`),
 //!    `web` and `dev_issuer`; `client` uses the answer types below it;
 //! 2. route modules: `api` -> `sessions`; each of them (and `web`) reads
@@ -76,12 +82,16 @@ pub mod dev_issuer;
 pub mod error;
 pub mod fields;
 pub mod html;
+pub mod login;
+pub mod oidc_client;
 pub mod policies;
 pub mod policy_watch;
 pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod token_store;
 pub mod user_auth;
 pub mod web;
 pub mod webhook;
+pub mod whoami;

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// (not on the command line; tests that build the server in-process
     /// give it a [`crate::clock::ManualClock`]'s and move it).
     pub clock: Clock,
+    /// The IdP and public client `warden login` uses when given none
+    /// (`GET /v1/login`).
+    pub cli_login: Option<crate::whoami::LoginSettings>,
 }
 
 // Hand-written so the database URL (which may hold a password) is never printed.
@@ -91,6 +94,7 @@ impl fmt::Debug for ServerConfig {
             .field("approval_webhook_format", &self.approval_webhook_format)
             .field("policy_checks", &self.policy_checks)
             .field("clock", &self.clock)
+            .field("cli_login", &self.cli_login)
             .finish()
     }
 }
@@ -125,6 +129,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             policy_checks: CheckLimits::default(),
             clock: Clock::system(),
+            cli_login: None,
         }
     }
 }

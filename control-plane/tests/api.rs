@@ -772,3 +772,53 @@ mod web_page {
         assert!(body.contains("issuer_unavailable"), "{body}");
     }
 }
+
+#[tokio::test]
+async fn whoami_answers_the_verified_caller_and_login_names_the_idp() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(state(dir.path(), true).await);
+    let (status, body) = get(&app, "/v1/whoami").await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) = get(&app, "/v1/login").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "login_not_configured");
+
+    let (status, minted) = post_json(
+        &app,
+        "/dev/token",
+        &json!({"sub": "alice", "groups": ["finance"], "email": "alice@example.com"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    let request = Request::get("/v1/whoami")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["identity"]["subject"], "alice");
+    assert_eq!(body["identity"]["email"], "alice@example.com");
+    assert_eq!(body["identity"]["groups"], json!(["finance"]));
+    assert_eq!(body["identity"]["issuer"], ISSUER);
+    assert_eq!(body["identity"]["admin"], false);
+    assert!(body["policy"].is_null(), "no version is active: {body}");
+
+    let mut with_login = config(dir.path(), true);
+    with_login.cli_login = Some(warden_control_plane::whoami::LoginSettings {
+        issuer: "https://login.example.com".into(),
+        client_id: "warden-cli".into(),
+        scope: None,
+        resources: vec!["urn:warden:gateway".into()],
+    });
+    let app = app_with(with_login).await;
+    let (status, body) = get(&app, "/v1/login").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"issuer": "https://login.example.com", "client_id": "warden-cli", "resources": ["urn:warden:gateway"]})
+    );
+}
+
+async fn app_with(config: ServerConfig) -> Router {
+    app(AppState::build(&config).await.unwrap())
+}

@@ -171,6 +171,7 @@ async fn the_description_names_each_operations_group_and_callers() {
         ("/v1/openapi.json", "GET"),
         ("/v1/policy/schema", "GET"),
         ("/v1/ui/config", "GET"),
+        ("/v1/login", "GET"),
     ]
     .into_iter()
     .map(|(path, method)| (path.to_owned(), method.to_owned()))

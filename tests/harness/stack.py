@@ -369,6 +369,8 @@ class Stack:
     database_url: str | None = None
     control_plane_process: Process | None = None
     mcp_process: Process | None = None
+    # More arguments for `warden serve`.
+    control_plane_args: list[str] = field(default_factory=list)
 
     @property
     def gateway_url(self) -> str:
@@ -397,7 +399,8 @@ class Stack:
               concurrency: int = 2, access_log: str | Path | None = None,
               database_url: str | None = None,
               edit_envoy_config: Callable[[dict], None] | None = None,
-              mcp_server: list[str] | None = None) -> "Stack":
+              mcp_server: list[str] | None = None,
+              control_plane_args: list[str] | None = None) -> "Stack":
         """Starts provider, control plane and Envoy, each polled until ready.
 
         `envoy_env` replaces the stand-in provider keys given to Envoy (pass {} to
@@ -407,6 +410,7 @@ class Stack:
         change the rendered Envoy configuration (the benchmarks add listeners).
         `mcp_server` starts the MCP test server (tests/mcp/server.py, the
         official SDK) behind /mcp/files/ with these extra arguments.
+        `control_plane_args` are added to `warden serve`'s (e.g. `--issuer`).
         """
         for path, hint in ((WARDEN_BIN, "make build"), (PROVIDER_BIN, "make build"),
                            (ENVOY_BIN, "make bootstrap"), (FILTER_WASM, "make build")):
@@ -414,7 +418,8 @@ class Stack:
                 raise StackError(f"{path} is missing; run `{hint}` first")
         data_dir = data_dir.resolve()
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        stack = cls(ports, data_dir, database_url=database_url)
+        stack = cls(ports, data_dir, database_url=database_url,
+                    control_plane_args=list(control_plane_args or []))
         try:
             stack._start_provider()
             if mcp_server is not None:
@@ -465,6 +470,7 @@ class Stack:
                 "--data-dir", str(self.data_dir), "--dev"]
         if self.database_url:
             argv += ["--database-url", self.database_url]
+        argv += self.control_plane_args
         base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
         p = spawn("control plane", argv, self.data_dir / "logs" / "control-plane.log",
                   env={**base, "WARDEN_GATEWAY_SECRET": self.gateway_secret})

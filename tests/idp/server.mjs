@@ -1,12 +1,24 @@
 // A real OpenID Provider for the end-to-end tests: the `oidc-provider`
-// package (a certified OpenID Connect implementation), serving discovery,
-// JWKS and JWT access tokens (client credentials grant) on 127.0.0.1.
+// package (a certified OpenID Connect implementation) on 127.0.0.1, serving
+// discovery, JWKS, and JWT access tokens for the gateway's resource to two
+// clients:
 //
-//   node server.mjs --port 9000 --keys keys.json
+// * `warden-e2e`, confidential: the client credentials grant (a service);
+// * `warden-cli`, public (no secret, RFC 8252 native app): what `warden
+//   login` uses. The authorization code grant with PKCE and a loopback
+//   redirect (any port on http://127.0.0.1/callback), the device
+//   authorization grant (RFC 8628), rotating refresh tokens, and revocation
+//   (RFC 7009). People sign in on oidc-provider's own development login and
+//   consent pages (`devInteractions`: any password; the login names the
+//   account), which a browser, and so a test, completes like any IdP's.
+//
+//   node server.mjs --port 9000 --keys keys.json [--access-token-ttl 600]
 //
 // keys.json holds private JWKs; the first one signs. Key rotation in a test
 // is a restart with a new file ([new, old]): the issuer keeps its name, the
 // JWKS changes. `node server.mjs --generate-key KID` prints a new private JWK.
+// --access-token-ttl (seconds) makes access tokens short-lived, for the tests
+// of refreshing.
 
 import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -18,6 +30,7 @@ const { values } = parseArgs({
   options: {
     port: { type: "string" },
     keys: { type: "string" },
+    "access-token-ttl": { type: "string", default: "600" },
     "generate-key": { type: "string" },
   },
 });
@@ -30,27 +43,56 @@ if (values["generate-key"]) {
 }
 
 const port = Number(values.port);
+const accessTokenTTL = Number(values["access-token-ttl"]);
+if (!Number.isInteger(accessTokenTTL) || accessTokenTTL < 1) {
+  console.error(`--access-token-ttl must be a whole number of seconds, not ${values["access-token-ttl"]}`);
+  process.exit(2);
+}
 const issuer = `http://127.0.0.1:${port}`;
 const keys = JSON.parse(readFileSync(values.keys, "utf8"));
 
-const CLIENT = { id: "warden-e2e", secret: "warden-e2e-client-secret-of-enough-length" };
+const SERVICE_CLIENT = { id: "warden-e2e", secret: "warden-e2e-client-secret-of-enough-length" };
+const CLI_CLIENT_ID = "warden-cli";
 const RESOURCE = "urn:warden:gateway";
+// The groups a gateway policy keys on, as the company directory would give
+// them: by account (the name typed on the login page), and the service's.
+const ACCOUNT_GROUPS = { alice: ["engineering"], fiona: ["finance"], bob: ["security"] };
+const SERVICE_GROUPS = ["engineering"];
 
 const provider = new Provider(issuer, {
   clients: [
     {
-      client_id: CLIENT.id,
-      client_secret: CLIENT.secret,
+      client_id: SERVICE_CLIENT.id,
+      client_secret: SERVICE_CLIENT.secret,
       grant_types: ["client_credentials"],
       redirect_uris: [],
       response_types: [],
       token_endpoint_auth_method: "client_secret_post",
     },
+    {
+      client_id: CLI_CLIENT_ID,
+      client_name: "Warden CLI",
+      application_type: "native",
+      token_endpoint_auth_method: "none",
+      grant_types: ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"],
+      response_types: ["code"],
+      // RFC 8252 7.3: for a native client, any port on the loopback address matches.
+      redirect_uris: ["http://127.0.0.1/callback"],
+    },
   ],
   jwks: { keys },
+  findAccount: (_ctx, id) => ({
+    accountId: id,
+    claims: () => ({ sub: id, email: `${id}@example.com`, email_verified: true }),
+  }),
+  claims: { openid: ["sub"], email: ["email", "email_verified"] },
+  // Refresh tokens for the CLI whenever it may use them (offline_access or not).
+  issueRefreshToken: (_ctx, client) => client.grantTypeAllowed("refresh_token"),
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
+    revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => RESOURCE,
@@ -58,14 +100,16 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: () => ({
         scope: "llm",
         audience: "warden",
-        accessTokenTTL: 600,
+        accessTokenTTL,
         accessTokenFormat: "jwt",
         jwt: { sign: { alg: "RS256" } },
       }),
     },
   },
-  // The groups a gateway policy keys on, as an IdP would add them.
-  extraTokenClaims: () => ({ groups: ["engineering"] }),
+  extraTokenClaims: (_ctx, token) =>
+    token.accountId
+      ? { groups: ACCOUNT_GROUPS[token.accountId] ?? [], email: `${token.accountId}@example.com` }
+      : { groups: SERVICE_GROUPS },
 });
 
 provider.listen(port, "127.0.0.1", () => {
