@@ -171,7 +171,8 @@ async fn active_policy(
             if waiting && watcher.next_change(deadline).await {
                 continue;
             }
-            let mut unchanged = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+            let mut unchanged =
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
             unchanged.headers_mut().extend(applied.clone());
             return Ok(unchanged);
         }

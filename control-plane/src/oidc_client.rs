@@ -122,11 +122,12 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery,
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
-    let response = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the IdP's discovery document {url}: {e}"))?;
+    let response = http.get(&url).send().await.map_err(|e| {
+        format!(
+            "cannot reach the IdP's discovery document {url}: {}",
+            with_causes(&e)
+        )
+    })?;
     let status = response.status();
     let body = bounded_body(response).await?;
     if !status.is_success() {
@@ -177,7 +178,12 @@ async fn token_request(
         .form(form)
         .send()
         .await
-        .map_err(|e| format!("cannot reach the token endpoint {token_endpoint}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach the token endpoint {token_endpoint}: {}",
+                with_causes(&e)
+            )
+        })?;
     let status = response.status();
     let body = bounded_body(response).await?;
     if status.is_success() {
@@ -449,10 +455,12 @@ pub async fn start_device(
         ("scope", request.scope.clone()),
     ];
     form.extend(request.extra_params());
-    let response =
-        http.post(endpoint).form(&form).send().await.map_err(|e| {
-            format!("cannot reach the device authorization endpoint {endpoint}: {e}")
-        })?;
+    let response = http.post(endpoint).form(&form).send().await.map_err(|e| {
+        format!(
+            "cannot reach the device authorization endpoint {endpoint}: {}",
+            with_causes(&e)
+        )
+    })?;
     let status = response.status();
     let body = bounded_body(response).await?;
     if !status.is_success() {
@@ -546,12 +554,12 @@ pub async fn revoke_refresh_token(
         ("token_type_hint", "refresh_token"),
         ("client_id", client_id),
     ];
-    let response = http
-        .post(endpoint)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the revocation endpoint {endpoint}: {e}"))?;
+    let response = http.post(endpoint).form(&form).send().await.map_err(|e| {
+        format!(
+            "cannot reach the revocation endpoint {endpoint}: {}",
+            with_causes(&e)
+        )
+    })?;
     let status = response.status();
     // RFC 7009 2.2: 200 also for a token that was already invalid.
     if status.is_success() {
@@ -562,6 +570,23 @@ pub async fn revoke_refresh_token(
         Ok(error) => refused(&error),
         Err(_) => format!("the revocation endpoint answered {status}"),
     })
+}
+
+/// An error with its causes (`error sending request: ... : invalid peer
+/// certificate: UnknownIssuer`): reqwest's own message stops at the first
+/// line, which says nothing about why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -163,8 +163,14 @@ mod tests {
     fn the_wait_is_read_from_any_prefer_header_and_bounded() {
         assert_eq!(prefer(&[]), None);
         assert_eq!(prefer(&["wait=25"]), Some(Duration::from_secs(25)));
-        assert_eq!(prefer(&["respond-async, Wait = 10"]), Some(Duration::from_secs(10)));
-        assert_eq!(prefer(&["return=minimal", "wait=\"7\""]), Some(Duration::from_secs(7)));
+        assert_eq!(
+            prefer(&["respond-async, Wait = 10"]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            prefer(&["return=minimal", "wait=\"7\""]),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(prefer(&["wait=86400"]), Some(MAX_WAIT));
         for unreadable in ["wait=0", "wait=-1", "wait=soon", "waiting=5"] {
             assert_eq!(prefer(&[unreadable]), None, "{unreadable}");
@@ -183,7 +189,11 @@ mod tests {
         // A change made after subscribing, before waiting, is not missed.
         let mut watcher = watch.subscribe();
         watch.changed();
-        assert!(watcher.next_change(Instant::now() + Duration::from_secs(25)).await);
+        assert!(
+            watcher
+                .next_change(Instant::now() + Duration::from_secs(25))
+                .await
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -203,6 +213,10 @@ mod tests {
         closer.await.unwrap();
         // And a watch that starts after the close does not wait at all.
         let mut late = watch.subscribe();
-        assert!(!late.next_change(Instant::now() + Duration::from_secs(60)).await);
+        assert!(
+            !late
+                .next_change(Instant::now() + Duration::from_secs(60))
+                .await
+        );
     }
 }

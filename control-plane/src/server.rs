@@ -174,10 +174,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let watch = state.policy_watch().clone();
-    let listener_task = state
-        .store()
-        .postgres_pool()
-        .map(|pool| tokio::spawn(crate::policy_watch::listen_postgres(pool.clone(), watch.clone())));
+    let listener_task = state.store().postgres_pool().map(|pool| {
+        tokio::spawn(crate::policy_watch::listen_postgres(
+            pool.clone(),
+            watch.clone(),
+        ))
+    });
     let shutdown = async move {
         shutdown.await;
         // Gateways watching the policy are answered now, not when their

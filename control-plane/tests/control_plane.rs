@@ -321,7 +321,11 @@ on_both!(
 impl Server {
     /// A gateway watching the active policy (`Prefer: wait=N`) from `etag`,
     /// in the background: (status, Preference-Applied, version served).
-    fn watch(&self, etag: Option<&str>, wait_seconds: u64) -> tokio::task::JoinHandle<(StatusCode, String, Option<i64>)> {
+    fn watch(
+        &self,
+        etag: Option<&str>,
+        wait_seconds: u64,
+    ) -> tokio::task::JoinHandle<(StatusCode, String, Option<i64>)> {
         let mut request = self
             .http
             .get(format!("{}/v1/policy/active", self.base))
@@ -338,7 +342,11 @@ impl Server {
                 .get("preference-applied")
                 .map(|v| v.to_str().unwrap().to_owned())
                 .unwrap_or_default();
-            let version = response.json::<Value>().await.ok().and_then(|v| v["version"].as_i64());
+            let version = response
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["version"].as_i64());
             (status, applied, version)
         })
     }
@@ -379,23 +387,36 @@ async fn a_watching_gateway_gets_the_next_version_as_it_is_activated(backend: Ba
     server.until_watchers(1).await;
     let v1 = server.publish(POLICY_V1, "first", true).await;
     let (status, applied, version) = answered(nothing_yet, "the watch before any version").await;
-    assert_eq!((status, applied.as_str(), version), (StatusCode::OK, "wait=60", v1["version"].as_i64()));
+    assert_eq!(
+        (status, applied.as_str(), version),
+        (StatusCode::OK, "wait=60", v1["version"].as_i64())
+    );
 
     let etag = server.etag().await;
     let ran_out = server.watch(Some(&etag), 1);
     let (status, applied, _) = answered(ran_out, "a one-second watch").await;
-    assert_eq!((status, applied.as_str()), (StatusCode::NOT_MODIFIED, "wait=1"));
+    assert_eq!(
+        (status, applied.as_str()),
+        (StatusCode::NOT_MODIFIED, "wait=1")
+    );
 
     let watching = server.watch(Some(&etag), 60);
     server.until_watchers(1).await;
     // Published without activating: not a change the gateway sees.
     server.publish(POLICY_V2, "not yet", false).await;
     let (status, _) = server
-        .post("/v1/policies/2/activate", Auth::Bearer(&server.admin()), json!({}))
+        .post(
+            "/v1/policies/2/activate",
+            Auth::Bearer(&server.admin()),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, applied, version) = answered(watching, "the watch across an activation").await;
-    assert_eq!((status, applied.as_str(), version), (StatusCode::OK, "wait=60", Some(2)));
+    assert_eq!(
+        (status, applied.as_str(), version),
+        (StatusCode::OK, "wait=60", Some(2))
+    );
 
     // A graceful stop answers the watches at once rather than after their wait.
     let etag = server.etag().await;
@@ -405,7 +426,10 @@ async fn a_watching_gateway_gets_the_next_version_as_it_is_activated(backend: Ba
     server.shut_down().await;
     let (status, _, _) = answered(watching, "the watch during a stop").await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
-    assert!(stopping.elapsed() < Duration::from_secs(30), "the stop waited for the watch");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "the stop waited for the watch"
+    );
 }
 
 /// Two replicas on one PostgreSQL database: a gateway watching replica A is

@@ -354,3 +354,71 @@ def test_long_running_program_outlives_its_tokens(idp, stack, browser, tmp_path,
     assert len(statuses) >= 8
     expiries = [claims(t)["exp"] for t in tokens_used]
     assert expiries == sorted(expiries) and len(set(expiries)) == len(expiries)
+
+
+def test_login_reaches_an_https_idp_that_a_company_ca_signs(tmp_path):
+    """The CLI speaks HTTPS (rustls) and verifies the IdP's certificate: an
+    IdP whose certificate a company CA signed is reached when SSL_CERT_FILE
+    names that CA, and refused without it (never reached unverified)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import datetime
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Example Corp test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "idp.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "idp-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    port = Ports.free().gateway
+    issuer = f"https://127.0.0.1:{port}"
+    key_jwk = json.loads(subprocess.run([node_binary(), "server.mjs", "--generate-key", "tls-key"], cwd=IDP_DIR,
+                                        capture_output=True, text=True, check=True, timeout=30).stdout)
+    (tmp_path / "keys.json").write_text(json.dumps([key_jwk]))
+    idp = spawn("oidc-provider", [node_binary(), str(IDP_DIR / "server.mjs"), "--port", str(port),
+                                  "--keys", str(tmp_path / "keys.json"), "--tls-cert", str(tmp_path / "idp.pem"),
+                                  "--tls-key", str(tmp_path / "idp-key.pem")], tmp_path / "idp.log")
+    try:
+        wait_until("the HTTPS IdP", lambda: "listening on https://" in (tmp_path / "idp.log").read_text(),
+                   alive=idp.check_alive)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_") and k != "SSL_CERT_FILE"}
+        env.update({"XDG_CONFIG_HOME": str(tmp_path / "config"), "HOME": str(tmp_path)})
+        argv = [str(WARDEN_BIN), "login", "--device", "--issuer", issuer, "--client-id", CLI_CLIENT,
+                "--scope", SCOPE, "--timeout", "2"]
+
+        # Unknown CA: refused before anything is sent.
+        refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "certificate" in refused.stderr.lower() or "unknown" in refused.stderr.lower(), refused.stderr
+        assert "open https://" not in refused.stderr
+
+        # The company CA trusted: discovery and the device authorization
+        # (a GET and a POST over TLS) succeed; the user code is shown.
+        trusted = subprocess.run(argv, env={**env, "SSL_CERT_FILE": str(tmp_path / "ca.pem")},
+                                 capture_output=True, text=True, timeout=60)
+        assert f"open {issuer}/" in trusted.stderr, trusted.stderr
+        assert re.search(r"^\s+[A-Z]{4}-[A-Z]{4}\s*$", trusted.stderr, re.M), trusted.stderr
+    finally:
+        idp.stop()

@@ -22,6 +22,7 @@
 
 import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { createServer } from "node:https";
 import { parseArgs } from "node:util";
 
 import Provider from "oidc-provider";
@@ -31,6 +32,9 @@ const { values } = parseArgs({
     port: { type: "string" },
     keys: { type: "string" },
     "access-token-ttl": { type: "string", default: "600" },
+    // HTTPS (a certificate for 127.0.0.1 and its key, PEM), as real IdPs serve.
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
     "generate-key": { type: "string" },
   },
 });
@@ -48,7 +52,8 @@ if (!Number.isInteger(accessTokenTTL) || accessTokenTTL < 1) {
   console.error(`--access-token-ttl must be a whole number of seconds, not ${values["access-token-ttl"]}`);
   process.exit(2);
 }
-const issuer = `http://127.0.0.1:${port}`;
+const tls = values["tls-cert"] && values["tls-key"];
+const issuer = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
 const keys = JSON.parse(readFileSync(values.keys, "utf8"));
 
 const SERVICE_CLIENT = { id: "warden-e2e", secret: "warden-e2e-client-secret-of-enough-length" };
@@ -112,6 +117,9 @@ const provider = new Provider(issuer, {
       : { groups: SERVICE_GROUPS },
 });
 
-provider.listen(port, "127.0.0.1", () => {
+const server = tls
+  ? createServer({ cert: readFileSync(values["tls-cert"]), key: readFileSync(values["tls-key"]) }, provider.callback())
+  : provider;
+server.listen(port, "127.0.0.1", () => {
   console.log(`oidc-provider listening on ${issuer} with ${keys.length} key(s): ${keys.map((k) => k.kid).join(", ")}`);
 });
