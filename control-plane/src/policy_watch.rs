@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -116,8 +116,15 @@ pub fn requested_wait(headers: &axum::http::HeaderMap) -> Option<Duration> {
 /// watcher looks again after a reconnection.
 pub async fn listen_postgres(pool: PgPool, watch: std::sync::Arc<PolicyWatch>) {
     const RETRY: Duration = Duration::from_secs(2);
+    // A connection of its own, outside the store's pool: a listener keeps
+    // its connection for good, which would take one of the store's.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with((*pool.connect_options()).clone());
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
+        let mut listener = match PgListener::connect_with(&own).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for policy activations; retrying");
