@@ -2,7 +2,7 @@
 //!
 //! | method | path | who | |
 //! | --- | --- | --- | --- |
-//! | GET | `/v1/policy/active` | gateway | the active version as JSON, `ETag`/`If-None-Match` |
+//! | GET | `/v1/policy/active` | gateway | the active version as JSON, `ETag`/`If-None-Match`; `Prefer: wait=N` waits for the next activation |
 //! | GET | `/v1/policy/schema` | anyone | the policy's JSON Schema |
 //! | GET | `/v1/policies` | person | every version's metadata, newest first |
 //! | POST | `/v1/policies` | admin | publish (validated first; 422 with problems) |
