@@ -48,7 +48,7 @@ kill_inside() {
 unmount_all() {
     kill_inside
     local m
-    for m in dev/shm dev/pts dev sys proc; do
+    for m in dev/shm dev/pts dev sys/fs/cgroup sys proc; do
         mountpoint -q "$ROOTFS/$m" 2>/dev/null && umount -l "$ROOTFS/$m" || true
     done
 }
@@ -101,6 +101,12 @@ git clone -q --no-local "$ROOT" "$ROOTFS/root/warden"
 
 mount -t proc proc "$ROOTFS/proc"
 mount -t sysfs sys "$ROOTFS/sys"
+# The host's cgroups, as a machine has them mounted at boot (an OCI runtime
+# in the tests needs them); a slave, like /dev below.
+if mountpoint -q /sys/fs/cgroup; then
+    mount --rbind /sys/fs/cgroup "$ROOTFS/sys/fs/cgroup"
+    mount --make-rslave "$ROOTFS/sys/fs/cgroup"
+fi
 # The host's /dev, as a slave: nothing mounted or unmounted under it in the
 # root propagates back to the host.
 mount --rbind /dev "$ROOTFS/dev"

@@ -90,6 +90,11 @@ manifests() {
 e2e() {
     trap_filter
     postgres
+    # Packed again: `cargo test` (the unit step) rebuilds target/<profile>/warden
+    # with the test build's features, so the image packed by `make build`
+    # would no longer hold the binary the tests run.
+    step "build: OCI images again, from the binaries the tests run (scripts/oci.py)"
+    "$VENV/bin/python" scripts/oci.py all >/dev/null
     step "test: end to end (real Envoy, control plane, stand-in provider, SDKs)"
     "$VENV/bin/python" -m pytest -q tests/e2e "$@"
 }

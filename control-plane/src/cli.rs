@@ -423,7 +423,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         policy_checks: crate::policies::CheckLimits::default(),
         clock: crate::clock::Clock::system(),
         cli_login: match (args.login_issuer, args.login_client_id) {
-            (Some(issuer), Some(client_id)) => Some(crate::whoami::LoginSettings {
+            (Some(issuer), Some(client_id)) => Some(crate::state::LoginSettings {
                 issuer,
                 client_id,
                 scope: args.login_scope,

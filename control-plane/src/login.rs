@@ -36,7 +36,7 @@ use serde_json::Value;
 use crate::client::DEFAULT_SERVER;
 use crate::oidc_client::{self, Discovery, RefreshError, Request, TokenAnswer};
 use crate::token_store::{self, StoredLogin};
-use crate::whoami::LoginSettings;
+use crate::state::LoginSettings;
 
 /// `warden access-token` refreshes a token that expires within this many
 /// seconds (or within a quarter of its lifetime, when that is shorter).

@@ -20,6 +20,21 @@ use crate::store::{DatabaseTarget, Store, StoreError};
 use crate::user_auth::{TrustConfig, UserAuth};
 use crate::webhook::{redact, Webhook, WebhookFormat};
 
+/// `GET /v1/login`: where people sign in for this control plane.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LoginSettings {
+    /// The OIDC issuer.
+    pub issuer: String,
+    /// The public OAuth client the CLI signs in as.
+    pub client_id: String,
+    /// Scopes to ask for (space-separated) [default: the CLI's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Resource indicators (RFC 8707) to ask for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+}
+
 /// What the server needs to start, taken from the command line.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -62,7 +77,7 @@ pub struct ServerConfig {
     pub clock: Clock,
     /// The IdP and public client `warden login` uses when given none
     /// (`GET /v1/login`).
-    pub cli_login: Option<crate::whoami::LoginSettings>,
+    pub cli_login: Option<LoginSettings>,
 }
 
 // Hand-written so the database URL (which may hold a password) is never printed.

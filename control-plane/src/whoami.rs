@@ -21,7 +21,7 @@ use warden_engine::policy::{Mode, PolicyDoc};
 use crate::error::responses::{Unauthorized, Unavailable};
 use crate::error::ApiError;
 use crate::policies;
-use crate::state::AppState;
+use crate::state::{AppState, LoginSettings};
 
 /// The OpenAPI tag of these routes.
 pub const IDENTITY_TAG: &str = "identity";
@@ -31,21 +31,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(login_settings))
         .routes(routes!(whoami))
-}
-
-/// `GET /v1/login`: where people sign in for this control plane.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct LoginSettings {
-    /// The OIDC issuer.
-    pub issuer: String,
-    /// The public OAuth client the CLI signs in as.
-    pub client_id: String,
-    /// Scopes to ask for (space-separated) [default: the CLI's].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// Resource indicators (RFC 8707) to ask for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub resources: Vec<String>,
 }
 
 /// The IdP and client `warden login` uses when given none.

@@ -804,7 +804,7 @@ async fn whoami_answers_the_verified_caller_and_login_names_the_idp() {
     assert!(body["policy"].is_null(), "no version is active: {body}");
 
     let mut with_login = config(dir.path(), true);
-    with_login.cli_login = Some(warden_control_plane::whoami::LoginSettings {
+    with_login.cli_login = Some(warden_control_plane::state::LoginSettings {
         issuer: "https://login.example.com".into(),
         client_id: "warden-cli".into(),
         scope: None,
