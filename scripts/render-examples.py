@@ -19,6 +19,12 @@ dist/warden-filter.wasm.sha256 names the file you are about to push.
         --oci-digest 3f5c... [--out target/examples]
 
 writes a copy under --out (default target/examples) and changes nothing else.
+
+The control plane's image (`warden-control-plane:latest` in the committed
+manifests) is pinned the same way when --control-plane-image names where it
+was pushed: `registry/name@sha256:<digest>`, the digest from
+--control-plane-layout DIR (dist/oci/warden-control-plane) or
+--control-plane-digest HEX.
 """
 from __future__ import annotations
 
@@ -34,14 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DIRS = ["istio", "envoy-gateway", "kubernetes"]
 PLACEHOLDER = "0" * 64
 IMAGE = "ghcr.io/OWNER/warden-filter:0.1.0"
+CONTROL_PLANE_IMAGE = "image: warden-control-plane:latest"
 
 
-def manifest_digest(args: argparse.Namespace) -> str:
-    if args.oci_layout:
-        index = json.loads((Path(args.oci_layout) / "index.json").read_text())
+def manifest_digest(layout: str | None, given: str | None) -> str:
+    if layout:
+        index = json.loads((Path(layout) / "index.json").read_text())
         digest = index["manifests"][0]["digest"]
     else:
-        digest = args.oci_digest
+        digest = given or ""
     digest = digest.removeprefix("sha256:")
     if not re.fullmatch(r"[0-9a-f]{64}", digest) or digest == PLACEHOLDER:
         sys.exit(f"render-examples: not a sha256 digest (64 lowercase hex): {digest!r}")
@@ -57,8 +64,23 @@ def main() -> None:
     parser.add_argument("--wasm-sha256", action="store_true",
                         help="check that dist/warden-filter.wasm.sha256 matches dist/warden-filter.wasm")
     parser.add_argument("--out", default=str(ROOT / "target" / "examples"))
+    parser.add_argument("--control-plane-image", help="registry/name the control plane's image was pushed to")
+    control_plane = parser.add_mutually_exclusive_group()
+    control_plane.add_argument("--control-plane-layout", help="its OCI image layout (dist/oci/warden-control-plane)")
+    control_plane.add_argument("--control-plane-digest", help="its manifest digest (hex, or sha256:hex)")
     args = parser.parse_args()
-    digest = manifest_digest(args)
+    digest = manifest_digest(args.oci_layout, args.oci_digest)
+    pinned_control_plane = None
+    if args.control_plane_image:
+        if not (args.control_plane_layout or args.control_plane_digest):
+            sys.exit("render-examples: --control-plane-image needs --control-plane-layout or --control-plane-digest")
+        if not re.fullmatch(r"[A-Za-z0-9._/:-]+", args.control_plane_image) or "@" in args.control_plane_image:
+            sys.exit(f"render-examples: --control-plane-image is registry/name ({args.control_plane_image!r})")
+        name = args.control_plane_image
+        if ":" in name.rsplit("/", 1)[-1]:  # a tag (not a registry's port): the digest replaces it
+            name = name[:name.rfind(":")]
+        pinned_control_plane = "image: {}@sha256:{}".format(
+            name, manifest_digest(args.control_plane_layout, args.control_plane_digest))
     if args.wasm_sha256:
         wasm = ROOT / "dist" / "warden-filter.wasm"
         recorded = (ROOT / "dist" / "warden-filter.wasm.sha256").read_text().split()[0]
@@ -74,7 +96,10 @@ def main() -> None:
             replaced += text.count(PLACEHOLDER)
             dst = out / src.relative_to(ROOT / "examples")
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(text.replace(PLACEHOLDER, digest).replace(IMAGE, args.image))
+            text = text.replace(PLACEHOLDER, digest).replace(IMAGE, args.image)
+            if pinned_control_plane:
+                text = text.replace(CONTROL_PLANE_IMAGE, pinned_control_plane)
+            dst.write_text(text)
     if replaced == 0:
         sys.exit("render-examples: no placeholder digest found in examples/ (nothing rendered)")
     print(f"rendered {out} ({replaced} digests pinned to {digest[:12]}..., image {args.image})")

@@ -481,6 +481,30 @@ def test_render_examples_pins_the_digest_and_changes_nothing_else(tmp_path):
     assert bad.returncode != 0 and not (tmp_path / "x").exists()
 
 
+def test_render_examples_pins_the_control_plane_image_by_digest(tmp_path):
+    """`warden-control-plane:latest` becomes registry/name@sha256:<digest>
+    (from a layout's index, as dist/oci/warden-control-plane has one)."""
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    cp_digest = "cd" * 32
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{cp_digest}", "size": 1}]}))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "render-examples.py"), "--oci-digest", "ab" * 32,
+                          "--control-plane-image", "registry.example.com:5000/warden-control-plane:0.1.0",
+                          "--control-plane-layout", str(layout), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pinned = [p for p in (tmp_path / "out").rglob("*.yaml")
+              if f"registry.example.com:5000/warden-control-plane@sha256:{cp_digest}" in p.read_text()]
+    assert pinned, "no manifest names the pinned control plane image"
+    assert not [p for p in (tmp_path / "out").rglob("*.yaml") if "warden-control-plane:latest" in p.read_text()]
+    # Without a digest the image is not pinned, and nothing is written.
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "render-examples.py"), "--oci-digest", "ab" * 32,
+                          "--control-plane-image", "registry.example.com/warden-control-plane",
+                          "--out", str(tmp_path / "y")], capture_output=True, text=True)
+    assert bad.returncode != 0 and not (tmp_path / "y").exists()
+
+
 # --- metrics: the stats tags, the scrape, the dashboard -----------------------
 
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
