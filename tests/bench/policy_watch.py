@@ -7,8 +7,9 @@ the same 100 gateways polling every 5 s without a wait.
 
 Reported: the control plane's CPU time per second of each mode (utime +
 stime from /proc, a count, not a wall-clock reading) and its RSS; and, for
-watches, the time from the activation's HTTP answer to each watcher's new
-version (median and slowest). Uses the built binary (target/local/warden).
+watches, the time from sending the publication (`POST /v1/policies`, which
+checks, stores and activates it) to each watcher's new version (median and
+slowest). Uses the built binary (target/local/warden).
 """
 
 from __future__ import annotations
@@ -46,11 +47,8 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gateways", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=30)
-    args = parser.parse_args()
+def measure(gateways: int = 100, seconds: float = 30) -> dict:
+    """Both modes against one control plane; the figures `table` prints."""
     secret = secrets.token_urlsafe(24)
     port = Ports.free().control_plane
     base = f"http://127.0.0.1:{port}"
@@ -62,86 +60,106 @@ def main() -> int:
         try:
             wait_until("the control plane", lambda: http("GET", f"{base}/healthz", timeout=2)[0] == 200,
                        alive=cp.check_alive)
-            pid = cp.popen.pid
-            admin = subprocess.run([str(WARDEN_BIN), "token", "--server", base, "--sub", "root",
-                                    "--groups", "warden-admins"], env=env, capture_output=True, text=True,
-                                   check=True, timeout=60).stdout.strip()
-
-            def publish(model: str) -> float:
-                status, _, body = http("POST", f"{base}/v1/policies", headers={"authorization": f"Bearer {admin}"},
-                                       body={"document": POLICY.format(model=model), "message": "bench"})
-                assert status == 201, body
-                return time.monotonic()
-
-            publish("gpt-4o")
-            gw = {"x-warden-gateway-key": secret}
-            etag = httpx.get(f"{base}/v1/policy/active", headers=gw).headers["etag"]
-
-            # Polling: every gateway asks every 5 s (spread evenly), 304 each time.
-            stop = threading.Event()
-
-            def poller(offset: float) -> None:
-                with httpx.Client() as client:
-                    time.sleep(offset)
-                    while not stop.is_set():
-                        client.get(f"{base}/v1/policy/active", headers={**gw, "if-none-match": etag})
-                        stop.wait(5)
-
-            threads = [threading.Thread(target=poller, args=(5 * i / args.gateways,)) for i in range(args.gateways)]
-            for t in threads:
-                t.start()
-            time.sleep(5)  # every poller has started (a warm-up, not a readiness check)
-            before = cpu_seconds(pid)
-            time.sleep(args.seconds)
-            polling_cpu = (cpu_seconds(pid) - before) / args.seconds
-            polling_rss = rss_mib(pid)
-            stop.set()
-            for t in threads:
-                t.join()
-
-            # Watching: every gateway holds one watch (25 s) and starts the next at once.
-            stop = threading.Event()
-            arrivals: list[float] = []
-            lock = threading.Lock()
-            current = {"etag": etag}
-
-            def watcher() -> None:
-                held = current["etag"]
-                with httpx.Client(timeout=40) as client:
-                    while not stop.is_set():
-                        r = client.get(f"{base}/v1/policy/active",
-                                       headers={**gw, "if-none-match": held, "prefer": "wait=25"})
-                        if r.status_code == 200:
-                            held = r.headers["etag"]
-                            with lock:
-                                arrivals.append(time.monotonic())
-
-            threads = [threading.Thread(target=watcher) for _ in range(args.gateways)]
-            for t in threads:
-                t.start()
-            time.sleep(5)
-            before = cpu_seconds(pid)
-            time.sleep(args.seconds)
-            watching_cpu = (cpu_seconds(pid) - before) / args.seconds
-            watching_rss = rss_mib(pid)
-            delays = []
-            for round_ in range(5):
-                arrivals.clear()
-                published = publish("claude-3-5-haiku" if round_ % 2 == 0 else "gpt-4o")
-                wait_until("every watcher's new version", lambda: len(arrivals) >= args.gateways, timeout=30)
-                delays.append(sorted(a - published for a in arrivals))
-            stop.set()
-            publish("gpt-4o-mini")  # ends the watches
-            for t in threads:
-                t.join()
+            return run_modes(base, secret, env, cp.popen.pid, gateways, seconds)
         finally:
             cp.stop()
-    every = [d for round_ in delays for d in round_]
-    print(f"| {args.gateways} gateways | control plane CPU | RSS | activation to every gateway |")
-    print("|---|---:|---:|---:|")
-    print(f"| polling every 5 s | {polling_cpu * 1000:.1f} ms/s | {polling_rss:.1f} MiB | up to 5 s (the period) |")
-    print(f"| watching (wait=25) | {watching_cpu * 1000:.1f} ms/s | {watching_rss:.1f} MiB | "
-          f"median {statistics.median(every) * 1000:.1f} ms, slowest {max(every) * 1000:.1f} ms (5 activations) |")
+
+
+def run_modes(base: str, secret: str, env: dict, pid: int, gateways: int, seconds: float) -> dict:
+    admin = subprocess.run([str(WARDEN_BIN), "token", "--server", base, "--sub", "root",
+                            "--groups", "warden-admins"], env=env, capture_output=True, text=True,
+                           check=True, timeout=60).stdout.strip()
+
+    def publish(model: str) -> float:
+        """Publishes and activates; returns when the request was sent (a watcher
+        may have the version before the publisher has its answer)."""
+        sent = time.monotonic()
+        status, _, body = http("POST", f"{base}/v1/policies", headers={"authorization": f"Bearer {admin}"},
+                               body={"document": POLICY.format(model=model), "message": "bench"})
+        assert status == 201, body
+        return sent
+
+    publish("gpt-4o")
+    gw = {"x-warden-gateway-key": secret}
+    etag = httpx.get(f"{base}/v1/policy/active", headers=gw).headers["etag"]
+
+    # Polling: every gateway asks every 5 s (spread evenly), 304 each time.
+    stop = threading.Event()
+
+    def poller(offset: float) -> None:
+        with httpx.Client() as client:
+            time.sleep(offset)
+            while not stop.is_set():
+                client.get(f"{base}/v1/policy/active", headers={**gw, "if-none-match": etag})
+                stop.wait(5)
+
+    threads = [threading.Thread(target=poller, args=(5 * i / gateways,)) for i in range(gateways)]
+    for t in threads:
+        t.start()
+    time.sleep(5)  # every poller has started (a warm-up, not a readiness check)
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    polling_cpu = (cpu_seconds(pid) - before) / seconds
+    polling_rss = rss_mib(pid)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    # Watching: every gateway holds one watch (25 s) and starts the next at once.
+    stop = threading.Event()
+    arrivals: list[float] = []
+    lock = threading.Lock()
+
+    def watcher() -> None:
+        held = etag
+        with httpx.Client(timeout=40) as client:
+            while not stop.is_set():
+                r = client.get(f"{base}/v1/policy/active",
+                               headers={**gw, "if-none-match": held, "prefer": "wait=25"})
+                if r.status_code == 200:
+                    held = r.headers["etag"]
+                    with lock:
+                        arrivals.append(time.monotonic())
+
+    threads = [threading.Thread(target=watcher) for _ in range(gateways)]
+    for t in threads:
+        t.start()
+    time.sleep(5)
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    watching_cpu = (cpu_seconds(pid) - before) / seconds
+    watching_rss = rss_mib(pid)
+    delays = []
+    for round_ in range(5):
+        arrivals.clear()
+        published = publish("claude-3-5-haiku" if round_ % 2 == 0 else "gpt-4o")
+        wait_until("every watcher's new version", lambda: len(arrivals) >= gateways, timeout=30)
+        delays += [a - published for a in arrivals]
+    stop.set()
+    publish("gpt-4o-mini")  # ends the watches
+    for t in threads:
+        t.join()
+    return {"gateways": gateways, "polling_cpu_ms": polling_cpu * 1000, "polling_rss": polling_rss,
+            "watching_cpu_ms": watching_cpu * 1000, "watching_rss": watching_rss,
+            "median_ms": statistics.median(delays) * 1000, "slowest_ms": max(delays) * 1000}
+
+
+def table(r: dict) -> str:
+    return "\n".join([
+        f"| {r['gateways']} gateways | control plane CPU | RSS | publication to every gateway |",
+        "|---|---:|---:|---:|",
+        f"| polling every 5 s | {r['polling_cpu_ms']:.1f} ms/s | {r['polling_rss']:.1f} MiB | up to 5 s (the period) |",
+        f"| watching (wait=25) | {r['watching_cpu_ms']:.1f} ms/s | {r['watching_rss']:.1f} MiB | "
+        f"median {r['median_ms']:.1f} ms, slowest {r['slowest_ms']:.1f} ms (5 activations) |",
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gateways", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    print(table(measure(args.gateways, args.seconds)))
     return 0
 
 
