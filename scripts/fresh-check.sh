@@ -51,6 +51,7 @@ unmount_all() {
     for m in dev/shm dev/pts dev sys/fs/cgroup sys proc; do
         mountpoint -q "$ROOTFS/$m" 2>/dev/null && umount -l "$ROOTFS/$m" || true
     done
+    mountpoint -q "$ROOTFS" 2>/dev/null && umount -l "$ROOTFS" || true
 }
 # Deletes the root only once nothing is mounted under it (a bind of the
 # host's /dev would otherwise be emptied with it).
@@ -99,6 +100,10 @@ step "fresh-check: cloning the checkout's HEAD to /root/warden"
     || info "note: uncommitted changes are not in the check (HEAD is $(git rev-parse --short HEAD))"
 git clone -q --no-local "$ROOT" "$ROOTFS/root/warden"
 
+# The root as a mount point of its own, as a machine's / is: an OCI runtime
+# in the tests remounts / (rslave) and moves its container's root onto it.
+mount --bind "$ROOTFS" "$ROOTFS"
+mount --make-private "$ROOTFS"
 mount -t proc proc "$ROOTFS/proc"
 mount -t sysfs sys "$ROOTFS/sys"
 # The host's cgroups, as a machine has them mounted at boot (an OCI runtime
