@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warden_engine::policy::{Mode, PolicyDoc};
+use warden_engine::policy::{judged_groups, Mode, PolicyDoc};
 
 use crate::error::responses::{Unauthorized, Unavailable};
 use crate::error::ApiError;
@@ -165,8 +165,12 @@ async fn whoami(
 /// The policy groups a caller in `groups` is judged as, the filter's way:
 /// those the policy lists, else its default group.
 pub fn grants(version: i64, document: &PolicyDoc, groups: &[String]) -> WhoamiPolicy {
-    let describe = |name: &str, default: bool| {
-        document.groups.get(name).map(|group| WhoamiGroup {
+    let judged = judged_groups(&document.groups, document.defaults.group.as_deref(), groups);
+    // Judged as the default group only when none of theirs is listed.
+    let default = !groups.iter().any(|g| document.groups.contains_key(g));
+    let matched = judged
+        .into_iter()
+        .map(|(name, group)| WhoamiGroup {
             name: name.to_owned(),
             default,
             providers: group.providers.clone(),
@@ -177,18 +181,7 @@ pub fn grants(version: i64, document: &PolicyDoc, groups: &[String]) -> WhoamiPo
                 deny: group.tools.deny.clone(),
             },
         })
-    };
-    let mut matched: Vec<WhoamiGroup> = Vec::new();
-    for name in groups {
-        if matched.iter().all(|g| &g.name != name) {
-            matched.extend(describe(name, false));
-        }
-    }
-    if matched.is_empty() {
-        if let Some(default) = &document.defaults.group {
-            matched.extend(describe(default, true));
-        }
-    }
+        .collect();
     let mode = match document.mode {
         Mode::Enforce => "enforce",
         Mode::Observe => "observe",

@@ -6,6 +6,29 @@ use crate::auth::Identity;
 use crate::endpoint::Endpoint;
 use crate::inspect::mask::Edit;
 
+/// The policy groups a caller in `caller_groups` is judged as: those the
+/// policy lists (each once), else its default group (if it lists that).
+/// Generic over the group's form, so the control plane (`GET /v1/whoami`,
+/// over the document) tells a person exactly what the filter applies.
+pub fn judged_groups<'p, G>(
+    groups: &'p BTreeMap<String, G>,
+    default_group: Option<&str>,
+    caller_groups: &[String],
+) -> Vec<(&'p str, &'p G)> {
+    let mut matched: Vec<(&str, &G)> = Vec::new();
+    for (name, group) in caller_groups.iter().filter_map(|g| groups.get_key_value(g.as_str())) {
+        if matched.iter().all(|(seen, _)| *seen != name.as_str()) {
+            matched.push((name.as_str(), group));
+        }
+    }
+    if matched.is_empty() {
+        if let Some((name, group)) = default_group.and_then(|d| groups.get_key_value(d)) {
+            matched.push((name.as_str(), group));
+        }
+    }
+    matched
+}
+
 impl Policy {
     pub fn detectors(&self) -> &DetectorSet {
         &self.detectors
@@ -13,25 +36,7 @@ impl Policy {
 
     /// The groups of the policy that `identity` belongs to (or the default).
     pub(super) fn groups_of<'p>(&'p self, identity: &Identity) -> Vec<(&'p str, &'p Group)> {
-        let mut matched: Vec<(&str, &Group)> = identity
-            .groups
-            .iter()
-            .filter_map(|g| {
-                self.groups
-                    .get_key_value(g.as_str())
-                    .map(|(k, v)| (k.as_str(), v))
-            })
-            .collect();
-        if matched.is_empty() {
-            if let Some((k, v)) = self
-                .default_group
-                .as_ref()
-                .and_then(|d| self.groups.get_key_value(d))
-            {
-                matched.push((k.as_str(), v));
-            }
-        }
-        matched
+        judged_groups(&self.groups, self.default_group.as_deref(), &identity.groups)
     }
 
     /// The caller's clearance for a destination: the highest level any of

@@ -59,6 +59,7 @@ pub use compile::json_schema;
 #[cfg(feature = "yaml")]
 pub use compile::check_document;
 pub use compile::Problem;
+pub use evaluate::judged_groups;
 pub use document::*;
 pub use tools::{CallVerdict, ToolAccess};
 
