@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import policy_watch  # noqa: E402
 from harness.stack import (ENVOY_BIN, ROOT, STAND_IN_KEYS, Ports, Stack, STRING_VALUE_TYPE,  # noqa: E402
                            default_filter_config, plugin_config, set_plugin_config,
-                           http, render_envoy_config, spawn, wait_until)
+                           http, process_cpu_seconds, render_envoy_config, rss_mib, spawn, wait_until)
 
 CONNECTIONS = 8
 STREAM_CHARS = 2000  # the stand-in sends 4 characters per delta: ~500 events
@@ -69,11 +69,6 @@ class Result:
     # Envoy's own CPU time (user + system) per request during the run: steadier
     # than latency on a shared machine, and it counts only Envoy.
     cpu_us: float = 0.0
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def to_us(value: str) -> float:
@@ -332,8 +327,7 @@ def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: P
                     "POST", url, body=body8k.encode(), headers={"authorization": f"Bearer {token}"},
                     timeout=2)[0] == 200, alive=p.check_alive)
                 wrk(url, script, max(1, int(duration)))
-                status = Path(f"/proc/{p.popen.pid}/status").read_text()
-                out[f"{kind}_{workers}"] = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+                out[f"{kind}_{workers}"] = rss_mib(p.popen.pid)
             finally:
                 p.stop()
     return out

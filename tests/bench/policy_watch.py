@@ -29,24 +29,10 @@ import httpx2 as httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.stack import WARDEN_BIN, Ports, http, spawn, wait_until  # noqa: E402
+from harness.stack import (WARDEN_BIN, Ports, http, process_cpu_seconds, rss_mib, spawn,  # noqa: E402
+                           wait_until)
 
 POLICY = "version: 1\ngroups:\n  engineering:\n    models: [\"{model}\"]\n"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def measure(gateways: int = 100, seconds: float = 30) -> dict:
     """Both modes against one control plane; the figures `table` prints."""
     secret = secrets.token_urlsafe(24)
@@ -97,9 +83,9 @@ def run_modes(base: str, secret: str, env: dict, pid: int, gateways: int, second
     for t in threads:
         t.start()
     time.sleep(5)  # every poller has started (a warm-up, not a readiness check)
-    before = cpu_seconds(pid)
+    before = process_cpu_seconds(pid)
     time.sleep(seconds)
-    polling_cpu = (cpu_seconds(pid) - before) / seconds
+    polling_cpu = (process_cpu_seconds(pid) - before) / seconds
     polling_rss = rss_mib(pid)
     stop.set()
     for t in threads:
@@ -125,9 +111,9 @@ def run_modes(base: str, secret: str, env: dict, pid: int, gateways: int, second
     for t in threads:
         t.start()
     time.sleep(5)
-    before = cpu_seconds(pid)
+    before = process_cpu_seconds(pid)
     time.sleep(seconds)
-    watching_cpu = (cpu_seconds(pid) - before) / seconds
+    watching_cpu = (process_cpu_seconds(pid) - before) / seconds
     watching_rss = rss_mib(pid)
     delays = []
     for round_ in range(5):

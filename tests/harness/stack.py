@@ -328,6 +328,21 @@ def warden_plugin(cfg: dict) -> dict:
     raise StackError("the Envoy configuration has no Warden wasm filter")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (from /proc: a count, not a
+    wall-clock reading, so steady on a loaded machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident size (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def loopback_cluster(name: str, port: int) -> dict:
     return {"name": name, "type": "STATIC", "connect_timeout": "2s",
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
