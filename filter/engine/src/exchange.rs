@@ -964,13 +964,22 @@ impl Exchange {
     /// the issuer's keys for an unknown `kid`.
     fn authenticate(&mut self, host: &mut dyn Host, request: Request, may_fetch: bool) -> Flow {
         let now = self.started_at;
-        let step = host.authenticate(
+        let step = request::authenticate_machine_key(
             &request.config,
             request.provider,
             request.headers(),
+            request.policy.as_deref(),
             now,
-            may_fetch,
-        );
+        )
+        .unwrap_or_else(|| {
+            host.authenticate(
+                &request.config,
+                request.provider,
+                request.headers(),
+                now,
+                may_fetch,
+            )
+        });
         match step {
             AuthStep::Verified(identity) => self.after_authentication(host, request, identity),
             AuthStep::Rejected(rejection) => self.reply(host, rejection),

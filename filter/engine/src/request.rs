@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::auth::cache::TokenCache;
 use crate::auth::jwks::KeySet;
+use crate::auth::machine_keys::{self, MachineKeys};
 use crate::auth::{AuthError, Identity};
 use crate::config::{FilterConfig, Provider};
 use crate::endpoint::Endpoint;
@@ -204,6 +205,37 @@ pub fn authenticate<'k>(
         Err(AuthError::UnknownKey) if may_fetch => AuthStep::FetchKeys { issuer },
         Err(e) => unauthenticated(e),
     }
+}
+
+/// Step 2, for a machine key (`wdk_…`): checked against the keys served
+/// with the request's policy. `None` when the request's credential is not a
+/// machine key (or there is none), for [`authenticate`] to handle.
+pub fn authenticate_machine_key(
+    config: &FilterConfig,
+    provider: usize,
+    headers: Headers<'_>,
+    policy: Option<&Policy>,
+    now: u64,
+) -> Option<AuthStep> {
+    let token = config.auth.extract_token(headers).ok()?;
+    if !machine_keys::is_machine_key(token) {
+        return None;
+    }
+    let api = config
+        .providers
+        .get(provider)
+        .map_or(Api::Openai, |p| p.api);
+    let empty = MachineKeys::default();
+    let keys = policy.map_or(&empty, |p| &p.machine_keys);
+    Some(match keys.verify(token, now) {
+        Ok(identity) => AuthStep::Verified(identity),
+        Err(e) => AuthStep::Rejected(Rejection::new(
+            api,
+            ErrorKind::Unauthenticated,
+            e.code(),
+            e.to_string(),
+        )),
+    })
 }
 
 fn keys_stale(api: Api, issuer: &str) -> Rejection {

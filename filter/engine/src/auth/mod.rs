@@ -7,7 +7,8 @@
 //! - [`keys`]: when an issuer's remote keys are fresh, stale, or due a fetch;
 //! - [`cache`]: a bounded cache of verified tokens (an RS256 verification in
 //!   wasm costs on the order of a millisecond; a hit costs a hash);
-//! - [`identity`]: claims to subject, email and groups by configurable paths.
+//! - [`identity`]: claims to subject, email and groups by configurable paths;
+//! - [`machine_keys`]: the control plane's revocable keys, known by hash.
 //!
 //! Verification order matters and is fixed: size, shape, issuer (chosen by the
 //! token's `iss`, exactly), the issuer's algorithm allow-list, then the key
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod identity;
 pub mod jwks;
 pub mod keys;
+pub mod machine_keys;
 
 use crate::protocol::Reason;
 use std::collections::HashSet;
@@ -523,6 +525,8 @@ pub enum AuthError {
     WrongAudience,
     #[error("the token has no subject (`sub`)")]
     MissingSubject,
+    #[error("this machine key is not valid here: it was revoked, replaced, or never issued (a key issued moments ago may take a second to reach every gateway)")]
+    UnknownMachineKey,
 }
 
 impl AuthError {
@@ -541,6 +545,7 @@ impl AuthError {
             AuthError::MissingExpiry => Reason::TokenNoExpiry,
             AuthError::WrongAudience => Reason::TokenAudience,
             AuthError::MissingSubject => Reason::TokenNoSubject,
+            AuthError::UnknownMachineKey => Reason::MachineKeyUnknown,
         }
     }
 }

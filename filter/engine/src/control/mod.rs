@@ -18,6 +18,7 @@ pub use approval::{ApprovalFlow, Call, Next};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::auth::machine_keys::{MachineKeyDoc, MachineKeys};
 use crate::document::{ConfigError, Secret};
 use crate::policy::{Policy, PolicyDoc};
 use crate::protocol::GATEWAY_KEY_HEADER;
@@ -166,6 +167,9 @@ pub fn parse_published_policy(body: &[u8]) -> Result<PublishedPolicy, String> {
         version: u64,
         sha256: String,
         policy: Value,
+        /// Absent from control planes older than machine keys.
+        #[serde(default)]
+        machine_keys: Vec<MachineKeyDoc>,
     }
     let answer: Answer =
         serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))?;
@@ -176,6 +180,8 @@ pub fn parse_published_policy(body: &[u8]) -> Result<PublishedPolicy, String> {
         format!("version {}: {}", answer.version, all.join("; "))
     })?;
     policy.published_version = Some(answer.version);
+    policy.machine_keys = MachineKeys::compile(answer.machine_keys)
+        .map_err(|e| format!("version {}: {e}", answer.version))?;
     Ok(PublishedPolicy {
         version: answer.version,
         sha256: answer.sha256,

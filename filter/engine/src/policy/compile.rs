@@ -302,6 +302,7 @@ impl Policy {
             over_clearance: doc.over_clearance,
             record: doc.record,
             published_version: None,
+            machine_keys: MachineKeys::default(),
         })
     }
 }

@@ -157,6 +157,14 @@ impl Policy {
         provider: &str,
         model: Option<&str>,
     ) -> Result<(), Denial> {
+        if let (Some(key), Some(m)) = (self.machine_keys.of_identity(identity), model) {
+            if !key.allows_model(m) {
+                return Err(Denial::MachineKeyScope {
+                    key: key.id.clone(),
+                    model: m.to_owned(),
+                });
+            }
+        }
         let matched = self.groups_of(identity);
         if matched.is_empty() {
             return Err(Denial::NoGroup {

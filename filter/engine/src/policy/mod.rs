@@ -67,6 +67,8 @@ use std::collections::BTreeMap;
 
 use wildmatch::WildMatch;
 
+use crate::auth::machine_keys::MachineKeys;
+
 use crate::inspect::detect::DetectorSet;
 use crate::inspect::mask::Action;
 use crate::protocol::{ApprovalMode, Reason, Record};
@@ -149,6 +151,9 @@ pub struct Policy {
     /// The control plane's version number of this policy; `None` for one
     /// from the Envoy configuration.
     pub published_version: Option<u64>,
+    /// The live machine keys served with it (none in a policy from the
+    /// Envoy configuration: keys exist only where a control plane issues them).
+    pub machine_keys: MachineKeys,
 }
 
 /// What one rule does for one request, after scope and clearance.
@@ -208,6 +213,8 @@ pub enum Denial {
     },
     #[error("the endpoint '{endpoint}' needs the model named in the request, so the policy can authorize it")]
     ModelRequired { endpoint: &'static str },
+    #[error("the machine key '{key}' may not be used for model '{model}' (it is limited to some models)")]
+    MachineKeyScope { key: String, model: String },
 }
 
 impl Denial {
@@ -218,6 +225,7 @@ impl Denial {
             Denial::Model { .. } => Reason::ModelDenied,
             Denial::Endpoint { .. } => Reason::EndpointDenied,
             Denial::ModelRequired { .. } => Reason::ModelRequired,
+            Denial::MachineKeyScope { .. } => Reason::MachineKeyScope,
         }
     }
 }

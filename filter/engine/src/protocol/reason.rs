@@ -40,6 +40,7 @@ reasons! {
     ModelDenied => "warden.model_denied",
     EndpointDenied => "warden.endpoint_denied",
     ModelRequired => "warden.model_required",
+    MachineKeyScope => "warden.machine_key_scope",
     ModelNotString => "warden.model_not_string",
     // Tokens and keys
     NoToken => "warden.no_token",
@@ -56,6 +57,7 @@ reasons! {
     TokenNoSubject => "warden.token_no_subject",
     KeysNotLoaded => "warden.keys_not_loaded",
     KeysStale => "warden.keys_stale",
+    MachineKeyUnknown => "warden.machine_key_unknown",
     // The request's body and URL
     BodyNotJson => "warden.body_not_json",
     BodyNotAllowed => "warden.body_not_allowed",
