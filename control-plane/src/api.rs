@@ -17,6 +17,7 @@
 //! | POST | `/v1/approvals/{id}/approve`, `/deny` | approver | decide, with a reason |
 //! | POST, GET | `/v1/sessions…` | gateway, auditor | recorded sessions: see [`crate::sessions`] |
 //! | GET | `/v1/login`, `/v1/whoami` | anyone, person | see [`crate::whoami`] |
+//! | POST, GET | `/v1/keys…` | person | machine keys: see [`crate::machine_keys`] |
 //!
 //! Gateways authenticate with `x-warden-gateway-key`; people with
 //! `Authorization: Bearer <JWT>` (see [`crate::user_auth`]).
@@ -78,6 +79,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(deny))
         .merge(crate::sessions::routes())
         .merge(crate::whoami::routes())
+        .merge(crate::machine_keys::routes())
 }
 
 /// The OpenAPI tags of these routes.
@@ -103,6 +105,8 @@ pub struct ActivePolicy {
     pub sha256: String,
     /// The document as JSON (the policy's JSON Schema: `GET /v1/policy/schema`).
     pub policy: Value,
+    /// The live machine keys, by hash (never the keys).
+    pub machine_keys: Vec<warden_engine::auth::machine_keys::MachineKeyDoc>,
 }
 
 /// The active policy version, for gateways.
@@ -164,7 +168,19 @@ async fn active_policy(
             refused.headers_mut().extend(applied.clone());
             return Ok(refused);
         };
-        let etag = format!("\"{}-{}\"", active.meta.version, active.meta.sha256);
+        // The keys are part of what a gateway holds: a revocation changes the
+        // ETag as an activation does.
+        let keys = state
+            .store()
+            .live_machine_keys(state.clock().now_ms())
+            .await
+            .map_err(db)?;
+        let machine_keys = crate::machine_keys::served(&keys);
+        let keys_tag = keys_tag(&machine_keys)?;
+        let etag = format!(
+            "\"{}-{}-{keys_tag}\"",
+            active.meta.version, active.meta.sha256
+        );
         let etag_value =
             HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
         if held_etag(&headers, &etag) {
@@ -188,12 +204,21 @@ async fn active_policy(
                 version: active.meta.version,
                 sha256: active.meta.sha256,
                 policy,
+                machine_keys,
             }),
         )
             .into_response();
         answer.headers_mut().extend(applied);
         return Ok(answer);
     }
+}
+
+/// A short digest of the served keys, for the ETag.
+fn keys_tag(keys: &[warden_engine::auth::machine_keys::MachineKeyDoc]) -> Result<String, ApiError> {
+    use sha2::Digest as _;
+    let text = serde_json::to_vec(keys).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let digest = sha2::Sha256::digest(&text);
+    Ok(hex::encode(digest.get(..8).unwrap_or_default()))
 }
 
 /// Whether `If-None-Match` names `etag` (strong or weak, in any list).

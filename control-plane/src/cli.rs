@@ -63,6 +63,8 @@ pub enum Command {
     Approvals(ApprovalsArgs),
     /// Recorded sessions (auditors): list, show, verify the hash chain.
     Sessions(SessionsArgs),
+    /// Machine keys for scripts and services: issue, list, revoke, rotate.
+    Keys(crate::client::KeysArgs),
     /// The filter's own plugin configuration, checked offline.
     Filter(FilterArgs),
     /// Sign in at your company's IdP (browser with PKCE, or `--device`) and
@@ -357,6 +359,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Policy(args) => crate::client::policy(args).await,
             Command::Approvals(args) => crate::client::approvals(args).await,
             Command::Sessions(args) => crate::client::sessions(args).await,
+            Command::Keys(args) => crate::client::keys(args).await,
             Command::Filter(args) => filter(&args),
             Command::Login(args) => crate::login::login(args).await,
             Command::AccessToken(args) => crate::login::access_token(args).await,

@@ -136,6 +136,55 @@ pub enum ApprovalsCommand {
     },
 }
 
+/// `warden keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    /// Server, token, output.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `warden keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key and print it (once: it is not shown again).
+    Issue {
+        /// What it is for, e.g. nightly-report.
+        #[arg(long)]
+        name: String,
+        /// A policy group its requests have (repeat for more).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// Limit it to models matching this pattern (repeat for more).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Who its requests are recorded under (admins only; default: you).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Keys (admins: all; others: their own), newest first.
+    List,
+    /// Refuse a key in every gateway from now on.
+    Revoke {
+        /// The key's id (the hex after `wdk_`).
+        id: String,
+    },
+    /// Issue a new key in place of this one and print it.
+    Rotate {
+        /// The key's id.
+        id: String,
+        /// Seconds the old key keeps working, for deployments to switch.
+        #[arg(long, default_value_t = 0)]
+        overlap_seconds: u64,
+    },
+}
+
 /// `warden sessions`.
 #[derive(Debug, Args)]
 pub struct SessionsArgs {
@@ -646,6 +695,106 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
         out(&describe(&typed(&answer)?))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `warden keys …`.
+pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
+    let client = Client::new(&args.client)?;
+    let json_out = args.client.json;
+    let key_path = |id: &str, action: &str| -> Result<String, String> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("`{id}` is not a key id (the hex after `wdk_`)"));
+        }
+        Ok(format!("/v1/keys/{id}/{action}"))
+    };
+    let answer = match &args.command {
+        KeysCommand::Issue {
+            name,
+            groups,
+            models,
+            owner,
+            days,
+        } => {
+            let body = json!({
+                "name": name, "groups": groups, "models": models,
+                "owner": owner, "expires_in_days": days,
+            });
+            client.call(Method::POST, "/v1/keys", Some(body)).await?
+        }
+        KeysCommand::List => {
+            let answer = client.call(Method::GET, "/v1/keys", None).await?;
+            if json_out {
+                print_json(&answer)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list: crate::machine_keys::KeyList = typed(&answer)?;
+            let rows: Vec<Vec<String>> = list
+                .keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.name.clone(),
+                        k.owner.clone(),
+                        k.groups.join(","),
+                        k.models.join(","),
+                        k.status.clone(),
+                        time_of(k.expires_ms),
+                    ]
+                })
+                .collect();
+            out(&table(
+                &["ID", "NAME", "OWNER", "GROUPS", "MODELS", "STATUS", "EXPIRES"],
+                &rows,
+            ))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        KeysCommand::Revoke { id } => {
+            client
+                .call(Method::POST, &key_path(id, "revoke")?, None)
+                .await?
+        }
+        KeysCommand::Rotate {
+            id,
+            overlap_seconds,
+        } => {
+            let body = json!({ "overlap_seconds": overlap_seconds });
+            client
+                .call(Method::POST, &key_path(id, "rotate")?, Some(body))
+                .await?
+        }
+    };
+    if json_out {
+        print_json(&answer)?;
+    } else if let Some(key) = answer["key"].as_str() {
+        // The key alone on stdout (`KEY=$(warden keys issue …)`); the rest
+        // on stderr, where it does not end up in the variable.
+        eprintln!(
+            "key {} for {} ({}), expires {}: store it now, it is not shown again",
+            str_of(&answer["id"]),
+            str_of(&answer["owner"]),
+            str_of(&answer["name"]),
+            time_of(answer["expires_ms"].as_i64().unwrap_or_default())
+        );
+        out(&format!("{key}\n"))?;
+    } else {
+        out(&format!(
+            "key {} is {}\n",
+            str_of(&answer["id"]),
+            str_of(&answer["status"])
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time.
+fn time_of(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| {
+            let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            humantime::format_rfc3339_seconds(time).to_string()
+        })
+        .unwrap_or_default()
 }
 
 /// `warden sessions …`.

@@ -83,6 +83,7 @@ pub mod error;
 pub mod fields;
 pub mod html;
 pub mod login;
+pub mod machine_keys;
 pub mod oidc_client;
 pub mod policies;
 pub mod policy_watch;

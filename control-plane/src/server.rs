@@ -118,6 +118,7 @@ const SERVER_TAG: &str = "server";
         (name = crate::api::APPROVALS_TAG, description = "Just-in-time approvals: opened and used by gateways, decided by people"),
         (name = crate::sessions::SESSIONS_TAG, description = "Recorded sessions: appended by gateways, read and verified by auditors"),
         (name = crate::whoami::IDENTITY_TAG, description = "Who the caller is and what the policy lets them use; where the CLI signs in"),
+        (name = crate::machine_keys::KEYS_TAG, description = "Machine keys for scripts and services without a workload identity: issued, listed, rotated and revoked"),
         (name = crate::web::PAGE_TAG, description = "What the approvers' page reads"),
         (name = SERVER_TAG, description = "Health and this description"),
     ),

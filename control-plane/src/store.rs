@@ -282,6 +282,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0004_approval_requester_sub.sql"),
         include_str!("../migrations/postgres/0004_approval_requester_sub.sql"),
     ),
+    (
+        5,
+        "machine keys",
+        include_str!("../migrations/sqlite/0005_machine_keys.sql"),
+        include_str!("../migrations/postgres/0005_machine_keys.sql"),
+    ),
 ];
 
 /// The embedded migrations of one backend. Checksums are SHA-384 of the text,
@@ -1083,6 +1089,223 @@ async fn set_active_postgres(
         .execute(&mut **tx)
         .await?;
     Ok(true)
+}
+
+rows! {
+/// One machine key as stored (its hash, never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineKeyRow {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub owner_sub: String,
+    pub groups_json: String,
+    pub models_json: String,
+    pub sha256: String,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub replaces: Option<String>,
+}
+}
+
+const MACHINE_KEY_COLUMNS: &str = "id, name, owner, owner_sub, groups_json, models_json, sha256, \
+     created_by, created_ms, expires_ms, revoked_ms, revoked_by, replaces";
+
+/// What [`Store::revoke_machine_key`] and [`Store::rotate_machine_key`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    Done(MachineKeyRow),
+    NoSuchKey,
+    /// Revoked before (revoking again changes nothing; rotating is refused).
+    AlreadyRevoked(MachineKeyRow),
+}
+
+impl Store {
+    /// Stores a newly issued key. Gateways are told on commit (PostgreSQL:
+    /// every replica's watchers; this replica's are woken by the caller).
+    pub async fn insert_machine_key(&self, row: MachineKeyRow) -> Result<(), StoreError> {
+        self.to_completion(move |store| async move {
+            on_pool!(&store, pool => {
+                let mut tx = pool.begin().await?;
+                tx.insert_key(&row).await?;
+                tx.keys_changed().await?;
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// One key, revoked or not.
+    pub async fn machine_key(&self, id: &str) -> Result<Option<MachineKeyRow>, StoreError> {
+        let sql = format!("SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Keys newest first (at most [`LIST_LIMIT`]), only `owner`'s when given.
+    pub async fn list_machine_keys(
+        &self,
+        owner: Option<&str>,
+    ) -> Result<Vec<MachineKeyRow>, StoreError> {
+        let filter = if owner.is_some() { "WHERE owner = $1" } else { "" };
+        let sql = format!(
+            "SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys {filter} \
+             ORDER BY created_ms DESC, id LIMIT {LIST_LIMIT}"
+        );
+        Ok(on_pool!(self, pool => {
+            let mut query = sqlx::query_as(&sql);
+            if let Some(owner) = owner {
+                query = query.bind(owner);
+            }
+            query.fetch_all(pool).await?
+        }))
+    }
+
+    /// Keys neither revoked nor expired at `now_ms`, ordered by id (so the
+    /// same set always reads the same): what gateways are served.
+    pub async fn live_machine_keys(&self, now_ms: i64) -> Result<Vec<MachineKeyRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys \
+             WHERE revoked_ms IS NULL AND expires_ms > $1 ORDER BY id"
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(now_ms).fetch_all(pool).await?))
+    }
+
+    /// How many live keys `owner` has at `now_ms`.
+    pub async fn live_machine_keys_of(&self, owner: &str, now_ms: i64) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM machine_keys \
+             WHERE owner = $1 AND revoked_ms IS NULL AND expires_ms > $2";
+        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).bind(owner).bind(now_ms).fetch_one(pool).await?))
+    }
+
+    /// Revokes key `id` at `now_ms`, by `by`.
+    pub async fn revoke_machine_key(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<KeyChange, StoreError> {
+        let (id, by) = (id.to_owned(), by.to_owned());
+        self.to_completion(move |store| async move {
+            let sql = format!("SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys WHERE id = $1");
+            on_pool!(&store, pool => {
+                let mut tx = pool.begin().await?;
+                let found: Option<MachineKeyRow> =
+                    sqlx::query_as(&sql).bind(&id).fetch_optional(&mut *tx).await?;
+                let Some(mut key) = found else {
+                    return Ok(KeyChange::NoSuchKey);
+                };
+                if key.revoked_ms.is_some() {
+                    return Ok(KeyChange::AlreadyRevoked(key));
+                }
+                sqlx::query("UPDATE machine_keys SET revoked_ms = $1, revoked_by = $2 WHERE id = $3")
+                    .bind(now_ms)
+                    .bind(&by)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.keys_changed().await?;
+                tx.commit().await?;
+                key.revoked_ms = Some(now_ms);
+                key.revoked_by = Some(by);
+                Ok(KeyChange::Done(key))
+            })
+        })
+        .await
+    }
+
+    /// Issues `new` in place of key `new.replaces`, which then expires at
+    /// `old_until_ms` (or earlier, if it already would), in one transaction.
+    pub async fn rotate_machine_key(
+        &self,
+        new: MachineKeyRow,
+        old_until_ms: i64,
+    ) -> Result<KeyChange, StoreError> {
+        self.to_completion(move |store| async move {
+            let old_id = new.replaces.clone().unwrap_or_default();
+            let sql = format!("SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys WHERE id = $1");
+            on_pool!(&store, pool => {
+                let mut tx = pool.begin().await?;
+                let found: Option<MachineKeyRow> =
+                    sqlx::query_as(&sql).bind(&old_id).fetch_optional(&mut *tx).await?;
+                let Some(old) = found else {
+                    return Ok(KeyChange::NoSuchKey);
+                };
+                if old.revoked_ms.is_some() {
+                    return Ok(KeyChange::AlreadyRevoked(old));
+                }
+                sqlx::query("UPDATE machine_keys SET expires_ms = $1 WHERE id = $2 AND expires_ms > $1")
+                    .bind(old_until_ms)
+                    .bind(&old_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.insert_key(&new).await?;
+                tx.keys_changed().await?;
+                tx.commit().await?;
+                Ok(KeyChange::Done(new))
+            })
+        })
+        .await
+    }
+}
+
+const INSERT_MACHINE_KEY: &str = "INSERT INTO machine_keys (id, name, owner, owner_sub, \
+     groups_json, models_json, sha256, created_by, created_ms, expires_ms, replaces) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// The writes of machine keys that differ between the backends: the same
+/// insert on two connection types, and telling every replica's gateways.
+trait KeyTransaction {
+    async fn insert_key(&mut self, row: &MachineKeyRow) -> Result<(), StoreError>;
+    /// Wakes the policy watchers of every replica on commit (PostgreSQL's
+    /// NOTIFY; SQLite has one replica, whose watchers the API wakes).
+    async fn keys_changed(&mut self) -> Result<(), StoreError>;
+}
+
+macro_rules! insert_key {
+    ($tx:expr, $row:expr) => {{
+        let row = $row;
+        sqlx::query(INSERT_MACHINE_KEY)
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(&row.owner)
+            .bind(&row.owner_sub)
+            .bind(&row.groups_json)
+            .bind(&row.models_json)
+            .bind(&row.sha256)
+            .bind(&row.created_by)
+            .bind(row.created_ms)
+            .bind(row.expires_ms)
+            .bind(&row.replaces)
+            .execute(&mut **$tx)
+            .await?;
+        Ok(())
+    }};
+}
+
+impl KeyTransaction for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn insert_key(&mut self, row: &MachineKeyRow) -> Result<(), StoreError> {
+        insert_key!(self, row)
+    }
+    async fn keys_changed(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl KeyTransaction for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn insert_key(&mut self, row: &MachineKeyRow) -> Result<(), StoreError> {
+        insert_key!(self, row)
+    }
+    async fn keys_changed(&mut self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, 'machine keys')")
+            .bind(crate::policy_watch::NOTIFY_CHANNEL)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
 }
 
 async fn connect_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -316,7 +317,140 @@ on_both!(
     cli_commands,
     request_bodies_are_json_objects,
     text_with_nul_is_stored_alike_or_refused,
+    machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked,
 );
+
+/// The gateways' view of the active policy: (ETag, the served keys).
+async fn served_keys(server: &Server) -> (String, Vec<Value>) {
+    let response = server
+        .http
+        .get(format!("{}/v1/policy/active", server.base))
+        .header("x-warden-gateway-key", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    (etag, body["machine_keys"].as_array().unwrap().clone())
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Machine keys: an admin issues to anyone with any groups; a person only
+/// to themself, with their own groups, for a bounded life. The key is in
+/// the issuing answer only; gateways get its hash (and the ETag changes),
+/// a watch wakes on a revocation, listings never show a key or a hash, and
+/// a rotation keeps the old key for exactly the overlap asked.
+async fn machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked(backend: Backend) {
+    let Some(server) = start(backend, |_| {}).await else {
+        return;
+    };
+    server.publish(POLICY_V1, "first", true).await;
+    let (etag0, keys) = served_keys(&server).await;
+    assert!(keys.is_empty());
+    let admin = server.admin();
+    let alice = server.token("alice", &["engineering"]);
+    let bob = server.token("bob", &["engineering"]);
+
+    let (status, issued) = server
+        .post(
+            "/v1/keys",
+            Auth::Bearer(&admin),
+            json!({"name": "nightly", "owner": "svc-nightly", "groups": ["engineering"], "models": ["gpt-4o*"], "expires_in_days": 200}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let id = issued["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("wdk_{id}_")), "{key}");
+    assert_eq!((issued["owner"].as_str(), issued["status"].as_str()), (Some("svc-nightly"), Some("live")));
+
+    let (etag1, keys) = served_keys(&server).await;
+    assert_ne!(etag0, etag1, "a new key changes what gateways hold");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["sha256"], sha256_hex(&key));
+    assert_eq!(keys[0]["owner"], "svc-nightly");
+    assert_eq!(keys[0]["models"], json!(["gpt-4o*"]));
+    assert!(!keys[0].to_string().contains(&key[5 + id.len()..]), "the secret is never served");
+
+    // People: only their own, only their groups, at most 90 days.
+    let (status, body) = server
+        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "owner": "bob", "groups": ["engineering"]}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "key_owner_forbidden");
+    let (status, body) = server
+        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "groups": ["warden-admins"]}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "key_groups_forbidden");
+    let (status, body) = server
+        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "groups": ["engineering"], "expires_in_days": 91}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "key_too_long");
+    let (status, body) = server
+        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "groups": []}))
+        .await;
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, mine) = server
+        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "notebook", "groups": ["engineering"], "expires_in_days": 7}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{mine}");
+    let mine_id = mine["id"].as_str().unwrap().to_owned();
+    assert_eq!(mine["owner"], "alice");
+
+    // Listing: admins see all, people their own; never a key or a hash.
+    let (_, all) = server.get("/v1/keys", Auth::Bearer(&admin)).await;
+    assert_eq!(all["keys"].as_array().unwrap().len(), 2);
+    let (_, own) = server.get("/v1/keys", Auth::Bearer(&alice)).await;
+    assert_eq!(own["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(own["keys"][0]["id"], mine_id.as_str());
+    let listed = all.to_string();
+    assert!(!listed.contains("wdk_") && !listed.contains(&sha256_hex(&key)), "{listed}");
+
+    // Someone else's key is not found (not "forbidden": ids are not probed).
+    let (status, body) = server
+        .post(&format!("/v1/keys/{mine_id}/revoke"), Auth::Bearer(&bob), json!({}))
+        .await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // A revocation wakes a watching gateway, and the key is no longer served.
+    let (etag2, keys) = served_keys(&server).await;
+    assert_eq!(keys.len(), 2);
+    let watching = server.watch(Some(&etag2), 60);
+    server.until_watchers(1).await;
+    let (status, revoked) = server
+        .post(&format!("/v1/keys/{mine_id}/revoke"), Auth::Bearer(&alice), json!({}))
+        .await;
+    assert_eq!((status, revoked["status"].as_str()), (StatusCode::OK, Some("revoked")), "{revoked}");
+    let (status, _, _) = answered(watching, "the watch across a revocation").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, keys) = served_keys(&server).await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], id.as_str());
+    let (status, body) = server
+        .post(&format!("/v1/keys/{mine_id}/rotate"), Auth::Bearer(&alice), json!({}))
+        .await;
+    assert_code(status, &body, StatusCode::CONFLICT, "key_revoked");
+
+    // Rotation: a new key with the old one's scope; the old one stays for the overlap.
+    let (status, rotated) = server
+        .post(&format!("/v1/keys/{id}/rotate"), Auth::Bearer(&admin), json!({"overlap_seconds": 3600}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap();
+    assert_ne!(new_key, key);
+    assert_eq!((rotated["replaces"].as_str(), rotated["models"].clone()), (Some(id.as_str()), json!(["gpt-4o*"])));
+    let (_, keys) = served_keys(&server).await;
+    let hashes: HashSet<&str> = keys.iter().map(|k| k["sha256"].as_str().unwrap()).collect();
+    assert_eq!(hashes, HashSet::from([sha256_hex(&key).as_str(), sha256_hex(new_key).as_str()]));
+    let old = keys.iter().find(|k| k["id"] == id.as_str()).unwrap();
+    let new = keys.iter().find(|k| k["id"] != id.as_str()).unwrap();
+    assert_eq!(old["expires_at"].as_u64().unwrap(), new["expires_at"].as_u64().unwrap() - 200 * 86400 + 3600);
+    server.shut_down().await;
+}
 
 impl Server {
     /// A gateway watching the active policy (`Prefer: wait=N`) from `etag`,

@@ -51,6 +51,11 @@ pub struct MachineKeyDoc {
     pub sha256: String,
     /// Who the key acts for: the subject its requests are recorded under.
     pub owner: String,
+    /// The owner's own token `sub`, where it differs from `owner` (the
+    /// claim mapping reads the subject elsewhere): what the control plane
+    /// compares to refuse the owner approving their own key's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_sub: Option<String>,
     /// The groups the key's requests have, in place of the owner's.
     pub groups: Vec<String>,
     /// Model patterns the key is limited to; empty: whatever its groups allow.
@@ -65,6 +70,7 @@ pub struct MachineKeyDoc {
 pub struct MachineKey {
     pub id: String,
     pub owner: String,
+    owner_sub: Option<String>,
     pub groups: Vec<String>,
     models: Vec<WildMatch>,
     pub expires_at: u64,
@@ -115,7 +121,7 @@ impl MachineKeys {
             if !clean(&doc.id) || !doc.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(bad("the id must be letters and digits"));
             }
-            if !clean(&doc.owner) {
+            if !clean(&doc.owner) || doc.owner_sub.as_deref().is_some_and(|s| !clean(s)) {
                 return Err(bad("the owner must be a short printable name"));
             }
             if doc.groups.len() > MAX_LIST || doc.models.len() > MAX_LIST {
@@ -130,6 +136,7 @@ impl MachineKeys {
             let key = MachineKey {
                 id: doc.id,
                 owner: doc.owner,
+                owner_sub: doc.owner_sub,
                 groups: doc.groups,
                 models: doc.models.iter().map(|m| WildMatch::new(m)).collect(),
                 expires_at: doc.expires_at,
@@ -161,7 +168,7 @@ impl MachineKeys {
         Ok(Identity {
             issuer: format!("{ISSUER_PREFIX}{}", found.id),
             subject: found.owner.clone(),
-            token_subject: Some(found.owner.clone()),
+            token_subject: Some(found.owner_sub.as_ref().unwrap_or(&found.owner).clone()),
             email: None,
             groups: found.groups.clone(),
             expires_at: found.expires_at,
@@ -187,6 +194,7 @@ mod tests {
             id: id.into(),
             sha256: hex::encode(Sha256::digest(key.as_bytes())),
             owner: "svc-nightly".into(),
+            owner_sub: None,
             groups: vec!["eng".into()],
             models: vec!["gpt-4o*".into()],
             expires_at: 2_000,
