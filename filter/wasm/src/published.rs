@@ -25,10 +25,32 @@ use crate::host::{self, EnvoyShared, HostResult, SharedData};
 const POLICY_KEY: &str = "warden/v1/policy";
 const CONTACT_KEY: &str = "warden/v1/policy-contact";
 const LEASE_KEY: &str = "warden/v1/policy-lease";
-/// The version number in force, written after the policy: a request reads
-/// these 8 bytes (not the whole document) to learn that its VM is behind, so
-/// every worker switches with the first request after the write.
+/// A digest of the shared answer, written after it: a request reads these
+/// 8 bytes (not the whole document) to learn that its VM is behind, so every
+/// worker switches with the first request after the write. Not the version
+/// number: an answer changes without a new version when a machine key is
+/// issued or revoked.
 const SERIAL_KEY: &str = "warden/v1/policy-serial";
+
+/// The shared record of an answer: the ETag's length (2 bytes), the ETag,
+/// the body.
+fn record(etag: &str, body: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(etag.len()).unwrap_or(0);
+    let mut record = len.to_be_bytes().to_vec();
+    record.extend_from_slice(etag.as_bytes());
+    record.extend_from_slice(body);
+    record
+}
+
+/// The serial of a shared record. SipHash with the standard library's fixed
+/// keys: every VM of an Envoy runs this same build, so they agree, and 64
+/// bits make two different answers with one serial a non-event.
+fn serial_of(record: &[u8]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    record.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// When the control plane last answered a poll (any VM's).
 pub fn last_contact(shared: &impl SharedData) -> Option<u64> {
@@ -92,7 +114,8 @@ impl VmPublished {
         };
         let published = parse_published_policy(body)?;
         self.etag = Some(etag);
-        self.serial = Some(published.version);
+        // What was read, which may be newer than the serial read before it.
+        self.serial = Some(serial_of(&bytes));
         Ok(Some(published))
     }
 
@@ -112,18 +135,15 @@ impl VmPublished {
         shared: &impl SharedData,
         etag: &str,
         body: &[u8],
-        version: u64,
     ) -> HostResult<()> {
         // An absurd ETag is dropped (the next poll is then unconditional).
         let etag = if etag.len() <= 1024 { etag } else { "" };
-        let len = u16::try_from(etag.len()).unwrap_or(0);
-        let mut record = len.to_be_bytes().to_vec();
-        record.extend_from_slice(etag.as_bytes());
-        record.extend_from_slice(body);
+        let record = record(etag, body);
         shared.set(POLICY_KEY, &record, self.polled_over)?;
-        let _ = shared.set_stamp(SERIAL_KEY, version, None);
+        let serial = serial_of(&record);
+        let _ = shared.set_stamp(SERIAL_KEY, serial, None);
         self.etag = Some(etag.to_owned());
-        self.serial = Some(version);
+        self.serial = Some(serial);
         Ok(())
     }
 }
@@ -230,7 +250,7 @@ pub fn on_response(
                     .and_then(|v| String::from_utf8(v).ok())
                     .unwrap_or_default();
                 contact("answer");
-                match vm.share(shared, &etag, &body, published.version) {
+                match vm.share(shared, &etag, &body) {
                     Ok(()) => Polled::New(Box::new(published)),
                     Err(Status::CasMismatch) => {
                         host::log(
@@ -310,7 +330,12 @@ mod tests {
     /// The control plane answers this VM's poll with `version`, which the
     /// VM compiled (`on_response`, 200).
     fn answered(vm: &mut VmPublished, shared: &impl SharedData, version: u64) -> HostResult<()> {
-        vm.share(shared, &etag(version), &body(version), version)
+        vm.share(shared, &etag(version), &body(version))
+    }
+
+    /// The serial of the answer [`answered`] shares for `version`.
+    fn serial(version: u64) -> u64 {
+        serial_of(&record(&etag(version), &body(version)))
     }
 
     fn loaded(vm: &mut VmPublished, shared: &impl SharedData) -> Option<u64> {
@@ -389,9 +414,25 @@ mod tests {
         assert_eq!(loaded(&mut VmPublished::default(), &store), Some(1));
         // An absurd ETag is not kept: the next poll is unconditional.
         assert!(tick(&mut a, &store, NOW + 3 * PERIOD));
-        a.share(&store, &"x".repeat(1025), &body(3), 3).unwrap();
+        a.share(&store, &"x".repeat(1025), &body(3)).unwrap();
         assert_eq!(loaded(&mut b, &store), Some(3));
         assert_eq!(b.etag.as_deref(), Some(""));
+    }
+
+    /// A machine key issued or revoked changes the answer (its ETag and
+    /// body) but not the version: it must reach every VM all the same.
+    #[test]
+    fn a_new_answer_of_the_same_version_reaches_every_vm() {
+        let store = FakeShared::default();
+        let (mut a, mut b) = (VmPublished::default(), VmPublished::default());
+        assert!(tick(&mut a, &store, NOW));
+        answered(&mut a, &store, 1).unwrap();
+        assert_eq!(loaded(&mut b, &store), Some(1));
+        assert!(tick(&mut a, &store, NOW + PERIOD));
+        a.share(&store, "\"1-other-keys\"", &body(1)).unwrap();
+        assert_eq!(loaded(&mut b, &store), Some(1));
+        assert_eq!(b.etag.as_deref(), Some("\"1-other-keys\""));
+        assert_eq!(loaded(&mut b, &store), None, "once");
     }
 
     #[test]
@@ -411,7 +452,7 @@ mod tests {
         answered(&mut b, &store, 2).unwrap();
         assert_eq!(answered(&mut a, &store, 1), Err(Status::CasMismatch));
         assert_eq!(loaded(&mut c, &store), Some(2));
-        assert_eq!(store.stamp(SERIAL_KEY).0, Some(2));
+        assert_eq!(store.stamp(SERIAL_KEY).0, Some(serial(2)));
         assert_eq!(a.etag, Some(etag(1)), "A holds what it ran");
         assert_eq!(loaded(&mut a, &store), Some(2));
         // A poll that starts after that answer may replace it.
@@ -442,26 +483,20 @@ mod tests {
         if let Some(version) = loaded(&mut c, &store) {
             seen.push((version, store.stamp(SERIAL_KEY).0));
         }
-        assert_eq!(seen, [(2, Some(2))], "(version loaded, serial then)");
+        assert_eq!(seen, [(2, Some(serial(2)))], "(version loaded, serial then)");
     }
 
     #[test]
     fn an_unusable_shared_document_is_read_once_per_version() {
         let store = FakeShared::default();
         let mut vm = VmPublished::default();
-        let record = |etag: &[u8], body: &[u8]| {
-            let mut r = u16::try_from(etag.len()).unwrap().to_be_bytes().to_vec();
-            r.extend_from_slice(etag);
-            r.extend_from_slice(body);
-            r
-        };
         let bad_rule = br#"{"version":13,"sha256":"00","policy":{"version":1,"rules":[{"name":"x","action":"mask"}]}}"#;
         let cases: [(Vec<u8>, Option<&str>); 5] = [
             (vec![0], None),
             (vec![0, 9, b'x'], None),
-            (record(b"e", b""), Some("unreadable answer")),
-            (record(b"e", b"{\"version\":12}"), Some("unreadable answer")),
-            (record(b"e", bad_rule), Some("version 13")),
+            (record("e", b""), Some("unreadable answer")),
+            (record("e", b"{\"version\":12}"), Some("unreadable answer")),
+            (record("e", bad_rule), Some("version 13")),
         ];
         for (serial, (value, refused)) in (9..).zip(cases) {
             store.set(POLICY_KEY, &value, None).unwrap();
