@@ -31,7 +31,9 @@ use utoipa_axum::routes;
 use warden_engine::auth::machine_keys::{MachineKeyDoc, PREFIX};
 
 use crate::body::JsonObject;
-use crate::error::responses::{BadRequest, NotFound, Unauthorized, Unavailable};
+use crate::error::responses::{
+    BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
+};
 use crate::error::ApiError;
 use crate::fields::logged;
 use crate::state::AppState;
@@ -84,7 +86,7 @@ pub struct IssueRequest {
     pub expires_in_days: Option<u32>,
 }
 
-/// `POST /v1/keys/{id}/rotate` body (may be empty).
+/// `POST /v1/keys/{id}/rotate` body (`{}` for the defaults).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
@@ -230,6 +232,8 @@ fn checked_list(what: &str, values: &[String]) -> Result<Vec<String>, ApiError> 
         (status = 201, description = "Issued; `key` is shown only now", body = IssuedKey),
         BadRequest,
         Unauthorized,
+        PayloadTooLarge,
+        UnsupportedMediaType,
         (status = 403, description = "Beyond what the caller may issue (`key_owner_forbidden`, `key_groups_forbidden`, `key_too_long`, `key_limit`)", body = crate::error::ErrorBody),
         Unavailable,
     ),
@@ -413,11 +417,13 @@ async fn revoke_key(
     tag = KEYS_TAG,
     security(("person" = [])),
     params(KeyParam),
-    request_body(content = Option<RotateRequest>),
+    request_body = RotateRequest,
     responses(
         (status = 201, description = "The new key, shown only now", body = IssuedKey),
         BadRequest,
         Unauthorized,
+        PayloadTooLarge,
+        UnsupportedMediaType,
         NotFound,
         (status = 409, description = "The key is revoked (`key_revoked`)", body = crate::error::ErrorBody),
         Unavailable,
@@ -427,16 +433,10 @@ async fn rotate_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<JsonObject<RotateRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let caller = state.users().caller(&headers).await?;
-    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateRequest::default()
-    } else {
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-        crate::body::from_object(value)?
-    };
+    let JsonObject(request) = body?;
     if request.overlap_seconds > MAX_OVERLAP_SECONDS {
         return Err(bad(format!("overlap_seconds is at most {MAX_OVERLAP_SECONDS}")));
     }
