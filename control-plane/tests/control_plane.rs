@@ -322,16 +322,7 @@ on_both!(
 
 /// The gateways' view of the active policy: (ETag, the served keys).
 async fn served_keys(server: &Server) -> (String, Vec<Value>) {
-    let response = server
-        .http
-        .get(format!("{}/v1/policy/active", server.base))
-        .header("x-warden-gateway-key", SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
-    let body: Value = response.json().await.unwrap();
+    let (etag, body) = server.active().await;
     (etag, body["machine_keys"].as_array().unwrap().clone())
 }
 
@@ -497,6 +488,11 @@ impl Server {
     }
 
     async fn etag(&self) -> String {
+        self.active().await.0
+    }
+
+    /// A gateway's unconditional fetch of the active policy (200): its ETag and body.
+    async fn active(&self) -> (String, Value) {
         let response = self
             .http
             .get(format!("{}/v1/policy/active", self.base))
@@ -504,7 +500,9 @@ impl Server {
             .send()
             .await
             .unwrap();
-        response.headers()["etag"].to_str().unwrap().to_owned()
+        assert_eq!(response.status(), StatusCode::OK);
+        let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        (etag, response.json().await.unwrap())
     }
 }
 
@@ -788,19 +786,10 @@ async fn policies_publish_list_show_activate_rollback(backend: Backend) {
     assert!(v1["created_at"].as_str().unwrap().ends_with('Z'), "{v1}");
 
     // The gateway's view, with ETag and 304.
-    let response = server
-        .http
-        .get(format!("{}/v1/policy/active", server.base))
-        .header("x-warden-gateway-key", SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let (etag, active) = server.active().await;
     // Version and document, then a digest of the (here: no) machine keys.
     let prefix = format!("\"1-{}-", v1["sha256"].as_str().unwrap());
     assert!(etag.starts_with(&prefix) && etag.len() == prefix.len() + 17, "{etag}");
-    let active: Value = response.json().await.unwrap();
     assert_eq!(active["version"], 1);
     assert_eq!(active["policy"]["rules"][0]["action"], "mask");
     let unchanged = server
