@@ -170,10 +170,15 @@ pub enum KeysCommand {
     },
     /// Keys (admins: all; others: their own), newest first.
     List,
-    /// Refuse a key in every gateway from now on.
+    /// Refuse a key in every gateway from now on (or, `--owner`, every key
+    /// of someone who left; admins).
     Revoke {
         /// The key's id (the hex after `wdk_`).
-        id: String,
+        #[arg(required_unless_present = "owner", conflicts_with = "owner")]
+        id: Option<String>,
+        /// Revoke every live key of this owner instead.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Issue a new key in place of this one and print it.
     Rotate {
@@ -749,11 +754,29 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
             ))?;
             return Ok(ExitCode::SUCCESS);
         }
-        KeysCommand::Revoke { id } => {
-            client
-                .call(Method::POST, &key_path(id, "revoke")?, None)
-                .await?
-        }
+        KeysCommand::Revoke { id, owner } => match (id, owner) {
+            (_, Some(owner)) => {
+                let answer = client
+                    .call(Method::POST, "/v1/keys/revoke", Some(json!({ "owner": owner })))
+                    .await?;
+                if json_out {
+                    print_json(&answer)?;
+                } else {
+                    out(&format!(
+                        "{} live keys of {} revoked\n",
+                        answer["revoked"],
+                        str_of(&answer["owner"])
+                    ))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            (Some(id), None) => {
+                client
+                    .call(Method::POST, &key_path(id, "revoke")?, Some(json!({})))
+                    .await?
+            }
+            (None, None) => return Err("name a key id, or --owner".into()),
+        },
         KeysCommand::Rotate {
             id,
             overlap_seconds,

@@ -6,6 +6,7 @@
 //! | POST | `/v1/keys` | person | issue a key (shown once, in this answer only) |
 //! | GET | `/v1/keys` | person | admins: every key; others: their own |
 //! | POST | `/v1/keys/{id}/revoke` | owner, admin | refuse it from now on, in every gateway |
+//! | POST | `/v1/keys/revoke` | admin | revoke every live key of an owner (someone who left) |
 //! | POST | `/v1/keys/{id}/rotate` | owner, admin | a new key in its place; the old one lives on for `overlap_seconds` |
 //!
 //! Admins issue keys to any owner (a service's name, a person's subject) with
@@ -63,6 +64,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_keys, issue_key))
         .routes(routes!(revoke_key))
+        .routes(routes!(revoke_owner_keys))
         .routes(routes!(rotate_key))
 }
 
@@ -407,6 +409,63 @@ async fn revoke_key(
         KeyChange::NoSuchKey => return Err(ApiError::NotFound(format!("no machine key '{}'", logged(&id)))),
     };
     Ok(Json(view(&row, now)))
+}
+
+/// `POST /v1/keys/revoke` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeOwnerRequest {
+    /// Whose keys: every live one is revoked.
+    pub owner: String,
+}
+
+/// `POST /v1/keys/revoke` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevokedCount {
+    pub owner: String,
+    /// How many live keys were revoked.
+    pub revoked: u64,
+}
+
+/// Revokes every live key of one owner, for someone who leaves: their IdP
+/// account ends their tokens, but keys they issued to themselves would
+/// otherwise live on until they expire.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/revoke",
+    tag = KEYS_TAG,
+    security(("person" = [])),
+    request_body = RevokeOwnerRequest,
+    responses(
+        (status = 200, description = "How many were revoked", body = RevokedCount),
+        BadRequest,
+        Unauthorized,
+        (status = 403, description = "Not a member of the admin group (`admin_required`)", body = crate::error::ErrorBody),
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unavailable,
+    ),
+)]
+async fn revoke_owner_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonObject<RevokeOwnerRequest>, ApiError>,
+) -> Result<Json<RevokedCount>, ApiError> {
+    let caller = state.users().admin(&headers).await?;
+    let JsonObject(request) = body?;
+    let owner = checked_name("owner", &request.owner)?;
+    let by = caller.identity.subject.clone();
+    let now = state.clock().now_ms();
+    let revoked = state
+        .store()
+        .revoke_machine_keys_of(&owner, &by, now)
+        .await
+        .map_err(db)?;
+    if revoked > 0 {
+        state.policy_watch().changed();
+    }
+    tracing::info!(owner = %logged(&owner), revoked, by = %logged(&by), "machine keys of an owner revoked");
+    Ok(Json(RevokedCount { owner, revoked }))
 }
 
 /// Issues a new key with the same name, owner, groups, models and life in

@@ -1217,6 +1217,37 @@ impl Store {
         .await
     }
 
+    /// Revokes every live key of `owner` at `now_ms` (someone who left):
+    /// how many were.
+    pub async fn revoke_machine_keys_of(
+        &self,
+        owner: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (owner, by) = (owner.to_owned(), by.to_owned());
+        self.to_completion(move |store| async move {
+            on_pool!(&store, pool => {
+                let mut tx = pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE machine_keys SET revoked_ms = $1, revoked_by = $2 \
+                     WHERE owner = $3 AND revoked_ms IS NULL AND expires_ms > $1",
+                )
+                .bind(now_ms)
+                .bind(&by)
+                .bind(&owner)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() > 0 {
+                    tx.keys_changed().await?;
+                }
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
     /// Issues `new` in place of key `new.replaces`, which then expires at
     /// `old_until_ms` (or earlier, if it already would), in one transaction.
     pub async fn rotate_machine_key(

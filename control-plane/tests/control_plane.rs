@@ -440,6 +440,18 @@ async fn machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked(backe
     let old = keys.iter().find(|k| k["id"] == id.as_str()).unwrap();
     let new = keys.iter().find(|k| k["id"] != id.as_str()).unwrap();
     assert_eq!(old["expires_at"].as_u64().unwrap(), new["expires_at"].as_u64().unwrap() - 200 * 86400 + 3600);
+
+    // Someone leaves: an admin revokes all their live keys at once.
+    let (status, body) = server
+        .post("/v1/keys/revoke", Auth::Bearer(&alice), json!({"owner": "svc-nightly"}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "admin_required");
+    let (status, body) = server
+        .post("/v1/keys/revoke", Auth::Bearer(&admin), json!({"owner": "svc-nightly"}))
+        .await;
+    assert_eq!((status, body["revoked"].as_u64()), (StatusCode::OK, Some(2)), "{body}");
+    let (_, keys) = served_keys(&server).await;
+    assert!(keys.is_empty(), "{keys:?}");
     server.shut_down().await;
 }
 
