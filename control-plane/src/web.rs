@@ -1,9 +1,11 @@
-//! The web page: the approvers' queue and the auditors' session replay.
+//! The web page: the approvers' queue, the auditors' session replay and
+//! each person's machine keys.
 //!
 //! | method | path | |
 //! | --- | --- | --- |
 //! | GET | `/approvals` | the page (also `/approvals/`); `/approvals#apr_…` opens one approval |
 //! | GET | `/sessions` | the same page, on its recorded-sessions view (also `/sessions/`); `/sessions#<id>` replays one |
+//! | GET | `/keys` | the same page, on its machine-keys view (also `/keys/`): list, issue, rotate, revoke ([`crate::machine_keys`]) |
 //! | GET | `/approvals/app.js`, `app.css`, `favicon.svg` | its script, style sheet and icon |
 //! | GET | `/v1/ui/config` | `{"issuer","client_id","authorization_endpoint","token_endpoint","scopes","redirect_uri"}` |
 //!
@@ -14,7 +16,11 @@
 //! client: there is no client secret to keep), and then calls the JSON API
 //! with the token as a bearer token. The server never sees the code.
 //! `/approvals` is the one redirect URI to register: a sign-in started on
-//! `/sessions` comes back through it and the page moves itself back.
+//! `/sessions` or `/keys` comes back through it and the page moves itself
+//! back.
+//!
+//! A machine key is in the page only from the answer that issued it until
+//! its owner presses "Done": never in the URL, in web storage or in a log.
 //!
 //! With `--dev`, the page signs in with the dev issuer, whose sign-in form
 //! and token endpoint are [`crate::dev_issuer`]'s routes.
@@ -47,6 +53,8 @@ use crate::state::AppState;
 pub const PAGE_PATH: &str = crate::state::APPROVALS_PATH;
 /// The page's recorded-sessions view (auditors).
 pub const SESSIONS_PATH: &str = "/sessions";
+/// The page's machine-keys view (anyone signed in: their own keys; admins: all).
+pub const KEYS_PATH: &str = "/keys";
 /// The OpenAPI tag of `/v1/ui/config`.
 pub const PAGE_TAG: &str = "page";
 /// Scopes the page asks for.
@@ -117,6 +125,8 @@ pub fn router_with(state: &AppState, settings: UiSettings) -> OpenApiRouter<AppS
         .route("/approvals/", get(index))
         .route(SESSIONS_PATH, get(index))
         .route("/sessions/", get(index))
+        .route(KEYS_PATH, get(index))
+        .route("/keys/", get(index))
         .route("/approvals/app.js", get(app_js))
         .route("/approvals/app.css", get(app_css))
         .route("/approvals/favicon.svg", get(favicon))

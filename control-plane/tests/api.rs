@@ -632,7 +632,7 @@ mod web_page {
         assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"));
         assert_eq!(headers["referrer-policy"], "no-referrer");
         // The sessions view is the same page under the same headers.
-        for path in ["/sessions", "/sessions/"] {
+        for path in ["/sessions", "/sessions/", "/keys", "/keys/"] {
             let (status, headers, sessions) = call(&router, get(path)).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(sessions, body, "{path}");

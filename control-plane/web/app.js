@@ -1,8 +1,8 @@
 // Warden's web page: sign-in by OpenID Connect (authorization code + PKCE, a
-// public client), the approvers' queue (/approvals) and the auditors' replay of
-// recorded sessions (/sessions). No framework, no build step. Everything that
-// came from a request (prompt, answer, names, reasons) is put in the page with
-// textContent, never as HTML.
+// public client), the approvers' queue (/approvals), the auditors' replay of
+// recorded sessions (/sessions) and each person's machine keys (/keys). No
+// framework, no build step. Everything that came from a request (prompt,
+// answer, names, reasons) is put in the page with textContent, never as HTML.
 'use strict';
 
 (function () {
@@ -13,11 +13,13 @@
   const $ = (id) => document.getElementById(id);
   let config = null;
   let session = null; // {token, claims}
+  let me = null;      // the caller as GET /v1/whoami tells it: {subject, groups, admin, ...}
   let view = 'pending';
   let refreshTimer = null;
-  // Which page this is: the same document serves /approvals and /sessions.
-  const isSessionsPath = (path) => /\/sessions\/?$/.test(path);
-  let mode = isSessionsPath(location.pathname) ? 'sessions' : 'approvals';
+  // Which page this is: the same document serves /approvals, /sessions and /keys.
+  const PAGES = ['approvals', 'sessions', 'keys'];
+  const pageOf = (path) => PAGES.find((p) => new RegExp(`/${p}/?$`).test(path)) || 'approvals';
+  let mode = pageOf(location.pathname);
 
   // ---- small helpers -------------------------------------------------------
 
@@ -124,7 +126,7 @@
       state: randomString(16),
       nonce: randomString(16),
       hash: location.hash,
-      // The IdP returns to /approvals; a sign-in started on /sessions goes back there.
+      // The IdP returns to /approvals; a sign-in started on /sessions or /keys goes back there.
       page: mode,
     };
     sessionStorage.setItem(PKCE_KEY, JSON.stringify(pending));
@@ -147,10 +149,10 @@
     const pending = JSON.parse(sessionStorage.getItem(PKCE_KEY) || 'null');
     sessionStorage.removeItem(PKCE_KEY);
     // The code must not stay in the address bar, the history or a bookmark.
-    const back = pending && pending.page === 'sessions'
-      ? new URL(pageUrl('sessions'), location.href).pathname : location.pathname;
+    const back = pending && pending.page !== 'approvals' && PAGES.includes(pending.page)
+      ? new URL(pageUrl(pending.page), location.href).pathname : location.pathname;
     history.replaceState(null, '', back + ((pending && pending.hash) || ''));
-    mode = isSessionsPath(location.pathname) ? 'sessions' : 'approvals';
+    mode = pageOf(location.pathname);
     if (params.get('error')) {
       throw new Error(`The identity provider refused the sign-in: ${params.get('error_description') || params.get('error')}`);
     }
@@ -206,6 +208,8 @@
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(PKCE_KEY);
     session = null;
+    me = null;
+    forgetKey();
     clearInterval(refreshTimer);
     showAlert(message || '');
     setStatus(message ? '' : 'Signed out.');
@@ -225,7 +229,8 @@
     session_not_found: 'There is no recorded session with this id.',
   };
 
-  async function api(method, path, body) {
+  // `messages`: friendlier words for the API's error codes, by view.
+  async function api(method, path, body, messages = MESSAGES) {
     const response = await fetch(path, {
       method,
       headers: Object.assign(
@@ -243,7 +248,7 @@
     }
     if (!response.ok) {
       const err = (data && data.error) || {};
-      const known = MESSAGES[err.code];
+      const known = messages[err.code];
       const detail = err.message || `HTTP ${response.status}`;
       throw Object.assign(new Error(known ? `${known} (${detail})` : detail), { code: err.code });
     }
@@ -386,7 +391,9 @@
     let hash = location.hash.slice(1);
     try { hash = decodeURIComponent(hash); } catch (e) { /* keep it as it is */ }
     try {
-      if (mode === 'sessions') {
+      if (mode === 'keys') {
+        await showKeys();
+      } else if (mode === 'sessions') {
         if (hash) await showSession(hash);
         else await showSessions();
       } else if (/^apr_[A-Za-z0-9_-]+$/.test(hash)) {
@@ -403,14 +410,15 @@
   }
 
   function render() {
-    const sessions = mode === 'sessions';
-    document.title = sessions ? 'Warden sessions' : 'Warden approvals';
+    document.title = `Warden ${mode}`;
     $('home').textContent = document.title;
-    $('nav-approvals').href = pageUrl('approvals');
-    $('nav-sessions').href = pageUrl('sessions');
-    $(sessions ? 'nav-sessions' : 'nav-approvals').setAttribute('aria-current', 'page');
-    $('signed-out-approvals').hidden = sessions;
-    $('signed-out-sessions').hidden = !sessions;
+    for (const page of PAGES) {
+      const link = $(`nav-${page}`);
+      link.href = pageUrl(page);
+      if (page === mode) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+      $(`signed-out-${page}`).hidden = page !== mode;
+    }
     $('signed-out').hidden = !!session;
     $('who').hidden = !session;
     $('nav').hidden = !session;
@@ -418,11 +426,12 @@
     $('detail').hidden = true;
     $('sessions').hidden = true;
     $('session').hidden = true;
+    $('keys').hidden = true;
     if (!session) return;
     const c = session.claims;
     $('who-name').textContent = c.email && c.email !== c.sub ? `${c.sub} (${c.email})` : (c.sub || 'unknown');
     clearInterval(refreshTimer);
-    if (sessions) {
+    if (mode !== 'approvals') {
       route();
       return;
     }
@@ -975,6 +984,272 @@
     });
   }
 
+  // ---- machine keys ----------------------------------------------------------
+  // A key is in the page from the answer that issued it until "Done": only as
+  // the text of #kr-key (no variable keeps it, nothing stores or logs it).
+
+  const KEY_MESSAGES = {
+    not_found: 'There is no such key, or it is not one of yours.',
+  };
+  // The longest life the API gives a key of one's own; admins may go further.
+  const SELF_MAX_DAYS = 90;
+  const ADMIN_MAX_DAYS = 366;
+  // The key the confirmation panel is about: {id, name, action, opener}.
+  let keyAction = null;
+
+  const words = (value) => value.split(/[\s,]+/).map((w) => w.trim()).filter(Boolean);
+
+  function keyShown() {
+    return !$('key-reveal').hidden;
+  }
+
+  // Shows a key just issued: once, until "Done".
+  function revealKey(issued) {
+    $('kr-key').textContent = issued.key;
+    text($('kr-name'), issued.name);
+    text($('kr-owner'), issued.owner);
+    $('kr-copied').textContent = '';
+    $('key-reveal').hidden = false;
+    $('kr-title').focus();
+  }
+
+  // Takes the key out of the page.
+  function forgetKey() {
+    const shown = $('kr-key');
+    const selection = window.getSelection && window.getSelection();
+    if (selection && selection.rangeCount && shown.contains(selection.anchorNode)) selection.removeAllRanges();
+    shown.textContent = '';
+    $('kr-name').textContent = '';
+    $('kr-owner').textContent = '';
+    $('kr-copied').textContent = '';
+    $('key-reveal').hidden = true;
+  }
+
+  // Refuses to start something that would put another key in its place.
+  function keyStillShown() {
+    if (!keyShown()) return false;
+    showAlert('Copy the key shown and press Done first: it will not be shown again.');
+    $('kr-done').focus();
+    return true;
+  }
+
+  async function copyKey() {
+    const el = $('kr-key');
+    const done = (message) => { $('kr-copied').textContent = message; };
+    try {
+      await navigator.clipboard.writeText(el.textContent);
+      done('Copied to the clipboard.');
+    } catch (e) {
+      // No clipboard access (an insecure context, a refused permission):
+      // select the key so that Ctrl+C (or the menu) copies it.
+      const range = document.createRange();
+      range.selectNodeContents(el);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      done('The page may not write to the clipboard: the key is selected, copy it with Ctrl+C.');
+      el.focus();
+    }
+  }
+
+  function keyStatusClass(status) {
+    return status === 'live' ? 'ok' : status === 'revoked' ? 'bad' : 'expired';
+  }
+
+  function keyRow(k) {
+    const tr = $('key-row-template').content.firstElementChild.cloneNode(true);
+    tr.dataset.id = k.id;
+    tr.dataset.status = k.status;
+    text(tr.querySelector('.k-id code'), k.id);
+    if (k.replaces) tr.querySelector('.k-replaces').textContent = ` replaces ${k.replaces}`;
+    text(tr.querySelector('.k-name'), k.name);
+    text(tr.querySelector('.k-owner'), k.owner);
+    text(tr.querySelector('.k-groups'), (k.groups || []).join(', '));
+    const models = tr.querySelector('.k-models');
+    const anyModel = !(Array.isArray(k.models) && k.models.length);
+    models.textContent = anyModel ? 'any its groups allow' : k.models.join(', ');
+    models.classList.toggle('hint', anyModel);
+    const status = tr.querySelector('.k-status');
+    status.classList.add(keyStatusClass(k.status));
+    text(status, k.status);
+    if (k.status === 'revoked') {
+      const revoked = tr.querySelector('.k-revoked');
+      revoked.append(` by ${k.revoked_by || '\u2014'} `, absTimeEl(new Date(k.revoked_ms).toISOString()));
+    }
+    setAbsTime(tr.querySelector('.k-expires'), new Date(k.expires_ms).toISOString());
+    setAbsTime(tr.querySelector('.k-created'), new Date(k.created_ms).toISOString());
+    text(tr.querySelector('.k-created-by'), k.created_by);
+    const rotate = tr.querySelector('.k-rotate');
+    const revoke = tr.querySelector('.k-revoke');
+    if (k.status === 'live') {
+      // Several rows have these buttons: the name says which key each is for.
+      rotate.setAttribute('aria-label', `Rotate ${k.name} (${k.id})`);
+      revoke.setAttribute('aria-label', `Revoke ${k.name} (${k.id})`);
+      rotate.addEventListener('click', () => askKeyAction('rotate', k, rotate));
+      revoke.addEventListener('click', () => askKeyAction('revoke', k, revoke));
+    } else {
+      rotate.remove();
+      revoke.remove();
+    }
+    return tr;
+  }
+
+  // Who the caller is: the owner field and the longest life are for admins.
+  async function loadMe() {
+    if (me) return;
+    const answer = await api('GET', '/v1/whoami');
+    me = answer.identity || {};
+    $('k-owner-field').hidden = !me.admin;
+    const days = $('k-days');
+    days.max = String(me.admin ? ADMIN_MAX_DAYS : SELF_MAX_DAYS);
+    const groups = Array.isArray(me.groups) ? me.groups : [];
+    $('k-groups-mine').textContent = me.admin ? '; any group (you are an admin)'
+      : groups.length ? `; yours: ${groups.join(', ')}` : '; your token is in no group';
+  }
+
+  async function showKeys() {
+    $('keys').hidden = false;
+    setStatus('Loading\u2026');
+    await loadMe();
+    const data = await api('GET', '/v1/keys', undefined, KEY_MESSAGES);
+    const keys = (Array.isArray(data.keys) ? data.keys : []).slice()
+      .sort((a, b) => (b.created_ms - a.created_ms) || String(a.id).localeCompare(String(b.id)));
+    $('keys-list').replaceChildren(...keys.map(keyRow));
+    $('keys-table').hidden = keys.length === 0;
+    const empty = $('keys-empty');
+    empty.textContent = me && me.admin ? 'No key has been issued yet.' : 'You hold no key yet.';
+    empty.hidden = keys.length > 0;
+    setStatus(`Updated ${new Date().toLocaleTimeString()}.`);
+  }
+
+  async function issueKey() {
+    if (keyStillShown()) return;
+    showAlert('');
+    setStatus('');
+    const name = $('k-name').value.trim();
+    if (!name) {
+      showAlert('A key needs a name: what it is for (shown in the list).');
+      $('k-name').focus();
+      return;
+    }
+    const days = $('k-days');
+    if (days.validity.badInput || (days.value !== '' && !/^\d+$/.test(days.value))) {
+      showAlert('Days must be a whole number.');
+      days.focus();
+      return;
+    }
+    const body = { name, groups: words($('k-groups').value), models: words($('k-models').value) };
+    const owner = $('k-owner').value.trim();
+    if (me && me.admin && owner) body.owner = owner;
+    if (days.value !== '') body.expires_in_days = Number(days.value);
+    $('k-issue').disabled = true;
+    try {
+      const issued = await api('POST', '/v1/keys', body, KEY_MESSAGES);
+      $('k-name').value = '';
+      $('k-models').value = '';
+      $('k-owner').value = '';
+      revealKey(issued);
+      await showKeys().catch(reportError);
+      setStatus(`Issued key ${issued.id} (${issued.name}).`);
+    } catch (e) {
+      reportError(e);
+    } finally {
+      $('k-issue').disabled = false;
+    }
+  }
+
+  // Opens the confirmation of a revocation or a rotation of `k`.
+  function askKeyAction(action, k, opener) {
+    if (action === 'rotate' && keyStillShown()) return;
+    showAlert('');
+    keyAction = { action, id: k.id, name: k.name, opener };
+    const rotate = action === 'rotate';
+    $('ka-title').textContent = rotate ? `Rotate ${k.name}?` : `Revoke ${k.name}?`;
+    $('ka-text').textContent = rotate
+      ? `A new key with the same name, owner, groups and models replaces ${k.id}; it is shown once. ` +
+        'The old key keeps working for the overlap, then stops.'
+      : `Every gateway refuses ${k.id} from now on. This cannot be undone: scripts that use it stop working.`;
+    $('ka-overlap-field').hidden = !rotate;
+    $('ka-overlap').value = '0';
+    const confirm = $('ka-confirm');
+    confirm.textContent = rotate ? 'Rotate the key' : 'Revoke the key';
+    confirm.className = rotate ? 'primary' : 'danger';
+    $('key-act').hidden = false;
+    $('key-act').dataset.action = action;
+    $('key-act').dataset.id = k.id;
+    (rotate ? $('ka-overlap') : $('ka-title')).focus();
+  }
+
+  function closeKeyAction(returnFocus) {
+    const opener = keyAction && keyAction.opener;
+    keyAction = null;
+    $('key-act').hidden = true;
+    if (returnFocus && opener && opener.isConnected) opener.focus();
+  }
+
+  async function confirmKeyAction() {
+    if (!keyAction) return;
+    const { action, id, name } = keyAction;
+    if (action === 'rotate' && keyStillShown()) return;
+    const path = `/v1/keys/${encodeURIComponent(id)}/${action}`;
+    let body;
+    if (action === 'rotate') {
+      const overlap = $('ka-overlap');
+      const value = overlap.value.trim();
+      if (overlap.validity.badInput || !/^\d*$/.test(value)) {
+        showAlert('The overlap is a whole number of seconds (0: the old key stops at once).');
+        overlap.focus();
+        return;
+      }
+      body = { overlap_seconds: value === '' ? 0 : Number(value) };
+    }
+    showAlert('');
+    setStatus('');
+    $('ka-confirm').disabled = true;
+    try {
+      let done;
+      if (action === 'rotate') {
+        const issued = await api('POST', path, body, KEY_MESSAGES);
+        closeKeyAction(false);
+        revealKey(issued);
+        done = `Rotated ${name}: ${issued.id} replaces ${id}.`;
+      } else {
+        await api('POST', path, undefined, KEY_MESSAGES);
+        closeKeyAction(false);
+        $('keys-title').focus();
+        done = `Revoked ${name} (${id}).`;
+      }
+      await showKeys().catch(reportError);
+      setStatus(done);
+    } catch (e) {
+      reportError(e);
+    } finally {
+      $('ka-confirm').disabled = false;
+    }
+  }
+
+  function wireKeys() {
+    $('issue').addEventListener('submit', (event) => {
+      event.preventDefault();
+      issueKey();
+    });
+    $('ka-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      confirmKeyAction();
+    });
+    $('ka-cancel').addEventListener('click', () => closeKeyAction(true));
+    $('key-act').addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') closeKeyAction(true);
+    });
+    $('kr-copy').addEventListener('click', () => copyKey());
+    $('kr-done').addEventListener('click', () => {
+      forgetKey();
+      setStatus('The key is no longer shown.');
+      $('keys-title').focus();
+    });
+    $('keys-refresh').addEventListener('click', () => { showAlert(''); showKeys().catch(reportError); });
+  }
+
   // ---- start ---------------------------------------------------------------
 
   async function main() {
@@ -990,6 +1265,7 @@
     });
     window.addEventListener('hashchange', () => { showAlert(''); route(); });
     wireSessions();
+    wireKeys();
 
     try {
       const response = await fetch('/v1/ui/config', { cache: 'no-store' });
