@@ -23,6 +23,12 @@ Scenarios (issue 7):
      minted before the run; a wrk Lua script walks the file and stops when it
      runs out, so no token is ever verified twice
   5  filter, 64 KB and 512 KB chat requests
+Peers (issue 20), same run, same workloads, compared with bare Envoy: Envoy's own
+jwt_authn filter (C++) on a copy of the bare listener, verifying the same tokens
+(issuer, audience, the issuer's JWKS inline), without and with its JWT cache:
+  1j, 1jc       row 1's cached token
+  4j-*, 4jc-*   row 4's cold tokens, at one connection
+Each is checked to refuse bad tokens before it is measured.
 Then Envoy's resident memory with and without the filter, per worker, and
 the engine microbenchmarks (criterion natively, the same workloads in V8)
 from scripts/bench-engine.sh.
@@ -31,6 +37,7 @@ from scripts/bench-engine.sh.
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import copy
 import dataclasses
 from http.client import HTTPConnection
@@ -52,12 +59,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import policy_watch  # noqa: E402
 from harness.stack import (ENVOY_BIN, ROOT, STAND_IN_KEYS, Ports, Stack, STRING_VALUE_TYPE,  # noqa: E402
-                           default_filter_config, plugin_config, set_plugin_config,
+                           default_filter_config, plugin_config, set_plugin_config, warden_plugin,
                            http, process_cpu_seconds, render_envoy_config, rss_mib, spawn, wait_until)
 
 CONNECTIONS = 8
 STREAM_CHARS = 2000  # the stand-in sends 4 characters per delta: ~500 events
 STREAM_HEADERS = {"x-stand-in-chunk-size": "512", "x-stand-in-chunk-delay-ms": "0"}
+# jwt_authn's cache (per worker, least recently used out first): room for the bench's token
+# and every cold token of a run's rounds (three algorithms, ~15,000 each at jwt_authn's pace in
+# 4 s, half to each worker), so none is evicted. A cached token took ~5 KB in Envoy 1.40: a
+# full run grows the Envoy under test by a few hundred MiB (the memory rows use other Envoys).
+JWT_CACHE_SIZE = 65536
 
 
 @dataclass
@@ -81,7 +93,12 @@ def to_us(value: str) -> float:
 
 class Capped(RuntimeError):
     """A run sent every request its script allows before its time was up: its
-    rate is the harness's cap (queued replies, minted tokens), not a measurement."""
+    rate is the harness's cap (queued replies, minted tokens), not a measurement.
+    `needed`: how many requests the run's own pace would have sent."""
+
+    def __init__(self, message: str, needed: int):
+        super().__init__(message)
+        self.needed = needed
 
 
 def wrk(url: str, script: Path, duration: int, connections: int = CONNECTIONS, envoy_pid: int | None = None,
@@ -104,8 +121,10 @@ def wrk(url: str, script: Path, duration: int, connections: int = CONNECTIONS, e
     # (and the last requests around the stop are not all counted): a run that
     # came near its limit is not trusted.
     if limit is not None and count >= 0.9 * limit:
+        # Its pace: `connections` requests at a time, each taking the average latency.
+        avg = to_us(re.search(r"^\s+Latency\s+(\S+)", out, re.M).group(1))
         raise Capped(f"{url}: {count} of the {limit} requests the script allows were sent before "
-                     f"{duration} s were up")
+                     f"{duration} s were up", int(duration * 1e6 * connections / max(avg, 1.0)))
     return Result(rps, p50, p99, count, cpu)
 
 
@@ -184,21 +203,70 @@ STREAM_BODY = json.dumps({"model": "gpt-4o", "stream": True,
                           "messages": [{"role": "user", "content": "tell me a story"}]})
 
 
+def mint(conn: HTTPConnection, request: dict) -> str:
+    """One token from the dev issuer (`POST /dev/token`: sub, groups, alg, audience, issuer, claims)."""
+    conn.request("POST", "/dev/token", body=json.dumps(request), headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"minting a token ({request}) failed: {resp.status} {data[:200]!r}")
+    return json.loads(data)["token"]
+
+
 def mint_tokens(stack: Stack, alg: str, count: int, path: Path, tag: str) -> Path:
-    """`count` distinct tokens from the dev issuer (POST /dev/token, one keep-alive connection)."""
-    conn = HTTPConnection("127.0.0.1", stack.ports.control_plane, timeout=30)
-    lines = []
-    for i in range(count):
-        req = {"sub": f"bench-{tag}-{i}", "groups": ["engineering"], "alg": alg}
-        conn.request("POST", "/dev/token", body=json.dumps(req), headers={"content-type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"minting a {alg} token failed: {resp.status} {data[:200]!r}")
-        lines.append(json.loads(data)["token"])
-    conn.close()
+    """`count` distinct tokens from the dev issuer (POST /dev/token), on one keep-alive
+    connection per core: an RS256 signature takes the dev issuer milliseconds, and
+    jwt_authn's cold rows need ten thousand tokens or more."""
+    lanes = os.cpu_count() or 1
+
+    def lane(first: int) -> list[str]:
+        conn = HTTPConnection("127.0.0.1", stack.ports.control_plane, timeout=30)
+        try:
+            return [mint(conn, {"sub": f"bench-{tag}-{i}", "groups": ["engineering"], "alg": alg})
+                    for i in range(first, count, lanes)]
+        finally:
+            conn.close()
+    with ThreadPoolExecutor(lanes) as pool:
+        lines = [t for tokens in pool.map(lane, range(lanes)) for t in tokens]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def check_verifies(stack: Stack, url: str, token: str) -> None:
+    """That the listener at `url` (a contender measured on the identity rows) verifies
+    tokens before any of its rows is measured, so one that verifies nothing cannot be
+    measured as fast: the bench's token reaches the provider; no token, a forged
+    signature, another issuer, another audience and an expired token are refused
+    (401; a foreign audience may get 403) and reach nothing. Each probe carries its
+    name in the query, which the stand-in records."""
+    conn = HTTPConnection("127.0.0.1", stack.ports.control_plane, timeout=30)
+    other = mint(conn, {"sub": "bench-forger", "groups": ["engineering"]})
+    head, payload, _ = token.split(".")
+    bad = {
+        "no-token": (None, (401,)),
+        "forged-signature": (f"{head}.{payload}.{other.rsplit('.', 1)[1]}", (401,)),
+        "another-issuer": (mint(conn, {"sub": "bench", "groups": ["engineering"],
+                                       "issuer": "http://127.0.0.1:1/elsewhere"}), (401,)),
+        "another-audience": (mint(conn, {"sub": "bench", "groups": ["engineering"], "audience": "not-warden"}),
+                             (401, 403)),
+        "expired": (mint(conn, {"sub": "bench", "groups": ["engineering"],
+                                "claims": {"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}}),
+                    (401,)),
+    }
+    conn.close()
+    http("DELETE", f"{stack.provider_url}/_warden/received")
+    for probe, (bad_token, refused) in bad.items():
+        headers = {"authorization": f"Bearer {bad_token}"} if bad_token else {}
+        status, _, body = http("GET", f"{url}/openai/v1/models?probe={probe}", headers=headers)
+        if status not in refused:
+            raise RuntimeError(f"{url}: a request with {probe} answered {status}, not {refused}: it does not "
+                               f"verify tokens, so it cannot be measured: {body[:200]!r}")
+    status, _, body = http("GET", f"{url}/openai/v1/models?probe=good",
+                           headers={"authorization": f"Bearer {token}"})
+    reached = [r["path"].partition("probe=")[2] for r in stack.provider_received()]
+    if status != 200 or reached != ["good"]:
+        raise RuntimeError(f"{url}: the bench's token answered {status} and the provider received "
+                           f"{reached or 'nothing'} (want only the good probe): {body[:200]!r}")
 
 
 def queue_replies(stack: Stack, count: int) -> None:
@@ -296,12 +364,13 @@ def time_call_stream(stack: Stack, port: int, token: str | None, delay_ms: int) 
 
 
 def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: Path) -> dict[str, float]:
-    """Resident memory (MiB) of an Envoy without a filter, with the no-op wasm filter and
-    with Warden, at 1 and 2 workers, each after `duration` seconds of 8 KB chat traffic."""
+    """Resident memory (MiB) of an Envoy without a filter, with the no-op wasm filter, with
+    Envoy's jwt_authn (JWT cache on) and with Warden, at 1 and 2 workers, each after
+    `duration` seconds of 8 KB chat traffic."""
     out: dict[str, float] = {}
     body8k = chat_body(8 * 1024)
     script = lua(tmp / "mem.lua", "POST", token, body8k)
-    for kind in ("bare", "noop", "filter"):
+    for kind in ("bare", "noop", "jwt_authn", "filter"):
         for workers in (1, 2):
             fresh = Ports.free()
             ports = dataclasses.replace(stack.ports, gateway=fresh.gateway, admin=fresh.admin)
@@ -314,6 +383,8 @@ def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: P
             elif kind == "noop":
                 plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
                 use_noop_filter(plugin["typed_config"]["config"], noop_wasm)
+            elif kind == "jwt_authn":
+                use_jwt_authn(hcm, jwt_authn_filter(cfg, JWT_CACHE_SIZE))
             path = data / "envoy.yaml"
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
@@ -343,9 +414,9 @@ def build_noop_filter() -> Path:
     return Path(target) / "wasm32-wasip1" / profile / "warden_bench_noop_filter.wasm"
 
 
-def add_listener(cfg: dict, name: str, port: int, edit_plugin) -> None:
-    """A copy of the gateway listener on `port`, its access log in a file of its own and
-    its wasm plugin changed by `edit_plugin` (in a VM of its own)."""
+def copy_listener(cfg: dict, name: str, port: int) -> dict:
+    """A copy of the gateway listener on `port`, its access log in a file of its own;
+    its HTTP connection manager's configuration, to edit."""
     listener = copy.deepcopy(cfg["static_resources"]["listeners"][0])
     listener["name"] = name
     listener["address"]["socket_address"]["port_value"] = port
@@ -354,10 +425,45 @@ def add_listener(cfg: dict, name: str, port: int, edit_plugin) -> None:
     for log in hcm.get("access_log", []):
         path = Path(log["typed_config"]["path"])
         log["typed_config"]["path"] = str(path.with_name(f"{name}-{path.name}"))
+    cfg["static_resources"]["listeners"].append(listener)
+    return hcm
+
+
+def add_listener(cfg: dict, name: str, port: int, edit_plugin) -> None:
+    """A copy of the gateway listener on `port` with its wasm plugin changed by
+    `edit_plugin` (in a VM of its own)."""
+    hcm = copy_listener(cfg, name, port)
     plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]["config"]
     plugin["vm_config"]["vm_id"] = name
     edit_plugin(plugin)
-    cfg["static_resources"]["listeners"].append(listener)
+
+
+def jwt_authn_filter(cfg: dict, cache_size: int | None) -> dict:
+    """Envoy's own JWT filter (C++, `envoy.filters.http.jwt_authn`) verifying what the Warden
+    filter of `cfg` verifies: its first issuer and audiences, that issuer's keys inline
+    (fetched once now through its discovery document, so no fetch while measuring), the
+    bearer token of every request required; a JWT cache of `cache_size` tokens, or none.
+    It verifies the signature and the registered claims, and nothing else: no groups,
+    no policy."""
+    issuer = plugin_config(warden_plugin(cfg))["authentication"]["issuers"][0]
+    status, _, jwks = http("GET", f"{issuer['issuer']}/.well-known/openid-configuration")
+    if status == 200:
+        status, _, jwks = http("GET", json.loads(jwks)["jwks_uri"])
+    if status != 200:
+        raise RuntimeError(f"the keys of {issuer['issuer']} could not be read for jwt_authn: {status}")
+    provider = {"issuer": issuer["issuer"], "audiences": issuer["audiences"],
+                "local_jwks": {"inline_string": jwks.decode()}}
+    if cache_size:
+        provider["jwt_cache_config"] = {"jwt_cache_size": cache_size}
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"warden_issuer": provider},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "warden_issuer"}}]}}
+
+
+def use_jwt_authn(hcm: dict, jwt_filter: dict) -> None:
+    """Bare Envoy's HTTP filters (the wasm filter dropped) with `jwt_filter` first."""
+    hcm["http_filters"] = [jwt_filter] + [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
 
 
 def use_module(plugin: dict, wasm: Path) -> None:
@@ -402,7 +508,7 @@ def main() -> int:
     parser.add_argument("--stream-samples", type=int, default=8 if quick else 30)
     parser.add_argument("--cold-tokens", type=int, default=600 if quick else 1500,
                         help="tokens minted per algorithm and round, at first (a cold run that uses them all "
-                             "before its time is up is run again with twice as many)")
+                             "before its time is up is run again with enough for its pace, at least twice as many)")
     parser.add_argument("--skip-engine", action="store_true", help="leave out the engine microbenchmarks")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=WASM",
                         help="another build of the filter (say, the last release) on a listener of its own, "
@@ -420,6 +526,7 @@ def main() -> int:
     ports = Ports.free()
     bare_port = Ports.free().gateway
     noop_port, recording_port = Ports.free().gateway, Ports.free().gateway
+    jwt_port, jwt_cache_port = Ports.free().gateway, Ports.free().gateway
     noop_wasm = build_noop_filter()
     algs = ["RS256", "ES256", "EdDSA"]
     # The scenarios run the shipped configuration with session recording off (the
@@ -442,6 +549,9 @@ def main() -> int:
         add_listener(cfg, "recording", recording_port, record_sessions)
         for name, (port, wasm) in compared.items():
             add_listener(cfg, f"compare_{name}", port, lambda plugin, wasm=wasm: use_module(plugin, wasm))
+        # Peers for the identity rows: bare Envoy plus Envoy's own JWT filter, without and with its cache.
+        for name, port, cache in (("jwt_authn", jwt_port, None), ("jwt_authn_cache", jwt_cache_port, JWT_CACHE_SIZE)):
+            use_jwt_authn(copy_listener(cfg, name, port), jwt_authn_filter(cfg, cache))
 
     with tempfile.TemporaryDirectory(prefix="warden-bench-") as tmp:
         tmp_dir = Path(tmp)
@@ -458,14 +568,18 @@ def main() -> int:
                 s[f"chat{name}"] = lua(tmp_dir / f"chat{name}.lua", "POST", None, body)
                 s[f"chat{name}_token"] = lua(tmp_dir / f"chat{name}_token.lua", "POST", token, body)
             # What a limited script may send in one run; a run that reaches it
-            # is re-run with twice as much (see `limited_run`).
+            # is re-run with more (see `limited_run`).
             limits = {"stream": 600 if quick else 1500, "cold": args.cold_tokens}
+            # What each limited script was made with (one algorithm's cold tokens may
+            # have been re-minted with more than another's).
+            sends: dict[str, int] = {}
 
             def stream_scripts() -> None:
                 s["stream"] = lua_cycle(tmp_dir / "stream.lua", None, limits["stream"], "POST", STREAM_BODY,
                                         STREAM_HEADERS)
                 s["stream_token"] = lua_cycle(tmp_dir / "stream_token.lua", None, limits["stream"], "POST",
                                               STREAM_BODY, {**STREAM_HEADERS, "authorization": f"Bearer {token}"})
+                sends["stream"] = sends["stream_token"] = limits["stream"]
 
             def cold_script(alg: str, round_: int) -> None:
                 print(f"  round {round_ + 1}: minting {limits['cold']} {alg} tokens", flush=True)
@@ -474,25 +588,27 @@ def main() -> int:
                     mint_tokens(stack, alg, limits["cold"], tmp_dir / f"tokens_{alg}.txt",
                                 f"{round_}-{alg}-{limits['cold']}"),
                     limits["cold"])
+                sends[f"cold_{alg}"] = limits["cold"]
 
             def limited_run(url: str, script: str, c: int, round_: int) -> Result:
                 """One run of a script; a stream or cold-token script that ran out of
-                replies or tokens before the time was up is re-run with twice as many
-                (three times at most): no reported rate is the harness's own cap."""
+                replies or tokens before the time was up is re-run with half as many again as its
+                pace needs (a pace measured on a loaded machine errs low), at least twice as many,
+                three times at most: no reported rate is the harness's own cap. (jwt_authn's cold
+                rows need about ten times the tokens Warden's do.)"""
+                kind = "stream" if script.startswith("stream") else "cold" if script.startswith("cold_") else None
                 for attempt in range(4):
-                    kind = "stream" if script.startswith("stream") else "cold" if script.startswith("cold_") else None
                     if kind == "stream":
                         queue_replies(stack, limits["stream"] + 2 * CONNECTIONS)
                     elif script.startswith("chat512k"):
                         http("DELETE", f"{stack.provider_url}/_warden/received")
                     try:
-                        return wrk(url, s[script], args.duration, c, envoy_pid,
-                                   limit=limits[kind] if kind else None)
+                        return wrk(url, s[script], args.duration, c, envoy_pid, limit=sends.get(script))
                     except Capped as capped:
                         if kind is None or attempt == 3:
                             raise
-                        print(f"    {capped}: again with {2 * limits[kind]}", flush=True)
-                        limits[kind] *= 2
+                        limits[kind] = max(limits[kind], 2 * sends[script], capped.needed * 3 // 2)
+                        print(f"    {capped}: again with {limits[kind]}", flush=True)
                         if kind == "stream":
                             stream_scripts()
                         else:
@@ -503,6 +619,10 @@ def main() -> int:
             bare = f"http://127.0.0.1:{bare_port}"
             noop = f"http://127.0.0.1:{noop_port}"
             recording = f"http://127.0.0.1:{recording_port}"
+            jwt, jwt_cache = f"http://127.0.0.1:{jwt_port}", f"http://127.0.0.1:{jwt_cache_port}"
+            # What the peers do, in their rows' labels (the report says more).
+            peers = ((jwt, "j", "Envoy's jwt_authn (C++), no JWT cache"),
+                     (jwt_cache, "jc", "Envoy's jwt_authn (C++), JWT cache on"))
             gw = stack.gateway_url
             models, chat = "/openai/v1/models", "/openai/v1/chat/completions"
             both, loaded, one = (CONNECTIONS, 1), (CONNECTIONS,), (1,)
@@ -517,6 +637,8 @@ def main() -> int:
                  "0a", "ratio >= 0.95, added p50 <= 15 µs", both),
                 ("1r", "filter as row 1, plus recorded sessions (record: metadata)", recording + models,
                  "get_token", "0a", "", both),
+                *((f"1{k}", f"{what}: the same token verified, no groups, no policy", url + models, "get_token",
+                   "0a", "", both) for url, k, what in peers),
                 ("0b", "bare Envoy: 8 KB chat request", bare + chat, "chat8k", None, "", both),
                 ("2", "filter: 8 KB chat request, personal data masked", gw + chat, "chat8k_token", "0b",
                  "added p50 <= 100 µs, p99 <= 300 µs", both),
@@ -532,6 +654,9 @@ def main() -> int:
                 plan.append((f"4-{alg}", f"filter: cold {alg} token every request (GET /models)", gw + models,
                              f"cold_{alg}", "4-cached", f"added p50 <= 1200 µs{'' if alg == 'RS256' else ', < RS256'}",
                              one))
+                # The peers' cold rows are compared with bare Envoy at one connection.
+                plan += [(f"4{k}-{alg}", f"{what}: cold {alg} token every request", url + models, f"cold_{alg}",
+                          "0a", "", one) for url, k, what in peers]
             for name, label in (("64k", "64 KB"), ("512k", "512 KB")):
                 key = "5a" if name == "64k" else "5b"
                 base_key = f"0{'d' if name == '64k' else 'e'}"
@@ -546,7 +671,12 @@ def main() -> int:
                 wanted = set(args.only.split(","))
                 wanted |= {row[4] for row in plan if row[0] in wanted and row[4]}
                 plan = [row for row in plan if row[0] in wanted]
-            cold = any(row[0].startswith("4-") for row in plan)
+            cold = any(row[3].startswith("cold_") for row in plan)
+            for url, _, what in peers:
+                if any(row[2].startswith(url + "/") for row in plan):
+                    check_verifies(stack, url, token)
+                    print(f"  {what}: refuses no token, a forged signature, another issuer or audience and an "
+                          f"expired token; passes the bench's to the provider", flush=True)
             runs: dict[tuple[str, int], list[Result]] = {}
             # Interleave the scenarios, so drift on a noisy machine hits all alike.
             for round_ in range(args.repeat):
@@ -606,16 +736,23 @@ def main() -> int:
     return 0
 
 
+def at_load(med: dict, key: str, like: str | None = None) -> Result:
+    """A row's run at 8 connections (its only run, for rows at one); with `like`, its run at
+    the connections `like` is reported at: a row at one connection is compared with its
+    baseline's run at one, not at 8."""
+    return med[(key, CONNECTIONS if (like or key, CONNECTIONS) in med else 1)]
+
+
 def only_table(plan, med) -> str:
     """The rows of an --only run: Envoy CPU per request and its difference to the row's baseline."""
     lines = ["| row | what | req/s (8 conn.) | Envoy CPU µs/req | added CPU µs/req | p50 / p99 µs (1 conn.) |",
              "|---|---|---|---|---|---|"]
     for key, label, _, _, base, _, _ in plan:
-        r = med.get((key, CONNECTIONS)) or med[(key, 1)]
+        r = at_load(med, key)
         r1 = med.get((key, 1))
         added = "-"
         if base:
-            b = med.get((base, CONNECTIONS)) or med[(base, 1)]
+            b = at_load(med, base, like=key)
             added = f"{r.cpu_us - b.cpu_us:+.0f}"
         latency = f"{r1.p50_us:.0f} / {r1.p99_us:.0f}" if r1 else "-"
         lines.append(f"| {key} | {label} | {r.rps:,.0f} | {r.cpu_us:.0f} | {added} | {latency} |")
@@ -638,8 +775,7 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
                       if l.startswith("MemTotal")), "0")
 
     def loaded(key: str) -> Result:
-        """A row's run at 8 connections (its only run, for rows at one)."""
-        return med.get((key, CONNECTIONS)) or med[(key, 1)]
+        return at_load(med, key)
 
     def single(key: str) -> Result | None:
         return med.get((key, 1))
@@ -650,7 +786,7 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
         ok: bool | None = None
         ratio_s, cpu_added, added = "1.00", "-", "-"
         if base:
-            b, b1 = loaded(base), single(base)
+            b, b1 = at_load(med, base, like=key), single(base)
             ratio = r.rps / b.rps
             ratio_s = f"{ratio:.2f}"
             cpu_added = f"{r.cpu_us - b.cpu_us:+.0f}"
@@ -674,6 +810,16 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
     floor_p50 = single("1n").p50_us - single("0a").p50_us
     above_floor_p50 = single("1").p50_us - single("1n").p50_us
     recording_cpu = loaded("1r").cpu_us - loaded("1").cpu_us
+
+    # The identity part against Envoy's own jwt_authn (issue 20), each over bare Envoy like for like.
+    def over_bare(key: str) -> str:
+        cpu = loaded(key).cpu_us - at_load(med, "0a", like=key).cpu_us
+        return f"{cpu:+.0f} µs CPU, {single(key).p50_us - single('0a').p50_us:+.0f} µs p50"
+    algs = [key.removeprefix("4-") for key, _, _, script, *_ in plan
+            if key.startswith("4-") and script.startswith("cold_")]
+    cold_peers = "\n".join(f"  - {alg}: Warden (4-{alg}) {over_bare(f'4-{alg}')}; jwt_authn (4j-{alg}) "
+                           f"{over_bare(f'4j-{alg}')}, with its cache (4jc-{alg}) {over_bare(f'4jc-{alg}')}"
+                           for alg in algs)
 
     # Scenario 5: added Envoy CPU per KB at 8, 64 and 512 KB (linear cost means a flat line).
     per_kb = []
@@ -701,10 +847,12 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
     mem_rows = ""
     if memory:
         rows_m = ["| Envoy | RSS, 1 worker | RSS, 2 workers | per worker |", "|---|---:|---:|---:|"]
-        for kind, label in (("bare", "bare (no filter)"), ("noop", "the no-op wasm filter"), ("filter", "with Warden")):
+        for kind, label in (("bare", "bare (no filter)"), ("noop", "the no-op wasm filter"),
+                            ("jwt_authn", "Envoy's jwt_authn, JWT cache on"), ("filter", "with Warden")):
             rows_m.append(f"| {label} | {memory[kind + '_1']:.1f} MiB | {memory[kind + '_2']:.1f} MiB "
                           f"| {memory[kind + '_2'] - memory[kind + '_1']:.1f} MiB |")
-        for kind, label in (("noop", "no-op filter's cost"), ("filter", "Warden's cost")):
+        for kind, label in (("noop", "no-op filter's cost"), ("jwt_authn", "jwt_authn's cost"),
+                            ("filter", "Warden's cost")):
             rows_m.append(f"| {label} | {memory[kind + '_1'] - memory['bare_1']:+.1f} MiB "
                           f"| {memory[kind + '_2'] - memory['bare_2']:+.1f} MiB "
                           f"| {(memory[kind + '_2'] - memory[kind + '_1']) - (memory['bare_2'] - memory['bare_1']):+.1f} MiB |")
@@ -733,6 +881,8 @@ Generated by `make bench` (`tests/bench/bench.py`); rerun it to refresh every nu
   wrk, Envoy's two workers, the stand-in provider and the control plane share the {cores} cores
 - Baseline: the same Envoy, a listener with the same routes and access log and no filter, in the same run;
   another runs a no-op wasm filter (`tests/bench/noop-filter`), the floor any wasm filter pays
+- Peers: the same listener with Envoy's own `jwt_authn` filter (C++) verifying the same tokens, without
+  and with its JWT cache (rows 1j, 1jc, 4j-\*, 4jc-\*): the native floor of the identity part alone
 - Provider: the stand-in (`warden-stand-in-provider`) on loopback; policy: `envoy/envoy.yaml`'s default
   (personal data and secrets masked in requests and responses) with `record: off`, except row 1r
 - Whole run: {elapsed / 60:.1f} min
@@ -751,6 +901,21 @@ user + system time during the run divided by its requests: steadier than latency
 per request; Warden (1) adds {above_floor:+.0f} µs CPU and {above_floor_p50:+.0f} µs p50 above it.
 Recording sessions (1r, `record: metadata`) adds {recording_cpu:+.0f} µs CPU per request in Envoy (the
 batches to the control plane), and the control plane's own work shares these cores.
+
+**Identity, against Envoy's own filter** (rows 1j, 1jc, 4j-\*, 4jc-\*): Envoy's C++ `jwt_authn` on
+copies of the bare listener verifies the same tokens: the signature against the same issuer's keys
+(its JWKS inline, read once at start, so nothing is fetched while measuring), then `iss`, `aud`, `exp`
+and `nbf`; it drops the token and forwards the request. It maps no groups to a policy, checks no
+model or rule, reads no body and writes nothing for the access log: it is the native floor of the
+identity part only, not of what Warden does (row 1 also inspects the response). 1j runs without a
+JWT cache, Envoy's default: an RS256 verification every request; 1jc caches verified tokens
+({JWT_CACHE_SIZE:,} per worker). Before measuring, each refused no token, a forged signature, another issuer, another
+audience and an expired token, and passed the bench's token to the provider. Over bare Envoy, Envoy
+CPU at {CONNECTIONS} connections and p50 at 1:
+- a cached token: Warden (1) {over_bare('1')}; jwt_authn with its cache (1jc) {over_bare('1jc')},
+  without (1j) {over_bare('1j')};
+- a cold token every request, at one connection:
+{cold_peers}
 
 **Scenario 3, streams** ({args.stream_samples} timed streams of each kind, one at a time, medians;
 {events:.0f} events per stream, sent by the stand-in in 512-byte frames):
@@ -783,8 +948,8 @@ then a `bash` call whose {len(CALL_ARGS)} bytes of arguments come in
 ## Memory
 
 Resident size (VmRSS of the Envoy process) after a short 8 KB masked-chat load; separate Envoys with
-the same configuration without a filter, with the no-op wasm filter and with Warden; per worker =
-2 workers minus 1.
+the same configuration without a filter, with the no-op wasm filter, with Envoy's jwt_authn (JWT cache
+on; it verifies the token, no more) and with Warden; per worker = 2 workers minus 1.
 
 {mem_rows or 'Not measured.'}
 
