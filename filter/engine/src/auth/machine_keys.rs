@@ -87,6 +87,8 @@ impl MachineKey {
 #[derive(Debug, Default)]
 pub struct MachineKeys {
     by_hash: HashMap<[u8; 32], MachineKey>,
+    /// The hash of each id, for [`MachineKeys::of_identity`].
+    hash_of_id: HashMap<String, [u8; 32]>,
 }
 
 /// Whether `token` is shaped like a machine key (and so is never read as a JWT).
@@ -116,6 +118,7 @@ impl MachineKeys {
             ));
         }
         let mut by_hash = HashMap::with_capacity(docs.len());
+        let mut hash_of_id = HashMap::with_capacity(docs.len());
         for doc in docs {
             let bad = |what: &str| format!("machine key '{}': {what}", doc.id.escape_debug());
             if !clean(&doc.id) || !doc.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -133,6 +136,9 @@ impl MachineKeys {
             let mut hash = [0u8; 32];
             hex::decode_to_slice(&doc.sha256, &mut hash)
                 .map_err(|_| bad("sha256 must be 64 hex digits"))?;
+            if hash_of_id.insert(doc.id.clone(), hash).is_some() {
+                return Err(bad("two machine keys have this id"));
+            }
             let key = MachineKey {
                 id: doc.id,
                 owner: doc.owner,
@@ -145,7 +151,10 @@ impl MachineKeys {
                 return Err("two machine keys have the same hash".into());
             }
         }
-        Ok(Self { by_hash })
+        Ok(Self {
+            by_hash,
+            hash_of_id,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -178,9 +187,7 @@ impl MachineKeys {
     /// The key behind an identity [`MachineKeys::verify`] made, if it is one.
     pub fn of_identity(&self, identity: &Identity) -> Option<&MachineKey> {
         let id = identity.issuer.strip_prefix(ISSUER_PREFIX)?;
-        // Linear, but only for requests made with a key, and only when the
-        // key is narrowed to models (see `Policy::authorize`).
-        self.by_hash.values().find(|k| k.id == id)
+        self.by_hash.get(self.hash_of_id.get(id)?)
     }
 }
 
@@ -231,6 +238,7 @@ mod tests {
             assert!(MachineKeys::compile(vec![doc("ok", "wdk_ok_x"), bad]).is_err());
         }
         assert!(MachineKeys::compile(vec![doc("a", "same"), doc("b", "same")]).is_err());
+        assert!(MachineKeys::compile(vec![doc("a", "one"), doc("a", "two")]).is_err());
     }
 
     #[test]
