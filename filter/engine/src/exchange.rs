@@ -29,6 +29,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use crate::auth::machine_keys::MachineKeys;
 use crate::auth::Identity;
 use crate::config::FilterConfig;
 use crate::control::{ApprovalFlow, Call, Next};
@@ -128,12 +129,14 @@ pub trait Host {
     /// Lets a paused response go on (after an answer to a call).
     fn resume_response(&mut self) -> HostResult<()>;
 
-    /// Verifies the request's token with the keys and cache the worker holds.
+    /// Verifies the request's token with the keys and cache the worker holds
+    /// (a machine key: with the policy's `machine_keys`).
     fn authenticate(
         &mut self,
         config: &FilterConfig,
         provider: usize,
         headers: Headers<'_>,
+        machine_keys: &MachineKeys,
         now: u64,
         may_fetch: bool,
     ) -> AuthStep;
@@ -964,22 +967,17 @@ impl Exchange {
     /// the issuer's keys for an unknown `kid`.
     fn authenticate(&mut self, host: &mut dyn Host, request: Request, may_fetch: bool) -> Flow {
         let now = self.started_at;
-        let step = request::authenticate_machine_key(
+        // A policy from the Envoy configuration serves no machine keys.
+        let no_keys = MachineKeys::default();
+        let machine_keys = request.policy.as_ref().map_or(&no_keys, |p| &p.machine_keys);
+        let step = host.authenticate(
             &request.config,
             request.provider,
             request.headers(),
-            request.policy.as_deref(),
+            machine_keys,
             now,
-        )
-        .unwrap_or_else(|| {
-            host.authenticate(
-                &request.config,
-                request.provider,
-                request.headers(),
-                now,
-                may_fetch,
-            )
-        });
+            may_fetch,
+        );
         match step {
             AuthStep::Verified(identity) => self.after_authentication(host, request, identity),
             AuthStep::Rejected(rejection) => self.reply(host, rejection),

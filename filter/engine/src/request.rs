@@ -132,11 +132,15 @@ pub enum AuthStep {
     Rejected(Rejection),
 }
 
-/// Step 2: who is calling.
+/// Step 2: who is calling. A machine key (`wdk_…`) is checked against the
+/// keys served with the request's policy (`machine_keys`) and never read as
+/// a JWT; any other token is verified as one.
+#[allow(clippy::too_many_arguments)]
 pub fn authenticate<'k>(
     config: &FilterConfig,
     provider: usize,
     headers: Headers<'_>,
+    machine_keys: &MachineKeys,
     cache: &mut TokenCache,
     keys: &dyn Fn(usize) -> KeyView<'k>,
     now: u64,
@@ -158,6 +162,12 @@ pub fn authenticate<'k>(
         Ok(t) => t,
         Err(e) => return unauthenticated(e),
     };
+    if machine_keys::is_machine_key(token) {
+        return match machine_keys.verify(token, now) {
+            Ok(identity) => AuthStep::Verified(identity),
+            Err(e) => unauthenticated(e),
+        };
+    }
     let cache_key = TokenCache::key(token);
     if let Some(identity) = cache.get(&cache_key, now) {
         // A cached verification is only as good as the keys behind it: past
@@ -205,37 +215,6 @@ pub fn authenticate<'k>(
         Err(AuthError::UnknownKey) if may_fetch => AuthStep::FetchKeys { issuer },
         Err(e) => unauthenticated(e),
     }
-}
-
-/// Step 2, for a machine key (`wdk_…`): checked against the keys served
-/// with the request's policy. `None` when the request's credential is not a
-/// machine key (or there is none), for [`authenticate`] to handle.
-pub fn authenticate_machine_key(
-    config: &FilterConfig,
-    provider: usize,
-    headers: Headers<'_>,
-    policy: Option<&Policy>,
-    now: u64,
-) -> Option<AuthStep> {
-    let token = config.auth.extract_token(headers).ok()?;
-    if !machine_keys::is_machine_key(token) {
-        return None;
-    }
-    let api = config
-        .providers
-        .get(provider)
-        .map_or(Api::Openai, |p| p.api);
-    let empty = MachineKeys::default();
-    let keys = policy.map_or(&empty, |p| &p.machine_keys);
-    Some(match keys.verify(token, now) {
-        Ok(identity) => AuthStep::Verified(identity),
-        Err(e) => AuthStep::Rejected(Rejection::new(
-            api,
-            ErrorKind::Unauthenticated,
-            e.code(),
-            e.to_string(),
-        )),
-    })
 }
 
 fn keys_stale(api: Api, issuer: &str) -> Rejection {

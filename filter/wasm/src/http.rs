@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, Status};
+use warden_engine::auth::machine_keys::MachineKeys;
 use warden_engine::config::FilterConfig;
 use warden_engine::exchange::{Exchange, Flow, Host, HostError, HostResult, Level, Refetch, Start};
 use warden_engine::headers::Headers;
@@ -122,6 +123,7 @@ impl Host for HostCalls<'_> {
         config: &FilterConfig,
         provider: usize,
         headers: Headers<'_>,
+        machine_keys: &MachineKeys,
         now: u64,
         may_fetch: bool,
     ) -> AuthStep {
@@ -140,7 +142,16 @@ impl Host for HostCalls<'_> {
             (Some(issuer), Some(k)) => keys::view(issuer, k, now),
             _ => KeyView::NotLoaded,
         };
-        request::authenticate(config, provider, headers, cache, &view, now, may_fetch)
+        request::authenticate(
+            config,
+            provider,
+            headers,
+            machine_keys,
+            cache,
+            &view,
+            now,
+            may_fetch,
+        )
     }
 
     fn refetch_keys(&mut self, issuer: usize, now: u64) -> Refetch {

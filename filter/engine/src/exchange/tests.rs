@@ -224,6 +224,7 @@ impl Host for FakeHost {
         config: &FilterConfig,
         provider: usize,
         headers: Headers<'_>,
+        machine_keys: &MachineKeys,
         now: u64,
         may_fetch: bool,
     ) -> AuthStep {
@@ -233,6 +234,7 @@ impl Host for FakeHost {
             config,
             provider,
             headers,
+            machine_keys,
             &mut self.cache,
             &view,
             now,

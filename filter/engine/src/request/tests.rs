@@ -51,7 +51,7 @@ fn authenticate_with(
         crate::auth::KeySource::Static(set) => KeyView::Ready(set),
         crate::auth::KeySource::Remote(_) => KeyView::NotLoaded,
     };
-    authenticate(cfg, 0, Headers::new(h), cache, &keys, NOW, true)
+    authenticate(cfg, 0, Headers::new(h), &MachineKeys::default(), cache, &keys, NOW, true)
 }
 
 #[test]
@@ -115,6 +115,7 @@ fn no_token_is_401_and_a_bad_one_too() {
             &cfg,
             1,
             Headers::new(&none),
+            &MachineKeys::default(),
             &mut cache,
             &|_| KeyView::NotLoaded,
             NOW,
@@ -148,6 +149,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
             &cfg,
             0,
             Headers::new(&h),
+            &MachineKeys::default(),
             &mut cache,
             &|_| KeyView::NotLoaded,
             NOW,
@@ -164,6 +166,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
             &cfg,
             0,
             Headers::new(&h),
+            &MachineKeys::default(),
             &mut cache,
             &|_| KeyView::Expired,
             NOW,
@@ -187,6 +190,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
             &cfg,
             0,
             Headers::new(&h),
+            &MachineKeys::default(),
             &mut cache,
             &|_| KeyView::Expired,
             NOW,
@@ -207,7 +211,7 @@ fn keys_not_loaded_is_503_not_401_and_unknown_kid_asks_for_a_fetch() {
         crate::auth::KeySource::Remote(_) => KeyView::NotLoaded,
     };
     let r = rejected(
-        authenticate(&cfg, 0, Headers::new(&h), &mut cache, &keys, NOW, false),
+        authenticate(&cfg, 0, Headers::new(&h), &MachineKeys::default(), &mut cache, &keys, NOW, false),
         "unknown key accepted",
     );
     assert_eq!(r.error.code, Reason::TokenUnknownKey);
