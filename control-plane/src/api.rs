@@ -49,11 +49,11 @@ use crate::error::responses::{
     BadRequest, Conflict, Forbidden, Gone, InvalidPolicy, NotFound, PayloadTooLarge,
     TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
 };
-use crate::error::ApiError;
+use crate::error::{db, ApiError};
 use crate::fields::logged;
 use crate::policies::{self, CheckError};
 use crate::state::AppState;
-use crate::store::{ApprovalRow, Decider, OpenOutcome, PolicyMeta, StoreError};
+use crate::store::{ApprovalRow, Decider, OpenOutcome, PolicyMeta};
 use crate::user_auth::{check_gateway, Caller};
 
 /// Longest deny/approve reason kept.
@@ -86,10 +86,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub const POLICIES_TAG: &str = "policies";
 /// See [`POLICIES_TAG`].
 pub const APPROVALS_TAG: &str = "approvals";
-
-fn db(error: StoreError) -> ApiError {
-    ApiError::DatabaseUnavailable(error.to_string())
-}
 
 fn gateway(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     check_gateway(state.config().gateway_secret.as_deref(), headers)

@@ -670,7 +670,7 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
             client
                 .call(
                     Method::GET,
-                    &format!("/v1/approvals/{}", path_id(id)?),
+                    &format!("/v1/approvals/{}", path_id(id, APPROVAL_ID)?),
                     None,
                 )
                 .await?
@@ -679,7 +679,7 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
             client
                 .call(
                     Method::POST,
-                    &format!("/v1/approvals/{}/approve", path_id(id)?),
+                    &format!("/v1/approvals/{}/approve", path_id(id, APPROVAL_ID)?),
                     Some(json!({ "reason": reason })),
                 )
                 .await?
@@ -688,7 +688,7 @@ pub async fn approvals(args: ApprovalsArgs) -> Result<ExitCode, String> {
             client
                 .call(
                     Method::POST,
-                    &format!("/v1/approvals/{}/deny", path_id(id)?),
+                    &format!("/v1/approvals/{}/deny", path_id(id, APPROVAL_ID)?),
                     Some(json!({ "reason": reason })),
                 )
                 .await?
@@ -707,10 +707,7 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
     let client = Client::new(&args.client)?;
     let json_out = args.client.json;
     let key_path = |id: &str, action: &str| -> Result<String, String> {
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!("`{id}` is not a key id (the hex after `wdk_`)"));
-        }
-        Ok(format!("/v1/keys/{id}/{action}"))
+        Ok(format!("/v1/keys/{}/{action}", path_id(id, "a key id (the hex after `wdk_`)")?))
     };
     let answer = match &args.command {
         KeysCommand::Issue {
@@ -939,14 +936,17 @@ pub async fn sessions(args: SessionsArgs) -> Result<ExitCode, String> {
     }
 }
 
-/// Ids go into a URL path: only the characters ours are made of.
-fn path_id(id: &str) -> Result<&str, String> {
+/// Ids go into a URL path: only the characters ours are made of. `what`
+/// names the kind of id for the error (`an approval id (apr_…)`).
+fn path_id<'i>(id: &'i str, what: &str) -> Result<&'i str, String> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
-        return Err(format!("`{id}` is not an approval id (apr_…)"));
+        return Err(format!("`{id}` is not {what}"));
     }
     Ok(id)
 }
+
+const APPROVAL_ID: &str = "an approval id (apr_…)";
 
 fn str_of(value: &Value) -> String {
     match value {

@@ -172,6 +172,12 @@ pub mod responses {
     pub struct Unavailable(pub ErrorBody);
 }
 
+/// A store failure as the API answers it: 503 `database_unavailable` (the
+/// detail is logged, never sent).
+pub fn db(error: crate::store::StoreError) -> ApiError {
+    ApiError::DatabaseUnavailable(error.to_string())
+}
+
 impl ApiError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {

@@ -35,10 +35,10 @@ use crate::body::JsonObject;
 use crate::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
 };
-use crate::error::ApiError;
+use crate::error::{db, ApiError};
 use crate::fields::logged;
 use crate::state::AppState;
-use crate::store::{KeyChange, MachineKeyRow, StoreError};
+use crate::store::{KeyChange, MachineKeyRow};
 use crate::user_auth::Caller;
 
 /// The OpenAPI tag of these routes.
@@ -134,10 +134,6 @@ pub struct KeyList {
     pub keys: Vec<KeyView>,
 }
 
-fn db(error: StoreError) -> ApiError {
-    ApiError::DatabaseUnavailable(error.to_string())
-}
-
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
@@ -146,8 +142,13 @@ fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::refused(StatusCode::FORBIDDEN, code, message)
 }
 
+/// A stored JSON list of names (`groups_json`, `models_json`), written by
+/// [`issue_key`] from a checked `Vec<String>`.
+fn names(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
 fn view(row: &MachineKeyRow, now_ms: i64) -> KeyView {
-    let list = |json: &str| serde_json::from_str::<Vec<String>>(json).unwrap_or_default();
     let status = if row.revoked_ms.is_some() {
         "revoked"
     } else if row.expires_ms <= now_ms {
@@ -159,8 +160,8 @@ fn view(row: &MachineKeyRow, now_ms: i64) -> KeyView {
         id: row.id.clone(),
         name: row.name.clone(),
         owner: row.owner.clone(),
-        groups: list(&row.groups_json),
-        models: list(&row.models_json),
+        groups: names(&row.groups_json),
+        models: names(&row.models_json),
         created_by: row.created_by.clone(),
         created_ms: row.created_ms,
         expires_ms: row.expires_ms,
@@ -179,8 +180,8 @@ pub fn served(rows: &[MachineKeyRow]) -> Vec<MachineKeyDoc> {
             sha256: row.sha256.clone(),
             owner: row.owner.clone(),
             owner_sub: (row.owner_sub != row.owner).then(|| row.owner_sub.clone()),
-            groups: serde_json::from_str(&row.groups_json).unwrap_or_default(),
-            models: serde_json::from_str(&row.models_json).unwrap_or_default(),
+            groups: names(&row.groups_json),
+            models: names(&row.models_json),
             expires_at: u64::try_from(row.expires_ms / 1000).unwrap_or(0),
         })
         .collect()
@@ -260,15 +261,18 @@ async fn issue_key(
     }
     let me = &caller.identity;
     let my_sub = me.token_subject.clone().unwrap_or_else(|| me.subject.clone());
-    let (owner, owner_sub) = match request.owner {
-        Some(owner) if checked_name("owner", &owner)? != me.subject => {
+    let owner = request
+        .owner
+        .map(|owner| checked_name("owner", &owner))
+        .transpose()?;
+    let (owner, owner_sub) = match owner {
+        Some(owner) if owner != me.subject => {
             if !caller.is_admin {
                 return Err(forbidden(
                     "key_owner_forbidden",
                     "only admins issue keys to someone else; leave `owner` out for your own",
                 ));
             }
-            let owner = checked_name("owner", &owner)?;
             (owner.clone(), owner)
         }
         _ => (me.subject.clone(), my_sub),

@@ -59,7 +59,7 @@ use crate::error::responses::{
     BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
     UnsupportedMediaType,
 };
-use crate::error::ApiError;
+use crate::error::{db, ApiError};
 use crate::state::{AppState, ServerConfig};
 use crate::store::{NewSession, SessionRow, Store, StoreError};
 use crate::user_auth::{check_gateway, Caller};
@@ -103,10 +103,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI tag of these routes.
 pub const SESSIONS_TAG: &str = "sessions";
-
-fn db(error: StoreError) -> ApiError {
-    ApiError::DatabaseUnavailable(error.to_string())
-}
 
 /// Reads a `POST /v1/sessions` body into the engine's types. The message
 /// names the record and the field that is wrong (`records[3].status`) and

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use warden_engine::policy::{judged_groups, Mode, PolicyDoc};
 
 use crate::error::responses::{Unauthorized, Unavailable};
-use crate::error::ApiError;
+use crate::error::{db, ApiError};
 use crate::policies;
 use crate::state::{AppState, LoginSettings};
 
@@ -132,7 +132,7 @@ async fn whoami(
         .store()
         .active_policy()
         .await
-        .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
+        .map_err(db)?;
     let policy = match active {
         None => None,
         Some(active) => {
