@@ -10,9 +10,12 @@ import os
 import re
 import shutil
 import sys
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+from playwright.sync_api import expect
 
 # Flags that work on a closed network as root: without the background-networking
 # ones Chromium keeps trying to reach Google's services.
@@ -70,3 +73,28 @@ def watched_context(playwright, user_data_dir: Path, *, timeout_ms: int, expecte
         if rep is not None and rep.failed:
             sys.stderr.write("\n" + logs() + "\n")
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def sign_in_on_dev_form(context, base_url: str, view: str, sub: str, groups: list[str], *,
+                        issuer: str | None = None, email: str | None = None, fragment: str = ""):
+    """Opens the web page's `view` (`approvals`, `sessions`, `keys`) at `base_url` and signs in
+    on the dev issuer's form (at `issuer`, default `<base_url>/dev`), as a person would: the IdP
+    returns to /approvals, the one redirect URI, and the page moves back to the view. Returns
+    the page, back on the view, and the query of the authorization request the page made."""
+    view_url = f"{base_url}/{view}{fragment}"
+    page = context.new_page()
+    page.goto(view_url)
+    expect(page.locator(f"#signed-out-{view}")).to_be_visible()
+    page.click("#sign-in")
+    page.wait_for_url(re.compile(re.escape(f"{issuer or base_url + '/dev'}/authorize?")))
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+    assert query["redirect_uri"] == [f"{base_url}/approvals"]
+    page.fill("#sub", sub)
+    if email:
+        page.fill("#email", email)
+    page.fill("#groups", ", ".join(groups))
+    page.click("#sign-in-submit")
+    expect(page.locator("#who-name")).to_contain_text(sub)
+    page.wait_for_url(view_url)
+    return page, query
+

@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import launch, watched_context  # noqa: E402
+from browser.chromium import launch, sign_in_on_dev_form, watched_context  # noqa: E402
 from harness.stack import (  # noqa: E402
     ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, node_binary, spawn, wait_until)
 
@@ -121,20 +121,11 @@ def browser(playwright, tmp_path, cp, request):
 
 def sign_in(context, cp: ControlPlane, sub: str, groups: list[str], fragment: str = ""):
     """Opens the page and signs in on the dev issuer's form, as a person would."""
-    page = context.new_page()
-    page.goto(f"{cp.url}/approvals{fragment}")
-    page.click("#sign-in")
-    page.wait_for_url(re.compile(re.escape(f"{cp.issuer}/authorize?")))
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+    page, query = sign_in_on_dev_form(context, cp.url, "approvals", sub, groups, issuer=cp.issuer,
+                                      email=f"{sub}@example.com", fragment=fragment)
     # What the page asked for: the code flow with an S256 challenge, state and nonce.
     assert query["response_type"] == ["code"] and query["code_challenge_method"] == ["S256"]
     assert len(query["code_challenge"][0]) == 43 and query["state"][0] and query["nonce"][0]
-    assert query["redirect_uri"] == [f"{cp.url}/approvals"]
-    page.fill("#sub", sub)
-    page.fill("#email", f"{sub}@example.com")
-    page.fill("#groups", ", ".join(groups))
-    page.click("#sign-in-submit")
-    expect(page.locator("#who-name")).to_contain_text(sub)
     # The code and the state are gone from the address bar; the token was never in it.
     assert page.url == f"{cp.url}/approvals{fragment}", page.url
     return page

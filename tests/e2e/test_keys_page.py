@@ -24,7 +24,6 @@ import re
 import secrets
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import watched_context  # noqa: E402
+from browser.chromium import sign_in_on_dev_form, watched_context  # noqa: E402
 from harness.stack import WARDEN_BIN, Ports, default_filter_config, http, spawn, wait_until  # noqa: E402
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
@@ -138,21 +137,8 @@ def run() -> str:
 
 
 def sign_in(context, cp: ControlPlane, sub: str, groups: list[str]):
-    """Opens /keys and signs in on the dev issuer's form, as a person would; the
-    IdP returns to /approvals (the one redirect URI) and the page moves back."""
-    page = context.new_page()
-    page.goto(f"{cp.url}/keys")
-    expect(page.locator("#signed-out-keys")).to_be_visible()
-    page.click("#sign-in")
-    page.wait_for_url(re.compile(re.escape(f"{cp.issuer}/authorize?")))
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
-    assert query["redirect_uri"] == [f"{cp.url}/approvals"]
-    page.fill("#sub", sub)
-    page.fill("#email", f"{sub}@example.com")
-    page.fill("#groups", ", ".join(groups))
-    page.click("#sign-in-submit")
-    expect(page.locator("#who-name")).to_contain_text(sub)
-    page.wait_for_url(f"{cp.url}/keys")
+    """Opens /keys and signs in on the dev issuer's form, as a person would."""
+    page, _ = sign_in_on_dev_form(context, cp.url, "keys", sub, groups, email=f"{sub}@example.com")
     expect(page.locator("#nav-keys")).to_have_attribute("aria-current", "page")
     expect(page.locator("#keys-title")).to_be_visible()
     return page

@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import watched_context  # noqa: E402
+from browser.chromium import sign_in_on_dev_form, watched_context  # noqa: E402
 from harness.stack import ROOT, Ports, Stack, default_filter_config, http, wait_until  # noqa: E402
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
@@ -198,21 +198,8 @@ def browser(playwright, tmp_path, recorded, request):
 
 
 def sign_in(context, stack: Stack, sub: str, groups: list[str], fragment: str = ""):
-    """Opens /sessions and signs in on the dev issuer's form, as a person would;
-    the IdP returns to /approvals (the one redirect URI) and the page moves back."""
-    page = context.new_page()
-    page.goto(f"{stack.control_plane_url}/sessions{fragment}")
-    expect(page.locator("#signed-out-sessions")).to_be_visible()
-    page.click("#sign-in")
-    page.wait_for_url(re.compile(re.escape(f"{stack.control_plane_url}/dev/authorize?")))
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
-    assert query["redirect_uri"] == [f"{stack.control_plane_url}/approvals"]
-    page.fill("#sub", sub)
-    page.fill("#groups", ", ".join(groups))
-    page.click("#sign-in-submit")
-    expect(page.locator("#who-name")).to_contain_text(sub)
-    page.wait_for_url(f"{stack.control_plane_url}/sessions{fragment}")
-    return page
+    """Opens /sessions and signs in on the dev issuer's form, as a person would."""
+    return sign_in_on_dev_form(context, stack.control_plane_url, "sessions", sub, groups, fragment=fragment)[0]
 
 
 def open_session(page, session_id: str):
