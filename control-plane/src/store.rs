@@ -1111,8 +1111,17 @@ pub struct MachineKeyRow {
 }
 }
 
-const MACHINE_KEY_COLUMNS: &str = "id, name, owner, owner_sub, groups_json, models_json, sha256, \
-     created_by, created_ms, expires_ms, revoked_ms, revoked_by, replaces";
+/// The columns of [`MachineKeyRow`] (a macro, so [`MACHINE_KEY_BY_ID`] is a constant too).
+macro_rules! machine_key_columns {
+    () => {
+        "id, name, owner, owner_sub, groups_json, models_json, sha256, \
+         created_by, created_ms, expires_ms, revoked_ms, revoked_by, replaces"
+    };
+}
+const MACHINE_KEY_COLUMNS: &str = machine_key_columns!();
+/// One key by id (`$1`).
+const MACHINE_KEY_BY_ID: &str =
+    concat!("SELECT ", machine_key_columns!(), " FROM machine_keys WHERE id = $1");
 
 /// What [`Store::revoke_machine_key`] and [`Store::rotate_machine_key`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1141,8 +1150,7 @@ impl Store {
 
     /// One key, revoked or not.
     pub async fn machine_key(&self, id: &str) -> Result<Option<MachineKeyRow>, StoreError> {
-        let sql = format!("SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys WHERE id = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+        Ok(on_pool!(self, pool => sqlx::query_as(MACHINE_KEY_BY_ID).bind(id).fetch_optional(pool).await?))
     }
 
     /// Keys newest first (at most [`LIST_LIMIT`]), only `owner`'s when given.
@@ -1190,11 +1198,10 @@ impl Store {
     ) -> Result<KeyChange, StoreError> {
         let (id, by) = (id.to_owned(), by.to_owned());
         self.to_completion(move |store| async move {
-            let sql = format!("SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys WHERE id = $1");
             on_pool!(&store, pool => {
                 let mut tx = pool.begin().await?;
                 let found: Option<MachineKeyRow> =
-                    sqlx::query_as(&sql).bind(&id).fetch_optional(&mut *tx).await?;
+                    sqlx::query_as(MACHINE_KEY_BY_ID).bind(&id).fetch_optional(&mut *tx).await?;
                 let Some(mut key) = found else {
                     return Ok(KeyChange::NoSuchKey);
                 };
@@ -1257,11 +1264,10 @@ impl Store {
     ) -> Result<KeyChange, StoreError> {
         self.to_completion(move |store| async move {
             let old_id = new.replaces.clone().unwrap_or_default();
-            let sql = format!("SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys WHERE id = $1");
             on_pool!(&store, pool => {
                 let mut tx = pool.begin().await?;
                 let found: Option<MachineKeyRow> =
-                    sqlx::query_as(&sql).bind(&old_id).fetch_optional(&mut *tx).await?;
+                    sqlx::query_as(MACHINE_KEY_BY_ID).bind(&old_id).fetch_optional(&mut *tx).await?;
                 let Some(old) = found else {
                     return Ok(KeyChange::NoSuchKey);
                 };
