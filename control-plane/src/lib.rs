@@ -24,7 +24,8 @@
 //! | [`sessions`] | recorded sessions: the gateways' batch append (read into the engine's `SessionBatch`), the auditors' list/show, the chain's check |
 //! | [`whoami`] | `GET /v1/login` (the IdP and client `warden login` uses) and `GET /v1/whoami` (the caller and what the active policy's groups allow) |
 //! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
-//! | [`dev_issuer`] | the development OIDC issuer behind `--dev`: `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks and one-time codes), `issuer.rs` (the issuer), `http.rs` (every `/dev` route) |
+//! | [`issuer`] | the OIDC issuers the control plane serves itself: the development issuer behind `--dev` (`/dev`) and the SAML-backed one (`/idp`): `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks, one-time codes, refresh tokens), `provider.rs` (the issuer), `http.rs` (its routes) |
+//! | [`saml`] | SAML 2.0 sign-in (`--saml-idp-metadata`): `/idp/authorize` sends the browser to the company's IdP, `/saml/acs` verifies its response and ends in the SAML issuer's code, `/saml/metadata` |
 //! | [`approvals`] | an approval's binding, its rows, its status as read ([`approvals::status_at`]) and its answer ([`approvals::ApprovalView`], which embeds the engine's `ApprovalAnswer`) |
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
 //! | [`policy_watch`] | gateways watching the active policy (`Prefer: wait=N`): what wakes them (an activation here, or PostgreSQL's `NOTIFY` from another replica) |
@@ -51,13 +52,14 @@
 //!    `server`; `login` -> `client`, `oidc_client`, `token_store` and the
 //!    answer types of `whoami`;
 //!    `server` composes the routes of `api`, `sessions` (through `api`),
-//!    `web` and `dev_issuer`; `client` uses the answer types below it;
+//!    `web`, `issuer` and `saml`; `client` uses the answer types below it;
 //! 2. route modules: `api` -> `sessions`; each of them (and `web`) reads
-//!    [`state::AppState`], none imports `server`; `dev_issuer`'s routes hold
-//!    the issuer itself, not the state;
-//! 3. `state` -> `store`, `dev_issuer`, `user_auth`, `webhook`, `policies`;
+//!    [`state::AppState`], none imports `server`; `issuer`'s and `saml`'s
+//!    routes hold the issuer or the service provider itself, not the state;
+//! 3. `state` -> `store`, `saml`, `issuer`, `user_auth`, `webhook`,
+//!    `policies`; `saml` -> `issuer`;
 //! 4. domain: `webhook` -> `approvals` -> `store` -> `chain`; `user_auth`
-//!    -> `error`; inside `dev_issuer`, `http` -> `issuer` -> `oauth` ->
+//!    -> `error`; inside `issuer`, `http` -> `provider` -> `oauth` ->
 //!    `tokens` -> `keys` (and `http` -> `error`, `html`);
 //! 5. leaves: `clock`, `fields`, `html` and `policies` import nothing from
 //!    this crate; `error` imports only `fields` and `policies`, `chain` only
@@ -78,15 +80,16 @@ pub mod chain;
 pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod dev_issuer;
 pub mod error;
 pub mod fields;
 pub mod html;
+pub mod issuer;
 pub mod login;
 pub mod machine_keys;
 pub mod oidc_client;
 pub mod policies;
 pub mod policy_watch;
+pub mod saml;
 pub mod server;
 pub mod sessions;
 pub mod state;

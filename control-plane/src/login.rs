@@ -35,8 +35,8 @@ use serde_json::Value;
 
 use crate::client::DEFAULT_SERVER;
 use crate::oidc_client::{self, Discovery, RefreshError, Request, TokenAnswer};
-use crate::token_store::{self, StoredLogin};
 use crate::state::LoginSettings;
+use crate::token_store::{self, StoredLogin};
 
 /// `warden access-token` refreshes a token that expires within this many
 /// seconds (or within a quarter of its lifetime, when that is shorter).

@@ -252,7 +252,9 @@ async fn issue_key(
     let name = checked_name("name", &request.name)?;
     let groups = checked_list("groups", &request.groups)?;
     if groups.is_empty() {
-        return Err(bad("a key needs at least one group: the policy groups its requests have"));
+        return Err(bad(
+            "a key needs at least one group: the policy groups its requests have",
+        ));
     }
     let models = checked_list("models", &request.models)?;
     let days = request.expires_in_days.unwrap_or(DEFAULT_DAYS);
@@ -260,7 +262,10 @@ async fn issue_key(
         return Err(bad("expires_in_days must be at least 1"));
     }
     let me = &caller.identity;
-    let my_sub = me.token_subject.clone().unwrap_or_else(|| me.subject.clone());
+    let my_sub = me
+        .token_subject
+        .clone()
+        .unwrap_or_else(|| me.subject.clone());
     let owner = request
         .owner
         .map(|owner| checked_name("owner", &owner))
@@ -310,8 +315,10 @@ async fn issue_key(
         name,
         owner,
         owner_sub,
-        groups_json: serde_json::to_string(&groups).map_err(|e| ApiError::Internal(e.to_string()))?,
-        models_json: serde_json::to_string(&models).map_err(|e| ApiError::Internal(e.to_string()))?,
+        groups_json: serde_json::to_string(&groups)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        models_json: serde_json::to_string(&models)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
         sha256,
         created_by: me.subject.clone(),
         created_ms: now,
@@ -320,7 +327,11 @@ async fn issue_key(
         revoked_by: None,
         replaces: None,
     };
-    state.store().insert_machine_key(row.clone()).await.map_err(db)?;
+    state
+        .store()
+        .insert_machine_key(row.clone())
+        .await
+        .map_err(db)?;
     state.policy_watch().changed();
     tracing::info!(
         key = %row.id,
@@ -403,14 +414,24 @@ async fn revoke_key(
     own_key(&state, &caller, &id).await?;
     let now = state.clock().now_ms();
     let by = caller.identity.subject.clone();
-    let row = match state.store().revoke_machine_key(&id, &by, now).await.map_err(db)? {
+    let row = match state
+        .store()
+        .revoke_machine_key(&id, &by, now)
+        .await
+        .map_err(db)?
+    {
         KeyChange::Done(row) => {
             state.policy_watch().changed();
             tracing::info!(key = %row.id, by = %logged(&by), "machine key revoked");
             row
         }
         KeyChange::AlreadyRevoked(row) => row,
-        KeyChange::NoSuchKey => return Err(ApiError::NotFound(format!("no machine key '{}'", logged(&id)))),
+        KeyChange::NoSuchKey => {
+            return Err(ApiError::NotFound(format!(
+                "no machine key '{}'",
+                logged(&id)
+            )))
+        }
     };
     Ok(Json(view(&row, now)))
 }
@@ -501,7 +522,9 @@ async fn rotate_key(
     let caller = state.users().caller(&headers).await?;
     let JsonObject(request) = body?;
     if request.overlap_seconds > MAX_OVERLAP_SECONDS {
-        return Err(bad(format!("overlap_seconds is at most {MAX_OVERLAP_SECONDS}")));
+        return Err(bad(format!(
+            "overlap_seconds is at most {MAX_OVERLAP_SECONDS}"
+        )));
     }
     let old = own_key(&state, &caller, &id).await?;
     let now = state.clock().now_ms();
@@ -518,7 +541,8 @@ async fn rotate_key(
         replaces: Some(old.id.clone()),
         ..old
     };
-    let overlap_ms = i64::try_from(request.overlap_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let overlap_ms =
+        i64::try_from(request.overlap_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     match state
         .store()
         .rotate_machine_key(new, now.saturating_add(overlap_ms))
@@ -539,7 +563,10 @@ async fn rotate_key(
             "key_revoked",
             "a revoked key is not rotated: issue a new one",
         )),
-        KeyChange::NoSuchKey => Err(ApiError::NotFound(format!("no machine key '{}'", logged(&id)))),
+        KeyChange::NoSuchKey => Err(ApiError::NotFound(format!(
+            "no machine key '{}'",
+            logged(&id)
+        ))),
     }
 }
 
@@ -574,7 +601,10 @@ mod tests {
         assert!(!json.contains(&key[4..]), "the key itself is never served");
         let keys = MachineKeys::compile(served).unwrap();
         let who = keys.verify(&key, 9_999).unwrap();
-        assert_eq!((who.subject.as_str(), who.groups.as_slice()), ("svc", &["eng".to_owned()][..]));
+        assert_eq!(
+            (who.subject.as_str(), who.groups.as_slice()),
+            ("svc", &["eng".to_owned()][..])
+        );
         assert!(keys.verify(&new_key().1, 1).is_err());
         assert_ne!(new_key().1, new_key().1);
     }

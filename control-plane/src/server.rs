@@ -2,7 +2,7 @@
 //!
 //! [`app`] builds the router from an [`AppState`] (the routes of
 //! [`crate::api`], [`crate::sessions`], [`crate::web`] and, with `--dev`,
-//! [`crate::dev_issuer`]), so tests can drive it in-process; [`run`] serves
+//! [`crate::issuer`]), so tests can drive it in-process; [`run`] serves
 //! it on a bound listener until a shutdown future completes; [`serve`] is
 //! what `warden serve` does (bind, build the state, announce, run until
 //! SIGINT/SIGTERM). Nothing imports this module but the CLI.
@@ -13,7 +13,8 @@
 //! | --- | --- | --- |
 //! | GET | `/healthz` | `{"status":"ok","database":"sqlite"\|"postgres"}`, or 503 |
 //! | GET | `/v1/openapi.json` | the API's OpenAPI 3.1 description (the routes below but the page and `/dev`) |
-//! | GET, POST | `/dev/...` | the development OIDC issuer (`--dev` only; [`crate::dev_issuer`]) |
+//! | GET, POST | `/dev/...` | the development OIDC issuer (`--dev` only; [`crate::issuer`]) |
+//! | GET, POST | `/idp/...`, `/saml/...` | the SAML-backed OIDC issuer and the SAML service provider (`--saml-idp-metadata` only; [`crate::issuer`], [`crate::saml`]) |
 //! | GET | `/approvals`, `/approvals/...`, `/sessions`, `/v1/ui/config` | the approvers' page and its sign-in settings ([`crate::web`]) |
 //! | | `/v1/...` | policies, approvals, sessions ([`crate::api`], [`crate::sessions`]) |
 //!
@@ -80,7 +81,12 @@ pub enum StartupError {
 pub fn app(state: AppState) -> Router {
     let (mut router, description) = described_routes(&state).split_for_parts();
     if let Some(dev_issuer) = state.dev_issuer() {
-        router = router.merge(crate::dev_issuer::routes(dev_issuer.clone()));
+        router = router.merge(crate::issuer::routes(dev_issuer.clone()));
+    }
+    if let Some(saml) = state.saml() {
+        router = router
+            .merge(crate::issuer::routes(saml.issuer().clone()))
+            .merge(crate::saml::routes(saml.clone()));
     }
     router
         .layer(Extension(Arc::new(description)))
@@ -233,6 +239,13 @@ pub async fn serve(listen: &str, mut config: ServerConfig) -> Result<(), Startup
     let state = AppState::build(&config).await?;
     if let Some(issuer) = state.dev_issuer() {
         tracing::info!(issuer = issuer.issuer(), "dev OIDC issuer enabled");
+    }
+    if let Some(saml) = state.saml() {
+        tracing::info!(
+            issuer = saml.issuer().issuer(),
+            idp = saml.idp_entity_id(),
+            "SAML sign-in enabled"
+        );
     }
     let trusted: Vec<&str> = state.users().issuers().collect();
     if trusted.is_empty() {

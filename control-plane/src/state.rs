@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::dev_issuer::{DevIssuer, DevIssuerError, ISSUER_PATH};
+use crate::issuer::{Issuer, IssuerError, IssuerKind};
 use crate::policies::{CheckLimits, Checker};
 use crate::policy_watch::PolicyWatch;
+use crate::saml::{SamlSettings, SamlSignIn};
 use crate::store::{DatabaseTarget, Store, StoreError};
 use crate::user_auth::{TrustConfig, UserAuth};
 use crate::webhook::{redact, Webhook, WebhookFormat};
@@ -76,8 +77,11 @@ pub struct ServerConfig {
     /// give it a [`crate::clock::ManualClock`]'s and move it).
     pub clock: Clock,
     /// The IdP and public client `warden login` uses when given none
-    /// (`GET /v1/login`).
+    /// (`GET /v1/login`); default: the SAML issuer when SAML is on.
     pub cli_login: Option<LoginSettings>,
+    /// Sign people in with a SAML IdP, through the issuer at
+    /// `<public_url>/idp` ([`crate::saml`]).
+    pub saml: Option<SamlSettings>,
 }
 
 // Hand-written so the database URL (which may hold a password) is never printed.
@@ -110,6 +114,7 @@ impl fmt::Debug for ServerConfig {
             .field("policy_checks", &self.policy_checks)
             .field("clock", &self.clock)
             .field("cli_login", &self.cli_login)
+            .field("saml", &self.saml)
             .finish()
     }
 }
@@ -120,6 +125,8 @@ pub const DEFAULT_AUDIENCE: &str = "warden";
 pub const DEFAULT_ADMIN_GROUP: &str = "warden-admins";
 /// Default client id of the approvers' page.
 pub const DEFAULT_UI_CLIENT_ID: &str = "warden-approvals";
+/// The client id `warden login` uses with the control plane's own issuers.
+pub const CLI_CLIENT_ID: &str = "warden-cli";
 /// Default group whose members may read recorded sessions (besides the admin group).
 pub const DEFAULT_AUDITOR_GROUP: &str = "warden-auditors";
 /// Where the approvers' page is served.
@@ -145,6 +152,7 @@ impl Default for ServerConfig {
             policy_checks: CheckLimits::default(),
             clock: Clock::system(),
             cli_login: None,
+            saml: None,
         }
     }
 }
@@ -155,18 +163,45 @@ impl ServerConfig {
         format!("{}{APPROVALS_PATH}", self.public_url.trim_end_matches('/'))
     }
 
-    /// The dev issuer's URL (`<public_url>/dev`), with `--dev`.
-    pub fn dev_issuer_url(&self) -> Option<String> {
-        self.dev
-            .then(|| format!("{}{ISSUER_PATH}", self.public_url.trim_end_matches('/')))
+    /// The URL of the control plane's own issuer of `kind`
+    /// (`<public_url>/dev`, `<public_url>/idp`).
+    pub fn issuer_url(&self, kind: IssuerKind) -> String {
+        format!("{}{}", self.public_url.trim_end_matches('/'), kind.path())
     }
 
-    /// The page's issuer: `ui_issuer`, else the dev issuer with `--dev`.
+    /// The dev issuer's URL (`<public_url>/dev`), with `--dev`.
+    pub fn dev_issuer_url(&self) -> Option<String> {
+        self.dev.then(|| self.issuer_url(IssuerKind::Dev))
+    }
+
+    /// The SAML issuer's URL (`<public_url>/idp`), when SAML is on.
+    pub fn saml_issuer_url(&self) -> Option<String> {
+        self.saml
+            .is_some()
+            .then(|| self.issuer_url(IssuerKind::Saml))
+    }
+
+    /// The page's issuer: `ui_issuer`, else the SAML issuer, else the dev
+    /// issuer with `--dev`.
     pub fn effective_ui_issuer(&self) -> Option<String> {
         self.ui_issuer
             .clone()
             .filter(|i| !i.trim().is_empty())
+            .or_else(|| self.saml_issuer_url())
             .or_else(|| self.dev_issuer_url())
+    }
+
+    /// What `GET /v1/login` names: `cli_login`, else the SAML issuer with
+    /// the CLI's client id.
+    pub fn effective_cli_login(&self) -> Option<LoginSettings> {
+        self.cli_login.clone().or_else(|| {
+            self.saml_issuer_url().map(|issuer| LoginSettings {
+                issuer,
+                client_id: CLI_CLIENT_ID.to_owned(),
+                scope: None,
+                resources: Vec::new(),
+            })
+        })
     }
 }
 
@@ -185,9 +220,9 @@ pub enum StateError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The dev issuer's keys could not be loaded or created.
-    #[error("dev issuer: {0}")]
-    DevIssuer(#[from] DevIssuerError),
+    /// An issuer's keys could not be loaded or created.
+    #[error("issuer: {0}")]
+    Issuer(#[from] IssuerError),
     /// The trust or webhook settings are unusable.
     #[error("{0}")]
     Settings(String),
@@ -206,7 +241,9 @@ pub struct AppState {
 struct Inner {
     store: Store,
     /// Shared with the dev issuer's own routes.
-    dev_issuer: Option<Arc<DevIssuer>>,
+    dev_issuer: Option<Arc<Issuer>>,
+    /// Shared with the SAML routes; holds the SAML issuer.
+    saml: Option<Arc<SamlSignIn>>,
     config: ServerConfig,
     users: UserAuth,
     webhook: Option<Webhook>,
@@ -220,7 +257,18 @@ impl AppState {
     /// dev issuer's keys, `config.issuers`, the page's issuer) and the webhook.
     pub fn new(
         store: Store,
-        dev_issuer: Option<DevIssuer>,
+        dev_issuer: Option<Issuer>,
+        config: ServerConfig,
+    ) -> Result<Self, StateError> {
+        Self::with_issuers(store, dev_issuer, None, config)
+    }
+
+    /// [`AppState::new`] with the SAML issuer too: the SAML service
+    /// provider is built here, in front of `saml_issuer`.
+    pub fn with_issuers(
+        store: Store,
+        dev_issuer: Option<Issuer>,
+        saml_issuer: Option<Issuer>,
         config: ServerConfig,
     ) -> Result<Self, StateError> {
         let mut issuers = config.issuers.clone();
@@ -228,18 +276,37 @@ impl AppState {
             // The page's sign-in issuer is trusted for the tokens it yields.
             issuers.push(ui.clone());
         }
-        let dev = dev_issuer
-            .as_ref()
-            .map(|d| (d.issuer().to_owned(), d.jwks().clone()));
-        if let Some((dev_url, _)) = &dev {
-            issuers.retain(|i| i.trim_end_matches('/') != dev_url);
-        }
+        let dev_issuer = dev_issuer.map(Arc::new);
+        let saml = match (&config.saml, saml_issuer) {
+            (Some(settings), Some(issuer)) => Some(Arc::new(
+                SamlSignIn::new(
+                    settings,
+                    &config.public_url,
+                    Arc::new(issuer),
+                    config.clock.clone(),
+                )
+                .map_err(StateError::Settings)?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(StateError::Settings(
+                    "SAML needs both its settings and its issuer".to_owned(),
+                ))
+            }
+        };
+        // The control plane's own issuers: their keys are in process.
+        let local: Vec<(String, serde_json::Value)> = dev_issuer
+            .iter()
+            .chain(saml.as_ref().map(|saml| saml.issuer()))
+            .map(|issuer| (issuer.issuer().to_owned(), issuer.jwks().clone()))
+            .collect();
+        issuers.retain(|i| !local.iter().any(|(url, _)| i.trim_end_matches('/') == url));
         let mut audiences = config.audiences.clone();
         audiences.push(config.ui_client_id.clone());
         let users = UserAuth::new(
             &TrustConfig {
                 issuers,
-                dev,
+                local,
                 audiences,
                 admin_group: config.admin_group.clone(),
                 claims: config.claims.clone(),
@@ -257,7 +324,8 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
-                dev_issuer: dev_issuer.map(Arc::new),
+                dev_issuer,
+                saml,
                 policy_checker: Checker::new(config.policy_checks.clone()),
                 config,
                 users,
@@ -300,32 +368,37 @@ impl AppState {
         tracing::info!(database = %target.kind(), "opening the database");
         let store = Store::open(&target).await?;
 
-        let dev_issuer = if config.dev {
+        let mut issuers = Vec::new();
+        for (wanted, kind) in [
+            (config.dev, IssuerKind::Dev),
+            (config.saml.is_some(), IssuerKind::Saml),
+        ] {
+            if !wanted {
+                issuers.push(None);
+                continue;
+            }
             let data_dir = config.data_dir.clone();
-            let issuer = format!("{}{ISSUER_PATH}", config.public_url.trim_end_matches('/'));
+            let url = config.issuer_url(kind);
             let clock = config.clock.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                DevIssuer::load_or_generate(&data_dir, issuer, clock)
+                Issuer::load_or_generate(&data_dir, kind, url, clock)
             })
             .await;
-            let dev_issuer = match loaded {
-                Ok(result) => result,
+            match loaded {
+                Ok(Ok(issuer)) => issuers.push(Some(issuer)),
+                Ok(Err(error)) => {
+                    store.close().await;
+                    return Err(error.into());
+                }
                 Err(join_error) => {
                     store.close().await;
                     return Err(StateError::Task(join_error.to_string()));
                 }
-            };
-            match dev_issuer {
-                Ok(dev_issuer) => Some(dev_issuer),
-                Err(error) => {
-                    store.close().await;
-                    return Err(error.into());
-                }
             }
-        } else {
-            None
-        };
-        match AppState::new(store.clone(), dev_issuer, config.clone()) {
+        }
+        let saml_issuer = issuers.pop().flatten();
+        let dev_issuer = issuers.pop().flatten();
+        match AppState::with_issuers(store.clone(), dev_issuer, saml_issuer, config.clone()) {
             Ok(state) => Ok(state),
             Err(error) => {
                 store.close().await;
@@ -350,8 +423,22 @@ impl AppState {
     }
 
     /// The dev issuer, when running with `--dev`.
-    pub fn dev_issuer(&self) -> Option<&Arc<DevIssuer>> {
+    pub fn dev_issuer(&self) -> Option<&Arc<Issuer>> {
         self.inner.dev_issuer.as_ref()
+    }
+
+    /// The SAML service provider (and through it the SAML issuer), when on.
+    pub fn saml(&self) -> Option<&Arc<SamlSignIn>> {
+        self.inner.saml.as_ref()
+    }
+
+    /// The control plane's own issuer at `url`, if it is one.
+    pub fn own_issuer(&self, url: &str) -> Option<&Arc<Issuer>> {
+        self.inner
+            .dev_issuer
+            .iter()
+            .chain(self.inner.saml.as_ref().map(|saml| saml.issuer()))
+            .find(|issuer| issuer.issuer() == url)
     }
 }
 

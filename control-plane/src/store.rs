@@ -1120,8 +1120,11 @@ macro_rules! machine_key_columns {
 }
 const MACHINE_KEY_COLUMNS: &str = machine_key_columns!();
 /// One key by id (`$1`).
-const MACHINE_KEY_BY_ID: &str =
-    concat!("SELECT ", machine_key_columns!(), " FROM machine_keys WHERE id = $1");
+const MACHINE_KEY_BY_ID: &str = concat!(
+    "SELECT ",
+    machine_key_columns!(),
+    " FROM machine_keys WHERE id = $1"
+);
 
 /// What [`Store::revoke_machine_key`] and [`Store::rotate_machine_key`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1150,7 +1153,9 @@ impl Store {
 
     /// One key, revoked or not.
     pub async fn machine_key(&self, id: &str) -> Result<Option<MachineKeyRow>, StoreError> {
-        Ok(on_pool!(self, pool => sqlx::query_as(MACHINE_KEY_BY_ID).bind(id).fetch_optional(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(MACHINE_KEY_BY_ID).bind(id).fetch_optional(pool).await?),
+        )
     }
 
     /// Keys newest first (at most [`LIST_LIMIT`]), only `owner`'s when given.
@@ -1158,7 +1163,11 @@ impl Store {
         &self,
         owner: Option<&str>,
     ) -> Result<Vec<MachineKeyRow>, StoreError> {
-        let filter = if owner.is_some() { "WHERE owner = $1" } else { "" };
+        let filter = if owner.is_some() {
+            "WHERE owner = $1"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {MACHINE_KEY_COLUMNS} FROM machine_keys {filter} \
              ORDER BY created_ms DESC, id LIMIT {LIST_LIMIT}"
@@ -1186,7 +1195,9 @@ impl Store {
     pub async fn live_machine_keys_of(&self, owner: &str, now_ms: i64) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM machine_keys \
              WHERE owner = $1 AND revoked_ms IS NULL AND expires_ms > $2";
-        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).bind(owner).bind(now_ms).fetch_one(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_scalar(sql).bind(owner).bind(now_ms).fetch_one(pool).await?),
+        )
     }
 
     /// Revokes key `id` at `now_ms`, by `by`.

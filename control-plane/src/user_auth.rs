@@ -50,8 +50,9 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub struct TrustConfig {
     /// Issuers whose keys come from OIDC discovery.
     pub issuers: Vec<String>,
-    /// The dev issuer (`<public_url>/dev`) and its JWKS, with `--dev`.
-    pub dev: Option<(String, serde_json::Value)>,
+    /// The control plane's own issuers (`<public_url>/dev`,
+    /// `<public_url>/idp`) and their JWKS: keys in process.
+    pub local: Vec<(String, serde_json::Value)>,
     /// Accepted `aud` values.
     pub audiences: Vec<String>,
     /// Group whose members may publish and activate policies.
@@ -128,9 +129,9 @@ impl UserAuth {
         let mut issuers = Vec::new();
         let mut keys = Vec::new();
         let mut seen = HashSet::new();
-        if let Some((issuer, jwks)) = &config.dev {
+        for (issuer, jwks) in &config.local {
             let (set, _) = KeySet::from_jwks(jwks.to_string().as_bytes())
-                .map_err(|e| format!("dev issuer keys: {e}"))?;
+                .map_err(|e| format!("{issuer} keys: {e}"))?;
             seen.insert(issuer.clone());
             issuers.push(issuer_entry(issuer, &audiences, &claims));
             keys.push(IssuerKeys::Static(Arc::new(set)));

@@ -23,7 +23,7 @@
 //! its owner presses "Done": never in the URL, in web storage or in a log.
 //!
 //! With `--dev`, the page signs in with the dev issuer, whose sign-in form
-//! and token endpoint are [`crate::dev_issuer`]'s routes.
+//! and token endpoint are [`crate::issuer`]'s routes.
 //!
 //! Every page answer carries a strict Content-Security-Policy (no inline
 //! script or style, `frame-ancestors 'none'`), `Referrer-Policy: no-referrer`
@@ -294,13 +294,11 @@ async fn ui_config(State(web): State<Web>) -> Response {
         .into_response()
 }
 
-/// The issuer's discovery document: the dev issuer's own, or fetched (and
+/// The issuer's discovery document: one of the control plane's own issuers', or fetched (and
 /// reused for [`DISCOVERY_TTL`]) from `<issuer>/.well-known/openid-configuration`.
 async fn discovery(web: &Web, issuer: &str) -> Result<Value, String> {
-    if let Some(dev) = web.app.dev_issuer() {
-        if dev.issuer() == issuer {
-            return Ok(dev.discovery_document());
-        }
+    if let Some(own) = web.app.own_issuer(issuer) {
+        return Ok(own.discovery_document());
     }
     let clock = web.app.clock();
     let mut cached = web.discovery.lock().await;

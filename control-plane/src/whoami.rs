@@ -44,7 +44,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     ),
 )]
 async fn login_settings(State(state): State<AppState>) -> Result<Json<LoginSettings>, ApiError> {
-    state.config().cli_login.clone().map(Json).ok_or_else(|| {
+    state.config().effective_cli_login().map(Json).ok_or_else(|| {
         ApiError::refused(
             StatusCode::NOT_FOUND,
             "login_not_configured",
@@ -128,11 +128,7 @@ async fn whoami(
 ) -> Result<Json<WhoamiAnswer>, ApiError> {
     let caller = state.users().caller(&headers).await?;
     let identity = caller.identity;
-    let active = state
-        .store()
-        .active_policy()
-        .await
-        .map_err(db)?;
+    let active = state.store().active_policy().await.map_err(db)?;
     let policy = match active {
         None => None,
         Some(active) => {

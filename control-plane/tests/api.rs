@@ -20,7 +20,7 @@ use tower::ServiceExt as _;
 
 use warden_control_plane::client::{request_token, ClientError};
 use warden_control_plane::clock::{Clock, ManualClock};
-use warden_control_plane::dev_issuer::{SigningAlg, TokenRequest};
+use warden_control_plane::issuer::{SigningAlg, TokenRequest};
 use warden_control_plane::server::{app, run};
 use warden_control_plane::state::{AppState, ServerConfig};
 

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use warden_control_plane::approvals::WAIT_POLL;
 use warden_control_plane::clock::{Clock, ManualClock};
-use warden_control_plane::dev_issuer::{DevIssuer, TokenRequest, KEY_DIR_NAME};
+use warden_control_plane::issuer::{Issuer, IssuerKind, TokenRequest, DEV_KEY_DIR};
 use warden_control_plane::server::run;
 use warden_control_plane::state::{AppState, ServerConfig};
 use warden_control_plane::user_auth::{MAX_STALE, REFRESH};
@@ -95,8 +95,13 @@ fn dev_keys() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1/dev".into(), Clock::system())
-            .unwrap();
+        Issuer::load_or_generate(
+            dir.path(),
+            IssuerKind::Dev,
+            "http://127.0.0.1/dev".into(),
+            Clock::system(),
+        )
+        .unwrap();
         dir
     })
     .path()
@@ -130,7 +135,7 @@ async fn start(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Optio
 /// The tests' settings for a server at `base` with its data in `dir`
 /// (the dev issuer's keys copied there).
 fn test_config(dir: &Path, base: &str, database_url: Option<String>) -> ServerConfig {
-    copy_dir(&dev_keys().join(KEY_DIR_NAME), &dir.join(KEY_DIR_NAME));
+    copy_dir(&dev_keys().join(DEV_KEY_DIR), &dir.join(DEV_KEY_DIR));
     ServerConfig {
         data_dir: dir.to_path_buf(),
         database_url,
@@ -358,7 +363,10 @@ async fn machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked(backe
     let key = issued["key"].as_str().unwrap().to_owned();
     let id = issued["id"].as_str().unwrap().to_owned();
     assert!(key.starts_with(&format!("wdk_{id}_")), "{key}");
-    assert_eq!((issued["owner"].as_str(), issued["status"].as_str()), (Some("svc-nightly"), Some("live")));
+    assert_eq!(
+        (issued["owner"].as_str(), issued["status"].as_str()),
+        (Some("svc-nightly"), Some("live"))
+    );
 
     let (etag1, keys) = served_keys(&server).await;
     assert_ne!(etag0, etag1, "a new key changes what gateways hold");
@@ -366,27 +374,50 @@ async fn machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked(backe
     assert_eq!(keys[0]["sha256"], sha256_hex(&key));
     assert_eq!(keys[0]["owner"], "svc-nightly");
     assert_eq!(keys[0]["models"], json!(["gpt-4o*"]));
-    assert!(!keys[0].to_string().contains(&key[5 + id.len()..]), "the secret is never served");
+    assert!(
+        !keys[0].to_string().contains(&key[5 + id.len()..]),
+        "the secret is never served"
+    );
 
     // People: only their own, only their groups, at most 90 days.
     let (status, body) = server
-        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "owner": "bob", "groups": ["engineering"]}))
+        .post(
+            "/v1/keys",
+            Auth::Bearer(&alice),
+            json!({"name": "x", "owner": "bob", "groups": ["engineering"]}),
+        )
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "key_owner_forbidden");
     let (status, body) = server
-        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "groups": ["warden-admins"]}))
+        .post(
+            "/v1/keys",
+            Auth::Bearer(&alice),
+            json!({"name": "x", "groups": ["warden-admins"]}),
+        )
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "key_groups_forbidden");
     let (status, body) = server
-        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "groups": ["engineering"], "expires_in_days": 91}))
+        .post(
+            "/v1/keys",
+            Auth::Bearer(&alice),
+            json!({"name": "x", "groups": ["engineering"], "expires_in_days": 91}),
+        )
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "key_too_long");
     let (status, body) = server
-        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "x", "groups": []}))
+        .post(
+            "/v1/keys",
+            Auth::Bearer(&alice),
+            json!({"name": "x", "groups": []}),
+        )
         .await;
     assert_code(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     let (status, mine) = server
-        .post("/v1/keys", Auth::Bearer(&alice), json!({"name": "notebook", "groups": ["engineering"], "expires_in_days": 7}))
+        .post(
+            "/v1/keys",
+            Auth::Bearer(&alice),
+            json!({"name": "notebook", "groups": ["engineering"], "expires_in_days": 7}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{mine}");
     let mine_id = mine["id"].as_str().unwrap().to_owned();
@@ -399,11 +430,18 @@ async fn machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked(backe
     assert_eq!(own["keys"].as_array().unwrap().len(), 1);
     assert_eq!(own["keys"][0]["id"], mine_id.as_str());
     let listed = all.to_string();
-    assert!(!listed.contains("wdk_") && !listed.contains(&sha256_hex(&key)), "{listed}");
+    assert!(
+        !listed.contains("wdk_") && !listed.contains(&sha256_hex(&key)),
+        "{listed}"
+    );
 
     // Someone else's key is not found (not "forbidden": ids are not probed).
     let (status, body) = server
-        .post(&format!("/v1/keys/{mine_id}/revoke"), Auth::Bearer(&bob), json!({}))
+        .post(
+            &format!("/v1/keys/{mine_id}/revoke"),
+            Auth::Bearer(&bob),
+            json!({}),
+        )
         .await;
     assert_code(status, &body, StatusCode::NOT_FOUND, "not_found");
 
@@ -413,43 +451,80 @@ async fn machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked(backe
     let watching = server.watch(Some(&etag2), 60);
     server.until_watchers(1).await;
     let (status, revoked) = server
-        .post(&format!("/v1/keys/{mine_id}/revoke"), Auth::Bearer(&alice), json!({}))
+        .post(
+            &format!("/v1/keys/{mine_id}/revoke"),
+            Auth::Bearer(&alice),
+            json!({}),
+        )
         .await;
-    assert_eq!((status, revoked["status"].as_str()), (StatusCode::OK, Some("revoked")), "{revoked}");
+    assert_eq!(
+        (status, revoked["status"].as_str()),
+        (StatusCode::OK, Some("revoked")),
+        "{revoked}"
+    );
     let (status, _, _) = answered(watching, "the watch across a revocation").await;
     assert_eq!(status, StatusCode::OK);
     let (_, keys) = served_keys(&server).await;
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["id"], id.as_str());
     let (status, body) = server
-        .post(&format!("/v1/keys/{mine_id}/rotate"), Auth::Bearer(&alice), json!({}))
+        .post(
+            &format!("/v1/keys/{mine_id}/rotate"),
+            Auth::Bearer(&alice),
+            json!({}),
+        )
         .await;
     assert_code(status, &body, StatusCode::CONFLICT, "key_revoked");
 
     // Rotation: a new key with the old one's scope; the old one stays for the overlap.
     let (status, rotated) = server
-        .post(&format!("/v1/keys/{id}/rotate"), Auth::Bearer(&admin), json!({"overlap_seconds": 3600}))
+        .post(
+            &format!("/v1/keys/{id}/rotate"),
+            Auth::Bearer(&admin),
+            json!({"overlap_seconds": 3600}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{rotated}");
     let new_key = rotated["key"].as_str().unwrap();
     assert_ne!(new_key, key);
-    assert_eq!((rotated["replaces"].as_str(), rotated["models"].clone()), (Some(id.as_str()), json!(["gpt-4o*"])));
+    assert_eq!(
+        (rotated["replaces"].as_str(), rotated["models"].clone()),
+        (Some(id.as_str()), json!(["gpt-4o*"]))
+    );
     let (_, keys) = served_keys(&server).await;
     let hashes: HashSet<&str> = keys.iter().map(|k| k["sha256"].as_str().unwrap()).collect();
-    assert_eq!(hashes, HashSet::from([sha256_hex(&key).as_str(), sha256_hex(new_key).as_str()]));
+    assert_eq!(
+        hashes,
+        HashSet::from([sha256_hex(&key).as_str(), sha256_hex(new_key).as_str()])
+    );
     let old = keys.iter().find(|k| k["id"] == id.as_str()).unwrap();
     let new = keys.iter().find(|k| k["id"] != id.as_str()).unwrap();
-    assert_eq!(old["expires_at"].as_u64().unwrap(), new["expires_at"].as_u64().unwrap() - 200 * 86400 + 3600);
+    assert_eq!(
+        old["expires_at"].as_u64().unwrap(),
+        new["expires_at"].as_u64().unwrap() - 200 * 86400 + 3600
+    );
 
     // Someone leaves: an admin revokes all their live keys at once.
     let (status, body) = server
-        .post("/v1/keys/revoke", Auth::Bearer(&alice), json!({"owner": "svc-nightly"}))
+        .post(
+            "/v1/keys/revoke",
+            Auth::Bearer(&alice),
+            json!({"owner": "svc-nightly"}),
+        )
         .await;
     assert_code(status, &body, StatusCode::FORBIDDEN, "admin_required");
     let (status, body) = server
-        .post("/v1/keys/revoke", Auth::Bearer(&admin), json!({"owner": "svc-nightly"}))
+        .post(
+            "/v1/keys/revoke",
+            Auth::Bearer(&admin),
+            json!({"owner": "svc-nightly"}),
+        )
         .await;
-    assert_eq!((status, body["revoked"].as_u64()), (StatusCode::OK, Some(2)), "{body}");
+    assert_eq!(
+        (status, body["revoked"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
     let (_, keys) = served_keys(&server).await;
     assert!(keys.is_empty(), "{keys:?}");
     server.shut_down().await;
@@ -801,7 +876,10 @@ async fn policies_publish_list_show_activate_rollback(backend: Backend) {
     let (etag, active) = server.active().await;
     // Version and document, then a digest of the (here: no) machine keys.
     let prefix = format!("\"1-{}-", v1["sha256"].as_str().unwrap());
-    assert!(etag.starts_with(&prefix) && etag.len() == prefix.len() + 17, "{etag}");
+    assert!(
+        etag.starts_with(&prefix) && etag.len() == prefix.len() + 17,
+        "{etag}"
+    );
     assert_eq!(active["version"], 1);
     assert_eq!(active["policy"]["rules"][0]["action"], "mask");
     let unchanged = server

@@ -1,18 +1,27 @@
-//! The dev issuer over HTTP, every route under `/dev`:
+//! An issuer over HTTP. Every issuer serves, under its path (`/dev` or `/idp`):
 //!
 //! | method | path | |
 //! | --- | --- | --- |
-//! | GET | `/dev/.well-known/openid-configuration` | the discovery document |
-//! | GET | `/dev/jwks.json` | the public keys |
+//! | GET | `<path>/.well-known/openid-configuration` | the discovery document |
+//! | GET | `<path>/jwks.json` | the public keys |
+//! | POST | `<path>/oauth/token` | exchanges a code (PKCE S256) or a refresh token for tokens |
+//!
+//! and the dev issuer also:
+//!
+//! | method | path | |
+//! | --- | --- | --- |
 //! | POST | `/dev/token` | mints a token from a JSON [`TokenRequest`] |
 //! | GET | `/dev/authorize` | the sign-in form (a subject, an email and groups: it is a development IdP) |
 //! | POST | `/dev/authorize` | signs in, redirects with a one-time code |
-//! | POST | `/dev/oauth/token` | exchanges a code (PKCE S256) for tokens |
 //!
-//! The handlers hold the issuer itself (`State<Arc<DevIssuer>>`), not the
-//! server's state: [`routes`] exists only when the server runs with `--dev`.
-//! Errors of `POST /dev/token` are the API's ([`crate::error::ApiError`]);
-//! the code flow answers OAuth errors (RFC 6749 section 5.2) and HTML pages.
+//! The SAML issuer's `/idp/authorize` is [`crate::saml`]'s: it sends the
+//! browser to the company's IdP.
+//!
+//! The handlers hold the issuer itself (`State<Arc<Issuer>>`), not the
+//! server's state: [`routes`] exists only when the server runs with `--dev`
+//! or SAML. Errors of `POST /dev/token` are the API's
+//! ([`crate::error::ApiError`]); the code flow answers OAuth errors (RFC
+//! 6749 section 5.2) and HTML pages.
 
 use std::sync::Arc;
 
@@ -22,11 +31,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::issuer::DevIssuer;
 use super::oauth::{AuthorizeParams, CodeExchange, OAuthError, SignIn};
+use super::provider::{Issuer, IssuerKind};
 use super::tokens::{MintError, TokenRequest, TokenResponse};
 use crate::error::ApiError;
 use crate::fields::logged;
@@ -37,25 +47,33 @@ const SIGN_IN_CSP: &str =
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
-/// The dev issuer's routes, for a router of any state (they carry their own).
-pub fn routes<S>(dev: Arc<DevIssuer>) -> Router<S>
+/// An issuer's routes, for a router of any state (they carry their own).
+pub fn routes<S>(issuer: Arc<Issuer>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
-        .route("/dev/.well-known/openid-configuration", get(discovery))
-        .route("/dev/jwks.json", get(jwks))
-        .route("/dev/token", post(mint))
-        .route("/dev/authorize", get(authorize_form).post(authorize_submit))
-        .route("/dev/oauth/token", post(oauth_token))
-        .with_state(dev)
+    let path = issuer.kind().path();
+    let router = Router::new()
+        .route(
+            &format!("{path}/.well-known/openid-configuration"),
+            get(discovery),
+        )
+        .route(&format!("{path}/jwks.json"), get(jwks))
+        .route(&format!("{path}/oauth/token"), post(oauth_token));
+    let router = match issuer.kind() {
+        IssuerKind::Dev => router
+            .route("/dev/token", post(mint))
+            .route("/dev/authorize", get(authorize_form).post(authorize_submit)),
+        IssuerKind::Saml => router,
+    };
+    router.with_state(issuer)
 }
 
-async fn discovery(State(dev): State<Arc<DevIssuer>>) -> Json<Value> {
+async fn discovery(State(dev): State<Arc<Issuer>>) -> Json<Value> {
     Json(dev.discovery_document())
 }
 
-async fn jwks(State(dev): State<Arc<DevIssuer>>) -> Response {
+async fn jwks(State(dev): State<Arc<Issuer>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -67,7 +85,7 @@ async fn jwks(State(dev): State<Arc<DevIssuer>>) -> Response {
 }
 
 async fn mint(
-    State(dev): State<Arc<DevIssuer>>,
+    State(dev): State<Arc<Issuer>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
@@ -144,7 +162,7 @@ impl SignInForm {
 }
 
 async fn authorize_form(
-    State(dev): State<Arc<DevIssuer>>,
+    State(dev): State<Arc<Issuer>>,
     query: Result<Query<AuthorizeParams>, QueryRejection>,
 ) -> Response {
     let Ok(Query(params)) = query else {
@@ -157,7 +175,7 @@ async fn authorize_form(
 }
 
 async fn authorize_submit(
-    State(dev): State<Arc<DevIssuer>>,
+    State(dev): State<Arc<Issuer>>,
     form: Result<Form<SignInForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
@@ -182,13 +200,20 @@ async fn authorize_submit(
         client_id = %logged(&authorize.client_id),
         "dev issuer: signed in"
     );
-    let mut location = authorize.redirect_uri;
-    location.query_pairs_mut().append_pair("code", &code);
-    if let Some(state) = &authorize.state {
+    redirect_with_code(authorize.redirect_uri, &code, authorize.state.as_deref())
+        .unwrap_or_else(|| sign_in_error("the redirect URI cannot be used"))
+}
+
+/// The 303 that ends a sign-in: back to the client's checked redirect URI
+/// with the code and the client's state; `None` if it cannot be a header.
+pub fn redirect_with_code(mut location: Url, code: &str, state: Option<&str>) -> Option<Response> {
+    location.query_pairs_mut().append_pair("code", code);
+    if let Some(state) = state {
         location.query_pairs_mut().append_pair("state", state);
     }
-    match HeaderValue::from_str(location.as_str()) {
-        Ok(location) => (
+    let location = HeaderValue::from_str(location.as_str()).ok()?;
+    Some(
+        (
             StatusCode::SEE_OTHER,
             [
                 (header::LOCATION, location),
@@ -200,12 +225,11 @@ async fn authorize_submit(
             ],
         )
             .into_response(),
-        Err(_) => sign_in_error("the redirect URI cannot be used"),
-    }
+    )
 }
 
 async fn oauth_token(
-    State(dev): State<Arc<DevIssuer>>,
+    State(dev): State<Arc<Issuer>>,
     form: Result<Form<CodeExchange>, FormRejection>,
 ) -> Response {
     let result = match form {
@@ -213,7 +237,7 @@ async fn oauth_token(
             "the body must be application/x-www-form-urlencoded token request parameters"
                 .to_owned(),
         )),
-        Ok(Form(request)) => dev.exchange_code(&request),
+        Ok(Form(request)) => dev.token(&request),
     };
     let no_store = [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
@@ -224,7 +248,7 @@ async fn oauth_token(
         Err(error) => {
             let status = match error {
                 OAuthError::Server(ref detail) => {
-                    tracing::error!(detail, "dev issuer: cannot sign tokens");
+                    tracing::error!(detail, issuer = dev.issuer(), "cannot sign tokens");
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 _ => StatusCode::BAD_REQUEST,
@@ -239,11 +263,12 @@ async fn oauth_token(
     }
 }
 
-fn sign_in_error(message: &str) -> Response {
+/// The page a refused sign-in request ends on; `message` is escaped.
+pub fn sign_in_error(message: &str) -> Response {
     let body = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Sign-in error - Warden development issuer</title>\
+         <title>Sign-in error - Warden</title>\
          <link rel=\"icon\" href=\"/approvals/favicon.svg\">\
          <link rel=\"stylesheet\" href=\"/approvals/app.css\"></head>\
          <body class=\"dev-sign-in\"><main class=\"sign-in-card\">\

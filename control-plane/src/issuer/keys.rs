@@ -25,7 +25,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Sub-directory of the data directory that holds the dev issuer's keys.
-pub const KEY_DIR_NAME: &str = "dev-issuer";
+pub const DEV_KEY_DIR: &str = "dev-issuer";
+/// Sub-directory of the data directory that holds the SAML-backed issuer's keys.
+pub const SAML_KEY_DIR: &str = "saml-issuer";
 
 const RSA_MODULUS_BITS: usize = 2048;
 const RS256_FILE: &str = "rs256.pem";
@@ -80,9 +82,9 @@ impl FromStr for SigningAlg {
     }
 }
 
-/// Errors from loading or creating the dev issuer's keys.
+/// Errors from loading or creating an issuer's keys.
 #[derive(Debug, thiserror::Error)]
-pub enum DevIssuerError {
+pub enum IssuerError {
     /// Reading or writing a key file or its directory failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -131,14 +133,13 @@ impl fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Loads the keys from `<data_dir>/dev-issuer/`, generating and saving
-    /// any that are missing.
+    /// Loads the keys from `dir` (`<data_dir>/dev-issuer/` or
+    /// `<data_dir>/saml-issuer/`), generating and saving any that are missing.
     ///
     /// This does blocking file I/O and, the first time, RSA key generation:
     /// call it from `spawn_blocking` in async code.
-    pub fn load_or_generate(data_dir: &Path) -> Result<Self, DevIssuerError> {
-        let dir = data_dir.join(KEY_DIR_NAME);
-        create_private_dir(&dir)?;
+    pub fn load_or_generate(dir: &Path) -> Result<Self, IssuerError> {
+        create_private_dir(dir)?;
 
         let rs256 = load_or_create(
             &dir.join(RS256_FILE),
@@ -164,7 +165,7 @@ impl Keys {
 
         // Public key material for the JWKS and the key ids.
         let rsa_public = rs256.public_key();
-        let rsa_der = rsa_public.to_der().map_err(|e| DevIssuerError::Generate {
+        let rsa_der = rsa_public.to_der().map_err(|e| IssuerError::Generate {
             alg: SigningAlg::RS256,
             reason: e.to_string(),
         })?;
@@ -177,7 +178,7 @@ impl Keys {
         let (ec_x, ec_y) = match ec_point.as_slice() {
             [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
             _ => {
-                return Err(DevIssuerError::Generate {
+                return Err(IssuerError::Generate {
                     alg: SigningAlg::ES256,
                     reason: "unexpected public point encoding".to_owned(),
                 })
@@ -275,16 +276,16 @@ fn load_or_create<K>(
     generate: impl FnOnce() -> Result<K, String>,
     encode: impl Fn(&K) -> Result<String, String>,
     decode: impl Fn(&str) -> Result<K, String>,
-) -> Result<K, DevIssuerError> {
+) -> Result<K, IssuerError> {
     if let Some(key) = load_key(path, &decode)? {
         return Ok(key);
     }
-    let key = generate().map_err(|reason| DevIssuerError::Generate { alg, reason })?;
-    let pem = encode(&key).map_err(|reason| DevIssuerError::Generate { alg, reason })?;
+    let key = generate().map_err(|reason| IssuerError::Generate { alg, reason })?;
+    let pem = encode(&key).map_err(|reason| IssuerError::Generate { alg, reason })?;
     let tmp = path.with_extension(format!("pem.tmp-{}", std::process::id()));
     let io_error = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
-        move |source| DevIssuerError::Io {
+        move |source| IssuerError::Io {
             action,
             path,
             source,
@@ -322,12 +323,12 @@ fn load_or_create<K>(
 fn load_key<K>(
     path: &Path,
     decode: &impl Fn(&str) -> Result<K, String>,
-) -> Result<Option<K>, DevIssuerError> {
+) -> Result<Option<K>, IssuerError> {
     let pem = match std::fs::read_to_string(path) {
         Ok(pem) => pem,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(DevIssuerError::Io {
+            return Err(IssuerError::Io {
                 action: "cannot read",
                 path: path.to_path_buf(),
                 source,
@@ -337,20 +338,20 @@ fn load_key<K>(
     restrict_permissions(path);
     decode(&pem)
         .map(Some)
-        .map_err(|reason| DevIssuerError::InvalidKey {
+        .map_err(|reason| IssuerError::InvalidKey {
             path: path.to_path_buf(),
             reason,
         })
 }
 
 #[cfg(unix)]
-fn create_private_dir(dir: &Path) -> Result<(), DevIssuerError> {
+fn create_private_dir(dir: &Path) -> Result<(), IssuerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| DevIssuerError::Io {
+        .map_err(|source| IssuerError::Io {
             action: "cannot create",
             path: dir.to_path_buf(),
             source,
@@ -363,8 +364,8 @@ fn create_private_dir(dir: &Path) -> Result<(), DevIssuerError> {
 }
 
 #[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> Result<(), DevIssuerError> {
-    std::fs::create_dir_all(dir).map_err(|source| DevIssuerError::Io {
+fn create_private_dir(dir: &Path) -> Result<(), IssuerError> {
+    std::fs::create_dir_all(dir).map_err(|source| IssuerError::Io {
         action: "cannot create",
         path: dir.to_path_buf(),
         source,
@@ -435,8 +436,8 @@ mod tests {
     fn keys_are_private_and_reused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let first = Keys::load_or_generate(dir.path()).unwrap();
-        let key_dir = dir.path().join(KEY_DIR_NAME);
+        let key_dir = dir.path().join(DEV_KEY_DIR);
+        let first = Keys::load_or_generate(&key_dir).unwrap();
         let dir_mode = std::fs::metadata(&key_dir).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         for name in [RS256_FILE, ES256_FILE, ED25519_FILE] {
@@ -449,7 +450,7 @@ mod tests {
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(&key_dir).unwrap().count(), 3);
 
-        let second = Keys::load_or_generate(dir.path()).unwrap();
+        let second = Keys::load_or_generate(&key_dir).unwrap();
         assert_eq!(first.kids, second.kids);
         assert_eq!(first.jwks, second.jwks);
         assert!(!format!("{first:?}").contains("PRIVATE"));
@@ -458,14 +459,11 @@ mod tests {
     #[test]
     fn a_corrupt_key_file_is_reported_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let key_dir = dir.path().join(KEY_DIR_NAME);
+        let key_dir = dir.path().join(DEV_KEY_DIR);
         std::fs::create_dir_all(&key_dir).unwrap();
         std::fs::write(key_dir.join(ES256_FILE), "not a key").unwrap();
-        let error = Keys::load_or_generate(dir.path()).unwrap_err();
-        assert!(
-            matches!(error, DevIssuerError::InvalidKey { .. }),
-            "{error}"
-        );
+        let error = Keys::load_or_generate(&key_dir).unwrap_err();
+        assert!(matches!(error, IssuerError::InvalidKey { .. }), "{error}");
         assert_eq!(
             std::fs::read_to_string(key_dir.join(ES256_FILE)).unwrap(),
             "not a key"

@@ -2,13 +2,22 @@
 //! answer types, the checks on an authorization request (a redirect URI on
 //! the issuer's own origin, S256 only, the `openid` scope), and the
 //! one-time codes, kept in memory ([`Codes`]). Signing the tokens a code
-//! is exchanged for is the issuer's ([`super::issuer`]).
+//! is exchanged for is the issuer's ([`super::provider`]).
 //!
 //! Authorization codes are random (256 bits), live [`CODE_TTL_SECONDS`],
 //! are bound to the client id, the redirect URI and the PKCE challenge, and
 //! are removed on first use whatever its outcome (RFC 6749 section 4.1.2: a
 //! code is used once). Redirect URIs must point at the control plane's own
-//! origin, so the issuer cannot be used as an open redirect.
+//! origin (the web page) or at the loopback interface (a native client such
+//! as `warden login`, RFC 8252 section 7.3: any port, since only a program
+//! on the user's own machine can listen there), so the issuer cannot be used
+//! as an open redirect.
+//!
+//! A sign-in that asked for `offline_access` also gets a refresh token
+//! ([`RefreshTokens`]): random, kept only as its SHA-256, bound to the
+//! client, rotated on every use (the old one stops working), and valid
+//! until [`REFRESH_TTL_SECONDS`] after the sign-in however often it is
+//! rotated, so one sign-in lasts a working day and no longer.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +38,11 @@ use super::tokens::{check_string, MintError, TokenRequest, DEFAULT_AUDIENCE, MAX
 pub const CODE_TTL_SECONDS: u64 = 60;
 /// Lifetime of the tokens the authorization code flow issues.
 pub const FLOW_TOKEN_TTL_SECONDS: u64 = 3600;
+/// How long after its sign-in a chain of refresh tokens ends: 12 hours, a
+/// working day (an eight-hour job keeps working; the next day signs in again).
+pub const REFRESH_TTL_SECONDS: u64 = 12 * 3600;
+/// Most live refresh tokens; more sign-ins with `offline_access` get none.
+const MAX_REFRESH_TOKENS: usize = 100_000;
 /// Most codes waiting to be exchanged; more sign-ins are refused until some
 /// expire, so a client that never exchanges its codes cannot grow memory.
 const MAX_PENDING_CODES: usize = 10_000;
@@ -58,7 +72,7 @@ pub struct AuthorizeParams {
 }
 
 /// An authorization request that passed
-/// [`DevIssuer::check_authorize`](crate::dev_issuer::DevIssuer::check_authorize).
+/// [`Issuer::check_authorize`](crate::issuer::Issuer::check_authorize).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidAuthorize {
     /// The client id.
@@ -99,9 +113,11 @@ pub struct CodeExchange {
     pub client_id: Option<String>,
     /// The PKCE code verifier.
     pub code_verifier: Option<String>,
+    /// With `grant_type=refresh_token`: the refresh token.
+    pub refresh_token: Option<String>,
 }
 
-// Hand-written: the code and the verifier are credentials.
+// Hand-written: the code, the verifier and the refresh token are credentials.
 impl fmt::Debug for CodeExchange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CodeExchange")
@@ -123,6 +139,9 @@ pub struct CodeTokens {
     pub token_type: String,
     /// Lifetime of both tokens, in seconds.
     pub expires_in: u64,
+    /// When the sign-in asked for `offline_access`: a one-time refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 // Hand-written so a token never lands in a log through `{:?}`.
@@ -146,8 +165,8 @@ pub enum OAuthError {
     /// redirect URI or challenge; or the verifier does not match.
     #[error("{0}")]
     InvalidGrant(String),
-    /// The grant type is not `authorization_code`.
-    #[error("only grant_type=authorization_code is supported here")]
+    /// The grant type is neither `authorization_code` nor `refresh_token`.
+    #[error("only grant_type=authorization_code and grant_type=refresh_token are supported here")]
     UnsupportedGrantType,
     /// The response type is not `code`.
     #[error("only response_type=code is supported")]
@@ -180,6 +199,7 @@ struct IssuedCode {
     redirect_uri: String,
     code_challenge: String,
     nonce: Option<String>,
+    scope: String,
     who: SignIn,
     expires_at: u64,
 }
@@ -190,11 +210,15 @@ pub struct Codes {
     pending: Mutex<HashMap<String, IssuedCode>>,
 }
 
-/// What a redeemed code was issued for.
+/// What a redeemed code or refresh token was issued for.
 pub struct Grant {
     who: SignIn,
     client_id: String,
     nonce: Option<String>,
+    /// Whether to issue a refresh token: the sign-in asked for `offline_access`.
+    pub offline: bool,
+    /// When a refresh token issued for this grant stops working (seconds).
+    pub session_expires_at: u64,
 }
 
 /// Checks an authorization request to `issuer`: `response_type=code`, a client id,
@@ -247,20 +271,39 @@ pub fn check_authorize(
     })
 }
 
-/// A redirect URI is accepted only on the issuer's own origin (scheme,
-/// host and port), without credentials or a fragment.
+/// A redirect URI is accepted on the issuer's own origin (scheme, host and
+/// port) or, for native clients, on `http` loopback with any port (RFC 8252
+/// section 7.3), without credentials or a fragment.
 fn check_redirect_uri(issuer: &str, uri: Option<&str>) -> Result<Url, OAuthError> {
     let uri = required("redirect_uri", uri)?;
     let invalid = |why: &str| OAuthError::InvalidRequest(format!("redirect_uri {why}"));
     let parsed = Url::parse(uri).map_err(|_| invalid("is not an absolute URL"))?;
     let own = Url::parse(issuer).map_err(|_| invalid("cannot be checked"))?;
-    if parsed.origin() != own.origin() || !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid("must be on this control plane's own origin"));
+    let own_origin = parsed.origin() == own.origin() && matches!(parsed.scheme(), "http" | "https");
+    if !own_origin && !is_loopback_redirect(&parsed) {
+        return Err(invalid(
+            "must be on this control plane's own origin or on http://127.0.0.1 (a native client)",
+        ));
     }
     if parsed.fragment().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid("must not carry a fragment or credentials"));
     }
     Ok(parsed)
+}
+
+/// `http://127.0.0.1:<port>/…`, `http://[::1]:<port>/…` or
+/// `http://localhost:<port>/…`: where a native client listens for its code.
+fn is_loopback_redirect(uri: &Url) -> bool {
+    let Some(host) = uri.host_str() else {
+        return false;
+    };
+    // An IPv6 host comes in brackets.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    uri.scheme() == "http"
+        && (host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()))
 }
 
 impl Codes {
@@ -299,6 +342,7 @@ impl Codes {
                 redirect_uri: authorize.redirect_uri.as_str().to_owned(),
                 code_challenge: authorize.code_challenge.clone(),
                 nonce: authorize.nonce.clone(),
+                scope: authorize.scope.clone(),
                 who: SignIn {
                     sub: sub.to_owned(),
                     email,
@@ -316,10 +360,6 @@ impl Codes {
     /// request matches it (client, redirect URI, PKCE verifier) and it has
     /// not expired.
     pub fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
-        match required("grant_type", request.grant_type.as_deref())? {
-            "authorization_code" => {}
-            _ => return Err(OAuthError::UnsupportedGrantType),
-        }
         let code = required("code", request.code.as_deref())?;
         let client_id = required("client_id", request.client_id.as_deref())?;
         let redirect_uri = required("redirect_uri", request.redirect_uri.as_deref())?;
@@ -361,6 +401,77 @@ impl Codes {
             who: issued.who,
             client_id: client_id.to_owned(),
             nonce: issued.nonce,
+            offline: issued.scope.split(' ').any(|s| s == "offline_access"),
+            session_expires_at: now.saturating_add(REFRESH_TTL_SECONDS),
+        })
+    }
+}
+
+/// A live refresh token: who it signs in, for which client, until when.
+struct IssuedRefresh {
+    who: SignIn,
+    client_id: String,
+    expires_at: u64,
+}
+
+/// The live refresh tokens, by the SHA-256 of the token (a memory dump
+/// holds no usable token).
+#[derive(Default)]
+pub struct RefreshTokens {
+    live: Mutex<HashMap<[u8; 32], IssuedRefresh>>,
+}
+
+impl RefreshTokens {
+    /// A new refresh token for `grant`, valid until its session ends; `None`
+    /// when the grant did not ask for one, its session is over, or too many
+    /// are live (the client then signs in again when its token expires).
+    pub fn issue(&self, grant: &Grant, now: u64) -> Option<String> {
+        if !grant.offline || grant.session_expires_at <= now {
+            return None;
+        }
+        let token = URL_SAFE_NO_PAD.encode(HS256Key::generate().to_bytes());
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|_, issued| issued.expires_at > now);
+        if live.len() >= MAX_REFRESH_TOKENS {
+            return None;
+        }
+        live.insert(
+            Sha256::digest(token.as_bytes()).into(),
+            IssuedRefresh {
+                who: grant.who.clone(),
+                client_id: grant.client_id.clone(),
+                expires_at: grant.session_expires_at,
+            },
+        );
+        Some(token)
+    }
+
+    /// Takes the refresh token `request` presents at `now`: it is removed
+    /// whatever the outcome (rotation: the answer carries its successor).
+    pub fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
+        let token = required("refresh_token", request.refresh_token.as_deref())?;
+        let client_id = required("client_id", request.client_id.as_deref())?;
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let issued = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
+        let issued =
+            issued.ok_or_else(|| grant("the refresh token is unknown, used or revoked"))?;
+        if issued.expires_at <= now {
+            return Err(grant("the sign-in has expired; sign in again"));
+        }
+        if issued.client_id != client_id {
+            return Err(grant("the refresh token was issued to another client"));
+        }
+        Ok(Grant {
+            who: issued.who,
+            client_id: issued.client_id,
+            nonce: None,
+            offline: true,
+            session_expires_at: issued.expires_at,
         })
     }
 }
@@ -369,16 +480,17 @@ impl Grant {
     /// What to mint for it: the access token (audience `warden`) and the ID
     /// token (audience the client id, with its nonce), both naming the
     /// client in `azp` and living [`FLOW_TOKEN_TTL_SECONDS`].
-    pub fn token_requests(self) -> (TokenRequest, TokenRequest) {
+    pub fn token_requests(&self) -> (TokenRequest, TokenRequest) {
         let Grant {
             who,
             client_id,
             nonce,
+            ..
         } = self;
         let base = TokenRequest {
-            sub: who.sub,
-            groups: who.groups,
-            email: who.email,
+            sub: who.sub.clone(),
+            groups: who.groups.clone(),
+            email: who.email.clone(),
             ttl_seconds: Some(FLOW_TOKEN_TTL_SECONDS),
             ..TokenRequest::default()
         };
@@ -391,10 +503,10 @@ impl Grant {
         };
         let mut id_claims = azp;
         if let Some(nonce) = nonce {
-            id_claims.insert("nonce".into(), Value::from(nonce));
+            id_claims.insert("nonce".into(), Value::from(nonce.as_str()));
         }
         let id = TokenRequest {
-            audience: Some(client_id),
+            audience: Some(client_id.clone()),
             claims: Some(id_claims),
             ..base
         };

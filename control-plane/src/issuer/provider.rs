@@ -1,64 +1,115 @@
-//! The dev issuer itself: its URL, its keys and its pending codes, and
-//! what it does with them: the discovery document, minting
-//! ([`DevIssuer::mint`]) and the code flow's three steps
-//! ([`DevIssuer::check_authorize`], [`DevIssuer::issue_code`],
-//! [`DevIssuer::exchange_code`]), each reading the server's clock once and
-//! passing the time down.
+//! An issuer itself: its URL, its keys, its pending codes and refresh
+//! tokens, and what it does with them: the discovery document, minting
+//! ([`Issuer::mint`], the dev issuer's API) and the code flow's steps
+//! ([`Issuer::check_authorize`], [`Issuer::issue_code`],
+//! [`Issuer::token`]), each reading the server's clock once and passing the
+//! time down. Who signs in is the caller's business: the dev form or SAML.
 
 use std::fmt;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::keys::{DevIssuerError, Keys, SigningAlg};
+use super::keys::{IssuerError, Keys, SigningAlg, DEV_KEY_DIR, SAML_KEY_DIR};
 use super::oauth::{
-    self, AuthorizeParams, CodeExchange, CodeTokens, Codes, OAuthError, SignIn, ValidAuthorize,
-    FLOW_TOKEN_TTL_SECONDS,
+    self, AuthorizeParams, CodeExchange, CodeTokens, Codes, Grant, OAuthError, RefreshTokens,
+    SignIn, ValidAuthorize, FLOW_TOKEN_TTL_SECONDS,
 };
 use super::tokens::{self, MintError, TokenRequest};
 use crate::clock::Clock;
 
-/// Path under which the issuer is mounted; the issuer URL is `<public-url>/dev`.
+/// Path under which the dev issuer is mounted; its URL is `<public-url>/dev`.
 pub const ISSUER_PATH: &str = "/dev";
+/// Path under which the SAML-backed issuer is mounted: `<public-url>/idp`.
+pub const SAML_ISSUER_PATH: &str = "/idp";
 
-/// The dev issuer: its URL, its three key pairs and their JWKS, the
-/// authorization codes waiting to be exchanged, and the clock its tokens'
-/// and codes' times are read on.
-pub struct DevIssuer {
+/// Which issuer this is: what signs people in, and what else it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerKind {
+    /// `--dev`: anyone signs in as anyone on a form; tokens can be minted.
+    Dev,
+    /// People sign in at the company's SAML IdP ([`crate::saml`]); nothing is minted.
+    Saml,
+}
+
+impl IssuerKind {
+    /// Where the issuer is mounted.
+    pub fn path(self) -> &'static str {
+        match self {
+            IssuerKind::Dev => ISSUER_PATH,
+            IssuerKind::Saml => SAML_ISSUER_PATH,
+        }
+    }
+
+    fn key_dir(self) -> &'static str {
+        match self {
+            IssuerKind::Dev => DEV_KEY_DIR,
+            IssuerKind::Saml => SAML_KEY_DIR,
+        }
+    }
+
+    /// The algorithm of the code flow's tokens: the dev issuer keeps RS256
+    /// (what most IdPs use, so tests see the common case); the SAML issuer
+    /// signs with ES256, which gateways verify in half the time.
+    fn flow_alg(self) -> SigningAlg {
+        match self {
+            IssuerKind::Dev => SigningAlg::RS256,
+            IssuerKind::Saml => SigningAlg::ES256,
+        }
+    }
+}
+
+/// An OpenID issuer served by the control plane: its URL, its three key
+/// pairs and their JWKS, the authorization codes waiting to be exchanged,
+/// the live refresh tokens, and the clock its tokens' and codes' times are
+/// read on.
+pub struct Issuer {
     issuer: String,
+    kind: IssuerKind,
     keys: Keys,
     codes: Codes,
+    refresh_tokens: RefreshTokens,
     clock: Clock,
 }
 
 // Hand-written: the key pairs must never be printed.
-impl fmt::Debug for DevIssuer {
+impl fmt::Debug for Issuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevIssuer")
+        f.debug_struct("Issuer")
             .field("issuer", &self.issuer)
+            .field("kind", &self.kind)
             .field("kids", &self.keys.kids())
             .finish_non_exhaustive()
     }
 }
 
-impl DevIssuer {
-    /// Loads the keys from `<data_dir>/dev-issuer/`, generating and saving
-    /// any that are missing. `issuer` is the issuer URL (`<public-url>/dev`);
-    /// tokens and codes are dated by `clock`.
+impl Issuer {
+    /// Loads the keys from `<data_dir>/dev-issuer/` or
+    /// `<data_dir>/saml-issuer/`, generating and saving any that are
+    /// missing. `issuer` is the issuer URL (`<public-url>/dev` or
+    /// `<public-url>/idp`); tokens and codes are dated by `clock`.
     ///
     /// This does blocking file I/O and, the first time, RSA key generation:
     /// call it from `spawn_blocking` in async code.
     pub fn load_or_generate(
         data_dir: &Path,
+        kind: IssuerKind,
         issuer: String,
         clock: Clock,
-    ) -> Result<Self, DevIssuerError> {
-        Ok(DevIssuer {
+    ) -> Result<Self, IssuerError> {
+        Ok(Issuer {
             issuer,
-            keys: Keys::load_or_generate(data_dir)?,
+            kind,
+            keys: Keys::load_or_generate(&data_dir.join(kind.key_dir()))?,
             codes: Codes::default(),
+            refresh_tokens: RefreshTokens::default(),
             clock,
         })
+    }
+
+    /// Which issuer this is.
+    pub fn kind(&self) -> IssuerKind {
+        self.kind
     }
 
     /// The issuer URL (`iss` of the tokens it mints by default).
@@ -78,25 +129,33 @@ impl DevIssuer {
 
     /// The OpenID Connect discovery document.
     pub fn discovery_document(&self) -> Value {
-        json!({
+        let mut document = json!({
             "issuer": self.issuer,
             "jwks_uri": format!("{}/jwks.json", self.issuer),
             "authorization_endpoint": format!("{}/authorize", self.issuer),
             "token_endpoint": format!("{}/oauth/token", self.issuer),
-            // Not a standard member: the JSON minting API (`POST /dev/token`).
-            "warden_mint_endpoint": format!("{}/token", self.issuer),
             "id_token_signing_alg_values_supported":
                 SigningAlg::ALL.iter().map(|alg| alg.as_str()).collect::<Vec<_>>(),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "subject_types_supported": ["public"],
-            "grant_types_supported": ["authorization_code", "urn:warden:dev:direct"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
-            "scopes_supported": ["openid", "profile", "email", "groups"],
+            "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
             "token_endpoint_auth_methods_supported": ["none"],
             "claims_supported":
                 ["iss", "sub", "aud", "exp", "iat", "nbf", "groups", "email", "nonce", "azp"],
-        })
+        });
+        if self.kind == IssuerKind::Dev {
+            // Not a standard member: the JSON minting API (`POST /dev/token`).
+            document["warden_mint_endpoint"] = Value::from(format!("{}/token", self.issuer));
+            document["grant_types_supported"] = json!([
+                "authorization_code",
+                "refresh_token",
+                "urn:warden:dev:direct"
+            ]);
+        }
+        document
     }
 
     /// Validates `request` and mints a token signed with the key of its algorithm.
@@ -124,24 +183,42 @@ impl DevIssuer {
         self.codes.issue(authorize, who, self.clock.now_s())
     }
 
-    /// Exchanges a code for an access token (audience `warden`) and an ID
-    /// token (audience the client id, with its nonce). The code is removed
-    /// as soon as it is presented, so a second try fails even if the first
-    /// one did.
-    pub fn exchange_code(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
-        let (access, id) = self
-            .codes
-            .redeem(request, self.clock.now_s())?
-            .token_requests();
+    /// The token endpoint: exchanges a code (`authorization_code`) or a
+    /// refresh token (`refresh_token`) for an access token (audience
+    /// `warden`) and an ID token (audience the client id, with the sign-in's
+    /// nonce), plus a new refresh token when the sign-in asked for
+    /// `offline_access`. A code or refresh token is removed as soon as it is
+    /// presented, so a second try fails even if the first one did.
+    pub fn token(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
+        let now = self.clock.now_s();
+        let grant = match request.grant_type.as_deref() {
+            Some("authorization_code") => self.codes.redeem(request, now)?,
+            Some("refresh_token") => self.refresh_tokens.redeem(request, now)?,
+            None | Some("") => {
+                return Err(OAuthError::InvalidRequest(
+                    "grant_type is required".to_owned(),
+                ))
+            }
+            Some(_) => return Err(OAuthError::UnsupportedGrantType),
+        };
+        self.tokens_for(&grant, now)
+    }
+
+    fn tokens_for(&self, grant: &Grant, now: u64) -> Result<CodeTokens, OAuthError> {
+        let (access, id) = grant.token_requests();
         let sign = |request: &TokenRequest| {
-            self.mint(request)
-                .map_err(|error| OAuthError::Server(error.to_string()))
+            let claims = tokens::claims(&self.issuer, request, now)
+                .map_err(|error| OAuthError::Server(error.to_string()))?;
+            self.keys
+                .sign(self.kind.flow_alg(), claims)
+                .map_err(OAuthError::Server)
         };
         Ok(CodeTokens {
             access_token: sign(&access)?,
             id_token: sign(&id)?,
             token_type: "Bearer".to_owned(),
             expires_in: FLOW_TOKEN_TTL_SECONDS,
+            refresh_token: self.refresh_tokens.issue(grant, now),
         })
     }
 }
@@ -151,8 +228,8 @@ impl DevIssuer {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::dev_issuer::oauth::{CODE_TTL_SECONDS, MAX_PARAM_LEN};
-    use crate::dev_issuer::tokens::{MAX_STRING_LEN, MAX_TTL_SECONDS};
+    use crate::issuer::oauth::{CODE_TTL_SECONDS, MAX_PARAM_LEN};
+    use crate::issuer::tokens::{MAX_STRING_LEN, MAX_TTL_SECONDS};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
 
@@ -212,9 +289,14 @@ mod tests {
     const NOW_MS: i64 = 1_767_323_045_000;
 
     /// An issuer whose time is `time`'s.
-    fn issuer_at(dir: &tempfile::TempDir, time: &ManualClock) -> DevIssuer {
-        DevIssuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into(), time.clock())
-            .unwrap()
+    fn issuer_at(dir: &tempfile::TempDir, time: &ManualClock) -> Issuer {
+        Issuer::load_or_generate(
+            dir.path(),
+            IssuerKind::Dev,
+            "http://127.0.0.1:8080/dev".into(),
+            time.clock(),
+        )
+        .unwrap()
     }
 
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -241,6 +323,16 @@ mod tests {
             redirect_uri: Some("http://127.0.0.1:8080/approvals".into()),
             client_id: Some("warden-approvals".into()),
             code_verifier: Some(VERIFIER.into()),
+            refresh_token: None,
+        }
+    }
+
+    fn refresh(token: &str) -> CodeExchange {
+        CodeExchange {
+            grant_type: Some("refresh_token".into()),
+            refresh_token: Some(token.into()),
+            client_id: Some("warden-cli".into()),
+            ..CodeExchange::default()
         }
     }
 
@@ -264,7 +356,7 @@ mod tests {
         let authorize = issuer.check_authorize(&params()).unwrap();
         let code = issuer.issue_code(&authorize, alice()).unwrap();
         assert_eq!(code.len(), 43);
-        let tokens = issuer.exchange_code(&exchange(&code)).unwrap();
+        let tokens = issuer.token(&exchange(&code)).unwrap();
         assert_eq!(tokens.token_type, "Bearer");
         assert_eq!(tokens.expires_in, FLOW_TOKEN_TTL_SECONDS);
         let access = payload(&tokens.access_token);
@@ -291,8 +383,8 @@ mod tests {
         let authorize = issuer.check_authorize(&params()).unwrap();
 
         let code = issuer.issue_code(&authorize, alice()).unwrap();
-        issuer.exchange_code(&exchange(&code)).unwrap();
-        let replay = issuer.exchange_code(&exchange(&code)).unwrap_err();
+        issuer.token(&exchange(&code)).unwrap();
+        let replay = issuer.token(&exchange(&code)).unwrap_err();
         assert_eq!(replay.code(), "invalid_grant");
 
         let code = issuer.issue_code(&authorize, alice()).unwrap();
@@ -300,13 +392,10 @@ mod tests {
             code_verifier: Some("x".repeat(43)),
             ..exchange(&code)
         };
-        assert_eq!(
-            issuer.exchange_code(&wrong).unwrap_err().code(),
-            "invalid_grant"
-        );
+        assert_eq!(issuer.token(&wrong).unwrap_err().code(), "invalid_grant");
         // The right verifier comes too late: the code is gone.
         assert_eq!(
-            issuer.exchange_code(&exchange(&code)).unwrap_err().code(),
+            issuer.token(&exchange(&code)).unwrap_err().code(),
             "invalid_grant"
         );
     }
@@ -338,7 +427,7 @@ mod tests {
         ];
         for tamper in tampered {
             let code = issuer.issue_code(&authorize, alice()).unwrap();
-            let error = issuer.exchange_code(&tamper(exchange(&code))).unwrap_err();
+            let error = issuer.token(&tamper(exchange(&code))).unwrap_err();
             assert_eq!(error.code(), "invalid_grant", "{error}");
         }
 
@@ -347,10 +436,10 @@ mod tests {
         let second = std::time::Duration::from_secs(1);
         let code = issuer.issue_code(&authorize, alice()).unwrap();
         time.advance(ttl - second);
-        assert!(issuer.exchange_code(&exchange(&code)).is_ok());
+        assert!(issuer.token(&exchange(&code)).is_ok());
         let code = issuer.issue_code(&authorize, alice()).unwrap();
         time.advance(ttl);
-        let error = issuer.exchange_code(&exchange(&code)).unwrap_err();
+        let error = issuer.token(&exchange(&code)).unwrap_err();
         assert_eq!(
             error,
             OAuthError::InvalidGrant("the code has expired".into())
@@ -401,9 +490,9 @@ mod tests {
             ),
         ];
         for (request, expected) in cases {
-            assert_eq!(issuer.exchange_code(&request).unwrap_err().code(), expected);
+            assert_eq!(issuer.token(&request).unwrap_err().code(), expected);
         }
-        assert!(issuer.exchange_code(&exchange(&code)).is_ok());
+        assert!(issuer.token(&exchange(&code)).is_ok());
     }
 
     #[test]
@@ -420,7 +509,7 @@ mod tests {
             ),
             (
                 AuthorizeParams {
-                    redirect_uri: Some("http://127.0.0.1:8081/approvals".into()),
+                    redirect_uri: Some("http://10.0.0.1:8080/approvals".into()),
                     ..params()
                 },
                 "own origin",
@@ -525,6 +614,102 @@ mod tests {
         assert_eq!(
             issuer.issue_code(&authorize, nobody).unwrap_err().code(),
             "invalid_request"
+        );
+    }
+
+    #[test]
+    fn native_clients_may_redirect_to_loopback_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        for uri in [
+            "http://127.0.0.1:53117/callback",
+            "http://[::1]:4000/",
+            "http://localhost:9/cb",
+        ] {
+            let request = AuthorizeParams {
+                redirect_uri: Some(uri.into()),
+                ..params()
+            };
+            assert!(issuer.check_authorize(&request).is_ok(), "{uri}");
+        }
+        for uri in [
+            "https://localhost:9/cb",
+            "http://127.0.0.1.evil.example:80/cb",
+            "http://localhost.evil.example/cb",
+            "http://[::2]:4000/",
+        ] {
+            let request = AuthorizeParams {
+                redirect_uri: Some(uri.into()),
+                ..params()
+            };
+            assert!(issuer.check_authorize(&request).is_err(), "{uri}");
+        }
+    }
+
+    #[test]
+    fn refresh_tokens_rotate_are_bound_to_the_client_and_end_with_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let time = ManualClock::at(NOW_MS);
+        let issuer = issuer_at(&dir, &time);
+        let cli = |scope: &str| AuthorizeParams {
+            client_id: Some("warden-cli".into()),
+            redirect_uri: Some("http://127.0.0.1:53117/callback".into()),
+            scope: Some(scope.into()),
+            ..params()
+        };
+        let sign_in = |scope: &str| {
+            let authorize = issuer.check_authorize(&cli(scope)).unwrap();
+            let code = issuer.issue_code(&authorize, alice()).unwrap();
+            issuer
+                .token(&CodeExchange {
+                    client_id: Some("warden-cli".into()),
+                    redirect_uri: Some("http://127.0.0.1:53117/callback".into()),
+                    ..exchange(&code)
+                })
+                .unwrap()
+        };
+        // Without offline_access, no refresh token.
+        assert!(sign_in("openid email").refresh_token.is_none());
+
+        let first = sign_in("openid offline_access").refresh_token.unwrap();
+        assert!(!format!("{:?}", sign_in("openid offline_access")).contains("refresh"));
+        // Another client cannot use it, and the attempt spends it.
+        let stolen = CodeExchange {
+            client_id: Some("warden-approvals".into()),
+            ..refresh(&first)
+        };
+        assert_eq!(issuer.token(&stolen).unwrap_err().code(), "invalid_grant");
+        assert_eq!(
+            issuer.token(&refresh(&first)).unwrap_err().code(),
+            "invalid_grant"
+        );
+
+        // Rotation: each use returns a successor and retires the token used.
+        let mut current = sign_in("openid offline_access").refresh_token.unwrap();
+        time.advance(std::time::Duration::from_secs(2 * 3600));
+        let renewed = issuer.token(&refresh(&current)).unwrap();
+        assert_eq!(payload(&renewed.access_token)["sub"], "alice");
+        assert_eq!(
+            payload(&renewed.access_token)["iat"],
+            NOW_MS / 1000 + 2 * 3600
+        );
+        assert_eq!(
+            issuer.token(&refresh(&current)).unwrap_err().code(),
+            "invalid_grant"
+        );
+        current = renewed.refresh_token.unwrap();
+
+        // However often it is rotated, the chain ends 12 hours after the sign-in.
+        time.advance(std::time::Duration::from_secs(10 * 3600 - 1));
+        current = issuer
+            .token(&refresh(&current))
+            .unwrap()
+            .refresh_token
+            .unwrap();
+        time.advance(std::time::Duration::from_secs(1));
+        assert_eq!(
+            issuer.token(&refresh(&current)).unwrap_err(),
+            OAuthError::InvalidGrant("the sign-in has expired; sign in again".into())
         );
     }
 
