@@ -25,6 +25,7 @@
 //! | [`whoami`] | `GET /v1/login` (the IdP and client `warden login` uses) and `GET /v1/whoami` (the caller and what the active policy's groups allow) |
 //! | [`web`] | the web page: approvals (`/approvals`) and the auditors' session replay (`/sessions`), assets from `web/`, `/v1/ui/config` |
 //! | [`issuer`] | the OIDC issuers the control plane serves itself: the development issuer behind `--dev` (`/dev`) and the SAML-backed one (`/idp`): `keys.rs` (key files, JWKS, signing), `tokens.rs` (minting), `oauth.rs` (the authorization code flow with PKCE: checks, one-time codes, refresh tokens), `provider.rs` (the issuer), `http.rs` (its routes) |
+//! | [`key_rotation`] | the SAML issuer's keys in the database, in generations: loaded at start, followed every minute (another replica's rotation), rotated every 30 days or by an admin |
 //! | [`saml`] | SAML 2.0 sign-in (`--saml-idp-metadata`): `/idp/authorize` sends the browser to the company's IdP, `/saml/acs` verifies its response and ends in the SAML issuer's code, `/saml/metadata` |
 //! | [`approvals`] | an approval's binding, its rows, its status as read ([`approvals::status_at`]) and its answer ([`approvals::ApprovalView`], which embeds the engine's `ApprovalAnswer`) |
 //! | [`policies`] | validation with the engine's `check_document`, problem paths mapped to YAML lines, hashes; the server's [`policies::Checker`] (compiles on blocking threads, bounded in size, concurrency, time and per-caller rate) |
@@ -56,8 +57,9 @@
 //! 2. route modules: `api` -> `sessions`; each of them (and `web`) reads
 //!    [`state::AppState`], none imports `server`; `issuer`'s and `saml`'s
 //!    routes hold the issuer or the service provider itself, not the state;
-//! 3. `state` -> `store`, `saml`, `issuer`, `user_auth`, `webhook`,
-//!    `policies`; `saml` -> `issuer`;
+//! 3. `state` -> `store`, `saml`, `key_rotation`, `issuer`, `user_auth`,
+//!    `webhook`, `policies`; `saml` -> `issuer`; `key_rotation` -> `store`,
+//!    `issuer`;
 //! 4. domain: `webhook` -> `approvals` -> `store` -> `chain`; `user_auth`
 //!    -> `error`; inside `issuer`, `http` -> `provider` -> `oauth` ->
 //!    `tokens` -> `keys` (and `http` -> `error`, `html`);
@@ -84,6 +86,7 @@ pub mod error;
 pub mod fields;
 pub mod html;
 pub mod issuer;
+pub mod key_rotation;
 pub mod login;
 pub mod machine_keys;
 pub mod oidc_client;

@@ -492,7 +492,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::issuer::IssuerKind;
+    use crate::issuer::{IssuerKind, KeyRing, Keys};
     use base64::engine::general_purpose::STANDARD;
     use saml_rs::{
         AuthnRequest, CertificatePem, Credentials, IdpConfig, IdpValidationPolicy, NameId,
@@ -528,7 +528,6 @@ mod tests {
         idp: Saml<saml_rs::Idp>,
         sp_descriptor: SpDescriptor,
         time: ManualClock,
-        _dir: tempfile::TempDir,
     }
 
     /// The SP and an IdP that signs the Response.
@@ -542,14 +541,12 @@ mod tests {
         let idp = idp_with(IDP_KEY, IDP_CERT, Duration::from_secs(300));
         // The IdP dates its responses on the system clock: the server's starts there.
         let time = ManualClock::at(Clock::system().now_ms());
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = Issuer::load_or_generate(
-            dir.path(),
+        let issuer = Issuer::with_ring(
             IssuerKind::Saml,
             format!("{PUBLIC_URL}/idp"),
+            KeyRing::single(Keys::generate().unwrap().0).unwrap(),
             time.clock(),
-        )
-        .unwrap();
+        );
         let sp = SamlSignIn::new(
             &SamlSettings {
                 idp_metadata_xml: idp.metadata_xml().to_owned(),
@@ -579,7 +576,6 @@ mod tests {
             idp,
             sp_descriptor,
             time,
-            _dir: dir,
         }
     }
 

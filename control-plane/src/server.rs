@@ -193,10 +193,18 @@ pub async fn run(
         // waits run out: the graceful stop waits for requests in flight.
         watch.close();
     };
+    // The SAML issuer follows rotations (its own, when due, and other replicas').
+    let rotation_task = state.saml().map(|saml| {
+        tokio::spawn(crate::key_rotation::keep_current(
+            state.store().clone(),
+            saml.issuer().clone(),
+            state.clock().clone(),
+        ))
+    });
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    if let Some(task) = listener_task {
+    for task in listener_task.into_iter().chain(rotation_task) {
         task.abort();
     }
     served

@@ -18,7 +18,7 @@ use crate::policies::{CheckLimits, Checker};
 use crate::policy_watch::PolicyWatch;
 use crate::saml::{SamlSettings, SamlSignIn};
 use crate::store::{DatabaseTarget, Store, StoreError};
-use crate::user_auth::{TrustConfig, UserAuth};
+use crate::user_auth::{LocalKeys, TrustConfig, UserAuth};
 use crate::webhook::{redact, Webhook, WebhookFormat};
 
 /// `GET /v1/login`: where people sign in for this control plane.
@@ -295,10 +295,14 @@ impl AppState {
             }
         };
         // The control plane's own issuers: their keys are in process.
-        let local: Vec<(String, serde_json::Value)> = dev_issuer
+        let local: Vec<(String, LocalKeys)> = dev_issuer
             .iter()
             .chain(saml.as_ref().map(|saml| saml.issuer()))
-            .map(|issuer| (issuer.issuer().to_owned(), issuer.jwks().clone()))
+            .map(|issuer| {
+                let keys = issuer.clone();
+                let local: LocalKeys = Arc::new(move || keys.key_set());
+                (issuer.issuer().to_owned(), local)
+            })
             .collect();
         issuers.retain(|i| !local.iter().any(|(url, _)| i.trim_end_matches('/') == url));
         let mut audiences = config.audiences.clone();
@@ -368,24 +372,16 @@ impl AppState {
         tracing::info!(database = %target.kind(), "opening the database");
         let store = Store::open(&target).await?;
 
-        let mut issuers = Vec::new();
-        for (wanted, kind) in [
-            (config.dev, IssuerKind::Dev),
-            (config.saml.is_some(), IssuerKind::Saml),
-        ] {
-            if !wanted {
-                issuers.push(None);
-                continue;
-            }
+        let dev_issuer = if config.dev {
             let data_dir = config.data_dir.clone();
-            let url = config.issuer_url(kind);
+            let url = config.issuer_url(IssuerKind::Dev);
             let clock = config.clock.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                Issuer::load_or_generate(&data_dir, kind, url, clock)
+                Issuer::load_or_generate(&data_dir, url, clock)
             })
             .await;
             match loaded {
-                Ok(Ok(issuer)) => issuers.push(Some(issuer)),
+                Ok(Ok(issuer)) => Some(issuer),
                 Ok(Err(error)) => {
                     store.close().await;
                     return Err(error.into());
@@ -395,9 +391,33 @@ impl AppState {
                     return Err(StateError::Task(join_error.to_string()));
                 }
             }
-        }
-        let saml_issuer = issuers.pop().flatten();
-        let dev_issuer = issuers.pop().flatten();
+        } else {
+            None
+        };
+        // The SAML issuer's keys are the database's, shared by every replica.
+        let saml_issuer = if config.saml.is_some() {
+            let ring = crate::key_rotation::load_ring(
+                &store,
+                crate::key_rotation::SAML_ISSUER,
+                config.clock.now_ms(),
+                false,
+            )
+            .await;
+            match ring {
+                Ok(ring) => Some(Issuer::with_ring(
+                    IssuerKind::Saml,
+                    config.issuer_url(IssuerKind::Saml),
+                    ring,
+                    config.clock.clone(),
+                )),
+                Err(error) => {
+                    store.close().await;
+                    return Err(StateError::Settings(format!("SAML issuer: {error}")));
+                }
+            }
+        } else {
+            None
+        };
         match AppState::with_issuers(store.clone(), dev_issuer, saml_issuer, config.clone()) {
             Ok(state) => Ok(state),
             Err(error) => {

@@ -288,6 +288,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_machine_keys.sql"),
         include_str!("../migrations/postgres/0005_machine_keys.sql"),
     ),
+    (
+        6,
+        "issuer keys",
+        include_str!("../migrations/sqlite/0006_issuer_keys.sql"),
+        include_str!("../migrations/postgres/0006_issuer_keys.sql"),
+    ),
 ];
 
 /// The embedded migrations of one backend. Checksums are SHA-384 of the text,
@@ -1559,5 +1565,74 @@ mod tests {
             .unwrap();
         assert_eq!(count, 1);
         store.close().await;
+    }
+}
+
+rows! {
+/// A generation of an issuer's keys ([`crate::key_rotation`]). The PEM text
+/// is private key material: this type is never printed.
+#[derive(Clone)]
+pub struct IssuerKeyRow {
+    /// 1, 2, 3, …
+    pub generation: i64,
+    /// PKCS#8 RSA 2048.
+    pub rs256_pem: String,
+    /// PKCS#8 P-256.
+    pub es256_pem: String,
+    /// PKCS#8 Ed25519.
+    pub ed25519_pem: String,
+    /// Milliseconds since the epoch.
+    pub created_ms: i64,
+}
+}
+
+impl std::fmt::Debug for IssuerKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerKeyRow")
+            .field("generation", &self.generation)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The newest `limit` generations of `issuer`'s keys, newest first.
+    pub async fn issuer_keys(
+        &self,
+        issuer: &str,
+        limit: i64,
+    ) -> Result<Vec<IssuerKeyRow>, StoreError> {
+        let sql = "SELECT generation, rs256_pem, es256_pem, ed25519_pem, created_ms \
+                   FROM issuer_keys WHERE issuer = $1 ORDER BY generation DESC LIMIT $2";
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sql).bind(issuer).bind(limit).fetch_all(pool).await?),
+        )
+    }
+
+    /// Adds generation `row.generation` of `issuer`'s keys; `false` when
+    /// another replica added that generation first (then use theirs).
+    pub async fn add_issuer_keys(
+        &self,
+        issuer: &str,
+        row: IssuerKeyRow,
+    ) -> Result<bool, StoreError> {
+        let issuer = issuer.to_owned();
+        self.to_completion(move |store| async move {
+            let sql = "INSERT INTO issuer_keys \
+                       (issuer, generation, rs256_pem, es256_pem, ed25519_pem, created_ms) \
+                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (issuer, generation) DO NOTHING";
+            let inserted = on_pool!(&store, pool => sqlx::query(sql)
+                .bind(&issuer)
+                .bind(row.generation)
+                .bind(&row.rs256_pem)
+                .bind(&row.es256_pem)
+                .bind(&row.ed25519_pem)
+                .bind(row.created_ms)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            Ok(inserted == 1)
+        })
+        .await
     }
 }

@@ -45,14 +45,18 @@ const SKEW_SECONDS: u64 = 60;
 /// Largest token accepted.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// Where an issuer of this control plane has its published keys now.
+pub type LocalKeys = Arc<dyn Fn() -> Arc<KeySet> + Send + Sync>;
+
 /// What the server trusts for people's tokens.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrustConfig {
     /// Issuers whose keys come from OIDC discovery.
     pub issuers: Vec<String>,
     /// The control plane's own issuers (`<public_url>/dev`,
-    /// `<public_url>/idp`) and their JWKS: keys in process.
-    pub local: Vec<(String, serde_json::Value)>,
+    /// `<public_url>/idp`): keys in process, read as they are at each
+    /// request (they rotate).
+    pub local: Vec<(String, LocalKeys)>,
     /// Accepted `aud` values.
     pub audiences: Vec<String>,
     /// Group whose members may publish and activate policies.
@@ -88,7 +92,7 @@ impl std::fmt::Debug for UserAuth {
 }
 
 enum IssuerKeys {
-    Static(Arc<KeySet>),
+    Local(LocalKeys),
     Remote(Mutex<RemoteState>),
 }
 
@@ -129,12 +133,10 @@ impl UserAuth {
         let mut issuers = Vec::new();
         let mut keys = Vec::new();
         let mut seen = HashSet::new();
-        for (issuer, jwks) in &config.local {
-            let (set, _) = KeySet::from_jwks(jwks.to_string().as_bytes())
-                .map_err(|e| format!("{issuer} keys: {e}"))?;
+        for (issuer, local_keys) in &config.local {
             seen.insert(issuer.clone());
             issuers.push(issuer_entry(issuer, &audiences, &claims));
-            keys.push(IssuerKeys::Static(Arc::new(set)));
+            keys.push(IssuerKeys::Local(local_keys.clone()));
         }
         for issuer in &config.issuers {
             let issuer = issuer.trim().trim_end_matches('/').to_owned();
@@ -221,9 +223,9 @@ impl UserAuth {
             .ok_or_else(|| unauthorized(auth_message(AuthError::UnknownIssuer)))?;
         let now = self.clock.now_s();
         match keys {
-            IssuerKeys::Static(set) => self
+            IssuerKeys::Local(keys) => self
                 .authenticator
-                .verify(token, unverified, set, now)
+                .verify(token, unverified, &keys(), now)
                 .map_err(|e| unauthorized(auth_message(e))),
             IssuerKeys::Remote(state) => {
                 let issuer = &self.authenticator.issuers[index].issuer;

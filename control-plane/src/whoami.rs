@@ -4,6 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | GET | `/v1/login` | anyone | the IdP and public client the CLI signs in with (`warden serve --login-issuer … --login-client-id …`) |
 //! | GET | `/v1/whoami` | person | the caller's verified identity and what the active policy's groups let them use |
+//! | POST | `/v1/issuer/keys/rotate` | admin | a new generation of the SAML issuer's keys now ([`crate::key_rotation`]) |
 //!
 //! `/v1/whoami` reads the active version's document as the filter does for
 //! groups: the caller's groups that the policy lists, else the policy's
@@ -26,11 +27,69 @@ use crate::state::{AppState, LoginSettings};
 /// The OpenAPI tag of these routes.
 pub const IDENTITY_TAG: &str = "identity";
 
-/// `/v1/login` and `/v1/whoami`.
+/// `/v1/login`, `/v1/whoami` and `/v1/issuer/keys/rotate`.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(login_settings))
         .routes(routes!(whoami))
+        .routes(routes!(rotate_issuer_keys))
+}
+
+/// The SAML issuer's keys after a rotation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RotatedKeys {
+    /// The new generation's number.
+    pub generation: i64,
+    /// Every published key id (the JWKS), oldest generation first.
+    pub kids: Vec<String>,
+    /// When the new generation starts signing (RFC 3339): an hour after it
+    /// is published, so every gateway has its keys first.
+    pub signs_from: String,
+}
+
+/// Adds a generation of the SAML issuer's keys now (published at once,
+/// signing an hour later), as is done every 30 days: after a suspected leak,
+/// or to test a rotation.
+#[utoipa::path(
+    post,
+    path = "/v1/issuer/keys/rotate",
+    tag = IDENTITY_TAG,
+    security(("person" = [])),
+    responses(
+        (status = 200, description = "The new generation", body = RotatedKeys),
+        Unauthorized,
+        (status = 403, description = "Not a member of the admin group (`admin_required`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No SAML issuer here (`saml_not_configured`)", body = crate::error::ErrorBody),
+        Unavailable,
+    ),
+)]
+async fn rotate_issuer_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<RotatedKeys>, ApiError> {
+    let caller = state.users().admin(&headers).await?;
+    let Some(saml) = state.saml() else {
+        return Err(ApiError::refused(
+            StatusCode::NOT_FOUND,
+            "saml_not_configured",
+            "this control plane has no SAML issuer (warden serve --saml-idp-metadata)",
+        ));
+    };
+    let issuer = saml.issuer();
+    let generation = crate::key_rotation::rotate_now(state.store(), issuer, state.clock())
+        .await
+        .map_err(ApiError::Internal)?;
+    let ring = issuer.ring();
+    tracing::info!(generation, by = %crate::fields::logged(&caller.identity.subject), "issuer keys rotated by an admin");
+    Ok(Json(RotatedKeys {
+        generation,
+        kids: ring.kids(),
+        signs_from: crate::clock::rfc3339(
+            ring.newest()
+                .created_ms
+                .saturating_add(crate::issuer::PUBLISH_AHEAD_MS),
+        ),
+    }))
 }
 
 /// The IdP and client `warden login` uses when given none.

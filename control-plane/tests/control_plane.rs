@@ -20,7 +20,10 @@ use tokio::sync::oneshot;
 
 use warden_control_plane::approvals::WAIT_POLL;
 use warden_control_plane::clock::{Clock, ManualClock};
-use warden_control_plane::issuer::{Issuer, IssuerKind, TokenRequest, DEV_KEY_DIR};
+use warden_control_plane::issuer::{
+    Issuer, SigningAlg, TokenRequest, DEV_KEY_DIR, PUBLISH_AHEAD_MS,
+};
+use warden_control_plane::saml::SamlSettings;
 use warden_control_plane::server::run;
 use warden_control_plane::state::{AppState, ServerConfig};
 use warden_control_plane::user_auth::{MAX_STALE, REFRESH};
@@ -95,13 +98,8 @@ fn dev_keys() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        Issuer::load_or_generate(
-            dir.path(),
-            IssuerKind::Dev,
-            "http://127.0.0.1/dev".into(),
-            Clock::system(),
-        )
-        .unwrap();
+        Issuer::load_or_generate(dir.path(), "http://127.0.0.1/dev".into(), Clock::system())
+            .unwrap();
         dir
     })
     .path()
@@ -323,6 +321,7 @@ on_both!(
     request_bodies_are_json_objects,
     text_with_nul_is_stored_alike_or_refused,
     machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked,
+    saml_issuer_keys_rotate_without_failing_a_token,
 );
 
 /// The gateways' view of the active policy: (ETag, the served keys).
@@ -3354,4 +3353,191 @@ mod database_faults {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+}
+
+/// SAML on, with the test IdP's metadata (`tests/fixtures/saml/`).
+fn with_saml(config: &mut ServerConfig) {
+    config.saml = Some(SamlSettings {
+        idp_metadata_xml: include_str!("fixtures/saml/idp-metadata.xml").to_owned(),
+        groups_attribute: "groups".into(),
+        email_attribute: "email".into(),
+    });
+}
+
+/// A token of the SAML issuer (as its code flow would give), for `sub`.
+fn saml_token(server: &Server, sub: &str, groups: &[&str], alg: SigningAlg) -> String {
+    server
+        .state
+        .saml()
+        .unwrap()
+        .issuer()
+        .mint(&TokenRequest {
+            sub: sub.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ttl_seconds: Some(3 * 3600),
+            alg: Some(alg),
+            ..TokenRequest::default()
+        })
+        .unwrap()
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+async fn published_kids(server: &Server) -> Vec<String> {
+    let (status, jwks) = server.get("/idp/jwks.json", Auth::None).await;
+    assert_eq!(status, StatusCode::OK);
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The SAML issuer's keys: a rotation publishes the new generation at once
+/// and signs with it an hour later, the old one stays published while its
+/// tokens live, a generation is added by itself after 30 days, and only
+/// three are published (so a leaked key is gone two rotations later).
+async fn saml_issuer_keys_rotate_without_failing_a_token(backend: Backend) {
+    let time = ManualClock::at(T0_MS);
+    let Some(server) = start(backend, |c| {
+        with_saml(c);
+        c.clock = time.clock();
+    })
+    .await
+    else {
+        return;
+    };
+    let first = published_kids(&server).await;
+    assert_eq!(first.len(), 3);
+    let first_ring = server.state.saml().unwrap().issuer().ring();
+    let old_token = saml_token(&server, "root", &["warden-admins"], SigningAlg::ES256);
+    assert!(first.contains(&kid_of(&old_token)));
+
+    // Only an admin may rotate.
+    let user = saml_token(&server, "eve", &["engineering"], SigningAlg::ES256);
+    let (status, body) = server
+        .post("/v1/issuer/keys/rotate", Auth::Bearer(&user), json!({}))
+        .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "admin_required");
+    let (status, rotated) = server
+        .post(
+            "/v1/issuer/keys/rotate",
+            Auth::Bearer(&old_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["generation"], 2);
+    assert_eq!(
+        rotated["signs_from"],
+        warden_control_plane::clock::rfc3339(T0_MS + PUBLISH_AHEAD_MS)
+    );
+    let both = published_kids(&server).await;
+    assert_eq!(both.len(), 6);
+    assert!(first.iter().all(|kid| both.contains(kid)));
+
+    // For an hour the old generation still signs; then the new one does,
+    // and tokens of both are accepted.
+    time.advance(Duration::from_millis(
+        u64::try_from(PUBLISH_AHEAD_MS).unwrap() - 1000,
+    ));
+    assert!(first.contains(&kid_of(&saml_token(
+        &server,
+        "root",
+        &[],
+        SigningAlg::ES256
+    ))));
+    time.advance(Duration::from_secs(1));
+    let new_token = saml_token(&server, "root", &["warden-admins"], SigningAlg::ES256);
+    assert!(!first.contains(&kid_of(&new_token)) && both.contains(&kid_of(&new_token)));
+    for token in [&old_token, &new_token] {
+        let (status, body) = server.get("/v1/whoami", Auth::Bearer(token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // 30 days on, the next check adds a generation by itself.
+    time.advance(Duration::from_secs(30 * 24 * 3600));
+    let saml = server.state.saml().unwrap();
+    warden_control_plane::key_rotation::refresh(server.state.store(), saml.issuer(), &time.clock())
+        .await
+        .unwrap();
+    assert_eq!(saml.issuer().ring().newest().number, 3);
+    let three = published_kids(&server).await;
+    assert_eq!(three.len(), 9);
+    // A fourth generation pushes the first out of the JWKS: a token its key
+    // signs now (a leaked key, say) is refused; the current keys' are not.
+    let admin = saml_token(&server, "root", &["warden-admins"], SigningAlg::ES256);
+    let (status, body) = server
+        .post("/v1/issuer/keys/rotate", Auth::Bearer(&admin), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["generation"].clone()),
+        (StatusCode::OK, json!(4)),
+        "{body}"
+    );
+    let four = published_kids(&server).await;
+    assert_eq!(four.len(), 9);
+    assert!(first.iter().all(|kid| !four.contains(kid)));
+    let now_s = time.clock().now_s();
+    let claims = json!({
+        "iss": saml.issuer().issuer(), "sub": "root", "aud": "warden",
+        "groups": ["warden-admins"], "iat": now_s, "exp": now_s + 3600,
+    });
+    let leaked = first_ring
+        .sign(
+            SigningAlg::ES256,
+            claims.as_object().unwrap().clone(),
+            time.clock().now_ms(),
+        )
+        .unwrap();
+    let (status, body) = server.get("/v1/whoami", Auth::Bearer(&leaked)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = server.get("/v1/whoami", Auth::Bearer(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Two replicas on one PostgreSQL database sign with and publish the same
+/// SAML issuer keys, and one follows the other's rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_share_the_saml_issuers_keys() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    let a = start_on(Some(url.clone()), with_saml).await;
+    let public = a.base.clone();
+    let b = start_on(Some(url), |c| {
+        with_saml(c);
+        c.public_url = public;
+    })
+    .await;
+    assert_eq!(published_kids(&a).await, published_kids(&b).await);
+    let token = saml_token(&a, "root", &["warden-admins"], SigningAlg::RS256);
+    let (status, body) = b.get("/v1/whoami", Auth::Bearer(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, _) = a
+        .post("/v1/issuer/keys/rotate", Auth::Bearer(&token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(published_kids(&a).await, published_kids(&b).await);
+    let clock = b.state.clock().clone();
+    warden_control_plane::key_rotation::refresh(
+        b.state.store(),
+        b.state.saml().unwrap().issuer(),
+        &clock,
+    )
+    .await
+    .unwrap();
+    assert_eq!(published_kids(&a).await, published_kids(&b).await);
 }

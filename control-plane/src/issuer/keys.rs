@@ -26,8 +26,6 @@ use sha2::{Digest, Sha256};
 
 /// Sub-directory of the data directory that holds the dev issuer's keys.
 pub const DEV_KEY_DIR: &str = "dev-issuer";
-/// Sub-directory of the data directory that holds the SAML-backed issuer's keys.
-pub const SAML_KEY_DIR: &str = "saml-issuer";
 
 const RSA_MODULUS_BITS: usize = 2048;
 const RS256_FILE: &str = "rs256.pem";
@@ -114,6 +112,25 @@ pub enum IssuerError {
     },
 }
 
+/// The PEM text of three key pairs, as they are kept in the database
+/// (the SAML issuer's generations, [`crate::key_rotation`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPems {
+    /// PKCS#8 RSA 2048.
+    pub rs256: String,
+    /// PKCS#8 P-256.
+    pub es256: String,
+    /// PKCS#8 Ed25519.
+    pub ed25519: String,
+}
+
+// Hand-written: private keys are never printed.
+impl fmt::Debug for KeyPems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyPems(<redacted>)")
+    }
+}
+
 /// The three key pairs, their key ids and the JWKS that publishes them.
 pub struct Keys {
     rs256: RS256KeyPair,
@@ -133,8 +150,8 @@ impl fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Loads the keys from `dir` (`<data_dir>/dev-issuer/` or
-    /// `<data_dir>/saml-issuer/`), generating and saving any that are missing.
+    /// Loads the keys from `dir` (`<data_dir>/dev-issuer/`), generating and
+    /// saving any that are missing.
     ///
     /// This does blocking file I/O and, the first time, RSA key generation:
     /// call it from `spawn_blocking` in async code.
@@ -163,6 +180,46 @@ impl Keys {
             |pem| Ed25519KeyPair::from_pem(pem).map_err(|e| e.to_string()),
         )?;
 
+        Keys::assemble(rs256, es256, eddsa)
+    }
+
+    /// Three new key pairs, and their PEM text to keep them.
+    ///
+    /// RSA key generation takes a while: call it from `spawn_blocking`.
+    pub fn generate() -> Result<(Self, KeyPems), IssuerError> {
+        let generate_error = |alg| move |reason: String| IssuerError::Generate { alg, reason };
+        let rs256 = RS256KeyPair::generate(RSA_MODULUS_BITS)
+            .map_err(|e| generate_error(SigningAlg::RS256)(e.to_string()))?;
+        let es256 = ES256KeyPair::generate();
+        let eddsa = Ed25519KeyPair::generate();
+        let pems = KeyPems {
+            rs256: rs256
+                .to_pem()
+                .map_err(|e| generate_error(SigningAlg::RS256)(e.to_string()))?,
+            es256: es256
+                .to_pem()
+                .map_err(|e| generate_error(SigningAlg::ES256)(e.to_string()))?,
+            ed25519: eddsa.to_pem(),
+        };
+        Ok((Keys::assemble(rs256, es256, eddsa)?, pems))
+    }
+
+    /// The key pairs kept as `pems`.
+    pub fn from_pems(pems: &KeyPems) -> Result<Self, String> {
+        Keys::assemble(
+            RS256KeyPair::from_pem(&pems.rs256).map_err(|e| format!("RS256 key: {e}"))?,
+            ES256KeyPair::from_pem(&pems.es256).map_err(|e| format!("ES256 key: {e}"))?,
+            Ed25519KeyPair::from_pem(&pems.ed25519).map_err(|e| format!("Ed25519 key: {e}"))?,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The key ids and the JWKS of three key pairs.
+    fn assemble(
+        rs256: RS256KeyPair,
+        es256: ES256KeyPair,
+        eddsa: Ed25519KeyPair,
+    ) -> Result<Self, IssuerError> {
         // Public key material for the JWKS and the key ids.
         let rsa_public = rs256.public_key();
         let rsa_der = rsa_public.to_der().map_err(|e| IssuerError::Generate {

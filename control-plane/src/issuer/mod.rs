@@ -23,15 +23,16 @@
 //!
 //! | file | job |
 //! | --- | --- |
-//! | `keys.rs` | the key pairs: PEM files under `<data-dir>/dev-issuer/` or `<data-dir>/saml-issuer/`, key ids, the JWKS, signing ([`SigningAlg`], [`IssuerError`]) |
+//! | `keys.rs` | three key pairs (RSA, P-256, Ed25519): PEM files under `<data-dir>/dev-issuer/` (the dev issuer) or rows of the database (the SAML issuer), key ids, the JWKS, signing ([`SigningAlg`], [`IssuerError`]) |
 //! | `tokens.rs` | minting: [`TokenRequest`], [`TokenResponse`], [`MintError`], the claims a token carries |
 //! | `oauth.rs` | the code flow's protocol state: [`AuthorizeParams`], [`CodeExchange`], [`CodeTokens`], [`OAuthError`], the checks, the one-time codes, the refresh tokens |
+//! | `ring.rs` | [`KeyRing`]: the published generations of keys, which one signs (a new one an hour after it is published), when to rotate |
 //! | `provider.rs` | [`Issuer`] and [`IssuerKind`]: its URL, keys, codes and refresh tokens; discovery, [`Issuer::mint`] and the flow's steps |
 //! | `http.rs` | every issuer route and its handler ([`routes`]), the dev sign-in form, the redirect that ends a sign-in |
 //!
 //! Dependencies point down that table: `keys` and `tokens` are leaves
-//! (`tokens` names `keys`' algorithm), `oauth` builds on `tokens`, `provider`
-//! composes the three, `http` serves `provider`. This file only declares and
+//! (`tokens` names `keys`' algorithm), `ring` holds `keys`, `oauth` builds
+//! on `tokens`, `provider` composes them, `http` serves `provider`. This file only declares and
 //! re-exports; no child imports it.
 //!
 //! Key material, codes, verifiers and minted tokens are never logged.
@@ -40,15 +41,17 @@ mod http;
 mod keys;
 mod oauth;
 mod provider;
+mod ring;
 mod tokens;
 
 pub use http::{redirect_with_code, routes, sign_in_error};
-pub use keys::{IssuerError, SigningAlg, DEV_KEY_DIR, SAML_KEY_DIR};
+pub use keys::{IssuerError, KeyPems, Keys, SigningAlg, DEV_KEY_DIR};
 pub use oauth::{
     AuthorizeParams, CodeExchange, CodeTokens, OAuthError, SignIn, ValidAuthorize,
     CODE_TTL_SECONDS, FLOW_TOKEN_TTL_SECONDS,
 };
 pub use provider::{Issuer, IssuerKind, ISSUER_PATH, SAML_ISSUER_PATH};
+pub use ring::{Generation, KeyRing, PUBLISHED_GENERATIONS, PUBLISH_AHEAD_MS, ROTATE_AFTER_MS};
 pub use tokens::{
     MintError, TokenRequest, TokenResponse, DEFAULT_AUDIENCE, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };

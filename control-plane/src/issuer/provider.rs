@@ -7,16 +7,19 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde_json::{json, Value};
 
-use super::keys::{IssuerError, Keys, SigningAlg, DEV_KEY_DIR, SAML_KEY_DIR};
+use super::keys::{IssuerError, Keys, SigningAlg, DEV_KEY_DIR};
 use super::oauth::{
     self, AuthorizeParams, CodeExchange, CodeTokens, Codes, Grant, OAuthError, RefreshTokens,
     SignIn, ValidAuthorize, FLOW_TOKEN_TTL_SECONDS,
 };
+use super::ring::KeyRing;
 use super::tokens::{self, MintError, TokenRequest};
 use crate::clock::Clock;
+use warden_engine::auth::jwks::KeySet;
 
 /// Path under which the dev issuer is mounted; its URL is `<public-url>/dev`.
 pub const ISSUER_PATH: &str = "/dev";
@@ -41,13 +44,6 @@ impl IssuerKind {
         }
     }
 
-    fn key_dir(self) -> &'static str {
-        match self {
-            IssuerKind::Dev => DEV_KEY_DIR,
-            IssuerKind::Saml => SAML_KEY_DIR,
-        }
-    }
-
     /// The algorithm of the code flow's tokens: the dev issuer keeps RS256
     /// (what most IdPs use, so tests see the common case); the SAML issuer
     /// signs with ES256, which gateways verify in half the time.
@@ -66,7 +62,8 @@ impl IssuerKind {
 pub struct Issuer {
     issuer: String,
     kind: IssuerKind,
-    keys: Keys,
+    /// Replaced whole when the keys rotate ([`Issuer::set_ring`]).
+    ring: RwLock<Arc<KeyRing>>,
     codes: Codes,
     refresh_tokens: RefreshTokens,
     clock: Clock,
@@ -78,33 +75,55 @@ impl fmt::Debug for Issuer {
         f.debug_struct("Issuer")
             .field("issuer", &self.issuer)
             .field("kind", &self.kind)
-            .field("kids", &self.keys.kids())
+            .field("kids", &self.ring().kids())
             .finish_non_exhaustive()
     }
 }
 
 impl Issuer {
-    /// Loads the keys from `<data_dir>/dev-issuer/` or
-    /// `<data_dir>/saml-issuer/`, generating and saving any that are
-    /// missing. `issuer` is the issuer URL (`<public-url>/dev` or
-    /// `<public-url>/idp`); tokens and codes are dated by `clock`.
+    /// The dev issuer: its keys from `<data_dir>/dev-issuer/`, generating
+    /// and saving any that are missing. `issuer` is its URL
+    /// (`<public-url>/dev`); tokens and codes are dated by `clock`.
     ///
     /// This does blocking file I/O and, the first time, RSA key generation:
     /// call it from `spawn_blocking` in async code.
     pub fn load_or_generate(
         data_dir: &Path,
-        kind: IssuerKind,
         issuer: String,
         clock: Clock,
     ) -> Result<Self, IssuerError> {
-        Ok(Issuer {
+        let keys = Keys::load_or_generate(&data_dir.join(DEV_KEY_DIR))?;
+        let ring = KeyRing::single(keys).map_err(|reason| IssuerError::Generate {
+            alg: SigningAlg::RS256,
+            reason,
+        })?;
+        Ok(Issuer::with_ring(IssuerKind::Dev, issuer, ring, clock))
+    }
+
+    /// An issuer signing with `ring` (the SAML issuer's generations from
+    /// the database, [`crate::key_rotation`]).
+    pub fn with_ring(kind: IssuerKind, issuer: String, ring: KeyRing, clock: Clock) -> Self {
+        Issuer {
             issuer,
             kind,
-            keys: Keys::load_or_generate(&data_dir.join(kind.key_dir()))?,
+            ring: RwLock::new(Arc::new(ring)),
             codes: Codes::default(),
             refresh_tokens: RefreshTokens::default(),
             clock,
-        })
+        }
+    }
+
+    /// The keys as they are now.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the keys (a rotation, or another replica's).
+    pub fn set_ring(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
     }
 
     /// Which issuer this is.
@@ -117,14 +136,23 @@ impl Issuer {
         &self.issuer
     }
 
-    /// The `kid` of the key used for `alg`.
-    pub fn key_id(&self, alg: SigningAlg) -> &str {
-        self.keys.key_id(alg)
+    /// The `kid` of the key that signs with `alg` now.
+    pub fn key_id(&self, alg: SigningAlg) -> String {
+        self.ring()
+            .signing(self.clock.now_ms())
+            .keys
+            .key_id(alg)
+            .to_owned()
     }
 
-    /// The JWKS served at `/dev/jwks.json`.
-    pub fn jwks(&self) -> &Value {
-        self.keys.jwks()
+    /// The JWKS served at `<issuer>/jwks.json`: every published generation.
+    pub fn jwks(&self) -> Value {
+        self.ring().jwks().clone()
+    }
+
+    /// The published keys, to verify the issuer's own tokens.
+    pub fn key_set(&self) -> Arc<KeySet> {
+        self.ring().key_set()
     }
 
     /// The OpenID Connect discovery document.
@@ -160,9 +188,10 @@ impl Issuer {
 
     /// Validates `request` and mints a token signed with the key of its algorithm.
     pub fn mint(&self, request: &TokenRequest) -> Result<String, MintError> {
+        let now_ms = self.clock.now_ms();
         let claims = tokens::claims(&self.issuer, request, self.clock.now_s())?;
-        self.keys
-            .sign(request.alg.unwrap_or_default(), claims)
+        self.ring()
+            .sign(request.alg.unwrap_or_default(), claims, now_ms)
             .map_err(MintError::Sign)
     }
 
@@ -206,11 +235,12 @@ impl Issuer {
 
     fn tokens_for(&self, grant: &Grant, now: u64) -> Result<CodeTokens, OAuthError> {
         let (access, id) = grant.token_requests();
+        let ring = self.ring();
+        let now_ms = self.clock.now_ms();
         let sign = |request: &TokenRequest| {
             let claims = tokens::claims(&self.issuer, request, now)
                 .map_err(|error| OAuthError::Server(error.to_string()))?;
-            self.keys
-                .sign(self.kind.flow_alg(), claims)
+            ring.sign(self.kind.flow_alg(), claims, now_ms)
                 .map_err(OAuthError::Server)
         };
         Ok(CodeTokens {
@@ -290,13 +320,8 @@ mod tests {
 
     /// An issuer whose time is `time`'s.
     fn issuer_at(dir: &tempfile::TempDir, time: &ManualClock) -> Issuer {
-        Issuer::load_or_generate(
-            dir.path(),
-            IssuerKind::Dev,
-            "http://127.0.0.1:8080/dev".into(),
-            time.clock(),
-        )
-        .unwrap()
+        Issuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into(), time.clock())
+            .unwrap()
     }
 
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";

@@ -1,0 +1,139 @@
+//! The SAML issuer's signing keys: kept in the database in generations
+//! (`issuer_keys`), so every replica signs with and publishes the same
+//! keys, and rotated without a failed request ([`crate::issuer::KeyRing`]:
+//! a new generation is published an hour before it signs, the one it
+//! replaces stays published while its tokens live).
+//!
+//! - At start ([`load_ring`]) and then every [`CHECK_EVERY`] ([`keep_current`])
+//!   a replica reads the newest generations, so it follows another
+//!   replica's rotation, and adds a generation when there is none or the
+//!   newest is [`crate::issuer::ROTATE_AFTER_MS`] old. Two replicas racing
+//!   to add one: the database keeps the first (primary key), the other
+//!   reads it.
+//! - An admin can rotate at once (`POST /v1/issuer/keys/rotate`, [`rotate_now`]),
+//!   for example when a key may have leaked: the new generation signs after
+//!   the same hour, and the leaked one leaves the JWKS two rotations later.
+//!
+//! The private keys are stored in clear, as the rest of the control plane's
+//! secrets are in its database: whoever can read the database can also
+//! issue machine keys' hashes or approve requests. Never logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::issuer::{Generation, Issuer, KeyPems, KeyRing, Keys, PUBLISHED_GENERATIONS};
+use crate::store::{IssuerKeyRow, Store};
+
+/// The SAML issuer's name in `issuer_keys`.
+pub const SAML_ISSUER: &str = "saml";
+
+/// How often a replica reads the generations (and rotates when due).
+pub const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The issuer's ring from the database, after adding a generation when
+/// there is none, the newest is due for rotation at `now_ms`, or `force`.
+pub async fn load_ring(
+    store: &Store,
+    issuer: &str,
+    now_ms: i64,
+    force: bool,
+) -> Result<KeyRing, String> {
+    let limit = i64::try_from(PUBLISHED_GENERATIONS).unwrap_or(i64::MAX);
+    let mut rows = store
+        .issuer_keys(issuer, limit)
+        .await
+        .map_err(|e| format!("cannot read the issuer's keys: {e}"))?;
+    let due = match rows.first() {
+        None => true,
+        Some(newest) => {
+            force
+                || newest
+                    .created_ms
+                    .saturating_add(crate::issuer::ROTATE_AFTER_MS)
+                    <= now_ms
+        }
+    };
+    if due {
+        let generation = rows.first().map_or(1, |newest| newest.generation + 1);
+        let pems = tokio::task::spawn_blocking(|| Keys::generate().map(|(_, pems)| pems))
+            .await
+            .map_err(|e| format!("cannot generate keys: {e}"))?
+            .map_err(|e| format!("cannot generate keys: {e}"))?;
+        let added = store
+            .add_issuer_keys(
+                issuer,
+                IssuerKeyRow {
+                    generation,
+                    rs256_pem: pems.rs256,
+                    es256_pem: pems.es256,
+                    ed25519_pem: pems.ed25519,
+                    created_ms: now_ms,
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot store the issuer's new keys: {e}"))?;
+        if added {
+            tracing::info!(
+                issuer,
+                generation,
+                "issuer keys: a new generation is published; it signs in an hour"
+            );
+        }
+        rows = store
+            .issuer_keys(issuer, limit)
+            .await
+            .map_err(|e| format!("cannot read the issuer's keys: {e}"))?;
+    }
+    ring_of(rows)
+}
+
+/// The ring of stored generations.
+fn ring_of(rows: Vec<IssuerKeyRow>) -> Result<KeyRing, String> {
+    let mut generations = Vec::with_capacity(rows.len());
+    for row in rows {
+        let keys = Keys::from_pems(&KeyPems {
+            rs256: row.rs256_pem,
+            es256: row.es256_pem,
+            ed25519: row.ed25519_pem,
+        })
+        .map_err(|e| format!("generation {} of the issuer's keys: {e}", row.generation))?;
+        generations.push(Generation {
+            number: row.generation,
+            created_ms: row.created_ms,
+            keys,
+        });
+    }
+    KeyRing::new(generations)
+}
+
+/// Reads the generations again (rotating when due) and gives them to `issuer`.
+pub async fn refresh(store: &Store, issuer: &Issuer, clock: &Clock) -> Result<(), String> {
+    let ring = load_ring(store, SAML_ISSUER, clock.now_ms(), false).await?;
+    issuer.set_ring(ring);
+    Ok(())
+}
+
+/// Adds a generation now, whatever the newest one's age, and gives the
+/// ring to `issuer`. Returns the new generation's number.
+pub async fn rotate_now(store: &Store, issuer: &Issuer, clock: &Clock) -> Result<i64, String> {
+    let ring = load_ring(store, SAML_ISSUER, clock.now_ms(), true).await?;
+    let newest = ring.newest().number;
+    issuer.set_ring(ring);
+    Ok(newest)
+}
+
+/// Keeps `issuer`'s keys current until the task is dropped: every
+/// [`CHECK_EVERY`], [`refresh`]. A failure keeps the keys it has (they stay
+/// valid) and is logged.
+pub async fn keep_current(store: Store, issuer: Arc<Issuer>, clock: Clock) {
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        if let Err(error) = refresh(&store, &issuer, &clock).await {
+            tracing::warn!(
+                error,
+                "issuer keys: cannot refresh; the current keys stay in use"
+            );
+        }
+    }
+}
