@@ -24,8 +24,8 @@
 //!   answered (`InResponseTo` and `RelayState`): unsolicited (IdP-initiated)
 //!   responses are refused, and a pending request is removed on first use,
 //!   whatever the outcome;
-//! - an assertion id not seen before ([`SeenMessages`], until the
-//!   assertion's end);
+//! - response and assertion ids not seen before ([`SeenMessages`], kept
+//!   until the assertion's end);
 //! - no DOCTYPE, bounded XML.
 //!
 //! The person is the `NameID` (as one text value: a comment inside it
@@ -34,13 +34,12 @@
 //! page with the code `saml_refused` and no echo of the response; the reason
 //! goes to the log.
 //!
-//! Pending requests and seen assertions are kept in memory: with several
-//! replicas, route a browser's sign-in to one replica (sticky sessions on
-//! the `/idp/authorize` and `/saml/acs` pair), or sign in on one.
+//! Sign-ins in flight and accepted ids are rows of the database
+//! (`one_time_grants`): any replica finishes a sign-in another started, and
+//! only one can.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
@@ -53,17 +52,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore as _;
 use saml_rs::{
-    AcsEndpoint, AudienceValidationPolicy, BrowserInput, ClockSkew, EntityId, FormField,
-    IdpDescriptor, MetadataTrustPolicy, PendingAuthnRequest, RelayStateParam, ReplayCache,
-    ReplayKey, ReplayPolicy, Saml, SamlError, SamlValidationContext, SpConfig, SpValidationPolicy,
-    SsoResponse, SsoSession, StartSso, XmlSignatureProfile,
+    AcsEndpoint, AudienceValidationPolicy, AuthnRequest, BrowserInput, ClockSkew, EntityId,
+    FormField, IdpDescriptor, MetadataTrustPolicy, PendingAuthnRequest, PendingSnapshot,
+    RelayStateParam, ReplayCache, ReplayKey, ReplayPolicy, Saml, SamlError, SamlInstant,
+    SamlValidationContext, SpConfig, SpValidationPolicy, SsoResponse, SsoSession, StartSso,
+    XmlSignatureProfile,
 };
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::fields::logged;
 use crate::issuer::{
     redirect_with_code, sign_in_error, AuthorizeParams, Issuer, SignIn, ValidAuthorize,
 };
+use crate::store::Store;
 
 /// Where the IdP posts its responses, under the public URL.
 pub const ACS_PATH: &str = "/saml/acs";
@@ -71,11 +75,8 @@ pub const ACS_PATH: &str = "/saml/acs";
 pub const METADATA_PATH: &str = "/saml/metadata";
 /// How long a browser has to come back from the IdP.
 pub const PENDING_TTL_SECONDS: u64 = 600;
-/// Most sign-ins waiting for the IdP; beyond it the oldest is dropped.
-const MAX_PENDING: usize = 10_000;
-/// Most remembered assertion ids; beyond it, responses are refused (fail
-/// closed) until some expire.
-const MAX_SEEN: usize = 100_000;
+/// Most sign-ins waiting for the IdP; beyond it the oldest are dropped.
+pub const MAX_PENDING: i64 = 10_000;
 /// Clock skew allowed on an assertion's times, as on JWTs' (`saml-rs`
 /// would allow five minutes).
 const CLOCK_SKEW_MS: i64 = 60_000;
@@ -103,13 +104,78 @@ impl fmt::Debug for SamlSettings {
     }
 }
 
-/// A sign-in sent to the IdP: the client's checked request and what the
-/// response must answer.
+/// A sign-in sent to the IdP, as kept in the database until its answer:
+/// the client's authorization request (checked again on the way back) and
+/// `saml-rs`'s snapshot of what the response must answer.
+#[derive(Serialize, Deserialize)]
 struct PendingSignIn {
-    authorize: ValidAuthorize,
-    request: PendingAuthnRequest,
-    expires_at: u64,
+    params: AuthorizeParams,
+    request_id: String,
+    relay_state: String,
+    idp_entity_id: String,
+    expected_binding: String,
+    request_binding: Option<String>,
+    acs_url: String,
+    acs_binding: String,
+    acs_index: Option<u16>,
+    acs_is_default: bool,
+    issued_at: Option<String>,
+    expires_at: Option<String>,
 }
+
+impl PendingSignIn {
+    fn new(params: AuthorizeParams, request: &PendingAuthnRequest) -> Self {
+        let snapshot = request.snapshot();
+        PendingSignIn {
+            params,
+            request_id: snapshot.id,
+            relay_state: snapshot
+                .relay_state
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
+            idp_entity_id: snapshot.peer_entity_id,
+            expected_binding: snapshot.expected_binding,
+            request_binding: snapshot.request_binding,
+            acs_url: snapshot.acs_url,
+            acs_binding: snapshot.acs_binding,
+            acs_index: snapshot.acs_index,
+            acs_is_default: snapshot.acs_is_default,
+            issued_at: snapshot.issued_at.map(|at| at.as_str().to_owned()),
+            expires_at: snapshot.expires_at.map(|at| at.as_str().to_owned()),
+        }
+    }
+
+    /// `saml-rs`'s pending request again.
+    fn request(&self) -> Result<PendingAuthnRequest, SamlError> {
+        let mut snapshot = PendingSnapshot::<AuthnRequest>::authn_request(
+            self.request_id.clone(),
+            RelayStateParam::try_from_option(Some(self.relay_state.clone()))?,
+            self.idp_entity_id.clone(),
+            self.expected_binding.clone(),
+            self.acs_url.clone(),
+            self.acs_binding.clone(),
+        );
+        snapshot.request_binding = self.request_binding.clone();
+        snapshot.acs_index = self.acs_index;
+        snapshot.acs_is_default = self.acs_is_default;
+        snapshot.issued_at = self
+            .issued_at
+            .clone()
+            .map(SamlInstant::try_new)
+            .transpose()?;
+        snapshot.expires_at = self
+            .expires_at
+            .clone()
+            .map(SamlInstant::try_new)
+            .transpose()?;
+        PendingAuthnRequest::from_snapshot(snapshot)
+    }
+}
+
+/// Kinds of `one_time_grants` rows.
+const PENDING_KIND: &str = "saml_request";
+const SEEN_KIND: &str = "saml_seen";
 
 /// The service provider: its `saml-rs` configuration, the IdP it trusts,
 /// the issuer it signs people in to, and the sign-ins in flight.
@@ -119,8 +185,11 @@ pub struct SamlSignIn {
     issuer: Arc<Issuer>,
     groups_attribute: String,
     email_attribute: String,
-    pending: Mutex<HashMap<String, PendingSignIn>>,
-    seen: Mutex<SeenMessages>,
+    /// Sign-ins in flight and message ids seen (`one_time_grants`), so any
+    /// replica can finish a sign-in another started.
+    store: Store,
+    /// Most sign-ins waiting for the IdP ([`MAX_PENDING`]).
+    max_pending: i64,
     clock: Clock,
 }
 
@@ -146,6 +215,9 @@ pub enum SamlRefusal {
     /// `saml-rs` refused it (signature, audience, time, replay, …).
     #[error("{0}")]
     Invalid(#[from] SamlError),
+    /// The database failed: nothing was judged.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The assertion names nobody usable.
     #[error("{0}")]
     Person(String),
@@ -159,6 +231,7 @@ impl SamlSignIn {
         settings: &SamlSettings,
         public_url: &str,
         issuer: Arc<Issuer>,
+        store: Store,
         clock: Clock,
     ) -> Result<Self, String> {
         let public_url = public_url.trim_end_matches('/');
@@ -191,8 +264,8 @@ impl SamlSignIn {
             issuer,
             groups_attribute: settings.groups_attribute.trim().to_owned(),
             email_attribute: settings.email_attribute.trim().to_owned(),
-            pending: Mutex::default(),
-            seen: Mutex::default(),
+            store,
+            max_pending: MAX_PENDING,
             clock,
         })
     }
@@ -215,9 +288,8 @@ impl SamlSignIn {
     /// Checks an authorization request and starts a SAML sign-in for it:
     /// the URL to send the browser to (the IdP's SSO URL with a
     /// `SAMLRequest` and a fresh `RelayState`).
-    pub fn start(&self, params: &AuthorizeParams) -> Result<String, String> {
-        let authorize = self
-            .issuer
+    pub async fn start(&self, params: &AuthorizeParams) -> Result<String, String> {
+        self.issuer
             .check_authorize(params)
             .map_err(|e| e.to_string())?;
         // 256 bits from the OS generator: the only link between the browser's
@@ -236,37 +308,35 @@ impl SamlSignIn {
             .redirect_url()
             .map_err(|e| format!("cannot start a SAML sign-in: {e}"))?
             .to_owned();
-        let now = self.clock.now_s();
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.retain(|_, sign_in| sign_in.expires_at > now);
-        if pending.len() >= MAX_PENDING {
-            // Anyone can start sign-ins: refusing new ones when full would let
-            // a flood lock everyone out for the TTL. The oldest goes instead
-            // (its person signs in again).
-            let oldest = pending
-                .iter()
-                .min_by_key(|(_, sign_in)| sign_in.expires_at)
-                .map(|(relay, _)| relay.clone());
-            if let Some(oldest) = oldest {
-                pending.remove(&oldest);
-            }
-        }
-        pending.insert(
-            relay,
-            PendingSignIn {
-                authorize,
-                request: started.pending,
-                expires_at: now.saturating_add(PENDING_TTL_SECONDS),
-            },
-        );
+        let pending = serde_json::to_string(&PendingSignIn::new(params.clone(), &started.pending))
+            .map_err(|e| format!("cannot start a SAML sign-in: {e}"))?;
+        let now_ms = self.clock.now_ms();
+        let ttl_ms = i64::try_from(PENDING_TTL_SECONDS * 1000).unwrap_or(i64::MAX);
+        self.store
+            .put_grant(
+                &hash_of(&relay),
+                PENDING_KIND,
+                &pending,
+                now_ms.saturating_add(ttl_ms),
+                now_ms,
+                // Anyone can start sign-ins: beyond this many the oldest go
+                // (their people sign in again) rather than new ones being
+                // refused, which would let a flood lock everyone out.
+                Some(self.max_pending),
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "SAML: cannot keep a sign-in");
+                "sign-in is unavailable for a moment; try again in a minute".to_owned()
+            })?;
         Ok(location)
     }
 
     /// Verifies a posted response (its form fields) and maps it to a
     /// person: the checked request it answers and who signed in. The
     /// sign-in it answers is spent whatever the outcome.
-    pub fn finish(
-        &self,
+    pub async fn finish(
+        self: &Arc<Self>,
         fields: Vec<(String, String)>,
     ) -> Result<(ValidAuthorize, SignIn), SamlRefusal> {
         if !fields.iter().any(|(name, _)| name == "SAMLResponse") {
@@ -278,14 +348,54 @@ impl SamlSignIn {
             .map(|(_, value)| value.clone())
             .ok_or(SamlRefusal::NotPending)?;
         let now_ms = self.clock.now_ms();
-        let now_s = self.clock.now_s();
-        let sign_in = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&relay)
-            .filter(|sign_in| sign_in.expires_at > now_s)
+        let (payload, expires_ms) = self
+            .store
+            .take_grant(&hash_of(&relay), PENDING_KIND)
+            .await
+            .map_err(|e| SamlRefusal::Unavailable(e.to_string()))?
             .ok_or(SamlRefusal::NotPending)?;
+        if expires_ms <= now_ms {
+            return Err(SamlRefusal::NotPending);
+        }
+        let pending: PendingSignIn = serde_json::from_str(&payload)
+            .map_err(|e| SamlRefusal::Unavailable(format!("a stored sign-in: {e}")))?;
+        let authorize = self
+            .issuer
+            .check_authorize(&pending.params)
+            .map_err(|e| SamlRefusal::Person(e.to_string()))?;
+        let request = pending.request()?;
+        // Verification parses XML and checks RSA signatures: off the
+        // runtime's threads.
+        let verifier = self.clone();
+        let (who, seen) =
+            tokio::task::spawn_blocking(move || verifier.verify(&request, fields, now_ms))
+                .await
+                .map_err(|e| SamlRefusal::Unavailable(e.to_string()))??;
+        // Ids this response carries that were accepted before: a replay.
+        for (key, until) in seen.0 {
+            let until_ms = until
+                .duration_since(UNIX_EPOCH)
+                .map_or(now_ms, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let first = self
+                .store
+                .put_grant(&key, SEEN_KIND, "", until_ms, now_ms, None)
+                .await
+                .map_err(|e| SamlRefusal::Unavailable(e.to_string()))?;
+            if !first {
+                return Err(SamlRefusal::Invalid(SamlError::ReplayDetected { key }));
+            }
+        }
+        Ok((authorize, who))
+    }
+
+    /// Checks the response against `request` at `now_ms`: who it names, and
+    /// the message ids to remember.
+    fn verify(
+        &self,
+        request: &PendingAuthnRequest,
+        fields: Vec<(String, String)>,
+        now_ms: i64,
+    ) -> Result<(SignIn, SeenMessages), SamlRefusal> {
         let input = BrowserInput::<SsoResponse>::post(
             fields
                 .into_iter()
@@ -293,17 +403,12 @@ impl SamlSignIn {
                 .collect(),
         );
         let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or_default());
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.forget_before(now);
-        let context = SamlValidationContext::new(now, ReplayPolicy::RequireCache(&mut *seen))
+        let mut seen = SeenMessages::default();
+        let context = SamlValidationContext::new(now, ReplayPolicy::RequireCache(&mut seen))
             .with_clock_skew(ClockSkew::from_millis(-CLOCK_SKEW_MS, CLOCK_SKEW_MS))
             .with_replay_retention(Duration::from_secs(MAX_SEEN_SECONDS));
-        let session = self
-            .sp
-            .finish_sso(&self.idp, &sign_in.request, input, context)?;
-        drop(seen);
-        let who = self.person(&session)?;
-        Ok((sign_in.authorize, who))
+        let session = self.sp.finish_sso(&self.idp, request, input, context)?;
+        Ok((self.person(&session)?, seen))
     }
 
     /// Who the assertion names: the NameID, the groups and email attributes.
@@ -356,32 +461,27 @@ fn validation_policy() -> SpValidationPolicy {
     }
 }
 
-/// Message and assertion ids already accepted, until their end.
+/// The message and assertion ids one response carries, and until when to
+/// remember them: `saml-rs` asks for each; they are then kept in the
+/// database ([`SamlSignIn::finish`]), where an id already there is a replay.
 #[derive(Default)]
-pub struct SeenMessages {
-    until: HashMap<String, SystemTime>,
-}
-
-impl SeenMessages {
-    fn forget_before(&mut self, now: SystemTime) {
-        self.until.retain(|_, until| *until > now);
-    }
-}
+pub struct SeenMessages(Vec<(String, SystemTime)>);
 
 impl ReplayCache for SeenMessages {
     fn check_and_store(&mut self, key: ReplayKey, expires_at: SystemTime) -> Result<(), SamlError> {
         let key = key.cache_key();
-        if self.until.contains_key(&key) {
+        if self.0.iter().any(|(seen, _)| *seen == key) {
             return Err(SamlError::ReplayDetected { key });
         }
-        if self.until.len() >= MAX_SEEN {
-            return Err(SamlError::Invalid(
-                "too many recent sign-ins to check for replays".into(),
-            ));
-        }
-        self.until.insert(key, expires_at);
+        self.0.push((key, expires_at));
         Ok(())
     }
+}
+
+/// Where a RelayState is kept: its SHA-256 (the database holds no value
+/// that would finish someone's sign-in).
+fn hash_of(relay: &str) -> String {
+    hex::encode(Sha256::digest(relay.as_bytes()))
 }
 
 /// The SAML routes, for a router of any state (they carry their own).
@@ -406,7 +506,7 @@ async fn authorize(
     let Ok(Query(params)) = query else {
         return sign_in_error("the authorization request is malformed");
     };
-    match saml.start(&params) {
+    match saml.start(&params).await {
         Ok(location) => match HeaderValue::from_str(&location) {
             Ok(location) => (
                 StatusCode::SEE_OTHER,
@@ -431,22 +531,14 @@ async fn acs(
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
     let fields = form.map(|Form(fields)| fields).unwrap_or_default();
-    // Verification parses XML and checks RSA signatures: off the runtime's
-    // threads.
-    let verifier = saml.clone();
-    let outcome = tokio::task::spawn_blocking(move || verifier.finish(fields)).await;
-    let (authorize, who) = match outcome {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(refusal)) => {
+    let (authorize, who) = match saml.finish(fields).await {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
             tracing::warn!(reason = %logged(&refusal.to_string()), idp = saml.idp_entity_id(), "SAML response refused");
             return refused();
         }
-        Err(join_error) => {
-            tracing::error!(error = %join_error, "SAML verification failed");
-            return refused();
-        }
     };
-    let code = match saml.issuer.issue_code(&authorize, who.clone()) {
+    let code = match saml.issuer.issue_code(&authorize, who.clone()).await {
         Ok(code) => code,
         Err(error) => {
             tracing::warn!(reason = %error, "SAML sign-in: cannot issue a code");
@@ -524,28 +616,36 @@ mod tests {
     }
 
     struct Fixture {
-        sp: SamlSignIn,
+        sp: Arc<SamlSignIn>,
         idp: Saml<saml_rs::Idp>,
         sp_descriptor: SpDescriptor,
         time: ManualClock,
+        _dir: tempfile::TempDir,
     }
 
     /// The SP and an IdP that signs the Response.
-    fn fixture() -> Fixture {
-        fixture_signing(false)
+    async fn fixture() -> Fixture {
+        fixture_signing(false).await
     }
 
     /// The SP and an IdP that signs the Assertion (`assertion_signed`; the
     /// SP's metadata as the IdP reads it then asks for it) or the Response.
-    fn fixture_signing(assertion_signed: bool) -> Fixture {
+    async fn fixture_signing(assertion_signed: bool) -> Fixture {
         let idp = idp_with(IDP_KEY, IDP_CERT, Duration::from_secs(300));
         // The IdP dates its responses on the system clock: the server's starts there.
         let time = ManualClock::at(Clock::system().now_ms());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::store::DatabaseTarget::SqliteFile(
+            dir.path().join("warden.db"),
+        ))
+        .await
+        .unwrap();
         let issuer = Issuer::with_ring(
             IssuerKind::Saml,
             format!("{PUBLIC_URL}/idp"),
             KeyRing::single(Keys::generate().unwrap().0).unwrap(),
             time.clock(),
+            store.clone(),
         );
         let sp = SamlSignIn::new(
             &SamlSettings {
@@ -555,6 +655,7 @@ mod tests {
             },
             PUBLIC_URL,
             Arc::new(issuer),
+            store,
             time.clock(),
         )
         .unwrap();
@@ -572,10 +673,11 @@ mod tests {
         )
         .unwrap();
         Fixture {
-            sp,
+            sp: Arc::new(sp),
             idp,
             sp_descriptor,
             time,
+            _dir: dir,
         }
     }
 
@@ -595,8 +697,12 @@ mod tests {
 
     /// Starts a sign-in at the SP and has `idp` answer it for `name`: the
     /// fields the browser would post to the ACS.
-    fn answered_by(f: &Fixture, idp: &Saml<saml_rs::Idp>, name: &str) -> Vec<(String, String)> {
-        let location = f.sp.start(&params()).unwrap();
+    async fn answered_by(
+        f: &Fixture,
+        idp: &Saml<saml_rs::Idp>,
+        name: &str,
+    ) -> Vec<(String, String)> {
+        let location = f.sp.start(&params()).await.unwrap();
         assert!(
             location.starts_with("https://idp.example.test/sso?"),
             "{location}"
@@ -629,8 +735,8 @@ mod tests {
             .collect()
     }
 
-    fn answered(f: &Fixture, name: &str) -> Vec<(String, String)> {
-        answered_by(f, &f.idp, name)
+    async fn answered(f: &Fixture, name: &str) -> Vec<(String, String)> {
+        answered_by(f, &f.idp, name).await
     }
 
     fn xml_of(fields: &[(String, String)]) -> String {
@@ -651,8 +757,8 @@ mod tests {
             .collect()
     }
 
-    fn refused(f: &Fixture, fields: Vec<(String, String)>) -> SamlRefusal {
-        match f.sp.finish(fields) {
+    async fn refused(f: &Fixture, fields: Vec<(String, String)>) -> SamlRefusal {
+        match f.sp.finish(fields).await {
             Ok((_, who)) => panic!("accepted, as {}", who.sub),
             Err(refusal) => refusal,
         }
@@ -665,25 +771,25 @@ mod tests {
         &xml[start..end]
     }
 
-    #[test]
-    fn a_signed_answer_signs_the_person_in_once() {
-        let f = fixture();
-        let fields = answered(&f, "alice@example.com");
-        let (authorize, who) = f.sp.finish(fields.clone()).unwrap();
+    #[tokio::test]
+    async fn a_signed_answer_signs_the_person_in_once() {
+        let f = fixture().await;
+        let fields = answered(&f, "alice@example.com").await;
+        let (authorize, who) = f.sp.finish(fields.clone()).await.unwrap();
         assert_eq!(who.sub, "alice@example.com");
         assert_eq!(authorize.client_id, "warden-cli");
         assert_eq!(authorize.state.as_deref(), Some("st"));
         // The same response again: its sign-in is spent.
-        assert!(matches!(refused(&f, fields), SamlRefusal::NotPending));
+        assert!(matches!(refused(&f, fields).await, SamlRefusal::NotPending));
     }
 
-    #[test]
-    fn an_old_response_cannot_answer_a_new_request() {
-        let f = fixture();
-        let old = answered(&f, "alice@example.com");
-        f.sp.finish(old.clone()).unwrap();
+    #[tokio::test]
+    async fn an_old_response_cannot_answer_a_new_request() {
+        let f = fixture().await;
+        let old = answered(&f, "alice@example.com").await;
+        f.sp.finish(old.clone()).await.unwrap();
         // A new sign-in is pending; the captured response is posted with its RelayState.
-        let new = answered(&f, "bob@example.com");
+        let new = answered(&f, "bob@example.com").await;
         let relay = new.iter().find(|(n, _)| n == "RelayState").unwrap().clone();
         let replayed: Vec<_> = old
             .into_iter()
@@ -695,42 +801,45 @@ mod tests {
                 }
             })
             .collect();
-        assert!(matches!(refused(&f, replayed), SamlRefusal::Invalid(_)));
+        assert!(matches!(
+            refused(&f, replayed).await,
+            SamlRefusal::Invalid(_)
+        ));
     }
 
-    #[test]
-    fn an_unsigned_or_changed_answer_is_refused() {
+    #[tokio::test]
+    async fn an_unsigned_or_changed_answer_is_refused() {
         for assertion_signed in [false, true] {
-            let f = fixture_signing(assertion_signed);
-            let fields = answered(&f, "alice@example.com");
+            let f = fixture_signing(assertion_signed).await;
+            let fields = answered(&f, "alice@example.com").await;
             let xml = without_signatures(&xml_of(&fields));
             assert!(!xml.contains("Signature"));
             assert!(matches!(
-                refused(&f, with_xml(&fields, &xml)),
+                refused(&f, with_xml(&fields, &xml)).await,
                 SamlRefusal::Invalid(_)
             ));
 
-            let fields = answered(&f, "alice@example.com");
+            let fields = answered(&f, "alice@example.com").await;
             let xml = xml_of(&fields).replace("alice@example.com", "admin@example.com");
             assert!(matches!(
-                refused(&f, with_xml(&fields, &xml)),
+                refused(&f, with_xml(&fields, &xml)).await,
                 SamlRefusal::Invalid(_)
             ));
         }
     }
 
-    #[test]
-    fn a_comment_inside_the_name_id_cannot_shorten_it() {
+    #[tokio::test]
+    async fn a_comment_inside_the_name_id_cannot_shorten_it() {
         for assertion_signed in [false, true] {
-            let f = fixture_signing(assertion_signed);
-            let fields = answered(&f, "alice@example.com.evil.test");
+            let f = fixture_signing(assertion_signed).await;
+            let fields = answered(&f, "alice@example.com.evil.test").await;
             let xml = xml_of(&fields).replace(
                 "alice@example.com.evil.test",
                 "alice@example.com<!---->.evil.test",
             );
             // Comments are outside the signed canonical form: the signature
             // still verifies, so what matters is the name read.
-            match f.sp.finish(with_xml(&fields, &xml)) {
+            match f.sp.finish(with_xml(&fields, &xml)).await {
                 Ok((_, who)) => assert_eq!(who.sub, "alice@example.com.evil.test"),
                 Err(refusal) => assert!(matches!(refusal, SamlRefusal::Invalid(_))),
             }
@@ -748,11 +857,11 @@ mod tests {
         xml
     }
 
-    #[test]
-    fn both_signature_placements_are_accepted() {
+    #[tokio::test]
+    async fn both_signature_placements_are_accepted() {
         for assertion_signed in [false, true] {
-            let f = fixture_signing(assertion_signed);
-            let fields = answered(&f, "alice@example.com");
+            let f = fixture_signing(assertion_signed).await;
+            let fields = answered(&f, "alice@example.com").await;
             let xml = xml_of(&fields);
             // Exactly one signature, where this IdP puts it.
             assert_eq!(xml.matches("<ds:Signature ").count(), 1);
@@ -760,17 +869,20 @@ mod tests {
                 assertion_of(&xml).contains("<ds:Signature "),
                 assertion_signed
             );
-            assert_eq!(f.sp.finish(fields).unwrap().1.sub, "alice@example.com");
+            assert_eq!(
+                f.sp.finish(fields).await.unwrap().1.sub,
+                "alice@example.com"
+            );
         }
     }
 
-    #[test]
-    fn signature_wrapping_of_a_signed_assertion_is_refused() {
-        let f = fixture_signing(true);
+    #[tokio::test]
+    async fn signature_wrapping_of_a_signed_assertion_is_refused() {
+        let f = fixture_signing(true).await;
         // The classic placements of a forged, unsigned assertion for admin
         // beside the genuinely signed one for alice.
         for variant in 0..4 {
-            let fields = answered(&f, "alice@example.com");
+            let fields = answered(&f, "alice@example.com").await;
             let xml = xml_of(&fields);
             let signed = assertion_of(&xml).to_owned();
             let forged = without_signatures(
@@ -800,7 +912,7 @@ mod tests {
             assert_ne!(attacked, xml, "variant {variant}");
             assert!(
                 matches!(
-                    refused(&f, with_xml(&fields, &attacked)),
+                    refused(&f, with_xml(&fields, &attacked)).await,
                     SamlRefusal::Invalid(_)
                 ),
                 "variant {variant}"
@@ -808,11 +920,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn signature_wrapping_of_a_signed_response_is_refused() {
-        let f = fixture();
+    #[tokio::test]
+    async fn signature_wrapping_of_a_signed_response_is_refused() {
+        let f = fixture().await;
         for variant in 0..2 {
-            let fields = answered(&f, "alice@example.com");
+            let fields = answered(&f, "alice@example.com").await;
             let xml = xml_of(&fields);
             let body_start = xml.find("<saml:Issuer>").unwrap();
             let open_tag = &xml[..body_start];
@@ -844,7 +956,7 @@ mod tests {
             };
             assert!(
                 matches!(
-                    refused(&f, with_xml(&fields, &attacked)),
+                    refused(&f, with_xml(&fields, &attacked)).await,
                     SamlRefusal::Invalid(_)
                 ),
                 "variant {variant}"
@@ -852,30 +964,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_expired_assertion_is_refused() {
-        let f = fixture();
+    #[tokio::test]
+    async fn an_expired_assertion_is_refused() {
+        let f = fixture().await;
         // The IdP's assertions live 300 s, and a minute of skew is allowed;
         // the sign-in itself waits 600 s.
-        let fields = answered(&f, "alice@example.com");
+        let fields = answered(&f, "alice@example.com").await;
         f.time.advance(Duration::from_secs(350));
-        assert!(f.sp.finish(fields).is_ok());
-        let fields = answered(&f, "alice@example.com");
+        assert!(f.sp.finish(fields).await.is_ok());
+        let fields = answered(&f, "alice@example.com").await;
         f.time.advance(Duration::from_secs(361));
-        assert!(matches!(refused(&f, fields), SamlRefusal::Invalid(_)));
+        assert!(matches!(refused(&f, fields).await, SamlRefusal::Invalid(_)));
     }
 
-    #[test]
-    fn another_key_is_not_trusted() {
-        let f = fixture();
+    #[tokio::test]
+    async fn another_key_is_not_trusted() {
+        let f = fixture().await;
         let impostor = idp_with(OTHER_KEY, OTHER_CERT, Duration::from_secs(300));
-        let fields = answered_by(&f, &impostor, "admin@example.com");
-        assert!(matches!(refused(&f, fields), SamlRefusal::Invalid(_)));
+        let fields = answered_by(&f, &impostor, "admin@example.com").await;
+        assert!(matches!(refused(&f, fields).await, SamlRefusal::Invalid(_)));
     }
 
-    #[test]
-    fn unsolicited_and_unknown_responses_are_refused() {
-        let f = fixture();
+    #[tokio::test]
+    async fn unsolicited_and_unknown_responses_are_refused() {
+        let f = fixture().await;
         let unsolicited = f
             .idp
             .initiate_sso(
@@ -892,11 +1004,11 @@ mod tests {
             .map(|field| (field.name().to_owned(), field.value().to_owned()))
             .collect();
         assert!(matches!(
-            refused(&f, fields.clone()),
+            refused(&f, fields.clone()).await,
             SamlRefusal::NotPending
         ));
         // With a pending sign-in's RelayState it still answers no request.
-        let pending = answered(&f, "bob@example.com");
+        let pending = answered(&f, "bob@example.com").await;
         let relay = pending
             .iter()
             .find(|(n, _)| n == "RelayState")
@@ -907,17 +1019,17 @@ mod tests {
             .filter(|(n, _)| n != "RelayState")
             .collect();
         forged.push(relay);
-        assert!(matches!(refused(&f, forged), SamlRefusal::Invalid(_)));
+        assert!(matches!(refused(&f, forged).await, SamlRefusal::Invalid(_)));
         assert!(matches!(
-            refused(&f, vec![("RelayState".into(), "x".into())]),
+            refused(&f, vec![("RelayState".into(), "x".into())]).await,
             SamlRefusal::Malformed
         ));
     }
 
-    #[test]
-    fn a_doctype_is_refused() {
-        let f = fixture();
-        let fields = answered(&f, "alice@example.com");
+    #[tokio::test]
+    async fn a_doctype_is_refused() {
+        let f = fixture().await;
+        let fields = answered(&f, "alice@example.com").await;
         let xml = xml_of(&fields);
         let laughs = format!(
             "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY a \"aaaaaaaaaa\">\
@@ -926,27 +1038,51 @@ mod tests {
                 .replacen("alice@example.com", "&b;", 1)
         );
         assert!(matches!(
-            refused(&f, with_xml(&fields, &laughs)),
+            refused(&f, with_xml(&fields, &laughs)).await,
             SamlRefusal::Invalid(_)
         ));
     }
 
-    #[test]
-    fn a_flood_of_sign_ins_pushes_out_the_oldest_not_the_newest() {
-        let f = fixture();
-        let first = answered(&f, "alice@example.com");
+    #[tokio::test]
+    async fn a_flood_of_sign_ins_pushes_out_the_oldest_not_the_newest() {
+        let mut f = fixture().await;
+        Arc::get_mut(&mut f.sp).unwrap().max_pending = 5;
+        let first = answered(&f, "alice@example.com").await;
         f.time.advance(Duration::from_secs(1));
-        for _ in 0..MAX_PENDING {
-            f.sp.start(&params()).unwrap();
+        for _ in 0..5 {
+            f.sp.start(&params()).await.unwrap();
         }
-        assert!(matches!(refused(&f, first), SamlRefusal::NotPending));
+        assert!(matches!(refused(&f, first).await, SamlRefusal::NotPending));
         // Someone signing in now still can.
-        let fresh = answered(&f, "bob@example.com");
-        assert_eq!(f.sp.finish(fresh).unwrap().1.sub, "bob@example.com");
+        let fresh = answered(&f, "bob@example.com").await;
+        assert_eq!(f.sp.finish(fresh).await.unwrap().1.sub, "bob@example.com");
     }
 
-    #[test]
-    fn attributes_are_matched_by_name_or_last_uri_segment() {
+    #[tokio::test]
+    async fn an_assertion_accepted_before_is_a_replay_on_any_replica() {
+        let f = fixture().await;
+        let fields = answered(&f, "alice@example.com").await;
+        let xml = xml_of(&fields);
+        let assertion = assertion_of(&xml);
+        let id_start = assertion.find(" ID=\"").unwrap() + 5;
+        let id_len = assertion[id_start..].find('"').unwrap();
+        let key = format!("assertion_id:{}", &assertion[id_start..id_start + id_len]);
+        // As another replica would have kept it.
+        let now = f.time.clock().now_ms();
+        assert!(f
+            .sp
+            .store
+            .put_grant(&key, SEEN_KIND, "", now + 60_000, now, None)
+            .await
+            .unwrap());
+        match refused(&f, fields).await {
+            SamlRefusal::Invalid(SamlError::ReplayDetected { key: seen }) => assert_eq!(seen, key),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn attributes_are_matched_by_name_or_last_uri_segment() {
         assert!(attribute_is("groups", "groups"));
         assert!(attribute_is(
             "http://schemas.xmlsoap.org/claims/Group",

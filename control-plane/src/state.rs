@@ -283,6 +283,7 @@ impl AppState {
                     settings,
                     &config.public_url,
                     Arc::new(issuer),
+                    store.clone(),
                     config.clock.clone(),
                 )
                 .map_err(StateError::Settings)?,
@@ -376,8 +377,9 @@ impl AppState {
             let data_dir = config.data_dir.clone();
             let url = config.issuer_url(IssuerKind::Dev);
             let clock = config.clock.clone();
+            let issuer_store = store.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                Issuer::load_or_generate(&data_dir, url, clock)
+                Issuer::load_or_generate(&data_dir, url, clock, issuer_store)
             })
             .await;
             match loaded {
@@ -409,6 +411,7 @@ impl AppState {
                     config.issuer_url(IssuerKind::Saml),
                     ring,
                     config.clock.clone(),
+                    store.clone(),
                 )),
                 Err(error) => {
                     store.close().await;

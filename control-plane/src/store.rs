@@ -294,6 +294,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0006_issuer_keys.sql"),
         include_str!("../migrations/postgres/0006_issuer_keys.sql"),
     ),
+    (
+        7,
+        "one time grants",
+        include_str!("../migrations/sqlite/0007_one_time_grants.sql"),
+        include_str!("../migrations/postgres/0007_one_time_grants.sql"),
+    ),
 ];
 
 /// The embedded migrations of one backend. Checksums are SHA-384 of the text,
@@ -1632,6 +1638,82 @@ impl Store {
                 .await?
                 .rows_affected());
             Ok(inserted == 1)
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// Keeps a one-time grant (`one_time_grants`) under `hash` until
+    /// `expires_ms`, first dropping every grant expired at `now_ms`; `false`
+    /// when `hash` is already there (a SAML message seen before). With
+    /// `keep_at_most`, the grants of `kind` that expire first go beyond that
+    /// many (what anyone can create must not fill the database).
+    pub async fn put_grant(
+        &self,
+        hash: &str,
+        kind: &str,
+        payload: &str,
+        expires_ms: i64,
+        now_ms: i64,
+        keep_at_most: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let (hash, kind, payload) = (hash.to_owned(), kind.to_owned(), payload.to_owned());
+        self.to_completion(move |store| async move {
+            let inserted = on_pool!(&store, pool => {
+                sqlx::query("DELETE FROM one_time_grants WHERE expires_ms <= $1")
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO one_time_grants (hash, kind, payload, expires_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(&hash)
+                .bind(&kind)
+                .bind(&payload)
+                .bind(expires_ms)
+                .execute(pool)
+                .await?
+                .rows_affected();
+                if let Some(most) = keep_at_most {
+                    // LIMIT with a huge count: both dialects need one with OFFSET.
+                    sqlx::query(
+                        "DELETE FROM one_time_grants WHERE kind = $1 AND hash IN \
+                         (SELECT hash FROM one_time_grants WHERE kind = $1 \
+                          ORDER BY expires_ms DESC, hash LIMIT 1000000000 OFFSET $2)",
+                    )
+                    .bind(&kind)
+                    .bind(most)
+                    .execute(pool)
+                    .await?;
+                }
+                inserted
+            });
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    /// Takes the grant of `kind` under `hash`: deleted as it is read, so one
+    /// caller on one replica gets it. Its payload and expiry (the caller
+    /// judges the expiry, to say so).
+    pub async fn take_grant(
+        &self,
+        hash: &str,
+        kind: &str,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        let (hash, kind) = (hash.to_owned(), kind.to_owned());
+        self.to_completion(move |store| async move {
+            let sql = "DELETE FROM one_time_grants WHERE hash = $1 AND kind = $2 \
+                       RETURNING payload, expires_ms";
+            Ok(
+                on_pool!(&store, pool => sqlx::query_as::<_, (String, i64)>(sql)
+                .bind(&hash)
+                .bind(&kind)
+                .fetch_optional(pool)
+                .await?),
+            )
         })
         .await
     }

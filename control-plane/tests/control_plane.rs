@@ -19,10 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use warden_control_plane::approvals::WAIT_POLL;
-use warden_control_plane::clock::{Clock, ManualClock};
-use warden_control_plane::issuer::{
-    Issuer, SigningAlg, TokenRequest, DEV_KEY_DIR, PUBLISH_AHEAD_MS,
-};
+use warden_control_plane::clock::ManualClock;
+use warden_control_plane::issuer::{Keys, SigningAlg, TokenRequest, DEV_KEY_DIR, PUBLISH_AHEAD_MS};
 use warden_control_plane::saml::SamlSettings;
 use warden_control_plane::server::run;
 use warden_control_plane::state::{AppState, ServerConfig};
@@ -98,8 +96,7 @@ fn dev_keys() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        Issuer::load_or_generate(dir.path(), "http://127.0.0.1/dev".into(), Clock::system())
-            .unwrap();
+        Keys::load_or_generate(&dir.path().join(DEV_KEY_DIR)).unwrap();
         dir
     })
     .path()
@@ -322,6 +319,7 @@ on_both!(
     text_with_nul_is_stored_alike_or_refused,
     machine_keys_are_issued_scoped_served_by_hash_rotated_and_revoked,
     saml_issuer_keys_rotate_without_failing_a_token,
+    saml_sign_in_and_refresh_work_across_replicas,
 );
 
 /// The gateways' view of the active policy: (ETag, the served keys).
@@ -3540,4 +3538,196 @@ async fn postgres_replicas_share_the_saml_issuers_keys() {
     .await
     .unwrap();
     assert_eq!(published_kids(&a).await, published_kids(&b).await);
+}
+
+/// The test IdP of `fixtures/saml/` (its key signs what the metadata's
+/// certificate names), as `saml-rs` implements one.
+fn saml_test_idp() -> saml_rs::Saml<saml_rs::Idp> {
+    use saml_rs::{
+        CertificatePem, Credentials, EntityId, IdpConfig, IdpValidationPolicy, PrivateKeyPem, Saml,
+        SsoEndpoint,
+    };
+    Saml::idp(
+        IdpConfig::builder(EntityId::try_new("https://idp.example.test/metadata").unwrap())
+            .sso_endpoint(SsoEndpoint::redirect("https://idp.example.test/sso").unwrap())
+            .credentials(Credentials {
+                signing_key: Some(PrivateKeyPem::new(include_str!(
+                    "fixtures/saml/idp-key.pem"
+                ))),
+                signing_certificate: Some(CertificatePem::new(include_str!(
+                    "fixtures/saml/idp-cert.pem"
+                ))),
+                ..Credentials::default()
+            })
+            .validation(IdpValidationPolicy::recommended())
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A SAML sign-in for `warden login` started on one replica, answered on a
+/// second, its code exchanged on the first and its refresh token rotated on
+/// the second: every step is a database row, so no replica needs to be the
+/// one that began (on SQLite: one server does all).
+async fn saml_sign_in_and_refresh_work_across_replicas(backend: Backend) {
+    let Some(a) = start(backend, with_saml).await else {
+        return;
+    };
+    let b = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let url = a.state.config().database_url.clone();
+            let public = a.base.clone();
+            Some(
+                start_on(url, |c| {
+                    with_saml(c);
+                    c.public_url = public;
+                })
+                .await,
+            )
+        }
+    };
+    let b = b.as_ref().unwrap_or(&a);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect_uri = "http://127.0.0.1:53117/callback";
+    let started = http
+        .get(format!("{}/idp/authorize", a.base))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", "warden-cli"),
+            ("redirect_uri", redirect_uri),
+            ("scope", "openid offline_access"),
+            ("state", "st-1"),
+            // RFC 7636 appendix B.
+            (
+                "code_challenge",
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            ),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::SEE_OTHER);
+    let to_idp = started.headers()["location"].to_str().unwrap().to_owned();
+    let (sso, query) = to_idp.split_once('?').unwrap();
+    assert_eq!(sso, "https://idp.example.test/sso");
+
+    // The IdP answers (its browser POST, here over HTTP to the other replica).
+    let idp = saml_test_idp();
+    let metadata = http
+        .get(format!("{}/saml/metadata", a.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sp = saml_rs::SpDescriptor::from_metadata_xml(
+        &metadata,
+        saml_rs::MetadataTrustPolicy::UnsignedForCompatibility,
+    )
+    .unwrap();
+    let received = idp
+        .receive_sso(
+            &sp,
+            saml_rs::BrowserInput::<saml_rs::AuthnRequest>::redirect(query),
+            saml_rs::SamlValidationContext::new(
+                std::time::SystemTime::now(),
+                saml_rs::ReplayPolicy::DisabledForCompatibility,
+            ),
+        )
+        .unwrap();
+    let response = idp
+        .respond_sso(
+            &sp,
+            &received,
+            saml_rs::Subject::new(saml_rs::NameId::new("carol@example.com", None), Vec::new()),
+            saml_rs::RespondSso::post(),
+        )
+        .unwrap();
+    let form: Vec<(String, String)> = response
+        .post_form()
+        .unwrap()
+        .fields()
+        .iter()
+        .map(|f| (f.name().to_owned(), f.value().to_owned()))
+        .collect();
+    let answered = http
+        .post(format!("{}/saml/acs", b.base))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::SEE_OTHER);
+    let back = reqwest::Url::parse(answered.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(back.as_str().starts_with(redirect_uri), "{back}");
+    let param = |name: &str| {
+        back.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+            .unwrap()
+    };
+    assert_eq!(param("state"), "st-1");
+    // The same response again, on either replica: its sign-in is spent.
+    for replica in [&a, b] {
+        let again = http
+            .post(format!("{}/saml/acs", replica.base))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+        assert!(again.text().await.unwrap().contains("saml_refused"));
+    }
+
+    let token = |server: &Server, form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let url = format!("{}/idp/oauth/token", server.base);
+        async move {
+            let answer = http.post(url).form(&form).send().await.unwrap();
+            (answer.status(), answer.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, tokens) = token(
+        &a,
+        vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", param("code")),
+            ("redirect_uri", redirect_uri.into()),
+            ("client_id", "warden-cli".into()),
+            (
+                "code_verifier",
+                "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into(),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    for replica in [&a, b] {
+        let (status, me) = replica.get("/v1/whoami", Auth::Bearer(&access)).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        assert_eq!(me["identity"]["subject"], "carol@example.com");
+    }
+    let first_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = |refresh_token: String| {
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token),
+            ("client_id", "warden-cli".to_owned()),
+        ]
+    };
+    let (status, renewed) = token(b, refresh(first_refresh.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_ne!(renewed["refresh_token"], tokens["refresh_token"]);
+    let (status, reused) = token(&a, refresh(first_refresh)).await;
+    assert_eq!(
+        (status, reused["error"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_grant"))
+    );
 }

@@ -187,7 +187,7 @@ async fn authorize_submit(
         Err(error) => return sign_in_error(&error.to_string()),
     };
     let who = form.who();
-    let code = match dev.issue_code(&authorize, who.clone()) {
+    let code = match dev.issue_code(&authorize, who.clone()).await {
         Ok(code) => code,
         // The user's own typing (an empty subject, say): show the form again.
         Err(OAuthError::InvalidRequest(message)) => {
@@ -237,7 +237,7 @@ async fn oauth_token(
             "the body must be application/x-www-form-urlencoded token request parameters"
                 .to_owned(),
         )),
-        Ok(Form(request)) => dev.token(&request),
+        Ok(Form(request)) => dev.token(&request).await,
     };
     let no_store = [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),

@@ -1,7 +1,8 @@
 //! The authorization code flow with PKCE, as a protocol: its request and
 //! answer types, the checks on an authorization request (a redirect URI on
 //! the issuer's own origin, S256 only, the `openid` scope), and the
-//! one-time codes, kept in memory ([`Codes`]). Signing the tokens a code
+//! one-time codes ([`Codes`]), kept in the database (`one_time_grants`, as
+//! the SHA-256 of the code) so that any replica can take one, once. Signing the tokens a code
 //! is exchanged for is the issuer's ([`super::provider`]).
 //!
 //! Authorization codes are random (256 bits), live [`CODE_TTL_SECONDS`],
@@ -14,14 +15,12 @@
 //! as an open redirect.
 //!
 //! A sign-in that asked for `offline_access` also gets a refresh token
-//! ([`RefreshTokens`]): random, kept only as its SHA-256, bound to the
-//! client, rotated on every use (the old one stops working), and valid
+//! ([`RefreshTokens`]): random, kept only as its SHA-256 in the database,
+//! bound to the client, rotated on every use (the old one stops working), and valid
 //! until [`REFRESH_TTL_SECONDS`] after the sign-in however often it is
 //! rotated, so one sign-in lasts a working day and no longer.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -33,6 +32,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::tokens::{check_string, MintError, TokenRequest, DEFAULT_AUDIENCE, MAX_STRING_LEN};
+use crate::store::Store;
 
 /// How long an authorization code can be exchanged, in seconds.
 pub const CODE_TTL_SECONDS: u64 = 60;
@@ -41,11 +41,6 @@ pub const FLOW_TOKEN_TTL_SECONDS: u64 = 3600;
 /// How long after its sign-in a chain of refresh tokens ends: 12 hours, a
 /// working day (an eight-hour job keeps working; the next day signs in again).
 pub const REFRESH_TTL_SECONDS: u64 = 12 * 3600;
-/// Most live refresh tokens; more sign-ins with `offline_access` get none.
-const MAX_REFRESH_TOKENS: usize = 100_000;
-/// Most codes waiting to be exchanged; more sign-ins are refused until some
-/// expire, so a client that never exchanges its codes cannot grow memory.
-const MAX_PENDING_CODES: usize = 10_000;
 /// Longest `state`, `nonce`, `scope` or `client_id` accepted, in bytes.
 pub const MAX_PARAM_LEN: usize = 512;
 
@@ -89,8 +84,8 @@ pub struct ValidAuthorize {
     pub scope: String,
 }
 
-/// Who signs in on the dev issuer's form.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Who signs in (on the dev issuer's form, or at the SAML IdP).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignIn {
     /// The `sub` claim.
     pub sub: String,
@@ -171,8 +166,8 @@ pub enum OAuthError {
     /// The response type is not `code`.
     #[error("only response_type=code is supported")]
     UnsupportedResponseType,
-    /// Too many codes are waiting; try again shortly.
-    #[error("too many sign-ins in progress; try again in a minute")]
+    /// The database did not answer; try again shortly.
+    #[error("sign-in is unavailable for a moment; try again in a minute")]
     TemporarilyUnavailable,
     /// Signing the tokens failed (internal; the detail is not for the client).
     #[error("internal error")]
@@ -193,7 +188,9 @@ impl OAuthError {
     }
 }
 
-/// A code waiting to be exchanged, and what it is bound to.
+/// A code waiting to be exchanged, and what it is bound to (kept in the
+/// database as JSON).
+#[derive(Serialize, Deserialize)]
 struct IssuedCode {
     client_id: String,
     redirect_uri: String,
@@ -201,13 +198,14 @@ struct IssuedCode {
     nonce: Option<String>,
     scope: String,
     who: SignIn,
-    expires_at: u64,
 }
 
-/// The codes waiting to be exchanged, by code.
-#[derive(Default)]
+/// The codes waiting to be exchanged, in the database
+/// (`one_time_grants`, kind `code:<issuer path>`), so any replica can
+/// take one.
 pub struct Codes {
-    pending: Mutex<HashMap<String, IssuedCode>>,
+    store: Store,
+    kind: String,
 }
 
 /// What a redeemed code or refresh token was issued for.
@@ -307,8 +305,16 @@ fn is_loopback_redirect(uri: &Url) -> bool {
 }
 
 impl Codes {
+    /// The codes of the issuer mounted at `path`.
+    pub fn new(store: Store, path: &str) -> Self {
+        Codes {
+            store,
+            kind: format!("code:{path}"),
+        }
+    }
+
     /// Issues a one-time code for `who` at `now`, bound to the checked request.
-    pub fn issue(
+    pub async fn issue(
         &self,
         authorize: &ValidAuthorize,
         who: SignIn,
@@ -328,29 +334,28 @@ impl Codes {
                     .to_owned(),
             );
         }
-        // 256 bits from jwt-simple's CSPRNG (an HMAC key is exactly random bytes).
-        let code = URL_SAFE_NO_PAD.encode(HS256Key::generate().to_bytes());
-        let mut codes = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        codes.retain(|_, issued| issued.expires_at > now);
-        if codes.len() >= MAX_PENDING_CODES {
-            return Err(OAuthError::TemporarilyUnavailable);
-        }
-        codes.insert(
-            code.clone(),
-            IssuedCode {
-                client_id: authorize.client_id.clone(),
-                redirect_uri: authorize.redirect_uri.as_str().to_owned(),
-                code_challenge: authorize.code_challenge.clone(),
-                nonce: authorize.nonce.clone(),
-                scope: authorize.scope.clone(),
-                who: SignIn {
-                    sub: sub.to_owned(),
-                    email,
-                    groups,
-                },
-                expires_at: now.saturating_add(CODE_TTL_SECONDS),
+        let code = new_secret();
+        let issued = IssuedCode {
+            client_id: authorize.client_id.clone(),
+            redirect_uri: authorize.redirect_uri.as_str().to_owned(),
+            code_challenge: authorize.code_challenge.clone(),
+            nonce: authorize.nonce.clone(),
+            scope: authorize.scope.clone(),
+            who: SignIn {
+                sub: sub.to_owned(),
+                email,
+                groups,
             },
-        );
+        };
+        put(
+            &self.store,
+            &code,
+            &self.kind,
+            &issued,
+            now.saturating_add(CODE_TTL_SECONDS),
+            now,
+        )
+        .await?;
         Ok(code)
     }
 
@@ -359,7 +364,7 @@ impl Codes {
     /// try fails even if the first one did. What it was issued for, if the
     /// request matches it (client, redirect URI, PKCE verifier) and it has
     /// not expired.
-    pub fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
+    pub async fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
         let code = required("code", request.code.as_deref())?;
         let client_id = required("client_id", request.client_id.as_deref())?;
         let redirect_uri = required("redirect_uri", request.redirect_uri.as_deref())?;
@@ -374,16 +379,11 @@ impl Codes {
                 "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~".to_owned(),
             ));
         }
-        let issued = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(code);
         let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
-        let issued = issued.ok_or_else(|| grant("the code is unknown or was already used"))?;
-        if issued.expires_at <= now {
-            return Err(grant("the code has expired"));
-        }
+        let issued: IssuedCode = take(&self.store, code, &self.kind, now)
+            .await?
+            .ok_or_else(|| grant("the code is unknown or was already used"))?
+            .map_err(|()| grant("the code has expired"))?;
         if issued.client_id != client_id {
             return Err(grant("the code was issued to another client"));
         }
@@ -407,62 +407,68 @@ impl Codes {
     }
 }
 
-/// A live refresh token: who it signs in, for which client, until when.
+/// A live refresh token: who it signs in, for which client (kept in the
+/// database as JSON, until the sign-in's end).
+#[derive(Serialize, Deserialize)]
 struct IssuedRefresh {
     who: SignIn,
     client_id: String,
-    expires_at: u64,
 }
 
-/// The live refresh tokens, by the SHA-256 of the token (a memory dump
-/// holds no usable token).
-#[derive(Default)]
+/// The live refresh tokens, in the database (`one_time_grants`, kind
+/// `refresh:<issuer path>`, by the SHA-256 of the token), so any replica
+/// can rotate one and a restart keeps them.
 pub struct RefreshTokens {
-    live: Mutex<HashMap<[u8; 32], IssuedRefresh>>,
+    store: Store,
+    kind: String,
 }
 
 impl RefreshTokens {
+    /// The refresh tokens of the issuer mounted at `path`.
+    pub fn new(store: Store, path: &str) -> Self {
+        RefreshTokens {
+            store,
+            kind: format!("refresh:{path}"),
+        }
+    }
+
     /// A new refresh token for `grant`, valid until its session ends; `None`
-    /// when the grant did not ask for one, its session is over, or too many
-    /// are live (the client then signs in again when its token expires).
-    pub fn issue(&self, grant: &Grant, now: u64) -> Option<String> {
+    /// when the grant did not ask for one or its session is over.
+    pub async fn issue(&self, grant: &Grant, now: u64) -> Result<Option<String>, OAuthError> {
         if !grant.offline || grant.session_expires_at <= now {
-            return None;
+            return Ok(None);
         }
-        let token = URL_SAFE_NO_PAD.encode(HS256Key::generate().to_bytes());
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        live.retain(|_, issued| issued.expires_at > now);
-        if live.len() >= MAX_REFRESH_TOKENS {
-            return None;
-        }
-        live.insert(
-            Sha256::digest(token.as_bytes()).into(),
-            IssuedRefresh {
-                who: grant.who.clone(),
-                client_id: grant.client_id.clone(),
-                expires_at: grant.session_expires_at,
-            },
-        );
-        Some(token)
+        let token = new_secret();
+        let issued = IssuedRefresh {
+            who: grant.who.clone(),
+            client_id: grant.client_id.clone(),
+        };
+        put(
+            &self.store,
+            &token,
+            &self.kind,
+            &issued,
+            grant.session_expires_at,
+            now,
+        )
+        .await?;
+        Ok(Some(token))
     }
 
     /// Takes the refresh token `request` presents at `now`: it is removed
     /// whatever the outcome (rotation: the answer carries its successor).
-    pub fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
+    pub async fn redeem(&self, request: &CodeExchange, now: u64) -> Result<Grant, OAuthError> {
         let token = required("refresh_token", request.refresh_token.as_deref())?;
         let client_id = required("client_id", request.client_id.as_deref())?;
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let issued = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
         let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
-        let issued =
-            issued.ok_or_else(|| grant("the refresh token is unknown, used or revoked"))?;
-        if issued.expires_at <= now {
-            return Err(grant("the sign-in has expired; sign in again"));
-        }
+        let (issued, expires_at): (IssuedRefresh, u64) =
+            match take_with_expiry(&self.store, token, &self.kind).await? {
+                None => return Err(grant("the refresh token is unknown, used or revoked")),
+                Some((_, expires_at)) if expires_at <= now => {
+                    return Err(grant("the sign-in has expired; sign in again"))
+                }
+                Some(found) => found,
+            };
         if issued.client_id != client_id {
             return Err(grant("the refresh token was issued to another client"));
         }
@@ -471,9 +477,91 @@ impl RefreshTokens {
             client_id: issued.client_id,
             nonce: None,
             offline: true,
-            session_expires_at: issued.expires_at,
+            session_expires_at: expires_at,
         })
     }
+}
+
+/// 256 bits from jwt-simple's CSPRNG (an HMAC key is exactly random bytes):
+/// a code or a refresh token.
+fn new_secret() -> String {
+    URL_SAFE_NO_PAD.encode(HS256Key::generate().to_bytes())
+}
+
+/// What a secret is stored under: its SHA-256, so the database holds no
+/// usable code or token.
+fn stored_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn store_failed(error: crate::store::StoreError) -> OAuthError {
+    tracing::error!(%error, "issuer: the database failed");
+    OAuthError::TemporarilyUnavailable
+}
+
+fn seconds_to_ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+async fn put<T: Serialize>(
+    store: &Store,
+    secret: &str,
+    kind: &str,
+    value: &T,
+    expires_at: u64,
+    now: u64,
+) -> Result<(), OAuthError> {
+    let payload =
+        serde_json::to_string(value).map_err(|error| OAuthError::Server(error.to_string()))?;
+    store
+        .put_grant(
+            &stored_hash(secret),
+            kind,
+            &payload,
+            seconds_to_ms(expires_at),
+            seconds_to_ms(now),
+            // Only a signed-in person gets a code or a refresh token.
+            None,
+        )
+        .await
+        .map_err(store_failed)?;
+    Ok(())
+}
+
+/// Takes what `secret` was stored with and its expiry (seconds).
+async fn take_with_expiry<T: for<'de> Deserialize<'de>>(
+    store: &Store,
+    secret: &str,
+    kind: &str,
+) -> Result<Option<(T, u64)>, OAuthError> {
+    let Some((payload, expires_ms)) = store
+        .take_grant(&stored_hash(secret), kind)
+        .await
+        .map_err(store_failed)?
+    else {
+        return Ok(None);
+    };
+    let value =
+        serde_json::from_str(&payload).map_err(|error| OAuthError::Server(error.to_string()))?;
+    Ok(Some((value, u64::try_from(expires_ms / 1000).unwrap_or(0))))
+}
+
+/// Takes what `secret` was stored with: `Some(Err(()))` when it expired by `now`.
+async fn take<T: for<'de> Deserialize<'de>>(
+    store: &Store,
+    secret: &str,
+    kind: &str,
+    now: u64,
+) -> Result<Option<Result<T, ()>>, OAuthError> {
+    Ok(take_with_expiry(store, secret, kind)
+        .await?
+        .map(|(value, expires_at)| {
+            if expires_at <= now {
+                Err(())
+            } else {
+                Ok(value)
+            }
+        }))
 }
 
 impl Grant {

@@ -19,6 +19,7 @@ use super::oauth::{
 use super::ring::KeyRing;
 use super::tokens::{self, MintError, TokenRequest};
 use crate::clock::Clock;
+use crate::store::Store;
 use warden_engine::auth::jwks::KeySet;
 
 /// Path under which the dev issuer is mounted; its URL is `<public-url>/dev`.
@@ -91,24 +92,38 @@ impl Issuer {
         data_dir: &Path,
         issuer: String,
         clock: Clock,
+        store: Store,
     ) -> Result<Self, IssuerError> {
         let keys = Keys::load_or_generate(&data_dir.join(DEV_KEY_DIR))?;
         let ring = KeyRing::single(keys).map_err(|reason| IssuerError::Generate {
             alg: SigningAlg::RS256,
             reason,
         })?;
-        Ok(Issuer::with_ring(IssuerKind::Dev, issuer, ring, clock))
+        Ok(Issuer::with_ring(
+            IssuerKind::Dev,
+            issuer,
+            ring,
+            clock,
+            store,
+        ))
     }
 
     /// An issuer signing with `ring` (the SAML issuer's generations from
-    /// the database, [`crate::key_rotation`]).
-    pub fn with_ring(kind: IssuerKind, issuer: String, ring: KeyRing, clock: Clock) -> Self {
+    /// the database, [`crate::key_rotation`]), its codes and refresh tokens
+    /// in `store`.
+    pub fn with_ring(
+        kind: IssuerKind,
+        issuer: String,
+        ring: KeyRing,
+        clock: Clock,
+        store: Store,
+    ) -> Self {
         Issuer {
             issuer,
             kind,
             ring: RwLock::new(Arc::new(ring)),
-            codes: Codes::default(),
-            refresh_tokens: RefreshTokens::default(),
+            codes: Codes::new(store.clone(), kind.path()),
+            refresh_tokens: RefreshTokens::new(store, kind.path()),
             clock,
         }
     }
@@ -204,12 +219,12 @@ impl Issuer {
     }
 
     /// Issues a one-time code for `who`, bound to the checked request.
-    pub fn issue_code(
+    pub async fn issue_code(
         &self,
         authorize: &ValidAuthorize,
         who: SignIn,
     ) -> Result<String, OAuthError> {
-        self.codes.issue(authorize, who, self.clock.now_s())
+        self.codes.issue(authorize, who, self.clock.now_s()).await
     }
 
     /// The token endpoint: exchanges a code (`authorization_code`) or a
@@ -218,11 +233,11 @@ impl Issuer {
     /// nonce), plus a new refresh token when the sign-in asked for
     /// `offline_access`. A code or refresh token is removed as soon as it is
     /// presented, so a second try fails even if the first one did.
-    pub fn token(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
+    pub async fn token(&self, request: &CodeExchange) -> Result<CodeTokens, OAuthError> {
         let now = self.clock.now_s();
         let grant = match request.grant_type.as_deref() {
-            Some("authorization_code") => self.codes.redeem(request, now)?,
-            Some("refresh_token") => self.refresh_tokens.redeem(request, now)?,
+            Some("authorization_code") => self.codes.redeem(request, now).await?,
+            Some("refresh_token") => self.refresh_tokens.redeem(request, now).await?,
             None | Some("") => {
                 return Err(OAuthError::InvalidRequest(
                     "grant_type is required".to_owned(),
@@ -230,10 +245,10 @@ impl Issuer {
             }
             Some(_) => return Err(OAuthError::UnsupportedGrantType),
         };
-        self.tokens_for(&grant, now)
+        self.tokens_for(&grant, now).await
     }
 
-    fn tokens_for(&self, grant: &Grant, now: u64) -> Result<CodeTokens, OAuthError> {
+    async fn tokens_for(&self, grant: &Grant, now: u64) -> Result<CodeTokens, OAuthError> {
         let (access, id) = grant.token_requests();
         let ring = self.ring();
         let now_ms = self.clock.now_ms();
@@ -243,12 +258,15 @@ impl Issuer {
             ring.sign(self.kind.flow_alg(), claims, now_ms)
                 .map_err(OAuthError::Server)
         };
+        let access_token = sign(&access)?;
+        let id_token = sign(&id)?;
+        drop(ring);
         Ok(CodeTokens {
-            access_token: sign(&access)?,
-            id_token: sign(&id)?,
+            access_token,
+            id_token,
             token_type: "Bearer".to_owned(),
             expires_in: FLOW_TOKEN_TTL_SECONDS,
-            refresh_token: self.refresh_tokens.issue(grant, now),
+            refresh_token: self.refresh_tokens.issue(grant, now).await?,
         })
     }
 }
@@ -263,10 +281,10 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
 
-    #[test]
-    fn invalid_requests_are_rejected() {
+    #[tokio::test]
+    async fn invalid_requests_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         let ok = TokenRequest {
             sub: "alice".into(),
             ..TokenRequest::default()
@@ -319,9 +337,19 @@ mod tests {
     const NOW_MS: i64 = 1_767_323_045_000;
 
     /// An issuer whose time is `time`'s.
-    fn issuer_at(dir: &tempfile::TempDir, time: &ManualClock) -> Issuer {
-        Issuer::load_or_generate(dir.path(), "http://127.0.0.1:8080/dev".into(), time.clock())
-            .unwrap()
+    async fn issuer_at(dir: &tempfile::TempDir, time: &ManualClock) -> Issuer {
+        let store = Store::open(&crate::store::DatabaseTarget::SqliteFile(
+            dir.path().join("warden.db"),
+        ))
+        .await
+        .unwrap();
+        Issuer::load_or_generate(
+            dir.path(),
+            "http://127.0.0.1:8080/dev".into(),
+            time.clock(),
+            store,
+        )
+        .unwrap()
     }
 
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -374,14 +402,14 @@ mod tests {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
     }
 
-    #[test]
-    fn the_code_flow_issues_tokens_for_the_signed_in_user() {
+    #[tokio::test]
+    async fn the_code_flow_issues_tokens_for_the_signed_in_user() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         let authorize = issuer.check_authorize(&params()).unwrap();
-        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).await.unwrap();
         assert_eq!(code.len(), 43);
-        let tokens = issuer.token(&exchange(&code)).unwrap();
+        let tokens = issuer.token(&exchange(&code)).await.unwrap();
         assert_eq!(tokens.token_type, "Bearer");
         assert_eq!(tokens.expires_in, FLOW_TOKEN_TTL_SECONDS);
         let access = payload(&tokens.access_token);
@@ -401,35 +429,38 @@ mod tests {
         assert!(!format!("{tokens:?}").contains(&tokens.access_token));
     }
 
-    #[test]
-    fn a_code_is_used_once_even_when_the_first_try_fails() {
+    #[tokio::test]
+    async fn a_code_is_used_once_even_when_the_first_try_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         let authorize = issuer.check_authorize(&params()).unwrap();
 
-        let code = issuer.issue_code(&authorize, alice()).unwrap();
-        issuer.token(&exchange(&code)).unwrap();
-        let replay = issuer.token(&exchange(&code)).unwrap_err();
+        let code = issuer.issue_code(&authorize, alice()).await.unwrap();
+        issuer.token(&exchange(&code)).await.unwrap();
+        let replay = issuer.token(&exchange(&code)).await.unwrap_err();
         assert_eq!(replay.code(), "invalid_grant");
 
-        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).await.unwrap();
         let wrong = CodeExchange {
             code_verifier: Some("x".repeat(43)),
             ..exchange(&code)
         };
-        assert_eq!(issuer.token(&wrong).unwrap_err().code(), "invalid_grant");
+        assert_eq!(
+            issuer.token(&wrong).await.unwrap_err().code(),
+            "invalid_grant"
+        );
         // The right verifier comes too late: the code is gone.
         assert_eq!(
-            issuer.token(&exchange(&code)).unwrap_err().code(),
+            issuer.token(&exchange(&code)).await.unwrap_err().code(),
             "invalid_grant"
         );
     }
 
-    #[test]
-    fn a_code_is_bound_to_its_client_redirect_and_challenge_and_expires() {
+    #[tokio::test]
+    async fn a_code_is_bound_to_its_client_redirect_and_challenge_and_expires() {
         let dir = tempfile::tempdir().unwrap();
         let time = ManualClock::at(NOW_MS);
-        let issuer = issuer_at(&dir, &time);
+        let issuer = issuer_at(&dir, &time).await;
         let authorize = issuer.check_authorize(&params()).unwrap();
         let tampered: [fn(CodeExchange) -> CodeExchange; 4] = [
             |e| CodeExchange {
@@ -451,32 +482,32 @@ mod tests {
             },
         ];
         for tamper in tampered {
-            let code = issuer.issue_code(&authorize, alice()).unwrap();
-            let error = issuer.token(&tamper(exchange(&code))).unwrap_err();
+            let code = issuer.issue_code(&authorize, alice()).await.unwrap();
+            let error = issuer.token(&tamper(exchange(&code))).await.unwrap_err();
             assert_eq!(error.code(), "invalid_grant", "{error}");
         }
 
         // A second before its expiry a code is good; at its expiry it is not.
         let ttl = std::time::Duration::from_secs(CODE_TTL_SECONDS);
         let second = std::time::Duration::from_secs(1);
-        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).await.unwrap();
         time.advance(ttl - second);
-        assert!(issuer.token(&exchange(&code)).is_ok());
-        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        assert!(issuer.token(&exchange(&code)).await.is_ok());
+        let code = issuer.issue_code(&authorize, alice()).await.unwrap();
         time.advance(ttl);
-        let error = issuer.token(&exchange(&code)).unwrap_err();
+        let error = issuer.token(&exchange(&code)).await.unwrap_err();
         assert_eq!(
             error,
             OAuthError::InvalidGrant("the code has expired".into())
         );
     }
 
-    #[test]
-    fn token_requests_are_checked_before_any_code_is_spent() {
+    #[tokio::test]
+    async fn token_requests_are_checked_before_any_code_is_spent() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         let authorize = issuer.check_authorize(&params()).unwrap();
-        let code = issuer.issue_code(&authorize, alice()).unwrap();
+        let code = issuer.issue_code(&authorize, alice()).await.unwrap();
         let cases = [
             (
                 CodeExchange {
@@ -515,15 +546,15 @@ mod tests {
             ),
         ];
         for (request, expected) in cases {
-            assert_eq!(issuer.token(&request).unwrap_err().code(), expected);
+            assert_eq!(issuer.token(&request).await.unwrap_err().code(), expected);
         }
-        assert!(issuer.token(&exchange(&code)).is_ok());
+        assert!(issuer.token(&exchange(&code)).await.is_ok());
     }
 
-    #[test]
-    fn authorization_requests_are_checked() {
+    #[tokio::test]
+    async fn authorization_requests_are_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         let cases: Vec<(AuthorizeParams, &str)> = vec![
             (
                 AuthorizeParams {
@@ -637,15 +668,19 @@ mod tests {
             ..alice()
         };
         assert_eq!(
-            issuer.issue_code(&authorize, nobody).unwrap_err().code(),
+            issuer
+                .issue_code(&authorize, nobody)
+                .await
+                .unwrap_err()
+                .code(),
             "invalid_request"
         );
     }
 
-    #[test]
-    fn native_clients_may_redirect_to_loopback_only() {
+    #[tokio::test]
+    async fn native_clients_may_redirect_to_loopback_only() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         for uri in [
             "http://127.0.0.1:53117/callback",
             "http://[::1]:4000/",
@@ -671,55 +706,67 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refresh_tokens_rotate_are_bound_to_the_client_and_end_with_the_session() {
+    #[tokio::test]
+    async fn refresh_tokens_rotate_are_bound_to_the_client_and_end_with_the_session() {
         let dir = tempfile::tempdir().unwrap();
         let time = ManualClock::at(NOW_MS);
-        let issuer = issuer_at(&dir, &time);
+        let issuer = issuer_at(&dir, &time).await;
         let cli = |scope: &str| AuthorizeParams {
             client_id: Some("warden-cli".into()),
             redirect_uri: Some("http://127.0.0.1:53117/callback".into()),
             scope: Some(scope.into()),
             ..params()
         };
-        let sign_in = |scope: &str| {
+        let issuer = &issuer;
+        let cli = &cli;
+        let sign_in = move |scope: &'static str| async move {
             let authorize = issuer.check_authorize(&cli(scope)).unwrap();
-            let code = issuer.issue_code(&authorize, alice()).unwrap();
+            let code = issuer.issue_code(&authorize, alice()).await.unwrap();
             issuer
                 .token(&CodeExchange {
                     client_id: Some("warden-cli".into()),
                     redirect_uri: Some("http://127.0.0.1:53117/callback".into()),
                     ..exchange(&code)
                 })
+                .await
                 .unwrap()
         };
         // Without offline_access, no refresh token.
-        assert!(sign_in("openid email").refresh_token.is_none());
+        assert!(sign_in("openid email").await.refresh_token.is_none());
 
-        let first = sign_in("openid offline_access").refresh_token.unwrap();
-        assert!(!format!("{:?}", sign_in("openid offline_access")).contains("refresh"));
+        let first = sign_in("openid offline_access")
+            .await
+            .refresh_token
+            .unwrap();
+        assert!(!format!("{:?}", sign_in("openid offline_access").await).contains("refresh"));
         // Another client cannot use it, and the attempt spends it.
         let stolen = CodeExchange {
             client_id: Some("warden-approvals".into()),
             ..refresh(&first)
         };
-        assert_eq!(issuer.token(&stolen).unwrap_err().code(), "invalid_grant");
         assert_eq!(
-            issuer.token(&refresh(&first)).unwrap_err().code(),
+            issuer.token(&stolen).await.unwrap_err().code(),
+            "invalid_grant"
+        );
+        assert_eq!(
+            issuer.token(&refresh(&first)).await.unwrap_err().code(),
             "invalid_grant"
         );
 
         // Rotation: each use returns a successor and retires the token used.
-        let mut current = sign_in("openid offline_access").refresh_token.unwrap();
+        let mut current = sign_in("openid offline_access")
+            .await
+            .refresh_token
+            .unwrap();
         time.advance(std::time::Duration::from_secs(2 * 3600));
-        let renewed = issuer.token(&refresh(&current)).unwrap();
+        let renewed = issuer.token(&refresh(&current)).await.unwrap();
         assert_eq!(payload(&renewed.access_token)["sub"], "alice");
         assert_eq!(
             payload(&renewed.access_token)["iat"],
             NOW_MS / 1000 + 2 * 3600
         );
         assert_eq!(
-            issuer.token(&refresh(&current)).unwrap_err().code(),
+            issuer.token(&refresh(&current)).await.unwrap_err().code(),
             "invalid_grant"
         );
         current = renewed.refresh_token.unwrap();
@@ -728,20 +775,21 @@ mod tests {
         time.advance(std::time::Duration::from_secs(10 * 3600 - 1));
         current = issuer
             .token(&refresh(&current))
+            .await
             .unwrap()
             .refresh_token
             .unwrap();
         time.advance(std::time::Duration::from_secs(1));
         assert_eq!(
-            issuer.token(&refresh(&current)).unwrap_err(),
+            issuer.token(&refresh(&current)).await.unwrap_err(),
             OAuthError::InvalidGrant("the sign-in has expired; sign in again".into())
         );
     }
 
-    #[test]
-    fn discovery_names_the_code_flow() {
+    #[tokio::test]
+    async fn discovery_names_the_code_flow() {
         let dir = tempfile::tempdir().unwrap();
-        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS));
+        let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
         // The key pairs are never printed.
         assert!(!format!("{issuer:?}").contains("PRIVATE"));
         let doc = issuer.discovery_document();
