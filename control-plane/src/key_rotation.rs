@@ -12,17 +12,21 @@
 //!   reads it.
 //! - An admin can rotate at once (`POST /v1/issuer/keys/rotate`, [`rotate_now`]),
 //!   for example when a key may have leaked: the new generation signs after
-//!   the same hour, and the leaked one leaves the JWKS two rotations later.
+//!   the same hour, and the leaked one leaves the JWKS an hour after that
+//!   (when the tokens it signed have expired): about two hours, and no
+//!   request fails.
+//! - A replica whose reads keep failing keeps the keys it has and logs it.
 //!
-//! The private keys are stored in clear, as the rest of the control plane's
-//! secrets are in its database: whoever can read the database can also
-//! issue machine keys' hashes or approve requests. Never logged.
+//! **The private keys are stored in clear** in `issuer_keys`: whoever can
+//! read that table (a backup, a read replica) can sign tokens every gateway
+//! accepts. Treat the database and its backups as secrets; encrypting the
+//! rows with a key held outside the database is not built yet. Never logged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::issuer::{Generation, Issuer, KeyPems, KeyRing, Keys, PUBLISHED_GENERATIONS};
+use crate::issuer::{Generation, Issuer, KeyPems, KeyRing, Keys, LOADED_GENERATIONS};
 use crate::store::{IssuerKeyRow, Store};
 
 /// The SAML issuer's name in `issuer_keys`.
@@ -39,7 +43,7 @@ pub async fn load_ring(
     now_ms: i64,
     force: bool,
 ) -> Result<KeyRing, String> {
-    let limit = i64::try_from(PUBLISHED_GENERATIONS).unwrap_or(i64::MAX);
+    let limit = i64::try_from(LOADED_GENERATIONS).unwrap_or(i64::MAX);
     let mut rows = store
         .issuer_keys(issuer, limit)
         .await
@@ -85,11 +89,11 @@ pub async fn load_ring(
             .await
             .map_err(|e| format!("cannot read the issuer's keys: {e}"))?;
     }
-    ring_of(rows)
+    ring_of(rows, now_ms)
 }
 
 /// The ring of stored generations.
-fn ring_of(rows: Vec<IssuerKeyRow>) -> Result<KeyRing, String> {
+fn ring_of(rows: Vec<IssuerKeyRow>, now_ms: i64) -> Result<KeyRing, String> {
     let mut generations = Vec::with_capacity(rows.len());
     for row in rows {
         let keys = Keys::from_pems(&KeyPems {
@@ -104,7 +108,7 @@ fn ring_of(rows: Vec<IssuerKeyRow>) -> Result<KeyRing, String> {
             keys,
         });
     }
-    KeyRing::new(generations)
+    KeyRing::new(generations, now_ms)
 }
 
 /// Reads the generations again (rotating when due) and gives them to `issuer`.

@@ -126,7 +126,7 @@ pub const DEFAULT_ADMIN_GROUP: &str = "warden-admins";
 /// Default client id of the approvers' page.
 pub const DEFAULT_UI_CLIENT_ID: &str = "warden-approvals";
 /// The client id `warden login` uses with the control plane's own issuers.
-pub const CLI_CLIENT_ID: &str = "warden-cli";
+pub use crate::issuer::NATIVE_CLIENT_ID as CLI_CLIENT_ID;
 /// Default group whose members may read recorded sessions (besides the admin group).
 pub const DEFAULT_AUDITOR_GROUP: &str = "warden-auditors";
 /// Where the approvers' page is served.

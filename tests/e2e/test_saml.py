@@ -619,6 +619,17 @@ def test_warden_login_through_saml_then_gateway_whoami_and_refresh(stack, sp, id
         headers={"content-type": "application/x-www-form-urlencoded"})
     assert (status, json.loads(body).get("error")) == (400, "invalid_grant"), "the used refresh token is spent"
 
+    # `warden logout` revokes the live refresh token at the issuer (RFC 7009), not only the file.
+    live = cli.stored()["refresh_token"]
+    logout = cli.run("logout")
+    assert logout.returncode == 0, logout.stderr
+    assert f"Revoked the refresh token at {sp.issuer}/oauth/revoke" in logout.stderr, logout.stderr
+    assert not list((cli.config_dir / "warden").glob("login-*.json"))
+    status, _, body = http("POST", f"{sp.issuer}/oauth/token", body=urllib.parse.urlencode({
+        "grant_type": "refresh_token", "refresh_token": live, "client_id": CLI_CLIENT}).encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert (status, json.loads(body).get("error")) == (400, "invalid_grant"), "logout revoked the refresh token"
+
 
 # --- attacks ---------------------------------------------------------------------------------
 

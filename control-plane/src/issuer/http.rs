@@ -5,6 +5,7 @@
 //! | GET | `<path>/.well-known/openid-configuration` | the discovery document |
 //! | GET | `<path>/jwks.json` | the public keys |
 //! | POST | `<path>/oauth/token` | exchanges a code (PKCE S256) or a refresh token for tokens |
+//! | POST | `<path>/oauth/revoke` | ends a refresh token (RFC 7009; `warden logout`) |
 //!
 //! and the dev issuer also:
 //!
@@ -59,7 +60,8 @@ where
             get(discovery),
         )
         .route(&format!("{path}/jwks.json"), get(jwks))
-        .route(&format!("{path}/oauth/token"), post(oauth_token));
+        .route(&format!("{path}/oauth/token"), post(oauth_token))
+        .route(&format!("{path}/oauth/revoke"), post(oauth_revoke));
     let router = match issuer.kind() {
         IssuerKind::Dev => router
             .route("/dev/token", post(mint))
@@ -260,6 +262,39 @@ async fn oauth_token(
             )
                 .into_response()
         }
+    }
+}
+
+/// The form body of `POST <path>/oauth/revoke` (RFC 7009 section 2.1).
+#[derive(Deserialize)]
+struct Revocation {
+    token: Option<String>,
+}
+
+async fn oauth_revoke(
+    State(issuer): State<Arc<Issuer>>,
+    form: Result<Form<Revocation>, FormRejection>,
+) -> Response {
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    let token =
+        match form {
+            Ok(Form(Revocation { token: Some(token) })) if !token.is_empty() => token,
+            _ => return (
+                StatusCode::BAD_REQUEST,
+                no_store,
+                Json(json!({"error": "invalid_request", "error_description": "token is required"})),
+            )
+                .into_response(),
+        };
+    match issuer.revoke(&token).await {
+        // RFC 7009 section 2.2: 200 whether or not the token was known.
+        Ok(()) => (StatusCode::OK, no_store).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            no_store,
+            Json(json!({"error": error.code(), "error_description": error.to_string()})),
+        )
+            .into_response(),
     }
 }
 

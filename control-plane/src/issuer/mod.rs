@@ -48,10 +48,12 @@ pub use http::{redirect_with_code, routes, sign_in_error};
 pub use keys::{IssuerError, KeyPems, Keys, SigningAlg, DEV_KEY_DIR};
 pub use oauth::{
     AuthorizeParams, CodeExchange, CodeTokens, OAuthError, SignIn, ValidAuthorize,
-    CODE_TTL_SECONDS, FLOW_TOKEN_TTL_SECONDS,
+    CODE_TTL_SECONDS, FLOW_TOKEN_TTL_SECONDS, NATIVE_CLIENT_ID, REFRESH_TTL_SECONDS,
 };
 pub use provider::{Issuer, IssuerKind, ISSUER_PATH, SAML_ISSUER_PATH};
-pub use ring::{Generation, KeyRing, PUBLISHED_GENERATIONS, PUBLISH_AHEAD_MS, ROTATE_AFTER_MS};
+pub use ring::{
+    Generation, KeyRing, LOADED_GENERATIONS, PREVIOUS_KEPT_MS, PUBLISH_AHEAD_MS, ROTATE_AFTER_MS,
+};
 pub use tokens::{
     MintError, TokenRequest, TokenResponse, DEFAULT_AUDIENCE, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };

@@ -9,10 +9,10 @@
 //! are bound to the client id, the redirect URI and the PKCE challenge, and
 //! are removed on first use whatever its outcome (RFC 6749 section 4.1.2: a
 //! code is used once). Redirect URIs must point at the control plane's own
-//! origin (the web page) or at the loopback interface (a native client such
-//! as `warden login`, RFC 8252 section 7.3: any port, since only a program
-//! on the user's own machine can listen there), so the issuer cannot be used
-//! as an open redirect.
+//! origin (the web page) or, for `warden login` only ([`NATIVE_CLIENT_ID`]),
+//! at the loopback interface (RFC 8252 section 7.3: any port, since only a
+//! program on the user's own machine can listen there), so the issuer cannot
+//! be used as an open redirect.
 //!
 //! A sign-in that asked for `offline_access` also gets a refresh token
 //! ([`RefreshTokens`]): random, kept only as its SHA-256 in the database,
@@ -34,6 +34,9 @@ use subtle::ConstantTimeEq as _;
 use super::tokens::{check_string, MintError, TokenRequest, DEFAULT_AUDIENCE, MAX_STRING_LEN};
 use crate::store::Store;
 
+/// The client id of `warden login` at the control plane's own issuers: the
+/// one public client that may use a loopback redirect URI.
+pub const NATIVE_CLIENT_ID: &str = "warden-cli";
 /// How long an authorization code can be exchanged, in seconds.
 pub const CODE_TTL_SECONDS: u64 = 60;
 /// Lifetime of the tokens the authorization code flow issues.
@@ -228,7 +231,7 @@ pub fn check_authorize(
     params: &AuthorizeParams,
 ) -> Result<ValidAuthorize, OAuthError> {
     let client_id = required("client_id", params.client_id.as_deref())?;
-    let redirect_uri = check_redirect_uri(issuer, params.redirect_uri.as_deref())?;
+    let redirect_uri = check_redirect_uri(issuer, client_id, params.redirect_uri.as_deref())?;
     match required("response_type", params.response_type.as_deref())? {
         "code" => {}
         _ => return Err(OAuthError::UnsupportedResponseType),
@@ -270,27 +273,37 @@ pub fn check_authorize(
 }
 
 /// A redirect URI is accepted on the issuer's own origin (scheme, host and
-/// port) or, for native clients, on `http` loopback with any port (RFC 8252
-/// section 7.3), without credentials or a fragment.
-fn check_redirect_uri(issuer: &str, uri: Option<&str>) -> Result<Url, OAuthError> {
+/// port) or, for the native client ([`NATIVE_CLIENT_ID`]), on `http`
+/// loopback by IP literal with any port (RFC 8252 sections 7.3 and 8.3),
+/// without credentials or a fragment.
+fn check_redirect_uri(issuer: &str, client_id: &str, uri: Option<&str>) -> Result<Url, OAuthError> {
     let uri = required("redirect_uri", uri)?;
     let invalid = |why: &str| OAuthError::InvalidRequest(format!("redirect_uri {why}"));
     let parsed = Url::parse(uri).map_err(|_| invalid("is not an absolute URL"))?;
     let own = Url::parse(issuer).map_err(|_| invalid("cannot be checked"))?;
     let own_origin = parsed.origin() == own.origin() && matches!(parsed.scheme(), "http" | "https");
-    if !own_origin && !is_loopback_redirect(&parsed) {
+    let native_loopback = client_id == NATIVE_CLIENT_ID && is_loopback_redirect(&parsed);
+    if !(own_origin || native_loopback) {
         return Err(invalid(
-            "must be on this control plane's own origin or on http://127.0.0.1 (a native client)",
+            "must be on this control plane's own origin (or, for warden-cli, on http://127.0.0.1)",
         ));
     }
     if parsed.fragment().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid("must not carry a fragment or credentials"));
     }
+    // The answer adds them: a second `code` or `state` would be ambiguous.
+    if parsed
+        .query_pairs()
+        .any(|(name, _)| name == "code" || name == "state")
+    {
+        return Err(invalid("must not carry code or state parameters"));
+    }
     Ok(parsed)
 }
 
-/// `http://127.0.0.1:<port>/…`, `http://[::1]:<port>/…` or
-/// `http://localhost:<port>/…`: where a native client listens for its code.
+/// `http://127.0.0.1:<port>/…` or `http://[::1]:<port>/…`: where a native
+/// client listens for its code (not `localhost`, which a hosts file or DNS
+/// may send elsewhere: RFC 8252 section 8.3).
 fn is_loopback_redirect(uri: &Url) -> bool {
     let Some(host) = uri.host_str() else {
         return false;
@@ -298,10 +311,9 @@ fn is_loopback_redirect(uri: &Url) -> bool {
     // An IPv6 host comes in brackets.
     let host = host.trim_start_matches('[').trim_end_matches(']');
     uri.scheme() == "http"
-        && (host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()))
+        && host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Codes {
@@ -479,6 +491,19 @@ impl RefreshTokens {
             offline: true,
             session_expires_at: expires_at,
         })
+    }
+}
+
+impl RefreshTokens {
+    /// Ends a refresh token (RFC 7009: `warden logout`): it is taken from
+    /// the database whoever presents it (holding it is what lets one use
+    /// it). Unknown tokens are not an error.
+    pub async fn revoke(&self, token: &str) -> Result<(), OAuthError> {
+        self.store
+            .take_grant(&stored_hash(token), &self.kind)
+            .await
+            .map_err(store_failed)?;
+        Ok(())
     }
 }
 

@@ -177,6 +177,7 @@ impl Issuer {
             "jwks_uri": format!("{}/jwks.json", self.issuer),
             "authorization_endpoint": format!("{}/authorize", self.issuer),
             "token_endpoint": format!("{}/oauth/token", self.issuer),
+            "revocation_endpoint": format!("{}/oauth/revoke", self.issuer),
             "id_token_signing_alg_values_supported":
                 SigningAlg::ALL.iter().map(|alg| alg.as_str()).collect::<Vec<_>>(),
             "response_types_supported": ["code"],
@@ -246,6 +247,12 @@ impl Issuer {
             Some(_) => return Err(OAuthError::UnsupportedGrantType),
         };
         self.tokens_for(&grant, now).await
+    }
+
+    /// The revocation endpoint (RFC 7009): ends a refresh token. An access
+    /// token is not revocable (it lives an hour); revoking one changes nothing.
+    pub async fn revoke(&self, token: &str) -> Result<(), OAuthError> {
+        self.refresh_tokens.revoke(token).await
     }
 
     async fn tokens_for(&self, grant: &Grant, now: u64) -> Result<CodeTokens, OAuthError> {
@@ -681,28 +688,39 @@ mod tests {
     async fn native_clients_may_redirect_to_loopback_only() {
         let dir = tempfile::tempdir().unwrap();
         let issuer = issuer_at(&dir, &ManualClock::at(NOW_MS)).await;
-        for uri in [
-            "http://127.0.0.1:53117/callback",
-            "http://[::1]:4000/",
-            "http://localhost:9/cb",
-        ] {
-            let request = AuthorizeParams {
-                redirect_uri: Some(uri.into()),
-                ..params()
-            };
-            assert!(issuer.check_authorize(&request).is_ok(), "{uri}");
+        let with = |client: &str, uri: &str| AuthorizeParams {
+            client_id: Some(client.into()),
+            redirect_uri: Some(uri.into()),
+            ..params()
+        };
+        for uri in ["http://127.0.0.1:53117/callback", "http://[::1]:4000/"] {
+            assert!(
+                issuer.check_authorize(&with("warden-cli", uri)).is_ok(),
+                "{uri}"
+            );
+            // The page's client is a web client: its own origin only.
+            assert!(
+                issuer
+                    .check_authorize(&with("warden-approvals", uri))
+                    .is_err(),
+                "{uri}"
+            );
         }
         for uri in [
-            "https://localhost:9/cb",
+            "http://localhost:9/cb",
+            "https://127.0.0.1:9/cb",
             "http://127.0.0.1.evil.example:80/cb",
             "http://localhost.evil.example/cb",
             "http://[::2]:4000/",
+            "http://u:p@127.0.0.1:9/cb",
+            "http://127.0.0.1:9/cb#x",
+            "http://127.0.0.1:9/cb?code=x",
+            "http://127.0.0.1:9/cb?a=1&state=x",
         ] {
-            let request = AuthorizeParams {
-                redirect_uri: Some(uri.into()),
-                ..params()
-            };
-            assert!(issuer.check_authorize(&request).is_err(), "{uri}");
+            assert!(
+                issuer.check_authorize(&with("warden-cli", uri)).is_err(),
+                "{uri}"
+            );
         }
     }
 
@@ -783,6 +801,18 @@ mod tests {
         assert_eq!(
             issuer.token(&refresh(&current)).await.unwrap_err(),
             OAuthError::InvalidGrant("the sign-in has expired; sign in again".into())
+        );
+
+        // Revoked (warden logout): gone at once; unknown tokens are no error.
+        let revoked = sign_in("openid offline_access")
+            .await
+            .refresh_token
+            .unwrap();
+        issuer.revoke(&revoked).await.unwrap();
+        issuer.revoke("never-issued").await.unwrap();
+        assert_eq!(
+            issuer.token(&refresh(&revoked)).await.unwrap_err().code(),
+            "invalid_grant"
         );
     }
 
