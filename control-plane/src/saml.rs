@@ -45,7 +45,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -66,7 +66,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::Clock;
 use crate::fields::logged;
 use crate::issuer::{
-    redirect_with_code, sign_in_error, AuthorizeParams, Issuer, SignIn, ValidAuthorize,
+    redirect_with_code, see_other, sign_in_error, AuthorizeParams, Issuer, SignIn, ValidAuthorize,
 };
 use crate::store::Store;
 
@@ -498,21 +498,8 @@ async fn authorize(
         return sign_in_error("the authorization request is malformed");
     };
     match saml.start(&params).await {
-        Ok(location) => match HeaderValue::from_str(&location) {
-            Ok(location) => (
-                StatusCode::SEE_OTHER,
-                [
-                    (header::LOCATION, location),
-                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                    (
-                        header::REFERRER_POLICY,
-                        HeaderValue::from_static("no-referrer"),
-                    ),
-                ],
-            )
-                .into_response(),
-            Err(_) => sign_in_error("the identity provider's sign-in URL cannot be used"),
-        },
+        Ok(location) => see_other(&location)
+            .unwrap_or_else(|| sign_in_error("the identity provider's sign-in URL cannot be used")),
         Err(message) => sign_in_error(&message),
     }
 }

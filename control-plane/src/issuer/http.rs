@@ -213,7 +213,13 @@ pub fn redirect_with_code(mut location: Url, code: &str, state: Option<&str>) ->
     if let Some(state) = state {
         location.query_pairs_mut().append_pair("state", state);
     }
-    let location = HeaderValue::from_str(location.as_str()).ok()?;
+    see_other(location.as_str())
+}
+
+/// A 303 to `location` that no cache keeps and that sends no referrer (the
+/// URL may carry a code or a SAML request); `None` if it cannot be a header.
+pub fn see_other(location: &str) -> Option<Response> {
+    let location = HeaderValue::from_str(location).ok()?;
     Some(
         (
             StatusCode::SEE_OTHER,

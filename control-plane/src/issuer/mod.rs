@@ -44,7 +44,7 @@ mod provider;
 mod ring;
 mod tokens;
 
-pub use http::{redirect_with_code, routes, sign_in_error};
+pub use http::{redirect_with_code, routes, see_other, sign_in_error};
 pub use keys::{IssuerError, KeyPems, Keys, SigningAlg, DEV_KEY_DIR};
 pub use oauth::{
     AuthorizeParams, CodeExchange, CodeTokens, OAuthError, SignIn, ValidAuthorize,
