@@ -704,6 +704,14 @@ mod tests {
                 RespondSso::post(),
             )
             .unwrap();
+        // The IdP dates the response on the system clock; the server's
+        // clock catches up with it (never goes back), however long the key
+        // generation or a loaded machine took.
+        let lag = Clock::system().now_ms() - f.time.now_ms();
+        if lag > 0 {
+            f.time
+                .advance(Duration::from_millis(u64::try_from(lag).unwrap()));
+        }
         response
             .post_form()
             .unwrap()
