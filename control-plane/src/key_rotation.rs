@@ -15,7 +15,9 @@
 //!   the same hour, and the leaked one leaves the JWKS an hour after that
 //!   (when the tokens it signed have expired): about two hours, and no
 //!   request fails.
-//! - A replica whose reads keep failing keeps the keys it has and logs it.
+//! - A replica whose reads keep failing keeps the keys it has and logs it;
+//!   a token naming a key it does not know makes it read them again at
+//!   once ([`OwnIssuerKeys`], at most every few seconds).
 //!
 //! **The private keys are stored in clear** in `issuer_keys`: whoever can
 //! read that table (a backup, a read replica) can sign tokens every gateway
@@ -25,9 +27,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::Instant;
+
+use warden_engine::auth::jwks::KeySet;
+
 use crate::clock::Clock;
 use crate::issuer::{Generation, Issuer, KeyPems, KeyRing, Keys, LOADED_GENERATIONS};
 use crate::store::{IssuerKeyRow, Store};
+use crate::user_auth::{LocalIssuer, MIN_REFETCH};
 
 /// The SAML issuer's name in `issuer_keys`.
 pub const SAML_ISSUER: &str = "saml";
@@ -139,5 +146,68 @@ pub async fn keep_current(store: Store, issuer: Arc<Issuer>, clock: Clock) {
                 "issuer keys: cannot refresh; the current keys stay in use"
             );
         }
+    }
+}
+
+/// One of the control plane's own issuers as people's tokens are checked
+/// against it ([`LocalIssuer`]): the dev issuer's keys never change; the
+/// SAML issuer's are read again from the database when a token names a key
+/// this replica does not know yet.
+pub struct OwnIssuerKeys {
+    issuer: Arc<Issuer>,
+    /// Where the SAML issuer's generations are read (none: the dev issuer).
+    source: Option<(Store, Clock)>,
+    last_reload: std::sync::Mutex<Option<Instant>>,
+}
+
+impl OwnIssuerKeys {
+    /// The dev issuer's fixed keys.
+    pub fn fixed(issuer: Arc<Issuer>) -> Self {
+        OwnIssuerKeys {
+            issuer,
+            source: None,
+            last_reload: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The SAML issuer's keys, read again from `store` when needed.
+    pub fn stored(issuer: Arc<Issuer>, store: Store, clock: Clock) -> Self {
+        OwnIssuerKeys {
+            issuer,
+            source: Some((store, clock)),
+            last_reload: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl LocalIssuer for OwnIssuerKeys {
+    fn keys(&self) -> Arc<KeySet> {
+        self.issuer.key_set()
+    }
+
+    fn reload(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let Some((store, clock)) = &self.source else {
+                return false;
+            };
+            {
+                let mut last = self
+                    .last_reload
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = clock.instant();
+                if last.is_some_and(|at| now.saturating_duration_since(at) < MIN_REFETCH) {
+                    return false;
+                }
+                *last = Some(now);
+            }
+            match refresh(store, &self.issuer, clock).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(error, "issuer keys: cannot read them again");
+                    false
+                }
+            }
+        })
     }
 }

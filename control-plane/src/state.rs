@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::issuer::{Issuer, IssuerError, IssuerKind};
+use crate::key_rotation::OwnIssuerKeys;
 use crate::policies::{CheckLimits, Checker};
 use crate::policy_watch::PolicyWatch;
 use crate::saml::{SamlSettings, SamlSignIn};
@@ -296,15 +297,23 @@ impl AppState {
             }
         };
         // The control plane's own issuers: their keys are in process.
-        let local: Vec<(String, LocalKeys)> = dev_issuer
-            .iter()
-            .chain(saml.as_ref().map(|saml| saml.issuer()))
-            .map(|issuer| {
-                let keys = issuer.clone();
-                let local: LocalKeys = Arc::new(move || keys.key_set());
-                (issuer.issuer().to_owned(), local)
-            })
-            .collect();
+        let mut local: Vec<(String, LocalKeys)> = Vec::new();
+        if let Some(dev) = &dev_issuer {
+            local.push((
+                dev.issuer().to_owned(),
+                Arc::new(OwnIssuerKeys::fixed(dev.clone())),
+            ));
+        }
+        if let Some(saml) = &saml {
+            local.push((
+                saml.issuer().issuer().to_owned(),
+                Arc::new(OwnIssuerKeys::stored(
+                    saml.issuer().clone(),
+                    store.clone(),
+                    config.clock.clone(),
+                )),
+            ));
+        }
         issuers.retain(|i| !local.iter().any(|(url, _)| i.trim_end_matches('/') == url));
         let mut audiences = config.audiences.clone();
         audiences.push(config.ui_client_id.clone());

@@ -45,8 +45,18 @@ const SKEW_SECONDS: u64 = 60;
 /// Largest token accepted.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Where an issuer of this control plane has its published keys now.
-pub type LocalKeys = Arc<dyn Fn() -> Arc<KeySet> + Send + Sync>;
+/// One of this control plane's own issuers, as people's tokens are checked
+/// against it: its keys in process, and a way to read them again when a
+/// token names a key it does not know (another replica's rotation).
+pub trait LocalIssuer: Send + Sync {
+    /// The keys it publishes now.
+    fn keys(&self) -> Arc<KeySet>;
+    /// Reads its keys again, at most every [`MIN_REFETCH`]; `true` if it did.
+    fn reload(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+/// See [`LocalIssuer`].
+pub type LocalKeys = Arc<dyn LocalIssuer>;
 
 /// What the server trusts for people's tokens.
 #[derive(Clone)]
@@ -223,10 +233,19 @@ impl UserAuth {
             .ok_or_else(|| unauthorized(auth_message(AuthError::UnknownIssuer)))?;
         let now = self.clock.now_s();
         match keys {
-            IssuerKeys::Local(keys) => self
-                .authenticator
-                .verify(token, unverified, &keys(), now)
-                .map_err(|e| unauthorized(auth_message(e))),
+            IssuerKeys::Local(issuer) => {
+                match self
+                    .authenticator
+                    .verify(token, unverified.clone(), &issuer.keys(), now)
+                {
+                    // A replica that rotated: read the keys again, once.
+                    Err(AuthError::UnknownKey) if issuer.reload().await => self
+                        .authenticator
+                        .verify(token, unverified, &issuer.keys(), now)
+                        .map_err(|e| unauthorized(auth_message(e))),
+                    other => other.map_err(|e| unauthorized(auth_message(e))),
+                }
+            }
             IssuerKeys::Remote(state) => {
                 let issuer = &self.authenticator.issuers[index].issuer;
                 let set = self.remote_keys(issuer, state, false).await?;
