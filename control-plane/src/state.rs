@@ -126,8 +126,6 @@ pub const DEFAULT_AUDIENCE: &str = "warden";
 pub const DEFAULT_ADMIN_GROUP: &str = "warden-admins";
 /// Default client id of the approvers' page.
 pub const DEFAULT_UI_CLIENT_ID: &str = "warden-approvals";
-/// The client id `warden login` uses with the control plane's own issuers.
-pub use crate::issuer::NATIVE_CLIENT_ID as CLI_CLIENT_ID;
 /// Default group whose members may read recorded sessions (besides the admin group).
 pub const DEFAULT_AUDITOR_GROUP: &str = "warden-auditors";
 /// Where the approvers' page is served.
@@ -198,7 +196,7 @@ impl ServerConfig {
         self.cli_login.clone().or_else(|| {
             self.saml_issuer_url().map(|issuer| LoginSettings {
                 issuer,
-                client_id: CLI_CLIENT_ID.to_owned(),
+                client_id: crate::issuer::NATIVE_CLIENT_ID.to_owned(),
                 scope: None,
                 resources: Vec::new(),
             })

@@ -392,10 +392,13 @@ impl Codes {
             ));
         }
         let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
-        let issued: IssuedCode = take(&self.store, code, &self.kind, now)
-            .await?
-            .ok_or_else(|| grant("the code is unknown or was already used"))?
-            .map_err(|()| grant("the code has expired"))?;
+        let issued: IssuedCode = match take(&self.store, code, &self.kind).await? {
+            None => return Err(grant("the code is unknown or was already used")),
+            Some((_, expires_at)) if expires_at <= now => {
+                return Err(grant("the code has expired"))
+            }
+            Some((issued, _)) => issued,
+        };
         if issued.client_id != client_id {
             return Err(grant("the code was issued to another client"));
         }
@@ -474,7 +477,7 @@ impl RefreshTokens {
         let client_id = required("client_id", request.client_id.as_deref())?;
         let grant = |why: &str| OAuthError::InvalidGrant(why.to_owned());
         let (issued, expires_at): (IssuedRefresh, u64) =
-            match take_with_expiry(&self.store, token, &self.kind).await? {
+            match take(&self.store, token, &self.kind).await? {
                 None => return Err(grant("the refresh token is unknown, used or revoked")),
                 Some((_, expires_at)) if expires_at <= now => {
                     return Err(grant("the sign-in has expired; sign in again"))
@@ -554,7 +557,7 @@ async fn put<T: Serialize>(
 }
 
 /// Takes what `secret` was stored with and its expiry (seconds).
-async fn take_with_expiry<T: for<'de> Deserialize<'de>>(
+async fn take<T: for<'de> Deserialize<'de>>(
     store: &Store,
     secret: &str,
     kind: &str,
@@ -569,24 +572,6 @@ async fn take_with_expiry<T: for<'de> Deserialize<'de>>(
     let value =
         serde_json::from_str(&payload).map_err(|error| OAuthError::Server(error.to_string()))?;
     Ok(Some((value, u64::try_from(expires_ms / 1000).unwrap_or(0))))
-}
-
-/// Takes what `secret` was stored with: `Some(Err(()))` when it expired by `now`.
-async fn take<T: for<'de> Deserialize<'de>>(
-    store: &Store,
-    secret: &str,
-    kind: &str,
-    now: u64,
-) -> Result<Option<Result<T, ()>>, OAuthError> {
-    Ok(take_with_expiry(store, secret, kind)
-        .await?
-        .map(|(value, expires_at)| {
-            if expires_at <= now {
-                Err(())
-            } else {
-                Ok(value)
-            }
-        }))
 }
 
 impl Grant {

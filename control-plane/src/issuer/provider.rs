@@ -151,15 +151,6 @@ impl Issuer {
         &self.issuer
     }
 
-    /// The `kid` of the key that signs with `alg` now.
-    pub fn key_id(&self, alg: SigningAlg) -> String {
-        self.ring()
-            .signing(self.clock.now_ms())
-            .keys
-            .key_id(alg)
-            .to_owned()
-    }
-
     /// The JWKS served at `<issuer>/jwks.json`: every published generation.
     pub fn jwks(&self) -> Value {
         self.ring().jwks().clone()
@@ -267,7 +258,6 @@ impl Issuer {
         };
         let access_token = sign(&access)?;
         let id_token = sign(&id)?;
-        drop(ring);
         Ok(CodeTokens {
             access_token,
             id_token,
