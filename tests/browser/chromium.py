@@ -53,6 +53,20 @@ def launch(playwright, user_data_dir: Path):
 
 
 @contextmanager
+def loopback_only_context(playwright, user_data_dir: Path, *, timeout_ms: int) -> Iterator:
+    """A fresh context (see `launch`) that reaches 127.0.0.1 only: anything else
+    (an IdP page's web fonts, say) is aborted, never fetched."""
+    context = launch(playwright, user_data_dir)
+    context.set_default_timeout(timeout_ms)
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
+                  else route.abort())
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@contextmanager
 def watched_context(playwright, user_data_dir: Path, *, timeout_ms: int, expected_statuses: tuple[int, ...],
                     request, logs: Callable[[], str]) -> Iterator:
     """A fresh context (see `launch`) that fails the test on any uncaught page error or

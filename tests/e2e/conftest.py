@@ -64,6 +64,15 @@ def make_stack(tmp_path, request):
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def playwright():
+    """Playwright, once per module that drives Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def database_url(request):
     """The control plane's database, once per backend: None (SQLite in the

@@ -34,7 +34,7 @@ from browser.chromium import launch, sign_in_on_dev_form, watched_context  # noq
 from harness.stack import (  # noqa: E402
     ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, node_binary, spawn, wait_until)
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 GATEWAY_SECRET = "browser-test-gateway-secret-0123456789"
 TIMEOUT_MS = 15_000
@@ -101,12 +101,6 @@ def cp(tmp_path_factory):
         yield control_plane
     finally:
         control_plane.stop()
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture

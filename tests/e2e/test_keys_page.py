@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from browser.chromium import sign_in_on_dev_form, watched_context  # noqa: E402
 from harness.stack import WARDEN_BIN, Ports, default_filter_config, http, spawn, wait_until  # noqa: E402
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 TIMEOUT_MS = 15_000
 ADMINS = ["warden-admins"]
@@ -110,12 +110,6 @@ def cp(tmp_path_factory, database_url):
         raise
     finally:
         control_plane.stop()
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture

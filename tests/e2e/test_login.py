@@ -29,11 +29,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import launch  # noqa: E402
+from browser.chromium import loopback_only_context  # noqa: E402
 from harness.stack import (  # noqa: E402
     ROOT, WARDEN_BIN, Ports, Stack, default_filter_config, http, node_binary, spawn, wait_until)
 
-from playwright.sync_api import sync_playwright  # noqa: E402
 
 IDP_DIR = ROOT / "tests" / "idp"
 CLI_CLIENT = "warden-cli"
@@ -107,24 +106,12 @@ def stack(idp, tmp_path_factory):
         s.stop()
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
-
-
 @pytest.fixture
 def browser(playwright, tmp_path):
     """A fresh Chromium profile; nothing but loopback is reachable (the IdP's
     pages import web fonts)."""
-    context = launch(playwright, tmp_path / "profile")
-    context.set_default_timeout(TIMEOUT_MS)
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
-                  else route.abort())
-    try:
+    with loopback_only_context(playwright, tmp_path / "profile", timeout_ms=TIMEOUT_MS) as context:
         yield context
-    finally:
-        context.close()
 
 
 class Cli:

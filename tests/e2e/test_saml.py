@@ -47,12 +47,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from browser.chromium import launch  # noqa: E402
+from browser.chromium import loopback_only_context  # noqa: E402
 from harness import saml_idp  # noqa: E402
 from harness.saml_idp import KeyPair, Posted, SamlIdp  # noqa: E402
 from harness.stack import WARDEN_BIN, Ports, Stack, default_filter_config, http, wait_until  # noqa: E402
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -166,23 +166,11 @@ def stack(saml_stack, idp, request):
                          f"----- saml-idp -----\n{idp.process.tail(60)}\n")
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
-
-
 @pytest.fixture
 def browser(playwright, tmp_path):
     """A fresh Chromium profile; nothing but loopback is reachable."""
-    context = launch(playwright, tmp_path / "profile")
-    context.set_default_timeout(TIMEOUT_MS)
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
-                  else route.abort())
-    try:
+    with loopback_only_context(playwright, tmp_path / "profile", timeout_ms=TIMEOUT_MS) as context:
         yield context
-    finally:
-        context.close()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from browser.chromium import sign_in_on_dev_form, watched_context  # noqa: E402
 from harness.stack import ROOT, Ports, Stack, default_filter_config, http, wait_until  # noqa: E402
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 TIMEOUT_MS = 15_000
 EMAIL = "jane.doe@example.com"
@@ -180,12 +180,6 @@ def recorded(tmp_path_factory):
         raise
     finally:
         stack.stop()
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture
