@@ -726,3 +726,236 @@ fn remote_keys_freshness_and_rate_limits() {
     assert_eq!(keys::split_url("ftp://x/y"), None);
     assert_eq!(keys::split_url("https://user@evil/y"), None);
 }
+
+/// RSA tokens take their own path (the `rsa` crate for the signature,
+/// `ClaimRules::check` for the claims); these hold it to jwt-simple's.
+mod rsa_path {
+    use super::*;
+    use crate::auth::registered::ClaimRules;
+    use std::collections::HashSet;
+
+    const SKEW: u64 = 60;
+
+    fn rules(audiences: &HashSet<String>, now: u64) -> ClaimRules<'_> {
+        ClaimRules {
+            issuer: ISS,
+            audiences,
+            skew_seconds: SKEW,
+            max_token_bytes: 8192,
+            now,
+        }
+    }
+
+    /// The test key for every RSA algorithm (its JWK names none).
+    fn rsa_keys() -> KeySet {
+        let mut jwk: Value = serde_json::from_str(&rsa().public_key().to_jwk()).unwrap();
+        jwk.as_object_mut().unwrap().remove("alg");
+        KeySet::from_jwks(&jwks_of(&[jwk])).unwrap().0
+    }
+
+    fn verify_with(keys: &KeySet, alg: Algorithm, token: &str, now: u64) -> Result<(), AuthError> {
+        let unverified = fixture().auth.inspect(token)?;
+        let audiences = HashSet::from(["warden".to_string(), "other".to_string()]);
+        let key = &keys.candidates(None, alg).next().unwrap().key;
+        key.verify(alg, token, &unverified.claims, &rules(&audiences, now))
+    }
+
+    /// Every combination of the registered claims' edge cases, at two clocks:
+    /// `ClaimRules::check` gives the verdict jwt-simple gives (through its
+    /// Ed25519 verification, which checks the claims with the same options).
+    #[test]
+    fn claims_are_judged_as_jwt_simple_judges_them() {
+        let f = fixture();
+        let ed = &f
+            .keys
+            .candidates(None, Algorithm::EdDSA)
+            .next()
+            .unwrap()
+            .key;
+        let audiences = HashSet::from(["warden".to_string(), "other".to_string()]);
+        let mut cases = 0;
+        let mut verdicts = HashSet::new();
+        for now in [NOW, SKEW / 2] {
+            let iats = [
+                None,
+                Some(json!(now - 10)),
+                Some(json!(now + SKEW)),
+                Some(json!(now + SKEW + 1)),
+            ];
+            let nbfs = [None, Some(json!(now + SKEW)), Some(json!(now + SKEW + 1))];
+            let exps = [
+                None,
+                Some(json!(now + 300)),
+                Some(json!(now.saturating_sub(SKEW))),
+                Some(json!(now.saturating_sub(SKEW + 1))),
+                Some(json!(format!("{}", now + 300))),
+            ];
+            let isses = [
+                None,
+                Some(json!(ISS)),
+                Some(json!("https://other.example.com")),
+                Some(json!(5)),
+            ];
+            let auds = [
+                None,
+                Some(json!("warden")),
+                Some(json!("nope")),
+                Some(json!(["x", "other"])),
+                Some(json!(["x"])),
+                Some(json!([])),
+            ];
+            for iat in &iats {
+                for nbf in &nbfs {
+                    for exp in &exps {
+                        for iss in &isses {
+                            for aud in &auds {
+                                let mut claims = json!({"sub": "alice"});
+                                for (name, value) in [
+                                    ("iat", iat),
+                                    ("nbf", nbf),
+                                    ("exp", exp),
+                                    ("iss", iss),
+                                    ("aud", aud),
+                                ] {
+                                    if let Some(v) = value {
+                                        claims[name] = v.clone();
+                                    }
+                                }
+                                let token = f.ed_token(&claims);
+                                let rules = rules(&audiences, now);
+                                let oracle = ed.verify(Algorithm::EdDSA, &token, &claims, &rules);
+                                assert_eq!(rules.check(&claims), oracle, "{claims} at {now}");
+                                verdicts.insert(format!("{oracle:?}"));
+                                cases += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 2 * 4 * 3 * 5 * 4 * 6);
+        // Every kind of verdict was reached, so the comparison covered each rule.
+        for want in [
+            "Ok(())",
+            "Err(NotYetValid)",
+            "Err(Expired)",
+            "Err(UnknownIssuer)",
+            "Err(WrongAudience)",
+            "Err(BadSignature)",
+        ] {
+            assert!(verdicts.contains(want), "no case gave {want}: {verdicts:?}");
+        }
+    }
+
+    /// Tokens signed by jwt-simple with each RSA algorithm verify here, and
+    /// each is refused under the other padding or a changed payload.
+    #[test]
+    fn every_rsa_algorithm_verifies_and_refuses_a_changed_token() {
+        let pem = include_str!("testdata/rsa-a.pem");
+        let claims = || {
+            Claims::create(Duration::from_secs(300))
+                .with_issuer(ISS)
+                .with_audience("warden")
+                .with_subject("bob")
+        };
+        let tokens = [
+            (
+                Algorithm::RS256,
+                RS256KeyPair::from_pem(pem).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::RS384,
+                RS384KeyPair::from_pem(pem).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::RS512,
+                RS512KeyPair::from_pem(pem).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::PS256,
+                PS256KeyPair::from_pem(pem).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::PS384,
+                PS384KeyPair::from_pem(pem).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Algorithm::PS512,
+                PS512KeyPair::from_pem(pem).unwrap().sign(claims()).unwrap(),
+            ),
+        ];
+        let keys = rsa_keys();
+        let now = Clock::now_since_epoch().as_secs();
+        for (alg, token) in &tokens {
+            assert_eq!(verify_with(&keys, *alg, token, now), Ok(()), "{alg:?}");
+            // The same signature read with another RSA algorithm.
+            for (other, _) in &tokens {
+                if other != alg {
+                    assert_eq!(
+                        verify_with(&keys, *other, token, now),
+                        Err(AuthError::BadSignature),
+                        "{alg:?} as {other:?}"
+                    );
+                }
+            }
+            // A payload changed after signing.
+            let mut parts: Vec<&str> = token.split('.').collect();
+            let forged = b64(
+                json!({"iss": ISS, "aud": "warden", "sub": "mallory", "exp": now + 300})
+                    .to_string()
+                    .as_bytes(),
+            );
+            parts[1] = &forged;
+            assert_eq!(
+                verify_with(&keys, *alg, &parts.join("."), now),
+                Err(AuthError::BadSignature)
+            );
+            // A signature cut short, and one not in base64url.
+            let cut = &token[..token.len() - 4];
+            assert_eq!(
+                verify_with(&keys, *alg, cut, now),
+                Err(AuthError::BadSignature)
+            );
+            let (signed, _) = token.rsplit_once('.').unwrap();
+            assert_eq!(
+                verify_with(&keys, *alg, &format!("{signed}.a+b/"), now),
+                Err(AuthError::BadSignature)
+            );
+            // Claims are checked after the signature: the token expired.
+            assert_eq!(
+                verify_with(&keys, *alg, token, now + 400),
+                Err(AuthError::Expired)
+            );
+        }
+    }
+
+    /// jwt-simple's key policy holds: 2048 to 4096 bits, odd, e = 65537.
+    #[test]
+    fn weak_or_odd_rsa_keys_are_not_loaded() {
+        let good: Value = serde_json::from_str(&rsa().public_key().to_jwk()).unwrap();
+        let with = |n: &[u8], e: &[u8]| {
+            let mut jwk = good.clone();
+            jwk["n"] = json!(b64(n));
+            jwk["e"] = json!(b64(e));
+            KeySet::from_jwks(&jwks_of(&[jwk])).map(|(set, _)| set.len())
+        };
+        let n = |bits: usize, last: u8| {
+            let mut n = vec![0xc5u8; bits / 8];
+            if let Some(b) = n.last_mut() {
+                *b = last;
+            }
+            n
+        };
+        assert_eq!(with(&n(2048, 0x01), &[1, 0, 1]), Ok(1));
+        assert_eq!(
+            with(&n(4096, 0x01), &[0, 1, 0, 1]),
+            Ok(1),
+            "leading zeros in e are fine"
+        );
+        let refused = Err(jwks::JwksError::NoUsableKey(1));
+        assert_eq!(with(&n(1024, 0x01), &[1, 0, 1]), refused, "1024 bits");
+        assert_eq!(with(&n(4104, 0x01), &[1, 0, 1]), refused, "over 4096 bits");
+        assert_eq!(with(&n(2048, 0x02), &[1, 0, 1]), refused, "even modulus");
+        assert_eq!(with(&n(2048, 0x01), &[3]), refused, "e = 3");
+    }
+}
