@@ -37,9 +37,20 @@ pub const INFERENCE: &[&str] = &[
     "messages.count_tokens",
 ];
 
+/// Endpoints whose answers hold no text from a prompt or a model: a list of
+/// models, a count of tokens. Response rules have nothing to read there, so
+/// such an answer passes without being held and parsed (issue 20: the JSON
+/// of a `/models` listing was a quarter of a cached request's cost).
+const METADATA_ANSWERS: &[&str] = &["models", "messages.count_tokens"];
+
 impl Endpoint {
     const fn new(name: &'static str, takes_model: bool) -> Self {
         Self { name, takes_model }
+    }
+
+    /// Whether its answers are metadata only (see [`METADATA_ANSWERS`]).
+    pub fn answers_metadata_only(&self) -> bool {
+        METADATA_ANSWERS.contains(&self.name)
     }
 
     /// Whether it is one of the [`INFERENCE`] endpoints.
@@ -221,6 +232,16 @@ mod tests {
         assert!(of(Api::Openai, "GET", "/v1/models").is_inference());
         assert!(of(Api::Openai, "GET", "/v1/models/gpt-4o").is_inference());
         assert!(!of(Api::Openai, "GET", "/v1/models").takes_model);
+        assert!(of(Api::Openai, "GET", "/v1/models/gpt-4o").answers_metadata_only());
+        assert!(of(Api::Anthropic, "POST", "/v1/messages/count_tokens").answers_metadata_only());
+        for (api, method, path) in [
+            (Api::Openai, "POST", "/v1/models"),
+            (Api::Openai, "GET", "/v1/models/gpt-4o/x"),
+            (Api::Openai, "POST", "/v1/chat/completions"),
+            (Api::Anthropic, "POST", "/v1/messages"),
+        ] {
+            assert!(!of(api, method, path).answers_metadata_only(), "{method} {path}");
+        }
     }
 
     #[test]

@@ -1406,6 +1406,9 @@ impl Exchange {
         ) else {
             return (Some(Response::Pass), Flow::Continue);
         };
+        if request.endpoint.answers_metadata_only() {
+            return (Some(Response::Pass), Flow::Continue);
+        }
         let active = policy.active_rules(
             identity,
             &provider.name,

@@ -727,6 +727,17 @@ fn a_request_without_a_body_is_decided_on_its_headers_and_one_with_an_unexpected
         host.replies
     );
     assert!(host.credentials_swapped());
+    // The listing is metadata: it passes unheld and unread, even compressed,
+    // where a chat answer with the same headers is held (see
+    // a_json_answer_is_read_whole_and_masked_and_a_block_withholds_it).
+    host.response_headers = vec![
+        ("content-type".into(), "application/json".into()),
+        ("content-encoding".into(), "gzip".into()),
+    ];
+    assert_eq!(ex.on_response_headers(&mut host, false), Flow::Continue);
+    host.response_chunk = Ok(json!({"id": format!("{EMAIL}")}).to_string().into_bytes());
+    assert_eq!(ex.on_response_body(&mut host, 20, true), Flow::Continue);
+    assert!(host.response_body_out.is_empty() && host.replies.is_empty());
     // A GET that carries a body: read, and refused.
     let mut host = FakeHost::new("GET", "/openai/v1/models/gpt-4o", Some(&token()));
     host.request_body = b"{\"x\":1}".to_vec();
