@@ -10,7 +10,9 @@
 #                                 venv Node.js (wasm tests in V8, the test IdPs),
 #                                 pytest, Playwright, h2, oras; the wasm-bindgen
 #                                 test runner
-#   scripts/bootstrap.sh bench    the above for `make bench` (wrk, valgrind)
+#   scripts/bootstrap.sh bench    the above for `make bench` (wrk, valgrind), and
+#                                 LiteLLM's proxy (a peer it measures), pinned, in
+#                                 a venv of its own (.venv-bench/)
 #   scripts/bootstrap.sh fuzz     Debian's Rust and a C++ compiler (libFuzzer),
 #                                 cargo-fuzz into .tools/ (`make fuzz`; no venv)
 #
@@ -154,3 +156,29 @@ if [ -n "$want_wb" ] && [ "$have_wb" != "$want_wb" ]; then
         || die "cargo install wasm-bindgen-cli $want_wb failed"
 fi
 info "wasm-bindgen-test-runner $("$TOOLS/bin/wasm-bindgen-test-runner" --version 2>/dev/null | awk '{print $2}')"
+
+if [ "$purpose" = bench ]; then
+    # LiteLLM's proxy, a peer `make bench` measures (tests/bench/litellm_peer.py), in a
+    # venv of its own: litellm pins many packages the test venv also pins. 1.108.7 is
+    # the newest release whose `[proxy]` extra installs from PyPI (1.108.8 and later pin
+    # litellm-enterprise, litellm-proxy-extras or litellm-proxy versions PyPI does not
+    # serve; no 1.107 release is served). Every package comes as a wheel: no compiler.
+    LITELLM_VERSION=1.108.7
+    BENCH_VENV="$ROOT/.venv-bench"
+    step "bootstrap ($purpose): LiteLLM's proxy $LITELLM_VERSION ($BENCH_VENV)"
+    if [ -f "$BENCH_VENV/pyvenv.cfg" ] && ! grep -qx "home = $(dirname "$base_python")" "$BENCH_VENV/pyvenv.cfg"; then
+        info "rebuilding $BENCH_VENV on $base_python"
+        rm -rf "$BENCH_VENV"
+    fi
+    if [ ! -x "$BENCH_VENV/bin/python" ]; then
+        "$base_python" -m venv "$BENCH_VENV" || die "$base_python -m venv $BENCH_VENV failed"
+    fi
+    stamp="$BENCH_VENV/.litellm-version"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$LITELLM_VERSION" ]; then
+        info "installing litellm[proxy]==$LITELLM_VERSION (a minute, once)"
+        "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" \
+            || die "pip install litellm[proxy]==$LITELLM_VERSION into $BENCH_VENV failed"
+        echo "$LITELLM_VERSION" > "$stamp"
+    fi
+    info "litellm $("$BENCH_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')"
+fi

@@ -28,7 +28,15 @@ jwt_authn filter (C++) on a copy of the bare listener, verifying the same tokens
 (issuer, audience, the issuer's JWKS inline), without and with its JWT cache:
   1j, 1jc       row 1's cached token
   4j-*, 4jc-*   row 4's cold tokens, at one connection
-Each is checked to refuse bad tokens before it is measured.
+Each is checked to refuse bad tokens before it is measured. And LiteLLM's proxy
+(`litellm[proxy]`, Python, in .venv-bench/; tests/bench/litellm_peer.py), configured
+as its production checklist says (master key, 2 Uvicorn workers, no database), on the
+same stand-in with the same request bodies, its CPU that of all its processes:
+  1l            GET /v1/models with its key, against row 0a
+  2l, 2lg       the 8 KB chat request, without and with its content filter masking
+                personal data and secrets (requests and responses), against row 0b
+It is checked to answer through the stand-in and to refuse a wrong key before it is
+measured, and what each masker (row 2, 2l, 2lg) forwarded of the 8 KB body is counted.
 Then Envoy's resident memory with and without the filter, per worker, and
 the engine microbenchmarks (criterion natively, the same workloads in V8)
 from scripts/bench-engine.sh.
@@ -37,7 +45,9 @@ from scripts/bench-engine.sh.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 import copy
 import dataclasses
 from http.client import HTTPConnection
@@ -58,6 +68,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import policy_watch  # noqa: E402
+import litellm_peer  # noqa: E402
+from litellm_peer import LiteLLM  # noqa: E402
 from harness.stack import (ENVOY_BIN, ROOT, STAND_IN_KEYS, Ports, Stack, STRING_VALUE_TYPE,  # noqa: E402
                            default_filter_config, plugin_config, set_plugin_config, warden_plugin,
                            http, process_cpu_seconds, render_envoy_config, rss_mib, spawn, wait_until)
@@ -78,8 +90,9 @@ class Result:
     p50_us: float
     p99_us: float
     requests: int = 0
-    # Envoy's own CPU time (user + system) per request during the run: steadier
-    # than latency on a shared machine, and it counts only Envoy.
+    # The serving process's own CPU time (user + system) per request during the run:
+    # Envoy's, or on LiteLLM's rows all of LiteLLM's processes'. Steadier than latency
+    # on a shared machine, and it counts only the proxy under test.
     cpu_us: float = 0.0
 
 
@@ -101,9 +114,14 @@ class Capped(RuntimeError):
         self.needed = needed
 
 
-def wrk(url: str, script: Path, duration: int, connections: int = CONNECTIONS, envoy_pid: int | None = None,
+def cpu_seconds(pids: Sequence[int]) -> float:
+    return sum(process_cpu_seconds(pid) for pid in pids)
+
+
+def wrk(url: str, script: Path, duration: int, connections: int = CONNECTIONS, pids: Sequence[int] = (),
         limit: int | None = None) -> Result:
-    cpu_before = process_cpu_seconds(envoy_pid) if envoy_pid else 0.0
+    """One wrk run; `pids`: the processes serving it, whose CPU time per request is measured."""
+    cpu_before = cpu_seconds(pids)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, timeout=duration + 120, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -116,7 +134,7 @@ def wrk(url: str, script: Path, duration: int, connections: int = CONNECTIONS, e
     errors = re.search(r"Socket errors: (.*)", out)
     if errors and re.search(r"(read|write|timeout) [1-9]", errors.group(1)):
         raise RuntimeError(f"{url}: socket errors ({errors.group(1)}); the scenario is broken:\n{out}")
-    cpu = (process_cpu_seconds(envoy_pid) - cpu_before) / max(count, 1) * 1e6 if envoy_pid else 0.0
+    cpu = (cpu_seconds(pids) - cpu_before) / max(count, 1) * 1e6 if pids else 0.0
     # A script that stops at `limit` leaves wrk idle for the rest of the run
     # (and the last requests around the stop are not all counted): a run that
     # came near its limit is not trusted.
@@ -176,7 +194,10 @@ def lua_cycle(path: Path, tokens: Path | None, limit: int, method: str = "GET", 
     return path
 
 
-PERSONAL = "Contact jane.doe@example.com or +1 415 555 2671; card 4111 1111 1111 1111. "
+# The personal data planted in the chat bodies, each kind by the part of it that must
+# not arrive in clear (the phone number without its country code).
+PLANTED = {"email": "jane.doe@example.com", "phone": "415 555 2671", "payment card": "4111 1111 1111 1111"}
+PERSONAL = f"Contact {PLANTED['email']} or +1 {PLANTED['phone']}; card {PLANTED['payment card']}. "
 
 
 def chat_body(size: int) -> str:
@@ -267,6 +288,41 @@ def check_verifies(stack: Stack, url: str, token: str) -> None:
     if status != 200 or reached != ["good"]:
         raise RuntimeError(f"{url}: the bench's token answered {status} and the provider received "
                            f"{reached or 'nothing'} (want only the good probe): {body[:200]!r}")
+
+
+@dataclass
+class Masking:
+    """What one contender forwarded to the provider of the bench's 8 KB chat body."""
+    contender: str
+    planted: int
+    masked: int
+    missed: list[str]
+
+
+def body_masking(stack: Stack, contenders: list[tuple[str, str, str]]) -> list[Masking]:
+    """Sends the bench's 8 KB chat body once through each contender (name, chat URL,
+    bearer token) and counts the planted values (`PLANTED`) that reached the stand-in
+    in clear, in the request it recorded."""
+    body = chat_body(8 * 1024)
+    planted = sum(body.count(value) for value in PLANTED.values())
+    out = []
+    for name, url, token in contenders:
+        http("DELETE", f"{stack.provider_url}/_warden/received")
+        status, _, answer = http("POST", url, body=body.encode(), headers={"authorization": f"Bearer {token}"})
+        received = [r["body"] for r in stack.provider_received() if r["path"].endswith("/chat/completions")]
+        if status != 200 or len(received) != 1:
+            raise RuntimeError(f"{name}: the 8 KB chat request answered {status} and {len(received)} request(s) "
+                               f"reached the provider: {answer[:200]!r}")
+        clear = {kind: received[0].count(value) for kind, value in PLANTED.items()}
+        out.append(Masking(name, planted, planted - sum(clear.values()), [kind for kind, n in clear.items() if n]))
+    http("DELETE", f"{stack.provider_url}/_warden/received")
+    return out
+
+
+def masking_table(rows: list[Masking]) -> str:
+    lines = ["| contender | values planted | values masked | kinds missed |", "|---|---:|---:|---|"]
+    lines += [f"| {r.contender} | {r.planted} | {r.masked} | {', '.join(r.missed) or 'none'} |" for r in rows]
+    return "\n".join(lines)
 
 
 def queue_replies(stack: Stack, count: int) -> None:
@@ -527,6 +583,10 @@ def main() -> int:
     bare_port = Ports.free().gateway
     noop_port, recording_port = Ports.free().gateway, Ports.free().gateway
     jwt_port, jwt_cache_port = Ports.free().gateway, Ports.free().gateway
+    # LiteLLM's proxy, without and with its content filter (row keys 1l, 2l and 2lg),
+    # started only when a row of theirs runs.
+    litellm = {"l": LiteLLM("litellm", Ports.free().gateway, guardrail=False),
+               "lg": LiteLLM("litellm_guardrail", Ports.free().gateway, guardrail=True)}
     noop_wasm = build_noop_filter()
     algs = ["RS256", "ES256", "EdDSA"]
     # The scenarios run the shipped configuration with session recording off (the
@@ -556,7 +616,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="warden-bench-") as tmp:
         tmp_dir = Path(tmp)
         with Stack.start(ports, tmp_dir / "stack", bare_port=bare_port, filter_config=yaml.safe_dump(filter_config),
-                         edit_envoy_config=listeners) as stack:
+                         edit_envoy_config=listeners) as stack, contextlib.ExitStack() as running:
             envoy_pid = next(p.popen.pid for p in stack.processes if p.name == "envoy")
             token = stack.token("bench", ["engineering"])
             bodies = {"8k": chat_body(8 * 1024), "64k": chat_body(64 * 1024), "512k": chat_body(512 * 1024)}
@@ -567,6 +627,9 @@ def main() -> int:
             for name, body in bodies.items():
                 s[f"chat{name}"] = lua(tmp_dir / f"chat{name}.lua", "POST", None, body)
                 s[f"chat{name}_token"] = lua(tmp_dir / f"chat{name}_token.lua", "POST", token, body)
+            for k, peer in litellm.items():
+                s[f"get_{k}"] = lua(tmp_dir / f"get_{k}.lua", "GET", peer.key, None)
+                s[f"chat8k_{k}"] = lua(tmp_dir / f"chat8k_{k}.lua", "POST", peer.key, bodies["8k"])
             # What a limited script may send in one run; a run that reaches it
             # is re-run with more (see `limited_run`).
             limits = {"stream": 600 if quick else 1500, "cold": args.cold_tokens}
@@ -603,7 +666,10 @@ def main() -> int:
                     elif script.startswith("chat512k"):
                         http("DELETE", f"{stack.provider_url}/_warden/received")
                     try:
-                        return wrk(url, s[script], args.duration, c, envoy_pid, limit=sends.get(script))
+                        result = wrk(url, s[script], args.duration, c, pids_of(url), limit=sends.get(script))
+                        if peer := peer_of(url):
+                            peer.settle()
+                        return result
                     except Capped as capped:
                         if kind is None or attempt == 3:
                             raise
@@ -614,6 +680,14 @@ def main() -> int:
                         else:
                             cold_script(script.removeprefix("cold_"), round_)
                 raise AssertionError("unreachable")
+
+            def peer_of(url: str) -> LiteLLM | None:
+                return next((peer for peer in litellm.values() if url.startswith(peer.url + "/")), None)
+
+            def pids_of(url: str) -> list[int]:
+                """The processes serving `url`: a LiteLLM's, or Envoy."""
+                peer = peer_of(url)
+                return peer.pids() if peer else [envoy_pid]
 
             stream_scripts()
             bare = f"http://127.0.0.1:{bare_port}"
@@ -639,9 +713,15 @@ def main() -> int:
                  "get_token", "0a", "", both),
                 *((f"1{k}", f"{what}: the same token verified, no groups, no policy", url + models, "get_token",
                    "0a", "", both) for url, k, what in peers),
+                ("1l", "LiteLLM's proxy: GET /v1/models with its key (answered from its configuration)",
+                 litellm["l"].url + "/v1/models", "get_l", "0a", "", both),
                 ("0b", "bare Envoy: 8 KB chat request", bare + chat, "chat8k", None, "", both),
                 ("2", "filter: 8 KB chat request, personal data masked", gw + chat, "chat8k_token", "0b",
                  "added p50 <= 100 µs, p99 <= 300 µs", both),
+                ("2l", "LiteLLM's proxy: 8 KB chat request, no guardrail (**masks nothing**)",
+                 litellm["l"].url + "/v1/chat/completions", "chat8k_l", "0b", "", both),
+                ("2lg", "LiteLLM's proxy + its content filter: 8 KB chat request, masked (request and response)",
+                 litellm["lg"].url + "/v1/chat/completions", "chat8k_lg", "0b", "", both),
                 ("0c", f"bare Envoy: stream of ~{STREAM_CHARS // 4} SSE events", bare + chat, "stream", None, "",
                  loaded),
                 ("3", f"filter: stream of ~{STREAM_CHARS // 4} SSE events, emails split across events, masked",
@@ -677,6 +757,32 @@ def main() -> int:
                     check_verifies(stack, url, token)
                     print(f"  {what}: refuses no token, a forged signature, another issuer or audience and an "
                           f"expired token; passes the bench's to the provider", flush=True)
+            refusals: dict[str, int] = {}
+            for k, peer in litellm.items():
+                if any(peer_of(row[2]) is peer for row in plan):
+                    print(f"  starting LiteLLM's proxy {litellm_peer.version()} ({peer.name}, "
+                          f"{litellm_peer.WORKERS} workers)", flush=True)
+                    running.callback(peer.stop)
+                    peer.start(tmp_dir / "litellm", stack.provider_url)
+                    refusals = peer.check_works(stack)
+                    print(f"  LiteLLM ({peer.name}): answers with the stand-in's reply"
+                          f"{', its email masked' if peer.guardrail else ''}; refuses a wrong key "
+                          f"({refusals['wrong key']}) and no key ({refusals['no key']}); "
+                          f"{len(peer.pids())} processes", flush=True)
+                    # A second of unmeasured load on each of its rows first: its workers import some
+                    # of their modules on their first requests.
+                    for row in plan:
+                        if peer_of(row[2]) is peer:
+                            wrk(row[2], s[row[3]], 1)
+                            peer.settle()
+            # What each masker forwarded of the 8 KB body (Warden's row 2, LiteLLM's 2l and 2lg).
+            keys = {row[0] for row in plan}
+            maskers = [(name, url, key) for row, name, url, key in (
+                ("2", "Warden (row 2)", gw + chat, token),
+                ("2l", "LiteLLM, no guardrail (row 2l)", litellm["l"].url + "/v1/chat/completions", litellm["l"].key),
+                ("2lg", "LiteLLM + content filter (row 2lg)", litellm["lg"].url + "/v1/chat/completions",
+                 litellm["lg"].key)) if row in keys]
+            masking = body_masking(stack, maskers) if len(maskers) > 1 else []
             runs: dict[tuple[str, int], list[Result]] = {}
             # Interleave the scenarios, so drift on a noisy machine hits all alike.
             for round_ in range(args.repeat):
@@ -691,6 +797,8 @@ def main() -> int:
             if args.only:
                 med = {k: median(v) for k, v in runs.items() if v}
                 print(only_table(plan, med))
+                if masking:
+                    print(masking_table(masking))
                 return 0
 
             print(f"  streams: {args.stream_samples} timed streams each, bare and filter, interleaved", flush=True)
@@ -720,6 +828,11 @@ def main() -> int:
             except Exception as err:  # the load results still get written
                 print(f"warning: the memory measurement failed: {err}", file=sys.stderr)
                 memory = {}
+            # LiteLLM's, after the whole run's load: its processes' resident sizes summed.
+            for k, peer in litellm.items():
+                if peer.process:
+                    memory[f"litellm_{k}"] = peer.rss_mib()
+                    memory[f"litellm_{k}_processes"] = len(peer.pids())
 
     print("  policy propagation: 100 gateways polling, then watching, one control plane", flush=True)
     try:
@@ -730,7 +843,7 @@ def main() -> int:
 
     med = {k: median(v) for k, v in runs.items() if v}
     text = report(args, quick, plan, med, streams, calls, memory, engine, time.monotonic() - started,
-                  propagation)
+                  propagation, masking, refusals)
     Path(args.out).write_text(text)
     print(text)
     return 0
@@ -744,8 +857,9 @@ def at_load(med: dict, key: str, like: str | None = None) -> Result:
 
 
 def only_table(plan, med) -> str:
-    """The rows of an --only run: Envoy CPU per request and its difference to the row's baseline."""
-    lines = ["| row | what | req/s (8 conn.) | Envoy CPU µs/req | added CPU µs/req | p50 / p99 µs (1 conn.) |",
+    """The rows of an --only run: the proxy's CPU per request (Envoy's, or LiteLLM's processes')
+    and its difference to the row's baseline."""
+    lines = ["| row | what | req/s (8 conn.) | CPU µs/req | added CPU µs/req | p50 / p99 µs (1 conn.) |",
              "|---|---|---|---|---|---|"]
     for key, label, _, _, base, _, _ in plan:
         r = at_load(med, key)
@@ -763,11 +877,13 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**missed**")
 
 
-def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, propagation: str = "") -> str:
+def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, propagation: str = "",
+           masking: list[Masking] | None = None, refusals: dict[str, int] | None = None) -> str:
     envoy_version = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True).stdout.strip()
     node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     rustc_version = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    litellm_version = litellm_peer.version()
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), platform.processor())
     cores = len([l for l in cpuinfo if l.startswith("processor")])
@@ -812,9 +928,9 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
     recording_cpu = loaded("1r").cpu_us - loaded("1").cpu_us
 
     # The identity part against Envoy's own jwt_authn (issue 20), each over bare Envoy like for like.
-    def over_bare(key: str) -> str:
-        cpu = loaded(key).cpu_us - at_load(med, "0a", like=key).cpu_us
-        return f"{cpu:+.0f} µs CPU, {single(key).p50_us - single('0a').p50_us:+.0f} µs p50"
+    def over_bare(key: str, base: str = "0a") -> str:
+        cpu = loaded(key).cpu_us - at_load(med, base, like=key).cpu_us
+        return f"{cpu:+.0f} µs CPU, {single(key).p50_us - single(base).p50_us:+.0f} µs p50"
     algs = [key.removeprefix("4-") for key, _, _, script, *_ in plan
             if key.startswith("4-") and script.startswith("cold_")]
     cold_peers = "\n".join(f"  - {alg}: Warden (4-{alg}) {over_bare(f'4-{alg}')}; jwt_authn (4j-{alg}) "
@@ -844,8 +960,13 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
     call_last_added = call_last["filter_paced"] - call_last["bare_paced"]
     call_per_event = (call_total["filter_burst"] - call_total["bare_burst"]) / call_events
 
+    # LiteLLM's proxy (issue 20): what it did to the 8 KB body, and what it answered bad keys.
+    body_kinds = ", ".join(f"{kind} ({chat_body(8 * 1024).count(value)})" for kind, value in PLANTED.items())
+    masking_md = masking_table(masking) if masking else "Not measured."
+    refused = " and ".join(f"{probe} ({status})" for probe, status in (refusals or {}).items()) or "-"
+
     mem_rows = ""
-    if memory:
+    if "bare_1" in memory:
         rows_m = ["| Envoy | RSS, 1 worker | RSS, 2 workers | per worker |", "|---|---:|---:|---:|"]
         for kind, label in (("bare", "bare (no filter)"), ("noop", "the no-op wasm filter"),
                             ("jwt_authn", "Envoy's jwt_authn, JWT cache on"), ("filter", "with Warden")):
@@ -856,6 +977,10 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
             rows_m.append(f"| {label} | {memory[kind + '_1'] - memory['bare_1']:+.1f} MiB "
                           f"| {memory[kind + '_2'] - memory['bare_2']:+.1f} MiB "
                           f"| {(memory[kind + '_2'] - memory[kind + '_1']) - (memory['bare_2'] - memory['bare_1']):+.1f} MiB |")
+        for k, label in (("l", "LiteLLM's proxy, no guardrail"), ("lg", "LiteLLM's proxy + content filter")):
+            if f"litellm_{k}" in memory:
+                rows_m.append(f"| {label} ({memory[f'litellm_{k}_processes']} processes, after the run) | - "
+                              f"| {memory[f'litellm_{k}']:.1f} MiB | - |")
         mem_rows = "\n".join(rows_m) + "\n"
 
     engine_md = "The engine microbenchmarks did not run (see the output of `make bench`)."
@@ -882,18 +1007,22 @@ Generated by `make bench` (`tests/bench/bench.py`); rerun it to refresh every nu
 - Baseline: the same Envoy, a listener with the same routes and access log and no filter, in the same run;
   another runs a no-op wasm filter (`tests/bench/noop-filter`), the floor any wasm filter pays
 - Peers: the same listener with Envoy's own `jwt_authn` filter (C++) verifying the same tokens, without
-  and with its JWT cache (rows 1j, 1jc, 4j-\*, 4jc-\*): the native floor of the identity part alone
+  and with its JWT cache (rows 1j, 1jc, 4j-\*, 4jc-\*): the native floor of the identity part alone;
+  LiteLLM's proxy {litellm_version} (`litellm[proxy]`, Python; {litellm_peer.WORKERS} Uvicorn workers, master key,
+  no database, as its production checklist says) to the same stand-in, without and with its built-in
+  content filter masking personal data and secrets (rows 1l, 2l, 2lg)
 - Provider: the stand-in (`warden-stand-in-provider`) on loopback; policy: `envoy/envoy.yaml`'s default
   (personal data and secrets masked in requests and responses) with `record: off`, except row 1r
 - Whole run: {elapsed / 60:.1f} min
 
 ## Through Envoy
 
-req/s and Envoy CPU at {CONNECTIONS} connections; latency at 1 connection (no queue: at {CONNECTIONS}
-connections on {cores} cores a request mostly waits for the others). Envoy CPU is the Envoy process's
-user + system time during the run divided by its requests: steadier than latency here.
+req/s and CPU at {CONNECTIONS} connections; latency at 1 connection (no queue: at {CONNECTIONS}
+connections on {cores} cores a request mostly waits for the others). CPU is the Envoy process's
+user + system time during the run divided by its requests (on LiteLLM's rows, that of all its
+processes): steadier than latency here.
 
-| # | scenario | req/s | ratio to bare | Envoy CPU µs/req | added CPU µs | p50 / p99 µs, 1 conn. | added p50 / p99 µs | target | |
+| # | scenario | req/s | ratio to bare | CPU µs/req | added CPU µs | p50 / p99 µs, 1 conn. | added p50 / p99 µs | target | |
 |---|---|---:|---:|---:|---:|---:|---:|---|---|
 {chr(10).join(rows)}
 
@@ -916,6 +1045,26 @@ CPU at {CONNECTIONS} connections and p50 at 1:
   without (1j) {over_bare('1j')};
 - a cold token every request, at one connection:
 {cold_peers}
+
+**LiteLLM's proxy** (rows 1l, 2l, 2lg; `tests/bench/litellm_peer.py`): LiteLLM {litellm_version}
+configured as its production checklist says (master key, `LITELLM_LOG=ERROR`, spend and error logs
+off, no database, no Redis), {litellm_peer.WORKERS} Uvicorn worker processes, one model entry to the
+stand-in; wrk sends the same bodies straight to it (no Envoy in front) with its master key. Its CPU
+is that of all its processes. Before measuring, a chat completion through each returned the
+stand-in's answer (with the content filter, its email masked), and each refused {refused},
+neither reaching the provider (not 401: see the analysis, "LiteLLM's proxy"). Row 1l is
+answered from LiteLLM's configuration, while bare Envoy (0a) forwards the request to the
+provider. Over bare Envoy, CPU at {CONNECTIONS} connections and p50 at 1:
+- GET /models: LiteLLM (1l) {over_bare('1l')}; Warden (1) {over_bare('1')};
+- 8 KB chat request: LiteLLM without a guardrail (2l) {over_bare('2l', '0b')}, with its content
+  filter (2lg) {over_bare('2lg', '0b')}; Warden (2) {over_bare('2', '0b')}.
+
+What each did to the 8 KB body (sent once through each; the planted values are {body_kinds};
+counted in the request the stand-in received). **A peer that masks nothing is not a faster
+masker**: row 2l forwards every planted value and is a proxy, not a masking gateway; compare
+row 2lg with row 2.
+
+{masking_md}
 
 **Scenario 3, streams** ({args.stream_samples} timed streams of each kind, one at a time, medians;
 {events:.0f} events per stream, sent by the stand-in in 512-byte frames):
@@ -949,7 +1098,9 @@ then a `bash` call whose {len(CALL_ARGS)} bytes of arguments come in
 
 Resident size (VmRSS of the Envoy process) after a short 8 KB masked-chat load; separate Envoys with
 the same configuration without a filter, with the no-op wasm filter, with Envoy's jwt_authn (JWT cache
-on; it verifies the token, no more) and with Warden; per worker = 2 workers minus 1.
+on; it verifies the token, no more) and with Warden; per worker = 2 workers minus 1. LiteLLM's: the
+VmRSS of its processes summed (its CLI, Uvicorn's {litellm_peer.WORKERS} workers, multiprocessing's
+resource tracker), after the whole run's load.
 
 {mem_rows or 'Not measured.'}
 
