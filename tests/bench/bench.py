@@ -708,7 +708,7 @@ def main() -> int:
                 ("1n", "a no-op wasm filter (reads one header): the floor of any wasm filter", noop + models, "get",
                  "0a", "", both),
                 ("1", "filter: cached token, no request body (response inspected)", gw + models, "get_token",
-                 "0a", "ratio >= 0.95, added p50 <= 15 µs", both),
+                 "0a", "ratio >= 0.90, added CPU <= 20 µs above 1n", both),
                 ("1r", "filter as row 1, plus recorded sessions (record: metadata)", recording + models,
                  "get_token", "0a", "", both),
                 *((f"1{k}", f"{what}: the same token verified, no groups, no policy", url + models, "get_token",
@@ -717,7 +717,7 @@ def main() -> int:
                  litellm["l"].url + "/v1/models", "get_l", "0a", "", both),
                 ("0b", "bare Envoy: 8 KB chat request", bare + chat, "chat8k", None, "", both),
                 ("2", "filter: 8 KB chat request, personal data masked", gw + chat, "chat8k_token", "0b",
-                 "added p50 <= 100 µs, p99 <= 300 µs", both),
+                 "added CPU <= 80 µs", both),
                 ("2l", "LiteLLM's proxy: 8 KB chat request, no guardrail (**masks nothing**)",
                  litellm["l"].url + "/v1/chat/completions", "chat8k_l", "0b", "", both),
                 ("2lg", "LiteLLM's proxy + its content filter: 8 KB chat request, masked (request and response)",
@@ -732,7 +732,7 @@ def main() -> int:
             ]
             for alg in algs:
                 plan.append((f"4-{alg}", f"filter: cold {alg} token every request (GET /models)", gw + models,
-                             f"cold_{alg}", "4-cached", f"added p50 <= 1200 µs{'' if alg == 'RS256' else ', < RS256'}",
+                             f"cold_{alg}", "4-cached", f"added p50 <= {500 if alg == 'RS256' else 1200} µs",
                              one))
                 # The peers' cold rows are compared with bare Envoy at one connection.
                 plan += [(f"4{k}-{alg}", f"{what}: cold {alg} token every request", url + models, f"cold_{alg}",
@@ -742,7 +742,7 @@ def main() -> int:
                 base_key = f"0{'d' if name == '64k' else 'e'}"
                 plan.append((base_key, f"bare Envoy: {label} chat request", bare + chat, f"chat{name}", None, "", both))
                 plan.append((key, f"filter: {label} chat request, personal data masked", gw + chat,
-                             f"chat{name}_token", base_key, "cost linear in size", both))
+                             f"chat{name}_token", base_key, "added CPU <= 5 µs/KB", both))
             for name, (port, _) in compared.items():
                 other = f"http://127.0.0.1:{port}"
                 plan.append((f"1-{name}", f"{name} build: as row 1", other + models, "get_token", "0a", "", both))
@@ -836,10 +836,10 @@ def main() -> int:
 
     print("  policy propagation: 100 gateways polling, then watching, one control plane", flush=True)
     try:
-        propagation = policy_watch.table(policy_watch.measure(100, 10 if quick else 30))
+        propagation = policy_watch.measure(100, 10 if quick else 30)
     except Exception as err:  # the load results still get written
         print(f"warning: the propagation measurement failed: {err}", file=sys.stderr)
-        propagation = ""
+        propagation = {}
 
     med = {k: median(v) for k, v in runs.items() if v}
     text = report(args, quick, plan, med, streams, calls, memory, engine, time.monotonic() - started,
@@ -877,7 +877,7 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**missed**")
 
 
-def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, propagation: str = "",
+def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, propagation: dict | None = None,
            masking: list[Masking] | None = None, refusals: dict[str, int] | None = None) -> str:
     envoy_version = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True).stdout.strip()
     node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
@@ -910,13 +910,15 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
                 add50, add99 = r1.p50_us - b1.p50_us, r1.p99_us - b1.p99_us
                 added = f"{add50:+.0f} / {add99:+.0f}"
                 if key == "1":
-                    ok = ratio >= 0.95 and add50 <= 15
+                    ok = ratio >= 0.90 and r.cpu_us - loaded("1n").cpu_us <= 20
                 elif key == "2":
-                    ok = add50 <= 100 and add99 <= 300
+                    ok = r.cpu_us - b.cpu_us <= 80
                 elif key.startswith("4-"):
-                    ok = add50 <= 1200 and (key == "4-RS256" or r1.p50_us < single("4-RS256").p50_us)
+                    ok = add50 <= (500 if key == "4-RS256" else 1200)
+                elif key in ("5a", "5b"):
+                    ok = (r.cpu_us - b.cpu_us) / (64 if key == "5a" else 512) <= 5
         latency = f"{r1.p50_us:.0f} / {r1.p99_us:.0f}" if r1 else "-"
-        shown = verdict(ok) if target and key != "3" and not key.startswith("5") else "-"
+        shown = verdict(ok) if target and key != "3" else "-"
         rows.append(f"| {key} | {label} | {r.rps:,.0f} | {ratio_s} | {r.cpu_us:.0f} | {cpu_added} | {latency} "
                     f"| {added} | {target or '-'} | {shown} |")
 
@@ -943,6 +945,36 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
         per_kb.append((kb, (loaded(key).cpu_us - loaded(base).cpu_us) / kb,
                        (single(key).p50_us - single(base).p50_us) / kb))
     lin = ", ".join(f"{kb} KB: {cpu:.1f} µs CPU/KB ({lat:.1f} µs p50/KB)" for kb, cpu, lat in per_kb)
+
+    # Issue 20's targets, each from this run's numbers.
+    row2_cpu = loaded("2").cpu_us - at_load(med, "0b", like="2").cpu_us
+    ratio1 = loaded("1").rps / at_load(med, "0a", like="1").rps
+    cold_rsa = single("4-RS256").p50_us - single("4-cached").p50_us
+    kb64, kb512 = per_kb[1][1], per_kb[2][1]
+    targets = [
+        ("cached token, no body (row 1): Envoy CPU added above the no-op wasm floor (1n); req/s to bare",
+         f"{above_floor:+.0f} µs; {ratio1:.2f}x", "<= +20 µs; >= 0.90x", above_floor <= 20 and ratio1 >= 0.90),
+        ("8 KB chat, personal data masked (row 2): Envoy CPU added", f"{row2_cpu:+.0f} µs", "<= +80 µs",
+         row2_cpu <= 80),
+        ("64 KB and 512 KB requests (rows 5a, 5b): Envoy CPU added per KB", f"{kb64:.1f} and {kb512:.1f} µs/KB",
+         "<= 5 µs/KB, flat", max(kb64, kb512) <= 5),
+        ("cold RS256 token (row 4-RS256): added p50 at one connection", f"{cold_rsa:+.0f} µs", "<= 500 µs",
+         cold_rsa <= 500),
+    ]
+    if "filter_2" in memory:
+        warden_mem = memory["filter_2"] - memory["bare_2"]
+        targets.append(("Envoy memory with Warden (2 workers, over bare Envoy)", f"{warden_mem:+.1f} MiB",
+                        "<= +40 MiB", warden_mem <= 40))
+    if propagation:
+        targets.append(("a published policy live in every one of 100 gateways (watching)",
+                        f"median {propagation['median_ms']:.0f} ms, slowest {propagation['slowest_ms']:.0f} ms; "
+                        f"control plane {propagation['watching_cpu_ms']:.1f} against "
+                        f"{propagation['polling_cpu_ms']:.1f} ms/s polling",
+                        "< 1 s, no more control-plane load than polling",
+                        propagation["slowest_ms"] < 1000
+                        and propagation["watching_cpu_ms"] <= propagation["polling_cpu_ms"]))
+    targets_md = "\n".join(["| what | this run | target | |", "|---|---|---|---|"]
+                           + [f"| {what} | {now} | {want} | {verdict(ok)} |" for what, now, want, ok in targets])
 
     first = {k: statistics.median(t[0] for t in v) * 1e6 for k, v in streams.items()}
     first_text = {k: statistics.median(t[1] for t in v) * 1e6 for k, v in streams.items()}
@@ -1111,7 +1143,7 @@ polling every 5 s (`watch_seconds: 0`), then watching (`Prefer: wait=25`, the de
 plane's CPU time per second of each mode, its RSS, and the time from sending a publication (`POST
 /v1/policies`: checked, stored, activated) to each watcher's new version.
 
-{propagation or 'Not measured.'}
+{policy_watch.table(propagation) if propagation else 'Not measured.'}
 
 ## Engine microbenchmarks
 
@@ -1122,7 +1154,10 @@ same workloads built for `wasm32-wasip1` and run under Node's V8 (`node:wasi`), 
 
 ## Targets and what limits them
 
-See the section "Analysis" below (kept by hand; the tables above are regenerated).
+Issue 20's targets, from this run (the limits of each missed one are in the section "What limits
+each target" below, kept by hand; the tables above are regenerated):
+
+{targets_md}
 
 <!-- analysis -->
 {analysis_text()}
