@@ -731,6 +731,7 @@ fn remote_keys_freshness_and_rate_limits() {
 /// `ClaimRules::check` for the claims); these hold it to jwt-simple's.
 mod rsa_path {
     use super::*;
+    use crate::testing::test;
     use crate::auth::registered::ClaimRules;
     use std::collections::HashSet;
 
