@@ -527,10 +527,11 @@ def use_module(plugin: dict, wasm: Path) -> None:
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
 
 
-def use_noop_filter(plugin: dict, wasm: Path) -> None:
+def use_noop_filter(plugin: dict, wasm: Path, mode: str = "") -> None:
+    """The no-op filter; in `mode` "host-calls", making row 1's host calls (see its source)."""
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
     plugin["root_id"] = "noop"
-    plugin["configuration"] = {"@type": STRING_VALUE_TYPE, "value": ""}
+    plugin["configuration"] = {"@type": STRING_VALUE_TYPE, "value": mode}
 
 
 def record_sessions(plugin: dict) -> None:
@@ -582,6 +583,7 @@ def main() -> int:
     ports = Ports.free()
     bare_port = Ports.free().gateway
     noop_port, recording_port = Ports.free().gateway, Ports.free().gateway
+    noop_calls_port = Ports.free().gateway
     jwt_port, jwt_cache_port = Ports.free().gateway, Ports.free().gateway
     # LiteLLM's proxy, without and with its content filter (row keys 1l, 2l and 2lg),
     # started only when a row of theirs runs.
@@ -606,6 +608,8 @@ def main() -> int:
 
     def listeners(cfg: dict) -> None:
         add_listener(cfg, "noop_filter", noop_port, lambda plugin: use_noop_filter(plugin, noop_wasm))
+        add_listener(cfg, "noop_host_calls", noop_calls_port,
+                     lambda plugin: use_noop_filter(plugin, noop_wasm, "host-calls"))
         add_listener(cfg, "recording", recording_port, record_sessions)
         for name, (port, wasm) in compared.items():
             add_listener(cfg, f"compare_{name}", port, lambda plugin, wasm=wasm: use_module(plugin, wasm))
@@ -692,6 +696,7 @@ def main() -> int:
             stream_scripts()
             bare = f"http://127.0.0.1:{bare_port}"
             noop = f"http://127.0.0.1:{noop_port}"
+            noop_calls = f"http://127.0.0.1:{noop_calls_port}"
             recording = f"http://127.0.0.1:{recording_port}"
             jwt, jwt_cache = f"http://127.0.0.1:{jwt_port}", f"http://127.0.0.1:{jwt_cache_port}"
             # What the peers do, in their rows' labels (the report says more).
@@ -707,7 +712,9 @@ def main() -> int:
                 ("0a", "bare Envoy: GET /openai/v1/models", bare + models, "get", None, "", both),
                 ("1n", "a no-op wasm filter (reads one header): the floor of any wasm filter", noop + models, "get",
                  "0a", "", both),
-                ("1", "filter: cached token, no request body (response inspected)", gw + models, "get_token",
+                ("1h", "the no-op filter making row 1's 14 host calls, no other work", noop_calls + models,
+                 "get_token", "0a", "", both),
+                ("1", "filter: cached token, no request body (a models listing: not inspected)", gw + models, "get_token",
                  "0a", "ratio >= 0.90, added CPU <= 20 µs above 1n", both),
                 ("1r", "filter as row 1, plus recorded sessions (record: metadata)", recording + models,
                  "get_token", "0a", "", both),
@@ -928,6 +935,11 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
     floor_p50 = single("1n").p50_us - single("0a").p50_us
     above_floor_p50 = single("1").p50_us - single("1n").p50_us
     recording_cpu = loaded("1r").cpu_us - loaded("1").cpu_us
+    # Row 1 split: the host calls it makes (1h: the no-op filter making them) and the rest.
+    calls_cpu = loaded("1h").cpu_us - loaded("1n").cpu_us
+    host_calls = (f"Of that, its host calls alone (1h: the no-op filter making the same 14 calls) cost "
+                  f"{calls_cpu:+.0f} µs CPU, and Warden's own work the remaining "
+                  f"{above_floor - calls_cpu:+.0f} µs.")
 
     # The identity part against Envoy's own jwt_authn (issue 20), each over bare Envoy like for like.
     def over_bare(key: str, base: str = "0a") -> str:
@@ -1060,6 +1072,7 @@ processes): steadier than latency here.
 
 **The wasm floor**: a no-op wasm filter (1n) costs {floor:+.0f} µs of Envoy CPU and {floor_p50:+.0f} µs p50
 per request; Warden (1) adds {above_floor:+.0f} µs CPU and {above_floor_p50:+.0f} µs p50 above it.
+{host_calls}
 Recording sessions (1r, `record: metadata`) adds {recording_cpu:+.0f} µs CPU per request in Envoy (the
 batches to the control plane), and the control plane's own work shares these cores.
 
