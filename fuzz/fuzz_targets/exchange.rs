@@ -18,6 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use warden_engine::auth::cache::TokenCache;
 use warden_engine::auth::jwks::KeySet;
+use warden_engine::auth::machine_keys::MachineKeys;
 use warden_engine::config::FilterConfig;
 use warden_engine::exchange::{Exchange, Flow, Host, HostError, HostResult, Level, Refetch, Start};
 use warden_engine::headers::Headers;
@@ -175,6 +176,7 @@ impl Host for FuzzHost {
         config: &FilterConfig,
         provider: usize,
         headers: Headers<'_>,
+        machine_keys: &MachineKeys,
         now: u64,
         may_fetch: bool,
     ) -> AuthStep {
@@ -184,6 +186,7 @@ impl Host for FuzzHost {
             config,
             provider,
             headers,
+            machine_keys,
             &mut self.cache,
             &view,
             now,
