@@ -442,10 +442,7 @@ impl Authenticator {
         };
         let mut last = AuthError::BadSignature;
         for entry in candidates {
-            match entry
-                .key
-                .verify(unverified.alg, token, &unverified.claims, &rules)
-            {
+            match entry.key.verify(unverified.alg, token, &rules) {
                 Ok(()) => {
                     return identity::map_claims(&issuer.issuer, &issuer.claims, &unverified.claims)
                 }

@@ -12,8 +12,6 @@
 use std::collections::HashSet;
 
 use jwt_simple::prelude::{Duration, JWTClaims, NoCustomClaims, VerificationOptions};
-use serde::Deserialize;
-use serde_json::Value;
 
 use super::AuthError;
 
@@ -42,13 +40,19 @@ impl ClaimRules<'_> {
         }
     }
 
-    /// Checks `claims` (the token's payload, whose signature has verified) as
+    /// Checks the claims of `token` (whose signature has verified) as
     /// jwt-simple does with [`Self::options`]: issued no later than now (with
     /// the skew), valid from `nbf`, not expired, from the issuer, for one of
-    /// the audiences.
-    pub(crate) fn check(&self, claims: &Value) -> Result<(), AuthError> {
-        let claims = JWTClaims::<NoCustomClaims>::deserialize(claims)
-            .map_err(|_| AuthError::BadSignature)?;
+    /// the audiences. The claims are read from the payload's bytes as
+    /// jwt-simple reads them, so a claim given twice is refused, as there.
+    pub(crate) fn check(&self, token: &str) -> Result<(), AuthError> {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthError::Malformed)?;
+        let claims: JWTClaims<NoCustomClaims> =
+            serde_json::from_slice(&payload).map_err(|_| AuthError::BadSignature)?;
         let now = Duration::from_secs(self.now);
         let skew = Duration::from_secs(self.skew_seconds);
         if claims.issued_at.is_some_and(|iat| iat > now + skew) {
