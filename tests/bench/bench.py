@@ -37,8 +37,8 @@ same stand-in with the same request bodies, its CPU that of all its processes:
                 personal data and secrets (requests and responses), against row 0b
 It is checked to answer through the stand-in and to refuse a wrong key before it is
 measured, and what each masker (row 2, 2l, 2lg) forwarded of the 8 KB body is counted.
-Then Envoy's resident memory with and without the filter, per worker, and
-the engine microbenchmarks (criterion natively, the same workloads in V8)
+Then Envoy's resident memory with and without the filter, per worker, the
+start-up time to a first answered request, and the engine microbenchmarks (criterion natively, the same workloads in V8)
 from scripts/bench-engine.sh.
 """
 
@@ -419,44 +419,91 @@ def time_call_stream(stack: Stack, port: int, token: str | None, delay_ms: int) 
     return first or total, last or total, total
 
 
+ENVOY_KINDS = ("bare", "noop", "jwt_authn", "filter")
+# Starts of each kind of Envoy, at 2 workers, for the start-up time's median.
+STARTS = 3
+
+
 def envoy_rss(stack: Stack, tmp: Path, token: str, duration: float, noop_wasm: Path) -> dict[str, float]:
     """Resident memory (MiB) of an Envoy without a filter, with the no-op wasm filter, with
     Envoy's jwt_authn (JWT cache on) and with Warden, at 1 and 2 workers, each after
-    `duration` seconds of 8 KB chat traffic."""
+    `duration` seconds of 8 KB chat traffic; with Warden, its VMs' linear memory too.
+    And each kind's start-up time at 2 workers (`startup_KIND`, seconds, the median of
+    STARTS starts, interleaved): from spawning Envoy to its first answered chat request,
+    Warden's token verified (the module compiled, every VM configured, the JWKS fetched)."""
     out: dict[str, float] = {}
+    startups: dict[str, list[float]] = {kind: [] for kind in ENVOY_KINDS}
     body8k = chat_body(8 * 1024)
     script = lua(tmp / "mem.lua", "POST", token, body8k)
-    for kind in ("bare", "noop", "jwt_authn", "filter"):
+
+    def start(kind: str, workers: int, name: str):
+        fresh = Ports.free()
+        ports = dataclasses.replace(stack.ports, gateway=fresh.gateway, admin=fresh.admin)
+        data = tmp / name
+        (data / "logs").mkdir(parents=True, exist_ok=True)
+        cfg = render_envoy_config(ports, data)
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        if kind == "bare":
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        elif kind == "noop":
+            plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+            use_noop_filter(plugin["typed_config"]["config"], noop_wasm)
+        elif kind == "jwt_authn":
+            use_jwt_authn(hcm, jwt_authn_filter(cfg, JWT_CACHE_SIZE))
+        path = data / "envoy.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
+        url = f"http://127.0.0.1:{ports.gateway}/openai/v1/chat/completions"
+        started = time.monotonic()
+        p = spawn("envoy", [str(ENVOY_BIN), "-c", str(path), "--disable-hot-restart", "--concurrency",
+                            str(workers), "--log-level", "warning", "--base-id", str(ports.admin)],
+                  data / "logs" / "envoy.log",
+                  env={**base, **STAND_IN_KEYS, "WARDEN_GATEWAY_SECRET": getattr(stack, "gateway_secret", "")})
+        try:
+            # Polled every 5 ms (not wait_until's backoff, which would round the time up).
+            deadline = started + 60
+            while True:
+                p.check_alive()
+                try:
+                    if http("POST", url, body=body8k.encode(), headers={"authorization": f"Bearer {token}"},
+                            timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {kind} Envoy answered no chat request within 60 s")
+                time.sleep(0.005)
+            return p, url, ports, time.monotonic() - started
+        except BaseException:
+            p.stop()
+            raise
+
+    for kind in ENVOY_KINDS:
         for workers in (1, 2):
-            fresh = Ports.free()
-            ports = dataclasses.replace(stack.ports, gateway=fresh.gateway, admin=fresh.admin)
-            data = tmp / f"mem-{kind}-{workers}"
-            (data / "logs").mkdir(parents=True, exist_ok=True)
-            cfg = render_envoy_config(ports, data)
-            hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-            if kind == "bare":
-                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
-            elif kind == "noop":
-                plugin = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
-                use_noop_filter(plugin["typed_config"]["config"], noop_wasm)
-            elif kind == "jwt_authn":
-                use_jwt_authn(hcm, jwt_authn_filter(cfg, JWT_CACHE_SIZE))
-            path = data / "envoy.yaml"
-            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            base = {k: v for k, v in os.environ.items() if not k.startswith("WARDEN_")}
-            p = spawn("envoy", [str(ENVOY_BIN), "-c", str(path), "--disable-hot-restart", "--concurrency",
-                                str(workers), "--log-level", "warning", "--base-id", str(ports.admin)],
-                      data / "logs" / "envoy.log",
-                      env={**base, **STAND_IN_KEYS, "WARDEN_GATEWAY_SECRET": getattr(stack, "gateway_secret", "")})
+            p, url, ports, startup = start(kind, workers, f"mem-{kind}-{workers}")
             try:
-                url = f"http://127.0.0.1:{ports.gateway}/openai/v1/chat/completions"
-                wait_until("the memory-test Envoy", lambda: http(
-                    "POST", url, body=body8k.encode(), headers={"authorization": f"Bearer {token}"},
-                    timeout=2)[0] == 200, alive=p.check_alive)
+                if workers == 2:
+                    startups[kind].append(startup)
                 wrk(url, script, max(1, int(duration)))
                 out[f"{kind}_{workers}"] = rss_mib(p.popen.pid)
+                if kind == "filter":
+                    stats = dict(line.split(": ", 1) for line in http(
+                        "GET", f"http://127.0.0.1:{ports.admin}/stats?filter=(wasm_vm_count|vm.memory_bytes)$")[2]
+                        .decode().splitlines() if ": " in line)
+                    vms = [float(v) for k, v in stats.items() if k.endswith("wasm_vm_count")]
+                    linear = [float(v) for k, v in stats.items() if k.endswith("warden.vm.memory_bytes")]
+                    if vms and linear:
+                        out[f"filter_{workers}_vms"] = max(vms)
+                        out[f"filter_{workers}_linear"] = linear[0] / (1 << 20)
             finally:
                 p.stop()
+    for round_ in range(1, STARTS):
+        for kind in ENVOY_KINDS:
+            p, _, _, startup = start(kind, 2, f"start-{kind}-{round_}")
+            p.stop()
+            startups[kind].append(startup)
+    for kind, times in startups.items():
+        out[f"startup_{kind}"] = statistics.median(times)
     return out
 
 
@@ -1009,7 +1056,7 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
     masking_md = masking_table(masking) if masking else "Not measured."
     refused = " and ".join(f"{probe} ({status})" for probe, status in (refusals or {}).items()) or "-"
 
-    mem_rows = ""
+    mem_rows = startup_rows = ""
     if "bare_1" in memory:
         rows_m = ["| Envoy | RSS, 1 worker | RSS, 2 workers | per worker |", "|---|---:|---:|---:|"]
         for kind, label in (("bare", "bare (no filter)"), ("noop", "the no-op wasm filter"),
@@ -1025,7 +1072,19 @@ def report(args, quick, plan, med, streams, calls, memory, engine, elapsed, prop
             if f"litellm_{k}" in memory:
                 rows_m.append(f"| {label} ({memory[f'litellm_{k}_processes']} processes, after the run) | - "
                               f"| {memory[f'litellm_{k}']:.1f} MiB | - |")
+        if "filter_2_linear" in memory:
+            rows_m.append(f"| Warden's VMs: linear memory, all VMs | {memory['filter_1_linear']:.1f} MiB "
+                          f"({memory['filter_1_vms']:.0f} VMs) | {memory['filter_2_linear']:.1f} MiB "
+                          f"({memory['filter_2_vms']:.0f} VMs) | "
+                          f"{memory['filter_2_linear'] - memory['filter_1_linear']:.1f} MiB |")
         mem_rows = "\n".join(rows_m) + "\n"
+    if "startup_bare" in memory:
+        rows_s = ["| Envoy (2 workers) | spawn to first answered chat request | over bare |", "|---|---:|---:|"]
+        for kind, label in (("bare", "bare (no filter)"), ("noop", "the no-op wasm filter"),
+                            ("jwt_authn", "Envoy's jwt_authn, JWT cache on"), ("filter", "with Warden")):
+            over = "" if kind == "bare" else f"{(memory['startup_' + kind] - memory['startup_bare']) * 1000:+.0f} ms"
+            rows_s.append(f"| {label} | {memory['startup_' + kind] * 1000:.0f} ms | {over} |")
+        startup_rows = "\n".join(rows_s) + "\n"
 
     engine_md = "The engine microbenchmarks did not run (see the output of `make bench`)."
     if engine:
@@ -1148,7 +1207,16 @@ VmRSS of its processes summed (its CLI, Uvicorn's {litellm_peer.WORKERS} workers
 resource tracker), after the whole run's load.
 
 {mem_rows or 'Not measured.'}
+Warden's linear memory: the `warden.vm.memory_bytes` gauge (every VM's wasm memory, summed) and
+Envoy's `wasm_vm_count`, from the admin port after the load.
 
+### Start-up
+
+From spawning each kind of Envoy (2 workers, the same configuration as above) to its first chat request
+answered 200 (polled every 5 ms): for Warden, the module compiled by V8, every VM configured (its
+policy compiled) and the issuer's keys fetched; the median of {STARTS} starts, interleaved.
+
+{startup_rows or 'Not measured.'}
 ## Policy propagation
 
 `tests/bench/policy_watch.py`: one control plane (SQLite) and 100 gateways' policy requests, first

@@ -56,6 +56,11 @@ use warden_engine::policy::Policy;
 
 use host::EnvoyShared;
 
+/// The first tick after `on_configure`: it starts the first key fetch and
+/// policy poll. Until an issuer's keys load, its tokens get 503 though Envoy
+/// already reports itself ready, so that wait is kept short (a timer only
+/// fires once Envoy's dispatcher runs, after its clusters are initialized).
+const FIRST_TICK: Duration = Duration::from_millis(5);
 /// Tick while some issuer's keys are not loaded yet, and once they are.
 const FAST_TICK: Duration = Duration::from_millis(250);
 const SLOW_TICK: Duration = Duration::from_secs(1);
@@ -437,7 +442,7 @@ impl RootContext for WardenRoot {
             audit: audit::Queue::default(),
         })));
         self.tick = None;
-        self.set_tick(FAST_TICK);
+        self.set_tick(FIRST_TICK);
         true
     }
 
