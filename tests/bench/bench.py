@@ -14,8 +14,12 @@ within one run mean much).
 
 Scenarios (issue 7):
   0  bare Envoy, same route, no filter (one baseline per request shape)
-  1  filter, cached token, no request body (the JSON response is inspected)
+  1  filter, cached token, no request body (a models listing, not inspected)
+  1n, 1h        the no-op wasm filter: as is (the floor of any wasm filter), and
+                making row 1's 14 host calls and nothing else
   2  filter, 8 KB chat request carrying personal data, masked
+  2h, 5ah, 5bh  the no-op filter making those calls and holding, reading and
+                writing back the bodies as rows 2, 5a and 5b do, without inspecting
   3  filter, a streamed response of ~500 SSE events with personal data, one
      value split across events: wrk for throughput, and a client that times
      the first event and the whole stream for the added time per event
@@ -575,7 +579,8 @@ def use_module(plugin: dict, wasm: Path) -> None:
 
 
 def use_noop_filter(plugin: dict, wasm: Path, mode: str = "") -> None:
-    """The no-op filter; in `mode` "host-calls", making row 1's host calls (see its source)."""
+    """The no-op filter; in `mode` "host-calls", making row 1's host calls, in "bodies" those
+    and Warden's handling of bodies, without inspection (see its source)."""
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
     plugin["root_id"] = "noop"
     plugin["configuration"] = {"@type": STRING_VALUE_TYPE, "value": mode}
@@ -630,7 +635,7 @@ def main() -> int:
     ports = Ports.free()
     bare_port = Ports.free().gateway
     noop_port, recording_port = Ports.free().gateway, Ports.free().gateway
-    noop_calls_port = Ports.free().gateway
+    noop_calls_port, noop_bodies_port = Ports.free().gateway, Ports.free().gateway
     jwt_port, jwt_cache_port = Ports.free().gateway, Ports.free().gateway
     # LiteLLM's proxy, without and with its content filter (row keys 1l, 2l and 2lg),
     # started only when a row of theirs runs.
@@ -657,6 +662,8 @@ def main() -> int:
         add_listener(cfg, "noop_filter", noop_port, lambda plugin: use_noop_filter(plugin, noop_wasm))
         add_listener(cfg, "noop_host_calls", noop_calls_port,
                      lambda plugin: use_noop_filter(plugin, noop_wasm, "host-calls"))
+        add_listener(cfg, "noop_bodies", noop_bodies_port,
+                     lambda plugin: use_noop_filter(plugin, noop_wasm, "bodies"))
         add_listener(cfg, "recording", recording_port, record_sessions)
         for name, (port, wasm) in compared.items():
             add_listener(cfg, f"compare_{name}", port, lambda plugin, wasm=wasm: use_module(plugin, wasm))
@@ -744,6 +751,7 @@ def main() -> int:
             bare = f"http://127.0.0.1:{bare_port}"
             noop = f"http://127.0.0.1:{noop_port}"
             noop_calls = f"http://127.0.0.1:{noop_calls_port}"
+            noop_bodies = f"http://127.0.0.1:{noop_bodies_port}"
             recording = f"http://127.0.0.1:{recording_port}"
             jwt, jwt_cache = f"http://127.0.0.1:{jwt_port}", f"http://127.0.0.1:{jwt_cache_port}"
             # What the peers do, in their rows' labels (the report says more).
@@ -770,6 +778,8 @@ def main() -> int:
                 ("1l", "LiteLLM's proxy: GET /v1/models with its key (answered from its configuration)",
                  litellm["l"].url + "/v1/models", "get_l", "0a", "", both),
                 ("0b", "bare Envoy: 8 KB chat request", bare + chat, "chat8k", None, "", both),
+                ("2h", "the no-op filter making row 1's host calls and holding, reading and writing back "
+                 "the bodies as row 2 does, no inspection", noop_bodies + chat, "chat8k_token", "0b", "", both),
                 ("2", "filter: 8 KB chat request, personal data masked", gw + chat, "chat8k_token", "0b",
                  "added CPU <= 80 µs", both),
                 ("2l", "LiteLLM's proxy: 8 KB chat request, no guardrail (**masks nothing**)",
@@ -795,6 +805,8 @@ def main() -> int:
                 key = "5a" if name == "64k" else "5b"
                 base_key = f"0{'d' if name == '64k' else 'e'}"
                 plan.append((base_key, f"bare Envoy: {label} chat request", bare + chat, f"chat{name}", None, "", both))
+                plan.append((f"{key}h", f"the no-op filter as row 2h: {label} chat request", noop_bodies + chat,
+                             f"chat{name}_token", base_key, "", both))
                 plan.append((key, f"filter: {label} chat request, personal data masked", gw + chat,
                              f"chat{name}_token", base_key, "added CPU <= 5 µs/KB", both))
             for name, (port, _) in compared.items():

@@ -23,12 +23,17 @@ use jwt_simple::prelude::*;
 use serde_json::{json, Value};
 use warden_engine::auth::cache::TokenCache;
 use warden_engine::auth::jwks::KeySet;
+use warden_engine::auth::machine_keys::MachineKeys;
 use warden_engine::auth::{AuthenticationDoc, Authenticator, Identity};
+use warden_engine::config::FilterConfig;
+use warden_engine::exchange::{Exchange, Flow, Host, HostResult, Level, Refetch, Start};
+use warden_engine::headers::Headers;
 use warden_engine::inspect::apply::{inspect_json, MaskingStream};
 use warden_engine::inspect::calls::{SharedCalls, StreamCallJudge};
 use warden_engine::inspect::mask::{HashKey, Vault};
 use warden_engine::inspect::sse::{StreamApi, StreamRewriter};
 use warden_engine::policy::{Direction, Policy};
+use warden_engine::request::{self, AuthStep, KeyView};
 
 const POLICY: &str = include_str!("../../../examples/policies/default.yaml");
 const RSA_PEM: &str = include_str!("../src/auth/testdata/rsa-a.pem");
@@ -278,6 +283,7 @@ fn b64(bytes: &[u8]) -> String {
 pub struct Tokens {
     auth: Authenticator,
     keys: KeySet,
+    jwks: String,
     pub rs256: String,
     pub es256: String,
     pub eddsa: String,
@@ -298,7 +304,7 @@ impl Tokens {
         // filter passes the issuer's current (remote) set.
         assert_eq!((keys.len(), skipped), (3, 0));
         let doc: AuthenticationDoc = serde_json::from_value(json!({
-            "issuers": [{"issuer": ISS, "audiences": ["warden"], "inline_jwks": jwks}]
+            "issuers": [{"issuer": ISS, "audiences": ["warden"], "inline_jwks": jwks.clone()}]
         }))
         .unwrap();
         let auth = Authenticator::compile(doc, &|_| None).unwrap();
@@ -317,6 +323,7 @@ impl Tokens {
             eddsa: ed.sign(claims()).unwrap(),
             auth,
             keys,
+            jwks,
         }
     }
 
@@ -336,6 +343,211 @@ impl Tokens {
 impl Default for Tokens {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Row 2 of `make bench` through the engine: one whole exchange (request
+/// headers, the body masked, the provider's answer read and scanned, the
+/// audit record), with a host that only hands over bytes. Its time against
+/// `inspect_json` alone is what the exchange adds around the inspection;
+/// against Envoy's row 2 minus row 2h, what the engine cannot explain.
+pub struct WholeExchange {
+    config: Rc<FilterConfig>,
+    policy: Rc<Policy>,
+    host: BenchHost,
+}
+
+impl WholeExchange {
+    pub fn new(tokens: &Tokens, body: Vec<u8>) -> Self {
+        let doc = json!({
+            "providers": [{"name": "openai", "api": "openai", "path_prefix": "/openai/",
+                           "credential": {"env": "WARDEN_OPENAI_API_KEY"}}],
+            "authentication": {"issuers": [{"issuer": ISS, "audiences": ["warden"],
+                                            "inline_jwks": tokens.jwks.clone()}]},
+        });
+        let config = Rc::new(
+            FilterConfig::from_bytes(doc.to_string().as_bytes(), &|name| {
+                Some(format!("{name}-0123456789abcdef0123456789abcdef"))
+            })
+            .unwrap(),
+        );
+        let policy = Rc::new(Policy::from_bytes(policy_with_tool_rule().as_bytes()).unwrap());
+        let host = BenchHost {
+            headers: vec![
+                (":method".into(), b"POST".to_vec()),
+                (":path".into(), b"/openai/v1/chat/completions".to_vec()),
+                (":authority".into(), b"127.0.0.1".to_vec()),
+                ("content-type".into(), b"application/json".to_vec()),
+                ("content-length".into(), body.len().to_string().into_bytes()),
+                (
+                    "authorization".into(),
+                    format!("Bearer {}", tokens.rs256).into_bytes(),
+                ),
+            ],
+            body,
+            forwarded: Vec::new(),
+            answer: Vec::new(),
+            keys: KeySet::from_jwks(tokens.jwks.as_bytes()).unwrap().0,
+            cache: TokenCache::new(64, 60),
+        };
+        let mut exchange = Self {
+            config,
+            policy,
+            host,
+        };
+        // The stand-in echoes the prompt it was sent: the masked one.
+        exchange.run();
+        let sent: Value = serde_json::from_slice(&exchange.host.forwarded).unwrap();
+        let reply = sent["messages"][0]["content"].as_str().unwrap().to_owned();
+        exchange.host.answer = serde_json::to_vec(&json!({
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply,
+                         "refusal": null, "annotations": []},
+                         "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 2000, "completion_tokens": 2000, "total_tokens": 4000}
+        }))
+        .unwrap();
+        assert!(exchange.run() > 0);
+        exchange
+    }
+
+    /// One exchange; the bytes forwarded and answered.
+    pub fn run(&mut self) -> usize {
+        let host = &mut self.host;
+        let mut ex = Exchange::new();
+        let start = Start {
+            config: self.config.clone(),
+            policy: Some(self.policy.clone()),
+            policy_silent_for: None,
+            now_secs: Tokens::now(),
+        };
+        assert_eq!(ex.on_request_headers(host, Some(start), false), Flow::Pause);
+        let size = host.body.len();
+        assert_eq!(ex.on_request_body(host, size, true), Flow::Continue);
+        assert!(ex.forwarded(), "row 2's request is masked and forwarded");
+        if host.answer.is_empty() {
+            return 0;
+        }
+        assert_eq!(ex.on_response_headers(host, false), Flow::Pause);
+        let size = host.answer.len();
+        assert_eq!(ex.on_response_body(host, size, true), Flow::Continue);
+        let record = ex.finish(host).map_or(0, |r| r.len());
+        host.forwarded.len() + size + record
+    }
+}
+
+/// The host of [`WholeExchange`]: the request and answer as bytes, the
+/// worker's keys and token cache; every other call succeeds and is dropped.
+struct BenchHost {
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    forwarded: Vec<u8>,
+    answer: Vec<u8>,
+    keys: KeySet,
+    cache: TokenCache,
+}
+
+impl Host for BenchHost {
+    fn now_millis(&self) -> u64 {
+        Tokens::now() * 1000
+    }
+    fn log(&mut self, _level: Level, _message: &str) {}
+    fn count(&mut self, _counter: &str, _n: u64) {}
+    fn set_filter_state(&mut self, _key: &str, value: &[u8]) {
+        black_box(value);
+    }
+    fn request_headers(&mut self) -> HostResult<Vec<(String, Vec<u8>)>> {
+        Ok(self.headers.clone())
+    }
+    fn routed_cluster(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    fn request_body(&mut self, size: usize) -> HostResult<Vec<u8>> {
+        Ok(self.body.get(..size).unwrap_or_default().to_vec())
+    }
+    fn set_request_body(&mut self, _size: usize, body: &[u8]) -> HostResult<()> {
+        self.forwarded.clear();
+        self.forwarded.extend_from_slice(body);
+        Ok(())
+    }
+    fn set_request_header(&mut self, _name: &str, _value: Option<&[u8]>) -> HostResult<()> {
+        Ok(())
+    }
+    fn clear_request_trailers(&mut self) -> HostResult<()> {
+        Ok(())
+    }
+    fn send_reply(
+        &mut self,
+        status: u32,
+        _headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HostResult<()> {
+        panic!(
+            "row 2's request was answered by the gateway: {status} {}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    fn resume_request(&mut self) -> HostResult<()> {
+        Ok(())
+    }
+    fn resume_response(&mut self) -> HostResult<()> {
+        Ok(())
+    }
+    fn authenticate(
+        &mut self,
+        config: &FilterConfig,
+        provider: usize,
+        headers: Headers<'_>,
+        machine_keys: &MachineKeys,
+        now: u64,
+        may_fetch: bool,
+    ) -> AuthStep {
+        let keys = &self.keys;
+        let view = |_: usize| KeyView::Ready(keys);
+        request::authenticate(
+            config,
+            provider,
+            headers,
+            machine_keys,
+            &mut self.cache,
+            &view,
+            now,
+            may_fetch,
+        )
+    }
+    fn refetch_keys(&mut self, _issuer: usize, _now: u64) -> Refetch {
+        Refetch::No
+    }
+    fn keys_arrived(&mut self, _issuer: usize, _body_size: usize) {}
+    fn dispatch(
+        &mut self,
+        _cluster: &str,
+        _headers: Vec<(&str, &str)>,
+        _body: Option<&[u8]>,
+        _timeout_ms: u64,
+    ) -> HostResult<u32> {
+        panic!("row 2 makes no call");
+    }
+    fn call_response(&mut self, _body_size: usize) -> (Option<u32>, Vec<u8>) {
+        (None, Vec::new())
+    }
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        (name == "content-type").then(|| b"application/json".to_vec())
+    }
+    fn set_response_header(&mut self, _name: &str, _value: Option<&[u8]>) -> HostResult<()> {
+        Ok(())
+    }
+    fn response_body(&mut self, size: usize) -> HostResult<Vec<u8>> {
+        Ok(self.answer.get(..size).unwrap_or_default().to_vec())
+    }
+    fn set_response_body(&mut self, _size: usize, _body: &[u8]) -> HostResult<()> {
+        Ok(())
+    }
+    fn request_id(&mut self) -> Option<String> {
+        Some("bench".into())
+    }
+    fn response_status(&mut self) -> Option<u64> {
+        Some(200)
     }
 }
 
@@ -365,6 +577,8 @@ pub fn workloads() -> Vec<Workload> {
         masking.clone(),
         masking,
     );
+    let mut whole8k = WholeExchange::new(&tokens, body8k.clone());
+    let mut whole64k = WholeExchange::new(&tokens, body64k.clone());
     let (t1, t2, t3) = (tokens.clone(), tokens.clone(), tokens);
     vec![
         (
@@ -376,6 +590,16 @@ pub fn workloads() -> Vec<Workload> {
             "inspect_json: 64 KB chat request, masked",
             "linear in size (scenario 5)",
             Box::new(move || m2.request(black_box(&body64k))),
+        ),
+        (
+            "exchange: row 2 whole, 8 KB request masked, answer scanned",
+            "Envoy's row 2 minus row 2h is this in Envoy",
+            Box::new(move || whole8k.run()),
+        ),
+        (
+            "exchange: row 5a whole, 64 KB request masked, answer scanned",
+            "Envoy's row 5a minus row 5ah is this in Envoy",
+            Box::new(move || whole64k.run()),
         ),
         (
             "inspect_json: 16 KB prose request, nothing to mask",

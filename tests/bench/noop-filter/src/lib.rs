@@ -9,6 +9,13 @@
 //! policy serial in shared data, the clock, seven filter-state values for the
 //! access log, the credential swap and one counter. Row 1h then splits Warden's
 //! cost above the floor into those calls and Warden's own work.
+//!
+//! With `bodies` it makes those calls and handles bodies as Warden does when
+//! it masks a chat request (rows 2h and 5ah): the request held until its body
+//! is whole, the body read and written back (the same bytes) with its new
+//! length, the answer held whole and read. What it does not do is Warden's
+//! inspection, so Warden's cost above row 2h is its own parsing, detection
+//! and rewriting.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -16,21 +23,24 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { counter: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { counter: None, bodies: false }) });
 }}
 
 struct Root {
-    /// Set in the `host-calls` mode: the counter each request adds to.
+    /// Set in the `host-calls` and `bodies` modes: the counter each request adds to.
     counter: Option<u32>,
+    bodies: bool,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        if self.get_plugin_configuration().as_deref() == Some(b"host-calls".as_slice()) {
+        let mode = self.get_plugin_configuration().unwrap_or_default();
+        if mode == b"host-calls" || mode == b"bodies" {
             self.counter = hostcalls::define_metric(MetricType::Counter, "noop.requests").ok();
         }
+        self.bodies = mode == b"bodies";
         true
     }
 
@@ -39,9 +49,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match self.counter {
-            Some(counter) => Box::new(HostCalls { counter }),
-            None => Box::new(Pass),
+        Some(match (self.counter, self.bodies) {
+            (Some(counter), true) => Box::new(Bodies(HostCalls { counter })),
+            (Some(counter), false) => Box::new(HostCalls { counter }),
+            (None, _) => Box::new(Pass),
         })
     }
 }
@@ -66,6 +77,13 @@ impl Context for HostCalls {}
 
 impl HttpContext for HostCalls {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.row_one_calls();
+        Action::Continue
+    }
+}
+
+impl HostCalls {
+    fn row_one_calls(&mut self) {
         let headers = self.get_http_request_headers_bytes();
         let _ = self.get_property(vec!["xds", "cluster_name"]);
         let _ = self.get_shared_data("warden.policy");
@@ -87,6 +105,50 @@ impl HttpContext for HostCalls {
             self.set_http_request_header("authorization", Some("Bearer sk-provider"));
         }
         let _ = hostcalls::increment_metric(self.counter, 1);
+    }
+}
+
+struct Bodies(HostCalls);
+
+impl Context for Bodies {}
+
+impl HttpContext for Bodies {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.0.row_one_calls();
+        if end_of_stream {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_request_body(0, body_size) {
+            self.set_http_request_body(0, body_size, &body);
+            self.set_http_request_header("content-length", Some(&body.len().to_string()));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.set_http_response_header("x-warden", Some("noop"));
+        let _ = self.get_http_response_header_bytes("content-type");
+        let _ = self.get_http_response_header_bytes("content-encoding");
+        if end_of_stream {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let _ = self.get_http_response_body(0, body_size);
         Action::Continue
     }
 }
