@@ -57,7 +57,7 @@ mod tests_needs;
 #[cfg(test)]
 mod tests_unicode;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use regex_automata::util::captures::Captures;
@@ -407,10 +407,39 @@ impl DetectorSet {
     /// `specs[i].0` is an opaque id (the policy rule index) echoed back in
     /// findings. Ties between identical spans go to the earlier spec.
     pub fn compile(specs: &[(usize, MatcherSpec)]) -> Result<Self, DetectError> {
+        // The unions first, from the patterns alone: the holdback's and the
+        // prefilter's are the largest regexes a policy compiles, and a VM's
+        // memory never shrinks, so they are built while little else is live
+        // (the default policy compiles with a fifth less peak memory so).
+        let patterns: Vec<Option<String>> = specs
+            .iter()
+            .map(|(id, spec)| match spec {
+                MatcherSpec::Builtin(b) => Some(builtins::definition(*b).pattern.to_owned()),
+                MatcherSpec::Regex { pattern, .. } => Some(pattern.clone()),
+                MatcherSpec::Keywords { words, .. } => keyword_pattern(*id, words).ok(),
+                MatcherSpec::Gitleaks { rule, .. } => Some(rule.regex.clone()),
+            })
+            .collect();
+        let hold = holdback(specs, &patterns);
+        // A spec without a pattern is refused below, with its error.
+        let prefilter = patterns
+            .iter()
+            .map(Option::as_deref)
+            .collect::<Option<Vec<&str>>>()
+            .and_then(|patterns| {
+                RegexSetBuilder::new(patterns)
+                    .size_limit(SET_SIZE_LIMIT)
+                    // The union of all detectors has many states; with the
+                    // default lazy-DFA cache, text dense in ids (hex, base64)
+                    // clears the cache so often that the regex crate falls
+                    // back to its slow engine, for that and later scans. A
+                    // larger cache keeps it on the DFA.
+                    .dfa_size_limit(SET_DFA_SIZE_LIMIT)
+                    .build()
+                    .ok()
+            });
         let mut detectors = Vec::with_capacity(specs.len());
-        let mut hold = HoldBuilder::default();
         let mut compiled: BTreeMap<Builtin, (meta::Regex, Needs)> = BTreeMap::new();
-        let mut patterns: Vec<String> = Vec::with_capacity(specs.len());
         for (id, spec) in specs {
             let id = *id;
             let detector = match spec {
@@ -429,9 +458,6 @@ impl DetectorSet {
                                         },
                                         Ok(_) => e,
                                     })?;
-                            // Built-in shapes are covered by tests; no need
-                            // to compile their prefix regexes one by one.
-                            hold.add_builtin(def.pattern, def.window.unwrap_or(UNBOUNDED_WINDOW));
                             compiled.insert(*b, c.clone());
                             c
                         }
@@ -450,7 +476,7 @@ impl DetectorSet {
                     group,
                     label,
                 } => {
-                    let (checked, re, needs) = custom_pattern(id, pattern, &mut hold)?;
+                    let (checked, re, needs) = custom_pattern(id, pattern)?;
                     let group = match group {
                         None => None,
                         Some(name) => Some(group_index(&checked, name).ok_or_else(|| {
@@ -477,10 +503,6 @@ impl DetectorSet {
                         .build()
                         .map_err(|error| DetectError::KeywordsTooLarge { id, error })?;
                     let (re, needs) = engine(id, &pattern, KEYWORDS_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
-                    if !hold.add(&pattern, UNBOUNDED_WINDOW, true) {
-                        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
-                    }
-                    hold.composition_sensitive |= words.iter().any(|w| !w.is_ascii());
                     Detector {
                         id,
                         label: label.clone(),
@@ -491,7 +513,7 @@ impl DetectorSet {
                     }
                 }
                 MatcherSpec::Gitleaks { rule, label } => {
-                    let (checked, re, needs) = custom_pattern(id, &rule.regex, &mut hold)?;
+                    let (checked, re, needs) = custom_pattern(id, &rule.regex)?;
                     let checks = gitleaks::Checks::compile(
                         id,
                         rule,
@@ -509,27 +531,12 @@ impl DetectorSet {
                     }
                 }
             };
-            patterns.push(match spec {
-                MatcherSpec::Builtin(b) => builtins::definition(*b).pattern.to_owned(),
-                MatcherSpec::Regex { pattern, .. } => pattern.clone(),
-                MatcherSpec::Keywords { words, .. } => keyword_pattern(detector.id, words)?,
-                MatcherSpec::Gitleaks { rule, .. } => rule.regex.clone(),
-            });
             detectors.push(detector);
         }
-        let prefilter = RegexSetBuilder::new(&patterns)
-            .size_limit(SET_SIZE_LIMIT)
-            // The union of all detectors has many states; with the default
-            // lazy-DFA cache, text dense in ids (hex, base64) clears the cache
-            // so often that the regex crate falls back to its slow engine, for
-            // that and later scans. A larger cache keeps it on the DFA.
-            .dfa_size_limit(SET_DFA_SIZE_LIMIT)
-            .build()
-            .ok();
         Ok(DetectorSet {
             detectors,
             prefilter,
-            hold: hold.build(),
+            hold,
         })
     }
 
@@ -1048,11 +1055,7 @@ impl Detector {
 /// A pattern a policy brings (a custom regex, a gitleaks rule's), compiled
 /// within the limits: the regex crate's `Regex` (its errors and groups), the
 /// search engine and needs, and its prefixes added to the holdback.
-fn custom_pattern(
-    id: usize,
-    pattern: &str,
-    hold: &mut HoldBuilder,
-) -> Result<(Regex, meta::Regex, Needs), DetectError> {
+fn custom_pattern(id: usize, pattern: &str) -> Result<(Regex, meta::Regex, Needs), DetectError> {
     if pattern.len() > PATTERN_MAX_BYTES {
         return Err(DetectError::PatternTooLong {
             id,
@@ -1066,16 +1069,36 @@ fn custom_pattern(
         .build()
         .map_err(|error| DetectError::InvalidRegex { id, error })?;
     let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
-    if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
-        hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
-    }
-    // Conservatively: classes that could hold a composed character without
-    // its base.
-    hold.composition_sensitive |= !pattern.is_ascii()
-        || pattern.contains("[^")
-        || pattern.contains(r"\p")
-        || pattern.contains(r"\P");
     Ok((checked, re, needs))
+}
+
+/// The holdback of `specs`' matchers (see [`HoldBuilder`]), from their
+/// `patterns` alone. What a spec that does not compile adds is dropped with
+/// it: [`DetectorSet::compile`] refuses the set.
+fn holdback(specs: &[(usize, MatcherSpec)], patterns: &[Option<String>]) -> Holdback {
+    let mut hold = HoldBuilder::default();
+    let mut seen = BTreeSet::new();
+    for ((_, spec), pattern) in specs.iter().zip(patterns) {
+        let Some(pattern) = pattern else { continue };
+        match spec {
+            MatcherSpec::Builtin(b) => {
+                // Built-in shapes are covered by tests; no need to compile
+                // their prefix regexes one by one.
+                if seen.insert(*b) {
+                    let window = builtins::definition(*b).window;
+                    hold.add_builtin(pattern, window.unwrap_or(UNBOUNDED_WINDOW));
+                }
+            }
+            MatcherSpec::Regex { .. } | MatcherSpec::Gitleaks { .. } => hold.add_custom(pattern),
+            MatcherSpec::Keywords { words, .. } => {
+                if !hold.add(pattern, UNBOUNDED_WINDOW, true) {
+                    hold.opaque = hold.opaque.max(OPAQUE_WINDOW);
+                }
+                hold.composition_sensitive |= words.iter().any(|w| !w.is_ascii());
+            }
+        }
+    }
+    hold.build()
 }
 
 /// The search engine of a pattern, configured as the regex crate's `Regex`
@@ -1372,6 +1395,23 @@ impl HoldBuilder {
             None => self.unbounded.entry(window).or_default().push(p),
         }
         true
+    }
+
+    /// A custom pattern's prefix language (a policy's regex or a gitleaks
+    /// rule's), or a fixed window where it cannot be derived.
+    fn add_custom(&mut self, pattern: &str) {
+        if pattern.len() > PATTERN_MAX_BYTES {
+            return;
+        }
+        if !self.add(pattern, UNBOUNDED_WINDOW, true) {
+            self.opaque = self.opaque.max(OPAQUE_WINDOW);
+        }
+        // Conservatively: classes that could hold a composed character
+        // without its base.
+        self.composition_sensitive |= !pattern.is_ascii()
+            || pattern.contains("[^")
+            || pattern.contains(r"\p")
+            || pattern.contains(r"\P");
     }
 
     /// A built-in's prefix language, and its matches followed by fewer
