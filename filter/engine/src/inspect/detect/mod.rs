@@ -407,40 +407,65 @@ impl DetectorSet {
     /// `specs[i].0` is an opaque id (the policy rule index) echoed back in
     /// findings. Ties between identical spans go to the earlier spec.
     pub fn compile(specs: &[(usize, MatcherSpec)]) -> Result<Self, DetectError> {
-        // The unions first, from the patterns alone: the holdback's and the
+        // What a policy brings is checked within its own limits first, so a
+        // pattern they refuse costs nothing more; of the regex crate's
+        // `Regex` only what the detectors need is kept (a group's index, the
+        // number of groups).
+        let mut patterns = Vec::with_capacity(specs.len());
+        // A custom regex's sensitive group (its index); a gitleaks rule's
+        // number of groups.
+        let mut groups = Vec::with_capacity(specs.len());
+        for (id, spec) in specs {
+            let id = *id;
+            let (pattern, group) = match spec {
+                MatcherSpec::Builtin(b) => (builtins::definition(*b).pattern.to_owned(), None),
+                MatcherSpec::Regex { pattern, group, .. } => {
+                    let checked = checked_pattern(id, pattern)?;
+                    let index = match group {
+                        None => None,
+                        Some(name) => Some(group_index(&checked, name).ok_or_else(|| {
+                            DetectError::UnknownGroup {
+                                id,
+                                group: name.clone(),
+                            }
+                        })?),
+                    };
+                    (pattern.clone(), index)
+                }
+                MatcherSpec::Gitleaks { rule, .. } => {
+                    let checked = checked_pattern(id, &rule.regex)?;
+                    (rule.regex.clone(), Some(checked.captures_len()))
+                }
+                MatcherSpec::Keywords { words, .. } => {
+                    let pattern = keyword_pattern(id, words)?;
+                    RegexBuilder::new(&pattern)
+                        .size_limit(KEYWORDS_SIZE_LIMIT)
+                        .dfa_size_limit(DFA_SIZE_LIMIT)
+                        .build()
+                        .map_err(|error| DetectError::KeywordsTooLarge { id, error })?;
+                    (pattern, None)
+                }
+            };
+            patterns.push(pattern);
+            groups.push(group);
+        }
+        // Then the unions, from the patterns alone: the holdback's and the
         // prefilter's are the largest regexes a policy compiles, and a VM's
         // memory never shrinks, so they are built while little else is live
         // (the default policy compiles with a fifth less peak memory so).
-        let patterns: Vec<Option<String>> = specs
-            .iter()
-            .map(|(id, spec)| match spec {
-                MatcherSpec::Builtin(b) => Some(builtins::definition(*b).pattern.to_owned()),
-                MatcherSpec::Regex { pattern, .. } => Some(pattern.clone()),
-                MatcherSpec::Keywords { words, .. } => keyword_pattern(*id, words).ok(),
-                MatcherSpec::Gitleaks { rule, .. } => Some(rule.regex.clone()),
-            })
-            .collect();
         let hold = holdback(specs, &patterns);
-        // A spec without a pattern is refused below, with its error.
-        let prefilter = patterns
-            .iter()
-            .map(Option::as_deref)
-            .collect::<Option<Vec<&str>>>()
-            .and_then(|patterns| {
-                RegexSetBuilder::new(patterns)
-                    .size_limit(SET_SIZE_LIMIT)
-                    // The union of all detectors has many states; with the
-                    // default lazy-DFA cache, text dense in ids (hex, base64)
-                    // clears the cache so often that the regex crate falls
-                    // back to its slow engine, for that and later scans. A
-                    // larger cache keeps it on the DFA.
-                    .dfa_size_limit(SET_DFA_SIZE_LIMIT)
-                    .build()
-                    .ok()
-            });
+        let prefilter = RegexSetBuilder::new(&patterns)
+            .size_limit(SET_SIZE_LIMIT)
+            // The union of all detectors has many states; with the default
+            // lazy-DFA cache, text dense in ids (hex, base64) clears the cache
+            // so often that the regex crate falls back to its slow engine, for
+            // that and later scans. A larger cache keeps it on the DFA.
+            .dfa_size_limit(SET_DFA_SIZE_LIMIT)
+            .build()
+            .ok();
         let mut detectors = Vec::with_capacity(specs.len());
         let mut compiled: BTreeMap<Builtin, (meta::Regex, Needs)> = BTreeMap::new();
-        for (id, spec) in specs {
+        for ((id, spec), (pattern, group)) in specs.iter().zip(patterns.iter().zip(groups)) {
             let id = *id;
             let detector = match spec {
                 MatcherSpec::Builtin(b) => {
@@ -471,21 +496,8 @@ impl DetectorSet {
                         gitleaks: None,
                     }
                 }
-                MatcherSpec::Regex {
-                    pattern,
-                    group,
-                    label,
-                } => {
-                    let (checked, re, needs) = custom_pattern(id, pattern)?;
-                    let group = match group {
-                        None => None,
-                        Some(name) => Some(group_index(&checked, name).ok_or_else(|| {
-                            DetectError::UnknownGroup {
-                                id,
-                                group: name.clone(),
-                            }
-                        })?),
-                    };
+                MatcherSpec::Regex { label, .. } => {
+                    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
                     Detector {
                         id,
                         label: label.clone(),
@@ -495,14 +507,8 @@ impl DetectorSet {
                         gitleaks: None,
                     }
                 }
-                MatcherSpec::Keywords { words, label } => {
-                    let pattern = keyword_pattern(id, words)?;
-                    RegexBuilder::new(&pattern)
-                        .size_limit(KEYWORDS_SIZE_LIMIT)
-                        .dfa_size_limit(DFA_SIZE_LIMIT)
-                        .build()
-                        .map_err(|error| DetectError::KeywordsTooLarge { id, error })?;
-                    let (re, needs) = engine(id, &pattern, KEYWORDS_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
+                MatcherSpec::Keywords { label, .. } => {
+                    let (re, needs) = engine(id, pattern, KEYWORDS_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
                     Detector {
                         id,
                         label: label.clone(),
@@ -513,11 +519,12 @@ impl DetectorSet {
                     }
                 }
                 MatcherSpec::Gitleaks { rule, label } => {
-                    let (checked, re, needs) = custom_pattern(id, &rule.regex)?;
+                    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
                     let checks = gitleaks::Checks::compile(
                         id,
                         rule,
-                        checked.captures_len(),
+                        // A gitleaks rule's: its number of groups.
+                        group.unwrap_or(0),
                         REGEX_SIZE_LIMIT,
                         DFA_SIZE_LIMIT,
                     )?;
@@ -1052,10 +1059,9 @@ impl Detector {
     }
 }
 
-/// A pattern a policy brings (a custom regex, a gitleaks rule's), compiled
-/// within the limits: the regex crate's `Regex` (its errors and groups), the
-/// search engine and needs, and its prefixes added to the holdback.
-fn custom_pattern(id: usize, pattern: &str) -> Result<(Regex, meta::Regex, Needs), DetectError> {
+/// A pattern a policy brings (a custom regex, a gitleaks rule's), checked
+/// within the limits: the regex crate's `Regex` (its errors and groups).
+fn checked_pattern(id: usize, pattern: &str) -> Result<Regex, DetectError> {
     if pattern.len() > PATTERN_MAX_BYTES {
         return Err(DetectError::PatternTooLong {
             id,
@@ -1063,23 +1069,19 @@ fn custom_pattern(id: usize, pattern: &str) -> Result<(Regex, meta::Regex, Needs
             max: PATTERN_MAX_BYTES,
         });
     }
-    let checked = RegexBuilder::new(pattern)
+    RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(DFA_SIZE_LIMIT)
         .build()
-        .map_err(|error| DetectError::InvalidRegex { id, error })?;
-    let (re, needs) = engine(id, pattern, REGEX_SIZE_LIMIT, DFA_SIZE_LIMIT)?;
-    Ok((checked, re, needs))
+        .map_err(|error| DetectError::InvalidRegex { id, error })
 }
 
 /// The holdback of `specs`' matchers (see [`HoldBuilder`]), from their
-/// `patterns` alone. What a spec that does not compile adds is dropped with
-/// it: [`DetectorSet::compile`] refuses the set.
-fn holdback(specs: &[(usize, MatcherSpec)], patterns: &[Option<String>]) -> Holdback {
+/// `patterns` alone.
+fn holdback(specs: &[(usize, MatcherSpec)], patterns: &[String]) -> Holdback {
     let mut hold = HoldBuilder::default();
     let mut seen = BTreeSet::new();
     for ((_, spec), pattern) in specs.iter().zip(patterns) {
-        let Some(pattern) = pattern else { continue };
         match spec {
             MatcherSpec::Builtin(b) => {
                 // Built-in shapes are covered by tests; no need to compile
