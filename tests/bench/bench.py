@@ -42,8 +42,8 @@ same stand-in with the same request bodies, its CPU that of all its processes:
 It is checked to answer through the stand-in and to refuse a wrong key before it is
 measured, and what each masker (row 2, 2l, 2lg) forwarded of the 8 KB body is counted.
 Then Envoy's resident memory with and without the filter, per worker, the
-start-up time to a first answered request, and the engine microbenchmarks (criterion natively, the same workloads in V8)
-from scripts/bench-engine.sh.
+start-up time to a first answered request, and the engine microbenchmarks
+(criterion natively, the same workloads in V8) from scripts/bench-engine.sh.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ import litellm_peer  # noqa: E402
 from litellm_peer import LiteLLM  # noqa: E402
 from harness.stack import (ENVOY_BIN, ROOT, STAND_IN_KEYS, Ports, Stack, STRING_VALUE_TYPE,  # noqa: E402
                            default_filter_config, plugin_config, set_plugin_config, warden_plugin,
-                           http, process_cpu_seconds, render_envoy_config, rss_mib, spawn, wait_until)
+                           http, process_cpu_seconds, render_envoy_config, rss_mib, spawn)
 
 CONNECTIONS = 8
 STREAM_CHARS = 2000  # the stand-in sends 4 characters per delta: ~500 events

@@ -19,7 +19,12 @@ def test_a_valid_configuration_starts_and_an_invalid_one_is_refused_with_the_rea
     assert vm.vm_started and vm.configured
     assert any(level == "info" and message.endswith(": configured 1 provider(s), 1 issuer(s)")
                for level, message in vm.logs)
-    # No keys yet: the root context asks for the fast timer to fetch them.
+    # The first tick comes at once: it starts the first key fetch (a gateway
+    # that is ready but cannot verify tokens answers 503 until the keys land).
+    assert vm.tick_period_ms == 5
+    vm.tick()
+    assert vm.pending(), "the first tick asks the IdP for the keys"
+    # No keys yet: the fast timer until they come.
     assert vm.tick_period_ms == 250
     assert not any(level in ("warn", "error") for level, _ in vm.logs)
 
