@@ -70,11 +70,12 @@ impl VerifyingKey {
     }
 
     /// Verifies `token`'s signature with `alg`, then its registered claims
-    /// against `rules`.
+    /// (in `payload`, its decoded payload) against `rules`.
     pub(crate) fn verify(
         &self,
         alg: Algorithm,
         token: &str,
+        payload: &[u8],
         rules: &ClaimRules,
     ) -> Result<(), AuthError> {
         use Algorithm::*;
@@ -82,7 +83,7 @@ impl VerifyingKey {
         let verified = match (self, alg) {
             (VerifyingKey::Rsa(key), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => {
                 verify_rsa_signature(key, alg, token)?;
-                return rules.check(token);
+                return rules.check(payload);
             }
             (VerifyingKey::Es256(k), ES256) => k.verify_token::<NoCustomClaims>(token, opts()),
             (VerifyingKey::Es384(k), ES384) => k.verify_token::<NoCustomClaims>(token, opts()),

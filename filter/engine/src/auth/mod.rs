@@ -410,6 +410,7 @@ impl Authenticator {
             alg,
             kid: meta.key_id().map(str::to_owned),
             claims,
+            payload,
         })
     }
 
@@ -442,7 +443,10 @@ impl Authenticator {
         };
         let mut last = AuthError::BadSignature;
         for entry in candidates {
-            match entry.key.verify(unverified.alg, token, &rules) {
+            match entry
+                .key
+                .verify(unverified.alg, token, &unverified.payload, &rules)
+            {
                 Ok(()) => {
                     return identity::map_claims(&issuer.issuer, &issuer.claims, &unverified.claims)
                 }
@@ -460,6 +464,9 @@ pub struct Unverified {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub claims: Value,
+    /// The payload's bytes, decoded once: RSA tokens' claims are checked
+    /// from them (see `registered::ClaimRules::check`).
+    pub payload: Vec<u8>,
 }
 
 /// Times beyond this are refused outright: no IdP issues century-long tokens,

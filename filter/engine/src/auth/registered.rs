@@ -40,19 +40,15 @@ impl ClaimRules<'_> {
         }
     }
 
-    /// Checks the claims of `token` (whose signature has verified) as
-    /// jwt-simple does with [`Self::options`]: issued no later than now (with
-    /// the skew), valid from `nbf`, not expired, from the issuer, for one of
-    /// the audiences. The claims are read from the payload's bytes as
-    /// jwt-simple reads them, so a claim given twice is refused, as there.
-    pub(crate) fn check(&self, token: &str) -> Result<(), AuthError> {
-        use base64::Engine;
-        let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| AuthError::Malformed)?;
+    /// Checks the claims in `payload` (the decoded payload of a token whose
+    /// signature has verified) as jwt-simple does with [`Self::options`]:
+    /// issued no later than now (with the skew), valid from `nbf`, not
+    /// expired, from the issuer, for one of the audiences. They are read from
+    /// the payload's bytes as jwt-simple reads them, so a claim given twice
+    /// is refused, as there.
+    pub(crate) fn check(&self, payload: &[u8]) -> Result<(), AuthError> {
         let claims: JWTClaims<NoCustomClaims> =
-            serde_json::from_slice(&payload).map_err(|_| AuthError::BadSignature)?;
+            serde_json::from_slice(payload).map_err(|_| AuthError::BadSignature)?;
         let now = Duration::from_secs(self.now);
         let skew = Duration::from_secs(self.skew_seconds);
         if claims.issued_at.is_some_and(|iat| iat > now + skew) {
